@@ -1,0 +1,6 @@
+"""``python -m texup ...`` runs the CLI."""
+import sys
+
+from texup.cli.main import main
+
+sys.exit(main())
