@@ -1,9 +1,208 @@
-"""``texup upscale`` (being written)."""
+"""``texup upscale IN... -o OUTDIR``: files, folders and globs, one failure never stops the batch.
+
+Exit code: 0 when every input was upscaled (or skipped with ``--skip-existing``), 1 when any input
+failed, 2 for a usage error. Each failure is one line on stderr: ``texup: error: <file>: <reason>``.
+Each result is one line on stdout: ``<input> -> <output>``.
+"""
 from __future__ import annotations
 
 import argparse
+import glob
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from texup.imageio import SUPPORTED_EXTENSIONS, format_for_path
+from texup.errors import FileError, TexupError
+
+GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    src: Path
+    rel_parent: Path  # sub-folder below OUTDIR (non-empty only for folder inputs with --recursive)
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    arg: str
+    reason: str
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("upscale", help="upscale image files, folders or globs")
-    p.set_defaults(func=lambda args: 2)
+    p = sub.add_parser(
+        "upscale",
+        help="upscale image files, folders or globs",
+        description="Upscale textures with an ESRGAN model. Outputs keep the input's format, bit depth, "
+        "channels and colour space, and are written atomically, never over an input.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files, folders or glob patterns")
+    p.add_argument("-o", "--out-dir", required=True, type=Path, help="folder for the results (created if needed)")
+    p.add_argument("--model", default=None, help="known model name (see `texup models list`) or a weights file "
+                   "(default: realesrgan-x4plus)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--scale", type=float, default=None, help="output scale, e.g. 2, 3, 4 (default: the model's)")
+    size.add_argument("--size", default=None, metavar="WxH", help="exact output size, e.g. 2048x2048")
+    p.add_argument("--suffix", default="_x{scale}", help="added to each output's stem; {scale} is replaced "
+                   "(default: %(default)s; use '' for none)")
+    p.add_argument("--format", default=None, help="write this format instead of the input's (png, tiff, exr, ...)")
+    p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file already exists")
+    p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders of folder inputs "
+                   "(the output keeps the sub-folder layout)")
+    p.add_argument("--tile", type=int, default=None, help="input tile size in pixels (default: automatic)")
+    p.add_argument("--overlap", type=int, default=16, help="context pixels around each tile (default: %(default)s)")
+    p.add_argument("--seamless", choices=("auto", "on", "off"), default="auto",
+                   help="wrap-around context for tileable textures (auto: detect)")
+    p.add_argument("--role", choices=("color", "normal", "data"), default="color",
+                   help="normal: renormalise to unit vectors; data: no colour transform (default: color)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--debug", action="store_true", help="print a traceback for unexpected errors")
+    p.set_defaults(func=run)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"2048x1024"`` -> (2048, 1024); raises ValueError with a readable message."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--size must look like WIDTHxHEIGHT, e.g. 2048x2048, not {text!r}")
+    w, h = (int(p) for p in parts)
+    if w < 1 or h < 1:
+        raise ValueError(f"--size must be at least 1x1, not {text!r}")
+    return w, h
+
+
+def expand_inputs(args: list[str], *, recursive: bool) -> tuple[list[WorkItem], list[InputProblem]]:
+    """Files as given; folders -> their image files (sorted); globs -> matches. Missing -> a problem."""
+    items: list[WorkItem] = []
+    problems: list[InputProblem] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+            if not found:
+                problems.append(InputProblem(arg, "folder holds no supported image files"))
+            items.extend(WorkItem(p, p.parent.relative_to(path)) for p in found)
+        elif path.exists():
+            items.append(WorkItem(path, Path()))
+        elif GLOB_CHARS & set(arg):
+            matches = sorted(Path(m) for m in glob.glob(arg, recursive=True) if Path(m).is_file())
+            if not matches:
+                problems.append(InputProblem(arg, "no file matches this pattern"))
+            items.extend(WorkItem(m, Path()) for m in matches)
+        else:
+            problems.append(InputProblem(arg, "no such file or folder"))
+    return items, problems
+
+
+def scale_label(scale: float) -> str:
+    """4.0 -> "4", 1.5 -> "1.5" (for output names)."""
+    return str(int(scale)) if float(scale).is_integer() else f"{scale:g}"
+
+
+def output_path(item: WorkItem, out_dir: Path, suffix: str, fmt: str | None) -> Path:
+    ext = item.src.suffix if fmt is None else "." + fmt.lower().lstrip(".")
+    return out_dir / item.rel_parent / f"{item.src.stem}{suffix}{ext}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    import texup.api as api
+    from texup.inference.pipeline import UpscaleOptions
+
+    def fail(name: object, reason: str) -> None:
+        tqdm.write(f"texup: error: {name}: {reason}", file=sys.stderr)
+
+    try:
+        target = parse_size(args.size) if args.size else None
+        if args.format is not None:
+            format_for_path(Path("x." + args.format.lower().lstrip(".")))
+        if args.tile is not None and args.tile < 16:
+            raise ValueError("--tile must be at least 16 pixels")
+        if args.overlap < 0:
+            raise ValueError("--overlap must not be negative")
+        if args.scale is not None and not 0 < args.scale <= 16:
+            raise ValueError("--scale must be above 0 and at most 16")
+    except (ValueError, TexupError) as err:
+        print(f"texup upscale: error: {err}", file=sys.stderr)
+        return 2
+
+    items, problems = expand_inputs(args.inputs, recursive=args.recursive)
+    for problem in problems:
+        fail(problem.arg, problem.reason)
+    if not items:
+        return 1
+
+    try:
+        upscaler = api.get_upscaler(args.model or api.DEFAULT_MODEL, device=args.device, precision=args.precision)
+    except (TexupError, ValueError) as err:
+        print(f"texup: error: {err}", file=sys.stderr)
+        return 1
+    options = UpscaleOptions(
+        scale=args.scale, target_size=target, tile=args.tile, overlap=args.overlap,
+        seamless=args.seamless, role=args.role,
+    )
+    label = scale_label(args.scale if args.scale is not None else upscaler.model.scale)
+    suffix = args.suffix.replace("{scale}", label)
+
+    inputs = {item.src.resolve() for item in items}
+    claimed: dict[Path, Path] = {}
+    failed = skipped = done = 0
+    start = time.monotonic()
+    with tqdm(total=len(items), unit="file", desc="upscaling", disable=None, file=sys.stderr,
+              bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}] {postfix}") as bar:
+        for index, item in enumerate(items):
+            dst = output_path(item, args.out_dir, suffix, args.format)
+            key = dst.resolve()
+            bar.set_postfix_str(item.src.name)
+            if key in inputs:
+                fail(item.src, f"output {dst} would overwrite an input; choose another --out-dir or --suffix")
+                failed += 1
+            elif key in claimed:
+                fail(item.src, f"output {dst} is already the output of {claimed[key]}; rename one of them")
+                failed += 1
+            elif args.skip_existing and dst.exists():
+                tqdm.write(f"{item.src} -> {dst} (exists, skipped)")
+                skipped += 1
+            else:
+                claimed[key] = item.src
+
+                def on_tiles(done_tiles: int, total_tiles: int, base: int = index) -> None:
+                    bar.n = base + (done_tiles / total_tiles if total_tiles else 0.0)
+                    bar.refresh()
+
+                try:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    upscaler.upscale_file(item.src, dst, options, progress=on_tiles)
+                except FileError as err:
+                    fail(err.path, err.reason)
+                    failed += 1
+                except TexupError as err:
+                    fail(item.src, str(err))
+                    failed += 1
+                except (OSError, ValueError, RuntimeError, MemoryError) as err:
+                    fail(item.src, f"{type(err).__name__}: {err}")
+                    if args.debug:
+                        traceback.print_exc()
+                    failed += 1
+                else:
+                    tqdm.write(f"{item.src} -> {dst}")
+                    done += 1
+            bar.n = index + 1
+            bar.refresh()
+
+    failed += len(problems)
+    elapsed = time.monotonic() - start
+    summary = f"texup: {done} upscaled into {args.out_dir}"
+    if skipped:
+        summary += f", {skipped} skipped"
+    if failed:
+        summary += f", {failed} failed"
+    print(f"{summary} ({elapsed:.1f} s)", file=sys.stderr)
+    return 1 if failed else 0

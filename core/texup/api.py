@@ -1,0 +1,98 @@
+"""Pipeline-friendly functions: the same operations as ``texup upscale`` for Python code.
+
+Models are loaded once and kept: calling :func:`upscale_file` in a loop with the same model name
+does not reload weights (an :class:`~texup.inference.pipeline.Upscaler` is cached per
+(model, device, precision)).
+"""
+from __future__ import annotations
+
+import threading
+from os import PathLike
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from texup.inference.pipeline import UpscaleOptions, Upscaler
+from texup.weights import LoadedModel
+from texup.weights.registry import DEFAULT_MODEL, load_pretrained
+from texup.weights.registry import list_models as _list_models
+
+ModelRef = str | PathLike | LoadedModel | Upscaler
+
+_cache_lock = threading.Lock()
+_upscalers: dict[tuple[str, str, str], Upscaler] = {}
+
+
+def load_model(name_or_path: str | PathLike = DEFAULT_MODEL) -> LoadedModel:
+    """Load a known model by name (converted/cached on first use, no network) or any weights file.
+
+    Supported files: ``.safetensors``, ``.pth/.pt/.ckpt`` (loaded with ``weights_only=True``), ncnn
+    ``.param``/``.bin``. Returns the generator on the CPU in float32, in eval mode.
+    Raises ``UnknownModelError`` / ``ModelLoadError`` with the reason.
+    """
+    return load_pretrained(name_or_path)
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Known models: one dict per model (name, arch, scale, source, license, cached, path)."""
+    return _list_models()
+
+
+def get_upscaler(model: ModelRef = DEFAULT_MODEL, *, device: str = "auto", precision: str = "auto") -> Upscaler:
+    """An :class:`Upscaler` for ``model``; names and paths are loaded once per process and reused."""
+    if isinstance(model, Upscaler):
+        return model
+    if isinstance(model, LoadedModel):
+        return Upscaler(model, device=device, precision=precision)
+    key = (str(model), device, precision)
+    with _cache_lock:
+        upscaler = _upscalers.get(key)
+        if upscaler is None:
+            upscaler = Upscaler(load_model(model), device=device, precision=precision)
+            _upscalers[key] = upscaler
+        return upscaler
+
+
+def upscale_array(
+    pixels: np.ndarray,
+    *,
+    model: ModelRef = DEFAULT_MODEL,
+    device: str = "auto",
+    precision: str = "auto",
+    colorspace: str = "srgb",
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    **options: Any,
+) -> np.ndarray:
+    """Upscale an (H, W, C) array, C in 1..4, dtype uint8/uint16/float16/float32.
+
+    Returns an array with the same channels and dtype, of the size the options ask for (default: the
+    model's scale). ``options`` are :class:`UpscaleOptions` fields: ``scale``, ``target_size``, ``tile``,
+    ``overlap``, ``seamless`` ("auto"/"on"/"off"), ``role`` ("color"/"normal"/"data").
+    ``colorspace`` says how float pixels are encoded ("srgb" or "linear").
+    """
+    upscaler = get_upscaler(model, device=device, precision=precision)
+    return upscaler.upscale_array(
+        pixels, UpscaleOptions(**options), colorspace=colorspace, progress=progress, cancel=cancel
+    )
+
+
+def upscale_file(
+    src: str | PathLike,
+    dst: str | PathLike,
+    *,
+    model: ModelRef = DEFAULT_MODEL,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    **options: Any,
+) -> Path:
+    """Upscale the image file ``src`` into ``dst`` (atomically; never over ``src``).
+
+    The output keeps the input's format, bit depth, channels and colour space unless ``dst``'s suffix
+    names another format. Returns the written path. Errors name the file and the reason.
+    """
+    upscaler = get_upscaler(model, device=device, precision=precision)
+    return upscaler.upscale_file(src, dst, UpscaleOptions(**options), progress=progress, cancel=cancel)

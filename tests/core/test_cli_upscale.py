@@ -1,0 +1,163 @@
+"""`texup upscale` end to end: files, folders, globs, bad inputs, never over an input, formats kept."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from realdata import real_image
+from texup.archs import RRDBNet
+from texup.cli.main import main
+from texup.imageio import probe_image, read_image, write_image
+from texup.weights import save_model
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small random x4 RRDBNet saved as .safetensors: fast, and exercises the file-loading path."""
+    torch.manual_seed(0)
+    net = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=4)
+    return save_model(net, tmp_path_factory.mktemp("model") / "tiny_x4.safetensors", provenance={"test": "cli"})
+
+
+@pytest.fixture()
+def photo(tmp_path) -> Path:
+    path = tmp_path / "in" / "photo.png"
+    path.parent.mkdir()
+    write_image(path, real_image("coffee.png", crop=(100, 200, 37, 53)))
+    return path
+
+
+def run_cli(*args: object) -> int:
+    return main([str(a) for a in args])
+
+
+def test_file_upscaled_with_suffix_and_listed(tiny_model, photo, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli("upscale", photo, "-o", out, "--model", tiny_model) == 0
+    result = out / "photo_x4.png"
+    info = probe_image(result)
+    assert (info.width, info.height, info.channels, info.dtype) == (53 * 4, 37 * 4, 3, "uint8")
+    assert f"{photo} -> {result}" in capsys.readouterr().out
+
+
+def test_folder_glob_and_recursive(tiny_model, tmp_path):
+    src = tmp_path / "lib"
+    (src / "sub").mkdir(parents=True)
+    pixels = real_image("gravel.png", crop=(0, 0, 20, 24))
+    write_image(src / "a.png", pixels)
+    write_image(src / "b.tga", np.repeat(pixels, 3, axis=2))
+    write_image(src / "sub" / "c.png", pixels)
+    (src / "notes.txt").write_text("not an image")
+
+    out = tmp_path / "flat"
+    assert run_cli("upscale", src, "-o", out, "--model", tiny_model) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a_x4.png", "b_x4.tga"]
+
+    out = tmp_path / "deep"
+    assert run_cli("upscale", src, "-r", "-o", out, "--model", tiny_model) == 0
+    assert (out / "sub" / "c_x4.png").is_file()
+
+    out = tmp_path / "globbed"
+    assert run_cli("upscale", str(src / "*.tga"), "-o", out, "--model", tiny_model) == 0
+    assert [p.name for p in out.iterdir()] == ["b_x4.tga"]
+
+
+def test_bad_inputs_reported_one_line_each_and_batch_continues(tiny_model, photo, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "text.png").write_text("hello, I am not a PNG\n")
+    (bad / "noise.jpg").write_bytes(np.random.default_rng(1).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    good_bytes = photo.read_bytes()
+    (bad / "truncated.png").write_bytes(good_bytes[: len(good_bytes) // 2])
+    # a valid PNG signature and IHDR claiming 100000 x 100000 pixels, then nothing
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    (bad / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
+    missing = tmp_path / "missing.png"
+
+    names = ["empty.png", "text.png", "noise.jpg", "truncated.png", "huge.png"]
+    out = tmp_path / "out"
+    code = run_cli("upscale", *(bad / n for n in names), missing, photo, "-o", out, "--model", tiny_model)
+    assert code == 1
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("texup: error:")]
+    assert len(err_lines) == len(names) + 1
+    for name in [*names, "missing.png"]:
+        assert any(name in line for line in err_lines), (name, err_lines)
+    # the good file after the bad ones was still done
+    assert (out / "photo_x4.png").is_file()
+    # no partial outputs or temp files for the failures
+    assert sorted(p.name for p in out.iterdir()) == ["photo_x4.png"]
+
+
+def test_never_writes_over_an_input(tiny_model, photo, capsys):
+    before = photo.read_bytes()
+    code = run_cli("upscale", photo, "-o", photo.parent, "--suffix", "", "--model", tiny_model)
+    assert code == 1
+    assert "would overwrite an input" in capsys.readouterr().err
+    assert photo.read_bytes() == before
+
+
+def test_skip_existing(tiny_model, photo, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    existing = out / "photo_x4.png"
+    existing.write_bytes(b"keep me")
+    assert run_cli("upscale", photo, "-o", out, "--skip-existing", "--model", tiny_model) == 0
+    assert existing.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize(
+    "name, pixels",
+    [
+        ("rgba16.png", (np.random.default_rng(2).random((19, 23, 4)) * 65535).astype(np.uint16)),
+        ("gray_alpha.png", (np.random.default_rng(3).random((17, 21, 2)) * 255).astype(np.uint8)),
+        ("linear.exr", np.random.default_rng(4).random((15, 13, 3)).astype(np.float16)),
+        ("gray16.tif", (np.random.default_rng(5).random((16, 9, 1)) * 65535).astype(np.uint16)),
+    ],
+)
+def test_format_bit_depth_and_channels_kept(tiny_model, tmp_path, name, pixels):
+    src = tmp_path / name
+    write_image(src, pixels)
+    out = tmp_path / "out"
+    assert run_cli("upscale", src, "-o", out, "--model", tiny_model, "--scale", "2") == 0
+    result = read_image(out / f"{src.stem}_x2{src.suffix}")
+    h, w, c = pixels.shape
+    assert result.pixels.shape == (h * 2, w * 2, c)
+    assert result.pixels.dtype == pixels.dtype
+
+
+def test_exact_size_and_usage_errors(tiny_model, photo, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli("upscale", photo, "-o", out, "--model", tiny_model, "--size", "100x64", "--suffix", "_big") == 0
+    info = probe_image(out / "photo_big.png")
+    assert (info.width, info.height) == (100, 64)
+    assert run_cli("upscale", photo, "-o", out, "--size", "100by64") == 2
+    assert "--size" in capsys.readouterr().err
+
+
+def test_unknown_model_is_a_clear_error(photo, tmp_path, capsys):
+    assert run_cli("upscale", photo, "-o", tmp_path / "out", "--model", "no-such-model") == 1
+    assert "no-such-model" in capsys.readouterr().err
+
+
+def test_console_script_with_default_pretrained_model(photo, tmp_path, texup_home):
+    """The installed `texup` command runs the real default model offline and prints where the result is."""
+    exe = Path(sys.executable).with_name("texup")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "texup"]
+    out = tmp_path / "out"
+    env = {**os.environ, "TEXUP_HOME": str(texup_home)}
+    proc = subprocess.run([*command, "upscale", str(photo), "-o", str(out)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert str(out / "photo_x4.png") in proc.stdout
+    assert probe_image(out / "photo_x4.png").width == 53 * 4
