@@ -1,0 +1,165 @@
+"""ESRGAN's generator: RRDBNet (residual-in-residual dense blocks).
+
+Parameter names follow BasicSR / Real-ESRGAN, which texup treats as canonical::
+
+    conv_first
+    body.{i}.rdb{1,2,3}.conv{1..5}      i in range(num_block)
+    conv_body
+    conv_up1, conv_up2 [, conv_up3]     one per 2x nearest upsampling step
+    conv_hr, conv_last
+
+State dicts in the original ESRGAN naming (``model.0`` ...) are translated by
+:func:`texup.weights.canonicalize` before they reach this module.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Output scale -> (pixel-unshuffle factor applied to the input, number of 2x upsampling steps).
+#: Real-ESRGAN's x2 and x1 models keep the x4 body and shrink the input by pixel-unshuffle first.
+_SCALE_LAYOUT: dict[int, tuple[int, int]] = {
+    1: (4, 2),
+    2: (2, 2),
+    4: (1, 2),
+    8: (1, 3),
+    16: (1, 4),
+}
+
+#: Weight of the residual branch in dense blocks and RRDBs (ESRGAN's residual scaling).
+_RESIDUAL_SCALE = 0.2
+_LRELU_SLOPE = 0.2
+
+
+def _conv3x3(in_ch: int, out_ch: int) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=1, padding=1, bias=True)
+
+
+class ResidualDenseBlock(nn.Module):
+    """Five densely connected 3x3 convolutions; the result is added back scaled by 0.2.
+
+    ``conv{k}`` sees the block input concatenated with the outputs of ``conv1 .. conv{k-1}``
+    (each ``num_grow_ch`` channels); ``conv5`` maps back to ``num_feat`` channels.
+    """
+
+    def __init__(self, num_feat: int, num_grow_ch: int) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(num_feat, num_grow_ch)
+        self.conv2 = _conv3x3(num_feat + num_grow_ch, num_grow_ch)
+        self.conv3 = _conv3x3(num_feat + 2 * num_grow_ch, num_grow_ch)
+        self.conv4 = _conv3x3(num_feat + 3 * num_grow_ch, num_grow_ch)
+        self.conv5 = _conv3x3(num_feat + 4 * num_grow_ch, num_feat)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
+            features.append(F.leaky_relu(conv(torch.cat(features, dim=1)), _LRELU_SLOPE))
+        return x + _RESIDUAL_SCALE * self.conv5(torch.cat(features, dim=1))
+
+
+class RRDB(nn.Module):
+    """Three dense blocks in a row, wrapped in one more scaled residual connection."""
+
+    def __init__(self, num_feat: int, num_grow_ch: int) -> None:
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + _RESIDUAL_SCALE * self.rdb3(self.rdb2(self.rdb1(x)))
+
+
+class RRDBNet(nn.Module):
+    """The ESRGAN / Real-ESRGAN generator.
+
+    Args (keyword only; ``hparams`` holds exactly these, so ``RRDBNet(**m.hparams)`` rebuilds ``m``):
+        num_in_ch: channels of the image given to :meth:`forward` (3 for RGB, 1 for gray).
+        num_out_ch: channels of the result.
+        scale: output size / input size, one of 1, 2, 4, 8, 16. Scales 4, 8 and 16 upsample 2, 3
+            and 4 times by 2x (nearest + conv). Scales 2 and 1 are Real-ESRGAN's layout: the input
+            is pixel-unshuffled by 2 resp. 4 first (so ``conv_first`` takes ``num_in_ch * 4`` resp.
+            ``num_in_ch * 16`` channels) and then upsampled 4x.
+        num_feat: feature channels of the trunk.
+        num_block: number of RRDBs in the trunk (23 for ESRGAN / Real-ESRGAN x4plus, 6 for the anime model).
+        num_grow_ch: growth channels of each dense block.
+
+    Attributes:
+        hparams: the constructor arguments (JSON-serialisable dict of ints).
+        scale: the output scale.
+        input_multiple: height and width given to :meth:`forward` must be multiples of this
+            (1, or the pixel-unshuffle factor 2 / 4). The caller pads (e.g. reflect) and crops the
+            result back to ``scale`` times the unpadded size; the model does not pad.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        scale: int = 4,
+        num_feat: int = 64,
+        num_block: int = 23,
+        num_grow_ch: int = 32,
+    ) -> None:
+        super().__init__()
+        if scale not in _SCALE_LAYOUT:
+            raise ValueError(f"RRDBNet: scale must be one of {sorted(_SCALE_LAYOUT)}, got {scale!r}")
+        for name, value in (("num_in_ch", num_in_ch), ("num_out_ch", num_out_ch), ("num_feat", num_feat),
+                            ("num_block", num_block), ("num_grow_ch", num_grow_ch)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"RRDBNet: {name} must be a positive int, got {value!r}")
+        self.hparams: dict[str, Any] = {
+            "num_in_ch": num_in_ch,
+            "num_out_ch": num_out_ch,
+            "scale": scale,
+            "num_feat": num_feat,
+            "num_block": num_block,
+            "num_grow_ch": num_grow_ch,
+        }
+        self.scale = scale
+        unshuffle, num_upsample = _SCALE_LAYOUT[scale]
+        self.input_multiple = unshuffle
+        self.num_upsample = num_upsample
+
+        self.conv_first = _conv3x3(num_in_ch * unshuffle * unshuffle, num_feat)
+        self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch) for _ in range(num_block)))
+        self.conv_body = _conv3x3(num_feat, num_feat)
+        # Registered as conv_up1 .. conv_up{n}, the names pretrained weights use.
+        for i in range(1, num_upsample + 1):
+            self.add_module(f"conv_up{i}", _conv3x3(num_feat, num_feat))
+        self.conv_hr = _conv3x3(num_feat, num_feat)
+        self.conv_last = _conv3x3(num_feat, num_out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Upscale a batch.
+
+        Args:
+            x: (N, num_in_ch, H, W) float tensor, values in [0, 1] (the range the pretrained
+               weights were trained on; texup feeds RGB in the image's own encoding, usually sRGB).
+               H and W must be multiples of ``input_multiple``; pad before calling.
+        Returns:
+            (N, num_out_ch, H * scale, W * scale), same dtype and device, nominally in [0, 1] but
+            not clamped (the caller clamps).
+        """
+        if x.ndim != 4 or x.shape[1] != self.hparams["num_in_ch"]:
+            raise ValueError(
+                f"RRDBNet expects (N, {self.hparams['num_in_ch']}, H, W), got {tuple(x.shape)}"
+            )
+        m = self.input_multiple
+        if m > 1:
+            if x.shape[2] % m or x.shape[3] % m:
+                raise ValueError(
+                    f"RRDBNet(scale={self.scale}) needs H and W to be multiples of {m} "
+                    f"(pad the input first), got {x.shape[2]}x{x.shape[3]}"
+                )
+            x = F.pixel_unshuffle(x, m)
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        for i in range(1, self.num_upsample + 1):
+            conv = getattr(self, f"conv_up{i}")
+            feat = F.leaky_relu(conv(F.interpolate(feat, scale_factor=2, mode="nearest")), _LRELU_SLOPE)
+        return self.conv_last(F.leaky_relu(self.conv_hr(feat), _LRELU_SLOPE))
