@@ -1,0 +1,223 @@
+"""Explicit downloads of official weights: resumable, checksum-verified, atomic.
+
+Nothing in texup downloads implicitly: running a model that is not cached raises an error that
+names the ``texup models fetch NAME`` command, and only that command (or :func:`fetch_model`)
+touches the network. Only the standard library is used (``urllib``).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from texup.errors import DownloadError
+
+__all__ = ["download", "fetch_model", "ProgressCallback"]
+
+#: ``progress(done_bytes, total_bytes_or_None)``, called after each chunk (and once at the start).
+ProgressCallback = Callable[[int, "int | None"], None]
+
+_CHUNK = 1 << 16
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _user_agent() -> str:
+    from texup import __version__
+
+    return f"texup/{__version__} (+https://github.com/xinntao/Real-ESRGAN weights fetcher)"
+
+
+def normalize_sha256(value: str) -> str:
+    """Return ``value`` as 64 lower-case hex digits, or raise ``ValueError`` if it is not a SHA-256."""
+    digest = value.strip().lower()
+    if not _HEX64.fullmatch(digest):
+        raise ValueError(f"not a SHA-256 hex digest (64 hex digits): {value!r}")
+    return digest
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    sha256: str | None,
+    progress: ProgressCallback | None = None,
+    timeout: float = 60,
+) -> Path:
+    """Download ``url`` to ``dest`` atomically, resuming an earlier partial download.
+
+    Bytes are streamed to ``dest + ".part"``. When that file already exists, an HTTP ``Range``
+    request asks for the rest; a ``206 Partial Content`` answer is appended, any other success
+    (``200``: the server ignores ranges) restarts from byte 0, and ``416`` (the part is not a prefix
+    of the file) discards it and restarts. When ``sha256`` is given, the complete file must match it
+    (case-insensitive hex); on a mismatch the ``.part`` is deleted and ``DownloadError`` names the
+    expected and actual digests. Only then is the file moved to ``dest`` with ``os.replace``, so
+    ``dest`` is either absent, its previous version, or the complete verified download.
+
+    ``progress(done, total)`` reports bytes so far (including resumed ones) and the total size
+    when the server states it. ``timeout`` (seconds) applies to connecting and to each read.
+
+    Raises ``DownloadError`` (message names the URL) for HTTP errors, refused or dropped connections,
+    time-outs and short transfers; an interrupted transfer keeps its ``.part`` so a second call
+    resumes it. Returns ``Path(dest)``.
+    """
+    if not url.lower().startswith(("https://", "http://")):
+        raise DownloadError(f"{url}: only http:// and https:// URLs can be downloaded")
+    expected = None
+    if sha256 is not None:
+        try:
+            expected = normalize_sha256(sha256)
+        except ValueError as exc:
+            raise DownloadError(f"{url}: {exc}") from exc
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+
+    digest, done, total = _transfer(url, part, progress, timeout)
+    if total is not None and done != total:
+        raise DownloadError(f"{url}: transfer ended after {done} of {total} bytes; run again to resume")
+    actual = digest.hexdigest()
+    if expected is not None and actual != expected:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{url}: SHA-256 mismatch: expected {expected}, got {actual} ({done} bytes); the download was deleted"
+        )
+    os.replace(part, dest)
+    return dest
+
+
+def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
+    request = urllib.request.Request(url, headers={"User-Agent": _user_agent()})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - scheme checked by download()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:
+            exc.close()
+            raise _RangeNotSatisfiable from exc
+        exc.close()
+        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+    except urllib.error.URLError as exc:
+        raise DownloadError(f"{url}: cannot connect ({exc.reason})") from exc
+    except (TimeoutError, OSError, http.client.HTTPException) as exc:
+        raise DownloadError(f"{url}: cannot connect ({exc})") from exc
+
+
+class _RangeNotSatisfiable(Exception):
+    pass
+
+
+def _hash_prefix(part: Path) -> tuple[hashlib._Hash, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(part, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest, size
+
+
+def _transfer(
+    url: str, part: Path, progress: ProgressCallback | None, timeout: float
+) -> tuple[hashlib._Hash, int, int | None]:
+    offset = part.stat().st_size if part.is_file() else 0
+    try:
+        response = _open(url, offset, timeout)
+    except _RangeNotSatisfiable:
+        part.unlink(missing_ok=True)
+        offset = 0
+        response = _open(url, 0, timeout)
+
+    with contextlib.closing(response):
+        status = response.status
+        length = response.headers.get("Content-Length")
+        body_length = int(length) if length is not None and length.isdigit() else None
+        if offset and status == 206:
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if match is None or int(match.group(1)) != offset:
+                raise DownloadError(
+                    f"{url}: server answered the resume request with an unusable Content-Range "
+                    f"{response.headers.get('Content-Range')!r}"
+                )
+            total = int(match.group(3)) if match.group(3) != "*" else None
+            digest, done = _hash_prefix(part)
+            mode = "ab"
+        elif 200 <= status < 300 and status != 206:
+            total = body_length
+            digest, done = hashlib.sha256(), 0
+            mode = "wb"  # no resume: start again from byte 0
+        else:
+            raise DownloadError(f"{url}: unexpected HTTP status {status} {response.reason}")
+
+        if progress is not None:
+            progress(done, total)
+        try:
+            with open(part, mode) as out:
+                while True:
+                    chunk = response.read(_CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+        except (TimeoutError, OSError, http.client.HTTPException) as exc:
+            if isinstance(exc, OSError) and exc.filename is not None:
+                raise DownloadError(f"{url}: cannot write {exc.filename}: {exc.strerror}") from exc
+            raise DownloadError(
+                f"{url}: connection lost after {done} bytes ({exc}); run again to resume"
+            ) from exc
+    return digest, done, total
+
+
+def fetch_model(
+    name: str,
+    *,
+    sha256: str | None = None,
+    progress: ProgressCallback | None = None,
+    timeout: float = 60,
+) -> Path:
+    """Download a known model's official ``.pth`` and cache it as ``.safetensors``; return that path.
+
+    The ``.pth`` goes to ``models_dir()/downloads/<filename>`` and is verified against the
+    registry's SHA-256. For a registry entry without a published hash, ``sha256`` (e.g. from
+    ``texup models fetch NAME --sha256 HEX``) is required; when both exist they must agree. A
+    ``.pth`` already present with the right hash is not downloaded again. The file is then loaded
+    with ``torch.load(weights_only=True)`` (through ``texup.weights.load_model``) and written to
+    ``models_dir()/<name>.safetensors`` with provenance metadata and a manifest entry.
+
+    Raises ``UnknownModelError`` for an unknown name, ``DownloadError`` for network, checksum or
+    missing-hash problems and ``ModelLoadError`` when the download is not a loadable model.
+    """
+    from texup.weights import cache, registry
+
+    info = registry.get_model_info(name)
+    if info.url is None:
+        raise DownloadError(f"model '{name}' has no download URL")
+    try:
+        given = normalize_sha256(sha256) if sha256 is not None else None
+    except ValueError as exc:
+        raise DownloadError(f"{info.url}: {exc}") from exc
+    if info.sha256 is not None and given is not None and given != info.sha256:
+        raise DownloadError(
+            f"{info.url}: --sha256 {given} disagrees with the published SHA-256 {info.sha256} of {info.filename}"
+        )
+    expected = info.sha256 or given
+    if expected is None:
+        raise DownloadError(
+            f"{info.url}: no published SHA-256 is known for {info.filename}; "
+            f"pass the hash you trust with `texup models fetch {name} --sha256 HEX`"
+        )
+
+    pth = registry.download_path(info)
+    if not (pth.is_file() and cache.sha256_file(pth) == expected):
+        download(info.url, pth, sha256=expected, progress=progress, timeout=timeout)
+    return registry.convert_download(info, pth, source_sha256=expected)
