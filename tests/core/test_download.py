@@ -1,0 +1,230 @@
+"""texup.weights.download against a local HTTP server (127.0.0.1, no real network)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from texup.errors import DownloadError
+from texup.weights.download import download
+
+
+@dataclass
+class ServerState:
+    """What the test server serves and what it saw."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    honour_range: bool = True
+    cut_after: int | None = None  # close the connection after sending this many body bytes
+    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: ServerState  # set on a per-server subclass
+
+    def log_message(self, format: str, *args: object) -> None:  # keep pytest output clean
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        state = self.state
+        range_header = self.headers.get("Range")
+        state.requests.append((self.path, range_header))
+        body = state.files.get(self.path)
+        if body is None:
+            self.send_error(404, "Not Found")
+            return
+        start = 0
+        status = 200
+        if range_header and state.honour_range:
+            spec = range_header.removeprefix("bytes=").split("-")[0]
+            start = int(spec)
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        payload = body[start:]
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(payload)))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.end_headers()
+        if state.cut_after is not None:
+            self.wfile.write(payload[: state.cut_after])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(payload)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, ServerState]]:
+    state = ServerState()
+    handler = type("Handler", (_Handler,), {"state": state})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def _payload(size: int = 300_001) -> bytes:
+    # Not a multiple of the 64 KiB read chunk, and not repetitive, so offsets matter.
+    return os.urandom(size)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_full_download_verifies_reports_progress_and_leaves_no_part(server, tmp_path: Path) -> None:
+    base, state = server
+    data = _payload()
+    state.files["/w.pth"] = data
+    dest = tmp_path / "sub" / "w.pth"
+    seen: list[tuple[int, int | None]] = []
+
+    result = download(f"{base}/w.pth", dest, sha256=_sha(data).upper(), progress=lambda d, t: seen.append((d, t)))
+
+    assert result == dest
+    assert dest.read_bytes() == data
+    assert not dest.with_name("w.pth.part").exists()
+    assert state.requests == [("/w.pth", None)]
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and done[0] == 0 and done[-1] == len(data)
+    assert {t for _, t in seen} == {len(data)}
+
+
+def test_checksum_mismatch_deletes_the_part_and_names_both_hashes(server, tmp_path: Path) -> None:
+    base, state = server
+    data = _payload(5000)
+    state.files["/w.pth"] = data
+    dest = tmp_path / "w.pth"
+    wrong = _sha(b"something else")
+
+    with pytest.raises(DownloadError) as info:
+        download(f"{base}/w.pth", dest, sha256=wrong)
+
+    message = str(info.value)
+    assert wrong in message and _sha(data) in message and f"{base}/w.pth" in message
+    assert not dest.exists()
+    assert not dest.with_name("w.pth.part").exists()
+
+
+def test_mismatch_keeps_an_existing_destination_untouched(server, tmp_path: Path) -> None:
+    base, state = server
+    state.files["/w.pth"] = _payload(5000)
+    dest = tmp_path / "w.pth"
+    dest.write_bytes(b"previous good file")
+
+    with pytest.raises(DownloadError):
+        download(f"{base}/w.pth", dest, sha256=_sha(b"nope"))
+    assert dest.read_bytes() == b"previous good file"
+
+
+def test_resume_sends_a_range_request_and_appends(server, tmp_path: Path) -> None:
+    base, state = server
+    data = _payload()
+    state.files["/w.pth"] = data
+    dest = tmp_path / "w.pth"
+    cut = 123_457
+    dest.with_name("w.pth.part").write_bytes(data[:cut])
+    seen: list[tuple[int, int | None]] = []
+
+    download(f"{base}/w.pth", dest, sha256=_sha(data), progress=lambda d, t: seen.append((d, t)))
+
+    assert state.requests == [("/w.pth", f"bytes={cut}-")]
+    assert dest.read_bytes() == data
+    assert seen[0] == (cut, len(data)) and seen[-1] == (len(data), len(data))
+
+
+def test_resume_restarts_cleanly_when_the_server_ignores_ranges(server, tmp_path: Path) -> None:
+    base, state = server
+    data = _payload()
+    state.files["/w.pth"] = data
+    state.honour_range = False
+    dest = tmp_path / "w.pth"
+    # A stale part that is NOT a prefix of the file: appending to it would corrupt the result.
+    dest.with_name("w.pth.part").write_bytes(b"\xff" * 1000)
+
+    download(f"{base}/w.pth", dest, sha256=_sha(data))
+
+    assert state.requests == [("/w.pth", "bytes=1000-")]
+    assert dest.read_bytes() == data
+
+
+def test_a_part_longer_than_the_file_is_discarded_after_416(server, tmp_path: Path) -> None:
+    base, state = server
+    data = _payload(4000)
+    state.files["/w.pth"] = data
+    dest = tmp_path / "w.pth"
+    dest.with_name("w.pth.part").write_bytes(b"\0" * 9000)
+
+    download(f"{base}/w.pth", dest, sha256=_sha(data))
+
+    assert state.requests == [("/w.pth", "bytes=9000-"), ("/w.pth", None)]
+    assert dest.read_bytes() == data
+
+
+def test_dropped_connection_keeps_the_part_and_a_second_call_resumes(server, tmp_path: Path) -> None:
+    base, state = server
+    data = _payload()
+    state.files["/w.pth"] = data
+    state.cut_after = 100_000
+    dest = tmp_path / "w.pth"
+    part = dest.with_name("w.pth.part")
+
+    with pytest.raises(DownloadError, match="resume"):
+        download(f"{base}/w.pth", dest, sha256=_sha(data), timeout=10)
+    assert not dest.exists()
+    assert part.read_bytes() == data[:100_000]
+
+    state.cut_after = None
+    download(f"{base}/w.pth", dest, sha256=_sha(data), timeout=10)
+    assert state.requests[-1] == ("/w.pth", "bytes=100000-")
+    assert dest.read_bytes() == data
+    assert not part.exists()
+
+
+def test_http_404_names_the_url_and_status(server, tmp_path: Path) -> None:
+    base, _ = server
+    dest = tmp_path / "w.pth"
+    with pytest.raises(DownloadError) as info:
+        download(f"{base}/missing.pth", dest, sha256=None)
+    assert f"{base}/missing.pth" in str(info.value) and "404" in str(info.value)
+    assert not dest.exists() and not dest.with_name("w.pth.part").exists()
+
+
+def test_connection_refused_names_the_url(tmp_path: Path) -> None:
+    with socket.socket() as s:  # find a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/w.pth"
+    with pytest.raises(DownloadError) as info:
+        download(url, tmp_path / "w.pth", sha256=None, timeout=5)
+    assert url in str(info.value)
+    assert not (tmp_path / "w.pth").exists()
+
+
+def test_bad_hash_argument_and_scheme_are_refused_before_any_request(server, tmp_path: Path) -> None:
+    base, state = server
+    with pytest.raises(DownloadError, match="SHA-256"):
+        download(f"{base}/w.pth", tmp_path / "w.pth", sha256="abc123")
+    with pytest.raises(DownloadError, match="http"):
+        download(f"file://{tmp_path}/x", tmp_path / "w.pth", sha256=None)
+    assert state.requests == []
