@@ -1,0 +1,241 @@
+"""Loading any supported weights file into a ready module, and saving texup's own format.
+
+texup's format is a ``.safetensors`` file whose metadata says what it holds, so loading never guesses:
+
+==================  =========================================================
+``texup.format``    ``"1"``
+``texup.arch``      a key of :data:`texup.archs.ARCHITECTURES`
+``texup.hparams``   JSON of the constructor kwargs
+``texup.scale``     the output scale, as a decimal string
+``texup.provenance`` JSON object: where the weights came from (free-form)
+==================  =========================================================
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from texup.archs import ARCHITECTURES, build
+from texup.errors import ModelLoadError
+from texup.weights.detect import detect_architecture
+from texup.weights.keymaps import canonicalize, naming_style
+from texup.weights.state_dict import NCNN_SUFFIXES, read_state_dict
+
+FORMAT_VERSION = "1"
+
+
+@dataclass
+class LoadedModel:
+    """A generator ready for inference.
+
+    Attributes:
+        module: the network, in eval mode, float32, on the CPU, ``requires_grad`` off everywhere.
+            ``forward`` takes (N, C, H, W) float in [0, 1] with H, W multiples of ``input_multiple``.
+        arch: architecture name (key of :data:`texup.archs.ARCHITECTURES`).
+        hparams: the module's constructor kwargs.
+        scale: output size / input size.
+        input_multiple: the caller pads H and W to multiples of this and crops the output back.
+        name: registry name, or the file's stem.
+        path: the file it was loaded from (``None`` when built in memory).
+        metadata: ``source_format`` ("safetensors", "pickle" or "ncnn"), ``naming`` of the source
+            keys, ``provenance`` (dict) when the file carried one, and any other safetensors
+            metadata entries that are not texup's own.
+    """
+
+    module: nn.Module
+    arch: str
+    hparams: dict[str, Any]
+    scale: int
+    input_multiple: int
+    name: str
+    path: Path | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _safetensors_metadata(path: Path) -> dict[str, str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelLoadError(path, f"not a valid safetensors file ({type(exc).__name__}: {exc})") from exc
+
+
+def _arch_from_metadata(meta: dict[str, str], path: Path) -> tuple[str, dict[str, Any]] | None:
+    if "texup.arch" not in meta:
+        return None
+    arch = meta["texup.arch"]
+    if arch not in ARCHITECTURES:
+        raise ModelLoadError(path, f"metadata names unknown architecture {arch!r}")
+    try:
+        hparams = json.loads(meta.get("texup.hparams", "{}"))
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(path, f"metadata 'texup.hparams' is not valid JSON ({exc})") from exc
+    if not isinstance(hparams, dict):
+        raise ModelLoadError(path, "metadata 'texup.hparams' is not a JSON object")
+    return arch, hparams
+
+
+def instantiate(arch: str, hparams: dict[str, Any], sd: dict[str, torch.Tensor], *, source: str | Path) -> nn.Module:
+    """Build ``arch(**hparams)`` and load ``sd`` strictly; return it eval, fp32, CPU, frozen.
+
+    Raises:
+        ModelLoadError: bad hparams, or tensors that do not fit (missing / unexpected names,
+            wrong shapes), listed in the message.
+    """
+    try:
+        module = build(arch, hparams)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelLoadError(source, f"cannot build {arch} with {hparams}: {exc}") from exc
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
+             if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            parts.append(f"{len(wrong)} with wrong shapes (e.g. {'; '.join(wrong[:3])})")
+        raise ModelLoadError(source, f"tensors do not fit {arch}({_fmt(hparams)}): {'; '.join(parts)}")
+    module.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()}, strict=True)
+    module = module.to(device="cpu", dtype=torch.float32).eval()
+    module.requires_grad_(False)
+    return module
+
+
+def _fmt(hparams: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in hparams.items())
+
+
+def load_model(path: str | Path, *, name: str | None = None) -> LoadedModel:
+    """Load any supported weights file (see :func:`read_state_dict`) into a :class:`LoadedModel`.
+
+    Files written by :func:`save_model` are built from their metadata; anything else is
+    canonicalized and its architecture detected from tensor shapes. Either way the tensors must fit
+    the architecture exactly.
+
+    Raises:
+        UnsafeWeightsError, ModelLoadError: see :func:`read_state_dict`, :func:`detect_architecture`,
+            :func:`instantiate`; ncnn graphs ending in a resize (``realesr-animevideov3-x2``/``-x3``)
+            are refused, as texup would otherwise run them at the wrong scale.
+    """
+    path = Path(path)
+    metadata: dict[str, Any] = {}
+    suffix = path.suffix.lower()
+    if suffix in NCNN_SUFFIXES:
+        from texup.weights.ncnn import read_ncnn
+
+        if not path.is_file():
+            raise ModelLoadError(path, "no such file")
+        ncnn = read_ncnn(path)
+        if ncnn.output_resize is not None:
+            raise ModelLoadError(
+                path,
+                f"the ncnn graph resizes the network's output by {ncnn.output_resize:g} after "
+                f"{ncnn.arch}; texup loads only networks without a trailing resize",
+            )
+        arch, hparams, sd = ncnn.arch, ncnn.hparams, ncnn.state_dict
+        metadata.update(source_format="ncnn", naming="ncnn")
+    else:
+        sd = read_state_dict(path)
+        found = None
+        if suffix == ".safetensors":
+            meta = _safetensors_metadata(path)
+            found = _arch_from_metadata(meta, path)
+            for key, value in meta.items():
+                if key == "texup.provenance":
+                    try:
+                        metadata["provenance"] = json.loads(value)
+                    except json.JSONDecodeError as exc:
+                        raise ModelLoadError(path, f"metadata 'texup.provenance' is not valid JSON ({exc})") from exc
+                elif not key.startswith("texup."):
+                    metadata[key] = value
+        metadata["source_format"] = "safetensors" if suffix == ".safetensors" else "pickle"
+        metadata["naming"] = naming_style(sd)
+        sd = canonicalize(sd, source=path)
+        arch, hparams = found if found is not None else detect_architecture(sd, source=path)
+    module = instantiate(arch, hparams, sd, source=path)
+    return LoadedModel(
+        module=module,
+        arch=arch,
+        hparams=dict(module.hparams),
+        scale=int(module.scale),
+        input_multiple=int(module.input_multiple),
+        name=name if name is not None else path.stem,
+        path=path,
+        metadata=metadata,
+    )
+
+
+def _arch_of(module: nn.Module) -> str:
+    for arch, cls in ARCHITECTURES.items():
+        if type(module) is cls:
+            return arch
+    raise TypeError(f"save_model: {type(module).__name__} is not one of {', '.join(ARCHITECTURES)}")
+
+
+def save_model(
+    model: LoadedModel | nn.Module,
+    path: str | Path,
+    *,
+    provenance: dict[str, Any] | None = None,
+    keep_dtype: bool = False,
+) -> Path:
+    """Write ``model`` as texup ``.safetensors`` (metadata in the module docstring); return the path.
+
+    The file is written to a temporary name in the same directory and moved into place with
+    :func:`os.replace`, so readers never see a half-written file. Tensors are stored contiguous,
+    converted to float32 unless ``keep_dtype``. ``provenance`` defaults to the LoadedModel's own.
+
+    Raises:
+        TypeError: ``model`` is not a texup architecture.
+        ValueError: ``path`` does not end in ``.safetensors`` or provenance is not JSON-serialisable.
+        OSError: the directory is not writable (no partial file is left behind).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"save_model writes .safetensors files, got {path}")
+    if isinstance(model, LoadedModel):
+        module, arch = model.module, model.arch
+        if provenance is None:
+            provenance = model.metadata.get("provenance")
+    else:
+        module, arch = model, _arch_of(model)
+    hparams = dict(module.hparams)  # type: ignore[arg-type]
+    metadata = {
+        "texup.format": FORMAT_VERSION,
+        "texup.arch": arch,
+        "texup.hparams": json.dumps(hparams, sort_keys=True),
+        "texup.scale": str(int(module.scale)),  # type: ignore[arg-type]
+        "texup.provenance": json.dumps(provenance or {}, sort_keys=True),
+    }
+    tensors = {}
+    for key, tensor in module.state_dict().items():
+        tensor = tensor.detach().to("cpu")
+        if not keep_dtype:
+            tensor = tensor.to(torch.float32)
+        tensors[key] = tensor.contiguous().clone()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp_name, metadata=metadata)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
