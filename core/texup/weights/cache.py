@@ -88,12 +88,16 @@ def models_dir() -> Path:
 # recorded right after writing it; while they still match, the file is trusted. When they
 # differ (the file was touched, copied, restored from backup) the full SHA-256 is computed once,
 # compared with the recorded one, and on a match the new size/mtime are recorded.
+# File systems stamp mtimes with a coarse clock, so a change made within the same clock tick as
+# the recording can keep size and mtime identical ("racy" entries, as git calls them): while the
+# recording is less than _RACY_NS after the file's mtime, the full hash is always computed.
 # --------------------------------------------------------------------------------------------------
 
 MANIFEST_NAME = "manifest.json"
 _MANIFEST_VERSION = 1
 _LOCK_NAME = ".lock"
 _HASH_CHUNK = 1 << 20
+_RACY_NS = 2_000_000_000
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -174,6 +178,7 @@ def record_file(path: Path, *, sha256: str | None = None, **info: Any) -> dict[s
         "sha256": sha256 or sha256_file(path),
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
+        "recorded_ns": time.time_ns(),
     }
     entries = read_manifest()
     entries[_key(path)] = entry
@@ -214,16 +219,20 @@ def verify_file(path: Path) -> Verification:
         return Verification("unrecorded")
     expected = str(entry.get("sha256"))
     st = path.stat()
-    if st.st_size == entry.get("size") and st.st_mtime_ns == entry.get("mtime_ns"):
+    unchanged = st.st_size == entry.get("size") and st.st_mtime_ns == entry.get("mtime_ns")
+    racy = int(entry.get("recorded_ns", 0)) - st.st_mtime_ns < _RACY_NS
+    if unchanged and not racy:
         return Verification("ok", expected, expected)
     actual = sha256_file(path)
     if actual != expected:
         return Verification("mismatch", expected, actual)
+    if unchanged:
+        return Verification("ok", expected, actual)
     with cache_lock():
         current = read_manifest()
         if _key(path) in current:
             fresh = path.stat()
-            current[_key(path)].update(size=fresh.st_size, mtime_ns=fresh.st_mtime_ns)
+            current[_key(path)].update(size=fresh.st_size, mtime_ns=fresh.st_mtime_ns, recorded_ns=time.time_ns())
             _write_manifest(current)
     return Verification("ok", expected, actual)
 

@@ -24,7 +24,7 @@ import importlib.metadata
 import importlib.util
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -396,11 +396,9 @@ def load_pretrained(
     from texup.weights import load_model
 
     path = resolve_model(name_or_path, progress=progress)
-    loaded = load_model(path)
     name = os.fspath(name_or_path)
-    if name in KNOWN_MODELS and not Path(name).expanduser().is_file():
-        loaded = replace(loaded, name=name)
-    return loaded
+    is_registry_name = name in KNOWN_MODELS and not Path(name).expanduser().is_file()
+    return load_model(path, name=name if is_registry_name else None)
 
 
 def list_models() -> list[dict[str, Any]]:
