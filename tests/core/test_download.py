@@ -1,7 +1,9 @@
-"""texup.weights.download against a local HTTP server (127.0.0.1, no real network)."""
+"""texup.weights.download and fetch_model against a local HTTP server (127.0.0.1, no real network)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import os
 import socket
 import threading
@@ -11,9 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 
-from texup.errors import DownloadError
-from texup.weights.download import download
+from texup.archs.rrdbnet import RRDBNet
+from texup.errors import DownloadError, ModelLoadError
+from texup.weights import registry
+from texup.weights.cache import models_dir, read_manifest, sha256_file
+from texup.weights.download import download, fetch_model
 
 
 @dataclass
@@ -228,3 +234,107 @@ def test_bad_hash_argument_and_scheme_are_refused_before_any_request(server, tmp
     with pytest.raises(DownloadError, match="http"):
         download(f"file://{tmp_path}/x", tmp_path / "w.pth", sha256=None)
     assert state.requests == []
+
+
+# ------------------------------------------------------------------------------------------------
+# fetch_model: official .pth -> verified download -> cached .safetensors
+# ------------------------------------------------------------------------------------------------
+
+NAME = "realesrgan-x2plus"
+
+
+def _tiny_pth(scale: int) -> bytes:
+    """A tiny RRDBNet saved like Real-ESRGAN's releases: ``{"params_ema": state_dict}``."""
+    torch.manual_seed(0)
+    net = RRDBNet(num_in_ch=3, num_out_ch=3, scale=scale, num_feat=8, num_block=2, num_grow_ch=4)
+    buffer = io.BytesIO()
+    torch.save({"params_ema": net.state_dict()}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def served_model(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Point the x2plus registry entry at a tiny x2 RRDBNet served locally; fresh TEXUP_HOME."""
+    base, state = server
+    data = _tiny_pth(scale=2)
+    state.files["/RealESRGAN_x2plus.pth"] = data
+    monkeypatch.setenv("TEXUP_HOME", str(tmp_path / "home"))
+    info = dataclasses.replace(registry.KNOWN_MODELS[NAME], url=f"{base}/RealESRGAN_x2plus.pth", sha256=_sha(data))
+    monkeypatch.setitem(registry.KNOWN_MODELS, NAME, info)
+    return state, data, info
+
+
+def test_fetch_model_downloads_verifies_and_caches_safetensors(served_model) -> None:
+    state, data, info = served_model
+    seen: list[tuple[int, int | None]] = []
+
+    path = fetch_model(NAME, progress=lambda d, t: seen.append((d, t)))
+
+    assert path == models_dir() / f"{NAME}.safetensors"
+    assert seen[-1] == (len(data), len(data))
+    assert (models_dir() / "downloads" / "RealESRGAN_x2plus.pth").read_bytes() == data
+    entry = read_manifest()[path.name]
+    assert entry["sha256"] == sha256_file(path)
+    assert entry["source"] == info.url and entry["source_sha256"] == info.sha256
+
+    loaded = registry.load_pretrained(NAME)
+    assert loaded.name == NAME and loaded.arch == "RRDBNet" and loaded.scale == 2
+    assert loaded.hparams["num_block"] == 2 and loaded.metadata["provenance"]["license"] == "BSD-3-Clause"
+    with torch.inference_mode():
+        out = loaded.module(torch.rand(1, 3, 10, 14))
+    assert out.shape == (1, 3, 20, 28)
+
+    # Once fetched: no second request, and ensure_model is satisfied offline.
+    requests = len(state.requests)
+    assert fetch_model(NAME) == path
+    assert registry.ensure_model(NAME) == path
+    assert len(state.requests) == requests
+
+
+def test_corrupted_fetched_model_is_rebuilt_from_the_verified_download_offline(served_model) -> None:
+    state, _, _ = served_model
+    path = fetch_model(NAME)
+    requests = len(state.requests)
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size - 64)
+        f.write(b"\x00" * 32)
+    assert registry.ensure_model(NAME) == path
+    assert sha256_file(path) == read_manifest()[path.name]["sha256"]
+    assert len(state.requests) == requests
+
+
+def test_fetch_refuses_a_download_with_the_wrong_content(served_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    state, _, info = served_model
+    state.files["/RealESRGAN_x2plus.pth"] = _tiny_pth(scale=4)  # not the published file
+    with pytest.raises(DownloadError, match="mismatch"):
+        fetch_model(NAME)
+    assert not (models_dir() / f"{NAME}.safetensors").exists()
+    assert not list((models_dir() / "downloads").iterdir())
+
+
+def test_fetch_without_a_published_hash_requires_one(served_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    state, data, info = served_model
+    monkeypatch.setitem(registry.KNOWN_MODELS, NAME, dataclasses.replace(info, sha256=None))
+    with pytest.raises(DownloadError, match="--sha256"):
+        fetch_model(NAME)
+    assert state.requests == []
+
+    path = fetch_model(NAME, sha256=_sha(data))
+    assert path.is_file()
+
+
+def test_fetch_with_a_hash_that_disagrees_with_the_published_one(served_model) -> None:
+    state, _, _ = served_model
+    with pytest.raises(DownloadError, match="disagrees"):
+        fetch_model(NAME, sha256=_sha(b"other"))
+    assert state.requests == []
+
+
+def test_fetch_rejects_a_file_of_the_wrong_scale(served_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    state, _, info = served_model
+    data = _tiny_pth(scale=4)
+    state.files["/RealESRGAN_x2plus.pth"] = data
+    monkeypatch.setitem(registry.KNOWN_MODELS, NAME, dataclasses.replace(info, sha256=_sha(data)))
+    with pytest.raises(ModelLoadError, match="x2"):
+        fetch_model(NAME)
+    assert not (models_dir() / f"{NAME}.safetensors").exists()
