@@ -16,6 +16,7 @@ import io
 import pickle
 import pickletools
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _read_pickle(path: Path) -> Any:
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols newer than 2; the weights-only unpickler handles them.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)
         if "Weights only load failed" in message:
