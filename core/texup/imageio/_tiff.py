@@ -1,0 +1,156 @@
+"""TIFF through tifffile: 1-bit (as gray), 8/16-bit integer and 16/32-bit float; gray, RGB, palette,
+with or without alpha; contiguous or planar, stripped or tiled. The first page (image) is read.
+
+Associated (premultiplied) alpha is converted to straight alpha on reading, since texup images
+carry straight alpha; files are always written with unassociated alpha.
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ImageReadError
+from ._common import check_dimensions, check_limit, decode_error
+from .types import ImageInfo
+
+_SUPPORTED_DTYPES = ("bool", "uint8", "uint16", "float16", "float32")
+_LOSSLESS_COMPRESSIONS = ("none", "lzw", "adobe_deflate", "deflate", "zstd", "lzma", "packbits")
+_ICC_TAG = 34675
+
+
+def _layout(path: Path, page: Any) -> tuple[int, str, bool]:
+    """(channels, dtype name as decoded, associated alpha) for a page, from its tags only."""
+    photometric = page.photometric.name if page.photometric is not None else "MINISBLACK"
+    samples = int(page.samplesperpixel)
+    extras = tuple(int(e) for e in (page.extrasamples or ()))
+    dtype = np.dtype(page.dtype).name if page.dtype is not None else "unknown"
+    if dtype not in _SUPPORTED_DTYPES:
+        raise ImageReadError(path, f"unsupported TIFF sample type {dtype} (supported: 1-bit, uint8, uint16, float16, float32)")
+    associated = bool(extras) and extras[0] == 1
+    if photometric in ("MINISBLACK", "MINISWHITE"):
+        if samples not in (1, 2):
+            raise ImageReadError(path, f"unsupported TIFF layout: {samples} gray samples per pixel")
+        if photometric == "MINISWHITE" and dtype not in ("bool", "uint8", "uint16"):
+            raise ImageReadError(path, "unsupported TIFF layout: white-is-zero float samples")
+        channels = samples
+    elif photometric == "RGB" or (photometric == "YCBCR" and page.compression.name == "JPEG"):
+        if samples not in (3, 4):
+            raise ImageReadError(path, f"unsupported TIFF layout: RGB with {samples} samples per pixel")
+        channels = samples
+    elif photometric == "PALETTE":
+        if samples != 1 or page.colormap is None:
+            raise ImageReadError(path, "corrupt TIFF data (palette image without a colour map)")
+        channels = 3
+        dtype = "uint8" if int(page.bitspersample) <= 8 else "uint16"
+    else:
+        raise ImageReadError(path, f"unsupported TIFF colour model {photometric} (supported: gray, RGB, palette)")
+    return channels, ("uint8" if dtype == "bool" else dtype), associated
+
+
+def _open(path: Path) -> Any:
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, OSError, ValueError, struct.error, EOFError) as exc:
+        raise decode_error(path, "tiff", exc) from exc
+    if not tif.pages:
+        tif.close()
+        raise ImageReadError(path, "corrupt TIFF data (no image in the file)")
+    return tif
+
+
+def probe(path: Path, max_pixels: int | None) -> ImageInfo:
+    with _open(path) as tif:
+        page = tif.pages.first
+        width, height = int(page.imagewidth), int(page.imagelength)
+        check_dimensions(path, width, height)
+        check_limit(path, width, height, max_pixels)
+        channels, dtype, _ = _layout(path, page)
+        extra: dict[str, Any] = {"tiff_compression": page.compression.name.lower()}
+        icc = page.tags.get(_ICC_TAG)
+        if icc is not None and icc.value:
+            extra["icc_profile"] = bytes(icc.value)
+        if page.photometric.name == "PALETTE":
+            extra["palette"] = True
+        colorspace = "linear" if dtype.startswith("float") else "srgb"
+        return ImageInfo(path, "tiff", width, height, channels, dtype, colorspace, extra)  # type: ignore[arg-type]
+
+
+def decode(path: Path, info: ImageInfo) -> np.ndarray:
+    import tifffile
+
+    with _open(path) as tif:
+        page = tif.pages.first
+        channels, dtype, associated = _layout(path, page)
+        try:
+            raw = page.asarray()
+        except (tifffile.TiffFileError, OSError, ValueError, RuntimeError, struct.error, EOFError) as exc:
+            raise decode_error(path, "tiff", exc) from exc
+        axes = page.axes
+        photometric = page.photometric.name
+        colormap = page.colormap
+    if "S" in axes:
+        raw = np.moveaxis(raw, axes.index("S"), -1)
+    if raw.ndim == 2:
+        raw = raw[:, :, None]
+    if raw.dtype == np.bool_:
+        raw = raw.astype(np.uint8) * np.uint8(255)
+    if photometric == "MINISWHITE":
+        raw = np.iinfo(raw.dtype).max - raw
+    elif photometric == "PALETTE":
+        table = np.asarray(colormap).T  # (entries, 3), 16-bit values per the TIFF spec
+        if dtype == "uint8":
+            table = (table >> 8).astype(np.uint8) if table.max() > 255 else table.astype(np.uint8)
+        raw = table.astype(dtype)[raw[:, :, 0]]
+    if associated and raw.shape[2] in (2, 4):
+        raw = _unpremultiply(raw)
+    pixels = raw.astype(dtype, copy=False)
+    if pixels.shape != info.shape:
+        raise ImageReadError(path, f"corrupt TIFF data (decoded {pixels.shape}, header says {info.shape})")
+    return np.ascontiguousarray(pixels)
+
+
+def _unpremultiply(raw: np.ndarray) -> np.ndarray:
+    color, alpha = raw[:, :, :-1], raw[:, :, -1:]
+    if raw.dtype.kind == "f":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            straight = np.where(alpha > 0, color / alpha, 0).astype(raw.dtype)
+    else:
+        maximum = np.iinfo(raw.dtype).max
+        a = alpha.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            straight = np.where(alpha > 0, np.rint(np.clip(color * maximum / a, 0, maximum)), 0).astype(raw.dtype)
+    return np.concatenate([straight, alpha], axis=2)
+
+
+def encode(target: Path, pixels: np.ndarray, extra: dict[str, Any]) -> None:
+    """Write ``pixels`` (uint8, uint16, float16 or float32; 1..4 channels) as a single-page TIFF.
+
+    Compression follows ``extra["tiff_compression"]`` when it is lossless, else Deflate; a
+    horizontal (integer) or floating-point predictor is used with Deflate, LZW and Zstd.
+    """
+    import tifffile
+
+    compression = str(extra.get("tiff_compression", "adobe_deflate"))
+    if compression not in _LOSSLESS_COMPRESSIONS:
+        compression = "adobe_deflate"
+    channels = pixels.shape[2]
+    options: dict[str, Any] = {
+        "photometric": "minisblack" if channels <= 2 else "rgb",
+        "planarconfig": "contig",
+        "compression": None if compression == "none" else compression,
+        "metadata": None,
+    }
+    if channels in (2, 4):
+        options["extrasamples"] = ("unassalpha",)
+    if compression in ("adobe_deflate", "deflate", "lzw", "zstd") and pixels.dtype != np.float16:
+        options["predictor"] = True
+    icc = extra.get("icc_profile")
+    if icc:
+        options["iccprofile"] = bytes(icc)
+    data = pixels[:, :, 0] if channels == 1 else pixels
+    tifffile.imwrite(target, data, **options)

@@ -1,0 +1,177 @@
+"""Writing: :func:`write_image`, atomic (temporary file in the destination folder, fsync, rename)."""
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ImageWriteError
+from . import _exr, _pillow, _png, _tiff
+from ._common import FORMAT_NAMES
+from .types import DTYPES, ImageInfo, format_for_path, normalize_format
+
+# Sample types each format stores without loss of range.
+FORMAT_DTYPES: dict[str, tuple[str, ...]] = {
+    "png": ("uint8", "uint16"),
+    "jpeg": ("uint8",),
+    "tga": ("uint8",),
+    "tiff": ("uint8", "uint16", "float16", "float32"),
+    "bmp": ("uint8",),
+    "webp": ("uint8",),
+    "exr": ("float16", "float32"),
+}
+_MAX_SIDE: dict[str, int] = {"jpeg": 65500, "webp": 16383, "tga": 65535}
+_SUGGEST: dict[str, str] = {
+    "uint8": "PNG, TIFF, TGA or WebP",
+    "uint16": "PNG or TIFF",
+    "float16": "EXR or TIFF",
+    "float32": "EXR or TIFF",
+}
+
+
+def _resolve_format(path: Path, format: str | None) -> str:
+    try:
+        return normalize_format(format) if format is not None else format_for_path(path)
+    except ValueError as exc:
+        raise ImageWriteError(path, str(exc)) from None
+
+
+def _validate(path: Path, format: str, pixels: np.ndarray) -> np.ndarray:
+    """Return ``pixels`` as a C-contiguous (H, W, C) array or raise ImageWriteError saying why it cannot be stored."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.ndim != 3 or pixels.shape[2] not in (1, 2, 3, 4):
+        raise ImageWriteError(path, f"pixels must be (H, W) or (H, W, C) with C in 1..4, got shape {pixels.shape}")
+    height, width, channels = pixels.shape
+    if height == 0 or width == 0:
+        raise ImageWriteError(path, f"cannot write an empty {width}x{height} image")
+    dtype = pixels.dtype.name
+    name = FORMAT_NAMES[format]
+    if dtype not in DTYPES:
+        raise ImageWriteError(path, f"{dtype} samples are not an image sample type (use uint8, uint16, float16 or float32)")
+    if dtype not in FORMAT_DTYPES[format]:
+        raise ImageWriteError(
+            path, f"{name} cannot hold {dtype} samples (it stores {', '.join(FORMAT_DTYPES[format])}); convert first or write {_SUGGEST[dtype]}"
+        )
+    if format == "jpeg" and channels in (2, 4):
+        raise ImageWriteError(path, "JPEG has no alpha channel; drop the alpha or write PNG, TIFF, TGA or WebP")
+    limit = _MAX_SIDE.get(format)
+    if limit is not None and max(width, height) > limit:
+        raise ImageWriteError(path, f"{name} images are limited to {limit}x{limit} pixels, this one is {width}x{height}")
+    return np.ascontiguousarray(pixels)
+
+
+def _encode(target: Path, format: str, pixels: np.ndarray, extra: dict[str, Any]) -> None:
+    if format == "png":
+        _png.encode(target, pixels, extra)
+    elif format == "exr":
+        _exr.encode(target, pixels, extra)
+    elif format == "tiff":
+        _tiff.encode(target, pixels, extra)
+    else:
+        _pillow.encode(target, format, pixels, extra)
+
+
+def _create_temp(path: Path) -> Path:
+    """Create an empty, uniquely named file next to ``path`` with ordinary permissions (umask applies)."""
+    folder = path.parent
+    for _ in range(16):
+        temp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            raise ImageWriteError(path, f"folder does not exist: {folder}") from None
+        except NotADirectoryError:
+            raise ImageWriteError(path, f"not a folder: {folder}") from None
+        except PermissionError:
+            raise ImageWriteError(path, f"permission denied writing in {folder}") from None
+        except OSError as exc:
+            raise ImageWriteError(path, f"cannot create a file in {folder} ({exc.strerror or exc})") from exc
+        os.close(fd)
+        return temp
+    raise ImageWriteError(path, f"cannot create a temporary file in {folder}")
+
+
+def _fsync_folder(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_image(
+    path: str | os.PathLike[str],
+    pixels: np.ndarray,
+    *,
+    like: ImageInfo | None = None,
+    format: str | None = None,
+) -> Path:
+    """Write ``pixels`` to ``path`` atomically and return the path written.
+
+    ``pixels`` is ``(H, W, C)`` (or ``(H, W)`` for gray) with C in 1..4: gray, gray+alpha, RGB, RGBA,
+    straight alpha last. Its dtype is written as is (convert with :func:`from_float32` first):
+    PNG takes uint8/uint16; JPEG, TGA, BMP, WebP uint8; TIFF uint8/uint16/float16/float32;
+    EXR float16 (half) / float32 (float). Integer samples are taken as sRGB-encoded and float samples
+    as linear; nothing is converted here.
+
+    The format is ``format`` if given, else the path's suffix. ``like`` (usually the source's
+    :class:`ImageInfo`) carries details to keep: ICC profile, JPEG quality and chroma subsampling
+    (default 95, 4:4:4), EXR compression (default ZIP), TIFF compression when lossless (default
+    Deflate), TGA RLE (default off), WebP lossless (default lossless; RGB under zero alpha is kept).
+    A palette source is written as RGB(A): quantising the upscaled image again would lose detail.
+    Formats without gray storage get gray expanded to RGB (WebP; BMP with alpha), values unchanged.
+
+    The image is encoded into a temporary file in the destination folder, flushed to disk and
+    renamed over ``path``, so a reader never sees a half-written file and an existing file is left
+    intact when anything fails. Raises :class:`~texup.errors.ImageWriteError` naming ``path`` and
+    the reason: a format that cannot hold the dtype or channels, a missing folder, a permission
+    problem, an encoder failure.
+    """
+    target = Path(path)
+    fmt = _resolve_format(target, format)
+    if not isinstance(pixels, np.ndarray):
+        raise ImageWriteError(target, f"pixels must be a numpy array, got {type(pixels).__name__}")
+    data = _validate(target, fmt, pixels)
+    if target.is_dir():
+        raise ImageWriteError(target, "is a folder")
+    extra: dict[str, Any] = dict(like.extra) if like is not None else {}
+
+    temp = _create_temp(target)
+    done = False
+    try:
+        try:
+            existing_mode = stat.S_IMODE(os.stat(target).st_mode)
+        except FileNotFoundError:
+            existing_mode = None
+        try:
+            _encode(temp, fmt, data, extra)
+            with open(temp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            if existing_mode is not None:
+                os.chmod(temp, existing_mode)
+        except ImageWriteError:
+            raise
+        except (OSError, ValueError, RuntimeError, TypeError, KeyError, struct.error, zlib.error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split()) or type(exc).__name__
+            raise ImageWriteError(target, f"{FORMAT_NAMES[fmt]} encoding failed: {reason}") from exc
+        try:
+            os.replace(temp, target)
+        except OSError as exc:
+            raise ImageWriteError(target, f"cannot replace the file ({exc.strerror or exc})") from exc
+        done = True
+        _fsync_folder(target.parent)
+    finally:
+        if not done:
+            temp.unlink(missing_ok=True)
+    return target
