@@ -1,0 +1,212 @@
+"""The worker's wire format: JSON lines, one UTF-8 object per line, on the worker's stdin and stdout.
+
+This module is the worker's half of the contract; ``blender_addon/bridge/protocol.py`` is the add-on's
+half (it cannot import texup). Both carry :data:`PROTOCOL_VERSION`, and a test checks they agree.
+
+Client -> worker (``id`` is the client's job or request id, any string):
+
+* ``{"type": "upscale", "id", "options": {...}, "items": [{"key", "src", "dst", "role"}, ...]}``
+* ``{"type": "cancel", "id"}`` -- cancel that job (running: stops at the next tile; queued: never starts)
+* ``{"type": "ping", "id"}`` -> ``{"type": "pong", "id"}``
+* ``{"type": "models", "id"}`` -> ``{"type": "models", "id", "models": [...]}``
+* ``{"type": "shutdown"}`` -- cancel everything and exit 0
+
+Worker -> client: ``hello`` (first line), then ``progress``, ``result``, ``error`` and ``done`` events of
+each job, ``pong`` and ``models`` replies. An ``error`` event has ``kind`` (the exception class name),
+a one-line ``message`` and a ``traceback`` (may be empty). A message of an unknown type, or a line that
+is not a JSON object, gets an ``error`` event and the worker goes on.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+ROLES: tuple[str, ...] = ("color", "normal", "data")
+SEAMLESS: tuple[str, ...] = ("auto", "on", "off")
+REQUEST_TYPES: tuple[str, ...] = ("upscale", "cancel", "ping", "models", "shutdown")
+
+_OPTION_KEYS = frozenset({"model", "scale", "target_size", "tile", "overlap", "seamless", "device", "precision"})
+
+
+class ProtocolError(ValueError):
+    """A line or message that does not follow the protocol; ``str(err)`` is one line."""
+
+
+def encode(message: dict[str, Any]) -> str:
+    """One protocol line (no newline) for ``message``: compact JSON, non-ASCII kept as UTF-8."""
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def decode(line: str | bytes) -> dict[str, Any]:
+    """Parse one line into a message dict that has a string ``type``; raises :class:`ProtocolError`."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ProtocolError(f"line is not UTF-8: {err}") from None
+    try:
+        message = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ProtocolError(f"line is not JSON: {err.msg} at column {err.colno}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"a message must be a JSON object, got {type(message).__name__}")
+    if not isinstance(message.get("type"), str):
+        raise ProtocolError("a message needs a string 'type'")
+    if "id" in message and not isinstance(message["id"], (str, int)):
+        raise ProtocolError("'id' must be a string or an integer")
+    return message
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Options of one upscale job, shared by all its items (see :class:`texup.inference.pipeline.UpscaleOptions`).
+
+    ``model`` is a known model name or a weights file path (``None``: texup's default model);
+    ``scale`` the output scale (``None``: the model's); ``target_size`` an exact (width, height);
+    ``tile`` the input tile size in pixels (``None``: automatic); ``seamless`` "auto"/"on"/"off".
+    """
+
+    model: str | None = None
+    scale: float | None = None
+    target_size: tuple[int, int] | None = None
+    tile: int | None = None
+    overlap: int = 16
+    seamless: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+
+
+@dataclass(frozen=True)
+class JobItem:
+    """One file of a job: ``key`` is the client's name for it (echoed in events); paths are absolute."""
+
+    key: str
+    src: str
+    dst: str
+    role: str = "color"
+
+
+@dataclass(frozen=True)
+class UpscaleRequest:
+    id: str
+    options: JobOptions
+    items: tuple[JobItem, ...] = field(default_factory=tuple)
+
+
+def _number(options: dict[str, Any], key: str, kind: type, *, low: float, high: float | None = None) -> Any:
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+        raise ProtocolError(f"option {key!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ProtocolError(f"option {key!r} must be between {low} and {high}, got {value!r}" if high is not None
+                            else f"option {key!r} must be at least {low}, got {value!r}")
+    return kind(value)
+
+
+def _choice(options: dict[str, Any], key: str, allowed: tuple[str, ...] | None, default: str) -> str:
+    value = options.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str) or (allowed is not None and value not in allowed):
+        shown = ", ".join(allowed) if allowed else "a string"
+        raise ProtocolError(f"option {key!r} must be one of {shown}, got {value!r}")
+    return value
+
+
+def parse_options(options: Any) -> JobOptions:
+    """Validate the ``options`` object of an upscale message; unknown keys are refused (typos)."""
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ProtocolError("'options' must be an object")
+    unknown = sorted(set(options) - _OPTION_KEYS)
+    if unknown:
+        raise ProtocolError(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(_OPTION_KEYS))})")
+    model = options.get("model")
+    if model is not None and (not isinstance(model, str) or not model):
+        raise ProtocolError("option 'model' must be a non-empty string (a model name or a weights file)")
+    target = options.get("target_size")
+    if target is not None:
+        if (not isinstance(target, (list, tuple)) or len(target) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in target)):
+            raise ProtocolError(f"option 'target_size' must be [width, height] of positive integers, got {target!r}")
+        target = (int(target[0]), int(target[1]))
+        if options.get("scale") is not None:
+            raise ProtocolError("give either 'scale' or 'target_size', not both")
+    overlap = _number(options, "overlap", int, low=0)
+    return JobOptions(
+        model=model,
+        scale=_number(options, "scale", float, low=0.01, high=16),
+        target_size=target,
+        tile=_number(options, "tile", int, low=16),
+        overlap=16 if overlap is None else overlap,
+        seamless=_choice(options, "seamless", SEAMLESS, "auto"),
+        device=_choice(options, "device", None, "auto"),
+        precision=_choice(options, "precision", ("auto", "fp32", "bf16", "fp16"), "auto"),
+    )
+
+
+def parse_items(items: Any) -> tuple[JobItem, ...]:
+    """Validate the ``items`` list of an upscale message (keys unique, paths non-empty, known roles)."""
+    if not isinstance(items, list):
+        raise ProtocolError("'items' must be a list")
+    parsed: list[JobItem] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ProtocolError(f"item {index} must be an object")
+        key, src, dst = item.get("key"), item.get("src"), item.get("dst")
+        role = item.get("role", "color")
+        if not isinstance(key, str) or not key:
+            raise ProtocolError(f"item {index} needs a non-empty string 'key'")
+        if key in seen:
+            raise ProtocolError(f"item key {key!r} appears twice")
+        seen.add(key)
+        for name, value in (("src", src), ("dst", dst)):
+            if not isinstance(value, str) or not value:
+                raise ProtocolError(f"item {key!r} needs a non-empty string {name!r}")
+        if role not in ROLES:
+            raise ProtocolError(f"item {key!r}: role must be one of {', '.join(ROLES)}, got {role!r}")
+        parsed.append(JobItem(key=key, src=os.fspath(src), dst=os.fspath(dst), role=role))
+    return tuple(parsed)
+
+
+def parse_upscale(message: dict[str, Any]) -> UpscaleRequest:
+    """Validate an ``upscale`` message; raises :class:`ProtocolError` naming the problem."""
+    job_id = message.get("id")
+    if not isinstance(job_id, (str, int)) or job_id == "":
+        raise ProtocolError("an upscale message needs an 'id'")
+    return UpscaleRequest(id=str(job_id), options=parse_options(message.get("options")),
+                          items=parse_items(message.get("items")))
+
+
+# --- worker -> client events -------------------------------------------------------------------
+
+def hello(*, texup_version: str, torch_version: str, device: str, pid: int) -> dict[str, Any]:
+    return {"type": "hello", "protocol": PROTOCOL_VERSION, "texup": texup_version, "torch": torch_version,
+            "device": device, "pid": pid}
+
+
+def progress(job_id: str, item: str, index: int, count: int, done: int, total: int) -> dict[str, Any]:
+    return {"type": "progress", "id": job_id, "item": item, "index": index, "count": count, "done": done,
+            "total": total}
+
+
+def result(job_id: str, item: str, dst: str, width: int, height: int, seconds: float) -> dict[str, Any]:
+    return {"type": "result", "id": job_id, "item": item, "dst": dst, "width": width, "height": height,
+            "seconds": round(seconds, 4)}
+
+
+def error(job_id: str | None, item: str | None, kind: str, message: str, traceback: str = "") -> dict[str, Any]:
+    one_line = " ".join(message.split()) or kind
+    return {"type": "error", "id": job_id, "item": item, "kind": kind, "message": one_line, "traceback": traceback}
+
+
+def done(job_id: str, ok: int, failed: int, cancelled: bool) -> dict[str, Any]:
+    return {"type": "done", "id": job_id, "ok": ok, "failed": failed, "cancelled": cancelled}

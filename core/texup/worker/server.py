@@ -1,0 +1,289 @@
+"""The worker process behind ``texup worker``: upscale jobs arriving as JSON lines on stdin.
+
+One thread reads stdin and answers what needs no model at once (``ping``, ``models``, ``cancel``,
+malformed lines, unknown types), so a ``cancel`` reaches a running job; the thread that called
+:meth:`WorkerServer.serve` runs upscale jobs one after another. Models stay loaded between jobs
+(:func:`texup.api.get_upscaler` keeps one Upscaler per (model, device, precision)).
+
+stdout carries protocol lines only; :func:`serve_stdio` moves file descriptor 1 to stderr first, so a
+stray ``print`` or a native library's message cannot corrupt the stream. End of stdin (the client
+died) and ``shutdown`` both cancel the running job at its next tile and end :meth:`serve` with 0.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import IO, Any, Callable
+
+from texup.errors import FileError, TexupError
+from texup.worker import protocol
+from texup.worker.protocol import ProtocolError, UpscaleRequest
+
+log = logging.getLogger("texup.worker")
+
+PROGRESS_INTERVAL_S = 0.05
+"""At most one progress event per item in this many seconds (the first and last tile always go out)."""
+
+_STOP = object()
+
+
+class WorkerServer:
+    """Serve the protocol on ``stdin`` (bytes, one message per line) and ``stdout`` (text).
+
+    ``device`` and ``precision`` are the defaults for jobs whose options leave them at ``"auto"``.
+    ``get_upscaler`` is :func:`texup.api.get_upscaler` unless a test passes another factory.
+    """
+
+    def __init__(
+        self,
+        stdin: IO[bytes],
+        stdout: IO[str],
+        *,
+        device: str = "auto",
+        precision: str = "auto",
+        get_upscaler: Callable[..., Any] | None = None,
+    ) -> None:
+        self._stdin = stdin
+        self._stdout = stdout
+        self._device = device
+        self._precision = precision
+        self._get_upscaler = get_upscaler
+        self._write_lock = threading.Lock()
+        self._jobs: queue.Queue[object] = queue.Queue()
+        self._cancel_lock = threading.Lock()
+        self._cancelled: set[str] = set()
+        self._stopping = threading.Event()
+
+    # --- output ------------------------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Write one protocol line; False (and stop serving) when the client has gone."""
+        line = protocol.encode(message) + "\n"
+        with self._write_lock:
+            try:
+                self._stdout.write(line)
+                self._stdout.flush()
+            except (BrokenPipeError, ValueError, OSError) as err:  # ValueError: write to a closed file
+                if not self._stopping.is_set():
+                    log.warning("client went away (%s); stopping", err)
+                self._stop()
+                return False
+        return True
+
+    def _send_error(self, job_id: str | None, item: str | None, exc: BaseException, *, with_traceback: bool) -> None:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if with_traceback else ""
+        self.send(protocol.error(job_id, item, type(exc).__name__, str(exc) or type(exc).__name__, tb))
+
+    # --- stdin -------------------------------------------------------------------------------
+
+    def _stop(self) -> None:
+        self._stopping.set()
+        self._jobs.put(_STOP)
+
+    def _is_cancelled(self, job_id: str) -> bool:
+        if self._stopping.is_set():
+            return True
+        with self._cancel_lock:
+            return job_id in self._cancelled
+
+    def _read_loop(self) -> None:
+        try:
+            for raw in self._stdin:
+                if not raw.strip():
+                    continue
+                self._handle_line(raw)
+                if self._stopping.is_set():
+                    return
+            log.info("stdin closed; stopping")
+        except OSError as err:
+            log.warning("reading stdin failed (%s); stopping", err)
+        finally:
+            self._stop()
+
+    def _handle_line(self, raw: bytes) -> None:
+        try:
+            message = protocol.decode(raw)
+        except ProtocolError as err:
+            self._send_error(None, None, err, with_traceback=False)
+            return
+        kind = message["type"]
+        msg_id = None if message.get("id") is None else str(message["id"])
+        if kind == "upscale":
+            try:
+                request = protocol.parse_upscale(message)
+            except ProtocolError as err:
+                self._send_error(msg_id, None, err, with_traceback=False)
+                if msg_id is not None:  # the client waits for the job's end
+                    items = message.get("items")
+                    self.send(protocol.done(msg_id, 0, len(items) if isinstance(items, list) else 0, False))
+                return
+            self._jobs.put(request)
+        elif kind == "cancel":
+            if msg_id is None:
+                self._send_error(None, None, ProtocolError("a cancel message needs the 'id' of the job"),
+                                 with_traceback=False)
+                return
+            with self._cancel_lock:
+                self._cancelled.add(msg_id)
+            log.info("job %s: cancel requested", msg_id)
+        elif kind == "ping":
+            self.send({"type": "pong", "id": msg_id})
+        elif kind == "models":
+            self._send_models(msg_id)
+        elif kind == "shutdown":
+            log.info("shutdown requested")
+            self._stop()
+        else:
+            known = ", ".join(protocol.REQUEST_TYPES)
+            self._send_error(msg_id, None, ProtocolError(f"unknown message type {kind!r} (this worker knows {known})"),
+                             with_traceback=False)
+
+    def _send_models(self, msg_id: str | None) -> None:
+        from texup.weights.registry import list_models
+
+        try:
+            models = list_models()
+        except (TexupError, OSError, ValueError) as err:
+            self._send_error(msg_id, None, err, with_traceback=True)
+            return
+        self.send({"type": "models", "id": msg_id, "models": models})
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        """Read stdin until ``shutdown`` or end of input, running jobs in order; return the exit code (0)."""
+        reader = threading.Thread(target=self._read_loop, name="texup-worker-stdin", daemon=True)
+        reader.start()
+        while True:
+            job = self._jobs.get()
+            if job is _STOP or self._stopping.is_set():
+                break
+            assert isinstance(job, UpscaleRequest)
+            self.run_job(job)
+        return 0
+
+    def _upscaler(self, request: UpscaleRequest) -> Any:
+        if self._get_upscaler is None:
+            from texup.api import get_upscaler
+        else:
+            get_upscaler = self._get_upscaler
+        from texup.weights.registry import DEFAULT_MODEL
+
+        opts = request.options
+        device = self._device if opts.device == "auto" else opts.device
+        precision = self._precision if opts.precision == "auto" else opts.precision
+        return get_upscaler(opts.model or DEFAULT_MODEL, device=device, precision=precision)
+
+    def run_job(self, request: UpscaleRequest) -> None:
+        """Upscale every item of ``request``; a failed item does not stop the others. Ends with ``done``."""
+        from texup.inference.pipeline import Cancelled, UpscaleOptions
+
+        job_id = request.id
+        count = len(request.items)
+        ok = failed = 0
+        cancelled = self._is_cancelled(job_id)
+        upscaler = None
+        if not cancelled and count:
+            try:
+                upscaler = self._upscaler(request)
+            except (TexupError, OSError, ValueError, RuntimeError) as err:
+                log.error("job %s: cannot load the model: %s", job_id, err)
+                self._send_error(job_id, None, err, with_traceback=True)
+                failed = count
+        opts = request.options
+        for index, item in enumerate(request.items):
+            if upscaler is None or cancelled:
+                break
+            if self._is_cancelled(job_id):
+                cancelled = True
+                break
+            options = UpscaleOptions(scale=opts.scale, target_size=opts.target_size, tile=opts.tile,
+                                     overlap=opts.overlap, seamless=opts.seamless, role=item.role)
+            try:
+                self._run_item(job_id, upscaler, options, item, index, count)
+            except Cancelled:
+                cancelled = True
+                break
+            except FileError as err:
+                log.error("job %s: %s", job_id, err)
+                self._send_error(job_id, item.key, err, with_traceback=False)
+                failed += 1
+            except Exception as err:  # noqa: BLE001 -- reported to the client with its traceback; the job goes on
+                log.exception("job %s: item %s failed", job_id, item.key)
+                self._send_error(job_id, item.key, err, with_traceback=True)
+                failed += 1
+            else:
+                ok += 1
+        with self._cancel_lock:
+            self._cancelled.discard(job_id)
+        self.send(protocol.done(job_id, ok, failed, cancelled))
+
+    def _run_item(self, job_id: str, upscaler: Any, options: Any, item: protocol.JobItem, index: int, count: int) -> None:
+        from texup.imageio import probe_image
+
+        src, dst = Path(item.src), Path(item.dst)
+        if not src.is_file():
+            raise FileError(src, "no such file" if not src.exists() else "not a file")
+        if dst.exists() and src.resolve() == dst.resolve():
+            raise FileError(dst, "the output would overwrite the input")
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise FileError(dst.parent, f"cannot create the output folder: {err.strerror or err}") from err
+        last_sent = 0.0
+
+        def on_tiles(done_tiles: int, total_tiles: int) -> None:
+            nonlocal last_sent
+            now = time.monotonic()
+            if done_tiles in (0, total_tiles) or now - last_sent >= PROGRESS_INTERVAL_S:
+                last_sent = now
+                self.send(protocol.progress(job_id, item.key, index, count, done_tiles, total_tiles))
+
+        started = time.monotonic()
+        log.info("job %s: %s -> %s", job_id, src, dst)
+        written = Path(upscaler.upscale_file(src, dst, options, progress=on_tiles,
+                                             cancel=lambda: self._is_cancelled(job_id)))
+        info = probe_image(written)
+        self.send(protocol.result(job_id, item.key, str(written), info.width, info.height,
+                                  time.monotonic() - started))
+
+
+def serve_stdio(*, device: str = "auto", precision: str = "auto") -> int:
+    """Run the worker on this process's stdin/stdout; return the exit code.
+
+    File descriptor 1 is duplicated for the protocol and then pointed at stderr, so anything else
+    that writes to stdout (``print``, C libraries) lands in the log instead of the protocol stream.
+    """
+    import torch
+
+    import texup
+    from texup.inference.runner import pick_device
+
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    out = os.fdopen(proto_fd, "w", encoding="utf-8", newline="\n")
+    server = WorkerServer(sys.stdin.buffer, out, device=device, precision=precision)
+    try:
+        picked = str(pick_device(device))
+    except ValueError as err:
+        server._send_error(None, None, err, with_traceback=False)
+        return 2
+    if not server.send(protocol.hello(texup_version=texup.__version__, torch_version=torch.__version__,
+                                      device=picked, pid=os.getpid())):
+        return 1
+    log.info("texup worker %s ready (pid %d, torch %s, device %s)", texup.__version__, os.getpid(),
+             torch.__version__, picked)
+    try:
+        return server.serve()
+    finally:
+        try:
+            out.close()
+        except OSError as err:  # the client may already have closed its end
+            log.debug("closing the protocol stream: %s", err)
