@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -20,11 +19,10 @@ import torch
 from texup.archs.compact import SRVGGNetCompact
 from texup.archs.rrdbnet import RRDBNet
 from texup.cli.main import main
-from texup.weights import load_model, registry
+from texup.weights import load_model
 from texup.weights.cache import models_dir, sha256_file
 from texup.weights.registry import KNOWN_MODELS
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -217,5 +217,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if record["metadata"]:
         print("metadata:")
         for key in sorted(record["metadata"]):
-            print(f"  {key}: {record['metadata'][key]}")
+            value = record["metadata"][key]
+            if isinstance(value, dict):
+                print(f"  {key}:")
+                for sub in sorted(value):
+                    print(f"    {sub}: {value[sub]}")
+            else:
+                print(f"  {key}: {value}")
     return 0
