@@ -24,7 +24,8 @@ def decode_error(path: Path, format: str, exc: BaseException) -> ImageReadError:
     if isinstance(exc, EOFError) or any(
         word in lowered for word in ("truncated", "too small", "unexpected end", "premature end", "end of file", "short read")
     ):
-        return ImageReadError(path, f"truncated {name} data ({message})")
+        detail = "" if "truncated" in lowered else f" ({message})"
+        return ImageReadError(path, f"truncated {name} data (the file ends before the image data does){detail}")
     return ImageReadError(path, f"corrupt {name} data ({message})")
 
 

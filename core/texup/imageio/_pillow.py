@@ -146,7 +146,21 @@ def _info(path: Path, format: str, im: Any) -> ImageInfo:
     return ImageInfo(path, format, width, height, channels, "uint8", "srgb", extra)
 
 
+def _check_riff_size(path: Path) -> None:
+    """A WebP's RIFF header states the file size; a shorter file was cut off."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        actual = fh.seek(0, 2)
+    if len(head) < 12:
+        raise ImageReadError(path, "truncated WebP data (file ends inside the header)")
+    (declared,) = struct.unpack("<I", head[4:8])
+    if declared + 8 > actual:
+        raise ImageReadError(path, f"truncated WebP data (the file has {actual:,} of its {declared + 8:,} bytes)")
+
+
 def probe(path: Path, format: str, max_pixels: int | None) -> ImageInfo:
+    if format == "webp":
+        _check_riff_size(path)
     with _open(path, format) as im:
         check_limit(path, im.size[0], im.size[1], max_pixels)
         return _info(path, format, im)

@@ -7,14 +7,17 @@ HEAD_BYTES = 32
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _EXR_MAGIC = b"\x76\x2f\x31\x01"
+_TGA_FOOTER = b"TRUEVISION-XFILE.\x00"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def sniff_format(head: bytes, path: Path) -> str | None:
-    """The texup format name of a file starting with ``head``, or None when it is not one texup reads.
+def sniff_format(head: bytes, path: Path, tail: bytes = b"") -> str | None:
+    """The texup format name of a file starting with ``head`` and ending with ``tail`` (its last
+    18 bytes), or None when it is not one texup reads.
 
-    TGA files carry no signature, so a file with the ``.tga`` suffix and none of the other
-    signatures is taken as TGA (its header is then checked by the decoder).
+    TGA files carry no signature at the start: a file with the TGA 2.0 footer, or with the
+    ``.tga`` suffix and none of the other signatures, is taken as TGA (its header is then
+    checked by the decoder).
     """
     if head.startswith(_PNG_SIGNATURE):
         return "png"
@@ -28,7 +31,7 @@ def sniff_format(head: bytes, path: Path) -> str | None:
         return "webp"
     if head.startswith(b"BM") and len(head) >= 26:
         return "bmp"
-    if path.suffix.lower() == ".tga" and len(head) >= 18:
+    if tail == _TGA_FOOTER or (path.suffix.lower() == ".tga" and len(head) >= 18):
         return "tga"
     return None
 

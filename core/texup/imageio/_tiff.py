@@ -86,6 +86,7 @@ def decode(path: Path, info: ImageInfo) -> np.ndarray:
     with _open(path) as tif:
         page = tif.pages.first
         channels, dtype, associated = _layout(path, page)
+        _check_complete(path, tif, page)
         try:
             raw = page.asarray()
         except (tifffile.TiffFileError, OSError, ValueError, RuntimeError, struct.error, EOFError) as exc:
@@ -112,6 +113,14 @@ def decode(path: Path, info: ImageInfo) -> np.ndarray:
     if pixels.shape != info.shape:
         raise ImageReadError(path, f"corrupt TIFF data (decoded {pixels.shape}, header says {info.shape})")
     return np.ascontiguousarray(pixels)
+
+
+def _check_complete(path: Path, tif: Any, page: Any) -> None:
+    """Refuse a file whose strips or tiles lie past its end (the decoders report that only as bad data)."""
+    file_size = tif.filehandle.size
+    for offset, count in zip(page.dataoffsets, page.databytecounts):
+        if offset + count > file_size:
+            raise ImageReadError(path, "truncated TIFF data (image strips run past the end of the file)")
 
 
 def _unpremultiply(raw: np.ndarray) -> np.ndarray:

@@ -28,6 +28,9 @@ def _open_checked(path: str | os.PathLike[str]) -> tuple[Path, str]:
             raise ImageReadError(p, "is a folder, not an image file")
         with open(p, "rb") as fh:
             head = fh.read(HEAD_BYTES)
+            size = fh.seek(0, 2)
+            fh.seek(max(size - 18, 0))
+            tail = fh.read(18)
     except FileNotFoundError:
         raise ImageReadError(p, "file not found") from None
     except PermissionError:
@@ -38,7 +41,7 @@ def _open_checked(path: str | os.PathLike[str]) -> tuple[Path, str]:
         raise ImageReadError(p, f"cannot open file ({exc.strerror or exc})") from exc
     if not head:
         raise ImageReadError(p, "file is empty (0 bytes)")
-    format = sniff_format(head, p)
+    format = sniff_format(head, p, tail)
     if format is None:
         raise ImageReadError(p, describe_unknown(head))
     return p, format
