@@ -6,6 +6,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -241,18 +242,22 @@ def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
         read_state_dict(tmp_path / "absent.pth")
 
 
-@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".bin"])
 def test_zero_byte_and_garbage_files(tmp_path: Path, suffix: str) -> None:
     empty = tmp_path / f"empty{suffix}"
     empty.write_bytes(b"")
     with pytest.raises(ModelLoadError, match="empty file") as err:
         load_model(empty)
     assert str(err.value).startswith(str(empty))
-    garbage = tmp_path / f"garbage{suffix}"
-    garbage.write_bytes(os.urandom(64) + b"definitely not weights")
-    with pytest.raises(ModelLoadError) as err:
-        load_model(garbage)
-    assert str(err.value).startswith(f"{garbage}: ")
+    # Many different random files (seeded, so a failure reproduces): every one is a clean ModelLoadError.
+    rng = np.random.default_rng(1234)
+    for i in range(30):
+        garbage = tmp_path / f"garbage{i}{suffix}"
+        garbage.write_bytes(rng.integers(0, 256, size=int(rng.integers(1, 300)), dtype=np.uint8).tobytes())
+        with pytest.raises(ModelLoadError) as err:
+            load_model(garbage)
+        assert str(err.value).startswith(f"{garbage}: ")
+        assert not isinstance(err.value, UnsafeWeightsError)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -304,3 +309,29 @@ def test_malicious_pickle_is_refused_without_running(tmp_path: Path, writer: str
         load_model(path)
     assert str(err.value).startswith(str(path))
     assert not marker.exists()
+
+
+def test_bin_without_param_is_a_pytorch_pickle(tmp_path: Path) -> None:
+    net = _rrdb()
+    path = _save_pth({f"module.{k}": v for k, v in net.state_dict().items()}, tmp_path / "pytorch_model.bin")
+    loaded = load_model(path)
+    assert loaded.hparams == net.hparams and loaded.metadata["source_format"] == "pickle"
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x47\x6b\x30\x01" + bytes(range(60)))
+    with pytest.raises(ModelLoadError, match=r"neither ncnn weights \(no junk\.param beside it\) nor"):
+        load_model(junk)
+
+
+def test_read_state_dict_dispatches_ncnn_param(tmp_path: Path) -> None:
+    """A hand-made two-conv compact graph in fp32: .param and .bin both work as entry points."""
+    param = tmp_path / "tiny.param"
+    param.write_text("7767517\n5 6\nInput in 0 1 data\nSplit sp 1 2 data a b\n"
+                     "Convolution c0 1 1 a c0 0=2 1=3 4=1 5=0 6=54 9=1\n"
+                     "Convolution c1 1 1 c0 c1 0=3 1=3 4=1 5=0 6=54\n"
+                     "PixelShuffle ps 1 1 c1 out 0=1\n")
+    w0, w1 = torch.randn(2, 3, 3, 3), torch.randn(3, 2, 3, 3)
+    (tmp_path / "tiny.bin").write_bytes(b"\0\0\0\0" + w0.numpy().tobytes() + b"\0\0\0\0" + w1.numpy().tobytes())
+    for entry in (param, tmp_path / "tiny.bin"):
+        sd = read_state_dict(entry)
+        assert sd.keys() == {"body.0.weight", "body.2.weight"}
+        assert torch.equal(sd["body.0.weight"], w0) and torch.equal(sd["body.2.weight"], w1)

@@ -26,7 +26,7 @@ from texup.archs import ARCHITECTURES, build
 from texup.errors import ModelLoadError
 from texup.weights.detect import detect_architecture
 from texup.weights.keymaps import canonicalize, naming_style
-from texup.weights.state_dict import NCNN_SUFFIXES, read_state_dict
+from texup.weights.state_dict import is_ncnn, read_state_dict
 
 FORMAT_VERSION = "1"
 
@@ -134,11 +134,9 @@ def load_model(path: str | Path, *, name: str | None = None) -> LoadedModel:
     path = Path(path)
     metadata: dict[str, Any] = {}
     suffix = path.suffix.lower()
-    if suffix in NCNN_SUFFIXES:
+    if path.is_file() and is_ncnn(path):
         from texup.weights.ncnn import read_ncnn
 
-        if not path.is_file():
-            raise ModelLoadError(path, "no such file")
         ncnn = read_ncnn(path)
         if ncnn.output_resize is not None:
             raise ModelLoadError(

@@ -5,7 +5,8 @@
   unpickler allows tensors and plain containers and refuses any other global. A refusal becomes
   :class:`~texup.errors.UnsafeWeightsError` naming what the pickle wanted to call; the pickle's
   opcodes are scanned (never executed) to name it when torch's message does not.
-* ``.param`` / ``.bin`` — ncnn graphs, see :mod:`texup.weights.ncnn`.
+* ``.param`` / ``.bin`` — ncnn graphs, see :mod:`texup.weights.ncnn`; a ``.bin`` without a sibling
+  ``.param`` is read as a PyTorch pickle (Hugging Face's ``pytorch_model.bin``).
 
 Training checkpoints are unwrapped (``params_ema`` preferred over ``params``, then ``state_dict``,
 ``model``) and DataParallel's ``module.`` prefixes are stripped.
@@ -44,7 +45,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Supported: ``.safetensors``; ``.pth``/``.pt``/``.ckpt`` (weights-only unpickling); ncnn ``.param``
     (with its sibling ``.bin``) or the ``.bin`` (with its sibling ``.param``), converted to texup's
-    canonical names in fp32. Wrapped checkpoints are unwrapped and ``module.`` prefixes stripped;
+    canonical names in fp32; a ``.bin`` without a sibling ``.param`` is read as a PyTorch pickle. Wrapped checkpoints are unwrapped and ``module.`` prefixes stripped;
     key names are otherwise returned as stored (see :func:`texup.weights.canonicalize`).
 
     Raises:
@@ -62,14 +63,34 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         )
     if not path.is_file():
         raise ModelLoadError(path, "no such file" if not path.exists() else "not a regular file")
-    if suffix in NCNN_SUFFIXES:
+    if is_ncnn(path):
         from texup.weights.ncnn import load_ncnn
 
         return load_ncnn(path)
     if path.stat().st_size == 0:
         raise ModelLoadError(path, "empty file (0 bytes)")
-    raw = _read_safetensors(path) if suffix in SAFETENSORS_SUFFIXES else _read_pickle(path)
+    if suffix in SAFETENSORS_SUFFIXES:
+        raw = _read_safetensors(path)
+    elif suffix == ".bin":
+        # No sibling .param: a .bin is then a PyTorch pickle (Hugging Face's pytorch_model.bin).
+        try:
+            raw = _read_pickle(path)
+        except UnsafeWeightsError:
+            raise
+        except ModelLoadError as exc:
+            raise ModelLoadError(
+                path, f"neither ncnn weights (no {path.with_suffix('.param').name} beside it) nor {exc.reason}"
+            ) from exc
+    else:
+        raw = _read_pickle(path)
     return unwrap_state_dict(raw, source=path)
+
+
+def is_ncnn(path: str | Path) -> bool:
+    """True for a ``.param`` file, or a ``.bin`` file with a ``.param`` of the same stem beside it."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    return suffix == ".param" or (suffix == ".bin" and path.with_suffix(".param").is_file())
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -98,14 +119,16 @@ def _read_pickle(path: Path) -> Any:
                     f"refused: the pickle wants to call {culprit}, which a weights file never needs "
                     "(it could run arbitrary code); texup loads pickles with weights_only=True only",
                 ) from exc
-            detail = _torch_reason(message)
-            raise UnsafeWeightsError(
-                path, f"refused: the pickle holds something other than tensors ({detail})"
+            # Nothing callable named: an opcode torch's restricted unpickler does not accept, which
+            # in practice means a damaged file or a non-pickle with a .pth name.
+            raise ModelLoadError(
+                path, f"not a readable PyTorch weights file (weights-only unpickler: {_torch_reason(message)})"
             ) from exc
         raise ModelLoadError(path, f"corrupt pickle ({_one_line(exc)})") from exc
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
-        # torch.load reports damaged files through assorted exception types: a truncated zip is a
-        # RuntimeError from its zip reader, random bytes a KeyError or ValueError from the legacy reader.
+    except Exception as exc:  # noqa: BLE001 - re-raised below with the file named, cause chained
+        # torch.load reports damaged input through an open-ended set of exception types (a truncated
+        # zip: RuntimeError; random bytes: KeyError, IndexError, ValueError, EOFError, ...). The file
+        # is untrusted input, so every parse failure is the same user-facing error.
         raise ModelLoadError(path, f"not a readable PyTorch weights file ({_one_line(exc)})") from exc
 
 
