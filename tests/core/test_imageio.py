@@ -74,6 +74,7 @@ def test_lossless_round_trip_keeps_dtype_channels_size_and_values(tmp_path, fmt,
     assert (image.info.width, image.info.height, image.info.channels) == (W, H, channels)
     assert image.info.dtype == dtype
     assert image.pixels.dtype == np.dtype(dtype) and image.pixels.flags.c_contiguous
+    assert image.pixels.flags.writeable  # callers edit pixels in place (alpha split, normal decode)
     np.testing.assert_array_equal(image.pixels, pixels)
     assert image.info.has_alpha == (channels in (2, 4))
     expected_space = "linear" if dtype.startswith("float") else "srgb"
@@ -467,3 +468,29 @@ def test_imageio_does_not_import_torch():
     code = "import sys, texup.imageio; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_exr_from_other_writers_tiled_layered_multipart(tmp_path):
+    import OpenEXR
+
+    rgb = _content(3, "float32")
+    planes = {c: np.ascontiguousarray(rgb[:, :, i]) for i, c in enumerate("RGB")}
+    tiles = OpenEXR.TileDescription()
+    tiles.xSize, tiles.ySize, tiles.mode = 16, 16, OpenEXR.ONE_LEVEL
+    OpenEXR.File({"type": OpenEXR.tiledimage, "tiles": tiles}, {"RGB": rgb}).write(str(tmp_path / "tiled.exr"))
+    layered = {f"diffuse.{c}": p for c, p in planes.items()} | {"depth.Z": planes["R"]}
+    OpenEXR.File({}, layered).write(str(tmp_path / "layered.exr"))
+    OpenEXR.File([OpenEXR.Part({}, {"RGB": rgb}), OpenEXR.Part({}, {"Z": planes["G"]})]).write(str(tmp_path / "multi.exr"))
+    for name in ("tiled.exr", "layered.exr", "multi.exr"):
+        image = read_image(tmp_path / name)
+        assert (image.info.channels, image.info.dtype) == (3, "float32"), name
+        np.testing.assert_array_equal(image.pixels, rgb)
+    height = np.ascontiguousarray(_content(1, "float16")[:, :, 0])
+    OpenEXR.File({}, {"H": height}).write(str(tmp_path / "height.exr"))  # (the bindings replace dict values)
+    image = read_image(tmp_path / "height.exr")
+    assert (image.info.channels, image.info.dtype) == (1, "float16")
+    np.testing.assert_array_equal(image.pixels[:, :, 0], height)
+
+    cut = (tmp_path / "tiled.exr").read_bytes()
+    (tmp_path / "tiled_cut.exr").write_bytes(cut[: len(cut) - 10])
+    _assert_read_error(tmp_path / "tiled_cut.exr", "truncated exr data")

@@ -172,7 +172,7 @@ def decode(path: Path, format: str, info: ImageInfo) -> np.ndarray:
             im.load()
             convert_to, _ = _target_mode(path, format, im)
             decoded = im.convert(convert_to) if convert_to else im
-            pixels = np.asarray(decoded)
+            pixels = np.array(decoded)  # a writeable copy (np.asarray of a Pillow image is read-only)
         except ImageReadError:
             raise
         except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:

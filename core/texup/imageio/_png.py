@@ -190,7 +190,7 @@ def _decode_8bit(path: Path, header: PngHeader) -> np.ndarray:
             im = im.convert("RGBA" if header.trns is not None else "RGB")
         elif im.mode == "1":
             im = im.convert("L")
-        arr = np.asarray(im)
+        arr = np.array(im)  # writeable (np.asarray of a Pillow image is read-only)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return arr
