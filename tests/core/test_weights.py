@@ -193,7 +193,9 @@ def test_save_load_round_trip_with_metadata(tmp_path: Path) -> None:
     assert meta["texup.format"] == "1" and meta["texup.arch"] == "RRDBNet" and meta["texup.scale"] == "1"
     assert json.loads(meta["texup.hparams"]) == net.hparams
     loaded = load_model(out)
-    assert loaded.hparams == net.hparams and loaded.input_multiple == 4
+    assert isinstance(loaded, LoadedModel)
+    assert loaded.arch == "RRDBNet" and loaded.name == "mine" and loaded.path == out
+    assert loaded.hparams == net.hparams and loaded.scale == 1 and loaded.input_multiple == 4
     assert loaded.metadata["provenance"] == {"source": "unit test", "step": 7}
     x = torch.rand(1, 3, 8, 12)
     with torch.inference_mode():
