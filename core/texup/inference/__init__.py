@@ -1,0 +1,37 @@
+"""Tiled inference: image in, image out.
+
+* :mod:`~texup.inference.tiling` — tile grid, blend weights, wrap-around, seamless detection (numpy only);
+* :mod:`~texup.inference.runner` — device/precision choice and one tile through the network (torch);
+* :mod:`~texup.inference.policy` — role, colour-space and alpha policies (numpy only);
+* :mod:`~texup.inference.resample` — antialiased cubic resampling with periodic borders (numpy only);
+* :mod:`~texup.inference.pipeline` — :class:`Upscaler` and :class:`UpscaleOptions`.
+
+Importing this package does not import torch; the names that need it are loaded on first access.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from texup.inference.tiling import Tile, blend_weights, is_tileable, plan_tiles
+
+_LAZY = {
+    "Upscaler": "texup.inference.pipeline",
+    "UpscaleOptions": "texup.inference.pipeline",
+    "Cancelled": "texup.inference.pipeline",
+    "TileOutOfMemoryError": "texup.inference.pipeline",
+    "Runner": "texup.inference.runner",
+    "pick_device": "texup.inference.runner",
+    "pick_precision": "texup.inference.runner",
+}
+
+__all__ = ["Tile", "blend_weights", "is_tileable", "plan_tiles", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'texup.inference' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

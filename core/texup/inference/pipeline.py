@@ -1,0 +1,335 @@
+"""Image in, image out: role and alpha policies around tiled, blended model passes.
+
+:class:`Upscaler` is what the CLI, the Python API and the Blender worker call. One call of
+:meth:`Upscaler.upscale_array` goes:
+
+1. pixels (any supported dtype) -> float32 (:func:`texup.imageio.to_float32`);
+2. split colour and alpha; gray (1-2 channels) is replicated to RGB for the model and averaged back;
+3. colour under fully transparent pixels is bled outward from visible ones (:func:`policy.bleed_colour`);
+4. the role's transform into the model's sRGB [0, 1] domain (:mod:`texup.inference.policy`);
+5. one or more tiled model passes (overlap, raised-cosine blend, wrap-around for seamless textures,
+   out-of-memory -> smaller tiles), then antialiased cubic resampling to the exact output size;
+6. the role's inverse transform; alpha upscaled separately (or passed through when constant);
+7. back to the input's dtype (:func:`texup.imageio.from_float32`).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from texup.errors import ImageWriteError, TexupError
+from texup.imageio import from_float32, read_image, to_float32, write_image
+from texup.inference import policy
+from texup.inference.resample import resample
+from texup.inference.runner import ModelLike, Runner
+from texup.inference.tiling import add_wrapped, blend_weights, is_tileable, plan_tiles, take_wrapped
+
+ProgressCallback = Callable[[int, int], None]
+CancelCallback = Callable[[], bool]
+
+#: Smallest core tile the out-of-memory fallback will try before giving up.
+MIN_TILE = 16
+_DTYPES = ("uint8", "uint16", "float16", "float32")
+_SEAMLESS = ("auto", "on", "off")
+
+
+class Cancelled(TexupError):
+    """The caller's ``cancel()`` returned True; the upscale stopped and produced no output."""
+
+
+class TileOutOfMemoryError(TexupError):
+    """The device ran out of memory even with the smallest tiles."""
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """What to produce. Every field is validated on construction (ValueError with the reason).
+
+    Attributes:
+        scale: output size / input size (2, 3, 4, 1.5 ...); None = the model's scale. Output size is
+            ``round(in * scale)`` per axis (at least 1).
+        target_size: exact output ``(width, height)``; overrides ``scale`` (aspect may change).
+        tile: core tile side in input pixels (the model sees ``tile + 2 * overlap``); None = automatic
+            (256 on CPU/MPS, from free memory on CUDA).
+        overlap: context pixels on each side of a tile; tiles cross-fade over ``overlap`` pixels.
+        seamless: "on" = wrap-around context and resampling (keeps a tileable texture tileable); "off";
+            "auto" = "on" when :func:`~texup.inference.tiling.is_tileable` says the input is seamless.
+        role: "color", "normal" or "data" (see :mod:`texup.inference.policy`).
+    """
+
+    scale: float | None = None
+    target_size: tuple[int, int] | None = None
+    tile: int | None = None
+    overlap: int = 16
+    seamless: str = "auto"
+    role: str = "color"
+
+    def __post_init__(self) -> None:
+        if self.scale is not None and not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"scale must be a positive number, got {self.scale}")
+        if self.target_size is not None:
+            if len(self.target_size) != 2 or any(int(v) != v or v < 1 for v in self.target_size):
+                raise ValueError(f"target_size must be (width, height) of positive integers, got {self.target_size}")
+        if self.tile is not None and self.tile < 1:
+            raise ValueError(f"tile must be at least 1 pixel, got {self.tile}")
+        if self.overlap < 0:
+            raise ValueError(f"overlap must not be negative, got {self.overlap}")
+        if self.seamless not in _SEAMLESS:
+            raise ValueError(f"seamless must be one of {', '.join(_SEAMLESS)}, got {self.seamless!r}")
+        if self.role not in policy.ROLES:
+            raise ValueError(f"role must be one of {', '.join(policy.ROLES)}, got {self.role!r}")
+
+
+@dataclass
+class _Job:
+    """Per-call state (kept off the Upscaler so one Upscaler can serve calls one after another)."""
+
+    total: int
+    progress: ProgressCallback | None
+    cancel: CancelCallback | None
+    done: int = 0
+    # Largest model input side known to fit in memory, and the core size to split larger inputs into.
+    max_side: float = math.inf
+    split_tile: int = 0
+    overlap: int = 0
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled(f"cancelled after {self.done} of {self.total} tiles")
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def output_size(height: int, width: int, options: UpscaleOptions, model_scale: int) -> tuple[int, int]:
+    """(out_height, out_width) for an input of ``height`` x ``width`` under ``options``."""
+    if options.target_size is not None:
+        width_out, height_out = options.target_size
+        return int(height_out), int(width_out)
+    scale = model_scale if options.scale is None else options.scale
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def count_passes(height: int, width: int, out_height: int, out_width: int, model_scale: int) -> int:
+    """How many model passes reach at least the output size (at least one; one for x1 models)."""
+    if model_scale <= 1:
+        return 1
+    need = max(out_height / height, out_width / width)
+    passes = 1
+    while model_scale**passes < need - 1e-9:
+        passes += 1
+    return passes
+
+
+class Upscaler:
+    """Upscales images with one model on one device (see the module docstring for the steps).
+
+    Holds only the model and its :class:`~texup.inference.runner.Runner`; calls do not share state, so an
+    Upscaler can be kept and reused for many images (calls are not meant to run concurrently).
+    """
+
+    def __init__(self, model: ModelLike, *, device: str | torch.device = "auto", precision: str = "auto") -> None:
+        self.model = model
+        self.runner = Runner(model, device=device, precision=precision)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.runner.dtype
+
+    def __repr__(self) -> str:
+        return f"Upscaler({getattr(self.model, 'name', '?')!r}, device={self.device}, dtype={self.dtype})"
+
+    # --- public API --------------------------------------------------------------------------------------
+
+    def upscale_array(
+        self,
+        pixels: np.ndarray,
+        options: UpscaleOptions = UpscaleOptions(),
+        *,
+        colorspace: str = "srgb",
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+    ) -> np.ndarray:
+        """Upscale an image array.
+
+        Args:
+            pixels: (H, W, C) with C in 1..4 (gray, gray+alpha, RGB, RGBA) or (H, W); dtype uint8, uint16,
+                float16 or float32. Integers span their full range; floats are taken as stored
+                (HDR and negative values allowed, see :mod:`texup.inference.policy`).
+            options: output size, tiling, seamless mode and role.
+            colorspace: "srgb" or "linear": how the colour channels are encoded (alpha is always linear).
+            progress: called as ``progress(tiles_done, tiles_total)``, first with 0, then after every tile.
+            cancel: polled before every tile; when it returns True, :class:`Cancelled` is raised.
+
+        Returns:
+            A new array with the same number of dimensions, channels and dtype, of the size
+            :func:`output_size` gives. Raises ValueError for unsupported shapes, dtypes or option values,
+            :class:`Cancelled`, or :class:`TileOutOfMemoryError`.
+        """
+        if not isinstance(options, UpscaleOptions):
+            raise TypeError(f"options must be an UpscaleOptions, got {type(options).__name__}")
+        squeeze = pixels.ndim == 2
+        image = pixels[:, :, None] if squeeze else pixels
+        if image.ndim != 3 or not 1 <= image.shape[2] <= 4:
+            raise ValueError(f"expected an (H, W) or (H, W, C) array with C in 1..4, got shape {pixels.shape}")
+        if image.dtype.name not in _DTYPES:
+            raise ValueError(f"unsupported sample type {image.dtype.name}: expected one of {', '.join(_DTYPES)}")
+        height, width, channels = image.shape
+        if height < 1 or width < 1:
+            raise ValueError(f"image is empty: {width}x{height}")
+        if options.role == "normal" and channels < 3:
+            raise ValueError(f"a normal map needs 3 or 4 channels, got {channels}")
+        if colorspace not in policy.COLORSPACES:
+            raise ValueError(f"unknown colour space {colorspace!r}: expected one of {', '.join(policy.COLORSPACES)}")
+
+        scale = self.runner.scale
+        out_h, out_w = output_size(height, width, options, scale)
+        passes = count_passes(height, width, out_h, out_w, scale)
+        wrap = options.seamless == "on" or (options.seamless == "auto" and is_tileable(image))
+        tile = options.tile or self.runner.auto_tile()
+        overlap = options.overlap
+
+        has_alpha = channels in (2, 4)
+        alpha_src = image[:, :, -1] if has_alpha else None
+        alpha_varies = alpha_src is not None and not policy.is_constant(alpha_src)
+        model_runs = 2 if alpha_varies else 1
+        tiles_per_run = sum(
+            len(plan_tiles(height * scale**p, width * scale**p, tile, overlap, wrap=wrap)) for p in range(passes)
+        )
+        job = _Job(total=model_runs * tiles_per_run, progress=progress, cancel=cancel, overlap=overlap)
+        if progress is not None:
+            progress(0, job.total)
+
+        values = to_float32(image)
+        colour = values[:, :, :3] if channels >= 3 else np.repeat(values[:, :, :1], 3, axis=2)
+        alpha = np.clip(values[:, :, -1], 0.0, 1.0) if has_alpha else None
+        if alpha_varies:
+            colour = policy.bleed_colour(colour, alpha)
+        encoded, decode = policy.encode_for_model(colour, options.role, colorspace)
+        del colour
+        up = self._upscale_rgb(encoded, out_h, out_w, passes, tile, overlap, wrap, job)
+        del encoded
+        up = decode(up)
+
+        out = np.empty((out_h, out_w, channels), image.dtype)
+        if channels >= 3:
+            out[:, :, :3] = from_float32(up, image.dtype.name)
+        else:
+            out[:, :, 0] = from_float32(up.mean(axis=2), image.dtype.name)
+        del up
+        if has_alpha:
+            if alpha_varies:
+                assert alpha is not None
+                grey = np.repeat(alpha[:, :, None], 3, axis=2)
+                alpha_up = self._upscale_rgb(grey, out_h, out_w, passes, tile, overlap, wrap, job).mean(axis=2)
+                out[:, :, -1] = from_float32(alpha_up, image.dtype.name)
+            else:
+                assert alpha_src is not None
+                out[:, :, -1] = alpha_src.flat[0]  # constant alpha: the exact stored value
+        return out[:, :, 0] if squeeze else out
+
+    def upscale_file(
+        self,
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        options: UpscaleOptions = UpscaleOptions(),
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+    ) -> Path:
+        """Read ``src``, upscale it (colour space from the file) and write ``dst`` atomically.
+
+        The output keeps the input's format, bit depth, channels and metadata (``like=info``) unless
+        ``dst``'s suffix names another format. Refuses to write over ``src`` (same path after resolving
+        links, or the same file) with :class:`~texup.errors.ImageWriteError`. Returns ``dst`` as a Path.
+        Read and write errors are :class:`~texup.errors.ImageReadError` / ``ImageWriteError`` naming the file.
+        """
+        src_path, dst_path = Path(src), Path(dst)
+        same = src_path.resolve() == dst_path.resolve()
+        if not same and dst_path.exists() and src_path.exists():
+            same = os.path.samefile(src_path, dst_path)
+        if same:
+            raise ImageWriteError(dst_path, f"refusing to overwrite the input image {src_path}; choose another output")
+        image = read_image(src_path)
+        result = self.upscale_array(
+            image.pixels, options, colorspace=image.info.colorspace, progress=progress, cancel=cancel
+        )
+        write_image(dst_path, result, like=image.info)
+        return dst_path
+
+    # --- model passes ------------------------------------------------------------------------------------
+
+    def _upscale_rgb(
+        self, x: np.ndarray, out_h: int, out_w: int, passes: int, tile: int, overlap: int, wrap: bool, job: _Job
+    ) -> np.ndarray:
+        """(H, W, 3) float32 in [0, 1] -> (out_h, out_w, 3) float32 in [0, 1]: model passes, then resampling."""
+        for _ in range(passes):
+            x = self._tiled_pass(x, tile, overlap, wrap, job, top_level=True)
+        if x.shape[:2] != (out_h, out_w):
+            x = resample(x, out_h, out_w, wrap=wrap)
+            np.clip(x, 0.0, 1.0, out=x)
+        return x
+
+    def _tiled_pass(
+        self, x: np.ndarray, tile: int, overlap: int, wrap: bool, job: _Job, *, top_level: bool
+    ) -> np.ndarray:
+        """One model pass over ``x`` in blended tiles, streamed into one output canvas.
+
+        The blend weights of a plan add up to exactly 1 at every output pixel (see
+        :mod:`texup.inference.tiling`), so each weighted tile is added straight into the float32 canvas:
+        the only full-size buffer is the output itself.
+        """
+        s = self.runner.scale
+        h, w = x.shape[:2]
+        canvas = np.zeros((h * s, w * s, 3), np.float32)
+        for t in plan_tiles(h, w, tile, overlap, wrap=wrap):
+            job.check_cancel()
+            context = take_wrapped(x, t.cy0, t.cy1, t.cx0, t.cx1)
+            y = self._run_guarded(context, job)
+            oy, ox = (t.by0 - t.cy0) * s, (t.bx0 - t.cx0) * s
+            bh, bw = (t.by1 - t.by0) * s, (t.bx1 - t.bx0) * s
+            region = y[oy : oy + bh, ox : ox + bw]
+            wy, wx = blend_weights(t, s)
+            region *= wy[:, None, None]
+            region *= wx[None, :, None]
+            add_wrapped(canvas, region, t.by0 * s, t.bx0 * s)
+            if top_level:
+                job.tick()
+        return canvas
+
+    def _run_guarded(self, x: np.ndarray, job: _Job) -> np.ndarray:
+        """Run the model on one context tile; on out-of-memory, split it into smaller blended tiles.
+
+        ``torch.OutOfMemoryError`` (never a message match) halves the core tile size, down to
+        :data:`MIN_TILE`; the smaller size is remembered for the rest of the call, so later tiles are split
+        up front instead of failing first. Below the minimum, :class:`TileOutOfMemoryError` is raised.
+        """
+        h, w = x.shape[:2]
+        if max(h, w) <= job.max_side:
+            try:
+                return self.runner.run_tile(x)
+            except torch.OutOfMemoryError as err:
+                self.runner.free_cached_memory()
+                core = min(job.split_tile or max(h, w), max(h, w)) // 2
+                if core < MIN_TILE:
+                    raise TileOutOfMemoryError(
+                        f"out of memory on {self.device} even with {max(h, w)}-pixel tiles; "
+                        "try --device cpu, --precision fp16 or closing other programs using the device"
+                    ) from err
+                overlap = min(job.overlap, core)
+                job.split_tile = core
+                job.max_side = core + 2 * overlap
+        overlap = min(job.overlap, job.split_tile)
+        return self._tiled_pass(x, job.split_tile, overlap, False, job, top_level=False)
