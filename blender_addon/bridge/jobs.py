@@ -1,0 +1,396 @@
+"""Pure helpers between the scene scan and the worker: choose textures, build a job, follow its events,
+and write the headless script's JSON report. Stdlib only; the bpy side fills :class:`TextureInfo`.
+
+Typical use (operator or headless script)::
+
+    chosen = choose_textures(scanned, smaller_than=1024, roles={"color", "data"})
+    plan = build_job(chosen, JobOptions(model="realesrgan-x4plus", scale=4), out_dir, name_scale=4)
+    job_id = client.submit(plan.job)
+    tracker = JobTracker(plan)
+    ... for event in client.poll(): tracker.apply(event) ...   # from a timer
+    for outcome in tracker.outcomes.values(): relink when outcome.status == "ok"
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from .naming import has_udim_token, safe_stem, udim_tile_path, unique_output_path
+from .protocol import Crashed, Done, Error, Event, Job, JobItem, JobOptions, Progress, Result
+
+ROLES: Tuple[str, ...] = ("color", "normal", "data")
+SOURCES: Tuple[str, ...] = ("file", "packed", "generated", "udim", "missing")
+STATUSES: Tuple[str, ...] = ("original", "upscaled", "missing")
+REPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TextureInfo:
+    """One image datablock used by image texture nodes, as the scene scan saw it.
+
+    name: the datablock name (unique in the .blend). filepath: the absolute file path (``//`` already
+    resolved), with a ``<UDIM>``/``<UVTILE>`` token for tiled images; ``""`` when there is no file.
+    size: (width, height) in pixels (UDIM: of the first tile). role: "color", "normal" or "data".
+    colorspace: Blender's colour space name ("sRGB", "Non-Color", ...). source: "file", "packed",
+    "generated", "udim" or "missing". users: how many image texture nodes use it. udim_tiles: tile
+    numbers (1001...) of a UDIM image. has_alpha: its alpha output is linked in a material.
+    status: "original", "upscaled" (a texup result) or "missing".
+    """
+
+    name: str
+    filepath: str
+    size: Tuple[int, int]
+    role: str
+    colorspace: str
+    source: str
+    users: int = 0
+    udim_tiles: Tuple[int, ...] = ()
+    has_alpha: bool = False
+    status: str = "original"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"{self.name}: role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"{self.name}: source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.status not in STATUSES:
+            raise ValueError(f"{self.name}: status must be one of {', '.join(STATUSES)}, got {self.status!r}")
+
+    @property
+    def largest_side(self) -> int:
+        return max(self.size) if self.size else 0
+
+
+# --- choosing ----------------------------------------------------------------------------------
+
+def choose_textures(
+    textures: Iterable[TextureInfo],
+    *,
+    smaller_than: Optional[int] = None,
+    max_size: Optional[int] = None,
+    roles: Optional[Collection[str]] = None,
+    names: Optional[Collection[str]] = None,
+    include_upscaled: bool = False,
+) -> List[TextureInfo]:
+    """The textures that pass every given filter, in the given order.
+
+    smaller_than: the larger side is below this many pixels (the panel's "smaller than N px").
+    max_size: the larger side is at most this many pixels (the headless ``--max-size``).
+    roles: keep only these roles. names: keep only these datablock names (see :func:`unknown_names`).
+    Results of an earlier upscale (status "upscaled") are left out unless ``include_upscaled``.
+    Missing textures are kept: :func:`build_job` reports them as failed instead of dropping them silently.
+    """
+    if roles is not None:
+        bad = sorted(set(roles) - set(ROLES))
+        if bad:
+            raise ValueError(f"unknown role(s) {', '.join(bad)}: expected {', '.join(ROLES)}")
+    chosen = []
+    for tex in textures:
+        if smaller_than is not None and tex.largest_side >= smaller_than:
+            continue
+        if max_size is not None and tex.largest_side > max_size:
+            continue
+        if roles is not None and tex.role not in roles:
+            continue
+        if names is not None and tex.name not in names:
+            continue
+        if tex.status == "upscaled" and not include_upscaled:
+            continue
+        chosen.append(tex)
+    return chosen
+
+
+def unknown_names(textures: Iterable[TextureInfo], names: Iterable[str]) -> List[str]:
+    """The requested ``names`` that no scanned texture has (for a clear error in the headless script)."""
+    known = {tex.name for tex in textures}
+    return [name for name in names if name not in known]
+
+
+# --- building a job ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlannedOutput:
+    """What one texture becomes: ``dst`` (a UDIM pattern for tiled images) written from ``item_keys``."""
+
+    texture: str
+    dst: str
+    role: str
+    tiles: Tuple[int, ...]
+    item_keys: Tuple[str, ...]
+    srcs: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A chosen texture that cannot be upscaled, and why (reported as failed, never silently dropped)."""
+
+    texture: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    job: Job
+    outputs: Tuple[PlannedOutput, ...]
+    skipped: Tuple[Skipped, ...]
+
+    def owner(self, item_key: str) -> Optional[PlannedOutput]:
+        """The planned output an item key belongs to."""
+        for out in self.outputs:
+            if item_key in out.item_keys:
+                return out
+        return None
+
+
+def _source_files(tex: TextureInfo, extracted: Mapping[str, str]) -> Tuple[Optional[Tuple[str, ...]], str]:
+    """(source files, reason when there are none) for one texture."""
+    if tex.name in extracted:
+        path = extracted[tex.name]
+        if has_udim_token(path):
+            return tuple(udim_tile_path(path, t) for t in tex.udim_tiles), ""
+        return (path,), ""
+    if tex.source == "missing" or tex.status == "missing":
+        shown = tex.filepath or "(no file path)"
+        return None, f"image file not found: {shown}"
+    if tex.source == "packed":
+        return None, "packed image: the add-on must unpack it to a temporary file first"
+    if tex.source == "generated":
+        return None, "generated image: the add-on must save its pixels to a temporary file first"
+    if not tex.filepath:
+        return None, "the image has no file path"
+    if tex.source == "udim" or has_udim_token(tex.filepath):
+        if not tex.udim_tiles:
+            return None, f"UDIM image without tiles: {tex.filepath}"
+        files = tuple(udim_tile_path(tex.filepath, t) for t in tex.udim_tiles)
+    else:
+        files = (tex.filepath,)
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        return None, "image file not found: " + ", ".join(missing)
+    return files, ""
+
+
+def build_job(
+    textures: Sequence[TextureInfo],
+    options: JobOptions,
+    out_dir: str,
+    *,
+    name_scale: Optional[float] = None,
+    extracted: Optional[Mapping[str, str]] = None,
+    taken: Collection[str] = (),
+) -> JobPlan:
+    """Turn chosen textures into a worker job: one item per file (one per tile for UDIM images).
+
+    out_dir: an absolute folder for the results (created by the worker). name_scale: the scale written
+    into output names (default: ``options.scale``, else 4, the usual model scale). extracted: texture
+    name -> a file the add-on wrote for a packed or generated image (a UDIM pattern for tiled ones);
+    its extension gives the output format. taken: paths already used by other outputs (never reused).
+    Output names follow :func:`naming.unique_output_path`: ``<stem>_x<scale>.<ext>`` in ``out_dir``, the
+    stem from the original file name, else from the datablock name.
+    """
+    extracted = dict(extracted or {})
+    scale = name_scale if name_scale is not None else (options.scale if options.scale is not None else 4)
+    used = set(taken)
+    items: List[JobItem] = []
+    outputs: List[PlannedOutput] = []
+    skipped: List[Skipped] = []
+    for index, tex in enumerate(textures):
+        files, reason = _source_files(tex, extracted)
+        if files is None:
+            skipped.append(Skipped(tex.name, reason))
+            continue
+        ext_from = extracted.get(tex.name) or tex.filepath
+        ext = os.path.splitext(ext_from)[1]
+        if not ext:
+            skipped.append(Skipped(tex.name, f"cannot tell the file format of {ext_from!r} (no extension)"))
+            continue
+        stem = os.path.splitext(os.path.basename(tex.filepath))[0] if tex.filepath else ""
+        stem = safe_stem(stem or tex.name)
+        tiled = tex.source == "udim" or has_udim_token(ext_from)
+        if tiled and not has_udim_token(stem):
+            stem = f"{stem}.<UDIM>"
+        dst = unique_output_path(out_dir, stem, scale, ext, tiles=tex.udim_tiles if tiled else (), taken=used)
+        used.add(dst)
+        if tiled:
+            keys = tuple(f"{index}:{tex.name}:{tile}" for tile in tex.udim_tiles)
+            dsts = tuple(udim_tile_path(dst, tile) for tile in tex.udim_tiles)
+        else:
+            keys, dsts = (f"{index}:{tex.name}",), (dst,)
+        for key, src, item_dst in zip(keys, files, dsts):
+            items.append(JobItem(key=key, src=src, dst=item_dst, role=tex.role))
+        outputs.append(PlannedOutput(texture=tex.name, dst=dst, role=tex.role,
+                                     tiles=tex.udim_tiles if tiled else (), item_keys=keys, srcs=files))
+    job = Job(options=options, items=tuple(items))
+    job.validate()
+    return JobPlan(job=job, outputs=tuple(outputs), skipped=tuple(skipped))
+
+
+# --- following a job ---------------------------------------------------------------------------
+
+@dataclass
+class TextureOutcome:
+    """Where one texture stands: status "pending", "ok", "failed" or "cancelled".
+
+    A UDIM texture is "ok" only when every tile was written (a half-upscaled tiled image is never relinked).
+    width/height: the result's size (UDIM: of the first tile); seconds: summed over its files.
+    """
+
+    texture: str
+    dst: str
+    status: str = "pending"
+    width: int = 0
+    height: int = 0
+    seconds: float = 0.0
+    errors: List[str] = field(default_factory=list)
+    written: Dict[str, str] = field(default_factory=dict)  # item key -> file written
+
+
+class JobTracker:
+    """Folds a job's events into per-texture outcomes and an overall fraction, for the panel and report."""
+
+    def __init__(self, plan: JobPlan, job_id: Optional[str] = None) -> None:
+        self.plan = plan
+        self.job_id = job_id
+        self.outcomes: Dict[str, TextureOutcome] = {
+            out.texture: TextureOutcome(texture=out.texture, dst=out.dst) for out in plan.outputs
+        }
+        self.job_errors: List[str] = []
+        self.finished = not plan.job.items
+        self.cancelled = False
+        self.fraction = 1.0 if self.finished else 0.0
+        self.current: Optional[str] = None
+
+    def _mine(self, event: Event) -> bool:
+        return self.job_id is None or event.id is None or event.id == self.job_id
+
+    def apply(self, event: Event) -> None:
+        """Take one event from :meth:`WorkerClient.poll`; events of other jobs are ignored."""
+        if isinstance(event, Crashed):
+            self._finish(failed_reason=event.message)
+            return
+        if not self._mine(event) or self.finished:
+            return
+        if isinstance(event, Progress):
+            self.fraction = max(self.fraction, event.fraction)
+            owner = self.plan.owner(event.item)
+            self.current = owner.texture if owner else None
+        elif isinstance(event, Result):
+            owner = self.plan.owner(event.item)
+            if owner is None:
+                return
+            outcome = self.outcomes[owner.texture]
+            outcome.written[event.item] = event.dst
+            outcome.seconds += event.seconds
+            if len(outcome.written) == 1:
+                outcome.width, outcome.height = event.width, event.height
+            if len(outcome.written) == len(owner.item_keys) and not outcome.errors:
+                outcome.status = "ok"
+            total = max(1, len(self.plan.job.items))
+            done = sum(len(o.written) + (1 if o.errors else 0) for o in self.outcomes.values())
+            self.fraction = max(self.fraction, min(1.0, done / total))
+        elif isinstance(event, Error):
+            owner = self.plan.owner(event.item) if event.item else None
+            text = f"{event.kind}: {event.message}" if event.kind else event.message
+            if owner is None:
+                if event.id is not None:  # about the whole job (model load, bad options)
+                    self.job_errors.append(text)
+                return
+            outcome = self.outcomes[owner.texture]
+            outcome.errors.append(text)
+            outcome.status = "failed"
+        elif isinstance(event, Done):
+            self.cancelled = event.cancelled
+            self._finish(failed_reason=None)
+
+    def _finish(self, failed_reason: Optional[str]) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.fraction = 1.0
+        for outcome in self.outcomes.values():
+            if outcome.status != "pending":
+                continue
+            if failed_reason is not None:
+                outcome.status = "failed"
+                outcome.errors.append(failed_reason)
+            elif self.cancelled:
+                outcome.status = "cancelled"
+            else:
+                outcome.status = "failed"
+                outcome.errors.append("; ".join(self.job_errors) or "the worker reported no result for it")
+
+    def status_text(self) -> str:
+        """A short line for the status bar: ``"Upscaling wall (45%)"``."""
+        if self.finished:
+            ok = sum(1 for o in self.outcomes.values() if o.status == "ok")
+            return f"Upscaled {ok} of {len(self.outcomes)} textures" + (" (cancelled)" if self.cancelled else "")
+        label = f" {self.current}" if self.current else ""
+        return f"Upscaling{label} ({int(self.fraction * 100)}%)"
+
+
+# --- the headless report -----------------------------------------------------------------------
+
+def report_rows(textures: Sequence[TextureInfo], tracker: Optional[JobTracker], plan: JobPlan) -> List[Dict[str, Any]]:
+    """One JSON row per chosen texture: name, role, input/output size, output path, seconds, status, error.
+
+    status is "ok", "failed" (including textures skipped because they are missing) or "cancelled".
+    """
+    skipped = {s.texture: s.reason for s in plan.skipped}
+    rows = []
+    for tex in textures:
+        row: Dict[str, Any] = {
+            "name": tex.name, "role": tex.role, "source": tex.source, "input_size": list(tex.size),
+            "output_size": None, "output_path": None, "seconds": 0.0, "status": "failed", "error": None,
+        }
+        if tex.name in skipped:
+            row["error"] = skipped[tex.name]
+        elif tracker is not None and tex.name in tracker.outcomes:
+            outcome = tracker.outcomes[tex.name]
+            row["status"] = outcome.status if outcome.status != "pending" else "failed"
+            row["seconds"] = round(outcome.seconds, 3)
+            if outcome.status == "ok":
+                row["output_size"] = [outcome.width, outcome.height]
+                row["output_path"] = outcome.dst
+            row["error"] = "; ".join(outcome.errors) or (None if outcome.status == "ok" else
+                                                        "cancelled" if outcome.status == "cancelled" else
+                                                        "no result")
+        else:
+            row["error"] = "not part of the job"
+        rows.append(row)
+    return rows
+
+
+def report_document(rows: Sequence[Mapping[str, Any]], **context: Any) -> Dict[str, Any]:
+    """The report: ``{"version", "ok", "failed", "cancelled", "images": rows, **context}``."""
+    doc: Dict[str, Any] = {"version": REPORT_VERSION}
+    doc.update(context)
+    doc["ok"] = sum(1 for r in rows if r["status"] == "ok")
+    doc["failed"] = sum(1 for r in rows if r["status"] == "failed")
+    doc["cancelled"] = sum(1 for r in rows if r["status"] == "cancelled")
+    doc["images"] = [dict(r) for r in rows]
+    return doc
+
+
+def exit_code(rows: Sequence[Mapping[str, Any]]) -> int:
+    """0 when every chosen texture was upscaled, else 1."""
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def write_report(path: str, document: Mapping[str, Any]) -> str:
+    """Write the report as UTF-8 JSON atomically (temporary file + rename); return the path."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,312 @@
+"""The add-on's half of the worker protocol: message builders and event parsing (stdlib only).
+
+The worker (``python -m texup worker``, see texup/worker/protocol.py) reads one JSON object per line
+on stdin and writes one per line on stdout. This module must stay importable without bpy, torch or
+texup: it runs inside Blender's own Python (3.10 in Blender 3.4, 3.11 in 4.x).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+PROTOCOL_VERSION = 1
+
+ROLES: Tuple[str, ...] = ("color", "normal", "data")
+SEAMLESS: Tuple[str, ...] = ("auto", "on", "off")
+PRECISIONS: Tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+
+
+class ProtocolError(ValueError):
+    """A worker line that is not a protocol event, or a job that would not be a valid message."""
+
+
+# --- what the add-on sends ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Options shared by every item of a job.
+
+    ``model``: a known model name or a weights file path (``None``: the worker's default model).
+    ``scale``: output scale, e.g. 2 or 4 (``None``: the model's own). ``tile``: input tile size in
+    pixels, at least 16 (``None``: automatic). ``seamless``: "auto" (detect tileable textures), "on", "off".
+    ``device``: "auto", "cpu", "cuda", "cuda:N", "mps". ``precision``: "auto", "fp32", "bf16", "fp16".
+    """
+
+    model: Optional[str] = None
+    scale: Optional[float] = None
+    tile: Optional[int] = None
+    seamless: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+
+    def validate(self) -> None:
+        """Raise :class:`ProtocolError` naming the first bad option."""
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            raise ProtocolError("model must be a model name or a weights file path")
+        if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
+                                       or not 0 < self.scale <= 16):
+            raise ProtocolError(f"scale must be above 0 and at most 16, got {self.scale!r}")
+        if self.tile is not None and (isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 16):
+            raise ProtocolError(f"tile must be an integer of at least 16 pixels, got {self.tile!r}")
+        if self.seamless not in SEAMLESS:
+            raise ProtocolError(f"seamless must be one of {', '.join(SEAMLESS)}, got {self.seamless!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ProtocolError(f"device must be a device name such as auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ProtocolError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    def to_json(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"seamless": self.seamless, "device": self.device, "precision": self.precision}
+        if self.model is not None:
+            out["model"] = self.model
+        if self.scale is not None:
+            out["scale"] = float(self.scale)
+        if self.tile is not None:
+            out["tile"] = int(self.tile)
+        return out
+
+
+@dataclass(frozen=True)
+class JobItem:
+    """One file to upscale. ``key`` is the add-on's own name for it, echoed in every event about it;
+    ``src`` and ``dst`` are absolute file paths; ``role`` is "color", "normal" or "data"."""
+
+    key: str
+    src: str
+    dst: str
+    role: str = "color"
+
+    def validate(self) -> None:
+        if not isinstance(self.key, str) or not self.key:
+            raise ProtocolError("an item needs a non-empty key")
+        for name in ("src", "dst"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ProtocolError(f"item {self.key!r} needs a non-empty {name} path")
+        if self.role not in ROLES:
+            raise ProtocolError(f"item {self.key!r}: role must be one of {', '.join(ROLES)}, got {self.role!r}")
+
+    def to_json(self) -> Dict[str, str]:
+        return {"key": self.key, "src": self.src, "dst": self.dst, "role": self.role}
+
+
+@dataclass(frozen=True)
+class Job:
+    """An upscale job: options and items; ``id`` is filled in by :meth:`WorkerClient.submit` when empty."""
+
+    options: JobOptions
+    items: Tuple[JobItem, ...]
+    id: Optional[str] = None
+
+    def validate(self) -> None:
+        self.options.validate()
+        seen = set()
+        for item in self.items:
+            item.validate()
+            if item.key in seen:
+                raise ProtocolError(f"item key {item.key!r} appears twice in the job")
+            seen.add(item.key)
+
+
+def encode(message: Dict[str, Any]) -> bytes:
+    """One protocol line, UTF-8, ending in a newline."""
+    return (json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+
+
+def upscale_message(job_id: str, job: Job) -> Dict[str, Any]:
+    job.validate()
+    return {"type": "upscale", "id": job_id, "options": job.options.to_json(),
+            "items": [item.to_json() for item in job.items]}
+
+
+def cancel_message(job_id: str) -> Dict[str, Any]:
+    return {"type": "cancel", "id": job_id}
+
+
+def ping_message(request_id: str) -> Dict[str, Any]:
+    return {"type": "ping", "id": request_id}
+
+
+def models_message(request_id: str) -> Dict[str, Any]:
+    return {"type": "models", "id": request_id}
+
+
+def shutdown_message() -> Dict[str, Any]:
+    return {"type": "shutdown"}
+
+
+# --- what the worker sends ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Hello:
+    protocol: int
+    texup: str
+    torch: str
+    device: str
+    pid: int
+    type: str = field(default="hello", init=False)
+    id: Optional[str] = field(default=None, init=False)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Tiles of the current item: ``done`` of ``total``; the item is number ``index`` (0-based) of ``count``."""
+
+    id: str
+    item: str
+    index: int
+    count: int
+    done: int
+    total: int
+    type: str = field(default="progress", init=False)
+
+    @property
+    def fraction(self) -> float:
+        """How far the whole job is, 0..1, counting finished items and this item's tiles."""
+        if self.count <= 0:
+            return 0.0
+        within = self.done / self.total if self.total > 0 else 0.0
+        return min(1.0, (self.index + within) / self.count)
+
+
+@dataclass(frozen=True)
+class Result:
+    """An item was written: ``dst`` holds a ``width`` x ``height`` image."""
+
+    id: str
+    item: str
+    dst: str
+    width: int
+    height: int
+    seconds: float
+    type: str = field(default="result", init=False)
+
+
+@dataclass(frozen=True)
+class Error:
+    """Something failed: one item (``item`` set; the job goes on), a whole job or a message (``item`` None).
+
+    ``kind`` is the exception class name in the worker (e.g. "ImageReadError"), ``message`` one line.
+    """
+
+    id: Optional[str]
+    item: Optional[str]
+    kind: str
+    message: str
+    traceback: str = ""
+    type: str = field(default="error", init=False)
+
+
+@dataclass(frozen=True)
+class Done:
+    """A job ended: ``ok`` items written, ``failed`` items not; ``cancelled`` when it was stopped early."""
+
+    id: str
+    ok: int
+    failed: int
+    cancelled: bool
+    type: str = field(default="done", init=False)
+
+
+@dataclass(frozen=True)
+class Pong:
+    id: Optional[str]
+    type: str = field(default="pong", init=False)
+
+
+@dataclass(frozen=True)
+class Models:
+    id: Optional[str]
+    models: Tuple[Dict[str, Any], ...]
+    type: str = field(default="models", init=False)
+
+
+@dataclass(frozen=True)
+class Crashed:
+    """Made by the client, not sent by the worker: the worker process ended without being asked to.
+
+    ``returncode`` is the exit status (negative: killed by that signal); ``stderr_tail`` its last log lines.
+    """
+
+    returncode: Optional[int]
+    stderr_tail: str
+    type: str = field(default="crashed", init=False)
+    id: Optional[str] = field(default=None, init=False)
+
+    @property
+    def message(self) -> str:
+        last = [line for line in self.stderr_tail.splitlines() if line.strip()]
+        reason = f": {last[-1].strip()}" if last else ""
+        return f"the texup worker stopped unexpectedly (exit code {self.returncode}){reason}"
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """An event type this add-on does not know (a newer worker, e.g. training events); kept, not dropped."""
+
+    type: str
+    id: Optional[str]
+    data: Dict[str, Any]
+
+
+Event = Union[Hello, Progress, Result, Error, Done, Pong, Models, Crashed, Unknown]
+
+
+def _get(data: Dict[str, Any], key: str, kinds: Union[type, Tuple[type, ...]], *, optional: bool = False) -> Any:
+    value = data.get(key)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        value = None  # JSON true is not an integer count
+    if not isinstance(value, kinds):
+        raise ProtocolError(f"{data.get('type')} event: field {key!r} is missing or has the wrong type ({value!r})")
+    return value
+
+
+def _opt_id(data: Dict[str, Any]) -> Optional[str]:
+    value = data.get("id")
+    return None if value is None else str(value)
+
+
+def parse_event(line: Union[str, bytes]) -> Event:
+    """Parse one worker line into an event dataclass; raises :class:`ProtocolError` for anything else."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ProtocolError(f"worker line is not UTF-8: {err}") from None
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as err:
+        shown = line.strip()
+        shown = shown if len(shown) <= 200 else shown[:200] + "..."
+        raise ProtocolError(f"worker line is not JSON ({err.msg}): {shown}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        raise ProtocolError(f"worker line is not an event object: {line.strip()[:200]}")
+    kind = data["type"]
+    if kind == "hello":
+        return Hello(protocol=_get(data, "protocol", int), texup=str(data.get("texup", "?")),
+                     torch=str(data.get("torch", "?")), device=str(data.get("device", "?")),
+                     pid=_get(data, "pid", int))
+    if kind == "progress":
+        return Progress(id=str(_get(data, "id", (str, int))), item=_get(data, "item", str),
+                        index=_get(data, "index", int), count=_get(data, "count", int),
+                        done=_get(data, "done", int), total=_get(data, "total", int))
+    if kind == "result":
+        return Result(id=str(_get(data, "id", (str, int))), item=_get(data, "item", str), dst=_get(data, "dst", str),
+                      width=_get(data, "width", int), height=_get(data, "height", int),
+                      seconds=float(_get(data, "seconds", (int, float))))
+    if kind == "error":
+        return Error(id=_opt_id(data), item=_get(data, "item", str, optional=True),
+                     kind=str(data.get("kind") or "Error"), message=str(data.get("message") or ""),
+                     traceback=str(data.get("traceback") or ""))
+    if kind == "done":
+        return Done(id=str(_get(data, "id", (str, int))), ok=_get(data, "ok", int), failed=_get(data, "failed", int),
+                    cancelled=_get(data, "cancelled", bool))
+    if kind == "pong":
+        return Pong(id=_opt_id(data))
+    if kind == "models":
+        models = _get(data, "models", list)
+        return Models(id=_opt_id(data), models=tuple(m for m in models if isinstance(m, dict)))
+    return Unknown(type=kind, id=_opt_id(data), data=data)
