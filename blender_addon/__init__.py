@@ -1,0 +1,37 @@
+"""texup for Blender: upscale a scene's image textures with ESRGAN and relink the materials.
+
+This file only registers. The work happens in a separate ``python -m texup worker`` process (torch is
+never imported into Blender); the modules with the work are imported by the operators when they run.
+Installs as an extension (Blender 4.2+, blender_manifest.toml) and as a legacy add-on (bl_info, 3.x).
+"""
+
+bl_info = {
+    "name": "texup: ESRGAN Texture Upscaling",
+    "author": "texup contributors",
+    "version": (0, 1, 0),
+    "blender": (3, 4, 0),
+    "location": "3D Viewport / Image Editor > Sidebar > texup",
+    "description": "Upscale the scene's image textures with ESRGAN (texup worker) and relink the materials",
+    "category": "Material",
+}
+
+import bpy
+
+from . import operators, preferences, properties, ui
+
+_CLASSES = (*preferences.CLASSES, *properties.CLASSES, *operators.CLASSES, *ui.CLASSES)
+
+
+def register() -> None:
+    for cls in _CLASSES:
+        bpy.utils.register_class(cls)
+    properties.register_pointers()
+
+
+def unregister() -> None:
+    from . import service
+
+    service.stop_worker()
+    properties.unregister_pointers()
+    for cls in reversed(_CLASSES):
+        bpy.utils.unregister_class(cls)

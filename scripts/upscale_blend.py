@@ -1,0 +1,151 @@
+"""Upscale a .blend file's image textures headless, with the same code as the add-on's Upscale button.
+
+    blender -b scene.blend --python scripts/upscale_blend.py -- [--model NAME|PATH] [--max-size N]
+        [--images a,b] [--roles color,normal,data] [--scale 2|4] [--tile N] [--seamless auto|on|off]
+        [--out-dir DIR] [--save | --save-as PATH] [--report PATH.json] [--worker-python PATH]
+
+Also runs with a plain Python that has the ``bpy`` module: ``python scripts/upscale_blend.py scene.blend
+[options]``. The worker (``python -m texup worker``) runs in the Python given by --worker-python, else
+TEXUP_PYTHON, else the one of a ``texup`` command on PATH. Writes a JSON report (per image: name, role,
+input and output size, output path, seconds, status, error) and exits 1 when any chosen texture
+failed, 2 on a usage error or when the worker cannot start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+# The add-on package lives in the repository: make `import blender_addon` work from any folder.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import bpy  # noqa: E402  (after the sys.path set-up, like every import of the add-on below)
+
+from blender_addon import scene as addon_scene  # noqa: E402
+from blender_addon import service  # noqa: E402
+from blender_addon.bridge.client import WorkerError, WorkerStartError  # noqa: E402
+from blender_addon.bridge.jobs import choose_textures, report_document, unknown_names, write_report  # noqa: E402
+from blender_addon.bridge.protocol import ProtocolError  # noqa: E402
+from blender_addon.defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR  # noqa: E402
+from blender_addon.pipeline import RunError, RunSettings, UpscaleRun, run_blocking  # noqa: E402
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="blender -b scene.blend --python scripts/upscale_blend.py --",
+        description="Upscale the image textures of a .blend file and relink its materials.",
+    )
+    parser.add_argument("blend", nargs="?", help="the .blend to open (only with plain python + bpy; "
+                        "blender -b opens it itself)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name or weights file (default %(default)s)")
+    parser.add_argument("--max-size", type=int, default=None, metavar="N",
+                        help="only textures whose larger side is at most N pixels")
+    parser.add_argument("--images", type=_csv, default=None, metavar="A,B", help="only these image datablocks")
+    parser.add_argument("--roles", type=_csv, default=None, metavar="R,R", help="only these roles: color,normal,data")
+    parser.add_argument("--include-upscaled", action="store_true", help="also upscale earlier texup results again")
+    parser.add_argument("--scale", type=int, choices=(2, 4), default=4)
+    parser.add_argument("--tile", type=int, default=0, help="input tile size in pixels (0: automatic)")
+    parser.add_argument("--seamless", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR,
+                        help="folder for the results; // is the .blend's folder (default %(default)s)")
+    save = parser.add_mutually_exclusive_group()
+    save.add_argument("--save", action="store_true", help="save the .blend in place")
+    save.add_argument("--save-as", metavar="PATH", help="save the changed file as PATH")
+    parser.add_argument("--report", metavar="PATH.json", help="write the JSON report here")
+    parser.add_argument("--worker-python", default=None, help="the Python with texup (default: TEXUP_PYTHON, PATH)")
+    parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    return parser.parse_args(argv)
+
+
+def script_argv() -> list[str]:
+    """Our arguments: after ``--`` (blender -b ... -- args), else everything after the script."""
+    if "--" in sys.argv:
+        return sys.argv[sys.argv.index("--") + 1:]
+    return [] if bpy.app.binary_path and os.path.basename(sys.argv[0]).startswith("blender") else sys.argv[1:]
+
+
+def fail(message: str, code: int, report: str | None, **context) -> int:
+    sys.stderr.write(f"upscale_blend: error: {message}\n")
+    if report:
+        write_report(report, report_document([], error=message, **context))
+    return code
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if args.blend:
+        bpy.ops.wm.open_mainfile(filepath=os.path.abspath(args.blend))
+    blend = bpy.data.filepath
+    context = {"blend": blend, "model": args.model, "scale": args.scale}
+    try:
+        scanned = addon_scene.scan()
+        if args.images:
+            missing = unknown_names(scanned, args.images)
+            if missing:
+                return fail(f"no image texture named {', '.join(missing)} in {blend or 'the file'}",
+                            EXIT_USAGE, args.report, **context)
+        chosen = choose_textures(scanned, max_size=args.max_size, roles=args.roles, names=args.images,
+                                 include_upscaled=args.include_upscaled)
+    except ValueError as err:
+        return fail(str(err), EXIT_USAGE, args.report, **context)
+    if not chosen:
+        if args.report:
+            write_report(args.report, report_document([], **context))
+        sys.stderr.write("upscale_blend: no textures match the filters\n")
+        return 0
+    out_dir = args.out_dir
+    if not out_dir.startswith("//"):
+        out_dir = os.path.abspath(out_dir)
+    settings = RunSettings(model=args.model, scale=args.scale, tile=args.tile, seamless=args.seamless,
+                           device=args.device, precision=args.precision, out_dir=out_dir)
+    run = UpscaleRun(chosen, settings)
+    started = time.monotonic()
+    try:
+        client = service.get_client(args.worker_python)
+        rows = run_blocking(client, run, timeout=args.timeout)
+    except RunError as err:
+        rows = run.report()
+        for row in rows:
+            sys.stderr.write(f"upscale_blend: {row['name']}: {row['error']}\n")
+        sys.stderr.write(f"upscale_blend: {err}\n")
+    except (WorkerStartError, WorkerError, ProtocolError) as err:
+        return fail(str(err), EXIT_USAGE, args.report, **context)
+    finally:
+        service.stop_worker()
+    for row in rows:
+        if row["status"] == "ok":
+            size = "x".join(map(str, row["output_size"] or ()))
+            sys.stderr.write(f"upscale_blend: {row['name']} -> {row['output_path']} ({size}, {row['seconds']} s)\n")
+        else:
+            sys.stderr.write(f"upscale_blend: {row['name']}: {row['status']}: {row['error']}\n")
+    saved_as = None
+    if args.save_as:
+        saved_as = os.path.abspath(args.save_as)
+        bpy.ops.wm.save_as_mainfile(filepath=saved_as, relative_remap=True)
+    elif args.save:
+        if not blend:
+            return fail("--save needs a .blend that was opened from a file; use --save-as", EXIT_USAGE,
+                        args.report, **context)
+        bpy.ops.wm.save_mainfile()
+        saved_as = blend
+    if args.report:
+        write_report(args.report, report_document(rows, saved=saved_as, seconds=round(time.monotonic() - started, 3),
+                                                  **context))
+    return 0 if rows and all(row["status"] == "ok" for row in rows) else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main(script_argv()))
