@@ -21,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from texup.errors import FileError, TexupError
+from texup.errors import FileError, ImageReadError, TexupError
 from texup.worker import protocol
 from texup.worker.protocol import ProtocolError, UpscaleRequest
 
@@ -203,9 +203,9 @@ class WorkerServer:
             if self._is_cancelled(job_id):
                 cancelled = True
                 break
-            options = UpscaleOptions(scale=opts.scale, target_size=opts.target_size, tile=opts.tile,
-                                     overlap=opts.overlap, seamless=opts.seamless, role=item.role)
             try:
+                options = UpscaleOptions(scale=opts.scale, target_size=opts.target_size, tile=opts.tile,
+                                         overlap=opts.overlap, seamless=opts.seamless, role=item.role)
                 self._run_item(job_id, upscaler, options, item, index, count)
             except Cancelled:
                 cancelled = True
@@ -229,7 +229,7 @@ class WorkerServer:
 
         src, dst = Path(item.src), Path(item.dst)
         if not src.is_file():
-            raise FileError(src, "no such file" if not src.exists() else "not a file")
+            raise ImageReadError(src, "no such file" if not src.exists() else "not a file")
         if dst.exists() and src.resolve() == dst.resolve():
             raise FileError(dst, "the output would overwrite the input")
         try:

@@ -1,0 +1,204 @@
+"""The real ``python -m texup worker`` driven by the add-on's WorkerClient (a tiny RRDBNet keeps it fast)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from realdata import real_image
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "blender_addon"))
+
+from bridge import protocol as bridge_protocol  # noqa: E402
+from bridge.client import WorkerClient  # noqa: E402
+from bridge.protocol import Done, Error, Job, JobItem, JobOptions, Models, Pong, Progress, Result  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    import torch
+
+    from texup.archs.rrdbnet import RRDBNet
+    from texup.weights import save_model
+
+    torch.manual_seed(0)
+    net = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=4)
+    return save_model(net, tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def worker():
+    client = WorkerClient(sys.executable, args=("-m", "texup", "worker", "--device", "cpu"))
+    client.start(timeout=120)
+    yield client
+    client.stop()
+
+
+def collect(client: WorkerClient, until, timeout: float = 120.0) -> list:
+    seen: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in client.poll(timeout=0.2):
+            seen.append(event)
+            if until(event):
+                return seen
+    raise AssertionError(f"timed out; events so far: {seen}")
+
+
+def save_png(path: Path, pixels: np.ndarray) -> Path:
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_protocol_versions_of_worker_and_add_on_agree():
+    from texup.worker.protocol import PROTOCOL_VERSION
+
+    assert PROTOCOL_VERSION == bridge_protocol.PROTOCOL_VERSION
+
+
+def test_hello_names_versions_and_device(worker):
+    import torch
+
+    import texup
+
+    hello = worker.hello
+    assert (hello.protocol, hello.texup, hello.torch, hello.device) == (1, texup.__version__, torch.__version__, "cpu")
+    assert hello.pid > 0
+
+
+def test_two_files_one_missing(worker, tiny_model, tmp_path):
+    src = save_png(tmp_path / "coffee crop.png", real_image("coffee.png")[:37, :53])
+    out_dir = tmp_path / "out" / "nested"
+    job = Job(
+        options=JobOptions(model=str(tiny_model), tile=32),
+        items=(
+            JobItem("gone", str(tmp_path / "gone.png"), str(out_dir / "gone_x4.png")),
+            JobItem("coffee", str(src), str(out_dir / "coffee_x4.png")),
+        ),
+    )
+    job_id = worker.submit(job)
+    events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
+    (err,) = [e for e in events if isinstance(e, Error)]
+    assert (err.item, err.kind) == ("gone", "ImageReadError")
+    assert "gone.png" in err.message and "\n" not in err.message
+    (res,) = [e for e in events if isinstance(e, Result)]
+    assert res.item == "coffee" and (res.width, res.height) == (53 * 4, 37 * 4)
+    with Image.open(res.dst) as im:
+        assert im.size == (212, 148) and im.mode == "RGB"
+    assert any(isinstance(e, Progress) and e.item == "coffee" and e.count == 2 and e.index == 1 for e in events)
+    done = events[-1]
+    assert (done.ok, done.failed, done.cancelled) == (1, 1, False)
+    assert not (out_dir / "gone_x4.png").exists()
+
+
+def test_roles_and_alpha_go_through(worker, tiny_model, tmp_path):
+    gray = real_image("gravel.png")[:40, :24]
+    rgba = np.dstack([real_image("chelsea.png")[:30, :31], np.full((30, 31), 200, np.uint8)])
+    items = (
+        JobItem("gray", str(save_png(tmp_path / "g.png", gray)), str(tmp_path / "g_x4.png"), role="data"),
+        JobItem("rgba", str(save_png(tmp_path / "a.png", rgba)), str(tmp_path / "a_x4.png"), role="color"),
+    )
+    job_id = worker.submit(Job(options=JobOptions(model=str(tiny_model), scale=2), items=items))
+    events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
+    assert events[-1].ok == 2, events
+    with Image.open(tmp_path / "g_x4.png") as im:
+        assert im.size == (48, 80) and im.mode == "L"
+    with Image.open(tmp_path / "a_x4.png") as im:
+        assert im.size == (62, 60) and im.mode == "RGBA"
+
+
+def test_cancel_during_a_job_leaves_no_output(worker, tiny_model, tmp_path):
+    image = real_image("astronaut.png")[:128, :128]
+    items = tuple(
+        JobItem(f"i{n}", str(save_png(tmp_path / f"i{n}.png", image)), str(tmp_path / f"i{n}_x4.png"))
+        for n in range(3)
+    )
+    job_id = worker.submit(Job(options=JobOptions(model=str(tiny_model), tile=16), items=items))
+    events = collect(worker, lambda e: isinstance(e, Progress) and e.id == job_id)
+    worker.cancel(job_id)
+    events += collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
+    done = events[-1]
+    assert done.cancelled is True
+    written = {e.item for e in events if isinstance(e, Result)}
+    assert len(written) < 3, written
+    for item in items:
+        assert Path(item.dst).exists() == (item.key in written)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+    assert leftovers == []
+    # the worker stays warm and answers
+    worker.ping()
+    assert any(isinstance(e, Pong) for e in collect(worker, lambda e: isinstance(e, Pong)))
+
+
+def test_bad_model_fails_the_job_not_the_worker(worker, tmp_path):
+    src = save_png(tmp_path / "x.png", real_image("brick.png")[:20, :20])
+    job = Job(options=JobOptions(model=str(tmp_path / "nope.safetensors")),
+              items=(JobItem("x", str(src), str(tmp_path / "x_x4.png")),))
+    job_id = worker.submit(job)
+    events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
+    errors = [e for e in events if isinstance(e, Error)]
+    assert errors and errors[0].item is None and "nope" in errors[0].message
+    assert (events[-1].ok, events[-1].failed) == (0, 1)
+    assert worker.alive
+
+
+def test_models_request_lists_the_registry(worker):
+    request = worker.request_models()
+    events = collect(worker, lambda e: isinstance(e, Models) and e.id == request)
+    names = [m["name"] for m in events[-1].models]
+    assert "realesrgan-x4plus" in names
+
+
+def _raw_worker() -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "texup", "worker", "--device", "cpu"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    hello = json.loads(proc.stdout.readline())
+    assert hello["type"] == "hello"
+    return proc
+
+
+def _send(proc: subprocess.Popen, line: bytes) -> dict:
+    proc.stdin.write(line + b"\n")
+    proc.stdin.flush()
+    return json.loads(proc.stdout.readline())
+
+
+def test_malformed_and_unknown_lines_get_errors_and_shutdown_exits_0():
+    proc = _raw_worker()
+    try:
+        bad = _send(proc, b"{not json")
+        assert (bad["type"], bad["id"], bad["item"]) == ("error", None, None)
+        unknown = _send(proc, b'{"type": "train", "id": "t1"}')
+        assert unknown["type"] == "error" and unknown["id"] == "t1" and "train" in unknown["message"]
+        invalid = _send(proc, b'{"type": "upscale", "id": "j", "options": {"tile": 4}, "items": []}')
+        assert invalid["type"] == "error" and "tile" in invalid["message"]
+        assert json.loads(proc.stdout.readline()) == {"type": "done", "id": "j", "ok": 0, "failed": 0,
+                                                      "cancelled": False}
+        assert _send(proc, b'{"type": "ping", "id": 7}') == {"type": "pong", "id": "7"}
+        proc.stdin.write(b'{"type": "shutdown"}\n')
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout.read() == b""  # nothing but protocol lines ever reach stdout
+        assert b"shutdown" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_stdin_eof_ends_the_worker():
+    proc = _raw_worker()
+    try:
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
