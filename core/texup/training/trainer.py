@@ -1,0 +1,633 @@
+"""The ESRGAN training loop: ``train(config, progress=..., cancel=...)``.
+
+:func:`train` reads top to bottom: set up the process (device, precision, seeds), the data, the
+networks, the losses and optimisers, resume from a checkpoint when asked, then run the steps —
+each a PSNR step (L1 only) or a GAN step (:func:`gan_step`) — with logging, evaluation and
+checkpoints at fixed intervals, and finally export the generator (the EMA weights when EMA is on)
+as a texup ``.safetensors`` file that ``texup upscale --model`` and the Blender add-on load.
+
+Files written to ``out_dir`` (rank 0 only): ``checkpoint.pt``, ``model.safetensors``, ``log.csv``,
+``samples/step_NNNNNN.png`` (rows of bicubic | model | ground truth for held-out images),
+``config.json``, and TensorBoard events under ``tb/`` when ``tensorboard`` is importable.
+
+The library never prints: everything it has to say goes to ``progress(event)`` as a
+:class:`TrainEvent`. ``cancel()`` is polled once per step; when it returns true the run saves a
+checkpoint, exports the model and returns with ``cancelled=True``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from texup.training.checkpoint import CHECKPOINT_NAME, CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from texup.training.config import TrainConfig, config_from_dict
+from texup.training.distributed import DistInfo, all_reduce_mean, barrier, broadcast_flag, global_batch_mean, setup, teardown
+from texup.training.losses import FeatureMatchingLoss, PerceptualLoss, PixelLoss, RelativisticGANLoss
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """One thing the trainer reports.
+
+    ``kind``: ``"message"`` (``message`` holds one line for the user), ``"step"`` (after every
+    step: ``values`` holds this step's losses and learning rate), ``"eval"`` (``values``: ``psnr``,
+    ``ssim``, ``psnr_bicubic``; ``path`` the sample grid), ``"checkpoint"`` (``path``), ``"done"``.
+    ``step`` counts completed steps out of ``total``.
+    """
+
+    kind: str
+    step: int
+    total: int
+    values: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+    path: str | None = None
+
+
+ProgressCallback = Callable[[TrainEvent], None]
+CancelCallback = Callable[[], bool]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: ``model_path`` (exported generator), ``checkpoint_path``, steps completed,
+    whether it was cancelled, the first and last validation metrics, and the files skipped as unusable."""
+
+    out_dir: Path
+    model_path: Path | None
+    checkpoint_path: Path | None
+    steps: int
+    cancelled: bool
+    initial_metrics: dict[str, float]
+    final_metrics: dict[str, float]
+    skipped_files: list[tuple[str, str]]
+
+
+# ----------------------------------------------------------------------------------------------
+# precision
+# ----------------------------------------------------------------------------------------------
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 / AMX), so bf16 autocast is worth it."""
+    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or ``None`` for fp32, whether a gradient scaler is needed).
+
+    ``auto``: bf16 on CUDA GPUs that support it, fp16 + scaler on older CUDA GPUs, bf16 on CPUs with
+    native bf16, otherwise fp32. Raises ``ValueError`` for fp16 off CUDA.
+    """
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif device.type == "cpu" and cpu_has_native_bf16():
+            precision = "bf16"
+        else:
+            precision = "fp32"
+    if precision == "fp32":
+        return None, False
+    if precision == "bf16":
+        return torch.bfloat16, False
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError(f"fp16 training needs a CUDA device (gradient scaling); this run uses {device}. Use bf16 or fp32.")
+        return torch.float16, True
+    raise ValueError(f"unknown precision {precision!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# small pieces the loop uses
+# ----------------------------------------------------------------------------------------------
+class EMA:
+    """Exponential moving average of a module's parameters (buffers are copied as they are)."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.module = copy.deepcopy(module).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for ema_p, p in zip(self.module.parameters(), module.parameters()):
+            ema_p.lerp_(p.detach(), 1.0 - self.decay)
+        for ema_b, b in zip(self.module.buffers(), module.buffers()):
+            ema_b.copy_(b)
+
+
+def set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def optimizer_step(loss: torch.Tensor, module: nn.Module, optim: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None, clip: float | None) -> None:
+    """Backward, optional unscale + clip, step (through the scaler when fp16)."""
+    optim.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optim)
+    else:
+        loss.backward()
+    if clip is not None:
+        nn.utils.clip_grad_norm_(module.parameters(), clip)
+    if scaler is not None:
+        scaler.step(optim)
+        scaler.update()
+    else:
+        optim.step()
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+# ----------------------------------------------------------------------------------------------
+# the two kinds of step
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Nets:
+    """Everything a step touches. ``g``/``d`` may be DDP wrappers; ``d_raw`` is the bare discriminator."""
+
+    g: nn.Module
+    d: nn.Module | None
+    d_raw: nn.Module | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
+    scaler_g: torch.amp.GradScaler | None
+    scaler_d: torch.amp.GradScaler | None
+    pixel: nn.Module
+    content: nn.Module | None  # perceptual or feature-matching loss
+    gan: RelativisticGANLoss | None
+    w_pixel: float
+    w_content: float
+    w_adv: float
+    clip: float | None
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]]
+
+
+def psnr_step(n: Nets, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+    """Stage 1: the generator learns from the L1 pixel loss alone."""
+    with n.autocast():
+        sr = n.g(lr)
+        loss = n.w_pixel * n.pixel(sr.float(), hr)
+    optimizer_step(loss, n.g, n.opt_g, n.scaler_g, n.clip)
+    return {"loss_g": loss.item(), "pixel": loss.item()}
+
+
+def gan_step(n: Nets, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+    """Stage 2: one generator update, then one discriminator update (ESRGAN, relativistic average GAN).
+
+    Generator update: the discriminator's weights are frozen (``requires_grad`` off) and it is called
+    unwrapped, as its weights learn nothing here. Real logits are detached: the generator cannot
+    change them. Discriminator update: the fake image is detached, so no gradient reaches the
+    generator, and the generator's graph from the first half is not kept alive.
+    """
+    assert n.d is not None and n.d_raw is not None and n.gan is not None and n.opt_d is not None
+    set_requires_grad(n.d_raw, False)
+    with n.autocast():
+        sr = n.g(lr).float()
+        l_pixel = n.w_pixel * n.pixel(sr, hr)
+        l_content = n.w_content * n.content(sr, hr) if n.content is not None and n.w_content else sr.new_zeros(())
+        real_logits = n.d_raw(hr).detach()
+        fake_logits = n.d_raw(sr)
+        l_adv = n.w_adv * n.gan.generator(real_logits, fake_logits)
+        loss_g = l_pixel + l_content + l_adv
+    optimizer_step(loss_g, n.g, n.opt_g, n.scaler_g, n.clip)
+
+    set_requires_grad(n.d_raw, True)
+    with n.autocast():
+        loss_d = n.gan.discriminator(n.d(hr), n.d(sr.detach()))
+    optimizer_step(loss_d, n.d, n.opt_d, n.scaler_d, n.clip)
+    return {"loss_g": loss_g.item(), "pixel": l_pixel.item(), "content": l_content.item(),
+            "adversarial": l_adv.item(), "loss_d": loss_d.item()}
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(generator: nn.Module, items: list[Any], device: torch.device, autocast: Callable[[], Any],
+             grid_path: Path | None, max_rows: int = 4) -> dict[str, float]:
+    """Mean PSNR/SSIM of ``generator`` (and of bicubic upscaling) on the held-out items; write the grid."""
+    import torch.nn.functional as F
+
+    from texup.training.metrics import psnr, sample_grid, ssim
+
+    was_training = generator.training
+    generator.eval()
+    scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "psnr_bicubic": []}
+    rows = []
+    for item in items:
+        lr, hr = item.lr.to(device), item.hr.to(device)
+        with autocast():
+            sr = generator(lr).float().clamp(0, 1)
+        bicubic = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+        scores["psnr"].append(psnr(sr, hr))
+        scores["ssim"].append(ssim(sr, hr) if min(hr.shape[-2:]) >= 11 else float("nan"))
+        scores["psnr_bicubic"].append(psnr(bicubic, hr))
+        if len(rows) < max_rows:
+            rows.append((bicubic[0], sr[0], hr[0]))
+    generator.train(was_training)
+    if grid_path is not None and rows:
+        from texup.imageio import write_image
+
+        grid_path.parent.mkdir(parents=True, exist_ok=True)
+        write_image(grid_path, sample_grid(rows))
+    return {k: float(np.mean(v)) for k, v in scores.items() if v}
+
+
+# ----------------------------------------------------------------------------------------------
+# logs
+# ----------------------------------------------------------------------------------------------
+LOG_COLUMNS = ("step", "time_s", "lr_g", "loss_g", "pixel", "content", "adversarial", "loss_d", "psnr", "ssim", "psnr_bicubic")
+
+
+class RunLog:
+    """CSV log (``log.csv``) plus TensorBoard events when available; rank 0 only."""
+
+    def __init__(self, out_dir: Path, resume_step: int | None, use_tensorboard: bool, say: Callable[[str], None]) -> None:
+        self.path = out_dir / "log.csv"
+        kept: list[dict[str, str]] = []
+        if resume_step is not None and self.path.is_file():
+            # Rows written after the checkpoint we resume from belong to the lost part of the run.
+            with self.path.open(newline="", encoding="utf-8") as fh:
+                kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= resume_step]
+        with self.path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
+        self.tb = None
+        if use_tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                say("TensorBoard logging off: the 'tensorboard' package is not installed (log.csv is written)")
+            else:
+                self.tb = SummaryWriter(str(out_dir / "tb"))
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        row = {k: (f"{values[k]:.6g}" if isinstance(values.get(k), float) else values.get(k, "")) for k in LOG_COLUMNS}
+        row["step"] = step
+        with self.path.open("a", newline="", encoding="utf-8") as fh:
+            csv.DictWriter(fh, fieldnames=LOG_COLUMNS).writerow(row)
+        if self.tb is not None:
+            for key, value in values.items():
+                if key not in ("step", "time_s") and isinstance(value, float) and math.isfinite(value):
+                    self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# set-up helpers
+# ----------------------------------------------------------------------------------------------
+def build_generator(cfg: TrainConfig, say: Callable[[str], None]) -> tuple[nn.Module, str, dict[str, Any]]:
+    """(module in train mode with gradients on, arch, provenance) from the config."""
+    if cfg.generator.pretrained is not None:
+        from texup.weights.registry import load_pretrained
+
+        loaded = load_pretrained(cfg.generator.pretrained, progress=lambda *a: None)
+        say(f"generator: {loaded.arch} x{loaded.scale} from {cfg.generator.pretrained}")
+        module, arch = loaded.module, loaded.arch
+        provenance = {"base_model": str(cfg.generator.pretrained)}
+    else:
+        from texup.archs import build
+
+        torch.manual_seed(cfg.seed)
+        module, arch = build(cfg.generator.arch, dict(cfg.generator.hparams)), cfg.generator.arch
+        say(f"generator: new {arch}({cfg.generator.hparams}) from random weights")
+        provenance = {"base_model": None}
+    module = module.float().train()
+    module.requires_grad_(True)
+    return module, arch, provenance
+
+
+def build_disc(cfg: TrainConfig, say: Callable[[str], None]) -> nn.Module:
+    from texup.archs.discriminator import build_discriminator
+    from texup.weights.state_dict import read_state_dict, unwrap_state_dict
+
+    torch.manual_seed(cfg.seed + 1)
+    disc = build_discriminator(cfg.discriminator.kind, dict(cfg.discriminator.hparams))
+    if cfg.discriminator.pretrained:
+        from texup.errors import ModelLoadError
+
+        path = Path(cfg.discriminator.pretrained)
+        sd = unwrap_state_dict(read_state_dict(path), source=path)
+        result = disc.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()}, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ModelLoadError(path, f"does not fit the {cfg.discriminator.kind} discriminator: missing "
+                                       f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+        say(f"discriminator: {cfg.discriminator.kind} from {path}")
+    else:
+        say(f"discriminator: new {cfg.discriminator.kind}")
+    return disc.train()
+
+
+def build_content_loss(cfg: TrainConfig, disc: nn.Module, say: Callable[[str], None]) -> tuple[nn.Module | None, float]:
+    """The perceptual loss on VGG19 conv5_4 when weights are available, else feature matching."""
+    from texup.archs.vgg import fetch_vgg19, load_vgg19_features, vgg19_cache_path
+
+    if cfg.perceptual_weight == 0:
+        return None, 0.0
+    source = cfg.loss.vgg19
+    if source == "download":
+        path: Path | None = fetch_vgg19()
+    elif source is not None:
+        path = Path(source)
+    else:
+        path = vgg19_cache_path() if vgg19_cache_path().is_file() else None
+    if path is not None:
+        say(f"perceptual loss: VGG19 {cfg.loss.perceptual_layer} from {path}")
+        return PerceptualLoss(load_vgg19_features(path, cfg.loss.perceptual_layer)), cfg.perceptual_weight
+    say("no VGG19 weights (set loss.vgg19 to a file or to \"download\"): using discriminator feature "
+        "matching instead of the perceptual loss")
+    return FeatureMatchingLoss(disc), cfg.loss.feature_matching_weight
+
+
+def _check_crop(cfg: TrainConfig, scale: int, multiple: int) -> None:
+    from texup.archs.discriminator import crop_requirement
+
+    crop = cfg.data.hr_crop
+    if crop % (scale * multiple):
+        raise ValueError(f"data.hr_crop ({crop}) must be a multiple of scale x input multiple ({scale} x {multiple})")
+    if cfg.stage == "gan":
+        exact, mult = crop_requirement(cfg.discriminator.kind, dict(cfg.discriminator.hparams))
+        if exact is not None and crop != exact:
+            raise ValueError(f"the {cfg.discriminator.kind} discriminator needs data.hr_crop = {exact}, got {crop}")
+        if crop % mult:
+            raise ValueError(f"the {cfg.discriminator.kind} discriminator needs data.hr_crop to be a multiple of {mult}")
+
+
+def _batches(loader: Any, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for lr, hr in loader:
+        yield lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------
+def train(config: TrainConfig, progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> TrainResult:
+    """Train (or fine-tune) a generator as ``config`` says; see the module docstring.
+
+    In a ``torchrun`` launch every rank calls this; rank 0 writes the files and receives events.
+    Raises ``ValueError`` for settings that cannot work (crop sizes, batch split, no usable images),
+    ``FileNotFoundError`` for a missing data folder, ``CheckpointError`` for a checkpoint that
+    cannot be resumed, and the loading errors of :mod:`texup.weights`.
+    """
+    import torch.distributed as dist
+
+    # A process group that exists already (created by the caller) is left alone at the end.
+    group_existed = dist.is_available() and dist.is_initialized()
+    info = setup(config.device)
+    try:
+        return _train(config, info, progress, cancel)
+    finally:
+        teardown(info, owned=not group_existed)
+
+
+def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, cancel: CancelCallback | None) -> TrainResult:
+    from torch.utils.data import DataLoader
+
+    from texup.training.data import CropDataset, StepSampler, load_textures, scan_textures, split_files, validation_items
+
+    total = cfg.steps
+    out_dir = Path(cfg.out_dir)
+    device = info.device
+
+    def emit(kind: str, step: int, **kw: Any) -> None:
+        if info.is_main and progress is not None:
+            progress(TrainEvent(kind=kind, step=step, total=total, **kw))
+
+    def say(message: str) -> None:
+        emit("message", 0, message=message)
+
+    # 1. process: determinism, seeds, precision
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    torch.manual_seed(cfg.seed)
+    amp_dtype, needs_scaler = resolve_precision(cfg.precision, device)
+    say(f"device {device}, precision {'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')}"
+        f"{f', {info.world_size} ranks' if info.distributed else ''}")
+
+    def autocast() -> contextlib.AbstractContextManager[Any]:
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    # 2. networks
+    g_raw, arch, provenance = build_generator(cfg, say)
+    scale, multiple = int(g_raw.scale), int(getattr(g_raw, "input_multiple", 1))
+    _check_crop(cfg, scale, multiple)
+    d_raw = build_disc(cfg, say) if cfg.stage == "gan" else None
+
+    # 3. data: every file read once, unusable ones reported once
+    skipped: list[tuple[str, str]] = []
+
+    def problem(path: Path, reason: str) -> None:
+        skipped.append((str(path), reason))
+        say(f"skipping {path}: {reason}")
+
+    files = scan_textures(cfg.data.root, exclude=[out_dir])
+    train_files, val_files = split_files(files, cfg.data.root, cfg.data.val_fraction, cfg.seed)
+    train_tex = load_textures(train_files, min_size=cfg.data.hr_crop, tileable=cfg.data.tileable,
+                              cache=cfg.data.cache_images, on_problem=problem)
+    val_tex = load_textures(val_files, min_size=scale * multiple, tileable="off", cache=True, on_problem=problem)
+    if not train_tex:
+        raise ValueError(f"{cfg.data.root}: no usable training images ({len(files)} image files found)")
+    say(f"data: {len(train_tex)} training and {len(val_tex)} held-out images from {cfg.data.root}"
+        f" ({sum(t.tileable for t in train_tex)} tileable)")
+    dataset = CropDataset(train_tex, crop=cfg.data.hr_crop, scale=scale, degradation=cfg.data.degradation,
+                          flips=cfg.data.flips, rot90=cfg.data.rot90, seed=cfg.seed)
+    val_items = validation_items(val_tex, scale=scale, crop=cfg.data.val_crop, multiple=multiple,
+                                 degradation=cfg.data.degradation, seed=cfg.seed, max_items=cfg.data.val_max_images)
+
+    # 4. losses, optimisers, schedules, EMA, scalers
+    g_raw.to(device)
+    if d_raw is not None:
+        d_raw.to(device)
+    content, w_content = build_content_loss(cfg, d_raw, say) if d_raw is not None else (None, 0.0)
+    if content is not None:
+        content.to(device)
+    opt_g = torch.optim.Adam(g_raw.parameters(), lr=cfg.lr_g, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    opt_d = (torch.optim.Adam(d_raw.parameters(), lr=cfg.optim.lr_d, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+             if d_raw is not None else None)
+    sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, list(cfg.milestones), gamma=cfg.optim.gamma)
+    sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, list(cfg.milestones), gamma=cfg.optim.gamma) if opt_d else None
+    scaler_g = torch.amp.GradScaler(device.type) if needs_scaler else None
+    scaler_d = torch.amp.GradScaler(device.type) if needs_scaler and d_raw is not None else None
+    ema = EMA(g_raw, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+
+    # 5. resume
+    start = 0
+    metrics: dict[str, Any] = {"initial": {}, "last": {}}
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    if cfg.resume and ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path)
+        saved_cfg = config_from_dict(state["config"])
+        if saved_cfg.stage != cfg.stage:
+            raise CheckpointError(ckpt_path, f"was written by a {saved_cfg.stage} stage run, this run is {cfg.stage}")
+        try:
+            g_raw.load_state_dict(state["generator"]["state_dict"])
+            if ema is not None and state["ema"] is not None:
+                ema.module.load_state_dict(state["ema"])
+            if d_raw is not None:
+                d_raw.load_state_dict(state["discriminator"]["state_dict"])
+                assert opt_d is not None and sched_d is not None
+                opt_d.load_state_dict(state["optim_d"])
+                sched_d.load_state_dict(state["sched_d"])
+            opt_g.load_state_dict(state["optim_g"])
+            sched_g.load_state_dict(state["sched_g"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(ckpt_path, f"does not fit this run's networks ({str(exc).splitlines()[0]})") from exc
+        if scaler_g is not None and state.get("scaler_g"):
+            scaler_g.load_state_dict(state["scaler_g"])
+        if scaler_d is not None and state.get("scaler_d"):
+            scaler_d.load_state_dict(state["scaler_d"])
+        restore_rng(state["rng"])
+        start = int(state["step"])
+        metrics = state.get("metrics") or metrics
+        say(f"resumed from {ckpt_path} at step {start}")
+    elif info.is_main:
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
+
+    # 6. data-parallel wrappers and the data stream (positioned at the resumed step)
+    g, d = g_raw, d_raw
+    if info.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        g = nn.parallel.DistributedDataParallel(g_raw, device_ids=ids)
+        if d_raw is not None:
+            d = nn.parallel.DistributedDataParallel(d_raw, device_ids=ids)
+    sampler = StepSampler(batch_size=cfg.data.batch_size, total_steps=total, start_step=start,
+                          rank=info.rank, world_size=info.world_size)
+    loader = DataLoader(dataset, batch_size=sampler.per_rank, sampler=sampler, num_workers=cfg.data.num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    batches = _batches(loader, device)
+    nets = Nets(g=g, d=d, d_raw=d_raw, opt_g=opt_g, opt_d=opt_d, scaler_g=scaler_g, scaler_d=scaler_d,
+                pixel=PixelLoss(), content=content,
+                gan=RelativisticGANLoss(global_batch_mean) if d_raw is not None else None,
+                w_pixel=cfg.pixel_weight, w_content=w_content, w_adv=cfg.adversarial_weight,
+                clip=cfg.optim.grad_clip, autocast=autocast)
+    step_fn = gan_step if cfg.stage == "gan" else psnr_step
+    log = RunLog(out_dir, start if start > 0 else None, cfg.tensorboard, say) if info.is_main else None
+
+    def eval_model() -> nn.Module:
+        return ema.module if ema is not None else g_raw
+
+    def run_eval(step: int) -> dict[str, float]:
+        result: dict[str, float] = {}
+        if info.is_main and val_items:
+            grid = out_dir / "samples" / f"step_{step:06d}.png"
+            result = evaluate(eval_model(), val_items, device, autocast, grid)
+            emit("eval", step, values=result, path=str(grid))
+        barrier()
+        return result
+
+    def save(step: int) -> Path | None:
+        if info.is_main:
+            save_checkpoint(ckpt_path, {
+                "step": step,
+                "config": cfg.to_dict(),
+                "generator": {"arch": arch, "hparams": dict(g_raw.hparams), "state_dict": g_raw.state_dict()},
+                "ema": ema.module.state_dict() if ema is not None else None,
+                "discriminator": ({"kind": cfg.discriminator.kind, "hparams": dict(d_raw.hparams),
+                                   "state_dict": d_raw.state_dict()} if d_raw is not None else None),
+                "optim_g": opt_g.state_dict(), "optim_d": opt_d.state_dict() if opt_d else None,
+                "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict() if sched_d else None,
+                "scaler_g": scaler_g.state_dict() if scaler_g else None,
+                "scaler_d": scaler_d.state_dict() if scaler_d else None,
+                "rng": capture_rng(),
+                "metrics": metrics,
+            })
+            emit("checkpoint", step, path=str(ckpt_path))
+        barrier()
+        return ckpt_path
+
+    # 7. the steps
+    if start == 0 and val_items:
+        metrics["initial"] = run_eval(0)
+        if log is not None:
+            log.write(0, {"time_s": 0.0, **metrics["initial"]})
+    t0 = time.perf_counter()
+    step = start
+    cancelled = False
+    while step < total:
+        lr_img, hr_img = next(batches)
+        values = step_fn(nets, lr_img, hr_img)
+        sched_g.step()
+        if sched_d is not None:
+            sched_d.step()
+        if ema is not None:
+            ema.update(g_raw)
+        step += 1
+
+        values["lr_g"] = opt_g.param_groups[0]["lr"]
+        emit("step", step, values=values)
+        at = lambda every: every > 0 and step % every == 0  # noqa: E731
+        if at(cfg.log_every) or step == total:
+            averaged = {k: all_reduce_mean(v, device) for k, v in values.items()}
+            if log is not None:
+                log.write(step, {"time_s": time.perf_counter() - t0, **averaged})
+        if at(cfg.eval_every) or step == total:
+            metrics["last"] = run_eval(step)
+            if log is not None and metrics["last"]:
+                log.write(step, {"time_s": time.perf_counter() - t0, **metrics["last"]})
+        if at(cfg.checkpoint_every) or step == total:
+            save(step)
+        if broadcast_flag(cancel() if (cancel is not None and info.is_main) else False, device):
+            cancelled = True
+            if not (at(cfg.checkpoint_every) or step == total):
+                save(step)
+            say(f"cancelled at step {step}; resume with --resume")
+            break
+
+    # 8. export the generator (EMA weights when EMA is on)
+    model_path = None
+    if info.is_main:
+        from texup.weights import save_model
+
+        model_path = save_model(eval_model(), out_dir / "model.safetensors", provenance={
+            **provenance, "trained_by": "texup train", "stage": cfg.stage, "steps": step,
+            "ema": ema is not None, "data": str(cfg.data.root),
+        })
+        if log is not None:
+            log.close()
+    barrier()
+    emit("done", step, values=metrics.get("last") or {}, path=str(model_path) if model_path else None)
+    return TrainResult(out_dir=out_dir, model_path=model_path, checkpoint_path=ckpt_path if ckpt_path.exists() else None,
+                       steps=step, cancelled=cancelled, initial_metrics=dict(metrics.get("initial") or {}),
+                       final_metrics=dict(metrics.get("last") or {}), skipped_files=skipped)
+
+
+__all__ = [
+    "EMA",
+    "TrainEvent",
+    "TrainResult",
+    "cpu_has_native_bf16",
+    "evaluate",
+    "gan_step",
+    "psnr_step",
+    "resolve_precision",
+    "train",
+]
