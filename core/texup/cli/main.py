@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     from texup import __version__
-    from texup.cli import models, upscale, worker
+    from texup.cli import models, train, upscale, worker
 
     parser = argparse.ArgumentParser(
         prog="texup",
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     upscale.add_parser(sub)
     models.add_parser(sub)
+    train.add_parser(sub)
     worker.add_parser(sub)
     return parser
 
