@@ -183,8 +183,11 @@ class TEXUP_OT_upscale(bpy.types.Operator):
         client, run, job_id = started
         run_blocking_started(client, run, job_id)
         refresh_list(context)
+        if run.crashed:
+            self.report({"ERROR"}, f"texup: {run.crashed}; nothing was changed")
+            return {"CANCELLED"}
         report_outcomes(self, run)
-        return {"CANCELLED"} if run.crashed else {"FINISHED"}
+        return {"FINISHED"}
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         if bpy.app.background:

@@ -59,7 +59,8 @@ def _image_node(tree, image, x=-400, y=0):
 
 def _material(name: str):
     mat = bpy.data.materials.new(name)
-    mat.use_nodes = True
+    if bpy.app.version < (5, 0, 0):  # 5.0 always uses nodes (and deprecates the switch)
+        mat.use_nodes = True
     bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
     return mat, mat.node_tree, bsdf
 
@@ -160,7 +161,8 @@ def build(folder: str, *, with_missing: bool = True) -> dict:
         tree.links.new(n.outputs["Color"], _socket(bsdf, "Roughness"))
 
     world = bpy.data.worlds.new("World")
-    world.use_nodes = True
+    if bpy.app.version < (5, 0, 0):
+        world.use_nodes = True
     bpy.context.scene.world = world
     wtree = world.node_tree
     env = wtree.nodes.new("ShaderNodeTexEnvironment")

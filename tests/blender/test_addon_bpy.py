@@ -1,0 +1,202 @@
+"""The add-on inside Blender (the PyPI ``bpy`` module, 5.0.1): scan -> upscale through the real worker
+with a tiny model -> relink -> save -> reopen -> revert.
+
+Run with the bpy environment: ``TEXUP_PYTHON=$PWD/.venv/bin/python .venv-blender/bin/python -m pytest
+tests/blender``. Skipped where ``bpy`` cannot be imported (the main venv).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+bpy = pytest.importorskip("bpy")
+
+import scene_builder  # noqa: E402  (tests/blender, put on sys.path by conftest)
+
+ALL_UPSCALABLE = ("color.png", "rough.png", "normal.png", "leaf.png", "grouptex.png", "packed", "generated", "wall")
+
+
+@pytest.fixture(scope="module")
+def addon():
+    import blender_addon
+    from blender_addon import service
+
+    blender_addon.register()
+    yield blender_addon
+    service.stop_worker()
+    blender_addon.unregister()
+
+
+@pytest.fixture
+def worker_env(monkeypatch: pytest.MonkeyPatch, worker_python: str) -> str:
+    monkeypatch.setenv("TEXUP_PYTHON", worker_python)
+    return worker_python
+
+
+def node_images() -> dict[str, list[str]]:
+    """Tree label -> names of the images its image nodes use."""
+    from blender_addon.scene import node_trees
+
+    return {label: sorted(n.image.name for n in tree.nodes if n.type in {"TEX_IMAGE", "TEX_ENVIRONMENT"})
+            for label, tree in node_trees()}
+
+
+def test_scan_finds_every_image_node_with_roles_sources_and_users(addon, tmp_path):
+    from blender_addon import scene
+
+    scene_builder.build(str(tmp_path))
+    infos = {info.name: info for info in scene.scan()}
+
+    assert set(infos) == set(ALL_UPSCALABLE) | {"missing.png"}
+    assert {n: infos[n].role for n in infos} == {
+        "color.png": "color", "rough.png": "data", "normal.png": "normal", "leaf.png": "color",
+        # Inside a node group, Non-Color setting, but the group output feeds Base Color: the graph wins.
+        "grouptex.png": "color",
+        "packed": "data", "generated": "color", "wall": "color", "missing.png": "data",
+    }
+    assert {n: infos[n].source for n in infos} == {
+        "color.png": "file", "rough.png": "file", "normal.png": "file", "leaf.png": "file",
+        "grouptex.png": "file", "packed": "packed", "generated": "generated", "wall": "udim",
+        "missing.png": "missing",
+    }
+    assert infos["color.png"].users == 2  # Mat.A base colour and Mat.B emission
+    assert infos["wall"].udim_tiles == (1001, 1002)
+    assert infos["leaf.png"].has_alpha and not infos["color.png"].has_alpha
+    assert infos["color.png"].size == (24, 20) and infos["rough.png"].size == (20, 16)
+    assert infos["missing.png"].status == "missing" and infos["color.png"].status == "original"
+    assert infos["wall"].filepath.endswith("wall.<UDIM>.png")
+
+
+def test_role_falls_back_to_colour_space_when_the_graph_is_silent(addon, tmp_path):
+    from blender_addon import scene
+
+    scene_builder.build(str(tmp_path), with_missing=False)
+    mat = bpy.data.materials["Mat.A"]
+    loose_data = bpy.data.images.load(scene_builder.write_png(str(tmp_path / "loose.png"), 8, 8, 3))
+    loose_data.colorspace_settings.name = "Non-Color"
+    loose_color = bpy.data.images.load(scene_builder.write_png(str(tmp_path / "loose2.png"), 8, 8, 3))
+    for image in (loose_data, loose_color):
+        mat.node_tree.nodes.new("ShaderNodeTexImage").image = image  # linked to nothing
+    infos = {info.name: info for info in scene.scan()}
+    assert infos["loose.png"].role == "data"
+    assert infos["loose2.png"].role == "color"
+
+
+def test_upscale_relinks_every_user_keeps_settings_and_reverts_after_reopen(addon, worker_env, tiny_model, tmp_path):
+    from blender_addon import relink, scene
+
+    scene_builder.build(str(tmp_path))
+    blend = str(tmp_path / "scene.blend")
+    bpy.ops.wm.save_as_mainfile(filepath=blend)
+    before = node_images()
+    originals = {name: (bpy.data.images[name].filepath, tuple(bpy.data.images[name].size)) for name in ALL_UPSCALABLE}
+    bpy.context.scene.texup.model = tiny_model
+    bpy.ops.texup.refresh()
+
+    result = bpy.ops.texup.upscale(images=",".join(ALL_UPSCALABLE + ("missing.png",)))
+    assert result == {"FINISHED"}
+
+    results = {name: bpy.data.images[f"{stem}_x4"] for name, stem in [
+        ("color.png", "color"), ("rough.png", "rough"), ("normal.png", "normal"), ("leaf.png", "leaf"),
+        ("grouptex.png", "grouptex"), ("packed", "packed_src"), ("generated", "generated"), ("wall", "wall")]}
+    # Every node that used an original now uses its result: both materials of the shared image,
+    # the node group, the world; the missing texture's node is left alone.
+    after = node_images()
+    assert after["material 'Mat.A'"] == ["color_x4", "normal_x4", "rough_x4"]
+    assert after["material 'Mat.B'"] == ["color_x4", "leaf_x4"]
+    assert after["node group 'TexGroup'"] == ["grouptex_x4"]
+    assert after["material 'Mat.C'"] == ["packed_src_x4"]
+    assert after["world 'World'"] == ["generated_x4"]
+    assert after["material 'Mat.D'"] == ["missing.png", "wall_x4"]
+
+    for name, res in results.items():
+        original = bpy.data.images[name]
+        if name != "wall":
+            assert tuple(res.size) == (original.size[0] * 4, original.size[1] * 4), name
+        assert res.colorspace_settings.name == original.colorspace_settings.name, name
+        assert res.alpha_mode == original.alpha_mode, name
+        assert res[relink.ORIGINAL_PROP] == name
+        # Originals are never modified.
+        assert (original.filepath, tuple(original.size)) == originals[name], name
+        assert original.use_fake_user
+    assert results["leaf.png"].alpha_mode == "CHANNEL_PACKED"
+    assert results["rough.png"].colorspace_settings.name == "Non-Color"
+    rough_node = next(n for n in bpy.data.materials["Mat.A"].node_tree.nodes if n.type == "TEX_IMAGE"
+                      and n.image == results["rough.png"])
+    assert (rough_node.interpolation, rough_node.extension) == ("Closest", "EXTEND")
+
+    # Files next to the .blend, named <stem>_x4, same format and bit depth; packed -> packed.
+    out = tmp_path / "textures_upscaled"
+    assert scene_builder.png_header(str(out / "rough_x4.png")) == (80, 64, 16, 0)  # 16-bit gray stays so
+    assert scene_builder.png_header(str(out / "leaf_x4.png"))[2:] == (8, 6)  # RGBA stays RGBA
+    assert results["color.png"].filepath == "//textures_upscaled/color_x4.png"
+    assert results["packed"].packed_file is not None
+    assert results["color.png"].packed_file is None
+    wall = results["wall"]
+    assert wall.source == "TILED"
+    assert sorted((t.number, tuple(t.size)) for t in wall.tiles) == [(1001, (48, 40)), (1002, (48, 40))]
+    assert (out / "wall_x4.1001.png").is_file() and (out / "wall_x4.1002.png").is_file()
+    assert not (out / "missing_x4.png").exists()
+    assert {i.name: i.status for i in scene.scan()}["color_x4"] == "upscaled"
+
+    # The mapping survives save + reopen; Revert restores every original in every node.
+    bpy.ops.wm.save_mainfile()
+    bpy.ops.wm.open_mainfile(filepath=blend)
+    assert bpy.data.images["color_x4"][relink.ORIGINAL_PROP] == "color.png"
+    bpy.ops.texup.refresh()
+    for item in bpy.context.scene.texup.textures:
+        item.selected = True
+    assert bpy.ops.texup.revert() == {"FINISHED"}
+    assert node_images() == before
+    assert not bpy.data.images["color.png"].use_fake_user
+
+
+def test_unsaved_file_gets_packed_results(addon, worker_env, tiny_model, tmp_path):
+    scene_builder.build(str(tmp_path), with_missing=False)
+    assert not bpy.data.filepath
+    bpy.context.scene.texup.model = tiny_model
+    bpy.context.scene.texup.scale = "2"
+    assert bpy.ops.texup.upscale(images="color.png") == {"FINISHED"}
+    result = bpy.data.images["color_x2"]
+    assert result.packed_file is not None
+    assert tuple(result.size) == (48, 40)
+    assert not (tmp_path / "textures_upscaled").exists()  # nothing written next to a file that has no folder
+    assert node_images()["material 'Mat.B'"] == ["color_x2", "leaf.png"]
+
+
+def test_missing_worker_python_is_a_clear_error_and_changes_nothing(addon, monkeypatch, tmp_path):
+    from blender_addon import service
+
+    service.stop_worker()
+    scene_builder.build(str(tmp_path), with_missing=False)
+    before = node_images()
+    monkeypatch.setenv("TEXUP_PYTHON", str(tmp_path / "no" / "python"))
+    with pytest.raises(RuntimeError, match="does not exist"):
+        bpy.ops.texup.upscale(images="color.png")  # bpy turns the ERROR report into a RuntimeError
+    assert node_images() == before
+
+
+def test_worker_crash_mid_job_changes_nothing(addon, monkeypatch, tmp_path, worker_python):
+    """A worker that dies during the job: clear error, no relink, no result files left."""
+    from blender_addon import service
+
+    service.stop_worker()
+    scene_builder.build(str(tmp_path), with_missing=False)
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    before = node_images()
+    fake = os.path.join(os.path.dirname(os.path.dirname(__file__)), "addon", "fake_worker.py")
+    if not os.path.isfile(fake):
+        pytest.skip("tests/addon/fake_worker.py not present")
+    wrapper = tmp_path / "crashing_python"
+    wrapper.write_text(f"#!/bin/sh\nexec {worker_python} {fake} crash\n")
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("TEXUP_PYTHON", str(wrapper))
+    with pytest.raises(RuntimeError, match="stopped unexpectedly|crash|exit code"):
+        bpy.ops.texup.upscale(images="color.png,leaf.png")
+    assert node_images() == before
+    out = tmp_path / "textures_upscaled"
+    assert not out.exists() or not any(out.iterdir())
+    service.stop_worker()
