@@ -202,3 +202,107 @@ def test_stdin_eof_ends_the_worker():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# --- the worker's own protocol module and server, in-process ------------------------------------
+
+def test_core_protocol_validates_options():
+    from texup.worker.protocol import ProtocolError, parse_options, parse_upscale
+
+    opts = parse_options({"model": "m", "scale": 2, "tile": 64, "seamless": "off", "target_size": None})
+    assert (opts.model, opts.scale, opts.tile, opts.seamless, opts.overlap) == ("m", 2.0, 64, "off", 16)
+    for bad, word in [({"scle": 2}, "unknown option"), ({"tile": 8}, "tile"), ({"scale": "4"}, "scale"),
+                      ({"scale": 2, "target_size": [8, 8]}, "either"), ({"target_size": [0, 8]}, "target_size"),
+                      ({"seamless": "maybe"}, "seamless"), ({"precision": "fp64"}, "precision")]:
+        with pytest.raises(ProtocolError, match=word):
+            parse_options(bad)
+    with pytest.raises(ProtocolError, match="twice"):
+        parse_upscale({"type": "upscale", "id": "j", "items": [{"key": "a", "src": "s", "dst": "d"}] * 2})
+    with pytest.raises(ProtocolError, match="role"):
+        parse_upscale({"type": "upscale", "id": "j", "items": [{"key": "a", "src": "s", "dst": "d", "role": "x"}]})
+
+
+class _Pipe:
+    """stdin for WorkerServer: lines fed by the test, EOF on close."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self.lines: queue.Queue = queue.Queue()
+
+    def __iter__(self):
+        while (line := self.lines.get()) is not None:
+            yield line
+
+    def send(self, message: dict) -> None:
+        self.lines.put(json.dumps(message).encode() + b"\n")
+
+
+class _Out:
+    def __init__(self) -> None:
+        import threading
+
+        self.events: list[dict] = []
+        self.cond = threading.Condition()
+
+    def write(self, text: str) -> None:
+        with self.cond:
+            self.events += [json.loads(line) for line in text.splitlines()]
+            self.cond.notify_all()
+
+    def flush(self) -> None:
+        pass
+
+    def wait_for(self, pred, timeout: float = 30.0) -> dict:
+        with self.cond:
+            assert self.cond.wait_for(lambda: any(pred(e) for e in self.events), timeout), self.events
+            return next(e for e in self.events if pred(e))
+
+
+def test_server_cancels_a_queued_job_before_it_starts_and_keeps_one_upscaler(tmp_path):
+    """In-process server with a stand-in upscaler: job order, queued cancel, upscaler reuse, EOF."""
+    import threading
+
+    from texup.worker.server import WorkerServer
+
+    gate = threading.Event()
+    made: list[tuple] = []
+
+    class SlowUpscaler:
+        def upscale_file(self, src, dst, options, *, progress, cancel):
+            progress(0, 2)
+            gate.wait(30)
+            progress(1, 2)
+            Image.new("RGB", (8, 4)).save(dst)
+            progress(2, 2)
+            return Path(dst)
+
+    def factory(model, *, device, precision):
+        made.append((model, device, precision))
+        return SlowUpscaler()
+
+    src = save_png(tmp_path / "s.png", real_image("brick.png")[:4, :4])
+    stdin, out = _Pipe(), _Out()
+    server = WorkerServer(stdin, out, device="cpu", get_upscaler=factory)
+    runner = threading.Thread(target=server.serve)
+    runner.start()
+    item = {"key": "k", "src": str(src), "dst": str(tmp_path / "o1.png")}
+    stdin.send({"type": "upscale", "id": "first", "options": {"model": "m"}, "items": [item]})
+    out.wait_for(lambda e: e["type"] == "progress")
+    stdin.send({"type": "upscale", "id": "second", "options": {"model": "m"},
+                "items": [dict(item, dst=str(tmp_path / "o2.png"))]})
+    stdin.send({"type": "cancel", "id": "second"})
+    stdin.send({"type": "ping", "id": "p"})
+    out.wait_for(lambda e: e["type"] == "pong")  # answered while a job runs
+    gate.set()
+    second = out.wait_for(lambda e: e["type"] == "done" and e["id"] == "second")
+    first = out.wait_for(lambda e: e["type"] == "done" and e["id"] == "first")
+    assert (first["ok"], first["cancelled"]) == (1, False)
+    assert (second["ok"], second["failed"], second["cancelled"]) == (0, 0, True)
+    assert not (tmp_path / "o2.png").exists()
+    result = out.wait_for(lambda e: e["type"] == "result")
+    assert (result["width"], result["height"]) == (8, 4)
+    assert made == [("m", "cpu", "auto")]  # the second job never asked for a model
+    stdin.lines.put(None)  # EOF
+    runner.join(timeout=10)
+    assert not runner.is_alive()
