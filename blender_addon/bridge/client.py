@@ -118,7 +118,12 @@ def find_worker_python(
     environ = os.environ if environ is None else environ
     for value in (preference, environ.get(ENV_PYTHON)):
         if value and value.strip():
-            path = os.path.abspath(os.path.expanduser(value.strip()))
+            value = value.strip()
+            if os.sep not in value and "/" not in value and not os.path.exists(value):
+                found = which(value)  # a bare command name such as "python3.11"
+                if found:
+                    return found
+            path = os.path.abspath(os.path.expanduser(value))
             if os.path.isdir(path):
                 return _python_in_folder(path) or path
             if os.path.basename(path).lower() in ("texup", "texup.exe") and os.path.isfile(path):

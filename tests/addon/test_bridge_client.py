@@ -218,6 +218,12 @@ def test_find_python_prefers_the_preference_then_env_then_path(tmp_path):
     assert find_worker_python("", environ={}, which=lambda name: None) is None
 
 
+def test_find_python_resolves_a_bare_command_name_on_path(tmp_path):
+    py = _exe(tmp_path / "bin" / "python3.11")
+    assert find_worker_python("python3.11", environ={}, which=lambda name: str(py) if name == "python3.11" else None) \
+        == str(py)
+
+
 def test_find_python_in_a_venv_folder(tmp_path):
     py = _exe(tmp_path / "venv" / "bin" / "python3")
     assert find_worker_python(str(tmp_path / "venv"), environ={}) == str(py)
