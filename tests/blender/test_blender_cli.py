@@ -1,0 +1,158 @@
+"""End to end with a real Blender binary (Debian's 3.4.1): ``blender -b scene.blend --python
+scripts/upscale_blend.py -- ...`` on a scene the test builds; the report, the exit code and the saved
+.blend are checked. Skipped when ``blender`` is not on PATH. Runs in the main venv's pytest (the
+worker's Python is this one, or TEXUP_PYTHON).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+BLENDER = shutil.which("blender")
+pytestmark = pytest.mark.skipif(BLENDER is None, reason="blender is not on PATH (apt-get install blender)")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+SCRIPT = REPO_ROOT / "scripts" / "upscale_blend.py"
+BUILDER = Path(__file__).resolve().parent / "scene_builder.py"
+
+# Prints, as one JSON line, the image each image node uses and facts about those images.
+INSPECT = """
+import bpy, json
+nodes = {}
+def trees():
+    for m in bpy.data.materials:
+        if m.node_tree: yield 'material ' + m.name, m.node_tree
+    for w in bpy.data.worlds:
+        if w.node_tree: yield 'world ' + w.name, w.node_tree
+    for g in bpy.data.node_groups: yield 'group ' + g.name, g
+for label, tree in trees():
+    nodes[label] = sorted(n.image.name for n in tree.nodes if n.type in ('TEX_IMAGE', 'TEX_ENVIRONMENT') and n.image)
+images = {}
+for im in bpy.data.images:
+    size = list(im.tiles[0].size) if im.source == 'TILED' else list(im.size)
+    images[im.name] = {'size': size, 'packed': im.packed_file is not None or len(im.packed_files) > 0,
+                       'filepath': im.filepath, 'colorspace': im.colorspace_settings.name,
+                       'original': im.get('texup_original'), 'tiles': sorted(t.number for t in im.tiles),
+                       'source': im.source}
+print('INSPECT' + json.dumps({'nodes': nodes, 'images': images}))
+"""
+
+
+def blender(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([BLENDER, "-b", "--factory-startup", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def inspect(blend: Path) -> dict:
+    proc = blender(str(blend), "--python-expr", INSPECT)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("INSPECT")), None)
+    assert line is not None, proc.stdout + proc.stderr
+    return json.loads(line[len("INSPECT"):])
+
+
+@pytest.fixture(scope="module")
+def scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scene built by real Blender: files, packed, generated, UDIM, node group, missing texture."""
+    folder = tmp_path_factory.mktemp("blender_scene")
+    proc = blender("--python", str(BUILDER), "--", str(folder), "--missing")
+    assert (folder / "scene.blend").is_file(), proc.stdout + proc.stderr
+    return folder
+
+
+@pytest.fixture
+def env(worker_python: str) -> dict:
+    return {**os.environ, "TEXUP_PYTHON": worker_python}
+
+
+def test_headless_upscale_saves_relinked_file_reports_and_fails_for_missing(scene_dir, env, tiny_model, tmp_path):
+    out_blend = tmp_path / "out.blend"
+    report = tmp_path / "report.json"
+    proc = blender(str(scene_dir / "scene.blend"), "--python", str(SCRIPT), "--", "--model", tiny_model,
+                   "--out-dir", str(tmp_path / "up"), "--save-as", str(out_blend), "--report", str(report), env=env)
+    # One selected texture (missing.png) failed: non-zero exit, everything else done anyway.
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    doc = json.loads(report.read_text())
+    rows = {row["name"]: row for row in doc["images"]}
+    assert set(rows) == {"color.png", "rough.png", "normal.png", "leaf.png", "grouptex.png", "packed",
+                         "generated", "wall", "missing.png"}
+    assert rows["missing.png"]["status"] == "failed" and "not found" in rows["missing.png"]["error"]
+    assert doc["failed"] == 1 and doc["ok"] == 8
+    for name, row in rows.items():
+        if name == "missing.png":
+            continue
+        assert row["status"] == "ok", row
+        assert row["output_size"] == [4 * v for v in row["input_size"]], row
+        assert row["seconds"] > 0
+        assert Path(row["output_path"].replace("<UDIM>", "1001")).is_file(), row
+    assert rows["normal.png"]["role"] == "normal" and rows["rough.png"]["role"] == "data"
+    assert rows["color.png"]["output_path"] == str(tmp_path / "up" / "color_x4.png")
+
+    saved = inspect(out_blend)
+    nodes, images = saved["nodes"], saved["images"]
+    assert nodes["material Mat.A"] == ["color_x4", "normal_x4", "rough_x4"]
+    assert nodes["material Mat.B"] == ["color_x4", "leaf_x4"]
+    assert nodes["group TexGroup"] == ["grouptex_x4"]
+    assert nodes["world World"] == ["generated_x4"]
+    assert nodes["material Mat.D"] == ["missing.png", "wall_x4"]
+    assert images["color_x4"]["size"] == [96, 80] and images["color_x4"]["original"] == "color.png"
+    assert images["rough_x4"]["colorspace"] == "Non-Color"
+    assert images["packed_src_x4"]["packed"] and not images["color_x4"]["packed"]
+    assert images["wall_x4"]["source"] == "TILED" and images["wall_x4"]["tiles"] == [1001, 1002]
+    assert images["wall_x4"]["size"] == [48, 40]
+    # Originals stay in the file (kept for Revert) and unchanged.
+    assert images["color.png"]["size"] == [24, 20]
+    assert images["color.png"]["filepath"].endswith("color.png")
+
+
+def test_headless_filters_scale_and_exit_zero(scene_dir, env, tiny_model, tmp_path):
+    report = tmp_path / "r.json"
+    proc = blender(str(scene_dir / "scene.blend"), "--python", str(SCRIPT), "--", "--model", tiny_model,
+                   "--roles", "color", "--max-size", "20", "--scale", "2", "--out-dir", str(tmp_path / "up"),
+                   "--report", str(report), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {row["name"]: row for row in json.loads(report.read_text())["images"]}
+    # color role and larger side <= 20: the group texture (12x12), the generated grid (8x8), the UDIM (12x10).
+    assert set(rows) == {"grouptex.png", "generated", "wall"}
+    assert rows["grouptex.png"]["output_size"] == [24, 24]
+    assert (tmp_path / "up" / "grouptex_x2.png").is_file()
+    # No --save: the .blend on disk is untouched.
+    assert inspect(scene_dir / "scene.blend")["nodes"]["group TexGroup"] == ["grouptex.png"]
+
+
+def test_headless_unknown_image_name_is_a_usage_error(scene_dir, env, tmp_path):
+    report = tmp_path / "r.json"
+    proc = blender(str(scene_dir / "scene.blend"), "--python", str(SCRIPT), "--", "--images", "nope.png",
+                   "--report", str(report), env=env)
+    assert proc.returncode == 2
+    assert "nope.png" in proc.stderr and "nope.png" in json.loads(report.read_text())["error"]
+
+
+def test_built_zip_installs_as_legacy_addon_and_lists_textures(scene_dir, tmp_path):
+    build = subprocess.run(["python3", str(REPO_ROOT / "scripts" / "build_addon.py"), "--out", str(tmp_path)],
+                           capture_output=True, text=True, check=True)
+    zip_path = build.stdout.strip()
+    names = zipfile.ZipFile(zip_path).namelist()
+    assert "texup_blender/blender_manifest.toml" in names and "texup_blender/bridge/client.py" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/tests/" in n]
+    user = tmp_path / "user_scripts"
+    code = (
+        "import bpy, sys\n"
+        f"bpy.ops.preferences.addon_install(filepath={zip_path!r})\n"
+        "bpy.ops.preferences.addon_enable(module='texup_blender')\n"
+        "bpy.ops.texup.refresh()\n"
+        "items = bpy.context.scene.texup.textures\n"
+        "print('ROWS', sorted((i.name, i.role, i.source, i.users) for i in items))\n"
+        "bpy.ops.preferences.addon_disable(module='texup_blender')\n"
+    )
+    proc = blender(str(scene_dir / "scene.blend"), "--python-expr", code,
+                   env={**os.environ, "BLENDER_USER_SCRIPTS": str(user)})
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROWS")), None)
+    assert line is not None, proc.stdout + proc.stderr
+    assert "('color.png', 'color', 'file', 2)" in line and "('wall', 'color', 'udim', 1)" in line
