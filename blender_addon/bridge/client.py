@@ -45,7 +45,7 @@ ENV_PYTHON = "TEXUP_PYTHON"
 INSTALL_HINT = "pip install texup"
 STDERR_TAIL_LINES = 200
 
-_NO_TEXUP = re.compile(r"No module named '?texup'?|No module named texup")
+_NO_TEXUP = re.compile(r"No module named '?texup'?$", re.MULTILINE)
 
 
 class WorkerStartError(RuntimeError):
@@ -227,7 +227,8 @@ class WorkerClient:
             if isinstance(event, Hello):
                 break
             if isinstance(event, Crashed):
-                raise WorkerStartError(self._start_failure(event))
+                reasons = [e.message for e in early if isinstance(e, Error) and e.message]
+                raise WorkerStartError(self._start_failure(event, reasons))
             early.append(event)
         for event in early:  # e.g. an error about --device: keep it for poll()
             self._events.put(event)
@@ -239,12 +240,12 @@ class WorkerClient:
         self.hello = event
         return event
 
-    def _start_failure(self, crashed: Crashed) -> str:
+    def _start_failure(self, crashed: Crashed, reasons: Sequence[str] = ()) -> str:
         if _NO_TEXUP.search(crashed.stderr_tail):
             return (f"the Python at {self.python} has no texup: run `\"{self.python}\" -m {INSTALL_HINT}` "
                     "or choose another Python in the add-on preferences")
-        return (f"the worker ({self.python}) exited with code {crashed.returncode} before it was ready"
-                f"{self._tail_suffix(crashed.stderr_tail)}")
+        said = (": " + "; ".join(reasons)) if reasons else self._tail_suffix(crashed.stderr_tail)
+        return f"the worker ({self.python}) exited with code {crashed.returncode} before it was ready{said}"
 
     def _tail_suffix(self, tail: Optional[str] = None) -> str:
         tail = self.stderr_tail(5) if tail is None else tail

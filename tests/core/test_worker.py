@@ -306,3 +306,12 @@ def test_server_cancels_a_queued_job_before_it_starts_and_keeps_one_upscaler(tmp
     stdin.lines.put(None)  # EOF
     runner.join(timeout=10)
     assert not runner.is_alive()
+
+
+def test_unusable_device_is_a_clear_start_error():
+    from bridge.client import WorkerStartError
+
+    client = WorkerClient(sys.executable, args=("-m", "texup", "worker", "--device", "tpu"))
+    with pytest.raises(WorkerStartError, match="exited with code 2.*tpu"):
+        client.start(timeout=120)
+    assert not client.alive

@@ -273,6 +273,7 @@ def serve_stdio(*, device: str = "auto", precision: str = "auto") -> int:
     try:
         picked = str(pick_device(device))
     except ValueError as err:
+        log.error("%s", err)
         server._send_error(None, None, err, with_traceback=False)
         return 2
     if not server.send(protocol.hello(texup_version=texup.__version__, torch_version=torch.__version__,
