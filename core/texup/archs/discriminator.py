@@ -126,6 +126,13 @@ class VGG19Discriminator(nn.Module):
             nn.LeakyReLU(_LRELU_SLOPE),
         )
         self.head = nn.Linear(fc[2], 1)
+        # Without normalisation layers, PyTorch's default initialisation shrinks activations through
+        # 19 layers until the logit no longer depends on the input; He initialisation for
+        # LeakyReLU(0.2) keeps their scale, so the discriminator can learn from the first step.
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(module.weight, a=_LRELU_SLOPE, nonlinearity="leaky_relu")
+                nn.init.zeros_(module.bias)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits (N, 1) and the activation after each of the five pooling layers."""

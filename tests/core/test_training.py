@@ -1,0 +1,378 @@
+"""Trainer: data pipeline, degradations, config, both stages learning, exact resume, export, CLI.
+
+Tiny networks on small crops of real textures (scikit-image's samples) keep every run to seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from realdata import real_image
+from texup.training.config import (
+    DataConfig,
+    DiscriminatorConfig,
+    GeneratorConfig,
+    OptimConfig,
+    TrainConfig,
+    config_from_dict,
+    load_config,
+)
+from texup.training.checkpoint import load_checkpoint
+from texup.training.data import (
+    CropDataset,
+    StepSampler,
+    load_textures,
+    scan_textures,
+    split_files,
+)
+from texup.training.degradations import bicubic_downscale, realesrgan_degrade
+from texup.training.trainer import TrainEvent, train
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks run fastest on one thread; on a shared, busy machine more threads only wait on each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+TINY_G = {"scale": 2, "num_feat": 8, "num_block": 1, "num_grow_ch": 4}
+TINY_D = {
+    "vgg19": {"channels": [4, 4, 8, 8, 8], "fc": [16, 16, 8]},
+    "unet": {"num_feat": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    """A small texture library: 8-bit gray, RGB, RGBA, 16-bit, odd sizes, nested folders, a bad file."""
+    root = tmp_path_factory.mktemp("library")
+    (root / "stone" / "deep").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    Image.fromarray(real_image("gravel.png")[:97, :131, 0]).save(root / "gravel.png")
+    Image.fromarray(real_image("brick.png")[40:150, 10:121, 0]).save(root / "stone" / "brick.png")
+    rgba = np.concatenate([real_image("coffee.png")[100:190, 200:303], np.full((90, 103, 1), 200, np.uint8)], axis=2)
+    Image.fromarray(rgba, "RGBA").save(root / "stone" / "deep" / "coffee.png")
+    Image.fromarray(real_image("grass.png")[:80, :80, 0]).save(root / "grass.jpg", quality=95)
+    from texup.imageio import write_image
+
+    sixteen = real_image("astronaut.png")[:96, :96].astype(np.uint16) * 256 + 77  # not on the 8-bit grid
+    write_image(root / "astronaut16.png", sixteen)
+    Image.fromarray(real_image("chelsea.png")[:70, :90]).save(root / "chelsea.tga")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (root / "notes.txt").write_text("not an image")
+    Image.fromarray(real_image("gravel.png")[:64, :64, 0]).save(root / ".hidden" / "skip.png")
+    return root
+
+
+def tiny_config(root: Path, out: Path, **changes) -> TrainConfig:
+    base = dict(
+        data=DataConfig(root=str(root), hr_crop=32, batch_size=4, val_fraction=0.25, val_crop=48, val_max_images=2),
+        out_dir=str(out), stage="psnr", steps=4, precision="fp32", device="cpu", seed=3,
+        generator=GeneratorConfig(pretrained=None, arch="RRDBNet", hparams=TINY_G),
+        discriminator=DiscriminatorConfig(kind="vgg19", hparams=TINY_D["vgg19"]),
+        eval_every=0, checkpoint_every=0, log_every=1, tensorboard=False,
+    )
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+# -- data ---------------------------------------------------------------------------------------
+def test_scan_finds_every_readable_format_recursively(library: Path) -> None:
+    names = [p.relative_to(library).as_posix() for p in scan_textures(library)]
+    assert names == sorted(names)
+    assert {"gravel.png", "stone/brick.png", "stone/deep/coffee.png", "grass.jpg", "astronaut16.png",
+            "chelsea.tga", "broken.png"} == set(names)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        scan_textures(library / "nowhere")
+
+
+def test_split_is_stable_and_disjoint(library: Path) -> None:
+    files = scan_textures(library)
+    train_a, val_a = split_files(files, library, 0.3, seed=1)
+    train_b, val_b = split_files(list(reversed(files)), library, 0.3, seed=1)
+    assert sorted(val_a) == sorted(val_b) and val_a
+    assert not set(train_a) & set(val_a) and set(train_a) | set(val_a) == set(files)
+    assert split_files(files, library, 0.0)[1] == []
+
+
+def test_bad_and_small_files_reported_once_and_skipped(library: Path) -> None:
+    problems: list[tuple[Path, str]] = []
+    textures = load_textures(scan_textures(library), min_size=72, tileable="off",
+                             on_problem=lambda p, r: problems.append((p, r)))
+    reported = {p.name: r for p, r in problems}
+    assert len(problems) == len(reported) == 2
+    assert "broken.png" in reported and "chelsea.tga" in reported and "72x72" in reported["chelsea.tga"]
+    kinds = {t.path.name: t.pixels for t in textures}
+    assert all(px.shape[2] == 3 for px in kinds.values())  # gray expanded, alpha dropped
+    assert kinds["astronaut16.png"].dtype == np.uint16 and kinds["gravel.png"].dtype == np.uint8
+
+
+def test_tileable_small_texture_is_kept_and_wraps(tmp_path: Path) -> None:
+    tile = real_image("gravel.png")[:24, :24, 0]
+    seamless = np.tile(tile, (2, 2))[12:36, 12:36]  # a 24x24 crop of a periodic image is seamless
+    Image.fromarray(np.ascontiguousarray(seamless)).save(tmp_path / "tile.png")
+    textures = load_textures([tmp_path / "tile.png"], min_size=32, tileable="on")
+    assert len(textures) == 1 and textures[0].tileable
+    ds = CropDataset(textures, crop=32, scale=2, flips=False, rot90=False)
+    lr, hr = ds[5]
+    assert hr.shape == (3, 32, 32) and lr.shape == (3, 16, 16)
+    # Wrap-around: the 32-px crop repeats the 24-px tile, so rows 24 apart are equal.
+    assert torch.equal(hr[:, :8], hr[:, 24:32])
+
+
+def test_crops_are_deterministic_per_index_and_in_range(library: Path) -> None:
+    textures = load_textures(scan_textures(library), min_size=32, tileable="off")
+    ds = CropDataset(textures, crop=32, scale=2, degradation="realesrgan", seed=7)
+    lr1, hr1 = ds[12]
+    lr2, hr2 = ds[12]
+    assert torch.equal(lr1, lr2) and torch.equal(hr1, hr2)
+    lr3, hr3 = ds[13]
+    assert not torch.equal(hr1, hr3)
+    for t in (lr1, hr1, lr3, hr3):
+        assert t.dtype == torch.float32 and t.min() >= 0 and t.max() <= 1
+    assert lr1.shape == (3, 16, 16) and hr1.shape == (3, 32, 32)
+    # 16-bit sources keep their precision (not quantised to 8 bits).
+    six = [t for t in textures if t.path.name == "astronaut16.png"]
+    hr16 = CropDataset(six, crop=32, scale=2, flips=False, rot90=False)[0][1]
+    assert not torch.allclose(hr16 * 255, (hr16 * 255).round(), atol=1e-3)
+
+
+def test_step_sampler_splits_the_global_batch_and_resumes() -> None:
+    full = list(StepSampler(batch_size=4, total_steps=3))
+    assert full == list(range(12))
+    r0 = list(StepSampler(batch_size=4, total_steps=3, rank=0, world_size=2))
+    r1 = list(StepSampler(batch_size=4, total_steps=3, rank=1, world_size=2))
+    assert r0 == [0, 1, 4, 5, 8, 9] and r1 == [2, 3, 6, 7, 10, 11]
+    assert list(StepSampler(batch_size=4, total_steps=3, start_step=2)) == [8, 9, 10, 11]
+    with pytest.raises(ValueError, match="multiple"):
+        StepSampler(batch_size=3, total_steps=1, world_size=2)
+
+
+def test_degradations() -> None:
+    hr = torch.from_numpy(real_image("coffee.png")[:64, :48].astype(np.float32) / 255).permute(2, 0, 1).contiguous()
+    lr = bicubic_downscale(hr, 4)
+    assert lr.shape == (3, 16, 12)
+    assert abs(lr.mean().item() - hr.mean().item()) < 0.01
+    a = realesrgan_degrade(hr, 4, np.random.default_rng(5))
+    b = realesrgan_degrade(hr, 4, np.random.default_rng(5))
+    c = realesrgan_degrade(hr, 4, np.random.default_rng(6))
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == (3, 16, 12)
+    assert torch.equal(a, (a * 255).round() / 255)  # 8-bit levels, like a decoded JPEG
+    assert (a - lr).abs().mean() > 0.005  # it does degrade beyond plain bicubic
+    with pytest.raises(ValueError, match="multiples"):
+        bicubic_downscale(hr[:, :63], 4)
+
+
+# -- config -------------------------------------------------------------------------------------
+def test_config_files_and_stage_defaults(tmp_path: Path) -> None:
+    toml = tmp_path / "run.toml"
+    toml.write_text('stage = "gan"\nsteps = 800\n[data]\nroot = "tex"\nhr_crop = 128\n[optim]\nbetas = [0.9, 0.99]\n')
+    cfg = load_config(toml)
+    assert cfg.stage == "gan" and cfg.data.root == "tex" and cfg.optim.betas == (0.9, 0.99)
+    assert (cfg.pixel_weight, cfg.perceptual_weight, cfg.adversarial_weight, cfg.lr_g) == (1e-2, 1.0, 5e-3, 1e-4)
+    assert cfg.milestones == (100, 200, 400, 600)
+    psnr = dataclasses.replace(cfg, stage="psnr")
+    assert (psnr.pixel_weight, psnr.adversarial_weight, psnr.lr_g) == (1.0, 0.0, 2e-4)
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"data": {"root": "x", "hr_crops": 64}}))
+    with pytest.raises(Exception, match="hr_crops") as info:
+        load_config(bad)
+    assert "bad.json" in str(info.value)
+    with pytest.raises(ValueError, match="stage"):
+        config_from_dict({"stage": "wgan"})
+    with pytest.raises(ValueError, match="integer"):
+        config_from_dict({"steps": "ten"})
+
+
+# -- training -----------------------------------------------------------------------------------
+def _fixed_batch_l1(model: torch.nn.Module, library: Path) -> float:
+    textures = load_textures(scan_textures(library), min_size=32, tileable="off")
+    ds = CropDataset(textures, crop=32, scale=2, seed=99)
+    lr = torch.stack([ds[i][0] for i in range(8)])
+    hr = torch.stack([ds[i][1] for i in range(8)])
+    with torch.no_grad():
+        return torch.nn.functional.l1_loss(model.eval()(lr), hr).item()
+
+
+def _initial_generator(cfg: TrainConfig) -> torch.nn.Module:
+    from texup.archs import build
+
+    torch.manual_seed(cfg.seed)
+    return build("RRDBNet", TINY_G)
+
+
+def test_psnr_stage_learns_and_exports_a_loadable_model(library: Path, tmp_path: Path) -> None:
+    from texup.weights import load_model
+
+    cfg = tiny_config(library, tmp_path / "run", steps=25, eval_every=25, checkpoint_every=25,
+                      optim=OptimConfig(lr_g=2e-3, ema_decay=0.0))
+    events: list[TrainEvent] = []
+    result = train(cfg, progress=events.append)
+    before = _fixed_batch_l1(_initial_generator(cfg), library)
+    model = load_model(result.model_path)
+    after = _fixed_batch_l1(model.module, library)
+    assert after < 0.8 * before, (before, after)
+    assert model.arch == "RRDBNet" and model.scale == 2 and model.metadata["provenance"]["stage"] == "psnr"
+    assert result.final_metrics["psnr"] > result.initial_metrics["psnr"]
+    kinds = [e.kind for e in events]
+    assert kinds.count("step") == 25 and kinds[-1] == "done" and "eval" in kinds and "checkpoint" in kinds
+    assert any("broken.png" in e.message for e in events if e.kind == "message")
+    assert sum("broken.png" in e.message for e in events) == 1
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and len(rows) >= 27
+    grids = sorted((tmp_path / "run" / "samples").glob("*.png"))
+    assert [g.name for g in grids] == ["step_000000.png", "step_000025.png"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 25
+
+
+@pytest.mark.parametrize("kind", ["vgg19", "unet"])
+def test_gan_stage_learns(library: Path, tmp_path: Path, kind: str) -> None:
+    cfg = tiny_config(library, tmp_path / kind, stage="gan", steps=16,
+                      discriminator=DiscriminatorConfig(kind=kind, hparams=TINY_D[kind]),
+                      optim=OptimConfig(lr_g=2e-3, lr_d=1e-3, ema_decay=0.0))
+    steps: list[dict[str, float]] = []
+    messages: list[str] = []
+    result = train(cfg, progress=lambda e: steps.append(e.values) if e.kind == "step" else messages.append(e.message))
+    assert any("feature matching" in m for m in messages)  # no VGG19 weights in the test environment
+    from texup.weights import load_model
+
+    before = _fixed_batch_l1(_initial_generator(cfg), library)
+    after = _fixed_batch_l1(load_model(result.model_path).module, library)
+    assert after < before, (before, after)
+    assert all(np.isfinite(list(s.values())).all() for s in steps)
+    assert {"loss_g", "loss_d", "pixel", "content", "adversarial"} <= set(steps[0])
+    # The discriminator learns to tell real from fake: its loss drops below chance (log 2).
+    assert np.mean([s["loss_d"] for s in steps[-4:]]) < np.log(2)
+
+
+def test_gan_stage_uses_vgg19_perceptual_loss_from_a_file(library: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from texup.archs.vgg import VGG19Features
+
+    torch.manual_seed(0)
+    vgg_file = tmp_path / "vgg19.safetensors"
+    save_file({k: torch.randn_like(v) * 0.05 for k, v in VGG19Features("conv2_2").state_dict().items()}, str(vgg_file))
+    cfg = tiny_config(library, tmp_path / "run", stage="gan", steps=2,
+                      loss=dataclasses.replace(TrainConfig().loss, vgg19=str(vgg_file), perceptual_layer="conv2_2"))
+    messages: list[str] = []
+    train(cfg, progress=lambda e: messages.append(e.message))
+    assert any("VGG19 conv2_2" in m for m in messages) and not any("feature matching" in m for m in messages)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _weights(ckpt: dict) -> dict[str, torch.Tensor]:
+    out = {f"g.{k}": v for k, v in ckpt["generator"]["state_dict"].items()}
+    out.update({f"ema.{k}": v for k, v in ckpt["ema"].items()})
+    if ckpt["discriminator"] is not None:
+        out.update({f"d.{k}": v for k, v in ckpt["discriminator"]["state_dict"].items()})
+    for name in ("optim_g", "optim_d"):
+        if ckpt[name] is not None:
+            for pid, st in ckpt[name]["state"].items():
+                out.update({f"{name}.{pid}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
+    return out
+
+
+@pytest.mark.parametrize(("stage", "kind"), [("gan", "unet"), ("psnr", None)])
+def test_killed_and_resumed_run_ends_with_the_same_weights(library: Path, tmp_path: Path, stage: str, kind) -> None:
+    common = dict(stage=stage, steps=6, checkpoint_every=2, deterministic=True,
+                  data=DataConfig(root=str(library), hr_crop=32, batch_size=4, val_fraction=0.25, val_crop=32,
+                                  val_max_images=1, degradation="realesrgan"),
+                  optim=OptimConfig(lr_g=1e-3, lr_d=1e-3, ema_decay=0.9, milestones=(3,)))
+    if kind:
+        common["discriminator"] = DiscriminatorConfig(kind=kind, hparams=TINY_D[kind])
+    whole = train(tiny_config(library, tmp_path / "whole", **common))
+
+    def crash_after_step_5(event: TrainEvent) -> None:
+        if event.kind == "step" and event.step == 5:
+            raise _Crash  # like a kill: step 5 is lost, the checkpoint of step 4 survives
+
+    with pytest.raises(_Crash):
+        train(tiny_config(library, tmp_path / "split", **common), progress=crash_after_step_5)
+    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["step"] == 4
+    resumed_events: list[TrainEvent] = []
+    resumed = train(tiny_config(library, tmp_path / "split", resume=True, **common), progress=resumed_events.append)
+    assert resumed.steps == whole.steps == 6
+    assert [e.step for e in resumed_events if e.kind == "step"] == [5, 6]
+
+    a = _weights(load_checkpoint(tmp_path / "whole" / "checkpoint.pt"))
+    b = _weights(load_checkpoint(tmp_path / "split" / "checkpoint.pt"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    log_steps = [int(r.split(",")[0]) for r in (tmp_path / "split" / "log.csv").read_text().splitlines()[1:]]
+    assert log_steps == sorted(log_steps) and log_steps.count(5) == 1  # the lost step-5 row was dropped
+
+
+def test_cancel_stops_with_checkpoint_and_model(library: Path, tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] >= 2
+
+    result = train(tiny_config(library, tmp_path / "run", steps=50), cancel=cancel)
+    assert result.cancelled and result.steps == 2 and result.model_path.is_file()
+    assert load_checkpoint(result.checkpoint_path)["step"] == 2
+
+
+def test_invalid_setups_fail_clearly(library: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs data.hr_crop = 128"):
+        train(tiny_config(library, tmp_path / "a", stage="gan", discriminator=DiscriminatorConfig(kind="vgg128")))
+    with pytest.raises(ValueError, match="multiple"):
+        train(tiny_config(library, tmp_path / "b", data=DataConfig(root=str(library), hr_crop=33)))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no usable training images"):
+        train(tiny_config(empty, tmp_path / "c"))
+    with pytest.raises(ValueError, match="fp16"):
+        train(tiny_config(library, tmp_path / "d", precision="fp16"))
+
+
+def test_bf16_autocast_on_cpu_runs(library: Path, tmp_path: Path) -> None:
+    result = train(tiny_config(library, tmp_path / "run", stage="gan", steps=2, precision="bf16"))
+    from texup.weights import load_model
+
+    module = load_model(result.model_path).module
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in module.parameters())
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+def test_cli_train_with_config_file_and_resume(library: Path, tmp_path: Path, capsys) -> None:
+    from texup.cli.main import main
+
+    cfg_file = tmp_path / "tiny.json"
+    cfg_file.write_text(json.dumps({
+        "generator": {"pretrained": None, "arch": "RRDBNet", "hparams": TINY_G},
+        "data": {"hr_crop": 32, "batch_size": 2, "val_fraction": 0.25, "val_crop": 32},
+        "precision": "fp32", "device": "cpu", "tensorboard": False, "eval_every": 0, "checkpoint_every": 0,
+    }))
+    out = tmp_path / "out"
+    code = main(["train", "--data", str(library), "--out", str(out), "--config", str(cfg_file), "--steps", "2"])
+    assert code == 0
+    printed = capsys.readouterr()
+    assert printed.out.strip().endswith("model.safetensors") and "broken.png" in printed.err
+    code = main(["train", "--data", str(library), "--out", str(out), "--config", str(cfg_file), "--steps", "3", "--resume"])
+    assert code == 0 and "resumed" in capsys.readouterr().err
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
+    # The exported model upscales through the normal CLI.
+    Image.fromarray(real_image("coffee.png")[:21, :17]).save(tmp_path / "small.png")
+    assert main(["upscale", str(tmp_path / "small.png"), "-o", str(tmp_path / "up"), "--model",
+                 str(out / "model.safetensors")]) == 0
+    (up,) = list((tmp_path / "up").glob("*.png"))
+    assert Image.open(up).size == (34, 42)
+    # Errors are one line naming the problem.
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out)]) == 1
+    assert "missing" in capsys.readouterr().err
