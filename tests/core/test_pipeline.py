@@ -434,28 +434,28 @@ def x4plus_fp32(x4plus):
 
 
 def test_real_model_tiled_matches_untiled(x4plus_fp32):
-    crop = real_image("coffee.png", (150, 250, 64, 64))
+    crop = real_image("coffee.png", (150, 250, 48, 40))
     untiled = x4plus_fp32.upscale_array(crop, UpscaleOptions(tile=64, seamless="off"))
-    tiled = x4plus_fp32.upscale_array(crop, UpscaleOptions(tile=32, overlap=16, seamless="off"))
+    tiled = x4plus_fp32.upscale_array(crop, UpscaleOptions(tile=24, overlap=16, seamless="off"))
     assert _psnr(tiled / 255, untiled / 255) > 45
     # Without overlap the seams show: the context is what makes tiling invisible.
-    hard = x4plus_fp32.upscale_array(crop, UpscaleOptions(tile=32, overlap=0, seamless="off"))
+    hard = x4plus_fp32.upscale_array(crop, UpscaleOptions(tile=24, overlap=0, seamless="off"))
     assert _psnr(hard / 255, untiled / 255) < _psnr(tiled / 255, untiled / 255) - 3
 
 
 def test_real_model_keeps_a_tileable_texture_tileable(x4plus_fp32):
-    tex = _tileable_texture(24)
-    out = x4plus_fp32.upscale_array(tex, UpscaleOptions(tile=24, overlap=16, seamless="on")).astype(np.float64)
+    tex = _tileable_texture(16)
+    out = x4plus_fp32.upscale_array(tex, UpscaleOptions(tile=16, overlap=8, seamless="on")).astype(np.float64)
     # Seam continuity equals interior continuity: the jump across the wrap seam is a typical neighbour jump.
     rows = np.abs(np.diff(out, axis=0)).mean(axis=(1, 2))
     cols = np.abs(np.diff(out, axis=1)).mean(axis=(0, 2))
     seam_row = np.abs(out[0] - out[-1]).mean()
     seam_col = np.abs(out[:, 0] - out[:, -1]).mean()
-    assert seam_row <= np.percentile(rows, 90) and seam_col <= np.percentile(cols, 90)
+    assert seam_row <= 1.5 * np.median(rows) and seam_col <= 1.5 * np.median(cols)
     # And it is what the model makes of the infinite periodic plane: the centre of a 3x3 tiling.
-    centre = x4plus_fp32.upscale_array(np.tile(tex, (3, 3, 1)), UpscaleOptions(tile=72, seamless="off"))[96:192, 96:192]
+    centre = x4plus_fp32.upscale_array(np.tile(tex, (3, 3, 1)), UpscaleOptions(tile=48, seamless="off"))[64:128, 64:128]
     assert _psnr(out / 255, centre / 255) > 40
-    off = x4plus_fp32.upscale_array(tex, UpscaleOptions(tile=24, overlap=16, seamless="off")).astype(np.float64)
+    off = x4plus_fp32.upscale_array(tex, UpscaleOptions(tile=16, overlap=8, seamless="off")).astype(np.float64)
     assert np.abs(off[0] - off[-1]).mean() > seam_row  # without wrap the seam is worse
 
 
