@@ -364,10 +364,21 @@ def test_normal_role_outputs_unit_vectors_and_keeps_the_convention(dtype):
 
 
 def test_data_role_passes_values_through_including_out_of_range_floats():
-    height = real_image("gravel.png", (0, 0, 30, 20))[..., 0].astype(np.float32) / 255
+    height = real_image("gravel.png", (0, 0, 70, 20))[..., 0].astype(np.float32) / 255
     data = np.stack([height * 7 - 2, height, 1 - height], axis=2).astype(np.float32)  # first channel in [-2, 5]
     out = _upscaler(Nearest()).upscale_array(data, UpscaleOptions(role="data", seamless="off"))
+    assert out.shape == (280, 80, 3)  # more rows than one conversion block
     np.testing.assert_allclose(out, _nearest_up(data), atol=1e-5)
+
+
+def test_non_finite_float_pixels_do_not_poison_the_output():
+    rgb = real_image("coffee.png", (100, 100, 12, 12)).astype(np.float32) / 255
+    rgb[3, 4] = np.nan
+    rgb[5, 6, 1] = np.inf
+    out = _upscaler(BlurUp()).upscale_array(rgb, UpscaleOptions(seamless="off"))
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out[40:, :12], np.clip(_untiled_blur(np.nan_to_num(rgb, posinf=1.0)), 0, 1)[40:, :12],
+                               atol=1e-6)
 
 
 def test_linear_hdr_colour_round_trips_through_srgb():

@@ -44,6 +44,8 @@ CancelCallback = Callable[[], bool]
 MIN_TILE = 16
 _DTYPES = ("uint8", "uint16", "float16", "float32")
 _SEAMLESS = ("auto", "on", "off")
+#: Output rows decoded and converted at a time (bounds the temporaries of the final conversions).
+_ROW_BLOCK = 256
 
 
 class Cancelled(TexupError):
@@ -228,14 +230,16 @@ class Upscaler:
         del colour
         up = self._upscale_rgb(encoded, out_h, out_w, passes, tile, overlap, wrap, job)
         del encoded
-        up = decode(up)
 
+        # Decode and convert in row blocks so the full-size float32 output exists only once.
         out = np.empty((out_h, out_w, channels), image.dtype)
-        if channels >= 3:
-            out[:, :, :3] = from_float32(up, image.dtype.name)
-        else:
-            out[:, :, 0] = from_float32(up.mean(axis=2), image.dtype.name)
-        del up
+        for r0 in range(0, out_h, _ROW_BLOCK):
+            block = decode(up[r0 : r0 + _ROW_BLOCK])
+            if channels >= 3:
+                out[r0 : r0 + _ROW_BLOCK, :, :3] = from_float32(block, image.dtype.name)
+            else:
+                out[r0 : r0 + _ROW_BLOCK, :, 0] = from_float32(block.mean(axis=2), image.dtype.name)
+        del up, block
         if has_alpha:
             if alpha_varies:
                 assert alpha is not None

@@ -58,12 +58,18 @@ def encode_for_model(rgb: np.ndarray, role: str, colorspace: str) -> tuple[np.nd
     """Map (H, W, 3) float32 role values into the model's sRGB [0, 1] domain; returns (encoded, decode).
 
     ``rgb`` comes from :func:`texup.imageio.to_float32` (integers scaled to [0, 1], floats as stored).
+    NaN becomes 0 and +-inf the largest / smallest finite value, before the role's transform.
     The encoded array is new; ``rgb`` is not modified.
     """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
     if colorspace not in COLORSPACES:
         raise ValueError(f"unknown colour space {colorspace!r}: expected one of {', '.join(COLORSPACES)}")
+    if not np.all(np.isfinite(rgb)):
+        finite = rgb[np.isfinite(rgb)]
+        top = float(finite.max()) if finite.size else 1.0
+        bottom = float(finite.min()) if finite.size else 0.0
+        rgb = np.nan_to_num(rgb, nan=0.0, posinf=top, neginf=bottom)
     if role == "normal":
         return np.clip(rgb, 0.0, 1.0), Decode(role, colorspace)
     if role == "data":
