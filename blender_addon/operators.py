@@ -225,7 +225,7 @@ class TEXUP_OT_upscale(bpy.types.Operator):
         if event.type == "ESC" and event.value == "PRESS":
             self._cancel()
             return {"RUNNING_MODAL"}
-        if event.type != "TIMER" or event.timer is not self._timer:
+        if event.type != "TIMER":
             return {"PASS_THROUGH"}
         if runtime.cancel_requested:
             self._cancel()
