@@ -236,15 +236,28 @@ _SEAM_THRESHOLD = 0.4
 _MIN_AXIS = 8
 
 
+#: Seamless detection looks at no more than this many row pairs and columns per axis (bounded memory and time
+#: on 8K textures; evenly spaced samples keep the statistics representative).
+_MAX_PAIRS = 512
+_MAX_COLUMNS = 2048
+
+
 def _seam_score(values: np.ndarray) -> float | None:
-    """How far the wrap seam along axis 0 is from continuous: 0 = like neighbours, 1 = like unrelated rows."""
+    """``values``: (n, m, C). How far the wrap seam along axis 0 is from continuous: 0 = like neighbours, 1 = like unrelated rows."""
     n = values.shape[0]
     if n < _MIN_AXIS:
         return None
+    if values.shape[1] > _MAX_COLUMNS:  # sample columns before any reshape copies the image
+        values = values[:, np.linspace(0, values.shape[1] - 1, _MAX_COLUMNS).round().astype(np.intp)]
     flat = values.reshape(n, -1)
-    neighbour = np.abs(np.diff(flat, axis=0)).mean(axis=1)  # n - 1 jumps between adjacent rows
-    seam = float(np.abs(flat[0] - flat[-1]).mean())
-    far = float(np.median(np.abs(flat - np.roll(flat, n // 2, axis=0)).mean(axis=1)))
+    rows = np.unique(np.linspace(0, n - 2, min(n - 1, _MAX_PAIRS)).round().astype(np.intp))
+
+    def row(i: np.ndarray | int) -> np.ndarray:
+        return flat[i].astype(np.float64)
+
+    neighbour = np.abs(row(rows + 1) - row(rows)).mean(axis=1)
+    far = float(np.median(np.abs(row((rows + n // 2) % n) - row(rows)).mean(axis=1)))
+    seam = float(np.abs(row(0) - row(n - 1)).mean())
     near = float(np.median(neighbour))
     spread = far - near
     scale = max(far, near, 1e-12)
@@ -265,13 +278,13 @@ def is_tileable(pixels: np.ndarray) -> bool:
     judged is reported as not tileable (wrap-around is then never switched on by ``auto``).
 
     Works on any dtype (integers and floats are compared as float64, unnormalised: the test is relative).
+    Large images are judged on up to 512 evenly spaced row pairs and 2048 columns per axis.
     """
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.ndim != 3:
         raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {pixels.shape}")
-    values = pixels.astype(np.float64, copy=False)
-    scores = [s for s in (_seam_score(values), _seam_score(values.transpose(1, 0, 2))) if s is not None]
+    scores = [s for s in (_seam_score(pixels), _seam_score(pixels.transpose(1, 0, 2))) if s is not None]
     if not scores:
         return False
     return all(math.isfinite(s) and s <= _SEAM_THRESHOLD for s in scores)
