@@ -240,15 +240,12 @@ class Upscaler:
             else:
                 out[r0 : r0 + _ROW_BLOCK, :, 0] = from_float32(block.mean(axis=2), image.dtype.name)
         del up, block
-        if has_alpha:
-            if alpha_varies:
-                assert alpha is not None
-                grey = np.repeat(alpha[:, :, None], 3, axis=2)
-                alpha_up = self._upscale_rgb(grey, out_h, out_w, passes, tile, overlap, wrap, job).mean(axis=2)
-                out[:, :, -1] = from_float32(alpha_up, image.dtype.name)
-            else:
-                assert alpha_src is not None
-                out[:, :, -1] = alpha_src.flat[0]  # constant alpha: the exact stored value
+        if alpha_varies and alpha is not None:
+            grey = np.repeat(alpha[:, :, None], 3, axis=2)
+            alpha_up = self._upscale_rgb(grey, out_h, out_w, passes, tile, overlap, wrap, job).mean(axis=2)
+            out[:, :, -1] = from_float32(alpha_up, image.dtype.name)
+        elif alpha_src is not None:
+            out[:, :, -1] = alpha_src.flat[0]  # constant alpha: the exact stored value
         return out[:, :, 0] if squeeze else out
 
     def upscale_file(

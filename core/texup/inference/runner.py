@@ -115,6 +115,8 @@ class Runner:
         self.dtype = pick_precision(self.device, precision)
         self.scale = int(model.scale)
         self.input_multiple = int(getattr(model, "input_multiple", 1) or 1)
+        # channels_last is oneDNN's fast path for bf16 on the CPU (x4plus, 32x32 tile, AVX2 CPU: 7.4 s vs 66 s
+        # in NCHW) and cuDNN's for fp16 tensor cores; for fp32 on the CPU NCHW was faster (0.3 s vs 2.1 s).
         self.channels_last = self.device.type == "cuda" or (self.device.type == "cpu" and self.dtype is torch.bfloat16)
         module = copy.deepcopy(model.module).eval()
         for p in module.parameters():
