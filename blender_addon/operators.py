@@ -136,21 +136,17 @@ class TEXUP_OT_upscale(bpy.types.Operator):
         default="", options={"SKIP_SAVE"})
 
     _timer = None
-    _run = None
-    _client = None
-    _job_id: Optional[str] = None
-    _cancel_sent = False
+    _session = None
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
         return not context.window_manager.texup_runtime.running
 
-    def _start(self, context: bpy.types.Context):
-        """Scan, prepare and submit; returns (client, run, job_id) or None after reporting why not."""
-        from . import scene, service
-        from .bridge.client import WorkerError, WorkerStartError
-        from .bridge.protocol import ProtocolError
-        from .pipeline import RunError, UpscaleRun
+    def _begin(self, context: bpy.types.Context):
+        """Scan and begin an :class:`~.session.UpscaleSession` (never waits for the worker); ``None``
+        after reporting why not."""
+        from . import scene
+        from .session import SessionError, UpscaleSession
 
         names = chosen_names(context, self.images)
         if not names:
@@ -161,101 +157,79 @@ class TEXUP_OT_upscale(bpy.types.Operator):
         if unknown:
             self.report({"ERROR"}, f"texup: not an image used by a texture node: {', '.join(unknown)}")
             return None
-        run = UpscaleRun([by_name[n] for n in names], run_settings(context))
         try:
-            client = service.get_client(_worker_preference(context))
-            job = run.prepare()
-            job_id = client.submit(job)
-            run.started(job_id)
-        except (WorkerStartError, WorkerError, ProtocolError, RunError) as err:
-            run.cleanup()
+            return UpscaleSession.begin([by_name[n] for n in names], run_settings(context),
+                                        _worker_preference(context))
+        except SessionError as err:
             self.report({"ERROR"}, f"texup: {err}")
             return None
-        return client, run, job_id
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        """Blocking variant (scripts, background mode): same run, waited for here."""
-        from .pipeline import run_blocking_started
-
-        started = self._start(context)
-        if started is None:
+        """Blocking variant (scripts, background mode): the same session, waited for here."""
+        session = self._begin(context)
+        if session is None:
             return {"CANCELLED"}
-        client, run, job_id = started
-        run_blocking_started(client, run, job_id)
-        refresh_list(context)
-        if run.crashed:
-            self.report({"ERROR"}, f"texup: {run.crashed}; nothing was changed")
-            return {"CANCELLED"}
-        report_outcomes(self, run)
-        return {"FINISHED"}
+        while not session.step(wait=0.1):
+            pass
+        return self._conclude(context, session)
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         if bpy.app.background:
             return self.execute(context)
-        runtime = context.window_manager.texup_runtime
-        runtime.message = "starting the texup worker..."
-        started = self._start(context)
-        if started is None:
-            runtime.message = ""
+        session = self._begin(context)  # returns at once: the worker's hello is awaited in modal()
+        if session is None:
             return {"CANCELLED"}
-        self._client, self._run, self._job_id = started
-        self._cancel_sent = False
+        self._session = session
+        runtime = context.window_manager.texup_runtime
         runtime.running = True
         runtime.cancel_requested = False
         runtime.progress = 0.0
-        runtime.message = self._run.message
+        runtime.message = session.message
         wm = context.window_manager
         self._timer = wm.event_timer_add(TIMER_INTERVAL, window=context.window)
         wm.modal_handler_add(self)
+        _redraw(context)
         return {"RUNNING_MODAL"}
-
-    def _cancel(self) -> None:
-        from .bridge.client import WorkerError
-
-        if not self._cancel_sent:
-            self._cancel_sent = True
-            try:
-                self._client.cancel(self._job_id)
-            except WorkerError:
-                pass  # the worker is gone; poll() reports the crash
-
 
     def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         runtime = context.window_manager.texup_runtime
+        session = self._session
         if event.type == "ESC" and event.value == "PRESS":
-            self._cancel()
-            return {"RUNNING_MODAL"}
-        if event.type != "TIMER":
+            session.request_cancel()
+        elif event.type != "TIMER":
             return {"PASS_THROUGH"}
         if runtime.cancel_requested:
-            self._cancel()
-        for ev in self._client.poll():
-            self._run.handle(ev)
-        runtime.progress = self._run.progress
-        runtime.message = self._run.message + (" - cancelling after this tile" if self._cancel_sent else "")
-        context.workspace.status_text_set(f"texup: {runtime.message}  ({self._run.progress:.0%})  Esc: cancel")
+            session.request_cancel()
+        session.step()
+        runtime.progress = session.progress
+        runtime.message = session.message
+        context.workspace.status_text_set(f"texup: {runtime.message}  ({session.progress:.0%})  Esc: cancel")
         _redraw(context)
-        if not self._run.finished:
-            return {"PASS_THROUGH"}
-        return self._finish(context)
-
-    def _finish(self, context: bpy.types.Context) -> set[str]:
+        if not session.finished:
+            return {"RUNNING_MODAL"} if event.type == "ESC" else {"PASS_THROUGH"}
         wm = context.window_manager
         wm.event_timer_remove(self._timer)
         self._timer = None
         context.workspace.status_text_set(None)
-        runtime = wm.texup_runtime
         runtime.running = False
         runtime.cancel_requested = False
-        self._run.apply()
-        refresh_list(context)
-        runtime.last_summary = self._run.summary()
         runtime.message = ""
+        self._session = None
+        return self._conclude(context, session)
+
+    def _conclude(self, context: bpy.types.Context, session: Any) -> set[str]:
+        """Apply the results, refresh the list and report (shared by execute and modal)."""
+        session.finish()
+        refresh_list(context)
+        context.window_manager.texup_runtime.last_summary = session.summary()
         _redraw(context)
-        if self._run.crashed:
-            self.report({"ERROR"}, f"texup: {self._run.crashed}; nothing was changed")
+        if session.failure is not None:
+            self.report({"ERROR"}, f"texup: {session.failure}; nothing was changed")
             return {"CANCELLED"}
-        report_outcomes(self, self._run)
+        if session.cancelled_before_start:
+            self.report({"INFO"}, session.summary())
+            return {"CANCELLED"}
+        report_outcomes(self, session.run)
         return {"FINISHED"}
 
 

@@ -1,7 +1,7 @@
 """The one warm worker process of this Blender session (no bpy here).
 
 The model stays loaded in the worker between jobs, so the worker is started once, on the first
-upscale, and kept until the add-on is disabled or Blender exits (``atexit``; the worker also exits
+upscale (spawned without waiting: the operator picks up its hello from its timer), and kept until the add-on is disabled or Blender exits (``atexit``; the worker also exits
 by itself when its stdin closes, i.e. when Blender dies).
 """
 
@@ -29,20 +29,41 @@ def resolve_python(preference: Optional[str]) -> str:
     return python
 
 
-def get_client(preference: Optional[str] = None, *, env: Optional[Mapping[str, str]] = None,
-               timeout: float = 120.0) -> WorkerClient:
-    """The running worker client, started (blocking, up to ``timeout`` s) if there is none or it died.
+def ensure_worker(preference: Optional[str] = None, *, env: Optional[Mapping[str, str]] = None,
+                  timeout: float = 120.0) -> WorkerClient:
+    """The worker client, spawned if there is none or it died; returns at once (never waits for it).
 
-    A worker for another Python than the one now configured is stopped and replaced.
+    The client may still be starting: poll :meth:`WorkerClient.check_ready` (from a timer) until it
+    returns the hello; it raises :class:`WorkerStartError` (missing texup, version mismatch, no hello
+    within ``timeout`` s), after which the next call here starts a new worker. A worker for another
+    Python than the one now configured is stopped and replaced. Raises :class:`WorkerStartError` at
+    once when no worker Python is configured or it does not exist.
     """
     global _client
     python = resolve_python(preference)
-    if _client is not None and _client.alive and os.path.abspath(_client.python) == os.path.abspath(python):
+    if (_client is not None and _client.alive and not _client.start_failed
+            and os.path.abspath(_client.python) == os.path.abspath(python)):
         return _client
     stop_worker()
     client = WorkerClient(python, env=env)
-    client.start(timeout=timeout)
+    client.spawn(timeout=timeout)
     _client = client
+    return client
+
+
+def get_client(preference: Optional[str] = None, *, env: Optional[Mapping[str, str]] = None,
+               timeout: float = 120.0) -> WorkerClient:
+    """The running worker client, started and waited for (blocking, up to ``timeout`` s) if needed.
+
+    For scripts and background mode; the modal operator uses :func:`ensure_worker` instead.
+    """
+    client = ensure_worker(preference, env=env, timeout=timeout)
+    try:
+        while client.check_ready(wait=0.1) is None:
+            pass
+    except WorkerStartError:
+        stop_worker()
+        raise
     return client
 
 

@@ -1,7 +1,9 @@
 """Start and talk to the texup worker process from Blender, without ever blocking Blender's UI.
 
-:class:`WorkerClient` spawns ``<python> -m texup worker``, waits for its ``hello``, checks the protocol
-version, and then exchanges JSON lines. A reader thread parses the worker's stdout onto a queue, so
+:class:`WorkerClient` spawns ``<python> -m texup worker`` (:meth:`WorkerClient.spawn` returns at once;
+:meth:`WorkerClient.check_ready`, called from a timer, picks up the worker's ``hello`` and checks the
+protocol version; :meth:`WorkerClient.start` is the blocking pair for scripts), and then exchanges JSON
+lines. A reader thread parses the worker's stdout onto a queue, so
 :meth:`WorkerClient.poll` (called from a modal operator's timer) returns at once. A second thread
 drains stderr (the worker's log) into a bounded tail and, optionally, a log file. When the process ends
 without :meth:`WorkerClient.stop`, :meth:`poll` yields a :class:`Crashed` event with the exit code and
@@ -172,6 +174,10 @@ class WorkerClient:
         self._stderr_thread: Optional[threading.Thread] = None
         self._stopping = threading.Event()
         self._pending: Set[str] = set()
+        self._early: List[Event] = []  # read by check_ready() before/with the hello, handed out by poll()
+        self._start_error: Optional[str] = None
+        self._start_timeout = 0.0
+        self._ready_deadline = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -185,9 +191,21 @@ class WorkerClient:
     def start(self, timeout: float = 60.0) -> Hello:
         """Spawn the worker and wait (up to ``timeout`` seconds) for its ``hello``; return it.
 
-        Raises :class:`WorkerStartError` when the Python is missing or not executable, has no texup,
-        exits early, stays silent, or speaks another protocol version (the process is stopped first).
-        This is the one blocking call: make it from an operator's ``execute`` or ``invoke``.
+        The blocking form of :meth:`spawn` + :meth:`check_ready`, for scripts and ``blender -b``.
+        Raises :class:`WorkerStartError` like those two.
+        """
+        self.spawn(timeout=timeout)
+        while True:
+            hello = self.check_ready(wait=0.1)
+            if hello is not None:
+                return hello
+
+    def spawn(self, timeout: float = 60.0) -> None:
+        """Start the worker process and return at once, without waiting for its ``hello``.
+
+        Raises :class:`WorkerStartError` at once when the Python is missing or not executable or cannot
+        be run. Then call :meth:`check_ready` (from a timer) until it returns the ``hello``; it raises
+        when the worker has not said hello ``timeout`` seconds after this call.
         """
         if self._proc is not None:
             raise WorkerStartError("this worker client was already started; make a new one")
@@ -206,39 +224,76 @@ class WorkerClient:
             )
         except OSError as err:
             raise WorkerStartError(f"could not run the worker Python {python}: {err.strerror or err}") from err
+        self._start_timeout = timeout
+        self._ready_deadline = time.monotonic() + timeout
         self._stderr_thread = threading.Thread(target=self._read_stderr, name="texup-client-stderr", daemon=True)
         stdout_thread = threading.Thread(target=self._read_stdout, name="texup-client-stdout", daemon=True)
         self._threads = [stdout_thread, self._stderr_thread]
         self._stderr_thread.start()
         stdout_thread.start()
 
-        deadline = time.monotonic() + timeout
-        early: List[Event] = []
+    @property
+    def start_failed(self) -> bool:
+        """True when :meth:`check_ready` raised: this client is done; make a new one."""
+        return self._start_error is not None
+
+    @property
+    def ready(self) -> bool:
+        """True once the worker said hello with this add-on's protocol version (jobs can be submitted)."""
+        return self.hello is not None
+
+    def check_ready(self, wait: float = 0.0) -> Optional[Hello]:
+        """The worker's ``hello`` once it has arrived, else ``None`` (still starting); never blocks with ``wait`` 0.
+
+        ``wait`` > 0 waits up to that long for the next message. Raises :class:`WorkerStartError` (after
+        stopping the process) when the worker exited before saying hello (no texup in that Python, an
+        unusable ``--device``, ...), speaks another protocol version, or has not said hello within the
+        ``timeout`` given to :meth:`spawn`. Messages that came before the hello are kept for :meth:`poll`.
+        """
+        if self.hello is not None:
+            return self.hello
+        if self._proc is None:
+            raise WorkerStartError("the texup worker has not been started")
+        if self._start_error is not None:
+            raise WorkerStartError(self._start_error)
+        try:
+            first = self._events.get(timeout=wait) if wait > 0 else self._events.get_nowait()
+        except queue.Empty:
+            first = None
+        pending = [first] if first is not None else []
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.stop(timeout=2.0)
-                raise WorkerStartError(f"the worker ({python}) did not get ready within {timeout:g} s"
-                                       f"{self._tail_suffix()}")
             try:
-                event = self._events.get(timeout=min(remaining, 0.1))
+                pending.append(self._events.get_nowait())
             except queue.Empty:
-                continue
-            if isinstance(event, Hello):
                 break
+        for index, event in enumerate(pending):
+            if isinstance(event, Hello):
+                self._early.extend(pending[index + 1:])  # after the hello: poll() returns them in order
+                if event.protocol != PROTOCOL_VERSION:
+                    self._fail_start(
+                        f"the worker at {self.python} speaks protocol {event.protocol} (texup {event.texup}) but "
+                        f"this add-on speaks protocol {PROTOCOL_VERSION}: install matching versions of texup "
+                        "and the add-on")
+                self.hello = event
+                return event
             if isinstance(event, Crashed):
-                reasons = [e.message for e in early if isinstance(e, Error) and e.message]
-                raise WorkerStartError(self._start_failure(event, reasons))
-            early.append(event)
-        for event in early:  # e.g. an error about --device: keep it for poll()
-            self._events.put(event)
-        if event.protocol != PROTOCOL_VERSION:
-            self.stop(timeout=5.0)
-            raise WorkerStartError(
-                f"the worker at {python} speaks protocol {event.protocol} (texup {event.texup}) but this add-on "
-                f"speaks protocol {PROTOCOL_VERSION}: install matching versions of texup and the add-on")
-        self.hello = event
-        return event
+                reasons = [e.message for e in self._early if isinstance(e, Error) and e.message]
+                self._fail_start(self._start_failure(event, reasons), stop=False)
+            self._early.append(event)  # e.g. an error about --device: named if it exits, else kept for poll()
+        if time.monotonic() >= self._ready_deadline:
+            tail = self._tail_suffix()
+            self._fail_start(f"the worker ({self.python}) did not get ready within {self._start_timeout:g} s{tail}")
+        return None
+
+    def _fail_start(self, message: str, *, stop: bool = True) -> None:
+        """Remember why the start failed (later calls say the same), stop the process, raise."""
+        self._start_error = message
+        if stop:
+            self.stop(timeout=1.0)
+        else:
+            self._stopping.set()
+        self._early.clear()
+        raise WorkerStartError(message)
 
     def _start_failure(self, crashed: Crashed, reasons: Sequence[str] = ()) -> str:
         if _NO_TEXUP.search(crashed.stderr_tail):
@@ -326,6 +381,8 @@ class WorkerClient:
         """
         job_id = job.id or uuid.uuid4().hex
         message = upscale_message(job_id, job)
+        if not self.ready:
+            raise WorkerError("the texup worker is still starting: wait until check_ready() returns its hello")
         if not self.alive:
             raise WorkerError("the texup worker is not running")
         self._write(message)
@@ -355,7 +412,10 @@ class WorkerClient:
         With ``timeout`` 0 (the default) this never waits: call it from a timer on Blender's main thread.
         A positive ``timeout`` waits up to that long for the first event (headless scripts, tests).
         """
-        events: List[Event] = []
+        events: List[Event] = self._early
+        self._early = []
+        if events:
+            timeout = 0.0
         try:
             events.append(self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait())
             while True:

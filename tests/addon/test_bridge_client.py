@@ -259,3 +259,64 @@ def test_found_python_runs_the_real_module(tmp_path):
         pytest.skip("texup console script not installed next to this interpreter")
     found = find_worker_python(None, environ={}, which=lambda name: str(script))
     assert found is not None and os.path.samefile(Path(found).parent, Path(sys.executable).parent)
+
+
+# --- non-blocking start: spawn() returns at once, check_ready() is polled from a timer -----------------
+
+def _ready_after_polling(client: WorkerClient, timeout: float = 20.0) -> tuple[Hello, int, float]:
+    """check_ready() every 10 ms until the hello; returns it, the number of polls and the slowest one."""
+    polls, slowest, deadline = 0, 0.0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        start = time.perf_counter()
+        hello = client.check_ready()
+        slowest = max(slowest, time.perf_counter() - start)
+        polls += 1
+        if hello is not None:
+            return hello, polls, slowest
+        time.sleep(0.01)
+    raise AssertionError("no hello")
+
+
+def test_spawn_returns_at_once_and_check_ready_picks_up_the_hello(tmp_path):
+    slow = tmp_path / "slow_python"
+    slow.write_text(f'#!/bin/sh\nsleep 1\nexec "{sys.executable}" "$@"\n')
+    slow.chmod(slow.stat().st_mode | stat.S_IEXEC)
+    client = WorkerClient(str(slow), args=(FAKE, "normal"))
+    try:
+        start = time.perf_counter()
+        client.spawn(timeout=20)
+        assert time.perf_counter() - start < 0.5
+        assert client.alive and not client.ready
+        with pytest.raises(WorkerError, match="still starting"):
+            client.submit(job_of(tmp_path, ["a"]))
+        hello, polls, slowest = _ready_after_polling(client)
+        assert isinstance(hello, Hello) and client.ready and client.check_ready() is hello
+        assert polls > 10 and slowest < 0.05
+        job_id = client.submit(job_of(tmp_path, ["a"]))
+        events = collect(client, lambda e: isinstance(e, Done))
+        assert [e.ok for e in events if isinstance(e, Done) and e.id == job_id] == [1]
+    finally:
+        client.stop()
+
+
+@pytest.mark.parametrize("mode, message", [("badversion", r"protocol 99"), ("silent", "did not get ready")])
+def test_check_ready_raises_start_errors_and_keeps_saying_them(mode, message):
+    client = fake(mode)
+    client.spawn(timeout=1.5)
+    with pytest.raises(WorkerStartError, match=message):
+        _ready_after_polling(client)
+    assert client.start_failed and not client.alive
+    with pytest.raises(WorkerStartError, match=message):
+        client.check_ready()
+
+
+def test_check_ready_names_a_python_without_texup(tmp_path):
+    client = WorkerClient(sys.executable, args=("-S", "-m", "texup", "worker"), cwd=str(tmp_path))
+    client.spawn(timeout=20)
+    with pytest.raises(WorkerStartError, match="has no texup"):
+        _ready_after_polling(client)
+
+
+def test_spawn_refuses_a_missing_python_at_once(tmp_path):
+    with pytest.raises(WorkerStartError, match="does not exist"):
+        WorkerClient(str(tmp_path / "none" / "python")).spawn()

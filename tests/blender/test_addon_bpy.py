@@ -200,3 +200,189 @@ def test_worker_crash_mid_job_changes_nothing(addon, monkeypatch, tmp_path, work
     out = tmp_path / "textures_upscaled"
     assert not out.exists() or not any(out.iterdir())
     service.stop_worker()
+
+
+# --- the modal operator's path: UpscaleSession (begin returns at once; the timer steps it) ------------
+
+def _wrapper(tmp_path, name: str, body: str) -> str:
+    """An executable shell script standing in for the worker's Python."""
+    script = tmp_path / name
+    script.write_text("#!/bin/sh\n" + body + "\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+def _begin_session(names: list[str]):
+    from blender_addon import scene
+    from blender_addon.operators import run_settings
+    from blender_addon.session import UpscaleSession
+
+    by_name = {info.name: info for info in scene.scan()}
+    return UpscaleSession.begin([by_name[n] for n in names], run_settings(bpy.context))
+
+
+def _drive(session, *, interval: float = 0.05, limit: float = 240.0, on_step=None) -> dict:
+    """What the modal operator's timer does: step() until finished; returns how it went."""
+    import time
+
+    states, longest, start = [], 0.0, time.monotonic()
+    while not session.finished:
+        assert time.monotonic() - start < limit, f"no end after {limit} s: {session.message}"
+        time.sleep(interval)  # Blender runs the UI between timer ticks
+        t0 = time.monotonic()
+        session.step()
+        longest = max(longest, time.monotonic() - t0)
+        states.append(session.state)
+        if on_step is not None:
+            on_step(session)
+    return {"states": states, "longest_step": longest}
+
+
+def test_starting_the_worker_does_not_block_and_the_job_completes(addon, tmp_path, worker_python, tiny_model,
+                                                                  monkeypatch):
+    """A cold worker that takes 2 s to start: begin() returns at once, the timer picks up the hello."""
+    import time
+
+    from blender_addon import service
+
+    service.stop_worker()
+    slow = _wrapper(tmp_path, "slow_python", f'sleep 2\nexec "{worker_python}" "$@"')
+    monkeypatch.setenv("TEXUP_PYTHON", slow)
+    scene_builder.build(str(tmp_path))
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    bpy.context.scene.texup.model = tiny_model
+
+    t0 = time.monotonic()
+    session = _begin_session(["color.png", "rough.png"])
+    began_in = time.monotonic() - t0
+    assert began_in < 1.0, f"begin() blocked for {began_in:.1f} s"
+    assert session.state == "starting" and "starting the texup worker" in session.message
+
+    went = _drive(session)
+    assert went["longest_step"] < 0.5
+    assert went["states"].count("starting") >= 10  # the UI had the control back many times meanwhile
+    assert "running" in went["states"] and session.error is None
+    rows = session.finish()
+    assert {r["name"]: r["status"] for r in rows} == {"color.png": "ok", "rough.png": "ok"}
+    assert node_images()["material 'Mat.A'"] == ["color_x4", "normal.png", "rough_x4"]
+    assert tuple(bpy.data.images["color_x4"].size) == (96, 80)
+
+    # The worker stays warm: the next run submits at once, no "starting" state.
+    session = _begin_session(["leaf.png"])
+    assert session.state == "running"
+    _drive(session)
+    assert [r["status"] for r in session.finish()] == ["ok"]
+    service.stop_worker()
+
+
+def test_missing_worker_python_is_reported_at_once(addon, tmp_path, monkeypatch):
+    from blender_addon import service
+    from blender_addon.session import SessionError
+
+    service.stop_worker()
+    scene_builder.build(str(tmp_path), with_missing=False)
+    monkeypatch.setenv("TEXUP_PYTHON", str(tmp_path / "nowhere" / "python3"))
+    with pytest.raises(SessionError, match=r"nowhere/python3.*does not exist"):
+        _begin_session(["color.png"])
+    assert not (tmp_path / "textures_upscaled").exists()
+
+
+@pytest.mark.parametrize("case", ["no_texup", "bad_version"])
+def test_worker_start_failures_arrive_through_the_timer_and_change_nothing(addon, tmp_path, monkeypatch,
+                                                                           worker_python, case):
+    from blender_addon import service
+
+    service.stop_worker()
+    if case == "no_texup":
+        python = _wrapper(tmp_path, "plain_python", 'exec /usr/bin/env -i /usr/bin/python3 -I "$@"')
+        expected = "has no texup"
+    else:
+        fake = os.path.join(os.path.dirname(os.path.dirname(__file__)), "addon", "fake_worker.py")
+        python = _wrapper(tmp_path, "old_python", f'exec "{worker_python}" "{fake}" badversion')
+        expected = "speaks protocol 99"
+    monkeypatch.setenv("TEXUP_PYTHON", python)
+    scene_builder.build(str(tmp_path), with_missing=False)
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    before = node_images()
+
+    session = _begin_session(["color.png"])
+    assert session.state == "starting"
+    _drive(session, limit=60)
+    assert session.error is not None and expected in session.error
+    assert session.failure == session.error
+    assert session.finish() == []
+    assert node_images() == before
+    out = tmp_path / "textures_upscaled"
+    assert not out.exists() or not any(out.iterdir())
+    # The blocking path (Upscale in background mode) says the same.
+    with pytest.raises(RuntimeError, match=expected):
+        bpy.ops.texup.upscale(images="color.png")
+    service.stop_worker()
+
+
+def test_cancel_stops_the_worker_at_the_next_tile_and_leaves_no_partial_files(addon, worker_env, tiny_model,
+                                                                              tmp_path):
+    """Esc / Cancel during a 256x256 texture in 16 px tiles: the worker stops within a few tiles; the
+    image finished before stays applied; the cancelled one is untouched in the scene and on disk."""
+    from blender_addon import service
+    from blender_addon.bridge.protocol import Done, Progress
+
+    service.stop_worker()
+    scene_builder.build(str(tmp_path), with_missing=False)
+    big = bpy.data.images.load(scene_builder.write_png(str(tmp_path / "big.png"), 256, 256, 3))
+    mat = bpy.data.materials["Mat.D"]
+    node = mat.node_tree.nodes.new("ShaderNodeTexImage")
+    node.image = big
+    bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    mat.node_tree.links.new(node.outputs["Color"], bsdf.inputs["Roughness"])
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    before = node_images()
+    settings = bpy.context.scene.texup
+    settings.model = tiny_model
+    settings.tile = 16
+    settings.seamless = "off"
+
+    session = _begin_session(["color.png", "big.png"])
+    events = []
+    poll = session.client.poll
+
+    def recording_poll(timeout: float = 0.0):
+        got = poll(timeout=timeout)
+        events.extend(got)
+        return got
+
+    session.client.poll = recording_poll
+    seen_at_cancel = {}
+
+    def press_esc_once_big_runs(s) -> None:
+        tiles = [e for e in events if isinstance(e, Progress) and e.item.endswith(":big.png")]
+        if tiles and not s.cancel_sent:
+            seen_at_cancel["done"], seen_at_cancel["total"] = tiles[-1].done, tiles[-1].total
+            s.request_cancel()  # what Esc and the Cancel button do
+
+    _drive(session, interval=0.01, on_step=press_esc_once_big_runs)
+    rows = {r["name"]: r for r in session.finish()}
+
+    assert seen_at_cancel, f"the big texture never started: {events[:3]} {events[-3:]}"
+    total = seen_at_cancel["total"]
+    assert total >= 200  # many tiles: cancelling mid-texture is meaningful
+    big_tiles = [e.done for e in events if isinstance(e, Progress) and e.item.endswith(":big.png")]
+    assert max(big_tiles) < total  # it never finished
+    assert max(big_tiles) - seen_at_cancel["done"] <= total // 4  # stopped soon after the cancel arrived
+    done = [e for e in events if isinstance(e, Done)]
+    assert len(done) == 1 and done[0].cancelled and done[0].ok == 1
+
+    assert rows["color.png"]["status"] == "ok" and rows["big.png"]["status"] == "cancelled"
+    assert "1 upscaled" in session.summary() and "1 cancelled" in session.summary()
+    after = node_images()
+    assert after["material 'Mat.D'"] == before["material 'Mat.D'"]  # big.png still used, nothing new
+    assert "big_x4" not in bpy.data.images
+    assert after["material 'Mat.A'"] == ["color_x4", "normal.png", "rough.png"]
+    out = tmp_path / "textures_upscaled"
+    assert sorted(p.name for p in out.iterdir()) == ["color_x4.png"]  # no partial or temporary files
+    assert scene_builder.png_header(str(tmp_path / "big.png"))[:2] == (256, 256)  # original untouched
+    # The worker is still usable after a cancel.
+    session = _begin_session(["rough.png"])
+    _drive(session)
+    assert [r["status"] for r in session.finish()] == ["ok"]
+    service.stop_worker()

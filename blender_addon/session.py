@@ -1,0 +1,148 @@
+"""The Upscale operator's run as a small state machine that never blocks: starting -> running -> finished.
+
+:class:`UpscaleSession` is what the modal operator drives from its timer (and what the in-process
+tests drive directly, since the ``bpy`` module has no event loop): :meth:`UpscaleSession.begin`
+spawns the worker if none is warm and returns at once; every :meth:`UpscaleSession.step` picks up the
+worker's hello (then submits the job) or its events, without waiting; :meth:`UpscaleSession.finish`
+relinks what succeeded. Start failures (no texup in that Python, another protocol version, no hello
+in time) arrive through ``step`` as :attr:`UpscaleSession.error`, with nothing changed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from . import service
+from .bridge.client import WorkerClient, WorkerError, WorkerStartError
+from .bridge.jobs import TextureInfo
+from .bridge.protocol import Job, ProtocolError
+from .pipeline import RunError, RunSettings, UpscaleRun
+
+STARTING, RUNNING, FINISHED = "starting", "running", "finished"
+
+
+class SessionError(Exception):
+    """A run cannot begin (no worker Python, nothing to upscale, ...); ``str()`` is one line for the user."""
+
+
+class UpscaleSession:
+    """One Upscale click: the run, the worker client, and where it stands.
+
+    ``state`` is :data:`STARTING` (the worker has not said hello yet; the job waits here),
+    :data:`RUNNING` (the job was submitted) or :data:`FINISHED`. ``error`` is set when the worker could
+    not start or the job could not be submitted (then nothing is changed by :meth:`finish`).
+    """
+
+    def __init__(self, run: UpscaleRun, client: WorkerClient, job: Job) -> None:
+        self.run = run
+        self.client = client
+        self.job = job
+        self.job_id: Optional[str] = None
+        self.state = STARTING
+        self.error: Optional[str] = None
+        self.cancel_sent = False
+        self.cancelled_before_start = False
+        self.started_at = time.monotonic()
+
+    @classmethod
+    def begin(cls, infos: list[TextureInfo], settings: RunSettings, worker_python: Optional[str] = None, *,
+              start_timeout: float = 120.0) -> "UpscaleSession":
+        """Prepare the job and get a worker (spawned, not waited for); submit at once if it is warm.
+
+        Raises :class:`SessionError` when no worker Python is set or found, when nothing is left to
+        upscale, or when a warm worker cannot take the job; temporary files are removed then.
+        """
+        run = UpscaleRun(infos, settings)
+        try:
+            client = service.ensure_worker(worker_python, timeout=start_timeout)
+            job = run.prepare()
+        except (WorkerStartError, RunError) as err:
+            run.cleanup()
+            raise SessionError(str(err)) from err
+        session = cls(run, client, job)
+        session.step()  # a warm worker takes the job now
+        if session.state == FINISHED and session.error is not None:
+            raise SessionError(session.error)
+        return session
+
+    @property
+    def finished(self) -> bool:
+        return self.state == FINISHED
+
+    @property
+    def progress(self) -> float:
+        """0..1 over the job's files (0 while the worker starts)."""
+        return self.run.progress if self.state != STARTING else 0.0
+
+    @property
+    def message(self) -> str:
+        """One line for the panel and the status bar."""
+        if self.state == STARTING:
+            return f"starting the texup worker ({time.monotonic() - self.started_at:.0f} s)..."
+        text = self.run.message
+        if self.cancel_sent and self.state == RUNNING:
+            text += " - cancelling after this tile"
+        return text
+
+    def request_cancel(self) -> None:
+        """Esc / Cancel: before the job was submitted, drop it; else ask the worker to stop at the next tile."""
+        if self.state == STARTING:
+            self.cancelled_before_start = True
+            self.state = FINISHED
+            return
+        if self.state == RUNNING and not self.cancel_sent:
+            self.cancel_sent = True
+            try:
+                self.client.cancel(self.job_id or "")
+            except WorkerError:
+                pass  # the worker is gone: the next step() gets its Crashed event
+
+    def step(self, wait: float = 0.0) -> bool:
+        """Advance without blocking (``wait`` > 0: wait up to that long for the worker); True when finished."""
+        if self.state == STARTING:
+            try:
+                hello = self.client.check_ready(wait=wait)
+            except WorkerStartError as err:
+                self._fail(str(err))
+                return True
+            if hello is None:
+                return False
+            try:
+                self.job_id = self.client.submit(self.job)
+            except (WorkerError, ProtocolError) as err:
+                self._fail(str(err))
+                return True
+            self.run.started(self.job_id)
+            self.state = RUNNING
+            wait = 0.0
+        if self.state == RUNNING:
+            for event in self.client.poll(timeout=wait):
+                self.run.handle(event)
+            if self.run.finished:
+                self.state = FINISHED
+        return self.finished
+
+    def _fail(self, message: str) -> None:
+        self.error = message
+        self.state = FINISHED
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Apply the results (see :meth:`UpscaleRun.apply`) and return the report rows.
+
+        After a start failure or a cancel before the start nothing is changed and no rows are returned.
+        """
+        if self.error is not None or self.cancelled_before_start:
+            self.run.cleanup()
+            return []
+        return self.run.apply()
+
+    @property
+    def failure(self) -> Optional[str]:
+        """Why nothing was changed (start failure or worker crash), else ``None``."""
+        return self.error or self.run.crashed
+
+    def summary(self) -> str:
+        if self.cancelled_before_start:
+            return "texup: cancelled before the worker started; nothing was changed"
+        return self.run.summary()
