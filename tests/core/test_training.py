@@ -47,6 +47,7 @@ TINY_G = {"scale": 2, "num_feat": 8, "num_block": 1, "num_grow_ch": 4}
 TINY_D = {
     "vgg19": {"channels": [4, 4, 8, 8, 8], "fc": [16, 16, 8]},
     "unet": {"num_feat": 4},
+    "vgg128": {"num_feat": 4},
 }
 
 
@@ -66,6 +67,10 @@ def library(tmp_path_factory) -> Path:
     sixteen = real_image("astronaut.png")[:96, :96].astype(np.uint16) * 256 + 77  # not on the 8-bit grid
     write_image(root / "astronaut16.png", sixteen)
     Image.fromarray(real_image("chelsea.png")[:70, :90]).save(root / "chelsea.tga")
+    linear = (real_image("brick.png")[200:264, 300:370].astype(np.float32) / 255) ** 2.2
+    write_image(root / "stone" / "brick_linear.exr", linear.astype(np.float16))
+    Image.fromarray(real_image("gravel.png")[200:360, 100:276, 0]).save(root / "stone" / "gravel_big.png")
+    write_image(root / "stone" / "grass16.tif", real_image("grass.png")[:72, :75].astype(np.uint16) * 250)
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     (root / "notes.txt").write_text("not an image")
     Image.fromarray(real_image("gravel.png")[:64, :64, 0]).save(root / ".hidden" / "skip.png")
@@ -89,7 +94,8 @@ def test_scan_finds_every_readable_format_recursively(library: Path) -> None:
     names = [p.relative_to(library).as_posix() for p in scan_textures(library)]
     assert names == sorted(names)
     assert {"gravel.png", "stone/brick.png", "stone/deep/coffee.png", "grass.jpg", "astronaut16.png",
-            "chelsea.tga", "broken.png"} == set(names)
+            "chelsea.tga", "broken.png", "stone/brick_linear.exr", "stone/grass16.tif",
+            "stone/gravel_big.png"} == set(names)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         scan_textures(library / "nowhere")
 
@@ -105,14 +111,25 @@ def test_split_is_stable_and_disjoint(library: Path) -> None:
 
 def test_bad_and_small_files_reported_once_and_skipped(library: Path) -> None:
     problems: list[tuple[Path, str]] = []
-    textures = load_textures(scan_textures(library), min_size=72, tileable="off",
+    textures = load_textures(scan_textures(library), min_size=66, tileable="off",
                              on_problem=lambda p, r: problems.append((p, r)))
     reported = {p.name: r for p, r in problems}
     assert len(problems) == len(reported) == 2
-    assert "broken.png" in reported and "chelsea.tga" in reported and "72x72" in reported["chelsea.tga"]
+    assert "broken.png" in reported and "66x66" in reported["brick_linear.exr"]
     kinds = {t.path.name: t.pixels for t in textures}
     assert all(px.shape[2] == 3 for px in kinds.values())  # gray expanded, alpha dropped
     assert kinds["astronaut16.png"].dtype == np.uint16 and kinds["gravel.png"].dtype == np.uint8
+    assert kinds["grass16.tif"].dtype == np.uint16
+
+
+def test_linear_float_textures_are_encoded_to_srgb(library: Path) -> None:
+    (tex,) = load_textures([library / "stone" / "brick_linear.exr"], min_size=32, tileable="off")
+    assert tex.linear and tex.pixels.dtype == np.float16
+    hr = CropDataset([tex], crop=64, scale=2, flips=False, rot90=False)[0][1]
+    srgb = real_image("brick.png")[200:264, 300:370].astype(np.float32) / 255
+    # The crop is one of the 64x64 windows of the 64x70 source; sRGB encoding undoes the 2.2 power closely.
+    best = min(np.abs(hr[0].numpy() - srgb[:, x : x + 64, 0]).mean() for x in range(7))
+    assert best < 0.02
 
 
 def test_tileable_small_texture_is_kept_and_wraps(tmp_path: Path) -> None:
@@ -234,9 +251,11 @@ def test_psnr_stage_learns_and_exports_a_loadable_model(library: Path, tmp_path:
     assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 25
 
 
-@pytest.mark.parametrize("kind", ["vgg19", "unet"])
+@pytest.mark.parametrize("kind", ["vgg19", "unet", "vgg128"])
 def test_gan_stage_learns(library: Path, tmp_path: Path, kind: str) -> None:
-    cfg = tiny_config(library, tmp_path / kind, stage="gan", steps=16,
+    data = DataConfig(root=str(library), hr_crop=128 if kind == "vgg128" else 32, batch_size=4, val_fraction=0.25,
+                      val_crop=48, val_max_images=2)
+    cfg = tiny_config(library, tmp_path / kind, stage="gan", steps=16, data=data,
                       discriminator=DiscriminatorConfig(kind=kind, hparams=TINY_D[kind]),
                       optim=OptimConfig(lr_g=2e-3, lr_d=1e-3, ema_decay=0.0))
     steps: list[dict[str, float]] = []
@@ -267,6 +286,52 @@ def test_gan_stage_uses_vgg19_perceptual_loss_from_a_file(library: Path, tmp_pat
     messages: list[str] = []
     train(cfg, progress=lambda e: messages.append(e.message))
     assert any("VGG19 conv2_2" in m for m in messages) and not any("feature matching" in m for m in messages)
+
+
+def test_pretrained_discriminator_is_loaded_or_refused(library: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from texup.archs.discriminator import build_discriminator
+    from texup.errors import ModelLoadError
+
+    torch.manual_seed(5)
+    disc = build_discriminator("unet", TINY_D["unet"])
+    good = tmp_path / "d.pth"
+    torch.save({"params": {f"module.{k}": v for k, v in disc.state_dict().items()}}, good)
+    cfg = tiny_config(library, tmp_path / "run", stage="gan", steps=1, checkpoint_every=1,
+                      optim=OptimConfig(lr_d=0.0, ema_decay=0.0),
+                      discriminator=DiscriminatorConfig(kind="unet", hparams=TINY_D["unet"], pretrained=str(good)))
+    messages: list[str] = []
+    train(cfg, progress=lambda e: messages.append(e.message))
+    assert any(str(good) in m for m in messages)
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["discriminator"]["state_dict"]
+    torch.testing.assert_close(saved["conv0.weight"], disc.state_dict()["conv0.weight"])  # lr_d = 0: unchanged
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({k: v.contiguous() for k, v in build_discriminator("vgg19", TINY_D["vgg19"]).state_dict().items()}, str(wrong))
+    bad = dataclasses.replace(cfg, out_dir=str(tmp_path / "bad"),
+                              discriminator=DiscriminatorConfig(kind="unet", hparams=TINY_D["unet"], pretrained=str(wrong)))
+    with pytest.raises(ModelLoadError, match="wrong.safetensors"):
+        train(bad)
+
+
+def test_vgg19_download_uses_the_published_url_and_hash(monkeypatch, tmp_path: Path) -> None:
+    import texup.weights.download as download_module
+    from texup.archs import vgg
+
+    calls = []
+
+    def fake_download(url, dest, *, sha256, progress=None, timeout=60):
+        calls.append((url, sha256))
+        Path(dest).write_bytes(b"x")
+        return Path(dest)
+
+    monkeypatch.setenv("TEXUP_HOME", str(tmp_path))
+    monkeypatch.setattr(download_module, "download", fake_download)
+    path = vgg.fetch_vgg19()
+    assert calls == [("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+                      "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44")]
+    assert path.name == "vgg19-dcbb9e9d.pth" and path.is_relative_to(tmp_path)
+    assert vgg.fetch_vgg19() == path and len(calls) == 1  # cached: no second download
 
 
 class _Crash(Exception):
@@ -367,6 +432,10 @@ def test_cli_train_with_config_file_and_resume(library: Path, tmp_path: Path, ca
     code = main(["train", "--data", str(library), "--out", str(out), "--config", str(cfg_file), "--steps", "3", "--resume"])
     assert code == 0 and "resumed" in capsys.readouterr().err
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
+    # --pretrained PATH starts from any loadable generator file.
+    code = main(["train", "--data", str(library), "--out", str(tmp_path / "out2"), "--config", str(cfg_file),
+                 "--steps", "1", "--pretrained", str(out / "model.safetensors")])
+    assert code == 0 and "from " + str(out / "model.safetensors") in capsys.readouterr().err
     # The exported model upscales through the normal CLI.
     Image.fromarray(real_image("coffee.png")[:21, :17]).save(tmp_path / "small.png")
     assert main(["upscale", str(tmp_path / "small.png"), "-o", str(tmp_path / "up"), "--model",
