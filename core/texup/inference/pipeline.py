@@ -35,16 +35,18 @@ from texup.imageio import from_float32, read_image, to_float32, write_image
 from texup.inference import policy
 from texup.inference.resample import resample
 from texup.inference.runner import ModelLike, Runner
-from texup.inference.tiling import add_wrapped, blend_weights, is_tileable, plan_tiles, take_wrapped
+from texup.inference.tiling import Tile, add_wrapped, blend_weights, is_tileable, plan_tiles, take_wrapped
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
+#: Receives finished output rows: ``sink(block, row0)``, ``block`` (n, W, 3) float32 = output rows row0:row0+n.
+RowSink = Callable[[np.ndarray, int], None]
 
 #: Smallest core tile the out-of-memory fallback will try before giving up.
 MIN_TILE = 16
 _DTYPES = ("uint8", "uint16", "float16", "float32")
 _SEAMLESS = ("auto", "on", "off")
-#: Output rows decoded and converted at a time (bounds the temporaries of the final conversions).
+#: Most output rows handed to a sink at once (bounds the temporaries of the final decode and conversion).
 _ROW_BLOCK = 256
 
 
@@ -221,29 +223,36 @@ class Upscaler:
         if progress is not None:
             progress(0, job.total)
 
+        # Float copies exist at the input size only; the output is filled in its own dtype, row band by row
+        # band, straight from the model passes (see _stream_pass), so peak memory is the output plus bands.
         values = to_float32(image)
-        colour = values[:, :, :3] if channels >= 3 else np.repeat(values[:, :, :1], 3, axis=2)
         alpha = np.clip(values[:, :, -1], 0.0, 1.0) if has_alpha else None
-        if alpha_varies:
+        colour = values[:, :, :3] if channels >= 3 else np.repeat(values[:, :, :1], 3, axis=2)
+        del values
+        if alpha_varies and alpha is not None:
             colour = policy.bleed_colour(colour, alpha)
         encoded, decode = policy.encode_for_model(colour, options.role, colorspace)
         del colour
-        up = self._upscale_rgb(encoded, out_h, out_w, passes, tile, overlap, wrap, job)
-        del encoded
-
-        # Decode and convert in row blocks so the full-size float32 output exists only once.
         out = np.empty((out_h, out_w, channels), image.dtype)
-        for r0 in range(0, out_h, _ROW_BLOCK):
-            block = decode(up[r0 : r0 + _ROW_BLOCK])
+        dtype_name = image.dtype.name
+
+        def colour_sink(block: np.ndarray, row0: int) -> None:
+            rows = slice(row0, row0 + block.shape[0])
+            decoded = decode(block)
             if channels >= 3:
-                out[r0 : r0 + _ROW_BLOCK, :, :3] = from_float32(block, image.dtype.name)
+                out[rows, :, :3] = from_float32(decoded, dtype_name)
             else:
-                out[r0 : r0 + _ROW_BLOCK, :, 0] = from_float32(block.mean(axis=2), image.dtype.name)
-        del up, block
+                out[rows, :, 0] = from_float32(decoded.mean(axis=2), dtype_name)
+
+        self._upscale_rgb(encoded, out_h, out_w, passes, tile, overlap, wrap, job, colour_sink)
+        del encoded
         if alpha_varies and alpha is not None:
-            grey = np.repeat(alpha[:, :, None], 3, axis=2)
-            alpha_up = self._upscale_rgb(grey, out_h, out_w, passes, tile, overlap, wrap, job).mean(axis=2)
-            out[:, :, -1] = from_float32(alpha_up, image.dtype.name)
+
+            def alpha_sink(block: np.ndarray, row0: int) -> None:
+                out[row0 : row0 + block.shape[0], :, -1] = from_float32(block.mean(axis=2), dtype_name)
+
+            # One channel in; each tile is replicated to RGB only when it goes to the model.
+            self._upscale_rgb(alpha[:, :, None], out_h, out_w, passes, tile, overlap, wrap, job, alpha_sink)
         elif alpha_src is not None:
             out[:, :, -1] = alpha_src.flat[0]  # constant alpha: the exact stored value
         return out[:, :, 0] if squeeze else out
@@ -280,42 +289,127 @@ class Upscaler:
     # --- model passes ------------------------------------------------------------------------------------
 
     def _upscale_rgb(
-        self, x: np.ndarray, out_h: int, out_w: int, passes: int, tile: int, overlap: int, wrap: bool, job: _Job
-    ) -> np.ndarray:
-        """(H, W, 3) float32 in [0, 1] -> (out_h, out_w, 3) float32 in [0, 1]: model passes, then resampling."""
-        for _ in range(passes):
+        self,
+        x: np.ndarray,
+        out_h: int,
+        out_w: int,
+        passes: int,
+        tile: int,
+        overlap: int,
+        wrap: bool,
+        job: _Job,
+        sink: RowSink,
+    ) -> None:
+        """Model passes, then resampling: (H, W, 3 or 1) float32 in [0, 1] -> rows of (out_h, out_w, 3) to ``sink``.
+
+        When the last model pass lands exactly on the output size (the common case: the model's own scale)
+        its blended rows stream straight into ``sink``, and no full-size float buffer exists. Earlier passes
+        (x16 from a x4 model) and a final resampling (non-integer scales) need their whole input, so those
+        go through a float32 canvas of the intermediate size.
+        """
+        s = self.runner.scale
+        for p in range(passes):
+            h, w = x.shape[:2]
+            if p == passes - 1 and (h * s, w * s) == (out_h, out_w):
+                self._stream_pass(x, tile, overlap, wrap, job, sink, top_level=True)
+                return
             x = self._tiled_pass(x, tile, overlap, wrap, job, top_level=True)
         if x.shape[:2] != (out_h, out_w):
             x = resample(x, out_h, out_w, wrap=wrap)
             np.clip(x, 0.0, 1.0, out=x)
-        return x
+        for r0 in range(0, out_h, _ROW_BLOCK):
+            sink(x[r0 : r0 + _ROW_BLOCK], r0)
 
     def _tiled_pass(
         self, x: np.ndarray, tile: int, overlap: int, wrap: bool, job: _Job, *, top_level: bool
     ) -> np.ndarray:
-        """One model pass over ``x`` in blended tiles, streamed into one output canvas.
+        """One model pass over ``x`` in blended tiles, collected into a float32 canvas of the pass's output size."""
+        s = self.runner.scale
+        h, w = x.shape[:2]
+        canvas = np.empty((h * s, w * s, 3), np.float32)
 
-        The blend weights of a plan add up to exactly 1 at every output pixel (see
-        :mod:`texup.inference.tiling`), so each weighted tile is added straight into the float32 canvas:
-        the only full-size buffer is the output itself.
+        def fill(block: np.ndarray, row0: int) -> None:
+            canvas[row0 : row0 + block.shape[0]] = block
+
+        self._stream_pass(x, tile, overlap, wrap, job, fill, top_level=top_level)
+        return canvas
+
+    def _stream_pass(
+        self, x: np.ndarray, tile: int, overlap: int, wrap: bool, job: _Job, sink: RowSink, *, top_level: bool
+    ) -> None:
+        """One model pass over ``x`` (H, W, 3 or 1) in blended tiles; finished output rows go to ``sink``.
+
+        Tiles run in raster order. The blend weights of a plan add up to exactly 1 at every output pixel
+        (see :mod:`texup.inference.tiling`), and a tile row only shares output rows with its neighbours in
+        the cross-fade bands, so one float32 accumulator the height of a tile row's blend region (times the
+        scale) and the full output width is enough: when the next tile row starts, every row above its blend
+        region is final and is handed to ``sink``; the cross-fade rows move to the top of the accumulator.
+        With wrap-around and several tile rows, the first rows (which the last tile row fades into across
+        the seam) wait in a small seam buffer until the end. ``sink(block, row0)`` gets (n, W*s, 3) float32
+        rows ``row0:row0+n`` of the output, each row exactly once, and may modify ``block``.
         """
         s = self.runner.scale
         h, w = x.shape[:2]
-        canvas = np.zeros((h * s, w * s, 3), np.float32)
+        out_h, out_w = h * s, w * s
+        tile_rows: list[list[Tile]] = []
         for t in plan_tiles(h, w, tile, overlap, wrap=wrap):
-            job.check_cancel()
-            context = take_wrapped(x, t.cy0, t.cy1, t.cx0, t.cx1)
-            y = self._run_guarded(context, job)
-            oy, ox = (t.by0 - t.cy0) * s, (t.bx0 - t.cx0) * s
-            bh, bw = (t.by1 - t.by0) * s, (t.bx1 - t.bx0) * s
-            region = y[oy : oy + bh, ox : ox + bw]
-            wy, wx = blend_weights(t, s)
-            region *= wy[:, None, None]
-            region *= wx[None, :, None]
-            add_wrapped(canvas, region, t.by0 * s, t.bx0 * s)
-            if top_level:
-                job.tick()
-        return canvas
+            if tile_rows and tile_rows[-1][0].y0 == t.y0:
+                tile_rows[-1].append(t)
+            else:
+                tile_rows.append([t])
+        band = np.zeros((max((r[0].by1 - r[0].by0) * s for r in tile_rows), out_w, 3), np.float32)
+        # Wrap: the first tile row's blend region starts rs rows above the image, i.e. at the bottom.
+        rs = -tile_rows[0][0].by0 * s
+        seam = np.zeros((2 * rs, out_w, 3), np.float32) if rs > 0 else None
+
+        def emit(block: np.ndarray, u0: int) -> None:
+            # Unwrapped rows u0.. of the output; rows within rs of the wrap seam collect in `seam`, whose index
+            # k stands for output row (out_h - rs + k) mod out_h.
+            pos, stop = u0, u0 + block.shape[0]
+            while pos < stop:
+                if seam is not None and pos < rs:
+                    end = min(stop, rs)
+                    seam[pos + rs : end + rs] += block[pos - u0 : end - u0]
+                elif seam is not None and pos >= out_h - rs:
+                    end = min(stop, out_h + rs)
+                    seam[pos - out_h + rs : end - out_h + rs] += block[pos - u0 : end - u0]
+                else:
+                    end = min(stop, out_h - rs) if seam is not None else stop
+                    for r in range(pos, end, _ROW_BLOCK):  # bounds the sink's temporaries
+                        sink(block[r - u0 : min(end, r + _ROW_BLOCK) - u0], r)
+                pos = end
+
+        band_lo = band_hi = tile_rows[0][0].by0 * s  # unwrapped output rows held in band[: band_hi - band_lo]
+        for row in tile_rows:
+            b0, b1 = row[0].by0 * s, row[0].by1 * s
+            done = min(b0, band_hi) - band_lo
+            if done > 0:
+                emit(band[:done], band_lo)
+                keep = band_hi - band_lo - done
+                band[:keep] = band[done : done + keep].copy()
+                band[keep:] = 0.0
+            band_lo, band_hi = b0, b1
+            acc = band[: b1 - b0]
+            for t in row:
+                job.check_cancel()
+                context = take_wrapped(x, t.cy0, t.cy1, t.cx0, t.cx1)
+                if context.shape[2] == 1:
+                    context = np.repeat(context, 3, axis=2)
+                y = self._run_guarded(context, job)
+                oy, ox = (t.by0 - t.cy0) * s, (t.bx0 - t.cx0) * s
+                bh, bw = (t.by1 - t.by0) * s, (t.bx1 - t.bx0) * s
+                region = y[oy : oy + bh, ox : ox + bw]
+                wy, wx = blend_weights(t, s)
+                region *= wy[:, None, None]
+                region *= wx[None, :, None]
+                add_wrapped(acc, region, 0, t.bx0 * s)
+                del y, region
+                if top_level:
+                    job.tick()
+        emit(band[: band_hi - band_lo], band_lo)
+        if seam is not None:
+            sink(seam[:rs], out_h - rs)
+            sink(seam[rs:], 0)
 
     def _run_guarded(self, x: np.ndarray, job: _Job) -> np.ndarray:
         """Run the model on one context tile; on out-of-memory, split it into smaller blended tiles.
