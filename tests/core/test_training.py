@@ -393,6 +393,27 @@ def test_cancel_stops_with_checkpoint_and_model(library: Path, tmp_path: Path) -
     assert load_checkpoint(result.checkpoint_path)["step"] == 2
 
 
+def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch) -> None:
+    from texup.training import checkpoint
+
+    path = checkpoint.save_checkpoint(tmp_path / "checkpoint.pt", {"step": 1, "w": torch.ones(3)})
+
+    def torn_write(obj, fh):
+        fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", torn_write)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    state = checkpoint.load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(checkpoint.CheckpointError, match="junk.pt"):
+        checkpoint.load_checkpoint(tmp_path / "junk.pt")
+
+
 def test_invalid_setups_fail_clearly(library: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs data.hr_crop = 128"):
         train(tiny_config(library, tmp_path / "a", stage="gan", discriminator=DiscriminatorConfig(kind="vgg128")))

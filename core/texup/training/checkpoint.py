@@ -15,6 +15,7 @@ tensors only, so it is read back with ``torch.load(weights_only=True)``:
 ``sched_g/sched_d`` learning-rate scheduler state dicts
 ``scaler_g/d``      gradient-scaler state dicts (fp16) or ``None``
 ``rng``             Python, NumPy and torch (CPU and CUDA) generator states
+``sampler``         ``{"step", "batch_size", "seed"}``: what positions the data stream
 ``metrics``         last validation metrics and those of the starting model
 ==================  ============================================================================
 
@@ -98,7 +99,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(path, "no such checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged file fails in the unpickler in many ways; re-raised, chained
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(path, f"cannot read checkpoint ({first})") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:

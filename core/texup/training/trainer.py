@@ -507,6 +507,10 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, 
             scaler_d.load_state_dict(state["scaler_d"])
         restore_rng(state["rng"])
         start = int(state["step"])
+        sampler_state = state.get("sampler") or {}
+        if (sampler_state.get("batch_size"), sampler_state.get("seed")) != (cfg.data.batch_size, cfg.seed):
+            say(f"note: batch size / seed differ from the interrupted run ({sampler_state.get('batch_size')}, "
+                f"{sampler_state.get('seed')}); the data from step {start} on differs from an uninterrupted run")
         metrics = state.get("metrics") or metrics
         say(f"resumed from {ckpt_path} at step {start}")
     elif info.is_main:
@@ -558,6 +562,7 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, 
                 "scaler_g": scaler_g.state_dict() if scaler_g else None,
                 "scaler_d": scaler_d.state_dict() if scaler_d else None,
                 "rng": capture_rng(),
+                "sampler": {"step": step, "batch_size": cfg.data.batch_size, "seed": cfg.seed},
                 "metrics": metrics,
             })
             emit("checkpoint", step, path=str(ckpt_path))
