@@ -395,10 +395,12 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, cancel:
 
     # A process group that exists already (created by the caller) is left alone at the end.
     group_existed = dist.is_available() and dist.is_initialized()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     info = setup(config.device)
     try:
         return _train(config, info, progress, cancel)
     finally:
+        torch.use_deterministic_algorithms(was_deterministic)
         teardown(info, owned=not group_existed)
 
 
