@@ -1,0 +1,77 @@
+"""The real UI: Blender 3.4.1 with a window under Xvfb. ``ui_screenshot.py`` opens the texup tab of the 3D
+Viewport sidebar, presses Upscale the way the button does (``INVOKE_DEFAULT``: the modal operator), waits
+for it, and takes a screenshot. Checked here: the modal ran and finished without blocking (the invoke
+returned at once, the panel showed "starting the texup worker" while the worker started), the textures
+were upscaled and relinked, and a screenshot of the panel was written.
+
+Skipped when ``blender`` or ``xvfb-run`` is missing (``apt-get install -y blender xvfb``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+BLENDER = shutil.which("blender")
+XVFB_RUN = shutil.which("xvfb-run")
+pytestmark = pytest.mark.skipif(BLENDER is None or XVFB_RUN is None,
+                                reason="needs blender and xvfb-run on PATH (apt-get install -y blender xvfb)")
+
+HERE = Path(__file__).resolve().parent
+DRIVER = HERE / "ui_screenshot.py"
+BUILDER = HERE / "scene_builder.py"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    with open(path, "rb") as fh:
+        head = fh.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_upscale_from_the_panel_in_a_real_window(tmp_path: Path, worker_python: str, tiny_model: str) -> None:
+    scene_dir = tmp_path / "scene"
+    built = subprocess.run([BLENDER, "-b", "--factory-startup", "--python", str(BUILDER), "--", str(scene_dir),
+                            "--missing"], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    shot = tmp_path / "panel.png"
+    env = dict(os.environ, TEXUP_PYTHON=worker_python)
+    proc = subprocess.run(
+        [XVFB_RUN, "-a", "-s", "-screen 0 1280x800x24", BLENDER, "--factory-startup", "--enable-event-simulate",
+         str(scene_dir / "scene.blend"), "--python", str(DRIVER), "--", tiny_model, str(shot)],
+        capture_output=True, text=True, timeout=400, env=env, cwd=str(tmp_path))
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("UI_DONE ")), None)
+    assert line is not None, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    done = json.loads(line[len("UI_DONE "):])
+    assert done["error"] is None, done["error"]
+    assert done["phase"] == "done"
+
+    # The texup tab was shown (its panel drew) in a widened sidebar.
+    assert done["panel_draws"] > 0 and done["sidebar_width"] >= 500
+    # The button's path: the modal operator started at once and the worker's start happened under it.
+    assert done["invoke_seconds"] < 1.0
+    assert done["seen_running"]
+    assert done["messages"][0] == "starting the texup worker"
+    assert any(m.startswith("Upscaling") for m in done["messages"])
+    assert done["summary"] == "texup: 7 upscaled, 1 failed"  # missing.png is reported, the rest done
+
+    rows = {name: (status, w, h) for name, status, w, h in done["rows"]}
+    assert rows["color_x4"] == ("upscaled", 96, 80)
+    assert rows["rough_x4"] == ("upscaled", 80, 64)
+    assert rows["missing.png"][0] == "missing"
+    assert done["nodes"] == {
+        "Mat.A": ["color_x4", "normal_x4", "rough_x4"], "Mat.B": ["color_x4", "leaf_x4"],
+        "Mat.C": ["packed_src_x4"], "Mat.D": ["missing.png", "wall_x4"]}
+    out = scene_dir / "textures_upscaled"
+    assert {"color_x4.png", "rough_x4.png", "wall_x4.1001.png", "wall_x4.1002.png"} <= {p.name for p in out.iterdir()}
+
+    # The screenshot: the sidebar crop, a real picture (not a blank frame).
+    width, height = png_size(shot)
+    assert 500 <= width <= 1280 and 400 <= height <= 800
+    assert shot.stat().st_size > 30_000
