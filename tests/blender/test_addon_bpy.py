@@ -294,7 +294,7 @@ def test_worker_start_failures_arrive_through_the_timer_and_change_nothing(addon
 
     service.stop_worker()
     if case == "no_texup":
-        python = _wrapper(tmp_path, "plain_python", 'exec /usr/bin/env -i /usr/bin/python3 -I "$@"')
+        python = _wrapper(tmp_path, "plain_python", f'exec "{worker_python}" -S "$@"')  # -S: no site-packages
         expected = "has no texup"
     else:
         fake = os.path.join(os.path.dirname(os.path.dirname(__file__)), "addon", "fake_worker.py")
