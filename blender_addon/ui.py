@@ -84,7 +84,7 @@ def _draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
 
     box = layout.box()
     box.label(text="Fine-tune on these textures", icon="EXPERIMENTAL")
-    box.label(text="Training from Blender comes with texup train (issue 4).")
+    box.label(text="Not in the panel yet: run texup train --data DIR --out DIR in a terminal.")
 
 
 class TEXUP_PT_view3d(bpy.types.Panel):
