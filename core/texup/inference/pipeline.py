@@ -12,6 +12,14 @@
 6. the role's inverse transform; alpha upscaled separately (or passed through when constant);
 7. back to the input's dtype (:func:`texup.imageio.from_float32`).
 
+Memory. Steps 5-7 stream: the last model pass blends tiles, in raster order, into a float32 band one tile
+row high, and hands finished rows through the inverse transform straight into the output array of the
+input's dtype (:meth:`Upscaler._stream_pass`). At the model's own scale no float copy of the whole output
+exists; peak memory is the output, float copies of the *input* (16 bytes per input pixel), one band
+(``(tile + overlap) * scale`` rows of the output width, float32 RGB) and the network's activations for one
+tile. Extra passes (scales above the model's) and resampling (other scales) keep a float32 canvas of the
+intermediate image. Figures: docs/benchmarks.md.
+
 Alpha policy. A constant alpha channel is passed through (the exact stored value, at the output size). A
 varying alpha is upscaled through the model as a gray image (replicated to RGB, averaged back). Measured on
 a matte made from a real photo, downscaled x4 and upscaled back (x4plus vs antialiased cubic): hard
@@ -225,10 +233,9 @@ class Upscaler:
 
         # Float copies exist at the input size only; the output is filled in its own dtype, row band by row
         # band, straight from the model passes (see _stream_pass), so peak memory is the output plus bands.
-        values = to_float32(image)
-        alpha = np.clip(values[:, :, -1], 0.0, 1.0) if has_alpha else None
-        colour = values[:, :, :3] if channels >= 3 else np.repeat(values[:, :, :1], 3, axis=2)
-        del values
+        # Convert channel groups separately: no float copy of all channels at once.
+        alpha = np.clip(to_float32(image[:, :, -1]), 0.0, 1.0) if has_alpha else None
+        colour = to_float32(image[:, :, :3]) if channels >= 3 else np.repeat(to_float32(image[:, :, :1]), 3, axis=2)
         if alpha_varies and alpha is not None:
             colour = policy.bleed_colour(colour, alpha)
         encoded, decode = policy.encode_for_model(colour, options.role, colorspace)

@@ -86,7 +86,8 @@ def encode_for_model(rgb: np.ndarray, role: str, colorspace: str) -> tuple[np.nd
         x /= np.float32(peak)
     if colorspace == "linear":
         x = linear_to_srgb(x)
-    return np.clip(x, 0.0, 1.0), Decode(role, colorspace, peak=peak)
+    np.clip(x, 0.0, 1.0, out=x)  # x is always a new array here (np.maximum made it)
+    return x, Decode(role, colorspace, peak=peak)
 
 
 def renormalise_normals(encoded: np.ndarray) -> np.ndarray:
