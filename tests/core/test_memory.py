@@ -155,3 +155,33 @@ def test_peak_memory_is_the_output_plus_a_bounded_band():
     # canvas would add 192 MiB; the previous design (canvases for colour and alpha) was output + ~370 MiB.
     limit = out_bytes + 240 * 2**20
     assert growth < limit, f"peak grew by {growth / 2**20:.0f} MiB, limit {limit / 2**20:.0f} MiB"
+
+
+def test_loaded_weights_are_adopted_and_training_them_leaves_the_file_alone(tmp_path):
+    from texup.archs.compact import SRVGGNetCompact
+    from texup.weights.model import load_model, save_model
+
+    torch.manual_seed(0)
+    net = SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=4, act_type="prelu")
+    path = save_model(net, tmp_path / "tiny.safetensors")
+    before = path.read_bytes()
+    loaded = load_model(path)
+    x = torch.rand(1, 3, 9, 7)
+    with torch.inference_mode():
+        np.testing.assert_array_equal(loaded.module(x).numpy(), net.eval()(x).numpy())
+    # The parameters are the file's memory-mapped tensors (no second copy in memory) ...
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        spans = [line.split()[0].split("-") for line in maps.read_text().splitlines() if line.endswith(str(path))]
+        ranges = [(int(a, 16), int(b, 16)) for a, b in spans]
+        for name, p in loaded.module.named_parameters():
+            assert any(a <= p.data_ptr() < b for a, b in ranges), f"{name} is not inside the mapped file"
+    # ... and private: a training step through them changes the module, never the file (copy-on-write).
+    module = loaded.module.train().requires_grad_(True)
+    optimiser = torch.optim.SGD(module.parameters(), lr=0.1)
+    module(x).square().mean().backward()
+    optimiser.step()
+    with torch.inference_mode():
+        assert not torch.equal(module.eval()(x), net(x))
+    assert path.read_bytes() == before
+    assert not torch.equal(load_model(path).module.body[0].weight, module.body[0].weight)
