@@ -1,6 +1,6 @@
 """A short real fine-tune: Real-ESRGAN x4plus on a small texture library, held-out PSNR before and after.
 
-    python scripts/finetune_demo.py                      # 200 steps, ~15-30 min on a laptop CPU
+    python scripts/finetune_demo.py                      # 200 steps of 4 x 64px crops: ~25 min on 2 busy CPU cores
     python scripts/finetune_demo.py --steps 400 --out /tmp/texup-finetune --grid docs/images/finetune_grid.png
 
 The library is made from the real textures and photos that scikit-image ships (brick, grass, gravel,
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--crop", type=int, default=128, help="HR training crop")
+    parser.add_argument("--crop", type=int, default=64, help="HR training crop (64: fast on a CPU)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--device", default="auto")
