@@ -32,12 +32,14 @@ from .protocol import (
     Hello,
     Job,
     ProtocolError,
+    TrainJob,
     cancel_message,
     encode,
     models_message,
     parse_event,
     ping_message,
     shutdown_message,
+    train_message,
     upscale_message,
 )
 
@@ -381,6 +383,22 @@ class WorkerClient:
         """
         job_id = job.id or uuid.uuid4().hex
         message = upscale_message(job_id, job)
+        if not self.ready:
+            raise WorkerError("the texup worker is still starting: wait until check_ready() returns its hello")
+        if not self.alive:
+            raise WorkerError("the texup worker is not running")
+        self._write(message)
+        self._pending.add(job_id)
+        return job_id
+
+    def submit_train(self, job: TrainJob) -> str:
+        """Send a fine-tuning job; return its id (``job.id`` or a new one). Its progress (``item``
+        "train"), result (the model file), errors and done arrive via :meth:`poll`.
+
+        Raises :class:`ProtocolError` for an invalid job, :class:`WorkerError` when the worker is gone.
+        """
+        job_id = job.id or uuid.uuid4().hex
+        message = train_message(job_id, job)
         if not self.ready:
             raise WorkerError("the texup worker is still starting: wait until check_ready() returns its hello")
         if not self.alive:

@@ -15,6 +15,7 @@ PROTOCOL_VERSION = 1
 ROLES: Tuple[str, ...] = ("color", "normal", "data")
 SEAMLESS: Tuple[str, ...] = ("auto", "on", "off")
 PRECISIONS: Tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+STAGES: Tuple[str, ...] = ("psnr", "gan")
 
 
 class ProtocolError(ValueError):
@@ -109,6 +110,47 @@ class Job:
             seen.add(item.key)
 
 
+@dataclass(frozen=True)
+class TrainJob:
+    """A fine-tuning job: train on the images under ``data_dir``, write checkpoint, logs and
+    ``model.safetensors`` to ``out_dir`` (absolute paths).
+
+    ``steps``: optimisation steps (at least 1). ``stage``: "psnr" (L1 only) or "gan" (ESRGAN's
+    pixel + perceptual + adversarial). ``pretrained``: the model to start from (name or weights file;
+    ``None``: the trainer's default). ``config_file``: an optional ``.json``/``.toml`` training config
+    for every other setting (crop size, batch size, discriminator...); the fields here override it.
+    """
+
+    data_dir: str
+    out_dir: str
+    steps: int = 300
+    stage: str = "gan"
+    pretrained: Optional[str] = None
+    config_file: Optional[str] = None
+    device: str = "auto"
+    precision: str = "auto"
+    id: Optional[str] = None
+
+    def validate(self) -> None:
+        """Raise :class:`ProtocolError` naming the first bad field."""
+        for name in ("data_dir", "out_dir"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ProtocolError(f"{name} must be a folder path")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ProtocolError(f"steps must be an integer of at least 1, got {self.steps!r}")
+        if self.stage not in STAGES:
+            raise ProtocolError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        for name in ("pretrained", "config_file"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ProtocolError(f"{name} must be a non-empty string or None, got {value!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ProtocolError(f"device must be a device name such as auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ProtocolError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
 def encode(message: Dict[str, Any]) -> bytes:
     """One protocol line, UTF-8, ending in a newline."""
     return (json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
@@ -118,6 +160,19 @@ def upscale_message(job_id: str, job: Job) -> Dict[str, Any]:
     job.validate()
     return {"type": "upscale", "id": job_id, "options": job.options.to_json(),
             "items": [item.to_json() for item in job.items]}
+
+
+def train_message(job_id: str, job: TrainJob) -> Dict[str, Any]:
+    """The ``train`` message for ``job`` (validated first)."""
+    job.validate()
+    message: Dict[str, Any] = {"type": "train", "id": job_id, "data_dir": job.data_dir, "out_dir": job.out_dir,
+                               "steps": int(job.steps), "stage": job.stage, "device": job.device,
+                               "precision": job.precision}
+    if job.pretrained is not None:
+        message["pretrained"] = job.pretrained
+    if job.config_file is not None:
+        message["config_file"] = job.config_file
+    return message
 
 
 def cancel_message(job_id: str) -> Dict[str, Any]:
@@ -151,7 +206,11 @@ class Hello:
 
 @dataclass(frozen=True)
 class Progress:
-    """Tiles of the current item: ``done`` of ``total``; the item is number ``index`` (0-based) of ``count``."""
+    """Tiles of the current item: ``done`` of ``total``; the item is number ``index`` (0-based) of ``count``.
+
+    A training job sends the same event with ``item`` "train", ``done`` steps of ``total``, the
+    generator's ``loss`` and ``eta_s`` (seconds left, estimated); both are ``None`` for upscale jobs.
+    """
 
     id: str
     item: str
@@ -159,6 +218,8 @@ class Progress:
     count: int
     done: int
     total: int
+    loss: Optional[float] = None
+    eta_s: Optional[float] = None
     type: str = field(default="progress", init=False)
 
     @property
@@ -172,7 +233,11 @@ class Progress:
 
 @dataclass(frozen=True)
 class Result:
-    """An item was written: ``dst`` holds a ``width`` x ``height`` image."""
+    """An item was written: ``dst`` holds a ``width`` x ``height`` image.
+
+    A training job's result (``item`` "train") has ``dst`` the exported ``.safetensors``, width and
+    height 0, ``steps`` run and the held-out PSNR in dB before and after (``None`` when not evaluated).
+    """
 
     id: str
     item: str
@@ -180,6 +245,9 @@ class Result:
     width: int
     height: int
     seconds: float
+    steps: Optional[int] = None
+    psnr_before: Optional[float] = None
+    psnr_after: Optional[float] = None
     type: str = field(default="result", init=False)
 
 
@@ -264,6 +332,11 @@ def _get(data: Dict[str, Any], key: str, kinds: Union[type, Tuple[type, ...]], *
     return value
 
 
+def _opt_float(data: Dict[str, Any], key: str) -> Optional[float]:
+    value = _get(data, key, (int, float), optional=True)
+    return None if value is None else float(value)
+
+
 def _opt_id(data: Dict[str, Any]) -> Optional[str]:
     value = data.get("id")
     return None if value is None else str(value)
@@ -292,11 +365,16 @@ def parse_event(line: Union[str, bytes]) -> Event:
     if kind == "progress":
         return Progress(id=str(_get(data, "id", (str, int))), item=_get(data, "item", str),
                         index=_get(data, "index", int), count=_get(data, "count", int),
-                        done=_get(data, "done", int), total=_get(data, "total", int))
+                        done=_get(data, "done", int), total=_get(data, "total", int),
+                        loss=_opt_float(data, "loss"), eta_s=_opt_float(data, "eta_s"))
     if kind == "result":
+        training = data.get("item") == "train"
         return Result(id=str(_get(data, "id", (str, int))), item=_get(data, "item", str), dst=_get(data, "dst", str),
-                      width=_get(data, "width", int), height=_get(data, "height", int),
-                      seconds=float(_get(data, "seconds", (int, float))))
+                      width=_get(data, "width", int, optional=training) or 0,
+                      height=_get(data, "height", int, optional=training) or 0,
+                      seconds=float(_get(data, "seconds", (int, float))),
+                      steps=_get(data, "steps", int, optional=True),
+                      psnr_before=_opt_float(data, "psnr_before"), psnr_after=_opt_float(data, "psnr_after"))
     if kind == "error":
         return Error(id=_opt_id(data), item=_get(data, "item", str, optional=True),
                      kind=str(data.get("kind") or "Error"), message=str(data.get("message") or ""),

@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "blender_addon"))
 
 from bridge.protocol import (  # noqa: E402
-    Done, Error, Hello, Job, JobItem, JobOptions, Models, ProtocolError, Progress, Result, Unknown, cancel_message,
-    encode, parse_event, upscale_message,
+    Done, Error, Hello, Job, JobItem, JobOptions, Models, ProtocolError, Progress, Result, TrainJob, Unknown,
+    cancel_message, encode, parse_event, train_message, upscale_message,
 )
 
 
@@ -72,3 +72,45 @@ def test_events_parse_into_dataclasses():
 def test_malformed_events_raise_protocol_error(line):
     with pytest.raises(ProtocolError):
         parse_event(line)
+
+
+def test_train_message_carries_the_job_and_leaves_out_unset_fields():
+    job = TrainJob(data_dir="/blend/texup_training/run 1/data", out_dir="/blend/texup_training/run 1/model",
+                   steps=300, stage="gan", pretrained="/models/mine.safetensors")
+    data = json.loads(encode(train_message("t1", job)))
+    assert data == {"type": "train", "id": "t1", "data_dir": "/blend/texup_training/run 1/data",
+                    "out_dir": "/blend/texup_training/run 1/model", "steps": 300, "stage": "gan",
+                    "pretrained": "/models/mine.safetensors", "device": "auto", "precision": "auto"}
+    with_file = train_message("t2", TrainJob(data_dir="/d", out_dir="/o", stage="psnr", config_file="/c.toml"))
+    assert with_file["config_file"] == "/c.toml" and "pretrained" not in with_file and with_file["stage"] == "psnr"
+
+
+@pytest.mark.parametrize("job, word", [
+    (TrainJob(data_dir="", out_dir="/o"), "data_dir"), (TrainJob(data_dir="/d", out_dir=""), "out_dir"),
+    (TrainJob(data_dir="/d", out_dir="/o", steps=0), "steps"), (TrainJob(data_dir="/d", out_dir="/o", steps=True), "steps"),
+    (TrainJob(data_dir="/d", out_dir="/o", stage="esrgan"), "stage"),
+    (TrainJob(data_dir="/d", out_dir="/o", pretrained=""), "pretrained"),
+    (TrainJob(data_dir="/d", out_dir="/o", precision="fp8"), "precision"),
+])
+def test_invalid_train_jobs_are_refused(job, word):
+    with pytest.raises(ProtocolError, match=word):
+        train_message("t", job)
+
+
+def test_training_progress_and_result_events_parse():
+    progress = parse_event('{"type":"progress","id":"t","item":"train","index":0,"count":1,"done":30,"total":120,'
+                           '"loss":0.0125,"eta_s":41.5}')
+    assert isinstance(progress, Progress) and progress.fraction == pytest.approx(0.25)
+    assert (progress.loss, progress.eta_s) == (0.0125, 41.5)
+    warmup = parse_event('{"type":"progress","id":"t","item":"train","index":0,"count":1,"done":1,"total":120,'
+                         '"loss":0.5,"eta_s":null}')
+    assert warmup.eta_s is None
+    result = parse_event('{"type":"result","id":"t","item":"train","dst":"/o/model.safetensors","steps":120,'
+                         '"seconds":12.5,"psnr_before":24.1,"psnr_after":25.3}')
+    assert isinstance(result, Result) and result.dst == "/o/model.safetensors"
+    assert (result.steps, result.psnr_before, result.psnr_after, result.width) == (120, 24.1, 25.3, 0)
+    # An upscale result still needs its size; a training loss must be a number.
+    with pytest.raises(ProtocolError):
+        parse_event('{"type":"result","id":"j","item":"a","dst":"/o.png","seconds":1}')
+    with pytest.raises(ProtocolError):
+        parse_event('{"type":"progress","id":"t","item":"train","index":0,"count":1,"done":1,"total":2,"loss":"x"}')

@@ -177,8 +177,11 @@ def test_malformed_and_unknown_lines_get_errors_and_shutdown_exits_0():
     try:
         bad = _send(proc, b"{not json")
         assert (bad["type"], bad["id"], bad["item"]) == ("error", None, None)
-        unknown = _send(proc, b'{"type": "train", "id": "t1"}')
-        assert unknown["type"] == "error" and unknown["id"] == "t1" and "train" in unknown["message"]
+        unknown = _send(proc, b'{"type": "fly", "id": "t1"}')
+        assert unknown["type"] == "error" and unknown["id"] == "t1" and "fly" in unknown["message"]
+        invalid_train = _send(proc, b'{"type": "train", "id": "t2"}')
+        assert invalid_train["type"] == "error" and invalid_train["id"] == "t2" and "data_dir" in invalid_train["message"]
+        assert json.loads(proc.stdout.readline())["type"] == "done"
         invalid = _send(proc, b'{"type": "upscale", "id": "j", "options": {"tile": 4}, "items": []}')
         assert invalid["type"] == "error" and "tile" in invalid["message"]
         assert json.loads(proc.stdout.readline()) == {"type": "done", "id": "j", "ok": 0, "failed": 0,
@@ -315,3 +318,116 @@ def test_unusable_device_is_a_clear_start_error():
     with pytest.raises(WorkerStartError, match="exited with code 2.*tpu"):
         client.start(timeout=120)
     assert not client.alive
+
+
+# --- fine-tuning through the worker ("train" messages) ---------------------------------------------
+
+TINY_TRAIN_CONFIG = {
+    "data": {"hr_crop": 32, "batch_size": 2, "val_fraction": 0.25, "val_crop": 32},
+    "discriminator": {"kind": "vgg19", "hparams": {"channels": [4, 4, 8, 8, 8], "fc": [16, 16, 8]}},
+    "eval_every": 0, "checkpoint_every": 0, "tensorboard": False, "seed": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def texture_folder(tmp_path_factory) -> Path:
+    """Four small real textures of odd sizes: gray, RGB and RGBA."""
+    root = tmp_path_factory.mktemp("textures")
+    save_png(root / "gravel.png", real_image("gravel.png")[:37, :53, :1])
+    save_png(root / "brick.png", real_image("brick.png")[100:148, 60:101].repeat(3, axis=2))
+    save_png(root / "coffee.png", real_image("coffee.png")[150:190, 250:300])
+    rgba = np.concatenate([real_image("grass.png")[:41, :45].repeat(3, axis=2), np.full((41, 45, 1), 180, np.uint8)],
+                          axis=2)
+    Image.fromarray(rgba, "RGBA").save(root / "grass_alpha.png")
+    return root
+
+
+def test_core_and_add_on_agree_on_train_messages_and_events():
+    from texup.worker import protocol as core
+
+    job = bridge_protocol.TrainJob(data_dir="/d", out_dir="/o", steps=5, stage="gan", pretrained="x4.safetensors",
+                                   config_file="/c.json", precision="bf16")
+    request = core.parse_train(bridge_protocol.train_message("t", job))
+    assert (request.id, request.data_dir, request.out_dir, request.steps, request.stage, request.pretrained,
+            request.config_file, request.precision) == ("t", "/d", "/o", 5, "gan", "x4.safetensors", "/c.json", "bf16")
+    with pytest.raises(core.ProtocolError, match="not both"):
+        core.parse_train({**bridge_protocol.train_message("t", job), "config": {}})
+    with pytest.raises(core.ProtocolError, match="stpes"):
+        core.parse_train({"type": "train", "id": "t", "data_dir": "/d", "out_dir": "/o", "steps": 1, "stpes": 2})
+    progress = bridge_protocol.parse_event(core.encode(core.train_progress("t", 3, 9, float("nan"), 12.34)))
+    assert isinstance(progress, Progress) and progress.loss is None and progress.eta_s == 12.3
+    result = bridge_protocol.parse_event(core.encode(core.train_result("t", "/o/model.safetensors", 9, 1.0,
+                                                                       21.5, float("inf"))))
+    assert isinstance(result, Result) and (result.psnr_before, result.psnr_after, result.steps) == (21.5, None, 9)
+
+
+def _train(worker: WorkerClient, job: "bridge_protocol.TrainJob", config: dict) -> str:
+    """Send a train message with an inline ``config`` (what config_file holds for the add-on)."""
+    job_id = f"train-{time.monotonic_ns()}"
+    message = bridge_protocol.train_message(job_id, job)
+    message["config"] = config
+    worker._write(message)
+    return job_id
+
+
+@pytest.mark.parametrize("stage", ["psnr", "gan"])
+def test_train_fine_tunes_and_exports_a_loadable_model(worker, tiny_model, texture_folder, tmp_path, stage):
+    from texup.weights import load_model
+
+    job = bridge_protocol.TrainJob(data_dir=str(texture_folder), out_dir=str(tmp_path / "run"), steps=6,
+                                   stage=stage, pretrained=str(tiny_model))
+    job_id = _train(worker, job, TINY_TRAIN_CONFIG)
+    events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
+    mine = [e for e in events if getattr(e, "id", None) == job_id]
+    assert not [e for e in mine if isinstance(e, Error)], mine
+    steps = [e for e in mine if isinstance(e, Progress)]
+    assert steps and steps[-1].done == 6 and steps[-1].total == 6 and steps[-1].item == "train"
+    assert all(e.loss is not None and e.loss >= 0 for e in steps)
+    assert steps[-1].fraction == 1.0
+    results = [e for e in mine if isinstance(e, Result)]
+    assert len(results) == 1 and results[0].steps == 6
+    assert results[0].psnr_before is not None and results[0].psnr_after is not None
+    model_path = Path(results[0].dst)
+    assert model_path.suffix == ".safetensors" and model_path.parent == tmp_path / "run"
+    model = load_model(model_path)
+    assert model.scale == 4  # the pretrained tiny x4 network, fine-tuned
+    done = mine[-1]
+    assert (done.ok, done.failed, done.cancelled) == (1, 0, False)
+
+
+def test_train_config_file_and_cancel(worker, tiny_model, texture_folder, tmp_path):
+    config_file = tmp_path / "tiny.json"
+    config_file.write_text(json.dumps(TINY_TRAIN_CONFIG), encoding="utf-8")
+    job = bridge_protocol.TrainJob(data_dir=str(texture_folder), out_dir=str(tmp_path / "run"), steps=100000,
+                                   stage="psnr", pretrained=str(tiny_model), config_file=str(config_file))
+    job_id = worker.submit_train(job)
+    collect(worker, lambda e: isinstance(e, Progress) and e.id == job_id)
+    worker.cancel(job_id)
+    events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
+    done = events[-1]
+    assert done.cancelled and done.failed == 0
+    results = [e for e in events if isinstance(e, Result) and e.id == job_id]
+    assert results and results[0].steps < 100000  # stopped early; the model so far is still exported
+    # The worker serves on after a cancelled training run.
+    ping = worker.ping()
+    assert any(isinstance(e, Pong) and e.id == ping for e in collect(worker, lambda e: isinstance(e, Pong)))
+
+
+def test_train_errors_end_the_job_not_the_worker(worker, tiny_model, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    job = bridge_protocol.TrainJob(data_dir=str(empty), out_dir=str(tmp_path / "run"), steps=2, stage="psnr",
+                                   pretrained=str(tiny_model))
+    job_id = _train(worker, job, TINY_TRAIN_CONFIG)
+    events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
+    errors = [e for e in events if isinstance(e, Error) and e.id == job_id]
+    assert errors and str(empty) in errors[0].message and "no usable training images" in errors[0].message
+    assert (events[-1].ok, events[-1].failed, events[-1].cancelled) == (0, 1, False)
+
+    # A malformed train message: an error naming the field, then done, and the worker goes on.
+    worker._write({"type": "train", "id": "bad", "data_dir": str(empty), "out_dir": str(tmp_path), "steps": 0})
+    events = collect(worker, lambda e: isinstance(e, Done) and e.id == "bad")
+    assert any(isinstance(e, Error) and "'steps'" in e.message for e in events)
+    job_id = _train(worker, job, {"data": {"hr_crop": 16, "no_such_setting": 1}})
+    events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
+    assert any(isinstance(e, Error) and "no_such_setting" in e.message for e in events)

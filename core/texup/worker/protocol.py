@@ -6,7 +6,12 @@ half (it cannot import texup). Both carry :data:`PROTOCOL_VERSION`, and a test c
 Client -> worker (``id`` is the client's job or request id, any string):
 
 * ``{"type": "upscale", "id", "options": {...}, "items": [{"key", "src", "dst", "role"}, ...]}``
-* ``{"type": "cancel", "id"}`` -- cancel that job (running: stops at the next tile; queued: never starts)
+* ``{"type": "train", "id", "data_dir", "out_dir", "pretrained", "steps", "stage", "config", "config_file",
+  "device", "precision"}`` -- fine-tune a generator on the images under ``data_dir`` (see :func:`parse_train`);
+  events: ``progress`` (``item`` "train", ``done``/``total`` steps, ``loss``, ``eta_s``), one ``result``
+  (``dst`` the exported ``.safetensors``, ``steps``, ``psnr_before``/``psnr_after`` when held-out images
+  were evaluated; no ``width``/``height``), ``error``, then ``done``
+* ``{"type": "cancel", "id"}`` -- cancel that job (running: stops at the next tile or training step; queued: never starts)
 * ``{"type": "ping", "id"}`` -> ``{"type": "pong", "id"}``
 * ``{"type": "models", "id"}`` -> ``{"type": "models", "id", "models": [...]}``
 * ``{"type": "shutdown"}`` -- cancel everything and exit 0
@@ -19,6 +24,7 @@ is not a JSON object, gets an ``error`` event and the worker goes on.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +33,9 @@ PROTOCOL_VERSION = 1
 
 ROLES: tuple[str, ...] = ("color", "normal", "data")
 SEAMLESS: tuple[str, ...] = ("auto", "on", "off")
-REQUEST_TYPES: tuple[str, ...] = ("upscale", "cancel", "ping", "models", "shutdown")
+REQUEST_TYPES: tuple[str, ...] = ("upscale", "train", "cancel", "ping", "models", "shutdown")
+STAGES: tuple[str, ...] = ("psnr", "gan")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
 _OPTION_KEYS = frozenset({"model", "scale", "target_size", "tile", "overlap", "seamless", "device", "precision"})
 
@@ -186,6 +194,65 @@ def parse_upscale(message: dict[str, Any]) -> UpscaleRequest:
                           items=parse_items(message.get("items")))
 
 
+@dataclass(frozen=True)
+class TrainRequest:
+    """A fine-tuning job (see :func:`parse_train`); paths are as the client sent them."""
+
+    id: str
+    data_dir: str
+    out_dir: str
+    steps: int
+    stage: str = "psnr"
+    pretrained: str | None = None
+    config: dict[str, Any] | None = None
+    config_file: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+
+
+_TRAIN_KEYS = frozenset({"type", "id", "data_dir", "out_dir", "pretrained", "steps", "stage", "config", "config_file",
+                         "device", "precision"})
+
+
+def parse_train(message: dict[str, Any]) -> TrainRequest:
+    """Validate a ``train`` message; raises :class:`ProtocolError` naming the problem.
+
+    ``data_dir`` (images, searched recursively) and ``out_dir`` (checkpoint, logs, ``model.safetensors``)
+    are required non-empty strings; ``steps`` an integer >= 1; ``stage`` "psnr" or "gan" (default
+    "psnr"); ``pretrained`` a model name or weights file (``null``: the trainer's default). ``config``
+    (an object, as a training config file) or ``config_file`` (a ``.json``/``.toml`` path), not both, give
+    every other training setting; the message's own fields override theirs. Unknown keys are refused.
+    """
+    job_id = message.get("id")
+    if not isinstance(job_id, (str, int)) or job_id == "":
+        raise ProtocolError("a train message needs an 'id'")
+    unknown = sorted(set(message) - _TRAIN_KEYS)
+    if unknown:
+        raise ProtocolError(f"unknown train field(s) {', '.join(unknown)} (known: {', '.join(sorted(_TRAIN_KEYS))})")
+    for key in ("data_dir", "out_dir"):
+        if not isinstance(message.get(key), str) or not message[key]:
+            raise ProtocolError(f"a train message needs a non-empty string {key!r}")
+    steps = message.get("steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ProtocolError(f"'steps' must be an integer of at least 1, got {steps!r}")
+    for key in ("pretrained", "config_file"):
+        value = message.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ProtocolError(f"{key!r} must be a non-empty string or null, got {value!r}")
+    config = message.get("config")
+    if config is not None and not isinstance(config, dict):
+        raise ProtocolError("'config' must be an object (the settings of a training config file)")
+    if config is not None and message.get("config_file") is not None:
+        raise ProtocolError("give either 'config' or 'config_file', not both")
+    return TrainRequest(
+        id=str(job_id), data_dir=message["data_dir"], out_dir=message["out_dir"], steps=steps,
+        stage=_choice(message, "stage", STAGES, "psnr"), pretrained=message.get("pretrained"),
+        config=config, config_file=message.get("config_file"),
+        device=_choice(message, "device", None, "auto"),
+        precision=_choice(message, "precision", PRECISIONS, "auto"),
+    )
+
+
 # --- worker -> client events -------------------------------------------------------------------
 
 def hello(*, texup_version: str, torch_version: str, device: str, pid: int) -> dict[str, Any]:
@@ -201,6 +268,24 @@ def progress(job_id: str, item: str, index: int, count: int, done: int, total: i
 def result(job_id: str, item: str, dst: str, width: int, height: int, seconds: float) -> dict[str, Any]:
     return {"type": "result", "id": job_id, "item": item, "dst": dst, "width": width, "height": height,
             "seconds": round(seconds, 4)}
+
+
+def train_progress(job_id: str, step: int, total: int, loss: float | None, eta_s: float | None) -> dict[str, Any]:
+    """A training step finished: the upscale ``progress`` shape (one item, "train"; ``done`` steps of
+    ``total``) plus the generator's ``loss`` and the estimated seconds left (``eta_s``; null until known)."""
+    return {"type": "progress", "id": job_id, "item": "train", "index": 0, "count": 1, "done": step, "total": total,
+            "loss": None if loss is None or not math.isfinite(loss) else round(float(loss), 6),
+            "eta_s": None if eta_s is None else round(float(eta_s), 1)}
+
+
+def train_result(job_id: str, model_path: str, steps: int, seconds: float, psnr_before: float | None,
+                 psnr_after: float | None) -> dict[str, Any]:
+    """The exported generator (``dst``), steps run, and held-out PSNR (dB) before/after (null: no held-out images)."""
+    def db(value: float | None) -> float | None:
+        return None if value is None or not math.isfinite(value) else round(float(value), 3)
+
+    return {"type": "result", "id": job_id, "item": "train", "dst": model_path, "steps": steps,
+            "seconds": round(seconds, 4), "psnr_before": db(psnr_before), "psnr_after": db(psnr_after)}
 
 
 def error(job_id: str | None, item: str | None, kind: str, message: str, traceback: str = "") -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import IO, Any, Callable
 
 from texup.errors import FileError, ImageReadError, TexupError
 from texup.worker import protocol
-from texup.worker.protocol import ProtocolError, UpscaleRequest
+from texup.worker.protocol import ProtocolError, TrainRequest, UpscaleRequest
 
 log = logging.getLogger("texup.worker")
 
@@ -124,6 +124,15 @@ class WorkerServer:
                     self.send(protocol.done(msg_id, 0, len(items) if isinstance(items, list) else 0, False))
                 return
             self._jobs.put(request)
+        elif kind == "train":
+            try:
+                train_request = protocol.parse_train(message)
+            except ProtocolError as err:
+                self._send_error(msg_id, None, err, with_traceback=False)
+                if msg_id is not None:
+                    self.send(protocol.done(msg_id, 0, 1, False))
+                return
+            self._jobs.put(train_request)
         elif kind == "cancel":
             if msg_id is None:
                 self._send_error(None, None, ProtocolError("a cancel message needs the 'id' of the job"),
@@ -164,8 +173,11 @@ class WorkerServer:
             job = self._jobs.get()
             if job is _STOP or self._stopping.is_set():
                 break
-            assert isinstance(job, UpscaleRequest)
-            self.run_job(job)
+            if isinstance(job, TrainRequest):
+                self.run_train(job)
+            else:
+                assert isinstance(job, UpscaleRequest)
+                self.run_job(job)
         return 0
 
     def _upscaler(self, request: UpscaleRequest) -> Any:
@@ -223,6 +235,88 @@ class WorkerServer:
         with self._cancel_lock:
             self._cancelled.discard(job_id)
         self.send(protocol.done(job_id, ok, failed, cancelled))
+
+    def run_train(self, request: TrainRequest) -> None:
+        """Fine-tune as ``request`` says (:func:`texup.training.train`); ends with ``done``.
+
+        ``progress`` goes out at most every :data:`PROGRESS_INTERVAL_S` (and for the last step); a
+        ``cancel`` stops the run after the current step, which still exports the model (``done`` says
+        ``cancelled``). Settings that cannot work and unreadable data are ``error`` events, not crashes.
+        """
+        job_id = request.id
+        ok = failed = 0
+        cancelled = self._is_cancelled(job_id)
+        if not cancelled:
+            try:
+                outcome = self._train(request)
+            except (TexupError, OSError, ValueError, RuntimeError) as err:
+                log.error("train %s: %s", job_id, err)
+                # A FileError names the file and the reason: the traceback adds nothing for the user.
+                self._send_error(job_id, None, err, with_traceback=not isinstance(err, (FileError, ValueError)))
+                failed = 1
+            except Exception as err:  # noqa: BLE001 -- reported with its traceback; the worker serves on
+                log.exception("train %s failed", job_id)
+                self._send_error(job_id, None, err, with_traceback=True)
+                failed = 1
+            else:
+                cancelled = outcome
+                ok = 1
+        with self._cancel_lock:
+            self._cancelled.discard(job_id)
+        self.send(protocol.done(job_id, ok, failed, cancelled))
+
+    def _train(self, request: TrainRequest) -> bool:
+        """Run the training of ``request``, send its ``result``; return whether it was cancelled."""
+        from texup.training.config import config_from_dict, load_config, with_overrides
+        from texup.training.trainer import TrainEvent, train
+
+        job_id = request.id
+        if request.config_file is not None:
+            base = load_config(request.config_file)
+        else:
+            base = config_from_dict(dict(request.config or {}))
+        changes: dict[str, Any] = {"data.root": request.data_dir, "out_dir": request.out_dir, "steps": request.steps,
+                                   "stage": request.stage}
+        if request.pretrained is not None:
+            changes["generator.pretrained"] = request.pretrained
+        device = self._device if request.device == "auto" else request.device
+        precision = self._precision if request.precision == "auto" else request.precision
+        if device != "auto":
+            changes["device"] = device
+        if precision != "auto":
+            changes["precision"] = precision
+        config = with_overrides(base, **changes)
+        started = time.monotonic()
+        first_step_at: float | None = None
+        first_step = 0
+        last_sent = 0.0
+
+        def on_event(event: TrainEvent) -> None:
+            nonlocal first_step_at, first_step, last_sent
+            if event.kind == "message":
+                log.info("train %s: %s", job_id, event.message)
+                return
+            if event.kind != "step":
+                return
+            now = time.monotonic()
+            if first_step_at is None:  # the first step includes warm-up: time the rest from here
+                first_step_at, first_step = now, event.step
+            eta = None
+            if event.step > first_step:
+                eta = (now - first_step_at) / (event.step - first_step) * (event.total - event.step)
+            if event.step in (1, event.total) or now - last_sent >= PROGRESS_INTERVAL_S:
+                last_sent = now
+                loss = event.values.get("loss_g", event.values.get("pixel"))
+                self.send(protocol.train_progress(job_id, event.step, event.total, loss, eta))
+
+        log.info("train %s: %s -> %s (%s, %d steps)", job_id, request.data_dir, request.out_dir, request.stage,
+                 request.steps)
+        outcome = train(config, progress=on_event, cancel=lambda: self._is_cancelled(job_id))
+        if outcome.model_path is not None:
+            self.send(protocol.train_result(job_id, str(outcome.model_path), outcome.steps,
+                                            time.monotonic() - started, outcome.initial_metrics.get("psnr"),
+                                            outcome.final_metrics.get("psnr")))
+        return outcome.cancelled
 
     def _run_item(self, job_id: str, upscaler: Any, options: Any, item: protocol.JobItem, index: int, count: int) -> None:
         from texup.imageio import probe_image
