@@ -1,4 +1,4 @@
-"""Operators: refresh the texture list, select, upscale (modal, never blocks), cancel, revert.
+"""Operators: refresh the texture list, select, upscale and fine-tune (modal, never block), cancel, revert.
 
 Heavy modules (the scan, the pipeline, the worker client) are imported inside the operators, so
 enabling the add-on costs nothing.
@@ -57,14 +57,42 @@ def run_settings(context: bpy.types.Context):
 
     settings = context.scene.texup
     prefs = get_preferences(context)
-    default_model = prefs.default_model if prefs is not None else DEFAULT_MODEL
     return RunSettings(
-        model=settings.model.strip() or default_model or None,
+        model=panel_model(context),
         scale=int(settings.scale),
         tile=settings.tile,
         seamless=settings.seamless,
         device=prefs.device if prefs is not None else "auto",
         out_dir=(prefs.output_dir if prefs is not None else "") or DEFAULT_OUT_DIR,
+    )
+
+
+def panel_model(context: bpy.types.Context) -> Optional[str]:
+    """The panel's Model (a ``//`` path made absolute), else the preferences' default model, else ``None``."""
+    from .preferences import get_preferences
+
+    prefs = get_preferences(context)
+    default_model = prefs.default_model if prefs is not None else DEFAULT_MODEL
+    model = context.scene.texup.model.strip()
+    if model.startswith("//"):
+        model = bpy.path.abspath(model)
+    return model or default_model or None
+
+
+def finetune_settings(context: bpy.types.Context):
+    """The :class:`~.finetune.FineTuneSettings` from the panel: it starts from the panel's model."""
+    from .finetune import FineTuneSettings
+    from .preferences import get_preferences
+
+    settings = context.scene.texup
+    prefs = get_preferences(context)
+    config = settings.finetune_config.strip()
+    return FineTuneSettings(
+        steps=settings.finetune_steps,
+        stage=settings.finetune_stage,
+        pretrained=panel_model(context),
+        config_file=bpy.path.abspath(config) if config else None,
+        device=prefs.device if prefs is not None else "auto",
     )
 
 
@@ -98,80 +126,13 @@ def report_outcomes(operator: bpy.types.Operator, run: Any) -> None:
     operator.report({"INFO"}, run.summary())
 
 
-class TEXUP_OT_refresh(bpy.types.Operator):
-    bl_idname = "texup.refresh"
-    bl_label = "Refresh Textures"
-    bl_description = "List every image used by an Image Texture node (materials, node groups, world)"
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        count = refresh_list(context)
-        self.report({"INFO"}, f"texup: {count} texture(s)")
-        return {"FINISHED"}
-
-
-class TEXUP_OT_select(bpy.types.Operator):
-    bl_idname = "texup.select"
-    bl_label = "Select Textures"
-    bl_description = "Select or deselect every texture the filters show"
-
-    action: EnumProperty(items=[("ALL", "All", "Select all"), ("NONE", "None", "Deselect all")], default="ALL")
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        settings = context.scene.texup
-        for item in settings.textures:
-            if passes_filters(settings, item):
-                item.selected = self.action == "ALL"
-        return {"FINISHED"}
-
-
-class TEXUP_OT_upscale(bpy.types.Operator):
-    bl_idname = "texup.upscale"
-    bl_label = "Upscale Selected"
-    bl_description = ("Upscale the selected textures with texup and use the results in every node that used "
-                      "the originals (originals are kept; Revert restores them)")
-    bl_options = {"REGISTER", "UNDO"}
-
-    images: StringProperty(
-        name="Images", description="Comma-separated image names; empty: the selected rows of the list",
-        default="", options={"SKIP_SAVE"})
+class _ModalSession:
+    """invoke/modal shared by Upscale and Fine-tune: ``_begin`` returns a session that never blocks
+    (``step``, ``progress``, ``message``, ``request_cancel``, ``finished``); a timer steps it, the panel
+    and the status bar show its progress, Esc or the Cancel button stops it; ``_conclude`` ends it."""
 
     _timer = None
     _session = None
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return not context.window_manager.texup_runtime.running
-
-    def _begin(self, context: bpy.types.Context):
-        """Scan and begin an :class:`~.session.UpscaleSession` (never waits for the worker); ``None``
-        after reporting why not."""
-        from . import scene
-        from .session import SessionError, UpscaleSession
-
-        names = chosen_names(context, self.images)
-        if not names:
-            self.report({"WARNING"}, "texup: no textures selected")
-            return None
-        by_name = {info.name: info for info in scene.scan()}
-        unknown = [n for n in names if n not in by_name]
-        if unknown:
-            self.report({"ERROR"}, f"texup: not an image used by a texture node: {', '.join(unknown)}")
-            return None
-        try:
-            return UpscaleSession.begin([by_name[n] for n in names], run_settings(context),
-                                        _worker_preference(context))
-        except SessionError as err:
-            self.report({"ERROR"}, f"texup: {err}")
-            return None
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        """Blocking variant (scripts, background mode): the same session, waited for here."""
-        session = self._begin(context)
-        if session is None:
-            return {"CANCELLED"}
-        while not session.step(wait=0.1):
-            pass
-        return self._conclude(context, session)
 
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         if bpy.app.background:
@@ -217,6 +178,79 @@ class TEXUP_OT_upscale(bpy.types.Operator):
         self._session = None
         return self._conclude(context, session)
 
+
+class TEXUP_OT_refresh(bpy.types.Operator):
+    bl_idname = "texup.refresh"
+    bl_label = "Refresh Textures"
+    bl_description = "List every image used by an Image Texture node (materials, node groups, world)"
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        count = refresh_list(context)
+        self.report({"INFO"}, f"texup: {count} texture(s)")
+        return {"FINISHED"}
+
+
+class TEXUP_OT_select(bpy.types.Operator):
+    bl_idname = "texup.select"
+    bl_label = "Select Textures"
+    bl_description = "Select or deselect every texture the filters show"
+
+    action: EnumProperty(items=[("ALL", "All", "Select all"), ("NONE", "None", "Deselect all")], default="ALL")
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        settings = context.scene.texup
+        for item in settings.textures:
+            if passes_filters(settings, item):
+                item.selected = self.action == "ALL"
+        return {"FINISHED"}
+
+
+class TEXUP_OT_upscale(_ModalSession, bpy.types.Operator):
+    bl_idname = "texup.upscale"
+    bl_label = "Upscale Selected"
+    bl_description = ("Upscale the selected textures with texup and use the results in every node that used "
+                      "the originals (originals are kept; Revert restores them)")
+    bl_options = {"REGISTER", "UNDO"}
+
+    images: StringProperty(
+        name="Images", description="Comma-separated image names; empty: the selected rows of the list",
+        default="", options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return not context.window_manager.texup_runtime.running
+
+    def _begin(self, context: bpy.types.Context):
+        """Scan and begin an :class:`~.session.UpscaleSession` (never waits for the worker); ``None``
+        after reporting why not."""
+        from . import scene
+        from .session import SessionError, UpscaleSession
+
+        names = chosen_names(context, self.images)
+        if not names:
+            self.report({"WARNING"}, "texup: no textures selected")
+            return None
+        by_name = {info.name: info for info in scene.scan()}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            self.report({"ERROR"}, f"texup: not an image used by a texture node: {', '.join(unknown)}")
+            return None
+        try:
+            return UpscaleSession.begin([by_name[n] for n in names], run_settings(context),
+                                        _worker_preference(context))
+        except SessionError as err:
+            self.report({"ERROR"}, f"texup: {err}")
+            return None
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        """Blocking variant (scripts, background mode): the same session, waited for here."""
+        session = self._begin(context)
+        if session is None:
+            return {"CANCELLED"}
+        while not session.step(wait=0.1):
+            pass
+        return self._conclude(context, session)
+
     def _conclude(self, context: bpy.types.Context, session: Any) -> set[str]:
         """Apply the results, refresh the list and report (shared by execute and modal)."""
         session.finish()
@@ -233,10 +267,74 @@ class TEXUP_OT_upscale(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class TEXUP_OT_finetune(_ModalSession, bpy.types.Operator):
+    bl_idname = "texup.finetune"
+    bl_label = "Fine-tune on These Textures"
+    bl_description = ("Train the panel's model on the selected textures (exported next to the .blend under "
+                      "texup_training/) in the texup worker, then set Model to the result so Upscale uses it")
+    bl_options = {"REGISTER"}
+
+    images: StringProperty(
+        name="Images", description="Comma-separated image names; empty: the selected rows of the list",
+        default="", options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return not context.window_manager.texup_runtime.running
+
+    def _begin(self, context: bpy.types.Context):
+        """Export the dataset and begin a :class:`~.finetune.FineTuneSession`; ``None`` after reporting why not."""
+        from . import scene
+        from .finetune import FineTuneSession
+        from .session import SessionError
+
+        names = chosen_names(context, self.images)
+        if not names:
+            self.report({"WARNING"}, "texup: no textures selected")
+            return None
+        by_name = {info.name: info for info in scene.scan()}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            self.report({"ERROR"}, f"texup: not an image used by a texture node: {', '.join(unknown)}")
+            return None
+        try:
+            session = FineTuneSession.begin([by_name[n] for n in names], finetune_settings(context),
+                                            _worker_preference(context))
+        except SessionError as err:
+            self.report({"ERROR"}, f"texup: {err}")
+            return None
+        for name, why in session.failures:
+            self.report({"WARNING"}, f"texup: {name} left out of the dataset: {why}")
+        return session
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        """Blocking variant (scripts, background mode)."""
+        session = self._begin(context)
+        if session is None:
+            return {"CANCELLED"}
+        while not session.step(wait=0.1):
+            pass
+        return self._conclude(context, session)
+
+    def _conclude(self, context: bpy.types.Context, session: Any) -> set[str]:
+        model = session.finish(context.scene)
+        summary = session.summary()
+        context.window_manager.texup_runtime.last_summary = summary
+        _redraw(context)
+        if session.failure is not None:
+            self.report({"ERROR"}, summary)
+            return {"CANCELLED"}
+        if model is None:  # cancelled
+            self.report({"INFO"}, summary)
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"{summary}; Model is now {context.scene.texup.model}")
+        return {"FINISHED"}
+
+
 class TEXUP_OT_cancel(bpy.types.Operator):
     bl_idname = "texup.cancel"
-    bl_label = "Cancel Upscale"
-    bl_description = "Stop the running upscale after the current tile (same as Esc)"
+    bl_label = "Cancel"
+    bl_description = "Stop the running upscale after the current tile, or fine-tuning after the current step (same as Esc)"
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -279,4 +377,4 @@ class TEXUP_OT_revert(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (TEXUP_OT_refresh, TEXUP_OT_select, TEXUP_OT_upscale, TEXUP_OT_cancel, TEXUP_OT_revert)
+CLASSES = (TEXUP_OT_refresh, TEXUP_OT_select, TEXUP_OT_upscale, TEXUP_OT_finetune, TEXUP_OT_cancel, TEXUP_OT_revert)

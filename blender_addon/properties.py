@@ -27,6 +27,11 @@ SEAMLESS_ITEMS = [
     ("off", "Off", "Never wrap around"),
 ]
 
+STAGE_ITEMS = [
+    ("gan", "GAN", "ESRGAN's perceptual stage: pixel, VGG and adversarial losses (sharper detail)"),
+    ("psnr", "PSNR", "L1 loss only (faithful, smoother; faster per step)"),
+]
+
 
 class TexupTextureItem(bpy.types.PropertyGroup):
     """One row of the texture list: a copy of a scan result (``name`` is the image datablock's name)."""
@@ -71,6 +76,15 @@ class TexupSettings(bpy.types.PropertyGroup):
         name="Tile", description="Input tile size in pixels; 0: automatic (smaller uses less memory)",
         default=0, min=0, soft_max=2048)
     seamless: EnumProperty(name="Seamless", items=SEAMLESS_ITEMS, default="auto")
+    finetune_steps: IntProperty(
+        name="Steps", description="Training steps of a fine-tuning run (a few hundred adapt a model to a library)",
+        default=300, min=1, soft_max=5000)
+    finetune_stage: EnumProperty(name="Stage", items=STAGE_ITEMS, default="gan")
+    finetune_config: StringProperty(
+        name="Config",
+        description="Optional training config file (.toml or .json) for every other setting: crop and batch size, "
+                    "discriminator, learning rates; empty: texup's defaults",
+        default="", subtype="FILE_PATH")
 
 
 class TexupRuntime(bpy.types.PropertyGroup):

@@ -84,7 +84,14 @@ def _draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
 
     box = layout.box()
     box.label(text="Fine-tune on these textures", icon="EXPERIMENTAL")
-    box.label(text="Not in the panel yet: run texup train --data DIR --out DIR in a terminal.")
+    col = box.column(align=True)
+    col.active = not runtime.running
+    row = col.row(align=True)
+    row.prop(settings, "finetune_stage", expand=True)
+    col.prop(settings, "finetune_steps")
+    col.prop(settings, "finetune_config")
+    col.label(text=f"Starts from: {settings.model.strip() or 'the default model'}")
+    col.operator("texup.finetune", icon="EXPERIMENTAL")
 
 
 class TEXUP_PT_view3d(bpy.types.Panel):

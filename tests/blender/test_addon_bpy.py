@@ -386,3 +386,88 @@ def test_cancel_stops_the_worker_at_the_next_tile_and_leaves_no_partial_files(ad
     _drive(session)
     assert [r["status"] for r in session.finish()] == ["ok"]
     service.stop_worker()
+
+
+# --- "Fine-tune on these textures": FineTuneSession (the modal operator's path) and the operator -------
+
+TINY_TRAIN_CONFIG = ('{"data": {"hr_crop": 16, "batch_size": 2, "val_fraction": 0.2}, "eval_every": 0, '
+                     '"checkpoint_every": 0, "tensorboard": false}')
+
+
+def _finetune_setup(tmp_path, tiny_model: str, steps: int) -> None:
+    scene_builder.build(str(tmp_path), with_missing=False)
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    settings = bpy.context.scene.texup
+    settings.model = tiny_model
+    settings.finetune_stage = "psnr"
+    settings.finetune_steps = steps
+    config = tmp_path / "tiny_train.json"
+    config.write_text(TINY_TRAIN_CONFIG)
+    settings.finetune_config = str(config)
+
+
+def _begin_finetune(names: list[str]):
+    from blender_addon import scene
+    from blender_addon.finetune import FineTuneSession
+    from blender_addon.operators import finetune_settings
+
+    by_name = {info.name: info for info in scene.scan()}
+    return FineTuneSession.begin([by_name[n] for n in names], finetune_settings(bpy.context))
+
+
+def test_finetune_exports_the_dataset_trains_and_sets_the_model(addon, worker_env, tiny_model, tmp_path):
+    from blender_addon.operators import run_settings
+
+    _finetune_setup(tmp_path, tiny_model, steps=4)
+    session = _begin_finetune(["color.png", "rough.png", "packed", "generated", "wall"])
+    data_dir = session.job.data_dir
+    assert data_dir.startswith(str(tmp_path / "texup_training")) and data_dir.endswith("data")
+    assert sorted(os.listdir(data_dir)) == ["color.png", "generated.png", "packed_src.png", "rough.png",
+                                            "wall_1001.png", "wall_1002.png"]
+    with open(os.path.join(data_dir, "color.png"), "rb") as copy, open(str(tmp_path / "color.png"), "rb") as orig:
+        assert copy.read() == orig.read()  # files go in as they are
+    assert session.job.pretrained == tiny_model and session.job.stage == "psnr" and session.job.steps == 4
+
+    fractions = []
+    _drive(session, on_step=lambda s: fractions.append(s.progress))
+    assert session.failure is None, session.summary()
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    model = session.finish(bpy.context.scene)
+    assert model is not None and os.path.isfile(model) and model.endswith("model.safetensors")
+    stored = bpy.context.scene.texup.model
+    assert stored.startswith("//texup_training/") and bpy.path.abspath(stored) == model
+    assert run_settings(bpy.context).model == model  # Upscale now uses the fine-tuned model
+    assert "fine-tuned 4 steps" in session.summary()
+
+    # ... and it upscales with it.
+    session = _begin_session(["leaf.png"])
+    _drive(session)
+    assert [r["status"] for r in session.finish()] == ["ok"]
+
+
+def test_finetune_cancel_keeps_the_model_and_the_operator_reports_failures(addon, worker_env, tiny_model, tmp_path):
+    _finetune_setup(tmp_path, tiny_model, steps=100000)
+    session = _begin_finetune(["color.png", "rough.png"])
+
+    def cancel_once_running(s) -> None:
+        if s.tracker.step >= 1:
+            s.request_cancel()
+
+    _drive(session, on_step=cancel_once_running)
+    assert session.tracker.cancelled and session.failure is None
+    assert session.finish(bpy.context.scene) is None and bpy.context.scene.texup.model == tiny_model
+    assert "cancelled at step" in session.summary()
+
+    # The operator (blocking in background mode): a config that cannot work is an error; Model unchanged.
+    settings = bpy.context.scene.texup
+    settings.finetune_steps = 2
+    (tmp_path / "tiny_train.json").write_text('{"data": {"hr_crop": 512}}')
+    with pytest.raises(RuntimeError, match="no usable training images"):  # bpy raises for an ERROR report
+        bpy.ops.texup.finetune(images="color.png,rough.png")
+    assert settings.model == tiny_model
+    assert "no usable training images" in bpy.context.window_manager.texup_runtime.last_summary
+
+    (tmp_path / "tiny_train.json").write_text(TINY_TRAIN_CONFIG)
+    assert bpy.ops.texup.finetune(images="color.png,rough.png") == {"FINISHED"}
+    assert settings.model.startswith("//texup_training/") and settings.model.endswith("model.safetensors")
+    assert os.path.isfile(bpy.path.abspath(settings.model))

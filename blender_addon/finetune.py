@@ -1,0 +1,216 @@
+"""The "Fine-tune on these textures" run: export the chosen textures as a dataset, train in the worker,
+and hand the exported model to the panel. Never blocks, like :mod:`.session` for Upscale.
+
+:class:`FineTuneSession.begin` writes the dataset (files copied as they are, every UDIM tile; packed
+and generated images written out) to ``//texup_training/<run>/data`` next to the .blend, or to a
+temporary folder for a file that was never saved, and gets a worker without waiting for it; each
+:meth:`FineTuneSession.step` picks up the worker's hello (then sends the ``train`` message) or its
+events. When the run succeeded, :meth:`FineTuneSession.finish` sets the scene's Model field to the
+exported ``model.safetensors``, so Upscale uses it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import bpy
+
+from . import service
+from .bridge.client import WorkerClient, WorkerError, WorkerStartError
+from .bridge.finetune import TRAINING_FOLDER, DatasetPlan, TrainTracker, plan_dataset, run_folders, run_name
+from .bridge.jobs import TextureInfo
+from .bridge.protocol import ProtocolError, TrainJob
+from .session import FINISHED, RUNNING, STARTING, SessionError
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    """What the panel chose: ``steps``, ``stage`` ("psnr" or "gan"), the model to start from
+    (``pretrained``; ``None``: the worker's default), an optional training config file, the device."""
+
+    steps: int = 300
+    stage: str = "gan"
+    pretrained: Optional[str] = None
+    config_file: Optional[str] = None
+    device: str = "auto"
+
+
+def training_root() -> str:
+    """``//texup_training`` next to the saved .blend, else a new temporary folder."""
+    if bpy.data.filepath:
+        return os.path.normpath(bpy.path.abspath("//" + TRAINING_FOLDER))
+    return tempfile.mkdtemp(prefix="texup_training_")
+
+
+def export_dataset(plan: DatasetPlan) -> list[tuple[str, str]]:
+    """Write the planned files; return ``(texture, reason)`` for each that could not be written."""
+    failures: list[tuple[str, str]] = []
+    for item in plan.files:
+        try:
+            os.makedirs(os.path.dirname(item.dst), exist_ok=True)
+            if item.src:
+                shutil.copyfile(item.src, item.dst)
+                continue
+            image = bpy.data.images.get(item.texture)
+            if image is None:
+                failures.append((item.texture, "no such image in the file"))
+            elif image.packed_file is not None:
+                with open(item.dst, "wb") as fh:
+                    fh.write(image.packed_file.data)
+            else:  # generated: save a copy (saving the image itself would turn it into a file image)
+                copy = image.copy()
+                try:
+                    copy.file_format = "PNG"
+                    copy.save(filepath=item.dst)
+                finally:
+                    bpy.data.images.remove(copy)
+        except (OSError, RuntimeError) as err:
+            failures.append((item.texture, f"cannot write {item.dst}: {err}"))
+    return failures
+
+
+class FineTuneSession:
+    """One "Fine-tune" click: the dataset, the worker client, the train job and where it stands.
+
+    ``state`` is :data:`~.session.STARTING` (waiting for the worker's hello), :data:`~.session.RUNNING`
+    or :data:`~.session.FINISHED`; ``error`` is set when the worker could not start or take the job.
+    """
+
+    def __init__(self, client: WorkerClient, job: TrainJob, plan: DatasetPlan, failures: list[tuple[str, str]]) -> None:
+        self.client = client
+        self.job = job
+        self.plan = plan
+        self.failures = failures
+        self.tracker = TrainTracker(steps=job.steps)
+        self.state = STARTING
+        self.error: Optional[str] = None
+        self.cancel_sent = False
+        self.cancelled_before_start = False
+        self.started_at = time.monotonic()
+
+    @classmethod
+    def begin(cls, infos: list[TextureInfo], settings: FineTuneSettings, worker_python: Optional[str] = None, *,
+              root: Optional[str] = None, start_timeout: float = 120.0) -> "FineTuneSession":
+        """Export the dataset and get a worker (spawned, not waited for); send the job at once if it is warm.
+
+        Raises :class:`~.session.SessionError` when no texture could be exported, no worker Python is
+        found, or a warm worker cannot take the job.
+        """
+        root = root or training_root()
+        existing = os.listdir(root) if os.path.isdir(root) else []
+        data_dir, model_dir = run_folders(root, run_name(existing=existing))
+        plan = plan_dataset(infos, data_dir)
+        failures = list(plan.skipped) + export_dataset(plan)
+        failed_names = {name for name, _ in failures}
+        if not [f for f in plan.files if f.texture not in failed_names]:
+            reasons = "; ".join(f"{name}: {why}" for name, why in failures)
+            raise SessionError("no texture could be exported for fine-tuning" + (f" ({reasons})" if reasons else ""))
+        job = TrainJob(data_dir=data_dir, out_dir=model_dir, steps=settings.steps, stage=settings.stage,
+                       pretrained=settings.pretrained or None, config_file=settings.config_file or None,
+                       device=settings.device)
+        try:
+            job.validate()
+            client = service.ensure_worker(worker_python, timeout=start_timeout)
+        except (WorkerStartError, ProtocolError) as err:
+            raise SessionError(str(err)) from err
+        session = cls(client, job, plan, failures)
+        session.step()
+        if session.state == FINISHED and session.error is not None:
+            raise SessionError(session.error)
+        return session
+
+    @property
+    def finished(self) -> bool:
+        return self.state == FINISHED
+
+    @property
+    def progress(self) -> float:
+        return self.tracker.progress if self.state != STARTING else 0.0
+
+    @property
+    def message(self) -> str:
+        if self.state == STARTING:
+            return f"starting the texup worker ({time.monotonic() - self.started_at:.0f} s)..."
+        text = self.tracker.message
+        if self.cancel_sent and self.state == RUNNING:
+            text += " - cancelling after this step"
+        return text
+
+    def request_cancel(self) -> None:
+        """Esc / Cancel: before the job was sent, drop it; else ask the worker to stop after this step."""
+        if self.state == STARTING:
+            self.cancelled_before_start = True
+            self.state = FINISHED
+            return
+        if self.state == RUNNING and not self.cancel_sent and self.tracker.job_id is not None:
+            self.cancel_sent = True
+            try:
+                self.client.cancel(self.tracker.job_id)
+            except WorkerError:
+                pass  # the worker is gone: the next step() gets its Crashed event
+
+    def step(self, wait: float = 0.0) -> bool:
+        """Advance without blocking (``wait`` > 0: wait up to that long); True when finished."""
+        if self.state == STARTING:
+            try:
+                hello = self.client.check_ready(wait=wait)
+            except WorkerStartError as err:
+                self._fail(str(err))
+                return True
+            if hello is None:
+                return False
+            try:
+                self.tracker.job_id = self.client.submit_train(self.job)
+            except (WorkerError, ProtocolError) as err:
+                self._fail(str(err))
+                return True
+            self.state = RUNNING
+            wait = 0.0
+        if self.state == RUNNING:
+            for event in self.client.poll(timeout=wait):
+                self.tracker.handle(event)
+            if self.tracker.finished:
+                self.state = FINISHED
+        return self.finished
+
+    def _fail(self, message: str) -> None:
+        self.error = message
+        self.state = FINISHED
+
+    @property
+    def failure(self) -> Optional[str]:
+        """Why no model came out (start failure, worker crash, training error), else ``None``."""
+        if self.error is not None:
+            return self.error
+        if self.tracker.crashed is not None:
+            return self.tracker.crashed
+        if self.tracker.finished and self.tracker.model_path is None and not self.tracker.cancelled:
+            return self.tracker.errors[0] if self.tracker.errors else "the worker exported no model"
+        return None
+
+    def finish(self, scene: Any) -> Optional[str]:
+        """Set ``scene.texup.model`` to the exported model when the run succeeded; return its path."""
+        if self.error is not None or self.cancelled_before_start or not self.tracker.succeeded:
+            return None
+        path = self.tracker.model_path
+        assert path is not None
+        stored = path
+        if bpy.data.filepath:
+            try:
+                stored = bpy.path.relpath(path)
+            except ValueError:  # another drive on Windows: keep it absolute
+                stored = path
+        scene.texup.model = stored
+        return path
+
+    def summary(self) -> str:
+        if self.cancelled_before_start:
+            return "texup: fine-tuning cancelled before the worker started; nothing was changed"
+        if self.error is not None:
+            return f"texup: fine-tuning failed: {self.error}"
+        return self.tracker.summary()
