@@ -311,7 +311,7 @@ class Crashed:
 
 @dataclass(frozen=True)
 class Unknown:
-    """An event type this add-on does not know (a newer worker, e.g. training events); kept, not dropped."""
+    """An event type this add-on does not know (from a newer worker); kept, not dropped."""
 
     type: str
     id: Optional[str]

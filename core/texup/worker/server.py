@@ -1,8 +1,9 @@
-"""The worker process behind ``texup worker``: upscale jobs arriving as JSON lines on stdin.
+"""The worker process behind ``texup worker``: upscale and train jobs arriving as JSON lines on stdin.
 
 One thread reads stdin and answers what needs no model at once (``ping``, ``models``, ``cancel``,
 malformed lines, unknown types), so a ``cancel`` reaches a running job; the thread that called
-:meth:`WorkerServer.serve` runs upscale jobs one after another. Models stay loaded between jobs
+:meth:`WorkerServer.serve` runs upscale and train jobs one after another (a train job cancels at
+its next step). Models stay loaded between jobs
 (:func:`texup.api.get_upscaler` keeps one Upscaler per (model, device, precision)).
 
 stdout carries protocol lines only; :func:`serve_stdio` moves file descriptor 1 to stderr first, so a
