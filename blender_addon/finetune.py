@@ -101,6 +101,13 @@ class FineTuneSession:
         Raises :class:`~.session.SessionError` when no texture could be exported, no worker Python is
         found, or a warm worker cannot take the job.
         """
+        try:  # no worker Python: say so before writing the dataset
+            python = service.resolve_python(worker_python)
+        except WorkerStartError as err:
+            raise SessionError(str(err)) from err
+        if not os.path.exists(python):
+            raise SessionError(f"the worker Python {python!r} does not exist: set 'Worker Python' in the texup "
+                               "add-on preferences (or TEXUP_PYTHON)")
         root = root or training_root()
         existing = os.listdir(root) if os.path.isdir(root) else []
         data_dir, model_dir = run_folders(root, run_name(existing=existing))

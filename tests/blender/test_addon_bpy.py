@@ -471,3 +471,16 @@ def test_finetune_cancel_keeps_the_model_and_the_operator_reports_failures(addon
     assert bpy.ops.texup.finetune(images="color.png,rough.png") == {"FINISHED"}
     assert settings.model.startswith("//texup_training/") and settings.model.endswith("model.safetensors")
     assert os.path.isfile(bpy.path.abspath(settings.model))
+
+
+def test_finetune_without_a_worker_python_writes_nothing(addon, monkeypatch, tmp_path):
+    from blender_addon import service
+    from blender_addon.session import SessionError
+
+    service.stop_worker()
+    monkeypatch.setenv("TEXUP_PYTHON", str(tmp_path / "no_such_python"))
+    scene_builder.build(str(tmp_path), with_missing=False)
+    bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
+    with pytest.raises(SessionError, match="does not exist"):
+        _begin_finetune(["color.png"])
+    assert not (tmp_path / "texup_training").exists()
