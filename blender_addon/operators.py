@@ -317,6 +317,8 @@ class TEXUP_OT_finetune(_ModalSession, bpy.types.Operator):
         return self._conclude(context, session)
 
     def _conclude(self, context: bpy.types.Context, session: Any) -> set[str]:
+        for note in session.tracker.notes:  # the trainer's notes: data found, files skipped, fallbacks
+            self.report({"INFO"}, f"texup: {note}")
         model = session.finish(context.scene)
         summary = session.summary()
         context.window_manager.texup_runtime.last_summary = summary

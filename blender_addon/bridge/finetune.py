@@ -14,7 +14,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .jobs import TextureInfo
 from .naming import UDIM_TOKENS, safe_stem, udim_tile_path
-from .protocol import Crashed, Done, Error, Progress, Result
+from .protocol import Crashed, Done, Error, Message, Progress, Result
 
 TRAINING_FOLDER = "texup_training"
 """The folder, next to the .blend, that holds fine-tuning runs."""
@@ -131,7 +131,8 @@ class TrainTracker:
 
     Feed every polled event to :meth:`handle`; events of other jobs are ignored. ``finished`` is set by
     the job's ``done`` or a worker crash; then ``model_path`` is the exported model (``None`` when the
-    run failed), ``cancelled`` tells an early stop, ``errors`` holds the error messages.
+    run failed), ``cancelled`` tells an early stop, ``errors`` holds the error messages and ``notes``
+    the trainer's lines for the user (data found, files skipped, fallbacks).
     """
 
     def __init__(self, job_id: Optional[str] = None, steps: int = 0) -> None:
@@ -144,6 +145,7 @@ class TrainTracker:
         self.psnr_before: Optional[float] = None
         self.psnr_after: Optional[float] = None
         self.errors: List[str] = []
+        self.notes: List[str] = []
         self.cancelled = False
         self.finished = False
         self.crashed: Optional[str] = None
@@ -165,6 +167,8 @@ class TrainTracker:
                 self.step = event.steps
         elif isinstance(event, Error):
             self.errors.append(event.message)
+        elif isinstance(event, Message):
+            self.notes.append(event.text)
         elif isinstance(event, Done):
             self.cancelled = event.cancelled
             self.finished = True

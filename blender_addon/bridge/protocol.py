@@ -278,6 +278,15 @@ class Done:
 
 
 @dataclass(frozen=True)
+class Message:
+    """One line for the user about a running job (a training run's notes: data found, files skipped)."""
+
+    id: Optional[str]
+    text: str
+    type: str = field(default="message", init=False)
+
+
+@dataclass(frozen=True)
 class Pong:
     id: Optional[str]
     type: str = field(default="pong", init=False)
@@ -318,7 +327,7 @@ class Unknown:
     data: Dict[str, Any]
 
 
-Event = Union[Hello, Progress, Result, Error, Done, Pong, Models, Crashed, Unknown]
+Event = Union[Hello, Progress, Result, Error, Done, Message, Pong, Models, Crashed, Unknown]
 
 
 def _get(data: Dict[str, Any], key: str, kinds: Union[type, Tuple[type, ...]], *, optional: bool = False) -> Any:
@@ -382,6 +391,8 @@ def parse_event(line: Union[str, bytes]) -> Event:
     if kind == "done":
         return Done(id=str(_get(data, "id", (str, int))), ok=_get(data, "ok", int), failed=_get(data, "failed", int),
                     cancelled=_get(data, "cancelled", bool))
+    if kind == "message":
+        return Message(id=_opt_id(data), text=_get(data, "text", str))
     if kind == "pong":
         return Pong(id=_opt_id(data))
     if kind == "models":

@@ -10,7 +10,7 @@ sys.path.insert(0, str(ROOT / "blender_addon"))
 
 from bridge.finetune import TrainTracker, plan_dataset, run_folders, run_name  # noqa: E402
 from bridge.jobs import TextureInfo  # noqa: E402
-from bridge.protocol import Crashed, Done, Error, Progress, Result  # noqa: E402
+from bridge.protocol import Crashed, Done, Error, Message, Progress, Result  # noqa: E402
 
 
 def tex(name: str, path: str = "", source: str = "file", **kw) -> TextureInfo:
@@ -58,6 +58,9 @@ def test_tracker_follows_progress_to_a_model():
     tracker = TrainTracker("t", steps=300)
     assert tracker.progress == 0.0 and "preparing" in tracker.message
     tracker.handle(Progress("other", "train", 0, 1, 200, 300, loss=1.0))  # another job: ignored
+    tracker.handle(Message("t", "data: 5 training and 0 held-out images from /d (1 tileable)"))
+    tracker.handle(Message("other", "not ours"))
+    assert tracker.notes == ["data: 5 training and 0 held-out images from /d (1 tileable)"]
     tracker.handle(Progress("t", "train", 0, 1, 1, 300, loss=0.25))
     assert "step 1/300" in tracker.message and "loss 0.25" in tracker.message and "left" not in tracker.message
     tracker.handle(Progress("t", "train", 0, 1, 75, 300, loss=0.125, eta_s=125.0))

@@ -438,6 +438,7 @@ def test_finetune_exports_the_dataset_trains_and_sets_the_model(addon, worker_en
     assert stored.startswith("//texup_training/") and bpy.path.abspath(stored) == model
     assert run_settings(bpy.context).model == model  # Upscale now uses the fine-tuned model
     assert "fine-tuned 4 steps" in session.summary()
+    assert any(note.startswith("data: ") for note in session.tracker.notes)  # the operator reports these
 
     # ... and it upscales with it.
     session = _begin_session(["leaf.png"])

@@ -359,6 +359,8 @@ def test_core_and_add_on_agree_on_train_messages_and_events():
     result = bridge_protocol.parse_event(core.encode(core.train_result("t", "/o/model.safetensors", 9, 1.0,
                                                                        21.5, float("inf"))))
     assert isinstance(result, Result) and (result.psnr_before, result.psnr_after, result.steps) == (21.5, None, 9)
+    note = bridge_protocol.parse_event(core.encode(core.message("t", "skipping /d/a.png:\n too small")))
+    assert note == bridge_protocol.Message("t", "skipping /d/a.png: too small")
 
 
 def _train(worker: WorkerClient, job: "bridge_protocol.TrainJob", config: dict) -> str:
@@ -380,6 +382,8 @@ def test_train_fine_tunes_and_exports_a_loadable_model(worker, tiny_model, textu
     events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
     mine = [e for e in events if getattr(e, "id", None) == job_id]
     assert not [e for e in mine if isinstance(e, Error)], mine
+    notes = [e.text for e in mine if isinstance(e, bridge_protocol.Message)]
+    assert any(n.startswith("data: 3 training and 1 held-out images") for n in notes), notes
     steps = [e for e in mine if isinstance(e, Progress)]
     assert steps and steps[-1].done == 6 and steps[-1].total == 6 and steps[-1].item == "train"
     assert all(e.loss is not None and e.loss >= 0 for e in steps)

@@ -10,7 +10,8 @@ Client -> worker (``id`` is the client's job or request id, any string):
   "device", "precision"}`` -- fine-tune a generator on the images under ``data_dir`` (see :func:`parse_train`);
   events: ``progress`` (``item`` "train", ``done``/``total`` steps, ``loss``, ``eta_s``), one ``result``
   (``dst`` the exported ``.safetensors``, ``steps``, ``psnr_before``/``psnr_after`` when held-out images
-  were evaluated; no ``width``/``height``), ``error``, then ``done``
+  were evaluated; no ``width``/``height``), ``message`` (``text``: one line from the trainer, e.g. a skipped
+  file), ``error``, then ``done``
 * ``{"type": "cancel", "id"}`` -- cancel that job (running: stops at the next tile or training step; queued: never starts)
 * ``{"type": "ping", "id"}`` -> ``{"type": "pong", "id"}``
 * ``{"type": "models", "id"}`` -> ``{"type": "models", "id", "models": [...]}``
@@ -276,6 +277,11 @@ def train_progress(job_id: str, step: int, total: int, loss: float | None, eta_s
     return {"type": "progress", "id": job_id, "item": "train", "index": 0, "count": 1, "done": step, "total": total,
             "loss": None if loss is None or not math.isfinite(loss) else round(float(loss), 6),
             "eta_s": None if eta_s is None else round(float(eta_s), 1)}
+
+
+def message(job_id: str, text: str) -> dict[str, Any]:
+    """One line for the user about a running job (the trainer's notes: data found, files skipped, fallbacks)."""
+    return {"type": "message", "id": job_id, "text": " ".join(text.split())}
 
 
 def train_result(job_id: str, model_path: str, steps: int, seconds: float, psnr_before: float | None,

@@ -296,6 +296,7 @@ class WorkerServer:
             nonlocal first_step_at, first_step, last_sent
             if event.kind == "message":
                 log.info("train %s: %s", job_id, event.message)
+                self.send(protocol.message(job_id, event.message))
                 return
             if event.kind != "step":
                 return
