@@ -382,14 +382,7 @@ class WorkerClient:
         Raises :class:`ProtocolError` for an invalid job, :class:`WorkerError` when the worker is gone.
         """
         job_id = job.id or uuid.uuid4().hex
-        message = upscale_message(job_id, job)
-        if not self.ready:
-            raise WorkerError("the texup worker is still starting: wait until check_ready() returns its hello")
-        if not self.alive:
-            raise WorkerError("the texup worker is not running")
-        self._write(message)
-        self._pending.add(job_id)
-        return job_id
+        return self._send_job(job_id, upscale_message(job_id, job))
 
     def submit_train(self, job: TrainJob) -> str:
         """Send a fine-tuning job; return its id (``job.id`` or a new one). Its progress (``item``
@@ -398,7 +391,10 @@ class WorkerClient:
         Raises :class:`ProtocolError` for an invalid job, :class:`WorkerError` when the worker is gone.
         """
         job_id = job.id or uuid.uuid4().hex
-        message = train_message(job_id, job)
+        return self._send_job(job_id, train_message(job_id, job))
+
+    def _send_job(self, job_id: str, message: Dict[str, Any]) -> str:
+        """Send a job message (already validated by its builder) to a ready, running worker."""
         if not self.ready:
             raise WorkerError("the texup worker is still starting: wait until check_ready() returns its hello")
         if not self.alive:
