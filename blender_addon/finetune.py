@@ -14,18 +14,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import bpy
 
 from . import service
-from .bridge.client import WorkerClient, WorkerError, WorkerStartError
+from .bridge.client import WorkerClient, WorkerStartError
 from .bridge.finetune import TRAINING_FOLDER, DatasetPlan, TrainTracker, plan_dataset, run_folders, run_name
 from .bridge.jobs import TextureInfo
 from .bridge.protocol import ProtocolError, TrainJob
-from .session import FINISHED, RUNNING, STARTING, SessionError
+from .session import FINISHED, SessionError, WorkerSession
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ def export_dataset(plan: DatasetPlan) -> list[tuple[str, str]]:
     return failures
 
 
-class FineTuneSession:
+class FineTuneSession(WorkerSession):
     """One "Fine-tune" click: the dataset, the worker client, the train job and where it stands.
 
     ``state`` is :data:`~.session.STARTING` (waiting for the worker's hello), :data:`~.session.RUNNING`
@@ -82,16 +81,11 @@ class FineTuneSession:
     """
 
     def __init__(self, client: WorkerClient, job: TrainJob, plan: DatasetPlan, failures: list[tuple[str, str]]) -> None:
-        self.client = client
+        super().__init__(client)
         self.job = job
         self.plan = plan
         self.failures = failures
         self.tracker = TrainTracker(steps=job.steps)
-        self.state = STARTING
-        self.error: Optional[str] = None
-        self.cancel_sent = False
-        self.cancelled_before_start = False
-        self.started_at = time.monotonic()
 
     @classmethod
     def begin(cls, infos: list[TextureInfo], settings: FineTuneSettings, worker_python: Optional[str] = None, *,
@@ -131,63 +125,24 @@ class FineTuneSession:
             raise SessionError(session.error)
         return session
 
-    @property
-    def finished(self) -> bool:
-        return self.state == FINISHED
+    cancel_note = "cancelling after this step"
 
-    @property
-    def progress(self) -> float:
-        return self.tracker.progress if self.state != STARTING else 0.0
+    def _submit(self) -> str:
+        job_id = self.client.submit_train(self.job)
+        self.tracker.job_id = job_id
+        return job_id
 
-    @property
-    def message(self) -> str:
-        if self.state == STARTING:
-            return f"starting the texup worker ({time.monotonic() - self.started_at:.0f} s)..."
-        text = self.tracker.message
-        if self.cancel_sent and self.state == RUNNING:
-            text += " - cancelling after this step"
-        return text
+    def _handle(self, event: Any) -> None:
+        self.tracker.handle(event)
 
-    def request_cancel(self) -> None:
-        """Esc / Cancel: before the job was sent, drop it; else ask the worker to stop after this step."""
-        if self.state == STARTING:
-            self.cancelled_before_start = True
-            self.state = FINISHED
-            return
-        if self.state == RUNNING and not self.cancel_sent and self.tracker.job_id is not None:
-            self.cancel_sent = True
-            try:
-                self.client.cancel(self.tracker.job_id)
-            except WorkerError:
-                pass  # the worker is gone: the next step() gets its Crashed event
+    def _job_finished(self) -> bool:
+        return self.tracker.finished
 
-    def step(self, wait: float = 0.0) -> bool:
-        """Advance without blocking (``wait`` > 0: wait up to that long); True when finished."""
-        if self.state == STARTING:
-            try:
-                hello = self.client.check_ready(wait=wait)
-            except WorkerStartError as err:
-                self._fail(str(err))
-                return True
-            if hello is None:
-                return False
-            try:
-                self.tracker.job_id = self.client.submit_train(self.job)
-            except (WorkerError, ProtocolError) as err:
-                self._fail(str(err))
-                return True
-            self.state = RUNNING
-            wait = 0.0
-        if self.state == RUNNING:
-            for event in self.client.poll(timeout=wait):
-                self.tracker.handle(event)
-            if self.tracker.finished:
-                self.state = FINISHED
-        return self.finished
+    def _job_progress(self) -> float:
+        return self.tracker.progress
 
-    def _fail(self, message: str) -> None:
-        self.error = message
-        self.state = FINISHED
+    def _job_message(self) -> str:
+        return self.tracker.message
 
     @property
     def failure(self) -> Optional[str]:

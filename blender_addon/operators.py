@@ -134,6 +134,35 @@ class _ModalSession:
     _timer = None
     _session = None
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        return not context.window_manager.texup_runtime.running
+
+    def _chosen_infos(self, context: bpy.types.Context) -> Optional[list]:
+        """The scanned TextureInfo of the chosen images (``self.images`` or the list's selection);
+        ``None`` after reporting why there are none."""
+        from . import scene
+
+        names = chosen_names(context, self.images)
+        if not names:
+            self.report({"WARNING"}, "texup: no textures selected")
+            return None
+        by_name = {info.name: info for info in scene.scan()}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            self.report({"ERROR"}, f"texup: not an image used by a texture node: {', '.join(unknown)}")
+            return None
+        return [by_name[n] for n in names]
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        """Blocking variant (scripts, background mode): the same session, waited for here."""
+        session = self._begin(context)
+        if session is None:
+            return {"CANCELLED"}
+        while not session.step(wait=0.1):
+            pass
+        return self._conclude(context, session)
+
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
         if bpy.app.background:
             return self.execute(context)
@@ -216,40 +245,19 @@ class TEXUP_OT_upscale(_ModalSession, bpy.types.Operator):
         name="Images", description="Comma-separated image names; empty: the selected rows of the list",
         default="", options={"SKIP_SAVE"})
 
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return not context.window_manager.texup_runtime.running
-
     def _begin(self, context: bpy.types.Context):
         """Scan and begin an :class:`~.session.UpscaleSession` (never waits for the worker); ``None``
         after reporting why not."""
-        from . import scene
         from .session import SessionError, UpscaleSession
 
-        names = chosen_names(context, self.images)
-        if not names:
-            self.report({"WARNING"}, "texup: no textures selected")
-            return None
-        by_name = {info.name: info for info in scene.scan()}
-        unknown = [n for n in names if n not in by_name]
-        if unknown:
-            self.report({"ERROR"}, f"texup: not an image used by a texture node: {', '.join(unknown)}")
+        infos = self._chosen_infos(context)
+        if infos is None:
             return None
         try:
-            return UpscaleSession.begin([by_name[n] for n in names], run_settings(context),
-                                        _worker_preference(context))
+            return UpscaleSession.begin(infos, run_settings(context), _worker_preference(context))
         except SessionError as err:
             self.report({"ERROR"}, f"texup: {err}")
             return None
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        """Blocking variant (scripts, background mode): the same session, waited for here."""
-        session = self._begin(context)
-        if session is None:
-            return {"CANCELLED"}
-        while not session.step(wait=0.1):
-            pass
-        return self._conclude(context, session)
 
     def _conclude(self, context: bpy.types.Context, session: Any) -> set[str]:
         """Apply the results, refresh the list and report (shared by execute and modal)."""
@@ -278,43 +286,22 @@ class TEXUP_OT_finetune(_ModalSession, bpy.types.Operator):
         name="Images", description="Comma-separated image names; empty: the selected rows of the list",
         default="", options={"SKIP_SAVE"})
 
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return not context.window_manager.texup_runtime.running
-
     def _begin(self, context: bpy.types.Context):
         """Export the dataset and begin a :class:`~.finetune.FineTuneSession`; ``None`` after reporting why not."""
-        from . import scene
         from .finetune import FineTuneSession
         from .session import SessionError
 
-        names = chosen_names(context, self.images)
-        if not names:
-            self.report({"WARNING"}, "texup: no textures selected")
-            return None
-        by_name = {info.name: info for info in scene.scan()}
-        unknown = [n for n in names if n not in by_name]
-        if unknown:
-            self.report({"ERROR"}, f"texup: not an image used by a texture node: {', '.join(unknown)}")
+        infos = self._chosen_infos(context)
+        if infos is None:
             return None
         try:
-            session = FineTuneSession.begin([by_name[n] for n in names], finetune_settings(context),
-                                            _worker_preference(context))
+            session = FineTuneSession.begin(infos, finetune_settings(context), _worker_preference(context))
         except SessionError as err:
             self.report({"ERROR"}, f"texup: {err}")
             return None
         for name, why in session.failures:
             self.report({"WARNING"}, f"texup: {name} left out of the dataset: {why}")
         return session
-
-    def execute(self, context: bpy.types.Context) -> set[str]:
-        """Blocking variant (scripts, background mode)."""
-        session = self._begin(context)
-        if session is None:
-            return {"CANCELLED"}
-        while not session.step(wait=0.1):
-            pass
-        return self._conclude(context, session)
 
     def _conclude(self, context: bpy.types.Context, session: Any) -> set[str]:
         for note in session.tracker.notes:  # the trainer's notes: data found, files skipped, fallbacks

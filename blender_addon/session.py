@@ -26,24 +26,117 @@ class SessionError(Exception):
     """A run cannot begin (no worker Python, nothing to upscale, ...); ``str()`` is one line for the user."""
 
 
-class UpscaleSession:
-    """One Upscale click: the run, the worker client, and where it stands.
+class WorkerSession:
+    """One job in the warm worker as a state machine that never blocks (shared by Upscale and Fine-tune).
 
     ``state`` is :data:`STARTING` (the worker has not said hello yet; the job waits here),
-    :data:`RUNNING` (the job was submitted) or :data:`FINISHED`. ``error`` is set when the worker could
-    not start or the job could not be submitted (then nothing is changed by :meth:`finish`).
+    :data:`RUNNING` (the job was sent) or :data:`FINISHED`. ``error`` is set when the worker could not
+    start or the job could not be sent. Subclasses say how the job is sent (:meth:`_submit`), how its
+    events are followed (:meth:`_handle`, :meth:`_job_finished`, :meth:`_job_progress`,
+    :meth:`_job_message`) and what a cancel waits for (:attr:`cancel_note`).
     """
 
-    def __init__(self, run: UpscaleRun, client: WorkerClient, job: Job) -> None:
-        self.run = run
+    cancel_note = "cancelling"
+
+    def __init__(self, client: WorkerClient) -> None:
         self.client = client
-        self.job = job
         self.job_id: Optional[str] = None
         self.state = STARTING
         self.error: Optional[str] = None
         self.cancel_sent = False
         self.cancelled_before_start = False
         self.started_at = time.monotonic()
+
+    # --- what a subclass provides ---
+    def _submit(self) -> str:
+        raise NotImplementedError
+
+    def _handle(self, event: Any) -> None:
+        raise NotImplementedError
+
+    def _job_finished(self) -> bool:
+        raise NotImplementedError
+
+    def _job_progress(self) -> float:
+        raise NotImplementedError
+
+    def _job_message(self) -> str:
+        raise NotImplementedError
+
+    # --- the shared state machine ---
+    @property
+    def finished(self) -> bool:
+        return self.state == FINISHED
+
+    @property
+    def progress(self) -> float:
+        """0..1 over the job (0 while the worker starts)."""
+        return self._job_progress() if self.state != STARTING else 0.0
+
+    @property
+    def message(self) -> str:
+        """One line for the panel and the status bar."""
+        if self.state == STARTING:
+            return f"starting the texup worker ({time.monotonic() - self.started_at:.0f} s)..."
+        text = self._job_message()
+        if self.cancel_sent and self.state == RUNNING:
+            text += f" - {self.cancel_note}"
+        return text
+
+    def request_cancel(self) -> None:
+        """Esc / Cancel: before the job was sent, drop it; else ask the worker to stop it."""
+        if self.state == STARTING:
+            self.cancelled_before_start = True
+            self.state = FINISHED
+            return
+        if self.state == RUNNING and not self.cancel_sent and self.job_id is not None:
+            self.cancel_sent = True
+            try:
+                self.client.cancel(self.job_id)
+            except WorkerError:
+                pass  # the worker is gone: the next step() gets its Crashed event
+
+    def step(self, wait: float = 0.0) -> bool:
+        """Advance without blocking (``wait`` > 0: wait up to that long for the worker); True when finished."""
+        if self.state == STARTING:
+            try:
+                hello = self.client.check_ready(wait=wait)
+            except WorkerStartError as err:
+                self._fail(str(err))
+                return True
+            if hello is None:
+                return False
+            try:
+                self.job_id = self._submit()
+            except (WorkerError, ProtocolError) as err:
+                self._fail(str(err))
+                return True
+            self.state = RUNNING
+            wait = 0.0
+        if self.state == RUNNING:
+            for event in self.client.poll(timeout=wait):
+                self._handle(event)
+            if self._job_finished():
+                self.state = FINISHED
+        return self.finished
+
+    def _fail(self, message: str) -> None:
+        self.error = message
+        self.state = FINISHED
+
+
+class UpscaleSession(WorkerSession):
+    """One Upscale click: the run (:class:`~.pipeline.UpscaleRun`), its job, and the shared state machine.
+
+    After a start failure nothing is changed by :meth:`finish`.
+    """
+
+    cancel_note = "cancelling after this tile"
+
+    def __init__(self, run: UpscaleRun, client: WorkerClient, job: Job) -> None:
+        super().__init__(client)
+        self.run = run
+        self.job = job
 
     @classmethod
     def begin(cls, infos: list[TextureInfo], settings: RunSettings, worker_python: Optional[str] = None, *,
@@ -66,66 +159,22 @@ class UpscaleSession:
             raise SessionError(session.error)
         return session
 
-    @property
-    def finished(self) -> bool:
-        return self.state == FINISHED
+    def _submit(self) -> str:
+        job_id = self.client.submit(self.job)
+        self.run.started(job_id)
+        return job_id
 
-    @property
-    def progress(self) -> float:
-        """0..1 over the job's files (0 while the worker starts)."""
-        return self.run.progress if self.state != STARTING else 0.0
+    def _handle(self, event: Any) -> None:
+        self.run.handle(event)
 
-    @property
-    def message(self) -> str:
-        """One line for the panel and the status bar."""
-        if self.state == STARTING:
-            return f"starting the texup worker ({time.monotonic() - self.started_at:.0f} s)..."
-        text = self.run.message
-        if self.cancel_sent and self.state == RUNNING:
-            text += " - cancelling after this tile"
-        return text
+    def _job_finished(self) -> bool:
+        return self.run.finished
 
-    def request_cancel(self) -> None:
-        """Esc / Cancel: before the job was submitted, drop it; else ask the worker to stop at the next tile."""
-        if self.state == STARTING:
-            self.cancelled_before_start = True
-            self.state = FINISHED
-            return
-        if self.state == RUNNING and not self.cancel_sent:
-            self.cancel_sent = True
-            try:
-                self.client.cancel(self.job_id or "")
-            except WorkerError:
-                pass  # the worker is gone: the next step() gets its Crashed event
+    def _job_progress(self) -> float:
+        return self.run.progress
 
-    def step(self, wait: float = 0.0) -> bool:
-        """Advance without blocking (``wait`` > 0: wait up to that long for the worker); True when finished."""
-        if self.state == STARTING:
-            try:
-                hello = self.client.check_ready(wait=wait)
-            except WorkerStartError as err:
-                self._fail(str(err))
-                return True
-            if hello is None:
-                return False
-            try:
-                self.job_id = self.client.submit(self.job)
-            except (WorkerError, ProtocolError) as err:
-                self._fail(str(err))
-                return True
-            self.run.started(self.job_id)
-            self.state = RUNNING
-            wait = 0.0
-        if self.state == RUNNING:
-            for event in self.client.poll(timeout=wait):
-                self.run.handle(event)
-            if self.run.finished:
-                self.state = FINISHED
-        return self.finished
-
-    def _fail(self, message: str) -> None:
-        self.error = message
-        self.state = FINISHED
+    def _job_message(self) -> str:
+        return self.run.message
 
     def finish(self) -> list[dict[str, Any]]:
         """Apply the results (see :meth:`UpscaleRun.apply`) and return the report rows.
