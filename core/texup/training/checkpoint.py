@@ -24,15 +24,14 @@ and renamed over the old checkpoint, so a run killed while saving leaves the pre
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from texup._atomic import atomic_path
 from texup.errors import FileError
 
 CHECKPOINT_FORMAT = 1
@@ -75,16 +74,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, fh)
     return path
 
 

@@ -13,8 +13,6 @@ texup's format is a ``.safetensors`` file whose metadata says what it holds, so 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ import torch
 from torch import nn
 
 from texup.archs import ARCHITECTURES, build
+from texup._atomic import atomic_path
 from texup.errors import ModelLoadError
 from texup.weights.detect import detect_architecture
 from texup.weights.keymaps import canonicalize, naming_style
@@ -231,12 +230,6 @@ def save_model(
             tensor = tensor.to(torch.float32)
         tensors[key] = tensor.contiguous().clone()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_name, metadata=metadata)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
