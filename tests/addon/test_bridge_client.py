@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "blender_addon"))
 
+from workerutil import collect  # noqa: E402
 from bridge.client import WorkerClient, WorkerError, WorkerStartError, find_worker_python  # noqa: E402
 from bridge.protocol import (  # noqa: E402
     Crashed, Done, Error, Hello, Job, JobItem, JobOptions, Models, Pong, Progress, Result,
@@ -24,16 +25,6 @@ def fake(mode: str, **kwargs) -> WorkerClient:
     return WorkerClient(sys.executable, args=(FAKE, mode), **kwargs)
 
 
-def collect(client: WorkerClient, until, timeout: float = 20.0) -> list:
-    """Poll until ``until(event)`` is true for some event; return every event seen."""
-    seen: list = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for event in client.poll(timeout=0.2):
-            seen.append(event)
-            if until(event):
-                return seen
-    raise AssertionError(f"timed out; events so far: {seen}")
 
 
 def job_of(tmp_path: Path, names: list[str], missing: tuple[str, ...] = ()) -> Job:

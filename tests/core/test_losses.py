@@ -12,13 +12,7 @@ from texup.errors import ModelLoadError
 from texup.training.losses import FeatureMatchingLoss, PerceptualLoss, PixelLoss, RelativisticGANLoss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run fastest on one thread; on a shared, busy machine more threads only wait on each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_pixel_loss_is_mean_absolute_error() -> None:

@@ -34,13 +34,7 @@ from texup.training.data import (
 from texup.training.degradations import bicubic_downscale, realesrgan_degrade
 from texup.training.trainer import TrainEvent, train
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run fastest on one thread; on a shared, busy machine more threads only wait on each other."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TINY_G = {"scale": 2, "num_feat": 8, "num_block": 1, "num_grow_ch": 4}

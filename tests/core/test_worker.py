@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from realdata import real_image
+from workerutil import collect as collect_events
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "blender_addon"))
@@ -42,14 +43,8 @@ def worker():
 
 
 def collect(client: WorkerClient, until, timeout: float = 120.0) -> list:
-    seen: list = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for event in client.poll(timeout=0.2):
-            seen.append(event)
-            if until(event):
-                return seen
-    raise AssertionError(f"timed out; events so far: {seen}")
+    """:func:`workerutil.collect` with room for a real model load."""
+    return collect_events(client, until, timeout)
 
 
 def save_png(path: Path, pixels: np.ndarray) -> Path:
