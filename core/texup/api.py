@@ -39,17 +39,23 @@ def list_models() -> list[dict[str, Any]]:
     return _list_models()
 
 
-def get_upscaler(model: ModelRef = DEFAULT_MODEL, *, device: str = "auto", precision: str = "auto") -> Upscaler:
-    """An :class:`Upscaler` for ``model``; names and paths are loaded once per process and reused."""
+def get_upscaler(
+    model: ModelRef = DEFAULT_MODEL, *, device: str = "auto", precision: str = "auto", layout: str = "auto"
+) -> Upscaler:
+    """An :class:`Upscaler` for ``model``; names and paths are loaded once per process and reused.
+
+    ``layout`` is the network's memory layout: "auto", "nchw" or "channels_last"
+    (:func:`texup.inference.runner.pick_channels_last`).
+    """
     if isinstance(model, Upscaler):
         return model
     if isinstance(model, LoadedModel):
-        return Upscaler(model, device=device, precision=precision)
-    key = (str(model), device, precision)
+        return Upscaler(model, device=device, precision=precision, layout=layout)
+    key = (str(model), device, precision, layout)
     with _cache_lock:
         upscaler = _upscalers.get(key)
         if upscaler is None:
-            upscaler = Upscaler(load_model(model), device=device, precision=precision)
+            upscaler = Upscaler(load_model(model), device=device, precision=precision, layout=layout)
             _upscalers[key] = upscaler
         return upscaler
 
@@ -60,6 +66,7 @@ def upscale_array(
     model: ModelRef = DEFAULT_MODEL,
     device: str = "auto",
     precision: str = "auto",
+    layout: str = "auto",
     colorspace: str = "srgb",
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -72,7 +79,7 @@ def upscale_array(
     ``overlap``, ``seamless`` ("auto"/"on"/"off"), ``role`` ("color"/"normal"/"data").
     ``colorspace`` says how float pixels are encoded ("srgb" or "linear").
     """
-    upscaler = get_upscaler(model, device=device, precision=precision)
+    upscaler = get_upscaler(model, device=device, precision=precision, layout=layout)
     return upscaler.upscale_array(
         pixels, UpscaleOptions(**options), colorspace=colorspace, progress=progress, cancel=cancel
     )
@@ -85,6 +92,7 @@ def upscale_file(
     model: ModelRef = DEFAULT_MODEL,
     device: str = "auto",
     precision: str = "auto",
+    layout: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     **options: Any,
@@ -94,5 +102,5 @@ def upscale_file(
     The output keeps the input's format, bit depth, channels and colour space unless ``dst``'s suffix
     names another format. Returns the written path. Errors name the file and the reason.
     """
-    upscaler = get_upscaler(model, device=device, precision=precision)
+    upscaler = get_upscaler(model, device=device, precision=precision, layout=layout)
     return upscaler.upscale_file(src, dst, UpscaleOptions(**options), progress=progress, cancel=cancel)

@@ -26,6 +26,45 @@ def test_rrdbnet_output_shape_and_input_multiple(scale: int) -> None:
     assert y.dtype == torch.float32
 
 
+@pytest.mark.parametrize("scale", [1, 2, 4, 8, 16])
+def test_rrdbnet_streamed_head_matches_the_whole_map(scale: int) -> None:
+    torch.manual_seed(scale)
+    net = RRDBNet(scale=scale, num_feat=8, num_block=1, num_grow_ch=4).eval()
+    m = net.input_multiple
+    # Odd trunk sizes, so the last strip is short; several strip heights, 1 row included.
+    x = torch.rand(1, 3, 11 * m, 7 * m) * 2 - 0.5
+    with torch.no_grad():
+        whole = net(x)
+        for rows in (1, 2, 3, 5, 10, 11, 40):
+            net.stream_rows = rows
+            streamed = net(x)
+            assert streamed.shape == whole.shape
+            torch.testing.assert_close(streamed, whole, atol=2e-6, rtol=0)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        net.stream_rows = 3
+        torch.testing.assert_close(net.to(memory_format=torch.channels_last)(x_cl), whole, atol=2e-6, rtol=0)
+
+
+def test_rrdbnet_streaming_is_off_by_default_and_for_training() -> None:
+    net = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4)
+    assert net.stream_rows is None
+    net.stream_rows = 2
+    x = torch.rand(2, 3, 9, 6, requires_grad=True)
+    net(x).square().mean().backward()  # strips are differentiable too
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_rrdbnet_activation_estimate_shrinks_with_streaming() -> None:
+    net = RRDBNet()  # x4plus shape
+    whole = net.activation_bytes(288, 288)
+    net.stream_rows = 16
+    streamed = net.activation_bytes(288, 288)
+    # Three 64-channel 1152x1152 float32 head tensors (340 MB each) no longer exist at once.
+    assert whole - streamed > 900e6
+    assert 200e6 < streamed < 400e6
+    assert net.activation_bytes(288, 288, 2) * 2 == streamed
+
+
 @pytest.mark.parametrize("scale", [1, 2])
 def test_rrdbnet_rejects_unpadded_input(scale: int) -> None:
     net = RRDBNet(scale=scale, **TINY_RRDB)

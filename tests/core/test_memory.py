@@ -157,6 +157,56 @@ def test_peak_memory_is_the_output_plus_a_bounded_band():
     assert growth < limit, f"peak grew by {growth / 2**20:.0f} MiB, limit {limit / 2**20:.0f} MiB"
 
 
+_RRDB_TILE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from types import SimpleNamespace
+    import numpy as np, torch
+    from texup.archs import RRDBNet
+    from texup.inference.runner import Runner
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    torch.manual_seed(0)
+    net = RRDBNet(num_block=1)  # x4plus's widths (64 features, 32 growth), one RRDB: the same per-block peak
+    model = SimpleNamespace(module=net, scale=4, input_multiple=1, name="rrdb", hparams=net.hparams, arch="x")
+    runner = Runner(model, device="cpu", precision="fp32", layout=sys.argv[2])
+    side = int(sys.argv[1])
+    x = np.random.default_rng(0).random((side, side, 3), dtype=np.float32)
+    runner.run_tile(x[:64, :64])  # warm-up: allocator pools, oneDNN primitives
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    before = status("VmRSS")
+    y = runner.run_tile(x)
+    assert y.shape == (side * 4, side * 4, 3)
+    print(json.dumps({"growth": status("VmHWM") - before, "estimate": runner.activation_bytes(side)}))
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_rrdbnet_tile_memory_stays_within_the_estimate(layout):
+    # The default CPU tile of x4plus (256 + 2 * 16 context): without streaming the upsampling head, its
+    # 64-channel 1152x1152 float32 activations alone (340 MB each, three alive at once) exceed 1 GB.
+    side = 288
+    env = {**os.environ, "PYTHONPATH": str(CORE), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _RRDB_TILE_SCRIPT, str(side), layout], env=env, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    growth, estimate = figures["growth"], figures["estimate"]
+    assert estimate < 400e6
+    # The estimate plus allocator/oneDNN slack (weights are ~1 MB for one block).
+    assert growth < estimate + 100 * 2**20, f"tile peak {growth / 2**20:.0f} MiB, estimate {estimate / 2**20:.0f} MiB"
+
+
 def test_loaded_weights_are_adopted_and_training_them_leaves_the_file_alone(tmp_path):
     from texup.archs.compact import SRVGGNetCompact
     from texup.weights.model import load_model, save_model

@@ -139,3 +139,49 @@ def test_auto_tile_on_cpu_and_native_bf16_probe():
     runner = Runner(_model(NeedsMultiple(2, 1), 2), device="cpu", precision="fp32")
     assert runner.auto_tile() == 256
     assert isinstance(runner_mod.cpu_has_native_bf16(), bool)
+
+
+def test_auto_tile_keeps_activations_and_band_within_the_cpu_budget(monkeypatch):
+    net = RRDBNet()  # x4plus's shape; the weights do not matter here
+    runner = Runner(_model(net, 4, num_feat=64), device="cpu", precision="fp32")
+    assert runner.module.stream_rows == runner_mod.STREAM_ROWS and net.stream_rows is None
+    # Streaming the head, a 288-pixel x4plus tile needs ~0.3 GB: the default tile fits even beside the band
+    # of a 4096-pixel-wide input's 16384-pixel-wide output (288 * 4 rows * 16384 * 12 bytes = 226 MB).
+    assert runner.activation_bytes(288) < 400e6
+    assert runner.auto_tile(out_width=16384) == 256
+    # A very wide output's band leaves less room for activations: the tile shrinks, and what it picks fits.
+    tile = runner.auto_tile(out_width=65536)
+    assert 64 <= tile < 256 and tile % 32 == 0
+    side = tile + 32
+    assert runner.activation_bytes(side) + side * 4 * 65536 * 12 <= runner_mod.CPU_MEMORY_BUDGET
+    monkeypatch.setattr(runner_mod, "CPU_MEMORY_BUDGET", 100 * 2**20)
+    assert runner.auto_tile() < 256
+    monkeypatch.setattr(runner_mod, "CPU_MEMORY_BUDGET", 1)
+    assert runner.auto_tile() == 64  # nothing fits: the smallest tile, never 0
+
+
+@pytest.mark.parametrize(
+    ("capability", "dtype", "expected"),
+    [("AVX512", torch.float32, True), ("AVX2", torch.float32, False), ("DEFAULT", torch.float32, False),
+     ("AVX2", torch.bfloat16, True), ("AVX512", torch.float16, False)],
+)
+def test_auto_layout_follows_the_measured_cpu_kinds(monkeypatch, capability, dtype, expected):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    cpu = torch.device("cpu")
+    assert runner_mod.pick_channels_last(cpu, dtype) is expected
+    assert runner_mod.pick_channels_last(cpu, dtype, "nchw") is False
+    assert runner_mod.pick_channels_last(cpu, dtype, "Channels_Last") is True
+    assert runner_mod.pick_channels_last(torch.device("cuda"), torch.float16) is True
+    with pytest.raises(ValueError, match="unknown layout 'nhwc'"):
+        runner_mod.pick_channels_last(cpu, dtype, "nhwc")
+
+
+def test_both_layouts_give_the_same_tile():
+    model = _tiny_rrdb(4)
+    x = real_image("astronaut.png", (40, 60, 21, 34)).astype(np.float32) / 255
+    nchw = Runner(model, device="cpu", precision="fp32", layout="nchw")
+    cl = Runner(model, device="cpu", precision="fp32", layout="channels_last")
+    assert not nchw.channels_last and cl.channels_last
+    weight = cl.module.body[0].rdb1.conv2.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    np.testing.assert_allclose(cl.run_tile(x), nchw.run_tile(x), atol=1e-5)

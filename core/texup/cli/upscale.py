@@ -61,6 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="normal: renormalise to unit vectors; data: no colour transform (default: color)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--layout", choices=("auto", "nchw", "channels_last"), default="auto",
+                   help="memory layout of the network (auto: measured per CPU/GPU kind; see docs/benchmarks.md)")
     p.add_argument("--debug", action="store_true", help="print a traceback for unexpected errors")
     p.set_defaults(func=run)
 
@@ -140,7 +142,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     try:
-        upscaler = api.get_upscaler(args.model or api.DEFAULT_MODEL, device=args.device, precision=args.precision)
+        upscaler = api.get_upscaler(
+            args.model or api.DEFAULT_MODEL, device=args.device, precision=args.precision, layout=args.layout
+        )
     except (TexupError, ValueError) as err:
         print(f"texup: error: {err}", file=sys.stderr)
         return 1

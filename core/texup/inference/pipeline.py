@@ -75,7 +75,8 @@ class UpscaleOptions:
             ``round(in * scale)`` per axis (at least 1).
         target_size: exact output ``(width, height)``; overrides ``scale`` (aspect may change).
         tile: core tile side in input pixels (the model sees ``tile + 2 * overlap``); None = automatic
-            (256 on CPU/MPS, from free memory on CUDA).
+            (:meth:`Runner.auto_tile <texup.inference.runner.Runner.auto_tile>`: up to 256 on CPU/MPS within
+            a memory budget, from free memory on CUDA).
         overlap: context pixels on each side of a tile; tiles cross-fade over ``overlap`` pixels.
         seamless: "on" = wrap-around context and resampling (keeps a tileable texture tileable); "off";
             "auto" = "on" when :func:`~texup.inference.tiling.is_tileable` says the input is seamless.
@@ -155,9 +156,11 @@ class Upscaler:
     Upscaler can be kept and reused for many images (calls are not meant to run concurrently).
     """
 
-    def __init__(self, model: ModelLike, *, device: str | torch.device = "auto", precision: str = "auto") -> None:
+    def __init__(
+        self, model: ModelLike, *, device: str | torch.device = "auto", precision: str = "auto", layout: str = "auto"
+    ) -> None:
         self.model = model
-        self.runner = Runner(model, device=device, precision=precision)
+        self.runner = Runner(model, device=device, precision=precision, layout=layout)
 
     @property
     def device(self) -> torch.device:
@@ -217,7 +220,7 @@ class Upscaler:
         out_h, out_w = output_size(height, width, options, scale)
         passes = count_passes(height, width, out_h, out_w, scale)
         wrap = options.seamless == "on" or (options.seamless == "auto" and is_tileable(image))
-        tile = options.tile or self.runner.auto_tile()
+        tile = options.tile or self.runner.auto_tile(overlap=options.overlap, out_width=width * scale**passes)
         overlap = options.overlap
 
         has_alpha = channels in (2, 4)

@@ -15,6 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LAYOUTS = ("auto", "nchw", "channels_last")
+#: Trunk rows per strip of RRDBNet's upsampling head. A 288-pixel x4 tile: (16 + 2 * 2 halo) * 4 = 80 rows of
+#: 1152 x 64 float32 values, ~24 MB per head activation, instead of 340 MB for the whole tile.
+STREAM_ROWS = 16
+#: What one tile's network activations plus the pipeline's row band may take on the CPU (see Runner.auto_tile).
+CPU_MEMORY_BUDGET = 1 << 30
 
 
 class ModelLike(Protocol):
@@ -100,30 +106,55 @@ def pick_precision(device: torch.device, name: str = "auto") -> torch.dtype:
     return dtype
 
 
+def pick_channels_last(device: torch.device, dtype: torch.dtype, layout: str = "auto") -> bool:
+    """Whether to run the network in channels_last memory layout: ``layout`` is "auto", "nchw" or "channels_last".
+
+    ``auto`` (measured, see docs/benchmarks.md): CUDA yes (cuDNN's tensor-core layout); CPU bf16 yes
+    (oneDNN's bf16 path; NCHW bf16 was ~9x slower); CPU fp32 only where torch's CPU kernels use AVX-512:
+    x4plus on a 288-pixel tile ran 1.24x faster in channels_last on an AVX-512 Xeon, but 3-4x slower on an
+    AVX2-only AMD EPYC, where oneDNN's fp32 blocked kernels do not pay for the layout changes around them.
+    """
+    key = layout.strip().lower()
+    if key not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: expected {', '.join(LAYOUTS)}")
+    if key != "auto":
+        return key == "channels_last"
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    if dtype is torch.bfloat16:
+        return True
+    return dtype is torch.float32 and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
 class Runner:
     """Owns a copy of a model's network on one device and dtype, and runs it on single tiles.
 
     The caller's ``model.module`` is left untouched (the runner works on a deep copy), so one
     :class:`~texup.weights.LoadedModel` can feed several runners. The copy uses channels_last memory
-    layout where that is the fast path (CUDA, and CPU bf16 through oneDNN). All calls run under
+    layout where that is the fast path (:func:`pick_channels_last`). All calls run under
     :func:`torch.inference_mode`.
     """
 
-    def __init__(self, model: ModelLike, *, device: str | torch.device = "auto", precision: str = "auto") -> None:
+    def __init__(
+        self, model: ModelLike, *, device: str | torch.device = "auto", precision: str = "auto", layout: str = "auto"
+    ) -> None:
         self.model = model
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         self.dtype = pick_precision(self.device, precision)
         self.scale = int(model.scale)
         self.input_multiple = int(getattr(model, "input_multiple", 1) or 1)
-        # channels_last is oneDNN's fast path for bf16 on the CPU (x4plus, 32x32 tile, AVX2 CPU: 7.4 s vs 66 s
-        # in NCHW) and cuDNN's for fp16 tensor cores; for fp32 on the CPU NCHW was faster (0.3 s vs 2.1 s).
-        self.channels_last = self.device.type == "cuda" or (self.device.type == "cpu" and self.dtype is torch.bfloat16)
+        self.channels_last = pick_channels_last(self.device, self.dtype, layout)
         module = copy.deepcopy(model.module).eval()
         for p in module.parameters():
             p.requires_grad_(False)
         module = module.to(device=self.device, dtype=self.dtype)
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
+        if hasattr(module, "stream_rows"):
+            # Archs with a full-resolution head (RRDBNet) run it in strips: bounded memory, and faster in cache.
+            module.stream_rows = STREAM_ROWS
         self.module = module
 
     def __repr__(self) -> str:
@@ -160,19 +191,39 @@ class Runner:
         elif self.device.type == "mps":
             torch.mps.empty_cache()
 
-    def auto_tile(self) -> int:
-        """A core tile size (input pixels) that fits this device comfortably.
+    def activation_bytes(self, side: int) -> int:
+        """Estimated peak activation memory of the network on one ``side`` x ``side`` input, in bytes.
 
-        CPU and MPS: 256 (inference is compute-bound there; larger tiles gain little). CUDA: from the free
-        memory, assuming the peak activation memory is about ``8 * num_feat * scale**2`` values per input
-        pixel (the upsampling convolutions at output resolution dominate), using at most half of what is
-        free, rounded down to a multiple of 32 and kept within 128..1024.
+        From the arch's own ``activation_bytes`` where it has one (RRDBNet); otherwise about
+        ``8 * num_feat * scale**2`` values per input pixel (the full-resolution layers dominate).
         """
-        if self.device.type != "cuda":
-            return 256
-        free, _total = torch.cuda.mem_get_info(self.device)
-        num_feat = int(getattr(self.model, "hparams", {}).get("num_feat", 64))
         element = torch.finfo(self.dtype).bits // 8
-        per_pixel = 8 * num_feat * self.scale**2 * element
-        side = int((0.5 * free / per_pixel) ** 0.5)
-        return max(128, min(1024, side // 32 * 32))
+        estimate = getattr(self.module, "activation_bytes", None)
+        if callable(estimate):
+            return int(estimate(side, side, element))
+        num_feat = int(getattr(self.model, "hparams", {}).get("num_feat", 64))
+        return 8 * num_feat * self.scale**2 * element * side * side
+
+    def auto_tile(self, *, overlap: int = 16, out_width: int | None = None) -> int:
+        """The core tile size (input pixels) used when the caller gives none.
+
+        CPU and MPS: the largest of 256, 224 ... 64 whose network activations (:meth:`activation_bytes` of
+        ``tile + 2 * overlap``) plus the pipeline's float32 row band (``(tile + 2 * overlap) * scale`` rows
+        of ``out_width``) fit :data:`CPU_MEMORY_BUDGET`. Not larger than 256: per pixel, larger tiles run
+        no faster on a CPU (their activations fall out of cache; docs/benchmarks.md) while the band grows.
+        CUDA: the largest of 1024, 992 ... 128 whose activations fit half of the free device memory.
+        """
+        cuda = self.device.type == "cuda"
+        if cuda:
+            free, _total = torch.cuda.mem_get_info(self.device)
+            budget, sizes = 0.5 * free, range(1024, 127, -32)
+        else:
+            budget, sizes = CPU_MEMORY_BUDGET, range(256, 63, -32)
+        for tile in sizes:
+            side = tile + 2 * overlap
+            need = self.activation_bytes(side)
+            if not cuda and out_width:  # the band is host memory: on CUDA it is not in the device's budget
+                need += side * self.scale * out_width * 3 * 4
+            if need <= budget:
+                return tile
+        return sizes[-1]
