@@ -157,12 +157,12 @@ def test_peak_memory_is_the_output_plus_a_bounded_band():
     assert growth < limit, f"peak grew by {growth / 2**20:.0f} MiB, limit {limit / 2**20:.0f} MiB"
 
 
-_RRDB_TILE_SCRIPT = textwrap.dedent(
+_TILE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from types import SimpleNamespace
     import numpy as np, torch
-    from texup.archs import RRDBNet
+    from texup.archs import RRDBNet, SRVGGNetCompact
     from texup.inference.runner import Runner
 
     def status(key):
@@ -172,7 +172,10 @@ _RRDB_TILE_SCRIPT = textwrap.dedent(
         raise KeyError(key)
 
     torch.manual_seed(0)
-    net = RRDBNet(num_block=1)  # x4plus's widths (64 features, 32 growth), one RRDB: the same per-block peak
+    if sys.argv[3] == "rrdbnet":
+        net = RRDBNet(num_block=1)  # x4plus's widths (64 features, 32 growth), one RRDB: the same per-block peak
+    else:
+        net = SRVGGNetCompact(num_feat=64, num_conv=16, upscale=4)  # realesr-animevideov3's shape
     model = SimpleNamespace(module=net, scale=4, input_multiple=1, name="rrdb", hparams=net.hparams, arch="x")
     runner = Runner(model, device="cpu", precision="fp32", layout=sys.argv[2])
     side = int(sys.argv[1])
@@ -189,14 +192,14 @@ _RRDB_TILE_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
-@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_rrdbnet_tile_memory_stays_within_the_estimate(layout):
+@pytest.mark.parametrize(("arch", "layout"), [("rrdbnet", "nchw"), ("rrdbnet", "channels_last"), ("compact", "nchw")])
+def test_tile_memory_stays_within_the_estimate(arch, layout):
     # The default CPU tile of x4plus (256 + 2 * 16 context): without streaming the upsampling head, its
     # 64-channel 1152x1152 float32 activations alone (340 MB each, three alive at once) exceed 1 GB.
     side = 288
     env = {**os.environ, "PYTHONPATH": str(CORE), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", _RRDB_TILE_SCRIPT, str(side), layout], env=env, capture_output=True, text=True,
+        [sys.executable, "-c", _TILE_SCRIPT, str(side), layout, arch], env=env, capture_output=True, text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr

@@ -107,3 +107,13 @@ class SRVGGNetCompact(nn.Module):
             out = layer(out)
         out = F.pixel_shuffle(out, self.scale)
         return out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
+
+    def activation_bytes(self, height: int, width: int, element_size: int = 4) -> int:
+        """An estimate of the peak activation memory of one inference forward on an (1, C, height, width) input.
+
+        Every layer runs at the input resolution: two ``num_feat`` maps are alive between layers; at the end
+        the last convolution's ``num_out_ch * scale**2`` channels, their pixel-shuffled copy, the upsampled
+        input and the sum (four output-sized tensors).
+        """
+        out_values = self.hparams["num_out_ch"] * self.scale**2
+        return (2 * self.hparams["num_feat"] + 4 * out_values) * height * width * element_size

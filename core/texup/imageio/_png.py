@@ -18,6 +18,10 @@ from ._common import check_dimensions, check_limit, decode_error
 from .types import ImageInfo
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: zlib level of written PNGs. An x4 upscale of a photo (1024x1024 RGB): level 3 encodes in 0.13 s and
+#: 1.05 MB, level 6 (zlib's default) in 0.30 s and 0.98 MB (docs/benchmarks.md): 7 % more bytes for
+#: 2.3x less time, which is 20 % of a fast model's whole run. Lossless either way.
+ZLIB_LEVEL = 3
 _VALID_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 _BASE_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
 _MAX_ICC_BYTES = 16 * 1024 * 1024
@@ -207,7 +211,7 @@ def encode(target: Path, pixels: np.ndarray, extra: dict[str, object]) -> None:
     if pixels.dtype == np.uint16:
         import imagecodecs
 
-        data = bytes(imagecodecs.png_encode(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, level=6))
+        data = bytes(imagecodecs.png_encode(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, level=ZLIB_LEVEL))
         if icc:
             ihdr_end = 8 + 25
             data = data[:ihdr_end] + _iccp_chunk(bytes(icc)) + data[ihdr_end:]  # type: ignore[arg-type]
@@ -217,7 +221,7 @@ def encode(target: Path, pixels: np.ndarray, extra: dict[str, object]) -> None:
 
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[pixels.shape[2]]
     im = PILImage.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, mode)
-    options: dict[str, object] = {"compress_level": 6}
+    options: dict[str, object] = {"compress_level": ZLIB_LEVEL}
     if icc:
         options["icc_profile"] = bytes(icc)  # type: ignore[arg-type]
     im.save(target, format="PNG", **options)
