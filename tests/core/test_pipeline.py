@@ -25,7 +25,7 @@ from texup.inference.pipeline import (
     count_passes,
     output_size,
 )
-from texup.inference.resample import resample
+from texup.inference.resample import RowResampler, resample
 
 
 # --- stand-in networks ------------------------------------------------------------------------------------
@@ -243,6 +243,55 @@ def test_scale_above_the_models_runs_it_twice():
     out = up.upscale_array(image, UpscaleOptions(scale=3, seamless="off"))
     assert out.shape == (27, 33, 1)
     assert up.runner.module.calls == [(9, 11), (18, 22)]
+
+
+@pytest.mark.parametrize("seamless", ["off", "on"])
+def test_other_scales_stream_through_the_resampler_like_the_whole_image(seamless):
+    # Several tile rows (and, with wrap, the seam rows that arrive last) through the row resampler must give
+    # what resampling the whole x4 result at once gives.
+    tex = _tileable_texture(24)
+    up = _upscaler(BlurUp())
+    for target in ((37, 41), (96, 96), (53, 17)):
+        options = dict(target_size=target, seamless=seamless, overlap=3)
+        tiled = up.upscale_array(tex, UpscaleOptions(tile=7, **options))
+        whole_x4 = up.upscale_array(tex, UpscaleOptions(tile=7, seamless=seamless, overlap=3))
+        ref = resample(whole_x4.astype(np.float32), target[1], target[0], wrap=seamless == "on")
+        assert tiled.shape == (target[1], target[0], 3)
+        assert np.abs(tiled.astype(np.float64) - np.clip(ref, 0, 255)).max() <= 1.0
+
+
+def test_row_resampler_any_arrival_order_holds_few_rows():
+    rng = np.random.default_rng(3)
+    x = rng.random((300, 41, 3), dtype=np.float32)
+    for wrap in (False, True):
+        for height, width in ((150, 20), (97, 41), (611, 83), (1, 1)):
+            ref = resample(x, height, width, wrap=wrap)
+            got = np.full((height, width, 3), np.nan, np.float32)
+            seen = np.zeros(height, np.int64)
+
+            def sink(block, row0):
+                got[row0 : row0 + len(block)] = block
+                seen[row0 : row0 + len(block)] += 1
+
+            rs = RowResampler(300, height, width, sink, wrap=wrap, block=16)
+            blocks = [(a, min(300, a + 7)) for a in range(0, 300, 7)]
+            held = 0
+            for a, b in blocks[2:-1] + [blocks[-1], blocks[0], blocks[1]]:  # seam rows last, as the pipeline does
+                rs(x[a:b], a)
+                held = max(held, len(rs.rows))
+            rs.finish()
+            assert (seen == 1).all()
+            np.testing.assert_allclose(got, ref, atol=1e-5)
+            if height > 1:  # (a 1-row output's kernel spans every input row)
+                assert held <= 40, held  # the first rows wait for the last ones; never the whole image
+    rs = RowResampler(10, 5, 4, lambda b, r: None)
+    rs(np.zeros((10, 4, 3), np.float32), 0)
+    with pytest.raises(ValueError, match="arrived twice"):
+        rs(np.zeros((1, 4, 3), np.float32), 3)
+    with pytest.raises(RuntimeError, match="got 3 of 10 rows"):
+        partial = RowResampler(10, 5, 4, lambda b, r: None)
+        partial(np.zeros((3, 4, 3), np.float32), 0)
+        partial.finish()
 
 
 def test_resample_wrap_keeps_a_periodic_image_periodic():

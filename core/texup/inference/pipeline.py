@@ -16,9 +16,10 @@ Memory. Steps 5-7 stream: the last model pass blends tiles, in raster order, int
 row high, and hands finished rows through the inverse transform straight into the output array of the
 input's dtype (:meth:`Upscaler._stream_pass`). At the model's own scale no float copy of the whole output
 exists; peak memory is the output, float copies of the *input* (16 bytes per input pixel), one band
-(``(tile + overlap) * scale`` rows of the output width, float32 RGB) and the network's activations for one
-tile. Extra passes (scales above the model's) and resampling (other scales) keep a float32 canvas of the
-intermediate image. Figures: docs/benchmarks.md.
+(``(tile + overlap) * scale`` rows of the pass's output width, float32 RGB) and the network's activations
+for one tile. Other scales (x2 from a x4 model) resample the band's rows as they come
+(:class:`~texup.inference.resample.RowResampler`). Only extra passes (scales above the model's) keep a
+float32 canvas of the intermediate image. Figures: docs/benchmarks.md.
 
 Alpha policy. A constant alpha channel is passed through (the exact stored value, at the output size). A
 varying alpha is upscaled through the model as a gray image (replicated to RGB, averaged back). Measured on
@@ -41,7 +42,7 @@ import torch
 from texup.errors import ImageWriteError, TexupError
 from texup.imageio import from_float32, read_image, to_float32, write_image
 from texup.inference import policy
-from texup.inference.resample import resample
+from texup.inference.resample import RowResampler
 from texup.inference.runner import ModelLike, Runner
 from texup.inference.tiling import Tile, add_wrapped, blend_weights, is_tileable, plan_tiles, take_wrapped
 
@@ -312,23 +313,26 @@ class Upscaler:
     ) -> None:
         """Model passes, then resampling: (H, W, 3 or 1) float32 in [0, 1] -> rows of (out_h, out_w, 3) to ``sink``.
 
-        When the last model pass lands exactly on the output size (the common case: the model's own scale)
-        its blended rows stream straight into ``sink``, and no full-size float buffer exists. Earlier passes
-        (x16 from a x4 model) and a final resampling (non-integer scales) need their whole input, so those
-        go through a float32 canvas of the intermediate size.
+        The last model pass streams its blended rows into ``sink``: straight when it lands exactly on the
+        output size (the model's own scale), else through a :class:`RowResampler` (other scales: x2 or x3
+        from a x4 model), so no full-size float buffer of the last pass exists. Earlier passes (x16 from a
+        x4 model) need their whole output as the next pass's input: a float32 canvas of that size.
         """
         s = self.runner.scale
-        for p in range(passes):
-            h, w = x.shape[:2]
-            if p == passes - 1 and (h * s, w * s) == (out_h, out_w):
-                self._stream_pass(x, tile, overlap, wrap, job, sink, top_level=True)
-                return
+        for _ in range(passes - 1):
             x = self._tiled_pass(x, tile, overlap, wrap, job, top_level=True)
-        if x.shape[:2] != (out_h, out_w):
-            x = resample(x, out_h, out_w, wrap=wrap)
-            np.clip(x, 0.0, 1.0, out=x)
-        for r0 in range(0, out_h, _ROW_BLOCK):
-            sink(x[r0 : r0 + _ROW_BLOCK], r0)
+        h, w = x.shape[:2]
+        if (h * s, w * s) == (out_h, out_w):
+            self._stream_pass(x, tile, overlap, wrap, job, sink, top_level=True)
+            return
+
+        def clipped(block: np.ndarray, row0: int) -> None:
+            np.clip(block, 0.0, 1.0, out=block)
+            sink(block, row0)
+
+        resampler = RowResampler(h * s, out_h, out_w, clipped, wrap=wrap, block=_ROW_BLOCK)
+        self._stream_pass(x, tile, overlap, wrap, job, resampler, top_level=True)
+        resampler.finish()
 
     def _tiled_pass(
         self, x: np.ndarray, tile: int, overlap: int, wrap: bool, job: _Job, *, top_level: bool

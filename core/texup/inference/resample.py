@@ -8,6 +8,8 @@ result is still exactly tileable) — torch's ``interpolate`` has no periodic mo
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 _A = -0.5  # Keys' parameter: -0.5 is the interpolating cubic with the best approximation order
@@ -68,3 +70,92 @@ def resample(pixels: np.ndarray, height: int, width: int, *, wrap: bool = False)
     if x.shape[1] != width:
         x = np.swapaxes(_resample_axis0(np.swapaxes(x, 0, 1), width, wrap), 0, 1)
     return np.ascontiguousarray(x)
+
+
+class RowResampler:
+    """:func:`resample` for an image that arrives as blocks of rows; output rows go to ``sink`` when they can.
+
+    Each arriving block is resampled along its rows at once (columns first); an output row is computed as
+    soon as every input row its kernel needs has arrived, and an input row is dropped as soon as every output
+    row that needs it is done. Rows may arrive in any order (the tiled pipeline sends the rows beside a
+    wrap-around seam last); in order, only the few dozen rows one kernel spans are held. ``sink(block, row0)``
+    gets (n, width, C) float32 output rows ``row0:row0+n``, each row exactly once. Same values as
+    :func:`resample` on the whole image, up to float rounding.
+    """
+
+    def __init__(
+        self, n_in: int, height: int, width: int, sink: Callable[[np.ndarray, int], None], *,
+        wrap: bool = False, block: int = 64,
+    ) -> None:
+        if height < 1 or width < 1 or n_in < 1:
+            raise ValueError(f"sizes must be at least 1, got {n_in} rows in, {width}x{height} out")
+        self.n_in, self.height, self.width = n_in, height, width
+        self.sink, self.wrap, self.block = sink, wrap, block
+        if n_in == height:  # rows pass straight through (columns may still change)
+            idx, weights = np.arange(height)[:, None], np.ones((height, 1), np.float32)
+        else:
+            idx, weights = _taps(n_in, height, wrap)
+        # Only taps with a weight: per output row, the distinct input rows it needs.
+        self.taps = [(idx[i][weights[i] != 0], weights[i][weights[i] != 0]) for i in range(height)]
+        self.missing = np.array([len(np.unique(t)) for t, _ in self.taps], np.int64)
+        users: list[list[int]] = [[] for _ in range(n_in)]
+        for i, (t, _) in enumerate(self.taps):
+            for j in np.unique(t):
+                users[j].append(i)
+        self.users = users
+        self.remaining = np.array([len(u) for u in users], np.int64)  # not yet emitted outputs per input row
+        self.rows: dict[int, np.ndarray] = {}
+        self.arrived = np.zeros(n_in, bool)
+        self.emitted = 0
+
+    def __call__(self, block: np.ndarray, row0: int) -> None:
+        """Feed input rows ``row0:row0+n``."""
+        n = block.shape[0]
+        if row0 < 0 or row0 + n > self.n_in or self.arrived[row0 : row0 + n].any():
+            raise ValueError(f"rows {row0}..{row0 + n - 1} are outside 0..{self.n_in - 1} or arrived twice")
+        x = np.asarray(block, dtype=np.float32)
+        if x.shape[1] != self.width:
+            x = np.swapaxes(_resample_axis0(np.swapaxes(x, 0, 1), self.width, self.wrap), 0, 1)
+        ready: list[int] = []
+        for k in range(n):
+            j = row0 + k
+            self.arrived[j] = True
+            if self.remaining[j] == 0:
+                continue
+            self.rows[j] = x[k]
+            for i in self.users[j]:
+                self.missing[i] -= 1
+                if self.missing[i] == 0:
+                    ready.append(i)
+        ready.sort()
+        start = 0
+        while start < len(ready):  # runs of consecutive output rows, at most `block` long
+            end = start + 1
+            while end < len(ready) and end - start < self.block and ready[end] == ready[end - 1] + 1:
+                end += 1
+            self._emit(ready[start:end])
+            start = end
+
+    def _emit(self, rows: list[int]) -> None:
+        sample = self.rows[int(self.taps[rows[0]][0][0])]
+        out = np.empty((len(rows), *sample.shape), np.float32)
+        for n, i in enumerate(rows):
+            t, w = self.taps[i]
+            acc = w[0] * self.rows[int(t[0])]
+            for j, wk in zip(t[1:], w[1:]):
+                acc += wk * self.rows[int(j)]
+            out[n] = acc
+        self.emitted += len(rows)
+        self.sink(out, rows[0])
+        for i in rows:
+            for j in np.unique(self.taps[i][0]):
+                self.remaining[j] -= 1
+                if self.remaining[j] == 0:
+                    self.rows.pop(int(j), None)
+
+    def finish(self) -> None:
+        """Check that every input row arrived and every output row was emitted."""
+        if not self.arrived.all() or self.emitted != self.height:
+            raise RuntimeError(
+                f"resampler got {int(self.arrived.sum())} of {self.n_in} rows, emitted {self.emitted} of {self.height}"
+            )
