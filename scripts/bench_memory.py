@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench_memory.py --sizes 1024 --model compact
     .venv/bin/python scripts/bench_memory.py --core /tmp/old/core  # the same measurement on another checkout
     .venv/bin/python scripts/bench_memory.py --tile-peak x4plus    # activation peak of one real-model tile
+    .venv/bin/python scripts/bench_memory.py --scale 2             # x2 from the x4 model (rows resampled as they come)
 
 Each measurement runs in its own process: build the upscaler, make an RGBA uint8 input with a varying alpha
 (so colour and alpha both go through the model: the worst case), warm up on a small crop, reset the peak
@@ -45,7 +46,7 @@ def _reset_peak() -> None:
         fh.write("5")
 
 
-def child(side: int, model_name: str) -> dict[str, Any]:
+def child(side: int, model_name: str, scale: float) -> dict[str, Any]:
     """Runs inside the measured process; returns the figures as a dict."""
     import numpy as np
     import torch
@@ -73,7 +74,7 @@ def child(side: int, model_name: str) -> dict[str, Any]:
     image[..., 2] = rng.integers(0, 256, (side, side), dtype=np.uint8)
     image[..., 3] = np.where((xx // 64 + yy // 64) % 2 == 0, 255, 0)
     del yy, xx
-    options = UpscaleOptions(seamless="off")
+    options = UpscaleOptions(seamless="off", scale=scale)
     up.upscale_array(image[:64, :64], options)
     _reset_peak()
     before = _status("VmRSS")
@@ -120,11 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--malloc", default="default,tuned", help="glibc settings to compare: default,tuned")
     parser.add_argument("--tile-peak", choices=["compact", "x4plus"], help="measure one real-model tile instead")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--scale", type=float, default=4.0,
+                        help="output scale (default 4; 2 = x2 from the x4 model, resampled row by row)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--child-tile", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(int(args.child[0]), args.child[1])))
+        print(json.dumps(child(int(args.child[0]), args.child[1], float(args.child[2]))))
         return 0
     if args.child_tile:
         print(json.dumps(child_tile_peak(args.child_tile[0], int(args.child_tile[1]), int(args.child_tile[2]))))
@@ -142,15 +145,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{'seconds':>8}")
         for side in [int(s) for s in args.sizes.split(",") if s]:
             for label in args.malloc.split(","):
-                r = run_child(["--child", str(side), args.model], args.core, TUNED_MALLOC if label == "tuned" else {})
+                malloc = TUNED_MALLOC if label == "tuned" else {}
+                r = run_child(["--child", str(side), args.model, str(args.scale)], args.core, malloc)
                 growth = (r["peak"] - r["before"]) / MIB
                 out = r["out_bytes"] / MIB
-                print(f"{side:>5}^2 x4 {label:>8} {out:>11.0f} {growth:>16.0f} {growth - out:>16.0f} "
+                print(f"{side:>5}^2 x{args.scale:g} {label:>8} {out:>11.0f} {growth:>16.0f} {growth - out:>16.0f} "
                       f"{r['seconds']:>8.1f}")
                 rows.append({"side": side, "malloc": label, **r, "growth_mib": growth, "out_mib": out})
     print(f"load average after {os.getloadavg()[0]:.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "rows": rows, "malloc_env": TUNED_MALLOC}, indent=2))
+        figures = {"model": args.model, "scale": args.scale, "rows": rows, "malloc_env": TUNED_MALLOC}
+        args.json.write_text(json.dumps(figures, indent=2))
     return 0
 
 
