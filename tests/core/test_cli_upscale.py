@@ -47,6 +47,16 @@ def test_file_upscaled_with_suffix_and_listed(tiny_model, photo, tmp_path, capsy
     assert f"{photo} -> {result}" in capsys.readouterr().out
 
 
+def test_layout_choice_gives_the_same_pixels(tiny_model, photo, tmp_path, capsys):
+    for layout in ("nchw", "channels_last"):
+        assert run_cli("upscale", photo, "-o", tmp_path / layout, "--model", tiny_model, "--layout", layout) == 0
+    a, b = (read_image(tmp_path / layout / "photo_x4.png").pixels.astype(int) for layout in ("nchw", "channels_last"))
+    assert np.abs(a - b).max() <= 1
+    with pytest.raises(SystemExit):
+        run_cli("upscale", photo, "-o", tmp_path, "--model", tiny_model, "--layout", "nhwc")
+    assert "invalid choice: 'nhwc'" in capsys.readouterr().err
+
+
 def test_folder_glob_and_recursive(tiny_model, tmp_path):
     src = tmp_path / "lib"
     (src / "sub").mkdir(parents=True)
