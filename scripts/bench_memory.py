@@ -1,6 +1,6 @@
 """Peak memory of one x4 upscale against the size of its output, for 1024^2, 2048^2 and 4096^2 RGBA inputs.
 
-    .venv/bin/python scripts/bench_memory.py                       # tiny network, 3 sizes, 2 malloc settings
+    .venv/bin/python scripts/bench_memory.py                       # tiny network, 3 sizes, 3 malloc settings
     .venv/bin/python scripts/bench_memory.py --sizes 1024 --model compact
     .venv/bin/python scripts/bench_memory.py --core /tmp/old/core  # the same measurement on another checkout
     .venv/bin/python scripts/bench_memory.py --tile-peak x4plus    # activation peak of one real-model tile
@@ -13,9 +13,10 @@ figure that matters is growth = VmHWM - VmRSS before the call, against the outpu
 
 The network is a tiny SRVGGNetCompact (8 features, 2 body convolutions, x4) by default so that 4096^2 runs
 in seconds: texup's buffers do not depend on the network, and the real models' per-tile activation peak is
-a separate, size-independent figure (``--tile-peak``). glibc settings compared: the default, and
-MALLOC_MMAP_MAX_=0 / MALLOC_TRIM_THRESHOLD_ (keep freed memory instead of returning every block over the
-mmap threshold to the kernel).
+a separate, size-independent figure (``--tile-peak``). glibc settings compared: the default;
+MALLOC_MMAP_MAX_=0 / MALLOC_TRIM_THRESHOLD_ in the environment (keep freed memory instead of returning every
+block over the mmap threshold to the kernel); and the same set with ``mallopt`` at start, which is what the
+``texup`` command and the worker do (:mod:`texup._malloc`).
 """
 from __future__ import annotations
 
@@ -118,15 +119,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1024,2048,4096", help="input sides (default 1024,2048,4096)")
     parser.add_argument("--model", default="tiny", choices=["tiny", "compact", "x4plus"])
     parser.add_argument("--core", type=Path, default=ROOT / "core", help="the texup package root to measure")
-    parser.add_argument("--malloc", default="default,tuned", help="glibc settings to compare: default,tuned")
+    parser.add_argument("--malloc", default="default,tuned,mallopt",
+                        help="glibc settings to compare: default, tuned (environment variables), mallopt (what the "
+                             "texup command and worker set: texup._malloc.keep_freed_memory)")
     parser.add_argument("--tile-peak", choices=["compact", "x4plus"], help="measure one real-model tile instead")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--scale", type=float, default=4.0,
                         help="output scale (default 4; 2 = x2 from the x4 model, resampled row by row)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--mallopt", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-tile", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
+        if args.mallopt:
+            from texup._malloc import keep_freed_memory
+
+            keep_freed_memory()
         print(json.dumps(child(int(args.child[0]), args.child[1], float(args.child[2]))))
         return 0
     if args.child_tile:
@@ -146,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         for side in [int(s) for s in args.sizes.split(",") if s]:
             for label in args.malloc.split(","):
                 malloc = TUNED_MALLOC if label == "tuned" else {}
-                r = run_child(["--child", str(side), args.model, str(args.scale)], args.core, malloc)
+                child_args = ["--child", str(side), args.model, str(args.scale)]
+                if label == "mallopt":
+                    child_args.append("--mallopt")
+                r = run_child(child_args, args.core, malloc)
                 growth = (r["peak"] - r["before"]) / MIB
                 out = r["out_bytes"] / MIB
                 print(f"{side:>5}^2 x{args.scale:g} {label:>8} {out:>11.0f} {growth:>16.0f} {growth - out:>16.0f} "

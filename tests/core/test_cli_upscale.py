@@ -57,6 +57,18 @@ def test_layout_choice_gives_the_same_pixels(tiny_model, photo, tmp_path, capsys
     assert "invalid choice: 'nhwc'" in capsys.readouterr().err
 
 
+def test_only_the_program_entry_tunes_malloc(monkeypatch, capsys):
+    import texup.cli.main as cli_main
+
+    calls: list[int] = []
+    monkeypatch.setattr(cli_main, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(sys, "argv", ["texup", "models", "list"])
+    assert cli_main.main() == 0  # run as a program: argv from sys.argv
+    assert calls == [1]
+    assert cli_main.main(["models", "list"]) == 0  # called from Python: the caller's process is left alone
+    assert calls == [1]
+
+
 def test_folder_glob_and_recursive(tiny_model, tmp_path):
     src = tmp_path / "lib"
     (src / "sub").mkdir(parents=True)

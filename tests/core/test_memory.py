@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -212,6 +213,47 @@ def test_tile_memory_stays_within_the_estimate(arch, layout):
     assert estimate < 400e6
     # The estimate plus allocator/oneDNN slack (weights are ~1 MB for one block).
     assert growth < estimate + 100 * 2**20, f"tile peak {growth / 2**20:.0f} MiB, estimate {estimate / 2**20:.0f} MiB"
+
+
+_MALLOC_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from texup._malloc import keep_freed_memory, release_freed_memory
+
+    def rss():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+
+    kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+    base = rss()
+    block = np.ones(200 << 20, np.uint8)  # one 200 MiB block, like a big tile tensor
+    allocated = rss() - base
+    del block
+    freed = rss() - base
+    released = release_freed_memory()
+    print(json.dumps({"kept": kept, "allocated": allocated, "freed": freed, "released": released,
+                      "after_release": rss() - base}))
+    """
+)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_freed_memory_is_kept_for_reuse_until_released():
+    def run(mode: str) -> dict:
+        env = {**os.environ, "PYTHONPATH": str(CORE)}
+        done = subprocess.run([sys.executable, "-c", _MALLOC_SCRIPT, mode], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    mib = 2**20
+    default, keep = run("default"), run("keep")
+    assert default["kept"] is None and keep["kept"] is True
+    assert default["allocated"] > 190 * mib and keep["allocated"] > 190 * mib
+    assert default["freed"] < 20 * mib  # glibc's default: a big block is unmapped at once ...
+    assert keep["freed"] > 190 * mib  # ... kept: the next tile reuses it without page faults
+    assert keep["released"] is True and keep["after_release"] < 20 * mib  # and the worker gives it back
 
 
 def test_loaded_weights_are_adopted_and_training_them_leaves_the_file_alone(tmp_path):

@@ -257,11 +257,15 @@ class _Out:
             return next(e for e in self.events if pred(e))
 
 
-def test_server_cancels_a_queued_job_before_it_starts_and_keeps_one_upscaler(tmp_path):
+def test_server_cancels_a_queued_job_before_it_starts_and_keeps_one_upscaler(tmp_path, monkeypatch):
     """In-process server with a stand-in upscaler: job order, queued cancel, upscaler reuse, EOF."""
     import threading
 
+    from texup.worker import server as server_mod
     from texup.worker.server import WorkerServer
+
+    released: list[int] = []
+    monkeypatch.setattr(server_mod, "release_freed_memory", lambda: released.append(1) or True)
 
     gate = threading.Event()
     made: list[tuple] = []
@@ -304,6 +308,7 @@ def test_server_cancels_a_queued_job_before_it_starts_and_keeps_one_upscaler(tmp
     stdin.lines.put(None)  # EOF
     runner.join(timeout=10)
     assert not runner.is_alive()
+    assert len(released) == 2  # freed memory goes back to the system after every job
 
 
 def test_unusable_device_is_a_clear_start_error():

@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from texup._malloc import keep_freed_memory
+
 
 def build_parser() -> argparse.ArgumentParser:
     from texup import __version__
@@ -30,7 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code.
+
+    Run as a program (``argv`` None: the ``texup`` command, ``python -m texup``, the add-on's worker), the
+    process keeps freed memory for reuse (:func:`texup._malloc.keep_freed_memory`; the worker gives it back
+    after every job). Called with an explicit ``argv`` from Python, the caller's process is left alone.
+    """
+    if argv is None:
+        keep_freed_memory()
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:

@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from texup._malloc import release_freed_memory
 from texup.errors import FileError, ImageReadError, TexupError
 from texup.worker import protocol
 from texup.worker.protocol import ProtocolError, TrainRequest, UpscaleRequest
@@ -179,6 +180,7 @@ class WorkerServer:
             else:
                 assert isinstance(job, UpscaleRequest)
                 self.run_job(job)
+            release_freed_memory()  # between jobs, Blender gets back what the job's tiles used
         return 0
 
     def _upscaler(self, request: UpscaleRequest) -> Any:
