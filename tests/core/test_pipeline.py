@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from realdata import real_image, real_image_path
+from realdata import real_image
 from texup.errors import ImageWriteError
 from texup.imageio import read_image, write_image
 from texup.inference import policy

@@ -160,6 +160,18 @@ def test_auto_tile_keeps_activations_and_band_within_the_cpu_budget(monkeypatch)
     assert runner.auto_tile() == 64  # nothing fits: the smallest tile, never 0
 
 
+def test_auto_tile_on_cuda_uses_half_the_free_memory(monkeypatch):
+    # The CUDA branch without a GPU: a CPU runner posing as one, with the free memory given.
+    runner = Runner(_model(RRDBNet(), 4, num_feat=64), device="cpu", precision="fp32")
+    runner.device, runner.dtype = torch.device("cuda"), torch.float16
+    for free_gib, expected_range in ((80, (1024, 1024)), (1, (384, 800)), (0.1, (128, 128))):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free_gib: (int(f * 2**30), 80 * 2**30))
+        tile = runner.auto_tile(out_width=65536)  # the host-side band does not count against the GPU
+        assert expected_range[0] <= tile <= expected_range[1] and tile % 32 == 0
+        if tile > 128:
+            assert runner.activation_bytes(tile + 32) <= 0.5 * free_gib * 2**30
+
+
 @pytest.mark.parametrize(
     ("capability", "dtype", "expected"),
     [("AVX512", torch.float32, True), ("AVX2", torch.float32, False), ("DEFAULT", torch.float32, False),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import sys
 import time
 import traceback
