@@ -135,6 +135,9 @@ class RowResampler:
                 end += 1
             self._emit(ready[start:end])
             start = end
+        for j in range(row0, row0 + n):  # rows still waiting: own copies, so the block itself can be freed
+            if j in self.rows:
+                self.rows[j] = self.rows[j].copy()
 
     def _emit(self, rows: list[int]) -> None:
         sample = self.rows[int(self.taps[rows[0]][0][0])]
