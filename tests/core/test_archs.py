@@ -45,6 +45,20 @@ def test_rrdbnet_streamed_head_matches_the_whole_map(scale: int) -> None:
         torch.testing.assert_close(net.to(memory_format=torch.channels_last)(x_cl), whole, atol=2e-6, rtol=0)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_rrdbnet_inference_without_concatenation_is_bit_identical(batch: int) -> None:
+    torch.manual_seed(batch)
+    net = RRDBNet(num_feat=16, num_block=2, num_grow_ch=8).eval()
+    x = torch.rand(batch, 3, 13, 21)
+    trained_path = net(x)  # autograd on: the concatenating forward
+    assert trained_path.requires_grad
+    with torch.inference_mode():
+        inference_path = net(x)  # no autograd, NCHW: growth outputs written into one buffer
+    assert torch.equal(trained_path.detach(), inference_path)
+    trained_path.square().mean().backward()
+    assert net.body[0].rdb1.conv1.weight.grad is not None
+
+
 def test_rrdbnet_streaming_is_off_by_default_and_for_training() -> None:
     net = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4)
     assert net.stream_rows is None

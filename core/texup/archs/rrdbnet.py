@@ -54,12 +54,32 @@ class ResidualDenseBlock(nn.Module):
         self.conv5 = _conv3x3(num_feat + 4 * num_grow_ch, num_feat)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and x.is_contiguous():
+            return self._forward_into_buffer(x)
         # In-place activation and scale-and-add on fresh convolution outputs (no backward needs those values):
         # fewer full-size temporaries, less memory traffic in this memory-bound glue.
         features = [x]
         for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
             features.append(F.leaky_relu(conv(torch.cat(features, dim=1)), _LRELU_SLOPE, inplace=True))
         return self.conv5(torch.cat(features, dim=1)).mul_(_RESIDUAL_SCALE).add_(x)
+
+    def _forward_into_buffer(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference in NCHW without concatenations: every growth output is written into its slice of one buffer.
+
+        In NCHW a leading channel range of a one-image buffer is itself contiguous, so ``conv{k}`` reads
+        ``buf[:, :c_k]`` in place where the training path copies all earlier features into a new tensor
+        for every convolution. Bit-identical results; ~1.1x faster trunk on a CPU (docs/benchmarks.md).
+        Without autograd only (``out=`` is not differentiable); for batches the slices are strided and the
+        convolutions copy them, which is still correct.
+        """
+        n, c, h, w = x.shape
+        g = self.conv1.out_channels
+        buf = torch.empty((n, c + 4 * g, h, w), dtype=x.dtype, device=x.device)
+        buf[:, :c] = x
+        for k, conv in enumerate((self.conv1, self.conv2, self.conv3, self.conv4)):
+            lo = c + k * g
+            torch._C._nn.leaky_relu(conv(buf[:, :lo]), _LRELU_SLOPE, out=buf[:, lo : lo + g])
+        return self.conv5(buf).mul_(_RESIDUAL_SCALE).add_(x)
 
 
 class RRDB(nn.Module):
