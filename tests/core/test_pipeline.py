@@ -294,6 +294,44 @@ def test_row_resampler_any_arrival_order_holds_few_rows():
         partial.finish()
 
 
+def test_passes_above_the_models_scale_stream_into_each_other():
+    # x16 from a x4 model, several tile rows per pass: the second pass reads the first one's rows while they
+    # are produced (no canvas of the first pass). Same result as running the two passes one after the other.
+    image = real_image("coffee.png", (40, 70, 13, 11)).astype(np.float32) / 255
+    up = _upscaler(BlurUp())
+    options = dict(tile=5, overlap=2, seamless="off")
+    chained = up.upscale_array(image, UpscaleOptions(scale=16, **options))
+    once = up.upscale_array(image, UpscaleOptions(**options))
+    twice = up.upscale_array(once, UpscaleOptions(**options))
+    assert chained.shape == (13 * 16, 11 * 16, 3)
+    np.testing.assert_allclose(chained, twice, atol=2e-6)
+    # RGBA with a varying alpha and a gray image take the same path.
+    rgba = np.concatenate([image, (image[:, :, :1] > 0.4).astype(np.float32)], axis=2)
+    assert up.upscale_array(rgba, UpscaleOptions(scale=8, **options)).shape == (104, 88, 4)
+    assert up.upscale_array(image[:, :, 0], UpscaleOptions(scale=12, **options)).shape == (156, 132)
+
+
+def test_row_window_serves_slices_and_holds_a_few_blocks():
+    from texup.inference.pipeline import _RowWindow
+
+    full = np.random.default_rng(0).random((100, 9, 3), dtype=np.float32)
+    held: list[int] = []
+
+    def rows():
+        for r in range(0, 100, 8):
+            yield full[r : r + 8].copy(), r
+
+    window = _RowWindow(rows(), 100, 9)
+    assert window.shape == (100, 9, 3)
+    for y0 in range(0, 90, 10):
+        np.testing.assert_array_equal(window[y0 : y0 + 14, 2:7], full[y0 : y0 + 14, 2:7])
+        np.testing.assert_array_equal(window[y0 : y0 + 14, 0:9], full[y0 : y0 + 14])  # same tile row
+        held.append(sum(b.shape[0] for _, b in window._blocks))
+    assert max(held) <= 14 + 2 * 8  # the asked rows plus the partial blocks at either end
+    with pytest.raises(RuntimeError, match="dropped"):
+        window[5:10, 0:9]
+
+
 def test_resample_wrap_keeps_a_periodic_image_periodic():
     tex = _tileable_texture(24).astype(np.float32) / 255
     small = resample(tex, 17, 17, wrap=True)

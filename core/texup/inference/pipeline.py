@@ -18,8 +18,10 @@ input's dtype (:meth:`Upscaler._stream_pass`). At the model's own scale no float
 exists; peak memory is the output, float copies of the *input* (16 bytes per input pixel), one band
 (``(tile + overlap) * scale`` rows of the pass's output width, float32 RGB) and the network's activations
 for one tile. Other scales (x2 from a x4 model) resample the band's rows as they come
-(:class:`~texup.inference.resample.RowResampler`). Only extra passes (scales above the model's) keep a
-float32 canvas of the intermediate image. Figures: docs/benchmarks.md.
+(:class:`~texup.inference.resample.RowResampler`). Extra passes (scales above the model's) read the
+previous pass's rows as they come (:class:`_RowWindow`), except with wrap-around, where the next pass's
+first tiles need the previous pass's last rows and a float32 canvas of the intermediate image is kept.
+Figures: docs/benchmarks.md.
 
 Alpha policy. A constant alpha channel is passed through (the exact stored value, at the output size). A
 varying alpha is upscaled through the model as a gray image (replicated to RGB, averaged back). Measured on
@@ -34,7 +36,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -148,6 +150,42 @@ def count_passes(height: int, width: int, out_height: int, out_width: int, model
     while model_scale**passes < need - 1e-9:
         passes += 1
     return passes
+
+
+class _RowWindow:
+    """A model pass's output read by the next pass while it is produced (no wrap-around), holding few rows.
+
+    ``rows`` yields ``(block, row0)`` in row order (:meth:`Upscaler._pass_rows` without wrap). The next pass
+    slices this like an array, ``window[y0:y1, x0:x1]``, its tile rows asking for non-decreasing ``y0``:
+    rows are pulled from ``rows`` up to ``y1`` and rows above ``y0`` are dropped, so about one tile row's
+    context (plus one block) is held instead of the whole pass output.
+    """
+
+    def __init__(self, rows: Iterator[tuple[np.ndarray, int]], height: int, width: int) -> None:
+        self.shape = (height, width, 3)
+        self._rows = rows
+        self._blocks: list[tuple[int, np.ndarray]] = []
+        self._produced = 0
+        self._floor = 0
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        ys, xs = key
+        y0, y1 = ys.start or 0, self.shape[0] if ys.stop is None else ys.stop
+        if y0 < self._floor:
+            raise RuntimeError(f"rows from {y0} were asked for after rows above {self._floor} were dropped")
+        while self._produced < y1:
+            block, row0 = next(self._rows)
+            if row0 != self._produced:
+                raise RuntimeError(f"pass rows out of order: got {row0}, expected {self._produced}")
+            self._blocks.append((row0, block.copy()))
+            self._produced = row0 + block.shape[0]
+        self._floor = y0
+        self._blocks = [(r0, b) for r0, b in self._blocks if r0 + b.shape[0] > y0]
+        parts = [b[max(0, y0 - r0) : y1 - r0, xs] for r0, b in self._blocks if r0 < y1]
+        return np.concatenate(parts, axis=0)
+
+
+ArrayLike = np.ndarray | _RowWindow
 
 
 class Upscaler:
@@ -316,11 +354,19 @@ class Upscaler:
         The last model pass streams its blended rows into ``sink``: straight when it lands exactly on the
         output size (the model's own scale), else through a :class:`RowResampler` (other scales: x2 or x3
         from a x4 model), so no full-size float buffer of the last pass exists. Earlier passes (x16 from a
-        x4 model) need their whole output as the next pass's input: a float32 canvas of that size.
+        x4 model) feed the next pass through a :class:`_RowWindow` of their rows, pulled as the next pass's
+        tiles need them; with wrap-around the next pass's first tiles need the last rows, so there the
+        earlier pass's whole output is kept (a float32 canvas).
         """
         s = self.runner.scale
+        source: np.ndarray | _RowWindow = x
         for _ in range(passes - 1):
-            x = self._tiled_pass(x, tile, overlap, wrap, job, top_level=True)
+            h, w = source.shape[:2]
+            if wrap:  # the next pass's first tiles need this pass's last rows: keep all of it
+                source = self._tiled_pass(source, tile, overlap, wrap, job, top_level=True)
+            else:  # the next pass reads this one's rows as they are blended
+                source = _RowWindow(self._pass_rows(source, tile, overlap, wrap, job, top_level=True), h * s, w * s)
+        x = source
         h, w = x.shape[:2]
         if (h * s, w * s) == (out_h, out_w):
             self._stream_pass(x, tile, overlap, wrap, job, sink, top_level=True)
@@ -349,9 +395,16 @@ class Upscaler:
         return canvas
 
     def _stream_pass(
-        self, x: np.ndarray, tile: int, overlap: int, wrap: bool, job: _Job, sink: RowSink, *, top_level: bool
+        self, x: ArrayLike, tile: int, overlap: int, wrap: bool, job: _Job, sink: RowSink, *, top_level: bool
     ) -> None:
-        """One model pass over ``x`` (H, W, 3 or 1) in blended tiles; finished output rows go to ``sink``.
+        """One model pass over ``x`` in blended tiles, finished output rows to ``sink`` (see :meth:`_pass_rows`)."""
+        for block, row0 in self._pass_rows(x, tile, overlap, wrap, job, top_level=top_level):
+            sink(block, row0)
+
+    def _pass_rows(
+        self, x: ArrayLike, tile: int, overlap: int, wrap: bool, job: _Job, *, top_level: bool
+    ) -> Iterator[tuple[np.ndarray, int]]:
+        """One model pass over ``x`` (H, W, 3 or 1) in blended tiles; yields finished output rows ``(block, row0)``.
 
         Tiles run in raster order. The blend weights of a plan add up to exactly 1 at every output pixel
         (see :mod:`texup.inference.tiling`), and a tile row only shares output rows with its neighbours in
@@ -359,8 +412,9 @@ class Upscaler:
         scale) and the full output width is enough: when the next tile row starts, every row above its blend
         region is final and is handed to ``sink``; the cross-fade rows move to the top of the accumulator.
         With wrap-around and several tile rows, the first rows (which the last tile row fades into across
-        the seam) wait in a small seam buffer until the end. ``sink(block, row0)`` gets (n, W*s, 3) float32
-        rows ``row0:row0+n`` of the output, each row exactly once, and may modify ``block``.
+        the seam) wait in a small seam buffer until the end. Each yielded ``block`` is (n, W*s, 3) float32
+        rows ``row0:row0+n`` of the output, each row exactly once, in order except the seam rows (last); the
+        consumer may modify it but must be done with it before asking for the next (it is a view of the band).
         """
         s = self.runner.scale
         h, w = x.shape[:2]
@@ -376,7 +430,7 @@ class Upscaler:
         rs = -tile_rows[0][0].by0 * s
         seam = np.zeros((2 * rs, out_w, 3), np.float32) if rs > 0 else None
 
-        def emit(block: np.ndarray, u0: int) -> None:
+        def emit(block: np.ndarray, u0: int) -> Iterator[tuple[np.ndarray, int]]:
             # Unwrapped rows u0.. of the output; rows within rs of the wrap seam collect in `seam`, whose index
             # k stands for output row (out_h - rs + k) mod out_h.
             pos, stop = u0, u0 + block.shape[0]
@@ -390,7 +444,7 @@ class Upscaler:
                 else:
                     end = min(stop, out_h - rs) if seam is not None else stop
                     for r in range(pos, end, _ROW_BLOCK):  # bounds the sink's temporaries
-                        sink(block[r - u0 : min(end, r + _ROW_BLOCK) - u0], r)
+                        yield block[r - u0 : min(end, r + _ROW_BLOCK) - u0], r
                 pos = end
 
         band_lo = band_hi = tile_rows[0][0].by0 * s  # unwrapped output rows held in band[: band_hi - band_lo]
@@ -398,7 +452,7 @@ class Upscaler:
             b0, b1 = row[0].by0 * s, row[0].by1 * s
             done = min(b0, band_hi) - band_lo
             if done > 0:
-                emit(band[:done], band_lo)
+                yield from emit(band[:done], band_lo)
                 keep = band_hi - band_lo - done
                 band[:keep] = band[done : done + keep].copy()
                 band[keep:] = 0.0
@@ -420,10 +474,10 @@ class Upscaler:
                 del y, region
                 if top_level:
                     job.tick()
-        emit(band[: band_hi - band_lo], band_lo)
+        yield from emit(band[: band_hi - band_lo], band_lo)
         if seam is not None:
-            sink(seam[:rs], out_h - rs)
-            sink(seam[rs:], 0)
+            yield seam[:rs], out_h - rs
+            yield seam[rs:], 0
 
     def _run_guarded(self, x: np.ndarray, job: _Job) -> np.ndarray:
         """Run the model on one context tile; on out-of-memory, split it into smaller blended tiles.
