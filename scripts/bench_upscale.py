@@ -6,7 +6,8 @@
 
 Same image (a crop of a real photo, tests/realdata.py's coffee.png), same weights, same process:
 
-* **reference**: the plain fp32 NCHW ``module(x)`` on the whole image (what Real-ESRGAN runs on a CPU);
+* **reference**: the plain fp32 NCHW ``module(x)`` on the whole image, dense blocks computed as Real-ESRGAN
+  computes them (``as_real_esrgan``: concatenations, out-of-place ops; what Real-ESRGAN runs on a CPU);
 * **auto**: texup end to end, ``Upscaler(model).upscale_file(png_in, png_out)`` with every default;
 * candidates on a smaller probe crop: channels_last, bf16 (native or emulated), one thread vs all,
   ``torch.compile`` with freezing (cold start reported), tile size vs overlap overhead, glibc malloc settings.
@@ -117,7 +118,7 @@ def count_flops(module: torch.nn.Module, h: int, w: int) -> float:
     return total / (h * w)
 
 
-def conv_peak(dtype: torch.dtype, channels_last: bool, side: int = 256, repeat: int = 3) -> float:
+def conv_peak(dtype: torch.dtype, channels_last: bool, side: int = 256, repeat: int = 10) -> float:
     """FLOP/s of a 64->64 3x3 convolution on a (1, 64, side, side) input, best of ``repeat``."""
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).eval().to(dtype)
     x = torch.rand(1, 64, side, side, dtype=dtype)
@@ -147,6 +148,40 @@ def forward(module: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype, channe
         return module(x).float()
 
 
+def as_real_esrgan(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose dense blocks compute the way Real-ESRGAN's RRDBNet does on a CPU.
+
+    texup's own RRDBNet skips the concatenations in NCHW inference and works in place; the reference must
+    not: every growth output concatenated with ``torch.cat``, LeakyReLU and the 0.2 residual scale-and-add
+    out of place, the upsampling head on the whole map. Other archs are returned as a plain copy.
+    """
+    import copy
+    import types
+
+    from texup.archs.rrdbnet import RRDB, ResidualDenseBlock
+
+    def dense(self: ResidualDenseBlock, x: torch.Tensor) -> torch.Tensor:
+        lrelu = torch.nn.functional.leaky_relu
+        x1 = lrelu(self.conv1(x), 0.2)
+        x2 = lrelu(self.conv2(torch.cat((x, x1), 1)), 0.2)
+        x3 = lrelu(self.conv3(torch.cat((x, x1, x2), 1)), 0.2)
+        x4 = lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)), 0.2)
+        return self.conv5(torch.cat((x, x1, x2, x3, x4), 1)) * 0.2 + x
+
+    def rrdb(self: RRDB, x: torch.Tensor) -> torch.Tensor:
+        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
+
+    plain = copy.deepcopy(module)
+    for sub in plain.modules():
+        if isinstance(sub, ResidualDenseBlock):
+            sub.forward = types.MethodType(dense, sub)
+        elif isinstance(sub, RRDB):
+            sub.forward = types.MethodType(rrdb, sub)
+    if hasattr(plain, "stream_rows"):
+        plain.stream_rows = None
+    return plain
+
+
 def variant(module: torch.nn.Module, dtype: torch.dtype, channels_last: bool) -> torch.nn.Module:
     import copy
 
@@ -159,7 +194,7 @@ def bench_model(key: str, args: argparse.Namespace, peak: float, report: dict[st
     out: dict[str, Any] = {}
     report[key] = out
     t_load, model = timed(lambda: load_pretrained(name))
-    module = model.module.eval()
+    module = as_real_esrgan(model.module.eval())  # the reference and the candidates; auto runs texup's own
     out["load_s"] = t_load
     flops_px = count_flops(module, 32, 32)
     out["mflop_per_input_pixel"] = flops_px / 1e6
@@ -343,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
         bench_model(key, args, peak, report)
     if not args.quick:
         malloc_effect("x4plus" if "x4plus" in args.models else "compact", 128, report)
+    # A shared machine's speed drifts: measure the peak again and say so when the floor above is unreliable.
+    best_layout = report["conv_peak_channels_last_flops"] >= report["conv_peak_nchw_flops"]
+    report["conv_peak_end_flops"] = end = conv_peak(auto, best_layout)
+    drift = end / peak - 1
+    print(f"conv peak at the end: {end / 1e9:.1f} GFLOP/s ({drift:+.0%} vs the start)"
+          + ("; the machine's speed changed during the run: fractions of the floor are unreliable"
+             if abs(drift) > 0.15 else ""))
     report["machine"]["loadavg_after"] = os.getloadavg()
     print(f"\nload average after: {report['machine']['loadavg_after'][0]:.2f}")
     if args.json:
