@@ -6,14 +6,16 @@ every block above its mmap threshold (dynamic, up to 32 MiB) with a fresh ``mmap
 kernel eagerly. :func:`keep_freed_memory` turns both off for the process (``mallopt``, the same knobs as the
 ``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables, but settable after start); a
 4096² RGBA ×4 upscale then peaked at output + 141 MiB instead of + 650 MiB, in 40.2 s instead of 44.2 s
-(2048²: + 140 instead of + 245 MiB, 9.8 s instead of 12.4 s; docs/benchmarks.md). The price is that freed memory stays with the process: the worker calls
-:func:`release_freed_memory` (``malloc_trim``) after every job, so Blender gets it back between jobs.
+(2048²: + 140 instead of + 245 MiB, 9.8 s instead of 12.4 s; docs/benchmarks.md). The price is that freed
+memory stays with the process: the worker calls :func:`release_freed_memory` (``malloc_trim``) after every
+job, so Blender gets it back between jobs.
 
 Both are no-ops returning False where the C library is not glibc (macOS, Windows, musl).
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 
 _M_TRIM_THRESHOLD = -1
@@ -22,6 +24,7 @@ _M_MMAP_MAX = -4
 _INT_MAX = 2**31 - 1
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None

@@ -96,6 +96,33 @@ def test_varying_alpha_and_gray_stream_into_the_output_dtype():
     assert out.shape == (180, 152) and out.dtype == np.uint8
 
 
+#: Put before every measuring script below: the child reads its own memory from /proc.
+_PROC_PRELUDE = textwrap.dedent(
+    """
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    def reset_peak():  # VmHWM := the current RSS
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    """
+)
+
+
+def _measure(script: str, *args: object) -> dict:
+    """Run ``script`` (after :data:`_PROC_PRELUDE`) in a fresh one-thread Python; return its last JSON line."""
+    env = {**os.environ, "PYTHONPATH": str(CORE), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROC_PRELUDE + script, *map(str, args)], env=env, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 _PEAK_SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -103,12 +130,6 @@ _PEAK_SCRIPT = textwrap.dedent(
     import numpy as np, torch
     import torch.nn.functional as F
     from texup.inference.pipeline import Upscaler, UpscaleOptions
-
-    def status(key):
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(key)
 
     class Tiny(torch.nn.Module):
         def __init__(self):
@@ -130,8 +151,7 @@ _PEAK_SCRIPT = textwrap.dedent(
     image[..., 3] = np.where((xx // 64 + yy // 64) % 2 == 0, 255, 0)  # varying alpha: a second model run
     options = UpscaleOptions(tile=256, seamless="off", scale=float(sys.argv[2]))
     up.upscale_array(image[:64, :64], options)  # warm-up: allocator pools, oneDNN primitives
-    with open("/proc/self/clear_refs", "w") as fh:  # reset VmHWM to the current RSS
-        fh.write("5")
+    reset_peak()
     before = status("VmRSS")
     out = up.upscale_array(image, options)
     print(json.dumps({"before": before, "peak": status("VmHWM"), "out_bytes": out.nbytes}))
@@ -145,13 +165,7 @@ def test_peak_memory_is_the_output_plus_a_bounded_band(scale):
     # x4: 1024^2 -> 4096 x 4096 RGBA uint8 (64 MiB); a whole-image float32 RGB canvas alone would be 192 MiB.
     # x2 from the x4 model: the model's 4096^2 rows are resampled as they come; a canvas would again be 192 MiB.
     side = 1024
-    env = {**os.environ, "PYTHONPATH": str(CORE), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", _PEAK_SCRIPT, str(side), str(scale)], env=env, capture_output=True, text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures = _measure(_PEAK_SCRIPT, side, scale)
     growth = figures["peak"] - figures["before"]
     out_bytes = figures["out_bytes"]
     assert out_bytes == (side * scale) ** 2 * 4
@@ -170,12 +184,6 @@ _TILE_SCRIPT = textwrap.dedent(
     from texup.archs import RRDBNet, SRVGGNetCompact
     from texup.inference.runner import Runner
 
-    def status(key):
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(key)
-
     torch.manual_seed(0)
     if sys.argv[3] == "rrdbnet":
         net = RRDBNet(num_block=1)  # x4plus's widths (64 features, 32 growth), one RRDB: the same per-block peak
@@ -186,8 +194,7 @@ _TILE_SCRIPT = textwrap.dedent(
     side = int(sys.argv[1])
     x = np.random.default_rng(0).random((side, side, 3), dtype=np.float32)
     runner.run_tile(x[:64, :64])  # warm-up: allocator pools, oneDNN primitives
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
+    reset_peak()
     before = status("VmRSS")
     y = runner.run_tile(x)
     assert y.shape == (side * 4, side * 4, 3)
@@ -202,13 +209,7 @@ def test_tile_memory_stays_within_the_estimate(arch, layout):
     # The default CPU tile of x4plus (256 + 2 * 16 context): without streaming the upsampling head, its
     # 64-channel 1152x1152 float32 activations alone (340 MB each, three alive at once) exceed 1 GB.
     side = 288
-    env = {**os.environ, "PYTHONPATH": str(CORE), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", _TILE_SCRIPT, str(side), layout, arch], env=env, capture_output=True, text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures = _measure(_TILE_SCRIPT, side, layout, arch)
     growth, estimate = figures["growth"], figures["estimate"]
     assert estimate < 400e6
     # The estimate plus allocator/oneDNN slack (weights are ~1 MB for one block).
@@ -221,34 +222,23 @@ _MALLOC_SCRIPT = textwrap.dedent(
     import numpy as np
     from texup._malloc import keep_freed_memory, release_freed_memory
 
-    def rss():
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-
     kept = keep_freed_memory() if sys.argv[1] == "keep" else None
-    base = rss()
+    base = status("VmRSS")
     block = np.ones(200 << 20, np.uint8)  # one 200 MiB block, like a big tile tensor
-    allocated = rss() - base
+    allocated = status("VmRSS") - base
     del block
-    freed = rss() - base
+    freed = status("VmRSS") - base
     released = release_freed_memory()
     print(json.dumps({"kept": kept, "allocated": allocated, "freed": freed, "released": released,
-                      "after_release": rss() - base}))
+                      "after_release": status("VmRSS") - base}))
     """
 )
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_freed_memory_is_kept_for_reuse_until_released():
-    def run(mode: str) -> dict:
-        env = {**os.environ, "PYTHONPATH": str(CORE)}
-        done = subprocess.run([sys.executable, "-c", _MALLOC_SCRIPT, mode], env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
-
     mib = 2**20
-    default, keep = run("default"), run("keep")
+    default, keep = _measure(_MALLOC_SCRIPT, "default"), _measure(_MALLOC_SCRIPT, "keep")
     assert default["kept"] is None and keep["kept"] is True
     assert default["allocated"] > 190 * mib and keep["allocated"] > 190 * mib
     assert default["freed"] < 20 * mib  # glibc's default: a big block is unmapped at once ...

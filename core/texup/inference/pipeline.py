@@ -359,7 +359,7 @@ class Upscaler:
         earlier pass's whole output is kept (a float32 canvas).
         """
         s = self.runner.scale
-        source: np.ndarray | _RowWindow = x
+        source: ArrayLike = x
         for _ in range(passes - 1):
             h, w = source.shape[:2]
             if wrap:  # the next pass's first tiles need this pass's last rows: keep all of it

@@ -95,12 +95,13 @@ class RowResampler:
             idx, weights = np.arange(height)[:, None], np.ones((height, 1), np.float32)
         else:
             idx, weights = _taps(n_in, height, wrap)
-        # Only taps with a weight: per output row, the distinct input rows it needs.
+        # Only taps with a weight; `needs[i]`: the distinct input rows output row i reads (clamped taps repeat).
         self.taps = [(idx[i][weights[i] != 0], weights[i][weights[i] != 0]) for i in range(height)]
-        self.missing = np.array([len(np.unique(t)) for t, _ in self.taps], np.int64)
+        self.needs = [np.unique(t).tolist() for t, _ in self.taps]
+        self.missing = np.array([len(rows) for rows in self.needs], np.int64)
         users: list[list[int]] = [[] for _ in range(n_in)]
-        for i, (t, _) in enumerate(self.taps):
-            for j in np.unique(t):
+        for i, rows in enumerate(self.needs):
+            for j in rows:
                 users[j].append(i)
         self.users = users
         self.remaining = np.array([len(u) for u in users], np.int64)  # not yet emitted outputs per input row
@@ -140,8 +141,8 @@ class RowResampler:
                 self.rows[j] = self.rows[j].copy()
 
     def _emit(self, rows: list[int]) -> None:
-        sample = self.rows[int(self.taps[rows[0]][0][0])]
-        out = np.empty((len(rows), *sample.shape), np.float32)
+        first = self.rows[self.needs[rows[0]][0]]
+        out = np.empty((len(rows), *first.shape), np.float32)
         for n, i in enumerate(rows):
             t, w = self.taps[i]
             acc = w[0] * self.rows[int(t[0])]
@@ -151,10 +152,10 @@ class RowResampler:
         self.emitted += len(rows)
         self.sink(out, rows[0])
         for i in rows:
-            for j in np.unique(self.taps[i][0]):
+            for j in self.needs[i]:
                 self.remaining[j] -= 1
                 if self.remaining[j] == 0:
-                    self.rows.pop(int(j), None)
+                    del self.rows[j]
 
     def finish(self) -> None:
         """Check that every input row arrived and every output row was emitted."""
