@@ -89,7 +89,7 @@ def child_tile_peak(model_name: str, tile: int, overlap: int) -> dict[str, Any]:
     """Peak RSS growth of one (tile + 2 overlap)^2 model input through the runner."""
     import numpy as np
 
-    from texup.inference.runner import Runner
+    from texup.engines.torch_engine import TorchEngine as Runner
     from texup.weights.registry import load_pretrained
 
     model = load_pretrained({"compact": "realesr-animevideov3", "x4plus": "realesrgan-x4plus"}[model_name])

@@ -43,7 +43,7 @@ from PIL import Image  # noqa: E402
 from realdata import real_image  # noqa: E402
 from texup.imageio import read_image, write_image  # noqa: E402
 from texup.inference.pipeline import UpscaleOptions, Upscaler  # noqa: E402
-from texup.inference.runner import cpu_has_native_bf16, pick_precision  # noqa: E402
+from texup.engines.torch_engine import cpu_has_native_bf16, pick_precision  # noqa: E402
 from texup.inference.tiling import plan_tiles  # noqa: E402
 from texup.weights.registry import load_pretrained  # noqa: E402
 
@@ -221,15 +221,15 @@ def bench_model(key: str, args: argparse.Namespace, peak: float, report: dict[st
         t_auto, _ = timed(lambda: up.upscale_file(src, dst), args.repeat)
         auto_img = read_image(dst).pixels.astype(np.float32) / 255
     out["auto_s"] = t_auto
-    out["auto_precision"] = str(up.dtype).replace("torch.", "")
-    out["auto_channels_last"] = up.runner.channels_last
-    out["auto_tile"] = up.runner.auto_tile()
+    out["auto_precision"] = up.precision
+    out["auto_channels_last"] = up.engine.channels_last
+    out["auto_tile"] = up.engine.auto_tile()
     out["speedup"] = t_ref / t_auto
     out["auto_fraction_of_floor"] = floor / t_auto
     out["auto_psnr_vs_reference_db"] = psnr(auto_img, ref_img)
     print(
         f"texup auto (file->file, {out['auto_precision']}, "
-        f"{'channels_last' if up.runner.channels_last else 'NCHW'}) {t_auto:8.2f} s   "
+        f"{'channels_last' if up.engine.channels_last else 'NCHW'}) {t_auto:8.2f} s   "
         f"x{t_ref / t_auto:.2f} vs reference, {floor / t_auto:5.1%} of floor, "
         f"{out['auto_psnr_vs_reference_db']:.1f} dB vs fp32"
     )

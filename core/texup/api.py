@@ -2,26 +2,30 @@
 
 Models are loaded once and kept: calling :func:`upscale_file` in a loop with the same model name
 does not reload weights (an :class:`~texup.inference.pipeline.Upscaler` is cached per
-(model, device, precision)).
+(model, engine, device, precision, layout)). Without torch installed the ncnn engine runs everything
+except :func:`load_model`, which builds a torch module.
 """
 from __future__ import annotations
 
 import threading
 from os import PathLike
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 
+from texup.engines.base import Engine
 from texup.inference.pipeline import UpscaleOptions, Upscaler
-from texup.weights import LoadedModel
 from texup.weights.registry import DEFAULT_MODEL, load_pretrained
 from texup.weights.registry import list_models as _list_models
 
-ModelRef = str | PathLike | LoadedModel | Upscaler
+if TYPE_CHECKING:
+    from texup.weights import LoadedModel
+
+ModelRef = Union[str, PathLike, "LoadedModel", Upscaler, Engine]
 
 _cache_lock = threading.Lock()
-_upscalers: dict[tuple[str, str, str], Upscaler] = {}
+_upscalers: dict[tuple[str, str, str, str, str], Upscaler] = {}
 
 
 def load_model(name_or_path: str | PathLike = DEFAULT_MODEL) -> LoadedModel:
@@ -40,22 +44,26 @@ def list_models() -> list[dict[str, Any]]:
 
 
 def get_upscaler(
-    model: ModelRef = DEFAULT_MODEL, *, device: str = "auto", precision: str = "auto", layout: str = "auto"
+    model: ModelRef = DEFAULT_MODEL, *, engine: str = "auto", device: str = "auto", precision: str = "auto",
+    layout: str = "auto", status: Callable[[str], None] | None = None,
 ) -> Upscaler:
     """An :class:`Upscaler` for ``model``; names and paths are loaded once per process and reused.
 
-    ``layout`` is the network's memory layout: "auto", "nchw" or "channels_last"
-    (:func:`texup.inference.runner.pick_channels_last`).
+    ``engine``: "auto" (the measured fastest here, :mod:`texup.engines.select`), "torch" or "ncnn";
+    ``device``: "auto", "cpu", "cuda[:N]", "mps", "vulkan[:N]"; ``precision``: "auto", "fp32", "bf16",
+    "fp16"; ``layout`` (torch): "auto", "nchw" or "channels_last". ``status`` receives one line per step
+    of a first-use engine measurement.
     """
     if isinstance(model, Upscaler):
         return model
-    if isinstance(model, LoadedModel):
-        return Upscaler(model, device=device, precision=precision, layout=layout)
-    key = (str(model), device, precision, layout)
+    if isinstance(model, Engine) or not isinstance(model, (str, PathLike)):
+        return Upscaler(model, engine=engine, device=device, precision=precision, layout=layout, status=status)
+    key = (str(model), engine, device, precision, layout)
     with _cache_lock:
         upscaler = _upscalers.get(key)
         if upscaler is None:
-            upscaler = Upscaler(load_model(model), device=device, precision=precision, layout=layout)
+            upscaler = Upscaler(model, engine=engine, device=device, precision=precision, layout=layout,
+                                status=status)
             _upscalers[key] = upscaler
         return upscaler
 
@@ -64,6 +72,7 @@ def upscale_array(
     pixels: np.ndarray,
     *,
     model: ModelRef = DEFAULT_MODEL,
+    engine: str = "auto",
     device: str = "auto",
     precision: str = "auto",
     layout: str = "auto",
@@ -79,7 +88,7 @@ def upscale_array(
     ``overlap``, ``seamless`` ("auto"/"on"/"off"), ``role`` ("color"/"normal"/"data").
     ``colorspace`` says how float pixels are encoded ("srgb" or "linear").
     """
-    upscaler = get_upscaler(model, device=device, precision=precision, layout=layout)
+    upscaler = get_upscaler(model, engine=engine, device=device, precision=precision, layout=layout)
     return upscaler.upscale_array(
         pixels, UpscaleOptions(**options), colorspace=colorspace, progress=progress, cancel=cancel
     )
@@ -90,6 +99,7 @@ def upscale_file(
     dst: str | PathLike,
     *,
     model: ModelRef = DEFAULT_MODEL,
+    engine: str = "auto",
     device: str = "auto",
     precision: str = "auto",
     layout: str = "auto",
@@ -102,5 +112,5 @@ def upscale_file(
     The output keeps the input's format, bit depth, channels and colour space unless ``dst``'s suffix
     names another format. Returns the written path. Errors name the file and the reason.
     """
-    upscaler = get_upscaler(model, device=device, precision=precision, layout=layout)
+    upscaler = get_upscaler(model, engine=engine, device=device, precision=precision, layout=layout)
     return upscaler.upscale_file(src, dst, UpscaleOptions(**options), progress=progress, cancel=cancel)

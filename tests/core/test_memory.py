@@ -68,7 +68,7 @@ def test_stream_pass_emits_every_output_row_once_and_matches_the_canvas(wrap, si
     up._stream_pass(x, tile, overlap, wrap, job, sink, top_level=False)
     assert (seen == 1).all()
     # The same tiles through the whole-image untiled run: equal where the context covers the blur.
-    whole = up.runner.run_tile(x) if not wrap else None
+    whole = up.engine.run_tile(x) if not wrap else None
     if whole is not None and overlap >= 1:
         np.testing.assert_allclose(streamed, whole, atol=1e-5)
     # Blend weights sum to one: a constant image stays constant, seams included.
@@ -182,7 +182,7 @@ _TILE_SCRIPT = textwrap.dedent(
     from types import SimpleNamespace
     import numpy as np, torch
     from texup.archs import RRDBNet, SRVGGNetCompact
-    from texup.inference.runner import Runner
+    from texup.engines.torch_engine import TorchEngine as Runner
 
     torch.manual_seed(0)
     if sys.argv[3] == "rrdbnet":

@@ -83,7 +83,7 @@ def _nearest_up(a: np.ndarray, s: int = 4) -> np.ndarray:
 
 def _untiled_blur(a01: np.ndarray, s: int = 4) -> np.ndarray:
     """What BlurUp gives on the whole image at once (float32 [0, 1] in, float32 out)."""
-    return Upscaler(_model(BlurUp(s), s), device="cpu", precision="fp32").runner.run_tile(a01)
+    return Upscaler(_model(BlurUp(s), s), device="cpu", precision="fp32").engine.run_tile(a01)
 
 
 def _mirror_2x2(a: np.ndarray) -> np.ndarray:
@@ -193,7 +193,7 @@ def test_progress_reports_every_tile_and_cancel_stops():
 def test_out_of_memory_retries_with_smaller_tiles():
     image = real_image("chelsea.png", (60, 80, 50, 70)).astype(np.float32) / 255
     up = _upscaler(OutOfMemoryAbove(limit=40 * 40))
-    net = up.runner.module  # the runner works on its own copy of the network
+    net = up.engine.module  # the runner works on its own copy of the network
     seen = []
     out = up.upscale_array(image, UpscaleOptions(tile=64, overlap=4, seamless="off"),
                                        progress=lambda d, t: seen.append((d, t)))
@@ -242,7 +242,7 @@ def test_scale_above_the_models_runs_it_twice():
     up = _upscaler(Nearest(scale=2), 2)
     out = up.upscale_array(image, UpscaleOptions(scale=3, seamless="off"))
     assert out.shape == (27, 33, 1)
-    assert up.runner.module.calls == [(9, 11), (18, 22)]
+    assert up.engine.module.calls == [(9, 11), (18, 22)]
 
 
 @pytest.mark.parametrize("seamless", ["off", "on"])

@@ -1,4 +1,4 @@
-"""Device and precision choice, and one tile through the network (texup.inference.runner)."""
+"""Device and precision choice, and one tile through the network (texup.engines.torch_engine)."""
 from __future__ import annotations
 
 from types import MappingProxyType, SimpleNamespace
@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from realdata import real_image
 from texup.archs import RRDBNet
-from texup.inference import runner as runner_mod
-from texup.inference.runner import Runner, pick_device, pick_precision
+from texup.engines import torch_engine as runner_mod
+from texup.engines.torch_engine import TorchEngine as Runner, pick_device, pick_precision
 
 
 class NeedsMultiple(torch.nn.Module):
@@ -163,7 +163,7 @@ def test_auto_tile_keeps_activations_and_band_within_the_cpu_budget(monkeypatch)
 def test_auto_tile_on_cuda_uses_half_the_free_memory(monkeypatch):
     # The CUDA branch without a GPU: a CPU runner posing as one, with the free memory given.
     runner = Runner(_model(RRDBNet(), 4, num_feat=64), device="cpu", precision="fp32")
-    runner.device, runner.dtype = torch.device("cuda"), torch.float16
+    runner.torch_device, runner.dtype = torch.device("cuda"), torch.float16
     for free_gib, expected_range in ((80, (1024, 1024)), (1, (384, 800)), (0.1, (128, 128))):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free_gib: (int(f * 2**30), 80 * 2**30))
         tile = runner.auto_tile(out_width=65536)  # the host-side band does not count against the GPU

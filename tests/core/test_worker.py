@@ -279,7 +279,7 @@ def test_server_cancels_a_queued_job_before_it_starts_and_keeps_one_upscaler(tmp
             progress(2, 2)
             return Path(dst)
 
-    def factory(model, *, device, precision):
+    def factory(model, *, engine, device, precision):
         made.append((model, device, precision))
         return SlowUpscaler()
 

@@ -1,4 +1,4 @@
-"""The ``texup`` command: ``texup upscale | models | worker | train``.
+"""The ``texup`` command: ``texup upscale | engines | models | worker | train``.
 
 Each subcommand lives in its own module exposing ``add_parser(subparsers)``; the parser it adds sets
 ``func(args) -> int`` (the process exit code). Library code never prints; this layer turns events into
@@ -15,7 +15,7 @@ from texup._malloc import keep_freed_memory
 
 def build_parser() -> argparse.ArgumentParser:
     from texup import __version__
-    from texup.cli import models, train, upscale, worker
+    from texup.cli import engines, models, train, upscale, worker
 
     parser = argparse.ArgumentParser(
         prog="texup",
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     upscale.add_parser(sub)
+    engines.add_parser(sub)
     models.add_parser(sub)
     train.add_parser(sub)
     worker.add_parser(sub)

@@ -58,12 +58,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="wrap-around context for tileable textures (auto: detect)")
     p.add_argument("--role", choices=("color", "normal", "data"), default="color",
                    help="normal: renormalise to unit vectors; data: no colour transform (default: color)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--engine", choices=("auto", "torch", "ncnn"), default="auto",
+                   help="what runs the network: auto = the fastest measured on this machine (once per model; "
+                   "see `texup engines`), torch (CPU, CUDA, MPS), ncnn (CPU, any Vulkan GPU)")
+    p.add_argument("--device", type=_device_arg, default="auto", metavar="{auto,cpu,cuda[:N],mps,vulkan[:N]}",
+                   help="where it runs (vulkan implies --engine ncnn; cuda and mps imply torch)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     p.add_argument("--layout", choices=("auto", "nchw", "channels_last"), default="auto",
                    help="memory layout of the network (auto: measured per CPU/GPU kind; see docs/benchmarks.md)")
     p.add_argument("--debug", action="store_true", help="print a traceback for unexpected errors")
     p.set_defaults(func=run)
+
+
+def _device_arg(text: str) -> str:
+    key = text.strip().lower()
+    base, _, index = key.partition(":")
+    if base in ("auto", "cpu", "mps") and not index:
+        return key
+    if base in ("cuda", "vulkan") and (not index or index.isdigit()):
+        return key
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda[:N], mps or vulkan[:N], not {text!r}")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -142,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         upscaler = api.get_upscaler(
-            args.model or api.DEFAULT_MODEL, device=args.device, precision=args.precision, layout=args.layout
+            args.model or api.DEFAULT_MODEL, engine=args.engine, device=args.device, precision=args.precision,
+            layout=args.layout, status=lambda line: print(f"texup: {line}", file=sys.stderr),
         )
     except (TexupError, ValueError) as err:
         print(f"texup: error: {err}", file=sys.stderr)
@@ -151,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         scale=args.scale, target_size=target, tile=args.tile, overlap=args.overlap,
         seamless=args.seamless, role=args.role,
     )
-    label = scale_label(args.scale if args.scale is not None else upscaler.model.scale)
+    label = scale_label(args.scale if args.scale is not None else upscaler.scale)
     suffix = args.suffix.replace("{scale}", label)
 
     inputs = {item.src.resolve() for item in items}

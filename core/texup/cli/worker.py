@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Long-lived upscaling process speaking texup's JSON-lines protocol on stdin/stdout; "
         "models stay loaded between jobs. Logs go to stderr.",
     )
-    p.add_argument("--device", default="auto", help="default device for jobs: auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default="auto", help="default device for jobs: auto, cpu, cuda[:N], mps or vulkan[:N]")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="default precision for jobs")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",

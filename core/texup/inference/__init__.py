@@ -1,12 +1,12 @@
 """Tiled inference: image in, image out.
 
 * :mod:`~texup.inference.tiling` — tile grid, blend weights, wrap-around, seamless detection (numpy only);
-* :mod:`~texup.inference.runner` — device/precision choice and one tile through the network (torch);
 * :mod:`~texup.inference.policy` — role, colour-space and alpha policies (numpy only);
 * :mod:`~texup.inference.resample` — antialiased cubic resampling with periodic borders (numpy only);
-* :mod:`~texup.inference.pipeline` — :class:`Upscaler` and :class:`UpscaleOptions`.
+* :mod:`~texup.inference.pipeline` — :class:`Upscaler` and :class:`UpscaleOptions` (numpy; the network runs
+  in an engine, :mod:`texup.engines`).
 
-Importing this package does not import torch; the names that need it are loaded on first access.
+Nothing here imports torch or ncnn; the engine an Upscaler opens does.
 """
 from __future__ import annotations
 
@@ -20,9 +20,6 @@ _LAZY = {
     "UpscaleOptions": "texup.inference.pipeline",
     "Cancelled": "texup.inference.pipeline",
     "TileOutOfMemoryError": "texup.inference.pipeline",
-    "Runner": "texup.inference.runner",
-    "pick_device": "texup.inference.runner",
-    "pick_precision": "texup.inference.runner",
 }
 
 __all__ = ["Tile", "blend_weights", "is_tileable", "plan_tiles", *_LAZY]

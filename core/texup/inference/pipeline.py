@@ -34,21 +34,22 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 
+from texup.engines.base import Cancelled, Engine, EngineOutOfMemory
 from texup.errors import ImageWriteError, TexupError
 from texup.imageio import from_float32, read_image, to_float32, write_image
 from texup.inference import policy
 from texup.inference.resample import RowResampler
-from texup.inference.runner import ModelLike, Runner
 from texup.inference.tiling import Tile, add_wrapped, blend_weights, is_tileable, plan_tiles, take_wrapped
 
-ProgressCallback = Callable[[int, int], None]
+#: ``progress(done, total)``: ``done`` tiles of ``total`` (a float between tile boundaries, see Upscaler).
+ProgressCallback = Callable[[float, int], None]
 CancelCallback = Callable[[], bool]
 #: Receives finished output rows: ``sink(block, row0)``, ``block`` (n, W, 3) float32 = output rows row0:row0+n.
 RowSink = Callable[[np.ndarray, int], None]
@@ -59,10 +60,6 @@ _DTYPES = ("uint8", "uint16", "float16", "float32")
 _SEAMLESS = ("auto", "on", "off")
 #: Most output rows handed to a sink at once (bounds the temporaries of the final decode and conversion).
 _ROW_BLOCK = 256
-
-
-class Cancelled(TexupError):
-    """The caller's ``cancel()`` returned True; the upscale stopped and produced no output."""
 
 
 class TileOutOfMemoryError(TexupError):
@@ -78,8 +75,7 @@ class UpscaleOptions:
             ``round(in * scale)`` per axis (at least 1).
         target_size: exact output ``(width, height)``; overrides ``scale`` (aspect may change).
         tile: core tile side in input pixels (the model sees ``tile + 2 * overlap``); None = automatic
-            (:meth:`Runner.auto_tile <texup.inference.runner.Runner.auto_tile>`: up to 256 on CPU/MPS within
-            a memory budget, from free memory on CUDA).
+            (the engine's ``auto_tile``: up to 256 on a CPU within a memory budget, from free memory on CUDA).
         overlap: context pixels on each side of a tile; tiles cross-fade over ``overlap`` pixels.
         seamless: "on" = wrap-around context and resampling (keeps a tileable texture tileable); "off";
             "auto" = "on" when :func:`~texup.inference.tiling.is_tileable` says the input is seamless.
@@ -121,6 +117,7 @@ class _Job:
     max_side: float = math.inf
     split_tile: int = 0
     overlap: int = 0
+    _next_step: float = 0.0
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel():
@@ -130,6 +127,14 @@ class _Job:
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, self.total)
+
+    def step(self, fraction: float) -> None:
+        """Progress inside the current tile (at most every 0.1 s): ``progress(done + fraction, total)``."""
+        now = time.monotonic()
+        if self.progress is None or now < self._next_step or fraction >= 1.0:
+            return
+        self._next_step = now + 0.1
+        self.progress(self.done + fraction, self.total)
 
 
 def output_size(height: int, width: int, options: UpscaleOptions, model_scale: int) -> tuple[int, int]:
@@ -191,26 +196,42 @@ ArrayLike = np.ndarray | _RowWindow
 class Upscaler:
     """Upscales images with one model on one device (see the module docstring for the steps).
 
-    Holds only the model and its :class:`~texup.inference.runner.Runner`; calls do not share state, so an
-    Upscaler can be kept and reused for many images (calls are not meant to run concurrently).
+    Holds only its :class:`~texup.engines.base.Engine` (which runs the network on one tile); calls do not
+    share state, so an Upscaler can be kept and reused for many images (calls are not meant to run
+    concurrently). ``model`` is an Engine, or what :func:`texup.engines.select.open_engine` opens (a registry
+    name, a weights file, a :class:`~texup.weights.LoadedModel`) with ``engine``/``device``/``precision``/
+    ``layout``; ``status`` receives one line per step of a first-use engine measurement.
     """
 
     def __init__(
-        self, model: ModelLike, *, device: str | torch.device = "auto", precision: str = "auto", layout: str = "auto"
+        self, model: object, *, engine: str = "auto", device: str = "auto", precision: str = "auto",
+        layout: str = "auto", status: Callable[[str], None] | None = None,
     ) -> None:
-        self.model = model
-        self.runner = Runner(model, device=device, precision=precision, layout=layout)
+        if isinstance(model, Engine):
+            self.engine: Engine = model
+        else:
+            from texup.engines.select import open_engine
+
+            self.engine = open_engine(model, engine=engine, device=device, precision=precision, layout=layout,
+                                      status=status)
 
     @property
-    def device(self) -> torch.device:
-        return self.runner.device
+    def device(self) -> str:
+        """Where the network runs: "cpu", "cuda:0", "mps", "vulkan:0"."""
+        return self.engine.device
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.runner.dtype
+    def precision(self) -> str:
+        return self.engine.precision
+
+    @property
+    def scale(self) -> int:
+        """The model's own scale."""
+        return self.engine.scale
 
     def __repr__(self) -> str:
-        return f"Upscaler({getattr(self.model, 'name', '?')!r}, device={self.device}, dtype={self.dtype})"
+        e = self.engine
+        return f"Upscaler({e.model_name!r}, engine={e.name}, device={e.device}, precision={e.precision})"
 
     # --- public API --------------------------------------------------------------------------------------
 
@@ -255,11 +276,11 @@ class Upscaler:
         if colorspace not in policy.COLORSPACES:
             raise ValueError(f"unknown colour space {colorspace!r}: expected one of {', '.join(policy.COLORSPACES)}")
 
-        scale = self.runner.scale
+        scale = self.engine.scale
         out_h, out_w = output_size(height, width, options, scale)
         passes = count_passes(height, width, out_h, out_w, scale)
         wrap = options.seamless == "on" or (options.seamless == "auto" and is_tileable(image))
-        tile = options.tile or self.runner.auto_tile(overlap=options.overlap, out_width=width * scale**passes)
+        tile = options.tile or self.engine.auto_tile(overlap=options.overlap, out_width=width * scale**passes)
         overlap = options.overlap
 
         has_alpha = channels in (2, 4)
@@ -358,7 +379,7 @@ class Upscaler:
         tiles need them; with wrap-around the next pass's first tiles need the last rows, so there the
         earlier pass's whole output is kept (a float32 canvas).
         """
-        s = self.runner.scale
+        s = self.engine.scale
         source: ArrayLike = x
         for _ in range(passes - 1):
             h, w = source.shape[:2]
@@ -384,7 +405,7 @@ class Upscaler:
         self, x: np.ndarray, tile: int, overlap: int, wrap: bool, job: _Job, *, top_level: bool
     ) -> np.ndarray:
         """One model pass over ``x`` in blended tiles, collected into a float32 canvas of the pass's output size."""
-        s = self.runner.scale
+        s = self.engine.scale
         h, w = x.shape[:2]
         canvas = np.empty((h * s, w * s, 3), np.float32)
 
@@ -416,7 +437,7 @@ class Upscaler:
         rows ``row0:row0+n`` of the output, each row exactly once, in order except the seam rows (last); the
         consumer may modify it but must be done with it before asking for the next (it is a view of the band).
         """
-        s = self.runner.scale
+        s = self.engine.scale
         h, w = x.shape[:2]
         out_h, out_w = h * s, w * s
         tile_rows: list[list[Tile]] = []
@@ -463,7 +484,7 @@ class Upscaler:
                 context = take_wrapped(x, t.cy0, t.cy1, t.cx0, t.cx1)
                 if context.shape[2] == 1:
                     context = np.repeat(context, 3, axis=2)
-                y = self._run_guarded(context, job)
+                y = self._run_guarded(context, job, top_level=top_level)
                 oy, ox = (t.by0 - t.cy0) * s, (t.bx0 - t.cx0) * s
                 bh, bw = (t.by1 - t.by0) * s, (t.bx1 - t.bx0) * s
                 region = y[oy : oy + bh, ox : ox + bw]
@@ -479,19 +500,20 @@ class Upscaler:
             yield seam[:rs], out_h - rs
             yield seam[rs:], 0
 
-    def _run_guarded(self, x: np.ndarray, job: _Job) -> np.ndarray:
+    def _run_guarded(self, x: np.ndarray, job: _Job, *, top_level: bool = True) -> np.ndarray:
         """Run the model on one context tile; on out-of-memory, split it into smaller blended tiles.
 
-        ``torch.OutOfMemoryError`` (never a message match) halves the core tile size, down to
+        :class:`~texup.engines.base.EngineOutOfMemory` (never a message match) halves the core tile size, down to
         :data:`MIN_TILE`; the smaller size is remembered for the rest of the call, so later tiles are split
         up front instead of failing first. Below the minimum, :class:`TileOutOfMemoryError` is raised.
         """
         h, w = x.shape[:2]
         if max(h, w) <= job.max_side:
             try:
-                return self.runner.run_tile(x)
-            except torch.OutOfMemoryError as err:
-                self.runner.free_cached_memory()
+                step = job.step if top_level else None
+                return self.engine.run_tile(x, cancel=job.cancel, step=step)
+            except EngineOutOfMemory as err:
+                self.engine.free_cached_memory()
                 core = min(job.split_tile or max(h, w), max(h, w)) // 2
                 if core < MIN_TILE:
                     raise TileOutOfMemoryError(

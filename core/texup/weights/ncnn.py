@@ -23,12 +23,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from texup.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    import torch
 
 MAGIC = "7767517"
 TAG_FP16 = 0x01306B47
@@ -71,7 +73,7 @@ class NcnnModel:
 
     arch: str
     hparams: dict[str, Any]
-    state_dict: dict[str, torch.Tensor]
+    state_dict: dict[str, "torch.Tensor"]
     output_resize: float | None = None
     layers: list[NcnnLayer] = field(default_factory=list, repr=False)
 
@@ -178,13 +180,15 @@ class _BinReader:
 
 @dataclass
 class _Conv:
-    weight: torch.Tensor
-    bias: torch.Tensor | None
+    weight: "torch.Tensor"
+    bias: "torch.Tensor | None"
     fused_act: str | None
 
 
 def _read_weights(layers: list[NcnnLayer], bin_path: Path, param_path: Path) -> list[tuple[str, Any]]:
     """Read the .bin in layer order: ``[("conv", _Conv) | ("prelu", tensor), ...]``."""
+    import torch  # the parser above needs no torch; reading weights for the torch engine does
+
     reader = _BinReader(bin_path)
     out: list[tuple[str, Any]] = []
     for layer in layers:
@@ -258,7 +262,7 @@ def read_ncnn(param_path: str | Path, bin_path: str | Path | None = None) -> Ncn
     return NcnnModel(arch, hparams, sd, output_resize, layers)
 
 
-def load_ncnn(param_path: str | Path, bin_path: str | Path | None = None) -> dict[str, torch.Tensor]:
+def load_ncnn(param_path: str | Path, bin_path: str | Path | None = None) -> dict[str, "torch.Tensor"]:
     """The weights of an ncnn model as a canonical-name state dict of fp32 CPU tensors.
 
     For graphs that end in a resize (``realesr-animevideov3-x2``/``-x3``) these are the weights of
@@ -275,7 +279,7 @@ def _output_resize(layers: list[NcnnLayer]) -> float | None:
     return None if factor == 1.0 else factor
 
 
-def _set_conv(sd: dict[str, torch.Tensor], name: str, conv: _Conv) -> None:
+def _set_conv(sd: dict[str, Any], name: str, conv: _Conv) -> None:
     sd[f"{name}.weight"] = conv.weight
     if conv.bias is not None:
         sd[f"{name}.bias"] = conv.bias
@@ -297,7 +301,7 @@ def _as_rrdbnet(layers: list[NcnnLayer], convs: list[_Conv], param_path: Path) -
     names = ["conv_first"]
     names += [f"body.{i}.rdb{k}.conv{j}" for i in range(num_block) for k in (1, 2, 3) for j in range(1, 6)]
     names += ["conv_body"] + [f"conv_up{u}" for u in range(1, n_up + 1)] + ["conv_hr", "conv_last"]
-    sd: dict[str, torch.Tensor] = {}
+    sd: dict[str, Any] = {}
     for name, conv in zip(names, convs):
         _set_conv(sd, name, conv)
     from texup.weights.detect import detect_architecture
@@ -327,7 +331,7 @@ def _as_compact(
         if len(acts) != 1 or None in acts or not acts <= {"relu", "leakyrelu"}:
             raise ModelLoadError(param_path, f"cannot tell the compact model's activation (found {sorted(map(str, acts))})")
         act_type = acts.pop()
-    sd: dict[str, torch.Tensor] = {}
+    sd: dict[str, Any] = {}
     for index, conv in enumerate(convs):
         _set_conv(sd, f"body.{2 * index}", conv)
     for index, slopes in enumerate(prelus):

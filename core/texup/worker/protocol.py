@@ -37,8 +37,10 @@ SEAMLESS: tuple[str, ...] = ("auto", "on", "off")
 REQUEST_TYPES: tuple[str, ...] = ("upscale", "train", "cancel", "ping", "models", "shutdown")
 STAGES: tuple[str, ...] = ("psnr", "gan")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+ENGINES: tuple[str, ...] = ("auto", "torch", "ncnn")
 
-_OPTION_KEYS = frozenset({"model", "scale", "target_size", "tile", "overlap", "seamless", "device", "precision"})
+_OPTION_KEYS = frozenset({"model", "scale", "target_size", "tile", "overlap", "seamless", "device", "precision",
+                          "engine"})
 
 
 class ProtocolError(ValueError):
@@ -87,6 +89,7 @@ class JobOptions:
     seamless: str = "auto"
     device: str = "auto"
     precision: str = "auto"
+    engine: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,8 @@ def parse_options(options: Any) -> JobOptions:
         overlap=16 if overlap is None else overlap,
         seamless=_choice(options, "seamless", SEAMLESS, "auto"),
         device=_choice(options, "device", None, "auto"),
-        precision=_choice(options, "precision", ("auto", "fp32", "bf16", "fp16"), "auto"),
+        precision=_choice(options, "precision", PRECISIONS, "auto"),
+        engine=_choice(options, "engine", ENGINES, "auto"),
     )
 
 
@@ -256,13 +260,21 @@ def parse_train(message: dict[str, Any]) -> TrainRequest:
 
 # --- worker -> client events -------------------------------------------------------------------
 
-def hello(*, texup_version: str, torch_version: str, device: str, pid: int) -> dict[str, Any]:
+def hello(
+    *, texup_version: str, torch_version: str | None, device: str, pid: int, engines: list[str] | None = None
+) -> dict[str, Any]:
+    """``torch`` is None when the worker runs without torch (ncnn only); ``engines`` lists what can run here
+    (``engine/device/precision`` keys, :func:`texup.engines.select.candidates`)."""
     return {"type": "hello", "protocol": PROTOCOL_VERSION, "texup": texup_version, "torch": torch_version,
-            "device": device, "pid": pid}
+            "device": device, "pid": pid, "engines": list(engines or [])}
 
 
-def progress(job_id: str, item: str, index: int, count: int, done: int, total: int) -> dict[str, Any]:
-    return {"type": "progress", "id": job_id, "item": item, "index": index, "count": count, "done": done,
+def progress(
+    job_id: str, item: str, index: int, count: int, done: int, total: int, tile_fraction: float | None = None
+) -> dict[str, Any]:
+    """``done`` whole tiles of ``total``; ``tile_fraction`` (0..1, optional) how far the next tile is."""
+    extra = {} if tile_fraction is None else {"tile_fraction": round(float(tile_fraction), 3)}
+    return {**extra, "type": "progress", "id": job_id, "item": item, "index": index, "count": count, "done": done,
             "total": total}
 
 

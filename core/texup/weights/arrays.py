@@ -1,0 +1,100 @@
+"""Weights as numpy arrays, without torch: what the ncnn engine exports from.
+
+``.safetensors`` files (texup's own, with their arch metadata, or anyone's, detected from shapes) are read
+with :mod:`safetensors.numpy`; pickles (``.pth``) need torch's weights-only unpickler and are read through
+it when torch is installed. The same key maps and detection as the torch loader apply.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from texup.errors import ModelLoadError
+from texup.weights.detect import detect_architecture
+from texup.weights.keymaps import canonicalize
+
+#: Per architecture: hparams -> (scale, input multiple). Mirrors the torch archs (tested against them).
+_RRDB_UNSHUFFLE = {1: 4, 2: 2}
+
+
+def scale_and_multiple(arch: str, hparams: dict[str, Any]) -> tuple[int, int]:
+    """(output scale, input multiple) of ``arch`` with ``hparams``, without building the network."""
+    if arch == "RRDBNet":
+        scale = int(hparams.get("scale", 4))
+        return scale, _RRDB_UNSHUFFLE.get(scale, 1)
+    if arch == "SRVGGNetCompact":
+        return int(hparams.get("upscale", 4)), 1
+    raise ValueError(f"unknown architecture {arch!r}")
+
+
+@dataclass
+class ArrayModel:
+    """A generator's weights as float32 numpy arrays with canonical names, its arch and hyperparameters."""
+
+    arch: str
+    hparams: dict[str, Any]
+    state_dict: dict[str, np.ndarray]
+    scale: int
+    input_multiple: int
+    name: str
+    path: Path | None = None
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as handle:
+            meta = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise ModelLoadError(path, f"not a valid safetensors file ({type(exc).__name__}: {exc})") from exc
+    return tensors, meta
+
+
+def _read_with_torch(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch  # noqa: F401 - only to say clearly what is missing
+    except ImportError:
+        raise ModelLoadError(
+            path, "reading PyTorch pickles needs torch (pip install 'texup[torch]'); or convert the file once "
+            "where torch is installed: texup models convert IN OUT.safetensors"
+        ) from None
+    from texup.weights.state_dict import read_state_dict
+
+    return {k: v.detach().to("cpu").float().numpy() for k, v in read_state_dict(path).items()}
+
+
+def read_array_model(path: str | Path, *, name: str | None = None) -> ArrayModel:
+    """Read a weights file into an :class:`ArrayModel` (float32 arrays, canonical names, detected arch).
+
+    texup ``.safetensors`` carry their arch and hparams (``texup.arch``/``texup.hparams`` metadata); other
+    files are canonicalised and detected from tensor shapes, as :func:`texup.weights.load_model` does.
+    Raises :class:`~texup.errors.ModelLoadError` naming the file.
+    """
+    path = Path(path)
+    arch_hparams: tuple[str, dict[str, Any]] | None = None
+    if path.suffix.lower() == ".safetensors":
+        tensors, meta = _read_safetensors(path)
+        if "texup.arch" in meta:
+            try:
+                hparams = json.loads(meta.get("texup.hparams", "{}"))
+            except json.JSONDecodeError as exc:
+                raise ModelLoadError(path, f"metadata 'texup.hparams' is not valid JSON ({exc})") from exc
+            if not isinstance(hparams, dict):
+                raise ModelLoadError(path, "metadata 'texup.hparams' is not a JSON object")
+            arch_hparams = (meta["texup.arch"], hparams)
+    else:
+        tensors = _read_with_torch(path)
+    sd = canonicalize(tensors, source=path)
+    arch, hparams = arch_hparams if arch_hparams is not None else detect_architecture(sd, source=path)
+    try:
+        scale, multiple = scale_and_multiple(arch, hparams)
+    except ValueError as exc:
+        raise ModelLoadError(path, str(exc)) from None
+    arrays = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in sd.items()}
+    return ArrayModel(arch, dict(hparams), arrays, scale, multiple, name or path.stem, path)
