@@ -88,10 +88,10 @@ class CancelPoller:
     blob in ncnn); the clock keeps the callback's cost negligible however often that is.
     """
 
-    def __init__(self, cancel: CancelCallback | None, interval: float = CANCEL_POLL_S) -> None:
+    def __init__(self, cancel: CancelCallback | None, interval: float | None = None) -> None:
         self.cancel = cancel
-        self.interval = interval
-        self._next = time.monotonic() + interval
+        self.interval = CANCEL_POLL_S if interval is None else interval
+        self._next = time.monotonic() + self.interval
 
     def check(self) -> None:
         if self.cancel is None:

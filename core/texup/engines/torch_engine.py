@@ -168,6 +168,7 @@ class TorchEngine:
         self.module = module
         self._poller: CancelPoller | None = None
         self._step: StepCallback | None = None
+        self._last_step = 0.0
         self._convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
         self._conv_index = {id(m): i for i, m in enumerate(self._convs)}
         for conv in self._convs:
@@ -199,8 +200,12 @@ class TorchEngine:
         if self._poller is not None:
             self._poller.check()
         if self._step is not None:
-            # Convolutions run in registration order in both archs (the head's strips repeat the last few).
-            self._step(min(1.0, (self._conv_index.get(id(module), 0) + 1) / len(self._convs)))
+            # Convolutions run in registration order in both archs; the head's strips repeat the last few,
+            # so only advances are reported.
+            fraction = min(1.0, (self._conv_index.get(id(module), 0) + 1) / len(self._convs))
+            if fraction > self._last_step:
+                self._last_step = fraction
+                self._step(fraction)
 
     def run_tile(
         self, x: np.ndarray, *, cancel: CancelCallback | None = None, step: StepCallback | None = None
@@ -217,6 +222,7 @@ class TorchEngine:
         h, w = x.shape[:2]
         self._poller = CancelPoller(cancel) if cancel is not None else None
         self._step = step
+        self._last_step = 0.0
         try:
             with torch.inference_mode():
                 t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(2, 0, 1).unsqueeze(0)

@@ -39,7 +39,7 @@ TAG_INT8 = 0x000D4B38
 
 #: Layer types that carry no weights and that the two supported graphs are made of.
 _WEIGHTLESS = frozenset({
-    "Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "PixelShuffle", "ReLU", "Noop", "Crop",
+    "Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "PixelShuffle", "Reorg", "ReLU", "Noop", "Crop",
 })
 #: ncnn's fused activation ids (Convolution key 9) -> texup act names.
 _FUSED_ACT = {0: None, 1: "relu", 2: "leakyrelu"}

