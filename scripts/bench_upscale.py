@@ -221,7 +221,7 @@ def bench_model(key: str, args: argparse.Namespace, peak: float, report: dict[st
         t_auto, _ = timed(lambda: up.upscale_file(src, dst), args.repeat)
         auto_img = read_image(dst).pixels.astype(np.float32) / 255
     out["auto_s"] = t_auto
-    out["auto_precision"] = up.precision
+    out["auto_precision"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[up.precision]
     out["auto_channels_last"] = up.engine.channels_last
     out["auto_tile"] = up.engine.auto_tile()
     out["speedup"] = t_ref / t_auto

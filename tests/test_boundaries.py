@@ -65,3 +65,22 @@ def test_bridge_parses_as_python_3_10():
     """Blender 3.4 ships Python 3.10: no syntax from later versions in the bridge."""
     for path in python_files(ROOT / "blender_addon" / "bridge"):
         ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 10))
+
+
+def test_torch_is_imported_only_by_its_engine_the_models_and_training():
+    """The pipeline, image I/O, the ncnn engine and the CLI's upscale path run without torch (texup[torch] is
+    an extra); only these folders and files may import it, anywhere in the module (also inside functions)."""
+    allowed_dirs = {"archs", "training"}
+    allowed_files = {
+        "engines/torch_engine.py", "engines/select.py",  # select: only to list what torch can do here
+        "weights/model.py", "weights/state_dict.py", "weights/ncnn.py", "weights/arrays.py",
+        "worker/server.py",  # the torch version in the hello line, when torch is there
+    }
+    core = ROOT / "core" / "texup"
+    offenders = []
+    for p in python_files(core):
+        rel = p.relative_to(core).as_posix()
+        if rel.split("/")[0] in allowed_dirs or rel in allowed_files:
+            continue
+        offenders += [f"{rel}:{line}" for line, mod in imported_modules(p) if mod in ("torch", "torchvision")]
+    assert offenders == []

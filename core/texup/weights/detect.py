@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from texup.errors import ModelLoadError
-
-if TYPE_CHECKING:
-    import torch
 
 _BODY_RRDB = re.compile(r"^body\.(\d+)\.rdb1\.conv1\.weight$")
 _CONV_UP = re.compile(r"^conv_up(\d+)\.weight$")
@@ -23,7 +20,7 @@ _UPSAMPLES_TO_SCALE = {2: 4, 3: 8, 4: 16}
 COMPACT_DEFAULT_ACT = "relu"
 
 
-def detect_architecture(sd: dict[str, "torch.Tensor"], *, source: str | Path = "<state dict>") -> tuple[str, dict[str, Any]]:
+def detect_architecture(sd: dict[str, Any], *, source: str | Path = "<state dict>") -> tuple[str, dict[str, Any]]:
     """Return ``(arch, hparams)`` for a state dict with canonical names (see :func:`canonicalize`).
 
     RRDBNet: ``num_feat`` / ``num_in_ch`` from ``conv_first``, ``num_block`` from the count of
@@ -53,7 +50,7 @@ def detect_architecture(sd: dict[str, "torch.Tensor"], *, source: str | Path = "
     )
 
 
-def _shape(sd: dict[str, "torch.Tensor"], key: str, source: str | Path, ndim: int) -> tuple[int, ...]:
+def _shape(sd: dict[str, Any], key: str, source: str | Path, ndim: int) -> tuple[int, ...]:
     tensor = sd.get(key)
     if tensor is None:
         raise ModelLoadError(source, f"missing tensor {key!r}")
@@ -62,7 +59,7 @@ def _shape(sd: dict[str, "torch.Tensor"], key: str, source: str | Path, ndim: in
     return tuple(tensor.shape)
 
 
-def _detect_rrdbnet(sd: dict[str, "torch.Tensor"], source: str | Path) -> dict[str, Any]:
+def _detect_rrdbnet(sd: dict[str, Any], source: str | Path) -> dict[str, Any]:
     num_feat, first_in, _, _ = _shape(sd, "conv_first.weight", source, 4)
     num_out_ch = _shape(sd, "conv_last.weight", source, 4)[0]
     num_grow_ch = _shape(sd, "body.0.rdb1.conv1.weight", source, 4)[0]
@@ -94,7 +91,7 @@ def _detect_rrdbnet(sd: dict[str, "torch.Tensor"], source: str | Path) -> dict[s
     }
 
 
-def _detect_compact(sd: dict[str, "torch.Tensor"], source: str | Path) -> dict[str, Any]:
+def _detect_compact(sd: dict[str, Any], source: str | Path) -> dict[str, Any]:
     num_feat, num_in_ch, _, _ = _shape(sd, "body.0.weight", source, 4)
     convs = sorted(int(m.group(1)) for k in sd if (m := _BODY_N.match(k)) and sd[k].ndim == 4)
     if len(convs) < 2 or convs != list(range(0, 2 * len(convs), 2)):
