@@ -112,15 +112,29 @@ def graph_for(model: Any) -> tuple[NcnnGraph, str]:
     name = os.fspath(model)
     if name in KNOWN_MODELS:
         info = get_model_info(name)
-        files = ncnn_files(info)
-        if files is not None:
-            return graph_from_files(files[0], files[1], scale=info.scale, input_multiple=1), name
-        from texup.weights.registry import ensure_model
+        from texup.weights.registry import cached_path, ensure_model
 
+        files = ncnn_files(info)
+        cached = cached_path(name)
+        if files is not None and not (cached is not None and _is_full_precision_download(cached)):
+            return graph_from_files(files[0], files[1], scale=info.scale, input_multiple=1), name
+        # No packaged files, or `texup models fetch NAME --download` replaced the fp16 conversion with the
+        # official full-precision weights, which the torch engine then uses too: export those.
         return _graph_for_file(ensure_model(name), name), name
     from texup.errors import UnknownModelError
 
     raise UnknownModelError(f"unknown model '{name}': not a file and not one of: {', '.join(KNOWN_MODELS)}")
+
+
+def _is_full_precision_download(cached: Path) -> bool:
+    """Whether the cached model was made from a downloaded official release (its manifest source is a URL)."""
+    from texup.weights import cache
+
+    try:
+        entry = cache.read_manifest().get(cached.name, {})
+    except Exception:  # noqa: BLE001 - an unreadable manifest: the packaged files are the safe choice
+        return False
+    return str(entry.get("source", "")).startswith(("http://", "https://"))
 
 
 def _graph_for_file(path: Path, name: str) -> NcnnGraph:

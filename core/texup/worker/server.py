@@ -193,7 +193,10 @@ class WorkerServer:
         opts = request.options
         device = self._device if opts.device == "auto" else opts.device
         precision = self._precision if opts.precision == "auto" else opts.precision
-        return get_upscaler(opts.model or DEFAULT_MODEL, engine=opts.engine, device=device, precision=precision)
+        kwargs: dict[str, Any] = {"engine": opts.engine, "device": device, "precision": precision}
+        if self._get_upscaler is None:  # the first use of a model may measure the engines: say so
+            kwargs["status"] = lambda text: self.send(protocol.message(request.id, text))
+        return get_upscaler(opts.model or DEFAULT_MODEL, **kwargs)
 
     def run_job(self, request: UpscaleRequest) -> None:
         """Upscale every item of ``request``; a failed item does not stop the others. Ends with ``done``."""
