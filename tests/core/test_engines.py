@@ -245,3 +245,29 @@ def test_texup_upscales_without_torch_through_ncnn(tmp_path):
     engines = subprocess.run([sys.executable, "-c", _NO_TORCH, "engines"], capture_output=True, text=True, env=env,
                              timeout=300)
     assert engines.returncode == 0 and "torch: not installed" in engines.stdout and "ncnn/cpu/auto" in engines.stdout
+
+
+@pytest.mark.parametrize("arch,hparams", [("RRDBNet", {"scale": s, "num_feat": 8, "num_block": 1, "num_grow_ch": 4})
+                                          for s in (1, 2, 4, 8)]
+                         + [("SRVGGNetCompact", {"num_feat": 8, "num_conv": 1, "upscale": 3})])
+def test_numpy_side_knows_scale_and_input_multiple_as_the_torch_archs_do(arch, hparams):
+    from texup.archs import build
+    from texup.weights.arrays import scale_and_multiple
+
+    module = build(arch, hparams)
+    assert scale_and_multiple(arch, module.hparams) == (module.scale, module.input_multiple)
+
+
+def test_a_users_ncnn_files_run_as_they_are_with_the_scale_read_off_the_network(tmp_path):
+    from texup.weights.registry import ncnn_files
+
+    param, weights = ncnn_files("realesr-animevideov3")
+    folder = param.parent
+    # Real-ESRGAN's x2 graph: the x4 network followed by a 0.5x resize (counting layers would say x4).
+    e = open_engine(folder / "realesr-animevideov3-x2.param", engine="ncnn")
+    assert e.scale == 2 and e.run_tile(crop01(10, 12)).shape == (20, 24, 3)
+    bad = tmp_path / "bad.param"
+    bad.write_text("7767517\n1 1\nInput in 0 1 data\n")
+    (tmp_path / "bad.bin").write_bytes(b"")
+    with pytest.raises(Exception, match="bad.param"):
+        open_engine(bad, engine="ncnn")

@@ -182,19 +182,12 @@ def graph_from_files(
     outputs = [blob for blob in produced if blob not in consumed]
     if len(outputs) != 1:
         raise ModelLoadError(param, f"expected one output blob, found {len(outputs)} ({', '.join(outputs[:4])})")
+    if not any(layer.type == "Convolution" for layer in layers):
+        raise ModelLoadError(param, "the graph has no convolutions: not an upscaling network")
     reorg = [layer.int_param(0, 1) for layer in layers if layer.type == "Reorg"]
-    shuffle = [layer.int_param(0, 1) for layer in layers if layer.type == "PixelShuffle"]
-    ups = [float(layer.params.get(1, 1.0)) for layer in layers if layer.type == "Interp"]
     multiple = int(np.prod(reorg)) if reorg else 1
     if scale is None:
-        if shuffle:
-            up = float(np.prod(shuffle))
-        else:
-            up = float(np.prod([u for u in ups if u > 1.0])) if ups else 1.0
-        scale_f = up / multiple
-        if scale_f < 1 or not float(scale_f).is_integer():
-            raise ModelLoadError(param, f"cannot tell the model's scale from the graph (found {scale_f:g})")
-        scale = int(scale_f)
+        scale = _probe_scale(param, bin_path, inputs[0], outputs[0], 8 * multiple)
     if input_multiple is None:
         input_multiple = multiple
     if checkpoints is None:
@@ -207,6 +200,26 @@ def graph_from_files(
     per_pixel = 4 * (3 * widest * scale * scale + 12 * widest)
     return NcnnGraph(param, bin_path, int(scale), int(input_multiple), inputs[0], outputs[0],
                      tuple(checkpoints), per_pixel)
+
+
+def _probe_scale(param: Path, bin_path: Path, input_blob: str, output_blob: str, side: int) -> int:
+    """The scale of a user-supplied graph, read off its output for a small input (a graph can resize in
+    several places, so counting layers is not reliable); ModelLoadError unless it is a whole number >= 1."""
+    ncnn = _import_ncnn()
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = 1
+    with quiet_native_stderr():
+        if net.load_param(str(param)) != 0 or net.load_model(str(bin_path)) != 0:
+            raise ModelLoadError(param, "ncnn could not load this model (.param or its .bin)")
+    ex = net.create_extractor()
+    ex.input(input_blob, ncnn.Mat(np.full((3, side, side), 0.5, np.float32)))
+    ret, out = ex.extract(output_blob)
+    shape = np.array(out).shape
+    if ret != 0 or len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2] or shape[1] % side:
+        raise ModelLoadError(param, f"not an RGB upscaling network: a {side}x{side} input gave shape {shape} "
+                                    f"(code {ret})")
+    return shape[1] // side
 
 
 class NcnnEngine:

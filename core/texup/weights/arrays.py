@@ -17,15 +17,16 @@ from texup.errors import ModelLoadError
 from texup.weights.detect import detect_architecture
 from texup.weights.keymaps import canonicalize
 
-#: Per architecture: hparams -> (scale, input multiple). Mirrors the torch archs (tested against them).
-_RRDB_UNSHUFFLE = {1: 4, 2: 2}
-
-
 def scale_and_multiple(arch: str, hparams: dict[str, Any]) -> tuple[int, int]:
-    """(output scale, input multiple) of ``arch`` with ``hparams``, without building the network."""
+    """(output scale, input multiple) of ``arch`` with ``hparams``, without building the network (which needs
+    torch); the same as the torch module's ``scale`` / ``input_multiple`` (tested)."""
+    from texup.engines.ncnn_export import _RRDB_SCALE_LAYOUT
+
     if arch == "RRDBNet":
         scale = int(hparams.get("scale", 4))
-        return scale, _RRDB_UNSHUFFLE.get(scale, 1)
+        if scale not in _RRDB_SCALE_LAYOUT:
+            raise ValueError(f"RRDBNet: scale must be one of {sorted(_RRDB_SCALE_LAYOUT)}, got {scale}")
+        return scale, _RRDB_SCALE_LAYOUT[scale][0]
     if arch == "SRVGGNetCompact":
         return int(hparams.get("upscale", 4)), 1
     raise ValueError(f"unknown architecture {arch!r}")
