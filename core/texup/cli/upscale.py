@@ -11,11 +11,14 @@ import glob
 import sys
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from texup.imageio import SUPPORTED_EXTENSIONS, format_for_path
 from texup.errors import FileError, TexupError
+from texup.imageio import SUPPORTED_EXTENSIONS, Image, format_for_path, read_image, write_image
+from texup.inference.pipeline import refuse_overwrite
 
 GLOB_CHARS = set("*?[")
 
@@ -125,6 +128,34 @@ def output_path(item: WorkItem, out_dir: Path, suffix: str, fmt: str | None) -> 
     return out_dir / item.rel_parent / f"{item.src.stem}{suffix}{ext}"
 
 
+def _read_input(src: Path, dst: Path) -> Image:
+    """Decode one input (on the read-ahead thread), refusing an output that is the input itself."""
+    refuse_overwrite(src, dst)
+    return read_image(src)
+
+
+def _settle(
+    writing: tuple[WorkItem, Path, Future[Path]],
+    failure: Callable[[BaseException, WorkItem], None],
+    expected: tuple[type[BaseException], ...],
+) -> bool:
+    """Wait for one background write; print ``src -> dst`` or its failure. True when it was written."""
+    item, dst, future = writing
+    try:
+        future.result()
+    except expected as err:
+        failure(err, item)
+        return False
+    tqdm_write(f"{item.src} -> {dst}")
+    return True
+
+
+def tqdm_write(line: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(line)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -172,48 +203,75 @@ def run(args: argparse.Namespace) -> int:
     inputs = {item.src.resolve() for item in items}
     claimed: dict[Path, Path] = {}
     failed = skipped = done = 0
+    runs: list[tuple[WorkItem, Path]] = []
+    for item in items:
+        dst = output_path(item, args.out_dir, suffix, args.format)
+        key = dst.resolve()
+        if key in inputs:
+            fail(item.src, f"output {dst} would overwrite an input; choose another --out-dir or --suffix")
+            failed += 1
+        elif key in claimed:
+            fail(item.src, f"output {dst} is already the output of {claimed[key]}; rename one of them")
+            failed += 1
+        elif args.skip_existing and dst.exists():
+            tqdm.write(f"{item.src} -> {dst} (exists, skipped)")
+            skipped += 1
+        else:
+            claimed[key] = item.src
+            runs.append((item, dst))
+
+    def failure(err: BaseException, item: WorkItem) -> None:
+        if isinstance(err, FileError):
+            fail(err.path, err.reason)
+        elif isinstance(err, TexupError):
+            fail(item.src, str(err))
+        else:
+            fail(item.src, f"{type(err).__name__}: {err}")
+            if args.debug:
+                traceback.print_exception(err)
+
+    expected = (TexupError, OSError, ValueError, RuntimeError, MemoryError)
     start = time.monotonic()
-    with tqdm(total=len(items), unit="file", desc="upscaling", disable=None, file=sys.stderr,
-              bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}] {postfix}") as bar:
-        for index, item in enumerate(items):
-            dst = output_path(item, args.out_dir, suffix, args.format)
-            key = dst.resolve()
+    # The next input is decoded and the previous output encoded on their own threads while the network runs
+    # (both engines release the GIL while computing): file I/O costs no wall time beyond the first read.
+    with tqdm(total=len(runs), unit="file", desc="upscaling", disable=None, file=sys.stderr,
+              bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}] {postfix}") as bar, \
+            ThreadPoolExecutor(1, thread_name_prefix="texup-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="texup-write") as writer:
+        next_read = reader.submit(_read_input, runs[0][0].src, runs[0][1]) if runs else None
+        writing: tuple[WorkItem, Path, Future[Path]] | None = None
+        for index, (item, dst) in enumerate(runs):
+            reading, next_read = next_read, None
+            if index + 1 < len(runs):
+                next_read = reader.submit(_read_input, runs[index + 1][0].src, runs[index + 1][1])
             bar.set_postfix_str(item.src.name)
-            if key in inputs:
-                fail(item.src, f"output {dst} would overwrite an input; choose another --out-dir or --suffix")
-                failed += 1
-            elif key in claimed:
-                fail(item.src, f"output {dst} is already the output of {claimed[key]}; rename one of them")
-                failed += 1
-            elif args.skip_existing and dst.exists():
-                tqdm.write(f"{item.src} -> {dst} (exists, skipped)")
-                skipped += 1
-            else:
-                claimed[key] = item.src
 
-                def on_tiles(done_tiles: int, total_tiles: int, base: int = index) -> None:
-                    bar.n = base + (done_tiles / total_tiles if total_tiles else 0.0)
-                    bar.refresh()
+            def on_tiles(done_tiles: float, total_tiles: int, base: int = index) -> None:
+                bar.n = base + (done_tiles / total_tiles if total_tiles else 0.0)
+                bar.refresh()
 
-                try:
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    upscaler.upscale_file(item.src, dst, options, progress=on_tiles)
-                except FileError as err:
-                    fail(err.path, err.reason)
-                    failed += 1
-                except TexupError as err:
-                    fail(item.src, str(err))
-                    failed += 1
-                except (OSError, ValueError, RuntimeError, MemoryError) as err:
-                    fail(item.src, f"{type(err).__name__}: {err}")
-                    if args.debug:
-                        traceback.print_exc()
-                    failed += 1
-                else:
-                    tqdm.write(f"{item.src} -> {dst}")
-                    done += 1
+            written: Future[Path] | None = None
+            try:
+                assert reading is not None
+                image = reading.result()
+                reading = None  # the decoded input goes with `image`
+                result = upscaler.upscale_array(image.pixels, options, colorspace=image.info.colorspace,
+                                                progress=on_tiles)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                written = writer.submit(write_image, dst, result, like=image.info)
+                del image, result
+            except expected as err:
+                failure(err, item)
+                failed += 1
+            if writing is not None:
+                ok = _settle(writing, failure, expected)
+                done, failed = done + ok, failed + (not ok)
+            writing = (item, dst, written) if written is not None else None
             bar.n = index + 1
             bar.refresh()
+        if writing is not None:
+            ok = _settle(writing, failure, expected)
+            done, failed = done + ok, failed + (not ok)
 
     failed += len(problems)
     elapsed = time.monotonic() - start

@@ -193,6 +193,15 @@ class _RowWindow:
 ArrayLike = np.ndarray | _RowWindow
 
 
+def refuse_overwrite(src: Path, dst: Path) -> None:
+    """:class:`~texup.errors.ImageWriteError` when ``dst`` is ``src`` (same path after links, or the same file)."""
+    same = src.resolve() == dst.resolve()
+    if not same and dst.exists() and src.exists():
+        same = os.path.samefile(src, dst)
+    if same:
+        raise ImageWriteError(dst, f"refusing to overwrite the input image {src}; choose another output")
+
+
 class Upscaler:
     """Upscales images with one model on one device (see the module docstring for the steps).
 
@@ -344,11 +353,7 @@ class Upscaler:
         Read and write errors are :class:`~texup.errors.ImageReadError` / ``ImageWriteError`` naming the file.
         """
         src_path, dst_path = Path(src), Path(dst)
-        same = src_path.resolve() == dst_path.resolve()
-        if not same and dst_path.exists() and src_path.exists():
-            same = os.path.samefile(src_path, dst_path)
-        if same:
-            raise ImageWriteError(dst_path, f"refusing to overwrite the input image {src_path}; choose another output")
+        refuse_overwrite(src_path, dst_path)
         image = read_image(src_path)
         result = self.upscale_array(
             image.pixels, options, colorspace=image.info.colorspace, progress=progress, cancel=cancel
