@@ -58,3 +58,22 @@ def test_bench_worker_reports_cold_and_warm(tmp_path):
     assert report["size"] == 64
     assert 0 < report["hello_s"] <= report["cold_since_spawn_s"] <= report["warm_since_spawn_s"]
     assert report["cold_job_s"] > 0 and report["warm_job_s"] > 0
+
+
+def test_bench_engines_quick_reports_every_engine_and_psnr(tmp_path, monkeypatch):
+    # Its calibration (engines.json) and ONNX export stay out of the session's shared home.
+    monkeypatch.setenv("TEXUP_HOME", str(tmp_path / "home"))
+    out = tmp_path / "engines.json"
+    done = _run("bench_engines.py", "--quick", "--json", str(out), timeout=300)
+    report = json.loads(out.read_text())
+    assert report["machine"]["cores"] >= 1 and report["model_only"]["size"] == 32
+    rows = report["model_only"]["rows"]
+    for engine in ("ncnn", "torch"):
+        figures = [r for k, r in rows.items() if k.startswith(f"texup:{engine}/")]
+        assert figures and all(r["s"] > 0 and r["psnr_db"] >= 50 for r in figures), rows
+    assert rows["texup:auto"]["s"] > 0 and rows["texup:auto"]["psnr_db"] >= 50 and rows["reference"]["s"] > 0
+    assert report["model_only"]["psnr_between_texup_engines_db"] >= 50
+    assert all(r["s"] is None or r["psnr_db"] >= 50 for k, r in rows.items() if k.startswith("peer:"))
+    assert report["whole"]["rows"]["texup:auto"]["s"] > 0
+    assert [t["goal"] for t in report["targets"]] == [1.0, 1.2, 1.35, 50.0]
+    assert "targets" in done.stdout and "PSNR" in done.stdout

