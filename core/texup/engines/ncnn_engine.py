@@ -36,8 +36,9 @@ from texup.errors import ModelLoadError, TexupError
 
 #: ncnn's GpuInfo.type() codes.
 _GPU_KINDS = {0: "discrete", 1: "integrated", 2: "virtual", 3: "cpu"}
-#: How many checkpoint blobs a tile is split into on the CPU (progress/cancel granularity).
-CHECKPOINTS = 24
+#: How many checkpoint blobs a tile is split into on the CPU (progress/cancel granularity) in graphs texup did
+#: not write; each extraction costs a little, so they are spread over the convolutions.
+CHECKPOINTS = 12
 #: What one tile's activations may take in host memory on the CPU (as for the torch engine).
 CPU_MEMORY_BUDGET = 1 << 30
 _stderr_lock = threading.Lock()
@@ -292,9 +293,10 @@ class NcnnEngine:
     ) -> np.ndarray:
         """One tile through the network (see :meth:`texup.engines.base.Engine.run_tile`).
 
-        On the CPU the checkpoint blobs are extracted one after another, polling ``cancel`` and reporting
-        ``step`` between them; on a GPU only the output is extracted (intermediate blobs would be copied back
-        to the host), so cancel acts between tiles there, which on a GPU is a fraction of a second.
+        On the CPU, when ``cancel`` or ``step`` is given, the checkpoint blobs are extracted one after another,
+        polling ``cancel`` and reporting ``step`` between them; otherwise, and on a GPU (intermediate blobs
+        would be copied back to the host), only the output is extracted, and cancel acts between tiles, which
+        on a GPU is a fraction of a second.
         """
         check_tile(x)
         h, w = x.shape[:2]
@@ -304,12 +306,15 @@ class NcnnEngine:
         ex = self._net.create_extractor()
         try:
             ex.input(self.graph.input_blob, self._ncnn.Mat(chw))
-            names = self.graph.checkpoints if self.gpu is None else (self.graph.output_blob,)
+            watched = cancel is not None or step is not None
+            names = self.graph.checkpoints if self.gpu is None and watched else (self.graph.output_blob,)
             out = None
             for index, blob in enumerate(names):
                 if poller is not None:
                     poller.check()
-                ret, out = ex.extract(blob)
+                last = index == len(names) - 1
+                # Intermediate blobs are only computed, not used: type 1 skips unpacking them into a new Mat.
+                ret, out = ex.extract(blob, 0 if last else 1)
                 if ret != 0:
                     if self.gpu is not None:
                         raise EngineOutOfMemory(f"ncnn failed on {self.device} for a {w}x{h} tile (code {ret})")

@@ -107,19 +107,21 @@ def machine_key() -> str:
     except (OSError, StopIteration):
         pass
     parts["vulkan"] = [d.name for d in vulkan_devices()]
-    if torch_available():
-        import torch
-
-        parts["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            parts["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    try:
-        import importlib.metadata
-
-        parts["ncnn"] = importlib.metadata.version("ncnn")
-    except Exception:  # noqa: BLE001 - not installed: part of the key either way
-        parts["ncnn"] = None
+    # Without importing torch (1-2 s): its version from the package metadata, NVIDIA GPUs from the driver.
+    for dist in ("torch", "ncnn"):
+        parts[dist] = _dist_version(dist)
+    gpus = Path("/proc/driver/nvidia/gpus")
+    parts["nvidia"] = sorted(p.name for p in gpus.iterdir()) if gpus.is_dir() else []
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _dist_version(name: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _model_key(model: Any) -> str:
@@ -156,17 +158,24 @@ def _write_calibration(data: dict[str, Any]) -> None:
         Path(tmp).write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
 
 
-def _pool_key(model: Any, pool: list[Candidate]) -> str:
-    return _model_key(model) + "|" + ",".join(sorted(c.key for c in pool))
+def _request_key(model: Any, device: str, precision: str) -> str:
+    return f"{_model_key(model)}|device={device}|precision={precision}"
 
 
-def cached_choice(model: Any, pool: list[Candidate] | None = None) -> Candidate | None:
-    """The measured winner for ``model`` among ``pool`` (default: every candidate) on this machine, if any."""
-    pool = candidates() if pool is None else pool
-    entry = read_calibration().get(machine_key(), {}).get(_pool_key(model, pool))
+def cached_choice(model: Any, device: str = "auto", precision: str = "auto") -> Candidate | None:
+    """The measured winner for ``model`` and this request on this machine, if it was measured.
+
+    Reads only the calibration file (no torch import, no device probing), so an auto run whose choice is
+    recorded starts as fast as an explicit one.
+    """
+    entry = read_calibration().get(machine_key(), {}).get(_request_key(model, device, precision))
     if not isinstance(entry, dict):
         return None
-    return {c.key: c for c in pool}.get(str(entry.get("choice")))
+    engine, _, rest = str(entry.get("choice", "")).partition("/")
+    dev, _, prec = rest.partition("/")
+    if engine not in ENGINE_NAMES or not dev or not prec:
+        return None
+    return Candidate(engine, dev, prec)
 
 
 def time_engine(engine: Engine, *, tile: int = CALIBRATION_TILE, repeats: int = 1) -> float:
@@ -183,7 +192,8 @@ def time_engine(engine: Engine, *, tile: int = CALIBRATION_TILE, repeats: int = 
 
 
 def calibrate(
-    model: Any, pool: list[Candidate] | None = None, *, status: StatusCallback | None = None
+    model: Any, pool: list[Candidate] | None = None, *, status: StatusCallback | None = None,
+    request: tuple[str, str] = ("auto", "auto"),
 ) -> tuple[Engine, dict[str, float]]:
     """Open every candidate in ``pool`` (default: all) for ``model``, time each on one small tile, cache the
     winner; return it and the seconds per output megapixel of each.
@@ -213,9 +223,9 @@ def calibrate(
         raise EngineUnavailable("no engine can run this model here: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
     _, winner, choice = best
     data = read_calibration()
-    data.setdefault(machine_key(), {})[_pool_key(model, pool)] = {
+    data.setdefault(machine_key(), {})[_request_key(model, *request)] = {
         "choice": choice.key, "seconds_per_mpx": times, "errors": errors,
-        "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "tile": CALIBRATION_TILE,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "tile": CALIBRATION_TILE, "pool": [c.key for c in pool],
     }
     try:
         _write_calibration(data)
@@ -282,6 +292,13 @@ def open_engine(
         engine = implied or ("torch" if layout.strip().lower() != "auto" or in_memory else "")
     if engine:
         return _open(model, engine, device, precision, layout)
+    cached = cached_choice(model, device, precision)
+    if cached is not None:
+        try:
+            return _open(model, cached.engine, cached.device, cached.precision, layout)
+        except (EngineUnavailable, ValueError) as err:  # the machine changed under the same key: measure again
+            if status is not None:
+                status(f"the recorded choice {cached.key} cannot run now ({err})")
     pool = [c for c in candidates() if device == "auto" or c.device == device]
     if precision != "auto":
         pool = [Candidate(c.engine, c.device, precision) for c in pool
@@ -294,12 +311,9 @@ def open_engine(
         )
     if len(pool) == 1:
         return _open(model, pool[0].engine, pool[0].device, pool[0].precision, layout)
-    cached = cached_choice(model, pool)
-    if cached is not None:
-        return _open(model, cached.engine, cached.device, cached.precision, layout)
     if status is not None:
         status("measuring which engine is fastest for this model on this machine (once)")
-    winner, _times = calibrate(model, pool, status=status)
+    winner, _times = calibrate(model, pool, status=status, request=(device, precision))
     return winner
 
 
