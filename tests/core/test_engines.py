@@ -279,3 +279,11 @@ def test_a_users_ncnn_files_run_as_they_are_with_the_scale_read_off_the_network(
     (tmp_path / "bad.bin").write_bytes(b"")
     with pytest.raises(Exception, match="bad.param"):
         open_engine(bad, engine="ncnn")
+
+
+def test_ncnn_tiles_are_sized_by_the_head_not_by_the_stacked_dense_block_convolutions():
+    # texup's x4plus graph has 192-wide convolutions in its dense blocks, but only the 64-wide head runs at
+    # output resolution; sizing by the widest would cut a 200 px texture into six overlapping tiles.
+    nc = open_engine("realesrgan-x4plus", engine="ncnn", device="cpu")
+    th = open_engine("realesrgan-x4plus", engine="torch", device="cpu")
+    assert 192 <= nc.auto_tile(overlap=16, out_width=800) <= th.auto_tile(overlap=16, out_width=800)

@@ -196,9 +196,11 @@ def graph_from_files(
         step = max(1, len(conv_outs) // CHECKPOINTS)
         checkpoints = conv_outs[step - 1 :: step][: CHECKPOINTS - 1]
     checkpoints = [c for c in checkpoints if c != outputs[0]] + [outputs[0]]
-    widest = max((layer.int_param(0, 0) for layer in layers if layer.type == "Convolution"), default=64)
-    # The largest blobs are the last convolutions' at output resolution: ~3 of them alive, fp32.
-    per_pixel = 4 * (3 * widest * scale * scale + 12 * widest)
+    widths = [layer.int_param(0, 0) for layer in layers if layer.type == "Convolution"]
+    # The largest blobs are the last convolutions' at output resolution (~3 of them alive, fp32), as wide as
+    # the one before the output convolution (not the widest: texup's dense blocks stack 5 outputs in one).
+    head = widths[-2] if len(widths) > 1 else widths[-1]
+    per_pixel = 4 * (3 * head * scale * scale + 12 * head)
     return NcnnGraph(param, bin_path, int(scale), int(input_multiple), inputs[0], outputs[0],
                      tuple(checkpoints), per_pixel)
 
