@@ -485,3 +485,18 @@ def test_finetune_without_a_worker_python_writes_nothing(addon, monkeypatch, tmp
     with pytest.raises(SessionError, match="does not exist"):
         _begin_finetune(["color.png"])
     assert not (tmp_path / "texup_training").exists()
+
+
+def test_blenders_own_validator_accepts_the_manifest():
+    """Blender's extension validator (bl_pkg's blender_ext.py, shipped in bpy) accepts blender_addon/ as it is."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    scripts = Path(bpy.utils.system_resource("SCRIPTS"))
+    validator = scripts / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
+    assert validator.is_file(), validator
+    addon = Path(__file__).resolve().parents[2] / "blender_addon"
+    run = subprocess.run([sys.executable, str(validator), "validate", str(addon)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
