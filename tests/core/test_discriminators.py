@@ -8,6 +8,7 @@ from texup.archs.discriminator import (
     DISCRIMINATORS,
     UNetDiscriminatorSN,
     VGG19Discriminator,
+    VGG19FC4Discriminator,
     VGGStyleDiscriminator,
     build_discriminator,
     crop_requirement,
@@ -21,6 +22,7 @@ TINY = {
     "vgg128": {"num_feat": 4},
     "vgg256": {"num_feat": 4},
     "vgg19": {"channels": [4, 4, 8, 8, 8], "fc": [16, 16, 8]},
+    "vgg19-fc4": {"channels": [4, 4, 8, 8, 8], "fc": [16, 16, 8, 12]},
     "unet": {"num_feat": 4},
 }
 
@@ -56,6 +58,46 @@ def test_vgg19_any_crop_size(size: int) -> None:
     assert _forward_backward(disc, size).shape == (2, 1)
 
 
+@pytest.mark.parametrize("size", [32, 33, 47, 97, 224])
+def test_vgg19_fc4_any_crop_size_gives_fc_last_outputs(size: int) -> None:
+    torch.manual_seed(0)
+    disc = build_discriminator("vgg19-fc4", TINY["vgg19-fc4"])
+    assert _forward_backward(disc, size).shape == (2, 12)
+    _, feats = disc.forward_features(torch.rand(1, 3, size, size))
+    sides = [size]
+    for _ in range(5):
+        sides.append(sides[-1] // 2)  # 2x2 max pooling floors odd sides
+    assert [f.shape[-1] for f in feats] == sides[1:]
+
+
+def test_vgg19_fc4_full_layout_at_224() -> None:
+    """The design's numbers: 224x224x3 -> 7x7x512 -> 25,088 -> 4096 -> 4096 -> 1000 -> 1000."""
+    torch.manual_seed(0)
+    disc = VGG19FC4Discriminator()
+    assert disc.hparams == {"num_in_ch": 3, "channels": [64, 128, 256, 512, 512], "fc": [4096, 4096, 1000, 1000]}
+    convs = [m for m in disc.features if isinstance(m, torch.nn.Conv2d)]
+    pools = [m for m in disc.features if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(convs) == 16 and all(c.kernel_size == (3, 3) for c in convs)
+    assert len(pools) == 5 and all(p.kernel_size == 2 and p.stride == 2 for p in pools)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d, torch.nn.GroupNorm,
+                                  torch.nn.LayerNorm)) for m in disc.modules())
+    linears = [m for m in disc.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [
+        (25088, 4096), (4096, 4096), (4096, 1000), (1000, 1000)]
+    with torch.no_grad():
+        out, feats = disc.forward_features(torch.rand(1, 3, 224, 224))
+    assert out.shape == (1, 1000) and torch.isfinite(out).all() and out.std() > 0
+    assert feats[-1].shape == (1, 512, 7, 7) and feats[-1].flatten(1).shape[1] == 25088
+    assert [f.shape[1:] for f in feats[:4]] == [(64, 112, 112), (128, 56, 56), (256, 28, 28), (512, 14, 14)]
+
+
+def test_vgg19_fc_widths_are_checked() -> None:
+    with pytest.raises(ValueError, match="4 FC widths"):
+        VGG19FC4Discriminator(fc=[16, 16, 8])
+    with pytest.raises(ValueError, match="3 FC widths"):
+        VGG19Discriminator(fc=[16, 16, 8, 8])
+
+
 @pytest.mark.parametrize("size", [32, 64, 96, 136])
 def test_unet_per_pixel_logits(size: int) -> None:
     torch.manual_seed(0)
@@ -64,7 +106,8 @@ def test_unet_per_pixel_logits(size: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "size"), [("vgg128", 96), ("vgg128", 256), ("vgg256", 128), ("vgg19", 16), ("unet", 36)]
+    ("kind", "size"),
+    [("vgg128", 96), ("vgg128", 256), ("vgg256", 128), ("vgg19", 16), ("vgg19-fc4", 31), ("unet", 36)],
 )
 def test_wrong_crop_sizes_are_refused_with_a_reason(kind: str, size: int) -> None:
     disc = build_discriminator(kind, TINY[kind])
@@ -77,6 +120,7 @@ def test_crop_requirement_matches_behaviour() -> None:
     assert crop_requirement("vgg256") == (256, 1)
     assert crop_requirement("unet") == (None, 8)
     assert crop_requirement("vgg19") == (None, 1)
+    assert crop_requirement("vgg19-fc4") == (None, 1)
 
 
 def test_vgg_style_has_esrgan_layout_and_names() -> None:

@@ -40,6 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY_G = {"scale": 2, "num_feat": 8, "num_block": 1, "num_grow_ch": 4}
 TINY_D = {
     "vgg19": {"channels": [4, 4, 8, 8, 8], "fc": [16, 16, 8]},
+    "vgg19-fc4": {"channels": [4, 4, 8, 8, 8], "fc": [16, 16, 8, 12]},
     "unet": {"num_feat": 4},
     "vgg128": {"num_feat": 4},
 }
@@ -204,12 +205,26 @@ def test_config_files_and_stage_defaults(tmp_path: Path) -> None:
         config_from_dict({"steps": "ten"})
 
 
+def test_gan_loss_setting_defaults_to_per_node_for_vgg19_fc4() -> None:
+    assert TrainConfig().gan_loss == "ragan"
+    fc4 = config_from_dict({"stage": "gan", "discriminator": {"kind": "vgg19-fc4"}})
+    assert fc4.loss.gan == "auto" and fc4.gan_loss == "ragan-per-node"
+    assert config_from_dict({"discriminator": {"kind": "vgg19-fc4"}, "loss": {"gan": "ragan"}}).gan_loss == "ragan"
+    unet = config_from_dict({"discriminator": {"kind": "unet"}, "loss": {"gan": "ragan-per-node"}})
+    assert unet.gan_loss == "ragan-per-node"
+    with pytest.raises(ValueError, match="loss.gan"):
+        config_from_dict({"loss": {"gan": "wgan"}})
+
+
 # -- training -----------------------------------------------------------------------------------
-def _fixed_batch_l1(model: torch.nn.Module, library: Path) -> float:
+def _fixed_batch(library: Path, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     textures = load_textures(scan_textures(library), min_size=32, tileable="off")
     ds = CropDataset(textures, crop=32, scale=2, seed=99)
-    lr = torch.stack([ds[i][0] for i in range(8)])
-    hr = torch.stack([ds[i][1] for i in range(8)])
+    return torch.stack([ds[i][0] for i in range(n)]), torch.stack([ds[i][1] for i in range(n)])
+
+
+def _fixed_batch_l1(model: torch.nn.Module, library: Path) -> float:
+    lr, hr = _fixed_batch(library)
     with torch.no_grad():
         return torch.nn.functional.l1_loss(model.eval()(lr), hr).item()
 
@@ -245,7 +260,7 @@ def test_psnr_stage_learns_and_exports_a_loadable_model(library: Path, tmp_path:
     assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 25
 
 
-@pytest.mark.parametrize("kind", ["vgg19", "unet", "vgg128"])
+@pytest.mark.parametrize("kind", ["vgg19", "vgg19-fc4", "unet", "vgg128"])
 def test_gan_stage_learns(library: Path, tmp_path: Path, kind: str) -> None:
     data = DataConfig(root=str(library), hr_crop=128 if kind == "vgg128" else 32, batch_size=4, val_fraction=0.25,
                       val_crop=48, val_max_images=2)
@@ -265,6 +280,66 @@ def test_gan_stage_learns(library: Path, tmp_path: Path, kind: str) -> None:
     assert {"loss_g", "loss_d", "pixel", "content", "adversarial"} <= set(steps[0])
     # The discriminator learns to tell real from fake: its loss drops below chance (log 2).
     assert np.mean([s["loss_d"] for s in steps[-4:]]) < np.log(2)
+
+
+def test_vgg19_fc4_run_fools_a_fixed_discriminator_and_reloads(library: Path, tmp_path: Path) -> None:
+    """20 GAN steps against a frozen vgg19-fc4 lower the generator's per-node adversarial loss.
+
+    The discriminator is first taught to tell real crops from the untrained generator's output (a
+    random one barely reacts to its input), saved, and loaded by the run as
+    ``discriminator.pretrained`` with ``lr_d = 0``, so it stays fixed while the generator learns.
+    """
+    from safetensors.torch import save_file
+
+    from texup.archs.discriminator import build_discriminator
+    from texup.training.losses import RelativisticNodeGANLoss
+    from texup.weights import load_model
+
+    # Adversarial loss alone (no pixel or content term), so what lowers it is the adversarial gradient.
+    only_adv = dataclasses.replace(TrainConfig().loss, pixel_weight=0.0, perceptual_weight=0.0, adversarial_weight=1.0)
+    cfg = tiny_config(library, tmp_path / "run", stage="gan", steps=20, checkpoint_every=20, loss=only_adv,
+                      discriminator=DiscriminatorConfig(kind="vgg19-fc4", hparams=TINY_D["vgg19-fc4"],
+                                                        pretrained=str(tmp_path / "d.safetensors")),
+                      optim=OptimConfig(lr_g=2e-3, lr_d=0.0, ema_decay=0.0))
+    lr, hr = _fixed_batch(library)
+    gan = RelativisticNodeGANLoss()
+    start = _initial_generator(cfg).eval()
+    with torch.no_grad():
+        fake = start(lr)
+    torch.manual_seed(0)
+    disc = build_discriminator("vgg19-fc4", TINY_D["vgg19-fc4"])
+    opt = torch.optim.Adam(disc.parameters(), lr=2e-3)
+    for _ in range(30):
+        opt.zero_grad()
+        gan.discriminator(disc(hr), disc(fake)).backward()
+        opt.step()
+    save_file({k: v.contiguous() for k, v in disc.state_dict().items()}, cfg.discriminator.pretrained)
+
+    messages: list[str] = []
+    steps: list[dict[str, float]] = []
+    result = train(cfg, progress=lambda e: steps.append(e.values) if e.kind == "step" else messages.append(e.message))
+    assert len(steps) == 20 and all(np.isfinite(s["adversarial"]) for s in steps)
+    assert any("adversarial loss: ragan-per-node" in m for m in messages)
+    assert any(f"vgg19-fc4 from {cfg.discriminator.pretrained}" in m for m in messages)
+
+    # The discriminator reloads from the checkpoint's kind + hparams, unchanged by the run.
+    saved = load_checkpoint(result.checkpoint_path)["discriminator"]
+    assert saved["kind"] == "vgg19-fc4" and saved["hparams"]["fc"] == [16, 16, 8, 12]
+    fixed = build_discriminator(saved["kind"], saved["hparams"])
+    fixed.load_state_dict(saved["state_dict"])
+    for key, value in disc.state_dict().items():
+        torch.testing.assert_close(fixed.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+    @torch.no_grad()
+    def adversarial(generator: torch.nn.Module) -> float:
+        real, fake = fixed(hr), fixed(generator.eval()(lr).float())
+        assert real.shape == fake.shape == (8, 12)
+        return gan.generator(real, fake).item()
+
+    exported = load_model(result.model_path)
+    before, after = adversarial(start), adversarial(exported.module)
+    assert after < 0.8 * before, (before, after)
+    assert exported.arch == "RRDBNet" and exported.metadata["provenance"]["stage"] == "gan"
 
 
 def test_gan_stage_uses_vgg19_perceptual_loss_from_a_file(library: Path, tmp_path: Path) -> None:
@@ -460,3 +535,41 @@ def test_cli_train_with_config_file_and_resume(library: Path, tmp_path: Path, ca
     # Errors are one line naming the problem.
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out)]) == 1
     assert "missing" in capsys.readouterr().err
+
+
+def test_cli_train_gan_with_vgg19_fc4(library: Path, tmp_path: Path, capsys) -> None:
+    from texup.cli.main import main
+
+    cfg_file = tmp_path / "tiny.json"
+    cfg_file.write_text(json.dumps({
+        "generator": {"pretrained": None, "arch": "RRDBNet", "hparams": TINY_G},
+        "discriminator": {"hparams": TINY_D["vgg19-fc4"]},
+        "data": {"hr_crop": 32, "batch_size": 2, "val_fraction": 0.25, "val_crop": 32},
+        "precision": "fp32", "device": "cpu", "tensorboard": False, "eval_every": 0, "checkpoint_every": 0,
+    }))
+    out = tmp_path / "out"
+    code = main(["train", "--data", str(library), "--out", str(out), "--config", str(cfg_file), "--steps", "2",
+                 "--stage", "gan", "--discriminator", "vgg19-fc4"])
+    assert code == 0
+    assert "adversarial loss: ragan-per-node" in capsys.readouterr().err
+    saved = load_checkpoint(out / "checkpoint.pt")
+    assert saved["discriminator"]["kind"] == "vgg19-fc4" and saved["config"]["loss"]["gan"] == "auto"
+    assert saved["discriminator"]["state_dict"]["head.weight"].shape == (12, 8)
+    code = main(["train", "--data", str(library), "--out", str(tmp_path / "out2"), "--config", str(cfg_file),
+                 "--steps", "1", "--stage", "gan", "--discriminator", "vgg19-fc4", "--gan-loss", "ragan"])
+    assert code == 0 and "adversarial loss: ragan\n" in capsys.readouterr().err
+
+
+def test_cli_train_help_names_each_discriminator_on_one_line(capsys) -> None:
+    from texup.archs.discriminator import DISCRIMINATORS
+    from texup.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index("discriminators (--discriminator):") + 1:]
+    named = [line.split()[0] for line in table[: len(DISCRIMINATORS)]]
+    assert named == list(DISCRIMINATORS)
+    assert all(len(line.split()) > 3 for line in table[: len(DISCRIMINATORS)])
+    assert any(line.split()[:1] == ["ragan-per-node"] for line in lines)

@@ -1,6 +1,6 @@
 """Discriminators for GAN training: they judge HR crops (real) against generator output (fake).
 
-Only used while training; at deployment only the generator runs. Three kinds, selected by name
+Only used while training; at deployment only the generator runs. Five kinds, selected by name
 (``TrainConfig.discriminator.kind``) through :func:`build_discriminator`:
 
 ``"vgg128"`` / ``"vgg256"`` — :class:`VGGStyleDiscriminator`, ESRGAN's discriminator: pairs of a 3x3
@@ -12,11 +12,18 @@ Only used while training; at deployment only the generator runs. Three kinds, se
     (2, 2, 4, 4, 4 convs of 64, 128, 256, 512, 512 channels) each followed by 2x2 max pooling, adaptive
     average pooling to 7x7, fully connected layers 4096 -> 4096 -> 1000 and one real/fake logit. Any
     crop of at least 32 pixels. No normalisation layers.
+``"vgg19-fc4"`` — :class:`VGG19FC4Discriminator`, the discriminator exactly as the ESRGAN design
+    describes it: the same convolutions and pooling (a 224x224 crop gives 7x7x512 after the fifth
+    pooling, 25,088 values), then four fully connected layers 25,088 -> 4096 -> 4096 -> 1000 -> 1000
+    and no single logit: the 1,000 outputs are compared between the real and the generated crop by
+    the per-node relativistic loss (:class:`texup.training.losses.RelativisticNodeGANLoss`). Any crop
+    of at least 32 pixels. No normalisation layers.
 ``"unet"`` — :class:`UNetDiscriminatorSN`, Real-ESRGAN's U-Net discriminator with spectral norm: one
     logit per pixel. H and W must be multiples of 8.
 
 Every discriminator takes (N, C, H, W) float images in [0, 1] (sRGB, as the generator produces them)
-and returns raw logits (no sigmoid): (N, 1) for the VGG kinds, (N, 1, H, W) for the U-Net.
+and returns raw logits (no sigmoid): (N, 1) for the one-logit VGG kinds, (N, 1000) for ``vgg19-fc4``
+(``fc[-1]`` outputs), (N, 1, H, W) for the U-Net.
 ``forward_features`` additionally returns intermediate activations, used by the feature-matching loss.
 Like the generators, each has ``hparams`` (its constructor kwargs), so ``build_discriminator(kind,
 d.hparams)`` rebuilds it.
@@ -96,6 +103,9 @@ class VGG19Discriminator(nn.Module):
     no normalisation (so it behaves the same on any batch split, which data-parallel parity relies on).
     """
 
+    #: How many widths ``fc`` lists: 3 here (the output is one logit), 4 in :class:`VGG19FC4Discriminator`.
+    _NUM_FC_WIDTHS = 3
+
     def __init__(
         self,
         *,
@@ -105,8 +115,9 @@ class VGG19Discriminator(nn.Module):
     ) -> None:
         super().__init__()
         channels, fc = [int(c) for c in channels], [int(f) for f in fc]
-        if len(channels) != 5 or len(fc) != 3:
-            raise ValueError(f"VGG19Discriminator needs 5 channel widths and 3 FC widths, got {channels}, {fc}")
+        name = type(self).__name__
+        if len(channels) != 5 or len(fc) != self._NUM_FC_WIDTHS:
+            raise ValueError(f"{name} needs 5 channel widths and {self._NUM_FC_WIDTHS} FC widths, got {channels}, {fc}")
         self.hparams: dict[str, Any] = {"num_in_ch": num_in_ch, "channels": channels, "fc": fc}
         layers: list[nn.Module] = []
         in_ch = num_in_ch
@@ -125,7 +136,8 @@ class VGG19Discriminator(nn.Module):
             nn.Linear(fc[1], fc[2]),
             nn.LeakyReLU(_LRELU_SLOPE),
         )
-        self.head = nn.Linear(fc[2], 1)
+        # The last fully connected layer: fc[2] -> one logit here, fc[2] -> fc[3] outputs in vgg19-fc4.
+        self.head = nn.Linear(fc[2], fc[3] if self._NUM_FC_WIDTHS == 4 else 1)
         # Without normalisation layers, PyTorch's default initialisation shrinks activations through
         # 19 layers until the logit no longer depends on the input; He initialisation for
         # LeakyReLU(0.2) keeps their scale, so the discriminator can learn from the first step.
@@ -135,9 +147,9 @@ class VGG19Discriminator(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits (N, 1) and the activation after each of the five pooling layers."""
+        """Logits (N, 1) (vgg19-fc4: (N, fc[3])) and the activation after each of the five pooling layers."""
         if min(x.shape[-2:]) < 32:
-            raise ValueError(f"VGG19Discriminator needs crops of at least 32x32, got {tuple(x.shape[-2:])}")
+            raise ValueError(f"{type(self).__name__} needs crops of at least 32x32, got {tuple(x.shape[-2:])}")
         features = []
         feat = x
         for layer in self.features:
@@ -149,6 +161,34 @@ class VGG19Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)[0]
+
+
+class VGG19FC4Discriminator(VGG19Discriminator):
+    """The design's VGG19 discriminator: 16 convolutions + pooling, then four FC layers to 1,000 outputs.
+
+    Five sections of 3x3 convolutions (``channels``, default 64, 128, 256, 512, 512), each followed
+    by 2x2 max pooling: a 224x224x3 crop becomes 7x7x512 after the fifth pooling, flattened to 25,088
+    values. Other crop sizes (at least 32x32) are brought to 7x7 by adaptive average pooling, which is
+    the identity at 224. Then four fully connected layers, ``fc`` (default 4096, 4096, 1000, 1000):
+    25,088 -> 4096 -> 4096 -> 1000 -> 1000, LeakyReLU(0.2) between them and none after the last, so the
+    output is (N, 1000) raw values. The network is run once on the real crop and once on the generated
+    one, and the loss compares "the difference in outputs" node by node
+    (:class:`texup.training.losses.RelativisticNodeGANLoss`). No normalisation layers.
+
+    Parameter names: ``features.*`` (convolutions), ``classifier.0/2/4`` (the first three FC layers)
+    and ``head`` (the fourth), as in ``vgg19``; ``forward_features`` returns the five pooled maps.
+    """
+
+    _NUM_FC_WIDTHS = 4
+
+    def __init__(
+        self,
+        *,
+        num_in_ch: int = 3,
+        channels: Sequence[int] = (64, 128, 256, 512, 512),
+        fc: Sequence[int] = (4096, 4096, 1000, 1000),
+    ) -> None:
+        super().__init__(num_in_ch=num_in_ch, channels=channels, fc=fc)
 
 
 class UNetDiscriminatorSN(nn.Module):
@@ -206,6 +246,7 @@ DISCRIMINATORS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "vgg128": (VGGStyleDiscriminator, {"input_size": 128}),
     "vgg256": (VGGStyleDiscriminator, {"input_size": 256}),
     "vgg19": (VGG19Discriminator, {}),
+    "vgg19-fc4": (VGG19FC4Discriminator, {}),
     "unet": (UNetDiscriminatorSN, {}),
 }
 """Discriminator kind -> (class, default kwargs the kind implies)."""
@@ -232,7 +273,7 @@ def crop_requirement(kind: str, hparams: dict[str, Any] | None = None) -> tuple[
         return size, 1
     if kind == "unet":
         return None, 8
-    if kind == "vgg19":
+    if kind in ("vgg19", "vgg19-fc4"):
         return None, 1
     raise KeyError(f"unknown discriminator {kind!r}; known: {', '.join(DISCRIMINATORS)}")
 
@@ -241,6 +282,7 @@ __all__ = [
     "DISCRIMINATORS",
     "UNetDiscriminatorSN",
     "VGG19Discriminator",
+    "VGG19FC4Discriminator",
     "VGGStyleDiscriminator",
     "build_discriminator",
     "crop_requirement",

@@ -1,4 +1,4 @@
-"""``texup train --data DIR --out DIR [--pretrained NAME|PATH] [--stage psnr|gan] [--steps N] [--resume] [--config FILE]``.
+"""``texup train --data DIR --out DIR [--pretrained NAME|PATH] [--stage psnr|gan] [--discriminator KIND] [--steps N] [--resume] [--config FILE]``.
 
 Settings come from, in increasing priority: the defaults of :class:`texup.training.TrainConfig`, the
 ``--config`` file (JSON or TOML), then the options given on the command line. Several GPUs or
@@ -14,7 +14,34 @@ import argparse
 import os
 import signal
 import sys
+import textwrap
 from typing import Any
+
+
+#: ``--discriminator`` kinds, one line each (shown by ``texup train --help``).
+DISCRIMINATOR_HELP = {
+    "vgg128": "ESRGAN's VGG-style discriminator with BatchNorm, one logit; crops of exactly 128 px",
+    "vgg256": "the same for crops of exactly 256 px",
+    "vgg19": "VGG19 convolutions, FC 4096/4096/1000, one logit; any crop >= 32 px",
+    "vgg19-fc4": "the design's VGG19: FC 25088/4096/4096/1000/1000, loss per output node; any crop >= 32 px",
+    "unet": "Real-ESRGAN's U-Net with spectral norm, one logit per pixel; crops a multiple of 8 px",
+}
+
+#: ``--gan-loss`` choices, one line each.
+GAN_LOSS_HELP = {
+    "auto": "ragan-per-node for vgg19-fc4, ragan for the other kinds (default)",
+    "ragan": "relativistic average GAN on the logits (ESRGAN)",
+    "ragan-per-node": "the same, node by node, on the difference of the discriminator's outputs",
+}
+
+
+def _epilog() -> str:
+    def table(title: str, rows: dict[str, str]) -> str:
+        width = max(map(len, rows))
+        return "\n".join([title, *(f"  {name:<{width}}  {text}" for name, text in rows.items())])
+
+    return table("discriminators (--discriminator):", DISCRIMINATOR_HELP) + "\n\n" + table(
+        "adversarial losses (--gan-loss):", GAN_LOSS_HELP)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,10 +49,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="fine-tune or train an ESRGAN generator on a folder of textures",
-        description="Train an ESRGAN generator on a texture library: stage 'psnr' (L1) or 'gan' (pixel + "
-        "perceptual + relativistic GAN, ESRGAN's weights). Writes checkpoint.pt, log.csv, sample grids and "
-        "model.safetensors (loadable by `texup upscale --model`) to --out. Multi-GPU / multi-node: "
-        "torchrun --nproc-per-node N -m texup train ...",
+        # Raw formatting keeps the epilog's one-line-per-kind tables; the description is wrapped here.
+        description=textwrap.fill(
+            "Train an ESRGAN generator on a texture library: stage 'psnr' (L1) or 'gan' (pixel + perceptual + "
+            "relativistic GAN, ESRGAN's weights). Writes checkpoint.pt, log.csv, sample grids and "
+            "model.safetensors (loadable by `texup upscale --model`) to --out. Multi-GPU / multi-node: "
+            "torchrun --nproc-per-node N -m texup train ...", width=78),
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", metavar="DIR", help="folder of textures (searched recursively)")
     p.add_argument("--out", metavar="DIR", help="output folder (checkpoints, logs, samples, model)")
@@ -37,7 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt when it exists")
     p.add_argument("--batch-size", type=int, metavar="N", help="crops per step, over all ranks")
     p.add_argument("--crop", type=int, metavar="PX", help="high-resolution crop size")
-    p.add_argument("--discriminator", choices=("vgg128", "vgg256", "vgg19", "unet"), help="discriminator (gan stage)")
+    p.add_argument("--discriminator", choices=tuple(DISCRIMINATOR_HELP),
+                   help="discriminator (gan stage; default vgg128; the kinds are listed below)")
+    p.add_argument("--gan-loss", choices=tuple(GAN_LOSS_HELP), help="adversarial loss (gan stage; default auto)")
     p.add_argument("--degradation", choices=("bicubic", "realesrgan"), help="how LR inputs are made")
     p.add_argument("--vgg19", metavar="PATH|download",
                    help="torchvision VGG19 weights for the perceptual loss, or 'download' to fetch them (verified)")
@@ -61,6 +94,7 @@ def build_config(args: argparse.Namespace) -> Any:
         "crop": "data.hr_crop", "discriminator": "discriminator.kind", "degradation": "data.degradation",
         "vgg19": "loss.vgg19", "precision": "precision", "device": "device", "workers": "data.num_workers",
         "seed": "seed", "eval_every": "eval_every", "checkpoint_every": "checkpoint_every", "pretrained": "generator.pretrained",
+        "gan_loss": "loss.gan",
     }
     for attr, key in mapping.items():
         value = getattr(args, attr)

@@ -40,6 +40,7 @@ STAGES = ("psnr", "gan")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEGRADATIONS = ("bicubic", "realesrgan")
 TILEABLE = ("auto", "on", "off")
+GAN_LOSSES = ("auto", "ragan", "ragan-per-node")
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class DiscriminatorConfig:
-    """The discriminator (gan stage only): ``kind`` in ``vgg128``, ``vgg256``, ``vgg19``, ``unet``.
+    """The discriminator (gan stage only): ``kind`` in ``vgg128``, ``vgg256``, ``vgg19``, ``vgg19-fc4``, ``unet``.
 
     ``hparams`` override the kind's constructor defaults; ``pretrained`` is an optional
     ``.safetensors``/``.pth`` state dict to start from (keys as texup's discriminator, or wrapped
@@ -112,6 +113,11 @@ class LossConfig:
     (verified by SHA-256) into the cache, or ``None`` to use the cached file when present. When no
     VGG19 weights are available the gan stage says so once and uses discriminator feature matching
     (weighted ``feature_matching_weight``) instead of the perceptual loss.
+
+    ``gan``: the adversarial loss. ``"ragan"`` is ESRGAN's relativistic average GAN on the
+    discriminator's logits (one batch mean over everything); ``"ragan-per-node"`` makes the same
+    comparison separately for each output node (the loss on the difference of ``vgg19-fc4``'s 1,000
+    outputs); ``"auto"`` picks ``ragan-per-node`` for ``vgg19-fc4`` and ``ragan`` for the other kinds.
     """
 
     pixel_weight: float | None = None
@@ -120,6 +126,7 @@ class LossConfig:
     feature_matching_weight: float = 1.0
     perceptual_layer: str = "conv5_4"
     vgg19: str | None = None
+    gan: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -200,6 +207,13 @@ class TrainConfig:
         return float(w) if w is not None else (0.0 if self.stage == "psnr" else 5e-3)
 
     @property
+    def gan_loss(self) -> str:
+        """``loss.gan`` with ``"auto"`` resolved: ``ragan-per-node`` for ``vgg19-fc4``, else ``ragan``."""
+        if self.loss.gan != "auto":
+            return self.loss.gan
+        return "ragan-per-node" if self.discriminator.kind == "vgg19-fc4" else "ragan"
+
+    @property
     def lr_g(self) -> float:
         lr = self.optim.lr_g
         return float(lr) if lr is not None else (2e-4 if self.stage == "psnr" else 1e-4)
@@ -228,6 +242,7 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.data.degradation in DEGRADATIONS, f"data.degradation must be one of {DEGRADATIONS}, got {cfg.data.degradation!r}"),
         (cfg.data.tileable in TILEABLE, f"data.tileable must be one of {TILEABLE}, got {cfg.data.tileable!r}"),
         (cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}"),
+        (cfg.loss.gan in GAN_LOSSES, f"loss.gan must be one of {GAN_LOSSES}, got {cfg.loss.gan!r}"),
         (0.0 <= cfg.optim.ema_decay < 1.0, f"optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}"),
         (cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, f"optim.grad_clip must be > 0 or null, got {cfg.optim.grad_clip}"),
         (min(cfg.eval_every, cfg.checkpoint_every, cfg.log_every) >= 0, "eval_every, checkpoint_every and log_every must be >= 0"),

@@ -121,6 +121,15 @@ def global_batch_mean(logits: torch.Tensor) -> torch.Tensor:
     return total[0] / (logits.numel() * world)
 
 
+def global_node_mean(outputs: torch.Tensor) -> torch.Tensor:
+    """Per-output mean over the global batch, (N, ...) -> (1, ...), differentiable (as :func:`global_batch_mean`),
+    for the per-node relativistic loss of many-output discriminators."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return outputs.mean(dim=0, keepdim=True)
+    total = _AllReduceSum.apply(outputs.float().sum(dim=0, keepdim=True))
+    return total / (outputs.shape[0] * dist.get_world_size())
+
+
 def all_reduce_mean(value: float, device: torch.device) -> float:
     """Average a Python number over ranks (for logging); identity when not distributed."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

@@ -13,6 +13,8 @@ value as the whole batch):
 The adversarial loss is ESRGAN's relativistic average GAN (:class:`RelativisticGANLoss`): the
 discriminator is asked whether a real image is *more realistic than the average fake* (and a fake
 less realistic than the average real), with binary cross-entropy on the differences.
+:class:`RelativisticNodeGANLoss` is the same comparison made output by output, for the ``vgg19-fc4``
+discriminator whose 1,000 outputs are compared between the real and the generated crop.
 """
 from __future__ import annotations
 
@@ -29,6 +31,11 @@ BatchMean = Callable[[torch.Tensor], torch.Tensor]
 def local_batch_mean(logits: torch.Tensor) -> torch.Tensor:
     """The mean over this process's batch: the default :data:`BatchMean`."""
     return logits.mean()
+
+
+def local_node_mean(outputs: torch.Tensor) -> torch.Tensor:
+    """Per-output mean over this process's batch, (N, ...) -> (1, ...); :class:`RelativisticNodeGANLoss`'s default."""
+    return outputs.mean(dim=0, keepdim=True)
 
 
 class PixelLoss(nn.Module):
@@ -114,11 +121,41 @@ class RelativisticGANLoss(nn.Module):
         return self._pair(real_logits, fake_logits, real_label=0.0)
 
 
+class RelativisticNodeGANLoss(RelativisticGANLoss):
+    """Relativistic average GAN on every output node: the loss on "the difference in outputs" of a
+    discriminator with many outputs (``vgg19-fc4``: (N, 1000)).
+
+    With C(x)_k the k-th output for image x and E_n[.] the mean over the batch *for that node*:
+
+    * d_real[n, k] = C(real_n)_k - E_n[C(fake_n)_k]   (each real output against the mean fake output)
+    * d_fake[n, k] = C(fake_n)_k - E_n[C(real_n)_k]   (and the reverse)
+    * discriminator: (BCE(d_real, 1) + BCE(d_fake, 0)) / 2, with binary cross-entropy on logits,
+      averaged over the batch and the nodes;
+    * generator: the same with the targets swapped, (BCE(d_real, 0) + BCE(d_fake, 1)) / 2.
+
+    Why per node: each of the 1,000 outputs is its own relativistic critic, and the design compares
+    the real and the fake crop's outputs node against node. Subtracting one mean over *all* nodes (what
+    :class:`RelativisticGANLoss` does with a multi-output tensor) would compare different nodes with
+    each other: a node whose output is high for every image would count as "real" for real and fake
+    crops alike, so the loss would learn node offsets instead of real-vs-fake differences. With one
+    output (N, 1) this loss equals :class:`RelativisticGANLoss` exactly; on per-pixel logits
+    (N, 1, H, W) it compares each pixel position with the batch mean at that position.
+
+    ``node_mean`` maps (N, ...) to (1, ...) keeping the autograd graph; the trainer passes one over
+    *all* data-parallel ranks so a split batch gives the single-process loss.
+    """
+
+    def __init__(self, node_mean: BatchMean = local_node_mean) -> None:
+        super().__init__(batch_mean=node_mean)
+
+
 __all__ = [
     "BatchMean",
     "FeatureMatchingLoss",
     "PerceptualLoss",
     "PixelLoss",
     "RelativisticGANLoss",
+    "RelativisticNodeGANLoss",
     "local_batch_mean",
+    "local_node_mean",
 ]

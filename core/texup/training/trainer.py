@@ -10,6 +10,17 @@ Files written to ``out_dir`` (rank 0 only): ``checkpoint.pt``, ``model.safetenso
 ``samples/step_NNNNNN.png`` (rows of bicubic | model | ground truth for held-out images),
 ``config.json``, and TensorBoard events under ``tb/`` when ``tensorboard`` is importable.
 
+Adversarial losses (``loss.gan``): ``ragan`` is ESRGAN's relativistic average GAN on a one-logit
+discriminator — is the real crop more realistic than the average fake, the fake less than the average
+real. ``ragan-per-node`` asks the same question of every output of a many-output discriminator
+separately: ``vgg19-fc4`` (the design's VGG19 with four fully connected layers, 1,000 outputs) is run
+on the real and on the generated crop, and each node's real output is compared with that node's mean
+fake output and the reverse (:class:`~texup.training.losses.RelativisticNodeGANLoss`). On one logit
+the two are the same loss. Pick ``vgg19-fc4`` (``loss.gan = "auto"`` then selects ``ragan-per-node``)
+to train with the discriminator as the design describes it; it is the largest discriminator (about
+145 M parameters, 103 M of them in the first FC layer) and takes any crop of at least 32 px. Pick
+``vgg128``/``vgg256`` (ESRGAN's published setting) or ``unet`` (Real-ESRGAN's) with ``ragan`` otherwise.
+
 The library never prints: everything it has to say goes to ``progress(event)`` as a
 :class:`TrainEvent`. ``cancel()`` is polled once per step; when it returns true the run saves a
 checkpoint, exports the model and returns with ``cancelled=True``.
@@ -34,8 +45,23 @@ from torch import nn
 
 from texup.training.checkpoint import CHECKPOINT_NAME, CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from texup.training.config import TrainConfig, config_from_dict
-from texup.training.distributed import DistInfo, all_reduce_mean, barrier, broadcast_flag, global_batch_mean, setup, teardown
-from texup.training.losses import FeatureMatchingLoss, PerceptualLoss, PixelLoss, RelativisticGANLoss
+from texup.training.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    broadcast_flag,
+    global_batch_mean,
+    global_node_mean,
+    setup,
+    teardown,
+)
+from texup.training.losses import (
+    FeatureMatchingLoss,
+    PerceptualLoss,
+    PixelLoss,
+    RelativisticGANLoss,
+    RelativisticNodeGANLoss,
+)
 
 
 @dataclass(frozen=True)
@@ -152,6 +178,13 @@ def optimizer_step(loss: torch.Tensor, module: nn.Module, optim: torch.optim.Opt
         optim.step()
 
 
+def build_gan_loss(cfg: TrainConfig) -> RelativisticGANLoss:
+    """The adversarial loss ``cfg.gan_loss`` names, with its batch means taken over all ranks."""
+    if cfg.gan_loss == "ragan-per-node":
+        return RelativisticNodeGANLoss(global_node_mean)
+    return RelativisticGANLoss(global_batch_mean)
+
+
 def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
@@ -192,6 +225,8 @@ def psnr_step(n: Nets, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
 def gan_step(n: Nets, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
     """Stage 2: one generator update, then one discriminator update (ESRGAN, relativistic average GAN).
 
+    The discriminator runs once on the real crop and once on the generated one; ``n.gan`` compares
+    the two outputs (one logit each, or ``vgg19-fc4``'s 1,000 nodes each with ``ragan-per-node``).
     Generator update: the discriminator's weights are frozen (``requires_grad`` off) and it is called
     unwrapped, as its weights learn nothing here. Real logits are detached: the generator cannot
     change them. Discriminator update: the fake image is detached, so no gradient reaches the
@@ -472,6 +507,8 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, 
     content, w_content = build_content_loss(cfg, d_raw, say) if d_raw is not None else (None, 0.0)
     if content is not None:
         content.to(device)
+    if d_raw is not None:
+        say(f"adversarial loss: {cfg.gan_loss}")
     opt_g = torch.optim.Adam(g_raw.parameters(), lr=cfg.lr_g, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     opt_d = (torch.optim.Adam(d_raw.parameters(), lr=cfg.optim.lr_d, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
              if d_raw is not None else None)
@@ -532,7 +569,7 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, 
     batches = _batches(loader, device)
     nets = Nets(g=g, d=d, d_raw=d_raw, opt_g=opt_g, opt_d=opt_d, scaler_g=scaler_g, scaler_d=scaler_d,
                 pixel=PixelLoss(), content=content,
-                gan=RelativisticGANLoss(global_batch_mean) if d_raw is not None else None,
+                gan=build_gan_loss(cfg) if d_raw is not None else None,
                 w_pixel=cfg.pixel_weight, w_content=w_content, w_adv=cfg.adversarial_weight,
                 clip=cfg.optim.grad_clip, autocast=autocast)
     step_fn = gan_step if cfg.stage == "gan" else psnr_step
@@ -631,9 +668,11 @@ __all__ = [
     "EMA",
     "TrainEvent",
     "TrainResult",
+    "build_gan_loss",
     "cpu_has_native_bf16",
     "evaluate",
     "gan_step",
+    "global_node_mean",
     "psnr_step",
     "resolve_precision",
     "train",
