@@ -18,7 +18,7 @@ TIMER_INTERVAL = 0.1
 
 def passes_filters(settings: Any, item: Any) -> bool:
     """True when a list row is visible under the panel's filters (size, role)."""
-    if settings.use_size_filter and max(item.width, item.height) >= settings.max_size:
+    if settings.use_size_filter and max(item.width, item.height) > settings.max_size:  # "at most", as --max-size
         return False
     if settings.role_filter != "ALL" and item.role != settings.role_filter:
         return False

@@ -63,7 +63,8 @@ class TexupSettings(bpy.types.PropertyGroup):
     textures: CollectionProperty(type=TexupTextureItem)
     active_index: IntProperty(default=0)
     use_size_filter: BoolProperty(
-        name="Smaller Than", description="Only show textures whose larger side is below the size", default=False)
+        name="At Most", description="Only show textures whose larger side is at most this many pixels "
+        "(the same rule as the headless --max-size)", default=False)
     max_size: IntProperty(name="Size", description="Pixels (larger side)", default=2048, min=1, soft_max=16384)
     role_filter: EnumProperty(name="Role", items=ROLE_FILTER_ITEMS, default="ALL")
     model: StringProperty(

@@ -28,7 +28,13 @@ import bpy  # noqa: E402  (after the sys.path set-up, like every import of the a
 from blender_addon import scene as addon_scene  # noqa: E402
 from blender_addon import service  # noqa: E402
 from blender_addon.bridge.client import WorkerError, WorkerStartError  # noqa: E402
-from blender_addon.bridge.jobs import choose_textures, report_document, unknown_names, write_report  # noqa: E402
+from blender_addon.bridge.jobs import (  # noqa: E402
+    left_out_rows,
+    report_document,
+    sort_textures,
+    unknown_names,
+    write_report,
+)
 from blender_addon.bridge.protocol import ProtocolError  # noqa: E402
 from blender_addon.defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR  # noqa: E402
 from blender_addon.pipeline import RunError, RunSettings, UpscaleRun, run_blocking  # noqa: E402
@@ -97,13 +103,16 @@ def main(argv: list[str]) -> int:
             if missing:
                 return fail(f"no image texture named {', '.join(missing)} in {blend or 'the file'}",
                             EXIT_USAGE, args.report, **context)
-        chosen = choose_textures(scanned, max_size=args.max_size, roles=args.roles, names=args.images,
-                                 include_upscaled=args.include_upscaled)
+        chosen, left_out = sort_textures(scanned, max_size=args.max_size, roles=args.roles, names=args.images,
+                                         include_upscaled=args.include_upscaled)
     except ValueError as err:
         return fail(str(err), EXIT_USAGE, args.report, **context)
+    skipped = left_out_rows(left_out)
+    for row in skipped:  # nothing is dropped silently: each left-out texture is said and reported
+        sys.stderr.write(f"upscale_blend: {row['name']}: left out: {row['reason']}\n")
     if not chosen:
         if args.report:
-            write_report(args.report, report_document([], **context))
+            write_report(args.report, report_document(skipped, **context))
         sys.stderr.write("upscale_blend: no textures match the filters\n")
         return 0
     out_dir = args.out_dir
@@ -142,8 +151,8 @@ def main(argv: list[str]) -> int:
         bpy.ops.wm.save_mainfile()
         saved_as = blend
     if args.report:
-        write_report(args.report, report_document(rows, saved=saved_as, seconds=round(time.monotonic() - started, 3),
-                                                  **context))
+        write_report(args.report, report_document(list(rows) + skipped, saved=saved_as,
+                                                  seconds=round(time.monotonic() - started, 3), **context))
     return 0 if rows and all(row["status"] == "ok" for row in rows) else EXIT_FAILED
 
 

@@ -3,7 +3,7 @@ and write the headless script's JSON report. Stdlib only; the bpy side fills :cl
 
 Typical use (operator or headless script)::
 
-    chosen = choose_textures(scanned, smaller_than=1024, roles={"color", "data"})
+    chosen = choose_textures(scanned, max_size=1024, roles={"color", "data"})
     plan = build_job(chosen, JobOptions(model="realesrgan-x4plus", scale=4), out_dir, name_scale=4)
     job_id = client.submit(plan.job)
     tracker = JobTracker(plan)
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -69,38 +69,58 @@ class TextureInfo:
 def choose_textures(
     textures: Iterable[TextureInfo],
     *,
-    smaller_than: Optional[int] = None,
     max_size: Optional[int] = None,
     roles: Optional[Collection[str]] = None,
     names: Optional[Collection[str]] = None,
     include_upscaled: bool = False,
 ) -> List[TextureInfo]:
-    """The textures that pass every given filter, in the given order.
+    """The textures that pass every given filter, in the given order (see :func:`sort_textures`)."""
+    return sort_textures(textures, max_size=max_size, roles=roles, names=names, include_upscaled=include_upscaled)[0]
 
-    smaller_than: the larger side is below this many pixels (the panel's "smaller than N px").
-    max_size: the larger side is at most this many pixels (the headless ``--max-size``).
-    roles: keep only these roles. names: keep only these datablock names (see :func:`unknown_names`).
-    Results of an earlier upscale (status "upscaled") are left out unless ``include_upscaled``.
-    Missing textures are kept: :func:`build_job` reports them as failed instead of dropping them silently.
+
+def sort_textures(
+    textures: Iterable[TextureInfo],
+    *,
+    max_size: Optional[int] = None,
+    roles: Optional[Collection[str]] = None,
+    names: Optional[Collection[str]] = None,
+    include_upscaled: bool = False,
+) -> Tuple[List[TextureInfo], List[Tuple[TextureInfo, str]]]:
+    """``(chosen, left_out)``: the textures that pass every filter, and each other one with the reason.
+
+    max_size: the larger side is at most this many pixels (the panel's "At most N px" and the headless
+    ``--max-size`` agree: a 512 px image passes 512). roles: keep only these roles. names: keep only these
+    datablock names (see :func:`unknown_names`). Results of an earlier upscale (status "upscaled") are left
+    out unless ``include_upscaled``. Missing textures are kept: :func:`build_job` reports them as failed.
+    Nothing is dropped silently: the caller lists ``left_out`` in its report.
     """
     if roles is not None:
         bad = sorted(set(roles) - set(ROLES))
         if bad:
             raise ValueError(f"unknown role(s) {', '.join(bad)}: expected {', '.join(ROLES)}")
-    chosen = []
+    chosen: List[TextureInfo] = []
+    left_out: List[Tuple[TextureInfo, str]] = []
     for tex in textures:
-        if smaller_than is not None and tex.largest_side >= smaller_than:
-            continue
-        if max_size is not None and tex.largest_side > max_size:
-            continue
-        if roles is not None and tex.role not in roles:
-            continue
+        reason = None
         if names is not None and tex.name not in names:
-            continue
-        if tex.status == "upscaled" and not include_upscaled:
-            continue
-        chosen.append(tex)
-    return chosen
+            reason = "not among the requested images"
+        elif max_size is not None and tex.largest_side > max_size:
+            reason = f"larger than the size limit ({tex.largest_side} px > {max_size} px)"
+        elif roles is not None and tex.role not in roles:
+            reason = f"role {tex.role} is not among {', '.join(sorted(roles))}"
+        elif tex.status == "upscaled" and not include_upscaled:
+            reason = "already the result of an upscale"
+        if reason is None:
+            chosen.append(tex)
+        else:
+            left_out.append((tex, reason))
+    return chosen, left_out
+
+
+def left_out_rows(left_out: Iterable[Tuple[TextureInfo, str]]) -> List[Dict[str, Any]]:
+    """Report rows (status "skipped") for what the filters left out."""
+    return [{"name": tex.name, "status": "skipped", "reason": reason, "size": list(tex.size) if tex.size else None}
+            for tex, reason in left_out]
 
 
 def unknown_names(textures: Iterable[TextureInfo], names: Iterable[str]) -> List[str]:
@@ -370,20 +390,24 @@ def report_document(rows: Sequence[Mapping[str, Any]], **context: Any) -> Dict[s
     doc["ok"] = sum(1 for r in rows if r["status"] == "ok")
     doc["failed"] = sum(1 for r in rows if r["status"] == "failed")
     doc["cancelled"] = sum(1 for r in rows if r["status"] == "cancelled")
+    doc["skipped"] = sum(1 for r in rows if r["status"] == "skipped")
     doc["images"] = [dict(r) for r in rows]
     return doc
 
 
 def exit_code(rows: Sequence[Mapping[str, Any]]) -> int:
-    """0 when every chosen texture was upscaled, else 1."""
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    """0 when every chosen texture was upscaled (rows the filters left out do not count), else 1."""
+    return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
 
 
 def write_report(path: str, document: Mapping[str, Any]) -> str:
     """Write the report as UTF-8 JSON atomically (temporary file + rename); return the path."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=folder)
+    # Not mkstemp (which makes the file 0600): a report is for the user and their tools, so it gets the
+    # permissions of any file they create (0666 less the umask); O_EXCL keeps the name ours.
+    tmp = os.path.join(folder, f".report.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(document, handle, indent=2, ensure_ascii=False)

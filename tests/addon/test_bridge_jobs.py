@@ -13,7 +13,8 @@ sys.path.insert(0, str(ROOT / "blender_addon"))
 
 from bridge.client import WorkerClient  # noqa: E402
 from bridge.jobs import (  # noqa: E402
-    JobTracker, TextureInfo, build_job, choose_textures, exit_code, report_document, report_rows, unknown_names,
+    JobTracker, TextureInfo, build_job, choose_textures, exit_code, left_out_rows, report_document, report_rows,
+    sort_textures, unknown_names,
     write_report,
 )
 from bridge.protocol import Crashed, Done, Error, JobOptions, Progress, Result  # noqa: E402
@@ -58,7 +59,8 @@ def test_texture_info_refuses_unknown_role_source_status():
 
 
 def test_choose_filters(scene):
-    assert names(choose_textures(scene, smaller_than=512)) == ["Wall.001", "Normal", "Tiles", "Packed", "Noise"]
+    # "At most": a 512 px image passes a 512 limit, in the panel and in --max-size alike.
+    assert names(choose_textures(scene, max_size=511)) == ["Wall.001", "Normal", "Tiles", "Packed", "Noise"]
     assert names(choose_textures(scene, max_size=512)) == ["Wall.001", "Normal", "Tiles", "Packed", "Noise"]
     assert names(choose_textures(scene, max_size=1024, roles={"color"})) == \
         ["Wall", "Wall.001", "Tiles", "Packed", "Noise"]
@@ -191,3 +193,30 @@ def test_plan_to_fake_worker_to_report(scene, tmp_path):
     assert rows["Tiles"]["output_path"].endswith("tiles_x4.<UDIM>.png")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "tiles_x4.1001.png", "tiles_x4.1002.png", "wall_x4.png"]
+
+
+def test_everything_a_filter_leaves_out_is_reported_with_the_reason(scene, tmp_path):
+    chosen, left_out = sort_textures(scene, max_size=512, roles={"color", "normal"})
+    assert names(chosen) == ["Wall.001", "Normal", "Tiles", "Packed", "Noise"]
+    reasons = {t.name: r for t, r in left_out}
+    assert set(reasons) == {"Wall", "Rough", "Wall_x4"}  # every scanned texture is either chosen or reported
+    assert "1024 px > 512 px" in reasons["Wall"] and "2048 px > 512 px" in reasons["Rough"]
+    assert "already the result" in dict((t.name, r) for t, r in sort_textures(scene)[1])["Wall_x4"]
+    assert names(sort_textures(scene, max_size=512)[0]) == names(choose_textures(scene, max_size=512))
+    rows = left_out_rows(left_out)
+    doc = report_document(rows)
+    assert doc["skipped"] == 3 and doc["failed"] == 0 and exit_code(rows) == 0
+    assert rows[0] == {"name": "Wall", "status": "skipped", "reason": reasons["Wall"], "size": [1024, 512]}
+
+
+def test_reports_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = write_report(str(tmp_path / "r" / "report.json"), report_document([]))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["report.json"]  # no temp file left

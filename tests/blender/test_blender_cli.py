@@ -117,9 +117,15 @@ def test_headless_filters_scale_and_exit_zero(scene_dir, env, tiny_model, tmp_pa
                    "--roles", "color", "--max-size", "20", "--scale", "2", "--out-dir", str(tmp_path / "up"),
                    "--report", str(report), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = {row["name"]: row for row in json.loads(report.read_text())["images"]}
+    doc = json.loads(report.read_text())
+    rows = {row["name"]: row for row in doc["images"] if row["status"] != "skipped"}
     # color role and larger side <= 20: the group texture (12x12), the generated grid (8x8), the UDIM (12x10).
     assert set(rows) == {"grouptex.png", "generated", "wall"}
+    # Everything else is in the report with the reason, and said on stderr: nothing is dropped silently.
+    skipped = {row["name"]: row["reason"] for row in doc["images"] if row["status"] == "skipped"}
+    assert "color.png" in skipped and "24 px > 20 px" in skipped["color.png"]
+    assert "role data" in skipped["rough.png"] and doc["skipped"] == len(skipped)
+    assert "color.png: left out: larger than the size limit" in proc.stderr
     assert rows["grouptex.png"]["output_size"] == [24, 24]
     assert (tmp_path / "up" / "grouptex_x2.png").is_file()
     # No --save: the .blend on disk is untouched.
