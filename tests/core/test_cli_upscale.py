@@ -1,6 +1,7 @@
 """`texup upscale` end to end: files, folders, globs, bad inputs, never over an input, formats kept."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -182,3 +183,94 @@ def test_console_script_with_default_pretrained_model(photo, tmp_path, texup_hom
     assert proc.returncode == 0, proc.stderr
     assert str(out / "photo_x4.png") in proc.stdout
     assert probe_image(out / "photo_x4.png").width == 53 * 4
+
+
+# --- reliability (issue 11) ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _fifo_watch(fifo: Path):
+    """Yield a list that gets an entry whenever someone opened ``fifo`` to read; that reader gets EOF at once,
+    so a regression fails the test instead of hanging it."""
+    import threading
+
+    stop, opened = threading.Event(), []
+
+    def watch() -> None:
+        while not stop.wait(0.05):
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: nobody is reading it
+                continue
+            opened.append(1)
+            os.close(fd)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield opened
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_fifo_input_is_refused_without_opening_it_and_the_batch_goes_on(tiny_model, photo, tmp_path, capsys):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with _fifo_watch(fifo) as opened:
+        code = run_cli("upscale", fifo, photo, "-o", tmp_path / "out", "--model", tiny_model)
+    assert code == 1 and not opened
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("texup: error:")]
+    assert len(err_lines) == 1 and "pipe.png" in err_lines[0] and "not a regular file" in err_lines[0]
+    assert (tmp_path / "out" / "photo_x4.png").is_file()
+
+
+def test_fifo_swapped_in_after_listing_is_refused_before_reading(tmp_path):
+    from texup.cli.upscale import _read_input
+    from texup.errors import ImageReadError
+
+    fifo = tmp_path / "late.png"
+    os.mkfifo(fifo)
+    with _fifo_watch(fifo) as opened, pytest.raises(ImageReadError, match="not a regular file"):
+        _read_input(fifo, tmp_path / "late_x4.png")
+    assert not opened
+
+
+def test_outputs_never_leave_the_out_dir(tiny_model, photo, tmp_path, capsys):
+    out = tmp_path / "deep" / "out"
+    for flag, value in (("--suffix", "/../../escape"), ("--format", "/../../escape.png")):
+        assert run_cli("upscale", photo, "-o", out, flag, value, "--model", tiny_model) == 2
+        assert flag in capsys.readouterr().err
+    assert not any(p.name.startswith(("escape", "photo")) for p in tmp_path.rglob("*") if p.is_file() and p != photo)
+    # a sub-folder of -o that links elsewhere: what would land behind the link is refused, the rest is written
+    lib = tmp_path / "lib"
+    (lib / "sub").mkdir(parents=True)
+    write_image(lib / "a.png", real_image("gravel.png", crop=(0, 0, 20, 24)))
+    write_image(lib / "sub" / "b.png", real_image("gravel.png", crop=(0, 0, 20, 24)))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out.mkdir(parents=True)
+    (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+    assert run_cli("upscale", lib, "-r", "-o", out, "--model", tiny_model) == 1
+    assert "outside" in capsys.readouterr().err
+    assert (out / "a_x4.png").is_file() and list(elsewhere.iterdir()) == []
+
+
+def test_overlap_larger_than_tile_is_a_usage_error(photo, tmp_path, capsys):
+    assert run_cli("upscale", photo, "-o", tmp_path / "out", "--tile", "16", "--overlap", "200") == 2
+    assert "--overlap" in capsys.readouterr().err
+
+
+def test_same_input_twice_is_upscaled_once_and_succeeds(tiny_model, photo, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli("upscale", photo, photo, photo.parent, "-o", out, "--model", tiny_model) == 0
+    assert [p.name for p in out.iterdir()] == ["photo_x4.png"]
+    assert "error" not in capsys.readouterr().err
+
+
+def test_out_dir_that_is_a_file_is_a_clear_usage_error(photo, tmp_path, capsys):
+    not_a_folder = tmp_path / "out.png"
+    not_a_folder.write_bytes(b"x")
+    for out in (not_a_folder, not_a_folder / "sub"):
+        assert run_cli("upscale", photo, "-o", out) == 2
+        err = capsys.readouterr().err
+        assert "is a file, not a folder" in err and "File exists" not in err

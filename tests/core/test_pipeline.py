@@ -562,3 +562,10 @@ def test_real_model_bf16_is_close_to_fp32(x4plus, x4plus_fp32):
     reference = x4plus_fp32.upscale_array(crop, UpscaleOptions(seamless="off"))
     bf16 = Upscaler(x4plus, device="cpu", precision="bf16").upscale_array(crop, UpscaleOptions(seamless="off"))
     assert _psnr(bf16 / 255, reference / 255) >= 40
+
+
+def test_overlap_larger_than_tile_is_refused():
+    assert UpscaleOptions(tile=16, overlap=16).overlap == 16
+    assert UpscaleOptions(overlap=200).overlap == 200  # automatic tile: nothing to compare with here
+    with pytest.raises(ValueError, match="overlap"):
+        UpscaleOptions(tile=16, overlap=200)

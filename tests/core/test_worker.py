@@ -435,3 +435,137 @@ def test_train_errors_end_the_job_not_the_worker(worker, tiny_model, tmp_path):
     job_id = _train(worker, job, {"data": {"hr_crop": 16, "no_such_setting": 1}})
     events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
     assert any(isinstance(e, Error) and "no_such_setting" in e.message for e in events)
+
+
+# --- reliability (issue 11): hostile lines, bad paths, stale cancels -----------------------------------------
+
+def _pipe_server(tmp_path, monkeypatch, upscaler):
+    """An in-process WorkerServer reading a real OS pipe (so its bounded ``readline`` is what runs)."""
+    import os
+    import threading
+
+    from texup.worker import server as server_mod
+    from texup.worker.server import WorkerServer
+
+    monkeypatch.setattr(server_mod, "release_freed_memory", lambda: True)
+    read_fd, write_fd = os.pipe()
+    stdin, writer, out = os.fdopen(read_fd, "rb"), os.fdopen(write_fd, "wb"), _Out()
+    server = WorkerServer(stdin, out, device="cpu", get_upscaler=lambda model, **kw: upscaler)
+    runner = threading.Thread(target=server.serve, daemon=True)
+    runner.start()
+
+    def send(line: bytes | dict) -> None:
+        writer.write(line if isinstance(line, bytes) else json.dumps(line).encode() + b"\n")
+        writer.flush()
+
+    return server, runner, send, writer, out
+
+
+class _GatedUpscaler:
+    def __init__(self) -> None:
+        import threading
+
+        self.gate = threading.Event()
+
+    def upscale_file(self, src, dst, options, *, progress, cancel):
+        progress(0, 2)
+        self.gate.wait(30)
+        progress(2, 2)
+        Image.new("RGB", (8, 4)).save(dst)
+        return Path(dst)
+
+
+def test_too_deep_and_too_long_lines_get_errors_and_the_running_job_goes_on(tmp_path, monkeypatch):
+    from texup.worker import server as server_mod
+
+    monkeypatch.setattr(server_mod, "MAX_LINE_BYTES", 4096)
+    monkeypatch.setattr(server_mod, "_DISCARD_CHUNK", 1000)
+    upscaler = _GatedUpscaler()
+    src = save_png(tmp_path / "s.png", real_image("brick.png")[:4, :4])
+    server, runner, send, writer, out = _pipe_server(tmp_path, monkeypatch, upscaler)
+    send({"type": "upscale", "id": "run", "options": {"model": "m"},
+          "items": [{"key": "k", "src": str(src), "dst": str(tmp_path / "o.png")}]})
+    out.wait_for(lambda e: e["type"] == "progress")
+    send(b'{"type": "ping", "id": "deep", "x": ' + b"[" * 1500 + b"]" * 1500 + b"}\n")
+    send(b'{"type": "ping", "id": "long", "pad": "' + b"x" * 50_000 + b'"}\n')
+    send({"type": "ping", "id": "after"})
+    out.wait_for(lambda e: e["type"] == "pong" and e["id"] == "after")
+    errors = [e for e in out.events if e["type"] == "error"]
+    assert len(errors) == 2, out.events
+    assert "deeply" in errors[0]["message"] and "longer than 4096 bytes" in errors[1]["message"]
+    assert not [e for e in out.events if e["type"] == "pong" and e["id"] in ("deep", "long")]
+    upscaler.gate.set()
+    done = out.wait_for(lambda e: e["type"] == "done")
+    assert (done["ok"], done["cancelled"]) == (1, False)  # the job that was running is not dropped
+    writer.close()
+    runner.join(timeout=10)
+    assert not runner.is_alive()
+
+
+def test_deeply_nested_line_does_not_kill_the_real_worker():
+    proc = _raw_worker()
+    try:
+        deep = _send(proc, b'{"type": "ping", "id": "d", "x": ' + b"[" * 1000 + b"]" * 1000 + b"}")
+        assert deep["type"] == "error" and "deeply" in deep["message"]
+        assert _send(proc, b'{"type": "ping", "id": "p"}') == {"type": "pong", "id": "p"}
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def test_fifo_relative_and_dotdot_paths_fail_their_item_only(tmp_path, monkeypatch):
+    import os
+
+    work = tmp_path / "work" / "dir"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)  # where a relative or ".." path would land (never the checkout)
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    src = save_png(tmp_path / "s.png", real_image("brick.png")[:4, :4])
+    upscaler = _GatedUpscaler()
+    upscaler.gate.set()
+    server, runner, send, writer, out = _pipe_server(tmp_path, monkeypatch, upscaler)
+    items = [
+        {"key": "fifo", "src": str(fifo), "dst": str(tmp_path / "f_x4.png")},
+        {"key": "rel-src", "src": "s.png", "dst": str(tmp_path / "r_x4.png")},
+        {"key": "rel-dst", "src": str(src), "dst": "escape.png"},
+        {"key": "dotdot", "src": str(src), "dst": str(work / ".." / "escape.png")},
+        {"key": "good", "src": str(src), "dst": str(tmp_path / "good.png")},
+    ]
+    send({"type": "upscale", "id": "j", "options": {"model": "m"}, "items": items})
+    done = out.wait_for(lambda e: e["type"] == "done")
+    errors = {e["item"]: e for e in out.events if e["type"] == "error"}
+    assert sorted(errors) == ["dotdot", "fifo", "rel-dst", "rel-src"], out.events
+    assert "not a file" in errors["fifo"]["message"]
+    assert all("absolute" in errors[k]["message"] for k in ("rel-src", "rel-dst", "dotdot"))
+    assert (done["ok"], done["failed"]) == (1, 4)
+    assert (tmp_path / "good.png").is_file()
+    assert not (work / "escape.png").exists() and not (work.parent / "escape.png").exists()
+    writer.close()
+    runner.join(timeout=10)
+
+
+def test_overlap_larger_than_tile_is_refused():
+    from texup.worker.protocol import ProtocolError, parse_options
+
+    assert parse_options({"tile": 32, "overlap": 32}).overlap == 32
+    with pytest.raises(ProtocolError, match="overlap"):
+        parse_options({"tile": 16, "overlap": 200})
+
+
+def test_cancel_of_an_unknown_id_is_not_kept_for_a_later_job(tmp_path, monkeypatch):
+    src = save_png(tmp_path / "s.png", real_image("brick.png")[:4, :4])
+    upscaler = _GatedUpscaler()
+    upscaler.gate.set()
+    server, runner, send, writer, out = _pipe_server(tmp_path, monkeypatch, upscaler)
+    send({"type": "cancel", "id": "later"})
+    send({"type": "ping", "id": "p"})
+    out.wait_for(lambda e: e["type"] == "pong")
+    send({"type": "upscale", "id": "later", "options": {"model": "m"},
+          "items": [{"key": "k", "src": str(src), "dst": str(tmp_path / "o.png")}]})
+    done = out.wait_for(lambda e: e["type"] == "done")
+    assert (done["ok"], done["cancelled"]) == (1, False)
+    assert not [e for e in out.events if e["type"] == "error"]  # ignored (logged), not an error event
+    assert server._cancelled == set() and server._pending == {}
+    writer.close()
+    runner.join(timeout=10)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 import sys
 import time
 import traceback
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from texup.errors import FileError, TexupError
+from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
 from texup.imageio import SUPPORTED_EXTENSIONS, Image, format_for_path, read_image, write_image
 from texup.inference.pipeline import refuse_overwrite
 
@@ -95,7 +96,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def expand_inputs(args: list[str], *, recursive: bool) -> tuple[list[WorkItem], list[InputProblem]]:
-    """Files as given; folders -> their image files (sorted); globs -> matches. Missing -> a problem."""
+    """Files as given; folders -> their image files (sorted); globs -> matches. Missing -> a problem.
+
+    A path that exists but is no regular file (a FIFO, a device, a socket) is a problem, never opened: reading
+    a FIFO would wait forever. A file named twice (or found again through a folder or glob) is kept once.
+    """
     items: list[WorkItem] = []
     problems: list[InputProblem] = []
     for arg in args:
@@ -106,8 +111,10 @@ def expand_inputs(args: list[str], *, recursive: bool) -> tuple[list[WorkItem], 
             if not found:
                 problems.append(InputProblem(arg, "folder holds no supported image files"))
             items.extend(WorkItem(p, p.parent.relative_to(path)) for p in found)
-        elif path.exists():
+        elif path.is_file():
             items.append(WorkItem(path, Path()))
+        elif path.exists():
+            problems.append(InputProblem(arg, "not a regular file (a pipe, device or socket cannot be upscaled)"))
         elif GLOB_CHARS & set(arg):
             matches = sorted(Path(m) for m in glob.glob(arg, recursive=True) if Path(m).is_file())
             if not matches:
@@ -115,7 +122,10 @@ def expand_inputs(args: list[str], *, recursive: bool) -> tuple[list[WorkItem], 
             items.extend(WorkItem(m, Path()) for m in matches)
         else:
             problems.append(InputProblem(arg, "no such file or folder"))
-    return items, problems
+    unique: dict[tuple[Path, Path], WorkItem] = {}
+    for item in items:
+        unique.setdefault((item.src.resolve(), item.rel_parent), item)
+    return list(unique.values()), problems
 
 
 def scale_label(scale: float) -> str:
@@ -129,9 +139,40 @@ def output_path(item: WorkItem, out_dir: Path, suffix: str, fmt: str | None) -> 
 
 
 def _read_input(src: Path, dst: Path) -> Image:
-    """Decode one input (on the read-ahead thread), refusing an output that is the input itself."""
+    """Decode one input (on the read-ahead thread), refusing an output that is the input itself.
+
+    A path that is no longer a regular file (swapped for a FIFO since it was listed) is refused before it is
+    opened, so the batch cannot hang on it.
+    """
+    if not src.is_file():
+        raise ImageReadError(src, "not a regular file" if src.exists() else "no such file")
     refuse_overwrite(src, dst)
     return read_image(src)
+
+
+def _outside(dst: Path, out_dir: Path) -> bool:
+    """True when ``dst`` (after links and ``..``) is not inside ``out_dir``."""
+    try:
+        dst.resolve().relative_to(out_dir.resolve())
+    except ValueError:
+        return True
+    return False
+
+
+def _has_separator(text: str) -> bool:
+    return any(sep and sep in text for sep in ("/", os.sep, os.altsep))
+
+
+def _out_dir_problem(out_dir: Path) -> str | None:
+    """Why ``out_dir`` cannot be the output folder (an existing file on its way), or None."""
+    here = out_dir
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if here.exists() and not here.is_dir():
+        if here == out_dir:
+            return f"-o {out_dir} is a file, not a folder"
+        return f"-o {out_dir}: {here} is a file, not a folder"
+    return None
 
 
 def _settle(
@@ -173,6 +214,15 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--tile must be at least 16 pixels")
         if args.overlap < 0:
             raise ValueError("--overlap must not be negative")
+        if args.tile is not None and args.overlap > args.tile:
+            raise ValueError(f"--overlap ({args.overlap}) must not be larger than --tile ({args.tile})")
+        if _has_separator(args.suffix):
+            raise ValueError(f"--suffix must not contain a path separator, got {args.suffix!r}")
+        if args.format is not None and _has_separator(args.format):
+            raise ValueError(f"--format must be a format name such as png, got {args.format!r}")
+        problem = _out_dir_problem(args.out_dir)
+        if problem:
+            raise ValueError(problem)
         if args.scale is not None and not 0 < args.scale <= 16:
             raise ValueError("--scale must be above 0 and at most 16")
     except (ValueError, TexupError) as err:
@@ -207,7 +257,10 @@ def run(args: argparse.Namespace) -> int:
     for item in items:
         dst = output_path(item, args.out_dir, suffix, args.format)
         key = dst.resolve()
-        if key in inputs:
+        if _outside(dst, args.out_dir):
+            fail(item.src, f"output {dst} would be outside {args.out_dir}; refusing to write it")
+            failed += 1
+        elif key in inputs:
             fail(item.src, f"output {dst} would overwrite an input; choose another --out-dir or --suffix")
             failed += 1
         elif key in claimed:
@@ -257,7 +310,10 @@ def run(args: argparse.Namespace) -> int:
                 reading = None  # the decoded input goes with `image`
                 result = upscaler.upscale_array(image.pixels, options, colorspace=image.info.colorspace,
                                                 progress=on_tiles)
-                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise ImageWriteError(dst.parent, f"cannot create the output folder: {err.strerror or err}") from err
                 written = writer.submit(write_image, dst, result, like=image.info)
                 del image, result
             except expected as err:

@@ -99,6 +99,8 @@ class UpscaleOptions:
             raise ValueError(f"tile must be at least 1 pixel, got {self.tile}")
         if self.overlap < 0:
             raise ValueError(f"overlap must not be negative, got {self.overlap}")
+        if self.tile is not None and self.overlap > self.tile:
+            raise ValueError(f"overlap ({self.overlap}) must not be larger than tile ({self.tile})")
         if self.seamless not in _SEAMLESS:
             raise ValueError(f"seamless must be one of {', '.join(_SEAMLESS)}, got {self.seamless!r}")
         if self.role not in policy.ROLES:

@@ -12,7 +12,8 @@ Client -> worker (``id`` is the client's job or request id, any string):
   (``dst`` the exported ``.safetensors``, ``steps``, ``psnr_before``/``psnr_after`` when held-out images
   were evaluated; no ``width``/``height``), ``message`` (``text``: one line from the trainer, e.g. a skipped
   file), ``error``, then ``done``
-* ``{"type": "cancel", "id"}`` -- cancel that job (running: stops at the next tile or training step; queued: never starts)
+* ``{"type": "cancel", "id"}`` -- cancel that job (running: stops at the next tile or training step; queued: never
+  starts); a cancel for an id that is neither queued nor running is ignored (logged, not remembered)
 * ``{"type": "ping", "id"}`` -> ``{"type": "pong", "id"}``
 * ``{"type": "models", "id"}`` -> ``{"type": "models", "id", "models": [...]}``
 * ``{"type": "shutdown"}`` -- cancel everything and exit 0
@@ -20,7 +21,9 @@ Client -> worker (``id`` is the client's job or request id, any string):
 Worker -> client: ``hello`` (first line), then ``progress``, ``result``, ``error`` and ``done`` events of
 each job, ``pong`` and ``models`` replies. An ``error`` event has ``kind`` (the exception class name),
 a one-line ``message`` and a ``traceback`` (may be empty). A message of an unknown type, or a line that
-is not a JSON object, gets an ``error`` event and the worker goes on.
+is not a JSON object, nests deeper than :data:`MAX_DEPTH` or is longer than 16 MiB, gets an ``error``
+event and the worker goes on. Item paths must be absolute without ``..``; an item that breaks this gets an
+``error`` event and the job's other items go on.
 """
 from __future__ import annotations
 
@@ -43,6 +46,11 @@ _OPTION_KEYS = frozenset({"model", "scale", "target_size", "tile", "overlap", "s
                           "engine"})
 
 
+MAX_DEPTH = 32
+"""Deepest nesting of objects and lists a message may have. Real messages need 4 (a training ``config``
+a few more); anything deeper is refused before the worker walks it (json itself overflows near 1000)."""
+
+
 class ProtocolError(ValueError):
     """A line or message that does not follow the protocol; ``str(err)`` is one line."""
 
@@ -63,6 +71,10 @@ def decode(line: str | bytes) -> dict[str, Any]:
         message = json.loads(line)
     except json.JSONDecodeError as err:
         raise ProtocolError(f"line is not JSON: {err.msg} at column {err.colno}") from None
+    except RecursionError:
+        raise ProtocolError(f"line nests objects or lists too deeply (at most {MAX_DEPTH} levels)") from None
+    if _depth(message) > MAX_DEPTH:
+        raise ProtocolError(f"line nests objects or lists too deeply (at most {MAX_DEPTH} levels)")
     if not isinstance(message, dict):
         raise ProtocolError(f"a message must be a JSON object, got {type(message).__name__}")
     if not isinstance(message.get("type"), str):
@@ -70,6 +82,22 @@ def decode(line: str | bytes) -> dict[str, Any]:
     if "id" in message and not isinstance(message["id"], (str, int)):
         raise ProtocolError("'id' must be a string or an integer")
     return message
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0), without recursion; stops past :data:`MAX_DEPTH`."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 @dataclass(frozen=True)
@@ -152,11 +180,14 @@ def parse_options(options: Any) -> JobOptions:
         if options.get("scale") is not None:
             raise ProtocolError("give either 'scale' or 'target_size', not both")
     overlap = _number(options, "overlap", int, low=0)
+    tile = _number(options, "tile", int, low=16)
+    if tile is not None and overlap is not None and overlap > tile:
+        raise ProtocolError(f"option 'overlap' must not be larger than 'tile' ({tile}), got {overlap}")
     return JobOptions(
         model=model,
         scale=_number(options, "scale", float, low=0.01, high=16),
         target_size=target,
-        tile=_number(options, "tile", int, low=16),
+        tile=tile,
         overlap=16 if overlap is None else overlap,
         seamless=_choice(options, "seamless", SEAMLESS, "auto"),
         device=_choice(options, "device", None, "auto"),

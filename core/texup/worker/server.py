@@ -32,6 +32,14 @@ log = logging.getLogger("texup.worker")
 PROGRESS_INTERVAL_S = 0.05
 """At most one progress event per item in this many seconds (the first and last tile always go out)."""
 
+MAX_LINE_BYTES = 16 * 1024 * 1024
+"""Longest request line read (16 MiB). The largest real message, an upscale job, spends a few hundred bytes
+per item, so this still allows tens of thousands of textures in one job; a longer line is answered with an
+``error`` event and skipped in pieces of :data:`_DISCARD_CHUNK` without ever being held whole, so a runaway
+client cannot make the worker (inside Blender's memory budget) buffer gigabytes."""
+
+_DISCARD_CHUNK = 1024 * 1024
+
 _STOP = object()
 
 
@@ -60,6 +68,7 @@ class WorkerServer:
         self._jobs: queue.Queue[object] = queue.Queue()
         self._cancel_lock = threading.Lock()
         self._cancelled: set[str] = set()
+        self._pending: dict[str, int] = {}  # ids of queued or running jobs (how many with that id)
         self._stopping = threading.Event()
 
     # --- output ------------------------------------------------------------------------------
@@ -94,12 +103,45 @@ class WorkerServer:
         with self._cancel_lock:
             return job_id in self._cancelled
 
+    def _lines(self):
+        """Yield stdin's lines, each at most :data:`MAX_LINE_BYTES`; an over-long line yields None instead.
+
+        With ``readline`` (a real stdin) an over-long line is never held whole: it is read on in chunks
+        until its newline and dropped. An iterable without ``readline`` (a test's pipe) is checked per line.
+        """
+        readline = getattr(self._stdin, "readline", None)
+        if readline is None:
+            for raw in self._stdin:
+                yield None if len(raw.rstrip(b"\r\n")) > MAX_LINE_BYTES else raw
+            return
+        while True:
+            raw = readline(MAX_LINE_BYTES + 2)  # room for the line's "\r\n"
+            if not raw:
+                return
+            if len(raw.rstrip(b"\r\n")) <= MAX_LINE_BYTES:
+                yield raw
+                continue
+            while not raw.endswith(b"\n"):  # skip the rest of the line
+                raw = readline(_DISCARD_CHUNK)
+                if not raw:
+                    break
+            yield None
+
     def _read_loop(self) -> None:
         try:
-            for raw in self._stdin:
+            for raw in self._lines():
+                if raw is None:
+                    log.warning("a request line longer than %d bytes was skipped", MAX_LINE_BYTES)
+                    self._send_error(None, None, ProtocolError(
+                        f"line is longer than {MAX_LINE_BYTES} bytes; it was skipped"), with_traceback=False)
+                    continue
                 if not raw.strip():
                     continue
-                self._handle_line(raw)
+                try:
+                    self._handle_line(raw)
+                except Exception as err:  # noqa: BLE001 -- one bad line must never end the reader (and the worker)
+                    log.exception("handling a request line failed")
+                    self._send_error(None, None, err, with_traceback=True)
                 if self._stopping.is_set():
                     return
             log.info("stdin closed; stopping")
@@ -107,6 +149,21 @@ class WorkerServer:
             log.warning("reading stdin failed (%s); stopping", err)
         finally:
             self._stop()
+
+    def _enqueue(self, request: UpscaleRequest | TrainRequest) -> None:
+        with self._cancel_lock:
+            self._pending[request.id] = self._pending.get(request.id, 0) + 1
+        self._jobs.put(request)
+
+    def _finished(self, job_id: str) -> None:
+        """Forget ``job_id`` (ran, failed or cancelled): a later job with that id starts uncancelled."""
+        with self._cancel_lock:
+            left = self._pending.get(job_id, 0) - 1
+            if left > 0:
+                self._pending[job_id] = left
+            else:
+                self._pending.pop(job_id, None)
+                self._cancelled.discard(job_id)
 
     def _handle_line(self, raw: bytes) -> None:
         try:
@@ -125,7 +182,7 @@ class WorkerServer:
                     items = message.get("items")
                     self.send(protocol.done(msg_id, 0, len(items) if isinstance(items, list) else 0, False))
                 return
-            self._jobs.put(request)
+            self._enqueue(request)
         elif kind == "train":
             try:
                 train_request = protocol.parse_train(message)
@@ -134,15 +191,23 @@ class WorkerServer:
                 if msg_id is not None:
                     self.send(protocol.done(msg_id, 0, 1, False))
                 return
-            self._jobs.put(train_request)
+            self._enqueue(train_request)
         elif kind == "cancel":
             if msg_id is None:
                 self._send_error(None, None, ProtocolError("a cancel message needs the 'id' of the job"),
                                  with_traceback=False)
                 return
+            # Only a queued or running job is marked: a cancel for any other id (a job that just ended, a
+            # typo) is logged and dropped, never kept to cancel a later job that reuses the id. No error
+            # event: a cancel that crosses the job's ``done`` is a normal race, not a client mistake.
             with self._cancel_lock:
-                self._cancelled.add(msg_id)
-            log.info("job %s: cancel requested", msg_id)
+                known = msg_id in self._pending
+                if known:
+                    self._cancelled.add(msg_id)
+            if known:
+                log.info("job %s: cancel requested", msg_id)
+            else:
+                log.info("job %s: cancel ignored: no such job is queued or running", msg_id)
         elif kind == "ping":
             self.send({"type": "pong", "id": msg_id})
         elif kind == "models":
@@ -238,8 +303,7 @@ class WorkerServer:
                 failed += 1
             else:
                 ok += 1
-        with self._cancel_lock:
-            self._cancelled.discard(job_id)
+        self._finished(job_id)
         self.send(protocol.done(job_id, ok, failed, cancelled))
 
     def run_train(self, request: TrainRequest) -> None:
@@ -267,8 +331,7 @@ class WorkerServer:
             else:
                 cancelled = outcome
                 ok = 1
-        with self._cancel_lock:
-            self._cancelled.discard(job_id)
+        self._finished(job_id)
         self.send(protocol.done(job_id, ok, failed, cancelled))
 
     def _train(self, request: TrainRequest) -> bool:
@@ -328,6 +391,9 @@ class WorkerServer:
     def _run_item(self, job_id: str, upscaler: Any, options: Any, item: protocol.JobItem, index: int, count: int) -> None:
         from texup.imageio import probe_image
 
+        for path in (item.src, item.dst):
+            if not os.path.isabs(path) or ".." in Path(path).parts:
+                raise FileError(path, "the worker needs an absolute path without '..' components")
         src, dst = Path(item.src), Path(item.dst)
         if not src.is_file():
             raise ImageReadError(src, "no such file" if not src.exists() else "not a file")
