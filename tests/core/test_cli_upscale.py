@@ -274,3 +274,24 @@ def test_out_dir_that_is_a_file_is_a_clear_usage_error(photo, tmp_path, capsys):
         assert run_cli("upscale", photo, "-o", out) == 2
         err = capsys.readouterr().err
         assert "is a file, not a folder" in err and "File exists" not in err
+
+
+@pytest.mark.parametrize("error", [TypeError("unsupported operand"), AttributeError("'NoneType' has no 'shape'"),
+                                   KeyError(273), IndexError("list index out of range")])
+def test_a_decoder_crash_is_one_files_error_and_the_batch_goes_on(tiny_model, photo, tmp_path, capsys, monkeypatch,
+                                                                  error):
+    # A fuzzed TIFF made tifffile raise TypeError/AttributeError, which escaped as a traceback and ended the batch.
+    from texup.imageio import _tiff
+
+    bad = photo.parent / "bad.tif"
+    write_image(bad, real_image("coffee.png", crop=(0, 0, 20, 24)))
+
+    def crash(*_args, **_kwargs):
+        raise error
+
+    monkeypatch.setattr(_tiff, "decode", crash)
+    out = tmp_path / "out"
+    assert run_cli("upscale", bad, photo, "-o", out, "--model", tiny_model) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: corrupt or unsupported tiff file (decoder: {type(error).__name__}" in err
+    assert "Traceback" not in err and (out / "photo_x4.png").is_file() and not (out / "bad_x4.tif").exists()

@@ -573,3 +573,19 @@ def test_cli_train_help_names_each_discriminator_on_one_line(capsys) -> None:
     assert named == list(DISCRIMINATORS)
     assert all(len(line.split()) > 3 for line in table[: len(DISCRIMINATORS)])
     assert any(line.split()[:1] == ["ragan-per-node"] for line in lines)
+
+
+def test_a_decoder_crash_skips_that_file_and_training_data_goes_on(library: Path, monkeypatch) -> None:
+    # A fuzzed TIFF made tifffile raise TypeError, which aborted `texup train`; now it is that file's problem.
+    from texup.imageio import _tiff
+
+    def crash(*_args, **_kwargs):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(_tiff, "decode", crash)
+    problems: list[tuple[Path, str]] = []
+    textures = load_textures(scan_textures(library), min_size=32, tileable="off",
+                             on_problem=lambda p, r: problems.append((p, r)))
+    reported = {p.name: r for p, r in problems}
+    assert "TypeError" in reported["grass16.tif"] and "broken.png" in reported
+    assert "grass16.tif" not in {t.path.name for t in textures} and len(textures) >= 5

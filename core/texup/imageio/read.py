@@ -87,15 +87,25 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     p, format = _open_checked(path)
-    info = _probe(p, format, max_pixels)
-    if format == "png":
-        pixels = _png.decode(p, info)
-    elif format == "exr":
-        pixels = _exr.decode(p, info)
-    elif format == "tiff":
-        pixels = _tiff.decode(p, info)
-    else:
-        pixels = _pillow.decode(p, format, info)
+    try:
+        info = _probe(p, format, max_pixels)
+        if format == "png":
+            pixels = _png.decode(p, info)
+        elif format == "exr":
+            pixels = _exr.decode(p, info)
+        elif format == "tiff":
+            pixels = _tiff.decode(p, info)
+        else:
+            pixels = _pillow.decode(p, format, info)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(p, "not enough memory to decode it") from None
+    except Exception as exc:  # noqa: BLE001 - re-raised naming the file, cause chained
+        # Third-party decoders report damaged files through an open-ended set of exception types (a fuzzed TIFF
+        # tag: TypeError or AttributeError from tifffile): any of them is this file's problem, never the batch's.
+        reason = " ".join(str(exc).split())[:200] or "no message"
+        raise ImageReadError(p, f"corrupt or unsupported {format} file (decoder: {type(exc).__name__}: {reason})") from exc
     if pixels.dtype != np.dtype(info.dtype):
         raise ImageReadError(p, f"decoder returned {pixels.dtype} samples, header says {info.dtype}")
     return Image(pixels=pixels, info=info)
