@@ -220,7 +220,7 @@ def test_metadata_is_trusted_but_verified(tmp_path: Path) -> None:
     path = tmp_path / "lie.safetensors"
     save_file({k: v.contiguous() for k, v in _rrdb().state_dict().items()}, str(path),
               metadata={"texup.arch": "RRDBNet", "texup.hparams": json.dumps({**net.hparams, "num_block": 3})})
-    with pytest.raises(ModelLoadError, match=r"tensors do not fit RRDBNet\(.*\): 30 missing") as err:
+    with pytest.raises(ModelLoadError, match=r"tensors do not fit RRDBNet\(.*num_block=3.*\): the metadata does not match") as err:
         load_model(path)
     assert str(err.value).startswith(str(path))
 
@@ -337,3 +337,21 @@ def test_read_state_dict_dispatches_ncnn_param(tmp_path: Path) -> None:
         sd = read_state_dict(entry)
         assert sd.keys() == {"body.0.weight", "body.2.weight"}
         assert torch.equal(sd["body.0.weight"], w0) and torch.equal(sd["body.2.weight"], w1)
+
+
+@pytest.mark.parametrize("lie", [{"num_conv": 20000}, {"num_feat": 40000}, {"upscale": 100000}])
+def test_metadata_asking_for_a_huge_network_is_refused_before_building(tmp_path: Path, monkeypatch, lie) -> None:
+    # A 324-byte file whose metadata said num_conv=20000 used to build a 3.2 GB network before any tensor
+    # was compared with it; num_feat=40000 / a huge scale ended in tracebacks.
+    from texup.archs import SRVGGNetCompact
+    from texup.weights import model as model_mod
+
+    hp = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 4, "num_conv": 1, "upscale": 2, "act_type": "relu"}
+    net = SRVGGNetCompact(**hp)
+    path = tmp_path / "bomb.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path),
+              metadata={"texup.arch": "SRVGGNetCompact", "texup.hparams": json.dumps({**hp, **lie})})
+    monkeypatch.setattr(model_mod, "build", lambda *a, **k: pytest.fail("built before the shapes were checked"))
+    with pytest.raises(ModelLoadError, match="the metadata does not match the tensors") as err:
+        load_model(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)

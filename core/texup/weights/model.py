@@ -165,7 +165,10 @@ def load_model(path: str | Path, *, name: str | None = None) -> LoadedModel:
         metadata["source_format"] = "safetensors" if suffix == ".safetensors" else "pickle"
         metadata["naming"] = naming_style(sd)
         sd = canonicalize(sd, source=path)
-        arch, hparams = found if found is not None else detect_architecture(sd, source=path)
+        detected = detect_architecture(sd, source=path)
+        if found is not None:
+            _check_metadata_matches_tensors(found, detected, path)
+        arch, hparams = found if found is not None else detected
     module = instantiate(arch, hparams, sd, source=path)
     return LoadedModel(
         module=module,
@@ -177,6 +180,45 @@ def load_model(path: str | Path, *, name: str | None = None) -> LoadedModel:
         path=path,
         metadata=metadata,
     )
+
+
+def _size_signature(arch: str, hparams: dict[str, Any], path: Path) -> tuple[Any, ...]:
+    """What fixes the tensors' shapes (and so the network's size) for ``hparams``.
+
+    RRDBNet: ``num_in_ch`` and ``scale`` are only seen together in the shapes (a 12-channel x4 model and a
+    3-channel x2 model have the same conv_first), so their product through the pixel-unshuffle factor counts.
+    """
+    try:
+        if arch == "RRDBNet":
+            from texup.archs.rrdbnet import _SCALE_LAYOUT
+
+            unshuffle, num_up = _SCALE_LAYOUT[int(hparams["scale"])]
+            return (int(hparams["num_feat"]), int(hparams["num_block"]), int(hparams["num_grow_ch"]),
+                    int(hparams["num_out_ch"]), int(hparams["num_in_ch"]) * unshuffle**2, num_up)
+        if arch == "SRVGGNetCompact":
+            return tuple(int(hparams[k]) for k in ("num_in_ch", "num_out_ch", "num_feat", "num_conv", "upscale"))
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise ModelLoadError(path, f"metadata hparams for {arch} are incomplete or invalid ({exc!r})") from None
+    return ()
+
+
+def _check_metadata_matches_tensors(
+    found: tuple[str, dict[str, Any]], detected: tuple[str, dict[str, Any]], path: Path
+) -> None:
+    """Refuse metadata that disagrees with the tensors' shapes *before* anything is built.
+
+    A file's metadata could otherwise ask for a network of any size (``num_conv=20000``: 3.2 GB allocated
+    from a 324-byte file) that the tensors would only be checked against afterwards. What the shapes cannot
+    tell (an RRDBNet's split of conv_first's channels into input channels and unshuffle; the compact model's
+    parameter-free activation) is still taken from the metadata.
+    """
+    (arch, hparams), (d_arch, d_hparams) = found, detected
+    if arch != d_arch:
+        raise ModelLoadError(path, f"metadata says {arch} but the tensors are a {d_arch}")
+    claimed, actual = _size_signature(arch, hparams, path), _size_signature(d_arch, d_hparams, path)
+    if claimed != actual:
+        raise ModelLoadError(path, f"tensors do not fit {arch}({_fmt(hparams)}): the metadata does not match the "
+                                   f"tensors' shapes, which say {_fmt(d_hparams)}")
 
 
 def _arch_of(module: nn.Module) -> str:
