@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from texup._atomic import atomic_path
 from texup.training.checkpoint import CHECKPOINT_NAME, CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from texup.training.config import TrainConfig, config_from_dict
 from texup.training.distributed import (
@@ -302,7 +303,8 @@ class RunLog:
             # Rows written after the checkpoint we resume from belong to the lost part of the run.
             with self.path.open(newline="", encoding="utf-8") as fh:
                 kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= resume_step]
-        with self.path.open("w", newline="", encoding="utf-8") as fh:
+        # Atomically: a crash while rewriting must not lose the history a resumed run keeps.
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
             writer.writeheader()
             writer.writerows(kept)
@@ -553,7 +555,8 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, 
         metrics = state.get("metrics") or metrics
         say(f"resumed from {ckpt_path} at step {start}")
     elif info.is_main:
-        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
+        with atomic_path(out_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
 
     # 6. data-parallel wrappers and the data stream (positioned at the resumed step)
     g, d = g_raw, d_raw
