@@ -47,3 +47,25 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
 def test_fsync_folder_really_runs_here(tmp_path: Path) -> None:
     _atomic.fsync_folder(tmp_path)  # a real folder on Linux: opened and flushed without error
     _atomic.fsync_folder(tmp_path / "missing")  # cannot be opened: a no-op, not an error
+
+
+def test_stale_temp_files_of_killed_writes_are_cleaned_when_the_cache_lock_is_taken(tmp_path, monkeypatch):
+    # kill -9 during a conversion left a 67 MB ".x4plus.safetensors.<hex>.tmp" behind forever.
+    import time
+
+    from texup.weights import cache
+
+    monkeypatch.setenv("TEXUP_HOME", str(tmp_path))
+    models = cache.models_dir()
+    (models / "ncnn").mkdir(parents=True, exist_ok=True)
+    old = time.time() - 2 * cache.STALE_TEMP_S
+    stale = [models / ".realesrgan-x4plus.safetensors.0123abcd4567.tmp", models / "ncnn" / ".m-1.bin.89abcdef.tmp"]
+    fresh = models / ".manifest.json.fedcba987654.tmp"  # maybe being written right now: kept
+    foreign = models / ".notes.tmp"  # not texup's naming: kept
+    for path in (*stale, fresh, foreign):
+        path.write_bytes(b"x")
+    for path in (*stale, foreign):
+        os.utime(path, (old, old))
+    with cache.cache_lock():
+        pass
+    assert not any(p.exists() for p in stale) and fresh.exists() and foreign.exists()

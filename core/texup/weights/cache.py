@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -250,6 +251,8 @@ def cache_lock(timeout: float = 600.0) -> Iterator[None]:
         _acquire(fd, lock_path, timeout)
         _local.depth = 1
         try:
+            for folder in (models_dir(), models_dir() / "ncnn"):
+                remove_stale_temp_files(folder)
             yield
         finally:
             _local.depth = 0
@@ -259,6 +262,35 @@ def cache_lock(timeout: float = 600.0) -> Iterator[None]:
 
 
 _local = threading.local()
+
+#: texup's own temporary names (texup._atomic, imageio's writer): ``.<target name>.<hex>.tmp``.
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8,}\.tmp$")
+#: A temporary file this old is left over from a killed process, not one being written (a conversion of the
+#: largest model takes seconds; every cache write also holds the cache lock).
+STALE_TEMP_S = 3600.0
+
+
+def remove_stale_temp_files(folder: Path, older_than: float = STALE_TEMP_S) -> list[Path]:
+    """Delete texup's temporary files in ``folder`` older than ``older_than`` seconds; return what was deleted.
+
+    A ``kill -9`` during an atomic write leaves its temporary file behind (67 MB for an x4plus conversion);
+    they are cleaned when the cache lock is next taken. Only names of texup's own pattern are touched.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    cutoff = time.time() - older_than
+    for entry in entries:
+        try:
+            if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False) \
+                    and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:  # gone meanwhile or not ours to delete: leave it
+            continue
+    return removed
 
 
 def _acquire(fd: int, lock_path: Path, timeout: float) -> None:
