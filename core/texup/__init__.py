@@ -12,8 +12,9 @@ so a Blender add-on or a CLI's ``--help`` does not pay for them.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from texup._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -43,13 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from texup.weights import LoadedModel, save_model
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'texup' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)
 
 
 def __dir__() -> list[str]:

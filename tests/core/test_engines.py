@@ -277,7 +277,9 @@ def test_a_users_ncnn_files_run_as_they_are_with_the_scale_read_off_the_network(
     bad = tmp_path / "bad.param"
     bad.write_text("7767517\n1 1\nInput in 0 1 data\n")
     (tmp_path / "bad.bin").write_bytes(b"")
-    with pytest.raises(Exception, match="bad.param"):
+    from texup.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="bad.param.*no convolutions"):
         open_engine(bad, engine="ncnn")
 
 
@@ -287,3 +289,10 @@ def test_ncnn_tiles_are_sized_by_the_head_not_by_the_stacked_dense_block_convolu
     nc = open_engine("realesrgan-x4plus", engine="ncnn", device="cpu")
     th = open_engine("realesrgan-x4plus", engine="torch", device="cpu")
     assert 192 <= nc.auto_tile(overlap=16, out_width=800) <= th.auto_tile(overlap=16, out_width=800)
+
+
+def test_the_numpy_side_knows_every_architecture_texup_builds():
+    from texup.archs import ARCHITECTURES
+    from texup.weights.arrays import ARCH_NAMES
+
+    assert set(ARCH_NAMES) == set(ARCHITECTURES)

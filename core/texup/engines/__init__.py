@@ -11,9 +11,7 @@ Importing this package imports neither torch nor ncnn.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from texup._lazy import lazy_getattr
 from texup.engines.base import (
     ENGINE_NAMES,
     Cancelled,
@@ -35,10 +33,4 @@ _LAZY = {
 __all__ = ["ENGINE_NAMES", "Cancelled", "Engine", "EngineOutOfMemory", "EngineUnavailable", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'texup.engines' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)

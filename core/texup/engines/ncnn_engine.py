@@ -205,17 +205,37 @@ def graph_from_files(
                      tuple(checkpoints), per_pixel)
 
 
+def _load_net(param: Path, bin_path: Path, *, threads: int, gpu: int | None = None, half: bool = False) -> Any:
+    """An ``ncnn.Net`` with the model loaded: on the CPU (fp32, ``half`` False) or Vulkan device ``gpu``.
+
+    lightmode frees every blob once its last consumer has run; fp16/bf16 storage stays off unless ``half``
+    (so CPU results match torch fp32). ModelLoadError names the file ncnn could not read.
+    """
+    ncnn = _import_ncnn()
+    net = ncnn.Net()
+    opt = net.opt
+    opt.use_vulkan_compute = gpu is not None
+    opt.num_threads = threads
+    opt.lightmode = True
+    opt.use_fp16_storage = half
+    opt.use_fp16_packed = half
+    opt.use_fp16_arithmetic = half
+    opt.use_bf16_storage = False
+    with quiet_native_stderr():
+        if gpu is not None:
+            net.set_vulkan_device(gpu)
+        if net.load_param(str(param)) != 0:
+            raise ModelLoadError(param, "ncnn could not parse this .param file")
+        if net.load_model(str(bin_path)) != 0:
+            raise ModelLoadError(bin_path, "ncnn could not read this .bin file (size or format)")
+    return net
+
+
 def _probe_scale(param: Path, bin_path: Path, input_blob: str, output_blob: str, side: int) -> int:
     """The scale of a user-supplied graph, read off its output for a small input (a graph can resize in
     several places, so counting layers is not reliable); ModelLoadError unless it is a whole number >= 1."""
     ncnn = _import_ncnn()
-    net = ncnn.Net()
-    net.opt.use_vulkan_compute = False
-    net.opt.num_threads = 1
-    with quiet_native_stderr():
-        if net.load_param(str(param)) != 0 or net.load_model(str(bin_path)) != 0:
-            raise ModelLoadError(param, "ncnn could not load this model (.param or its .bin)")
-    ex = net.create_extractor()
+    ex = _load_net(param, bin_path, threads=1).create_extractor()
     ex.input(input_blob, ncnn.Mat(np.full((3, side, side), 0.5, np.float32)))
     ret, out = ex.extract(output_blob)
     shape = np.array(out).shape
@@ -258,25 +278,8 @@ class NcnnEngine:
             raise ValueError(f"the ncnn engine computes {where}, not {precision!r}")
         self.precision = key
         self.threads = int(threads) if threads else max(1, int(ncnn.get_physical_big_cpu_count()) or 1)
-        net = ncnn.Net()
-        opt = net.opt
-        opt.use_vulkan_compute = self.gpu is not None
-        opt.num_threads = self.threads
-        opt.lightmode = True  # free every blob once its last consumer has run
-        half = key == "fp16"
-        opt.use_fp16_storage = half
-        opt.use_fp16_packed = half
-        opt.use_fp16_arithmetic = half
-        opt.use_bf16_storage = False
-        with quiet_native_stderr():
-            if self.gpu is not None:
-                net.set_vulkan_device(self.gpu)
-            if net.load_param(str(graph.param)) != 0:
-                raise ModelLoadError(graph.param, "ncnn could not parse this .param file")
-            if net.load_model(str(graph.bin)) != 0:
-                raise ModelLoadError(graph.bin, "ncnn could not read this .bin file (size or format)")
         self._ncnn = ncnn
-        self._net = net
+        self._net = _load_net(graph.param, graph.bin, threads=self.threads, gpu=self.gpu, half=key == "fp16")
 
     def __repr__(self) -> str:
         return f"NcnnEngine({self.model_name!r}, device={self.device}, precision={self.precision})"

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -49,15 +49,27 @@ def _safe_stem(name: str) -> str:
     return keep[:60] or "model"
 
 
+#: What an export is written from: ``(arch, hparams, numpy state dict, scale, input multiple)``.
+ExportSource = tuple[str, dict[str, Any], dict[str, np.ndarray], int, int]
+
+
 def exported_graph(
     arch: str, hparams: dict[str, Any], sd: dict[str, np.ndarray], *, name: str, scale: int, input_multiple: int
 ) -> NcnnGraph:
     """The cached ncnn export of these weights, writing it first when it does not exist yet."""
+    return _cached_export(_digest_arrays(arch, hparams, sd), name, lambda: (arch, hparams, sd, scale, input_multiple))
+
+
+def _cached_export(digest: str, name: str, source: Callable[[], ExportSource]) -> NcnnGraph:
+    """The export recorded under ``digest``; else ``source()`` is exported (under the cache lock) and recorded.
+
+    ``source`` is only called when the export has to be written, so a caller whose digest is cheap (file
+    sizes and times) does not read the weights on every run.
+    """
     from texup._atomic import atomic_path
     from texup.engines.ncnn_export import export_ncnn
     from texup.weights import cache
 
-    digest = _digest_arrays(arch, hparams, sd)
     stem = f"{_safe_stem(name)}-{digest[:16]}"
     folder = export_dir()
     param, weights, info_path = folder / f"{stem}.param", folder / f"{stem}.bin", folder / f"{stem}.json"
@@ -68,6 +80,7 @@ def exported_graph(
         graph = _read_export(param, weights, info_path, digest)  # another process may have written it
         if graph is not None:
             return graph
+        arch, hparams, sd, scale, input_multiple = source()
         folder.mkdir(parents=True, exist_ok=True)
         checkpoints = export_ncnn(arch, hparams, sd, param, weights)
         info = {"digest": digest, "arch": arch, "hparams": hparams, "scale": scale,
@@ -143,14 +156,24 @@ def _is_full_precision_download(cached: Path) -> bool:
 
 
 def _graph_for_packaged(files: tuple[Path, Path], name: str) -> NcnnGraph:
-    """Real-ESRGAN's packaged RRDBNet files re-expressed as texup's graph (same fp16-rounded weights, as fp32)."""
-    from texup.weights.arrays import scale_and_multiple
-    from texup.weights.ncnn import read_ncnn
+    """Real-ESRGAN's packaged RRDBNet files re-expressed as texup's graph (same fp16-rounded weights, as fp32).
 
-    model = read_ncnn(files[0], files[1], numpy=True)
-    scale, multiple = scale_and_multiple(model.arch, model.hparams)
-    sd = {k: np.asarray(v, dtype=np.float32) for k, v in model.state_dict.items()}
-    return exported_graph(model.arch, dict(model.hparams), sd, name=name, scale=scale, input_multiple=multiple)
+    Keyed by the packaged files' paths, sizes and modification times (a reinstalled package is exported again),
+    so a run whose export exists neither reads the 33 MB .bin nor hashes the weights.
+    """
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    digest = hashlib.sha256(json.dumps({"packaged": stats, "v": EXPORT_VERSION}).encode()).hexdigest()
+
+    def source() -> ExportSource:
+        from texup.weights.arrays import scale_and_multiple
+        from texup.weights.ncnn import read_ncnn
+
+        model = read_ncnn(files[0], files[1], numpy=True)
+        scale, multiple = scale_and_multiple(model.arch, model.hparams)
+        sd = {k: np.asarray(v, dtype=np.float32) for k, v in model.state_dict.items()}
+        return model.arch, dict(model.hparams), sd, scale, multiple
+
+    return _cached_export(digest, name, source)
 
 
 def _graph_for_file(path: Path, name: str) -> NcnnGraph:

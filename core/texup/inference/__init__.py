@@ -10,9 +10,7 @@ Nothing here imports torch or ncnn; the engine an Upscaler opens does.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from texup._lazy import lazy_getattr
 from texup.inference.tiling import Tile, blend_weights, is_tileable, plan_tiles
 
 _LAZY = {
@@ -25,10 +23,4 @@ _LAZY = {
 __all__ = ["Tile", "blend_weights", "is_tileable", "plan_tiles", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'texup.inference' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)

@@ -9,8 +9,9 @@ without it.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from texup._lazy import lazy_getattr
 
 _LAZY: dict[str, str] = {
     "LoadedModel": "texup.weights.model",
@@ -37,13 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from texup.weights.state_dict import read_state_dict, unwrap_state_dict
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'texup.weights' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, globals(), _LAZY)
 
 
 def __dir__() -> list[str]:

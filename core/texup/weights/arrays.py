@@ -17,6 +17,27 @@ from texup.errors import ModelLoadError
 from texup.weights.detect import detect_architecture
 from texup.weights.keymaps import canonicalize
 
+#: The architectures texup builds (the keys of :data:`texup.archs.ARCHITECTURES`, which needs torch to import).
+ARCH_NAMES = ("RRDBNet", "SRVGGNetCompact")
+
+
+def arch_from_metadata(meta: dict[str, str], path: Path) -> tuple[str, dict[str, Any]] | None:
+    """``(arch, hparams)`` from texup's ``texup.arch``/``texup.hparams`` safetensors metadata, or None when the
+    file carries none; ModelLoadError for an unknown arch or hparams that are not a JSON object."""
+    if "texup.arch" not in meta:
+        return None
+    arch = meta["texup.arch"]
+    if arch not in ARCH_NAMES:
+        raise ModelLoadError(path, f"metadata names unknown architecture {arch!r}")
+    try:
+        hparams = json.loads(meta.get("texup.hparams", "{}"))
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(path, f"metadata 'texup.hparams' is not valid JSON ({exc})") from exc
+    if not isinstance(hparams, dict):
+        raise ModelLoadError(path, "metadata 'texup.hparams' is not a JSON object")
+    return arch, hparams
+
+
 def scale_and_multiple(arch: str, hparams: dict[str, Any]) -> tuple[int, int]:
     """(output scale, input multiple) of ``arch`` with ``hparams``, without building the network (which needs
     torch); the same as the torch module's ``scale`` / ``input_multiple`` (tested)."""
@@ -81,14 +102,7 @@ def read_array_model(path: str | Path, *, name: str | None = None) -> ArrayModel
     arch_hparams: tuple[str, dict[str, Any]] | None = None
     if path.suffix.lower() == ".safetensors":
         tensors, meta = _read_safetensors(path)
-        if "texup.arch" in meta:
-            try:
-                hparams = json.loads(meta.get("texup.hparams", "{}"))
-            except json.JSONDecodeError as exc:
-                raise ModelLoadError(path, f"metadata 'texup.hparams' is not valid JSON ({exc})") from exc
-            if not isinstance(hparams, dict):
-                raise ModelLoadError(path, "metadata 'texup.hparams' is not a JSON object")
-            arch_hparams = (meta["texup.arch"], hparams)
+        arch_hparams = arch_from_metadata(meta, path)
     else:
         tensors = _read_with_torch(path)
     sd = canonicalize(tensors, source=path)

@@ -23,6 +23,7 @@ from torch import nn
 from texup.archs import ARCHITECTURES, build
 from texup._atomic import atomic_path
 from texup.errors import ModelLoadError
+from texup.weights.arrays import arch_from_metadata
 from texup.weights.detect import detect_architecture
 from texup.weights.keymaps import canonicalize, naming_style
 from texup.weights.state_dict import is_ncnn, read_state_dict
@@ -66,21 +67,6 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
             return dict(handle.metadata() or {})
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(path, f"not a valid safetensors file ({type(exc).__name__}: {exc})") from exc
-
-
-def _arch_from_metadata(meta: dict[str, str], path: Path) -> tuple[str, dict[str, Any]] | None:
-    if "texup.arch" not in meta:
-        return None
-    arch = meta["texup.arch"]
-    if arch not in ARCHITECTURES:
-        raise ModelLoadError(path, f"metadata names unknown architecture {arch!r}")
-    try:
-        hparams = json.loads(meta.get("texup.hparams", "{}"))
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(path, f"metadata 'texup.hparams' is not valid JSON ({exc})") from exc
-    if not isinstance(hparams, dict):
-        raise ModelLoadError(path, "metadata 'texup.hparams' is not a JSON object")
-    return arch, hparams
 
 
 def instantiate(arch: str, hparams: dict[str, Any], sd: dict[str, torch.Tensor], *, source: str | Path) -> nn.Module:
@@ -153,7 +139,7 @@ def load_model(path: str | Path, *, name: str | None = None) -> LoadedModel:
         found = None
         if suffix == ".safetensors":
             meta = _safetensors_metadata(path)
-            found = _arch_from_metadata(meta, path)
+            found = arch_from_metadata(meta, path)
             for key, value in meta.items():
                 if key == "texup.provenance":
                     try:
