@@ -22,7 +22,17 @@ from . import operators, preferences, properties, ui
 _CLASSES = (*preferences.CLASSES, *properties.CLASSES, *operators.CLASSES, *ui.CLASSES)
 
 
+def _extension_user_dir():
+    """This extension's user folder (Blender 4.2+; kept across updates), or ``None`` as a legacy add-on."""
+    if not __package__.startswith("bl_ext.") or not hasattr(bpy.utils, "extension_path_user"):
+        return None
+    return bpy.utils.extension_path_user(__package__, create=True)
+
+
 def register() -> None:
+    from . import service
+
+    service.configure(_extension_user_dir())
     for cls in _CLASSES:
         bpy.utils.register_class(cls)
     properties.register_pointers()

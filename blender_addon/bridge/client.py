@@ -111,13 +111,15 @@ def find_worker_python(
     *,
     environ: Optional[Mapping[str, str]] = None,
     which: Callable[[str], Optional[str]] = shutil.which,
+    search_path: bool = True,
 ) -> Optional[str]:
     """The Python to run the worker with, or ``None`` when none can be found.
 
     In order: ``preference`` (the add-on's preference: a Python executable, a virtual environment
     folder, or a ``texup`` script; returned even when it does not exist, so that starting the worker
     says what is wrong with the user's own setting), the ``TEXUP_PYTHON`` environment variable, then a
-    ``texup`` command on PATH (the interpreter from its shebang, or the Python next to it).
+    ``texup`` command on PATH (the interpreter from its shebang, or the Python next to it; skipped when
+    ``search_path`` is false).
     """
     environ = os.environ if environ is None else environ
     for value in (preference, environ.get(ENV_PYTHON)):
@@ -133,7 +135,7 @@ def find_worker_python(
             if os.path.basename(path).lower() in ("texup", "texup.exe") and os.path.isfile(path):
                 return _python_of_script(path) or path
             return path
-    script = which("texup")
+    script = which("texup") if search_path else None
     if script:
         return _python_of_script(script)
     return None

