@@ -11,8 +11,9 @@ import atexit
 import os
 from typing import Mapping, Optional
 
-from .bridge.bundle import BundleError, WorkerLaunch, bundled_launch, torch_env_launch
-from .bridge.client import WorkerClient, WorkerStartError, find_worker_python
+from .bridge import bundle
+from .bridge.bundle import WorkerLaunch
+from .bridge.client import WorkerClient, WorkerStartError
 
 _client: Optional[WorkerClient] = None
 _launch: Optional[WorkerLaunch] = None
@@ -31,33 +32,10 @@ def user_dir() -> Optional[str]:
     return _user_dir
 
 
-def resolve_launch(preference: Optional[str], *, addon_dir: Optional[str] = None,
-                   environ: Optional[Mapping[str, str]] = None) -> WorkerLaunch:
-    """How to start the worker, in this order: the 'Worker Python' preference, ``TEXUP_PYTHON``, the
-    PyTorch environment made by the installer, Blender's own Python with the bundled texup (a platform
-    build of the extension), a ``texup`` command on PATH.
-
-    Raises :class:`WorkerStartError` with what to do when there is none, or when the bundle is damaged.
-    """
-    environ = os.environ if environ is None else environ
-    addon_dir = addon_dir or _ADDON_DIR
-    explicit = find_worker_python(preference or None, environ=environ, search_path=False)
-    if explicit is not None:
-        source = "preference" if preference and preference.strip() else "TEXUP_PYTHON"
-        return WorkerLaunch(python=explicit, source=source, description=f"{explicit} (the {source} setting)")
-    try:
-        launch = torch_env_launch(_user_dir, addon_dir, environ=environ) or bundled_launch(addon_dir, environ=environ)
-    except BundleError as err:
-        raise WorkerStartError(str(err)) from err
-    if launch is not None:
-        return launch
-    on_path = find_worker_python(None, environ={}, search_path=True)
-    if on_path is not None:
-        return WorkerLaunch(python=on_path, source="PATH", description=f"{on_path} (the texup command on PATH)")
-    raise WorkerStartError(
-        "no texup worker: this copy of the add-on has no bundled engine (a source build, or Blender 3.x). "
-        "Install the texup extension zip for your platform in Blender 4.2+, or set 'Worker Python' in the "
-        "add-on preferences (or TEXUP_PYTHON) to the python of an environment with texup installed")
+def resolve_launch(preference: Optional[str]) -> WorkerLaunch:
+    """How to start the worker (:func:`bridge.bundle.resolve_launch` with this add-on's folders).
+    Raises :class:`WorkerStartError` with what to do when there is none."""
+    return bundle.resolve_launch(preference, addon_dir=_ADDON_DIR, user_dir=_user_dir)
 
 
 def resolve_python(preference: Optional[str]) -> str:

