@@ -109,8 +109,18 @@ def runtime_requirements() -> list[str]:
     return requirements
 
 
-def download_wheels(platform: str, dest: Path, requirements: list[str]) -> list[Path]:
-    """The wheels of ``requirements`` and their dependencies for ``platform``, minus what Blender provides."""
+# Environment markers as Blender's Python on each platform sees them. pip evaluates a requirement's markers
+# against the Python it runs in, not the target platform, so dependencies that only the target needs
+# (tqdm's colorama on Windows) are added here.
+_MARKER_ENV = {
+    "linux-x64": {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "platform_machine": "x86_64"},
+    "windows-x64": {"sys_platform": "win32", "platform_system": "Windows", "os_name": "nt", "platform_machine": "AMD64"},
+    "macos-arm64": {"sys_platform": "darwin", "platform_system": "Darwin", "os_name": "posix", "platform_machine": "arm64"},
+    "macos-x64": {"sys_platform": "darwin", "platform_system": "Darwin", "os_name": "posix", "platform_machine": "x86_64"},
+}
+
+
+def _pip_download(platform: str, dest: Path, requirements: list[str]) -> None:
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                "--only-binary=:all:", *[arg for tag in PLATFORMS[platform] for arg in ("--platform", tag)],
                "--python-version", PYTHON_VERSION, "--dest", str(dest), *requirements]
@@ -118,12 +128,51 @@ def download_wheels(platform: str, dest: Path, requirements: list[str]) -> list[
     if run.returncode != 0:
         tail = "\n".join(line for line in (run.stderr or run.stdout).splitlines() if "is ignored" not in line)
         raise SystemExit(f"build_addon: pip could not download the {platform} wheels:\n{tail[-3000:]}")
-    wheels = []
-    for path in sorted(dest.glob("*.whl")):
-        if _normalize(path.name.split("-")[0]) in {_normalize(n) for n in BLENDER_PROVIDES}:
+
+
+def wheel_requirements(wheel: Path) -> list[str]:
+    """``Requires-Dist`` lines of a wheel (without extras)."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1)
+        text = zf.read(meta).decode("utf-8", errors="replace")
+    return [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Requires-Dist:")]
+
+
+def _platform_only_requirements(platform: str, wheels: list[Path]) -> list[str]:
+    """Requirements of ``wheels`` whose markers hold on ``platform`` but that are not among them."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # pip always carries a copy
+        from pip._vendor.packaging.requirements import Requirement
+    env = {"python_version": PYTHON_VERSION, "python_full_version": PYTHON_VERSION + ".0",
+           "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": "",
+           **_MARKER_ENV[platform]}
+    have = {_normalize(w.name.split("-")[0]) for w in wheels} | {_normalize(n) for n in BLENDER_PROVIDES}
+    wanted = []
+    for wheel in wheels:
+        for line in wheel_requirements(wheel):
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate(env):
+                continue
+            if _normalize(req.name) not in have:
+                wanted.append(str(req).split(";")[0].strip())
+                have.add(_normalize(req.name))
+    return wanted
+
+
+def download_wheels(platform: str, dest: Path, requirements: list[str]) -> list[Path]:
+    """The wheels of ``requirements`` and their dependencies for ``platform``, minus what Blender provides."""
+    _pip_download(platform, dest, requirements)
+    while True:
+        wheels = [p for p in sorted(dest.glob("*.whl"))
+                  if _normalize(p.name.split("-")[0]) not in {_normalize(n) for n in BLENDER_PROVIDES}]
+        extra = _platform_only_requirements(platform, wheels)
+        if not extra:
+            break
+        _pip_download(platform, dest, extra)
+    for path in dest.glob("*.whl"):
+        if path not in wheels:
             path.unlink()
-        else:
-            wheels.append(path)
     return wheels
 
 
@@ -207,15 +256,14 @@ def build(out_dir: str) -> str:
     return str(_write_zip(Path(out_dir) / f"{PACKAGE}-{addon_version()}.zip", entries))
 
 
-def build_platform(platform: str, out_dir: str, wheel_cache: str | None = None) -> str:
+def build_platform(platform: str, out_dir: str) -> str:
     """The extension zip ``<out_dir>/texup-<version>-<platform>.zip`` for one platform."""
     if platform not in PLATFORMS:
         raise SystemExit(f"build_addon: unknown platform {platform!r}; choose from {', '.join(PLATFORMS)}")
     models, licence = model_files()
     with tempfile.TemporaryDirectory(prefix="texup-wheels-") as scratch:
-        dest = Path(wheel_cache) / platform if wheel_cache else Path(scratch)
-        dest.mkdir(parents=True, exist_ok=True)
-        wheels = download_wheels(platform, dest, runtime_requirements())
+        # A fresh folder per build (pip's own cache makes repeats fast): nothing stale gets bundled.
+        wheels = download_wheels(platform, Path(scratch), runtime_requirements())
         names = [w.name for w in wheels]
         entries: list = []
         for path, rel in _source_files(SOURCE, _KEEP):
@@ -244,11 +292,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--platform", action="append", choices=sorted(PLATFORMS), default=[],
                         help="build the self-contained extension for this platform (repeatable)")
     parser.add_argument("--all", action="store_true", help="every platform")
-    parser.add_argument("--wheel-cache", default=None,
-                        help="keep downloaded wheels in this folder (one subfolder per platform)")
     args = parser.parse_args(argv)
     platforms = list(PLATFORMS) if args.all else args.platform
-    built = [build_platform(p, args.out, args.wheel_cache) for p in platforms] if platforms else [build(args.out)]
+    built = [build_platform(p, args.out) for p in platforms] if platforms else [build(args.out)]
     for path in built:
         size_mb = os.path.getsize(path) / 1e6
         warn = f"  WARNING: over {SIZE_WARN_MB} MB" if size_mb > SIZE_WARN_MB else ""
