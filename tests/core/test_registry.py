@@ -79,6 +79,54 @@ def test_texup_home_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert models_dir() == tmp_path / "explicit" / "models" and models_dir().is_dir()
 
 
+def test_a_cache_folder_that_is_a_file_or_cannot_be_made_is_one_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("TEXUP_HOME", str(blocker))
+    with pytest.raises(FileError, match="cache folder \\(TEXUP_HOME\\) is a file, not a folder"):
+        models_dir()
+    monkeypatch.setenv("TEXUP_HOME", str(blocker / "sub"))
+    with pytest.raises(FileError, match="cannot create texup's cache folder \\(TEXUP_HOME\\).*Not a directory"):
+        texup_home()
+    monkeypatch.setenv("TEXUP_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)  # as for a non-root user on a read-only share
+    with pytest.raises(FileError, match="is not writable; set TEXUP_HOME"):
+        texup_home()
+
+
+def test_the_cli_says_one_line_when_texup_home_is_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    src = tmp_path / "in.png"
+    from texup.imageio import write_image
+    write_image(src, np.zeros((8, 8, 3), np.uint8))
+    run = subprocess.run([sys.executable, "-m", "texup", "upscale", str(src), "-o", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "TEXUP_HOME": str(blocker)})
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert f"{blocker}: texup's cache folder (TEXUP_HOME) is a file" in run.stderr
+
+
+def test_disk_full_while_converting_is_one_line_and_leaves_nothing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.torch
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise safetensors.SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(ModelLoadError, match="cannot write the converted model: no space left on the device"):
+        ensure_model(SMALL)
+    assert sorted(p.name for p in models_dir().iterdir() if p.name != ".lock") == []
+
+
+def test_a_folder_in_place_of_the_cached_model_is_named(home: Path) -> None:
+    (models_dir() / f"{SMALL}.safetensors").mkdir()
+    with pytest.raises(ModelLoadError, match="in the way of the converted model.*remove it"):
+        ensure_model(SMALL)
+
+
 def test_corrupt_manifest_is_reported_not_discarded(home: Path) -> None:
     path = cache.manifest_path()
     path.write_text("{ not json")

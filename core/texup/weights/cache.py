@@ -56,7 +56,8 @@ def _default_home() -> Path:
 def texup_home() -> Path:
     """Return texup's per-user cache folder (see the module docstring), creating it if needed.
 
-    The path is absolute (``~`` expanded). Raises ``OSError`` when the folder cannot be created.
+    The path is absolute (``~`` expanded). Raises ``FileError`` (naming the folder and what to do) when it
+    is a file, cannot be created or is not writable.
     """
     explicit = os.environ.get("TEXUP_HOME")
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -67,8 +68,23 @@ def texup_home() -> Path:
     else:
         home = _default_home()
     home = home.absolute()
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+    origin = " (TEXUP_HOME)" if explicit else " (XDG_CACHE_HOME)" if xdg else ""
+    return _make_folder(home, f"texup's cache folder{origin}")
+
+
+def _make_folder(path: Path, what: str) -> Path:
+    """Create ``path`` (and parents) if needed; a ``FileError`` naming it when it is a file, cannot be
+    created or is not writable — one line for the user instead of an ``OSError`` traceback."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise FileError(path, f"{what} is a file, not a folder; remove it or set TEXUP_HOME to a folder") from None
+    except OSError as exc:
+        raise FileError(path, f"cannot create {what}: {exc.strerror or exc}; set TEXUP_HOME to a folder you "
+                              "can write") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise FileError(path, f"{what} is not writable; set TEXUP_HOME to a folder you can write")
+    return path
 
 
 def models_dir() -> Path:
@@ -77,9 +93,7 @@ def models_dir() -> Path:
     It holds ``<name>.safetensors`` per known model, ``manifest.json`` (their SHA-256 and
     provenance) and ``downloads/`` (the official ``.pth`` files fetched by ``texup models fetch``).
     """
-    path = texup_home() / "models"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _make_folder(texup_home() / "models", "texup's model cache folder")
 
 
 # --------------------------------------------------------------------------------------------------

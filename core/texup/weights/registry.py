@@ -275,8 +275,18 @@ def _save_cached(info: ModelInfo, loaded: LoadedModel, provenance: dict[str, str
         raise ModelLoadError(
             loaded.path, f"expected a x{info.scale} model for '{info.name}', the file holds a x{loaded.scale} model"
         )
+    from safetensors import SafetensorError
+
     target = _cache_file(info.name)
-    save_model(loaded, target, provenance=provenance)
+    if target.exists() and not target.is_file():
+        raise ModelLoadError(target, "is in the way of the converted model (not a regular file); remove it")
+    try:
+        save_model(loaded, target, provenance=provenance)
+    except (SafetensorError, OSError) as exc:  # disk full, quota, permissions: nothing half-written is kept
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if "StorageFull" in reason or "No space left" in reason:
+            reason = "no space left on the device"
+        raise ModelLoadError(target, f"cannot write the converted model: {reason}") from None
     cache.record_file(target, model=info.name, **provenance)
     return target
 
