@@ -494,3 +494,15 @@ def test_exr_from_other_writers_tiled_layered_multipart(tmp_path):
     cut = (tmp_path / "tiled.exr").read_bytes()
     (tmp_path / "tiled_cut.exr").write_bytes(cut[: len(cut) - 10])
     _assert_read_error(tmp_path / "tiled_cut.exr", "truncated exr data")
+
+
+@pytest.mark.parametrize("ext, name", [(".webp", "WebP"), (".png", "PNG")])
+def test_animated_images_are_refused_not_cut_to_their_first_frame(tmp_path: Path, ext: str, name: str) -> None:
+    frames = [PILImage.new("RGB", (13, 9), (60 * i, 20, 200 - 60 * i)) for i in range(3)]
+    animated = tmp_path / f"anim{ext}"
+    frames[0].save(animated, save_all=True, append_images=frames[1:], duration=80)
+    with pytest.raises(ImageReadError, match=f"animated {name} \\(3 frames\\) is not supported"):
+        read_image(animated)
+    still = tmp_path / f"still{ext}"
+    frames[1].save(still, save_all=True, append_images=[], duration=80)  # one frame: an ordinary image
+    assert read_image(still).pixels.shape == (9, 13, 3)

@@ -140,6 +140,10 @@ def _info(path: Path, format: str, im: Any) -> ImageInfo:
     elif format == "tga":
         extra["tga_rle"] = im.info.get("compression") == "tga_rle"
     elif format == "webp":
+        frames = int(getattr(im, "n_frames", 1) or 1)
+        if frames > 1:  # the first frame alone would be silently taken as the whole file
+            raise ImageReadError(path, f"animated WebP ({frames} frames) is not supported: texup upscales still "
+                                       "images (export the frames as separate files)")
         lossless = _webp_lossless(path)
         if lossless is not None:
             extra["webp_lossless"] = lossless

@@ -109,6 +109,12 @@ def _walk(path: Path, fh: BinaryIO, file_size: int, width: int, height: int, dep
                 break
         elif ctype == b"IEND":
             break
+        elif ctype == b"acTL" and not seen_idat:  # APNG: the IDAT image is only the first frame (or a fallback)
+            data = fh.read(length)
+            frames = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else 0
+            if frames > 1:
+                raise ImageReadError(path, f"animated PNG ({frames} frames) is not supported: texup upscales still "
+                                           "images (export the frames as separate files)")
         elif ctype in (b"tRNS", b"iCCP") and not seen_idat:
             data = fh.read(length)
             if ctype == b"tRNS":
