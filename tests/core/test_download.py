@@ -309,7 +309,8 @@ def test_fetch_refuses_a_download_with_the_wrong_content(served_model, monkeypat
     with pytest.raises(DownloadError, match="mismatch"):
         fetch_model(NAME)
     assert not (models_dir() / f"{NAME}.safetensors").exists()
-    assert not list((models_dir() / "downloads").iterdir())
+    # Only the empty lock file stays (removing a lock file others may wait on would break the lock).
+    assert [p.name for p in (models_dir() / "downloads").iterdir()] == [".RealESRGAN_x2plus.pth.lock"]
 
 
 def test_fetch_without_a_published_hash_requires_one(served_model, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -338,3 +339,63 @@ def test_fetch_rejects_a_file_of_the_wrong_scale(served_model, monkeypatch: pyte
     with pytest.raises(ModelLoadError, match="x2"):
         fetch_model(NAME)
     assert not (models_dir() / f"{NAME}.safetensors").exists()
+
+
+def test_a_server_announcing_more_than_the_cap_is_refused_before_writing(server, tmp_path: Path) -> None:
+    base, state = server
+    data = _payload(200_000)
+    state.files["/big.pth"] = data
+    dest = tmp_path / "big.pth"
+    with pytest.raises(DownloadError, match="announces 200,000 bytes, more than the 100,000 expected"):
+        download(f"{base}/big.pth", dest, sha256=_sha(data), max_bytes=100_000)
+    assert not dest.exists() and not dest.with_name("big.pth.part").exists()
+
+
+class _LyingHandler(BaseHTTPRequestHandler):
+    """Streams without a Content-Length (as a hostile or broken server may), far past any sane size."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.end_headers()
+        try:
+            for _ in range(64):
+                self.wfile.write(b"\0" * 65536)
+        except OSError:  # the client hung up, as it should
+            pass
+        self.close_connection = True
+
+
+def test_a_stream_growing_past_the_cap_is_cut_and_deleted(tmp_path: Path) -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _LyingHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        dest = tmp_path / "endless.pth"
+        with pytest.raises(DownloadError, match="sent at least .* more than the 300,000 expected"):
+            download(f"http://127.0.0.1:{httpd.server_address[1]}/x", dest, sha256=None, max_bytes=300_000)
+        assert not dest.exists() and not dest.with_name("endless.pth.part").exists()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_concurrent_fetches_of_one_file_take_turns_and_download_once(server, tmp_path: Path) -> None:
+    """Two processes used to append to one .part; now the second waits and finds the verified file."""
+    import subprocess
+    import sys
+
+    base, state = server
+    data = _payload(2_000_000)
+    state.files["/w.pth"] = data
+    dest = tmp_path / "w.pth"
+    code = ("import sys; from texup.weights.download import download; "
+            "download(sys.argv[1], sys.argv[2], sha256=sys.argv[3]); print('ok')")
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"{base}/w.pth", str(dest), _sha(data)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert dest.read_bytes() == data and not dest.with_name("w.pth.part").exists()
+    assert len([r for r in state.requests if r[0] == "/w.pth"]) == 1

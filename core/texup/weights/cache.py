@@ -39,6 +39,7 @@ __all__ = [
     "verify_file",
     "Verification",
     "cache_lock",
+    "file_lock",
     "atomic_write_bytes",
 ]
 
@@ -259,10 +260,7 @@ def cache_lock(timeout: float = 600.0) -> Iterator[None]:
         finally:
             _local.depth -= 1
         return
-    lock_path = models_dir() / _LOCK_NAME
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        _acquire(fd, lock_path, timeout)
+    with file_lock(models_dir() / _LOCK_NAME, timeout):
         _local.depth = 1
         try:
             for folder in (models_dir(), models_dir() / "ncnn"):
@@ -270,6 +268,21 @@ def cache_lock(timeout: float = 600.0) -> Iterator[None]:
             yield
         finally:
             _local.depth = 0
+
+
+@contextlib.contextmanager
+def file_lock(lock_path: Path, timeout: float = 600.0) -> Iterator[None]:
+    """Hold an exclusive inter-process lock on ``lock_path`` (created if needed) for the ``with`` block.
+
+    ``flock`` (POSIX) / ``msvcrt.locking`` (Windows): released by the operating system when the holder
+    dies. Not re-entrant. Raises ``TimeoutError`` after ``timeout`` seconds of waiting.
+    """
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        _acquire(fd, lock_path, timeout)
+        try:
+            yield
+        finally:
             _release(fd)
     finally:
         os.close(fd)

@@ -16,7 +16,9 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from texup._atomic import fsync_folder
 from texup.errors import DownloadError
+from texup.weights.cache import file_lock, sha256_file
 
 __all__ = ["download", "fetch_model", "ProgressCallback"]
 
@@ -24,6 +26,11 @@ __all__ = ["download", "fetch_model", "ProgressCallback"]
 ProgressCallback = Callable[[int, "int | None"], None]
 
 _CHUNK = 1 << 16
+#: The most a download may hold when the caller knows no size: well above any ESRGAN generator (x4plus is
+#: 67 MB), far below what would fill a disk. A server announcing more is refused before a byte is written.
+DEFAULT_MAX_BYTES = 2 << 30
+#: How long a second process waits for another one's download of the same file before giving up.
+LOCK_TIMEOUT_S = 3600.0
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -49,6 +56,7 @@ def download(
     sha256: str | None,
     progress: ProgressCallback | None = None,
     timeout: float = 60,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Path:
     """Download ``url`` to ``dest`` atomically, resuming an earlier partial download.
 
@@ -62,6 +70,12 @@ def download(
 
     ``progress(done, total)`` reports bytes so far (including resumed ones) and the total size
     when the server states it. ``timeout`` (seconds) applies to connecting and to each read.
+
+    Several processes fetching the same ``dest`` take turns (a lock file beside it, ``.<name>.lock``); one
+    that waited finds the finished, verified file and returns it without a request. The ``.part`` is
+    flushed to disk before the rename and the folder after it. A transfer announced or grown beyond
+    ``max_bytes`` is refused and its ``.part`` deleted, before any hash check (a hostile or broken server
+    cannot fill the disk).
 
     Raises ``DownloadError`` (message names the URL) for HTTP errors, refused or dropped connections,
     time-outs and short transfers; an interrupted transfer keeps its ``.part`` so a second call
@@ -79,16 +93,24 @@ def download(
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
 
-    digest, done, total = _transfer(url, part, progress, timeout)
-    if total is not None and done != total:
-        raise DownloadError(f"{url}: transfer ended after {done} of {total} bytes; run again to resume")
-    actual = digest.hexdigest()
-    if expected is not None and actual != expected:
-        part.unlink(missing_ok=True)
-        raise DownloadError(
-            f"{url}: SHA-256 mismatch: expected {expected}, got {actual} ({done} bytes); the download was deleted"
-        )
-    os.replace(part, dest)
+    try:
+        with file_lock(dest.with_name(f".{dest.name}.lock"), LOCK_TIMEOUT_S):
+            if expected is not None and dest.is_file() and sha256_file(dest) == expected:
+                return dest  # another process finished it while this one waited
+            digest, done, total = _transfer(url, part, progress, timeout, max_bytes)
+            if total is not None and done != total:
+                raise DownloadError(f"{url}: transfer ended after {done} of {total} bytes; run again to resume")
+            actual = digest.hexdigest()
+            if expected is not None and actual != expected:
+                part.unlink(missing_ok=True)
+                raise DownloadError(
+                    f"{url}: SHA-256 mismatch: expected {expected}, got {actual} ({done} bytes); the download was deleted"
+                )
+            os.replace(part, dest)
+            fsync_folder(dest.parent)
+    except TimeoutError as exc:
+        raise DownloadError(f"{url}: another texup process has been downloading {dest} for over "
+                            f"{LOCK_TIMEOUT_S:.0f} s; try again later") from exc
     return dest
 
 
@@ -124,8 +146,13 @@ def _hash_prefix(part: Path) -> tuple[hashlib._Hash, int]:
     return digest, size
 
 
+def _too_big(url: str, part: Path, size: int, max_bytes: int, what: str) -> DownloadError:
+    part.unlink(missing_ok=True)
+    return DownloadError(f"{url}: {what} {size:,} bytes, more than the {max_bytes:,} expected; refused and deleted")
+
+
 def _transfer(
-    url: str, part: Path, progress: ProgressCallback | None, timeout: float
+    url: str, part: Path, progress: ProgressCallback | None, timeout: float, max_bytes: int
 ) -> tuple[hashlib._Hash, int, int | None]:
     offset = part.stat().st_size if part.is_file() else 0
     try:
@@ -156,6 +183,8 @@ def _transfer(
         else:
             raise DownloadError(f"{url}: unexpected HTTP status {status} {response.reason}")
 
+        if total is not None and total > max_bytes:
+            raise _too_big(url, part, total, max_bytes, "the server announces")
         if progress is not None:
             progress(done, total)
         try:
@@ -164,11 +193,16 @@ def _transfer(
                     chunk = response.read(_CHUNK)
                     if not chunk:
                         break
+                    if done + len(chunk) > max_bytes:
+                        out.close()
+                        raise _too_big(url, part, done + len(chunk), max_bytes, "the server sent at least")
                     out.write(chunk)
                     digest.update(chunk)
                     done += len(chunk)
                     if progress is not None:
                         progress(done, total)
+                out.flush()
+                os.fsync(out.fileno())
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
             if isinstance(exc, OSError) and exc.filename is not None:
                 raise DownloadError(f"{url}: cannot write {exc.filename}: {exc.strerror}") from exc
@@ -219,5 +253,8 @@ def fetch_model(
 
     pth = registry.download_path(info)
     if not (pth.is_file() and cache.sha256_file(pth) == expected):
-        download(info.url, pth, sha256=expected, progress=progress, timeout=timeout)
+        # The published size when the registry knows it (a few bytes of slack are not needed: the hash
+        # decides), else the general cap.
+        limit = int(info.size) if info.size else DEFAULT_MAX_BYTES
+        download(info.url, pth, sha256=expected, progress=progress, timeout=timeout, max_bytes=limit)
     return registry.convert_download(info, pth, source_sha256=expected)
