@@ -70,6 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     p.add_argument("--layout", choices=("auto", "nchw", "channels_last"), default="auto",
                    help="memory layout of the network (auto: measured per CPU/GPU kind; see docs/benchmarks.md)")
+    p.add_argument("--max-pixels", type=_pixels_arg, default=None, metavar="N|WxH",
+                   help="largest input to decode, checked from the header (default 8192x8192, or TEXUP_MAX_PIXELS)")
     p.add_argument("--debug", action="store_true", help="print a traceback for unexpected errors")
     p.set_defaults(func=run)
 
@@ -138,7 +140,16 @@ def output_path(item: WorkItem, out_dir: Path, suffix: str, fmt: str | None) -> 
     return out_dir / item.rel_parent / f"{item.src.stem}{suffix}{ext}"
 
 
-def _read_input(src: Path, dst: Path) -> Image:
+def _pixels_arg(text: str) -> int:
+    from texup.limits import parse_pixels
+
+    try:
+        return parse_pixels(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _read_input(src: Path, dst: Path, max_pixels: int | None = None) -> Image:
     """Decode one input (on the read-ahead thread), refusing an output that is the input itself.
 
     A path that is no longer a regular file (swapped for a FIFO since it was listed) is refused before it is
@@ -147,7 +158,7 @@ def _read_input(src: Path, dst: Path) -> Image:
     if not src.is_file():
         raise ImageReadError(src, "not a regular file" if src.exists() else "no such file")
     refuse_overwrite(src, dst)
-    return read_image(src)
+    return read_image(src, max_pixels=max_pixels)
 
 
 def _outside(dst: Path, out_dir: Path) -> bool:
@@ -291,12 +302,12 @@ def run(args: argparse.Namespace) -> int:
               bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}] {postfix}") as bar, \
             ThreadPoolExecutor(1, thread_name_prefix="texup-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="texup-write") as writer:
-        next_read = reader.submit(_read_input, runs[0][0].src, runs[0][1]) if runs else None
+        next_read = reader.submit(_read_input, runs[0][0].src, runs[0][1], args.max_pixels) if runs else None
         writing: tuple[WorkItem, Path, Future[Path]] | None = None
         for index, (item, dst) in enumerate(runs):
             reading, next_read = next_read, None
             if index + 1 < len(runs):
-                next_read = reader.submit(_read_input, runs[index + 1][0].src, runs[index + 1][1])
+                next_read = reader.submit(_read_input, runs[index + 1][0].src, runs[index + 1][1], args.max_pixels)
             bar.set_postfix_str(item.src.name)
 
             def on_tiles(done_tiles: float, total_tiles: int, base: int = index) -> None:

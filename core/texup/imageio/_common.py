@@ -41,5 +41,5 @@ def check_limit(path: Path, width: int, height: int, max_pixels: int | None) -> 
         raise ImageReadError(
             path,
             f"image is {width}x{height}, larger than the limit of {max_pixels:,} pixels "
-            f"({width * height:,} pixels); raise max_pixels to read it",
+            f"({width * height:,} pixels); raise it with --max-pixels or TEXUP_MAX_PIXELS (e.g. {width}x{height})",
         )

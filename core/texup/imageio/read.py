@@ -17,7 +17,7 @@ from . import _exr, _pillow, _png, _tiff
 from ._sniff import HEAD_BYTES, describe_unknown, sniff_format
 from .types import Image, ImageInfo
 
-DEFAULT_MAX_PIXELS = 16384 * 16384
+from ..limits import DEFAULT_MAX_PIXELS, max_pixels as _default_max_pixels  # noqa: F401 (DEFAULT_MAX_PIXELS re-exported)
 
 
 def _open_checked(path: str | os.PathLike[str]) -> tuple[Path, str]:
@@ -69,7 +69,7 @@ def probe_image(path: str | os.PathLike[str]) -> ImageInfo:
     return _probe(p, format, None)
 
 
-def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
+def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> Image:
     """Decode an image file into an :class:`Image`.
 
     ``pixels`` is a C-contiguous ``(H, W, C)`` array with C and dtype as stored in the file
@@ -82,8 +82,10 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     Raises :class:`~texup.errors.ImageReadError` ("<path>: <reason>") for a missing file, a folder,
     an empty, truncated or corrupt file, an unknown or unsupported format or pixel layout, and an
     image whose header claims a zero size or more than ``max_pixels`` pixels (checked before
-    decoding).
+    decoding; ``None``: :func:`texup.limits.max_pixels`, 8192x8192 unless ``TEXUP_MAX_PIXELS`` says otherwise).
     """
+    if max_pixels is None:
+        max_pixels = _default_max_pixels()
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
     p, format = _open_checked(path)

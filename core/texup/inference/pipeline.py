@@ -44,6 +44,7 @@ import numpy as np
 from texup.engines.base import Cancelled, Engine, EngineOutOfMemory
 from texup.errors import ImageWriteError, TexupError
 from texup.imageio import from_float32, read_image, to_float32, write_image
+from texup.limits import check_output_memory
 from texup.inference import policy
 from texup.inference.resample import RowResampler
 from texup.inference.tiling import Tile, add_wrapped, blend_weights, is_tileable, plan_tiles, take_wrapped
@@ -269,7 +270,8 @@ class Upscaler:
         Returns:
             A new array with the same number of dimensions, channels and dtype, of the size
             :func:`output_size` gives. Raises ValueError for unsupported shapes, dtypes or option values,
-            :class:`Cancelled`, or :class:`TileOutOfMemoryError`.
+            :class:`Cancelled`, :class:`TileOutOfMemoryError`, or :class:`~texup.limits.MemoryBudgetError`
+            before anything is allocated when the output would not fit in memory (:mod:`texup.limits`).
         """
         if not isinstance(options, UpscaleOptions):
             raise TypeError(f"options must be an UpscaleOptions, got {type(options).__name__}")
@@ -289,6 +291,7 @@ class Upscaler:
 
         scale = self.engine.scale
         out_h, out_w = output_size(height, width, options, scale)
+        check_output_memory(height, width, channels, image.dtype.itemsize, out_h, out_w)
         passes = count_passes(height, width, out_h, out_w, scale)
         wrap = options.seamless == "on" or (options.seamless == "auto" and is_tileable(image))
         tile = options.tile or self.engine.auto_tile(overlap=options.overlap, out_width=width * scale**passes)
