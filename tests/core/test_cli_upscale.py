@@ -295,3 +295,22 @@ def test_a_decoder_crash_is_one_files_error_and_the_batch_goes_on(tiny_model, ph
     err = capsys.readouterr().err
     assert f"{bad}: corrupt or unsupported tiff file (decoder: {type(error).__name__}" in err
     assert "Traceback" not in err and (out / "photo_x4.png").is_file() and not (out / "bad_x4.tif").exists()
+
+
+def test_stale_temp_files_of_a_killed_run_are_swept_from_the_output_folder(tiny_model, photo, tmp_path):
+    """kill -9 mid-write leaves `.<name>.<hex>.tmp`; the next run into that folder removes those an hour old."""
+    import os
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / ".old_x4.png.0123456789ab.tmp"
+    fresh = out / ".busy_x4.png.ba9876543210.tmp"  # another run may be writing it right now
+    unrelated = out / "notes.tmp"
+    for path in (stale, fresh, unrelated):
+        path.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    os.utime(unrelated, (two_hours_ago, two_hours_ago))
+    assert run_cli("upscale", photo, "-o", out, "--model", tiny_model) == 0
+    assert not stale.exists() and fresh.exists() and unrelated.exists()

@@ -19,6 +19,7 @@ from typing import Callable
 
 from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
 from texup.imageio import SUPPORTED_EXTENSIONS, Image, format_for_path, read_image, write_image
+from texup.weights.cache import remove_stale_temp_files
 from texup.inference.pipeline import refuse_overwrite
 
 GLOB_CHARS = set("*?[")
@@ -295,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
                 traceback.print_exception(err)
 
     expected = (TexupError, OSError, ValueError, RuntimeError, MemoryError)
+    swept: set[Path] = set()
     start = time.monotonic()
     # The next input is decoded and the previous output encoded on their own threads while the network runs
     # (both engines release the GIL while computing): file I/O costs no wall time beyond the first read.
@@ -325,6 +327,9 @@ def run(args: argparse.Namespace) -> int:
                     dst.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as err:
                     raise ImageWriteError(dst.parent, f"cannot create the output folder: {err.strerror or err}") from err
+                if dst.parent not in swept:  # temp files of an earlier run killed mid-write (an hour old or more)
+                    swept.add(dst.parent)
+                    remove_stale_temp_files(dst.parent)
                 written = writer.submit(write_image, dst, result, like=image.info)
                 del image, result
             except expected as err:

@@ -46,6 +46,7 @@ from torch import nn
 from texup._atomic import atomic_path
 from texup.training.checkpoint import CHECKPOINT_NAME, CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from texup.training.config import TrainConfig, config_from_dict
+from texup.weights.cache import remove_stale_temp_files
 from texup.training.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -474,6 +475,8 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, 
 
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (out_dir, *(p for p in out_dir.iterdir() if p.is_dir())):
+            remove_stale_temp_files(folder)  # left by a run killed mid-write (an hour old or more)
 
     # 2. networks
     g_raw, arch, provenance = build_generator(cfg, say)
