@@ -17,9 +17,9 @@ bl_info = {
 
 import bpy
 
-from . import operators, preferences, properties, ui
+from . import operators, preferences, properties, setup_ops, ui
 
-_CLASSES = (*preferences.CLASSES, *properties.CLASSES, *operators.CLASSES, *ui.CLASSES)
+_CLASSES = (*preferences.CLASSES, *properties.CLASSES, *operators.CLASSES, *ui.CLASSES, *setup_ops.CLASSES)
 
 
 def _extension_user_dir():

@@ -1,4 +1,10 @@
-"""Add-on preferences: the worker's Python, where results go, the default model."""
+"""Add-on preferences: the worker (its real state, a Test button, the PyTorch installer), where results go,
+the default model and device.
+
+Drawing reads only state kept in memory (:mod:`.setup_ops`): the worker check and the PyTorch install
+run on background threads and redraw when they change; nothing here touches files or starts processes
+on a redraw except the first check of a session, which is started on a thread.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,11 @@ from bpy.props import EnumProperty, StringProperty
 from .defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR
 
 DEVICES = [
-    ("auto", "Auto", "CUDA, then Apple MPS, then CPU"),
-    ("cpu", "CPU", "Run on the CPU"),
-    ("cuda", "CUDA", "An NVIDIA GPU"),
-    ("mps", "MPS", "Apple silicon GPU"),
+    ("auto", "Auto", "The fastest engine and device measured on this machine (once per model)"),
+    ("cpu", "CPU", "Run on the CPU (ncnn, or PyTorch when installed: the faster one)"),
+    ("vulkan", "Vulkan GPU", "The ncnn engine on the first Vulkan GPU (AMD, Intel, NVIDIA, Apple via MoltenVK)"),
+    ("cuda", "CUDA", "An NVIDIA GPU through PyTorch (Install PyTorch below)"),
+    ("mps", "MPS", "Apple silicon GPU through PyTorch (Install PyTorch below)"),
 ]
 
 
@@ -27,15 +34,78 @@ def get_preferences(context: bpy.types.Context | None = None):
     return None if addon is None else addon.preferences
 
 
+def _worker_python_changed(self, context: bpy.types.Context) -> None:
+    from . import setup_ops
+
+    setup_ops.worker_setting_changed(context)
+
+
+def draw_worker_status(layout: bpy.types.UILayout, context: bpy.types.Context, *, details: bool = False) -> None:
+    """The worker's state from its last check, one to three compact lines with icons, for the preferences
+    and the panel. The first call of a session starts a check (on a thread); before it ends: "checking".
+
+    ``details``: also one line per device. Reads memory only (no file access, no process start here).
+    """
+    from . import setup_ops
+    from .bridge.health import device_lines, status_lines
+
+    setup_ops.ensure_worker_checked(context)
+    check = setup_ops.WORKER_CHECK
+    report = check.result
+    column = layout.column(align=True)
+    for icon, text in status_lines(report, running=check.running):
+        column.label(text=text, icon=icon)
+    if details:
+        for line in device_lines(report):
+            column.label(text=line, icon="BLANK1")
+
+
+def draw_torch_section(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """The PyTorch installer: install button, progress with Cancel, the result and the log file."""
+    from . import setup_ops
+
+    box = layout.box()
+    box.label(text="PyTorch (training, NVIDIA CUDA)", icon="PACKAGE")
+    if not setup_ops.installer_available():
+        box.label(text="Installing PyTorch needs Blender 4.2+ with texup installed as an extension.", icon="INFO")
+        box.label(text="Here, set Worker Python to an environment where texup[torch] is installed.", icon="BLANK1")
+        return
+    job = setup_ops.installer()
+    if job is not None and job.running:
+        row = box.row()
+        row.label(text=f"{job.message} ({job.fraction:.0%})", icon="IMPORT")
+        row.operator("texup.cancel_torch_install", text="Cancel", icon="CANCEL")
+        box.label(text=f"Log: {job.plan.log_path}", icon="TEXT")
+        return
+    marker = setup_ops.torch_env_marker()
+    if marker is not None:
+        build = "CUDA " + str(marker.get("cuda_version")) if marker.get("cuda") else "CPU"
+        box.label(text=f"Installed: torch {marker.get('torch')} ({build})", icon="CHECKMARK")
+        row = box.row()
+        row.operator("texup.install_torch", text="Reinstall", icon="FILE_REFRESH")
+        row.operator("texup.remove_torch_env", text="Remove", icon="TRASH")
+    else:
+        if not setup_ops.torch_state_known():
+            box.label(text="Not checked yet", icon="QUESTION")
+        box.operator("texup.install_torch", icon="IMPORT")
+    if job is not None and job.done and job.error is not None:
+        box.label(text=f"Install failed: {job.error}", icon="ERROR")
+        box.label(text=f"Log: {job.plan.log_path}", icon="TEXT")
+    elif job is not None and job.cancelled:
+        box.label(text="Install cancelled; nothing was changed", icon="INFO")
+
+
 class TexupPreferences(bpy.types.AddonPreferences):
     bl_idname = __package__
 
     worker_python: StringProperty(
         name="Worker Python",
-        description="Python executable (or virtual environment folder) with torch and texup installed. "
-        "Empty: TEXUP_PYTHON, else a texup command on PATH",
+        description="Optional: the Python executable (or virtual environment folder) of an environment with "
+        "texup installed. Empty: TEXUP_PYTHON, else the PyTorch environment installed below, else Blender's "
+        "own Python with the bundled texup",
         subtype="FILE_PATH",
         default="",
+        update=_worker_python_changed,
     )
     output_dir: StringProperty(
         name="Output Folder",
@@ -52,16 +122,13 @@ class TexupPreferences(bpy.types.AddonPreferences):
     device: EnumProperty(name="Device", items=DEVICES, default="auto")
 
     def draw(self, context: bpy.types.Context) -> None:
-        from .bridge.client import find_worker_python
-
         layout = self.layout
-        layout.prop(self, "worker_python")
-        found = find_worker_python(self.worker_python or None)
-        row = layout.row()
-        if found:
-            row.label(text=f"Worker: {found} -m texup worker", icon="CHECKMARK")
-        else:
-            row.label(text="No Python with texup found: set one above (pip install texup in it)", icon="ERROR")
+        box = layout.box()
+        box.prop(self, "worker_python")
+        row = box.row()
+        draw_worker_status(row, context, details=True)
+        row.operator("texup.test_worker", text="Test", icon="PLAY")
+        draw_torch_section(layout, context)
         layout.prop(self, "output_dir")
         layout.prop(self, "default_model")
         layout.prop(self, "device")

@@ -236,7 +236,9 @@ def resolve_launch(preference: Optional[str], *, addon_dir: str, user_dir: Optio
     on_path = find_worker_python(None, environ={}, search_path=True)
     if on_path is not None:
         return WorkerLaunch(python=on_path, source="PATH", description=f"{on_path} (the texup command on PATH)")
+    from . import client
+
     raise WorkerStartError(
-        "no texup worker: this copy of the add-on has no bundled engine (a source build, or Blender 3.x). "
-        "Install the texup extension zip for your platform in Blender 4.2+, or set 'Worker Python' in the "
-        "add-on preferences (or TEXUP_PYTHON) to the python of an environment with texup installed")
+        "no texup worker: this copy of the add-on has no bundled engine (a source build, or Blender 3.x), "
+        "TEXUP_PYTHON is not set and no texup command is on PATH. Install the texup extension zip for your "
+        f"platform in Blender 4.2+, or name the python of an environment with texup installed: {client.SETTING_HINT}")

@@ -35,6 +35,7 @@ from .protocol import (
     TrainJob,
     cancel_message,
     encode,
+    info_message,
     models_message,
     parse_event,
     ping_message,
@@ -46,7 +47,9 @@ from .protocol import (
 ENV_PYTHON = "TEXUP_PYTHON"
 """Environment variable naming the Python (with torch and texup) that runs the worker."""
 
-INSTALL_HINT = "pip install texup"
+SETTING_HINT = "choose another Python as 'Worker Python' in the texup add-on preferences"
+"""The end of every "no usable worker" message: what to change. The headless script replaces it with its
+``--worker-python`` flag, so each front end names its own setting."""
 STDERR_TAIL_LINES = 200
 
 _NO_TEXUP = re.compile(r"No module named '?texup'?$", re.MULTILINE)
@@ -215,11 +218,9 @@ class WorkerClient:
             raise WorkerStartError("this worker client was already started; make a new one")
         python = self.python
         if not python or not os.path.exists(python):
-            raise WorkerStartError(f"the worker Python {python!r} does not exist: set the Python of an environment "
-                                   f"with texup in the add-on preferences ({INSTALL_HINT} there)")
+            raise WorkerStartError(f"the worker Python {python!r} does not exist: {SETTING_HINT}")
         if os.path.isdir(python) or not os.access(python, os.X_OK):
-            raise WorkerStartError(f"the worker Python {python} is not an executable program: choose the python "
-                                   "executable of an environment with texup in the add-on preferences")
+            raise WorkerStartError(f"the worker Python {python} is not an executable program: {SETTING_HINT}")
         creationflags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
         try:
             self._proc = subprocess.Popen(
@@ -301,8 +302,8 @@ class WorkerClient:
 
     def _start_failure(self, crashed: Crashed, reasons: Sequence[str] = ()) -> str:
         if _NO_TEXUP.search(crashed.stderr_tail):
-            return (f"the Python at {self.python} has no texup: run `\"{self.python}\" -m {INSTALL_HINT}` "
-                    "or choose another Python in the add-on preferences")
+            return (f"the Python at {self.python} has no texup: install it there (`\"{self.python}\" -m pip install "
+                    f"PATH/TO/texup`, the source folder) or {SETTING_HINT}")
         said = (": " + "; ".join(reasons)) if reasons else self._tail_suffix(crashed.stderr_tail)
         return f"the worker ({self.python}) exited with code {crashed.returncode} before it was ready{said}"
 
@@ -412,6 +413,12 @@ class WorkerClient:
     def ping(self) -> str:
         request_id = uuid.uuid4().hex
         self._write(ping_message(request_id))
+        return request_id
+
+    def request_info(self) -> str:
+        """Ask for the worker's versions, engines and devices; an :class:`Info` event with this id answers."""
+        request_id = uuid.uuid4().hex
+        self._write(info_message(request_id))
         return request_id
 
     def request_models(self) -> str:

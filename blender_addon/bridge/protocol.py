@@ -187,6 +187,11 @@ def models_message(request_id: str) -> Dict[str, Any]:
     return {"type": "models", "id": request_id}
 
 
+def info_message(request_id: str) -> Dict[str, Any]:
+    """Ask what the worker is and runs on; an :class:`Info` event with this id answers."""
+    return {"type": "info", "id": request_id}
+
+
 def shutdown_message() -> Dict[str, Any]:
     return {"type": "shutdown"}
 
@@ -197,7 +202,7 @@ def shutdown_message() -> Dict[str, Any]:
 class Hello:
     protocol: int
     texup: str
-    torch: str
+    torch: Optional[str]  # None: the worker has no torch (ncnn only)
     device: str
     pid: int
     type: str = field(default="hello", init=False)
@@ -220,6 +225,7 @@ class Progress:
     total: int
     loss: Optional[float] = None
     eta_s: Optional[float] = None
+    tile_fraction: Optional[float] = None  # how much of the next tile is done (0..1), when the worker says
     type: str = field(default="progress", init=False)
 
     @property
@@ -327,7 +333,38 @@ class Unknown:
     data: Dict[str, Any]
 
 
-Event = Union[Hello, Progress, Result, Error, Done, Message, Pong, Models, Crashed, Unknown]
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One device the worker can see: ``key`` as jobs name it ("cpu", "cuda:0", "mps", "vulkan:0"), ``name``
+    (the CPU model or the GPU's name), the ``engines`` that run on it, ``software`` for a CPU implementation
+    of Vulkan such as llvmpipe (auto never picks one)."""
+
+    key: str
+    name: str
+    engines: Tuple[str, ...]
+    software: bool = False
+
+
+@dataclass(frozen=True)
+class Info:
+    """The answer to :func:`info_message`: versions (``torch`` ``None`` without PyTorch), the worker's
+    interpreter, the candidate ``engines`` (``engine/device/precision``), the ``devices``, and ``auto``:
+    the candidate auto uses for ``auto_model`` (``None``: nothing can run), ``auto_measured`` true when
+    that was timed on this machine, false when it is the first guess before measuring."""
+
+    id: Optional[str]
+    texup: str
+    torch: Optional[str]
+    python: str
+    engines: Tuple[str, ...]
+    devices: Tuple[DeviceInfo, ...]
+    auto: Optional[str]
+    auto_measured: bool
+    auto_model: Optional[str] = None
+    type: str = field(default="info", init=False)
+
+
+Event = Union[Hello, Progress, Result, Error, Done, Message, Pong, Models, Info, Crashed, Unknown]
 
 
 def _get(data: Dict[str, Any], key: str, kinds: Union[type, Tuple[type, ...]], *, optional: bool = False) -> Any:
@@ -369,13 +406,14 @@ def parse_event(line: Union[str, bytes]) -> Event:
     kind = data["type"]
     if kind == "hello":
         return Hello(protocol=_get(data, "protocol", int), texup=str(data.get("texup", "?")),
-                     torch=str(data.get("torch", "?")), device=str(data.get("device", "?")),
+                     torch=None if data.get("torch") is None else str(data["torch"]), device=str(data.get("device", "?")),
                      pid=_get(data, "pid", int))
     if kind == "progress":
         return Progress(id=str(_get(data, "id", (str, int))), item=_get(data, "item", str),
                         index=_get(data, "index", int), count=_get(data, "count", int),
                         done=_get(data, "done", int), total=_get(data, "total", int),
-                        loss=_opt_float(data, "loss"), eta_s=_opt_float(data, "eta_s"))
+                        loss=_opt_float(data, "loss"), eta_s=_opt_float(data, "eta_s"),
+                        tile_fraction=_opt_float(data, "tile_fraction"))
     if kind == "result":
         training = data.get("item") == "train"
         return Result(id=str(_get(data, "id", (str, int))), item=_get(data, "item", str), dst=_get(data, "dst", str),
@@ -398,4 +436,25 @@ def parse_event(line: Union[str, bytes]) -> Event:
     if kind == "models":
         models = _get(data, "models", list)
         return Models(id=_opt_id(data), models=tuple(m for m in models if isinstance(m, dict)))
+    if kind == "info":
+        return _parse_info(data)
     return Unknown(type=kind, id=_opt_id(data), data=data)
+
+
+def _parse_info(data: Dict[str, Any]) -> Info:
+    devices = []
+    for entry in _get(data, "devices", list):
+        if not isinstance(entry, dict):
+            raise ProtocolError(f"info event: a device must be an object, got {entry!r}")
+        engines = _get(entry, "engines", list)
+        devices.append(DeviceInfo(key=_get(entry, "key", str), name=str(entry.get("name") or "?"),
+                                  engines=tuple(str(e) for e in engines), software=bool(entry.get("software"))))
+    auto = data.get("auto")
+    if not isinstance(auto, dict):
+        raise ProtocolError(f"info event: field 'auto' is missing or has the wrong type ({auto!r})")
+    torch_version = data.get("torch")
+    return Info(id=_opt_id(data), texup=_get(data, "texup", str),
+                torch=None if torch_version is None else str(torch_version), python=str(data.get("python") or ""),
+                engines=tuple(str(e) for e in _get(data, "engines", list)), devices=tuple(devices),
+                auto=_get(auto, "key", str, optional=True), auto_measured=bool(auto.get("measured")),
+                auto_model=_get(auto, "model", str, optional=True))

@@ -158,7 +158,7 @@ def test_non_executable_python_is_refused(tmp_path):
 def test_python_without_texup_says_how_to_install(tmp_path):
     # -S skips site-packages, so this real interpreter cannot import texup (cwd has no texup either)
     client = WorkerClient(sys.executable, args=("-S", "-m", "texup", "worker"), cwd=str(tmp_path))
-    with pytest.raises(WorkerStartError, match="has no texup: run .*pip install texup"):
+    with pytest.raises(WorkerStartError, match="has no texup: install it there .*pip install PATH/TO/texup.*Worker Python"):
         client.start(timeout=20)
 
 

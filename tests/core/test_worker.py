@@ -569,3 +569,50 @@ def test_cancel_of_an_unknown_id_is_not_kept_for_a_later_job(tmp_path, monkeypat
     assert server._cancelled == set() and server._pending == {}
     writer.close()
     runner.join(timeout=10)
+
+
+def test_info_request_names_engines_devices_and_the_auto_pick():
+    import texup
+    from texup.engines.select import candidates, torch_available
+
+    proc = _raw_worker()
+    try:
+        info = _send(proc, b'{"type": "info", "id": "i1"}')
+        assert _send(proc, b'{"type": "ping", "id": "p"}') == {"type": "pong", "id": "p"}  # still serving
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    assert info["type"] == "info" and info["id"] == "i1" and info["texup"] == texup.__version__
+    assert info["python"] == sys.executable
+    assert info["engines"] == [c.key for c in candidates()]
+    devices = {d["key"]: d for d in info["devices"]}
+    assert devices["cpu"]["name"] and devices["cpu"]["software"] is False
+    assert ("torch" in devices["cpu"]["engines"]) == torch_available()
+    assert all(d["software"] for d in info["devices"] if "llvmpipe" in d["name"].lower())
+    # --device cpu: auto picks among the CPU candidates, the first one until something was measured
+    cpu_first = next(c.key for c in candidates() if c.device == "cpu")
+    assert info["auto"]["key"] in {c.key for c in candidates() if c.device == "cpu"}
+    if not info["auto"]["measured"]:
+        assert info["auto"]["key"] == cpu_first
+    parsed = bridge_protocol.parse_event(json.dumps(info))
+    assert parsed.texup == texup.__version__ and {d.key for d in parsed.devices} == set(devices)
+
+
+def test_info_reports_a_recorded_engine_choice_as_measured(tmp_path, monkeypatch):
+    from texup.engines import select
+    from texup.worker.server import machine_info
+
+    monkeypatch.setenv("TEXUP_HOME", str(tmp_path))
+    pool = select.candidates()
+    before = machine_info(model="some-model")
+    assert before["auto"] == {"key": pool[0].key, "measured": False, "model": "some-model"}
+
+    recorded = pool[-1]
+    select._write_calibration({select.machine_key(): {select._request_key("some-model", "auto", "auto"): {
+        "choice": recorded.key, "seconds_per_mpx": {recorded.key: 1.0}}}})
+    after = machine_info(model="some-model")
+    assert after["auto"] == {"key": recorded.key, "measured": True, "model": "some-model"}
+
+    from texup.worker.protocol import REQUEST_TYPES
+
+    assert "info" in REQUEST_TYPES

@@ -16,6 +16,9 @@ Client -> worker (``id`` is the client's job or request id, any string):
   starts); a cancel for an id that is neither queued nor running is ignored (logged, not remembered)
 * ``{"type": "ping", "id"}`` -> ``{"type": "pong", "id"}``
 * ``{"type": "models", "id"}`` -> ``{"type": "models", "id", "models": [...]}``
+* ``{"type": "info", "id"}`` -> ``{"type": "info", "id", "texup", "torch" (null without torch), "python",
+  "engines" (candidate keys), "devices": [{"key", "name", "engines", "software"}], "auto": {"key",
+  "measured", "model"}}`` -- what this worker can run on (see :func:`info`); additive, still protocol 1
 * ``{"type": "shutdown"}`` -- cancel everything and exit 0
 
 Worker -> client: ``hello`` (first line), then ``progress``, ``result``, ``error`` and ``done`` events of
@@ -37,7 +40,7 @@ PROTOCOL_VERSION = 1
 
 ROLES: tuple[str, ...] = ("color", "normal", "data")
 SEAMLESS: tuple[str, ...] = ("auto", "on", "off")
-REQUEST_TYPES: tuple[str, ...] = ("upscale", "train", "cancel", "ping", "models", "shutdown")
+REQUEST_TYPES: tuple[str, ...] = ("upscale", "train", "cancel", "ping", "models", "info", "shutdown")
 STAGES: tuple[str, ...] = ("psnr", "gan")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 ENGINES: tuple[str, ...] = ("auto", "torch", "ncnn")
@@ -298,6 +301,23 @@ def hello(
     (``engine/device/precision`` keys, :func:`texup.engines.select.candidates`)."""
     return {"type": "hello", "protocol": PROTOCOL_VERSION, "texup": texup_version, "torch": torch_version,
             "device": device, "pid": pid, "engines": list(engines or [])}
+
+
+def info(
+    request_id: str | None, *, texup_version: str, torch_version: str | None, python: str, engines: list[str],
+    devices: list[dict[str, Any]], auto: dict[str, Any],
+) -> dict[str, Any]:
+    """The answer to an ``info`` request: what this worker is and what it can run on.
+
+    ``engines``: the candidate keys (``engine/device/precision``, best guess first). ``devices``: one
+    object per device ``{"key": "cpu" | "cuda:N" | "mps" | "vulkan:N", "name": the CPU model or GPU name,
+    "engines": the engines that run on it, "software": true for a CPU implementation of Vulkan (never
+    picked by auto)}``. ``auto``: ``{"key": the candidate auto uses for ``model`` (null: nothing can run),
+    "measured": true when that choice was timed on this machine and recorded, false when it is the
+    first guess before measuring, "model": the model it is for}``.
+    """
+    return {"type": "info", "id": request_id, "texup": texup_version, "torch": torch_version, "python": python,
+            "engines": list(engines), "devices": [dict(d) for d in devices], "auto": dict(auto)}
 
 
 def progress(

@@ -212,6 +212,8 @@ class WorkerServer:
             self.send({"type": "pong", "id": msg_id})
         elif kind == "models":
             self._send_models(msg_id)
+        elif kind == "info":
+            self._send_info(msg_id)
         elif kind == "shutdown":
             log.info("shutdown requested")
             self._stop()
@@ -229,6 +231,14 @@ class WorkerServer:
             self._send_error(msg_id, None, err, with_traceback=True)
             return
         self.send({"type": "models", "id": msg_id, "models": models})
+
+    def _send_info(self, msg_id: str | None) -> None:
+        try:
+            details = machine_info(device=self._device, precision=self._precision)
+        except (TexupError, OSError, ValueError, RuntimeError) as err:
+            self._send_error(msg_id, None, err, with_traceback=True)
+            return
+        self.send(protocol.info(msg_id, **details))
 
     # --- jobs --------------------------------------------------------------------------------
 
@@ -421,6 +431,46 @@ class WorkerServer:
         info = probe_image(written)
         self.send(protocol.result(job_id, item.key, str(written), info.width, info.height,
                                   time.monotonic() - started))
+
+
+def machine_info(*, device: str = "auto", precision: str = "auto", model: str | None = None) -> dict[str, Any]:
+    """The fields of an ``info`` event (:func:`texup.worker.protocol.info`) for this process and machine.
+
+    Never imports torch when it is not installed; the auto pick is read from the engine measurements
+    recorded for ``model`` (default: the default model) with this worker's default ``device`` and
+    ``precision``, else the first candidate (what auto would try first; ``measured`` false).
+    """
+    import texup
+    from texup.engines.ncnn_engine import ncnn_available, vulkan_devices
+    from texup.engines.select import _cpu_model, cached_choice, candidates, torch_available
+    from texup.weights.registry import DEFAULT_MODEL
+
+    found = candidates()
+    model = model or DEFAULT_MODEL
+    torch_version = None
+    devices: list[dict[str, Any]] = []
+    cpu_engines = [e for e, ok in (("ncnn", ncnn_available()), ("torch", torch_available())) if ok]
+    if cpu_engines:
+        devices.append({"key": "cpu", "name": _cpu_model(), "engines": cpu_engines, "software": False})
+    if torch_available():
+        import torch
+
+        torch_version = torch.__version__
+        if torch.cuda.is_available():
+            devices += [{"key": f"cuda:{i}", "name": torch.cuda.get_device_name(i), "engines": ["torch"],
+                         "software": False} for i in range(torch.cuda.device_count())]
+        if any(c.device == "mps" for c in found):
+            devices.append({"key": "mps", "name": "Apple GPU (Metal)", "engines": ["torch"], "software": False})
+    devices += [{"key": f"vulkan:{d.index}", "name": d.name, "engines": ["ncnn"], "software": d.software}
+                for d in vulkan_devices()]
+    choice = cached_choice(model, device, precision)
+    measured = choice is not None
+    if choice is None:
+        pool = [c for c in found if device == "auto" or c.device == device]
+        choice = pool[0] if pool else None
+    return {"texup_version": texup.__version__, "torch_version": torch_version, "python": sys.executable,
+            "engines": [c.key for c in found], "devices": devices,
+            "auto": {"key": None if choice is None else choice.key, "measured": measured, "model": model}}
 
 
 def serve_stdio(*, device: str = "auto", precision: str = "auto") -> int:
