@@ -23,7 +23,7 @@ from . import service
 from .bridge.client import WorkerClient, WorkerStartError
 from .bridge.finetune import TRAINING_FOLDER, DatasetPlan, TrainTracker, plan_dataset, run_folders, run_name
 from .bridge.jobs import TextureInfo
-from .bridge.protocol import ProtocolError, TrainJob
+from .bridge.protocol import Done, ProtocolError, TrainJob
 from .session import FINISHED, SessionError, WorkerSession
 
 
@@ -126,6 +126,7 @@ class FineTuneSession(WorkerSession):
         return session
 
     cancel_note = "cancelling after this step"
+    cancel_grace = 30.0  # a training step can take a while on a CPU; then the worker is stopped
 
     def _submit(self) -> str:
         job_id = self.client.submit_train(self.job)
@@ -143,6 +144,9 @@ class FineTuneSession(WorkerSession):
 
     def _job_message(self) -> str:
         return self.tracker.message
+
+    def _abandon(self) -> None:
+        self.tracker.handle(Done(id=self.job_id or "", ok=0, failed=0, cancelled=True))
 
     @property
     def failure(self) -> Optional[str]:

@@ -12,29 +12,50 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 
 from .defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR
+from .properties import texture_list
 
 TIMER_INTERVAL = 0.1
 
 
+def filter_reasons(settings: Any, item: Any, *, short: bool = False) -> Optional[str]:
+    """Why the panel's filters (size limit, role) hide a list row, else ``None``: the headless script's
+    rule (``bridge.jobs.filter_reason``; "at most N px" keeps a texture of exactly N px)."""
+    from .bridge.jobs import filter_reason
+
+    return filter_reason((item.width, item.height), item.role,
+                         max_size=settings.max_size if settings.use_size_filter else None,
+                         roles=None if settings.role_filter == "ALL" else {settings.role_filter}, short=short)
+
+
 def passes_filters(settings: Any, item: Any) -> bool:
     """True when a list row is visible under the panel's filters (size, role)."""
-    if settings.use_size_filter and max(item.width, item.height) > settings.max_size:  # "at most", as --max-size
-        return False
-    if settings.role_filter != "ALL" and item.role != settings.role_filter:
-        return False
-    return True
+    return filter_reasons(settings, item) is None
+
+
+def left_out(context: bpy.types.Context, *, short: bool = False) -> list[tuple[str, str]]:
+    """``(image name, reason)`` for every listed texture the panel's filters leave out."""
+    settings = context.scene.texup
+    rows = []
+    for item in texture_list(context).textures:
+        reason = filter_reasons(settings, item, short=short)
+        if reason is not None:
+            rows.append((item.name, reason))
+    return rows
 
 
 def refresh_list(context: bpy.types.Context) -> int:
-    """Scan the file and refill the scene's texture list, keeping each image's selection. Returns the count."""
+    """Scan the file and refill the texture list (window manager) for the context's scene, keeping each
+    image's selection and the active row's image. Returns the count."""
     from . import scene
 
-    settings = context.scene.texup
-    selected = {item.name for item in settings.textures if item.selected}
-    settings.textures.clear()
+    textures = texture_list(context)
+    selected = {item.name for item in textures.textures if item.selected}
+    active = textures.textures[textures.active_index].name if 0 <= textures.active_index < len(textures.textures) \
+        else None
     infos = scene.scan()
+    textures.textures.clear()
     for info in infos:
-        item = settings.textures.add()
+        item = textures.textures.add()
         item.name = info.name
         item.selected = info.name in selected
         item.width, item.height = info.size
@@ -46,7 +67,12 @@ def refresh_list(context: bpy.types.Context) -> int:
         item.has_alpha = info.has_alpha
         item.status = info.status
         item.filepath = info.filepath
-    settings.active_index = min(settings.active_index, max(0, len(infos) - 1))
+    names = [info.name for info in infos]
+    if active in names:
+        textures.active_index = names.index(active)
+    else:
+        textures.active_index = min(textures.active_index, max(0, len(infos) - 1))
+    textures.scene_name = context.scene.name
     return len(infos)
 
 
@@ -101,7 +127,7 @@ def chosen_names(context: bpy.types.Context, names: str) -> list[str]:
     if names.strip():
         return [n.strip() for n in names.split(",") if n.strip()]
     settings = context.scene.texup
-    return [item.name for item in settings.textures if item.selected and passes_filters(settings, item)]
+    return [item.name for item in texture_list(context).textures if item.selected and passes_filters(settings, item)]
 
 
 def _worker_preference(context: bpy.types.Context) -> Optional[str]:
@@ -111,7 +137,8 @@ def _worker_preference(context: bpy.types.Context) -> Optional[str]:
     return prefs.worker_python if prefs is not None else None
 
 
-def _redraw(context: bpy.types.Context) -> None:
+def redraw_panels(context: bpy.types.Context) -> None:
+    """Redraw every area that shows the texup panel (3D Viewport, Image Editor)."""
     wm = context.window_manager
     for window in wm.windows:
         for area in window.screen.areas:
@@ -119,11 +146,33 @@ def _redraw(context: bpy.types.Context) -> None:
                 area.tag_redraw()
 
 
+_redraw = redraw_panels
+
+
 def report_outcomes(operator: bpy.types.Operator, run: Any) -> None:
     """One report per failed image, and a summary line."""
     for row in run.failed:
         operator.report({"WARNING"}, f"texup: {row['name']}: {row['error']}")
     operator.report({"INFO"}, run.summary())
+
+
+def runs_blocking(background: bool, windows: int) -> bool:
+    """True when a run must wait for its worker in place: in background mode (``blender -b``, the bpy
+    module) or without any window. Otherwise (a UI session: the panel's button, Repeat Last, a script's
+    ``bpy.ops.texup.upscale()``) it runs in the modal operator: never blocks, shows progress, cancels."""
+    return background or windows == 0
+
+
+def push_undo(message: str) -> None:
+    """An undo step for changes an operator made but will not finish with (cancelled runs)."""
+    if bpy.ops.ed.undo_push.poll():
+        bpy.ops.ed.undo_push(message=message)
+
+
+def _status_text(context: bpy.types.Context, text: Optional[str]) -> None:
+    workspace = getattr(context, "workspace", None)
+    if workspace is not None:
+        workspace.status_text_set(text)
 
 
 class _ModalSession:
@@ -155,7 +204,13 @@ class _ModalSession:
         return [by_name[n] for n in names]
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        """Blocking variant (scripts, background mode): the same session, waited for here."""
+        """Scripts and Repeat Last. In background mode: the same session, waited for here. In a UI session
+        the run starts as the modal operator (see :func:`runs_blocking`) and this call returns
+        ``{'CANCELLED'}`` at once (so Blender keeps no half-done operator); the run goes on, shown in the
+        panel and the status bar, cancelled by Esc or the Cancel button."""
+        if not runs_blocking(bpy.app.background, len(context.window_manager.windows)):
+            self._invoke_modal(context)
+            return {"CANCELLED"}
         session = self._begin(context)
         if session is None:
             return {"CANCELLED"}
@@ -163,8 +218,20 @@ class _ModalSession:
             pass
         return self._conclude(context, session)
 
+    def _invoke_modal(self, context: bpy.types.Context) -> None:
+        """Start a new modal instance of this operator with this one's properties (a modal handler on
+        the operator Blender repeats would outlive it)."""
+        window = context.window or context.window_manager.windows[0]
+        props = {name: getattr(self, name) for name in self.properties.bl_rna.properties.keys()
+                 if name != "rna_type" and self.properties.is_property_set(name)}
+        idname = self.bl_idname  # "texup.upscale" on the class, "TEXUP_OT_upscale" on an instance
+        module, name = idname.split(".") if "." in idname else idname.lower().split("_ot_")
+        operator = getattr(getattr(bpy.ops, module), name)
+        with context.temp_override(window=window, screen=window.screen):
+            operator("INVOKE_DEFAULT", **props)
+
     def invoke(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
-        if bpy.app.background:
+        if runs_blocking(bpy.app.background, len(context.window_manager.windows)):
             return self.execute(context)
         session = self._begin(context)  # returns at once: the worker's hello is awaited in modal()
         if session is None:
@@ -174,44 +241,85 @@ class _ModalSession:
         runtime.running = True
         runtime.cancel_requested = False
         runtime.progress = 0.0
+        runtime.eta = ""
         runtime.message = session.message
         wm = context.window_manager
-        self._timer = wm.event_timer_add(TIMER_INTERVAL, window=context.window)
-        wm.modal_handler_add(self)
-        _redraw(context)
+        window = context.window or wm.windows[0]
+        self._timer = wm.event_timer_add(TIMER_INTERVAL, window=window)
+        with context.temp_override(window=window, screen=window.screen):
+            wm.modal_handler_add(self)
+        redraw_panels(context)
         return {"RUNNING_MODAL"}
 
-    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+    def _show(self, context: bpy.types.Context, session: Any) -> None:
         runtime = context.window_manager.texup_runtime
-        session = self._session
-        if event.type == "ESC" and event.value == "PRESS":
-            session.request_cancel()
-        elif event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        if runtime.cancel_requested:
-            session.request_cancel()
-        session.step()
         runtime.progress = session.progress
         runtime.message = session.message
-        context.workspace.status_text_set(f"texup: {runtime.message}  ({session.progress:.0%})  Esc: cancel")
-        _redraw(context)
-        if not session.finished:
-            return {"RUNNING_MODAL"} if event.type == "ESC" else {"PASS_THROUGH"}
-        wm = context.window_manager
-        wm.event_timer_remove(self._timer)
-        self._timer = None
-        context.workspace.status_text_set(None)
+        eta = getattr(session, "eta_s", None)
+        from .bridge.jobs import format_duration
+
+        runtime.eta = format_duration(eta) if eta is not None else ""
+        _status_text(context, f"texup: {runtime.message}  ({session.progress:.0%})  Esc: cancel")
+        redraw_panels(context)
+
+    def modal(self, context: bpy.types.Context, event: bpy.types.Event) -> set[str]:
+        session = self._session
+        if session is None:  # ended already (cancel() ran)
+            return {"CANCELLED"}
+        done = False
+        try:
+            runtime = context.window_manager.texup_runtime
+            if event.type == "ESC" and event.value == "PRESS":
+                session.request_cancel()
+            elif event.type != "TIMER":
+                return {"PASS_THROUGH"}
+            if runtime.cancel_requested:
+                session.request_cancel()
+            session.step()
+            self._show(context, session)
+            if not session.finished:
+                return {"RUNNING_MODAL"} if event.type == "ESC" else {"PASS_THROUGH"}
+            done = True
+        except BaseException:
+            done = True
+            raise
+        finally:
+            if done:
+                self._end_modal(context)
+        return self._conclude(context, session)
+
+    def _end_modal(self, context: bpy.types.Context) -> None:
+        """Remove the timer, clear the running state and the status bar (always, also after an error)."""
+        if self._timer is not None:
+            context.window_manager.event_timer_remove(self._timer)
+            self._timer = None
+        runtime = context.window_manager.texup_runtime
         runtime.running = False
         runtime.cancel_requested = False
         runtime.message = ""
+        runtime.eta = ""
+        _status_text(context, None)
         self._session = None
-        return self._conclude(context, session)
+        redraw_panels(context)
+
+    def cancel(self, context: bpy.types.Context) -> None:
+        """Blender aborts the modal operator (a file is loaded, the window closes): stop the job in the
+        worker, drop temporary files, clear the running state; nothing is applied."""
+        session = self._session
+        if session is not None:
+            session.request_cancel()
+            cleanup = getattr(getattr(session, "run", None), "cleanup", None)
+            if cleanup is not None:
+                cleanup()
+        self._end_modal(context)
 
 
 class TEXUP_OT_refresh(bpy.types.Operator):
     bl_idname = "texup.refresh"
     bl_label = "Refresh Textures"
-    bl_description = "List every image used by an Image Texture node (materials, node groups, world)"
+    bl_description = ("List every image used by an Image Texture node (materials, node groups, world); the "
+                      "list also refreshes itself when a file loads and after undo")
+    bl_options = {"INTERNAL"}  # a view of the scene: no undo step, not what Repeat Last repeats
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         count = refresh_list(context)
@@ -223,12 +331,13 @@ class TEXUP_OT_select(bpy.types.Operator):
     bl_idname = "texup.select"
     bl_label = "Select Textures"
     bl_description = "Select or deselect every texture the filters show"
+    bl_options = {"INTERNAL"}  # the list is not undo data
 
     action: EnumProperty(items=[("ALL", "All", "Select all"), ("NONE", "None", "Deselect all")], default="ALL")
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         settings = context.scene.texup
-        for item in settings.textures:
+        for item in texture_list(context).textures:
             if passes_filters(settings, item):
                 item.selected = self.action == "ALL"
         return {"FINISHED"}
@@ -241,9 +350,10 @@ class TEXUP_OT_upscale(_ModalSession, bpy.types.Operator):
                       "the originals (originals are kept; Revert restores them)")
     bl_options = {"REGISTER", "UNDO"}
 
+    # Hidden: no "Adjust Last Operation" panel (redoing would run the whole upscale again).
     images: StringProperty(
         name="Images", description="Comma-separated image names; empty: the selected rows of the list",
-        default="", options={"SKIP_SAVE"})
+        default="", options={"SKIP_SAVE", "HIDDEN"})
 
     def _begin(self, context: bpy.types.Context):
         """Scan and begin an :class:`~.session.UpscaleSession` (never waits for the worker); ``None``
@@ -253,6 +363,10 @@ class TEXUP_OT_upscale(_ModalSession, bpy.types.Operator):
         infos = self._chosen_infos(context)
         if infos is None:
             return None
+        hidden = left_out(context) if not self.images.strip() else []
+        if hidden:  # nothing is left out silently
+            self.report({"INFO"}, f"texup: {len(hidden)} left out by the filters: "
+                        + "; ".join(f"{name} ({why})" for name, why in hidden))
         try:
             return UpscaleSession.begin(infos, run_settings(context), _worker_preference(context))
         except SessionError as err:
@@ -272,6 +386,12 @@ class TEXUP_OT_upscale(_ModalSession, bpy.types.Operator):
             self.report({"INFO"}, session.summary())
             return {"CANCELLED"}
         report_outcomes(self, session.run)
+        if session.run.tracker is not None and session.run.tracker.cancelled:
+            # Cancelled: no redo panel (CANCELLED), but what was applied before the cancel gets its own
+            # undo step, since Blender pushes none for a cancelled operator.
+            if any(row.get("nodes_changed") for row in session.run.rows):
+                push_undo("texup: Upscale (cancelled)")
+            return {"CANCELLED"}
         return {"FINISHED"}
 
 
@@ -323,7 +443,9 @@ class TEXUP_OT_finetune(_ModalSession, bpy.types.Operator):
 class TEXUP_OT_cancel(bpy.types.Operator):
     bl_idname = "texup.cancel"
     bl_label = "Cancel"
-    bl_description = "Stop the running upscale after the current tile, or fine-tuning after the current step (same as Esc)"
+    bl_description = ("Stop the running upscale (within a second or two; textures finished before stay upscaled), "
+                      "or fine-tuning after the current step (same as Esc)")
+    bl_options = {"INTERNAL"}
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:

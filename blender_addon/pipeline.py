@@ -20,11 +20,12 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import bpy
 
 from . import relink
+from .bridge.client import WorkerError
 from .bridge.jobs import JobPlan, JobTracker, TextureInfo, build_job, report_rows
 from .bridge.naming import UDIM_TOKENS, safe_stem
 from .bridge.protocol import Job, JobOptions
@@ -306,27 +307,40 @@ def _image_name(dst_pattern: str) -> str:
 
 
 def run_blocking_started(client: Any, run: UpscaleRun, job_id: str, *, poll_interval: float = 0.1,
-                         timeout: Optional[float] = None) -> list[dict[str, Any]]:
+                         timeout: Optional[float] = None,
+                         on_progress: Optional[Callable[[JobTracker], None]] = None) -> list[dict[str, Any]]:
     """Wait for the submitted job ``job_id`` of ``run``, then apply it; returns the report rows.
 
-    The headless path: blocking is fine there. After ``timeout`` seconds the job is cancelled and
-    treated like a crash (nothing changed).
+    The headless path: blocking is fine there. ``on_progress(tracker)`` is called after every batch of
+    events (the caller decides how often to print). After ``timeout`` seconds the job is cancelled and
+    treated like a crash (nothing changed); the rows' error says that the timeout ran out and how far
+    the job got.
     """
     import time
 
     run.started(job_id)
     start = time.monotonic()
     while not run.finished:
-        for event in client.poll(timeout=poll_interval):
+        events = client.poll(timeout=poll_interval)
+        for event in events:
             run.handle(event)
+        if events and on_progress is not None and run.tracker is not None:
+            on_progress(run.tracker)
         if not run.finished and timeout is not None and time.monotonic() - start > timeout:
-            client.cancel(job_id)
-            run.crashed = f"no answer from the worker within {timeout:g} s"
+            how_far = run.tracker.how_far() if run.tracker is not None else "nothing done"
+            try:
+                client.cancel(job_id)
+            except WorkerError:
+                pass  # the worker is gone: the timeout is still what to say
+            run.crashed = f"the timeout ({timeout:g} s) ran out at {how_far}; the job was cancelled"
+            if run.tracker is not None:
+                run.tracker.fail(run.crashed)
             break
     return run.apply()
 
 
-def run_blocking(client: Any, run: UpscaleRun, *, timeout: Optional[float] = None) -> list[dict[str, Any]]:
+def run_blocking(client: Any, run: UpscaleRun, *, timeout: Optional[float] = None,
+                 on_progress: Optional[Callable[[JobTracker], None]] = None) -> list[dict[str, Any]]:
     """Prepare, submit, wait and apply (see :func:`run_blocking_started`); raises :class:`RunError`."""
     job_id = client.submit(run.prepare())
-    return run_blocking_started(client, run, job_id, timeout=timeout)
+    return run_blocking_started(client, run, job_id, timeout=timeout, on_progress=on_progress)

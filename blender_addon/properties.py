@@ -1,9 +1,19 @@
-"""Data the panel shows and edits: the scanned texture list and the run settings (per scene), and the
-progress of a running upscale (per window manager: not saved in the .blend)."""
+"""Data the panel shows and edits.
+
+The run settings (model, scale, tile, seamless, filters, fine-tuning) belong to the scene: saved with
+the .blend, part of undo. The texture list is a view of the scene, not data: it lives on the window
+manager (``WindowManager.texup_list``), so ticking a row's checkbox adds no undo step (Blender's UI
+pushes none for window-manager properties) and undo never empties it. It fills itself: after a file
+loads (``load_post``), after undo and redo (the scene's images may have changed), and when the panel is
+drawn for a scene the list was not made for (a timer refresh: draw() never writes data). The progress of
+a running upscale is on the window manager too (``texup_runtime``)."""
 
 from __future__ import annotations
 
+import time
+
 import bpy
+from bpy.app.handlers import persistent
 from bpy.props import (
     BoolProperty,
     CollectionProperty,
@@ -13,6 +23,8 @@ from bpy.props import (
     PointerProperty,
     StringProperty,
 )
+
+from .defaults import DEFAULT_MODEL
 
 ROLE_ITEMS = [
     ("color", "Color", "Colour texture (sRGB): base colour, emission"),
@@ -36,17 +48,19 @@ STAGE_ITEMS = [
 class TexupTextureItem(bpy.types.PropertyGroup):
     """One row of the texture list: a copy of a scan result (``name`` is the image datablock's name)."""
 
-    selected: BoolProperty(name="Select", description="Upscale or revert this texture", default=False)
-    width: IntProperty(name="Width")
-    height: IntProperty(name="Height")
-    role: StringProperty(name="Role")
-    colorspace: StringProperty(name="Colour Space")
-    source: StringProperty(name="Source")
+    selected: BoolProperty(name="Select", description="Include this texture when Upscale or Revert runs",
+                           default=False)
+    width: IntProperty(name="Width", description="Width in pixels (UDIM: of the first tile)")
+    height: IntProperty(name="Height", description="Height in pixels (UDIM: of the first tile)")
+    role: StringProperty(name="Role", description="How texup treats it (from the material graph): colour, "
+                         "normal map or non-colour data")
+    colorspace: StringProperty(name="Colour Space", description="The image's colour space setting in Blender")
+    source: StringProperty(name="Source", description="file, packed, generated, udim or missing")
     users: IntProperty(name="Users", description="Image nodes that use this image")
-    udim_tiles: IntProperty(name="UDIM Tiles")
-    has_alpha: BoolProperty(name="Alpha Used")
-    status: StringProperty(name="Status")
-    filepath: StringProperty(name="File")
+    udim_tiles: IntProperty(name="UDIM Tiles", description="Tiles of a UDIM image (0: not tiled)")
+    has_alpha: BoolProperty(name="Alpha Used", description="A material uses the image's alpha output")
+    status: StringProperty(name="Status", description="original, upscaled (a texup result) or missing")
+    filepath: StringProperty(name="File", description="The image's file on disk")
 
     @property
     def source_label(self) -> str:
@@ -57,30 +71,46 @@ class TexupTextureItem(bpy.types.PropertyGroup):
         return f"{self.width}x{self.height}" if self.width else "-"
 
 
-class TexupSettings(bpy.types.PropertyGroup):
-    """The panel's settings and texture list, stored with the scene."""
+class TexupTextureList(bpy.types.PropertyGroup):
+    """The panel's texture list (window manager: not saved with the scene, not part of undo)."""
 
     textures: CollectionProperty(type=TexupTextureItem)
-    active_index: IntProperty(default=0)
+    active_index: IntProperty(name="Active Texture", default=0)
+    scene_name: StringProperty(
+        name="Scene", description="The scene this list was made for (empty: never filled)", default="")
+    show_left_out: BoolProperty(name="Left Out", description="Show the textures the filters leave out, and why",
+                                default=False)
+
+
+class TexupSettings(bpy.types.PropertyGroup):
+    """The panel's run settings, stored with the scene."""
+
     use_size_filter: BoolProperty(
-        name="At Most", description="Only show textures whose larger side is at most this many pixels "
-        "(the same rule as the headless --max-size)", default=False)
-    max_size: IntProperty(name="Size", description="Pixels (larger side)", default=2048, min=1, soft_max=16384)
-    role_filter: EnumProperty(name="Role", items=ROLE_FILTER_ITEMS, default="ALL")
+        name="At Most", description="Only list textures whose larger side is at most this many pixels "
+        "(the same rule as the headless --max-size); the others are listed under 'left out'", default=False)
+    max_size: IntProperty(name="Size", description="The size limit in pixels (larger side; a texture of "
+                          "exactly this size is kept)", default=2048, min=1, soft_max=16384)
+    role_filter: EnumProperty(name="Role", description="Only list textures of this role; the others are "
+                              "listed under 'left out'", items=ROLE_FILTER_ITEMS, default="ALL")
     model: StringProperty(
         name="Model",
-        description="Model name or weights file; empty: the default model from the preferences",
+        description="Model name (texup models list) or weights file (.safetensors, .pth, ncnn .param). "
+                    f"Empty: the Default Model of the add-on preferences ({DEFAULT_MODEL} unless changed)",
         default="",
     )
-    scale: EnumProperty(name="Scale", items=SCALE_ITEMS, default="4")
+    scale: EnumProperty(name="Scale", description="How much larger the results are", items=SCALE_ITEMS,
+                        default="4")
     tile: IntProperty(
-        name="Tile", description="Input tile size in pixels; 0: automatic (smaller uses less memory)",
+        name="Tile", description="Input tile size in pixels. 0: automatic (the largest tile that fits the "
+        "device's memory); a smaller tile uses less memory and makes progress and cancel finer",
         default=0, min=0, soft_max=2048)
-    seamless: EnumProperty(name="Seamless", items=SEAMLESS_ITEMS, default="auto")
+    seamless: EnumProperty(name="Seamless", description="Keep tileable textures tileable (wrap-around at the "
+                           "edges)", items=SEAMLESS_ITEMS, default="auto")
     finetune_steps: IntProperty(
         name="Steps", description="Training steps of a fine-tuning run (a few hundred adapt a model to a library)",
         default=300, min=1, soft_max=5000)
-    finetune_stage: EnumProperty(name="Stage", items=STAGE_ITEMS, default="gan")
+    finetune_stage: EnumProperty(name="Stage", description="Which training stage to run", items=STAGE_ITEMS,
+                                 default="gan")
     finetune_config: StringProperty(
         name="Config",
         description="Optional training config file (.toml or .json) for every other setting: crop and batch size, "
@@ -96,16 +126,97 @@ class TexupRuntime(bpy.types.PropertyGroup):
     message: StringProperty(default="")
     cancel_requested: BoolProperty(default=False)
     last_summary: StringProperty(default="")
+    eta: StringProperty(default="")  # "1m05s" while there is an estimate of the time left
 
 
-CLASSES = (TexupTextureItem, TexupSettings, TexupRuntime)
+def texture_list(context: bpy.types.Context):
+    """The panel's texture list (:class:`TexupTextureList`)."""
+    return context.window_manager.texup_list
+
+
+def list_is_stale(context: bpy.types.Context) -> bool:
+    """True when the list was never filled or was made for another scene."""
+    return texture_list(context).scene_name != context.scene.name
+
+
+_REFRESH_PAUSE = 1.0  # seconds between refreshes that draw() asks for (no loop when two windows differ)
+_last_draw_refresh = [float("-inf")]
+
+
+def _refresh_now() -> None:
+    from .operators import refresh_list
+
+    context = bpy.context
+    if getattr(context, "window_manager", None) is None or getattr(context, "scene", None) is None:
+        return
+    if not hasattr(context.window_manager, "texup_list"):  # the add-on was disabled meanwhile
+        return
+    refresh_list(context)
+
+
+def _timer_refresh():
+    _refresh_now()
+    from .operators import redraw_panels
+
+    redraw_panels(bpy.context)
+    return None  # once
+
+
+def request_refresh_from_draw(context: bpy.types.Context) -> None:
+    """Schedule a list refresh (draw() must not write data): at most one per second."""
+    now = time.monotonic()
+    if now - _last_draw_refresh[0] < _REFRESH_PAUSE or bpy.app.timers.is_registered(_timer_refresh):
+        return
+    _last_draw_refresh[0] = now
+    bpy.app.timers.register(_timer_refresh, first_interval=0.0)
+
+
+@persistent
+def _on_load_post(*_args) -> None:
+    wm = getattr(bpy.context, "window_manager", None)
+    runtime = getattr(wm, "texup_runtime", None)
+    if runtime is not None:  # a file saved during a run: its window manager says "running"
+        runtime.running = False
+        runtime.cancel_requested = False
+        runtime.message = ""
+        runtime.eta = ""
+    _refresh_now()
+
+
+@persistent
+def _on_undo_redo(*_args) -> None:
+    if getattr(bpy.context.window_manager, "texup_runtime", None) is not None and \
+            bpy.context.window_manager.texup_runtime.running:
+        return  # the running upscale refreshes the list when it ends
+    _refresh_now()
+
+
+_HANDLERS = (
+    (bpy.app.handlers.load_post, _on_load_post),
+    (bpy.app.handlers.undo_post, _on_undo_redo),
+    (bpy.app.handlers.redo_post, _on_undo_redo),
+)
+
+
+CLASSES = (TexupTextureItem, TexupTextureList, TexupSettings, TexupRuntime)
 
 
 def register_pointers() -> None:
+    """The scene's settings, the window manager's list and run state, and the handlers that refill the list."""
     bpy.types.Scene.texup = PointerProperty(type=TexupSettings)
+    bpy.types.WindowManager.texup_list = PointerProperty(type=TexupTextureList)
     bpy.types.WindowManager.texup_runtime = PointerProperty(type=TexupRuntime)
+    for handlers, handler in _HANDLERS:
+        if handler not in handlers:
+            handlers.append(handler)
 
 
 def unregister_pointers() -> None:
+    for handlers, handler in _HANDLERS:
+        while handler in handlers:
+            handlers.remove(handler)
+    if bpy.app.timers.is_registered(_timer_refresh):
+        bpy.app.timers.unregister(_timer_refresh)
     del bpy.types.WindowManager.texup_runtime
+    del bpy.types.WindowManager.texup_list
     del bpy.types.Scene.texup

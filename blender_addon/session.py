@@ -37,6 +37,9 @@ class WorkerSession:
     """
 
     cancel_note = "cancelling"
+    #: Seconds the worker has to confirm a cancel (its ``done``); then the session stops waiting: it ends
+    #: as cancelled and the worker is stopped (a new one starts on the next run).
+    cancel_grace = 2.0
 
     def __init__(self, client: WorkerClient) -> None:
         self.client = client
@@ -44,7 +47,9 @@ class WorkerSession:
         self.state = STARTING
         self.error: Optional[str] = None
         self.cancel_sent = False
+        self.cancel_sent_at: Optional[float] = None
         self.cancelled_before_start = False
+        self.worker_stopped = False  # the worker did not confirm a cancel in time and was stopped
         self.started_at = time.monotonic()
 
     # --- what a subclass provides ---
@@ -61,6 +66,10 @@ class WorkerSession:
         raise NotImplementedError
 
     def _job_message(self) -> str:
+        raise NotImplementedError
+
+    def _abandon(self) -> None:
+        """End the job's tracking as cancelled without the worker's ``done``."""
         raise NotImplementedError
 
     # --- the shared state machine ---
@@ -91,8 +100,9 @@ class WorkerSession:
             return
         if self.state == RUNNING and not self.cancel_sent and self.job_id is not None:
             self.cancel_sent = True
+            self.cancel_sent_at = time.monotonic()
             try:
-                self.client.cancel(self.job_id)
+                self.client.cancel(self.job_id)  # sent now: the worker polls for it inside each tile
             except WorkerError:
                 pass  # the worker is gone: the next step() gets its Crashed event
 
@@ -116,9 +126,19 @@ class WorkerSession:
         if self.state == RUNNING:
             for event in self.client.poll(timeout=wait):
                 self._handle(event)
+            if (not self._job_finished() and self.cancel_sent_at is not None
+                    and time.monotonic() - self.cancel_sent_at > self.cancel_grace):
+                self._stop_unresponsive_worker()
             if self._job_finished():
                 self.state = FINISHED
         return self.finished
+
+    def _stop_unresponsive_worker(self) -> None:
+        """The worker did not confirm the cancel in time: stop waiting for it, and stop it (so it writes
+        nothing more); the next run starts a new worker."""
+        self._abandon()
+        self.worker_stopped = True
+        self.client.stop(timeout=0.2)
 
     def _fail(self, message: str) -> None:
         self.error = message
@@ -131,7 +151,7 @@ class UpscaleSession(WorkerSession):
     After a start failure nothing is changed by :meth:`finish`.
     """
 
-    cancel_note = "cancelling after this tile"
+    cancel_note = "cancelling"
 
     def __init__(self, run: UpscaleRun, client: WorkerClient, job: Job) -> None:
         super().__init__(client)
@@ -176,6 +196,16 @@ class UpscaleSession(WorkerSession):
     def _job_message(self) -> str:
         return self.run.message
 
+    def _abandon(self) -> None:
+        if self.run.tracker is not None:
+            self.run.tracker.abandon()
+
+    @property
+    def eta_s(self) -> Optional[float]:
+        """Seconds left for the job (estimated), ``None`` while there is no estimate."""
+        tracker = self.run.tracker
+        return tracker.eta_s if tracker is not None and self.state == RUNNING else None
+
     def finish(self) -> list[dict[str, Any]]:
         """Apply the results (see :meth:`UpscaleRun.apply`) and return the report rows.
 
@@ -194,4 +224,7 @@ class UpscaleSession(WorkerSession):
     def summary(self) -> str:
         if self.cancelled_before_start:
             return "texup: cancelled before the worker started; nothing was changed"
-        return self.run.summary()
+        text = self.run.summary()
+        if self.worker_stopped:
+            text += f" (the worker did not stop within {self.cancel_grace:g} s of the cancel and was restarted)"
+        return text

@@ -1,119 +1,241 @@
-"""The texup panel, in the 3D Viewport sidebar and the Image Editor sidebar (tab "texup")."""
+"""The texup panel, in the 3D Viewport sidebar and the Image Editor sidebar (tab "texup").
+
+Laid out for the default sidebar width (about 230 px): the list has three columns under a header row
+(checkbox, status icon and name, size); the active row's role, colour space, source and the rest are in the
+"Texture Details" sub-panel; the settings explain themselves in their tooltips; what the filters leave
+out is listed under the list; fine-tuning is a sub-panel of its own. draw() only reads: a list that
+is empty or made for another scene is refilled from a timer.
+"""
 
 from __future__ import annotations
 
+import os
+
 import bpy
 
-from .operators import passes_filters
+from .operators import left_out, passes_filters
+from .properties import list_is_stale, request_refresh_from_draw, texture_list
 
 _STATUS_ICONS = {"original": "IMAGE_DATA", "upscaled": "CHECKMARK", "missing": "ERROR"}
 _ROLE_LABELS = {"color": "Color", "normal": "Normal", "data": "Data"}
+_NAME_FACTOR = 0.7  # of the row right of the checkbox: the name; the rest is size and status
+
+
+def size_label(width: int, height: int) -> str:
+    """``"1024"`` for a square texture, ``"1024x512"`` otherwise, ``"-"`` without a size."""
+    if not width:
+        return "-"
+    return str(width) if width == height else f"{width}x{height}"
 
 
 class TEXUP_UL_textures(bpy.types.UIList):
-    """Rows: select, name, resolution, role, colour space, source, users, status."""
+    """Rows: select, status icon and name, size (the rest is in the Texture Details sub-panel)."""
 
     bl_idname = "TEXUP_UL_textures"
 
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0, flt_flag=0):
         row = layout.row(align=True)
         row.prop(item, "selected", text="")
-        row.label(text=item.name, icon=_STATUS_ICONS.get(item.status, "IMAGE_DATA"))
-        cols = row.row(align=True)
-        cols.alignment = "RIGHT"
-        cols.label(text=item.resolution_label)
-        cols.label(text=_ROLE_LABELS.get(item.role, item.role) + (" +A" if item.has_alpha else ""))
-        cols.label(text=item.colorspace)
-        cols.label(text=item.source_label)
-        cols.label(text=f"{item.users} user{'s' if item.users != 1 else ''}")
-        cols.label(text=item.status)
+        split = row.split(factor=_NAME_FACTOR, align=True)
+        split.label(text=item.name, icon=_STATUS_ICONS.get(item.status, "IMAGE_DATA"))
+        right = split.row(align=True)
+        right.alignment = "RIGHT"
+        right.label(text=size_label(item.width, item.height))
 
     def filter_items(self, context, data, propname):
         items = getattr(data, propname)
-        flags = [self.bitflag_filter_item if passes_filters(data, item) else 0 for item in items]
+        settings = context.scene.texup
+        flags = [self.bitflag_filter_item if passes_filters(settings, item) else 0 for item in items]
         if self.filter_name:
             needle = self.filter_name.lower()
             flags = [f if needle in item.name.lower() else 0 for f, item in zip(flags, items)]
         return flags, []
 
 
+def _list_header(layout: bpy.types.UILayout) -> None:
+    """Column names above the list, aligned with its rows."""
+    row = layout.row(align=True)
+    row.label(text="", icon="CHECKBOX_HLT")
+    split = row.split(factor=_NAME_FACTOR, align=True)
+    split.label(text="Status, Texture")
+    right = split.row(align=True)
+    right.alignment = "RIGHT"
+    right.label(text="Size")
+
+
+def _default_model(context: bpy.types.Context) -> str:
+    from .defaults import DEFAULT_MODEL
+    from .preferences import get_preferences
+
+    prefs = get_preferences(context)
+    return (prefs.default_model if prefs is not None else "") or DEFAULT_MODEL
+
+
+def _draw_left_out(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """What the filters and the size limit leave out, with the reason per texture (collapsible)."""
+    hidden = left_out(context, short=True)
+    if not hidden:
+        return
+    textures = texture_list(context)
+    box = layout.box()
+    row = box.row()
+    row.prop(textures, "show_left_out", text=f"{len(hidden)} left out by the filters",
+             icon="TRIA_DOWN" if textures.show_left_out else "TRIA_RIGHT", emboss=False)
+    if textures.show_left_out:
+        col = box.column(align=True)
+        for name, why in hidden:
+            split = col.split(factor=0.5, align=True)
+            split.label(text=name)
+            split.label(text=why)
+
+
+def _draw_progress(layout: bpy.types.UILayout, runtime) -> None:
+    col = layout.column(align=True)
+    text = f"{runtime.progress:.0%}" + (f"  ETA {runtime.eta}" if runtime.eta else "")
+    if hasattr(col, "progress"):  # Blender 4.0+
+        col.progress(factor=runtime.progress, type="BAR", text=text)
+    else:  # a slider of the 0..1 value is the bar (it is overwritten every tenth of a second)
+        col.prop(runtime, "progress", text=text, slider=True)
+    col.label(text=runtime.message)
+    col.operator("texup.cancel", icon="CANCEL", text="Cancel (Esc)")
+
+
 def _draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     settings = context.scene.texup
+    textures = texture_list(context)
     runtime = context.window_manager.texup_runtime
+    if list_is_stale(context):
+        request_refresh_from_draw(context)
 
-    row = layout.row(align=True)
-    row.operator("texup.refresh", icon="FILE_REFRESH")
+    from .preferences import draw_worker_status
 
-    box = layout.box()
-    row = box.row(align=True)
-    row.prop(settings, "use_size_filter")
+    draw_worker_status(layout, context)  # the worker's real state from its last check (a thread starts one)
+
+    col = layout.column(align=True)
+    row = col.row(align=True)
+    row.prop(settings, "use_size_filter", text="At most")
     sub = row.row(align=True)
     sub.active = settings.use_size_filter
     sub.prop(settings, "max_size", text="px")
-    box.prop(settings, "role_filter", text="Role")
+    row = col.row(align=True)
+    row.prop(settings, "role_filter", text="")
+    row.operator("texup.refresh", text="", icon="FILE_REFRESH")
 
-    layout.template_list("TEXUP_UL_textures", "", settings, "textures", settings, "active_index", rows=6)
+    _list_header(layout)
+    layout.template_list("TEXUP_UL_textures", "", textures, "textures", textures, "active_index", rows=5)
+    shown = [item for item in textures.textures if passes_filters(settings, item)]
+    chosen = sum(item.selected for item in shown)
     row = layout.row(align=True)
     row.operator("texup.select", text="All").action = "ALL"
     row.operator("texup.select", text="None").action = "NONE"
-    shown = [item for item in settings.textures if passes_filters(settings, item)]
-    row.label(text=f"{sum(item.selected for item in shown)} of {len(shown)} selected")
+    row.label(text=f"{chosen} of {len(shown)}")
+    _draw_left_out(layout, context)
 
     col = layout.column(align=True)
-    col.prop(settings, "model", text="Model")
+    col.prop(settings, "model", text="", icon="MODIFIER")
+    if not settings.model.strip():
+        col.label(text=f"Default: {_default_model(context)}")
     row = col.row(align=True)
     row.prop(settings, "scale", expand=True)
-    col.prop(settings, "tile")
-    col.prop(settings, "seamless")
+    col.prop(settings, "tile", text="Tile (0: auto)")
+    split = col.split(factor=0.42, align=True)
+    split.label(text="Seamless")
+    split.prop(settings, "seamless", text="")
 
     if runtime.running:
-        col = layout.column(align=True)
-        if hasattr(col, "progress"):  # Blender 4.0+
-            col.progress(factor=runtime.progress, type="BAR", text=f"{runtime.progress:.0%}")
-        else:
-            col.label(text=f"Progress: {runtime.progress:.0%}")
-        col.label(text=runtime.message)
-        col.operator("texup.cancel", icon="CANCEL")
-    else:
-        row = layout.row(align=True)
-        row.scale_y = 1.4
-        row.operator("texup.upscale", icon="RENDER_STILL")
-        row.operator("texup.revert", icon="LOOP_BACK")
-        if runtime.last_summary:
-            layout.label(text=runtime.last_summary)
+        _draw_progress(layout, runtime)
+        return
+    col = layout.column(align=True)
+    col.scale_y = 1.3
+    col.operator("texup.upscale", icon="RENDER_STILL", text=f"Upscale {chosen}" if chosen else "Upscale")
+    col = layout.column(align=True)
+    col.operator("texup.revert", icon="LOOP_BACK", text="Revert")
+    if runtime.last_summary:
+        layout.label(text=runtime.last_summary.removeprefix("texup: "))
 
-    box = layout.box()
-    box.label(text="Fine-tune on these textures", icon="EXPERIMENTAL")
-    col = box.column(align=True)
+
+def _draw_details(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    """The active row: everything the list has no room for."""
+    textures = texture_list(context)
+    if not 0 <= textures.active_index < len(textures.textures):
+        layout.label(text="No texture")
+        return
+    item = textures.textures[textures.active_index]
+    col = layout.column(align=True)
+
+    def line(label: str, value: str) -> None:
+        split = col.split(factor=0.36, align=True)
+        split.label(text=label)
+        split.label(text=value)
+
+    line("Image", item.name)
+    line("Size", f"{item.width} x {item.height}" if item.width else "-")
+    line("Role", _ROLE_LABELS.get(item.role, item.role))
+    line("Colour", item.colorspace or "-")
+    line("Alpha", "used" if item.has_alpha else "not used")
+    line("Source", item.source_label)
+    if item.udim_tiles:
+        line("UDIM", f"{item.udim_tiles} tiles")
+    line("Users", f"{item.users} node{'s' if item.users != 1 else ''}")
+    line("Status", item.status)
+    if item.filepath:
+        line("File", os.path.basename(item.filepath))
+        line("Folder", os.path.dirname(item.filepath))
+
+
+def _draw_finetune(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
+    settings = context.scene.texup
+    runtime = context.window_manager.texup_runtime
+    col = layout.column(align=True)
     col.active = not runtime.running
     row = col.row(align=True)
     row.prop(settings, "finetune_stage", expand=True)
     col.prop(settings, "finetune_steps")
-    col.prop(settings, "finetune_config")
-    col.label(text=f"Starts from: {settings.model.strip() or 'the default model'}")
-    col.operator("texup.finetune", icon="EXPERIMENTAL")
+    col.prop(settings, "finetune_config", text="")
+    col.label(text=f"From: {settings.model.strip() or _default_model(context)}")
+    col.operator("texup.finetune", icon="EXPERIMENTAL", text="Fine-tune")
 
 
-class TEXUP_PT_view3d(bpy.types.Panel):
+class _Sidebar:
+    bl_region_type = "UI"
+    bl_category = "texup"
+
+
+class TEXUP_PT_view3d(_Sidebar, bpy.types.Panel):
     bl_idname = "TEXUP_PT_view3d"
     bl_label = "texup Upscale"
     bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "texup"
 
     def draw(self, context: bpy.types.Context) -> None:
         _draw_panel(self.layout, context)
 
 
-class TEXUP_PT_image_editor(bpy.types.Panel):
+class TEXUP_PT_image_editor(_Sidebar, bpy.types.Panel):
     bl_idname = "TEXUP_PT_image_editor"
     bl_label = "texup Upscale"
     bl_space_type = "IMAGE_EDITOR"
-    bl_region_type = "UI"
-    bl_category = "texup"
 
     def draw(self, context: bpy.types.Context) -> None:
         _draw_panel(self.layout, context)
 
 
-CLASSES = (TEXUP_UL_textures, TEXUP_PT_view3d, TEXUP_PT_image_editor)
+def _sub_panels(parent: type) -> tuple[type, type]:
+    """The "Texture Details" and "Fine-tune" sub-panels of one sidebar panel."""
+    space = parent.bl_space_type
+    short = "view3d" if space == "VIEW_3D" else "image_editor"
+
+    details = type(f"TEXUP_PT_{short}_details", (_Sidebar, bpy.types.Panel), {
+        "bl_idname": f"TEXUP_PT_{short}_details", "bl_label": "Texture Details", "bl_space_type": space,
+        "bl_parent_id": parent.bl_idname,
+        "draw": lambda self, context: _draw_details(self.layout, context),
+    })
+    finetune = type(f"TEXUP_PT_{short}_finetune", (_Sidebar, bpy.types.Panel), {
+        "bl_idname": f"TEXUP_PT_{short}_finetune", "bl_label": "Fine-tune on These Textures",
+        "bl_space_type": space, "bl_parent_id": parent.bl_idname, "bl_options": {"DEFAULT_CLOSED"},
+        "draw": lambda self, context: _draw_finetune(self.layout, context),
+    })
+    return details, finetune
+
+
+CLASSES = (TEXUP_UL_textures, TEXUP_PT_view3d, TEXUP_PT_image_editor,
+           *_sub_panels(TEXUP_PT_view3d), *_sub_panels(TEXUP_PT_image_editor))

@@ -6,9 +6,11 @@
 
 Also runs with a plain Python that has the ``bpy`` module: ``python scripts/upscale_blend.py scene.blend
 [options]``. The worker (``python -m texup worker``) runs in the Python given by --worker-python, else
-TEXUP_PYTHON, else the one of a ``texup`` command on PATH. Writes a JSON report (per image: name, role,
-input and output size, output path, seconds, status, error) and exits 1 when any chosen texture
-failed, 2 on a usage error or when the worker cannot start.
+TEXUP_PYTHON, else the one of a ``texup`` command on PATH. While it runs it prints a progress line at
+least on every new file and at most every 2 s (``texup: 2/5 wall.1001.png 40% (job 23%, ETA 1m05s)``).
+Writes a JSON report (per image: name, role, input and output size, output path, seconds, status,
+error; the textures the filters left out with the reason) and exits 1 when any chosen texture failed
+or the --timeout ran out, 2 on a usage error or when the worker cannot start.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import bpy  # noqa: E402  (after the sys.path set-up, like every import of the a
 
 from blender_addon import scene as addon_scene  # noqa: E402
 from blender_addon import service  # noqa: E402
-from blender_addon.bridge.client import WorkerError, WorkerStartError  # noqa: E402
+from blender_addon.bridge import client as bridge_client  # noqa: E402
+from blender_addon.bridge.client import WorkerError, WorkerStartError, find_worker_python  # noqa: E402
 from blender_addon.bridge.jobs import (  # noqa: E402
+    JobTracker,
     left_out_rows,
     report_document,
     sort_textures,
@@ -41,6 +45,7 @@ from blender_addon.pipeline import RunError, RunSettings, UpscaleRun, run_blocki
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+PROGRESS_EVERY = 2.0  # seconds between progress lines (a new file always gets one)
 
 
 def _csv(text: str) -> list[str]:
@@ -72,7 +77,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     save.add_argument("--save-as", metavar="PATH", help="save the changed file as PATH")
     parser.add_argument("--report", metavar="PATH.json", help="write the JSON report here")
     parser.add_argument("--worker-python", default=None, help="the Python with texup (default: TEXUP_PYTHON, PATH)")
-    parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    parser.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="give up (cancel the job, change nothing) after this many seconds of upscaling")
     return parser.parse_args(argv)
 
 
@@ -81,6 +87,45 @@ def script_argv() -> list[str]:
     if "--" in sys.argv:
         return sys.argv[sys.argv.index("--") + 1:]
     return [] if bpy.app.binary_path and os.path.basename(sys.argv[0]).startswith("blender") else sys.argv[1:]
+
+
+HEADLESS_HINT = "pass --worker-python PATH, the python of an environment with texup (or set TEXUP_PYTHON)"
+
+
+bridge_client.SETTING_HINT = HEADLESS_HINT  # the worker's own start errors end with this script's flag
+
+
+def worker_python(option: str | None) -> str:
+    """The worker's Python from --worker-python, TEXUP_PYTHON or PATH; raises WorkerStartError naming
+    this script's own flags (the add-on's preferences do not exist here)."""
+    python = find_worker_python(option)
+    if python is None:
+        raise WorkerStartError(f"no Python with texup found: {HEADLESS_HINT}")
+    if not os.path.exists(python):
+        given = "--worker-python" if option else "TEXUP_PYTHON"
+        raise WorkerStartError(f"the worker Python {python!r} ({given}) does not exist: {HEADLESS_HINT}")
+    return python
+
+
+class ProgressPrinter:
+    """Prints the job's progress: on each new file, else at most every ``every`` seconds."""
+
+    def __init__(self, every: float = PROGRESS_EVERY, out=None, clock=time.monotonic) -> None:
+        self.every = every
+        self.out = out or sys.stdout
+        self.clock = clock
+        self._last_at = float("-inf")
+        self._last_item: str | None = None
+
+    def __call__(self, tracker: JobTracker) -> None:
+        now = self.clock()
+        if tracker.current_item is None:
+            return
+        if tracker.current_item == self._last_item and now - self._last_at < self.every:
+            return
+        self._last_at, self._last_item = now, tracker.current_item
+        self.out.write(f"texup: {tracker.progress_line()}\n")
+        self.out.flush()
 
 
 def fail(message: str, code: int, report: str | None, **context) -> int:
@@ -122,9 +167,14 @@ def main(argv: list[str]) -> int:
                            device=args.device, precision=args.precision, out_dir=out_dir)
     run = UpscaleRun(chosen, settings)
     started = time.monotonic()
+    timed_out = False
     try:
-        client = service.get_client(args.worker_python)
-        rows = run_blocking(client, run, timeout=args.timeout)
+        python = worker_python(args.worker_python)
+        print(f"texup: starting the worker ({python} -m texup worker)", flush=True)
+        client = service.get_client(python)
+        print(f"texup: upscaling {len(chosen)} texture(s)", flush=True)
+        rows = run_blocking(client, run, timeout=args.timeout, on_progress=ProgressPrinter())
+        timed_out = run.crashed is not None and run.crashed.startswith("the timeout")
     except RunError as err:
         rows = run.report()
         for row in rows:
@@ -134,6 +184,8 @@ def main(argv: list[str]) -> int:
         return fail(str(err), EXIT_USAGE, args.report, **context)
     finally:
         service.stop_worker()
+    if timed_out:
+        sys.stderr.write(f"upscale_blend: error: {run.crashed}; nothing was changed\n")
     for row in rows:
         if row["status"] == "ok":
             size = "x".join(map(str, row["output_size"] or ()))
@@ -151,8 +203,10 @@ def main(argv: list[str]) -> int:
         bpy.ops.wm.save_mainfile()
         saved_as = blend
     if args.report:
+        extra = {"error": run.crashed} if timed_out else {}
         write_report(args.report, report_document(list(rows) + skipped, saved=saved_as,
-                                                  seconds=round(time.monotonic() - started, 3), **context))
+                                                  seconds=round(time.monotonic() - started, 3), **extra,
+                                                  **context))
     return 0 if rows and all(row["status"] == "ok" for row in rows) else EXIT_FAILED
 
 

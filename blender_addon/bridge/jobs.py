@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .naming import has_udim_token, safe_stem, udim_tile_path, unique_output_path
 from .protocol import Crashed, Done, Error, Event, Job, JobItem, JobOptions, Progress, Result
@@ -104,10 +105,8 @@ def sort_textures(
         reason = None
         if names is not None and tex.name not in names:
             reason = "not among the requested images"
-        elif max_size is not None and tex.largest_side > max_size:
-            reason = f"larger than the size limit ({tex.largest_side} px > {max_size} px)"
-        elif roles is not None and tex.role not in roles:
-            reason = f"role {tex.role} is not among {', '.join(sorted(roles))}"
+        elif filter_reason(tex.size, tex.role, max_size=max_size, roles=roles) is not None:
+            reason = filter_reason(tex.size, tex.role, max_size=max_size, roles=roles)
         elif tex.status == "upscaled" and not include_upscaled:
             reason = "already the result of an upscale"
         if reason is None:
@@ -115,6 +114,23 @@ def sort_textures(
         else:
             left_out.append((tex, reason))
     return chosen, left_out
+
+
+def filter_reason(size: Sequence[int], role: str, *, max_size: Optional[int] = None,
+                  roles: Optional[Collection[str]] = None, short: bool = False) -> Optional[str]:
+    """Why the size limit or the role filter leaves a texture out, else ``None`` (it passes).
+
+    The one rule of the panel's "At most N px" and role filter and of the headless ``--max-size`` /
+    ``--roles``: the larger side must be at most ``max_size`` (a 512 px image passes 512). ``short``:
+    a few words for a narrow panel ("4096 > 2048 px", "role data").
+    """
+    largest = max(size) if size else 0
+    if max_size is not None and largest > max_size:
+        return f"{largest} > {max_size} px" if short else \
+            f"larger than the size limit ({largest} px > {max_size} px)"
+    if roles is not None and role not in roles:
+        return f"role {role}" if short else f"role {role} is not among {', '.join(sorted(roles))}"
+    return None
 
 
 def left_out_rows(left_out: Iterable[Tuple[TextureInfo, str]]) -> List[Dict[str, Any]]:
@@ -141,6 +157,7 @@ class PlannedOutput:
     tiles: Tuple[int, ...]
     item_keys: Tuple[str, ...]
     srcs: Tuple[str, ...]
+    size: Tuple[int, int] = (0, 0)  # of the texture (UDIM: of its first tile), for progress weights
 
 
 @dataclass(frozen=True)
@@ -242,7 +259,8 @@ def build_job(
         for key, src, item_dst in zip(keys, files, dsts):
             items.append(JobItem(key=key, src=src, dst=item_dst, role=tex.role))
         outputs.append(PlannedOutput(texture=tex.name, dst=dst, role=tex.role,
-                                     tiles=tex.udim_tiles if tiled else (), item_keys=keys, srcs=files))
+                                     tiles=tex.udim_tiles if tiled else (), item_keys=keys, srcs=files,
+                                     size=(int(tex.size[0]), int(tex.size[1])) if tex.size else (0, 0)))
     job = Job(options=options, items=tuple(items))
     job.validate()
     return JobPlan(job=job, outputs=tuple(outputs), skipped=tuple(skipped))
@@ -268,10 +286,47 @@ class TextureOutcome:
     written: Dict[str, str] = field(default_factory=dict)  # item key -> file written
 
 
-class JobTracker:
-    """Folds a job's events into per-texture outcomes and an overall fraction, for the panel and report."""
+ETA_MIN_SECONDS = 1.0  # no estimate before the job has run this long ...
+ETA_MIN_FRACTION = 0.01  # ... and moved this far since its first progress event
 
-    def __init__(self, plan: JobPlan, job_id: Optional[str] = None) -> None:
+
+def estimate_eta(elapsed: float, fraction: float, *, start_fraction: float = 0.0) -> Optional[float]:
+    """Seconds left when ``fraction`` (0..1) of the job took ``elapsed`` seconds since it stood at
+    ``start_fraction``; ``None`` until there is a meaningful estimate (at least :data:`ETA_MIN_SECONDS`
+    and :data:`ETA_MIN_FRACTION` of progress), 0.0 when done."""
+    if fraction >= 1.0:
+        return 0.0
+    moved = fraction - start_fraction
+    if elapsed < ETA_MIN_SECONDS or moved < ETA_MIN_FRACTION:
+        return None
+    return max(0.0, elapsed * (1.0 - fraction) / moved)
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """``"42s"``, ``"1m05s"``, ``"2h03m"``; ``"--"`` for ``None`` (no estimate yet)."""
+    if seconds is None:
+        return "--"
+    total = int(round(seconds))
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    return f"{total // 3600}h{total // 60 % 60:02d}m"
+
+
+class JobTracker:
+    """Folds a job's events into per-texture outcomes, an overall fraction and an ETA, for the panel,
+    the status bar, the headless script's output and the report.
+
+    :attr:`fraction` (0..1) weighs every file by its pixels and moves within a file: by whole tiles
+    (``done``/``total`` of a progress event) and within the next tile (``tile_fraction``, when the
+    worker sends it). It never goes backwards. :attr:`eta_s` is measured from the first progress event
+    (so the worker's start and model load do not count); ``clock`` is the time source (tests pass a
+    fake one).
+    """
+
+    def __init__(self, plan: JobPlan, job_id: Optional[str] = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.plan = plan
         self.job_id = job_id
         self.outcomes: Dict[str, TextureOutcome] = {
@@ -281,10 +336,50 @@ class JobTracker:
         self.finished = not plan.job.items
         self.cancelled = False
         self.fraction = 1.0 if self.finished else 0.0
-        self.current: Optional[str] = None
+        self.current: Optional[str] = None  # the texture being upscaled
+        self.current_item: Optional[str] = None  # its file (item key) being upscaled
+        self.item_fraction = 0.0  # how far that file is
+        self._clock = clock
+        self._started: Optional[Tuple[float, float]] = None  # (time, fraction) at the first progress event
+        self._ended: set = set()  # item keys written or failed
+        keys = [item.key for item in plan.job.items]
+        self._position = {key: i for i, key in enumerate(keys)}
+        weight = {}
+        for out in plan.outputs:
+            for key in out.item_keys:
+                weight[key] = float(max(1, out.size[0] * out.size[1]))
+        self._weights = [weight.get(key, 1.0) for key in keys]
+        self._before = [sum(self._weights[:i]) for i in range(len(keys))]
+        self._total_weight = sum(self._weights) or 1.0
 
     def _mine(self, event: Event) -> bool:
         return self.job_id is None or event.id is None or event.id == self.job_id
+
+    def _item_done_fraction(self) -> float:
+        """Fraction of the job in files that ended (written or failed), by weight."""
+        done = sum(self._weights[self._position[key]] for key in self._ended if key in self._position)
+        return min(1.0, done / self._total_weight)
+
+    def _on_progress(self, event: Progress) -> None:
+        within = 0.0
+        if event.total > 0:
+            tile_fraction = event.tile_fraction or 0.0
+            within = (event.done + min(1.0, max(0.0, float(tile_fraction)))) / event.total
+        within = min(1.0, max(0.0, within))
+        position = self._position.get(event.item)
+        if position is None:  # not a key of the plan: the worker's own count
+            fraction = event.fraction
+        else:
+            fraction = (self._before[position] + self._weights[position] * within) / self._total_weight
+        if self.current_item != event.item:
+            self.current_item, self.item_fraction = event.item, within
+        else:
+            self.item_fraction = max(self.item_fraction, within)
+        self.fraction = max(self.fraction, min(1.0, fraction))
+        owner = self.plan.owner(event.item)
+        self.current = owner.texture if owner else None
+        if self._started is None:
+            self._started = (self._clock(), self.fraction)
 
     def apply(self, event: Event) -> None:
         """Take one event from :meth:`WorkerClient.poll`; events of other jobs are ignored."""
@@ -294,9 +389,7 @@ class JobTracker:
         if not self._mine(event) or self.finished:
             return
         if isinstance(event, Progress):
-            self.fraction = max(self.fraction, event.fraction)
-            owner = self.plan.owner(event.item)
-            self.current = owner.texture if owner else None
+            self._on_progress(event)
         elif isinstance(event, Result):
             owner = self.plan.owner(event.item)
             if owner is None:
@@ -308,9 +401,10 @@ class JobTracker:
                 outcome.width, outcome.height = event.width, event.height
             if len(outcome.written) == len(owner.item_keys) and not outcome.errors:
                 outcome.status = "ok"
-            total = max(1, len(self.plan.job.items))
-            done = sum(len(o.written) + (1 if o.errors else 0) for o in self.outcomes.values())
-            self.fraction = max(self.fraction, min(1.0, done / total))
+            if event.item == self.current_item:
+                self.item_fraction = 1.0
+            self._ended.add(event.item)
+            self.fraction = max(self.fraction, self._item_done_fraction())
         elif isinstance(event, Error):
             owner = self.plan.owner(event.item) if event.item else None
             text = f"{event.kind}: {event.message}" if event.kind else event.message
@@ -321,9 +415,23 @@ class JobTracker:
             outcome = self.outcomes[owner.texture]
             outcome.errors.append(text)
             outcome.status = "failed"
+            self._ended.add(event.item)
+            self.fraction = max(self.fraction, self._item_done_fraction())
         elif isinstance(event, Done):
             self.cancelled = event.cancelled
             self._finish(failed_reason=None)
+
+    def abandon(self) -> None:
+        """Stop following the job as cancelled without the worker's ``done`` (it did not confirm a cancel
+        in time): files written so far stay ``ok``, every other texture is ``cancelled``."""
+        if not self.finished:
+            self.cancelled = True
+            self._finish(failed_reason=None)
+
+    def fail(self, reason: str) -> None:
+        """Stop following the job as failed (a timeout ran out): every texture without a result fails
+        with ``reason``."""
+        self._finish(failed_reason=reason)
 
     def _finish(self, failed_reason: Optional[str]) -> None:
         if self.finished:
@@ -342,13 +450,57 @@ class JobTracker:
                 outcome.status = "failed"
                 outcome.errors.append("; ".join(self.job_errors) or "the worker reported no result for it")
 
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the first progress event (0 before it)."""
+        return 0.0 if self._started is None else max(0.0, self._clock() - self._started[0])
+
+    @property
+    def eta_s(self) -> Optional[float]:
+        """Seconds left (estimated from the progress so far), ``None`` until that means something."""
+        if self.finished:
+            return 0.0
+        if self._started is None:
+            return None
+        return estimate_eta(self.elapsed, self.fraction, start_fraction=self._started[1])
+
+    @property
+    def written_files(self) -> int:
+        return sum(len(o.written) for o in self.outcomes.values())
+
+    def current_file(self) -> Tuple[int, int, str]:
+        """``(position, count, file name)`` of the file being upscaled (position 1-based; 0 before the
+        first progress event)."""
+        count = len(self.plan.job.items)
+        if self.current_item is None or self.current_item not in self._position:
+            return 0, count, ""
+        position = self._position[self.current_item]
+        return position + 1, count, os.path.basename(self.plan.job.items[position].src)
+
     def status_text(self) -> str:
-        """A short line for the status bar: ``"Upscaling wall (45%)"``."""
+        """A short line for the panel and the status bar: ``"Upscaling wall (2/5, 40%) ETA 1m05s"``
+        (the texture, which of the job's files, how far that file is, the time left for the job)."""
         if self.finished:
             ok = sum(1 for o in self.outcomes.values() if o.status == "ok")
             return f"Upscaled {ok} of {len(self.outcomes)} textures" + (" (cancelled)" if self.cancelled else "")
         label = f" {self.current}" if self.current else ""
-        return f"Upscaling{label} ({int(self.fraction * 100)}%)"
+        position, count, _ = self.current_file()
+        where = f"{position}/{count}, {int(self.item_fraction * 100)}%" if position else f"{int(self.fraction * 100)}%"
+        eta = self.eta_s
+        return f"Upscaling{label} ({where})" + (f" ETA {format_duration(eta)}" if eta is not None else "")
+
+    def progress_line(self) -> str:
+        """One line for a log: ``"2/5 wall.1001.png 40% (job 23%, ETA 1m05s)"``."""
+        position, count, name = self.current_file()
+        if not position:
+            return f"0/{count} waiting for the worker (job {int(self.fraction * 100)}%)"
+        return (f"{position}/{count} {name} {int(self.item_fraction * 100)}% "
+                f"(job {int(self.fraction * 100)}%, ETA {format_duration(self.eta_s)})")
+
+    def how_far(self) -> str:
+        """How far the job got, for a timeout or cancel message: ``"23% of the job, 1 of 5 files written"``."""
+        return (f"{int(self.fraction * 100)}% of the job, {self.written_files} of {len(self.plan.job.items)} "
+                "files written")
 
 
 # --- the headless report -----------------------------------------------------------------------

@@ -147,7 +147,7 @@ def test_upscale_relinks_every_user_keeps_settings_and_reverts_after_reopen(addo
     bpy.ops.wm.open_mainfile(filepath=blend)
     assert bpy.data.images["color_x4"][relink.ORIGINAL_PROP] == "color.png"
     bpy.ops.texup.refresh()
-    for item in bpy.context.scene.texup.textures:
+    for item in bpy.context.window_manager.texup_list.textures:
         item.selected = True
     assert bpy.ops.texup.revert() == {"FINISHED"}
     assert node_images() == before

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import zipfile
@@ -93,6 +94,11 @@ def test_headless_upscale_saves_relinked_file_reports_and_fails_for_missing(scen
         assert Path(row["output_path"].replace("<UDIM>", "1001")).is_file(), row
     assert rows["normal.png"]["role"] == "normal" and rows["rough.png"]["role"] == "data"
     assert rows["color.png"]["output_path"] == str(tmp_path / "up" / "color_x4.png")
+    # Progress while it runs: a line for every file of the job (9: the UDIM image has 2), with an ETA field.
+    lines = re.findall(r"^texup: (\d+)/(\d+) (\S+) (\d+)% \(job (\d+)%, ETA (\S+)\)$", proc.stdout, re.M)
+    assert {int(pos) for pos, *_ in lines} == set(range(1, 10)), proc.stdout
+    assert {count for _, count, *_ in lines} == {"9"}
+    assert {"wall.1001.png", "wall.1002.png", "color.png"} <= {name for _, _, name, *_ in lines}
 
     saved = inspect(out_blend)
     nodes, images = saved["nodes"], saved["images"]
@@ -132,6 +138,29 @@ def test_headless_filters_scale_and_exit_zero(scene_dir, env, tiny_model, tmp_pa
     assert inspect(scene_dir / "scene.blend")["nodes"]["group TexGroup"] == ["grouptex.png"]
 
 
+def test_headless_timeout_says_it_ran_out_and_how_far(scene_dir, env, tiny_model, tmp_path):
+    report = tmp_path / "r.json"
+    proc = blender(str(scene_dir / "scene.blend"), "--python", str(SCRIPT), "--", "--model", tiny_model,
+                   "--out-dir", str(tmp_path / "up"), "--timeout", "0.01", "--report", str(report), env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    said = re.search(r"error: the timeout \(0\.01 s\) ran out at (\d+)% of the job, (\d+) of 9 files written; "
+                     r"the job was cancelled; nothing was changed", proc.stderr)
+    assert said is not None, proc.stderr
+    doc = json.loads(report.read_text())
+    assert doc["error"].startswith("the timeout (0.01 s) ran out at ")
+    assert doc["ok"] == 0 and all(r["status"] in ("failed", "skipped") for r in doc["images"])
+    assert "no result" not in proc.stderr
+
+
+def test_headless_worker_errors_name_the_scripts_own_flag(scene_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TEXUP_PYTHON"}
+    proc = blender(str(scene_dir / "scene.blend"), "--python", str(SCRIPT), "--", "--worker-python",
+                   str(tmp_path / "no" / "python"), env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--worker-python" in proc.stderr and "does not exist" in proc.stderr
+    assert "preferences" not in proc.stderr
+
+
 def test_headless_unknown_image_name_is_a_usage_error(scene_dir, env, tmp_path):
     report = tmp_path / "r.json"
     proc = blender(str(scene_dir / "scene.blend"), "--python", str(SCRIPT), "--", "--images", "nope.png",
@@ -153,7 +182,7 @@ def test_built_zip_installs_as_legacy_addon_and_lists_textures(scene_dir, tmp_pa
         f"bpy.ops.preferences.addon_install(filepath={zip_path!r})\n"
         "bpy.ops.preferences.addon_enable(module='texup_blender')\n"
         "bpy.ops.texup.refresh()\n"
-        "items = bpy.context.scene.texup.textures\n"
+        "items = bpy.context.window_manager.texup_list.textures\n"
         "print('ROWS', sorted((i.name, i.role, i.source, i.users) for i in items))\n"
         "bpy.ops.preferences.addon_disable(module='texup_blender')\n"
     )

@@ -1,8 +1,9 @@
 """The real UI: Blender 3.4.1 with a window under Xvfb. ``ui_screenshot.py`` opens the texup tab of the 3D
-Viewport sidebar, presses Upscale the way the button does (``INVOKE_DEFAULT``: the modal operator), waits
-for it, and takes a screenshot. Checked here: the modal ran and finished without blocking (the invoke
-returned at once, the panel showed "starting the texup worker" while the worker started), the textures
-were upscaled and relinked, and a screenshot of the panel was written.
+Viewport sidebar at its default width, waits for the list to fill itself (no Refresh), runs Upscale the
+way Repeat Last and scripts do (``execute``), waits for it, and takes a screenshot. Checked here: execute
+started the modal operator and returned at once (no frozen UI), the panel showed "starting the texup
+worker" while the worker started and progress after, the textures were upscaled and relinked, and a
+screenshot of the panel was written.
 
 Skipped when ``blender`` or ``xvfb-run`` is missing (``apt-get install -y blender xvfb``).
 """
@@ -43,7 +44,7 @@ def test_upscale_from_the_panel_in_a_real_window(tmp_path: Path, worker_python: 
     shot = tmp_path / "panel.png"
     env = dict(os.environ, TEXUP_PYTHON=worker_python)
     proc = subprocess.run(
-        [XVFB_RUN, "-a", "-s", "-screen 0 1280x800x24", BLENDER, "--factory-startup", "--enable-event-simulate",
+        [XVFB_RUN, "-a", "-s", "-screen 0 1280x1024x24", BLENDER, "--factory-startup", "--enable-event-simulate",
          str(scene_dir / "scene.blend"), "--python", str(DRIVER), "--", tiny_model, str(shot)],
         capture_output=True, text=True, timeout=400, env=env, cwd=str(tmp_path))
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("UI_DONE ")), None)
@@ -52,11 +53,14 @@ def test_upscale_from_the_panel_in_a_real_window(tmp_path: Path, worker_python: 
     assert done["error"] is None, done["error"]
     assert done["phase"] == "done"
 
-    # The texup tab was shown (its panel drew) in a widened sidebar.
-    assert done["panel_draws"] > 0 and done["sidebar_width"] >= 500
-    # The button's path: the modal operator started at once and the worker's start happened under it.
-    assert done["invoke_seconds"] < 1.0
+    # The texup tab was shown (its panel drew) in the sidebar at its default width; the list filled itself.
+    assert done["panel_draws"] > 0 and 200 <= done["sidebar_width"] <= 260
+    assert done["rows_before"] == 9  # every image node's image, the missing one too
+    # Repeat Last's path (execute): it started the modal operator and returned at once, leaving no
+    # operator of its own behind; the worker's start and the job happened under the modal operator.
+    assert done["invoke_seconds"] < 1.0 and done["execute_result"] == ["CANCELLED"]
     assert done["seen_running"]
+    assert done["last_operator"] == "TEXUP_OT_upscale"  # the modal run, finished, is what Repeat Last repeats
     assert done["messages"][0] == "starting the texup worker"
     assert any(m.startswith("Upscaling") for m in done["messages"])
     assert done["summary"] == "texup: 7 upscaled, 1 failed"  # missing.png is reported, the rest done
@@ -73,5 +77,5 @@ def test_upscale_from_the_panel_in_a_real_window(tmp_path: Path, worker_python: 
 
     # The screenshot: the sidebar crop, a real picture (not a blank frame).
     width, height = png_size(shot)
-    assert 500 <= width <= 1280 and 400 <= height <= 800
-    assert shot.stat().st_size > 30_000
+    assert width == done["sidebar_width"] + 60 and 600 <= height <= 1024, (width, height)
+    assert shot.stat().st_size > 20_000

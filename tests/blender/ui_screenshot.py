@@ -1,14 +1,16 @@
-"""Drive the real Blender UI (under Xvfb): open the texup panel in the 3D Viewport sidebar, press Upscale
-the way the button does, wait for the modal operator, take a screenshot. Usage::
+"""Drive the real Blender UI (under Xvfb): open the texup panel in the 3D Viewport sidebar at its default
+width, run Upscale the way Repeat Last and scripts do (``execute``: it must start the modal operator and
+return at once), wait for it, take a screenshot. Usage::
 
-    TEXUP_PYTHON=.venv/bin/python xvfb-run -a -s "-screen 0 1280x800x24" blender --factory-startup \\
+    TEXUP_PYTHON=.venv/bin/python xvfb-run -a -s "-screen 0 1280x1024x24" blender --factory-startup \\
         --enable-event-simulate scene.blend --python tests/blender/ui_screenshot.py -- MODEL OUT.png
 
 Blender 3.4 has no API for a sidebar's active tab, so the script shows the "texup" tab the way a user
-does: it widens the sidebar by dragging its edge and clicks down the tab strip at its right edge until
-the texup panel is the one drawn (the panel's draw function is wrapped to count its draws). Events are
-simulated with ``Window.event_simulate`` (needs ``--enable-event-simulate``). Everything runs from
-``bpy.app.timers``, so the modal operator gets its timer events like in a normal session.
+does: it clicks down the tab strip at the sidebar's right edge until the texup panel is the one drawn
+(the panel's draw function is wrapped to count its draws). Events are simulated with
+``Window.event_simulate`` (needs ``--enable-event-simulate``). Everything runs from ``bpy.app.timers``,
+so the modal operator gets its timer events like in a normal session. The add-on is registered after
+the file loaded and nobody presses Refresh: the list must fill itself when the panel is first drawn.
 
 Prints ``UI_DONE <json>`` (what happened: tab shown, modal states seen, final rows) and quits; exit
 code 0 even when a step failed, the JSON says which (``error``).
@@ -29,7 +31,6 @@ from blender_addon import ui  # noqa: E402
 
 args = sys.argv[sys.argv.index("--") + 1:]
 MODEL, OUT = args[0], os.path.abspath(args[1])
-SIDEBAR_WIDTH = 700  # pixels: room for the list's columns
 CROP_MARGIN = 60  # pixels of viewport kept left of the sidebar in the picture
 blender_addon.register()
 
@@ -79,20 +80,6 @@ def script():
         area.spaces[0].show_region_toolbar = False
     yield 0.5
 
-    state["phase"] = "widen"  # drag the sidebar's left edge (its scale zone is beside the panels)
-    window, area, main, sidebar = view3d()
-    x0, y = sidebar.x + 7, sidebar.y + sidebar.height - 70
-    target = sidebar.x + sidebar.width - SIDEBAR_WIDTH
-    simulate("MOUSEMOVE", "NOTHING", x0, y)
-    yield 0.2
-    simulate("LEFTMOUSE", "PRESS", x0, y)
-    yield 0.2
-    for i in range(1, 6):
-        simulate("MOUSEMOVE", "NOTHING", x0 + (target - x0) * i / 5, y)
-        yield 0.1
-    simulate("LEFTMOUSE", "RELEASE", target, y)
-    yield 0.3
-
     state["phase"] = "tab"  # click down the tab strip at the sidebar's right edge until texup draws
     window, area, main, sidebar = view3d()
     state["panel_draws"] = 0
@@ -112,18 +99,27 @@ def script():
         raise RuntimeError("no tab of the sidebar showed the texup panel")
     simulate("MOUSEMOVE", "NOTHING", sidebar.x - 200, sidebar.y + 40)  # the pointer out of the picture's way
 
-    state["phase"] = "invoke"  # what the panel's buttons do: Refresh, tick rows, Upscale Selected
+    state["phase"] = "list"  # nobody presses Refresh: the first draw asked a timer to fill the list
+    deadline = time.monotonic() + 5
+    while not len(bpy.context.window_manager.texup_list.textures):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the texture list did not fill itself")
+        redraw_all()
+        yield 0.1
+    state["rows_before"] = len(bpy.context.window_manager.texup_list.textures)
+
+    state["phase"] = "execute"  # Repeat Last / a script: execute() in a UI session must not block
     window, area, main, sidebar = view3d()
     with bpy.context.temp_override(window=window, area=area, region=sidebar):
-        bpy.ops.texup.refresh()
         settings = bpy.context.scene.texup
         settings.model = MODEL
-        for item in settings.textures:
+        for item in bpy.context.window_manager.texup_list.textures:
             item.selected = item.source in {"file", "udim", "packed", "missing"}
         started = time.monotonic()
-        result = bpy.ops.texup.upscale("INVOKE_DEFAULT")
+        result = bpy.ops.texup.upscale()
         state["invoke_seconds"] = time.monotonic() - started
-    if result != {"RUNNING_MODAL"}:
+    state["execute_result"] = sorted(result)
+    if not bpy.context.window_manager.texup_runtime.running:
         raise RuntimeError(f"Upscale did not start its modal operator: {result}")
 
     state["phase"] = "running"
@@ -137,6 +133,15 @@ def script():
         if time.monotonic() > deadline:
             raise RuntimeError("the modal operator did not finish in time")
         yield 0.1
+    state["last_operator"] = bpy.context.window_manager.operators[-1].bl_idname \
+        if len(bpy.context.window_manager.operators) else None
+    # The picture: a size limit that leaves some textures out (listed under the list), a row active.
+    settings = bpy.context.scene.texup
+    settings.model = ""
+    settings.use_size_filter, settings.max_size = True, 64
+    textures = bpy.context.window_manager.texup_list
+    textures.show_left_out = True
+    textures.active_index = next(i for i, item in enumerate(textures.textures) if item.name == "wall_x4")
     redraw_all()
     yield 1.0  # let the panel redraw with the results
 
@@ -193,7 +198,7 @@ def tick():
     if delay is not None:
         return delay
     runtime = bpy.context.window_manager.texup_runtime
-    rows = [(i.name, i.status, i.width, i.height) for i in bpy.context.scene.texup.textures]
+    rows = [(i.name, i.status, i.width, i.height) for i in bpy.context.window_manager.texup_list.textures]
     nodes = {}
     for mat in bpy.data.materials:
         if mat.node_tree:
@@ -203,7 +208,9 @@ def tick():
         "error": state["error"], "phase": state["phase"], "tab_clicks": state["tab_clicks"],
         "panel_draws": state["panel_draws"], "sidebar_width": sidebar.width, "seen_running": state["seen_running"],
         "messages": state["messages"], "invoke_seconds": state["invoke_seconds"], "rows": rows, "nodes": nodes,
-        "summary": runtime.last_summary}), flush=True)
+        "summary": runtime.last_summary, "rows_before": state.get("rows_before"),
+        "execute_result": state.get("execute_result"), "last_operator": state.get("last_operator"),
+        "sidebar_height": sidebar.height}), flush=True)
     blender_addon.unregister()
     bpy.ops.wm.quit_blender()
     return None
