@@ -40,20 +40,23 @@ def _worker_python_changed(self, context: bpy.types.Context) -> None:
     setup_ops.worker_setting_changed(context)
 
 
-def draw_worker_status(layout: bpy.types.UILayout, context: bpy.types.Context, *, details: bool = False) -> None:
+def draw_worker_status(layout: bpy.types.UILayout, context: bpy.types.Context, *, details: bool = False,
+                       compact: bool = False) -> None:
     """The worker's state from its last check, one to three compact lines with icons, for the preferences
     and the panel. The first call of a session starts a check (on a thread); before it ends: "checking".
 
-    ``details``: also one line per device. Reads memory only (no file access, no process start here).
+    ``details``: also one line per device; ``compact``: the sidebar's short lines. Reads memory only (no file
+    access, no process start here).
     """
     from . import setup_ops
-    from .bridge.health import device_lines, status_lines
+    from .bridge.health import compact_status_lines, device_lines, status_lines
 
     setup_ops.ensure_worker_checked(context)
     check = setup_ops.WORKER_CHECK
     report = check.result
     column = layout.column(align=True)
-    for icon, text in status_lines(report, running=check.running):
+    lines = compact_status_lines if compact else status_lines
+    for icon, text in lines(report, running=check.running):
         column.label(text=text, icon=icon)
     if details:
         for line in device_lines(report):

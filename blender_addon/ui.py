@@ -109,7 +109,7 @@ def _draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
 
     from .preferences import draw_worker_status
 
-    draw_worker_status(layout, context)  # the worker's real state from its last check (a thread starts one)
+    draw_worker_status(layout, context, compact=True)  # the worker's real state from its last check (a thread starts one)
 
     col = layout.column(align=True)
     row = col.row(align=True)

@@ -236,6 +236,37 @@ def status_lines(report: Optional[HealthReport], running: bool = False) -> List[
     return lines
 
 
+def _wrap(text: str, width: int, lines: int) -> List[str]:
+    """``text`` in at most ``lines`` pieces of at most ``width`` characters, broken at spaces where possible."""
+    import textwrap
+
+    pieces = textwrap.wrap(one_line(text), width=width, break_long_words=True, break_on_hyphens=False)
+    if len(pieces) > lines:
+        pieces = pieces[:lines]
+        pieces[-1] = pieces[-1][: width - 1] + "…"
+    return pieces
+
+
+def compact_status_lines(report: Optional[HealthReport], running: bool = False,
+                         width: int = 30) -> List[Tuple[str, str]]:
+    """The panel's short form of :func:`status_lines` (the sidebar shows about 30 characters a line): what
+    runs and what auto picks; an error wrapped over up to four lines. Same rule: a tick only after a
+    worker answered."""
+    if running or report is None:
+        return status_lines(report, running)
+    if not report.ok:
+        return [("ERROR", "Worker not working:")] + [("BLANK1", piece) for piece in _wrap(report.error, width, 4)]
+    lines = [("CHECKMARK", f"Worker: texup {report.texup}"),
+             ("BLANK1", f"PyTorch {report.torch}" if report.torch else "no PyTorch (ncnn engine)")]
+    if report.auto:
+        engine, _, rest = report.auto.partition("/")
+        device_key = rest.split("/")[0] if rest else ""
+        device = report.auto_device
+        where = "CPU" if device_key == "cpu" else (device.name if device is not None else device_key)
+        lines.append(("INFO", _wrap(f"Auto: {engine} on {where}", width, 1)[0]))
+    return lines
+
+
 def device_lines(report: Optional[HealthReport]) -> List[str]:
     """One line per device of a successful check ("cpu AMD EPYC 7B13: ncnn, torch")."""
     if report is None or not report.ok:

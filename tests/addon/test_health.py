@@ -159,3 +159,23 @@ def test_a_result_forgotten_while_running_is_dropped():
     gate.set()
     holder.wait(10)
     assert holder.result is None
+
+
+def test_the_panels_compact_lines_fit_the_sidebar_and_keep_the_tick_rule():
+    from bridge.protocol import DeviceInfo
+
+    ok = HealthReport(ok=True, python="/x/python", texup="0.1.0", torch=None, engines=("ncnn/vulkan:0/fp16",),
+                      devices=(DeviceInfo(key="vulkan:0", name="AMD Radeon RX 7900 XTX", engines=("ncnn",),
+                                          software=False),), auto="ncnn/vulkan:0/fp16", auto_measured=True)
+    lines = health.compact_status_lines(ok)
+    assert lines[0] == ("CHECKMARK", "Worker: texup 0.1.0")
+    assert lines[1] == ("BLANK1", "no PyTorch (ncnn engine)")
+    assert lines[-1][0] == "INFO" and lines[-1][1].startswith("Auto: ncnn on AMD Radeon")  # cut to the width
+    assert all(len(text) <= 30 for _, text in lines)
+    bad = HealthReport(ok=False, python="/nonexistent/python",
+                       error="the worker Python '/nonexistent/python' does not exist: choose another Python as "
+                             "'Worker Python' in the texup add-on preferences")
+    lines = health.compact_status_lines(bad)
+    assert lines[0] == ("ERROR", "Worker not working:") and all(icon != "CHECKMARK" for icon, _ in lines)
+    assert 2 <= len(lines) <= 5 and all(len(text) <= 30 for _, text in lines)
+    assert health.compact_status_lines(None) == [("QUESTION", "Worker: not checked")]
