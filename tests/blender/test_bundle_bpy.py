@@ -64,6 +64,32 @@ print("RESULT " + json.dumps({{
     "hello_torch": hello.torch, "users": users,
 }}))
 service.stop_worker()
+
+# The PyTorch environment (made by Preferences > Install PyTorch; here a stand-in: a venv laid out where the
+# installer puts it, whose site-packages are the given venv's, which has torch; and its marker) takes over,
+# with the bundle on its PYTHONPATH.
+source_env = os.path.dirname(os.path.dirname(sys.argv[3]))
+if not os.path.isfile(os.path.join(source_env, "pyvenv.cfg")):
+    print("TORCHENV null")  # the worker Python given is not a venv: no stand-in can be laid out
+    sys.exit(0)
+env_dir = os.path.join(bpy.utils.extension_path_user("bl_ext.user_default.texup", create=True), "torch-env")
+os.makedirs(os.path.join(env_dir, "bin"))
+os.makedirs(os.path.join(env_dir, "lib"))
+with open(os.path.join(source_env, "pyvenv.cfg")) as src, open(os.path.join(env_dir, "pyvenv.cfg"), "w") as dst:
+    dst.write(src.read())
+os.symlink(os.path.realpath(sys.argv[3]), os.path.join(env_dir, "bin", "python"))
+pyver = "python%d.%d" % sys.version_info[:2]
+os.symlink(os.path.join(source_env, "lib", pyver), os.path.join(env_dir, "lib", pyver))
+with open(os.path.join(env_dir, "texup-torch-env.json"), "w") as fh:
+    json.dump({{"torch": "test", "cuda": False}}, fh)
+torch_launch = service.resolve_launch(None)
+status = bpy.ops.texup.upscale(images="rough.png")
+hello = service.current_client().hello
+where = subprocess.run([torch_launch.python, "-c", "import texup; print(texup.__file__)"],
+                       env={{**os.environ, **torch_launch.env}}, capture_output=True, text=True, timeout=120)
+print("TORCHENV " + json.dumps({{"source": torch_launch.source, "upscale": sorted(status), "torch": hello.torch,
+                                 "texup_file": where.stdout.strip() or where.stderr[-500:]}}))
+service.stop_worker()
 """
 
 
@@ -105,7 +131,8 @@ def test_platform_zip_holds_the_wheels_core_and_models_and_passes_blenders_valid
 
 
 def test_zip_installed_into_blender_upscales_through_the_bundled_engine_without_torch(platform_zip: Path,
-                                                                                   tmp_path: Path):
+                                                                                   tmp_path: Path,
+                                                                                   worker_python: str):
     work = tmp_path / "scene"
     work.mkdir()
     script = tmp_path / "install_and_upscale.py"
@@ -114,7 +141,7 @@ def test_zip_installed_into_blender_upscales_through_the_bundled_engine_without_
            if key not in ("TEXUP_PYTHON", "PYTHONPATH", "TEXUP_NCNN_MODELS", "VIRTUAL_ENV")}
     env.update(BLENDER_USER_RESOURCES=str(tmp_path / "blender_user"), TEXUP_HOME=str(tmp_path / "texup_home"),
                HOME=str(tmp_path / "home"), PATH="/usr/bin:/bin")
-    run = subprocess.run([sys.executable, str(script), str(platform_zip), str(work)], capture_output=True,
+    run = subprocess.run([sys.executable, str(script), str(platform_zip), str(work), worker_python], capture_output=True,
                          text=True, timeout=600, env=env, cwd=str(tmp_path))
     line = next((ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert run.returncode == 0 and line is not None, run.stdout[-3000:] + run.stderr[-3000:]
@@ -135,3 +162,12 @@ def test_zip_installed_into_blender_upscales_through_the_bundled_engine_without_
     assert json.loads(result["deep"]) == [["uint16", [48, 40, 4]], ["float16", [48, 40, 3]]]
     # The default model ran from the bundled ncnn files (re-expressed once into texup's cache).
     assert any((tmp_path / "texup_home" / "models" / "ncnn").iterdir())
+
+    # Once a PyTorch environment exists, it runs the worker (torch engine added), still with the bundled texup.
+    line = next(ln for ln in run.stdout.splitlines() if ln.startswith("TORCHENV "))
+    torch_env = json.loads(line[len("TORCHENV "):])
+    if torch_env is None:
+        pytest.skip(f"{worker_python} is not in a virtual environment: the PyTorch-environment stand-in needs one")
+    assert torch_env["source"] == "torch-env" and torch_env["upscale"] == ["FINISHED"], torch_env
+    assert torch_env["torch"] not in (None, "None"), torch_env
+    assert "/extensions/user_default/texup/core/texup/" in torch_env["texup_file"], torch_env
