@@ -146,8 +146,6 @@ def redraw_panels(context: bpy.types.Context) -> None:
                 area.tag_redraw()
 
 
-_redraw = redraw_panels
-
 
 def report_outcomes(operator: bpy.types.Operator, run: Any) -> None:
     """One report per failed image, and a summary line."""
@@ -378,7 +376,7 @@ class TEXUP_OT_upscale(_ModalSession, bpy.types.Operator):
         session.finish()
         refresh_list(context)
         context.window_manager.texup_runtime.last_summary = session.summary()
-        _redraw(context)
+        redraw_panels(context)
         if session.failure is not None:
             self.report({"ERROR"}, f"texup: {session.failure}; nothing was changed")
             return {"CANCELLED"}
@@ -429,7 +427,7 @@ class TEXUP_OT_finetune(_ModalSession, bpy.types.Operator):
         model = session.finish(context.scene)
         summary = session.summary()
         context.window_manager.texup_runtime.last_summary = summary
-        _redraw(context)
+        redraw_panels(context)
         if session.failure is not None:
             self.report({"ERROR"}, summary)
             return {"CANCELLED"}
