@@ -80,7 +80,7 @@ def test_folder_glob_and_recursive(tiny_model, tmp_path):
 
     out = tmp_path / "flat"
     assert run_cli("upscale", src, "-o", out, "--model", tiny_model) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a_x4.png", "b_x4.tga"]
+    assert sorted(p.name for p in out.iterdir()) == [".texup", "a_x4.png", "b_x4.tga"]
 
     out = tmp_path / "deep"
     assert run_cli("upscale", src, "-r", "-o", out, "--model", tiny_model) == 0
@@ -88,7 +88,7 @@ def test_folder_glob_and_recursive(tiny_model, tmp_path):
 
     out = tmp_path / "globbed"
     assert run_cli("upscale", str(src / "*.tga"), "-o", out, "--model", tiny_model) == 0
-    assert [p.name for p in out.iterdir()] == ["b_x4.tga"]
+    assert sorted(p.name for p in out.iterdir()) == [".texup", "b_x4.tga"]
 
 
 def test_bad_inputs_reported_one_line_each_and_batch_continues(tiny_model, photo, tmp_path, capsys):
@@ -118,7 +118,7 @@ def test_bad_inputs_reported_one_line_each_and_batch_continues(tiny_model, photo
     # the good file after the bad ones was still done
     assert (out / "photo_x4.png").is_file()
     # no partial outputs or temp files for the failures
-    assert sorted(p.name for p in out.iterdir()) == ["photo_x4.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".texup", "photo_x4.png"]
 
 
 def test_never_writes_over_an_input(tiny_model, photo, capsys):
@@ -263,7 +263,7 @@ def test_overlap_larger_than_tile_is_a_usage_error(photo, tmp_path, capsys):
 def test_same_input_twice_is_upscaled_once_and_succeeds(tiny_model, photo, tmp_path, capsys):
     out = tmp_path / "out"
     assert run_cli("upscale", photo, photo, photo.parent, "-o", out, "--model", tiny_model) == 0
-    assert [p.name for p in out.iterdir()] == ["photo_x4.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".texup", "photo_x4.png"]
     assert "error" not in capsys.readouterr().err
 
 
@@ -314,3 +314,54 @@ def test_stale_temp_files_of_a_killed_run_are_swept_from_the_output_folder(tiny_
     os.utime(unrelated, (two_hours_ago, two_hours_ago))
     assert run_cli("upscale", photo, "-o", out, "--model", tiny_model) == 0
     assert not stale.exists() and fresh.exists() and unrelated.exists()
+
+
+def test_never_replaces_a_file_texup_did_not_write(tiny_model, tmp_path, capsys):
+    """`--format jpg --suffix ''` next to an original small.jpg used to overwrite it silently."""
+    folder = tmp_path / "textures"
+    folder.mkdir()
+    write_image(folder / "small.png", np.full((9, 7, 3), 120, np.uint8))
+    original = folder / "small.jpg"
+    write_image(original, np.full((9, 7, 3), 40, np.uint8))
+    before = original.read_bytes()
+    assert run_cli("upscale", folder / "small.png", "-o", folder, "--format", "jpg", "--suffix", "",
+                   "--model", tiny_model) == 1
+    assert original.read_bytes() == before
+    assert "small.jpg exists and is not an unchanged earlier texup output; not replacing it" in capsys.readouterr().err
+    # --overwrite is the explicit way to replace it (never an input of the run).
+    assert run_cli("upscale", folder / "small.png", "-o", folder, "--format", "jpg", "--suffix", "",
+                   "--model", tiny_model, "--overwrite") == 0
+    assert original.read_bytes() != before
+
+
+def test_a_rerun_replaces_its_own_outputs_but_not_ones_edited_since(tiny_model, photo, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli("upscale", photo, "-o", out, "--model", tiny_model) == 0
+    result = out / "photo_x4.png"
+    first = result.stat().st_mtime_ns
+    assert run_cli("upscale", photo, "-o", out, "--model", tiny_model) == 0  # texup's own, unchanged: replaced
+    assert result.stat().st_mtime_ns != first
+    capsys.readouterr()
+    write_image(result, np.zeros((5, 5, 3), np.uint8))  # the user painted over it
+    edited = result.read_bytes()
+    os.utime(result, ns=(first, first))  # even with an old timestamp the size gives it away
+    assert run_cli("upscale", photo, "-o", out, "--model", tiny_model) == 1
+    assert result.read_bytes() == edited
+    assert "not an unchanged earlier texup output" in capsys.readouterr().err
+
+
+def test_output_records_of_runs_sharing_a_folder_merge(tmp_path):
+    from texup.outputs import OutputRecord
+
+    (tmp_path / "a.png").write_bytes(b"a")
+    (tmp_path / "b.png").write_bytes(b"bb")
+    one, two = OutputRecord(tmp_path), OutputRecord(tmp_path)
+    one.add(tmp_path / "a.png")
+    two.add(tmp_path / "b.png")
+    one.save()
+    two.save()  # read-modify-write under the lock: a.png stays
+    fresh = OutputRecord(tmp_path)
+    assert fresh.wrote(tmp_path / "a.png") and fresh.wrote(tmp_path / "b.png")
+    assert not fresh.wrote(tmp_path / "c.png") and not fresh.wrote(tmp_path.parent / "a.png")
+    (tmp_path / "a.png").write_bytes(b"changed")
+    assert not OutputRecord(tmp_path).wrote(tmp_path / "a.png")

@@ -19,6 +19,7 @@ from typing import Callable
 
 from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
 from texup.imageio import SUPPORTED_EXTENSIONS, Image, format_for_path, read_image, write_image
+from texup.outputs import OutputRecord
 from texup.weights.cache import remove_stale_temp_files
 from texup.inference.pipeline import refuse_overwrite
 
@@ -55,6 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: %(default)s; use '' for none)")
     p.add_argument("--format", default=None, help="write this format instead of the input's (png, tiff, exr, ...)")
     p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file already exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing files at output paths even when texup did not write them (never this "
+                        "run's inputs); without it only texup's own, unchanged earlier outputs are replaced")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders of folder inputs "
                    "(the output keeps the sub-folder layout)")
     p.add_argument("--tile", type=int, default=None, help="input tile size in pixels (default: automatic)")
@@ -191,14 +195,16 @@ def _settle(
     writing: tuple[WorkItem, Path, Future[Path]],
     failure: Callable[[BaseException, WorkItem], None],
     expected: tuple[type[BaseException], ...],
+    record: OutputRecord,
 ) -> bool:
-    """Wait for one background write; print ``src -> dst`` or its failure. True when it was written."""
+    """Wait for one background write; record it and print ``src -> dst``, or its failure. True when written."""
     item, dst, future = writing
     try:
         future.result()
     except expected as err:
         failure(err, item)
         return False
+    record.add(dst)
     tqdm_write(f"{item.src} -> {dst}")
     return True
 
@@ -263,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
     suffix = args.suffix.replace("{scale}", label)
 
     inputs = {item.src.resolve() for item in items}
+    record = OutputRecord(args.out_dir)  # what earlier runs wrote here: only those files may be replaced
     claimed: dict[Path, Path] = {}
     failed = skipped = done = 0
     runs: list[tuple[WorkItem, Path]] = []
@@ -281,6 +288,10 @@ def run(args: argparse.Namespace) -> int:
         elif args.skip_existing and dst.exists():
             tqdm.write(f"{item.src} -> {dst} (exists, skipped)")
             skipped += 1
+        elif (dst.exists() or dst.is_symlink()) and not args.overwrite and not record.wrote(dst):
+            fail(item.src, f"output {dst} exists and is not an unchanged earlier texup output; not replacing it "
+                           "(remove it, choose another -o or --suffix, or pass --overwrite)")
+            failed += 1
         else:
             claimed[key] = item.src
             runs.append((item, dst))
@@ -300,50 +311,53 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     # The next input is decoded and the previous output encoded on their own threads while the network runs
     # (both engines release the GIL while computing): file I/O costs no wall time beyond the first read.
-    with tqdm(total=len(runs), unit="file", desc="upscaling", disable=None, file=sys.stderr,
-              bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}] {postfix}") as bar, \
-            ThreadPoolExecutor(1, thread_name_prefix="texup-read") as reader, \
-            ThreadPoolExecutor(1, thread_name_prefix="texup-write") as writer:
-        next_read = reader.submit(_read_input, runs[0][0].src, runs[0][1], args.max_pixels) if runs else None
-        writing: tuple[WorkItem, Path, Future[Path]] | None = None
-        for index, (item, dst) in enumerate(runs):
-            reading, next_read = next_read, None
-            if index + 1 < len(runs):
-                next_read = reader.submit(_read_input, runs[index + 1][0].src, runs[index + 1][1], args.max_pixels)
-            bar.set_postfix_str(item.src.name)
+    try:
+        with tqdm(total=len(runs), unit="file", desc="upscaling", disable=None, file=sys.stderr,
+                  bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}] {postfix}") as bar, \
+                ThreadPoolExecutor(1, thread_name_prefix="texup-read") as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="texup-write") as writer:
+            next_read = reader.submit(_read_input, runs[0][0].src, runs[0][1], args.max_pixels) if runs else None
+            writing: tuple[WorkItem, Path, Future[Path]] | None = None
+            for index, (item, dst) in enumerate(runs):
+                reading, next_read = next_read, None
+                if index + 1 < len(runs):
+                    next_read = reader.submit(_read_input, runs[index + 1][0].src, runs[index + 1][1], args.max_pixels)
+                bar.set_postfix_str(item.src.name)
 
-            def on_tiles(done_tiles: float, total_tiles: int, base: int = index) -> None:
-                bar.n = base + (done_tiles / total_tiles if total_tiles else 0.0)
-                bar.refresh()
+                def on_tiles(done_tiles: float, total_tiles: int, base: int = index) -> None:
+                    bar.n = base + (done_tiles / total_tiles if total_tiles else 0.0)
+                    bar.refresh()
 
-            written: Future[Path] | None = None
-            try:
-                assert reading is not None
-                image = reading.result()
-                reading = None  # the decoded input goes with `image`
-                result = upscaler.upscale_array(image.pixels, options, colorspace=image.info.colorspace,
-                                                progress=on_tiles)
+                written: Future[Path] | None = None
                 try:
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                except OSError as err:
-                    raise ImageWriteError(dst.parent, f"cannot create the output folder: {err.strerror or err}") from err
-                if dst.parent not in swept:  # temp files of an earlier run killed mid-write (an hour old or more)
-                    swept.add(dst.parent)
-                    remove_stale_temp_files(dst.parent)
-                written = writer.submit(write_image, dst, result, like=image.info)
-                del image, result
-            except expected as err:
-                failure(err, item)
-                failed += 1
+                    assert reading is not None
+                    image = reading.result()
+                    reading = None  # the decoded input goes with `image`
+                    result = upscaler.upscale_array(image.pixels, options, colorspace=image.info.colorspace,
+                                                    progress=on_tiles)
+                    try:
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                    except OSError as err:
+                        raise ImageWriteError(dst.parent, f"cannot create the output folder: {err.strerror or err}") from err
+                    if dst.parent not in swept:  # temp files of an earlier run killed mid-write (an hour old or more)
+                        swept.add(dst.parent)
+                        remove_stale_temp_files(dst.parent)
+                    written = writer.submit(write_image, dst, result, like=image.info)
+                    del image, result
+                except expected as err:
+                    failure(err, item)
+                    failed += 1
+                if writing is not None:
+                    ok = _settle(writing, failure, expected, record)
+                    done, failed = done + ok, failed + (not ok)
+                writing = (item, dst, written) if written is not None else None
+                bar.n = index + 1
+                bar.refresh()
             if writing is not None:
-                ok = _settle(writing, failure, expected)
+                ok = _settle(writing, failure, expected, record)
                 done, failed = done + ok, failed + (not ok)
-            writing = (item, dst, written) if written is not None else None
-            bar.n = index + 1
-            bar.refresh()
-        if writing is not None:
-            ok = _settle(writing, failure, expected)
-            done, failed = done + ok, failed + (not ok)
+    finally:
+        record.save()  # also when interrupted: what was written stays known as texup's
 
     failed += len(problems)
     elapsed = time.monotonic() - start
