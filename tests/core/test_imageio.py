@@ -506,3 +506,28 @@ def test_animated_images_are_refused_not_cut_to_their_first_frame(tmp_path: Path
     still = tmp_path / f"still{ext}"
     frames[1].save(still, save_all=True, append_images=[], duration=80)  # one frame: an ordinary image
     assert read_image(still).pixels.shape == (9, 13, 3)
+
+
+def test_tifffile_log_lines_about_a_damaged_file_do_not_reach_the_user(tmp_path: Path, caplog) -> None:
+    """A fuzzed tag made tifffile log lines besides texup's one error line (issue 11, cosmetic)."""
+    import logging
+
+    import tifffile
+
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, np.zeros((16, 16, 3), np.uint8))
+    data = bytearray(good.read_bytes())
+    offset = struct.unpack("<I", data[4:8])[0]  # first IFD (little-endian classic TIFF, as tifffile writes here)
+    data[offset + 2 + 2 : offset + 2 + 4] = struct.pack("<H", 54276)  # first entry: an invalid data type
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(bytes(data))
+    caplog.set_level(logging.WARNING, logger="tifffile")
+    with tifffile.TiffFile(bad) as tif:  # tifffile itself logs about this file...
+        tif.pages.first
+    assert any(r.name == "tifffile" for r in caplog.records)
+    caplog.clear()
+    try:  # ...but not while texup reads it: one ImageReadError (or the pixels) and nothing else
+        read_image(bad)
+    except ImageReadError as err:
+        assert "bad.tif" in str(err)
+    assert not [r for r in caplog.records if r.name == "tifffile"]

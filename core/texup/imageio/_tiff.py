@@ -6,7 +6,11 @@ carry straight alpha; files are always written with unassociated alpha.
 """
 from __future__ import annotations
 
+import logging
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,30 @@ from .types import ImageInfo
 _SUPPORTED_DTYPES = ("bool", "uint8", "uint16", "float16", "float32")
 _LOSSLESS_COMPRESSIONS = ("none", "lzw", "adobe_deflate", "deflate", "zstd", "lzma", "packbits")
 _ICC_TAG = 34675
+
+
+class _QuietWhileReading(logging.Filter):
+    """tifffile logs a line for every damaged tag it skips; while texup reads a TIFF on this thread those lines
+    are dropped, so a bad file stays one error line (the exception that fails the read says what is wrong)."""
+
+    local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.local, "reading", False)
+
+
+_QUIET = _QuietWhileReading()
+logging.getLogger("tifffile").addFilter(_QUIET)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    previous = getattr(_QUIET.local, "reading", False)
+    _QUIET.local.reading = True
+    try:
+        yield
+    finally:
+        _QUIET.local.reading = previous
 
 
 def _layout(path: Path, page: Any) -> tuple[int, str, bool]:
@@ -64,7 +92,7 @@ def _open(path: Path) -> Any:
 
 
 def probe(path: Path, max_pixels: int | None) -> ImageInfo:
-    with _open(path) as tif:
+    with _quiet(), _open(path) as tif:
         page = tif.pages.first
         width, height = int(page.imagewidth), int(page.imagelength)
         check_dimensions(path, width, height)
@@ -83,7 +111,7 @@ def probe(path: Path, max_pixels: int | None) -> ImageInfo:
 def decode(path: Path, info: ImageInfo) -> np.ndarray:
     import tifffile
 
-    with _open(path) as tif:
+    with _quiet(), _open(path) as tif:
         page = tif.pages.first
         channels, dtype, associated = _layout(path, page)
         _check_complete(path, tif, page)
