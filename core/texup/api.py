@@ -1,13 +1,16 @@
 """Pipeline-friendly functions: the same operations as ``texup upscale`` for Python code.
 
 Models are loaded once and kept: calling :func:`upscale_file` in a loop with the same model name
-does not reload weights (an :class:`~texup.inference.pipeline.Upscaler` is cached per
-(model, engine, device, precision, layout)). Without torch installed the ncnn engine runs everything
-except :func:`load_model`, which builds a torch module.
+does not reload weights. The last :data:`CACHE_SIZE` :class:`~texup.inference.pipeline.Upscaler` objects are
+kept (least recently used first out), keyed by the model file's resolved path, size and modification time
+(a rewritten weights file is loaded again) and by engine, device, precision and layout. Without torch
+installed the ncnn engine runs everything except :func:`load_model`, which builds a torch module.
 """
 from __future__ import annotations
 
+import os
 import threading
+from collections import OrderedDict
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Union
@@ -24,8 +27,30 @@ if TYPE_CHECKING:
 
 ModelRef = Union[str, PathLike, "LoadedModel", Upscaler, Engine]
 
+#: How many upscalers (each holding a model on its device) stay loaded; the worker serves one model at a time,
+#: so two keep the switch between a model and a fine-tuned variant cheap without holding every model ever used.
+CACHE_SIZE = 2
+
 _cache_lock = threading.Lock()
-_upscalers: dict[tuple[str, str, str, str, str], Upscaler] = {}
+_upscalers: OrderedDict[tuple[Any, ...], Upscaler] = OrderedDict()
+
+
+def _model_identity(model: str | PathLike) -> tuple[Any, ...]:
+    """A file: its resolved path, size and mtime (a rewritten file is a new model); else the name as given."""
+    path = Path(model).expanduser()
+    try:
+        if path.is_file():
+            st = path.stat()
+            return ("file", str(path.resolve()), st.st_size, st.st_mtime_ns)
+    except OSError:
+        pass
+    return ("name", os.fspath(model))
+
+
+def clear_cache() -> None:
+    """Drop every cached upscaler (and with it its model and device memory)."""
+    with _cache_lock:
+        _upscalers.clear()
 
 
 def load_model(name_or_path: str | PathLike = DEFAULT_MODEL) -> LoadedModel:
@@ -58,13 +83,20 @@ def get_upscaler(
         return model
     if isinstance(model, Engine) or not isinstance(model, (str, PathLike)):
         return Upscaler(model, engine=engine, device=device, precision=precision, layout=layout, status=status)
-    key = (str(model), engine, device, precision, layout)
+    identity = _model_identity(model)
+    key = (*identity, engine, device, precision, layout)
     with _cache_lock:
         upscaler = _upscalers.get(key)
-        if upscaler is None:
-            upscaler = Upscaler(model, engine=engine, device=device, precision=precision, layout=layout,
-                                status=status)
-            _upscalers[key] = upscaler
+        if upscaler is not None:
+            _upscalers.move_to_end(key)
+            return upscaler
+        if identity[0] == "file":  # an older version of the same file is stale: free it now
+            for old in [k for k in _upscalers if k[:2] == identity[:2]]:
+                del _upscalers[old]
+        upscaler = Upscaler(model, engine=engine, device=device, precision=precision, layout=layout, status=status)
+        _upscalers[key] = upscaler
+        while len(_upscalers) > CACHE_SIZE:
+            _upscalers.popitem(last=False)
         return upscaler
 
 
