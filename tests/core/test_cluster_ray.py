@@ -1,0 +1,80 @@
+"""texup.cluster against a real Ray cluster on this machine: a head node and a second node process
+(`ray start --head`, then `ray start --address`), each with one CPU, as a farm of two machines would be."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray")
+
+from texup.cluster import run_on_ray  # noqa: E402
+from texup.imageio import read_image, write_image  # noqa: E402
+
+RAY = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    port = _free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    head = subprocess.run([RAY, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=false",
+                           "--disable-usage-stats", "--temp-dir", str(temp)], capture_output=True, text=True,
+                          timeout=180, env=env)
+    if head.returncode != 0:
+        pytest.fail(f"ray start --head failed: {head.stdout[-1500:]}{head.stderr[-1500:]}")
+    try:
+        worker = subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
+                                capture_output=True, text=True, timeout=180, env=env)
+        assert worker.returncode == 0, worker.stdout[-1500:] + worker.stderr[-1500:]
+        yield f"127.0.0.1:{port}"
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=env)
+
+
+def test_files_spread_over_two_nodes_one_warm_model_each_failures_per_file(cluster, tmp_path):
+    rng = np.random.default_rng(0)
+    tasks = []
+    for i in range(7):
+        src = tmp_path / "in" / f"t{i}.png"
+        src.parent.mkdir(exist_ok=True)
+        channels = 4 if i % 3 == 0 else 3
+        write_image(src, (rng.random((18 + i, 21, channels)) * 255).astype(np.uint8))
+        tasks.append((str(src), str(tmp_path / "out" / f"t{i}_x4.png")))
+    bad = tmp_path / "in" / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    tasks.insert(3, (str(bad), str(tmp_path / "out" / "bad_x4.png")))
+    seen = []
+
+    outcomes = run_on_ray(tasks, model="realesr-animevideov3", engine="ncnn", device="cpu", options={},
+                          address=cluster, on_outcome=seen.append)
+
+    assert [o.index for o in outcomes] == list(range(len(tasks))) and len(seen) == len(tasks)
+    failed = [o for o in outcomes if not o.ok]
+    assert [o.src for o in failed] == [str(bad)]
+    assert failed[0].error.startswith(f"{bad}: ") and "\n" not in failed[0].error
+    assert not (tmp_path / "out" / "bad_x4.png").exists()
+    for (src, dst), outcome in zip(tasks, outcomes):
+        if outcome.ok:
+            image = read_image(dst)
+            assert image.pixels.shape[:2] == tuple(4 * s for s in read_image(src).pixels.shape[:2])
+    # Two nodes, one warm worker process each: every file ran in one of exactly two processes, on two nodes.
+    assert len({o.node for o in outcomes}) == 2 and len({o.pid for o in outcomes}) == 2
+    assert not list((tmp_path / "out").glob(".*.tmp"))
