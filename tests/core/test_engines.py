@@ -296,3 +296,14 @@ def test_the_numpy_side_knows_every_architecture_texup_builds():
     from texup.weights.arrays import ARCH_NAMES
 
     assert set(ARCH_NAMES) == set(ARCHITECTURES)
+
+
+def test_ncnn_threads_follow_omp_num_threads_as_schedulers_set_it(monkeypatch):
+    """A farm or Ray process given one CPU (OMP_NUM_THREADS=1) must not spread ncnn over every core."""
+    import ncnn
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert open_engine("realesr-animevideov3", engine="ncnn", device="cpu").threads == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert open_engine("realesr-animevideov3", engine="ncnn", device="cpu").threads == max(
+        1, ncnn.get_physical_big_cpu_count())

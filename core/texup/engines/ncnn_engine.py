@@ -205,6 +205,14 @@ def graph_from_files(
                      tuple(checkpoints), per_pixel)
 
 
+def _default_threads(ncnn: Any) -> int:
+    """``OMP_NUM_THREADS`` when it is a positive integer, else ncnn's count of physical big cores."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    return max(1, int(ncnn.get_physical_big_cpu_count()) or 1)
+
+
 def _load_net(param: Path, bin_path: Path, *, threads: int, gpu: int | None = None, half: bool = False) -> Any:
     """An ``ncnn.Net`` with the model loaded: on the CPU (fp32, ``half`` False) or Vulkan device ``gpu``.
 
@@ -253,7 +261,8 @@ class NcnnEngine:
         device: "cpu", "vulkan" or "vulkan:N".
         precision: "auto", "fp32" or "fp16". CPU: fp32 (ncnn's fp16/bf16 storage off, so results match torch
             fp32); Vulkan: "auto" = fp16 storage and arithmetic (ncnn's GPU default), "fp32" turns them off.
-        threads: CPU threads (default: ncnn's count of physical big cores).
+        threads: CPU threads (default: ``OMP_NUM_THREADS`` when set — as batch schedulers and Ray set it for a
+            process given N CPUs — else ncnn's count of physical big cores).
         name: the model's name for messages.
     """
 
@@ -277,7 +286,7 @@ class NcnnEngine:
             where = "on the CPU: fp32" if self.gpu is None else "on Vulkan: fp32 or fp16"
             raise ValueError(f"the ncnn engine computes {where}, not {precision!r}")
         self.precision = key
-        self.threads = int(threads) if threads else max(1, int(ncnn.get_physical_big_cpu_count()) or 1)
+        self.threads = int(threads) if threads else _default_threads(ncnn)
         self._ncnn = ncnn
         self._net = _load_net(graph.param, graph.bin, threads=self.threads, gpu=self.gpu, half=key == "fp16")
 
