@@ -187,8 +187,95 @@ def build_gan_loss(cfg: TrainConfig) -> RelativisticGANLoss:
     return RelativisticGANLoss(global_batch_mean)
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+# ----------------------------------------------------------------------------------------------
+# what a run trains, and its checkpoint layout (written and read in one place)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """The bare networks, EMA, optimisers, schedules and loss scalers of a run.
+
+    :meth:`state_dict` / :meth:`load_state_dict` are the checkpoint layout (with the step, the config, the
+    random-number state, the sampler position and the metrics so far): a resumed run continues bit-identically.
+    """
+
+    g: nn.Module
+    d: nn.Module | None
+    ema: EMA | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
+    sched_g: Any
+    sched_d: Any
+    scaler_g: torch.amp.GradScaler | None
+    scaler_d: torch.amp.GradScaler | None
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, g: nn.Module, d: nn.Module | None, device: torch.device,
+              needs_scaler: bool) -> TrainState:
+        optim = cfg.optim
+        opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=optim.betas, weight_decay=optim.weight_decay)
+        opt_d = (torch.optim.Adam(d.parameters(), lr=optim.lr_d, betas=optim.betas, weight_decay=optim.weight_decay)
+                 if d is not None else None)
+
+        def schedule(opt: torch.optim.Optimizer | None) -> Any:
+            return None if opt is None else torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones),
+                                                                                 gamma=optim.gamma)
+
+        return cls(g=g, d=d, ema=EMA(g, optim.ema_decay) if optim.ema_decay > 0 else None,
+                   opt_g=opt_g, opt_d=opt_d, sched_g=schedule(opt_g), sched_d=schedule(opt_d),
+                   scaler_g=torch.amp.GradScaler(device.type) if needs_scaler else None,
+                   scaler_d=torch.amp.GradScaler(device.type) if needs_scaler and d is not None else None)
+
+    def after_step(self) -> None:
+        """Advance the learning-rate schedules and the EMA once per training step."""
+        self.sched_g.step()
+        if self.sched_d is not None:
+            self.sched_d.step()
+        if self.ema is not None:
+            self.ema.update(self.g)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is evaluated and exported: the EMA generator when EMA is on."""
+        return self.ema.module if self.ema is not None else self.g
+
+    def state_dict(self, *, step: int, cfg: TrainConfig, arch: str, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "step": step,
+            "config": cfg.to_dict(),
+            "generator": {"arch": arch, "hparams": dict(self.g.hparams), "state_dict": self.g.state_dict()},
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "discriminator": ({"kind": cfg.discriminator.kind, "hparams": dict(self.d.hparams),
+                               "state_dict": self.d.state_dict()} if self.d is not None else None),
+            "optim_g": self.opt_g.state_dict(), "optim_d": self.opt_d.state_dict() if self.opt_d else None,
+            "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict() if self.sched_d else None,
+            "scaler_g": self.scaler_g.state_dict() if self.scaler_g else None,
+            "scaler_d": self.scaler_d.state_dict() if self.scaler_d else None,
+            "rng": capture_rng(),
+            "sampler": {"step": step, "batch_size": cfg.data.batch_size, "seed": cfg.seed},
+            "metrics": metrics,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        """Restore everything :meth:`state_dict` wrote (not the step, config, sampler or metrics: the caller's).
+        Raises :class:`CheckpointError` naming ``path`` when the checkpoint does not fit these networks."""
+        try:
+            self.g.load_state_dict(state["generator"]["state_dict"])
+            if self.ema is not None and state["ema"] is not None:
+                self.ema.module.load_state_dict(state["ema"])
+            if self.d is not None:
+                assert self.opt_d is not None and self.sched_d is not None
+                self.d.load_state_dict(state["discriminator"]["state_dict"])
+                self.opt_d.load_state_dict(state["optim_d"])
+                self.sched_d.load_state_dict(state["sched_d"])
+            self.opt_g.load_state_dict(state["optim_g"])
+            self.sched_g.load_state_dict(state["sched_g"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(path, f"does not fit this run's networks ({str(exc).splitlines()[0]})") from exc
+        if self.scaler_g is not None and state.get("scaler_g"):
+            self.scaler_g.load_state_dict(state["scaler_g"])
+        if self.scaler_d is not None and state.get("scaler_d"):
+            self.scaler_d.load_state_dict(state["scaler_d"])
+        restore_rng(state["rng"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,7 +532,7 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, cancel:
 def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, cancel: CancelCallback | None) -> TrainResult:
     from torch.utils.data import DataLoader
 
-    from texup.training.data import CropDataset, StepSampler, load_textures, scan_textures, split_files, validation_items
+    from texup.training.data import StepSampler
 
     total = cfg.steps
     out_dir = Path(cfg.out_dir)
@@ -485,6 +572,122 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, 
     d_raw = build_disc(cfg, say) if cfg.stage == "gan" else None
 
     # 3. data: every file read once, unusable ones reported once
+    dataset, val_items, skipped = _load_data(cfg, scale, multiple, out_dir, say)
+
+    # 4. losses, optimisers, schedules, EMA, scalers
+    g_raw.to(device)
+    if d_raw is not None:
+        d_raw.to(device)
+    content, w_content = build_content_loss(cfg, d_raw, say) if d_raw is not None else (None, 0.0)
+    if content is not None:
+        content.to(device)
+    if d_raw is not None:
+        say(f"adversarial loss: {cfg.gan_loss}")
+    ts = TrainState.build(cfg, g_raw, d_raw, device, needs_scaler)
+
+    # 5. resume, or record this run's config
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    start, metrics = 0, {"initial": {}, "last": {}}
+    if cfg.resume and ckpt_path.is_file():
+        start, metrics = _resume(cfg, ts, ckpt_path, say)
+    elif info.is_main:
+        with atomic_path(out_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
+
+    # 6. data-parallel wrappers and the data stream (positioned at the resumed step)
+    g, d = g_raw, d_raw
+    if info.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        g = nn.parallel.DistributedDataParallel(g_raw, device_ids=ids)
+        if d_raw is not None:
+            d = nn.parallel.DistributedDataParallel(d_raw, device_ids=ids)
+    sampler = StepSampler(batch_size=cfg.data.batch_size, total_steps=total, start_step=start,
+                          rank=info.rank, world_size=info.world_size)
+    loader = DataLoader(dataset, batch_size=sampler.per_rank, sampler=sampler, num_workers=cfg.data.num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
+    batches = _batches(loader, device)
+    nets = Nets(g=g, d=d, d_raw=d_raw, opt_g=ts.opt_g, opt_d=ts.opt_d, scaler_g=ts.scaler_g, scaler_d=ts.scaler_d,
+                pixel=PixelLoss(), content=content,
+                gan=build_gan_loss(cfg) if d_raw is not None else None,
+                w_pixel=cfg.pixel_weight, w_content=w_content, w_adv=cfg.adversarial_weight,
+                clip=cfg.optim.grad_clip, autocast=autocast)
+    step_fn = gan_step if cfg.stage == "gan" else psnr_step
+
+    def run_eval(step: int) -> dict[str, float]:
+        result: dict[str, float] = {}
+        if info.is_main and val_items:
+            grid = out_dir / "samples" / f"step_{step:06d}.png"
+            result = evaluate(ts.eval_model, val_items, device, autocast, grid)
+            emit("eval", step, values=result, path=str(grid))
+        barrier()
+        return result
+
+    def save(step: int) -> None:
+        if info.is_main:
+            save_checkpoint(ckpt_path, ts.state_dict(step=step, cfg=cfg, arch=arch, metrics=metrics))
+            emit("checkpoint", step, path=str(ckpt_path))
+        barrier()
+
+    # 7. the steps: generator (and discriminator), schedules and EMA, log, evaluate, checkpoint, cancel
+    log = RunLog(out_dir, start if start > 0 else None, cfg.tensorboard, say) if info.is_main else None
+    step, cancelled = start, False
+    try:
+        if start == 0 and val_items:
+            metrics["initial"] = run_eval(0)
+            if log is not None:
+                log.write(0, {"time_s": 0.0, **metrics["initial"]})
+        t0 = time.perf_counter()
+        while step < total:
+            lr_img, hr_img = next(batches)
+            values = step_fn(nets, lr_img, hr_img)
+            ts.after_step()
+            step += 1
+
+            values["lr_g"] = ts.opt_g.param_groups[0]["lr"]
+            emit("step", step, values=values)
+            at = lambda every: every > 0 and step % every == 0  # noqa: E731
+            if at(cfg.log_every) or step == total:
+                averaged = {k: all_reduce_mean(v, device) for k, v in values.items()}
+                if log is not None:
+                    log.write(step, {"time_s": time.perf_counter() - t0, **averaged})
+            if at(cfg.eval_every) or step == total:
+                metrics["last"] = run_eval(step)
+                if log is not None and metrics["last"]:
+                    log.write(step, {"time_s": time.perf_counter() - t0, **metrics["last"]})
+            checkpointed = at(cfg.checkpoint_every) or step == total
+            if checkpointed:
+                save(step)
+            if broadcast_flag(cancel() if (cancel is not None and info.is_main) else False, device):
+                cancelled = True
+                if not checkpointed:
+                    save(step)
+                say(f"cancelled at step {step}; resume with --resume")
+                break
+    finally:
+        if log is not None:
+            log.close()  # also when a step raises: the TensorBoard writer's files are complete
+
+    # 8. export the generator (EMA weights when EMA is on)
+    model_path = None
+    if info.is_main:
+        from texup.weights import save_model
+
+        model_path = save_model(ts.eval_model, out_dir / "model.safetensors", provenance={
+            **provenance, "trained_by": "texup train", "stage": cfg.stage, "steps": step,
+            "ema": ts.ema is not None, "data": str(cfg.data.root),
+        })
+    barrier()
+    emit("done", step, values=metrics.get("last") or {}, path=str(model_path) if model_path else None)
+    return TrainResult(out_dir=out_dir, model_path=model_path, checkpoint_path=ckpt_path if ckpt_path.exists() else None,
+                       steps=step, cancelled=cancelled, initial_metrics=dict(metrics.get("initial") or {}),
+                       final_metrics=dict(metrics.get("last") or {}), skipped_files=skipped)
+
+
+def _load_data(cfg: TrainConfig, scale: int, multiple: int, out_dir: Path,
+               say: Callable[[str], None]) -> tuple[Any, list[Any], list[tuple[str, str]]]:
+    """The training crops' dataset, the held-out items and the files left out (each reported once)."""
+    from texup.training.data import CropDataset, load_textures, scan_textures, split_files, validation_items
+
     skipped: list[tuple[str, str]] = []
 
     def problem(path: Path, reason: str) -> None:
@@ -504,170 +707,24 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, 
                           flips=cfg.data.flips, rot90=cfg.data.rot90, seed=cfg.seed)
     val_items = validation_items(val_tex, scale=scale, crop=cfg.data.val_crop, multiple=multiple,
                                  degradation=cfg.data.degradation, seed=cfg.seed, max_items=cfg.data.val_max_images)
+    return dataset, val_items, skipped
 
-    # 4. losses, optimisers, schedules, EMA, scalers
-    g_raw.to(device)
-    if d_raw is not None:
-        d_raw.to(device)
-    content, w_content = build_content_loss(cfg, d_raw, say) if d_raw is not None else (None, 0.0)
-    if content is not None:
-        content.to(device)
-    if d_raw is not None:
-        say(f"adversarial loss: {cfg.gan_loss}")
-    opt_g = torch.optim.Adam(g_raw.parameters(), lr=cfg.lr_g, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-    opt_d = (torch.optim.Adam(d_raw.parameters(), lr=cfg.optim.lr_d, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
-             if d_raw is not None else None)
-    sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, list(cfg.milestones), gamma=cfg.optim.gamma)
-    sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, list(cfg.milestones), gamma=cfg.optim.gamma) if opt_d else None
-    scaler_g = torch.amp.GradScaler(device.type) if needs_scaler else None
-    scaler_d = torch.amp.GradScaler(device.type) if needs_scaler and d_raw is not None else None
-    ema = EMA(g_raw, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
 
-    # 5. resume
-    start = 0
-    metrics: dict[str, Any] = {"initial": {}, "last": {}}
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    if cfg.resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        saved_cfg = config_from_dict(state["config"])
-        if saved_cfg.stage != cfg.stage:
-            raise CheckpointError(ckpt_path, f"was written by a {saved_cfg.stage} stage run, this run is {cfg.stage}")
-        try:
-            g_raw.load_state_dict(state["generator"]["state_dict"])
-            if ema is not None and state["ema"] is not None:
-                ema.module.load_state_dict(state["ema"])
-            if d_raw is not None:
-                d_raw.load_state_dict(state["discriminator"]["state_dict"])
-                assert opt_d is not None and sched_d is not None
-                opt_d.load_state_dict(state["optim_d"])
-                sched_d.load_state_dict(state["sched_d"])
-            opt_g.load_state_dict(state["optim_g"])
-            sched_g.load_state_dict(state["sched_g"])
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(ckpt_path, f"does not fit this run's networks ({str(exc).splitlines()[0]})") from exc
-        if scaler_g is not None and state.get("scaler_g"):
-            scaler_g.load_state_dict(state["scaler_g"])
-        if scaler_d is not None and state.get("scaler_d"):
-            scaler_d.load_state_dict(state["scaler_d"])
-        restore_rng(state["rng"])
-        start = int(state["step"])
-        sampler_state = state.get("sampler") or {}
-        if (sampler_state.get("batch_size"), sampler_state.get("seed")) != (cfg.data.batch_size, cfg.seed):
-            say(f"note: batch size / seed differ from the interrupted run ({sampler_state.get('batch_size')}, "
-                f"{sampler_state.get('seed')}); the data from step {start} on differs from an uninterrupted run")
-        metrics = state.get("metrics") or metrics
-        say(f"resumed from {ckpt_path} at step {start}")
-    elif info.is_main:
-        with atomic_path(out_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
-
-    # 6. data-parallel wrappers and the data stream (positioned at the resumed step)
-    g, d = g_raw, d_raw
-    if info.distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        g = nn.parallel.DistributedDataParallel(g_raw, device_ids=ids)
-        if d_raw is not None:
-            d = nn.parallel.DistributedDataParallel(d_raw, device_ids=ids)
-    sampler = StepSampler(batch_size=cfg.data.batch_size, total_steps=total, start_step=start,
-                          rank=info.rank, world_size=info.world_size)
-    loader = DataLoader(dataset, batch_size=sampler.per_rank, sampler=sampler, num_workers=cfg.data.num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
-    batches = _batches(loader, device)
-    nets = Nets(g=g, d=d, d_raw=d_raw, opt_g=opt_g, opt_d=opt_d, scaler_g=scaler_g, scaler_d=scaler_d,
-                pixel=PixelLoss(), content=content,
-                gan=build_gan_loss(cfg) if d_raw is not None else None,
-                w_pixel=cfg.pixel_weight, w_content=w_content, w_adv=cfg.adversarial_weight,
-                clip=cfg.optim.grad_clip, autocast=autocast)
-    step_fn = gan_step if cfg.stage == "gan" else psnr_step
-    log = RunLog(out_dir, start if start > 0 else None, cfg.tensorboard, say) if info.is_main else None
-
-    def eval_model() -> nn.Module:
-        return ema.module if ema is not None else g_raw
-
-    def run_eval(step: int) -> dict[str, float]:
-        result: dict[str, float] = {}
-        if info.is_main and val_items:
-            grid = out_dir / "samples" / f"step_{step:06d}.png"
-            result = evaluate(eval_model(), val_items, device, autocast, grid)
-            emit("eval", step, values=result, path=str(grid))
-        barrier()
-        return result
-
-    def save(step: int) -> Path | None:
-        if info.is_main:
-            save_checkpoint(ckpt_path, {
-                "step": step,
-                "config": cfg.to_dict(),
-                "generator": {"arch": arch, "hparams": dict(g_raw.hparams), "state_dict": g_raw.state_dict()},
-                "ema": ema.module.state_dict() if ema is not None else None,
-                "discriminator": ({"kind": cfg.discriminator.kind, "hparams": dict(d_raw.hparams),
-                                   "state_dict": d_raw.state_dict()} if d_raw is not None else None),
-                "optim_g": opt_g.state_dict(), "optim_d": opt_d.state_dict() if opt_d else None,
-                "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict() if sched_d else None,
-                "scaler_g": scaler_g.state_dict() if scaler_g else None,
-                "scaler_d": scaler_d.state_dict() if scaler_d else None,
-                "rng": capture_rng(),
-                "sampler": {"step": step, "batch_size": cfg.data.batch_size, "seed": cfg.seed},
-                "metrics": metrics,
-            })
-            emit("checkpoint", step, path=str(ckpt_path))
-        barrier()
-        return ckpt_path
-
-    # 7. the steps
-    if start == 0 and val_items:
-        metrics["initial"] = run_eval(0)
-        if log is not None:
-            log.write(0, {"time_s": 0.0, **metrics["initial"]})
-    t0 = time.perf_counter()
-    step = start
-    cancelled = False
-    while step < total:
-        lr_img, hr_img = next(batches)
-        values = step_fn(nets, lr_img, hr_img)
-        sched_g.step()
-        if sched_d is not None:
-            sched_d.step()
-        if ema is not None:
-            ema.update(g_raw)
-        step += 1
-
-        values["lr_g"] = opt_g.param_groups[0]["lr"]
-        emit("step", step, values=values)
-        at = lambda every: every > 0 and step % every == 0  # noqa: E731
-        if at(cfg.log_every) or step == total:
-            averaged = {k: all_reduce_mean(v, device) for k, v in values.items()}
-            if log is not None:
-                log.write(step, {"time_s": time.perf_counter() - t0, **averaged})
-        if at(cfg.eval_every) or step == total:
-            metrics["last"] = run_eval(step)
-            if log is not None and metrics["last"]:
-                log.write(step, {"time_s": time.perf_counter() - t0, **metrics["last"]})
-        if at(cfg.checkpoint_every) or step == total:
-            save(step)
-        if broadcast_flag(cancel() if (cancel is not None and info.is_main) else False, device):
-            cancelled = True
-            if not (at(cfg.checkpoint_every) or step == total):
-                save(step)
-            say(f"cancelled at step {step}; resume with --resume")
-            break
-
-    # 8. export the generator (EMA weights when EMA is on)
-    model_path = None
-    if info.is_main:
-        from texup.weights import save_model
-
-        model_path = save_model(eval_model(), out_dir / "model.safetensors", provenance={
-            **provenance, "trained_by": "texup train", "stage": cfg.stage, "steps": step,
-            "ema": ema is not None, "data": str(cfg.data.root),
-        })
-        if log is not None:
-            log.close()
-    barrier()
-    emit("done", step, values=metrics.get("last") or {}, path=str(model_path) if model_path else None)
-    return TrainResult(out_dir=out_dir, model_path=model_path, checkpoint_path=ckpt_path if ckpt_path.exists() else None,
-                       steps=step, cancelled=cancelled, initial_metrics=dict(metrics.get("initial") or {}),
-                       final_metrics=dict(metrics.get("last") or {}), skipped_files=skipped)
+def _resume(cfg: TrainConfig, ts: TrainState, ckpt_path: Path,
+            say: Callable[[str], None]) -> tuple[int, dict[str, Any]]:
+    """Load ``ckpt_path`` into ``ts``; return the step to continue from and the metrics so far."""
+    state = load_checkpoint(ckpt_path)
+    saved_cfg = config_from_dict(state["config"])
+    if saved_cfg.stage != cfg.stage:
+        raise CheckpointError(ckpt_path, f"was written by a {saved_cfg.stage} stage run, this run is {cfg.stage}")
+    ts.load_state_dict(state, ckpt_path)
+    start = int(state["step"])
+    sampler_state = state.get("sampler") or {}
+    if (sampler_state.get("batch_size"), sampler_state.get("seed")) != (cfg.data.batch_size, cfg.seed):
+        say(f"note: batch size / seed differ from the interrupted run ({sampler_state.get('batch_size')}, "
+            f"{sampler_state.get('seed')}); the data from step {start} on differs from an uninterrupted run")
+    say(f"resumed from {ckpt_path} at step {start}")
+    return start, state.get("metrics") or {"initial": {}, "last": {}}
 
 
 __all__ = [
