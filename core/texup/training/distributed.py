@@ -145,6 +145,25 @@ def barrier() -> None:
         dist.barrier()
 
 
+def check_same_on_ranks(value: int, what: str, device: torch.device) -> None:
+    """Raise ``ValueError`` on every rank unless all ranks hold the same ``value``.
+
+    For facts each rank works out from its own node's files, such as the step a resumed run starts
+    at (``OUT/checkpoint.pt`` read on every node): ranks that disagree would otherwise run different
+    numbers of steps and wait on each other's collectives until the process-group timeout.
+    No-op when not distributed.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    mine = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    gathered = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    values = [int(t.item()) for t in gathered]
+    if len(set(values)) > 1:
+        per_rank = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+        raise ValueError(f"the ranks disagree on {what} ({per_rank})")
+
+
 def broadcast_flag(flag: bool, device: torch.device) -> bool:
     """Rank 0's value of ``flag`` on every rank (so that cancelling stops all ranks at the same step)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -159,6 +178,7 @@ __all__ = [
     "all_reduce_mean",
     "barrier",
     "broadcast_flag",
+    "check_same_on_ranks",
     "global_batch_mean",
     "resolve_device",
     "setup",

@@ -52,6 +52,7 @@ from texup.training.distributed import (
     all_reduce_mean,
     barrier,
     broadcast_flag,
+    check_same_on_ranks,
     global_batch_mean,
     global_node_mean,
     setup,
@@ -593,6 +594,10 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, 
     elif info.is_main:
         with atomic_path(out_dir / "config.json") as tmp:
             tmp.write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
+
+    # Every rank read OUT/checkpoint.pt itself: a node that cannot see it would start at step 0 while the others
+    # resume, and the ranks would then wait on each other's collectives until the process group's timeout.
+    check_same_on_ranks(start, f"the step to start from (resuming needs {ckpt_path} on every node)", device)
 
     # 6. data-parallel wrappers and the data stream (positioned at the resumed step)
     g, d = g_raw, d_raw
