@@ -339,7 +339,9 @@ def test_a_rerun_replaces_its_own_outputs_but_not_ones_edited_since(tiny_model, 
     assert run_cli("upscale", photo, "-o", out, "--model", tiny_model) == 0
     result = out / "photo_x4.png"
     first = result.stat().st_mtime_ns
-    assert run_cli("upscale", photo, "-o", out, "--model", tiny_model) == 0  # texup's own, unchanged: replaced
+    assert run_cli("upscale", photo, "-o", out, "--model", tiny_model) == 0  # up to date (issue 13): left as is
+    assert result.stat().st_mtime_ns == first
+    assert run_cli("upscale", photo, "-o", out, "--model", tiny_model, "--force") == 0  # texup's own: replaced
     assert result.stat().st_mtime_ns != first
     capsys.readouterr()
     write_image(result, np.zeros((5, 5, 3), np.uint8))  # the user painted over it

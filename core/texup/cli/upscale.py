@@ -1,41 +1,41 @@
 """``texup upscale IN... -o OUTDIR``: files, folders and globs, one failure never stops the batch.
 
-Exit code: 0 when every input was upscaled (or skipped with ``--skip-existing``), 1 when any input
-failed, 2 for a usage error. Each failure is one line on stderr: ``texup: error: <file>: <reason>``.
-Each result is one line on stdout: ``<input> -> <output>``.
+A run is a plan (:mod:`texup.library`: inputs, this farm task's shard, output names, what is up to date and
+why; no model) and its execution here (read ahead, upscale, write behind, record each output in the folder's
+manifest, :mod:`texup.outputs`). A rerun upscales only outputs that are new or whose source, model, texup
+version or pixel-changing options changed.
+
+Exit code: 0 when every input was upscaled, up to date (or skipped with ``--skip-existing``), 1 when any
+input failed, 2 for a usage error. Each failure is one line on stderr: ``texup: error: <file>: <reason>``.
+Each result is one line on stdout: ``<input> -> <output>`` (with the reason when an earlier output was redone).
 """
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
-from texup.imageio import SUPPORTED_EXTENSIONS, Image, format_for_path, read_image, write_image
+from texup.imageio import Image, format_for_path, read_image, write_image
+from texup.inference.pipeline import refuse_overwrite
+from texup.library import (
+    GLOB_CHARS, NEW, InputProblem, Plan, Planned, Settings, WorkItem, entry_for, expand_inputs, make_plan,
+    model_identity, output_path, parse_shard, pixel_options, scale_label, source_state, take_shard,
+)
+from texup.library import _outside  # noqa: F401 - kept importable from here
 from texup.outputs import OutputRecord
 from texup.weights.cache import remove_stale_temp_files
-from texup.inference.pipeline import refuse_overwrite
 
-GLOB_CHARS = set("*?[")
+if TYPE_CHECKING:
+    from texup.inference.pipeline import UpscaleOptions, Upscaler
 
-
-@dataclass(frozen=True)
-class WorkItem:
-    src: Path
-    rel_parent: Path  # sub-folder below OUTDIR (non-empty only for folder inputs with --recursive)
-
-
-@dataclass(frozen=True)
-class InputProblem:
-    arg: str
-    reason: str
+__all__ = ["GLOB_CHARS", "InputProblem", "WorkItem", "add_parser", "expand_inputs", "output_path", "parse_size",
+           "run", "scale_label"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +55,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suffix", default="_x{scale}", help="added to each output's stem; {scale} is replaced "
                    "(default: %(default)s; use '' for none)")
     p.add_argument("--format", default=None, help="write this format instead of the input's (png, tiff, exr, ...)")
-    p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file already exists")
+    p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file already exists, "
+                   "whatever it was made from (by name only)")
+    p.add_argument("--force", action="store_true", help="redo texup's earlier outputs even when they are up to "
+                   "date (files texup did not write still need --overwrite)")
+    p.add_argument("--dry-run", action="store_true", help="list each output with what would happen to it and "
+                   "why (new, source/model/options changed, up to date); write nothing (no model is loaded, except once "
+                   "for a weights file this folder has not seen when the suffix needs its scale)")
+    p.add_argument("--shard", type=_shard_arg, default=None, metavar="K/N",
+                   help="do only task K's share of N (1 <= K <= N) for a farm array job: chosen by a hash of "
+                   "each input's relative path, so N tasks cover the inputs once and adding files moves no other")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing files at output paths even when texup did not write them (never this "
                         "run's inputs); without it only texup's own, unchanged earlier outputs are replaced")
@@ -102,47 +111,11 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def expand_inputs(args: list[str], *, recursive: bool) -> tuple[list[WorkItem], list[InputProblem]]:
-    """Files as given; folders -> their image files (sorted); globs -> matches. Missing -> a problem.
-
-    A path that exists but is no regular file (a FIFO, a device, a socket) is a problem, never opened: reading
-    a FIFO would wait forever. A file named twice (or found again through a folder or glob) is kept once.
-    """
-    items: list[WorkItem] = []
-    problems: list[InputProblem] = []
-    for arg in args:
-        path = Path(arg)
-        if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
-            if not found:
-                problems.append(InputProblem(arg, "folder holds no supported image files"))
-            items.extend(WorkItem(p, p.parent.relative_to(path)) for p in found)
-        elif path.is_file():
-            items.append(WorkItem(path, Path()))
-        elif path.exists():
-            problems.append(InputProblem(arg, "not a regular file (a pipe, device or socket cannot be upscaled)"))
-        elif GLOB_CHARS & set(arg):
-            matches = sorted(Path(m) for m in glob.glob(arg, recursive=True) if Path(m).is_file())
-            if not matches:
-                problems.append(InputProblem(arg, "no file matches this pattern"))
-            items.extend(WorkItem(m, Path()) for m in matches)
-        else:
-            problems.append(InputProblem(arg, "no such file or folder"))
-    unique: dict[tuple[Path, Path], WorkItem] = {}
-    for item in items:
-        unique.setdefault((item.src.resolve(), item.rel_parent), item)
-    return list(unique.values()), problems
-
-
-def scale_label(scale: float) -> str:
-    """4.0 -> "4", 1.5 -> "1.5" (for output names)."""
-    return str(int(scale)) if float(scale).is_integer() else f"{scale:g}"
-
-
-def output_path(item: WorkItem, out_dir: Path, suffix: str, fmt: str | None) -> Path:
-    ext = item.src.suffix if fmt is None else "." + fmt.lower().lstrip(".")
-    return out_dir / item.rel_parent / f"{item.src.stem}{suffix}{ext}"
+def _shard_arg(text: str) -> tuple[int, int]:
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _pixels_arg(text: str) -> int:
@@ -166,15 +139,6 @@ def _read_input(src: Path, dst: Path, max_pixels: int | None = None) -> Image:
     return read_image(src, max_pixels=max_pixels)
 
 
-def _outside(dst: Path, out_dir: Path) -> bool:
-    """True when ``dst`` (after links and ``..``) is not inside ``out_dir``."""
-    try:
-        dst.resolve().relative_to(out_dir.resolve())
-    except ValueError:
-        return True
-    return False
-
-
 def _has_separator(text: str) -> bool:
     return any(sep and sep in text for sep in ("/", os.sep, os.altsep))
 
@@ -191,22 +155,171 @@ def _out_dir_problem(out_dir: Path) -> str | None:
     return None
 
 
-def _settle(
-    writing: tuple[WorkItem, Path, Future[Path]],
-    failure: Callable[[BaseException, WorkItem], None],
-    expected: tuple[type[BaseException], ...],
-    record: OutputRecord,
-) -> bool:
-    """Wait for one background write; record it and print ``src -> dst``, or its failure. True when written."""
-    item, dst, future = writing
+
+def _read_source(planned: Planned, max_pixels: int | None) -> tuple[Image, dict[str, Any]]:
+    """On the read-ahead thread: the source's state (hashed before decoding: a change during the read makes
+    the next run see a new size or mtime and compare again) and its pixels."""
+    src = planned.item.src
+    if not src.is_file():
+        raise ImageReadError(src, "not a regular file" if src.exists() else "no such file")
     try:
-        future.result()
-    except expected as err:
-        failure(err, item)
-        return False
-    record.add(dst)
-    tqdm_write(f"{item.src} -> {dst}")
-    return True
+        source = planned.source or source_state(src)
+    except OSError as err:
+        raise ImageReadError(src, f"cannot read: {err.strerror or err}") from err
+    return _read_input(src, planned.dst, max_pixels), source
+
+
+def _write_output(record: OutputRecord, dst: Path, pixels: Any, like: Any, info: dict[str, Any]) -> None:
+    """On the write-behind thread: encode beside ``dst``, journal the entry, rename (see texup.outputs)."""
+    try:
+        with record.writing(dst, info) as tmp:
+            write_image(tmp, pixels, like=like, format=format_for_path(dst))
+    except FileError as err:
+        raise ImageWriteError(dst, err.reason) from err
+    except OSError as err:
+        raise ImageWriteError(dst, err.strerror or str(err)) from err
+
+
+def _validate(args: argparse.Namespace) -> tuple[int, int] | None:
+    """Usage errors as ValueError; returns the exact output size (--size) or None."""
+    target = parse_size(args.size) if args.size else None
+    if args.format is not None:
+        format_for_path(Path("x." + args.format.lower().lstrip(".")))
+    if args.tile is not None and args.tile < 16:
+        raise ValueError("--tile must be at least 16 pixels")
+    if args.overlap < 0:
+        raise ValueError("--overlap must not be negative")
+    if args.tile is not None and args.overlap > args.tile:
+        raise ValueError(f"--overlap ({args.overlap}) must not be larger than --tile ({args.tile})")
+    if _has_separator(args.suffix):
+        raise ValueError(f"--suffix must not contain a path separator, got {args.suffix!r}")
+    if args.format is not None and _has_separator(args.format):
+        raise ValueError(f"--format must be a format name such as png, got {args.format!r}")
+    problem = _out_dir_problem(args.out_dir)
+    if problem:
+        raise ValueError(problem)
+    if args.scale is not None and not 0 < args.scale <= 16:
+        raise ValueError("--scale must be above 0 and at most 16")
+    if args.force and args.skip_existing:
+        raise ValueError("--force redoes outputs and --skip-existing leaves them: choose one")
+    return target
+
+
+def _known_scale(model: str, model_id: str, record: OutputRecord) -> int | None:
+    """The model's scale without loading it: the registry's for a known name, else what an earlier run here
+    recorded for the same weights."""
+    from texup.weights.registry import KNOWN_MODELS
+
+    if model in KNOWN_MODELS and not Path(model).expanduser().is_file():
+        return KNOWN_MODELS[model].scale
+    scale = record.model_info(model_id).get("scale")
+    return int(scale) if isinstance(scale, int) else None
+
+
+def _print_plan(plan: Plan, out_dir: Path) -> None:
+    for group in (plan.todo, plan.current, plan.skipped):
+        for planned in group:
+            print(f"{planned.item.src} -> {planned.dst} ({planned.reason})")
+    todo = ", ".join(f"{n} {why}" for why, n in sorted(plan.reasons().items()))
+    line = f"texup: dry run: {len(plan.todo)} to upscale" + (f" ({todo})" if todo else "")
+    line += f", {len(plan.current)} up to date"
+    if plan.skipped:
+        line += f", {len(plan.skipped)} skipped (exist)"
+    if plan.refused:
+        line += f", {len(plan.refused)} would fail"
+    print(f"{line}; nothing written to {out_dir}", file=sys.stderr)
+
+
+class _Batch:
+    """The execution of a plan's ``todo``: counts and the per-file lines."""
+
+    def __init__(self, args: argparse.Namespace, record: OutputRecord, settings: Settings,
+                 fail: Callable[[object, str], None]) -> None:
+        self.args, self.record, self.settings, self.fail = args, record, settings, fail
+        self.new = self.redone = self.failed = 0
+        self.redone_why: dict[str, int] = {}
+
+    def failure(self, err: BaseException, item: WorkItem) -> None:
+        self.failed += 1
+        if isinstance(err, FileError):
+            self.fail(err.path, err.reason)
+        elif isinstance(err, TexupError):
+            self.fail(item.src, str(err))
+        else:
+            self.fail(item.src, f"{type(err).__name__}: {err}")
+            if self.args.debug:
+                traceback.print_exception(err)
+
+    def settle(self, planned: Planned, future: Future[None], info: dict[str, Any],
+               expected: tuple[type[BaseException], ...]) -> None:
+        """Wait for one background write; record it and print ``src -> dst``, or its failure."""
+        try:
+            future.result()
+        except expected as err:
+            self.failure(err, planned.item)
+            return
+        self.record.add(planned.dst, **info)
+        if planned.reason == NEW:
+            self.new += 1
+            tqdm_write(f"{planned.item.src} -> {planned.dst}")
+        else:
+            self.redone += 1
+            self.redone_why[planned.reason] = self.redone_why.get(planned.reason, 0) + 1
+            tqdm_write(f"{planned.item.src} -> {planned.dst} ({planned.reason})")
+
+    def execute(self, todo: list[Planned], upscaler: Upscaler, options: UpscaleOptions) -> None:
+        """Upscale ``todo`` in order. The next input is decoded and the previous output encoded on their own
+        threads while the network runs (both engines release the GIL): file I/O costs no wall time beyond the
+        first read."""
+        from tqdm import tqdm
+
+        expected = (TexupError, OSError, ValueError, RuntimeError, MemoryError)
+        engine = f"{upscaler.engine.name} {upscaler.device} {upscaler.precision}"
+        max_pixels = self.args.max_pixels
+        swept: set[Path] = set()
+        with tqdm(total=len(todo), unit="file", desc="upscaling", disable=None, file=sys.stderr,
+                  bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}] {postfix}") as bar, \
+                ThreadPoolExecutor(1, thread_name_prefix="texup-read") as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="texup-write") as writer:
+            next_read = reader.submit(_read_source, todo[0], max_pixels) if todo else None
+            writing: tuple[Planned, Future[None], dict[str, Any]] | None = None
+            for index, planned in enumerate(todo):
+                reading, next_read = next_read, None
+                if index + 1 < len(todo):
+                    next_read = reader.submit(_read_source, todo[index + 1], max_pixels)
+                bar.set_postfix_str(planned.item.src.name)
+
+                def on_tiles(done_tiles: float, total_tiles: int, base: int = index) -> None:
+                    bar.n = base + (done_tiles / total_tiles if total_tiles else 0.0)
+                    bar.refresh()
+
+                started: tuple[Planned, Future[None], dict[str, Any]] | None = None
+                try:
+                    assert reading is not None
+                    image, source = reading.result()
+                    reading = None  # the decoded input goes with `image`
+                    result = upscaler.upscale_array(image.pixels, options, colorspace=image.info.colorspace,
+                                                    progress=on_tiles)
+                    dst = planned.dst
+                    try:
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                    except OSError as err:
+                        raise ImageWriteError(dst.parent, f"cannot create the output folder: {err.strerror or err}") from err
+                    if dst.parent not in swept:  # temp files of an earlier run killed mid-write (an hour old or more)
+                        swept.add(dst.parent)
+                        remove_stale_temp_files(dst.parent)
+                    info = entry_for(self.settings, source, engine=engine)
+                    started = (planned, writer.submit(_write_output, self.record, dst, result, image.info, info), info)
+                    del image, result
+                except expected as err:
+                    self.failure(err, planned.item)
+                if writing is not None:
+                    self.settle(writing[0], writing[1], writing[2], expected)
+                writing = started
+                bar.n = index + 1
+                bar.refresh()
+            if writing is not None:
+                self.settle(writing[0], writing[1], writing[2], expected)
 
 
 def tqdm_write(line: str) -> None:
@@ -218,6 +331,7 @@ def tqdm_write(line: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    import texup
     import texup.api as api
     from texup.inference.pipeline import UpscaleOptions
 
@@ -225,146 +339,84 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(f"texup: error: {name}: {reason}", file=sys.stderr)
 
     try:
-        target = parse_size(args.size) if args.size else None
-        if args.format is not None:
-            format_for_path(Path("x." + args.format.lower().lstrip(".")))
-        if args.tile is not None and args.tile < 16:
-            raise ValueError("--tile must be at least 16 pixels")
-        if args.overlap < 0:
-            raise ValueError("--overlap must not be negative")
-        if args.tile is not None and args.overlap > args.tile:
-            raise ValueError(f"--overlap ({args.overlap}) must not be larger than --tile ({args.tile})")
-        if _has_separator(args.suffix):
-            raise ValueError(f"--suffix must not contain a path separator, got {args.suffix!r}")
-        if args.format is not None and _has_separator(args.format):
-            raise ValueError(f"--format must be a format name such as png, got {args.format!r}")
-        problem = _out_dir_problem(args.out_dir)
-        if problem:
-            raise ValueError(problem)
-        if args.scale is not None and not 0 < args.scale <= 16:
-            raise ValueError("--scale must be above 0 and at most 16")
+        target = _validate(args)
     except (ValueError, TexupError) as err:
         print(f"texup upscale: error: {err}", file=sys.stderr)
         return 2
 
     items, problems = expand_inputs(args.inputs, recursive=args.recursive)
+    items = take_shard(items, args.shard)
     for problem in problems:
         fail(problem.arg, problem.reason)
     if not items:
+        if args.shard is not None and not problems:
+            print(f"texup: shard {args.shard[0]}/{args.shard[1]} holds none of these inputs", file=sys.stderr)
+            return 0
         return 1
 
+    model = os.fspath(args.model or api.DEFAULT_MODEL)
+    record = OutputRecord(args.out_dir)  # what earlier runs wrote here, and from what
+    upscaler: Upscaler | None = None
+
+    def open_upscaler() -> Upscaler:
+        return api.get_upscaler(model, engine=args.engine, device=args.device, precision=args.precision,
+                                layout=args.layout, status=lambda line: print(f"texup: {line}", file=sys.stderr))
+
     try:
-        upscaler = api.get_upscaler(
-            args.model or api.DEFAULT_MODEL, engine=args.engine, device=args.device, precision=args.precision,
-            layout=args.layout, status=lambda line: print(f"texup: {line}", file=sys.stderr),
-        )
-    except (TexupError, ValueError) as err:
+        model_id = model_identity(model, record)
+        scale = args.scale
+        if scale is None and "{scale}" in args.suffix:
+            scale = _known_scale(model, model_id, record)
+            if scale is None:  # a weights file this folder has not seen: its scale is in the weights
+                upscaler = open_upscaler()
+                scale = upscaler.scale
+    except (TexupError, ValueError, OSError) as err:
         print(f"texup: error: {err}", file=sys.stderr)
         return 1
-    options = UpscaleOptions(
-        scale=args.scale, target_size=target, tile=args.tile, overlap=args.overlap,
-        seamless=args.seamless, role=args.role,
+    settings = Settings(
+        out_dir=args.out_dir, suffix=args.suffix.replace("{scale}", scale_label(scale) if scale else ""),
+        fmt=args.format, model=model_id, texup=texup.__version__,
+        options=pixel_options(scale=args.scale, size=target, seamless=args.seamless, role=args.role),
+        skip_existing=args.skip_existing, overwrite=args.overwrite, force=args.force,
     )
-    label = scale_label(args.scale if args.scale is not None else upscaler.scale)
-    suffix = args.suffix.replace("{scale}", label)
+    plan = make_plan(items, settings, record)
+    if args.dry_run:
+        for src, reason in plan.refused:
+            fail(src, reason)
+        _print_plan(plan, args.out_dir)
+        return 1 if plan.refused or problems else 0
+    for src, reason in plan.refused:
+        fail(src, reason)
+    for planned in plan.skipped:
+        tqdm.write(f"{planned.item.src} -> {planned.dst} (exists, skipped)")
 
-    inputs = {item.src.resolve() for item in items}
-    record = OutputRecord(args.out_dir)  # what earlier runs wrote here: only those files may be replaced
-    claimed: dict[Path, Path] = {}
-    failed = skipped = done = 0
-    runs: list[tuple[WorkItem, Path]] = []
-    for item in items:
-        dst = output_path(item, args.out_dir, suffix, args.format)
-        key = dst.resolve()
-        if _outside(dst, args.out_dir):
-            fail(item.src, f"output {dst} would be outside {args.out_dir}; refusing to write it")
-            failed += 1
-        elif key in inputs:
-            fail(item.src, f"output {dst} would overwrite an input; choose another --out-dir or --suffix")
-            failed += 1
-        elif key in claimed:
-            fail(item.src, f"output {dst} is already the output of {claimed[key]}; rename one of them")
-            failed += 1
-        elif args.skip_existing and dst.exists():
-            tqdm.write(f"{item.src} -> {dst} (exists, skipped)")
-            skipped += 1
-        elif (dst.exists() or dst.is_symlink()) and not args.overwrite and not record.wrote(dst):
-            fail(item.src, f"output {dst} exists and is not an unchanged earlier texup output; not replacing it "
-                           "(remove it, choose another -o or --suffix, or pass --overwrite)")
-            failed += 1
-        else:
-            claimed[key] = item.src
-            runs.append((item, dst))
-
-    def failure(err: BaseException, item: WorkItem) -> None:
-        if isinstance(err, FileError):
-            fail(err.path, err.reason)
-        elif isinstance(err, TexupError):
-            fail(item.src, str(err))
-        else:
-            fail(item.src, f"{type(err).__name__}: {err}")
-            if args.debug:
-                traceback.print_exception(err)
-
-    expected = (TexupError, OSError, ValueError, RuntimeError, MemoryError)
-    swept: set[Path] = set()
     start = time.monotonic()
-    # The next input is decoded and the previous output encoded on their own threads while the network runs
-    # (both engines release the GIL while computing): file I/O costs no wall time beyond the first read.
+    batch = _Batch(args, record, settings, fail)
     try:
-        with tqdm(total=len(runs), unit="file", desc="upscaling", disable=None, file=sys.stderr,
-                  bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}] {postfix}") as bar, \
-                ThreadPoolExecutor(1, thread_name_prefix="texup-read") as reader, \
-                ThreadPoolExecutor(1, thread_name_prefix="texup-write") as writer:
-            next_read = reader.submit(_read_input, runs[0][0].src, runs[0][1], args.max_pixels) if runs else None
-            writing: tuple[WorkItem, Path, Future[Path]] | None = None
-            for index, (item, dst) in enumerate(runs):
-                reading, next_read = next_read, None
-                if index + 1 < len(runs):
-                    next_read = reader.submit(_read_input, runs[index + 1][0].src, runs[index + 1][1], args.max_pixels)
-                bar.set_postfix_str(item.src.name)
-
-                def on_tiles(done_tiles: float, total_tiles: int, base: int = index) -> None:
-                    bar.n = base + (done_tiles / total_tiles if total_tiles else 0.0)
-                    bar.refresh()
-
-                written: Future[Path] | None = None
+        for dst, entry in plan.refresh:
+            if record.entry(dst) is not None:
+                record.put(str(record.key(dst)), entry)
+        if plan.todo:
+            if upscaler is None:
                 try:
-                    assert reading is not None
-                    image = reading.result()
-                    reading = None  # the decoded input goes with `image`
-                    result = upscaler.upscale_array(image.pixels, options, colorspace=image.info.colorspace,
-                                                    progress=on_tiles)
-                    try:
-                        dst.parent.mkdir(parents=True, exist_ok=True)
-                    except OSError as err:
-                        raise ImageWriteError(dst.parent, f"cannot create the output folder: {err.strerror or err}") from err
-                    if dst.parent not in swept:  # temp files of an earlier run killed mid-write (an hour old or more)
-                        swept.add(dst.parent)
-                        remove_stale_temp_files(dst.parent)
-                    written = writer.submit(write_image, dst, result, like=image.info)
-                    del image, result
-                except expected as err:
-                    failure(err, item)
-                    failed += 1
-                if writing is not None:
-                    ok = _settle(writing, failure, expected, record)
-                    done, failed = done + ok, failed + (not ok)
-                writing = (item, dst, written) if written is not None else None
-                bar.n = index + 1
-                bar.refresh()
-            if writing is not None:
-                ok = _settle(writing, failure, expected, record)
-                done, failed = done + ok, failed + (not ok)
+                    upscaler = open_upscaler()
+                except (TexupError, ValueError) as err:
+                    print(f"texup: error: {err}", file=sys.stderr)
+                    return 1
+            record.note_model(model_id, scale=upscaler.scale)
+            record.open_journal()
+            options = UpscaleOptions(scale=args.scale, target_size=target, tile=args.tile, overlap=args.overlap,
+                                     seamless=args.seamless, role=args.role)
+            batch.execute(plan.todo, upscaler, options)
     finally:
-        record.save()  # also when interrupted: what was written stays known as texup's
+        record.close()  # also when interrupted: what was written stays known as texup's
 
-    failed += len(problems)
-    elapsed = time.monotonic() - start
-    summary = f"texup: {done} upscaled into {args.out_dir}"
-    if skipped:
-        summary += f", {skipped} skipped"
-    if failed:
-        summary += f", {failed} failed"
-    print(f"{summary} ({elapsed:.1f} s)", file=sys.stderr)
+    failed = batch.failed + len(plan.refused) + len(problems)
+    redone = f"{batch.redone} changed and redone"
+    if batch.redone_why:
+        redone += " (" + ", ".join(f"{n} {why}" for why, n in sorted(batch.redone_why.items())) + ")"
+    summary = f"texup: {batch.new} upscaled, {len(plan.current)} up to date, {redone}, {failed} failed"
+    if plan.skipped:
+        summary += f", {len(plan.skipped)} skipped (exist)"
+    print(f"{summary} into {args.out_dir} ({time.monotonic() - start:.1f} s)", file=sys.stderr)
     return 1 if failed else 0

