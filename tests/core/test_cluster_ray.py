@@ -78,3 +78,31 @@ def test_files_spread_over_two_nodes_one_warm_model_each_failures_per_file(clust
     # Two nodes, one warm worker process each: every file ran in one of exactly two processes, on two nodes.
     assert len({o.node for o in outcomes}) == 2 and len({o.pid for o in outcomes}) == 2
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_texup_upscale_ray_uses_the_same_plan_manifest_and_error_lines(cluster, tmp_path):
+    import json
+
+    rng = np.random.default_rng(1)
+    src = tmp_path / "lib"
+    (src / "sub").mkdir(parents=True)
+    for i in range(5):
+        write_image(src / ("sub" if i % 2 else "") / f"t{i}.png", (rng.random((16, 20, 3)) * 255).astype(np.uint8))
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "texup", "upscale", str(src), "-r", "-o", str(out), "--model", "realesr-animevideov3",
+           "--engine", "ncnn", "--device", "cpu", "--ray", cluster]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "Traceback" not in first.stderr
+    errors = [ln for ln in first.stderr.splitlines() if ln.startswith("texup: error:")]
+    assert len(errors) == 1 and f"{src / 'broken.png'}: " in errors[0] and errors[0].count(str(src / "broken.png")) == 1
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["sub/t1_x4.png", "sub/t3_x4.png", "t0_x4.png", "t2_x4.png", "t4_x4.png"]
+    manifest = json.loads((out / ".texup" / "outputs.json").read_text())
+    assert set(written) <= set(manifest["files"]) and all(
+        manifest["files"][k]["source_sha256"] for k in written)
+    # The same manifest as one machine's: a rerun (here without Ray) finds everything up to date.
+    again = subprocess.run(cmd[:-2], capture_output=True, text=True, timeout=300, env=env)
+    assert "0 upscaled, 5 up to date" in again.stderr, again.stderr[-2000:]

@@ -65,6 +65,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", type=_shard_arg, default=None, metavar="K/N",
                    help="do only task K's share of N (1 <= K <= N) for a farm array job: chosen by a hash of "
                    "each input's relative path, so N tasks cover the inputs once and adding files moves no other")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="spread the files over a Ray cluster (pip install 'texup[ray]'): at ADDRESS, else RAY_ADDRESS, "
+                        "else a new local one; one warm model per node (or GPU); paths must mean the same on every node")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing files at output paths even when texup did not write them (never this "
                         "run's inputs); without it only texup's own, unchanged earlier outputs are replaced")
@@ -258,6 +261,10 @@ class _Batch:
         except expected as err:
             self.failure(err, planned.item)
             return
+        self.written(planned, info)
+
+    def written(self, planned: Planned, info: dict[str, Any]) -> None:
+        """Record a written output and print its line."""
         self.record.add(planned.dst, **info)
         if planned.reason == NEW:
             self.new += 1
@@ -320,6 +327,46 @@ class _Batch:
                 bar.refresh()
             if writing is not None:
                 self.settle(writing[0], writing[1], writing[2], expected)
+
+
+def _execute_on_ray(batch: _Batch, todo: list[Planned], model: str, options: UpscaleOptions,
+                    address: str | None) -> None:
+    """The plan's ``todo`` on a Ray cluster (:func:`texup.cluster.run_on_ray`): sources hashed here (the storage is
+    shared), files upscaled on the nodes, each outcome recorded and printed here as it arrives. A driver killed
+    between a node's write and its record leaves that output unrecorded: the next run refuses to replace it
+    (the safe side) until --overwrite."""
+    from tqdm import tqdm
+
+    from texup.cluster import run_on_ray
+
+    args = batch.args
+    kept: list[tuple[Planned, dict[str, Any]]] = []
+    for planned in todo:
+        try:
+            source = planned.source or source_state(planned.item.src)
+            planned.dst.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            batch.failure(ImageReadError(planned.item.src, f"cannot read: {err.strerror or err}"), planned.item)
+            continue
+        kept.append((planned, source))
+    tasks = [(os.path.abspath(p.item.src), os.path.abspath(p.dst)) for p, _ in kept]
+    fields = {"scale": options.scale, "target_size": options.target_size, "tile": options.tile,
+              "overlap": options.overlap, "seamless": options.seamless, "role": options.role}
+    with tqdm(total=len(tasks), unit="file", desc="upscaling on Ray", disable=None, file=sys.stderr) as bar:
+        def arrived(outcome: Any) -> None:
+            planned, source = kept[outcome.index]
+            if outcome.ok:
+                batch.written(planned, entry_for(batch.settings, source, engine=f"ray {args.engine} {args.device}"))
+            else:
+                batch.failed += 1
+                reason = outcome.error or "failed"
+                prefix = f"{outcome.src}: "
+                batch.fail(planned.item.src, reason[len(prefix):] if reason.startswith(prefix) else reason)
+            bar.update(1)
+
+        run_on_ray(tasks, model=model, options=fields, engine=args.engine, device=args.device,
+                   precision=args.precision, address=address, max_pixels=args.max_pixels, on_outcome=arrived,
+                   status=lambda line: tqdm.write(f"texup: {line}", file=sys.stderr))
 
 
 def tqdm_write(line: str) -> None:
@@ -396,7 +443,15 @@ def run(args: argparse.Namespace) -> int:
         for dst, entry in plan.refresh:
             if record.entry(dst) is not None:
                 record.put(str(record.key(dst)), entry)
-        if plan.todo:
+        if plan.todo and args.ray is not None:
+            options = UpscaleOptions(scale=args.scale, target_size=target, tile=args.tile, overlap=args.overlap,
+                                     seamless=args.seamless, role=args.role)
+            try:
+                _execute_on_ray(batch, plan.todo, model, options, args.ray or None)
+            except RuntimeError as err:  # no Ray, or a cluster without a usable node
+                print(f"texup: error: {err}", file=sys.stderr)
+                return 1
+        elif plan.todo:
             if upscaler is None:
                 try:
                     upscaler = open_upscaler()
