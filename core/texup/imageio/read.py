@@ -8,6 +8,7 @@ allocate gigabytes.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ def _open_checked(path: str | os.PathLike[str]) -> tuple[Path, str]:
     try:
         if p.is_dir():
             raise ImageReadError(p, "is a folder, not an image file")
+        if not stat.S_ISREG(p.stat().st_mode):  # opening a FIFO blocks until someone writes to it: never open one
+            raise ImageReadError(p, "not a regular file (a pipe, device or socket is not an image file)")
         with open(p, "rb") as fh:
             head = fh.read(HEAD_BYTES)
             size = fh.seek(0, 2)
@@ -47,6 +50,18 @@ def _open_checked(path: str | os.PathLike[str]) -> tuple[Path, str]:
     return p, format
 
 
+def _one_line(err: ImageReadError) -> ImageReadError:
+    """``err`` with its reason made one printable line: a reason may quote bytes of the damaged file (a PNG chunk
+    type, an EXR attribute name), and a line break or control character among them split the CLI's one-line
+    error (found by scripts/fuzz.py); those characters are written as escapes (``\\n``, ``\\x8d``)."""
+    if err.reason.isprintable():
+        return err
+    reason = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in err.reason)
+    clean = ImageReadError(err.path, reason)
+    clean.__cause__ = err.__cause__
+    return clean
+
+
 def _probe(path: Path, format: str, max_pixels: int | None) -> ImageInfo:
     if format == "png":
         return _png.probe(path, max_pixels)
@@ -66,7 +81,10 @@ def probe_image(path: str | os.PathLike[str]) -> ImageInfo:
     (missing, folder, empty, unknown or unsupported format, corrupt header).
     """
     p, format = _open_checked(path)
-    return _probe(p, format, None)
+    try:
+        return _probe(p, format, None)
+    except ImageReadError as err:
+        raise _one_line(err) from err.__cause__
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> Image:
@@ -99,15 +117,15 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
             pixels = _tiff.decode(p, info)
         else:
             pixels = _pillow.decode(p, format, info)
-    except ImageReadError:
-        raise
+    except ImageReadError as err:
+        raise _one_line(err) from err.__cause__
     except MemoryError:
         raise ImageReadError(p, "not enough memory to decode it") from None
     except Exception as exc:  # noqa: BLE001 - re-raised naming the file, cause chained
         # Third-party decoders report damaged files through an open-ended set of exception types (a fuzzed TIFF
         # tag: TypeError or AttributeError from tifffile): any of them is this file's problem, never the batch's.
         reason = " ".join(str(exc).split())[:200] or "no message"
-        raise ImageReadError(p, f"corrupt or unsupported {format} file (decoder: {type(exc).__name__}: {reason})") from exc
+        raise _one_line(ImageReadError(p, f"corrupt or unsupported {format} file (decoder: {type(exc).__name__}: {reason})")) from exc
     if pixels.dtype != np.dtype(info.dtype):
         raise ImageReadError(p, f"decoder returned {pixels.dtype} samples, header says {info.dtype}")
     return Image(pixels=pixels, info=info)

@@ -294,8 +294,11 @@ class Upscaler:
         check_output_memory(height, width, channels, image.dtype.itemsize, out_h, out_w)
         passes = count_passes(height, width, out_h, out_w, scale)
         wrap = options.seamless == "on" or (options.seamless == "auto" and is_tileable(image))
-        tile = options.tile or self.engine.auto_tile(overlap=options.overlap, out_width=width * scale**passes)
-        overlap = options.overlap
+        # Context beyond the image, or beyond a tile, adds nothing but work (an overlap of 1000 on a 20x28 image
+        # took 81 s instead of 0.1 s; 10**6 asked for a 43.7 TiB buffer): capped at both.
+        overlap = min(options.overlap, max(height, width))
+        tile = options.tile or self.engine.auto_tile(overlap=overlap, out_width=width * scale**passes)
+        overlap = min(overlap, tile)
 
         has_alpha = channels in (2, 4)
         alpha_src = image[:, :, -1] if has_alpha else None

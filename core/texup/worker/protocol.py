@@ -59,8 +59,19 @@ class ProtocolError(ValueError):
 
 
 def encode(message: dict[str, Any]) -> str:
-    """One protocol line (no newline) for ``message``: compact JSON, non-ASCII kept as UTF-8."""
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    """One protocol line (no newline) for ``message``: compact JSON, non-ASCII kept as UTF-8.
+
+    A string holding a lone surrogate (a request may carry ``"\\ud800"`` in an id or item key, which the
+    worker echoes) has no UTF-8 form: such a line is written with every non-ASCII character escaped instead,
+    so it still reads back as the same string (writing it as UTF-8 raised ``UnicodeEncodeError``, which the
+    worker took for a closed pipe and stopped).
+    """
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(message, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return text
 
 
 def decode(line: str | bytes) -> dict[str, Any]:
@@ -76,13 +87,15 @@ def decode(line: str | bytes) -> dict[str, Any]:
         raise ProtocolError(f"line is not JSON: {err.msg} at column {err.colno}") from None
     except RecursionError:
         raise ProtocolError(f"line nests objects or lists too deeply (at most {MAX_DEPTH} levels)") from None
+    except ValueError as err:  # an integer of more than 4300 digits (int conversion limit): not a usable value
+        raise ProtocolError(f"line is not usable JSON: {' '.join(str(err).split())[:200]}") from None
     if _depth(message) > MAX_DEPTH:
         raise ProtocolError(f"line nests objects or lists too deeply (at most {MAX_DEPTH} levels)")
     if not isinstance(message, dict):
         raise ProtocolError(f"a message must be a JSON object, got {type(message).__name__}")
     if not isinstance(message.get("type"), str):
         raise ProtocolError("a message needs a string 'type'")
-    if "id" in message and not isinstance(message["id"], (str, int)):
+    if "id" in message and (not isinstance(message["id"], (str, int)) or isinstance(message["id"], bool)):  # bool is an int
         raise ProtocolError("'id' must be a string or an integer")
     return message
 
@@ -144,7 +157,8 @@ def _number(options: dict[str, Any], key: str, kind: type, *, low: float, high: 
     value = options.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and (
+            not math.isfinite(value) or (kind is int and not value.is_integer()))):  # NaN passes < and >
         raise ProtocolError(f"option {key!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
     if value < low or (high is not None and value > high):
         raise ProtocolError(f"option {key!r} must be between {low} and {high}, got {value!r}" if high is not None
