@@ -110,6 +110,7 @@ class OutputRecord:
         self._hashes_added: dict[str, dict[str, Any]] = {}
         self._models_added: dict[str, dict[str, Any]] = {}
         self._saved_at = time.monotonic()
+        self._save_gap = 0.0  # 20x the last save's duration: saving never takes over 5 % of a run
 
     # -- reading ---------------------------------------------------------------------------------------------
 
@@ -259,7 +260,7 @@ class OutputRecord:
     def put(self, key: str, entry: dict[str, Any], *, save_every: float = 1.0) -> None:
         """Record ``entry`` (with the output's ``size`` and ``mtime_ns``) for the output ``key``."""
         self._added[key] = entry
-        if time.monotonic() - self._saved_at >= save_every:
+        if time.monotonic() - self._saved_at >= max(save_every, self._save_gap):
             self.save()
 
     def save(self) -> None:
@@ -267,6 +268,7 @@ class OutputRecord:
         replace it atomically."""
         if not (self._added or self._hashes_added or self._models_added or self._journal_files()):
             return
+        started = time.monotonic()
         self.state.mkdir(parents=True, exist_ok=True)
         with file_lock(self.state / LOCK_NAME):
             disk = self._read()
@@ -280,6 +282,10 @@ class OutputRecord:
         self._entries, self._hashes, self._models = files, hashes, models
         self._added, self._hashes_added, self._models_added = {}, {}, {}
         self._saved_at = time.monotonic()
+        # A library's manifest grows with it (about 1 kB per output on disk): the whole file is rewritten each
+        # time, so the gap between saves grows with its cost. Nothing is at risk meanwhile: each output's entry
+        # is in this run's journal before its rename.
+        self._save_gap = 20.0 * (self._saved_at - started)
 
     def close(self) -> None:
         """Save, then end this run's journal (its entries are in the manifest now)."""

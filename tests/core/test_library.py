@@ -358,3 +358,33 @@ def test_concurrent_cli_runs_over_one_output_folder(tiny_model, tmp_path):
     _age(lib)
     rerun = subprocess.run(base, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0 and "0 upscaled, 16 up to date" in rerun.stderr, rerun.stderr
+
+
+def test_manifest_saves_space_out_as_a_save_gets_expensive(tmp_path, monkeypatch):
+    """The whole manifest is rewritten at each save; on a large library saving must not dominate the run."""
+    import texup.outputs as outputs_module
+    from texup.outputs import OutputRecord
+
+    now = [100.0]
+    monkeypatch.setattr(outputs_module.time, "monotonic", lambda: now[0])
+    real_dumps = outputs_module.json.dumps
+    saves = []
+
+    def slow_dumps(obj, **kw):  # a save that takes 0.5 s on the fake clock
+        if isinstance(obj, dict) and "files" in obj:
+            saves.append(now[0])
+            now[0] += 0.5
+        return real_dumps(obj, **kw)
+
+    monkeypatch.setattr(outputs_module.json, "dumps", slow_dumps)
+    record = OutputRecord(tmp_path)
+    for i, t in enumerate((101.0, 103.0, 106.0, 111.5, 112.0)):
+        now[0] = t
+        record.put(f"o{i}.png", {"size": 1, "mtime_ns": 1})
+    assert saves == [101.0, 111.5]  # after a 0.5 s save the next waits 10 s, not 1 s
+    record.close()  # the end of a run always saves
+    assert len(saves) == 3
+    import json
+
+    on_disk = json.loads((tmp_path / ".texup" / "outputs.json").read_text())["files"]
+    assert sorted(on_disk) == [f"o{i}.png" for i in range(5)]
