@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import bpy
 
@@ -34,8 +34,8 @@ class FineTuneSettings:
 
     steps: int = 300
     stage: str = "gan"
-    pretrained: Optional[str] = None
-    config_file: Optional[str] = None
+    pretrained: str | None = None
+    config_file: str | None = None
     device: str = "auto"
 
 
@@ -88,8 +88,15 @@ class FineTuneSession(WorkerSession):
         self.tracker = TrainTracker(steps=job.steps)
 
     @classmethod
-    def begin(cls, infos: list[TextureInfo], settings: FineTuneSettings, worker_python: Optional[str] = None, *,
-              root: Optional[str] = None, start_timeout: float = 120.0) -> "FineTuneSession":
+    def begin(
+        cls,
+        infos: list[TextureInfo],
+        settings: FineTuneSettings,
+        worker_python: str | None = None,
+        *,
+        root: str | None = None,
+        start_timeout: float = 120.0,
+    ) -> FineTuneSession:
         """Export the dataset and get a worker (spawned, not waited for); send the job at once if it is warm.
 
         Raises :class:`~.session.SessionError` when no texture could be exported, no worker Python is
@@ -100,8 +107,10 @@ class FineTuneSession(WorkerSession):
         except WorkerStartError as err:
             raise SessionError(str(err)) from err
         if not os.path.exists(python):
-            raise SessionError(f"the worker Python {python!r} does not exist: set 'Worker Python' in the texup "
-                               "add-on preferences (or TEXUP_PYTHON)")
+            raise SessionError(
+                f"the worker Python {python!r} does not exist: set 'Worker Python' in the texup "
+                "add-on preferences (or TEXUP_PYTHON)"
+            )
         root = root or training_root()
         existing = os.listdir(root) if os.path.isdir(root) else []
         data_dir, model_dir = run_folders(root, run_name(existing=existing))
@@ -111,9 +120,15 @@ class FineTuneSession(WorkerSession):
         if not [f for f in plan.files if f.texture not in failed_names]:
             reasons = "; ".join(f"{name}: {why}" for name, why in failures)
             raise SessionError("no texture could be exported for fine-tuning" + (f" ({reasons})" if reasons else ""))
-        job = TrainJob(data_dir=data_dir, out_dir=model_dir, steps=settings.steps, stage=settings.stage,
-                       pretrained=settings.pretrained or None, config_file=settings.config_file or None,
-                       device=settings.device)
+        job = TrainJob(
+            data_dir=data_dir,
+            out_dir=model_dir,
+            steps=settings.steps,
+            stage=settings.stage,
+            pretrained=settings.pretrained or None,
+            config_file=settings.config_file or None,
+            device=settings.device,
+        )
         try:
             job.validate()
             client = service.ensure_worker(worker_python, timeout=start_timeout)
@@ -149,7 +164,7 @@ class FineTuneSession(WorkerSession):
         self.tracker.handle(Done(id=self.job_id or "", ok=0, failed=0, cancelled=True))
 
     @property
-    def failure(self) -> Optional[str]:
+    def failure(self) -> str | None:
         """Why no model came out (start failure, worker crash, training error), else ``None``."""
         if self.error is not None:
             return self.error
@@ -159,7 +174,7 @@ class FineTuneSession(WorkerSession):
             return self.tracker.errors[0] if self.tracker.errors else "the worker exported no model"
         return None
 
-    def finish(self, scene: Any) -> Optional[str]:
+    def finish(self, scene: Any) -> str | None:
         """Set ``scene.texup.model`` to the exported model when the run succeeded; return its path."""
         if self.error is not None or self.cancelled_before_start or not self.tracker.succeeded:
             return None

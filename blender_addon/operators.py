@@ -6,7 +6,7 @@ enabling the add-on costs nothing.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
@@ -17,14 +17,18 @@ from .properties import texture_list
 TIMER_INTERVAL = 0.1
 
 
-def filter_reasons(settings: Any, item: Any, *, short: bool = False) -> Optional[str]:
+def filter_reasons(settings: Any, item: Any, *, short: bool = False) -> str | None:
     """Why the panel's filters (size limit, role) hide a list row, else ``None``: the headless script's
     rule (``bridge.jobs.filter_reason``; "at most N px" keeps a texture of exactly N px)."""
     from .bridge.jobs import filter_reason
 
-    return filter_reason((item.width, item.height), item.role,
-                         max_size=settings.max_size if settings.use_size_filter else None,
-                         roles=None if settings.role_filter == "ALL" else {settings.role_filter}, short=short)
+    return filter_reason(
+        (item.width, item.height),
+        item.role,
+        max_size=settings.max_size if settings.use_size_filter else None,
+        roles=None if settings.role_filter == "ALL" else {settings.role_filter},
+        short=short,
+    )
 
 
 def passes_filters(settings: Any, item: Any) -> bool:
@@ -50,8 +54,9 @@ def refresh_list(context: bpy.types.Context) -> int:
 
     textures = texture_list(context)
     selected = {item.name for item in textures.textures if item.selected}
-    active = textures.textures[textures.active_index].name if 0 <= textures.active_index < len(textures.textures) \
-        else None
+    active = (
+        textures.textures[textures.active_index].name if 0 <= textures.active_index < len(textures.textures) else None
+    )
     infos = scene.scan()
     textures.textures.clear()
     for info in infos:
@@ -93,7 +98,7 @@ def run_settings(context: bpy.types.Context):
     )
 
 
-def panel_model(context: bpy.types.Context) -> Optional[str]:
+def panel_model(context: bpy.types.Context) -> str | None:
     """The panel's Model (a ``//`` path made absolute), else the preferences' default model, else ``None``."""
     from .preferences import get_preferences
 
@@ -130,7 +135,7 @@ def chosen_names(context: bpy.types.Context, names: str) -> list[str]:
     return [item.name for item in texture_list(context).textures if item.selected and passes_filters(settings, item)]
 
 
-def _worker_preference(context: bpy.types.Context) -> Optional[str]:
+def _worker_preference(context: bpy.types.Context) -> str | None:
     from .preferences import get_preferences
 
     prefs = get_preferences(context)
@@ -144,7 +149,6 @@ def redraw_panels(context: bpy.types.Context) -> None:
         for area in window.screen.areas:
             if area.type in {"VIEW_3D", "IMAGE_EDITOR"}:
                 area.tag_redraw()
-
 
 
 def report_outcomes(operator: bpy.types.Operator, run: Any) -> None:
@@ -167,7 +171,7 @@ def push_undo(message: str) -> None:
         bpy.ops.ed.undo_push(message=message)
 
 
-def _status_text(context: bpy.types.Context, text: Optional[str]) -> None:
+def _status_text(context: bpy.types.Context, text: str | None) -> None:
     workspace = getattr(context, "workspace", None)
     if workspace is not None:
         workspace.status_text_set(text)
@@ -185,7 +189,7 @@ class _ModalSession:
     def poll(cls, context: bpy.types.Context) -> bool:
         return not context.window_manager.texup_runtime.running
 
-    def _chosen_infos(self, context: bpy.types.Context) -> Optional[list]:
+    def _chosen_infos(self, context: bpy.types.Context) -> list | None:
         """The scanned TextureInfo of the chosen images (``self.images`` or the list's selection);
         ``None`` after reporting why there are none."""
         from . import scene
@@ -220,8 +224,11 @@ class _ModalSession:
         """Start a new modal instance of this operator with this one's properties (a modal handler on
         the operator Blender repeats would outlive it)."""
         window = context.window or context.window_manager.windows[0]
-        props = {name: getattr(self, name) for name in self.properties.bl_rna.properties.keys()
-                 if name != "rna_type" and self.properties.is_property_set(name)}
+        props = {
+            name: getattr(self, name)
+            for name in self.properties.bl_rna.properties.keys()
+            if name != "rna_type" and self.properties.is_property_set(name)
+        }
         idname = self.bl_idname  # "texup.upscale" on the class, "TEXUP_OT_upscale" on an instance
         module, name = idname.split(".") if "." in idname else idname.lower().split("_ot_")
         operator = getattr(getattr(bpy.ops, module), name)
@@ -315,8 +322,10 @@ class _ModalSession:
 class TEXUP_OT_refresh(bpy.types.Operator):
     bl_idname = "texup.refresh"
     bl_label = "Refresh Textures"
-    bl_description = ("List every image used by an Image Texture node (materials, node groups, world); the "
-                      "list also refreshes itself when a file loads and after undo")
+    bl_description = (
+        "List every image used by an Image Texture node (materials, node groups, world); the "
+        "list also refreshes itself when a file loads and after undo"
+    )
     bl_options = {"INTERNAL"}  # a view of the scene: no undo step, not what Repeat Last repeats
 
     def execute(self, context: bpy.types.Context) -> set[str]:
@@ -344,14 +353,19 @@ class TEXUP_OT_select(bpy.types.Operator):
 class TEXUP_OT_upscale(_ModalSession, bpy.types.Operator):
     bl_idname = "texup.upscale"
     bl_label = "Upscale Selected"
-    bl_description = ("Upscale the selected textures with texup and use the results in every node that used "
-                      "the originals (originals are kept; Revert restores them)")
+    bl_description = (
+        "Upscale the selected textures with texup and use the results in every node that used "
+        "the originals (originals are kept; Revert restores them)"
+    )
     bl_options = {"REGISTER", "UNDO"}
 
     # Hidden: no "Adjust Last Operation" panel (redoing would run the whole upscale again).
     images: StringProperty(
-        name="Images", description="Comma-separated image names; empty: the selected rows of the list",
-        default="", options={"SKIP_SAVE", "HIDDEN"})
+        name="Images",
+        description="Comma-separated image names; empty: the selected rows of the list",
+        default="",
+        options={"SKIP_SAVE", "HIDDEN"},
+    )
 
     def _begin(self, context: bpy.types.Context):
         """Scan and begin an :class:`~.session.UpscaleSession` (never waits for the worker); ``None``
@@ -363,8 +377,11 @@ class TEXUP_OT_upscale(_ModalSession, bpy.types.Operator):
             return None
         hidden = left_out(context) if not self.images.strip() else []
         if hidden:  # nothing is left out silently
-            self.report({"INFO"}, f"texup: {len(hidden)} left out by the filters: "
-                        + "; ".join(f"{name} ({why})" for name, why in hidden))
+            self.report(
+                {"INFO"},
+                f"texup: {len(hidden)} left out by the filters: "
+                + "; ".join(f"{name} ({why})" for name, why in hidden),
+            )
         try:
             return UpscaleSession.begin(infos, run_settings(context), _worker_preference(context))
         except SessionError as err:
@@ -396,13 +413,18 @@ class TEXUP_OT_upscale(_ModalSession, bpy.types.Operator):
 class TEXUP_OT_finetune(_ModalSession, bpy.types.Operator):
     bl_idname = "texup.finetune"
     bl_label = "Fine-tune on These Textures"
-    bl_description = ("Train the panel's model on the selected textures (exported next to the .blend under "
-                      "texup_training/) in the texup worker, then set Model to the result so Upscale uses it")
+    bl_description = (
+        "Train the panel's model on the selected textures (exported next to the .blend under "
+        "texup_training/) in the texup worker, then set Model to the result so Upscale uses it"
+    )
     bl_options = {"REGISTER"}
 
     images: StringProperty(
-        name="Images", description="Comma-separated image names; empty: the selected rows of the list",
-        default="", options={"SKIP_SAVE"})
+        name="Images",
+        description="Comma-separated image names; empty: the selected rows of the list",
+        default="",
+        options={"SKIP_SAVE"},
+    )
 
     def _begin(self, context: bpy.types.Context):
         """Export the dataset and begin a :class:`~.finetune.FineTuneSession`; ``None`` after reporting why not."""
@@ -441,8 +463,10 @@ class TEXUP_OT_finetune(_ModalSession, bpy.types.Operator):
 class TEXUP_OT_cancel(bpy.types.Operator):
     bl_idname = "texup.cancel"
     bl_label = "Cancel"
-    bl_description = ("Stop the running upscale (within a second or two; textures finished before stay upscaled), "
-                      "or fine-tuning after the current step (same as Esc)")
+    bl_description = (
+        "Stop the running upscale (within a second or two; textures finished before stay upscaled), "
+        "or fine-tuning after the current step (same as Esc)"
+    )
     bl_options = {"INTERNAL"}
 
     @classmethod
@@ -461,8 +485,11 @@ class TEXUP_OT_revert(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     images: StringProperty(
-        name="Images", description="Comma-separated image names; empty: the selected rows of the list",
-        default="", options={"SKIP_SAVE"})
+        name="Images",
+        description="Comma-separated image names; empty: the selected rows of the list",
+        default="",
+        options={"SKIP_SAVE"},
+    )
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         from . import relink

@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import bpy
 
@@ -34,8 +35,16 @@ from .defaults import DEFAULT_OUT_DIR
 # File formats Blender writes for generated images (which have no file yet), by float-ness.
 _GENERATED_FORMATS = {False: ("PNG", "png"), True: ("OPEN_EXR", "exr")}
 _FORMAT_EXTENSIONS = {
-    "PNG": "png", "JPEG": "jpg", "TARGA": "tga", "TARGA_RAW": "tga", "TIFF": "tif", "OPEN_EXR": "exr",
-    "OPEN_EXR_MULTILAYER": "exr", "BMP": "bmp", "WEBP": "webp", "HDR": "hdr",
+    "PNG": "png",
+    "JPEG": "jpg",
+    "TARGA": "tga",
+    "TARGA_RAW": "tga",
+    "TIFF": "tif",
+    "OPEN_EXR": "exr",
+    "OPEN_EXR_MULTILAYER": "exr",
+    "BMP": "bmp",
+    "WEBP": "webp",
+    "HDR": "hdr",
 }
 
 
@@ -49,7 +58,7 @@ class RunSettings:
     relative to the .blend where possible.
     """
 
-    model: Optional[str] = None
+    model: str | None = None
     scale: int = 4
     tile: int = 0
     seamless: str = "auto"
@@ -76,12 +85,12 @@ class UpscaleRun:
     def __init__(self, infos: list[TextureInfo], settings: RunSettings) -> None:
         self.infos = list(infos)
         self.settings = settings
-        self.plan: Optional[JobPlan] = None
-        self.tracker: Optional[JobTracker] = None
-        self.crashed: Optional[str] = None
+        self.plan: JobPlan | None = None
+        self.tracker: JobTracker | None = None
+        self.crashed: str | None = None
         self.rows: list[dict[str, Any]] = []
         self._pack = False
-        self._temp_dir: Optional[str] = None
+        self._temp_dir: str | None = None
         self._failures: dict[str, str] = {}  # image name -> why (bpy-side problems)
         self._applied: dict[str, tuple[str, int]] = {}  # image name -> (result image name, nodes changed)
 
@@ -232,7 +241,7 @@ class UpscaleRun:
             files: Any = {key_tile[key]: path for key, path in outcome.written.items()}
         else:
             files = next(iter(outcome.written.values()))
-        record: Optional[str] = None
+        record: str | None = None
         if pack:
             # A packed result records where it would unpack to: the configured output folder.
             record = (self.settings.out_dir or DEFAULT_OUT_DIR).rstrip("/\\") + "/" + os.path.basename(planned.dst)
@@ -242,8 +251,9 @@ class UpscaleRun:
             except ValueError:  # another drive (Windows): keep the absolute path
                 record = None
         try:
-            result = relink.load_result(original, files, name=_image_name(planned.dst), pack=pack,
-                                        pattern=planned.dst, filepath=record)
+            result = relink.load_result(
+                original, files, name=_image_name(planned.dst), pack=pack, pattern=planned.dst, filepath=record
+            )
         except (RuntimeError, ValueError) as err:
             self._failures[name] = f"{name}: Blender cannot load the result {planned.dst}: {err}"
             return
@@ -266,8 +276,11 @@ class UpscaleRun:
     def report(self) -> list[dict[str, Any]]:
         """One row per image: ``bridge.jobs.report_rows`` plus ``result_image`` and ``nodes_changed``;
         problems found on the Blender side (cannot load the result, ...) turn a row ``failed``."""
-        plan = self.plan if self.plan is not None else JobPlan(job=Job(options=JobOptions(), items=()),
-                                                               outputs=(), skipped=())
+        plan = (
+            self.plan
+            if self.plan is not None
+            else JobPlan(job=Job(options=JobOptions(), items=()), outputs=(), skipped=())
+        )
         rows = report_rows(self.infos, self.tracker, plan)
         for row in rows:
             name = row["name"]
@@ -306,9 +319,15 @@ def _image_name(dst_pattern: str) -> str:
     return stem.strip("._-") or "upscaled"
 
 
-def run_blocking_started(client: Any, run: UpscaleRun, job_id: str, *, poll_interval: float = 0.1,
-                         timeout: Optional[float] = None,
-                         on_progress: Optional[Callable[[JobTracker], None]] = None) -> list[dict[str, Any]]:
+def run_blocking_started(
+    client: Any,
+    run: UpscaleRun,
+    job_id: str,
+    *,
+    poll_interval: float = 0.1,
+    timeout: float | None = None,
+    on_progress: Callable[[JobTracker], None] | None = None,
+) -> list[dict[str, Any]]:
     """Wait for the submitted job ``job_id`` of ``run``, then apply it; returns the report rows.
 
     The headless path: blocking is fine there. ``on_progress(tracker)`` is called after every batch of
@@ -339,8 +358,13 @@ def run_blocking_started(client: Any, run: UpscaleRun, job_id: str, *, poll_inte
     return run.apply()
 
 
-def run_blocking(client: Any, run: UpscaleRun, *, timeout: Optional[float] = None,
-                 on_progress: Optional[Callable[[JobTracker], None]] = None) -> list[dict[str, Any]]:
+def run_blocking(
+    client: Any,
+    run: UpscaleRun,
+    *,
+    timeout: float | None = None,
+    on_progress: Callable[[JobTracker], None] | None = None,
+) -> list[dict[str, Any]]:
     """Prepare, submit, wait and apply (see :func:`run_blocking_started`); raises :class:`RunError`."""
     job_id = client.submit(run.prepare())
     return run_blocking_started(client, run, job_id, timeout=timeout, on_progress=on_progress)

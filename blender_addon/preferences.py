@@ -40,8 +40,9 @@ def _worker_python_changed(self, context: bpy.types.Context) -> None:
     setup_ops.worker_setting_changed(context)
 
 
-def draw_worker_status(layout: bpy.types.UILayout, context: bpy.types.Context, *, details: bool = False,
-                       compact: bool = False) -> None:
+def draw_worker_status(
+    layout: bpy.types.UILayout, context: bpy.types.Context, *, details: bool = False, compact: bool = False
+) -> None:
     """The worker's state from its last check, one to three compact lines with icons, for the preferences
     and the panel. The first call of a session starts a check (on a thread); before it ends: "checking".
 

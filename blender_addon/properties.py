@@ -48,12 +48,12 @@ STAGE_ITEMS = [
 class TexupTextureItem(bpy.types.PropertyGroup):
     """One row of the texture list: a copy of a scan result (``name`` is the image datablock's name)."""
 
-    selected: BoolProperty(name="Select", description="Include this texture when Upscale or Revert runs",
-                           default=False)
+    selected: BoolProperty(name="Select", description="Include this texture when Upscale or Revert runs", default=False)
     width: IntProperty(name="Width", description="Width in pixels (UDIM: of the first tile)")
     height: IntProperty(name="Height", description="Height in pixels (UDIM: of the first tile)")
-    role: StringProperty(name="Role", description="How texup treats it (from the material graph): colour, "
-                         "normal map or non-colour data")
+    role: StringProperty(
+        name="Role", description="How texup treats it (from the material graph): colour, normal map or non-colour data"
+    )
     colorspace: StringProperty(name="Colour Space", description="The image's colour space setting in Blender")
     source: StringProperty(name="Source", description="file, packed, generated, udim or missing")
     users: IntProperty(name="Users", description="Image nodes that use this image")
@@ -66,10 +66,6 @@ class TexupTextureItem(bpy.types.PropertyGroup):
     def source_label(self) -> str:
         return f"UDIM ({self.udim_tiles})" if self.source == "udim" else self.source
 
-    @property
-    def resolution_label(self) -> str:
-        return f"{self.width}x{self.height}" if self.width else "-"
-
 
 class TexupTextureList(bpy.types.PropertyGroup):
     """The panel's texture list (window manager: not saved with the scene, not part of undo)."""
@@ -77,45 +73,73 @@ class TexupTextureList(bpy.types.PropertyGroup):
     textures: CollectionProperty(type=TexupTextureItem)
     active_index: IntProperty(name="Active Texture", default=0)
     scene_name: StringProperty(
-        name="Scene", description="The scene this list was made for (empty: never filled)", default="")
-    show_left_out: BoolProperty(name="Left Out", description="Show the textures the filters leave out, and why",
-                                default=False)
+        name="Scene", description="The scene this list was made for (empty: never filled)", default=""
+    )
+    show_left_out: BoolProperty(
+        name="Left Out", description="Show the textures the filters leave out, and why", default=False
+    )
 
 
 class TexupSettings(bpy.types.PropertyGroup):
     """The panel's run settings, stored with the scene."""
 
     use_size_filter: BoolProperty(
-        name="At Most", description="Only list textures whose larger side is at most this many pixels "
-        "(the same rule as the headless --max-size); the others are listed under 'left out'", default=False)
-    max_size: IntProperty(name="Size", description="The size limit in pixels (larger side; a texture of "
-                          "exactly this size is kept)", default=2048, min=1, soft_max=16384)
-    role_filter: EnumProperty(name="Role", description="Only list textures of this role; the others are "
-                              "listed under 'left out'", items=ROLE_FILTER_ITEMS, default="ALL")
+        name="At Most",
+        description="Only list textures whose larger side is at most this many pixels "
+        "(the same rule as the headless --max-size); the others are listed under 'left out'",
+        default=False,
+    )
+    max_size: IntProperty(
+        name="Size",
+        description="The size limit in pixels (larger side; a texture of exactly this size is kept)",
+        default=2048,
+        min=1,
+        soft_max=16384,
+    )
+    role_filter: EnumProperty(
+        name="Role",
+        description="Only list textures of this role; the others are listed under 'left out'",
+        items=ROLE_FILTER_ITEMS,
+        default="ALL",
+    )
     model: StringProperty(
         name="Model",
         description="Model name (texup models list) or weights file (.safetensors, .pth, ncnn .param). "
-                    f"Empty: the Default Model of the add-on preferences ({DEFAULT_MODEL} unless changed)",
+        f"Empty: the Default Model of the add-on preferences ({DEFAULT_MODEL} unless changed)",
         default="",
     )
-    scale: EnumProperty(name="Scale", description="How much larger the results are", items=SCALE_ITEMS,
-                        default="4")
+    scale: EnumProperty(name="Scale", description="How much larger the results are", items=SCALE_ITEMS, default="4")
     tile: IntProperty(
-        name="Tile", description="Input tile size in pixels. 0: automatic (the largest tile that fits the "
+        name="Tile",
+        description="Input tile size in pixels. 0: automatic (the largest tile that fits the "
         "device's memory); a smaller tile uses less memory and makes progress and cancel finer",
-        default=0, min=0, soft_max=2048)
-    seamless: EnumProperty(name="Seamless", description="Keep tileable textures tileable (wrap-around at the "
-                           "edges)", items=SEAMLESS_ITEMS, default="auto")
+        default=0,
+        min=0,
+        soft_max=2048,
+    )
+    seamless: EnumProperty(
+        name="Seamless",
+        description="Keep tileable textures tileable (wrap-around at the edges)",
+        items=SEAMLESS_ITEMS,
+        default="auto",
+    )
     finetune_steps: IntProperty(
-        name="Steps", description="Training steps of a fine-tuning run (a few hundred adapt a model to a library)",
-        default=300, min=1, soft_max=5000)
-    finetune_stage: EnumProperty(name="Stage", description="Which training stage to run", items=STAGE_ITEMS,
-                                 default="gan")
+        name="Steps",
+        description="Training steps of a fine-tuning run (a few hundred adapt a model to a library)",
+        default=300,
+        min=1,
+        soft_max=5000,
+    )
+    finetune_stage: EnumProperty(
+        name="Stage", description="Which training stage to run", items=STAGE_ITEMS, default="gan"
+    )
     finetune_config: StringProperty(
         name="Config",
         description="Optional training config file (.toml or .json) for every other setting: crop and batch size, "
-                    "discriminator, learning rates; empty: texup's defaults",
-        default="", subtype="FILE_PATH")
+        "discriminator, learning rates; empty: texup's defaults",
+        default="",
+        subtype="FILE_PATH",
+    )
 
 
 class TexupRuntime(bpy.types.PropertyGroup):
@@ -185,8 +209,10 @@ def _on_load_post(*_args) -> None:
 
 @persistent
 def _on_undo_redo(*_args) -> None:
-    if getattr(bpy.context.window_manager, "texup_runtime", None) is not None and \
-            bpy.context.window_manager.texup_runtime.running:
+    if (
+        getattr(bpy.context.window_manager, "texup_runtime", None) is not None
+        and bpy.context.window_manager.texup_runtime.running
+    ):
         return  # the running upscale refreshes the list when it ends
     _refresh_now()
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import bpy
 
 from .bridge.jobs import TextureInfo
-from .bridge.naming import UDIM_TOKENS, has_udim_token, udim_tile_path
+from .bridge.naming import has_udim_token, udim_tile_path
 
 #: Custom property on a result image naming the original image it replaced (stored in the .blend).
 ORIGINAL_PROP = "texup_original"

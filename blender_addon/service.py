@@ -1,7 +1,8 @@
 """The one warm worker process of this Blender session (no bpy here).
 
 The model stays loaded in the worker between jobs, so the worker is started once, on the first
-upscale (spawned without waiting: the operator picks up its hello from its timer), and kept until the add-on is disabled or Blender exits (``atexit``; the worker also exits
+upscale (spawned without waiting: the operator picks up its hello from its timer), and kept until the add-on is
+disabled or Blender exits (``atexit``; the worker also exits
 by itself when its stdin closes, i.e. when Blender dies).
 """
 
@@ -9,42 +10,43 @@ from __future__ import annotations
 
 import atexit
 import os
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from .bridge import bundle
 from .bridge.bundle import WorkerLaunch
 from .bridge.client import WorkerClient, WorkerStartError
 
-_client: Optional[WorkerClient] = None
-_launch: Optional[WorkerLaunch] = None
+_client: WorkerClient | None = None
+_launch: WorkerLaunch | None = None
 _ADDON_DIR = os.path.dirname(os.path.abspath(__file__))
-_user_dir: Optional[str] = None
+_user_dir: str | None = None
 
 
-def configure(user_dir: Optional[str]) -> None:
+def configure(user_dir: str | None) -> None:
     """Set the extension's user folder (where the PyTorch environment lives); called on register."""
     global _user_dir
     _user_dir = user_dir
 
 
-def user_dir() -> Optional[str]:
+def user_dir() -> str | None:
     """The extension's user folder set by :func:`configure` (``None`` for a legacy add-on or a script)."""
     return _user_dir
 
 
-def resolve_launch(preference: Optional[str]) -> WorkerLaunch:
+def resolve_launch(preference: str | None) -> WorkerLaunch:
     """How to start the worker (:func:`bridge.bundle.resolve_launch` with this add-on's folders).
     Raises :class:`WorkerStartError` with what to do when there is none."""
     return bundle.resolve_launch(preference, addon_dir=_ADDON_DIR, user_dir=_user_dir)
 
 
-def resolve_python(preference: Optional[str]) -> str:
+def resolve_python(preference: str | None) -> str:
     """The worker's Python from :func:`resolve_launch`. Raises :class:`WorkerStartError`."""
     return resolve_launch(preference).python
 
 
-def ensure_worker(preference: Optional[str] = None, *, env: Optional[Mapping[str, str]] = None,
-                  timeout: float = 120.0) -> WorkerClient:
+def ensure_worker(
+    preference: str | None = None, *, env: Mapping[str, str] | None = None, timeout: float = 120.0
+) -> WorkerClient:
     """The worker client, spawned if there is none or it died; returns at once (never waits for it).
 
     The client may still be starting: poll :meth:`WorkerClient.check_ready` (from a timer) until it
@@ -55,8 +57,14 @@ def ensure_worker(preference: Optional[str] = None, *, env: Optional[Mapping[str
     """
     global _client, _launch
     launch = resolve_launch(preference)
-    if (_client is not None and _client.alive and not _client.start_failed and _launch is not None
-            and os.path.abspath(_launch.python) == os.path.abspath(launch.python) and _launch.env == launch.env):
+    if (
+        _client is not None
+        and _client.alive
+        and not _client.start_failed
+        and _launch is not None
+        and os.path.abspath(_launch.python) == os.path.abspath(launch.python)
+        and _launch.env == launch.env
+    ):
         return _client
     stop_worker()
     client = WorkerClient(launch.python, env={**os.environ, **launch.env, **(env or {})})
@@ -65,13 +73,9 @@ def ensure_worker(preference: Optional[str] = None, *, env: Optional[Mapping[str
     return client
 
 
-def current_launch() -> Optional[WorkerLaunch]:
-    """How the current worker was started (``None`` before the first one)."""
-    return _launch
-
-
-def get_client(preference: Optional[str] = None, *, env: Optional[Mapping[str, str]] = None,
-               timeout: float = 120.0) -> WorkerClient:
+def get_client(
+    preference: str | None = None, *, env: Mapping[str, str] | None = None, timeout: float = 120.0
+) -> WorkerClient:
     """The running worker client, started and waited for (blocking, up to ``timeout`` s) if needed.
 
     For scripts and background mode; the modal operator uses :func:`ensure_worker` instead.
@@ -86,7 +90,7 @@ def get_client(preference: Optional[str] = None, *, env: Optional[Mapping[str, s
     return client
 
 
-def current_client() -> Optional[WorkerClient]:
+def current_client() -> WorkerClient | None:
     """The worker client if one was started (alive or not), else ``None``."""
     return _client
 

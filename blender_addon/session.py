@@ -11,7 +11,7 @@ in time) arrive through ``step`` as :attr:`UpscaleSession.error`, with nothing c
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 from . import service
 from .bridge.client import WorkerClient, WorkerError, WorkerStartError
@@ -43,11 +43,11 @@ class WorkerSession:
 
     def __init__(self, client: WorkerClient) -> None:
         self.client = client
-        self.job_id: Optional[str] = None
+        self.job_id: str | None = None
         self.state = STARTING
-        self.error: Optional[str] = None
+        self.error: str | None = None
         self.cancel_sent = False
-        self.cancel_sent_at: Optional[float] = None
+        self.cancel_sent_at: float | None = None
         self.cancelled_before_start = False
         self.worker_stopped = False  # the worker did not confirm a cancel in time and was stopped
         self.started_at = time.monotonic()
@@ -126,8 +126,11 @@ class WorkerSession:
         if self.state == RUNNING:
             for event in self.client.poll(timeout=wait):
                 self._handle(event)
-            if (not self._job_finished() and self.cancel_sent_at is not None
-                    and time.monotonic() - self.cancel_sent_at > self.cancel_grace):
+            if (
+                not self._job_finished()
+                and self.cancel_sent_at is not None
+                and time.monotonic() - self.cancel_sent_at > self.cancel_grace
+            ):
                 self._stop_unresponsive_worker()
             if self._job_finished():
                 self.state = FINISHED
@@ -159,8 +162,14 @@ class UpscaleSession(WorkerSession):
         self.job = job
 
     @classmethod
-    def begin(cls, infos: list[TextureInfo], settings: RunSettings, worker_python: Optional[str] = None, *,
-              start_timeout: float = 120.0) -> "UpscaleSession":
+    def begin(
+        cls,
+        infos: list[TextureInfo],
+        settings: RunSettings,
+        worker_python: str | None = None,
+        *,
+        start_timeout: float = 120.0,
+    ) -> UpscaleSession:
         """Prepare the job and get a worker (spawned, not waited for); submit at once if it is warm.
 
         Raises :class:`SessionError` when no worker Python is set or found, when nothing is left to
@@ -201,7 +210,7 @@ class UpscaleSession(WorkerSession):
             self.run.tracker.abandon()
 
     @property
-    def eta_s(self) -> Optional[float]:
+    def eta_s(self) -> float | None:
         """Seconds left for the job (estimated), ``None`` while there is no estimate."""
         tracker = self.run.tracker
         return tracker.eta_s if tracker is not None and self.state == RUNNING else None
@@ -217,7 +226,7 @@ class UpscaleSession(WorkerSession):
         return self.run.apply()
 
     @property
-    def failure(self) -> Optional[str]:
+    def failure(self) -> str | None:
         """Why nothing was changed (start failure or worker crash), else ``None``."""
         return self.error or self.run.crashed
 

@@ -5,10 +5,11 @@ The worker check (:class:`bridge.health.HealthCheck`) and the PyTorch install
 timer (``bpy.app.timers``, or the install operator's modal timer) redraws the preferences and the panel
 when something changed. Drawing only reads the state kept here: no file access, no process start.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any
 
 import bpy
 
@@ -21,11 +22,11 @@ POLL_INTERVAL = 0.25
 WORKER_CHECK = HealthCheck()
 """The last worker check of this Blender session (``result`` None: not checked yet)."""
 
-_installer: Optional[TorchInstaller] = None
-_torch_state: Dict[str, Any] = {"known": False, "marker": None}
+_installer: TorchInstaller | None = None
+_torch_state: dict[str, Any] = {"known": False, "marker": None}
 
 
-def user_dir() -> Optional[str]:
+def user_dir() -> str | None:
     """The extension's user folder (where the PyTorch environment lives); ``None`` for a legacy add-on."""
     from . import service
 
@@ -37,12 +38,12 @@ def installer_available() -> bool:
     return user_dir() is not None
 
 
-def installer() -> Optional[TorchInstaller]:
+def installer() -> TorchInstaller | None:
     """The running or last finished PyTorch install of this session."""
     return _installer
 
 
-def torch_env_marker() -> Optional[Dict[str, Any]]:
+def torch_env_marker() -> dict[str, Any] | None:
     """The installed PyTorch environment's marker as last read off the disk (by a check or an operator)."""
     return _torch_state["marker"]
 
@@ -57,7 +58,7 @@ def refresh_torch_state() -> None:
     _torch_state["known"] = True
 
 
-def _worker_preference(context: bpy.types.Context) -> Optional[str]:
+def _worker_preference(context: bpy.types.Context) -> str | None:
     from .preferences import get_preferences
 
     prefs = get_preferences(context)
@@ -75,7 +76,7 @@ def redraw_all() -> None:
                 area.tag_redraw()
 
 
-def _watch_check() -> Optional[float]:
+def _watch_check() -> float | None:
     """Timer: redraw once the worker check has ended."""
     if WORKER_CHECK.running:
         return POLL_INTERVAL
@@ -118,8 +119,10 @@ def worker_setting_changed(context: bpy.types.Context) -> None:
 class TEXUP_OT_test_worker(bpy.types.Operator):
     bl_idname = "texup.test_worker"
     bl_label = "Test Worker"
-    bl_description = ("Start the texup worker the settings point to and ask it what it runs on "
-                      "(texup and PyTorch versions, engines, devices)")
+    bl_description = (
+        "Start the texup worker the settings point to and ask it what it runs on "
+        "(texup and PyTorch versions, engines, devices)"
+    )
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
@@ -141,9 +144,11 @@ class TEXUP_OT_test_worker(bpy.types.Operator):
 class TEXUP_OT_install_torch(bpy.types.Operator):
     bl_idname = "texup.install_torch"
     bl_label = "Install PyTorch (for training and NVIDIA CUDA)"
-    bl_description = ("Download PyTorch (the CUDA build with an NVIDIA GPU, else the CPU build; hundreds of MB "
-                      "to a few GB) into a Python environment in this extension's user folder. Fine-tuning and "
-                      "the CUDA engine use it. Esc cancels")
+    bl_description = (
+        "Download PyTorch (the CUDA build with an NVIDIA GPU, else the CPU build; hundreds of MB "
+        "to a few GB) into a Python environment in this extension's user folder. Fine-tuning and "
+        "the CUDA engine use it. Esc cancels"
+    )
 
     _timer = None
 
@@ -158,8 +163,11 @@ class TEXUP_OT_install_torch(bpy.types.Operator):
         global _installer
         folder = user_dir()
         if folder is None:
-            self.report({"ERROR"}, "texup: installing PyTorch needs Blender 4.2+ with texup installed as an "
-                                   "extension; set Worker Python to an environment with texup[torch] instead")
+            self.report(
+                {"ERROR"},
+                "texup: installing PyTorch needs Blender 4.2+ with texup installed as an "
+                "extension; set Worker Python to an environment with texup[torch] instead",
+            )
             return {"CANCELLED"}
         if _installer is not None and _installer.running:
             self.report({"WARNING"}, "texup: PyTorch is being installed already")
@@ -221,8 +229,9 @@ class TEXUP_OT_install_torch(bpy.types.Operator):
         service.stop_worker()  # the next job starts a worker on the new environment
         WORKER_CHECK.forget()
         start_worker_check(context)
-        self.report({"INFO"}, f"texup: PyTorch {job.marker.get('torch') if job.marker else ''} installed in "
-                              f"{job.plan.env_dir}")
+        self.report(
+            {"INFO"}, f"texup: PyTorch {job.marker.get('torch') if job.marker else ''} installed in {job.plan.env_dir}"
+        )
         return {"FINISHED"}
 
 
@@ -273,7 +282,7 @@ class TEXUP_OT_remove_torch_env(bpy.types.Operator):
         return {"FINISHED"}
 
 
-def _status(context: bpy.types.Context, text: Optional[str]) -> None:
+def _status(context: bpy.types.Context, text: str | None) -> None:
     workspace = getattr(context, "workspace", None)
     if workspace is not None:
         workspace.status_text_set(text)

@@ -79,8 +79,13 @@ def _draw_left_out(layout: bpy.types.UILayout, context: bpy.types.Context) -> No
     textures = texture_list(context)
     box = layout.box()
     row = box.row()
-    row.prop(textures, "show_left_out", text=f"{len(hidden)} left out by the filters",
-             icon="TRIA_DOWN" if textures.show_left_out else "TRIA_RIGHT", emboss=False)
+    row.prop(
+        textures,
+        "show_left_out",
+        text=f"{len(hidden)} left out by the filters",
+        icon="TRIA_DOWN" if textures.show_left_out else "TRIA_RIGHT",
+        emboss=False,
+    )
     if textures.show_left_out:
         col = box.column(align=True)
         for name, why in hidden:
@@ -109,7 +114,9 @@ def _draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
 
     from .preferences import draw_worker_status
 
-    draw_worker_status(layout, context, compact=True)  # the worker's real state from its last check (a thread starts one)
+    draw_worker_status(
+        layout, context, compact=True
+    )  # the worker's real state from its last check (a thread starts one)
 
     col = layout.column(align=True)
     row = col.row(align=True)
@@ -224,18 +231,36 @@ def _sub_panels(parent: type) -> tuple[type, type]:
     space = parent.bl_space_type
     short = "view3d" if space == "VIEW_3D" else "image_editor"
 
-    details = type(f"TEXUP_PT_{short}_details", (_Sidebar, bpy.types.Panel), {
-        "bl_idname": f"TEXUP_PT_{short}_details", "bl_label": "Texture Details", "bl_space_type": space,
-        "bl_parent_id": parent.bl_idname,
-        "draw": lambda self, context: _draw_details(self.layout, context),
-    })
-    finetune = type(f"TEXUP_PT_{short}_finetune", (_Sidebar, bpy.types.Panel), {
-        "bl_idname": f"TEXUP_PT_{short}_finetune", "bl_label": "Fine-tune on These Textures",
-        "bl_space_type": space, "bl_parent_id": parent.bl_idname, "bl_options": {"DEFAULT_CLOSED"},
-        "draw": lambda self, context: _draw_finetune(self.layout, context),
-    })
+    details = type(
+        f"TEXUP_PT_{short}_details",
+        (_Sidebar, bpy.types.Panel),
+        {
+            "bl_idname": f"TEXUP_PT_{short}_details",
+            "bl_label": "Texture Details",
+            "bl_space_type": space,
+            "bl_parent_id": parent.bl_idname,
+            "draw": lambda self, context: _draw_details(self.layout, context),
+        },
+    )
+    finetune = type(
+        f"TEXUP_PT_{short}_finetune",
+        (_Sidebar, bpy.types.Panel),
+        {
+            "bl_idname": f"TEXUP_PT_{short}_finetune",
+            "bl_label": "Fine-tune on These Textures",
+            "bl_space_type": space,
+            "bl_parent_id": parent.bl_idname,
+            "bl_options": {"DEFAULT_CLOSED"},
+            "draw": lambda self, context: _draw_finetune(self.layout, context),
+        },
+    )
     return details, finetune
 
 
-CLASSES = (TEXUP_UL_textures, TEXUP_PT_view3d, TEXUP_PT_image_editor,
-           *_sub_panels(TEXUP_PT_view3d), *_sub_panels(TEXUP_PT_image_editor))
+CLASSES = (
+    TEXUP_UL_textures,
+    TEXUP_PT_view3d,
+    TEXUP_PT_image_editor,
+    *_sub_panels(TEXUP_PT_view3d),
+    *_sub_panels(TEXUP_PT_image_editor),
+)

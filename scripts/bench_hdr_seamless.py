@@ -7,6 +7,7 @@ Seamless: the score of tiling._seam_score (largest of both axes) over periodic t
 
     python scripts/bench_hdr_seamless.py
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "core"))
 
 from realdata import real_image  # noqa: E402
 from test_seamless_detect import PERIODIC, PHOTOS  # noqa: E402
+
 from texup.imageio import linear_to_srgb, srgb_to_linear  # noqa: E402
 from texup.inference import policy, tiling  # noqa: E402
 from texup.inference.pipeline import UpscaleOptions, Upscaler  # noqa: E402
@@ -66,8 +68,13 @@ def hdr() -> None:
         results[name] = (row, clean)
     policy.encode_for_model = NEW
     for name, (row, _) in results.items():
-        print(f"HDR bright pixel, {name:10s}: " + ", ".join(f"peak {p}: {v:.1f} dB" for p, v in zip((4, 100, 1000, 50000), row)))
-    print(f"plain [0, 1] image, tone curve vs previous: {psnr(results['tone curve'][1], results['previous'][1]):.1f} dB")
+        print(
+            f"HDR bright pixel, {name:10s}: "
+            + ", ".join(f"peak {p}: {v:.1f} dB" for p, v in zip((4, 100, 1000, 50000), row))
+        )
+    print(
+        f"plain [0, 1] image, tone curve vs previous: {psnr(results['tone curve'][1], results['previous'][1]):.1f} dB"
+    )
 
 
 def seamless() -> None:
@@ -77,8 +84,10 @@ def seamless() -> None:
 
     periodic = {k: score(f()) for k, f in PERIODIC.items()}
     photos = {k: score(f()) for k, f in PHOTOS.items()}
-    print(f"seamless threshold {tiling._SEAM_THRESHOLD}: periodic max {max(periodic.values()):.3f} "
-          f"({max(periodic, key=periodic.get)}), photos min {min(photos.values()):.3f} ({min(photos, key=photos.get)})")
+    print(
+        f"seamless threshold {tiling._SEAM_THRESHOLD}: periodic max {max(periodic.values()):.3f} "
+        f"({max(periodic, key=periodic.get)}), photos min {min(photos.values()):.3f} ({min(photos, key=photos.get)})"
+    )
 
 
 if __name__ == "__main__":

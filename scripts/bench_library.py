@@ -7,6 +7,7 @@ subprocess each time (so every figure includes the process start, imports and, w
 load) and prints one line per run with the machine's CPU. The unchanged rerun's wall time is the overhead of
 an incremental run (hashing and the manifest; target: under 2 s); "vs first" is the first run's time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,10 @@ def main() -> int:
         time.sleep(2.1)  # sources older than the 2 s "racy" window, as in a library that is not being written
         common = [str(lib), "-o", str(out), "--model", opts.model, "--engine", opts.engine, "--device", "cpu"]
         print(f"machine: {cpu_name()}, {platform.system()} {platform.machine()}, Python {platform.python_version()}")
-        print(f"library: {opts.count} textures (PNG/JPEG/TGA, 24-64 px, 1 in 4 of the PNG/TGA RGBA); "
-              f"model {opts.model}, engine {opts.engine}")
+        print(
+            f"library: {opts.count} textures (PNG/JPEG/TGA, 24-64 px, 1 in 4 of the PNG/TGA RGBA); "
+            f"model {opts.model}, engine {opts.engine}"
+        )
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "texup", "--version"], capture_output=True, check=True)
         print(f"process start       {time.perf_counter() - start:7.2f} s   (python -m texup --version: the floor)")

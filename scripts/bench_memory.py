@@ -18,6 +18,7 @@ MALLOC_MMAP_MAX_=0 / MALLOC_TRIM_THRESHOLD_ in the environment (keep freed memor
 block over the mmap threshold to the kernel); and the same set with ``mallopt`` at start, which is what the
 ``texup`` command and the worker do (:mod:`texup._malloc`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -119,13 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1024,2048,4096", help="input sides (default 1024,2048,4096)")
     parser.add_argument("--model", default="tiny", choices=["tiny", "compact", "x4plus"])
     parser.add_argument("--core", type=Path, default=ROOT / "core", help="the texup package root to measure")
-    parser.add_argument("--malloc", default="default,tuned,mallopt",
-                        help="glibc settings to compare: default, tuned (environment variables), mallopt (what the "
-                             "texup command and worker set: texup._malloc.keep_freed_memory)")
+    parser.add_argument(
+        "--malloc",
+        default="default,tuned,mallopt",
+        help="glibc settings to compare: default, tuned (environment variables), mallopt (what the "
+        "texup command and worker set: texup._malloc.keep_freed_memory)",
+    )
     parser.add_argument("--tile-peak", choices=["compact", "x4plus"], help="measure one real-model tile instead")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    parser.add_argument("--scale", type=float, default=4.0,
-                        help="output scale (default 4; 2 = x2 from the x4 model, resampled row by row)")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=4.0,
+        help="output scale (default 4; 2 = x2 from the x4 model, resampled row by row)",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--mallopt", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-tile", nargs=3, help=argparse.SUPPRESS)
@@ -145,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.tile_peak:
         r = run_child(["--child-tile", args.tile_peak, "256", "16"], args.core, {})
         growth = (r["peak"] - r["before"]) / MIB
-        print(f"{args.tile_peak}: one {r['side']}^2 tile (tile 256 + 2 x 16 overlap) peak growth {growth:.0f} MiB "
-              f"({r['seconds']:.1f} s)")
+        print(
+            f"{args.tile_peak}: one {r['side']}^2 tile (tile 256 + 2 x 16 overlap) peak growth {growth:.0f} MiB "
+            f"({r['seconds']:.1f} s)"
+        )
         rows.append({"tile_peak": args.tile_peak, **r, "growth_mib": growth})
     else:
-        print(f"{'input':>10} {'malloc':>8} {'output MiB':>11} {'peak growth MiB':>16} {'over output MiB':>16} "
-              f"{'seconds':>8}")
+        print(
+            f"{'input':>10} {'malloc':>8} {'output MiB':>11} {'peak growth MiB':>16} {'over output MiB':>16} "
+            f"{'seconds':>8}"
+        )
         for side in [int(s) for s in args.sizes.split(",") if s]:
             for label in args.malloc.split(","):
                 malloc = TUNED_MALLOC if label == "tuned" else {}
@@ -160,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_child(child_args, args.core, malloc)
                 growth = (r["peak"] - r["before"]) / MIB
                 out = r["out_bytes"] / MIB
-                print(f"{side:>5}^2 x{args.scale:g} {label:>8} {out:>11.0f} {growth:>16.0f} {growth - out:>16.0f} "
-                      f"{r['seconds']:>8.1f}")
+                print(
+                    f"{side:>5}^2 x{args.scale:g} {label:>8} {out:>11.0f} {growth:>16.0f} {growth - out:>16.0f} "
+                    f"{r['seconds']:>8.1f}"
+                )
                 rows.append({"side": side, "malloc": label, **r, "growth_mib": growth, "out_mib": out})
     print(f"load average after {os.getloadavg()[0]:.2f}")
     if args.json:

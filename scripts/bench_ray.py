@@ -8,6 +8,7 @@ files per second for each, and the ratio. On a machine with N cores, two one-CPU
 throughput of one; each node's engine would use every core if Ray did not pin it, so the ratio also shows how
 much one engine process leaves idle.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,22 +52,42 @@ def free_port() -> int:
 def run(args: argparse.Namespace, nodes: int, folder: Path) -> float:
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     port = free_port()
-    subprocess.run([RAY, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     try:
         for _ in range(nodes - 1):
-            subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"], check=True,
-                           capture_output=True, env=env)
+            subprocess.run(
+                [RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
+                check=True,
+                capture_output=True,
+                env=env,
+            )
         out = folder / f"out{nodes}"
         tasks = [(str(p), str(out / p.name)) for p in sorted((folder / "in").glob("*.png"))]
         # One warm-up file per node, so model loading is not in the timing.
-        run_on_ray(tasks[:nodes], model=args.model, engine=args.engine, device="cpu", options={},
-                   address=f"127.0.0.1:{port}")
+        run_on_ray(
+            tasks[:nodes], model=args.model, engine=args.engine, device="cpu", options={}, address=f"127.0.0.1:{port}"
+        )
         import ray
 
         start = time.perf_counter()
-        outcomes = run_on_ray(tasks, model=args.model, engine=args.engine, device="cpu", options={},
-                              address=f"127.0.0.1:{port}")
+        outcomes = run_on_ray(
+            tasks, model=args.model, engine=args.engine, device="cpu", options={}, address=f"127.0.0.1:{port}"
+        )
         seconds = time.perf_counter() - start
         assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
         ray.shutdown()

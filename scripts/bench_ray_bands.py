@@ -9,6 +9,7 @@ Prints the machine, both times, the speed-up, the bytes moved through Ray's obje
 stitched result is from the whole one (PSNR, largest difference in 8-bit levels). Starts and stops its own
 local cluster (`ray stop` at the end: do not run it beside another Ray cluster on this machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,16 +79,38 @@ def main() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    subprocess.run([RAY, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     try:
-        subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"], check=True,
-                       capture_output=True, env=env)
+        subprocess.run(
+            [RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
         ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
         nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
         remote = ray.remote(Worker)
-        actors = [remote.options(num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-                  .remote(args.model, args.engine) for node in nodes[:2]]
+        actors = [
+            remote.options(num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+                args.model, args.engine
+            )
+            for node in nodes[:2]
+        ]
         image = test_image(args.size)
         warm = image[:64, :64]
         ray.get([a.run.remote(warm) for a in actors])  # models loaded, engines measured: not timed
@@ -110,7 +133,7 @@ def main() -> int:
         for r0, r1, c0, ref in refs:
             band = ray.get(ref)
             moved += band.nbytes
-            stitched[r0 * scale:r1 * scale] = band[(r0 - c0) * scale:(r1 - c0) * scale]
+            stitched[r0 * scale : r1 * scale] = band[(r0 - c0) * scale : (r1 - c0) * scale]
         t_bands = time.perf_counter() - start
         ray.shutdown()
     finally:
@@ -120,8 +143,10 @@ def main() -> int:
     mse = float(np.mean(diff.astype(np.float64) ** 2))
     psnr = float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
     print(f"machine: {machine()}")
-    print(f"{args.size}x{args.size} -> {whole.shape[1]}x{whole.shape[0]}, {args.model} on {args.engine}, "
-          f"context {args.context} rows")
+    print(
+        f"{args.size}x{args.size} -> {whole.shape[1]}x{whole.shape[0]}, {args.model} on {args.engine}, "
+        f"context {args.context} rows"
+    )
     print(f"whole on 1 node : {t_whole:6.2f} s")
     print(f"2 bands, 2 nodes: {t_bands:6.2f} s   speed-up {t_whole / t_bands:.2f}x")
     print(f"object store    : {moved / 1e6:.1f} MB moved for the bands")

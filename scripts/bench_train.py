@@ -9,6 +9,7 @@ losses, backward, clipping, Adam, EMA not included) on fixed random batches, aft
 so the figures measure compute only (no data loading). ``auto`` is resolved the way ``texup train``
 resolves it (bf16 on GPUs and on CPUs with native bf16, fp16 on older GPUs, else fp32) and printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,11 @@ def bench(precision: str, args: argparse.Namespace, device: torch.device) -> tup
     name = "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
     torch.manual_seed(0)
     g = build("RRDBNet", SIZES[args.size]).to(device).train()
-    d = build_discriminator(args.discriminator, {"num_feat": 64} if args.discriminator != "vgg19" else {}).to(device).train()
+    d = (
+        build_discriminator(args.discriminator, {"num_feat": 64} if args.discriminator != "vgg19" else {})
+        .to(device)
+        .train()
+    )
     if args.discriminator in ("vgg128", "vgg256") and args.crop != d.input_size:
         raise SystemExit(f"--crop must be {d.input_size} for the {args.discriminator} discriminator")
 
@@ -45,13 +50,21 @@ def bench(precision: str, args: argparse.Namespace, device: torch.device) -> tup
         return contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
 
     nets = Nets(
-        g=g, d=d, d_raw=d,
+        g=g,
+        d=d,
+        d_raw=d,
         opt_g=torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.9, 0.999)),
         opt_d=torch.optim.Adam(d.parameters(), lr=1e-4, betas=(0.9, 0.999)),
         scaler_g=torch.amp.GradScaler(device.type) if needs_scaler else None,
         scaler_d=torch.amp.GradScaler(device.type) if needs_scaler else None,
-        pixel=PixelLoss(), content=FeatureMatchingLoss(d), gan=RelativisticGANLoss(),
-        w_pixel=1e-2 if args.stage == "gan" else 1.0, w_content=1.0, w_adv=5e-3, clip=10.0, autocast=autocast,
+        pixel=PixelLoss(),
+        content=FeatureMatchingLoss(d),
+        gan=RelativisticGANLoss(),
+        w_pixel=1e-2 if args.stage == "gan" else 1.0,
+        w_content=1.0,
+        w_adv=5e-3,
+        clip=10.0,
+        autocast=autocast,
     )
     step = gan_step if args.stage == "gan" else psnr_step
     lr = torch.rand(args.batch, 3, args.crop // 4, args.crop // 4, device=device)
@@ -82,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; RRDBNet {args.size}, "
-          f"{args.stage} stage, {args.discriminator} discriminator, batch {args.batch}, HR crop {args.crop}")
+    print(
+        f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; RRDBNet {args.size}, "
+        f"{args.stage} stage, {args.discriminator} discriminator, batch {args.batch}, HR crop {args.crop}"
+    )
     rows = []
     for precision in ["fp32", "auto", *args.also]:
         name, rate = bench(precision, args, device)

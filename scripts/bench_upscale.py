@@ -18,6 +18,7 @@ convolution at the auto precision) in the same run, and prints times, ratios, th
 truth (a photo downscaled x4, upscaled back, PSNR against the original; must match the reference within
 0.05 dB). Printing is this script's job; texup itself never prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "core"))
@@ -39,11 +41,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-
 from realdata import real_image  # noqa: E402
+
+from texup.engines.torch_engine import cpu_has_native_bf16, pick_precision  # noqa: E402
 from texup.imageio import read_image, write_image  # noqa: E402
 from texup.inference.pipeline import UpscaleOptions, Upscaler  # noqa: E402
-from texup.engines.torch_engine import cpu_has_native_bf16, pick_precision  # noqa: E402
 from texup.inference.tiling import plan_tiles  # noqa: E402
 from texup.weights.registry import load_pretrained  # noqa: E402
 
@@ -240,8 +242,10 @@ def bench_model(key: str, args: argparse.Namespace, peak: float, report: dict[st
     fid_ref = psnr(to_image(forward(module, to_tensor(lr), torch.float32, False)), hr / 255)
     fid_auto = psnr(up.upscale_array(lr).astype(np.float32) / 255, hr / 255)
     out["fidelity_reference_db"], out["fidelity_auto_db"] = fid_ref, fid_auto
-    print(f"fidelity vs ground truth ({args.hr}px): reference {fid_ref:.3f} dB, auto {fid_auto:.3f} dB "
-          f"(delta {fid_auto - fid_ref:+.3f} dB)")
+    print(
+        f"fidelity vs ground truth ({args.hr}px): reference {fid_ref:.3f} dB, auto {fid_auto:.3f} dB "
+        f"(delta {fid_auto - fid_ref:+.3f} dB)"
+    )
 
     # Candidates on the probe crop, each against the reference at the same size.
     xp = x[:, :, :probe, :probe]
@@ -264,7 +268,7 @@ def bench_model(key: str, args: argparse.Namespace, peak: float, report: dict[st
     forward(m_cl, xp[:, :, :16, :16], torch.float32, True)
     t, y = timed(lambda: forward(m_cl, xp, torch.float32, True), args.repeat)
     candidate("fp32 channels_last", t, to_image(y))
-    del m_cl
+    m_cl = None  # free it before the bf16 copy (the lambda above has run)
     bf16_side = probe if cpu_has_native_bf16() else max(16, probe // 2)
     m_bf = variant(module, torch.bfloat16, True)
     xb = xp[:, :, :bf16_side, :bf16_side]
@@ -273,9 +277,11 @@ def bench_model(key: str, args: argparse.Namespace, peak: float, report: dict[st
     t_ref_b, y_ref_b = timed(lambda: forward(module, xb, torch.float32, False), args.repeat)
     db = psnr(to_image(y), to_image(y_ref_b))
     cands["bf16 channels_last"] = {"s": t, "side": bf16_side, "ratio": t_ref_b / t, "psnr_db": db}
-    print(f"{'bf16 channels_last (' + ('native' if cpu_has_native_bf16() else 'emulated') + f', {bf16_side}px)':34s}"
-          f" {t:8.2f} s   x{t_ref_b / t:5.2f}  {db:6.1f} dB (reference {t_ref_b:.2f} s at {bf16_side}px)")
-    del m_bf
+    print(
+        f"{'bf16 channels_last (' + ('native' if cpu_has_native_bf16() else 'emulated') + f', {bf16_side}px)':34s}"
+        f" {t:8.2f} s   x{t_ref_b / t:5.2f}  {db:6.1f} dB (reference {t_ref_b:.2f} s at {bf16_side}px)"
+    )
+    m_bf = None
     if args.compile.get(key, False):
         import torch._inductor.config as inductor_config
 
@@ -303,10 +309,12 @@ def bench_model(key: str, args: argparse.Namespace, peak: float, report: dict[st
             continue
         plan = plan_tiles(2048, 2048, tile, 16, wrap=False)
         work = sum((t.cy1 - t.cy0) * (t.cx1 - t.cx0) for t in plan) / 2048**2
-        t, _ = timed(lambda: up.upscale_array(crop, UpscaleOptions(tile=tile, seamless="off")))
+        t, _ = timed(lambda: up.upscale_array(crop, UpscaleOptions(tile=tile, seamless="off")))  # noqa: B023 (timed now)
         tiles[str(tile)] = {"work_2048": work, "s": t}
-        print(f"tile {tile:4d} overlap 16: {work:5.3f}x pixels through the model on 2048^2; "
-              f"this crop {t:.2f} s (x{t_auto / t:.2f} vs auto)")
+        print(
+            f"tile {tile:4d} overlap 16: {work:5.3f}x pixels through the model on 2048^2; "
+            f"this crop {t:.2f} s (x{t_auto / t:.2f} vs auto)"
+        )
 
 
 def child_malloc(key: str, side: int) -> None:
@@ -325,13 +333,18 @@ def malloc_effect(key: str, side: int, report: dict[str, Any]) -> None:
         env.update(extra)
         done = subprocess.run(
             [sys.executable, __file__, "--child-malloc", key, "--size", str(side)],
-            env=env, capture_output=True, text=True, check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         results[label] = json.loads(done.stdout.strip().splitlines()[-1])["s"]
     report.setdefault(key, {})["malloc"] = {"side": side, **results, "env": TUNED_MALLOC}
-    print(f"\n{MODELS[key]} reference {side}px, glibc default {results['default']:.2f} s, "
-          f"{' '.join(f'{k}={v}' for k, v in TUNED_MALLOC.items())} {results['tuned']:.2f} s "
-          f"(x{results['default'] / results['tuned']:.3f})")
+    print(
+        f"\n{MODELS[key]} reference {side}px, glibc default {results['default']:.2f} s, "
+        f"{' '.join(f'{k}={v}' for k, v in TUNED_MALLOC.items())} {results['tuned']:.2f} s "
+        f"(x{results['default'] / results['tuned']:.3f})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,8 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256, help="input side for reference vs auto (default 256)")
     parser.add_argument("--probe", type=int, default=64, help="input side for the candidate paths (default 64)")
     parser.add_argument("--hr", type=int, default=384, help="ground-truth crop side for fidelity (default 384)")
-    parser.add_argument("--repeat", type=int, default=2, help="timed repeats, best kept (default 2: the first call"
-                        " of a new input shape also builds oneDNN primitives)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="timed repeats, best kept (default 2: the first call of a new input shape also builds oneDNN primitives)",
+    )
     parser.add_argument("--tile-models", default="compact", help="models whose tile sweep is timed (default compact)")
     parser.add_argument("--models", default="x4plus,compact", help="comma list of x4plus, compact")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile candidates")
@@ -361,17 +378,21 @@ def main(argv: list[str] | None = None) -> int:
     args.compile = {"compact": not (args.no_compile or args.quick), "x4plus": args.compile_x4plus and not args.quick}
     report: dict[str, Any] = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "json"}}
     m = report["machine"]
-    print(f"{m['cpu']} | {m['cores']} cores | flags {' '.join(m['flags'])} | torch {m['torch']} "
-          f"({m['torch_cpu_capability']}, native bf16: {m['native_bf16']}) | load {m['loadavg'][0]:.2f}")
+    print(
+        f"{m['cpu']} | {m['cores']} cores | flags {' '.join(m['flags'])} | torch {m['torch']} "
+        f"({m['torch_cpu_capability']}, native bf16: {m['native_bf16']}) | load {m['loadavg'][0]:.2f}"
+    )
     auto = pick_precision(torch.device("cpu"), "auto")
     # The floor uses the best layout at the auto precision: a path cannot beat the fastest convolution.
     report["conv_peak_nchw_flops"] = conv_peak(auto, False)
     report["conv_peak_channels_last_flops"] = conv_peak(auto, True)
     peak = max(report["conv_peak_nchw_flops"], report["conv_peak_channels_last_flops"])
     report["conv_peak_flops"] = peak
-    print(f"conv peak (64->64 3x3 on 64x256x256, {str(auto)[6:]}): {peak / 1e9:.1f} GFLOP/s "
-          f"(NCHW {report['conv_peak_nchw_flops'] / 1e9:.1f}, "
-          f"channels_last {report['conv_peak_channels_last_flops'] / 1e9:.1f})")
+    print(
+        f"conv peak (64->64 3x3 on 64x256x256, {str(auto)[6:]}): {peak / 1e9:.1f} GFLOP/s "
+        f"(NCHW {report['conv_peak_nchw_flops'] / 1e9:.1f}, "
+        f"channels_last {report['conv_peak_channels_last_flops'] / 1e9:.1f})"
+    )
     if args.peak_only:
         return 0
     for key in [k for k in args.models.split(",") if k]:
@@ -382,9 +403,14 @@ def main(argv: list[str] | None = None) -> int:
     best_layout = report["conv_peak_channels_last_flops"] >= report["conv_peak_nchw_flops"]
     report["conv_peak_end_flops"] = end = conv_peak(auto, best_layout)
     drift = end / peak - 1
-    print(f"conv peak at the end: {end / 1e9:.1f} GFLOP/s ({drift:+.0%} vs the start)"
-          + ("; the machine's speed changed during the run: fractions of the floor are unreliable"
-             if abs(drift) > 0.15 else ""))
+    print(
+        f"conv peak at the end: {end / 1e9:.1f} GFLOP/s ({drift:+.0%} vs the start)"
+        + (
+            "; the machine's speed changed during the run: fractions of the floor are unreliable"
+            if abs(drift) > 0.15
+            else ""
+        )
+    )
     report["machine"]["loadavg_after"] = os.getloadavg()
     print(f"\nload average after: {report['machine']['loadavg_after'][0]:.2f}")
     if args.json:

@@ -8,6 +8,7 @@ job for a real 512x512 texture crop (tests/realdata.py, brick.png as RGB) and ti
 process is spawned: the ``hello`` line (interpreter + torch import), the first ``result`` (cold: model load
 from the safetensors cache + inference), then a second job on the same warm worker (inference only).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,8 @@ sys.path.insert(0, str(ROOT / "core"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
-
 from realdata import real_image  # noqa: E402
+
 from texup.imageio import write_image  # noqa: E402
 
 
@@ -55,8 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         write_image(src, texture)
         t0 = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "texup", "worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True, env=env, bufsize=1,
+            [sys.executable, "-m", "texup", "worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            bufsize=1,
         )
         assert proc.stdin is not None and proc.stdout is not None
         try:
@@ -64,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
             t_hello = time.perf_counter() - t0
             figures: dict[str, Any] = {"model": args.model, "size": args.size, "hello_s": t_hello}
             for run in ("cold", "warm"):
-                job = {"type": "upscale", "id": run, "options": {"model": args.model},
-                       "items": [{"key": "brick", "src": str(src), "dst": str(Path(tmp) / f"{run}.png")}]}
+                job = {
+                    "type": "upscale",
+                    "id": run,
+                    "options": {"model": args.model},
+                    "items": [{"key": "brick", "src": str(src), "dst": str(Path(tmp) / f"{run}.png")}],
+                }
                 t_send = time.perf_counter()
                 proc.stdin.write(json.dumps(job) + "\n")
                 proc.stdin.flush()
@@ -83,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait()
     figures["loadavg_after"] = os.getloadavg()[0]
     print(f"process start -> hello             {figures['hello_s']:7.2f} s")
-    print(f"cold: spawn -> first result        {figures['cold_since_spawn_s']:7.2f} s "
-          f"(job {figures['cold_job_s']:.2f} s: model load + inference)")
+    print(
+        f"cold: spawn -> first result        {figures['cold_since_spawn_s']:7.2f} s "
+        f"(job {figures['cold_job_s']:.2f} s: model load + inference)"
+    )
     print(f"warm: second job -> result         {figures['warm_job_s']:7.2f} s")
     print(f"load average after {figures['loadavg_after']:.2f}")
     if args.json:

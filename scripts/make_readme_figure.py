@@ -8,6 +8,7 @@ Prints PSNR against the original and a sharpness figure (mean gradient magnitude
 
     python scripts/make_readme_figure.py [--out docs/images/before_after.png]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,10 @@ def main() -> int:
 
     print(f"wrote {args.out}  (input 48x48 -> 192x192; panels: input, bicubic, texup {args.model}, original)")
     print(f"PSNR vs original:  bicubic {psnr(bicubic, original):.2f} dB   texup {psnr(upscaled, original):.2f} dB")
-    print(f"sharpness (mean gradient):  bicubic {sharpness(bicubic):.2f}   texup {sharpness(upscaled):.2f}   "
-          f"original {sharpness(original):.2f}")
+    print(
+        f"sharpness (mean gradient):  bicubic {sharpness(bicubic):.2f}   texup {sharpness(upscaled):.2f}   "
+        f"original {sharpness(original):.2f}"
+    )
     return 0
 
 

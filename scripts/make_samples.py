@@ -6,6 +6,7 @@
 Writes small crops in several kinds a texture library holds: an 8-bit RGB photo (JPEG), a gray
 texture (PNG), a 16-bit RGBA texture with a soft alpha edge (PNG), and a tileable texture (TGA).
 """
+
 from __future__ import annotations
 
 import argparse

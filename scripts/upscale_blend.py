@@ -57,11 +57,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="blender -b scene.blend --python scripts/upscale_blend.py --",
         description="Upscale the image textures of a .blend file and relink its materials.",
     )
-    parser.add_argument("blend", nargs="?", help="the .blend to open (only with plain python + bpy; "
-                        "blender -b opens it itself)")
+    parser.add_argument(
+        "blend", nargs="?", help="the .blend to open (only with plain python + bpy; blender -b opens it itself)"
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name or weights file (default %(default)s)")
-    parser.add_argument("--max-size", type=int, default=None, metavar="N",
-                        help="only textures whose larger side is at most N pixels")
+    parser.add_argument(
+        "--max-size", type=int, default=None, metavar="N", help="only textures whose larger side is at most N pixels"
+    )
     parser.add_argument("--images", type=_csv, default=None, metavar="A,B", help="only these image datablocks")
     parser.add_argument("--roles", type=_csv, default=None, metavar="R,R", help="only these roles: color,normal,data")
     parser.add_argument("--include-upscaled", action="store_true", help="also upscale earlier texup results again")
@@ -70,22 +72,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seamless", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-    parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR,
-                        help="folder for the results; // is the .blend's folder (default %(default)s)")
+    parser.add_argument(
+        "--out-dir",
+        default=DEFAULT_OUT_DIR,
+        help="folder for the results; // is the .blend's folder (default %(default)s)",
+    )
     save = parser.add_mutually_exclusive_group()
     save.add_argument("--save", action="store_true", help="save the .blend in place")
     save.add_argument("--save-as", metavar="PATH", help="save the changed file as PATH")
     parser.add_argument("--report", metavar="PATH.json", help="write the JSON report here")
     parser.add_argument("--worker-python", default=None, help="the Python with texup (default: TEXUP_PYTHON, PATH)")
-    parser.add_argument("--timeout", type=float, default=None, metavar="S",
-                        help="give up (cancel the job, change nothing) after this many seconds of upscaling")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="give up (cancel the job, change nothing) after this many seconds of upscaling",
+    )
     return parser.parse_args(argv)
 
 
 def script_argv() -> list[str]:
     """Our arguments: after ``--`` (blender -b ... -- args), else everything after the script."""
     if "--" in sys.argv:
-        return sys.argv[sys.argv.index("--") + 1:]
+        return sys.argv[sys.argv.index("--") + 1 :]
     return [] if bpy.app.binary_path and os.path.basename(sys.argv[0]).startswith("blender") else sys.argv[1:]
 
 
@@ -146,10 +156,15 @@ def main(argv: list[str]) -> int:
         if args.images:
             missing = unknown_names(scanned, args.images)
             if missing:
-                return fail(f"no image texture named {', '.join(missing)} in {blend or 'the file'}",
-                            EXIT_USAGE, args.report, **context)
-        chosen, left_out = sort_textures(scanned, max_size=args.max_size, roles=args.roles, names=args.images,
-                                         include_upscaled=args.include_upscaled)
+                return fail(
+                    f"no image texture named {', '.join(missing)} in {blend or 'the file'}",
+                    EXIT_USAGE,
+                    args.report,
+                    **context,
+                )
+        chosen, left_out = sort_textures(
+            scanned, max_size=args.max_size, roles=args.roles, names=args.images, include_upscaled=args.include_upscaled
+        )
     except ValueError as err:
         return fail(str(err), EXIT_USAGE, args.report, **context)
     skipped = left_out_rows(left_out)
@@ -163,8 +178,15 @@ def main(argv: list[str]) -> int:
     out_dir = args.out_dir
     if not out_dir.startswith("//"):
         out_dir = os.path.abspath(out_dir)
-    settings = RunSettings(model=args.model, scale=args.scale, tile=args.tile, seamless=args.seamless,
-                           device=args.device, precision=args.precision, out_dir=out_dir)
+    settings = RunSettings(
+        model=args.model,
+        scale=args.scale,
+        tile=args.tile,
+        seamless=args.seamless,
+        device=args.device,
+        precision=args.precision,
+        out_dir=out_dir,
+    )
     run = UpscaleRun(chosen, settings)
     started = time.monotonic()
     timed_out = False
@@ -198,15 +220,19 @@ def main(argv: list[str]) -> int:
         bpy.ops.wm.save_as_mainfile(filepath=saved_as, relative_remap=True)
     elif args.save:
         if not blend:
-            return fail("--save needs a .blend that was opened from a file; use --save-as", EXIT_USAGE,
-                        args.report, **context)
+            return fail(
+                "--save needs a .blend that was opened from a file; use --save-as", EXIT_USAGE, args.report, **context
+            )
         bpy.ops.wm.save_mainfile()
         saved_as = blend
     if args.report:
         extra = {"error": run.crashed} if timed_out else {}
-        write_report(args.report, report_document(list(rows) + skipped, saved=saved_as,
-                                                  seconds=round(time.monotonic() - started, 3), **extra,
-                                                  **context))
+        write_report(
+            args.report,
+            report_document(
+                list(rows) + skipped, saved=saved_as, seconds=round(time.monotonic() - started, 3), **extra, **context
+            ),
+        )
     return 0 if rows and all(row["status"] == "ok" for row in rows) else EXIT_FAILED
 
 

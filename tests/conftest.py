@@ -1,11 +1,10 @@
 import os
 import pathlib
-import sys
 
 import pytest
 
-# tests/ holds shared helpers (realdata.py, spandrel_compat.py) imported by the test modules.
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
+# tests/ holds shared helpers (realdata.py, spandrel_compat.py) imported by the test modules: on the path through
+# pyproject.toml's `[tool.pytest.ini_options] pythonpath`.
 
 
 @pytest.fixture(scope="session", autouse=True)

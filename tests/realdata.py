@@ -3,6 +3,7 @@
 The files are located without importing scikit-image (its import is slow and not needed here).
 No test downloads anything.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -30,6 +31,6 @@ def real_image(name: str, crop: tuple[int, int, int, int] | None = None) -> np.n
     if arr.ndim == 2:
         arr = arr[:, :, None]
     if crop is not None:
-        t, l, h, w = crop
-        arr = arr[t : t + h, l : l + w]
+        top, left, h, w = crop
+        arr = arr[top : top + h, left : left + w]
     return np.ascontiguousarray(arr)

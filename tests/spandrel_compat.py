@@ -13,6 +13,7 @@ minimal stub package providing exactly the names those unrelated architectures i
 stubbed function raises, so a test that reached them by mistake would fail loudly rather than
 compute something wrong.
 """
+
 from __future__ import annotations
 
 import enum
@@ -23,7 +24,9 @@ from typing import Any, NoReturn
 
 def _unavailable(name: str):
     def stub(*_args: Any, **_kwargs: Any) -> NoReturn:
-        raise RuntimeError(f"torchvision.transforms.functional.{name} is a test stub (torchvision could not be imported)")
+        raise RuntimeError(
+            f"torchvision.transforms.functional.{name} is a test stub (torchvision could not be imported)"
+        )
 
     stub.__name__ = name
     return stub
@@ -53,11 +56,13 @@ def _install_torchvision_stub() -> None:
         setattr(functional, name, _unavailable(name))
     transforms.functional = functional
     root.transforms = transforms
-    sys.modules.update({
-        "torchvision": root,
-        "torchvision.transforms": transforms,
-        "torchvision.transforms.functional": functional,
-    })
+    sys.modules.update(
+        {
+            "torchvision": root,
+            "torchvision.transforms": transforms,
+            "torchvision.transforms.functional": functional,
+        }
+    )
 
 
 def import_spandrel() -> types.ModuleType:

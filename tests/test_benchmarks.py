@@ -4,6 +4,7 @@ Speed and memory targets are read from the scripts' output by people, never asse
 noisy); what is asserted is what must hold on any machine: the scripts finish, write every figure, and the
 accuracy side of issue 5 (>= 40 dB from the fp32 reference, fidelity to ground truth within 0.05 dB).
 """
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.slow  # runs the benchmark scripts (the quick tier: -m "not slow")
 
 ROOT = Path(__file__).resolve().parents[1]
 

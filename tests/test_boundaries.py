@@ -1,5 +1,6 @@
 """Import boundaries: core/ never imports bpy; blender_addon/ never imports torch or texup; the
 add-on's bridge/ imports only the standard library (it runs in Blender's Python, tested without bpy)."""
+
 from __future__ import annotations
 
 import ast
@@ -18,9 +19,14 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append((node.lineno, node.module.split(".")[0]))
-        elif (isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute))
-              and (getattr(node.func, "id", None) or getattr(node.func, "attr", None)) in ("import_module", "__import__")
-              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, (ast.Name, ast.Attribute))
+            and (getattr(node.func, "id", None) or getattr(node.func, "attr", None)) in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             found.append((node.lineno, node.args[0].value.split(".")[0]))
     return found
 
@@ -31,24 +37,34 @@ def python_files(folder: Path) -> list[Path]:
 
 def test_the_scanner_sees_every_import_form(tmp_path):
     sample = tmp_path / "s.py"
-    sample.write_text("import os.path\nfrom bpy.types import Operator\nfrom . import x\n"
-                      "def f():\n    import torch\n    importlib.import_module('texup.api')\n")
+    sample.write_text(
+        "import os.path\nfrom bpy.types import Operator\nfrom . import x\n"
+        "def f():\n    import torch\n    importlib.import_module('texup.api')\n"
+    )
     assert {name for _, name in imported_modules(sample)} == {"os", "bpy", "torch", "texup"}
 
 
 def test_core_never_imports_bpy():
     files = python_files(ROOT / "core")
     assert files
-    offenders = [f"{p.relative_to(ROOT)}:{line}" for p in files for line, mod in imported_modules(p)
-                 if mod in ("bpy", "bmesh", "mathutils", "bpy_extras")]
+    offenders = [
+        f"{p.relative_to(ROOT)}:{line}"
+        for p in files
+        for line, mod in imported_modules(p)
+        if mod in ("bpy", "bmesh", "mathutils", "bpy_extras")
+    ]
     assert offenders == []
 
 
 def test_blender_addon_never_imports_torch_or_texup():
     files = python_files(ROOT / "blender_addon")
     assert files
-    offenders = [f"{p.relative_to(ROOT)}:{line} {mod}" for p in files for line, mod in imported_modules(p)
-                 if mod in ("torch", "texup", "numpy", "torchvision", "safetensors")]
+    offenders = [
+        f"{p.relative_to(ROOT)}:{line} {mod}"
+        for p in files
+        for line, mod in imported_modules(p)
+        if mod in ("torch", "texup", "numpy", "torchvision", "safetensors")
+    ]
     assert offenders == []
 
 
@@ -56,8 +72,9 @@ def test_bridge_imports_only_the_standard_library():
     files = python_files(ROOT / "blender_addon" / "bridge")
     assert {p.name for p in files} >= {"__init__.py", "protocol.py", "client.py", "jobs.py", "naming.py"}
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
-    offenders = [f"{p.relative_to(ROOT)}:{line} {mod}" for p in files for line, mod in imported_modules(p)
-                 if mod not in stdlib]
+    offenders = [
+        f"{p.relative_to(ROOT)}:{line} {mod}" for p in files for line, mod in imported_modules(p) if mod not in stdlib
+    ]
     assert offenders == []
 
 
@@ -72,8 +89,12 @@ def test_torch_is_imported_only_by_its_engine_the_models_and_training():
     an extra); only these folders and files may import it, anywhere in the module (also inside functions)."""
     allowed_dirs = {"archs", "training"}
     allowed_files = {
-        "engines/torch_engine.py", "engines/select.py",  # select: only to list what torch can do here
-        "weights/model.py", "weights/state_dict.py", "weights/ncnn.py", "weights/arrays.py",
+        "engines/torch_engine.py",
+        "engines/select.py",  # select: only to list what torch can do here
+        "weights/model.py",
+        "weights/state_dict.py",
+        "weights/ncnn.py",
+        "weights/arrays.py",
         "worker/server.py",  # the torch version in the hello line, when torch is there
     }
     core = ROOT / "core" / "texup"

@@ -1,19 +1,24 @@
 """Packaging facts that live in more than one file agree with their one source."""
+
 from __future__ import annotations
 
 import ast
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _texup_version() -> str:
     tree = ast.parse((ROOT / "core" / "texup" / "__init__.py").read_text())
-    return next(node.value.value for node in tree.body if isinstance(node, ast.Assign)
-                and any(getattr(t, "id", None) == "__version__" for t in node.targets))
+    return next(
+        node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__version__" for t in node.targets)
+    )
 
 
 def test_the_version_has_one_source_and_the_addons_copies_match_it():
@@ -27,8 +32,11 @@ def test_the_version_has_one_source_and_the_addons_copies_match_it():
     manifest = tomllib.loads((ROOT / "blender_addon" / "blender_manifest.toml").read_text())
     assert manifest["version"] == version
     tree = ast.parse((ROOT / "blender_addon" / "__init__.py").read_text())
-    bl_info = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
-                   and any(getattr(t, "id", None) == "bl_info" for t in node.targets))
+    bl_info = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "bl_info" for t in node.targets)
+    )
     assert ".".join(map(str, bl_info["version"])) == version
 
 

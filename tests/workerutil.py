@@ -1,8 +1,10 @@
 """Helpers for tests that drive a worker (real or fake) through the add-on's WorkerClient."""
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def collect(client: Any, until: Callable[[Any], bool], timeout: float = 20.0) -> list:

@@ -3,6 +3,7 @@
 Nothing in this package imports bpy, torch or texup; it is tested with plain pytest and runs inside
 Blender's Python (3.10+).
 """
+
 from __future__ import annotations
 
 from .client import WorkerClient, WorkerError, WorkerStartError, find_worker_python

@@ -16,14 +16,15 @@ environment made by Preferences → Install PyTorch exists (``<extension user fo
 marker file), its Python runs the worker instead, with the same ``PYTHONPATH``: the torch engine (CUDA,
 training) is added and the ncnn engine stays.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .client import WorkerStartError, find_worker_python
 
@@ -43,7 +44,7 @@ class WorkerLaunch:
     """How to start a worker: ``<python> -m texup worker`` with ``env`` added to Blender's environment."""
 
     python: str
-    env: Dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
     source: str = "preference"  # "preference" | "TEXUP_PYTHON" | "torch-env" | "bundled" | "PATH"
     description: str = ""
 
@@ -55,8 +56,8 @@ class Bundle:
     addon_dir: str
     platform: str
     texup_version: str
-    wheels: Tuple[str, ...]
-    models: Tuple[str, ...]
+    wheels: tuple[str, ...]
+    models: tuple[str, ...]
 
     @property
     def core_dir(self) -> str:
@@ -71,7 +72,7 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def wheel_distribution(filename: str) -> Tuple[str, str]:
+def wheel_distribution(filename: str) -> tuple[str, str]:
     """``(distribution, version)`` from a wheel file name (``ncnn-1.0.2-cp311-cp311-...whl``)."""
     parts = os.path.basename(filename).split("-")
     if len(parts) < 5 or not filename.endswith(".whl"):
@@ -79,7 +80,7 @@ def wheel_distribution(filename: str) -> Tuple[str, str]:
     return parts[0], parts[1]
 
 
-def read_bundle(addon_dir: str) -> Optional[Bundle]:
+def read_bundle(addon_dir: str) -> Bundle | None:
     """The bundle of the extension installed at ``addon_dir``; ``None`` when it has none (a source checkout
     or a build without ``--platform``). Raises :class:`BundleError` when the file is unreadable."""
     path = os.path.join(addon_dir, BUNDLE_FILE)
@@ -91,16 +92,22 @@ def read_bundle(addon_dir: str) -> Optional[Bundle]:
     except (OSError, ValueError) as err:
         raise BundleError(f"{path}: unreadable ({err}); reinstall the texup extension") from err
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: not a texup bundle description of format {BUNDLE_FORMAT}; reinstall the "
-                          "texup extension")
+        raise BundleError(
+            f"{path}: not a texup bundle description of format {BUNDLE_FORMAT}; reinstall the texup extension"
+        )
     try:
-        return Bundle(addon_dir=addon_dir, platform=str(data["platform"]), texup_version=str(data["texup"]),
-                      wheels=tuple(str(w) for w in data["wheels"]), models=tuple(str(m) for m in data["models"]))
+        return Bundle(
+            addon_dir=addon_dir,
+            platform=str(data["platform"]),
+            texup_version=str(data["texup"]),
+            wheels=tuple(str(w) for w in data["wheels"]),
+            models=tuple(str(m) for m in data["models"]),
+        )
     except (KeyError, TypeError) as err:
         raise BundleError(f"{path}: missing or malformed field {err}; reinstall the texup extension") from err
 
 
-def wheel_site_dirs(bundle: Bundle, search_path: Optional[Sequence[str]] = None) -> List[str]:
+def wheel_site_dirs(bundle: Bundle, search_path: Sequence[str] | None = None) -> list[str]:
     """The folders (in ``search_path``, default ``sys.path``) holding each bundled wheel's ``.dist-info``:
     where Blender extracted them. Raises :class:`BundleError` naming the wheels that are not installed."""
     search_path = list(sys.path if search_path is None else search_path)
@@ -109,7 +116,7 @@ def wheel_site_dirs(bundle: Bundle, search_path: Optional[Sequence[str]] = None)
     # nowhere else is taken from there.
     own = tuple(os.path.join(os.path.abspath(p), "") for p in {sys.prefix, sys.base_prefix})
     search_path.sort(key=lambda folder: os.path.join(os.path.abspath(folder or "."), "").startswith(own))
-    listings: List[Tuple[str, set]] = []
+    listings: list[tuple[str, set]] = []
     for folder in search_path:
         if folder and os.path.isdir(folder):
             try:
@@ -117,8 +124,8 @@ def wheel_site_dirs(bundle: Bundle, search_path: Optional[Sequence[str]] = None)
             except OSError:
                 continue
             listings.append((folder, names))
-    found: List[str] = []
-    missing: List[str] = []
+    found: list[str] = []
+    missing: list[str] = []
     for wheel in bundle.wheels:
         dist, version = wheel_distribution(wheel)
         key = _normalize(f"{dist}-{version}")
@@ -128,13 +135,15 @@ def wheel_site_dirs(bundle: Bundle, search_path: Optional[Sequence[str]] = None)
         elif folder not in found:
             found.append(folder)
     if missing:
-        raise BundleError(f"the extension's packages are not installed ({', '.join(missing)}): Blender extracts "
-                          "them when the extension is installed from its zip; reinstall it from "
-                          "Preferences > Get Extensions > Install from Disk")
+        raise BundleError(
+            f"the extension's packages are not installed ({', '.join(missing)}): Blender extracts "
+            "them when the extension is installed from its zip; reinstall it from "
+            "Preferences > Get Extensions > Install from Disk"
+        )
     return found
 
 
-def bundled_pythonpath(addon_dir: str, search_path: Optional[Sequence[str]] = None) -> List[str]:
+def bundled_pythonpath(addon_dir: str, search_path: Sequence[str] | None = None) -> list[str]:
     """The folders the worker needs on ``PYTHONPATH``: the bundled texup core, then the folders of the
     extracted wheels. ``[]`` without a bundle; :class:`BundleError` when the bundle is incomplete."""
     bundle = read_bundle(addon_dir)
@@ -145,8 +154,9 @@ def bundled_pythonpath(addon_dir: str, search_path: Optional[Sequence[str]] = No
     return [bundle.core_dir, *wheel_site_dirs(bundle, search_path)]
 
 
-def _bundle_env(addon_dir: str, bundle: Bundle, search_path: Optional[Sequence[str]],
-                environ: Mapping[str, str]) -> Dict[str, str]:
+def _bundle_env(
+    addon_dir: str, bundle: Bundle, search_path: Sequence[str] | None, environ: Mapping[str, str]
+) -> dict[str, str]:
     paths = bundled_pythonpath(addon_dir, search_path)
     inherited = environ.get("PYTHONPATH", "")
     env = {
@@ -159,17 +169,26 @@ def _bundle_env(addon_dir: str, bundle: Bundle, search_path: Optional[Sequence[s
     return env
 
 
-def bundled_launch(addon_dir: str, python: Optional[str] = None, *, search_path: Optional[Sequence[str]] = None,
-                   environ: Optional[Mapping[str, str]] = None) -> Optional[WorkerLaunch]:
+def bundled_launch(
+    addon_dir: str,
+    python: str | None = None,
+    *,
+    search_path: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> WorkerLaunch | None:
     """A worker on Blender's own Python (``python``, default ``sys.executable``) with the bundle; ``None``
     without a bundle. Raises :class:`BundleError` when the bundle is there but not installed."""
     bundle = read_bundle(addon_dir)
     if bundle is None:
         return None
     env = _bundle_env(addon_dir, bundle, search_path, os.environ if environ is None else environ)
-    return WorkerLaunch(python=python or sys.executable, env=env, source="bundled",
-                        description=f"Blender's Python with the bundled texup {bundle.texup_version} (ncnn: CPU, "
-                                    "Vulkan GPUs; no PyTorch)")
+    return WorkerLaunch(
+        python=python or sys.executable,
+        env=env,
+        source="bundled",
+        description=f"Blender's Python with the bundled texup {bundle.texup_version} (ncnn: CPU, "
+        "Vulkan GPUs; no PyTorch)",
+    )
 
 
 def torch_env_python(env_dir: str) -> str:
@@ -179,7 +198,7 @@ def torch_env_python(env_dir: str) -> str:
     return os.path.join(env_dir, "bin", "python")
 
 
-def torch_env_marker(user_dir: str) -> Optional[dict]:
+def torch_env_marker(user_dir: str) -> dict | None:
     """The installer's marker of ``<user_dir>/torch-env`` (a dict), or ``None`` when there is no usable env."""
     path = os.path.join(user_dir, TORCH_ENV_DIRNAME, TORCH_ENV_MARKER)
     try:
@@ -190,8 +209,13 @@ def torch_env_marker(user_dir: str) -> Optional[dict]:
     return data if isinstance(data, dict) else None
 
 
-def torch_env_launch(user_dir: Optional[str], addon_dir: str, *, search_path: Optional[Sequence[str]] = None,
-                     environ: Optional[Mapping[str, str]] = None) -> Optional[WorkerLaunch]:
+def torch_env_launch(
+    user_dir: str | None,
+    addon_dir: str,
+    *,
+    search_path: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> WorkerLaunch | None:
     """A worker on the PyTorch environment's Python (with the bundle's ``PYTHONPATH`` when there is a
     bundle), or ``None`` when no finished PyTorch environment exists."""
     if not user_dir:
@@ -203,17 +227,29 @@ def torch_env_launch(user_dir: Optional[str], addon_dir: str, *, search_path: Op
     if not os.path.isfile(python):
         return None
     bundle = read_bundle(addon_dir)
-    env = {} if bundle is None else _bundle_env(addon_dir, bundle, search_path,
-                                                os.environ if environ is None else environ)
+    env = (
+        {}
+        if bundle is None
+        else _bundle_env(addon_dir, bundle, search_path, os.environ if environ is None else environ)
+    )
     torch_version = marker.get("torch") or "?"
-    return WorkerLaunch(python=python, env=env, source="torch-env",
-                        description=f"texup's PyTorch environment (torch {torch_version}"
-                                    f"{', CUDA' if marker.get('cuda') else ''}) with the bundled engines")
+    return WorkerLaunch(
+        python=python,
+        env=env,
+        source="torch-env",
+        description=f"texup's PyTorch environment (torch {torch_version}"
+        f"{', CUDA' if marker.get('cuda') else ''}) with the bundled engines",
+    )
 
 
-def resolve_launch(preference: Optional[str], *, addon_dir: str, user_dir: Optional[str],
-                   environ: Optional[Mapping[str, str]] = None,
-                   search_path: Optional[Sequence[str]] = None) -> WorkerLaunch:
+def resolve_launch(
+    preference: str | None,
+    *,
+    addon_dir: str,
+    user_dir: str | None,
+    environ: Mapping[str, str] | None = None,
+    search_path: Sequence[str] | None = None,
+) -> WorkerLaunch:
     """How to start the worker, in this order: the 'Worker Python' preference, ``TEXUP_PYTHON``, the
     PyTorch environment made by the installer (in ``user_dir``), Blender's own Python with the bundled
     texup (a platform build of the extension at ``addon_dir``), a ``texup`` command on PATH.
@@ -227,8 +263,9 @@ def resolve_launch(preference: Optional[str], *, addon_dir: str, user_dir: Optio
         setting = "Worker Python preference" if source == "preference" else "TEXUP_PYTHON environment variable"
         return WorkerLaunch(python=explicit, source=source, description=f"{explicit} (the {setting})")
     try:
-        launch = (torch_env_launch(user_dir, addon_dir, environ=environ, search_path=search_path)
-                  or bundled_launch(addon_dir, environ=environ, search_path=search_path))
+        launch = torch_env_launch(user_dir, addon_dir, environ=environ, search_path=search_path) or bundled_launch(
+            addon_dir, environ=environ, search_path=search_path
+        )
     except BundleError as err:
         raise WorkerStartError(str(err)) from err
     if launch is not None:
@@ -241,4 +278,5 @@ def resolve_launch(preference: Optional[str], *, addon_dir: str, user_dir: Optio
     raise WorkerStartError(
         "no texup worker: this copy of the add-on has no bundled engine (a source build, or Blender 3.x), "
         "TEXUP_PYTHON is not set and no texup command is on PATH. Install the texup extension zip for your "
-        f"platform in Blender 4.2+, or name the python of an environment with texup installed: {client.SETTING_HINT}")
+        f"platform in Blender 4.2+, or name the python of an environment with texup installed: {client.SETTING_HINT}"
+    )

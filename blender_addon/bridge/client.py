@@ -9,6 +9,7 @@ drains stderr (the worker's log) into a bounded tail and, optionally, a log file
 without :meth:`WorkerClient.stop`, :meth:`poll` yields a :class:`Crashed` event with the exit code and
 the log's tail. Stdlib only: no bpy, no torch, no texup.
 """
+
 from __future__ import annotations
 
 import collections
@@ -21,7 +22,8 @@ import sys
 import threading
 import time
 import uuid
-from typing import IO, Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
 
 from .protocol import (
     PROTOCOL_VERSION,
@@ -65,21 +67,28 @@ class WorkerError(RuntimeError):
 
 # --- finding the worker's Python ---------------------------------------------------------------
 
+
 def _is_executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
-def _python_in_folder(folder: str) -> Optional[str]:
+def _python_in_folder(folder: str) -> str | None:
     """The interpreter of a virtual environment / Python installation folder, if there is one."""
-    for rel in (("bin", "python3"), ("bin", "python"), ("Scripts", "python.exe"), ("python.exe",),
-                ("python3",), ("python",)):
+    for rel in (
+        ("bin", "python3"),
+        ("bin", "python"),
+        ("Scripts", "python.exe"),
+        ("python.exe",),
+        ("python3",),
+        ("python",),
+    ):
         candidate = os.path.join(folder, *rel)
         if _is_executable(candidate):
             return candidate
     return None
 
 
-def _python_of_script(script: str) -> Optional[str]:
+def _python_of_script(script: str) -> str | None:
     """The interpreter a console script (``texup``) runs with: its shebang, else the Python beside it."""
     try:
         with open(script, "rb") as handle:
@@ -110,12 +119,12 @@ def _python_of_script(script: str) -> Optional[str]:
 
 
 def find_worker_python(
-    preference: Optional[str] = None,
+    preference: str | None = None,
     *,
-    environ: Optional[Mapping[str, str]] = None,
-    which: Callable[[str], Optional[str]] = shutil.which,
+    environ: Mapping[str, str] | None = None,
+    which: Callable[[str], str | None] = shutil.which,
     search_path: bool = True,
-) -> Optional[str]:
+) -> str | None:
     """The Python to run the worker with, or ``None`` when none can be found.
 
     In order: ``preference`` (the add-on's preference: a Python executable, a virtual environment
@@ -146,6 +155,7 @@ def find_worker_python(
 
 # --- the client --------------------------------------------------------------------------------
 
+
 class WorkerClient:
     """One worker process and the pipes to it.
 
@@ -162,33 +172,33 @@ class WorkerClient:
         python: str,
         *,
         args: Sequence[str] = ("-m", "texup", "worker"),
-        env: Optional[Mapping[str, str]] = None,
-        cwd: Optional[str] = None,
-        log_path: Optional[str] = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        log_path: str | None = None,
     ) -> None:
         self.python = python
         self.args = tuple(args)
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.log_path = log_path
-        self.hello: Optional[Hello] = None
-        self._proc: Optional[subprocess.Popen] = None
-        self._events: "queue.Queue[Event]" = queue.Queue()
-        self._stderr_tail: Deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.hello: Hello | None = None
+        self._proc: subprocess.Popen | None = None
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._tail_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._threads: List[threading.Thread] = []
-        self._stderr_thread: Optional[threading.Thread] = None
+        self._threads: list[threading.Thread] = []
+        self._stderr_thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._pending: Set[str] = set()
-        self._early: List[Event] = []  # read by check_ready() before/with the hello, handed out by poll()
-        self._start_error: Optional[str] = None
+        self._pending: set[str] = set()
+        self._early: list[Event] = []  # read by check_ready() before/with the hello, handed out by poll()
+        self._start_error: str | None = None
         self._start_timeout = 0.0
         self._ready_deadline = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def _environment(self) -> Dict[str, str]:
+    def _environment(self) -> dict[str, str]:
         env = dict(os.environ) if self.env is None else dict(self.env)
         env.pop("PYTHONHOME", None)
         env["PYTHONUNBUFFERED"] = "1"
@@ -224,8 +234,14 @@ class WorkerClient:
         creationflags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
         try:
             self._proc = subprocess.Popen(
-                [python, *self.args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=self._environment(), cwd=self.cwd, creationflags=creationflags, bufsize=0,
+                [python, *self.args],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._environment(),
+                cwd=self.cwd,
+                creationflags=creationflags,
+                bufsize=0,
             )
         except OSError as err:
             raise WorkerStartError(f"could not run the worker Python {python}: {err.strerror or err}") from err
@@ -247,7 +263,7 @@ class WorkerClient:
         """True once the worker said hello with this add-on's protocol version (jobs can be submitted)."""
         return self.hello is not None
 
-    def check_ready(self, wait: float = 0.0) -> Optional[Hello]:
+    def check_ready(self, wait: float = 0.0) -> Hello | None:
         """The worker's ``hello`` once it has arrived, else ``None`` (still starting); never blocks with ``wait`` 0.
 
         ``wait`` > 0 waits up to that long for the next message. Raises :class:`WorkerStartError` (after
@@ -273,12 +289,13 @@ class WorkerClient:
                 break
         for index, event in enumerate(pending):
             if isinstance(event, Hello):
-                self._early.extend(pending[index + 1:])  # after the hello: poll() returns them in order
+                self._early.extend(pending[index + 1 :])  # after the hello: poll() returns them in order
                 if event.protocol != PROTOCOL_VERSION:
                     self._fail_start(
                         f"the worker at {self.python} speaks protocol {event.protocol} (texup {event.texup}) but "
                         f"this add-on speaks protocol {PROTOCOL_VERSION}: install matching versions of texup "
-                        "and the add-on")
+                        "and the add-on"
+                    )
                 self.hello = event
                 return event
             if isinstance(event, Crashed):
@@ -302,12 +319,14 @@ class WorkerClient:
 
     def _start_failure(self, crashed: Crashed, reasons: Sequence[str] = ()) -> str:
         if _NO_TEXUP.search(crashed.stderr_tail):
-            return (f"the Python at {self.python} has no texup: install it there (`\"{self.python}\" -m pip install "
-                    f"PATH/TO/texup`, the source folder) or {SETTING_HINT}")
+            return (
+                f'the Python at {self.python} has no texup: install it there (`"{self.python}" -m pip install '
+                f"PATH/TO/texup`, the source folder) or {SETTING_HINT}"
+            )
         said = (": " + "; ".join(reasons)) if reasons else self._tail_suffix(crashed.stderr_tail)
         return f"the worker ({self.python}) exited with code {crashed.returncode} before it was ready{said}"
 
-    def _tail_suffix(self, tail: Optional[str] = None) -> str:
+    def _tail_suffix(self, tail: str | None = None) -> str:
         tail = self.stderr_tail(5) if tail is None else tail
         lines = [line for line in tail.splitlines() if line.strip()][-5:]
         return (": " + " | ".join(line.strip() for line in lines)) if lines else ""
@@ -323,10 +342,10 @@ class WorkerClient:
         return bool(self._pending)
 
     @property
-    def returncode(self) -> Optional[int]:
+    def returncode(self) -> int | None:
         return None if self._proc is None else self._proc.poll()
 
-    def stop(self, timeout: float = 5.0) -> Optional[int]:
+    def stop(self, timeout: float = 5.0) -> int | None:
         """Ask the worker to shut down; terminate, then kill it if it has not exited within ``timeout``.
 
         Safe to call more than once and on a worker that already died. Returns the exit code.
@@ -359,7 +378,7 @@ class WorkerClient:
         self._pending.clear()
         return proc.returncode
 
-    def __enter__(self) -> "WorkerClient":
+    def __enter__(self) -> WorkerClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -367,7 +386,7 @@ class WorkerClient:
 
     # --- sending ------------------------------------------------------------------------------
 
-    def _write(self, message: Dict[str, Any]) -> None:
+    def _write(self, message: dict[str, Any]) -> None:
         proc = self._proc
         if proc is None or proc.stdin is None:
             raise WorkerError("the texup worker has not been started")
@@ -396,7 +415,7 @@ class WorkerClient:
         job_id = job.id or uuid.uuid4().hex
         return self._send_job(job_id, train_message(job_id, job))
 
-    def _send_job(self, job_id: str, message: Dict[str, Any]) -> str:
+    def _send_job(self, job_id: str, message: dict[str, Any]) -> str:
         """Send a job message (already validated by its builder) to a ready, running worker."""
         if not self.ready:
             raise WorkerError("the texup worker is still starting: wait until check_ready() returns its hello")
@@ -429,13 +448,13 @@ class WorkerClient:
 
     # --- receiving ----------------------------------------------------------------------------
 
-    def poll(self, timeout: float = 0.0) -> List[Event]:
+    def poll(self, timeout: float = 0.0) -> list[Event]:
         """Events received since the last call, oldest first.
 
         With ``timeout`` 0 (the default) this never waits: call it from a timer on Blender's main thread.
         A positive ``timeout`` waits up to that long for the first event (headless scripts, tests).
         """
-        events: List[Event] = self._early
+        events: list[Event] = self._early
         self._early = []
         if events:
             timeout = 0.0
@@ -481,7 +500,7 @@ class WorkerClient:
     def _read_stderr(self) -> None:
         proc = self._proc
         assert proc is not None and proc.stderr is not None
-        log_file: Optional[IO[str]] = None
+        log_file: IO[str] | None = None
         if self.log_path:
             try:
                 log_file = open(self.log_path, "a", encoding="utf-8")

@@ -5,12 +5,14 @@ A run lives in ``<root>/<run name>/``: ``data/`` (the exported textures) and ``m
 checkpoint, logs, sample grids and ``model.safetensors``). ``<root>`` is ``//texup_training`` next to the
 .blend, or a temporary folder for a file that was never saved.
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Any
 
 from .jobs import TextureInfo
 from .naming import UDIM_TOKENS, safe_stem, udim_tile_path
@@ -22,7 +24,7 @@ TRAINING_FOLDER = "texup_training"
 EXPORTABLE_SOURCES = ("file", "packed", "generated", "udim")
 
 
-def run_name(now: Optional[float] = None, existing: Iterable[str] = ()) -> str:
+def run_name(now: float | None = None, existing: Iterable[str] = ()) -> str:
     """A new run's folder name, ``run_YYYYmmdd_HHMMSS`` (local time), with ``_2``, ``_3``... when taken."""
     stamp = time.strftime("run_%Y%m%d_%H%M%S", time.localtime(time.time() if now is None else now))
     taken = set(existing)
@@ -33,7 +35,7 @@ def run_name(now: Optional[float] = None, existing: Iterable[str] = ()) -> str:
     return name
 
 
-def run_folders(root: str, name: str) -> Tuple[str, str]:
+def run_folders(root: str, name: str) -> tuple[str, str]:
     """``(data_dir, model_dir)`` of run ``name`` under ``root``."""
     base = os.path.join(root, name)
     return os.path.join(base, "data"), os.path.join(base, "model")
@@ -53,13 +55,13 @@ class DatasetFile:
 class DatasetPlan:
     """What :func:`plan_dataset` decided: the files to write, and the textures left out with why."""
 
-    files: List[DatasetFile] = field(default_factory=list)
-    skipped: List[Tuple[str, str]] = field(default_factory=list)
+    files: list[DatasetFile] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
-    def textures(self) -> List[str]:
+    def textures(self) -> list[str]:
         """Names of the textures that give at least one file, in order."""
-        seen: List[str] = []
+        seen: list[str] = []
         for f in self.files:
             if f.texture not in seen:
                 seen.append(f.texture)
@@ -80,7 +82,7 @@ def plan_dataset(infos: Sequence[TextureInfo], data_dir: str) -> DatasetPlan:
     (or image name) made safe, with ``_2``, ``_3``... when two textures would share one.
     """
     plan = DatasetPlan()
-    used: Set[str] = set()
+    used: set[str] = set()
 
     def unique(stem: str, ext: str) -> str:
         name, counter = f"{stem}{ext}", 1
@@ -92,8 +94,14 @@ def plan_dataset(infos: Sequence[TextureInfo], data_dir: str) -> DatasetPlan:
 
     for info in infos:
         if info.source not in EXPORTABLE_SOURCES or info.status == "missing":
-            plan.skipped.append((info.name, "its file is missing" if info.source == "missing" or info.status == "missing"
-                                 else f"images of source {info.source!r} cannot be exported"))
+            plan.skipped.append(
+                (
+                    info.name,
+                    "its file is missing"
+                    if info.source == "missing" or info.status == "missing"
+                    else f"images of source {info.source!r} cannot be exported",
+                )
+            )
             continue
         base = os.path.basename(info.filepath) if info.filepath else ""
         stem = safe_stem(os.path.splitext(base)[0] if base else info.name)
@@ -106,8 +114,9 @@ def plan_dataset(infos: Sequence[TextureInfo], data_dir: str) -> DatasetPlan:
                 plan.skipped.append((info.name, "a UDIM image without tiles"))
                 continue
             for tile in info.udim_tiles:
-                plan.files.append(DatasetFile(info.name, udim_tile_path(info.filepath, tile),
-                                              unique(f"{stem}_{tile}", ext)))
+                plan.files.append(
+                    DatasetFile(info.name, udim_tile_path(info.filepath, tile), unique(f"{stem}_{tile}", ext))
+                )
         elif info.source == "file":
             plan.files.append(DatasetFile(info.name, info.filepath, unique(stem, ext)))
         else:  # packed or generated: the add-on writes the pixels
@@ -135,20 +144,20 @@ class TrainTracker:
     the trainer's lines for the user (data found, files skipped, fallbacks).
     """
 
-    def __init__(self, job_id: Optional[str] = None, steps: int = 0) -> None:
+    def __init__(self, job_id: str | None = None, steps: int = 0) -> None:
         self.job_id = job_id
         self.steps = steps
         self.step = 0
-        self.loss: Optional[float] = None
-        self.eta_s: Optional[float] = None
-        self.model_path: Optional[str] = None
-        self.psnr_before: Optional[float] = None
-        self.psnr_after: Optional[float] = None
-        self.errors: List[str] = []
-        self.notes: List[str] = []
+        self.loss: float | None = None
+        self.eta_s: float | None = None
+        self.model_path: str | None = None
+        self.psnr_before: float | None = None
+        self.psnr_after: float | None = None
+        self.errors: list[str] = []
+        self.notes: list[str] = []
         self.cancelled = False
         self.finished = False
-        self.crashed: Optional[str] = None
+        self.crashed: str | None = None
 
     def handle(self, event: Any) -> None:
         if isinstance(event, Crashed):

@@ -10,17 +10,18 @@ Every failure becomes ``HealthReport.ok`` False with a one-line ``error``; nothi
 ``running`` and ``result`` when it draws, and never waits. :func:`status_lines` turns the state into
 the one or two lines the preferences and the panel show (icon names are Blender's; no bpy here).
 """
+
 from __future__ import annotations
 
 import os
 import threading
 import time
-import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Mapping, Optional, Tuple
+from typing import Any
 
 from .client import WorkerClient, WorkerError, WorkerStartError
-from .protocol import Crashed, DeviceInfo, Error, Info, info_message
+from .protocol import Crashed, DeviceInfo, Error, Info
 
 DEFAULT_TIMEOUT = 90.0
 """Seconds a check waits for the hello and the info together (importing torch and probing CUDA/Vulkan
@@ -42,22 +43,22 @@ class HealthReport:
     python: str = ""
     source: str = ""
     description: str = ""
-    texup: Optional[str] = None
-    torch: Optional[str] = None
-    engines: Tuple[str, ...] = ()
-    devices: Tuple[DeviceInfo, ...] = ()
-    auto: Optional[str] = None
+    texup: str | None = None
+    torch: str | None = None
+    engines: tuple[str, ...] = ()
+    devices: tuple[DeviceInfo, ...] = ()
+    auto: str | None = None
     auto_measured: bool = False
     error: str = ""
     seconds: float = 0.0
     checked_at: float = field(default_factory=time.time)
 
-    def device(self, key: str) -> Optional[DeviceInfo]:
+    def device(self, key: str) -> DeviceInfo | None:
         """The device called ``key`` ("cpu", "vulkan:0", ...), if the worker has it."""
         return next((d for d in self.devices if d.key == key), None)
 
     @property
-    def auto_device(self) -> Optional[DeviceInfo]:
+    def auto_device(self) -> DeviceInfo | None:
         """The device of the auto pick."""
         if not self.auto:
             return None
@@ -71,13 +72,14 @@ def one_line(text: str, limit: int = 400) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def _clean_torch(value: Optional[str]) -> Optional[str]:
+def _clean_torch(value: str | None) -> str | None:
     """The hello's torch field as the add-on parses it ("None"/"?" when the worker had none)."""
     return None if value in (None, "", "None", "?") else value
 
 
-def check_worker(launch: Any, timeout: float = DEFAULT_TIMEOUT, *,
-                 environ: Optional[Mapping[str, str]] = None) -> HealthReport:
+def check_worker(
+    launch: Any, timeout: float = DEFAULT_TIMEOUT, *, environ: Mapping[str, str] | None = None
+) -> HealthReport:
     """Start the worker ``launch`` describes (``python``, ``env``, ``source``, ``description``: a
     :class:`bridge.bundle.WorkerLaunch`), read its hello and ``info``, stop it; never raises.
 
@@ -90,8 +92,11 @@ def check_worker(launch: Any, timeout: float = DEFAULT_TIMEOUT, *,
     python = str(getattr(launch, "python", "") or "")
     base = dict(os.environ if environ is None else environ)
     env = {**base, **dict(getattr(launch, "env", None) or {})}
-    known = {"python": python, "source": str(getattr(launch, "source", "") or ""),
-             "description": str(getattr(launch, "description", "") or "")}
+    known = {
+        "python": python,
+        "source": str(getattr(launch, "source", "") or ""),
+        "description": str(getattr(launch, "description", "") or ""),
+    }
 
     def failed(reason: str) -> HealthReport:
         return HealthReport(ok=False, error=one_line(reason), seconds=time.monotonic() - started, **known)
@@ -107,16 +112,27 @@ def check_worker(launch: Any, timeout: float = DEFAULT_TIMEOUT, *,
             for event in client.poll(timeout=0.2):
                 if isinstance(event, Info) and event.id == request_id:
                     return HealthReport(
-                        ok=True, texup=event.texup, torch=event.torch, engines=event.engines, devices=event.devices,
-                        auto=event.auto, auto_measured=event.auto_measured, seconds=time.monotonic() - started,
-                        **known)
+                        ok=True,
+                        texup=event.texup,
+                        torch=event.torch,
+                        engines=event.engines,
+                        devices=event.devices,
+                        auto=event.auto,
+                        auto_measured=event.auto_measured,
+                        seconds=time.monotonic() - started,
+                        **known,
+                    )
                 if isinstance(event, Error) and event.id == request_id:
                     if "unknown message type" in event.message:
                         # A working texup from before the info request: it runs, it just cannot say more.
                         return HealthReport(
-                            ok=True, texup=hello.texup, torch=_clean_torch(hello.torch),
+                            ok=True,
+                            texup=hello.texup,
+                            torch=_clean_torch(hello.torch),
                             error=f"texup {hello.texup} cannot list its devices (older than this add-on)",
-                            seconds=time.monotonic() - started, **known)
+                            seconds=time.monotonic() - started,
+                            **known,
+                        )
                     return failed(f"the worker at {python} could not describe itself: {event.message}")
                 if isinstance(event, Crashed):
                     return failed(event.message)
@@ -142,8 +158,8 @@ class HealthCheck:
     def __init__(self, check: Callable[..., HealthReport] = check_worker) -> None:
         self._check = check
         self._lock = threading.Lock()
-        self._thread: Optional[threading.Thread] = None
-        self._result: Optional[HealthReport] = None
+        self._thread: threading.Thread | None = None
+        self._result: HealthReport | None = None
         self._token = 0
         self.generation = 0
         self.requested = False  # a check was started at least once (the UI's "first time shown")
@@ -154,7 +170,7 @@ class HealthCheck:
             return self._thread is not None and self._thread.is_alive()
 
     @property
-    def result(self) -> Optional[HealthReport]:
+    def result(self) -> HealthReport | None:
         with self._lock:
             return self._result
 
@@ -166,13 +182,14 @@ class HealthCheck:
             self.requested = True
             self._token += 1
             token = self._token
-            thread = threading.Thread(target=self._run, args=(resolve, timeout, token), name="texup-health",
-                                      daemon=True)
+            thread = threading.Thread(
+                target=self._run, args=(resolve, timeout, token), name="texup-health", daemon=True
+            )
             self._thread = thread
         thread.start()
         return True
 
-    def wait(self, timeout: Optional[float] = None) -> Optional[HealthReport]:
+    def wait(self, timeout: float | None = None) -> HealthReport | None:
         """Block until the running check ends (scripts and tests; never from Blender's UI)."""
         with self._lock:
             thread = self._thread
@@ -204,12 +221,13 @@ class HealthCheck:
 
 # --- what the UI shows -----------------------------------------------------------------------------
 
+
 def _device_label(device: DeviceInfo) -> str:
     software = ", software" if device.software else ""
     return f"{device.key} {device.name}{software}"
 
 
-def status_lines(report: Optional[HealthReport], running: bool = False) -> List[Tuple[str, str]]:
+def status_lines(report: HealthReport | None, running: bool = False) -> list[tuple[str, str]]:
     """``(icon, text)`` lines for the worker's state: at most three, each one line.
 
     ``CHECKMARK`` only for a worker that answered; "not checked" before any check (never a tick).
@@ -236,7 +254,7 @@ def status_lines(report: Optional[HealthReport], running: bool = False) -> List[
     return lines
 
 
-def _wrap(text: str, width: int, lines: int) -> List[str]:
+def _wrap(text: str, width: int, lines: int) -> list[str]:
     """``text`` in at most ``lines`` pieces of at most ``width`` characters, broken at spaces where possible."""
     import textwrap
 
@@ -247,8 +265,7 @@ def _wrap(text: str, width: int, lines: int) -> List[str]:
     return pieces
 
 
-def compact_status_lines(report: Optional[HealthReport], running: bool = False,
-                         width: int = 30) -> List[Tuple[str, str]]:
+def compact_status_lines(report: HealthReport | None, running: bool = False, width: int = 30) -> list[tuple[str, str]]:
     """The panel's short form of :func:`status_lines` (the sidebar shows about 30 characters a line): what
     runs and what auto picks; an error wrapped over up to four lines. Same rule: a tick only after a
     worker answered."""
@@ -256,8 +273,10 @@ def compact_status_lines(report: Optional[HealthReport], running: bool = False,
         return status_lines(report, running)
     if not report.ok:
         return [("ERROR", "Worker not working:")] + [("BLANK1", piece) for piece in _wrap(report.error, width, 4)]
-    lines = [("CHECKMARK", f"Worker: texup {report.texup}"),
-             ("BLANK1", f"PyTorch {report.torch}" if report.torch else "no PyTorch (ncnn engine)")]
+    lines = [
+        ("CHECKMARK", f"Worker: texup {report.texup}"),
+        ("BLANK1", f"PyTorch {report.torch}" if report.torch else "no PyTorch (ncnn engine)"),
+    ]
     if report.auto:
         engine, _, rest = report.auto.partition("/")
         device_key = rest.split("/")[0] if rest else ""
@@ -267,7 +286,7 @@ def compact_status_lines(report: Optional[HealthReport], running: bool = False,
     return lines
 
 
-def device_lines(report: Optional[HealthReport]) -> List[str]:
+def device_lines(report: HealthReport | None) -> list[str]:
     """One line per device of a successful check ("cpu AMD EPYC 7B13: ncnn, torch")."""
     if report is None or not report.ok:
         return []

@@ -10,21 +10,23 @@ Typical use (operator or headless script)::
     ... for event in client.poll(): tracker.apply(event) ...   # from a timer
     for outcome in tracker.outcomes.values(): relink when outcome.status == "ok"
 """
+
 from __future__ import annotations
 
 import json
 import os
 import time
 import uuid
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any
 
 from .naming import has_udim_token, safe_stem, udim_tile_path, unique_output_path
 from .protocol import Crashed, Done, Error, Event, Job, JobItem, JobOptions, Progress, Result
 
-ROLES: Tuple[str, ...] = ("color", "normal", "data")
-SOURCES: Tuple[str, ...] = ("file", "packed", "generated", "udim", "missing")
-STATUSES: Tuple[str, ...] = ("original", "upscaled", "missing")
+ROLES: tuple[str, ...] = ("color", "normal", "data")
+SOURCES: tuple[str, ...] = ("file", "packed", "generated", "udim", "missing")
+STATUSES: tuple[str, ...] = ("original", "upscaled", "missing")
 REPORT_VERSION = 1
 
 
@@ -43,12 +45,12 @@ class TextureInfo:
 
     name: str
     filepath: str
-    size: Tuple[int, int]
+    size: tuple[int, int]
     role: str
     colorspace: str
     source: str
     users: int = 0
-    udim_tiles: Tuple[int, ...] = ()
+    udim_tiles: tuple[int, ...] = ()
     has_alpha: bool = False
     status: str = "original"
 
@@ -60,21 +62,18 @@ class TextureInfo:
         if self.status not in STATUSES:
             raise ValueError(f"{self.name}: status must be one of {', '.join(STATUSES)}, got {self.status!r}")
 
-    @property
-    def largest_side(self) -> int:
-        return max(self.size) if self.size else 0
-
 
 # --- choosing ----------------------------------------------------------------------------------
+
 
 def choose_textures(
     textures: Iterable[TextureInfo],
     *,
-    max_size: Optional[int] = None,
-    roles: Optional[Collection[str]] = None,
-    names: Optional[Collection[str]] = None,
+    max_size: int | None = None,
+    roles: Collection[str] | None = None,
+    names: Collection[str] | None = None,
     include_upscaled: bool = False,
-) -> List[TextureInfo]:
+) -> list[TextureInfo]:
     """The textures that pass every given filter, in the given order (see :func:`sort_textures`)."""
     return sort_textures(textures, max_size=max_size, roles=roles, names=names, include_upscaled=include_upscaled)[0]
 
@@ -82,11 +81,11 @@ def choose_textures(
 def sort_textures(
     textures: Iterable[TextureInfo],
     *,
-    max_size: Optional[int] = None,
-    roles: Optional[Collection[str]] = None,
-    names: Optional[Collection[str]] = None,
+    max_size: int | None = None,
+    roles: Collection[str] | None = None,
+    names: Collection[str] | None = None,
     include_upscaled: bool = False,
-) -> Tuple[List[TextureInfo], List[Tuple[TextureInfo, str]]]:
+) -> tuple[list[TextureInfo], list[tuple[TextureInfo, str]]]:
     """``(chosen, left_out)``: the textures that pass every filter, and each other one with the reason.
 
     max_size: the larger side is at most this many pixels (the panel's "At most N px" and the headless
@@ -99,8 +98,8 @@ def sort_textures(
         bad = sorted(set(roles) - set(ROLES))
         if bad:
             raise ValueError(f"unknown role(s) {', '.join(bad)}: expected {', '.join(ROLES)}")
-    chosen: List[TextureInfo] = []
-    left_out: List[Tuple[TextureInfo, str]] = []
+    chosen: list[TextureInfo] = []
+    left_out: list[tuple[TextureInfo, str]] = []
     for tex in textures:
         reason = None
         if names is not None and tex.name not in names:
@@ -116,8 +115,14 @@ def sort_textures(
     return chosen, left_out
 
 
-def filter_reason(size: Sequence[int], role: str, *, max_size: Optional[int] = None,
-                  roles: Optional[Collection[str]] = None, short: bool = False) -> Optional[str]:
+def filter_reason(
+    size: Sequence[int],
+    role: str,
+    *,
+    max_size: int | None = None,
+    roles: Collection[str] | None = None,
+    short: bool = False,
+) -> str | None:
     """Why the size limit or the role filter leaves a texture out, else ``None`` (it passes).
 
     The one rule of the panel's "At most N px" and role filter and of the headless ``--max-size`` /
@@ -126,26 +131,28 @@ def filter_reason(size: Sequence[int], role: str, *, max_size: Optional[int] = N
     """
     largest = max(size) if size else 0
     if max_size is not None and largest > max_size:
-        return f"{largest} > {max_size} px" if short else \
-            f"larger than the size limit ({largest} px > {max_size} px)"
+        return f"{largest} > {max_size} px" if short else f"larger than the size limit ({largest} px > {max_size} px)"
     if roles is not None and role not in roles:
         return f"role {role}" if short else f"role {role} is not among {', '.join(sorted(roles))}"
     return None
 
 
-def left_out_rows(left_out: Iterable[Tuple[TextureInfo, str]]) -> List[Dict[str, Any]]:
+def left_out_rows(left_out: Iterable[tuple[TextureInfo, str]]) -> list[dict[str, Any]]:
     """Report rows (status "skipped") for what the filters left out."""
-    return [{"name": tex.name, "status": "skipped", "reason": reason, "size": list(tex.size) if tex.size else None}
-            for tex, reason in left_out]
+    return [
+        {"name": tex.name, "status": "skipped", "reason": reason, "size": list(tex.size) if tex.size else None}
+        for tex, reason in left_out
+    ]
 
 
-def unknown_names(textures: Iterable[TextureInfo], names: Iterable[str]) -> List[str]:
+def unknown_names(textures: Iterable[TextureInfo], names: Iterable[str]) -> list[str]:
     """The requested ``names`` that no scanned texture has (for a clear error in the headless script)."""
     known = {tex.name for tex in textures}
     return [name for name in names if name not in known]
 
 
 # --- building a job ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PlannedOutput:
@@ -154,10 +161,10 @@ class PlannedOutput:
     texture: str
     dst: str
     role: str
-    tiles: Tuple[int, ...]
-    item_keys: Tuple[str, ...]
-    srcs: Tuple[str, ...]
-    size: Tuple[int, int] = (0, 0)  # of the texture (UDIM: of its first tile), for progress weights
+    tiles: tuple[int, ...]
+    item_keys: tuple[str, ...]
+    srcs: tuple[str, ...]
+    size: tuple[int, int] = (0, 0)  # of the texture (UDIM: of its first tile), for progress weights
 
 
 @dataclass(frozen=True)
@@ -171,10 +178,10 @@ class Skipped:
 @dataclass(frozen=True)
 class JobPlan:
     job: Job
-    outputs: Tuple[PlannedOutput, ...]
-    skipped: Tuple[Skipped, ...]
+    outputs: tuple[PlannedOutput, ...]
+    skipped: tuple[Skipped, ...]
 
-    def owner(self, item_key: str) -> Optional[PlannedOutput]:
+    def owner(self, item_key: str) -> PlannedOutput | None:
         """The planned output an item key belongs to."""
         for out in self.outputs:
             if item_key in out.item_keys:
@@ -182,7 +189,7 @@ class JobPlan:
         return None
 
 
-def _source_files(tex: TextureInfo, extracted: Mapping[str, str]) -> Tuple[Optional[Tuple[str, ...]], str]:
+def _source_files(tex: TextureInfo, extracted: Mapping[str, str]) -> tuple[tuple[str, ...] | None, str]:
     """(source files, reason when there are none) for one texture."""
     if tex.name in extracted:
         path = extracted[tex.name]
@@ -215,8 +222,8 @@ def build_job(
     options: JobOptions,
     out_dir: str,
     *,
-    name_scale: Optional[float] = None,
-    extracted: Optional[Mapping[str, str]] = None,
+    name_scale: float | None = None,
+    extracted: Mapping[str, str] | None = None,
     taken: Collection[str] = (),
 ) -> JobPlan:
     """Turn chosen textures into a worker job: one item per file (one per tile for UDIM images).
@@ -231,9 +238,9 @@ def build_job(
     extracted = dict(extracted or {})
     scale = name_scale if name_scale is not None else (options.scale if options.scale is not None else 4)
     used = set(taken)
-    items: List[JobItem] = []
-    outputs: List[PlannedOutput] = []
-    skipped: List[Skipped] = []
+    items: list[JobItem] = []
+    outputs: list[PlannedOutput] = []
+    skipped: list[Skipped] = []
     for index, tex in enumerate(textures):
         files, reason = _source_files(tex, extracted)
         if files is None:
@@ -258,15 +265,24 @@ def build_job(
             keys, dsts = (f"{index}:{tex.name}",), (dst,)
         for key, src, item_dst in zip(keys, files, dsts):
             items.append(JobItem(key=key, src=src, dst=item_dst, role=tex.role))
-        outputs.append(PlannedOutput(texture=tex.name, dst=dst, role=tex.role,
-                                     tiles=tex.udim_tiles if tiled else (), item_keys=keys, srcs=files,
-                                     size=(int(tex.size[0]), int(tex.size[1])) if tex.size else (0, 0)))
+        outputs.append(
+            PlannedOutput(
+                texture=tex.name,
+                dst=dst,
+                role=tex.role,
+                tiles=tex.udim_tiles if tiled else (),
+                item_keys=keys,
+                srcs=files,
+                size=(int(tex.size[0]), int(tex.size[1])) if tex.size else (0, 0),
+            )
+        )
     job = Job(options=options, items=tuple(items))
     job.validate()
     return JobPlan(job=job, outputs=tuple(outputs), skipped=tuple(skipped))
 
 
 # --- following a job ---------------------------------------------------------------------------
+
 
 @dataclass
 class TextureOutcome:
@@ -282,15 +298,15 @@ class TextureOutcome:
     width: int = 0
     height: int = 0
     seconds: float = 0.0
-    errors: List[str] = field(default_factory=list)
-    written: Dict[str, str] = field(default_factory=dict)  # item key -> file written
+    errors: list[str] = field(default_factory=list)
+    written: dict[str, str] = field(default_factory=dict)  # item key -> file written
 
 
 ETA_MIN_SECONDS = 1.0  # no estimate before the job has run this long ...
 ETA_MIN_FRACTION = 0.01  # ... and moved this far since its first progress event
 
 
-def estimate_eta(elapsed: float, fraction: float, *, start_fraction: float = 0.0) -> Optional[float]:
+def estimate_eta(elapsed: float, fraction: float, *, start_fraction: float = 0.0) -> float | None:
     """Seconds left when ``fraction`` (0..1) of the job took ``elapsed`` seconds since it stood at
     ``start_fraction``; ``None`` until there is a meaningful estimate (at least :data:`ETA_MIN_SECONDS`
     and :data:`ETA_MIN_FRACTION` of progress), 0.0 when done."""
@@ -302,7 +318,7 @@ def estimate_eta(elapsed: float, fraction: float, *, start_fraction: float = 0.0
     return max(0.0, elapsed * (1.0 - fraction) / moved)
 
 
-def format_duration(seconds: Optional[float]) -> str:
+def format_duration(seconds: float | None) -> str:
     """``"42s"``, ``"1m05s"``, ``"2h03m"``; ``"--"`` for ``None`` (no estimate yet)."""
     if seconds is None:
         return "--"
@@ -325,22 +341,23 @@ class JobTracker:
     fake one).
     """
 
-    def __init__(self, plan: JobPlan, job_id: Optional[str] = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, plan: JobPlan, job_id: str | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.plan = plan
         self.job_id = job_id
-        self.outcomes: Dict[str, TextureOutcome] = {
+        self.outcomes: dict[str, TextureOutcome] = {
             out.texture: TextureOutcome(texture=out.texture, dst=out.dst) for out in plan.outputs
         }
-        self.job_errors: List[str] = []
+        self.job_errors: list[str] = []
         self.finished = not plan.job.items
         self.cancelled = False
         self.fraction = 1.0 if self.finished else 0.0
-        self.current: Optional[str] = None  # the texture being upscaled
-        self.current_item: Optional[str] = None  # its file (item key) being upscaled
+        self.current: str | None = None  # the texture being upscaled
+        self.current_item: str | None = None  # its file (item key) being upscaled
         self.item_fraction = 0.0  # how far that file is
         self._clock = clock
-        self._started: Optional[Tuple[float, float]] = None  # (time, fraction) at the first progress event
+        self._started: tuple[float, float] | None = None  # (time, fraction) at the first progress event
         self._ended: set = set()  # item keys written or failed
         keys = [item.key for item in plan.job.items]
         self._position = {key: i for i, key in enumerate(keys)}
@@ -433,7 +450,7 @@ class JobTracker:
         with ``reason``."""
         self._finish(failed_reason=reason)
 
-    def _finish(self, failed_reason: Optional[str]) -> None:
+    def _finish(self, failed_reason: str | None) -> None:
         if self.finished:
             return
         self.finished = True
@@ -456,7 +473,7 @@ class JobTracker:
         return 0.0 if self._started is None else max(0.0, self._clock() - self._started[0])
 
     @property
-    def eta_s(self) -> Optional[float]:
+    def eta_s(self) -> float | None:
         """Seconds left (estimated from the progress so far), ``None`` until that means something."""
         if self.finished:
             return 0.0
@@ -468,7 +485,7 @@ class JobTracker:
     def written_files(self) -> int:
         return sum(len(o.written) for o in self.outcomes.values())
 
-    def current_file(self) -> Tuple[int, int, str]:
+    def current_file(self) -> tuple[int, int, str]:
         """``(position, count, file name)`` of the file being upscaled (position 1-based; 0 before the
         first progress event)."""
         count = len(self.plan.job.items)
@@ -494,18 +511,22 @@ class JobTracker:
         position, count, name = self.current_file()
         if not position:
             return f"0/{count} waiting for the worker (job {int(self.fraction * 100)}%)"
-        return (f"{position}/{count} {name} {int(self.item_fraction * 100)}% "
-                f"(job {int(self.fraction * 100)}%, ETA {format_duration(self.eta_s)})")
+        return (
+            f"{position}/{count} {name} {int(self.item_fraction * 100)}% "
+            f"(job {int(self.fraction * 100)}%, ETA {format_duration(self.eta_s)})"
+        )
 
     def how_far(self) -> str:
         """How far the job got, for a timeout or cancel message: ``"23% of the job, 1 of 5 files written"``."""
-        return (f"{int(self.fraction * 100)}% of the job, {self.written_files} of {len(self.plan.job.items)} "
-                "files written")
+        return (
+            f"{int(self.fraction * 100)}% of the job, {self.written_files} of {len(self.plan.job.items)} files written"
+        )
 
 
 # --- the headless report -----------------------------------------------------------------------
 
-def report_rows(textures: Sequence[TextureInfo], tracker: Optional[JobTracker], plan: JobPlan) -> List[Dict[str, Any]]:
+
+def report_rows(textures: Sequence[TextureInfo], tracker: JobTracker | None, plan: JobPlan) -> list[dict[str, Any]]:
     """One JSON row per chosen texture: name, role, input/output size, output path, seconds, status, error.
 
     status is "ok", "failed" (including textures skipped because they are missing) or "cancelled".
@@ -513,9 +534,16 @@ def report_rows(textures: Sequence[TextureInfo], tracker: Optional[JobTracker], 
     skipped = {s.texture: s.reason for s in plan.skipped}
     rows = []
     for tex in textures:
-        row: Dict[str, Any] = {
-            "name": tex.name, "role": tex.role, "source": tex.source, "input_size": list(tex.size),
-            "output_size": None, "output_path": None, "seconds": 0.0, "status": "failed", "error": None,
+        row: dict[str, Any] = {
+            "name": tex.name,
+            "role": tex.role,
+            "source": tex.source,
+            "input_size": list(tex.size),
+            "output_size": None,
+            "output_path": None,
+            "seconds": 0.0,
+            "status": "failed",
+            "error": None,
         }
         if tex.name in skipped:
             row["error"] = skipped[tex.name]
@@ -526,18 +554,18 @@ def report_rows(textures: Sequence[TextureInfo], tracker: Optional[JobTracker], 
             if outcome.status == "ok":
                 row["output_size"] = [outcome.width, outcome.height]
                 row["output_path"] = outcome.dst
-            row["error"] = "; ".join(outcome.errors) or (None if outcome.status == "ok" else
-                                                        "cancelled" if outcome.status == "cancelled" else
-                                                        "no result")
+            row["error"] = "; ".join(outcome.errors) or (
+                None if outcome.status == "ok" else "cancelled" if outcome.status == "cancelled" else "no result"
+            )
         else:
             row["error"] = "not part of the job"
         rows.append(row)
     return rows
 
 
-def report_document(rows: Sequence[Mapping[str, Any]], **context: Any) -> Dict[str, Any]:
+def report_document(rows: Sequence[Mapping[str, Any]], **context: Any) -> dict[str, Any]:
     """The report: ``{"version", "ok", "failed", "cancelled", "images": rows, **context}``."""
-    doc: Dict[str, Any] = {"version": REPORT_VERSION}
+    doc: dict[str, Any] = {"version": REPORT_VERSION}
     doc.update(context)
     doc["ok"] = sum(1 for r in rows if r["status"] == "ok")
     doc["failed"] = sum(1 for r in rows if r["status"] == "failed")

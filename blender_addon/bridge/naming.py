@@ -5,18 +5,20 @@ A UDIM image's file path holds a token where the tile number goes -- ``wall.<UDI
 goes before the token when the token ends the stem, so the result is again a UDIM pattern:
 ``wall.<UDIM>.png`` -> ``wall_x4.<UDIM>.png``; a token inside the stem stays where it is.
 """
+
 from __future__ import annotations
 
 import os
 import re
-from typing import AbstractSet, Iterable, Optional, Tuple, Union
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
-UDIM_TOKENS: Tuple[str, ...] = ("<UDIM>", "<UVTILE>")
+UDIM_TOKENS: tuple[str, ...] = ("<UDIM>", "<UVTILE>")
 _SEPARATORS = "._-"
 _TILE_NUMBER = re.compile(r"^(?P<head>.*?)(?P<sep>[._-]?)(?P<tile>1\d{3}|u\d+_v\d+)$")
 _UNSAFE = re.compile(r'[\x00-\x1f<>:"/\\|?*]')
 
-Number = Union[int, float]
+Number = int | float
 
 
 def scale_label(scale: Number) -> str:
@@ -140,7 +142,7 @@ def _any_tile_exists(pattern: str) -> bool:
         return False
 
 
-def tile_of(path: str) -> Optional[int]:
+def tile_of(path: str) -> int | None:
     """The UDIM tile number at the end of a file's stem (``wall.1001.png`` -> 1001), else None."""
     stem = os.path.splitext(os.path.basename(path))[0]
     match = _TILE_NUMBER.match(stem)

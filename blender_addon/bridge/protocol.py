@@ -4,18 +4,19 @@ The worker (``python -m texup worker``, see texup/worker/protocol.py) reads one 
 on stdin and writes one per line on stdout. This module must stay importable without bpy, torch or
 texup: it runs inside Blender's own Python (3.10 in Blender 3.4, 3.11 in 4.x).
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 PROTOCOL_VERSION = 1
 
-ROLES: Tuple[str, ...] = ("color", "normal", "data")
-SEAMLESS: Tuple[str, ...] = ("auto", "on", "off")
-PRECISIONS: Tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-STAGES: Tuple[str, ...] = ("psnr", "gan")
+ROLES: tuple[str, ...] = ("color", "normal", "data")
+SEAMLESS: tuple[str, ...] = ("auto", "on", "off")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+STAGES: tuple[str, ...] = ("psnr", "gan")
 
 
 class ProtocolError(ValueError):
@@ -23,6 +24,7 @@ class ProtocolError(ValueError):
 
 
 # --- what the add-on sends ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class JobOptions:
@@ -34,9 +36,9 @@ class JobOptions:
     ``device``: "auto", "cpu", "cuda", "cuda:N", "mps". ``precision``: "auto", "fp32", "bf16", "fp16".
     """
 
-    model: Optional[str] = None
-    scale: Optional[float] = None
-    tile: Optional[int] = None
+    model: str | None = None
+    scale: float | None = None
+    tile: int | None = None
     seamless: str = "auto"
     device: str = "auto"
     precision: str = "auto"
@@ -45,8 +47,9 @@ class JobOptions:
         """Raise :class:`ProtocolError` naming the first bad option."""
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
             raise ProtocolError("model must be a model name or a weights file path")
-        if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))
-                                       or not 0 < self.scale <= 16):
+        if self.scale is not None and (
+            isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 0 < self.scale <= 16
+        ):
             raise ProtocolError(f"scale must be above 0 and at most 16, got {self.scale!r}")
         if self.tile is not None and (isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 16):
             raise ProtocolError(f"tile must be an integer of at least 16 pixels, got {self.tile!r}")
@@ -57,8 +60,8 @@ class JobOptions:
         if self.precision not in PRECISIONS:
             raise ProtocolError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
-    def to_json(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"seamless": self.seamless, "device": self.device, "precision": self.precision}
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seamless": self.seamless, "device": self.device, "precision": self.precision}
         if self.model is not None:
             out["model"] = self.model
         if self.scale is not None:
@@ -88,7 +91,7 @@ class JobItem:
         if self.role not in ROLES:
             raise ProtocolError(f"item {self.key!r}: role must be one of {', '.join(ROLES)}, got {self.role!r}")
 
-    def to_json(self) -> Dict[str, str]:
+    def to_json(self) -> dict[str, str]:
         return {"key": self.key, "src": self.src, "dst": self.dst, "role": self.role}
 
 
@@ -97,8 +100,8 @@ class Job:
     """An upscale job: options and items; ``id`` is filled in by :meth:`WorkerClient.submit` when empty."""
 
     options: JobOptions
-    items: Tuple[JobItem, ...]
-    id: Optional[str] = None
+    items: tuple[JobItem, ...]
+    id: str | None = None
 
     def validate(self) -> None:
         self.options.validate()
@@ -125,11 +128,11 @@ class TrainJob:
     out_dir: str
     steps: int = 300
     stage: str = "gan"
-    pretrained: Optional[str] = None
-    config_file: Optional[str] = None
+    pretrained: str | None = None
+    config_file: str | None = None
     device: str = "auto"
     precision: str = "auto"
-    id: Optional[str] = None
+    id: str | None = None
 
     def validate(self) -> None:
         """Raise :class:`ProtocolError` naming the first bad field."""
@@ -151,23 +154,34 @@ class TrainJob:
             raise ProtocolError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
-def encode(message: Dict[str, Any]) -> bytes:
+def encode(message: dict[str, Any]) -> bytes:
     """One protocol line, UTF-8, ending in a newline."""
     return (json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
 
 
-def upscale_message(job_id: str, job: Job) -> Dict[str, Any]:
+def upscale_message(job_id: str, job: Job) -> dict[str, Any]:
     job.validate()
-    return {"type": "upscale", "id": job_id, "options": job.options.to_json(),
-            "items": [item.to_json() for item in job.items]}
+    return {
+        "type": "upscale",
+        "id": job_id,
+        "options": job.options.to_json(),
+        "items": [item.to_json() for item in job.items],
+    }
 
 
-def train_message(job_id: str, job: TrainJob) -> Dict[str, Any]:
+def train_message(job_id: str, job: TrainJob) -> dict[str, Any]:
     """The ``train`` message for ``job`` (validated first)."""
     job.validate()
-    message: Dict[str, Any] = {"type": "train", "id": job_id, "data_dir": job.data_dir, "out_dir": job.out_dir,
-                               "steps": int(job.steps), "stage": job.stage, "device": job.device,
-                               "precision": job.precision}
+    message: dict[str, Any] = {
+        "type": "train",
+        "id": job_id,
+        "data_dir": job.data_dir,
+        "out_dir": job.out_dir,
+        "steps": int(job.steps),
+        "stage": job.stage,
+        "device": job.device,
+        "precision": job.precision,
+    }
     if job.pretrained is not None:
         message["pretrained"] = job.pretrained
     if job.config_file is not None:
@@ -175,38 +189,39 @@ def train_message(job_id: str, job: TrainJob) -> Dict[str, Any]:
     return message
 
 
-def cancel_message(job_id: str) -> Dict[str, Any]:
+def cancel_message(job_id: str) -> dict[str, Any]:
     return {"type": "cancel", "id": job_id}
 
 
-def ping_message(request_id: str) -> Dict[str, Any]:
+def ping_message(request_id: str) -> dict[str, Any]:
     return {"type": "ping", "id": request_id}
 
 
-def models_message(request_id: str) -> Dict[str, Any]:
+def models_message(request_id: str) -> dict[str, Any]:
     return {"type": "models", "id": request_id}
 
 
-def info_message(request_id: str) -> Dict[str, Any]:
+def info_message(request_id: str) -> dict[str, Any]:
     """Ask what the worker is and runs on; an :class:`Info` event with this id answers."""
     return {"type": "info", "id": request_id}
 
 
-def shutdown_message() -> Dict[str, Any]:
+def shutdown_message() -> dict[str, Any]:
     return {"type": "shutdown"}
 
 
 # --- what the worker sends ---------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Hello:
     protocol: int
     texup: str
-    torch: Optional[str]  # None: the worker has no torch (ncnn only)
+    torch: str | None  # None: the worker has no torch (ncnn only)
     device: str
     pid: int
     type: str = field(default="hello", init=False)
-    id: Optional[str] = field(default=None, init=False)
+    id: str | None = field(default=None, init=False)
 
 
 @dataclass(frozen=True)
@@ -223,9 +238,9 @@ class Progress:
     count: int
     done: int
     total: int
-    loss: Optional[float] = None
-    eta_s: Optional[float] = None
-    tile_fraction: Optional[float] = None  # how much of the next tile is done (0..1), when the worker says
+    loss: float | None = None
+    eta_s: float | None = None
+    tile_fraction: float | None = None  # how much of the next tile is done (0..1), when the worker says
     type: str = field(default="progress", init=False)
 
     @property
@@ -251,9 +266,9 @@ class Result:
     width: int
     height: int
     seconds: float
-    steps: Optional[int] = None
-    psnr_before: Optional[float] = None
-    psnr_after: Optional[float] = None
+    steps: int | None = None
+    psnr_before: float | None = None
+    psnr_after: float | None = None
     type: str = field(default="result", init=False)
 
 
@@ -264,8 +279,8 @@ class Error:
     ``kind`` is the exception class name in the worker (e.g. "ImageReadError"), ``message`` one line.
     """
 
-    id: Optional[str]
-    item: Optional[str]
+    id: str | None
+    item: str | None
     kind: str
     message: str
     traceback: str = ""
@@ -287,21 +302,21 @@ class Done:
 class Message:
     """One line for the user about a running job (a training run's notes: data found, files skipped)."""
 
-    id: Optional[str]
+    id: str | None
     text: str
     type: str = field(default="message", init=False)
 
 
 @dataclass(frozen=True)
 class Pong:
-    id: Optional[str]
+    id: str | None
     type: str = field(default="pong", init=False)
 
 
 @dataclass(frozen=True)
 class Models:
-    id: Optional[str]
-    models: Tuple[Dict[str, Any], ...]
+    id: str | None
+    models: tuple[dict[str, Any], ...]
     type: str = field(default="models", init=False)
 
 
@@ -312,10 +327,10 @@ class Crashed:
     ``returncode`` is the exit status (negative: killed by that signal); ``stderr_tail`` its last log lines.
     """
 
-    returncode: Optional[int]
+    returncode: int | None
     stderr_tail: str
     type: str = field(default="crashed", init=False)
-    id: Optional[str] = field(default=None, init=False)
+    id: str | None = field(default=None, init=False)
 
     @property
     def message(self) -> str:
@@ -329,8 +344,8 @@ class Unknown:
     """An event type this add-on does not know (from a newer worker); kept, not dropped."""
 
     type: str
-    id: Optional[str]
-    data: Dict[str, Any]
+    id: str | None
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -341,7 +356,7 @@ class DeviceInfo:
 
     key: str
     name: str
-    engines: Tuple[str, ...]
+    engines: tuple[str, ...]
     software: bool = False
 
 
@@ -352,22 +367,22 @@ class Info:
     the candidate auto uses for ``auto_model`` (``None``: nothing can run), ``auto_measured`` true when
     that was timed on this machine, false when it is the first guess before measuring."""
 
-    id: Optional[str]
+    id: str | None
     texup: str
-    torch: Optional[str]
+    torch: str | None
     python: str
-    engines: Tuple[str, ...]
-    devices: Tuple[DeviceInfo, ...]
-    auto: Optional[str]
+    engines: tuple[str, ...]
+    devices: tuple[DeviceInfo, ...]
+    auto: str | None
     auto_measured: bool
-    auto_model: Optional[str] = None
+    auto_model: str | None = None
     type: str = field(default="info", init=False)
 
 
-Event = Union[Hello, Progress, Result, Error, Done, Message, Pong, Models, Info, Crashed, Unknown]
+Event = Hello | Progress | Result | Error | Done | Message | Pong | Models | Info | Crashed | Unknown
 
 
-def _get(data: Dict[str, Any], key: str, kinds: Union[type, Tuple[type, ...]], *, optional: bool = False) -> Any:
+def _get(data: dict[str, Any], key: str, kinds: type | tuple[type, ...], *, optional: bool = False) -> Any:
     value = data.get(key)
     if value is None and optional:
         return None
@@ -378,17 +393,17 @@ def _get(data: Dict[str, Any], key: str, kinds: Union[type, Tuple[type, ...]], *
     return value
 
 
-def _opt_float(data: Dict[str, Any], key: str) -> Optional[float]:
+def _opt_float(data: dict[str, Any], key: str) -> float | None:
     value = _get(data, key, (int, float), optional=True)
     return None if value is None else float(value)
 
 
-def _opt_id(data: Dict[str, Any]) -> Optional[str]:
+def _opt_id(data: dict[str, Any]) -> str | None:
     value = data.get("id")
     return None if value is None else str(value)
 
 
-def parse_event(line: Union[str, bytes]) -> Event:
+def parse_event(line: str | bytes) -> Event:
     """Parse one worker line into an event dataclass; raises :class:`ProtocolError` for anything else."""
     if isinstance(line, bytes):
         try:
@@ -405,30 +420,53 @@ def parse_event(line: Union[str, bytes]) -> Event:
         raise ProtocolError(f"worker line is not an event object: {line.strip()[:200]}")
     kind = data["type"]
     if kind == "hello":
-        return Hello(protocol=_get(data, "protocol", int), texup=str(data.get("texup", "?")),
-                     torch=None if data.get("torch") is None else str(data["torch"]), device=str(data.get("device", "?")),
-                     pid=_get(data, "pid", int))
+        return Hello(
+            protocol=_get(data, "protocol", int),
+            texup=str(data.get("texup", "?")),
+            torch=None if data.get("torch") is None else str(data["torch"]),
+            device=str(data.get("device", "?")),
+            pid=_get(data, "pid", int),
+        )
     if kind == "progress":
-        return Progress(id=str(_get(data, "id", (str, int))), item=_get(data, "item", str),
-                        index=_get(data, "index", int), count=_get(data, "count", int),
-                        done=_get(data, "done", int), total=_get(data, "total", int),
-                        loss=_opt_float(data, "loss"), eta_s=_opt_float(data, "eta_s"),
-                        tile_fraction=_opt_float(data, "tile_fraction"))
+        return Progress(
+            id=str(_get(data, "id", (str, int))),
+            item=_get(data, "item", str),
+            index=_get(data, "index", int),
+            count=_get(data, "count", int),
+            done=_get(data, "done", int),
+            total=_get(data, "total", int),
+            loss=_opt_float(data, "loss"),
+            eta_s=_opt_float(data, "eta_s"),
+            tile_fraction=_opt_float(data, "tile_fraction"),
+        )
     if kind == "result":
         training = data.get("item") == "train"
-        return Result(id=str(_get(data, "id", (str, int))), item=_get(data, "item", str), dst=_get(data, "dst", str),
-                      width=_get(data, "width", int, optional=training) or 0,
-                      height=_get(data, "height", int, optional=training) or 0,
-                      seconds=float(_get(data, "seconds", (int, float))),
-                      steps=_get(data, "steps", int, optional=True),
-                      psnr_before=_opt_float(data, "psnr_before"), psnr_after=_opt_float(data, "psnr_after"))
+        return Result(
+            id=str(_get(data, "id", (str, int))),
+            item=_get(data, "item", str),
+            dst=_get(data, "dst", str),
+            width=_get(data, "width", int, optional=training) or 0,
+            height=_get(data, "height", int, optional=training) or 0,
+            seconds=float(_get(data, "seconds", (int, float))),
+            steps=_get(data, "steps", int, optional=True),
+            psnr_before=_opt_float(data, "psnr_before"),
+            psnr_after=_opt_float(data, "psnr_after"),
+        )
     if kind == "error":
-        return Error(id=_opt_id(data), item=_get(data, "item", str, optional=True),
-                     kind=str(data.get("kind") or "Error"), message=str(data.get("message") or ""),
-                     traceback=str(data.get("traceback") or ""))
+        return Error(
+            id=_opt_id(data),
+            item=_get(data, "item", str, optional=True),
+            kind=str(data.get("kind") or "Error"),
+            message=str(data.get("message") or ""),
+            traceback=str(data.get("traceback") or ""),
+        )
     if kind == "done":
-        return Done(id=str(_get(data, "id", (str, int))), ok=_get(data, "ok", int), failed=_get(data, "failed", int),
-                    cancelled=_get(data, "cancelled", bool))
+        return Done(
+            id=str(_get(data, "id", (str, int))),
+            ok=_get(data, "ok", int),
+            failed=_get(data, "failed", int),
+            cancelled=_get(data, "cancelled", bool),
+        )
     if kind == "message":
         return Message(id=_opt_id(data), text=_get(data, "text", str))
     if kind == "pong":
@@ -441,20 +479,32 @@ def parse_event(line: Union[str, bytes]) -> Event:
     return Unknown(type=kind, id=_opt_id(data), data=data)
 
 
-def _parse_info(data: Dict[str, Any]) -> Info:
+def _parse_info(data: dict[str, Any]) -> Info:
     devices = []
     for entry in _get(data, "devices", list):
         if not isinstance(entry, dict):
             raise ProtocolError(f"info event: a device must be an object, got {entry!r}")
         engines = _get(entry, "engines", list)
-        devices.append(DeviceInfo(key=_get(entry, "key", str), name=str(entry.get("name") or "?"),
-                                  engines=tuple(str(e) for e in engines), software=bool(entry.get("software"))))
+        devices.append(
+            DeviceInfo(
+                key=_get(entry, "key", str),
+                name=str(entry.get("name") or "?"),
+                engines=tuple(str(e) for e in engines),
+                software=bool(entry.get("software")),
+            )
+        )
     auto = data.get("auto")
     if not isinstance(auto, dict):
         raise ProtocolError(f"info event: field 'auto' is missing or has the wrong type ({auto!r})")
     torch_version = data.get("torch")
-    return Info(id=_opt_id(data), texup=_get(data, "texup", str),
-                torch=None if torch_version is None else str(torch_version), python=str(data.get("python") or ""),
-                engines=tuple(str(e) for e in _get(data, "engines", list)), devices=tuple(devices),
-                auto=_get(auto, "key", str, optional=True), auto_measured=bool(auto.get("measured")),
-                auto_model=_get(auto, "model", str, optional=True))
+    return Info(
+        id=_opt_id(data),
+        texup=_get(data, "texup", str),
+        torch=None if torch_version is None else str(torch_version),
+        python=str(data.get("python") or ""),
+        engines=tuple(str(e) for e in _get(data, "engines", list)),
+        devices=tuple(devices),
+        auto=_get(auto, "key", str, optional=True),
+        auto_measured=bool(auto.get("measured")),
+        auto_model=_get(auto, "model", str, optional=True),
+    )

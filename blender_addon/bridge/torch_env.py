@@ -19,6 +19,7 @@ so a failed install changes nothing; ``torch-install.log`` keeps pip's whole out
 tests and mirrors: ``TEXUP_TORCH_REQUIREMENT`` (e.g. ``torch==2.13.0``) and ``TEXUP_TORCH_INDEX_URL``
 (a URL; empty: pip's configured index). Stdlib only: no bpy, no torch.
 """
+
 from __future__ import annotations
 
 import collections
@@ -32,10 +33,11 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any
 
-from .bundle import TORCH_ENV_DIRNAME, TORCH_ENV_MARKER, torch_env_marker, torch_env_python
+from .bundle import TORCH_ENV_DIRNAME, TORCH_ENV_MARKER, torch_env_marker
 
 TORCH_REQUIREMENT = "torch>=2.13"  # texup's torch extra (pyproject.toml), checked by a test
 """texup's ``torch`` extra (pyproject.toml; a test keeps the two equal)."""
@@ -49,11 +51,15 @@ PARTIAL_SUFFIX = ".partial"
 LOG_NAME = "torch-install.log"
 MARKER_FORMAT = 1
 
-_PROBE_NUMPY = ("import importlib.metadata as m\n"
-                "try:\n    print(m.version('numpy'))\nexcept m.PackageNotFoundError:\n    print('')\n")
-_VERIFY = ("import json, sys, numpy, torch\n"
-           "print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'numpy': numpy.__version__, "
-           "'python': '.'.join(map(str, sys.version_info[:3]))}))\n")
+_PROBE_NUMPY = (
+    "import importlib.metadata as m\n"
+    "try:\n    print(m.version('numpy'))\nexcept m.PackageNotFoundError:\n    print('')\n"
+)
+_VERIFY = (
+    "import json, sys, numpy, torch\n"
+    "print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'numpy': numpy.__version__, "
+    "'python': '.'.join(map(str, sys.version_info[:3]))}))\n"
+)
 
 
 class InstallError(RuntimeError):
@@ -66,8 +72,13 @@ class InstallCancelled(RuntimeError):
 
 # --- the plan (pure) -------------------------------------------------------------------------------
 
-def has_nvidia_gpu(platform: str = sys.platform, *, which: Callable[[str], Optional[str]] = shutil.which,
-                   exists: Callable[[str], bool] = os.path.exists) -> bool:
+
+def has_nvidia_gpu(
+    platform: str = sys.platform,
+    *,
+    which: Callable[[str], str | None] = shutil.which,
+    exists: Callable[[str], bool] = os.path.exists,
+) -> bool:
     """Whether an NVIDIA driver is installed: ``nvidia-smi`` on PATH, or (Linux) ``/proc/driver/nvidia/version``."""
     if platform == "darwin":
         return False  # no CUDA builds of torch for macOS
@@ -87,7 +98,7 @@ class InstallPlan:
     user_dir: str
     base_python: str
     torch_requirement: str
-    index_url: Optional[str]
+    index_url: str | None
     cuda: bool
     platform: str = sys.platform
 
@@ -103,7 +114,7 @@ class InstallPlan:
     def log_path(self) -> str:
         return os.path.join(self.user_dir, LOG_NAME)
 
-    def venv_python(self, env_dir: Optional[str] = None) -> str:
+    def venv_python(self, env_dir: str | None = None) -> str:
         root = env_dir or self.partial_dir
         if self.platform == "win32":
             return os.path.join(root, "Scripts", "python.exe")
@@ -117,15 +128,21 @@ class InstallPlan:
         build = "CUDA" if self.cuda else "CPU"
         return f"{self.torch_requirement} ({build} build) from {self.index_label} into {self.env_dir}"
 
-    def pip_install(self, requirement: str, index_url: Optional[str]) -> List[str]:
+    def pip_install(self, requirement: str, index_url: str | None) -> list[str]:
         command = [self.venv_python(), "-m", "pip", "install", "--no-input", "--progress-bar", "off"]
         if index_url:
             command += ["--index-url", index_url]
         return command + [requirement]
 
 
-def plan_install(user_dir: str, base_python: str = sys.executable, *, platform: str = sys.platform,
-                 nvidia: Optional[bool] = None, environ: Optional[Mapping[str, str]] = None) -> InstallPlan:
+def plan_install(
+    user_dir: str,
+    base_python: str = sys.executable,
+    *,
+    platform: str = sys.platform,
+    nvidia: bool | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> InstallPlan:
     """The install for this machine: which torch build from which index (see the module docstring).
 
     ``nvidia`` ``None``: detect (:func:`has_nvidia_gpu`). ``TEXUP_TORCH_REQUIREMENT`` and
@@ -137,7 +154,7 @@ def plan_install(user_dir: str, base_python: str = sys.executable, *, platform: 
         nvidia = has_nvidia_gpu(platform)
     cuda = bool(nvidia) and platform != "darwin"
     if cuda:
-        index_url: Optional[str] = CUDA_INDEX_URL
+        index_url: str | None = CUDA_INDEX_URL
     elif platform.startswith("linux"):
         index_url = CPU_INDEX_URL
     else:
@@ -145,8 +162,14 @@ def plan_install(user_dir: str, base_python: str = sys.executable, *, platform: 
     if ENV_INDEX_URL in environ:
         index_url = environ[ENV_INDEX_URL].strip() or None
     requirement = (environ.get(ENV_REQUIREMENT) or "").strip() or TORCH_REQUIREMENT
-    return InstallPlan(user_dir=os.path.abspath(user_dir), base_python=base_python, torch_requirement=requirement,
-                       index_url=index_url, cuda=cuda, platform=platform)
+    return InstallPlan(
+        user_dir=os.path.abspath(user_dir),
+        base_python=base_python,
+        torch_requirement=requirement,
+        index_url=index_url,
+        cuda=cuda,
+        platform=platform,
+    )
 
 
 # --- progress and errors from pip's output (pure) --------------------------------------------------
@@ -165,16 +188,16 @@ class PipProgress:
         self.fraction = 0.0
         self.collected = 0
 
-    def feed(self, line: str) -> Optional[Tuple[float, str]]:
+    def feed(self, line: str) -> tuple[float, str] | None:
         text = line.strip()
-        message: Optional[str] = None
+        message: str | None = None
         if text.startswith("Collecting "):
             self.collected += 1
-            message = "Collecting " + text[len("Collecting "):].split()[0]
+            message = "Collecting " + text[len("Collecting ") :].split()[0]
         elif text.startswith(("Downloading ", "Processing ", "Using cached ")):
             verb, _, rest = text.partition(" ")
             if verb == "Using":
-                verb, rest = "Using cached", rest[len("cached "):]
+                verb, rest = "Using cached", rest[len("cached ") :]
             target = os.path.basename(rest.split()[0].rstrip("/")) if rest.split() else rest
             size = _SIZE.search(text)
             message = f"{verb} {target}" + (f" ({size.group(1)})" if size else "")
@@ -190,7 +213,7 @@ class PipProgress:
             message = "Already there: " + text.split(":", 1)[1].split()[0]
         if message is None:
             return None
-        self.fraction = max(self.fraction, 0.7 * (1.0 - 0.8 ** self.collected))
+        self.fraction = max(self.fraction, 0.7 * (1.0 - 0.8**self.collected))
         return self.fraction, message
 
 
@@ -198,31 +221,45 @@ _NETWORK = re.compile(
     r"NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution|"
     r"Name or service not known|nodename nor servname|getaddrinfo failed|Network is unreachable|"
     r"Connection refused|ConnectTimeoutError|ReadTimeoutError|Max retries exceeded|ProxyError|"
-    r"No route to host|Connection reset by peer|SSLError|CERTIFICATE_VERIFY_FAILED", re.IGNORECASE)
-_NO_VERSION = re.compile(r"(?:Could not find a version that satisfies the requirement|"
-                         r"No matching distribution found for) (\S+)")
-_DISK_FULL = re.compile(r"No space left on device|\[Errno 28\]|There is not enough space on the disk|"
-                        r"\[WinError 112\]", re.IGNORECASE)
-_NO_VENV = re.compile(r"No module named '?(venv|ensurepip)'?|ensurepip is not available|"
-                      r"ensurepip.*returned non-zero exit status", re.IGNORECASE)
+    r"No route to host|Connection reset by peer|SSLError|CERTIFICATE_VERIFY_FAILED",
+    re.IGNORECASE,
+)
+_NO_VERSION = re.compile(
+    r"(?:Could not find a version that satisfies the requirement|"
+    r"No matching distribution found for) (\S+)"
+)
+_DISK_FULL = re.compile(
+    r"No space left on device|\[Errno 28\]|There is not enough space on the disk|"
+    r"\[WinError 112\]",
+    re.IGNORECASE,
+)
+_NO_VENV = re.compile(
+    r"No module named '?(venv|ensurepip)'?|ensurepip is not available|"
+    r"ensurepip.*returned non-zero exit status",
+    re.IGNORECASE,
+)
 _PERMISSION = re.compile(r"Permission denied|\[Errno 13\]|Access is denied|\[WinError 5\]", re.IGNORECASE)
 _CONFLICT = re.compile(r"conflicting dependencies|ResolutionImpossible")
 _REQUESTED = re.compile(r"^\s*The user requested (.+)$", re.MULTILINE)
 _HASH = re.compile(r"THESE PACKAGES DO NOT MATCH THE HASHES", re.IGNORECASE)
 
 
-def classify_error(output: str, plan: InstallPlan, step: str, returncode: Optional[int] = None) -> str:
+def classify_error(output: str, plan: InstallPlan, step: str, returncode: int | None = None) -> str:
     """One line saying why ``step`` failed, from pip's / venv's ``output`` (the tail is enough)."""
     if _DISK_FULL.search(output):
         return f"not enough disk space in {plan.user_dir} (PyTorch needs several GB): free some space and try again"
     if _NO_VENV.search(output):
-        return (f"Blender's Python ({plan.base_python}) cannot make virtual environments (venv/ensurepip "
-                "missing): set Worker Python to an environment where texup[torch] is installed instead")
+        return (
+            f"Blender's Python ({plan.base_python}) cannot make virtual environments (venv/ensurepip "
+            "missing): set Worker Python to an environment where texup[torch] is installed instead"
+        )
     if _PERMISSION.search(output):
         return f"permission denied writing to {plan.user_dir}: check that folder's permissions"
     if _NETWORK.search(output):
-        return (f"no network: pip could not reach {plan.index_label}; check the internet connection "
-                "(or proxy) and try again")
+        return (
+            f"no network: pip could not reach {plan.index_label}; check the internet connection "
+            "(or proxy) and try again"
+        )
     missing = _NO_VERSION.search(output)
     if missing:
         return f"no {missing.group(1)} for Blender's Python and this platform on {plan.index_label}"
@@ -241,6 +278,7 @@ def classify_error(output: str, plan: InstallPlan, step: str, returncode: Option
 
 # --- running it ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _Step:
     label: str
@@ -257,18 +295,38 @@ STEPS = {
 }
 
 
-def _subprocess_env(environ: Mapping[str, str]) -> Dict[str, str]:
+def _subprocess_env(environ: Mapping[str, str]) -> dict[str, str]:
     """The environment for venv and pip: Blender's own Python settings and user-install switches removed."""
-    env = {k: v for k, v in environ.items()
-           if k not in ("PYTHONHOME", "PYTHONPATH", "PYTHONSTARTUP", "VIRTUAL_ENV", "PIP_USER", "PIP_TARGET",
-                        "PIP_PREFIX", "PIP_REQUIRE_VIRTUALENV", "__PYVENV_LAUNCHER__")}
-    env.update({"PYTHONNOUSERSITE": "1", "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8",
-                "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+    env = {
+        k: v
+        for k, v in environ.items()
+        if k
+        not in (
+            "PYTHONHOME",
+            "PYTHONPATH",
+            "PYTHONSTARTUP",
+            "VIRTUAL_ENV",
+            "PIP_USER",
+            "PIP_TARGET",
+            "PIP_PREFIX",
+            "PIP_REQUIRE_VIRTUALENV",
+            "__PYVENV_LAUNCHER__",
+        )
+    }
+    env.update(
+        {
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONIOENCODING": "utf-8",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        }
+    )
     return env
 
 
 def _remove_tree(path: str) -> None:
     """Remove ``path`` (a folder) if it exists; read-only files (Windows) are made writable first."""
+
     def retry(func: Callable[[str], Any], name: str, _info: Any) -> None:
         os.chmod(name, 0o700)
         func(name)
@@ -314,7 +372,7 @@ def remove_torch_env(user_dir: str) -> bool:
     return existed
 
 
-def installed(user_dir: Optional[str]) -> Optional[Dict[str, Any]]:
+def installed(user_dir: str | None) -> dict[str, Any] | None:
     """The marker of a finished PyTorch environment in ``user_dir`` (``None``: none installed)."""
     return torch_env_marker(user_dir) if user_dir else None
 
@@ -327,22 +385,23 @@ class TorchInstaller:
     ``numpy_version``: pin numpy to this version (default: ask ``plan.base_python`` which it has).
     """
 
-    def __init__(self, plan: InstallPlan, *, numpy_version: Optional[str] = None,
-                 environ: Optional[Mapping[str, str]] = None) -> None:
+    def __init__(
+        self, plan: InstallPlan, *, numpy_version: str | None = None, environ: Mapping[str, str] | None = None
+    ) -> None:
         self.plan = plan
         self._numpy_version = numpy_version
         self._env = _subprocess_env(os.environ if environ is None else environ)
         self._lock = threading.Lock()
         self._cancel = threading.Event()
-        self._proc: Optional[subprocess.Popen] = None
-        self._thread: Optional[threading.Thread] = None
-        self._log: Optional[Any] = None
+        self._proc: subprocess.Popen | None = None
+        self._thread: threading.Thread | None = None
+        self._log: Any | None = None
         self.fraction = 0.0
         self.message = "waiting to start"
         self.done = False
         self.cancelled = False
-        self.error: Optional[str] = None
-        self.marker: Optional[Dict[str, Any]] = None
+        self.error: str | None = None
+        self.marker: dict[str, Any] | None = None
 
     # --- control -----------------------------------------------------------------------------
 
@@ -364,7 +423,7 @@ class TorchInstaller:
         if proc is not None:
             _kill_tree(proc)
 
-    def wait(self, timeout: Optional[float] = None) -> bool:
+    def wait(self, timeout: float | None = None) -> bool:
         """Block until the install ends (scripts, tests); True when it has ended."""
         if self._thread is not None:
             self._thread.join(timeout)
@@ -418,8 +477,9 @@ class TorchInstaller:
                 self._log.close()
                 self._log = None
 
-    def _finish(self, *, error: Optional[str] = None, cancelled: bool = False,
-                marker: Optional[Dict[str, Any]] = None) -> None:
+    def _finish(
+        self, *, error: str | None = None, cancelled: bool = False, marker: dict[str, Any] | None = None
+    ) -> None:
         with self._lock:
             self.error, self.cancelled, self.marker = error, cancelled, marker
             if marker is not None:
@@ -436,7 +496,7 @@ class TorchInstaller:
         except OSError as err:
             self._write_log(f"texup: could not remove {self.plan.partial_dir}: {err}")
 
-    def _install(self) -> Dict[str, Any]:
+    def _install(self) -> dict[str, Any]:
         plan = self.plan
         _remove_tree(plan.partial_dir)  # a leftover of a crashed earlier attempt
         numpy_version = self._numpy_version
@@ -457,12 +517,19 @@ class TorchInstaller:
             raise InstallCancelled()
         if plan.platform != "win32":
             _fix_scripts(os.path.join(plan.partial_dir, "bin"), plan.partial_dir, plan.env_dir)
-        marker = {"format": MARKER_FORMAT, "python": plan.venv_python(plan.env_dir), "torch": found["torch"],
-                  "cuda": found.get("cuda") is not None, "cuda_version": found.get("cuda"),
-                  "numpy": found.get("numpy"), "python_version": found.get("python"),
-                  "requirement": plan.torch_requirement, "index_url": plan.index_url,
-                  "base_python": plan.base_python,
-                  "created": datetime.datetime.now().isoformat(timespec="seconds")}
+        marker = {
+            "format": MARKER_FORMAT,
+            "python": plan.venv_python(plan.env_dir),
+            "torch": found["torch"],
+            "cuda": found.get("cuda") is not None,
+            "cuda_version": found.get("cuda"),
+            "numpy": found.get("numpy"),
+            "python_version": found.get("python"),
+            "requirement": plan.torch_requirement,
+            "index_url": plan.index_url,
+            "base_python": plan.base_python,
+            "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
         with open(os.path.join(plan.partial_dir, TORCH_ENV_MARKER), "w", encoding="utf-8") as handle:
             json.dump(marker, handle, indent=1)
         old = plan.env_dir + ".old"
@@ -480,22 +547,30 @@ class TorchInstaller:
         spec = STEPS[step]
         self._progress(step, 0.0, spec.label[0].upper() + spec.label[1:])
         self._write_log("$ " + subprocess.list2cmdline(list(command)))
-        popen_kwargs: Dict[str, Any] = {}
+        popen_kwargs: dict[str, Any] = {}
         if os.name == "nt":
-            popen_kwargs["creationflags"] = (getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-                                             | getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            popen_kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) | getattr(
+                subprocess, "CREATE_NO_WINDOW", 0
+            )
         else:
             popen_kwargs["start_new_session"] = True  # its own process group: cancel kills pip's children too
         try:
-            proc = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, env=self._env, cwd=self.plan.user_dir, **popen_kwargs)
+            proc = subprocess.Popen(
+                list(command),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=self._env,
+                cwd=self.plan.user_dir,
+                **popen_kwargs,
+            )
         except OSError as err:
             raise InstallError(f"{spec.label} failed: cannot run {command[0]}: {err.strerror or err}") from err
         with self._lock:
             self._proc = proc
         if self._cancel.is_set():  # cancelled between the check above and Popen
             _kill_tree(proc)
-        tail: Deque[str] = collections.deque(maxlen=400)
+        tail: collections.deque[str] = collections.deque(maxlen=400)
         parser = PipProgress()
         assert proc.stdout is not None
         for raw in iter(proc.stdout.readline, b""):
@@ -528,8 +603,12 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         return
     try:
         if os.name == "nt":
-            subprocess.Popen(["taskkill", "/F", "/T", "/PID", str(proc.pid)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            subprocess.Popen(
+                ["taskkill", "/F", "/T", "/PID", str(proc.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+            )
         else:
             os.killpg(proc.pid, signal.SIGKILL)  # a half-written partial environment is deleted anyway
     except OSError:  # the group is gone already, or taskkill is missing: kill what we can

@@ -4,12 +4,13 @@ The Python API mirrors the CLI::
 
     import texup
     model = texup.load_model("realesrgan-x4plus")          # a known name or a weights file
-    out = texup.upscale_array(pixels, model=model, scale=2)  # (H, W, C) uint8/uint16/float16/float32 -> same C and dtype
+    out = texup.upscale_array(pixels, model=model, scale=2)  # (H, W, C) uint8/uint16/float16/float32 -> same C, dtype
     texup.upscale_file("wall.png", "wall_x4.png")            # same format and bit depth as the input
 
 ``import texup`` is cheap: torch and the model code are imported on first use of a name that needs them,
 so a Blender add-on or a CLI's ``--help`` does not pay for them.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

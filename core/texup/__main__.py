@@ -1,4 +1,5 @@
 """``python -m texup ...`` runs the CLI."""
+
 import sys
 
 from texup.cli.main import main

@@ -5,6 +5,7 @@ the temporary file is removed and an existing target is left untouched. After th
 flushed too, so a power cut cannot lose the new name (a checkpoint, a manifest). Files get the permissions
 of any file the user creates (0666 less the umask), so a shared studio cache stays readable by the team.
 """
+
 from __future__ import annotations
 
 import os

@@ -4,10 +4,12 @@ Packages use it so that importing them stays cheap (no torch, no ncnn) while ``p
 
     __getattr__ = lazy_getattr(__name__, globals(), {"Upscaler": "texup.inference.pipeline"})
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def lazy_getattr(package: str, namespace: dict[str, Any], names: dict[str, str]) -> Callable[[str], Any]:

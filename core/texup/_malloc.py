@@ -12,6 +12,7 @@ job, so Blender gets it back between jobs.
 
 Both are no-ops returning False where the C library is not glibc (macOS, Windows, musl).
 """
+
 from __future__ import annotations
 
 import ctypes

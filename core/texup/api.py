@@ -6,14 +6,16 @@ kept (least recently used first out), keyed by the model file's resolved path, s
 (a rewritten weights file is loaded again) and by engine, device, precision and layout. Without torch
 installed the ncnn engine runs everything except :func:`load_model`, which builds a torch module.
 """
+
 from __future__ import annotations
 
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
@@ -69,8 +71,13 @@ def list_models() -> list[dict[str, Any]]:
 
 
 def get_upscaler(
-    model: ModelRef = DEFAULT_MODEL, *, engine: str = "auto", device: str = "auto", precision: str = "auto",
-    layout: str = "auto", status: Callable[[str], None] | None = None,
+    model: ModelRef = DEFAULT_MODEL,
+    *,
+    engine: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    layout: str = "auto",
+    status: Callable[[str], None] | None = None,
 ) -> Upscaler:
     """An :class:`Upscaler` for ``model``; names and paths are loaded once per process and reused.
 

@@ -11,6 +11,7 @@ Placement: with GPUs in the cluster and a device that can use them (``auto``, ``
 otherwise one actor per node, reserving all its CPUs (the engines use every core of a node themselves: more
 processes per node would only compete). Ray is an optional dependency (``pip install 'texup[ray]'``).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,12 +36,6 @@ class RayOutcome:
     seconds: float
     node: str
     pid: int
-
-
-def ray_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("ray") is not None
 
 
 class _Upscaling:
@@ -85,8 +80,12 @@ def _placements(ray: Any, device: str) -> list[dict[str, Any]]:
     for node in nodes:
         cpus = node.get("Resources", {}).get("CPU", 0)
         if cpus >= 1:
-            placements.append({"num_cpus": cpus, "scheduling_strategy":
-                               NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)})
+            placements.append(
+                {
+                    "num_cpus": cpus,
+                    "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False),
+                }
+            )
     return placements
 
 
@@ -114,8 +113,12 @@ def run_on_ray(
         raise RuntimeError("--ray needs Ray: pip install 'texup[ray]'") from err
     say = status or (lambda line: None)
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, configure_logging=False,
-                 **({} if address else {"include_dashboard": False}))
+        ray.init(
+            address=address,
+            log_to_driver=False,
+            configure_logging=False,
+            **({} if address else {"include_dashboard": False}),
+        )
     placements = _placements(ray, device)
     if not placements:
         raise RuntimeError("the Ray cluster has no node with a CPU or GPU to run a texup worker on")

@@ -3,6 +3,7 @@
 Every error that concerns a file names the file and says what is wrong with it, in one line,
 so the CLI can print ``path: reason`` and go on with the next item of a batch.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -15,6 +15,7 @@ compared; ``--force`` redoes everything.
 
 Imports no torch and loads no model.
 """
+
 from __future__ import annotations
 
 import glob
@@ -117,8 +118,10 @@ def parse_shard(text: str) -> tuple[int, int]:
         raise ValueError(f"--shard must look like K/N, e.g. 3/8 (task 3 of 8), not {text!r}")
     index, count = int(k), int(n)
     if count < 1 or not 1 <= index <= count:
-        raise ValueError(f"--shard K/N needs 1 <= K <= N, got {text!r} (K counts from 1: SLURM's array index "
-                         "with --array=1-N; a 0-based task index needs +1)")
+        raise ValueError(
+            f"--shard K/N needs 1 <= K <= N, got {text!r} (K counts from 1: SLURM's array index "
+            "with --array=1-N; a 0-based task index needs +1)"
+        )
     return index, count
 
 
@@ -210,9 +213,14 @@ def source_state(src: Path, earlier: dict[str, Any] | None = None) -> dict[str, 
     st = src.stat()
     absolute = os.path.abspath(src)
     state: dict[str, Any] = {"source": absolute, "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
-    if (earlier is not None and earlier.get("source") == absolute and earlier.get("source_size") == st.st_size
-            and earlier.get("source_mtime_ns") == st.st_mtime_ns and isinstance(earlier.get("source_sha256"), str)
-            and int(earlier.get("hashed_ns", 0)) - st.st_mtime_ns >= RACY_NS):
+    if (
+        earlier is not None
+        and earlier.get("source") == absolute
+        and earlier.get("source_size") == st.st_size
+        and earlier.get("source_mtime_ns") == st.st_mtime_ns
+        and isinstance(earlier.get("source_sha256"), str)
+        and int(earlier.get("hashed_ns", 0)) - st.st_mtime_ns >= RACY_NS
+    ):
         return {**state, "source_sha256": earlier["source_sha256"], "hashed_ns": earlier["hashed_ns"]}
     hashed_ns = time.time_ns()
     return {**state, "source_sha256": sha256_file(src), "hashed_ns": hashed_ns}
@@ -283,12 +291,12 @@ def make_plan(items: list[WorkItem], settings: Settings, record: OutputRecord) -
             plan.refused.append((item.src, f"output {dst} would be outside {settings.out_dir}; refusing to write it"))
             continue
         if key in inputs:
-            plan.refused.append((item.src, f"output {dst} would overwrite an input; choose another --out-dir or "
-                                           "--suffix"))
+            plan.refused.append(
+                (item.src, f"output {dst} would overwrite an input; choose another --out-dir or --suffix")
+            )
             continue
         if key in claimed:
-            plan.refused.append((item.src, f"output {dst} is already the output of {claimed[key]}; rename one of "
-                                           "them"))
+            plan.refused.append((item.src, f"output {dst} is already the output of {claimed[key]}; rename one of them"))
             continue
         claimed[key] = item.src
         if settings.skip_existing and dst.exists():
@@ -306,9 +314,14 @@ def make_plan(items: list[WorkItem], settings: Settings, record: OutputRecord) -
             if settings.overwrite:
                 plan.todo.append(Planned(item, dst, OVERWRITE))
             else:
-                plan.refused.append((item.src, f"output {dst} exists and is not an unchanged earlier texup output; "
-                                               "not replacing it (remove it, choose another -o or --suffix, or pass "
-                                               "--overwrite)"))
+                plan.refused.append(
+                    (
+                        item.src,
+                        f"output {dst} exists and is not an unchanged earlier texup output; "
+                        "not replacing it (remove it, choose another -o or --suffix, or pass "
+                        "--overwrite)",
+                    )
+                )
             continue
         try:
             source = source_state(item.src, entry)

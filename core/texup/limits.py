@@ -12,6 +12,7 @@ Two guards against files that would take a machine down (a 249 KB PNG can declar
 
 Torch-free, numpy-free.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,10 +81,17 @@ def available_memory() -> int | None:
         import ctypes
 
         class _Status(ctypes.Structure):
-            _fields_ = [("length", ctypes.c_ulong), ("load", ctypes.c_ulong), ("total", ctypes.c_ulonglong),
-                        ("avail", ctypes.c_ulonglong), ("page_total", ctypes.c_ulonglong),
-                        ("page_avail", ctypes.c_ulonglong), ("virtual_total", ctypes.c_ulonglong),
-                        ("virtual_avail", ctypes.c_ulonglong), ("extended", ctypes.c_ulonglong)]
+            _fields_ = [
+                ("length", ctypes.c_ulong),
+                ("load", ctypes.c_ulong),
+                ("total", ctypes.c_ulonglong),
+                ("avail", ctypes.c_ulonglong),
+                ("page_total", ctypes.c_ulonglong),
+                ("page_avail", ctypes.c_ulonglong),
+                ("virtual_total", ctypes.c_ulonglong),
+                ("virtual_avail", ctypes.c_ulonglong),
+                ("extended", ctypes.c_ulonglong),
+            ]
 
         status = _Status()
         status.length = ctypes.sizeof(_Status)
@@ -133,4 +141,5 @@ def check_output_memory(height: int, width: int, channels: int, itemsize: int, o
         source = ENV_MEMORY_BUDGET if os.environ.get(ENV_MEMORY_BUDGET, "").strip() else "memory available now"
         raise MemoryBudgetError(
             f"the {out_w}x{out_h} output needs about {_gb(need)} of memory, more than the {_gb(budget)} "
-            f"budget ({source}); choose a smaller --scale or --size, free memory, or set {ENV_MEMORY_BUDGET}")
+            f"budget ({source}); choose a smaller --scale or --size, free memory, or set {ENV_MEMORY_BUDGET}"
+        )

@@ -17,6 +17,7 @@ by texup (a kill after the rename); one whose file does not match is ignored (a 
 runs that are no longer alive (their lock is free) are folded into the manifest and deleted. A file nobody
 recorded is still never replaced.
 """
+
 from __future__ import annotations
 
 import json
@@ -118,7 +119,7 @@ class OutputRecord:
         """Read the manifest and every journal again (what other runs have written since)."""
         journals: dict[str, dict[str, Any]] = {}
         for journal in self._journal_files():  # journals first: a run folding one writes the manifest, then
-            if journal != self._journal_path:   # deletes it, so each entry is in one or the other when read
+            if journal != self._journal_path:  # deletes it, so each entry is in one or the other when read
                 journals.update(_read_journal(journal))
         disk = self._read()
         self._merge(disk["files"], journals)

@@ -10,6 +10,7 @@ Usage: ``python fake_worker.py MODE`` with MODE one of
 Results are copies of the source file (so tests can check which files exist); a cancelled item
 writes nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ import time
 MODE = sys.argv[1] if len(sys.argv) > 1 else "normal"
 _out_lock = threading.Lock()
 _cancelled: set[str] = set()
-_jobs: "queue.Queue[dict | None]" = queue.Queue()
+_jobs: queue.Queue[dict | None] = queue.Queue()
 
 
 def send(message: dict) -> None:
@@ -44,8 +45,16 @@ def reader() -> None:
         try:
             msg = json.loads(line)
         except json.JSONDecodeError as err:
-            send({"type": "error", "id": None, "item": None, "kind": "ProtocolError", "message": str(err),
-                  "traceback": ""})
+            send(
+                {
+                    "type": "error",
+                    "id": None,
+                    "item": None,
+                    "kind": "ProtocolError",
+                    "message": str(err),
+                    "traceback": "",
+                }
+            )
             continue
         kind = msg.get("type")
         if kind == "upscale":
@@ -59,8 +68,16 @@ def reader() -> None:
         elif kind == "shutdown":
             break
         else:
-            send({"type": "error", "id": msg.get("id"), "item": None, "kind": "ProtocolError",
-                  "message": f"unknown message type {kind!r}", "traceback": ""})
+            send(
+                {
+                    "type": "error",
+                    "id": msg.get("id"),
+                    "item": None,
+                    "kind": "ProtocolError",
+                    "message": f"unknown message type {kind!r}",
+                    "traceback": "",
+                }
+            )
     _jobs.put(None)
 
 
@@ -73,13 +90,29 @@ def run_job(job: dict) -> None:
     for index, item in enumerate(items):
         start = time.monotonic()
         if MODE == "error" and "bad" in item["key"]:
-            send({"type": "error", "id": job_id, "item": item["key"], "kind": "ValueError",
-                  "message": f"{item['src']}: simulated failure", "traceback": "Traceback (most recent call last):\n  ..."})
+            send(
+                {
+                    "type": "error",
+                    "id": job_id,
+                    "item": item["key"],
+                    "kind": "ValueError",
+                    "message": f"{item['src']}: simulated failure",
+                    "traceback": "Traceback (most recent call last):\n  ...",
+                }
+            )
             failed += 1
             continue
         if not os.path.isfile(item["src"]):
-            send({"type": "error", "id": job_id, "item": item["key"], "kind": "ImageReadError",
-                  "message": f"{item['src']}: no such file", "traceback": ""})
+            send(
+                {
+                    "type": "error",
+                    "id": job_id,
+                    "item": item["key"],
+                    "kind": "ImageReadError",
+                    "message": f"{item['src']}: no such file",
+                    "traceback": "",
+                }
+            )
             failed += 1
             continue
         for done in range(1, tiles + 1):
@@ -88,16 +121,34 @@ def run_job(job: dict) -> None:
                 break
             if MODE == "slow":
                 time.sleep(0.05)
-            send({"type": "progress", "id": job_id, "item": item["key"], "index": index, "count": len(items),
-                  "done": done, "total": tiles})
+            send(
+                {
+                    "type": "progress",
+                    "id": job_id,
+                    "item": item["key"],
+                    "index": index,
+                    "count": len(items),
+                    "done": done,
+                    "total": tiles,
+                }
+            )
             if MODE == "crash":
                 log("simulated crash: out of cheese")
                 os._exit(3)
         if cancelled:
             break
         shutil.copyfile(item["src"], item["dst"])
-        send({"type": "result", "id": job_id, "item": item["key"], "dst": item["dst"], "width": 4, "height": 4,
-              "seconds": time.monotonic() - start})
+        send(
+            {
+                "type": "result",
+                "id": job_id,
+                "item": item["key"],
+                "dst": item["dst"],
+                "width": 4,
+                "height": 4,
+                "seconds": time.monotonic() - start,
+            }
+        )
         ok += 1
     send({"type": "done", "id": job_id, "ok": ok, "failed": failed, "cancelled": cancelled})
 
@@ -107,8 +158,16 @@ def main() -> int:
     if MODE == "silent":
         time.sleep(60)
         return 0
-    send({"type": "hello", "protocol": 99 if MODE == "badversion" else 1, "texup": "0.0-fake", "torch": "none",
-          "device": "cpu", "pid": os.getpid()})
+    send(
+        {
+            "type": "hello",
+            "protocol": 99 if MODE == "badversion" else 1,
+            "texup": "0.0-fake",
+            "torch": "none",
+            "device": "cpu",
+            "pid": os.getpid(),
+        }
+    )
     threading.Thread(target=reader, daemon=True).start()
     while True:
         job = _jobs.get()

@@ -1,4 +1,5 @@
 """WorkerClient against a fake worker: lifecycle, events, cancel, crash, version check, start errors."""
+
 from __future__ import annotations
 
 import os
@@ -12,19 +13,27 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "blender_addon"))
 
-from workerutil import collect  # noqa: E402
 from bridge.client import WorkerClient, WorkerError, WorkerStartError, find_worker_python  # noqa: E402
 from bridge.protocol import (  # noqa: E402
-    Crashed, Done, Error, Hello, Job, JobItem, JobOptions, Models, Pong, Progress, Result,
+    Crashed,
+    Done,
+    Error,
+    Hello,
+    Job,
+    JobItem,
+    JobOptions,
+    Models,
+    Pong,
+    Progress,
+    Result,
 )
+from workerutil import collect  # noqa: E402
 
 FAKE = str(Path(__file__).with_name("fake_worker.py"))
 
 
 def fake(mode: str, **kwargs) -> WorkerClient:
     return WorkerClient(sys.executable, args=(FAKE, mode), **kwargs)
-
-
 
 
 def job_of(tmp_path: Path, names: list[str], missing: tuple[str, ...] = ()) -> Job:
@@ -158,7 +167,9 @@ def test_non_executable_python_is_refused(tmp_path):
 def test_python_without_texup_says_how_to_install(tmp_path):
     # -S skips site-packages, so this real interpreter cannot import texup (cwd has no texup either)
     client = WorkerClient(sys.executable, args=("-S", "-m", "texup", "worker"), cwd=str(tmp_path))
-    with pytest.raises(WorkerStartError, match="has no texup: install it there .*pip install PATH/TO/texup.*Worker Python"):
+    with pytest.raises(
+        WorkerStartError, match="has no texup: install it there .*pip install PATH/TO/texup.*Worker Python"
+    ):
         client.start(timeout=20)
 
 
@@ -194,6 +205,7 @@ def test_invalid_job_is_refused_before_sending(worker, tmp_path):
 
 # --- find_worker_python ------------------------------------------------------------------------
 
+
 def _exe(path: Path, text: str = "#!/bin/sh\n") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -211,8 +223,9 @@ def test_find_python_prefers_the_preference_then_env_then_path(tmp_path):
 
 def test_find_python_resolves_a_bare_command_name_on_path(tmp_path):
     py = _exe(tmp_path / "bin" / "python3.11")
-    assert find_worker_python("python3.11", environ={}, which=lambda name: str(py) if name == "python3.11" else None) \
-        == str(py)
+    assert find_worker_python(
+        "python3.11", environ={}, which=lambda name: str(py) if name == "python3.11" else None
+    ) == str(py)
 
 
 def test_find_python_in_a_venv_folder(tmp_path):
@@ -253,6 +266,7 @@ def test_found_python_runs_the_real_module(tmp_path):
 
 
 # --- non-blocking start: spawn() returns at once, check_ready() is polled from a timer -----------------
+
 
 def _ready_after_polling(client: WorkerClient, timeout: float = 20.0) -> tuple[Hello, int, float]:
     """check_ready() every 10 ms until the hello; returns it, the number of polls and the slowest one."""

@@ -1,4 +1,5 @@
 """Fine-tuning's Blender-free parts: run folders, the dataset plan, and following a train job's events."""
+
 from __future__ import annotations
 
 import os
@@ -65,13 +66,13 @@ def test_tracker_follows_progress_to_a_model():
     assert "step 1/300" in tracker.message and "loss 0.25" in tracker.message and "left" not in tracker.message
     tracker.handle(Progress("t", "train", 0, 1, 75, 300, loss=0.125, eta_s=125.0))
     assert tracker.progress == 0.25 and "about 2 min 05 s left" in tracker.message
-    tracker.handle(Result("t", "train", "/run/model/model.safetensors", 0, 0, 40.0, steps=300, psnr_before=24.0,
-                          psnr_after=25.5))
+    tracker.handle(
+        Result("t", "train", "/run/model/model.safetensors", 0, 0, 40.0, steps=300, psnr_before=24.0, psnr_after=25.5)
+    )
     assert not tracker.finished and not tracker.succeeded
     tracker.handle(Done("t", 1, 0, False))
     assert tracker.succeeded and tracker.model_path == "/run/model/model.safetensors" and tracker.progress == 1.0
-    assert tracker.summary() == ("texup: fine-tuned 300 steps -> model.safetensors "
-                                 "(held-out PSNR 24.00 -> 25.50 dB)")
+    assert tracker.summary() == ("texup: fine-tuned 300 steps -> model.safetensors (held-out PSNR 24.00 -> 25.50 dB)")
 
 
 def test_tracker_cancel_error_and_crash_give_no_model():

@@ -1,4 +1,5 @@
 """Choosing textures, building worker jobs, following events, and the headless report."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,16 @@ sys.path.insert(0, str(ROOT / "blender_addon"))
 
 from bridge.client import WorkerClient  # noqa: E402
 from bridge.jobs import (  # noqa: E402
-    JobTracker, TextureInfo, build_job, choose_textures, exit_code, left_out_rows, report_document, report_rows,
-    sort_textures, unknown_names,
+    JobTracker,
+    TextureInfo,
+    build_job,
+    choose_textures,
+    exit_code,
+    left_out_rows,
+    report_document,
+    report_rows,
+    sort_textures,
+    unknown_names,
     write_report,
 )
 from bridge.protocol import Crashed, Done, Error, JobOptions, Progress, Result  # noqa: E402
@@ -62,8 +71,13 @@ def test_choose_filters(scene):
     # "At most": a 512 px image passes a 512 limit, in the panel and in --max-size alike.
     assert names(choose_textures(scene, max_size=511)) == ["Wall.001", "Normal", "Tiles", "Packed", "Noise"]
     assert names(choose_textures(scene, max_size=512)) == ["Wall.001", "Normal", "Tiles", "Packed", "Noise"]
-    assert names(choose_textures(scene, max_size=1024, roles={"color"})) == \
-        ["Wall", "Wall.001", "Tiles", "Packed", "Noise"]
+    assert names(choose_textures(scene, max_size=1024, roles={"color"})) == [
+        "Wall",
+        "Wall.001",
+        "Tiles",
+        "Packed",
+        "Noise",
+    ]
     assert names(choose_textures(scene, roles=["data", "normal"])) == ["Rough", "Normal"]
     assert names(choose_textures(scene, names={"Rough", "Wall"})) == ["Wall", "Rough"]
     assert "Wall_x4" in names(choose_textures(scene, include_upscaled=True))
@@ -85,7 +99,9 @@ def test_build_job_items_names_and_skips(scene, tmp_path):
     assert by_tex["Tiles"].dst == str(out / "tiles_x4.<UDIM>.png")
     tiles = [i for i in plan.job.items if i.key in by_tex["Tiles"].item_keys]
     assert [(Path(i.src).name, Path(i.dst).name) for i in tiles] == [
-        ("tiles.1001.png", "tiles_x4.1001.png"), ("tiles.1002.png", "tiles_x4.1002.png")]
+        ("tiles.1001.png", "tiles_x4.1001.png"),
+        ("tiles.1002.png", "tiles_x4.1002.png"),
+    ]
     assert {i.role for i in plan.job.items if i.key in by_tex["Rough"].item_keys} == {"data"}
     skipped = {s.texture: s.reason for s in plan.skipped}
     assert set(skipped) == {"Normal", "Packed", "Noise"}
@@ -99,8 +115,13 @@ def test_packed_and_generated_use_extracted_files(scene, tmp_path):
     (tmp / "packed.exr").write_bytes(b"x")
     (tmp / "noise.png").write_bytes(b"x")
     chosen = choose_textures(scene, names={"Packed", "Noise"})
-    plan = build_job(chosen, JobOptions(), str(tmp_path / "o"), name_scale=2,
-                     extracted={"Packed": str(tmp / "packed.exr"), "Noise": str(tmp / "noise.png")})
+    plan = build_job(
+        chosen,
+        JobOptions(),
+        str(tmp_path / "o"),
+        name_scale=2,
+        extracted={"Packed": str(tmp / "packed.exr"), "Noise": str(tmp / "noise.png")},
+    )
     assert plan.skipped == ()
     assert [Path(o.dst).name for o in plan.outputs] == ["Packed_x2.exr", "Noise_x2.png"]
     assert [i.src for i in plan.job.items] == [str(tmp / "packed.exr"), str(tmp / "noise.png")]
@@ -162,9 +183,17 @@ def test_report_rows_exit_code_and_file(scene, tmp_path):
     tracker.apply(Result("j", plan.outputs[0].item_keys[0], plan.outputs[0].dst, 4096, 2048, 2.25))
     tracker.apply(Done("j", 1, 0, False))
     rows = report_rows(chosen, tracker, plan)
-    assert rows[0] == {"name": "Wall", "role": "color", "source": "file", "input_size": [1024, 512],
-                       "output_size": [4096, 2048], "output_path": plan.outputs[0].dst, "seconds": 2.25,
-                       "status": "ok", "error": None}
+    assert rows[0] == {
+        "name": "Wall",
+        "role": "color",
+        "source": "file",
+        "input_size": [1024, 512],
+        "output_size": [4096, 2048],
+        "output_path": plan.outputs[0].dst,
+        "seconds": 2.25,
+        "status": "ok",
+        "error": None,
+    }
     assert rows[1]["status"] == "failed" and "gone_normal.png" in rows[1]["error"]
     assert exit_code(rows) == 1 and exit_code(rows[:1]) == 0
     path = write_report(str(tmp_path / "r" / "report.json"), report_document(rows, blend_file="scene.blend"))
@@ -192,7 +221,10 @@ def test_plan_to_fake_worker_to_report(scene, tmp_path):
     assert rows["Normal"]["status"] == "failed"
     assert rows["Tiles"]["output_path"].endswith("tiles_x4.<UDIM>.png")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "tiles_x4.1001.png", "tiles_x4.1002.png", "wall_x4.png"]
+        "tiles_x4.1001.png",
+        "tiles_x4.1002.png",
+        "wall_x4.png",
+    ]
 
 
 def test_everything_a_filter_leaves_out_is_reported_with_the_reason(scene, tmp_path):

@@ -1,4 +1,5 @@
 """Output names: <stem>_x<scale>.<ext>, UDIM tokens and tile numbers kept in place, no collisions."""
+
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "blender_addon"))
 
 from bridge.naming import (  # noqa: E402
-    output_filename, output_name, safe_stem, scale_label, tile_of, udim_tile_path, unique_output_path,
+    output_filename,
+    output_name,
+    safe_stem,
+    scale_label,
+    tile_of,
+    udim_tile_path,
+    unique_output_path,
 )
 
 
@@ -25,16 +32,19 @@ def test_scale_label_refuses_non_positive_numbers(bad):
         scale_label(bad)
 
 
-@pytest.mark.parametrize("stem, ext, expected", [
-    ("wall", "png", "wall_x4.png"),
-    ("wall", ".EXR", "wall_x4.EXR"),  # the original's extension, case kept
-    ("wall.diffuse", "tga", "wall.diffuse_x4.tga"),
-    ("wall.<UDIM>", "png", "wall_x4.<UDIM>.png"),
-    ("wall_<UDIM>", "png", "wall_x4_<UDIM>.png"),
-    ("wall<UDIM>", "png", "wall_x4<UDIM>.png"),
-    ("wall.<UVTILE>", "png", "wall_x4.<UVTILE>.png"),
-    ("wall_<UDIM>_color", "png", "wall_<UDIM>_color_x4.png"),
-])
+@pytest.mark.parametrize(
+    "stem, ext, expected",
+    [
+        ("wall", "png", "wall_x4.png"),
+        ("wall", ".EXR", "wall_x4.EXR"),  # the original's extension, case kept
+        ("wall.diffuse", "tga", "wall.diffuse_x4.tga"),
+        ("wall.<UDIM>", "png", "wall_x4.<UDIM>.png"),
+        ("wall_<UDIM>", "png", "wall_x4_<UDIM>.png"),
+        ("wall<UDIM>", "png", "wall_x4<UDIM>.png"),
+        ("wall.<UVTILE>", "png", "wall_x4.<UVTILE>.png"),
+        ("wall_<UDIM>_color", "png", "wall_<UDIM>_color_x4.png"),
+    ],
+)
 def test_output_name(stem, ext, expected):
     assert output_name(stem, 4, ext) == expected
 
@@ -82,9 +92,11 @@ def test_unique_path_skips_existing_files_and_taken_names(tmp_path):
 
 def test_unique_path_for_udim_checks_every_tile(tmp_path):
     (tmp_path / "wall_x4.1002.png").write_bytes(b"one tile of an earlier result")
-    assert unique_output_path(str(tmp_path), "wall.<UDIM>", 4, "png", tiles=(1001,)) == \
-        str(tmp_path / "wall_x4.<UDIM>.png")
-    assert unique_output_path(str(tmp_path), "wall.<UDIM>", 4, "png", tiles=(1001, 1002)) == \
-        str(tmp_path / "wall_x4_2.<UDIM>.png")
+    assert unique_output_path(str(tmp_path), "wall.<UDIM>", 4, "png", tiles=(1001,)) == str(
+        tmp_path / "wall_x4.<UDIM>.png"
+    )
+    assert unique_output_path(str(tmp_path), "wall.<UDIM>", 4, "png", tiles=(1001, 1002)) == str(
+        tmp_path / "wall_x4_2.<UDIM>.png"
+    )
     # tiles unknown: any existing tile file counts
     assert unique_output_path(str(tmp_path), "wall.<UDIM>", 4, "png") == str(tmp_path / "wall_x4_2.<UDIM>.png")

@@ -1,5 +1,6 @@
 """Progress and ETA of a running job (bridge.jobs.JobTracker) from fake worker events and a fake clock:
 what the panel's bar, the status bar and the headless script's lines show."""
+
 from __future__ import annotations
 
 import sys
@@ -11,7 +12,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "blender_addon"))
 
 from bridge.jobs import (  # noqa: E402
-    JobTracker, TextureInfo, build_job, estimate_eta, filter_reason, format_duration, sort_textures,
+    JobTracker,
+    TextureInfo,
+    build_job,
+    estimate_eta,
+    filter_reason,
+    format_duration,
+    sort_textures,
 )
 from bridge.protocol import Done, JobOptions, Progress, Result  # noqa: E402
 
@@ -35,10 +42,19 @@ def plan(tmp_path):
     """A 512x512 texture, then a 256x256 one (a quarter of the pixels), then a 2-tile UDIM of 256x256."""
     for name in ("big.png", "small.png", "wall.1001.png", "wall.1002.png"):
         (tmp_path / name).write_bytes(b"img")
-    textures = [tex("big", str(tmp_path / "big.png"), (512, 512)),
-                tex("small", str(tmp_path / "small.png"), (256, 256)),
-                TextureInfo(name="wall", filepath=str(tmp_path / "wall.<UDIM>.png"), size=(256, 256), role="color",
-                            colorspace="sRGB", source="udim", udim_tiles=(1001, 1002))]
+    textures = [
+        tex("big", str(tmp_path / "big.png"), (512, 512)),
+        tex("small", str(tmp_path / "small.png"), (256, 256)),
+        TextureInfo(
+            name="wall",
+            filepath=str(tmp_path / "wall.<UDIM>.png"),
+            size=(256, 256),
+            role="color",
+            colorspace="sRGB",
+            source="udim",
+            udim_tiles=(1001, 1002),
+        ),
+    ]
     return build_job(textures, JobOptions(), str(tmp_path / "out"))
 
 
@@ -94,8 +110,14 @@ def test_estimate_and_duration_format():
     assert estimate_eta(10.0, 0.25) == pytest.approx(30.0)
     assert estimate_eta(10.0, 0.6, start_fraction=0.5) == pytest.approx(40.0)
     assert estimate_eta(10.0, 1.0) == 0.0
-    assert [format_duration(s) for s in (None, 0, 42.4, 65, 3599, 3725)] == ["--", "0s", "42s", "1m05s", "59m59s",
-                                                                         "1h02m"]
+    assert [format_duration(s) for s in (None, 0, 42.4, 65, 3599, 3725)] == [
+        "--",
+        "0s",
+        "42s",
+        "1m05s",
+        "59m59s",
+        "1h02m",
+    ]
 
 
 def test_status_text_and_log_line_name_the_file_its_progress_and_the_eta(plan):
@@ -118,8 +140,11 @@ def test_abandon_keeps_what_was_written_and_cancels_the_rest(plan):
     tracker.apply(Result("j", big, "big_x4.png", 2048, 2048, 3.0))
     tracker.abandon()
     assert tracker.finished and tracker.cancelled
-    assert {t: o.status for t, o in tracker.outcomes.items()} == {"big": "ok", "small": "cancelled",
-                                                                 "wall": "cancelled"}
+    assert {t: o.status for t, o in tracker.outcomes.items()} == {
+        "big": "ok",
+        "small": "cancelled",
+        "wall": "cancelled",
+    }
     tracker.apply(Result("j", small, "small_x4.png", 1024, 1024, 1.0))  # too late: ignored
     assert tracker.outcomes["small"].status == "cancelled"
 
@@ -137,8 +162,14 @@ def test_size_limit_is_at_most_n_everywhere(tmp_path):
 def test_the_bridge_parses_tile_fraction_from_a_worker_line():
     from bridge.protocol import parse_event
 
-    event = parse_event('{"type": "progress", "id": "j", "item": "a", "index": 0, "count": 1, "done": 2, '
-                        '"total": 4, "tile_fraction": 0.5}')
+    event = parse_event(
+        '{"type": "progress", "id": "j", "item": "a", "index": 0, "count": 1, "done": 2, '
+        '"total": 4, "tile_fraction": 0.5}'
+    )
     assert event.tile_fraction == 0.5
-    assert parse_event('{"type": "progress", "id": "j", "item": "a", "index": 0, "count": 1, "done": 2, '
-                       '"total": 4}').tile_fraction is None
+    assert (
+        parse_event(
+            '{"type": "progress", "id": "j", "item": "a", "index": 0, "count": 1, "done": 2, "total": 4}'
+        ).tile_fraction
+        is None
+    )

@@ -1,4 +1,5 @@
 """bridge.bundle: what an installed platform build carries, and which worker the add-on starts (no Blender)."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,11 @@ sys.path.insert(0, str(ROOT / "blender_addon"))
 from bridge import bundle  # noqa: E402
 from bridge.client import WorkerStartError  # noqa: E402
 
-WHEELS = ["ncnn-1.0.20261020-cp311-cp311-manylinux_2_28_x86_64.whl", "pillow-13.0.0-cp311-cp311-win_amd64.whl",
-          "OpenEXR-3.5.3-cp311-cp311-macosx_11_0_arm64.whl"]
+WHEELS = [
+    "ncnn-1.0.20261020-cp311-cp311-manylinux_2_28_x86_64.whl",
+    "pillow-13.0.0-cp311-cp311-win_amd64.whl",
+    "OpenEXR-3.5.3-cp311-cp311-macosx_11_0_arm64.whl",
+]
 
 
 def make_addon(tmp_path: Path, wheels=WHEELS, models=("realesrgan-x4plus.param",)) -> Path:
@@ -24,8 +28,11 @@ def make_addon(tmp_path: Path, wheels=WHEELS, models=("realesrgan-x4plus.param",
     (addon / "core" / "texup").mkdir(parents=True)
     (addon / "core" / "texup" / "__init__.py").write_text("")
     (addon / "models").mkdir()
-    (addon / bundle.BUNDLE_FILE).write_text(json.dumps({
-        "format": 1, "platform": "linux-x64", "texup": "0.1.0", "wheels": list(wheels), "models": list(models)}))
+    (addon / bundle.BUNDLE_FILE).write_text(
+        json.dumps(
+            {"format": 1, "platform": "linux-x64", "texup": "0.1.0", "wheels": list(wheels), "models": list(models)}
+        )
+    )
     return addon
 
 
@@ -49,7 +56,9 @@ def test_no_bundle_file_means_no_bundle(tmp_path):
     assert bundle.bundled_launch(str(tmp_path)) is None
 
 
-@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 99}), json.dumps({"format": 1, "platform": "x"})])
+@pytest.mark.parametrize(
+    "content", ["{not json", json.dumps({"format": 99}), json.dumps({"format": 1, "platform": "x"})]
+)
 def test_a_damaged_bundle_file_says_reinstall(tmp_path, content):
     (tmp_path / bundle.BUNDLE_FILE).write_text(content)
     with pytest.raises(bundle.BundleError, match="reinstall the texup extension"):
@@ -99,8 +108,9 @@ def test_missing_core_is_an_error(tmp_path):
 def test_bundled_launch_runs_blenders_python_with_the_bundle(tmp_path):
     addon = make_addon(tmp_path, wheels=[WHEELS[0]])
     site = make_site(tmp_path / "site", "ncnn-1.0.20261020")
-    launch = bundle.bundled_launch(str(addon), "/blender/python3.11", search_path=[str(site)],
-                                   environ={"PYTHONPATH": "/user/path"})
+    launch = bundle.bundled_launch(
+        str(addon), "/blender/python3.11", search_path=[str(site)], environ={"PYTHONPATH": "/user/path"}
+    )
     assert launch.source == "bundled" and launch.python == "/blender/python3.11"
     assert launch.env["PYTHONPATH"].split(os.pathsep) == [str(addon / "core"), str(site), "/user/path"]
     assert launch.env["TEXUP_NCNN_MODELS"] == str(addon / "models")
@@ -130,8 +140,9 @@ def test_resolution_order_preference_env_var_torch_env_bundle_path(tmp_path, mon
     monkeypatch.setenv("PATH", str(tmp_path / "empty_path"))
 
     def resolve(preference, environ):
-        return bundle.resolve_launch(preference, addon_dir=str(addon), user_dir=str(user), environ=environ,
-                                     search_path=[])
+        return bundle.resolve_launch(
+            preference, addon_dir=str(addon), user_dir=str(user), environ=environ, search_path=[]
+        )
 
     assert resolve(str(pref), {"TEXUP_PYTHON": str(env_py)}).source == "preference"
     got = resolve("", {"TEXUP_PYTHON": str(env_py)})

@@ -1,5 +1,6 @@
 """The worker health check: a real texup worker answers with versions, engines and named devices; a
 missing path, a Python without texup, another protocol, a silent worker are refused with one line."""
+
 from __future__ import annotations
 
 import os
@@ -30,16 +31,19 @@ def fake_texup(tmp_path: Path, mode: str) -> WorkerLaunch:
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "__main__.py").write_text(
-        f"import runpy, sys\nsys.argv = [{FAKE!r}, {mode!r}]\nrunpy.run_path({FAKE!r}, run_name='__main__')\n")
-    return WorkerLaunch(python=sys.executable, env={"PYTHONPATH": str(tmp_path / "fake_site")}, source="preference",
-                        description="fake")
+        f"import runpy, sys\nsys.argv = [{FAKE!r}, {mode!r}]\nrunpy.run_path({FAKE!r}, run_name='__main__')\n"
+    )
+    return WorkerLaunch(
+        python=sys.executable, env={"PYTHONPATH": str(tmp_path / "fake_site")}, source="preference", description="fake"
+    )
 
 
 def test_the_real_worker_answers_with_versions_engines_and_named_devices():
     import texup
 
-    report = check_worker(WorkerLaunch(python=sys.executable, source="TEXUP_PYTHON", description="this venv"),
-                          timeout=120)
+    report = check_worker(
+        WorkerLaunch(python=sys.executable, source="TEXUP_PYTHON", description="this venv"), timeout=120
+    )
 
     assert report.ok, report.error
     assert report.texup == texup.__version__
@@ -103,14 +107,23 @@ def test_an_older_texup_without_info_still_counts_with_a_note(tmp_path):
 
 
 def test_info_events_parse_and_bad_ones_are_refused():
-    event = parse_event('{"type":"info","id":"r1","texup":"0.1.0","torch":null,"python":"/py","engines":'
-                        '["ncnn/cpu/auto"],"devices":[{"key":"cpu","name":"AMD EPYC","engines":["ncnn"],'
-                        '"software":false},{"key":"vulkan:0","name":"llvmpipe","engines":["ncnn"],"software":true}],'
-                        '"auto":{"key":"ncnn/cpu/auto","measured":false,"model":"realesrgan-x4plus"}}')
-    assert event == Info(id="r1", texup="0.1.0", torch=None, python="/py", engines=("ncnn/cpu/auto",),
-                         devices=(DeviceInfo("cpu", "AMD EPYC", ("ncnn",)),
-                                  DeviceInfo("vulkan:0", "llvmpipe", ("ncnn",), True)),
-                         auto="ncnn/cpu/auto", auto_measured=False, auto_model="realesrgan-x4plus")
+    event = parse_event(
+        '{"type":"info","id":"r1","texup":"0.1.0","torch":null,"python":"/py","engines":'
+        '["ncnn/cpu/auto"],"devices":[{"key":"cpu","name":"AMD EPYC","engines":["ncnn"],'
+        '"software":false},{"key":"vulkan:0","name":"llvmpipe","engines":["ncnn"],"software":true}],'
+        '"auto":{"key":"ncnn/cpu/auto","measured":false,"model":"realesrgan-x4plus"}}'
+    )
+    assert event == Info(
+        id="r1",
+        texup="0.1.0",
+        torch=None,
+        python="/py",
+        engines=("ncnn/cpu/auto",),
+        devices=(DeviceInfo("cpu", "AMD EPYC", ("ncnn",)), DeviceInfo("vulkan:0", "llvmpipe", ("ncnn",), True)),
+        auto="ncnn/cpu/auto",
+        auto_measured=False,
+        auto_model="realesrgan-x4plus",
+    )
     assert info_message("x") == {"type": "info", "id": "x"}
     with pytest.raises(ProtocolError):
         parse_event('{"type":"info","id":"r1","texup":"0.1.0","engines":[],"devices":[1],"auto":{}}')
@@ -164,17 +177,27 @@ def test_a_result_forgotten_while_running_is_dropped():
 def test_the_panels_compact_lines_fit_the_sidebar_and_keep_the_tick_rule():
     from bridge.protocol import DeviceInfo
 
-    ok = HealthReport(ok=True, python="/x/python", texup="0.1.0", torch=None, engines=("ncnn/vulkan:0/fp16",),
-                      devices=(DeviceInfo(key="vulkan:0", name="AMD Radeon RX 7900 XTX", engines=("ncnn",),
-                                          software=False),), auto="ncnn/vulkan:0/fp16", auto_measured=True)
+    ok = HealthReport(
+        ok=True,
+        python="/x/python",
+        texup="0.1.0",
+        torch=None,
+        engines=("ncnn/vulkan:0/fp16",),
+        devices=(DeviceInfo(key="vulkan:0", name="AMD Radeon RX 7900 XTX", engines=("ncnn",), software=False),),
+        auto="ncnn/vulkan:0/fp16",
+        auto_measured=True,
+    )
     lines = health.compact_status_lines(ok)
     assert lines[0] == ("CHECKMARK", "Worker: texup 0.1.0")
     assert lines[1] == ("BLANK1", "no PyTorch (ncnn engine)")
     assert lines[-1][0] == "INFO" and lines[-1][1].startswith("Auto: ncnn on AMD Radeon")  # cut to the width
     assert all(len(text) <= 30 for _, text in lines)
-    bad = HealthReport(ok=False, python="/nonexistent/python",
-                       error="the worker Python '/nonexistent/python' does not exist: choose another Python as "
-                             "'Worker Python' in the texup add-on preferences")
+    bad = HealthReport(
+        ok=False,
+        python="/nonexistent/python",
+        error="the worker Python '/nonexistent/python' does not exist: choose another Python as "
+        "'Worker Python' in the texup add-on preferences",
+    )
     lines = health.compact_status_lines(bad)
     assert lines[0] == ("ERROR", "Worker not working:") and all(icon != "CHECKMARK" for icon, _ in lines)
     assert 2 <= len(lines) <= 5 and all(len(text) <= 30 for _, text in lines)

@@ -1,6 +1,7 @@
 """The PyTorch installer: the plan per platform/GPU, pip's output read as progress, errors in one line,
 and real installs into a temporary user folder (a success, a failure, no network, a cancel), with the
 bpy environment's Python standing in for Blender's."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,15 @@ sys.path.insert(0, str(ROOT / "blender_addon"))
 from bridge import torch_env  # noqa: E402
 from bridge.bundle import TORCH_ENV_MARKER, torch_env_launch, torch_env_marker  # noqa: E402
 from bridge.torch_env import (  # noqa: E402
-    CPU_INDEX_URL, CUDA_INDEX_URL, InstallPlan, PipProgress, TorchInstaller, classify_error, has_nvidia_gpu,
-    plan_install, remove_torch_env,
+    CPU_INDEX_URL,
+    CUDA_INDEX_URL,
+    InstallPlan,
+    PipProgress,
+    TorchInstaller,
+    classify_error,
+    has_nvidia_gpu,
+    plan_install,
+    remove_torch_env,
 )
 
 BLENDER_PYTHON = ROOT / ".venv-blender" / "bin" / "python"
@@ -28,14 +36,18 @@ TEST_REQUIREMENT = "torch==2.13.0"
 
 # --- the plan ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("platform, nvidia, index, cuda", [
-    ("linux", True, CUDA_INDEX_URL, True),
-    ("linux", False, CPU_INDEX_URL, False),  # PyPI's Linux torch is the multi-GB CUDA build
-    ("win32", True, CUDA_INDEX_URL, True),
-    ("win32", False, None, False),  # PyPI's Windows torch is the CPU build
-    ("darwin", False, None, False),
-    ("darwin", True, None, False),  # no CUDA torch on macOS
-])
+
+@pytest.mark.parametrize(
+    "platform, nvidia, index, cuda",
+    [
+        ("linux", True, CUDA_INDEX_URL, True),
+        ("linux", False, CPU_INDEX_URL, False),  # PyPI's Linux torch is the multi-GB CUDA build
+        ("win32", True, CUDA_INDEX_URL, True),
+        ("win32", False, None, False),  # PyPI's Windows torch is the CPU build
+        ("darwin", False, None, False),
+        ("darwin", True, None, False),  # no CUDA torch on macOS
+    ],
+)
 def test_plan_picks_the_index_for_platform_and_gpu(tmp_path, platform, nvidia, index, cuda):
     plan = plan_install(str(tmp_path), "/blender/python", platform=platform, nvidia=nvidia, environ={})
 
@@ -45,20 +57,29 @@ def test_plan_picks_the_index_for_platform_and_gpu(tmp_path, platform, nvidia, i
     assert plan.log_path == str(tmp_path / "torch-install.log")
     venv_python = plan.venv_python()
     assert venv_python.startswith(plan.partial_dir)
-    assert venv_python.endswith(os.path.join("Scripts", "python.exe") if platform == "win32"
-                                else os.path.join("bin", "python"))
+    assert venv_python.endswith(
+        os.path.join("Scripts", "python.exe") if platform == "win32" else os.path.join("bin", "python")
+    )
     command = plan.pip_install("torch", plan.index_url)
     assert command[:4] == [venv_python, "-m", "pip", "install"] and command[-1] == "torch"
     assert ("--index-url" in command) == (index is not None)
 
 
 def test_environment_overrides_requirement_and_index(tmp_path):
-    plan = plan_install(str(tmp_path), platform="linux", nvidia=True,
-                        environ={"TEXUP_TORCH_REQUIREMENT": "torch==2.13.0", "TEXUP_TORCH_INDEX_URL": ""})
+    plan = plan_install(
+        str(tmp_path),
+        platform="linux",
+        nvidia=True,
+        environ={"TEXUP_TORCH_REQUIREMENT": "torch==2.13.0", "TEXUP_TORCH_INDEX_URL": ""},
+    )
     assert (plan.torch_requirement, plan.index_url, plan.cuda) == ("torch==2.13.0", None, True)
     assert "pip's configured package index" in plan.summary()
-    plan = plan_install(str(tmp_path), platform="win32", nvidia=False,
-                        environ={"TEXUP_TORCH_INDEX_URL": "https://mirror.example/simple"})
+    plan = plan_install(
+        str(tmp_path),
+        platform="win32",
+        nvidia=False,
+        environ={"TEXUP_TORCH_INDEX_URL": "https://mirror.example/simple"},
+    )
     assert plan.index_url == "https://mirror.example/simple"
 
 
@@ -111,26 +132,48 @@ def plan(tmp_path) -> InstallPlan:
     return plan_install(str(tmp_path), "/blender/python", platform="linux", nvidia=False, environ={})
 
 
-@pytest.mark.parametrize("output, expected", [
-    ("WARNING: Retrying (Retry(total=0)) after connection broken by 'NewConnectionError(... Failed to establish a "
-     "new connection: [Errno -3] Temporary failure in name resolution')': /whl/cpu/torch/\n"
-     "ERROR: Could not find a version that satisfies the requirement torch>=2.4 (from versions: none)\n"
-     "ERROR: No matching distribution found for torch>=2.4", "no network: pip could not reach " + CPU_INDEX_URL),
-    ("ERROR: Could not find a version that satisfies the requirement torch==0.0.0 (from versions: 2.4.0)\n"
-     "ERROR: No matching distribution found for torch==0.0.0", "no torch==0.0.0 for Blender's Python"),
-    ("ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device",
-     "not enough disk space in "),
-    ("Error: Command '['/u/torch-env.partial/bin/python3.11', '-m', 'ensurepip', '--upgrade', '--default-pip']' "
-     "returned non-zero exit status 1.", "Blender's Python (/blender/python) cannot make virtual environments"),
-    ("/blender/python: No module named venv", "Blender's Python (/blender/python) cannot make virtual environments"),
-    ("ERROR: Could not install packages due to an OSError: [Errno 13] Permission denied: '/u/x'",
-     "permission denied writing to "),
-    ("ERROR: Cannot install torch==0.0.0 because these package versions have conflicting dependencies.\n\n"
-     "The conflict is caused by:\n    The user requested torch==0.0.0\n"
-     "    The user requested (constraint) torch<=2.14.1\n",
-     "installing PyTorch failed: pip found conflicting requirements: torch==0.0.0; (constraint) torch<=2.14.1"),
-    ("Collecting x\nsomething odd happened\n", "installing PyTorch failed (exit code 2): something odd happened"),
-])
+@pytest.mark.parametrize(
+    "output, expected",
+    [
+        (
+            "WARNING: Retrying (Retry(total=0)) after connection broken by "
+            "'NewConnectionError(... Failed to establish a "
+            "new connection: [Errno -3] Temporary failure in name resolution')': /whl/cpu/torch/\n"
+            "ERROR: Could not find a version that satisfies the requirement torch>=2.4 (from versions: none)\n"
+            "ERROR: No matching distribution found for torch>=2.4",
+            "no network: pip could not reach " + CPU_INDEX_URL,
+        ),
+        (
+            "ERROR: Could not find a version that satisfies the requirement torch==0.0.0 (from versions: 2.4.0)\n"
+            "ERROR: No matching distribution found for torch==0.0.0",
+            "no torch==0.0.0 for Blender's Python",
+        ),
+        (
+            "ERROR: Could not install packages due to an OSError: [Errno 28] No space left on device",
+            "not enough disk space in ",
+        ),
+        (
+            "Error: Command '['/u/torch-env.partial/bin/python3.11', '-m', 'ensurepip', '--upgrade', '--default-pip']' "
+            "returned non-zero exit status 1.",
+            "Blender's Python (/blender/python) cannot make virtual environments",
+        ),
+        (
+            "/blender/python: No module named venv",
+            "Blender's Python (/blender/python) cannot make virtual environments",
+        ),
+        (
+            "ERROR: Could not install packages due to an OSError: [Errno 13] Permission denied: '/u/x'",
+            "permission denied writing to ",
+        ),
+        (
+            "ERROR: Cannot install torch==0.0.0 because these package versions have conflicting dependencies.\n\n"
+            "The conflict is caused by:\n    The user requested torch==0.0.0\n"
+            "    The user requested (constraint) torch<=2.14.1\n",
+            "installing PyTorch failed: pip found conflicting requirements: torch==0.0.0; (constraint) torch<=2.14.1",
+        ),
+        ("Collecting x\nsomething odd happened\n", "installing PyTorch failed (exit code 2): something odd happened"),
+    ],
+)
 def test_errors_are_one_clear_line(plan, output, expected):
     message = classify_error(output, plan, "installing PyTorch", 2)
     assert message.startswith(expected) and "\n" not in message
@@ -163,6 +206,7 @@ def test_console_scripts_are_pointed_at_the_final_folder(tmp_path):
 
 # --- real installs ----------------------------------------------------------------------------------
 
+
 def _blender_python() -> str:
     return str(BLENDER_PYTHON) if BLENDER_PYTHON.exists() else sys.executable
 
@@ -174,9 +218,25 @@ def pip_reaches_an_index(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("probe")
     env = {**os.environ, "PIP_RETRIES": "0"}
     try:
-        done = subprocess.run([python, "-m", "pip", "download", "--no-deps", "--no-input", "--progress-bar", "off",
-                               "-d", str(folder), TEST_REQUIREMENT], capture_output=True, text=True, timeout=120,
-                              env=env)
+        done = subprocess.run(
+            [
+                python,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-input",
+                "--progress-bar",
+                "off",
+                "-d",
+                str(folder),
+                TEST_REQUIREMENT,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         pytest.skip(f"pip could not fetch {TEST_REQUIREMENT} within 120 s from its configured index")
     if done.returncode != 0:
@@ -189,8 +249,9 @@ def _overrides(requirement: str = TEST_REQUIREMENT, index: str = "") -> dict:
     return {**os.environ, "TEXUP_TORCH_REQUIREMENT": requirement, "TEXUP_TORCH_INDEX_URL": index, "PIP_RETRIES": "0"}
 
 
-def _run(user_dir: Path, python: str, environ: dict, *, cancel_at: float | None = None,
-         timeout: float = 900) -> TorchInstaller:
+def _run(
+    user_dir: Path, python: str, environ: dict, *, cancel_at: float | None = None, timeout: float = 900
+) -> TorchInstaller:
     plan = plan_install(str(user_dir), python, environ=environ)
     installer = TorchInstaller(plan, environ=environ)
     installer.start()
@@ -206,6 +267,7 @@ def _run(user_dir: Path, python: str, environ: dict, *, cancel_at: float | None 
     return installer
 
 
+@pytest.mark.slow  # a real pip install of PyTorch
 def test_a_real_install_makes_a_working_torch_env(pip_reaches_an_index, tmp_path):
     installer = _run(tmp_path, pip_reaches_an_index, _overrides())
 
@@ -215,12 +277,17 @@ def test_a_real_install_makes_a_working_torch_env(pip_reaches_an_index, tmp_path
     marker = json.loads((env / TORCH_ENV_MARKER).read_text())
     assert marker["torch"].startswith("2.13.0") and marker["cuda"] is False
     assert marker["python"] == str(env / "bin" / "python") and marker["index_url"] is None
-    blender_numpy = subprocess.run([pip_reaches_an_index, "-c", "import numpy; print(numpy.__version__)"],
-                                   capture_output=True, text=True).stdout.strip()
+    blender_numpy = subprocess.run(
+        [pip_reaches_an_index, "-c", "import numpy; print(numpy.__version__)"], capture_output=True, text=True
+    ).stdout.strip()
     if blender_numpy:
         assert marker["numpy"] == blender_numpy  # pinned to Blender's own
-    done = subprocess.run([str(env / "bin" / "python"), "-c", "import torch; print(torch.__version__)"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(env / "bin" / "python"), "-c", "import torch; print(torch.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and done.stdout.strip() == marker["torch"], done.stderr
     assert (env / "bin" / "pip").read_text().startswith(f"#!{env}/bin/python")
     log = (tmp_path / "torch-install.log").read_text()
@@ -246,13 +313,15 @@ def test_a_failing_install_changes_nothing_and_says_why_in_one_line(tmp_path):
 
 def test_no_network_is_named(tmp_path):
     # Only an index nobody listens on: no pip config, no local wheel folder; one retry, as pip's default five.
-    environ = {k: v for k, v in _overrides(TEST_REQUIREMENT, "http://127.0.0.1:9/simple").items()
-               if k != "PIP_FIND_LINKS"}
+    environ = {
+        k: v for k, v in _overrides(TEST_REQUIREMENT, "http://127.0.0.1:9/simple").items() if k != "PIP_FIND_LINKS"
+    }
     environ.update({"PIP_CONFIG_FILE": os.devnull, "PIP_RETRIES": "1"})
     installer = _run(tmp_path, _blender_python(), environ)
 
-    assert installer.error is not None and installer.error.startswith("no network: pip could not reach "
-                                                                       "http://127.0.0.1:9/simple")
+    assert installer.error is not None and installer.error.startswith(
+        "no network: pip could not reach http://127.0.0.1:9/simple"
+    )
     assert not (tmp_path / "torch-env").exists() and not (tmp_path / "torch-env.partial").exists()
 
 
@@ -269,12 +338,13 @@ def test_cancel_kills_pip_and_removes_the_partial_environment(pip_reaches_an_ind
 
 def test_a_python_without_venv_is_a_clear_error(tmp_path):
     fake = tmp_path / "python"
-    fake.write_text("#!/bin/sh\necho \"$0: No module named venv\" >&2\nexit 1\n")
+    fake.write_text('#!/bin/sh\necho "$0: No module named venv" >&2\nexit 1\n')
     fake.chmod(0o755)
     if os.name == "nt":
         pytest.skip("a shell script stands in for a Python without venv")
-    installer = TorchInstaller(plan_install(str(tmp_path / "user"), str(fake), environ=_overrides()),
-                               numpy_version="1.26.4")
+    installer = TorchInstaller(
+        plan_install(str(tmp_path / "user"), str(fake), environ=_overrides()), numpy_version="1.26.4"
+    )
     installer.start()
     assert installer.wait(60)
     assert installer.error is not None and "cannot make virtual environments" in installer.error

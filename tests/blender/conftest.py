@@ -16,8 +16,8 @@ import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO_ROOT))
+# HERE (scene_builder, ui_screenshot) and REPO_ROOT (the add-on as `blender_addon`) are on the path through
+# pyproject.toml's `[tool.pytest.ini_options] pythonpath`, in both environments.
 
 
 def _worker_python() -> str | None:
@@ -42,8 +42,10 @@ def worker_python() -> str:
 def tiny_model(worker_python: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A random x4 RRDBNet (8 features, 1 block) saved as .safetensors by the worker's Python."""
     path = tmp_path_factory.mktemp("model") / "tiny_x4.safetensors"
-    code = ("import sys, torch; torch.manual_seed(0); from texup.archs import RRDBNet; "
-            "from texup.weights import save_model; "
-            "save_model(RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=4), sys.argv[1])")
+    code = (
+        "import sys, torch; torch.manual_seed(0); from texup.archs import RRDBNet; "
+        "from texup.weights import save_model; "
+        "save_model(RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=4), sys.argv[1])"
+    )
     subprocess.run([worker_python, "-c", code, str(path)], check=True, timeout=300)
     return str(path)

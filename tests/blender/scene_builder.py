@@ -152,8 +152,11 @@ def build(folder: str, *, with_missing: bool = True) -> dict:
     n = _image_node(tree, wall)
     tree.links.new(n.outputs["Color"], _socket(bsdf, "Base Color"))
     if with_missing:
-        missing = bpy.data.images.load(p("missing.png"), check_existing=False) if os.path.exists(p("missing.png")) \
+        missing = (
+            bpy.data.images.load(p("missing.png"), check_existing=False)
+            if os.path.exists(p("missing.png"))
             else bpy.data.images.new("missing.png", 4, 4)
+        )
         missing.source = "FILE"
         missing.filepath = p("missing.png")
         missing.name = "missing.png"
@@ -181,7 +184,7 @@ def build(folder: str, *, with_missing: bool = True) -> dict:
 
 
 if __name__ == "__main__":
-    args = sys.argv[sys.argv.index("--") + 1:] if "--" in sys.argv else []
+    args = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
     target = os.path.abspath(args[0])
     build(target, with_missing="--missing" in args)
     bpy.ops.wm.save_as_mainfile(filepath=os.path.join(target, "scene.blend"))

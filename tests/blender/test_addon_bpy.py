@@ -40,8 +40,10 @@ def node_images() -> dict[str, list[str]]:
     """Tree label -> names of the images its image nodes use."""
     from blender_addon.scene import node_trees
 
-    return {label: sorted(n.image.name for n in tree.nodes if n.type in {"TEX_IMAGE", "TEX_ENVIRONMENT"})
-            for label, tree in node_trees()}
+    return {
+        label: sorted(n.image.name for n in tree.nodes if n.type in {"TEX_IMAGE", "TEX_ENVIRONMENT"})
+        for label, tree in node_trees()
+    }
 
 
 def test_scan_finds_every_image_node_with_roles_sources_and_users(addon, tmp_path):
@@ -52,14 +54,26 @@ def test_scan_finds_every_image_node_with_roles_sources_and_users(addon, tmp_pat
 
     assert set(infos) == set(ALL_UPSCALABLE) | {"missing.png"}
     assert {n: infos[n].role for n in infos} == {
-        "color.png": "color", "rough.png": "data", "normal.png": "normal", "leaf.png": "color",
+        "color.png": "color",
+        "rough.png": "data",
+        "normal.png": "normal",
+        "leaf.png": "color",
         # Inside a node group, Non-Color setting, but the group output feeds Base Color: the graph wins.
         "grouptex.png": "color",
-        "packed": "data", "generated": "color", "wall": "color", "missing.png": "data",
+        "packed": "data",
+        "generated": "color",
+        "wall": "color",
+        "missing.png": "data",
     }
     assert {n: infos[n].source for n in infos} == {
-        "color.png": "file", "rough.png": "file", "normal.png": "file", "leaf.png": "file",
-        "grouptex.png": "file", "packed": "packed", "generated": "generated", "wall": "udim",
+        "color.png": "file",
+        "rough.png": "file",
+        "normal.png": "file",
+        "leaf.png": "file",
+        "grouptex.png": "file",
+        "packed": "packed",
+        "generated": "generated",
+        "wall": "udim",
         "missing.png": "missing",
     }
     assert infos["color.png"].users == 2  # Mat.A base colour and Mat.B emission
@@ -99,9 +113,19 @@ def test_upscale_relinks_every_user_keeps_settings_and_reverts_after_reopen(addo
     result = bpy.ops.texup.upscale(images=",".join(ALL_UPSCALABLE + ("missing.png",)))
     assert result == {"FINISHED"}
 
-    results = {name: bpy.data.images[f"{stem}_x4"] for name, stem in [
-        ("color.png", "color"), ("rough.png", "rough"), ("normal.png", "normal"), ("leaf.png", "leaf"),
-        ("grouptex.png", "grouptex"), ("packed", "packed_src"), ("generated", "generated"), ("wall", "wall")]}
+    results = {
+        name: bpy.data.images[f"{stem}_x4"]
+        for name, stem in [
+            ("color.png", "color"),
+            ("rough.png", "rough"),
+            ("normal.png", "normal"),
+            ("leaf.png", "leaf"),
+            ("grouptex.png", "grouptex"),
+            ("packed", "packed_src"),
+            ("generated", "generated"),
+            ("wall", "wall"),
+        ]
+    }
     # Every node that used an original now uses its result: both materials of the shared image,
     # the node group, the world; the missing texture's node is left alone.
     after = node_images()
@@ -124,8 +148,11 @@ def test_upscale_relinks_every_user_keeps_settings_and_reverts_after_reopen(addo
         assert original.use_fake_user
     assert results["leaf.png"].alpha_mode == "CHANNEL_PACKED"
     assert results["rough.png"].colorspace_settings.name == "Non-Color"
-    rough_node = next(n for n in bpy.data.materials["Mat.A"].node_tree.nodes if n.type == "TEX_IMAGE"
-                      and n.image == results["rough.png"])
+    rough_node = next(
+        n
+        for n in bpy.data.materials["Mat.A"].node_tree.nodes
+        if n.type == "TEX_IMAGE" and n.image == results["rough.png"]
+    )
     assert (rough_node.interpolation, rough_node.extension) == ("Closest", "EXTEND")
 
     # Files next to the .blend, named <stem>_x4, same format and bit depth; packed -> packed.
@@ -204,6 +231,7 @@ def test_worker_crash_mid_job_changes_nothing(addon, monkeypatch, tmp_path, work
 
 # --- the modal operator's path: UpscaleSession (begin returns at once; the timer steps it) ------------
 
+
 def _wrapper(tmp_path, name: str, body: str) -> str:
     """An executable shell script standing in for the worker's Python."""
     script = tmp_path / name
@@ -238,8 +266,9 @@ def _drive(session, *, interval: float = 0.05, limit: float = 240.0, on_step=Non
     return {"states": states, "longest_step": longest}
 
 
-def test_starting_the_worker_does_not_block_and_the_job_completes(addon, tmp_path, worker_python, tiny_model,
-                                                                  monkeypatch):
+def test_starting_the_worker_does_not_block_and_the_job_completes(
+    addon, tmp_path, worker_python, tiny_model, monkeypatch
+):
     """A cold worker that takes 2 s to start: begin() returns at once, the timer picks up the hello."""
     import time
 
@@ -288,8 +317,9 @@ def test_missing_worker_python_is_reported_at_once(addon, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("case", ["no_texup", "bad_version"])
-def test_worker_start_failures_arrive_through_the_timer_and_change_nothing(addon, tmp_path, monkeypatch,
-                                                                           worker_python, case):
+def test_worker_start_failures_arrive_through_the_timer_and_change_nothing(
+    addon, tmp_path, monkeypatch, worker_python, case
+):
     from blender_addon import service
 
     service.stop_worker()
@@ -320,8 +350,7 @@ def test_worker_start_failures_arrive_through_the_timer_and_change_nothing(addon
     service.stop_worker()
 
 
-def test_cancel_stops_the_worker_at_the_next_tile_and_leaves_no_partial_files(addon, worker_env, tiny_model,
-                                                                              tmp_path):
+def test_cancel_stops_the_worker_at_the_next_tile_and_leaves_no_partial_files(addon, worker_env, tiny_model, tmp_path):
     """Esc / Cancel during a 256x256 texture in 16 px tiles: the worker stops within a few tiles; the
     image finished before stays applied; the cancelled one is untouched in the scene and on disk."""
     from blender_addon import service
@@ -390,8 +419,10 @@ def test_cancel_stops_the_worker_at_the_next_tile_and_leaves_no_partial_files(ad
 
 # --- "Fine-tune on these textures": FineTuneSession (the modal operator's path) and the operator -------
 
-TINY_TRAIN_CONFIG = ('{"data": {"hr_crop": 16, "batch_size": 2, "val_fraction": 0.2}, "eval_every": 0, '
-                     '"checkpoint_every": 0, "tensorboard": false}')
+TINY_TRAIN_CONFIG = (
+    '{"data": {"hr_crop": 16, "batch_size": 2, "val_fraction": 0.2}, "eval_every": 0, '
+    '"checkpoint_every": 0, "tensorboard": false}'
+)
 
 
 def _finetune_setup(tmp_path, tiny_model: str, steps: int) -> None:
@@ -422,8 +453,14 @@ def test_finetune_exports_the_dataset_trains_and_sets_the_model(addon, worker_en
     session = _begin_finetune(["color.png", "rough.png", "packed", "generated", "wall"])
     data_dir = session.job.data_dir
     assert data_dir.startswith(str(tmp_path / "texup_training")) and data_dir.endswith("data")
-    assert sorted(os.listdir(data_dir)) == ["color.png", "generated.png", "packed_src.png", "rough.png",
-                                            "wall_1001.png", "wall_1002.png"]
+    assert sorted(os.listdir(data_dir)) == [
+        "color.png",
+        "generated.png",
+        "packed_src.png",
+        "rough.png",
+        "wall_1001.png",
+        "wall_1002.png",
+    ]
     with open(os.path.join(data_dir, "color.png"), "rb") as copy, open(str(tmp_path / "color.png"), "rb") as orig:
         assert copy.read() == orig.read()  # files go in as they are
     assert session.job.pretrained == tiny_model and session.job.stage == "psnr" and session.job.steps == 4
@@ -497,6 +534,7 @@ def test_blenders_own_validator_accepts_the_manifest():
     validator = scripts / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
     assert validator.is_file(), validator
     addon = Path(__file__).resolve().parents[2] / "blender_addon"
-    run = subprocess.run([sys.executable, str(validator), "validate", str(addon)], capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        [sys.executable, str(validator), "validate", str(addon)], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stdout + run.stderr

@@ -47,15 +47,16 @@ print('INSPECT' + json.dumps({'nodes': nodes, 'images': images}))
 
 
 def blender(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([BLENDER, "-b", "--factory-startup", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [BLENDER, "-b", "--factory-startup", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def inspect(blend: Path) -> dict:
     proc = blender(str(blend), "--python-expr", INSPECT)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("INSPECT")), None)
     assert line is not None, proc.stdout + proc.stderr
-    return json.loads(line[len("INSPECT"):])
+    return json.loads(line[len("INSPECT") :])
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +76,36 @@ def env(worker_python: str) -> dict:
 def test_headless_upscale_saves_relinked_file_reports_and_fails_for_missing(scene_dir, env, tiny_model, tmp_path):
     out_blend = tmp_path / "out.blend"
     report = tmp_path / "report.json"
-    proc = blender(str(scene_dir / "scene.blend"), "--python", str(SCRIPT), "--", "--model", tiny_model,
-                   "--out-dir", str(tmp_path / "up"), "--save-as", str(out_blend), "--report", str(report), env=env)
+    proc = blender(
+        str(scene_dir / "scene.blend"),
+        "--python",
+        str(SCRIPT),
+        "--",
+        "--model",
+        tiny_model,
+        "--out-dir",
+        str(tmp_path / "up"),
+        "--save-as",
+        str(out_blend),
+        "--report",
+        str(report),
+        env=env,
+    )
     # One selected texture (missing.png) failed: non-zero exit, everything else done anyway.
     assert proc.returncode == 1, proc.stdout + proc.stderr
     doc = json.loads(report.read_text())
     rows = {row["name"]: row for row in doc["images"]}
-    assert set(rows) == {"color.png", "rough.png", "normal.png", "leaf.png", "grouptex.png", "packed",
-                         "generated", "wall", "missing.png"}
+    assert set(rows) == {
+        "color.png",
+        "rough.png",
+        "normal.png",
+        "leaf.png",
+        "grouptex.png",
+        "packed",
+        "generated",
+        "wall",
+        "missing.png",
+    }
     assert rows["missing.png"]["status"] == "failed" and "not found" in rows["missing.png"]["error"]
     assert doc["failed"] == 1 and doc["ok"] == 8
     for name, row in rows.items():
@@ -119,9 +142,25 @@ def test_headless_upscale_saves_relinked_file_reports_and_fails_for_missing(scen
 
 def test_headless_filters_scale_and_exit_zero(scene_dir, env, tiny_model, tmp_path):
     report = tmp_path / "r.json"
-    proc = blender(str(scene_dir / "scene.blend"), "--python", str(SCRIPT), "--", "--model", tiny_model,
-                   "--roles", "color", "--max-size", "20", "--scale", "2", "--out-dir", str(tmp_path / "up"),
-                   "--report", str(report), env=env)
+    proc = blender(
+        str(scene_dir / "scene.blend"),
+        "--python",
+        str(SCRIPT),
+        "--",
+        "--model",
+        tiny_model,
+        "--roles",
+        "color",
+        "--max-size",
+        "20",
+        "--scale",
+        "2",
+        "--out-dir",
+        str(tmp_path / "up"),
+        "--report",
+        str(report),
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(report.read_text())
     rows = {row["name"]: row for row in doc["images"] if row["status"] != "skipped"}
@@ -140,11 +179,27 @@ def test_headless_filters_scale_and_exit_zero(scene_dir, env, tiny_model, tmp_pa
 
 def test_headless_timeout_says_it_ran_out_and_how_far(scene_dir, env, tiny_model, tmp_path):
     report = tmp_path / "r.json"
-    proc = blender(str(scene_dir / "scene.blend"), "--python", str(SCRIPT), "--", "--model", tiny_model,
-                   "--out-dir", str(tmp_path / "up"), "--timeout", "0.01", "--report", str(report), env=env)
+    proc = blender(
+        str(scene_dir / "scene.blend"),
+        "--python",
+        str(SCRIPT),
+        "--",
+        "--model",
+        tiny_model,
+        "--out-dir",
+        str(tmp_path / "up"),
+        "--timeout",
+        "0.01",
+        "--report",
+        str(report),
+        env=env,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    said = re.search(r"error: the timeout \(0\.01 s\) ran out at (\d+)% of the job, (\d+) of 9 files written; "
-                     r"the job was cancelled; nothing was changed", proc.stderr)
+    said = re.search(
+        r"error: the timeout \(0\.01 s\) ran out at (\d+)% of the job, (\d+) of 9 files written; "
+        r"the job was cancelled; nothing was changed",
+        proc.stderr,
+    )
     assert said is not None, proc.stderr
     doc = json.loads(report.read_text())
     assert doc["error"].startswith("the timeout (0.01 s) ran out at ")
@@ -154,8 +209,15 @@ def test_headless_timeout_says_it_ran_out_and_how_far(scene_dir, env, tiny_model
 
 def test_headless_worker_errors_name_the_scripts_own_flag(scene_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TEXUP_PYTHON"}
-    proc = blender(str(scene_dir / "scene.blend"), "--python", str(SCRIPT), "--", "--worker-python",
-                   str(tmp_path / "no" / "python"), env=env)
+    proc = blender(
+        str(scene_dir / "scene.blend"),
+        "--python",
+        str(SCRIPT),
+        "--",
+        "--worker-python",
+        str(tmp_path / "no" / "python"),
+        env=env,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "--worker-python" in proc.stderr and "does not exist" in proc.stderr
     assert "preferences" not in proc.stderr
@@ -163,15 +225,28 @@ def test_headless_worker_errors_name_the_scripts_own_flag(scene_dir, tmp_path):
 
 def test_headless_unknown_image_name_is_a_usage_error(scene_dir, env, tmp_path):
     report = tmp_path / "r.json"
-    proc = blender(str(scene_dir / "scene.blend"), "--python", str(SCRIPT), "--", "--images", "nope.png",
-                   "--report", str(report), env=env)
+    proc = blender(
+        str(scene_dir / "scene.blend"),
+        "--python",
+        str(SCRIPT),
+        "--",
+        "--images",
+        "nope.png",
+        "--report",
+        str(report),
+        env=env,
+    )
     assert proc.returncode == 2
     assert "nope.png" in proc.stderr and "nope.png" in json.loads(report.read_text())["error"]
 
 
 def test_built_zip_installs_as_legacy_addon_and_lists_textures(scene_dir, tmp_path):
-    build = subprocess.run(["python3", str(REPO_ROOT / "scripts" / "build_addon.py"), "--out", str(tmp_path)],
-                           capture_output=True, text=True, check=True)
+    build = subprocess.run(
+        ["python3", str(REPO_ROOT / "scripts" / "build_addon.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     zip_path = build.stdout.strip()
     names = zipfile.ZipFile(zip_path).namelist()
     assert "texup_blender/blender_manifest.toml" in names and "texup_blender/bridge/client.py" in names
@@ -186,8 +261,9 @@ def test_built_zip_installs_as_legacy_addon_and_lists_textures(scene_dir, tmp_pa
         "print('ROWS', sorted((i.name, i.role, i.source, i.users) for i in items))\n"
         "bpy.ops.preferences.addon_disable(module='texup_blender')\n"
     )
-    proc = blender(str(scene_dir / "scene.blend"), "--python-expr", code,
-                   env={**os.environ, "BLENDER_USER_SCRIPTS": str(user)})
+    proc = blender(
+        str(scene_dir / "scene.blend"), "--python-expr", code, env={**os.environ, "BLENDER_USER_SCRIPTS": str(user)}
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROWS")), None)
     assert line is not None, proc.stdout + proc.stderr
     assert "('color.png', 'color', 'file', 2)" in line and "('wall', 'color', 'udim', 1)" in line

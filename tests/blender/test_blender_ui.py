@@ -21,8 +21,13 @@ import pytest
 
 BLENDER = shutil.which("blender")
 XVFB_RUN = shutil.which("xvfb-run")
-pytestmark = pytest.mark.skipif(BLENDER is None or XVFB_RUN is None,
-                                reason="needs blender and xvfb-run on PATH (apt-get install -y blender xvfb)")
+pytestmark = [
+    pytest.mark.skipif(
+        BLENDER is None or XVFB_RUN is None,
+        reason="needs blender and xvfb-run on PATH (apt-get install -y blender xvfb)",
+    ),
+    pytest.mark.slow,  # a real Blender window under xvfb
+]
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "ui_screenshot.py"
@@ -38,18 +43,40 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def test_upscale_from_the_panel_in_a_real_window(tmp_path: Path, worker_python: str, tiny_model: str) -> None:
     scene_dir = tmp_path / "scene"
-    built = subprocess.run([BLENDER, "-b", "--factory-startup", "--python", str(BUILDER), "--", str(scene_dir),
-                            "--missing"], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [BLENDER, "-b", "--factory-startup", "--python", str(BUILDER), "--", str(scene_dir), "--missing"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     shot = tmp_path / "panel.png"
     env = dict(os.environ, TEXUP_PYTHON=worker_python)
     proc = subprocess.run(
-        [XVFB_RUN, "-a", "-s", "-screen 0 1280x1024x24", BLENDER, "--factory-startup", "--enable-event-simulate",
-         str(scene_dir / "scene.blend"), "--python", str(DRIVER), "--", tiny_model, str(shot)],
-        capture_output=True, text=True, timeout=400, env=env, cwd=str(tmp_path))
+        [
+            XVFB_RUN,
+            "-a",
+            "-s",
+            "-screen 0 1280x1024x24",
+            BLENDER,
+            "--factory-startup",
+            "--enable-event-simulate",
+            str(scene_dir / "scene.blend"),
+            "--python",
+            str(DRIVER),
+            "--",
+            tiny_model,
+            str(shot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+        cwd=str(tmp_path),
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("UI_DONE ")), None)
     assert line is not None, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    done = json.loads(line[len("UI_DONE "):])
+    done = json.loads(line[len("UI_DONE ") :])
     assert done["error"] is None, done["error"]
     assert done["phase"] == "done"
 
@@ -70,8 +97,11 @@ def test_upscale_from_the_panel_in_a_real_window(tmp_path: Path, worker_python: 
     assert rows["rough_x4"] == ("upscaled", 80, 64)
     assert rows["missing.png"][0] == "missing"
     assert done["nodes"] == {
-        "Mat.A": ["color_x4", "normal_x4", "rough_x4"], "Mat.B": ["color_x4", "leaf_x4"],
-        "Mat.C": ["packed_src_x4"], "Mat.D": ["missing.png", "wall_x4"]}
+        "Mat.A": ["color_x4", "normal_x4", "rough_x4"],
+        "Mat.B": ["color_x4", "leaf_x4"],
+        "Mat.C": ["packed_src_x4"],
+        "Mat.D": ["missing.png", "wall_x4"],
+    }
     out = scene_dir / "textures_upscaled"
     assert {"color_x4.png", "rough_x4.png", "wall_x4.1001.png", "wall_x4.1002.png"} <= {p.name for p in out.iterdir()}
 

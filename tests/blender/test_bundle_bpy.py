@@ -96,10 +96,15 @@ service.stop_worker()
 @pytest.fixture(scope="module")
 def platform_zip(worker_python: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    build = subprocess.run([worker_python, str(REPO_ROOT / "scripts" / "build_addon.py"), "--platform", "linux-x64",
-                            "--out", str(out)], capture_output=True, text=True, timeout=900)
-    if build.returncode != 0 and ("Could not find a version" in build.stdout + build.stderr
-                                  or "NewConnectionError" in build.stdout + build.stderr):
+    build = subprocess.run(
+        [worker_python, str(REPO_ROOT / "scripts" / "build_addon.py"), "--platform", "linux-x64", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if build.returncode != 0 and (
+        "Could not find a version" in build.stdout + build.stderr or "NewConnectionError" in build.stdout + build.stderr
+    ):
         pytest.skip(f"pip cannot download the wheels here: {build.stdout[-500:]}{build.stderr[-500:]}")
     assert build.returncode == 0, build.stdout + build.stderr
     return Path(build.stdout.strip().splitlines()[-1])
@@ -125,27 +130,41 @@ def test_platform_zip_holds_the_wheels_core_and_models_and_passes_blenders_valid
     assert platform_zip.stat().st_size < 200e6
 
     validator = Path(bpy.utils.system_resource("SCRIPTS")) / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
-    run = subprocess.run([sys.executable, str(validator), "validate", str(platform_zip)], capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, str(validator), "validate", str(platform_zip)], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_zip_installed_into_blender_upscales_through_the_bundled_engine_without_torch(platform_zip: Path,
-                                                                                   tmp_path: Path,
-                                                                                   worker_python: str):
+def test_zip_installed_into_blender_upscales_through_the_bundled_engine_without_torch(
+    platform_zip: Path, tmp_path: Path, worker_python: str
+):
     work = tmp_path / "scene"
     work.mkdir()
     script = tmp_path / "install_and_upscale.py"
     script.write_text(_INSTALL_AND_UPSCALE.format(tests=str(Path(__file__).resolve().parent)))
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("TEXUP_PYTHON", "PYTHONPATH", "TEXUP_NCNN_MODELS", "VIRTUAL_ENV")}
-    env.update(BLENDER_USER_RESOURCES=str(tmp_path / "blender_user"), TEXUP_HOME=str(tmp_path / "texup_home"),
-               HOME=str(tmp_path / "home"), PATH="/usr/bin:/bin")
-    run = subprocess.run([sys.executable, str(script), str(platform_zip), str(work), worker_python], capture_output=True,
-                         text=True, timeout=600, env=env, cwd=str(tmp_path))
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("TEXUP_PYTHON", "PYTHONPATH", "TEXUP_NCNN_MODELS", "VIRTUAL_ENV")
+    }
+    env.update(
+        BLENDER_USER_RESOURCES=str(tmp_path / "blender_user"),
+        TEXUP_HOME=str(tmp_path / "texup_home"),
+        HOME=str(tmp_path / "home"),
+        PATH="/usr/bin:/bin",
+    )
+    run = subprocess.run(
+        [sys.executable, str(script), str(platform_zip), str(work), worker_python],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=str(tmp_path),
+    )
     line = next((ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert run.returncode == 0 and line is not None, run.stdout[-3000:] + run.stderr[-3000:]
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
 
     assert result["install"] == ["FINISHED"] and result["upscale"] == ["FINISHED"], result
     # Blender's own Python (here: the bpy environment's) runs the worker with the bundle; no torch in it.
@@ -165,7 +184,7 @@ def test_zip_installed_into_blender_upscales_through_the_bundled_engine_without_
 
     # Once a PyTorch environment exists, it runs the worker (torch engine added), still with the bundled texup.
     line = next(ln for ln in run.stdout.splitlines() if ln.startswith("TORCHENV "))
-    torch_env = json.loads(line[len("TORCHENV "):])
+    torch_env = json.loads(line[len("TORCHENV ") :])
     if torch_env is None:
         pytest.skip(f"{worker_python} is not in a virtual environment: the PyTorch-environment stand-in needs one")
     assert torch_env["source"] == "torch-env" and torch_env["upscale"] == ["FINISHED"], torch_env

@@ -129,15 +129,18 @@ def test_tooltips_explain_tile_zero_and_the_empty_model(addon):
 def slow_model(worker_python: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A random x4 RRDBNet big enough that one 256x256 tile takes several seconds on a small CPU."""
     path = tmp_path_factory.mktemp("slow_model") / "slow_x4.safetensors"
-    code = ("import sys, torch; torch.manual_seed(0); from texup.archs import RRDBNet; "
-            "from texup.weights import save_model; "
-            "save_model(RRDBNet(num_feat=64, num_block=4, num_grow_ch=32, scale=4), sys.argv[1])")
+    code = (
+        "import sys, torch; torch.manual_seed(0); from texup.archs import RRDBNet; "
+        "from texup.weights import save_model; "
+        "save_model(RRDBNet(num_feat=64, num_block=4, num_grow_ch=32, scale=4), sys.argv[1])"
+    )
     subprocess.run([worker_python, "-c", code, str(path)], check=True, timeout=300)
     return str(path)
 
 
-def test_cancel_mid_tile_ends_the_upscale_within_two_seconds_as_cancelled(addon, monkeypatch, worker_python,
-                                                                          slow_model, tmp_path):
+def test_cancel_mid_tile_ends_the_upscale_within_two_seconds_as_cancelled(
+    addon, monkeypatch, worker_python, slow_model, tmp_path
+):
     """One 256x256 tile of a slow model: the cancel is sent at once, the worker stops inside the tile,
     the operator returns CANCELLED (no redo panel) within 2 s, nothing is changed or left on disk."""
     from blender_addon import service

@@ -23,7 +23,7 @@ class RecordingLayout:
     def __init__(self, log: list | None = None) -> None:
         self.log = [] if log is None else log
 
-    def _child(self, *args, **kwargs) -> "RecordingLayout":
+    def _child(self, *args, **kwargs) -> RecordingLayout:
         return RecordingLayout(self.log)
 
     row = column = box = split = _child
@@ -97,7 +97,8 @@ def test_a_path_without_a_working_texup_never_gets_a_tick(setup_ops, monkeypatch
 
 
 def test_drawing_the_preferences_touches_no_file_and_starts_the_first_check_on_a_thread(
-        setup_ops, monkeypatch, worker_python):
+    setup_ops, monkeypatch, worker_python
+):
     from blender_addon import preferences, service
 
     monkeypatch.setenv("TEXUP_PYTHON", worker_python)
@@ -117,6 +118,7 @@ def test_drawing_the_preferences_touches_no_file_and_starts_the_first_check_on_a
             if threading.current_thread() is main:
                 raise AssertionError(f"file access while drawing: {args[:1]}")
             return real(*args, **kwargs)
+
         return call
 
     class Prefs:  # the AddonPreferences' fields, as draw reads them

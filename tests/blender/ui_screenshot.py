@@ -29,13 +29,21 @@ sys.path.insert(0, REPO)
 import blender_addon  # noqa: E402
 from blender_addon import ui  # noqa: E402
 
-args = sys.argv[sys.argv.index("--") + 1:]
+args = sys.argv[sys.argv.index("--") + 1 :]
 MODEL, OUT = args[0], os.path.abspath(args[1])
 CROP_MARGIN = 60  # pixels of viewport kept left of the sidebar in the picture
 blender_addon.register()
 
-state = {"phase": "start", "ticks": 0, "panel_draws": 0, "tab_clicks": 0, "messages": [], "seen_running": False,
-         "invoke_seconds": None, "error": None}
+state = {
+    "phase": "start",
+    "ticks": 0,
+    "panel_draws": 0,
+    "tab_clicks": 0,
+    "messages": [],
+    "seen_running": False,
+    "invoke_seconds": None,
+    "error": None,
+}
 
 _draw_panel = ui._draw_panel
 
@@ -133,8 +141,9 @@ def script():
         if time.monotonic() > deadline:
             raise RuntimeError("the modal operator did not finish in time")
         yield 0.1
-    state["last_operator"] = bpy.context.window_manager.operators[-1].bl_idname \
-        if len(bpy.context.window_manager.operators) else None
+    state["last_operator"] = (
+        bpy.context.window_manager.operators[-1].bl_idname if len(bpy.context.window_manager.operators) else None
+    )
     # The picture: a size limit that leaves some textures out (listed under the list), a row active.
     settings = bpy.context.scene.texup
     settings.model = ""
@@ -166,7 +175,7 @@ def crop_png(path, x0, y0, x1, y1):
         shot.pixels.foreach_get(pixels)
     finally:
         bpy.data.images.remove(shot)
-    rows = [pixels[4 * (y * width + x0):4 * (y * width + x1)] for y in range(y0, y1)]
+    rows = [pixels[4 * (y * width + x0) : 4 * (y * width + x1)] for y in range(y0, y1)]
     cropped = bpy.data.images.new("texup_screenshot", x1 - x0, y1 - y0, alpha=False)
     try:
         cropped.pixels.foreach_set(array("f", b"".join(row.tobytes() for row in rows)))
@@ -204,13 +213,29 @@ def tick():
         if mat.node_tree:
             nodes[mat.name] = sorted(n.image.name for n in mat.node_tree.nodes if n.type == "TEX_IMAGE" and n.image)
     _, _, _, sidebar = view3d()
-    print("UI_DONE " + json.dumps({
-        "error": state["error"], "phase": state["phase"], "tab_clicks": state["tab_clicks"],
-        "panel_draws": state["panel_draws"], "sidebar_width": sidebar.width, "seen_running": state["seen_running"],
-        "messages": state["messages"], "invoke_seconds": state["invoke_seconds"], "rows": rows, "nodes": nodes,
-        "summary": runtime.last_summary, "rows_before": state.get("rows_before"),
-        "execute_result": state.get("execute_result"), "last_operator": state.get("last_operator"),
-        "sidebar_height": sidebar.height}), flush=True)
+    print(
+        "UI_DONE "
+        + json.dumps(
+            {
+                "error": state["error"],
+                "phase": state["phase"],
+                "tab_clicks": state["tab_clicks"],
+                "panel_draws": state["panel_draws"],
+                "sidebar_width": sidebar.width,
+                "seen_running": state["seen_running"],
+                "messages": state["messages"],
+                "invoke_seconds": state["invoke_seconds"],
+                "rows": rows,
+                "nodes": nodes,
+                "summary": runtime.last_summary,
+                "rows_before": state.get("rows_before"),
+                "execute_result": state.get("execute_result"),
+                "last_operator": state.get("last_operator"),
+                "sidebar_height": sidebar.height,
+            }
+        ),
+        flush=True,
+    )
     blender_addon.unregister()
     bpy.ops.wm.quit_blender()
     return None

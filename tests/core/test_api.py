@@ -1,4 +1,5 @@
 """The Python API: cheap import, same operations as the CLI."""
+
 from __future__ import annotations
 
 import os
@@ -9,9 +10,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from realdata import real_image
 
 import texup
-from realdata import real_image
 from texup.archs import RRDBNet
 from texup.weights import LoadedModel, save_model
 

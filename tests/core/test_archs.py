@@ -1,4 +1,5 @@
 """Generator architectures: shapes, parameter names, hparams round trip, input contract."""
+
 from __future__ import annotations
 
 import json
@@ -97,8 +98,14 @@ def test_rrdbnet_gray_and_channel_check() -> None:
 def test_rrdbnet_parameter_names_are_basicsr() -> None:
     net = RRDBNet(scale=4, num_feat=8, num_block=2, num_grow_ch=4)
     names = set(net.state_dict())
-    expected = {"conv_first.weight", "conv_body.weight", "conv_up1.weight", "conv_up2.weight",
-                "conv_hr.weight", "conv_last.weight"}
+    expected = {
+        "conv_first.weight",
+        "conv_body.weight",
+        "conv_up1.weight",
+        "conv_up2.weight",
+        "conv_hr.weight",
+        "conv_last.weight",
+    }
     expected |= {f"body.{i}.rdb{k}.conv{j}.weight" for i in range(2) for k in (1, 2, 3) for j in range(1, 6)}
     assert expected | {n.replace(".weight", ".bias") for n in expected} == names
     assert net.body[1].rdb3.conv5.weight.shape == (8, 8 + 4 * 4, 3, 3)

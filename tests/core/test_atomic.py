@@ -1,4 +1,5 @@
 """texup._atomic.atomic_path: permissions from the umask, the folder flushed after the rename, no leftovers."""
+
 from __future__ import annotations
 
 import os

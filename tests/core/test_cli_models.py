@@ -1,4 +1,5 @@
 """``texup models list | fetch | convert | info`` through the real CLI entry point."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +23,6 @@ from texup.cli.main import main
 from texup.weights import load_model
 from texup.weights.cache import models_dir, sha256_file
 from texup.weights.registry import KNOWN_MODELS
-
 
 
 @pytest.fixture(autouse=True)
@@ -186,8 +186,13 @@ def test_installed_console_script(home: Path) -> None:
     exe = Path(sys.executable).with_name("texup")
     if not exe.exists():
         pytest.skip(f"console script not installed next to {sys.executable}")
-    result = subprocess.run([str(exe), "models", "list"], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "TEXUP_HOME": str(home)})
+    result = subprocess.run(
+        [str(exe), "models", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TEXUP_HOME": str(home)},
+    )
     assert result.returncode == 0, result.stderr
     assert all(name in result.stdout for name in KNOWN_MODELS)
     assert str(home) in result.stdout

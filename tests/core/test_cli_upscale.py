@@ -1,4 +1,5 @@
 """`texup upscale` end to end: files, folders, globs, bad inputs, never over an input, formats kept."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from realdata import real_image
+
 from texup.archs import RRDBNet
 from texup.cli.main import main
 from texup.imageio import probe_image, read_image, write_image
@@ -102,6 +103,7 @@ def test_bad_inputs_reported_one_line_each_and_batch_continues(tiny_model, photo
     # a valid PNG signature and IHDR claiming 100000 x 100000 pixels, then nothing
     import struct
     import zlib
+
     ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
     chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
     (bad / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
@@ -172,20 +174,23 @@ def test_unknown_model_is_a_clear_error(photo, tmp_path, capsys):
     assert "no-such-model" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the real x4plus model through the console script
 def test_console_script_with_default_pretrained_model(photo, tmp_path, texup_home):
     """The installed `texup` command runs the real default model offline and prints where the result is."""
     exe = Path(sys.executable).with_name("texup")
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "texup"]
     out = tmp_path / "out"
     env = {**os.environ, "TEXUP_HOME": str(texup_home)}
-    proc = subprocess.run([*command, "upscale", str(photo), "-o", str(out)], capture_output=True, text=True,
-                          env=env, timeout=600)
+    proc = subprocess.run(
+        [*command, "upscale", str(photo), "-o", str(out)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     assert str(out / "photo_x4.png") in proc.stdout
     assert probe_image(out / "photo_x4.png").width == 53 * 4
 
 
 # --- reliability (issue 11) ---------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def _fifo_watch(fifo: Path):
@@ -276,10 +281,18 @@ def test_out_dir_that_is_a_file_is_a_clear_usage_error(photo, tmp_path, capsys):
         assert "is a file, not a folder" in err and "File exists" not in err
 
 
-@pytest.mark.parametrize("error", [TypeError("unsupported operand"), AttributeError("'NoneType' has no 'shape'"),
-                                   KeyError(273), IndexError("list index out of range")])
-def test_a_decoder_crash_is_one_files_error_and_the_batch_goes_on(tiny_model, photo, tmp_path, capsys, monkeypatch,
-                                                                  error):
+@pytest.mark.parametrize(
+    "error",
+    [
+        TypeError("unsupported operand"),
+        AttributeError("'NoneType' has no 'shape'"),
+        KeyError(273),
+        IndexError("list index out of range"),
+    ],
+)
+def test_a_decoder_crash_is_one_files_error_and_the_batch_goes_on(
+    tiny_model, photo, tmp_path, capsys, monkeypatch, error
+):
     # A fuzzed TIFF made tifffile raise TypeError/AttributeError, which escaped as a traceback and ended the batch.
     from texup.imageio import _tiff
 
@@ -324,13 +337,29 @@ def test_never_replaces_a_file_texup_did_not_write(tiny_model, tmp_path, capsys)
     original = folder / "small.jpg"
     write_image(original, np.full((9, 7, 3), 40, np.uint8))
     before = original.read_bytes()
-    assert run_cli("upscale", folder / "small.png", "-o", folder, "--format", "jpg", "--suffix", "",
-                   "--model", tiny_model) == 1
+    assert (
+        run_cli("upscale", folder / "small.png", "-o", folder, "--format", "jpg", "--suffix", "", "--model", tiny_model)
+        == 1
+    )
     assert original.read_bytes() == before
     assert "small.jpg exists and is not an unchanged earlier texup output; not replacing it" in capsys.readouterr().err
     # --overwrite is the explicit way to replace it (never an input of the run).
-    assert run_cli("upscale", folder / "small.png", "-o", folder, "--format", "jpg", "--suffix", "",
-                   "--model", tiny_model, "--overwrite") == 0
+    assert (
+        run_cli(
+            "upscale",
+            folder / "small.png",
+            "-o",
+            folder,
+            "--format",
+            "jpg",
+            "--suffix",
+            "",
+            "--model",
+            tiny_model,
+            "--overwrite",
+        )
+        == 0
+    )
     assert original.read_bytes() != before
 
 

@@ -1,5 +1,6 @@
 """texup.cluster against a real Ray cluster on this machine: a head node and a second node process
 (`ray start --head`, then `ray start --address`), each with one CPU, as a farm of two machines would be."""
+
 from __future__ import annotations
 
 import os
@@ -17,6 +18,8 @@ pytest.importorskip("ray")
 from texup.cluster import run_on_ray  # noqa: E402
 from texup.imageio import read_image, write_image  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts Ray clusters
+
 RAY = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
 
 
@@ -31,14 +34,35 @@ def cluster(tmp_path_factory):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     port = _free_port()
     temp = tmp_path_factory.mktemp("ray")
-    head = subprocess.run([RAY, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard=false",
-                           "--disable-usage-stats", "--temp-dir", str(temp)], capture_output=True, text=True,
-                          timeout=180, env=env)
+    head = subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--temp-dir",
+            str(temp),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
     if head.returncode != 0:
         pytest.fail(f"ray start --head failed: {head.stdout[-1500:]}{head.stderr[-1500:]}")
     try:
-        worker = subprocess.run([RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
-                                capture_output=True, text=True, timeout=180, env=env)
+        worker = subprocess.run(
+            [RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+        )
         assert worker.returncode == 0, worker.stdout[-1500:] + worker.stderr[-1500:]
         yield f"127.0.0.1:{port}"
     finally:
@@ -63,8 +87,15 @@ def test_files_spread_over_two_nodes_one_warm_model_each_failures_per_file(clust
     tasks.insert(3, (str(bad), str(tmp_path / "out" / "bad_x4.png")))
     seen = []
 
-    outcomes = run_on_ray(tasks, model="realesr-animevideov3", engine="ncnn", device="cpu", options={},
-                          address=cluster, on_outcome=seen.append)
+    outcomes = run_on_ray(
+        tasks,
+        model="realesr-animevideov3",
+        engine="ncnn",
+        device="cpu",
+        options={},
+        address=cluster,
+        on_outcome=seen.append,
+    )
 
     assert [o.index for o in outcomes] == list(range(len(tasks))) and len(seen) == len(tasks)
     failed = [o for o in outcomes if not o.ok]
@@ -90,8 +121,24 @@ def test_texup_upscale_ray_uses_the_same_plan_manifest_and_error_lines(cluster, 
         write_image(src / ("sub" if i % 2 else "") / f"t{i}.png", (rng.random((16, 20, 3)) * 255).astype(np.uint8))
     (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "texup", "upscale", str(src), "-r", "-o", str(out), "--model", "realesr-animevideov3",
-           "--engine", "ncnn", "--device", "cpu", "--ray", cluster]
+    cmd = [
+        sys.executable,
+        "-m",
+        "texup",
+        "upscale",
+        str(src),
+        "-r",
+        "-o",
+        str(out),
+        "--model",
+        "realesr-animevideov3",
+        "--engine",
+        "ncnn",
+        "--device",
+        "cpu",
+        "--ray",
+        cluster,
+    ]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert first.returncode == 1, first.stderr[-3000:]
@@ -101,8 +148,7 @@ def test_texup_upscale_ray_uses_the_same_plan_manifest_and_error_lines(cluster, 
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert written == ["sub/t1_x4.png", "sub/t3_x4.png", "t0_x4.png", "t2_x4.png", "t4_x4.png"]
     manifest = json.loads((out / ".texup" / "outputs.json").read_text())
-    assert set(written) <= set(manifest["files"]) and all(
-        manifest["files"][k]["source_sha256"] for k in written)
+    assert set(written) <= set(manifest["files"]) and all(manifest["files"][k]["source_sha256"] for k in written)
     # The same manifest as one machine's: a rerun (here without Ray) finds everything up to date.
     again = subprocess.run(cmd[:-2], capture_output=True, text=True, timeout=300, env=env)
     assert "0 upscaled, 5 up to date" in again.stderr, again.stderr[-2000:]

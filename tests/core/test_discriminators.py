@@ -1,4 +1,5 @@
 """Discriminators: shapes, gradients and crop-size rules on tiny widths (fast on CPU)."""
+
 from __future__ import annotations
 
 import pytest
@@ -79,11 +80,17 @@ def test_vgg19_fc4_full_layout_at_224() -> None:
     pools = [m for m in disc.features if isinstance(m, torch.nn.MaxPool2d)]
     assert len(convs) == 16 and all(c.kernel_size == (3, 3) for c in convs)
     assert len(pools) == 5 and all(p.kernel_size == 2 and p.stride == 2 for p in pools)
-    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d, torch.nn.GroupNorm,
-                                  torch.nn.LayerNorm)) for m in disc.modules())
+    assert not any(
+        isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d, torch.nn.GroupNorm, torch.nn.LayerNorm))
+        for m in disc.modules()
+    )
     linears = [m for m in disc.modules() if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [
-        (25088, 4096), (4096, 4096), (4096, 1000), (1000, 1000)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [
+        (25088, 4096),
+        (4096, 4096),
+        (4096, 1000),
+        (1000, 1000),
+    ]
     with torch.no_grad():
         out, feats = disc.forward_features(torch.rand(1, 3, 224, 224))
     assert out.shape == (1, 1000) and torch.isfinite(out).all() and out.std() > 0
@@ -144,7 +151,7 @@ def test_vgg19_discriminator_full_layout() -> None:
     assert len(convs) == 16 and len(pools) == 5
     assert [c.out_channels for c in convs] == [64] * 2 + [128] * 2 + [256] * 4 + [512] * 8
     linears = [m for m in disc.classifier if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(512 * 49, 4096), (4096, 4096), (4096, 1000)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(512 * 49, 4096), (4096, 4096), (4096, 1000)]
     assert disc.head.out_features == 1
 
 

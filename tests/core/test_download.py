@@ -1,4 +1,5 @@
 """texup.weights.download and fetch_model against a local HTTP server (127.0.0.1, no real network)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -391,10 +392,19 @@ def test_concurrent_fetches_of_one_file_take_turns_and_download_once(server, tmp
     data = _payload(2_000_000)
     state.files["/w.pth"] = data
     dest = tmp_path / "w.pth"
-    code = ("import sys; from texup.weights.download import download; "
-            "download(sys.argv[1], sys.argv[2], sha256=sys.argv[3]); print('ok')")
-    procs = [subprocess.Popen([sys.executable, "-c", code, f"{base}/w.pth", str(dest), _sha(data)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    code = (
+        "import sys; from texup.weights.download import download; "
+        "download(sys.argv[1], sys.argv[2], sha256=sys.argv[3]); print('ok')"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, f"{base}/w.pth", str(dest), _sha(data)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     assert dest.read_bytes() == data and not dest.with_name("w.pth.part").exists()

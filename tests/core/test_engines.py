@@ -1,4 +1,5 @@
 """Engines (texup.engines): ncnn and torch give the same pixels, auto picks by measurement, cancel inside a tile."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from realdata import real_image
+
 from texup.engines import select
 from texup.engines.base import Cancelled, Engine
 from texup.engines.select import Candidate, open_engine
@@ -64,10 +65,19 @@ def test_a_model_made_by_texup_train_x2_pixel_unshuffle_exports_and_matches(tmp_
     Image.fromarray(real_image("coffee.png")[:100, :90]).save(data / "coffee.png")
     cfg = TrainConfig(
         data=DataConfig(root=str(data), hr_crop=32, batch_size=2, val_fraction=0.0),
-        out_dir=str(tmp_path / "run"), stage="psnr", steps=3, precision="fp32", device="cpu", seed=1,
-        generator=GeneratorConfig(pretrained=None, arch="RRDBNet",
-                                  hparams={"scale": 2, "num_feat": 16, "num_block": 2, "num_grow_ch": 8}),
-        optim=OptimConfig(lr_g=2e-3, ema_decay=0.0), eval_every=0, checkpoint_every=0, log_every=1,
+        out_dir=str(tmp_path / "run"),
+        stage="psnr",
+        steps=3,
+        precision="fp32",
+        device="cpu",
+        seed=1,
+        generator=GeneratorConfig(
+            pretrained=None, arch="RRDBNet", hparams={"scale": 2, "num_feat": 16, "num_block": 2, "num_grow_ch": 8}
+        ),
+        optim=OptimConfig(lr_g=2e-3, ema_decay=0.0),
+        eval_every=0,
+        checkpoint_every=0,
+        log_every=1,
         tensorboard=False,
     )
     result = train(cfg)
@@ -112,8 +122,10 @@ def test_whole_pipeline_same_pixels_on_both_engines_16bit_rgba_tiles_and_seams()
     alpha = np.tile(np.linspace(0, 65535, 37, dtype=np.uint16), (41, 1))[:, :, None]
     pixels = np.concatenate([rgb.astype(np.uint16) * 257, alpha], axis=2)
     options = UpscaleOptions(tile=16, overlap=4, seamless="on")
-    outs = [Upscaler("realesr-animevideov3", engine=e, device="cpu", precision="fp32").upscale_array(pixels, options)
-            for e in ("ncnn", "torch")]
+    outs = [
+        Upscaler("realesr-animevideov3", engine=e, device="cpu", precision="fp32").upscale_array(pixels, options)
+        for e in ("ncnn", "torch")
+    ]
     assert outs[0].shape == (164, 148, 4) and outs[0].dtype == np.uint16
     assert psnr(outs[0], outs[1], peak=65535.0) >= 50.0
 
@@ -151,7 +163,10 @@ def test_software_vulkan_is_never_an_auto_candidate(monkeypatch):
     from texup.engines import ncnn_engine
     from texup.engines.ncnn_engine import VulkanDevice
 
-    fake = (VulkanDevice(0, "llvmpipe (LLVM 15.0.6, 256 bits)", "cpu"), VulkanDevice(1, "AMD Radeon RX 7600", "discrete"))
+    fake = (
+        VulkanDevice(0, "llvmpipe (LLVM 15.0.6, 256 bits)", "cpu"),
+        VulkanDevice(1, "AMD Radeon RX 7600", "discrete"),
+    )
     monkeypatch.setattr(ncnn_engine, "vulkan_devices", lambda: fake)
     keys = [c.key for c in select.candidates()]
     assert "ncnn/vulkan:1/auto" in keys and "ncnn/vulkan:0/auto" not in keys
@@ -176,8 +191,10 @@ def test_auto_measures_once_keeps_the_fastest_and_reuses_the_choice(monkeypatch,
     assert any("measuring" in line for line in lines) and any("0.50 s" in line for line in lines)
     table = json.loads((tmp_path / "engines.json").read_text())
     (entry,) = table[select.machine_key()].values()
-    assert entry["choice"] == "ncnn/cpu/auto" and entry["seconds_per_mpx"] == {"torch/cpu/fp32": 2.0,
-                                                                                "ncnn/cpu/auto": 0.5}
+    assert entry["choice"] == "ncnn/cpu/auto" and entry["seconds_per_mpx"] == {
+        "torch/cpu/fp32": 2.0,
+        "ncnn/cpu/auto": 0.5,
+    }
     timed.clear()
     assert open_engine("realesr-animevideov3").name == "ncnn" and timed == []  # cached: nothing re-measured
     # Another machine (other CPU flags or GPUs) measures again, and here torch wins.
@@ -220,8 +237,11 @@ def test_pipeline_progress_reports_fractions_between_tiles(monkeypatch):
     monkeypatch.setattr(pipeline.time, "monotonic", iter(range(10**6)).__next__)  # every call 1 s apart
     seen: list[tuple[float, int]] = []
     up = Upscaler("realesr-animevideov3", engine="ncnn", device="cpu")
-    up.upscale_array(real_image("gravel.png", (0, 0, 20, 40)), UpscaleOptions(tile=20, overlap=2, seamless="off"),
-                     progress=lambda d, t: seen.append((d, t)))
+    up.upscale_array(
+        real_image("gravel.png", (0, 0, 20, 40)),
+        UpscaleOptions(tile=20, overlap=2, seamless="off"),
+        progress=lambda d, t: seen.append((d, t)),
+    )
     assert seen[0] == (0, 2) and seen[-1] == (2, 2)
     assert any(0 < d < 1 for d, _ in seen) and [d for d, _ in seen] == sorted(d for d, _ in seen)
 
@@ -242,22 +262,35 @@ def test_texup_upscales_without_torch_through_ncnn(tmp_path):
     src = tmp_path / "wall.png"
     Image.fromarray(real_image("brick.png", (0, 0, 30, 26))[:, :, 0]).save(src)
     env = {**os.environ, "TEXUP_HOME": str(tmp_path / "home")}
-    run = subprocess.run([sys.executable, "-c", _NO_TORCH, "upscale", str(src), "-o", str(tmp_path / "out")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, "upscale", str(src), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     out = Image.open(tmp_path / "out" / "wall_x4.png")
     assert out.size == (104, 120) and out.mode == "L"
-    refused = subprocess.run([sys.executable, "-c", _NO_TORCH, "upscale", str(src), "-o", str(tmp_path / "o2"),
-                              "--engine", "torch"], capture_output=True, text=True, env=env, timeout=300)
+    refused = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, "upscale", str(src), "-o", str(tmp_path / "o2"), "--engine", "torch"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert refused.returncode == 1 and "needs PyTorch" in refused.stderr and "Traceback" not in refused.stderr
-    engines = subprocess.run([sys.executable, "-c", _NO_TORCH, "engines"], capture_output=True, text=True, env=env,
-                             timeout=300)
+    engines = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, "engines"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert engines.returncode == 0 and "torch: not installed" in engines.stdout and "ncnn/cpu/auto" in engines.stdout
 
 
-@pytest.mark.parametrize("arch,hparams", [("RRDBNet", {"scale": s, "num_feat": 8, "num_block": 1, "num_grow_ch": 4})
-                                          for s in (1, 2, 4, 8)]
-                         + [("SRVGGNetCompact", {"num_feat": 8, "num_conv": 1, "upscale": 3})])
+@pytest.mark.parametrize(
+    "arch,hparams",
+    [("RRDBNet", {"scale": s, "num_feat": 8, "num_block": 1, "num_grow_ch": 4}) for s in (1, 2, 4, 8)]
+    + [("SRVGGNetCompact", {"num_feat": 8, "num_conv": 1, "upscale": 3})],
+)
 def test_numpy_side_knows_scale_and_input_multiple_as_the_torch_archs_do(arch, hparams):
     from texup.archs import build
     from texup.weights.arrays import scale_and_multiple
@@ -306,4 +339,5 @@ def test_ncnn_threads_follow_omp_num_threads_as_schedulers_set_it(monkeypatch):
     assert open_engine("realesr-animevideov3", engine="ncnn", device="cpu").threads == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "junk")
     assert open_engine("realesr-animevideov3", engine="ncnn", device="cpu").threads == max(
-        1, ncnn.get_physical_big_cpu_count())
+        1, ncnn.get_physical_big_cpu_count()
+    )

@@ -4,6 +4,7 @@
 The engines live in scripts/fuzz.py (which runs them longer); here a fixed seed and small counts keep the
 run deterministic and under a minute on a 2-core machine. Regression tests for what the fuzzing found follow.
 """
+
 from __future__ import annotations
 
 import io
@@ -67,8 +68,11 @@ def test_mutated_files_decode_to_their_header_or_are_refused_naming_the_file(cor
     mutants = fuzz.make_mutants(seeds, FILE_MUTANTS, np.random.default_rng(SEED), work / "decode")
     before = _listing(work / "decode")
     results = fuzz.decode_all(mutants, work, per_file_timeout=20)
-    findings = [f"{r.outcome}: {r.mutant.path.name} ({r.mutant.how}): {r.detail}" for r in results
-                if r.outcome not in ("decoded", "refused")]
+    findings = [
+        f"{r.outcome}: {r.mutant.path.name} ({r.mutant.how}): {r.detail}"
+        for r in results
+        if r.outcome not in ("decoded", "refused")
+    ]
     assert not findings, "\n".join(findings)
     table = fuzz.summarize(results)
     assert set(table) == set(FORMATS)
@@ -111,6 +115,7 @@ def test_the_decode_harness_catches_hangs_crashes_and_wrong_exceptions(corpus, t
 
 # --- regressions found by the fuzzing --------------------------------------------------------------------------
 
+
 def test_a_lone_surrogate_in_an_echoed_id_does_not_stop_the_worker():
     """``{"id": "\\ud800"}`` is valid JSON; echoing it made the UTF-8 protocol stream raise UnicodeEncodeError,
     which the worker took for a closed pipe: it stopped and the next ping went unanswered."""
@@ -148,8 +153,10 @@ def test_numbers_json_accepts_but_texup_cannot_use_are_protocol_errors():
 def test_the_worker_finishes_a_job_with_a_huge_integer_option_with_done(tmp_path):
     from texup.worker.server import WorkerServer
 
-    line = ('{"type": "upscale", "id": "j", "options": {"overlap": 1' + "0" * 400 + ', "tile": 64}, "items": []}\n'
-            '{"type": "upscale", "id": "k", "options": {"scale": NaN}, "items": []}\n').encode()
+    line = (
+        '{"type": "upscale", "id": "j", "options": {"overlap": 1' + "0" * 400 + ', "tile": 64}, "items": []}\n'
+        '{"type": "upscale", "id": "k", "options": {"scale": NaN}, "items": []}\n'
+    ).encode()
     raw = io.BytesIO()
     out = io.TextIOWrapper(raw, encoding="utf-8", newline="\n", write_through=True)
     server = WorkerServer(io.BytesIO(line), out, get_upscaler=lambda *a, **k: None)

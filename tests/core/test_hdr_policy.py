@@ -5,12 +5,13 @@ everything else towards black before the model: away from that pixel the upscale
 against the upscale of the same image without it. The tone curve (:class:`texup.inference.policy.HdrCurve`)
 encodes each pixel on its own, from an exposure that a few bright pixels cannot move.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from realdata import real_image
+
 from texup.imageio import linear_to_srgb, srgb_to_linear
 from texup.inference import policy
 from texup.inference.pipeline import UpscaleOptions, Upscaler

@@ -1,4 +1,5 @@
 """texup.imageio: round trips per format, bit depth from the file, bad inputs, atomic writes, conversions."""
+
 from __future__ import annotations
 
 import io
@@ -12,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-
 from realdata import real_image, real_image_path
+
 from texup.errors import ImageReadError, ImageWriteError
 from texup.imageio import (
-    ImageInfo,
     SUPPORTED_EXTENSIONS,
+    ImageInfo,
+    _png,
     extension_for,
     format_for_path,
     from_float32,
@@ -28,7 +30,6 @@ from texup.imageio import (
     to_float32,
     write_image,
 )
-from texup.imageio import _png
 
 H, W = 37, 53  # odd on purpose
 
@@ -350,7 +351,9 @@ def test_unsupported_modes_and_formats_give_a_reason(tmp_path):
     _assert_read_error(tmp_path / "gif_named.png", "gif files are not supported")
     import OpenEXR
 
-    OpenEXR.File({}, {"Z": np.zeros((H, W), np.float32), "ID": np.zeros((H, W), np.uint32)}).write(str(tmp_path / "data.exr"))
+    OpenEXR.File({}, {"Z": np.zeros((H, W), np.float32), "ID": np.zeros((H, W), np.uint32)}).write(
+        str(tmp_path / "data.exr")
+    )
     _assert_read_error(tmp_path / "data.exr", "no r,g,b or y channels")
 
 
@@ -453,7 +456,15 @@ def test_float_conversions():
 
 def test_names_and_suffixes():
     assert format_for_path("a/b.TIF") == "tiff" and format_for_path("x.jpeg") == "jpeg"
-    assert {format_for_path("x" + s) for s in SUPPORTED_EXTENSIONS} == {"png", "jpeg", "tga", "tiff", "bmp", "webp", "exr"}
+    assert {format_for_path("x" + s) for s in SUPPORTED_EXTENSIONS} == {
+        "png",
+        "jpeg",
+        "tga",
+        "tiff",
+        "bmp",
+        "webp",
+        "exr",
+    }
     for s in SUPPORTED_EXTENSIONS:
         assert format_for_path("x" + extension_for(format_for_path("x" + s))) == format_for_path("x" + s)
     with pytest.raises(ValueError, match=".dds"):
@@ -480,7 +491,9 @@ def test_exr_from_other_writers_tiled_layered_multipart(tmp_path):
     OpenEXR.File({"type": OpenEXR.tiledimage, "tiles": tiles}, {"RGB": rgb}).write(str(tmp_path / "tiled.exr"))
     layered = {f"diffuse.{c}": p for c, p in planes.items()} | {"depth.Z": planes["R"]}
     OpenEXR.File({}, layered).write(str(tmp_path / "layered.exr"))
-    OpenEXR.File([OpenEXR.Part({}, {"RGB": rgb}), OpenEXR.Part({}, {"Z": planes["G"]})]).write(str(tmp_path / "multi.exr"))
+    OpenEXR.File([OpenEXR.Part({}, {"RGB": rgb}), OpenEXR.Part({}, {"Z": planes["G"]})]).write(
+        str(tmp_path / "multi.exr")
+    )
     for name in ("tiled.exr", "layered.exr", "multi.exr"):
         image = read_image(tmp_path / name)
         assert (image.info.channels, image.info.dtype) == (3, "float32"), name
@@ -523,7 +536,7 @@ def test_tifffile_log_lines_about_a_damaged_file_do_not_reach_the_user(tmp_path:
     bad.write_bytes(bytes(data))
     caplog.set_level(logging.WARNING, logger="tifffile")
     with tifffile.TiffFile(bad) as tif:  # tifffile itself logs about this file...
-        tif.pages.first
+        _ = tif.pages.first
     assert any(r.name == "tifffile" for r in caplog.records)
     caplog.clear()
     try:  # ...but not while texup reads it: one ImageReadError (or the pixels) and nothing else

@@ -1,5 +1,6 @@
 """Libraries and farms (issue 13): the manifest, incremental reruns, --dry-run, --force, --shard, kills and
 concurrent runs over one output folder."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,18 @@ from texup.archs import RRDBNet
 from texup.cli.main import main
 from texup.imageio import read_image, write_image
 from texup.library import (
-    NEW, SOURCE_CHANGED, UP_TO_DATE, Settings, WorkItem, expand_inputs, make_plan,
-    model_identity, parse_shard, pixel_options, shard_of, take_shard,
+    NEW,
+    SOURCE_CHANGED,
+    UP_TO_DATE,
+    Settings,
+    WorkItem,
+    expand_inputs,
+    make_plan,
+    model_identity,
+    parse_shard,
+    pixel_options,
+    shard_of,
+    take_shard,
 )
 from texup.outputs import OutputRecord
 from texup.weights import save_model
@@ -70,6 +81,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 # --- shards --------------------------------------------------------------------------------------------------
 
+
 def test_shards_cover_the_inputs_once_and_adding_files_moves_no_other():
     items = [WorkItem(Path(f"/lib/{d}/tex{i}.png"), Path(d)) for d in ("a", "b", "c") for i in range(200)]
     for count in (1, 2, 3, 7, 16):
@@ -81,8 +93,9 @@ def test_shards_cover_the_inputs_once_and_adding_files_moves_no_other():
     more = items + [WorkItem(Path(f"/lib/new/n{i}.png"), Path("new")) for i in range(50)]
     assert all(shard_of(i, 7) == shard_of(j, 7) for i, j in zip(items, more))
     # where the library is mounted does not matter, only the path below the folder given
-    assert shard_of(WorkItem(Path("/mnt/x/a/t.png"), Path("a")), 5) == shard_of(WorkItem(Path("D:/lib/a/t.png"),
-                                                                                       Path("a")), 5)
+    assert shard_of(WorkItem(Path("/mnt/x/a/t.png"), Path("a")), 5) == shard_of(
+        WorkItem(Path("D:/lib/a/t.png"), Path("a")), 5
+    )
 
 
 @pytest.mark.parametrize("text", ["0/3", "4/3", "1/0", "a/b", "3", "-1/2", "1/2/3"])
@@ -113,6 +126,7 @@ def test_shard_runs_do_their_share_and_the_manifest_merges(tiny_model, tmp_path,
 
 # --- incremental reruns ---------------------------------------------------------------------------------------
 
+
 def test_a_rerun_does_exactly_what_changed_and_says_why(tiny_model, tmp_path, capsys):
     lib = _library(tmp_path / "lib", 4)
     _age(lib)
@@ -140,8 +154,23 @@ def test_a_rerun_does_exactly_what_changed_and_says_why(tiny_model, tmp_path, ca
 
     assert run_cli("upscale", tmp_path / "lib", "-o", out, "--model", tiny_model, "--seamless", "off") == 0
     assert "4 changed and redone (4 options changed)" in _summary(capsys.readouterr().err)
-    assert run_cli("upscale", tmp_path / "lib", "-o", out, "--model", tiny_model, "--seamless", "off",
-                   "--tile", "16", "--overlap", "4") == 0  # tile and overlap change pixels only within rounding
+    assert (
+        run_cli(
+            "upscale",
+            tmp_path / "lib",
+            "-o",
+            out,
+            "--model",
+            tiny_model,
+            "--seamless",
+            "off",
+            "--tile",
+            "16",
+            "--overlap",
+            "4",
+        )
+        == 0
+    )  # tile and overlap change pixels only within rounding
     assert "0 upscaled, 4 up to date" in _summary(capsys.readouterr().err)
     other = _tiny(tmp_path / "other_x4.safetensors", 1)
     assert run_cli("upscale", tmp_path / "lib", "-o", out, "--model", other, "--seamless", "off") == 0
@@ -193,8 +222,7 @@ def test_dry_run_lists_each_output_with_its_reason_and_writes_nothing(tiny_model
     assert list((out / ".texup" / "journal").iterdir()) == []
 
 
-def test_skip_existing_still_looks_at_names_only_and_force_never_replaces_foreign_files(tiny_model, tmp_path,
-                                                                                         capsys):
+def test_skip_existing_still_looks_at_names_only_and_force_never_replaces_foreign_files(tiny_model, tmp_path, capsys):
     lib = _library(tmp_path / "lib", 2)
     out = tmp_path / "out"
     assert run_cli("upscale", tmp_path / "lib", "-o", out, "--model", tiny_model) == 0
@@ -223,15 +251,23 @@ def test_the_plan_needs_no_model_and_names_the_model_by_content(tmp_path, tiny_m
     copy.write_bytes(tiny_model.read_bytes() + b" ")
     assert model_identity(str(tiny_model), record) != model_identity(str(copy), record)
     items, problems = expand_inputs([str(tmp_path / "lib")], recursive=False)
-    settings = Settings(out_dir=tmp_path / "out", suffix="_x4", fmt=None, model="m", texup="0",
-                        options=pixel_options(scale=None, size=None, seamless="auto", role="color"))
+    settings = Settings(
+        out_dir=tmp_path / "out",
+        suffix="_x4",
+        fmt=None,
+        model="m",
+        texup="0",
+        options=pixel_options(scale=None, size=None, seamless="auto", role="color"),
+    )
     plan = make_plan(items, settings, record)
     assert [p.reason for p in plan.todo] == [NEW, NEW] and not problems
-    code = ("import sys, texup.library as L; from pathlib import Path; r = L.OutputRecord(sys.argv[2]); "
-            "L.model_identity('realesr-animevideov3', r); "
-            "items, _ = L.expand_inputs([sys.argv[1]], recursive=False); "
-            "s = L.Settings(out_dir=Path(sys.argv[2]), suffix='', fmt=None, model='m', texup='0', options={}); "
-            "assert len(L.make_plan(items, s, r).todo) == 2; assert 'torch' not in sys.modules")
+    code = (
+        "import sys, texup.library as L; from pathlib import Path; r = L.OutputRecord(sys.argv[2]); "
+        "L.model_identity('realesr-animevideov3', r); "
+        "items, _ = L.expand_inputs([sys.argv[1]], recursive=False); "
+        "s = L.Settings(out_dir=Path(sys.argv[2]), suffix='', fmt=None, model='m', texup='0', options={}); "
+        "assert len(L.make_plan(items, s, r).todo) == 2; assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "lib"), str(tmp_path / "out")], check=True)
     assert len(lib) == 2
 
@@ -248,11 +284,23 @@ def test_a_known_model_is_named_by_the_files_its_weights_come_from(tmp_path):
 
 # --- kills and concurrent runs --------------------------------------------------------------------------------
 
+
 def test_a_run_killed_mid_batch_is_continued_by_the_next_run(tiny_model, tmp_path):
     lib = _library(tmp_path / "lib", 40, size=48)
     out = tmp_path / "out"
-    command = [*TEXUP, "upscale", str(tmp_path / "lib"), "-o", str(out), "--model", str(tiny_model),
-               "--engine", "torch", "--device", "cpu"]
+    command = [
+        *TEXUP,
+        "upscale",
+        str(tmp_path / "lib"),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_model),
+        "--engine",
+        "torch",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     written = 0
@@ -342,8 +390,19 @@ def test_concurrent_records_over_one_folder_keep_every_entry(tmp_path):
 def test_concurrent_cli_runs_over_one_output_folder(tiny_model, tmp_path):
     lib = _library(tmp_path / "lib", 16)
     out = tmp_path / "out"
-    base = [*TEXUP, "upscale", str(tmp_path / "lib"), "-o", str(out), "--model", str(tiny_model),
-            "--engine", "torch", "--device", "cpu"]
+    base = [
+        *TEXUP,
+        "upscale",
+        str(tmp_path / "lib"),
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_model),
+        "--engine",
+        "torch",
+        "--device",
+        "cpu",
+    ]
     runs = [base + ["--shard", "1/2"], base + ["--shard", "2/2"], base]  # the third does the same inputs again
     procs = [subprocess.Popen(r, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in runs]
     results = [p.communicate(timeout=600) for p in procs]

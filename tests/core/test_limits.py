@@ -1,7 +1,7 @@
 """texup.limits: the input pixel limit (default, option, environment) and the output memory budget."""
+
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
 import sys
@@ -19,19 +19,33 @@ from texup.imageio import read_image, write_image
 
 def _png_bomb(path: Path, width: int, height: int) -> Path:
     """A tiny PNG whose header declares width x height RGB pixels (all zero rows, deflated)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     compressor = zlib.compressobj(9)
     row = b"\x00" * (width * 3 + 1)
     body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", body)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
-@pytest.mark.parametrize("text, count", [("16384x16384", 16384 * 16384), ("268435456", 268435456),
-                                         ("268M", 268_000_000), ("8k", 8000), ("1,000", 1000), ("7 x 3", 21)])
+@pytest.mark.parametrize(
+    "text, count",
+    [
+        ("16384x16384", 16384 * 16384),
+        ("268435456", 268435456),
+        ("268M", 268_000_000),
+        ("8k", 8000),
+        ("1,000", 1000),
+        ("7 x 3", 21),
+    ],
+)
 def test_pixel_counts_parse(text, count):
     assert limits.parse_pixels(text) == count
 
@@ -42,8 +56,10 @@ def test_bad_pixel_counts_are_refused(text):
         limits.parse_pixels(text)
 
 
-@pytest.mark.parametrize("text, count", [("12G", 12 << 30), ("512M", 512 << 20), ("1048576", 1 << 20),
-                                         ("0", 0), ("1.5GiB", int(1.5 * (1 << 30)))])
+@pytest.mark.parametrize(
+    "text, count",
+    [("12G", 12 << 30), ("512M", 512 << 20), ("1048576", 1 << 20), ("0", 0), ("1.5GiB", int(1.5 * (1 << 30)))],
+)
 def test_byte_sizes_parse(text, count):
     assert limits.parse_bytes(text) == count
 
@@ -82,9 +98,27 @@ def test_cli_max_pixels_refuses_one_file_and_the_batch_goes_on(tmp_path):
     small, big = tmp_path / "small.png", tmp_path / "big.png"
     write_image(small, np.zeros((8, 8, 3), np.uint8))
     write_image(big, np.zeros((40, 40, 3), np.uint8))
-    run = subprocess.run([sys.executable, "-m", "texup", "upscale", str(small), str(big), "-o", str(tmp_path / "out"),
-                          "--model", "realesr-animevideov3", "--engine", "ncnn", "--max-pixels", "30x30"],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "texup",
+            "upscale",
+            str(small),
+            str(big),
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            "realesr-animevideov3",
+            "--engine",
+            "ncnn",
+            "--max-pixels",
+            "30x30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "big.png: image is 40x40, larger than the limit of 900 pixels" in run.stderr
     assert (tmp_path / "out" / "small_x4.png").is_file() and not (tmp_path / "out" / "big_x4.png").exists()

@@ -1,4 +1,5 @@
 """Losses: values against definitions, gradients, and the relativistic average GAN's behaviour."""
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,6 @@ from texup.training.losses import (
     RelativisticGANLoss,
     RelativisticNodeGANLoss,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -96,10 +96,14 @@ def test_ragan_matches_definition() -> None:
     real = torch.tensor([[2.0], [0.5], [1.0]])
     fake = torch.tensor([[-1.0], [0.0], [0.3]])
     rm, fm = real.mean().item(), fake.mean().item()
-    d_expected = (sum(_bce(r - fm, 1) for r in real.flatten().tolist()) / 3
-                  + sum(_bce(f - rm, 0) for f in fake.flatten().tolist()) / 3) / 2
-    g_expected = (sum(_bce(r - fm, 0) for r in real.flatten().tolist()) / 3
-                  + sum(_bce(f - rm, 1) for f in fake.flatten().tolist()) / 3) / 2
+    d_expected = (
+        sum(_bce(r - fm, 1) for r in real.flatten().tolist()) / 3
+        + sum(_bce(f - rm, 0) for f in fake.flatten().tolist()) / 3
+    ) / 2
+    g_expected = (
+        sum(_bce(r - fm, 0) for r in real.flatten().tolist()) / 3
+        + sum(_bce(f - rm, 1) for f in fake.flatten().tolist()) / 3
+    ) / 2
     gan = RelativisticGANLoss()
     assert gan.discriminator(real, fake).item() == pytest.approx(d_expected, rel=1e-6)
     assert gan.generator(real, fake).item() == pytest.approx(g_expected, rel=1e-6)
@@ -209,7 +213,7 @@ def test_per_node_ragan_uses_the_given_node_mean() -> None:
     torch.testing.assert_close(global_node_mean(x), x.mean(0, keepdim=True))  # one process: the local mean
 
 
-_TWO_RANKS = '''
+_TWO_RANKS = """
 import os, socket, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
 from texup.training.losses import RelativisticNodeGANLoss
 from texup.training.distributed import global_node_mean
@@ -245,9 +249,10 @@ if __name__ == "__main__":
     torch.testing.assert_close(torch.cat([o[2] for o in out]), r.grad)
     torch.testing.assert_close(torch.cat([o[3] for o in out]), f.grad)
     print("same")
-'''
+"""
 
 
+@pytest.mark.slow  # two Gloo (DDP) ranks
 def test_per_node_ragan_over_two_gloo_ranks_matches_one_process(tmp_path) -> None:
     """The per-node mean over ranks makes a batch split over 2 ranks give the whole batch's loss and gradients."""
     import os
@@ -260,6 +265,11 @@ def test_per_node_ragan_over_two_gloo_ranks_matches_one_process(tmp_path) -> Non
         pytest.skip("torch.distributed is not available")
     script = tmp_path / "two_ranks.py"
     script.write_text(_TWO_RANKS)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "same", proc.stderr[-3000:]

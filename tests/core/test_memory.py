@@ -5,6 +5,7 @@ them into the output's own dtype, and never holds a float copy of the whole outp
 row streaming itself (every output row exactly once, wrap seams included, same pixels as the whole-image
 result) and the resulting peak memory of a real process on a large-ish input with a tiny network.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from realdata import real_image
+
 from texup.inference.pipeline import UpscaleOptions, Upscaler, _Job
+
+pytestmark = pytest.mark.slow  # memory measurements of real-size networks
 
 CORE = Path(__file__).resolve().parents[2] / "core"
 
@@ -116,7 +119,10 @@ def _measure(script: str, *args: object) -> dict:
     """Run ``script`` (after :data:`_PROC_PRELUDE`) in a fresh one-thread Python; return its last JSON line."""
     env = {**os.environ, "PYTHONPATH": str(CORE), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", _PROC_PRELUDE + script, *map(str, args)], env=env, capture_output=True, text=True,
+        [sys.executable, "-c", _PROC_PRELUDE + script, *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr

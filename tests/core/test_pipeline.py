@@ -4,6 +4,7 @@ Most tests use small stand-in networks whose exact output is known (nearest upsa
 that plumbing errors show as exact mismatches; the tests marked "real model" run Real-ESRGAN x4plus on
 small crops of real photos.
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -12,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from realdata import real_image
+
 from texup.errors import ImageWriteError
 from texup.imageio import read_image, write_image
 from texup.inference import policy
@@ -26,7 +27,6 @@ from texup.inference.pipeline import (
     output_size,
 )
 from texup.inference.resample import RowResampler, resample
-
 
 # --- stand-in networks ------------------------------------------------------------------------------------
 
@@ -151,8 +151,15 @@ def test_unsupported_arrays_are_refused(bad):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(scale=0), dict(scale=float("nan")), dict(target_size=(0, 5)), dict(tile=0), dict(overlap=-1),
-     dict(seamless="yes"), dict(role="albedo")],
+    [
+        dict(scale=0),
+        dict(scale=float("nan")),
+        dict(target_size=(0, 5)),
+        dict(tile=0),
+        dict(overlap=-1),
+        dict(seamless="yes"),
+        dict(role="albedo"),
+    ],
 )
 def test_invalid_options_are_refused(kwargs):
     with pytest.raises(ValueError):
@@ -176,8 +183,9 @@ def test_tiled_equals_untiled_for_a_local_network(size, tile, overlap):
 def test_progress_reports_every_tile_and_cancel_stops():
     image = real_image("coffee.png", (100, 100, 40, 40))
     seen: list[tuple[int, int]] = []
-    _upscaler(Nearest()).upscale_array(image, UpscaleOptions(tile=16, overlap=4, seamless="off"),
-                                       progress=lambda d, t: seen.append((d, t)))
+    _upscaler(Nearest()).upscale_array(
+        image, UpscaleOptions(tile=16, overlap=4, seamless="off"), progress=lambda d, t: seen.append((d, t))
+    )
     assert seen == [(i, 9) for i in range(10)]
 
     calls = []
@@ -195,8 +203,9 @@ def test_out_of_memory_retries_with_smaller_tiles():
     up = _upscaler(OutOfMemoryAbove(limit=40 * 40))
     net = up.engine.module  # the runner works on its own copy of the network
     seen = []
-    out = up.upscale_array(image, UpscaleOptions(tile=64, overlap=4, seamless="off"),
-                                       progress=lambda d, t: seen.append((d, t)))
+    out = up.upscale_array(
+        image, UpscaleOptions(tile=64, overlap=4, seamless="off"), progress=lambda d, t: seen.append((d, t))
+    )
     assert net.failures == 1  # the smaller size is remembered: no failure per tile
     assert all(h * w <= 40 * 40 for h, w in net.calls)
     np.testing.assert_allclose(out, np.clip(_untiled_blur(image), 0, 1), atol=2e-6)
@@ -270,8 +279,8 @@ def test_row_resampler_any_arrival_order_holds_few_rows():
             seen = np.zeros(height, np.int64)
 
             def sink(block, row0):
-                got[row0 : row0 + len(block)] = block
-                seen[row0 : row0 + len(block)] += 1
+                got[row0 : row0 + len(block)] = block  # noqa: B023 (rs is fed in this iteration only)
+                seen[row0 : row0 + len(block)] += 1  # noqa: B023
 
             rs = RowResampler(300, height, width, sink, wrap=wrap, block=16)
             blocks = [(a, min(300, a + 7)) for a in range(0, 300, 7)]
@@ -370,8 +379,9 @@ def test_constant_alpha_passes_through_and_costs_no_model_run():
     rgb = real_image("coffee.png", (100, 100, 20, 24))
     rgba = np.concatenate([rgb, np.full((20, 24, 1), 200, np.uint8)], axis=2)
     seen = []
-    out = _upscaler(Nearest()).upscale_array(rgba, UpscaleOptions(tile=16, overlap=4, seamless="off"),
-                                             progress=lambda d, t: seen.append(t))
+    out = _upscaler(Nearest()).upscale_array(
+        rgba, UpscaleOptions(tile=16, overlap=4, seamless="off"), progress=lambda d, t: seen.append(t)
+    )
     assert np.all(out[..., 3] == 200)
     assert seen[-1] == 4  # colour tiles only
     f16 = np.concatenate([rgb / 255, np.full((20, 24, 1), 0.3)], axis=2).astype(np.float16)
@@ -464,8 +474,9 @@ def test_non_finite_float_pixels_do_not_poison_the_output():
     rgb[5, 6, 1] = np.inf
     out = _upscaler(BlurUp()).upscale_array(rgb, UpscaleOptions(seamless="off"))
     assert np.all(np.isfinite(out))
-    np.testing.assert_allclose(out[40:, :12], np.clip(_untiled_blur(np.nan_to_num(rgb, posinf=1.0)), 0, 1)[40:, :12],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        out[40:, :12], np.clip(_untiled_blur(np.nan_to_num(rgb, posinf=1.0)), 0, 1)[40:, :12], atol=1e-6
+    )
 
 
 def test_linear_hdr_colour_round_trips_through_srgb():
@@ -517,12 +528,13 @@ def test_upscale_file_refuses_to_overwrite_its_input(tmp_path):
     assert src.read_bytes() == before
 
 
-# --- real model ---------------------------------------------------------------------------------------------------------
+# --- real model -------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def x4plus():
-    registry = pytest.importorskip("texup.weights.registry", reason="texup.weights.registry not written yet")
+    from texup.weights import registry
+
     return registry.load_pretrained("realesrgan-x4plus")
 
 
@@ -531,6 +543,7 @@ def x4plus_fp32(x4plus):
     return Upscaler(x4plus, device="cpu", precision="fp32")
 
 
+@pytest.mark.slow  # the real x4plus model
 def test_real_model_tiled_matches_untiled(x4plus_fp32):
     crop = real_image("coffee.png", (150, 250, 48, 40))
     untiled = x4plus_fp32.upscale_array(crop, UpscaleOptions(tile=64, seamless="off"))
@@ -541,6 +554,7 @@ def test_real_model_tiled_matches_untiled(x4plus_fp32):
     assert _psnr(hard / 255, untiled / 255) < _psnr(tiled / 255, untiled / 255) - 3
 
 
+@pytest.mark.slow  # the real x4plus model
 def test_real_model_keeps_a_tileable_texture_tileable(x4plus_fp32):
     tex = _tileable_texture(16)
     out = x4plus_fp32.upscale_array(tex, UpscaleOptions(tile=16, overlap=8, seamless="on")).astype(np.float64)
@@ -557,6 +571,7 @@ def test_real_model_keeps_a_tileable_texture_tileable(x4plus_fp32):
     assert np.abs(off[0] - off[-1]).mean() > seam_row  # without wrap the seam is worse
 
 
+@pytest.mark.slow  # the real x4plus model
 def test_real_model_bf16_is_close_to_fp32(x4plus, x4plus_fp32):
     crop = real_image("astronaut.png", (100, 200, 24, 24))
     reference = x4plus_fp32.upscale_array(crop, UpscaleOptions(seamless="off"))

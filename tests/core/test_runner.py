@@ -1,4 +1,5 @@
 """Device and precision choice, and one tile through the network (texup.engines.torch_engine)."""
+
 from __future__ import annotations
 
 from types import MappingProxyType, SimpleNamespace
@@ -7,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from realdata import real_image
+
 from texup.archs import RRDBNet
 from texup.engines import torch_engine as runner_mod
-from texup.engines.torch_engine import TorchEngine as Runner, pick_device, pick_precision
+from texup.engines.torch_engine import TorchEngine as Runner
+from texup.engines.torch_engine import pick_device, pick_precision
 
 
 class NeedsMultiple(torch.nn.Module):
@@ -69,7 +71,8 @@ def test_pick_precision_auto_follows_native_bf16(monkeypatch):
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: MappingProxyType(caps | {"avx512_bf16": True}))
     assert pick_precision(cpu) is torch.bfloat16
     monkeypatch.setattr(
-        torch.cpu, "get_capabilities",
+        torch.cpu,
+        "get_capabilities",
         lambda: MappingProxyType(caps | {"avx512_bf16": False, "amx_bf16": False, "bf16": False, "sve_bf16": False}),
     )
     assert pick_precision(cpu) is torch.float32
@@ -174,8 +177,13 @@ def test_auto_tile_on_cuda_uses_half_the_free_memory(monkeypatch):
 
 @pytest.mark.parametrize(
     ("capability", "dtype", "expected"),
-    [("AVX512", torch.float32, True), ("AVX2", torch.float32, False), ("DEFAULT", torch.float32, False),
-     ("AVX2", torch.bfloat16, True), ("AVX512", torch.float16, False)],
+    [
+        ("AVX512", torch.float32, True),
+        ("AVX2", torch.float32, False),
+        ("DEFAULT", torch.float32, False),
+        ("AVX2", torch.bfloat16, True),
+        ("AVX512", torch.float16, False),
+    ],
 )
 def test_auto_layout_follows_the_measured_cpu_kinds(monkeypatch, capability, dtype, expected):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)

@@ -4,12 +4,13 @@ The previous score compared the wrap seam with the *median* jump between neighbo
 brick texture whose seam fell on a mortar edge scored 0.41 (threshold 0.40): ``--seamless auto`` then gave
 the same bytes as ``off`` and the wrap seam of the output jumped far more than any row inside it.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from realdata import real_image
+
 from texup.inference.pipeline import UpscaleOptions, Upscaler
 from texup.inference.tiling import is_tileable
 
@@ -49,9 +50,15 @@ def _issue_brick() -> np.ndarray:
 
 PERIODIC = {
     "issue brick": _issue_brick,
-    "mirrored brick 48, rolled": lambda: np.roll(_mirror_2x2(real_image("brick.png", (100, 140, 48, 48))), (29, 11), (0, 1)),
-    "mirrored brick 128, rolled": lambda: np.roll(_mirror_2x2(real_image("brick.png", (100, 140, 128, 128))), (77, 190), (0, 1)),
-    "mirrored grass 24, rolled": lambda: np.roll(_mirror_2x2(real_image("grass.png", (100, 140, 24, 24))), (5, 30), (0, 1)),
+    "mirrored brick 48, rolled": lambda: np.roll(
+        _mirror_2x2(real_image("brick.png", (100, 140, 48, 48))), (29, 11), (0, 1)
+    ),
+    "mirrored brick 128, rolled": lambda: np.roll(
+        _mirror_2x2(real_image("brick.png", (100, 140, 128, 128))), (77, 190), (0, 1)
+    ),
+    "mirrored grass 24, rolled": lambda: np.roll(
+        _mirror_2x2(real_image("grass.png", (100, 140, 24, 24))), (5, 30), (0, 1)
+    ),
     "gravel period 20": lambda: _period_tiled("gravel.png", (50, 60, 20, 25), (7, 3)),
     "grass period 37": lambda: _period_tiled("grass.png", (50, 60, 37, 42), (30, 12)),
     "coffee period 64": lambda: _period_tiled("coffee.png", (50, 60, 64, 69), (40, 17)),
@@ -59,9 +66,20 @@ PERIODIC = {
     **{f"procedural bricks {seed}": (lambda seed=seed: _procedural_bricks(seed)) for seed in range(3)},
 }
 PHOTOS = {
-    **{f"{name} full": (lambda name=name: real_image(name))
-       for name in ("astronaut.png", "brick.png", "camera.png", "coffee.png", "grass.png", "gravel.png", "moon.png",
-                    "text.png", "rocket.jpg")},
+    **{
+        f"{name} full": (lambda name=name: real_image(name))
+        for name in (
+            "astronaut.png",
+            "brick.png",
+            "camera.png",
+            "coffee.png",
+            "grass.png",
+            "gravel.png",
+            "moon.png",
+            "text.png",
+            "rocket.jpg",
+        )
+    },
     "coins crop 48": lambda: real_image("coins.png", (120, 200, 48, 55)),
     "brick crop 96": lambda: real_image("brick.png", (300, 100, 96, 103)),
     "grass crop 24": lambda: real_image("grass.png", (200, 250, 24, 31)),

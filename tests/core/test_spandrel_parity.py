@@ -7,12 +7,13 @@ spandrel 0.4 reads RRDBNet's growth channels as the fixed default 32 and loads S
 only with PReLU, so those are the configurations compared here (num_grow_ch != 32 and the other
 activations are covered by texup's own tests).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from spandrel_compat import import_spandrel
+
 from texup.archs import RRDBNet, SRVGGNetCompact
 from texup.weights import canonicalize, detect_architecture, instantiate
 
@@ -67,8 +68,16 @@ def _compare(sd: dict[str, torch.Tensor], x: torch.Tensor, expect_arch: str, exp
 # Pixel-unshuffle models (scale 2 and 1) exist only in BasicSR naming.
 @pytest.mark.parametrize(
     "naming,scale,num_feat,num_block,seed",
-    [("basicsr", 4, 8, 1, 0), ("basicsr", 4, 16, 2, 1), ("basicsr", 2, 12, 1, 2), ("basicsr", 1, 8, 2, 3),
-     ("basicsr", 8, 8, 1, 4), ("esrgan", 4, 8, 1, 5), ("esrgan", 4, 16, 2, 6), ("esrgan", 8, 8, 1, 7)],
+    [
+        ("basicsr", 4, 8, 1, 0),
+        ("basicsr", 4, 16, 2, 1),
+        ("basicsr", 2, 12, 1, 2),
+        ("basicsr", 1, 8, 2, 3),
+        ("basicsr", 8, 8, 1, 4),
+        ("esrgan", 4, 8, 1, 5),
+        ("esrgan", 4, 16, 2, 6),
+        ("esrgan", 8, 8, 1, 7),
+    ],
 )
 def test_rrdbnet_matches_spandrel(naming: str, scale: int, num_feat: int, num_block: int, seed: int) -> None:
     net = RRDBNet(scale=scale, num_feat=num_feat, num_block=num_block, num_grow_ch=32)

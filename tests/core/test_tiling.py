@@ -1,10 +1,11 @@
 """Tile planner, blend weights and seamless detection (texup.inference.tiling; numpy only)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from realdata import real_image
+
 from texup.inference.tiling import (
     Tile,
     add_wrapped,

@@ -2,6 +2,7 @@
 
 Tiny networks on small crops of real textures (scikit-image's samples) keep every run to seconds.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from realdata import real_image
+
+from texup.training.checkpoint import load_checkpoint
 from texup.training.config import (
     DataConfig,
     DiscriminatorConfig,
@@ -23,7 +25,6 @@ from texup.training.config import (
     config_from_dict,
     load_config,
 )
-from texup.training.checkpoint import load_checkpoint
 from texup.training.data import (
     CropDataset,
     StepSampler,
@@ -75,10 +76,18 @@ def library(tmp_path_factory) -> Path:
 def tiny_config(root: Path, out: Path, **changes) -> TrainConfig:
     base = dict(
         data=DataConfig(root=str(root), hr_crop=32, batch_size=4, val_fraction=0.25, val_crop=48, val_max_images=2),
-        out_dir=str(out), stage="psnr", steps=4, precision="fp32", device="cpu", seed=3,
+        out_dir=str(out),
+        stage="psnr",
+        steps=4,
+        precision="fp32",
+        device="cpu",
+        seed=3,
         generator=GeneratorConfig(pretrained=None, arch="RRDBNet", hparams=TINY_G),
         discriminator=DiscriminatorConfig(kind="vgg19", hparams=TINY_D["vgg19"]),
-        eval_every=0, checkpoint_every=0, log_every=1, tensorboard=False,
+        eval_every=0,
+        checkpoint_every=0,
+        log_every=1,
+        tensorboard=False,
     )
     base.update(changes)
     return TrainConfig(**base)
@@ -88,9 +97,18 @@ def tiny_config(root: Path, out: Path, **changes) -> TrainConfig:
 def test_scan_finds_every_readable_format_recursively(library: Path) -> None:
     names = [p.relative_to(library).as_posix() for p in scan_textures(library)]
     assert names == sorted(names)
-    assert {"gravel.png", "stone/brick.png", "stone/deep/coffee.png", "grass.jpg", "astronaut16.png",
-            "chelsea.tga", "broken.png", "stone/brick_linear.exr", "stone/grass16.tif",
-            "stone/gravel_big.png"} == set(names)
+    assert {
+        "gravel.png",
+        "stone/brick.png",
+        "stone/deep/coffee.png",
+        "grass.jpg",
+        "astronaut16.png",
+        "chelsea.tga",
+        "broken.png",
+        "stone/brick_linear.exr",
+        "stone/grass16.tif",
+        "stone/gravel_big.png",
+    } == set(names)
     with pytest.raises(FileNotFoundError, match="nowhere"):
         scan_textures(library / "nowhere")
 
@@ -106,8 +124,9 @@ def test_split_is_stable_and_disjoint(library: Path) -> None:
 
 def test_bad_and_small_files_reported_once_and_skipped(library: Path) -> None:
     problems: list[tuple[Path, str]] = []
-    textures = load_textures(scan_textures(library), min_size=66, tileable="off",
-                             on_problem=lambda p, r: problems.append((p, r)))
+    textures = load_textures(
+        scan_textures(library), min_size=66, tileable="off", on_problem=lambda p, r: problems.append((p, r))
+    )
     reported = {p.name: r for p, r in problems}
     assert len(problems) == len(reported) == 2
     assert "broken.png" in reported and "66x66" in reported["brick_linear.exr"]
@@ -239,8 +258,14 @@ def _initial_generator(cfg: TrainConfig) -> torch.nn.Module:
 def test_psnr_stage_learns_and_exports_a_loadable_model(library: Path, tmp_path: Path) -> None:
     from texup.weights import load_model
 
-    cfg = tiny_config(library, tmp_path / "run", steps=25, eval_every=25, checkpoint_every=25,
-                      optim=OptimConfig(lr_g=2e-3, ema_decay=0.0))
+    cfg = tiny_config(
+        library,
+        tmp_path / "run",
+        steps=25,
+        eval_every=25,
+        checkpoint_every=25,
+        optim=OptimConfig(lr_g=2e-3, ema_decay=0.0),
+    )
     events: list[TrainEvent] = []
     result = train(cfg, progress=events.append)
     before = _fixed_batch_l1(_initial_generator(cfg), library)
@@ -262,11 +287,23 @@ def test_psnr_stage_learns_and_exports_a_loadable_model(library: Path, tmp_path:
 
 @pytest.mark.parametrize("kind", ["vgg19", "vgg19-fc4", "unet", "vgg128"])
 def test_gan_stage_learns(library: Path, tmp_path: Path, kind: str) -> None:
-    data = DataConfig(root=str(library), hr_crop=128 if kind == "vgg128" else 32, batch_size=4, val_fraction=0.25,
-                      val_crop=48, val_max_images=2)
-    cfg = tiny_config(library, tmp_path / kind, stage="gan", steps=16, data=data,
-                      discriminator=DiscriminatorConfig(kind=kind, hparams=TINY_D[kind]),
-                      optim=OptimConfig(lr_g=2e-3, lr_d=1e-3, ema_decay=0.0))
+    data = DataConfig(
+        root=str(library),
+        hr_crop=128 if kind == "vgg128" else 32,
+        batch_size=4,
+        val_fraction=0.25,
+        val_crop=48,
+        val_max_images=2,
+    )
+    cfg = tiny_config(
+        library,
+        tmp_path / kind,
+        stage="gan",
+        steps=16,
+        data=data,
+        discriminator=DiscriminatorConfig(kind=kind, hparams=TINY_D[kind]),
+        optim=OptimConfig(lr_g=2e-3, lr_d=1e-3, ema_decay=0.0),
+    )
     steps: list[dict[str, float]] = []
     messages: list[str] = []
     result = train(cfg, progress=lambda e: steps.append(e.values) if e.kind == "step" else messages.append(e.message))
@@ -297,10 +334,18 @@ def test_vgg19_fc4_run_fools_a_fixed_discriminator_and_reloads(library: Path, tm
 
     # Adversarial loss alone (no pixel or content term), so what lowers it is the adversarial gradient.
     only_adv = dataclasses.replace(TrainConfig().loss, pixel_weight=0.0, perceptual_weight=0.0, adversarial_weight=1.0)
-    cfg = tiny_config(library, tmp_path / "run", stage="gan", steps=20, checkpoint_every=20, loss=only_adv,
-                      discriminator=DiscriminatorConfig(kind="vgg19-fc4", hparams=TINY_D["vgg19-fc4"],
-                                                        pretrained=str(tmp_path / "d.safetensors")),
-                      optim=OptimConfig(lr_g=2e-3, lr_d=0.0, ema_decay=0.0))
+    cfg = tiny_config(
+        library,
+        tmp_path / "run",
+        stage="gan",
+        steps=20,
+        checkpoint_every=20,
+        loss=only_adv,
+        discriminator=DiscriminatorConfig(
+            kind="vgg19-fc4", hparams=TINY_D["vgg19-fc4"], pretrained=str(tmp_path / "d.safetensors")
+        ),
+        optim=OptimConfig(lr_g=2e-3, lr_d=0.0, ema_decay=0.0),
+    )
     lr, hr = _fixed_batch(library)
     gan = RelativisticNodeGANLoss()
     start = _initial_generator(cfg).eval()
@@ -350,8 +395,13 @@ def test_gan_stage_uses_vgg19_perceptual_loss_from_a_file(library: Path, tmp_pat
     torch.manual_seed(0)
     vgg_file = tmp_path / "vgg19.safetensors"
     save_file({k: torch.randn_like(v) * 0.05 for k, v in VGG19Features("conv2_2").state_dict().items()}, str(vgg_file))
-    cfg = tiny_config(library, tmp_path / "run", stage="gan", steps=2,
-                      loss=dataclasses.replace(TrainConfig().loss, vgg19=str(vgg_file), perceptual_layer="conv2_2"))
+    cfg = tiny_config(
+        library,
+        tmp_path / "run",
+        stage="gan",
+        steps=2,
+        loss=dataclasses.replace(TrainConfig().loss, vgg19=str(vgg_file), perceptual_layer="conv2_2"),
+    )
     messages: list[str] = []
     train(cfg, progress=lambda e: messages.append(e.message))
     assert any("VGG19 conv2_2" in m for m in messages) and not any("feature matching" in m for m in messages)
@@ -367,18 +417,29 @@ def test_pretrained_discriminator_is_loaded_or_refused(library: Path, tmp_path: 
     disc = build_discriminator("unet", TINY_D["unet"])
     good = tmp_path / "d.pth"
     torch.save({"params": {f"module.{k}": v for k, v in disc.state_dict().items()}}, good)
-    cfg = tiny_config(library, tmp_path / "run", stage="gan", steps=1, checkpoint_every=1,
-                      optim=OptimConfig(lr_d=0.0, ema_decay=0.0),
-                      discriminator=DiscriminatorConfig(kind="unet", hparams=TINY_D["unet"], pretrained=str(good)))
+    cfg = tiny_config(
+        library,
+        tmp_path / "run",
+        stage="gan",
+        steps=1,
+        checkpoint_every=1,
+        optim=OptimConfig(lr_d=0.0, ema_decay=0.0),
+        discriminator=DiscriminatorConfig(kind="unet", hparams=TINY_D["unet"], pretrained=str(good)),
+    )
     messages: list[str] = []
     train(cfg, progress=lambda e: messages.append(e.message))
     assert any(str(good) in m for m in messages)
     saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["discriminator"]["state_dict"]
     torch.testing.assert_close(saved["conv0.weight"], disc.state_dict()["conv0.weight"])  # lr_d = 0: unchanged
     wrong = tmp_path / "wrong.safetensors"
-    save_file({k: v.contiguous() for k, v in build_discriminator("vgg19", TINY_D["vgg19"]).state_dict().items()}, str(wrong))
-    bad = dataclasses.replace(cfg, out_dir=str(tmp_path / "bad"),
-                              discriminator=DiscriminatorConfig(kind="unet", hparams=TINY_D["unet"], pretrained=str(wrong)))
+    save_file(
+        {k: v.contiguous() for k, v in build_discriminator("vgg19", TINY_D["vgg19"]).state_dict().items()}, str(wrong)
+    )
+    bad = dataclasses.replace(
+        cfg,
+        out_dir=str(tmp_path / "bad"),
+        discriminator=DiscriminatorConfig(kind="unet", hparams=TINY_D["unet"], pretrained=str(wrong)),
+    )
     with pytest.raises(ModelLoadError, match="wrong.safetensors"):
         train(bad)
 
@@ -397,8 +458,12 @@ def test_vgg19_download_uses_the_published_url_and_hash(monkeypatch, tmp_path: P
     monkeypatch.setenv("TEXUP_HOME", str(tmp_path))
     monkeypatch.setattr(download_module, "download", fake_download)
     path = vgg.fetch_vgg19()
-    assert calls == [("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-                      "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44")]
+    assert calls == [
+        (
+            "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+            "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44",
+        )
+    ]
     assert path.name == "vgg19-dcbb9e9d.pth" and path.is_relative_to(tmp_path)
     assert vgg.fetch_vgg19() == path and len(calls) == 1  # cached: no second download
 
@@ -421,10 +486,22 @@ def _weights(ckpt: dict) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(("stage", "kind"), [("gan", "unet"), ("psnr", None)])
 def test_killed_and_resumed_run_ends_with_the_same_weights(library: Path, tmp_path: Path, stage: str, kind) -> None:
-    common = dict(stage=stage, steps=6, checkpoint_every=2, deterministic=True,
-                  data=DataConfig(root=str(library), hr_crop=32, batch_size=4, val_fraction=0.25, val_crop=32,
-                                  val_max_images=1, degradation="realesrgan"),
-                  optim=OptimConfig(lr_g=1e-3, lr_d=1e-3, ema_decay=0.9, milestones=(3,)))
+    common = dict(
+        stage=stage,
+        steps=6,
+        checkpoint_every=2,
+        deterministic=True,
+        data=DataConfig(
+            root=str(library),
+            hr_crop=32,
+            batch_size=4,
+            val_fraction=0.25,
+            val_crop=32,
+            val_max_images=1,
+            degradation="realesrgan",
+        ),
+        optim=OptimConfig(lr_g=1e-3, lr_d=1e-3, ema_decay=0.9, milestones=(3,)),
+    )
     if kind:
         common["discriminator"] = DiscriminatorConfig(kind=kind, hparams=TINY_D[kind])
     whole = train(tiny_config(library, tmp_path / "whole", **common))
@@ -509,27 +586,61 @@ def test_cli_train_with_config_file_and_resume(library: Path, tmp_path: Path, ca
     from texup.cli.main import main
 
     cfg_file = tmp_path / "tiny.json"
-    cfg_file.write_text(json.dumps({
-        "generator": {"pretrained": None, "arch": "RRDBNet", "hparams": TINY_G},
-        "data": {"hr_crop": 32, "batch_size": 2, "val_fraction": 0.25, "val_crop": 32},
-        "precision": "fp32", "device": "cpu", "tensorboard": False, "eval_every": 0, "checkpoint_every": 0,
-    }))
+    cfg_file.write_text(
+        json.dumps(
+            {
+                "generator": {"pretrained": None, "arch": "RRDBNet", "hparams": TINY_G},
+                "data": {"hr_crop": 32, "batch_size": 2, "val_fraction": 0.25, "val_crop": 32},
+                "precision": "fp32",
+                "device": "cpu",
+                "tensorboard": False,
+                "eval_every": 0,
+                "checkpoint_every": 0,
+            }
+        )
+    )
     out = tmp_path / "out"
     code = main(["train", "--data", str(library), "--out", str(out), "--config", str(cfg_file), "--steps", "2"])
     assert code == 0
     printed = capsys.readouterr()
     assert printed.out.strip().endswith("model.safetensors") and "broken.png" in printed.err
-    code = main(["train", "--data", str(library), "--out", str(out), "--config", str(cfg_file), "--steps", "3", "--resume"])
+    code = main(
+        ["train", "--data", str(library), "--out", str(out), "--config", str(cfg_file), "--steps", "3", "--resume"]
+    )
     assert code == 0 and "resumed" in capsys.readouterr().err
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
     # --pretrained PATH starts from any loadable generator file.
-    code = main(["train", "--data", str(library), "--out", str(tmp_path / "out2"), "--config", str(cfg_file),
-                 "--steps", "1", "--pretrained", str(out / "model.safetensors")])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(library),
+            "--out",
+            str(tmp_path / "out2"),
+            "--config",
+            str(cfg_file),
+            "--steps",
+            "1",
+            "--pretrained",
+            str(out / "model.safetensors"),
+        ]
+    )
     assert code == 0 and "from " + str(out / "model.safetensors") in capsys.readouterr().err
     # The exported model upscales through the normal CLI.
     Image.fromarray(real_image("coffee.png")[:21, :17]).save(tmp_path / "small.png")
-    assert main(["upscale", str(tmp_path / "small.png"), "-o", str(tmp_path / "up"), "--model",
-                 str(out / "model.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "upscale",
+                str(tmp_path / "small.png"),
+                "-o",
+                str(tmp_path / "up"),
+                "--model",
+                str(out / "model.safetensors"),
+            ]
+        )
+        == 0
+    )
     (up,) = list((tmp_path / "up").glob("*.png"))
     assert Image.open(up).size == (34, 42)
     # Errors are one line naming the problem.
@@ -541,22 +652,62 @@ def test_cli_train_gan_with_vgg19_fc4(library: Path, tmp_path: Path, capsys) -> 
     from texup.cli.main import main
 
     cfg_file = tmp_path / "tiny.json"
-    cfg_file.write_text(json.dumps({
-        "generator": {"pretrained": None, "arch": "RRDBNet", "hparams": TINY_G},
-        "discriminator": {"hparams": TINY_D["vgg19-fc4"]},
-        "data": {"hr_crop": 32, "batch_size": 2, "val_fraction": 0.25, "val_crop": 32},
-        "precision": "fp32", "device": "cpu", "tensorboard": False, "eval_every": 0, "checkpoint_every": 0,
-    }))
+    cfg_file.write_text(
+        json.dumps(
+            {
+                "generator": {"pretrained": None, "arch": "RRDBNet", "hparams": TINY_G},
+                "discriminator": {"hparams": TINY_D["vgg19-fc4"]},
+                "data": {"hr_crop": 32, "batch_size": 2, "val_fraction": 0.25, "val_crop": 32},
+                "precision": "fp32",
+                "device": "cpu",
+                "tensorboard": False,
+                "eval_every": 0,
+                "checkpoint_every": 0,
+            }
+        )
+    )
     out = tmp_path / "out"
-    code = main(["train", "--data", str(library), "--out", str(out), "--config", str(cfg_file), "--steps", "2",
-                 "--stage", "gan", "--discriminator", "vgg19-fc4"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(library),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg_file),
+            "--steps",
+            "2",
+            "--stage",
+            "gan",
+            "--discriminator",
+            "vgg19-fc4",
+        ]
+    )
     assert code == 0
     assert "adversarial loss: ragan-per-node" in capsys.readouterr().err
     saved = load_checkpoint(out / "checkpoint.pt")
     assert saved["discriminator"]["kind"] == "vgg19-fc4" and saved["config"]["loss"]["gan"] == "auto"
     assert saved["discriminator"]["state_dict"]["head.weight"].shape == (12, 8)
-    code = main(["train", "--data", str(library), "--out", str(tmp_path / "out2"), "--config", str(cfg_file),
-                 "--steps", "1", "--stage", "gan", "--discriminator", "vgg19-fc4", "--gan-loss", "ragan"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(library),
+            "--out",
+            str(tmp_path / "out2"),
+            "--config",
+            str(cfg_file),
+            "--steps",
+            "1",
+            "--stage",
+            "gan",
+            "--discriminator",
+            "vgg19-fc4",
+            "--gan-loss",
+            "ragan",
+        ]
+    )
     assert code == 0 and "adversarial loss: ragan\n" in capsys.readouterr().err
 
 
@@ -568,7 +719,7 @@ def test_cli_train_help_names_each_discriminator_on_one_line(capsys) -> None:
         main(["train", "--help"])
     assert info.value.code == 0
     lines = capsys.readouterr().out.splitlines()
-    table = lines[lines.index("discriminators (--discriminator):") + 1:]
+    table = lines[lines.index("discriminators (--discriminator):") + 1 :]
     named = [line.split()[0] for line in table[: len(DISCRIMINATORS)]]
     assert named == list(DISCRIMINATORS)
     assert all(len(line.split()) > 3 for line in table[: len(DISCRIMINATORS)])
@@ -584,8 +735,9 @@ def test_a_decoder_crash_skips_that_file_and_training_data_goes_on(library: Path
 
     monkeypatch.setattr(_tiff, "decode", crash)
     problems: list[tuple[Path, str]] = []
-    textures = load_textures(scan_textures(library), min_size=32, tileable="off",
-                             on_problem=lambda p, r: problems.append((p, r)))
+    textures = load_textures(
+        scan_textures(library), min_size=32, tileable="off", on_problem=lambda p, r: problems.append((p, r))
+    )
     reported = {p.name: r for p, r in problems}
     assert "TypeError" in reported["grass16.tif"] and "broken.png" in reported
     assert "grass16.tif" not in {t.path.name for t in textures} and len(textures) >= 5

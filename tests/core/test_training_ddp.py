@@ -7,6 +7,7 @@ averaging, the relativistic average taken over the *global* batch, feature match
 clipping, Adam and EMA. The VGG19-style discriminator has no BatchNorm, whose per-rank batch
 statistics would (legitimately) differ from one process's.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from realdata import real_image
+
 from texup.training.checkpoint import load_checkpoint
 from texup.training.config import config_from_dict
 from texup.training.trainer import train
+
+pytestmark = pytest.mark.slow  # torchrun / DDP process groups
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
 
@@ -42,8 +45,11 @@ SETTINGS = {
     "checkpoint_every": 0,
     "log_every": 1,
     "deterministic": True,
-    "generator": {"pretrained": None, "arch": "RRDBNet",
-                  "hparams": {"scale": 2, "num_feat": 8, "num_block": 1, "num_grow_ch": 4}},
+    "generator": {
+        "pretrained": None,
+        "arch": "RRDBNet",
+        "hparams": {"scale": 2, "num_feat": 8, "num_block": 1, "num_grow_ch": 4},
+    },
     "discriminator": {"kind": "vgg19", "hparams": {"channels": [4, 4, 8, 8, 8], "fc": [16, 16, 8]}},
     "data": {"hr_crop": 32, "batch_size": 4, "val_fraction": 0.0, "degradation": "realesrgan"},
     "optim": {"lr_g": 1e-3, "lr_d": 1e-3, "ema_decay": 0.5, "grad_clip": 0.05},
@@ -72,8 +78,7 @@ def _train_one_process(library: Path, out: Path) -> dict:
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = config_from_dict({**SETTINGS, "data": {**SETTINGS["data"], "root": str(library)},
-                                   "out_dir": str(out)})
+        single = config_from_dict({**SETTINGS, "data": {**SETTINGS["data"], "root": str(library)}, "out_dir": str(out)})
         train(single)
     finally:
         torch.set_num_threads(previous)
@@ -119,9 +124,25 @@ def test_two_gloo_ranks_match_one_process(library: Path, tmp_path: Path) -> None
     cfg_file.write_text(json.dumps(SETTINGS))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
-        [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "texup", "train", "--config", str(cfg_file),
-         "--data", str(library), "--out", str(tmp_path / "ddp")],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            TORCHRUN,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "texup",
+            "train",
+            "--config",
+            str(cfg_file),
+            "--data",
+            str(library),
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 ranks" in proc.stderr  # the CLI on rank 0 reported the process group
@@ -193,16 +214,41 @@ def test_two_nodes_c10d_rendezvous_match_one_process(library: Path, tmp_path: Pa
             logs[node] = (tmp_path / f"node{node}.out", tmp_path / f"node{node}.err")
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TEXUP_TEST_NODE": node}
             with open(logs[node][0], "w") as out, open(logs[node][1], "w") as err:
-                procs.append(subprocess.Popen(
-                    [TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1",
-                     "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-                     "--rdzv-id", f"texup-test-{port}", "--rdzv-conf", "join_timeout=60",
-                     # the address rank 0's node advertises as MASTER_ADDR (default: its FQDN)
-                     "--local-addr", "127.0.0.1",
-                     str(probe), str(records), "train", "--config", str(cfg_file),
-                     "--data", str(library), "--out", str(outs[node])],
-                    env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                ))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            TORCHRUN,
+                            "--nnodes",
+                            "2",
+                            "--nproc-per-node",
+                            "1",
+                            "--rdzv-backend",
+                            "c10d",
+                            "--rdzv-endpoint",
+                            f"127.0.0.1:{port}",
+                            "--rdzv-id",
+                            f"texup-test-{port}",
+                            "--rdzv-conf",
+                            "join_timeout=60",
+                            # the address rank 0's node advertises as MASTER_ADDR (default: its FQDN)
+                            "--local-addr",
+                            "127.0.0.1",
+                            str(probe),
+                            str(records),
+                            "train",
+                            "--config",
+                            str(cfg_file),
+                            "--data",
+                            str(library),
+                            "--out",
+                            str(outs[node]),
+                        ],
+                        env=env,
+                        stdout=out,
+                        stderr=err,
+                        stdin=subprocess.DEVNULL,
+                    )
+                )
         deadline = time.monotonic() + 240
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
             if any(p.poll() not in (None, 0) for p in procs):
@@ -274,8 +320,13 @@ def test_ranks_that_disagree_fail_together(tmp_path: Path) -> None:
     script = tmp_path / "agree.py"
     script.write_text(AGREE_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [TORCHRUN, "--standalone", "--nproc-per-node", "2", str(script), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         seen = json.loads((tmp_path / f"rank{rank}.json").read_text())

@@ -1,4 +1,5 @@
 """Weights: safe reading, unwrapping, key canonicalisation, detection, save/load round trip."""
+
 from __future__ import annotations
 
 import json
@@ -55,13 +56,31 @@ def to_esrgan_naming(sd: dict[str, torch.Tensor], num_block: int, n_up: int) -> 
 
 # ---------------------------------------------------------------- canonicalize / detect
 
+
 def test_canonicalize_x4_esrgan_explicit_keys() -> None:
-    sd = {k: torch.zeros(1) for k in ["model.0.weight", "model.1.sub.0.RDB1.conv1.0.weight",
-                                      "model.1.sub.0.RDB3.conv5.0.bias", "model.1.sub.1.weight",
-                                      "model.3.weight", "model.6.bias", "model.8.weight", "model.10.bias"]}
-    assert list(canonicalize(sd)) == ["conv_first.weight", "body.0.rdb1.conv1.weight", "body.0.rdb3.conv5.bias",
-                                      "conv_body.weight", "conv_up1.weight", "conv_up2.bias", "conv_hr.weight",
-                                      "conv_last.bias"]
+    sd = {
+        k: torch.zeros(1)
+        for k in [
+            "model.0.weight",
+            "model.1.sub.0.RDB1.conv1.0.weight",
+            "model.1.sub.0.RDB3.conv5.0.bias",
+            "model.1.sub.1.weight",
+            "model.3.weight",
+            "model.6.bias",
+            "model.8.weight",
+            "model.10.bias",
+        ]
+    }
+    assert list(canonicalize(sd)) == [
+        "conv_first.weight",
+        "body.0.rdb1.conv1.weight",
+        "body.0.rdb3.conv5.bias",
+        "conv_body.weight",
+        "conv_up1.weight",
+        "conv_up2.bias",
+        "conv_hr.weight",
+        "conv_last.bias",
+    ]
 
 
 @pytest.mark.parametrize("scale,n_up", [(4, 2), (8, 3)])
@@ -76,15 +95,33 @@ def test_esrgan_naming_round_trip(scale: int, n_up: int) -> None:
 
 
 def test_canonicalize_esrgan_v2_naming() -> None:
-    sd = {"conv_first.weight": 0, "RRDB_trunk.3.RDB2.conv4.bias": 1, "trunk_conv.weight": 2,
-          "upconv1.weight": 3, "upconv2.bias": 4, "HRconv.weight": 5, "conv_last.bias": 6}
-    assert list(canonicalize(sd)) == ["conv_first.weight", "body.3.rdb2.conv4.bias", "conv_body.weight",
-                                      "conv_up1.weight", "conv_up2.bias", "conv_hr.weight", "conv_last.bias"]
+    sd = {
+        "conv_first.weight": 0,
+        "RRDB_trunk.3.RDB2.conv4.bias": 1,
+        "trunk_conv.weight": 2,
+        "upconv1.weight": 3,
+        "upconv2.bias": 4,
+        "HRconv.weight": 5,
+        "conv_last.bias": 6,
+    }
+    assert list(canonicalize(sd)) == [
+        "conv_first.weight",
+        "body.3.rdb2.conv4.bias",
+        "conv_body.weight",
+        "conv_up1.weight",
+        "conv_up2.bias",
+        "conv_hr.weight",
+        "conv_last.bias",
+    ]
 
 
 def test_canonicalize_rejects_odd_esrgan_layout() -> None:
-    sd = {"model.0.weight": torch.zeros(1), "model.5.weight": torch.zeros(1), "model.7.weight": torch.zeros(1),
-          "model.9.weight": torch.zeros(1)}
+    sd = {
+        "model.0.weight": torch.zeros(1),
+        "model.5.weight": torch.zeros(1),
+        "model.7.weight": torch.zeros(1),
+        "model.9.weight": torch.zeros(1),
+    }
     with pytest.raises(ModelLoadError, match="unexpected layer layout"):
         canonicalize(sd)
 
@@ -120,6 +157,7 @@ def test_detect_unknown_architecture_message() -> None:
 
 
 # ---------------------------------------------------------------- reading files
+
 
 def _save_pth(obj, path: Path) -> Path:
     torch.save(obj, path)
@@ -218,9 +256,14 @@ def test_metadata_is_trusted_but_verified(tmp_path: Path) -> None:
     loaded = load_model(save_model(net, tmp_path / "m.safetensors"))
     assert loaded.hparams == net.hparams
     path = tmp_path / "lie.safetensors"
-    save_file({k: v.contiguous() for k, v in _rrdb().state_dict().items()}, str(path),
-              metadata={"texup.arch": "RRDBNet", "texup.hparams": json.dumps({**net.hparams, "num_block": 3})})
-    with pytest.raises(ModelLoadError, match=r"tensors do not fit RRDBNet\(.*num_block=3.*\): the metadata does not match") as err:
+    save_file(
+        {k: v.contiguous() for k, v in _rrdb().state_dict().items()},
+        str(path),
+        metadata={"texup.arch": "RRDBNet", "texup.hparams": json.dumps({**net.hparams, "num_block": 3})},
+    )
+    with pytest.raises(
+        ModelLoadError, match=r"tensors do not fit RRDBNet\(.*num_block=3.*\): the metadata does not match"
+    ) as err:
         load_model(path)
     assert str(err.value).startswith(str(path))
 
@@ -233,6 +276,7 @@ def test_save_model_rejects_foreign_modules(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- bad files
+
 
 def test_unknown_extension_and_missing_file(tmp_path: Path) -> None:
     weird = tmp_path / "model.onnx"
@@ -327,10 +371,12 @@ def test_bin_without_param_is_a_pytorch_pickle(tmp_path: Path) -> None:
 def test_read_state_dict_dispatches_ncnn_param(tmp_path: Path) -> None:
     """A hand-made two-conv compact graph in fp32: .param and .bin both work as entry points."""
     param = tmp_path / "tiny.param"
-    param.write_text("7767517\n5 6\nInput in 0 1 data\nSplit sp 1 2 data a b\n"
-                     "Convolution c0 1 1 a c0 0=2 1=3 4=1 5=0 6=54 9=1\n"
-                     "Convolution c1 1 1 c0 c1 0=3 1=3 4=1 5=0 6=54\n"
-                     "PixelShuffle ps 1 1 c1 out 0=1\n")
+    param.write_text(
+        "7767517\n5 6\nInput in 0 1 data\nSplit sp 1 2 data a b\n"
+        "Convolution c0 1 1 a c0 0=2 1=3 4=1 5=0 6=54 9=1\n"
+        "Convolution c1 1 1 c0 c1 0=3 1=3 4=1 5=0 6=54\n"
+        "PixelShuffle ps 1 1 c1 out 0=1\n"
+    )
     w0, w1 = torch.randn(2, 3, 3, 3), torch.randn(3, 2, 3, 3)
     (tmp_path / "tiny.bin").write_bytes(b"\0\0\0\0" + w0.numpy().tobytes() + b"\0\0\0\0" + w1.numpy().tobytes())
     for entry in (param, tmp_path / "tiny.bin"):
@@ -349,8 +395,11 @@ def test_metadata_asking_for_a_huge_network_is_refused_before_building(tmp_path:
     hp = {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 4, "num_conv": 1, "upscale": 2, "act_type": "relu"}
     net = SRVGGNetCompact(**hp)
     path = tmp_path / "bomb.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path),
-              metadata={"texup.arch": "SRVGGNetCompact", "texup.hparams": json.dumps({**hp, **lie})})
+    save_file(
+        {k: v.contiguous() for k, v in net.state_dict().items()},
+        str(path),
+        metadata={"texup.arch": "SRVGGNetCompact", "texup.hparams": json.dumps({**hp, **lie})},
+    )
     monkeypatch.setattr(model_mod, "build", lambda *a, **k: pytest.fail("built before the shapes were checked"))
     with pytest.raises(ModelLoadError, match="the metadata does not match the tensors") as err:
         load_model(path)

@@ -1,4 +1,5 @@
 """The real ``python -m texup worker`` driven by the add-on's WorkerClient (a tiny RRDBNet keeps it fast)."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
 from realdata import real_image
 from workerutil import collect as collect_events
 
@@ -114,8 +114,7 @@ def test_roles_and_alpha_go_through(worker, tiny_model, tmp_path):
 def test_cancel_during_a_job_leaves_no_output(worker, tiny_model, tmp_path):
     image = real_image("astronaut.png")[:128, :128]
     items = tuple(
-        JobItem(f"i{n}", str(save_png(tmp_path / f"i{n}.png", image)), str(tmp_path / f"i{n}_x4.png"))
-        for n in range(3)
+        JobItem(f"i{n}", str(save_png(tmp_path / f"i{n}.png", image)), str(tmp_path / f"i{n}_x4.png")) for n in range(3)
     )
     job_id = worker.submit(Job(options=JobOptions(model=str(tiny_model), tile=16), items=items))
     events = collect(worker, lambda e: isinstance(e, Progress) and e.id == job_id)
@@ -136,8 +135,10 @@ def test_cancel_during_a_job_leaves_no_output(worker, tiny_model, tmp_path):
 
 def test_bad_model_fails_the_job_not_the_worker(worker, tmp_path):
     src = save_png(tmp_path / "x.png", real_image("brick.png")[:20, :20])
-    job = Job(options=JobOptions(model=str(tmp_path / "nope.safetensors")),
-              items=(JobItem("x", str(src), str(tmp_path / "x_x4.png")),))
+    job = Job(
+        options=JobOptions(model=str(tmp_path / "nope.safetensors")),
+        items=(JobItem("x", str(src), str(tmp_path / "x_x4.png")),),
+    )
     job_id = worker.submit(job)
     events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
     errors = [e for e in events if isinstance(e, Error)]
@@ -154,8 +155,12 @@ def test_models_request_lists_the_registry(worker):
 
 
 def _raw_worker() -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "texup", "worker", "--device", "cpu"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "texup", "worker", "--device", "cpu"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     hello = json.loads(proc.stdout.readline())
     assert hello["type"] == "hello"
     return proc
@@ -175,12 +180,19 @@ def test_malformed_and_unknown_lines_get_errors_and_shutdown_exits_0():
         unknown = _send(proc, b'{"type": "fly", "id": "t1"}')
         assert unknown["type"] == "error" and unknown["id"] == "t1" and "fly" in unknown["message"]
         invalid_train = _send(proc, b'{"type": "train", "id": "t2"}')
-        assert invalid_train["type"] == "error" and invalid_train["id"] == "t2" and "data_dir" in invalid_train["message"]
+        assert (
+            invalid_train["type"] == "error" and invalid_train["id"] == "t2" and "data_dir" in invalid_train["message"]
+        )
         assert json.loads(proc.stdout.readline())["type"] == "done"
         invalid = _send(proc, b'{"type": "upscale", "id": "j", "options": {"tile": 4}, "items": []}')
         assert invalid["type"] == "error" and "tile" in invalid["message"]
-        assert json.loads(proc.stdout.readline()) == {"type": "done", "id": "j", "ok": 0, "failed": 0,
-                                                      "cancelled": False}
+        assert json.loads(proc.stdout.readline()) == {
+            "type": "done",
+            "id": "j",
+            "ok": 0,
+            "failed": 0,
+            "cancelled": False,
+        }
         assert _send(proc, b'{"type": "ping", "id": 7}') == {"type": "pong", "id": "7"}
         proc.stdin.write(b'{"type": "shutdown"}\n')
         proc.stdin.flush()
@@ -204,14 +216,21 @@ def test_stdin_eof_ends_the_worker():
 
 # --- the worker's own protocol module and server, in-process ------------------------------------
 
+
 def test_core_protocol_validates_options():
     from texup.worker.protocol import ProtocolError, parse_options, parse_upscale
 
     opts = parse_options({"model": "m", "scale": 2, "tile": 64, "seamless": "off", "target_size": None})
     assert (opts.model, opts.scale, opts.tile, opts.seamless, opts.overlap) == ("m", 2.0, 64, "off", 16)
-    for bad, word in [({"scle": 2}, "unknown option"), ({"tile": 8}, "tile"), ({"scale": "4"}, "scale"),
-                      ({"scale": 2, "target_size": [8, 8]}, "either"), ({"target_size": [0, 8]}, "target_size"),
-                      ({"seamless": "maybe"}, "seamless"), ({"precision": "fp64"}, "precision")]:
+    for bad, word in [
+        ({"scle": 2}, "unknown option"),
+        ({"tile": 8}, "tile"),
+        ({"scale": "4"}, "scale"),
+        ({"scale": 2, "target_size": [8, 8]}, "either"),
+        ({"target_size": [0, 8]}, "target_size"),
+        ({"seamless": "maybe"}, "seamless"),
+        ({"precision": "fp64"}, "precision"),
+    ]:
         with pytest.raises(ProtocolError, match=word):
             parse_options(bad)
     with pytest.raises(ProtocolError, match="twice"):
@@ -291,8 +310,14 @@ def test_server_cancels_a_queued_job_before_it_starts_and_keeps_one_upscaler(tmp
     item = {"key": "k", "src": str(src), "dst": str(tmp_path / "o1.png")}
     stdin.send({"type": "upscale", "id": "first", "options": {"model": "m"}, "items": [item]})
     out.wait_for(lambda e: e["type"] == "progress")
-    stdin.send({"type": "upscale", "id": "second", "options": {"model": "m"},
-                "items": [dict(item, dst=str(tmp_path / "o2.png"))]})
+    stdin.send(
+        {
+            "type": "upscale",
+            "id": "second",
+            "options": {"model": "m"},
+            "items": [dict(item, dst=str(tmp_path / "o2.png"))],
+        }
+    )
     stdin.send({"type": "cancel", "id": "second"})
     stdin.send({"type": "ping", "id": "p"})
     out.wait_for(lambda e: e["type"] == "pong")  # answered while a job runs
@@ -325,7 +350,10 @@ def test_unusable_device_is_a_clear_start_error():
 TINY_TRAIN_CONFIG = {
     "data": {"hr_crop": 32, "batch_size": 2, "val_fraction": 0.25, "val_crop": 32},
     "discriminator": {"kind": "vgg19", "hparams": {"channels": [4, 4, 8, 8, 8], "fc": [16, 16, 8]}},
-    "eval_every": 0, "checkpoint_every": 0, "tensorboard": False, "seed": 3,
+    "eval_every": 0,
+    "checkpoint_every": 0,
+    "tensorboard": False,
+    "seed": 3,
 }
 
 
@@ -336,8 +364,9 @@ def texture_folder(tmp_path_factory) -> Path:
     save_png(root / "gravel.png", real_image("gravel.png")[:37, :53, :1])
     save_png(root / "brick.png", real_image("brick.png")[100:148, 60:101].repeat(3, axis=2))
     save_png(root / "coffee.png", real_image("coffee.png")[150:190, 250:300])
-    rgba = np.concatenate([real_image("grass.png")[:41, :45].repeat(3, axis=2), np.full((41, 45, 1), 180, np.uint8)],
-                          axis=2)
+    rgba = np.concatenate(
+        [real_image("grass.png")[:41, :45].repeat(3, axis=2), np.full((41, 45, 1), 180, np.uint8)], axis=2
+    )
     Image.fromarray(rgba, "RGBA").save(root / "grass_alpha.png")
     return root
 
@@ -345,25 +374,41 @@ def texture_folder(tmp_path_factory) -> Path:
 def test_core_and_add_on_agree_on_train_messages_and_events():
     from texup.worker import protocol as core
 
-    job = bridge_protocol.TrainJob(data_dir="/d", out_dir="/o", steps=5, stage="gan", pretrained="x4.safetensors",
-                                   config_file="/c.json", precision="bf16")
+    job = bridge_protocol.TrainJob(
+        data_dir="/d",
+        out_dir="/o",
+        steps=5,
+        stage="gan",
+        pretrained="x4.safetensors",
+        config_file="/c.json",
+        precision="bf16",
+    )
     request = core.parse_train(bridge_protocol.train_message("t", job))
-    assert (request.id, request.data_dir, request.out_dir, request.steps, request.stage, request.pretrained,
-            request.config_file, request.precision) == ("t", "/d", "/o", 5, "gan", "x4.safetensors", "/c.json", "bf16")
+    assert (
+        request.id,
+        request.data_dir,
+        request.out_dir,
+        request.steps,
+        request.stage,
+        request.pretrained,
+        request.config_file,
+        request.precision,
+    ) == ("t", "/d", "/o", 5, "gan", "x4.safetensors", "/c.json", "bf16")
     with pytest.raises(core.ProtocolError, match="not both"):
         core.parse_train({**bridge_protocol.train_message("t", job), "config": {}})
     with pytest.raises(core.ProtocolError, match="stpes"):
         core.parse_train({"type": "train", "id": "t", "data_dir": "/d", "out_dir": "/o", "steps": 1, "stpes": 2})
     progress = bridge_protocol.parse_event(core.encode(core.train_progress("t", 3, 9, float("nan"), 12.34)))
     assert isinstance(progress, Progress) and progress.loss is None and progress.eta_s == 12.3
-    result = bridge_protocol.parse_event(core.encode(core.train_result("t", "/o/model.safetensors", 9, 1.0,
-                                                                       21.5, float("inf"))))
+    result = bridge_protocol.parse_event(
+        core.encode(core.train_result("t", "/o/model.safetensors", 9, 1.0, 21.5, float("inf")))
+    )
     assert isinstance(result, Result) and (result.psnr_before, result.psnr_after, result.steps) == (21.5, None, 9)
     note = bridge_protocol.parse_event(core.encode(core.message("t", "skipping /d/a.png:\n too small")))
     assert note == bridge_protocol.Message("t", "skipping /d/a.png: too small")
 
 
-def _train(worker: WorkerClient, job: "bridge_protocol.TrainJob", config: dict) -> str:
+def _train(worker: WorkerClient, job: bridge_protocol.TrainJob, config: dict) -> str:
     """Send a train message with an inline ``config`` (what config_file holds for the add-on)."""
     job_id = f"train-{time.monotonic_ns()}"
     message = bridge_protocol.train_message(job_id, job)
@@ -376,8 +421,9 @@ def _train(worker: WorkerClient, job: "bridge_protocol.TrainJob", config: dict) 
 def test_train_fine_tunes_and_exports_a_loadable_model(worker, tiny_model, texture_folder, tmp_path, stage):
     from texup.weights import load_model
 
-    job = bridge_protocol.TrainJob(data_dir=str(texture_folder), out_dir=str(tmp_path / "run"), steps=6,
-                                   stage=stage, pretrained=str(tiny_model))
+    job = bridge_protocol.TrainJob(
+        data_dir=str(texture_folder), out_dir=str(tmp_path / "run"), steps=6, stage=stage, pretrained=str(tiny_model)
+    )
     job_id = _train(worker, job, TINY_TRAIN_CONFIG)
     events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
     mine = [e for e in events if getattr(e, "id", None) == job_id]
@@ -402,8 +448,14 @@ def test_train_fine_tunes_and_exports_a_loadable_model(worker, tiny_model, textu
 def test_train_config_file_and_cancel(worker, tiny_model, texture_folder, tmp_path):
     config_file = tmp_path / "tiny.json"
     config_file.write_text(json.dumps(TINY_TRAIN_CONFIG), encoding="utf-8")
-    job = bridge_protocol.TrainJob(data_dir=str(texture_folder), out_dir=str(tmp_path / "run"), steps=100000,
-                                   stage="psnr", pretrained=str(tiny_model), config_file=str(config_file))
+    job = bridge_protocol.TrainJob(
+        data_dir=str(texture_folder),
+        out_dir=str(tmp_path / "run"),
+        steps=100000,
+        stage="psnr",
+        pretrained=str(tiny_model),
+        config_file=str(config_file),
+    )
     job_id = worker.submit_train(job)
     collect(worker, lambda e: isinstance(e, Progress) and e.id == job_id)
     worker.cancel(job_id)
@@ -420,8 +472,9 @@ def test_train_config_file_and_cancel(worker, tiny_model, texture_folder, tmp_pa
 def test_train_errors_end_the_job_not_the_worker(worker, tiny_model, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    job = bridge_protocol.TrainJob(data_dir=str(empty), out_dir=str(tmp_path / "run"), steps=2, stage="psnr",
-                                   pretrained=str(tiny_model))
+    job = bridge_protocol.TrainJob(
+        data_dir=str(empty), out_dir=str(tmp_path / "run"), steps=2, stage="psnr", pretrained=str(tiny_model)
+    )
     job_id = _train(worker, job, TINY_TRAIN_CONFIG)
     events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
     errors = [e for e in events if isinstance(e, Error) and e.id == job_id]
@@ -438,6 +491,7 @@ def test_train_errors_end_the_job_not_the_worker(worker, tiny_model, tmp_path):
 
 
 # --- reliability (issue 11): hostile lines, bad paths, stale cancels -----------------------------------------
+
 
 def _pipe_server(tmp_path, monkeypatch, upscaler):
     """An in-process WorkerServer reading a real OS pipe (so its bounded ``readline`` is what runs)."""
@@ -483,8 +537,14 @@ def test_too_deep_and_too_long_lines_get_errors_and_the_running_job_goes_on(tmp_
     upscaler = _GatedUpscaler()
     src = save_png(tmp_path / "s.png", real_image("brick.png")[:4, :4])
     server, runner, send, writer, out = _pipe_server(tmp_path, monkeypatch, upscaler)
-    send({"type": "upscale", "id": "run", "options": {"model": "m"},
-          "items": [{"key": "k", "src": str(src), "dst": str(tmp_path / "o.png")}]})
+    send(
+        {
+            "type": "upscale",
+            "id": "run",
+            "options": {"model": "m"},
+            "items": [{"key": "k", "src": str(src), "dst": str(tmp_path / "o.png")}],
+        }
+    )
     out.wait_for(lambda e: e["type"] == "progress")
     send(b'{"type": "ping", "id": "deep", "x": ' + b"[" * 1500 + b"]" * 1500 + b"}\n")
     send(b'{"type": "ping", "id": "long", "pad": "' + b"x" * 50_000 + b'"}\n')
@@ -561,8 +621,14 @@ def test_cancel_of_an_unknown_id_is_not_kept_for_a_later_job(tmp_path, monkeypat
     send({"type": "cancel", "id": "later"})
     send({"type": "ping", "id": "p"})
     out.wait_for(lambda e: e["type"] == "pong")
-    send({"type": "upscale", "id": "later", "options": {"model": "m"},
-          "items": [{"key": "k", "src": str(src), "dst": str(tmp_path / "o.png")}]})
+    send(
+        {
+            "type": "upscale",
+            "id": "later",
+            "options": {"model": "m"},
+            "items": [{"key": "k", "src": str(src), "dst": str(tmp_path / "o.png")}],
+        }
+    )
     done = out.wait_for(lambda e: e["type"] == "done")
     assert (done["ok"], done["cancelled"]) == (1, False)
     assert not [e for e in out.events if e["type"] == "error"]  # ignored (logged), not an error event
@@ -608,8 +674,16 @@ def test_info_reports_a_recorded_engine_choice_as_measured(tmp_path, monkeypatch
     assert before["auto"] == {"key": pool[0].key, "measured": False, "model": "some-model"}
 
     recorded = pool[-1]
-    select._write_calibration({select.machine_key(): {select._request_key("some-model", "auto", "auto"): {
-        "choice": recorded.key, "seconds_per_mpx": {recorded.key: 1.0}}}})
+    select._write_calibration(
+        {
+            select.machine_key(): {
+                select._request_key("some-model", "auto", "auto"): {
+                    "choice": recorded.key,
+                    "seconds_per_mpx": {recorded.key: 1.0},
+                }
+            }
+        }
+    )
     after = machine_info(model="some-model")
     assert after["auto"] == {"key": recorded.key, "measured": True, "model": "some-model"}
 

@@ -8,6 +8,7 @@ Every architecture takes keyword-only hyperparameters and exposes:
 
 ``forward`` maps (N, C_in, H, W) float in [0, 1] to (N, C_out, H*scale, W*scale), unclamped.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -10,6 +10,7 @@ as a skip connection. Parameter names (``body.{i}``) match Real-ESRGAN's::
     body.{3+2k}       activation
     body.{2+2*num_conv}  conv num_feat -> num_out_ch * upscale**2
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -62,8 +63,12 @@ class SRVGGNetCompact(nn.Module):
         act_type: str = "prelu",
     ) -> None:
         super().__init__()
-        for name, value in (("num_in_ch", num_in_ch), ("num_out_ch", num_out_ch), ("num_feat", num_feat),
-                            ("upscale", upscale)):
+        for name, value in (
+            ("num_in_ch", num_in_ch),
+            ("num_out_ch", num_out_ch),
+            ("num_feat", num_feat),
+            ("upscale", upscale),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"SRVGGNetCompact: {name} must be a positive int, got {value!r}")
         if not isinstance(num_conv, int) or isinstance(num_conv, bool) or num_conv < 0:
@@ -99,9 +104,7 @@ class SRVGGNetCompact(nn.Module):
             (N, num_out_ch, H * scale, W * scale), same dtype and device, not clamped.
         """
         if x.ndim != 4 or x.shape[1] != self.hparams["num_in_ch"]:
-            raise ValueError(
-                f"SRVGGNetCompact expects (N, {self.hparams['num_in_ch']}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"SRVGGNetCompact expects (N, {self.hparams['num_in_ch']}, H, W), got {tuple(x.shape)}")
         out = x
         for layer in self.body:
             out = layer(out)

@@ -28,6 +28,7 @@ and returns raw logits (no sigmoid): (N, 1) for the one-logit VGG kinds, (N, 100
 Like the generators, each has ``hparams`` (its constructor kwargs), so ``build_discriminator(kind,
 d.hparams)`` rebuilds it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -202,7 +203,11 @@ class UNetDiscriminatorSN(nn.Module):
 
     def __init__(self, *, num_in_ch: int = 3, num_feat: int = 64, skip_connection: bool = True) -> None:
         super().__init__()
-        self.hparams: dict[str, Any] = {"num_in_ch": num_in_ch, "num_feat": num_feat, "skip_connection": skip_connection}
+        self.hparams: dict[str, Any] = {
+            "num_in_ch": num_in_ch,
+            "num_feat": num_feat,
+            "skip_connection": skip_connection,
+        }
         self.skip_connection = skip_connection
         f = num_feat
         self.conv0 = nn.Conv2d(num_in_ch, f, 3, 1, 1)

@@ -11,6 +11,7 @@ Parameter names follow BasicSR / Real-ESRGAN, which texup treats as canonical::
 State dicts in the original ESRGAN naming (``model.0`` ...) are translated by
 :func:`texup.weights.canonicalize` before they reach this module.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -135,8 +136,13 @@ class RRDBNet(nn.Module):
         super().__init__()
         if scale not in _SCALE_LAYOUT:
             raise ValueError(f"RRDBNet: scale must be one of {sorted(_SCALE_LAYOUT)}, got {scale!r}")
-        for name, value in (("num_in_ch", num_in_ch), ("num_out_ch", num_out_ch), ("num_feat", num_feat),
-                            ("num_block", num_block), ("num_grow_ch", num_grow_ch)):
+        for name, value in (
+            ("num_in_ch", num_in_ch),
+            ("num_out_ch", num_out_ch),
+            ("num_feat", num_feat),
+            ("num_block", num_block),
+            ("num_grow_ch", num_grow_ch),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"RRDBNet: {name} must be a positive int, got {value!r}")
         self.hparams: dict[str, Any] = {
@@ -176,9 +182,7 @@ class RRDBNet(nn.Module):
             not clamped (the caller clamps).
         """
         if x.ndim != 4 or x.shape[1] != self.hparams["num_in_ch"]:
-            raise ValueError(
-                f"RRDBNet expects (N, {self.hparams['num_in_ch']}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"RRDBNet expects (N, {self.hparams['num_in_ch']}, H, W), got {tuple(x.shape)}")
         m = self.input_multiple
         if m > 1:
             if x.shape[2] % m or x.shape[3] % m:
@@ -209,8 +213,12 @@ class RRDBNet(nn.Module):
         """
         n, _c, height, width = feat.shape
         up = 2**self.num_upsample
-        out = torch.empty((n, self.hparams["num_out_ch"], height * up, width * up), dtype=feat.dtype,
-                          device=feat.device, memory_format=_memory_format(feat))
+        out = torch.empty(
+            (n, self.hparams["num_out_ch"], height * up, width * up),
+            dtype=feat.dtype,
+            device=feat.device,
+            memory_format=_memory_format(feat),
+        )
         halo = self.STRIP_HALO
         for r0 in range(0, height, rows):
             r1 = min(height, r0 + rows)
@@ -240,5 +248,8 @@ class RRDBNet(nn.Module):
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() \
+    return (
+        torch.channels_last
+        if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
         else torch.contiguous_format
+    )

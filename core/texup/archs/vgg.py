@@ -9,6 +9,7 @@ The published torchvision file is :data:`VGG19_URL`; its SHA-256 is :data:`VGG19
 name carries the first eight hex digits, as torchvision's convention is; the full digest is the one
 recorded for that file by several independent projects).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,29 @@ VGG19_SHA256 = "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44
 VGG19_SIZE = 574_673_361
 
 #: VGG19 ("E") layout: numbers are conv widths, "M" a 2x2 max pooling.
-_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-                               512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+_CFG: tuple[int | str, ...] = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+)
 
 #: ImageNet statistics the torchvision weights were trained with (RGB, inputs in [0, 1]).
 _MEAN = (0.485, 0.456, 0.406)
@@ -76,11 +98,13 @@ class VGG19Features(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "VGG19Features":
+    def train(self, mode: bool = True) -> VGG19Features:
         # A frozen feature extractor: never switch to training mode (it has no dropout/BN, but keep it explicit).
         return super().train(False)
 
-    def load_torchvision_state_dict(self, state_dict: dict[str, torch.Tensor], *, source: str | Path = "<state dict>") -> None:
+    def load_torchvision_state_dict(
+        self, state_dict: dict[str, torch.Tensor], *, source: str | Path = "<state dict>"
+    ) -> None:
         """Load ``features.N.*`` tensors from a torchvision-format VGG19 state dict (others are ignored).
 
         Raises:

@@ -2,6 +2,7 @@
 
 Exit code 0; 1 when ``--measure`` cannot run any engine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="List the engines (torch, ncnn) and devices (CPU, CUDA, MPS, Vulkan GPUs) texup can use on "
         "this machine, the measurements behind --engine auto, and its choice per model.",
     )
-    p.add_argument("--measure", nargs="?", const="realesrgan-x4plus", metavar="MODEL", default=None,
-                   help="measure every candidate now on MODEL (default: realesrgan-x4plus) and record the winner")
+    p.add_argument(
+        "--measure",
+        nargs="?",
+        const="realesrgan-x4plus",
+        metavar="MODEL",
+        default=None,
+        help="measure every candidate now on MODEL (default: realesrgan-x4plus) and record the winner",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -33,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
         except (TexupError, ValueError, EngineUnavailable) as err:
             print(f"texup engines: error: {err}", file=sys.stderr)
             return 1
-        print(f"texup: auto picks {winner.name} on {winner.device} ({winner.precision}) for {args.measure}",
-              file=sys.stderr)
+        print(
+            f"texup: auto picks {winner.name} on {winner.device} ({winner.precision}) for {args.measure}",
+            file=sys.stderr,
+        )
     info = summary()
     if args.json:
         print(json.dumps(info, indent=1, sort_keys=True))
@@ -43,17 +52,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"torch: {info['torch'] or 'not installed (pip install torch)'}")
     print(f"ncnn: {'installed' if info['ncnn'] else 'not installed (pip install ncnn)'}")
     gpus = info["vulkan_devices"]
-    print("vulkan devices: " + (", ".join(
-        f"vulkan:{d['index']} {d['name']} ({d['kind']}{', software: not used by auto' if d['software'] else ''})"
-        for d in gpus) or "none"))
+    print(
+        "vulkan devices: "
+        + (
+            ", ".join(
+                f"vulkan:{d['index']} {d['name']} "
+                f"({d['kind']}{', software: not used by auto' if d['software'] else ''})"
+                for d in gpus
+            )
+            or "none"
+        )
+    )
     print("candidates for --engine auto: " + (", ".join(info["candidates"]) or "none"))
     measured = info["measured"]
     if not measured:
         print("measured: nothing yet (the first `texup upscale` of a model measures; or run `texup engines --measure`)")
     for key, entry in sorted(measured.items()):
         model, _, pool = key.partition("|")
-        times = ", ".join(f"{k} {v:.2f}" for k, v in sorted(entry.get("seconds_per_mpx", {}).items(),
-                                                             key=lambda kv: kv[1]))
+        times = ", ".join(
+            f"{k} {v:.2f}" for k, v in sorted(entry.get("seconds_per_mpx", {}).items(), key=lambda kv: kv[1])
+        )
         print(f"{model}: auto -> {entry.get('choice')} (s per output Mpx: {times}; measured {entry.get('measured')})")
     print(f"recorded in {info['calibration_file']}")
     return 0

@@ -4,6 +4,7 @@ Each subcommand lives in its own module exposing ``add_parser(subparsers)``; the
 ``func(args) -> int`` (the process exit code). Library code never prints; this layer turns events into
 progress bars and one-line messages.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="texup",
-        description="ESRGAN texture upscaling: texture-grade tiles, alpha, 16-bit and float, offline pretrained models.",
+        description=(
+            "ESRGAN texture upscaling: texture-grade tiles, alpha, 16-bit and float, offline pretrained models."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"texup {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

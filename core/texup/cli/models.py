@@ -4,6 +4,7 @@ Exit codes: 0 success, 1 the operation failed (one line on stderr: ``texup: erro
 2 usage error. Results go to stdout (``fetch`` and ``convert`` print the written path last);
 progress bars go to stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and convert it. Prints the cached .safetensors path.",
     )
     fetch.add_argument("name", metavar="NAME", help="a name from `texup models list`")
-    fetch.add_argument("--sha256", metavar="HEX", default=None,
-                       help="expected SHA-256 of the download (required only for models without a published hash)")
-    fetch.add_argument("--download", action="store_true",
-                       help="download the official full-precision weights even when the package provides the model")
+    fetch.add_argument(
+        "--sha256",
+        metavar="HEX",
+        default=None,
+        help="expected SHA-256 of the download (required only for models without a published hash)",
+    )
+    fetch.add_argument(
+        "--download",
+        action="store_true",
+        help="download the official full-precision weights even when the package provides the model",
+    )
     fetch.add_argument("--timeout", type=float, default=60.0, help="network time-out in seconds (default 60)")
     fetch.set_defaults(func=_cmd_fetch)
 
@@ -84,8 +92,16 @@ class _Bar:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
-                            desc=self.desc, file=sys.stderr, leave=False)
+            self.bar = tqdm(
+                total=total,
+                initial=done,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=self.desc,
+                file=sys.stderr,
+                leave=False,
+            )
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
@@ -114,15 +130,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
         return 0
     table = [["NAME", "ARCH", "SCALE", "SOURCE", "LICENCE", "CACHED", "DESCRIPTION"]]
     for r in rows:
-        table.append([
-            r["name"] + (" *" if r["default"] else ""),
-            r["arch"],
-            f"x{r['scale']}",
-            r["source"],
-            r["license"],
-            "yes" if r["cached"] else "no",
-            r["description"],
-        ])
+        table.append(
+            [
+                r["name"] + (" *" if r["default"] else ""),
+                r["arch"],
+                f"x{r['scale']}",
+                r["source"],
+                r["license"],
+                "yes" if r["cached"] else "no",
+                r["description"],
+            ]
+        )
     print(_table(table))
     print("\n* default model. Cache: " + _models_dir_text())
     return 0

@@ -1,4 +1,5 @@
-"""``texup train --data DIR --out DIR [--pretrained NAME|PATH] [--stage psnr|gan] [--discriminator KIND] [--steps N] [--resume] [--config FILE]``.
+"""``texup train --data DIR --out DIR [--pretrained NAME|PATH] [--stage psnr|gan] [--discriminator KIND]
+[--steps N] [--resume] [--config FILE]``.
 
 Settings come from, in increasing priority: the defaults of :class:`texup.training.TrainConfig`, the
 ``--config`` file (JSON or TOML), then the options given on the command line. Several GPUs or
@@ -8,6 +9,7 @@ progress bar and writes the files).
 Exit codes: 0 finished, 1 failed (one line on stderr: ``texup: error: <reason>``), 2 usage error,
 130 interrupted (a checkpoint is written; ``--resume`` continues).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +18,6 @@ import signal
 import sys
 import textwrap
 from typing import Any
-
 
 #: ``--discriminator`` kinds, one line each (shown by ``texup train --help``).
 DISCRIMINATOR_HELP = {
@@ -40,8 +41,11 @@ def _epilog() -> str:
         width = max(map(len, rows))
         return "\n".join([title, *(f"  {name:<{width}}  {text}" for name, text in rows.items())])
 
-    return table("discriminators (--discriminator):", DISCRIMINATOR_HELP) + "\n\n" + table(
-        "adversarial losses (--gan-loss):", GAN_LOSS_HELP)
+    return (
+        table("discriminators (--discriminator):", DISCRIMINATOR_HELP)
+        + "\n\n"
+        + table("adversarial losses (--gan-loss):", GAN_LOSS_HELP)
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,26 +58,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Train an ESRGAN generator on a texture library: stage 'psnr' (L1) or 'gan' (pixel + perceptual + "
             "relativistic GAN, ESRGAN's weights). Writes checkpoint.pt, log.csv, sample grids and "
             "model.safetensors (loadable by `texup upscale --model`) to --out. Multi-GPU / multi-node: "
-            "torchrun --nproc-per-node N -m texup train ...", width=78),
+            "torchrun --nproc-per-node N -m texup train ...",
+            width=78,
+        ),
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", metavar="DIR", help="folder of textures (searched recursively)")
     p.add_argument("--out", metavar="DIR", help="output folder (checkpoints, logs, samples, model)")
     p.add_argument("--config", metavar="FILE", help="settings file (.json or .toml); options given here override it")
-    p.add_argument("--pretrained", metavar="NAME|PATH",
-                   help="generator to start from: a known model name or a weights file (default realesrgan-x4plus)")
+    p.add_argument(
+        "--pretrained",
+        metavar="NAME|PATH",
+        help="generator to start from: a known model name or a weights file (default realesrgan-x4plus)",
+    )
     p.add_argument("--stage", choices=("psnr", "gan"), help="training stage (default psnr)")
     p.add_argument("--steps", type=int, metavar="N", help="total optimisation steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt when it exists")
     p.add_argument("--batch-size", type=int, metavar="N", help="crops per step, over all ranks")
     p.add_argument("--crop", type=int, metavar="PX", help="high-resolution crop size")
-    p.add_argument("--discriminator", choices=tuple(DISCRIMINATOR_HELP),
-                   help="discriminator (gan stage; default vgg128; the kinds are listed below)")
+    p.add_argument(
+        "--discriminator",
+        choices=tuple(DISCRIMINATOR_HELP),
+        help="discriminator (gan stage; default vgg128; the kinds are listed below)",
+    )
     p.add_argument("--gan-loss", choices=tuple(GAN_LOSS_HELP), help="adversarial loss (gan stage; default auto)")
     p.add_argument("--degradation", choices=("bicubic", "realesrgan"), help="how LR inputs are made")
-    p.add_argument("--vgg19", metavar="PATH|download",
-                   help="torchvision VGG19 weights for the perceptual loss, or 'download' to fetch them (verified)")
+    p.add_argument(
+        "--vgg19",
+        metavar="PATH|download",
+        help="torchvision VGG19 weights for the perceptual loss, or 'download' to fetch them (verified)",
+    )
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="mixed precision (default auto)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--workers", type=int, metavar="N", help="data loading worker processes")
@@ -90,10 +105,22 @@ def build_config(args: argparse.Namespace) -> Any:
     cfg = load_config(args.config) if args.config else TrainConfig()
     changes: dict[str, Any] = {}
     mapping = {
-        "data": "data.root", "out": "out_dir", "stage": "stage", "steps": "steps", "batch_size": "data.batch_size",
-        "crop": "data.hr_crop", "discriminator": "discriminator.kind", "degradation": "data.degradation",
-        "vgg19": "loss.vgg19", "precision": "precision", "device": "device", "workers": "data.num_workers",
-        "seed": "seed", "eval_every": "eval_every", "checkpoint_every": "checkpoint_every", "pretrained": "generator.pretrained",
+        "data": "data.root",
+        "out": "out_dir",
+        "stage": "stage",
+        "steps": "steps",
+        "batch_size": "data.batch_size",
+        "crop": "data.hr_crop",
+        "discriminator": "discriminator.kind",
+        "degradation": "data.degradation",
+        "vgg19": "loss.vgg19",
+        "precision": "precision",
+        "device": "device",
+        "workers": "data.num_workers",
+        "seed": "seed",
+        "eval_every": "eval_every",
+        "checkpoint_every": "checkpoint_every",
+        "pretrained": "generator.pretrained",
         "gan_loss": "loss.gan",
     }
     for attr, key in mapping.items():
@@ -123,8 +150,14 @@ def run(args: argparse.Namespace) -> int:
     from texup.training import train
 
     is_main = os.environ.get("RANK", "0") == "0"
-    bar = tqdm(total=cfg.steps, unit="step", desc=f"training ({cfg.stage})", disable=None if is_main else True,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps,
+        unit="step",
+        desc=f"training ({cfg.stage})",
+        disable=None if is_main else True,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     interrupted = {"flag": False}
 
     def on_event(event: Any) -> None:
@@ -137,9 +170,12 @@ def run(args: argparse.Namespace) -> int:
             bar.refresh()
         elif event.kind == "eval":
             v = event.values
-            tqdm.write(f"texup: step {event.step}: validation PSNR {v.get('psnr', float('nan')):.2f} dB "
-                       f"(bicubic {v.get('psnr_bicubic', float('nan')):.2f}), SSIM {v.get('ssim', float('nan')):.4f}"
-                       f" -> {event.path}", file=sys.stderr)
+            tqdm.write(
+                f"texup: step {event.step}: validation PSNR {v.get('psnr', float('nan')):.2f} dB "
+                f"(bicubic {v.get('psnr_bicubic', float('nan')):.2f}), SSIM {v.get('ssim', float('nan')):.4f}"
+                f" -> {event.path}",
+                file=sys.stderr,
+            )
         elif event.kind == "done" and event.path:
             bar.close()
             print(event.path)

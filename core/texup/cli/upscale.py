@@ -9,6 +9,7 @@ Exit code: 0 when every input was upscaled, up to date (or skipped with ``--skip
 input failed, 2 for a usage error. Each failure is one line on stderr: ``texup: error: <file>: <reason>``.
 Each result is one line on stdout: ``<input> -> <output>`` (with the reason when an earlier output was redone).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,26 +17,51 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
 from texup.imageio import Image, format_for_path, read_image, write_image
 from texup.inference.pipeline import refuse_overwrite
 from texup.library import (
-    GLOB_CHARS, NEW, InputProblem, Plan, Planned, Settings, WorkItem, entry_for, expand_inputs, make_plan,
-    model_identity, output_path, parse_shard, pixel_options, scale_label, source_state, take_shard,
+    GLOB_CHARS,
+    NEW,
+    InputProblem,
+    Plan,
+    Planned,
+    Settings,
+    WorkItem,
+    _outside,  # noqa: F401 - kept importable from here
+    entry_for,
+    expand_inputs,
+    make_plan,
+    model_identity,
+    output_path,
+    parse_shard,
+    pixel_options,
+    scale_label,
+    source_state,
+    take_shard,
 )
-from texup.library import _outside  # noqa: F401 - kept importable from here
 from texup.outputs import OutputRecord
 from texup.weights.cache import remove_stale_temp_files
 
 if TYPE_CHECKING:
     from texup.inference.pipeline import UpscaleOptions, Upscaler
 
-__all__ = ["GLOB_CHARS", "InputProblem", "WorkItem", "add_parser", "expand_inputs", "output_path", "parse_size",
-           "run", "scale_label"]
+__all__ = [
+    "GLOB_CHARS",
+    "InputProblem",
+    "WorkItem",
+    "add_parser",
+    "expand_inputs",
+    "output_path",
+    "parse_size",
+    "run",
+    "scale_label",
+]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,48 +73,109 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files, folders or glob patterns")
     p.add_argument("-o", "--out-dir", required=True, type=Path, help="folder for the results (created if needed)")
-    p.add_argument("--model", default=None, help="known model name (see `texup models list`) or a weights file "
-                   "(default: realesrgan-x4plus)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="known model name (see `texup models list`) or a weights file (default: realesrgan-x4plus)",
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--scale", type=float, default=None, help="output scale, e.g. 2, 3, 4 (default: the model's)")
     size.add_argument("--size", default=None, metavar="WxH", help="exact output size, e.g. 2048x2048")
-    p.add_argument("--suffix", default="_x{scale}", help="added to each output's stem; {scale} is replaced "
-                   "(default: %(default)s; use '' for none)")
+    p.add_argument(
+        "--suffix",
+        default="_x{scale}",
+        help="added to each output's stem; {scale} is replaced (default: %(default)s; use '' for none)",
+    )
     p.add_argument("--format", default=None, help="write this format instead of the input's (png, tiff, exr, ...)")
-    p.add_argument("--skip-existing", action="store_true", help="skip inputs whose output file already exists, "
-                   "whatever it was made from (by name only)")
-    p.add_argument("--force", action="store_true", help="redo texup's earlier outputs even when they are up to "
-                   "date (files texup did not write still need --overwrite)")
-    p.add_argument("--dry-run", action="store_true", help="list each output with what would happen to it and "
-                   "why (new, source/model/options changed, up to date); write nothing (no model is loaded, except once "
-                   "for a weights file this folder has not seen when the suffix needs its scale)")
-    p.add_argument("--shard", type=_shard_arg, default=None, metavar="K/N",
-                   help="do only task K's share of N (1 <= K <= N) for a farm array job: chosen by a hash of "
-                   "each input's relative path, so N tasks cover the inputs once and adding files moves no other")
-    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="spread the files over a Ray cluster (pip install 'texup[ray]'): at ADDRESS, else RAY_ADDRESS, "
-                        "else a new local one; one warm model per node (or GPU); paths must mean the same on every node")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace existing files at output paths even when texup did not write them (never this "
-                        "run's inputs); without it only texup's own, unchanged earlier outputs are replaced")
-    p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders of folder inputs "
-                   "(the output keeps the sub-folder layout)")
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip inputs whose output file already exists, whatever it was made from (by name only)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="redo texup's earlier outputs even when they are up to "
+        "date (files texup did not write still need --overwrite)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list each output with what would happen to it and "
+        "why (new, source/model/options changed, up to date); write nothing (no model is loaded, except once "
+        "for a weights file this folder has not seen when the suffix needs its scale)",
+    )
+    p.add_argument(
+        "--shard",
+        type=_shard_arg,
+        default=None,
+        metavar="K/N",
+        help="do only task K's share of N (1 <= K <= N) for a farm array job: chosen by a hash of "
+        "each input's relative path, so N tasks cover the inputs once and adding files moves no other",
+    )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="spread the files over a Ray cluster (pip install 'texup[ray]'): at ADDRESS, else RAY_ADDRESS, "
+        "else a new local one; one warm model per node (or GPU); paths must mean the same on every node",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing files at output paths even when texup did not write them (never this "
+        "run's inputs); without it only texup's own, unchanged earlier outputs are replaced",
+    )
+    p.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="descend into sub-folders of folder inputs (the output keeps the sub-folder layout)",
+    )
     p.add_argument("--tile", type=int, default=None, help="input tile size in pixels (default: automatic)")
     p.add_argument("--overlap", type=int, default=16, help="context pixels around each tile (default: %(default)s)")
-    p.add_argument("--seamless", choices=("auto", "on", "off"), default="auto",
-                   help="wrap-around context for tileable textures (auto: detect)")
-    p.add_argument("--role", choices=("color", "normal", "data"), default="color",
-                   help="normal: renormalise to unit vectors; data: no colour transform (default: color)")
-    p.add_argument("--engine", choices=("auto", "torch", "ncnn"), default="auto",
-                   help="what runs the network: auto = the fastest measured on this machine (once per model; "
-                   "see `texup engines`), torch (CPU, CUDA, MPS), ncnn (CPU, any Vulkan GPU)")
-    p.add_argument("--device", type=_device_arg, default="auto", metavar="{auto,cpu,cuda[:N],mps,vulkan[:N]}",
-                   help="where it runs (vulkan implies --engine ncnn; cuda and mps imply torch)")
+    p.add_argument(
+        "--seamless",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="wrap-around context for tileable textures (auto: detect)",
+    )
+    p.add_argument(
+        "--role",
+        choices=("color", "normal", "data"),
+        default="color",
+        help="normal: renormalise to unit vectors; data: no colour transform (default: color)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("auto", "torch", "ncnn"),
+        default="auto",
+        help="what runs the network: auto = the fastest measured on this machine (once per model; "
+        "see `texup engines`), torch (CPU, CUDA, MPS), ncnn (CPU, any Vulkan GPU)",
+    )
+    p.add_argument(
+        "--device",
+        type=_device_arg,
+        default="auto",
+        metavar="{auto,cpu,cuda[:N],mps,vulkan[:N]}",
+        help="where it runs (vulkan implies --engine ncnn; cuda and mps imply torch)",
+    )
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-    p.add_argument("--layout", choices=("auto", "nchw", "channels_last"), default="auto",
-                   help="memory layout of the network (auto: measured per CPU/GPU kind; see docs/benchmarks.md)")
-    p.add_argument("--max-pixels", type=_pixels_arg, default=None, metavar="N|WxH",
-                   help="largest input to decode, checked from the header (default 8192x8192, or TEXUP_MAX_PIXELS)")
+    p.add_argument(
+        "--layout",
+        choices=("auto", "nchw", "channels_last"),
+        default="auto",
+        help="memory layout of the network (auto: measured per CPU/GPU kind; see docs/benchmarks.md)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_pixels_arg,
+        default=None,
+        metavar="N|WxH",
+        help="largest input to decode, checked from the header (default 8192x8192, or TEXUP_MAX_PIXELS)",
+    )
     p.add_argument("--debug", action="store_true", help="print a traceback for unexpected errors")
     p.set_defaults(func=run)
 
@@ -156,7 +243,6 @@ def _out_dir_problem(out_dir: Path) -> str | None:
             return f"-o {out_dir} is a file, not a folder"
         return f"-o {out_dir}: {here} is a file, not a folder"
     return None
-
 
 
 def _read_source(planned: Planned, max_pixels: int | None) -> tuple[Image, dict[str, Any]]:
@@ -236,8 +322,9 @@ def _print_plan(plan: Plan, out_dir: Path) -> None:
 class _Batch:
     """The execution of a plan's ``todo``: counts and the per-file lines."""
 
-    def __init__(self, args: argparse.Namespace, record: OutputRecord, settings: Settings,
-                 fail: Callable[[object, str], None]) -> None:
+    def __init__(
+        self, args: argparse.Namespace, record: OutputRecord, settings: Settings, fail: Callable[[object, str], None]
+    ) -> None:
         self.args, self.record, self.settings, self.fail = args, record, settings, fail
         self.new = self.redone = self.failed = 0
         self.redone_why: dict[str, int] = {}
@@ -253,8 +340,9 @@ class _Batch:
             if self.args.debug:
                 traceback.print_exception(err)
 
-    def settle(self, planned: Planned, future: Future[None], info: dict[str, Any],
-               expected: tuple[type[BaseException], ...]) -> None:
+    def settle(
+        self, planned: Planned, future: Future[None], info: dict[str, Any], expected: tuple[type[BaseException], ...]
+    ) -> None:
         """Wait for one background write; record it and print ``src -> dst``, or its failure."""
         try:
             future.result()
@@ -284,10 +372,18 @@ class _Batch:
         engine = f"{upscaler.engine.name} {upscaler.device} {upscaler.precision}"
         max_pixels = self.args.max_pixels
         swept: set[Path] = set()
-        with tqdm(total=len(todo), unit="file", desc="upscaling", disable=None, file=sys.stderr,
-                  bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}] {postfix}") as bar, \
-                ThreadPoolExecutor(1, thread_name_prefix="texup-read") as reader, \
-                ThreadPoolExecutor(1, thread_name_prefix="texup-write") as writer:
+        with (
+            tqdm(
+                total=len(todo),
+                unit="file",
+                desc="upscaling",
+                disable=None,
+                file=sys.stderr,
+                bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}] {postfix}",
+            ) as bar,
+            ThreadPoolExecutor(1, thread_name_prefix="texup-read") as reader,
+            ThreadPoolExecutor(1, thread_name_prefix="texup-write") as writer,
+        ):
             next_read = reader.submit(_read_source, todo[0], max_pixels) if todo else None
             writing: tuple[Planned, Future[None], dict[str, Any]] | None = None
             for index, planned in enumerate(todo):
@@ -305,13 +401,16 @@ class _Batch:
                     assert reading is not None
                     image, source = reading.result()
                     reading = None  # the decoded input goes with `image`
-                    result = upscaler.upscale_array(image.pixels, options, colorspace=image.info.colorspace,
-                                                    progress=on_tiles)
+                    result = upscaler.upscale_array(
+                        image.pixels, options, colorspace=image.info.colorspace, progress=on_tiles
+                    )
                     dst = planned.dst
                     try:
                         dst.parent.mkdir(parents=True, exist_ok=True)
                     except OSError as err:
-                        raise ImageWriteError(dst.parent, f"cannot create the output folder: {err.strerror or err}") from err
+                        raise ImageWriteError(
+                            dst.parent, f"cannot create the output folder: {err.strerror or err}"
+                        ) from err
                     if dst.parent not in swept:  # temp files of an earlier run killed mid-write (an hour old or more)
                         swept.add(dst.parent)
                         remove_stale_temp_files(dst.parent)
@@ -329,8 +428,9 @@ class _Batch:
                 self.settle(writing[0], writing[1], writing[2], expected)
 
 
-def _execute_on_ray(batch: _Batch, todo: list[Planned], model: str, options: UpscaleOptions,
-                    address: str | None) -> None:
+def _execute_on_ray(
+    batch: _Batch, todo: list[Planned], model: str, options: UpscaleOptions, address: str | None
+) -> None:
     """The plan's ``todo`` on a Ray cluster (:func:`texup.cluster.run_on_ray`): sources hashed here (the storage is
     shared), files upscaled on the nodes, each outcome recorded and printed here as it arrives. A driver killed
     between a node's write and its record leaves that output unrecorded: the next run refuses to replace it
@@ -350,9 +450,16 @@ def _execute_on_ray(batch: _Batch, todo: list[Planned], model: str, options: Ups
             continue
         kept.append((planned, source))
     tasks = [(os.path.abspath(p.item.src), os.path.abspath(p.dst)) for p, _ in kept]
-    fields = {"scale": options.scale, "target_size": options.target_size, "tile": options.tile,
-              "overlap": options.overlap, "seamless": options.seamless, "role": options.role}
+    fields = {
+        "scale": options.scale,
+        "target_size": options.target_size,
+        "tile": options.tile,
+        "overlap": options.overlap,
+        "seamless": options.seamless,
+        "role": options.role,
+    }
     with tqdm(total=len(tasks), unit="file", desc="upscaling on Ray", disable=None, file=sys.stderr) as bar:
+
         def arrived(outcome: Any) -> None:
             planned, source = kept[outcome.index]
             if outcome.ok:
@@ -361,12 +468,21 @@ def _execute_on_ray(batch: _Batch, todo: list[Planned], model: str, options: Ups
                 batch.failed += 1
                 reason = outcome.error or "failed"
                 prefix = f"{outcome.src}: "
-                batch.fail(planned.item.src, reason[len(prefix):] if reason.startswith(prefix) else reason)
+                batch.fail(planned.item.src, reason[len(prefix) :] if reason.startswith(prefix) else reason)
             bar.update(1)
 
-        run_on_ray(tasks, model=model, options=fields, engine=args.engine, device=args.device,
-                   precision=args.precision, address=address, max_pixels=args.max_pixels, on_outcome=arrived,
-                   status=lambda line: tqdm.write(f"texup: {line}", file=sys.stderr))
+        run_on_ray(
+            tasks,
+            model=model,
+            options=fields,
+            engine=args.engine,
+            device=args.device,
+            precision=args.precision,
+            address=address,
+            max_pixels=args.max_pixels,
+            on_outcome=arrived,
+            status=lambda line: tqdm.write(f"texup: {line}", file=sys.stderr),
+        )
 
 
 def tqdm_write(line: str) -> None:
@@ -406,8 +522,14 @@ def run(args: argparse.Namespace) -> int:
     upscaler: Upscaler | None = None
 
     def open_upscaler() -> Upscaler:
-        return api.get_upscaler(model, engine=args.engine, device=args.device, precision=args.precision,
-                                layout=args.layout, status=lambda line: print(f"texup: {line}", file=sys.stderr))
+        return api.get_upscaler(
+            model,
+            engine=args.engine,
+            device=args.device,
+            precision=args.precision,
+            layout=args.layout,
+            status=lambda line: print(f"texup: {line}", file=sys.stderr),
+        )
 
     try:
         model_id = model_identity(model, record)
@@ -421,10 +543,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"texup: error: {err}", file=sys.stderr)
         return 1
     settings = Settings(
-        out_dir=args.out_dir, suffix=args.suffix.replace("{scale}", scale_label(scale) if scale else ""),
-        fmt=args.format, model=model_id, texup=texup.__version__,
+        out_dir=args.out_dir,
+        suffix=args.suffix.replace("{scale}", scale_label(scale) if scale else ""),
+        fmt=args.format,
+        model=model_id,
+        texup=texup.__version__,
         options=pixel_options(scale=args.scale, size=target, seamless=args.seamless, role=args.role),
-        skip_existing=args.skip_existing, overwrite=args.overwrite, force=args.force,
+        skip_existing=args.skip_existing,
+        overwrite=args.overwrite,
+        force=args.force,
     )
     plan = make_plan(items, settings, record)
     if args.dry_run:
@@ -444,8 +571,14 @@ def run(args: argparse.Namespace) -> int:
             if record.entry(dst) is not None:
                 record.put(str(record.key(dst)), entry)
         if plan.todo and args.ray is not None:
-            options = UpscaleOptions(scale=args.scale, target_size=target, tile=args.tile, overlap=args.overlap,
-                                     seamless=args.seamless, role=args.role)
+            options = UpscaleOptions(
+                scale=args.scale,
+                target_size=target,
+                tile=args.tile,
+                overlap=args.overlap,
+                seamless=args.seamless,
+                role=args.role,
+            )
             try:
                 _execute_on_ray(batch, plan.todo, model, options, args.ray or None)
             except RuntimeError as err:  # no Ray, or a cluster without a usable node
@@ -460,8 +593,14 @@ def run(args: argparse.Namespace) -> int:
                     return 1
             record.note_model(model_id, scale=upscaler.scale)
             record.open_journal()
-            options = UpscaleOptions(scale=args.scale, target_size=target, tile=args.tile, overlap=args.overlap,
-                                     seamless=args.seamless, role=args.role)
+            options = UpscaleOptions(
+                scale=args.scale,
+                target_size=target,
+                tile=args.tile,
+                overlap=args.overlap,
+                seamless=args.seamless,
+                role=args.role,
+            )
             batch.execute(plan.todo, upscaler, options)
     finally:
         record.close()  # also when interrupted: what was written stays known as texup's

@@ -3,6 +3,7 @@
 stdout carries protocol lines only; logs go to stderr. Exit code 0 after ``shutdown`` or end of stdin,
 2 for an unusable ``--device``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,16 +19,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "models stay loaded between jobs. Logs go to stderr.",
     )
     p.add_argument("--device", default="auto", help="default device for jobs: auto, cpu, cuda[:N], mps or vulkan[:N]")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="default precision for jobs")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
-                   help="stderr log level (default: %(default)s)")
+    p.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="default precision for jobs"
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="stderr log level (default: %(default)s)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from texup.worker.server import serve_stdio
 
-    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
-                        format="%(asctime)s texup-worker %(levelname)s %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level.upper(), format="%(asctime)s texup-worker %(levelname)s %(message)s"
+    )
     return serve_stdio(device=args.device, precision=args.precision)

@@ -9,6 +9,7 @@
 
 Importing this package imports neither torch nor ncnn.
 """
+
 from __future__ import annotations
 
 from texup._lazy import lazy_getattr

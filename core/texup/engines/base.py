@@ -5,10 +5,12 @@ normal-map policies on numpy arrays; an engine only turns one tile into its upsc
 ``torch`` (:mod:`texup.engines.torch_engine`: CPU, CUDA, MPS; bf16/fp16) and ``ncnn``
 (:mod:`texup.engines.ncnn_engine`: CPU Winograd, Vulkan on any GPU). This module imports neither.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 

@@ -10,6 +10,7 @@ after another (every RRDB's output, for instance), so cancel is polled and progr
 chunks; ncnn computes each blob once and keeps what later layers still need, so the result is the same as
 one extraction of the output (tested).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +18,10 @@ import functools
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -164,7 +166,11 @@ class NcnnGraph:
 
 
 def graph_from_files(
-    param: Path, bin_path: Path, *, scale: int | None = None, input_multiple: int | None = None,
+    param: Path,
+    bin_path: Path,
+    *,
+    scale: int | None = None,
+    input_multiple: int | None = None,
     checkpoints: list[str] | None = None,
 ) -> NcnnGraph:
     """Describe an ncnn model: input/output blobs from the graph, checkpoints spread over its convolutions.
@@ -201,8 +207,9 @@ def graph_from_files(
     # the one before the output convolution (not the widest: texup's dense blocks stack 5 outputs in one).
     head = widths[-2] if len(widths) > 1 else widths[-1]
     per_pixel = 4 * (3 * head * scale * scale + 12 * head)
-    return NcnnGraph(param, bin_path, int(scale), int(input_multiple), inputs[0], outputs[0],
-                     tuple(checkpoints), per_pixel)
+    return NcnnGraph(
+        param, bin_path, int(scale), int(input_multiple), inputs[0], outputs[0], tuple(checkpoints), per_pixel
+    )
 
 
 def _default_threads(ncnn: Any) -> int:
@@ -248,8 +255,9 @@ def _probe_scale(param: Path, bin_path: Path, input_blob: str, output_blob: str,
     ret, out = ex.extract(output_blob)
     shape = np.array(out).shape
     if ret != 0 or len(shape) != 3 or shape[0] != 3 or shape[1] != shape[2] or shape[1] % side:
-        raise ModelLoadError(param, f"not an RGB upscaling network: a {side}x{side} input gave shape {shape} "
-                                    f"(code {ret})")
+        raise ModelLoadError(
+            param, f"not an RGB upscaling network: a {side}x{side} input gave shape {shape} (code {ret})"
+        )
     return shape[1] // side
 
 
@@ -269,7 +277,12 @@ class NcnnEngine:
     name = "ncnn"
 
     def __init__(
-        self, graph: NcnnGraph, *, device: str = "cpu", precision: str = "auto", threads: int | None = None,
+        self,
+        graph: NcnnGraph,
+        *,
+        device: str = "cpu",
+        precision: str = "auto",
+        threads: int | None = None,
         name: str | None = None,
     ) -> None:
         ncnn = _import_ncnn()
@@ -294,9 +307,14 @@ class NcnnEngine:
         return f"NcnnEngine({self.model_name!r}, device={self.device}, precision={self.precision})"
 
     def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"engine": self.name, "device": self.device, "precision": self.precision,
-                                "threads": self.threads, "ncnn": getattr(self._ncnn, "__version__", "?"),
-                                "model_files": str(self.graph.param)}
+        info: dict[str, Any] = {
+            "engine": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "threads": self.threads,
+            "ncnn": getattr(self._ncnn, "__version__", "?"),
+            "model_files": str(self.graph.param),
+        }
         if self.gpu is not None:
             device = vulkan_devices()[self.gpu]
             info.update(device_name=device.name, device_kind=device.kind, software=device.software)

@@ -26,6 +26,7 @@ Layer choices (each checked numerically against torch in tests/core/test_ncnn_ex
 * ``a*0.2 + b`` (dense-block and RRDB residuals) -> ``Eltwise 0=1 -23301=2,0.2,1.0`` (weighted sum);
   ``a + b`` -> ``BinaryOp 0=0``; channel concatenation -> ``Concat`` (axis 0 = channels).
 """
+
 from __future__ import annotations
 
 import math
@@ -68,7 +69,8 @@ _ACT_LEAKY = 2
 #: Reorg mode 0 = torch's pixel_unshuffle channel order (see the module docstring).
 _REORG_MODE_TORCH = 0
 
-class Ints(tuple):  # type: ignore[type-arg]
+
+class Ints(tuple):
     """An array param whose items ncnn reads as ints (e.g. Slice's sizes), written without exponents."""
 
 
@@ -217,9 +219,7 @@ class _Weights:
         if not np.issubdtype(array.dtype, np.floating):
             raise ValueError(f"ncnn export of {self.arch}: tensor {name!r} has dtype {array.dtype}, expected floats")
         if array.shape != shape:
-            raise ValueError(
-                f"ncnn export of {self.arch}: tensor {name!r} has shape {array.shape}, expected {shape}"
-            )
+            raise ValueError(f"ncnn export of {self.arch}: tensor {name!r} has shape {array.shape}, expected {shape}")
         return array.astype(np.float32, copy=False)
 
     def check_all_used(self, hint: str) -> None:
@@ -231,8 +231,14 @@ class _Weights:
 
 
 def _conv(
-    weights: _Weights, module: str, in_ch: int, out_ch: int, src: str, dst: str,
-    act: int = 0, slope: float = 0.0,
+    weights: _Weights,
+    module: str,
+    in_ch: int,
+    out_ch: int,
+    src: str,
+    dst: str,
+    act: int = 0,
+    slope: float = 0.0,
 ) -> _Layer:
     """A 3x3, stride 1, pad 1 convolution with bias named ``module``, optionally with a fused activation."""
     weight = weights.get(f"{module}.weight", (out_ch, in_ch, 3, 3))
@@ -245,8 +251,13 @@ def _conv_layer(
 ) -> _Layer:
     """A 3x3, stride 1, pad 1 convolution with these (out, in, 3, 3) weights and optional bias."""
     weight = np.ascontiguousarray(weight, dtype=np.float32)
-    params: list[tuple[int, ParamValue]] = [(0, weight.shape[0]), (1, 3), (4, 1), (5, int(bias is not None)),
-                                            (6, weight.size)]
+    params: list[tuple[int, ParamValue]] = [
+        (0, weight.shape[0]),
+        (1, 3),
+        (4, 1),
+        (5, int(bias is not None)),
+        (6, weight.size),
+    ]
     if act == _ACT_LEAKY:
         params += [(9, _ACT_LEAKY), (10, [slope])]
     elif act == _ACT_RELU:
@@ -264,12 +275,22 @@ def _dense_block_concat(g: _Graph, weights: _Weights, prefix: str, x: str, nf: i
     """One residual dense block as the model is written: conv{j} over the concatenation of x and g1..g{j-1}."""
     features = [x]
     for j in range(1, 6):
-        src = features[0] if j == 1 else g.add(
-            _Layer("Concat", f"{prefix}.cat{j}", list(features), [f"{prefix}.cat{j}"], [(0, 0)])
+        src = (
+            features[0]
+            if j == 1
+            else g.add(_Layer("Concat", f"{prefix}.cat{j}", list(features), [f"{prefix}.cat{j}"], [(0, 0)]))
         )
         last = j == 5
-        conv = _conv(weights, f"{prefix}.conv{j}", nf + (j - 1) * gc, nf if last else gc, src,
-                     f"{prefix}.conv{j}", act=0 if last else _ACT_LEAKY, slope=_RRDB_LRELU_SLOPE)
+        conv = _conv(
+            weights,
+            f"{prefix}.conv{j}",
+            nf + (j - 1) * gc,
+            nf if last else gc,
+            src,
+            f"{prefix}.conv{j}",
+            act=0 if last else _ACT_LEAKY,
+            slope=_RRDB_LRELU_SLOPE,
+        )
         features.append(g.add(conv))
     # out = conv5 * 0.2 + x
     return g.add(_Layer("Eltwise", prefix, [features[-1], x], [prefix], [(0, 1), (1, [_RRDB_RESIDUAL_SCALE, 1.0])]))
@@ -302,16 +323,24 @@ def _dense_block_split(
         stacked = g.add(_conv_layer(f"{prefix}.part{m}", weight, bias, part, f"{prefix}.part{m}"))
         if len(targets) > 1:
             names = [f"{prefix}.part{m}.to{t}" for t in targets]
-            g.add(_Layer("Slice", f"{prefix}.slice{m}", [stacked], names,
-                         [(0, Ints(outs[t - 1] for t in targets)), (1, 0)]))
+            g.add(
+                _Layer(
+                    "Slice", f"{prefix}.slice{m}", [stacked], names, [(0, Ints(outs[t - 1] for t in targets)), (1, 0)]
+                )
+            )
         else:
             names = [stacked]
         for t, blob in zip(targets, names, strict=True):
             contributions[t].append(blob)
         if m < 4:
             j = m + 1
-            summed = contributions[j][0] if len(contributions[j]) == 1 else g.add(
-                _Layer("Eltwise", f"{prefix}.sum{j}", list(contributions[j]), [f"{prefix}.sum{j}"], [(0, 1)]))
+            summed = (
+                contributions[j][0]
+                if len(contributions[j]) == 1
+                else g.add(
+                    _Layer("Eltwise", f"{prefix}.sum{j}", list(contributions[j]), [f"{prefix}.sum{j}"], [(0, 1)])
+                )
+            )
             part = g.add(_Layer("ReLU", f"{prefix}.g{j}", [summed], [f"{prefix}.g{j}"], [(0, _RRDB_LRELU_SLOPE)]))
     r = _RRDB_RESIDUAL_SCALE
     inputs, coeffs = list(contributions[5]) + [x], [r] * len(contributions[5]) + [1.0]
@@ -328,15 +357,18 @@ def _rrdbnet(hparams: Mapping[str, Any], weights: _Weights, dense: str = "split"
     )
     scale = hparams["scale"]
     if not isinstance(scale, (int, np.integer)) or isinstance(scale, bool) or int(scale) not in _RRDB_SCALE_LAYOUT:
-        raise ValueError(f"ncnn export of {arch}: hparam scale must be one of {sorted(_RRDB_SCALE_LAYOUT)}, got {scale!r}")
+        raise ValueError(
+            f"ncnn export of {arch}: hparam scale must be one of {sorted(_RRDB_SCALE_LAYOUT)}, got {scale!r}"
+        )
     unshuffle, num_up = _RRDB_SCALE_LAYOUT[int(scale)]
 
     g = _Graph()
     checkpoints: list[str] = []
     x = g.add(_Layer("Input", "data", [], ["data"]))
     if unshuffle > 1:
-        x = g.add(_Layer("Reorg", "pixel_unshuffle", [x], ["data_unshuffled"],
-                         [(0, unshuffle), (1, _REORG_MODE_TORCH)]))
+        x = g.add(
+            _Layer("Reorg", "pixel_unshuffle", [x], ["data_unshuffled"], [(0, unshuffle), (1, _REORG_MODE_TORCH)])
+        )
     feat = g.add(_conv(weights, "conv_first", in_ch * unshuffle * unshuffle, nf, x, "conv_first"))
 
     residual = [_RRDB_RESIDUAL_SCALE, 1.0]
@@ -350,7 +382,9 @@ def _rrdbnet(hparams: Mapping[str, Any], weights: _Weights, dense: str = "split"
             else:
                 # The third block's residual and the RRDB's fold into one weighted sum (saves a pass).
                 outer = block_in if k == 3 else None
-                x = _dense_block_split(g, weights, prefix, x, nf, gc, outer=outer, name=f"body.{i}" if outer else prefix)
+                x = _dense_block_split(
+                    g, weights, prefix, x, nf, gc, outer=outer, name=f"body.{i}" if outer else prefix
+                )
         if dense == "concat":
             # RRDB: rdb3(rdb2(rdb1(x))) * 0.2 + x
             x = g.add(_Layer("Eltwise", f"body.{i}", [x, block_in], [f"body.{i}"], [(0, 1), (1, residual)]))
@@ -373,11 +407,15 @@ def _rrdbnet(hparams: Mapping[str, Any], weights: _Weights, dense: str = "split"
 def _compact(hparams: Mapping[str, Any], weights: _Weights) -> tuple[_Graph, list[str]]:
     arch = "SRVGGNetCompact"
     _check_hparam_keys(arch, hparams, _COMPACT_HPARAMS)
-    in_ch, out_ch, nf, up = (_int_hparam(arch, hparams, k, 1) for k in ("num_in_ch", "num_out_ch", "num_feat", "upscale"))
+    in_ch, out_ch, nf, up = (
+        _int_hparam(arch, hparams, k, 1) for k in ("num_in_ch", "num_out_ch", "num_feat", "upscale")
+    )
     num_conv = _int_hparam(arch, hparams, "num_conv", 0)
     act_type = hparams["act_type"]
     if act_type not in _COMPACT_ACT_TYPES:
-        raise ValueError(f"ncnn export of {arch}: hparam act_type must be one of {_COMPACT_ACT_TYPES}, got {act_type!r}")
+        raise ValueError(
+            f"ncnn export of {arch}: hparam act_type must be one of {_COMPACT_ACT_TYPES}, got {act_type!r}"
+        )
     if in_ch != out_ch:
         raise ValueError(f"ncnn export of {arch}: num_in_ch ({in_ch}) must equal num_out_ch ({out_ch})")
 

@@ -10,13 +10,15 @@
   checkpoint blobs, source hash, exporter version). A changed source has another hash, so it is exported
   again; an interrupted export leaves no half-written files (atomic writes).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -83,9 +85,16 @@ def _cached_export(digest: str, name: str, source: Callable[[], ExportSource]) -
         arch, hparams, sd, scale, input_multiple = source()
         folder.mkdir(parents=True, exist_ok=True)
         checkpoints = export_ncnn(arch, hparams, sd, param, weights)
-        info = {"digest": digest, "arch": arch, "hparams": hparams, "scale": scale,
-                "input_multiple": input_multiple, "checkpoints": list(checkpoints),
-                "export_version": EXPORT_VERSION, "bin_size": weights.stat().st_size}
+        info = {
+            "digest": digest,
+            "arch": arch,
+            "hparams": hparams,
+            "scale": scale,
+            "input_multiple": input_multiple,
+            "checkpoints": list(checkpoints),
+            "export_version": EXPORT_VERSION,
+            "bin_size": weights.stat().st_size,
+        }
         with atomic_path(info_path) as tmp:
             Path(tmp).write_text(json.dumps(info, indent=1, sort_keys=True), encoding="utf-8")
     graph = _read_export(param, weights, info_path, digest)
@@ -99,26 +108,43 @@ def _read_export(param: Path, weights: Path, info_path: Path, digest: str) -> Nc
         info = json.loads(info_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if (not isinstance(info, dict) or info.get("digest") != digest or info.get("export_version") != EXPORT_VERSION
-            or not param.is_file() or not weights.is_file() or weights.stat().st_size != info.get("bin_size")):
+    if (
+        not isinstance(info, dict)
+        or info.get("digest") != digest
+        or info.get("export_version") != EXPORT_VERSION
+        or not param.is_file()
+        or not weights.is_file()
+        or weights.stat().st_size != info.get("bin_size")
+    ):
         return None
-    return graph_from_files(param, weights, scale=int(info["scale"]), input_multiple=int(info["input_multiple"]),
-                            checkpoints=[str(c) for c in info["checkpoints"]])
+    return graph_from_files(
+        param,
+        weights,
+        scale=int(info["scale"]),
+        input_multiple=int(info["input_multiple"]),
+        checkpoints=[str(c) for c in info["checkpoints"]],
+    )
 
 
 def graph_for(model: Any) -> tuple[NcnnGraph, str]:
     """``(graph, model name)`` for a model reference: registry name, weights file, or LoadedModel-like object."""
     if hasattr(model, "module") and hasattr(model, "arch"):  # a LoadedModel (torch is installed then)
         sd = {k: v.detach().to("cpu").float().numpy() for k, v in model.module.state_dict().items()}
-        graph = exported_graph(model.arch, dict(model.hparams), sd, name=str(model.name), scale=int(model.scale),
-                               input_multiple=int(model.input_multiple))
+        graph = exported_graph(
+            model.arch,
+            dict(model.hparams),
+            sd,
+            name=str(model.name),
+            scale=int(model.scale),
+            input_multiple=int(model.input_multiple),
+        )
         return graph, str(model.name)
     from texup.weights.registry import KNOWN_MODELS, get_model_info, ncnn_files
 
     path = Path(os.fspath(model)).expanduser()
     if path.is_file():
-        from texup.weights.state_dict import is_ncnn
         from texup.weights.ncnn import ncnn_paths
+        from texup.weights.state_dict import is_ncnn
 
         if is_ncnn(path):
             param, weights = ncnn_paths(path)
@@ -180,5 +206,6 @@ def _graph_for_file(path: Path, name: str) -> NcnnGraph:
     from texup.weights.arrays import read_array_model
 
     model = read_array_model(path, name=name)
-    return exported_graph(model.arch, model.hparams, model.state_dict, name=name, scale=model.scale,
-                          input_multiple=model.input_multiple)
+    return exported_graph(
+        model.arch, model.hparams, model.state_dict, name=name, scale=model.scale, input_multiple=model.input_multiple
+    )

@@ -7,6 +7,7 @@ model on a machine times one small tile on each (:func:`calibrate`, a few second
 the choice is cached in ``TEXUP_HOME/engines.json`` keyed by the machine (CPU model and flags, GPU names,
 library versions) and the model, so later runs open the winner at once. ``texup engines`` shows all of it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -15,9 +16,10 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -101,8 +103,15 @@ def machine_key() -> str:
 
     parts: dict[str, Any] = {"machine": platform.machine(), "cpu": _cpu_model(), "cores": os.cpu_count()}
     try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-                     if line.startswith(("flags", "Features"))).split(":", 1)[1].split()
+        flags = (
+            next(
+                line
+                for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+                if line.startswith(("flags", "Features"))
+            )
+            .split(":", 1)[1]
+            .split()
+        )
         parts["flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sve", "asimd", "bf16")))
     except (OSError, StopIteration):
         pass
@@ -192,7 +201,10 @@ def time_engine(engine: Engine, *, tile: int = CALIBRATION_TILE, repeats: int = 
 
 
 def calibrate(
-    model: Any, pool: list[Candidate] | None = None, *, status: StatusCallback | None = None,
+    model: Any,
+    pool: list[Candidate] | None = None,
+    *,
+    status: StatusCallback | None = None,
     request: tuple[str, str] = ("auto", "auto"),
 ) -> tuple[Engine, dict[str, float]]:
     """Open every candidate in ``pool`` (default: all) for ``model``, time each on one small tile, cache the
@@ -220,12 +232,18 @@ def calibrate(
             best = (seconds, engine, cand)
         del engine
     if best is None:
-        raise EngineUnavailable("no engine can run this model here: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+        raise EngineUnavailable(
+            "no engine can run this model here: " + "; ".join(f"{k}: {v}" for k, v in errors.items())
+        )
     _, winner, choice = best
     data = read_calibration()
     data.setdefault(machine_key(), {})[_request_key(model, *request)] = {
-        "choice": choice.key, "seconds_per_mpx": times, "errors": errors,
-        "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "tile": CALIBRATION_TILE, "pool": [c.key for c in pool],
+        "choice": choice.key,
+        "seconds_per_mpx": times,
+        "errors": errors,
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "tile": CALIBRATION_TILE,
+        "pool": [c.key for c in pool],
     }
     try:
         _write_calibration(data)
@@ -267,7 +285,12 @@ def engine_for_device(device: str) -> str | None:
 
 
 def open_engine(
-    model: Any, *, engine: str = "auto", device: str = "auto", precision: str = "auto", layout: str = "auto",
+    model: Any,
+    *,
+    engine: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    layout: str = "auto",
     status: StatusCallback | None = None,
 ) -> Engine:
     """Open the engine that runs ``model`` (a registry name, a weights file, or a LoadedModel).
@@ -301,8 +324,11 @@ def open_engine(
                 status(f"the recorded choice {cached.key} cannot run now ({err})")
     pool = [c for c in candidates() if device == "auto" or c.device == device]
     if precision != "auto":
-        pool = [Candidate(c.engine, c.device, precision) for c in pool
-                if c.engine == "torch" or precision == "fp32" or (precision == "fp16" and c.device != "cpu")]
+        pool = [
+            Candidate(c.engine, c.device, precision)
+            for c in pool
+            if c.engine == "torch" or precision == "fp32" or (precision == "fp16" and c.device != "cpu")
+        ]
         pool = list(dict.fromkeys(pool))
     if not pool:
         raise EngineUnavailable(

@@ -4,6 +4,7 @@ Everything here is about *how* a tile goes through the network (device, dtype, m
 to the model's input multiple, cancel inside a tile); *which* tiles and how they are combined is
 :mod:`texup.inference.tiling` and :mod:`texup.inference.pipeline`. Implements :class:`texup.engines.base.Engine`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -186,9 +187,13 @@ class TorchEngine:
         return f"TorchEngine({self.model_name!r}, device={self.device}, precision={self.precision})"
 
     def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"engine": self.name, "device": self.device, "precision": self.precision,
-                                "layout": "channels_last" if self.channels_last else "nchw",
-                                "torch": torch.__version__}
+        info: dict[str, Any] = {
+            "engine": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "layout": "channels_last" if self.channels_last else "nchw",
+            "torch": torch.__version__,
+        }
         if self.torch_device.type == "cuda":
             info["device_name"] = torch.cuda.get_device_name(self.torch_device)
         elif self.torch_device.type == "cpu":

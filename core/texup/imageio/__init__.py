@@ -5,6 +5,7 @@ Images are numpy ``(H, W, C)`` arrays (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA; 
 plus an :class:`ImageInfo` describing how the file stored them, so a result can be written back
 the same way (``write_image(out, pixels, like=image.info)``). This package does not import torch.
 """
+
 from __future__ import annotations
 
 from .convert import from_float32, linear_to_srgb, srgb_to_linear, to_float32

@@ -1,4 +1,5 @@
 """Helpers shared by the format modules."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,12 +18,14 @@ FORMAT_NAMES = {
 
 
 def decode_error(path: Path, format: str, exc: BaseException) -> ImageReadError:
-    """An ImageReadError for a decoder failure: "truncated X data" when the decoder says so, else "corrupt X data (...)"."""
+    """An ImageReadError for a decoder failure: "truncated X data" when the decoder says so, else "corrupt X data
+    (...)"."""
     name = FORMAT_NAMES.get(format, format.upper())
     message = " ".join(str(exc).split()) or type(exc).__name__
     lowered = message.lower()
     if isinstance(exc, EOFError) or any(
-        word in lowered for word in ("truncated", "too small", "unexpected end", "premature end", "end of file", "short read")
+        word in lowered
+        for word in ("truncated", "too small", "unexpected end", "premature end", "end of file", "short read")
     ):
         detail = "" if "truncated" in lowered else f" ({message})"
         return ImageReadError(path, f"truncated {name} data (the file ends before the image data does){detail}")

@@ -6,6 +6,7 @@ channel of any name (a height or roughness map) -> gray; else a single layer hol
 (``diffuse.R`` ...) -> that layer. HALF channels give float16, FLOAT float32 (mixed: float32).
 Subsampled (luminance/chroma) channels, UINT channels and deep data are refused with a reason.
 """
+
 from __future__ import annotations
 
 import struct
@@ -119,7 +120,18 @@ def read_header(path: Path, fh: BinaryIO) -> ExrHeader:
     return ExrHeader(channels, width, height, compression, bool(version & 0x1000), tiles, fh.tell())
 
 
-_LINES_PER_CHUNK = {"none": 1, "rle": 1, "zips": 1, "zip": 16, "pxr24": 16, "piz": 32, "b44": 32, "b44a": 32, "dwaa": 32, "dwab": 256}
+_LINES_PER_CHUNK = {
+    "none": 1,
+    "rle": 1,
+    "zips": 1,
+    "zip": 16,
+    "pxr24": 16,
+    "piz": 32,
+    "b44": 32,
+    "b44a": 32,
+    "dwaa": 32,
+    "dwab": 256,
+}
 
 
 def _check_complete(path: Path, fh: BinaryIO, header: ExrHeader) -> None:
@@ -179,7 +191,9 @@ def select_channels(path: Path, header: ExrHeader) -> tuple[list[str], str]:
         if channel.x_sampling != 1 or channel.y_sampling != 1:
             raise ImageReadError(path, f"EXR channel {name} is subsampled (luminance/chroma EXR is not supported)")
         if channel.pixel_type not in ("half", "float"):
-            raise ImageReadError(path, f"EXR channel {name} holds {channel.pixel_type} samples (only half and float are supported)")
+            raise ImageReadError(
+                path, f"EXR channel {name} holds {channel.pixel_type} samples (only half and float are supported)"
+            )
     dtype = "float16" if all(by_name[n].pixel_type == "half" for n in chosen) else "float32"
     return chosen, dtype
 
@@ -232,7 +246,9 @@ def encode(target: Path, pixels: np.ndarray, extra: dict[str, Any]) -> None:
     compression_name = str(extra.get("exr_compression", "zip"))
     if compression_name not in COMPRESSIONS:
         compression_name = "zip"
-    compression = getattr(OpenEXR, "NO_COMPRESSION" if compression_name == "none" else f"{compression_name.upper()}_COMPRESSION")
+    compression = getattr(
+        OpenEXR, "NO_COMPRESSION" if compression_name == "none" else f"{compression_name.upper()}_COMPRESSION"
+    )
     planes = {name: np.ascontiguousarray(pixels[:, :, i]) for i, name in enumerate(names)}
     header = {"compression": compression, "type": OpenEXR.scanlineimage}
     OpenEXR.File(header, planes).write(str(target))

@@ -4,6 +4,7 @@ Pillow's plugin classes are instantiated directly (not through ``Image.open``) s
 format the signature named is tried and texup's own pixel limit, checked from the header, applies
 instead of Pillow's global decompression-bomb setting.
 """
+
 from __future__ import annotations
 
 import struct
@@ -142,8 +143,11 @@ def _info(path: Path, format: str, im: Any) -> ImageInfo:
     elif format == "webp":
         frames = int(getattr(im, "n_frames", 1) or 1)
         if frames > 1:  # the first frame alone would be silently taken as the whole file
-            raise ImageReadError(path, f"animated WebP ({frames} frames) is not supported: texup upscales still "
-                                       "images (export the frames as separate files)")
+            raise ImageReadError(
+                path,
+                f"animated WebP ({frames} frames) is not supported: texup upscales still "
+                "images (export the frames as separate files)",
+            )
         lossless = _webp_lossless(path)
         if lossless is not None:
             extra["webp_lossless"] = lossless
@@ -184,7 +188,11 @@ def decode(path: Path, format: str, info: ImageInfo) -> np.ndarray:
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.shape != info.shape or pixels.dtype != np.uint8:
-        raise ImageReadError(path, f"unsupported {FORMAT_NAMES[format]} data (decoded {pixels.dtype} {pixels.shape}, expected uint8 {info.shape})")
+        raise ImageReadError(
+            path,
+            f"unsupported {FORMAT_NAMES[format]} data "
+            f"(decoded {pixels.dtype} {pixels.shape}, expected uint8 {info.shape})",
+        )
     return np.ascontiguousarray(pixels)
 
 
@@ -239,7 +247,11 @@ def encode(target: Path, format: str, pixels: np.ndarray, extra: dict[str, Any])
             _to_pil(pixels).save(target, format="BMP")
     elif format == "webp":
         lossless = bool(extra.get("webp_lossless", True))
-        options = {"lossless": lossless, "exact": True, "quality": 100 if lossless else int(extra.get("webp_quality", 95))}
+        options = {
+            "lossless": lossless,
+            "exact": True,
+            "quality": 100 if lossless else int(extra.get("webp_quality", 95)),
+        }
         if icc:
             options["icc_profile"] = bytes(icc)
         _to_pil(_gray_to_color(pixels)).save(target, format="WEBP", **options)

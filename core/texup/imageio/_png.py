@@ -3,6 +3,7 @@
 Pillow reduces 48/64-bit PNGs to 8 bits per sample when it decodes them, so it never decodes a
 16-bit PNG here; imagecodecs keeps the uint16 samples.
 """
+
 from __future__ import annotations
 
 import struct
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..errors import ImageReadError
 from ._common import check_dimensions, check_limit, decode_error
-from .types import ImageInfo
+from .types import Dtype, ImageInfo
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: zlib level of written PNGs. An x4 upscale of a photo (1024x1024 RGB): level 3 encodes in 0.13 s and
@@ -88,7 +89,9 @@ def read_header(path: Path, fh: BinaryIO, *, full_walk: bool, max_pixels: int | 
     return _walk(path, fh, file_size, width, height, depth, color, full_walk=full_walk)
 
 
-def _walk(path: Path, fh: BinaryIO, file_size: int, width: int, height: int, depth: int, color: int, *, full_walk: bool) -> PngHeader:
+def _walk(
+    path: Path, fh: BinaryIO, file_size: int, width: int, height: int, depth: int, color: int, *, full_walk: bool
+) -> PngHeader:
     trns: bytes | None = None
     icc: bytes | None = None
     seen_idat = False
@@ -102,7 +105,9 @@ def _walk(path: Path, fh: BinaryIO, file_size: int, width: int, height: int, dep
         length, ctype = struct.unpack(">I4s", head)
         end = pos + 12 + length
         if end > file_size:
-            raise ImageReadError(path, f"truncated PNG data (the {ctype.decode('latin-1')} chunk runs past the end of the file)")
+            raise ImageReadError(
+                path, f"truncated PNG data (the {ctype.decode('latin-1')} chunk runs past the end of the file)"
+            )
         if ctype == b"IDAT":
             seen_idat = True
             if not full_walk:
@@ -113,8 +118,11 @@ def _walk(path: Path, fh: BinaryIO, file_size: int, width: int, height: int, dep
             data = fh.read(length)
             frames = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else 0
             if frames > 1:
-                raise ImageReadError(path, f"animated PNG ({frames} frames) is not supported: texup upscales still "
-                                           "images (export the frames as separate files)")
+                raise ImageReadError(
+                    path,
+                    f"animated PNG ({frames} frames) is not supported: texup upscales still "
+                    "images (export the frames as separate files)",
+                )
         elif ctype in (b"tRNS", b"iCCP") and not seen_idat:
             data = fh.read(length)
             if ctype == b"tRNS":
@@ -139,7 +147,7 @@ def info_from_header(path: Path, header: PngHeader) -> ImageInfo:
         extra["bit_depth"] = header.bit_depth
     if header.icc_profile:
         extra["icc_profile"] = header.icc_profile
-    dtype = "uint16" if header.bit_depth == 16 else "uint8"
+    dtype: Dtype = "uint16" if header.bit_depth == 16 else "uint8"
     return ImageInfo(path, "png", header.width, header.height, channels, dtype, "srgb", extra)
 
 
@@ -181,7 +189,9 @@ def decode(path: Path, info: ImageInfo) -> np.ndarray:
         else:
             pixels = _decode_8bit(path, header)
         if header.trns is not None and header.color_type in (0, 2):
-            pixels = np.concatenate([pixels, _key_alpha(pixels, header, 65535 if header.bit_depth == 16 else 255)], axis=2)
+            pixels = np.concatenate(
+                [pixels, _key_alpha(pixels, header, 65535 if header.bit_depth == 16 else 255)], axis=2
+            )
     except ImageReadError:
         raise
     except (OSError, ValueError, RuntimeError, SyntaxError, EOFError, struct.error, zlib.error) as exc:
@@ -220,7 +230,7 @@ def encode(target: Path, pixels: np.ndarray, extra: dict[str, object]) -> None:
         data = bytes(imagecodecs.png_encode(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, level=ZLIB_LEVEL))
         if icc:
             ihdr_end = 8 + 25
-            data = data[:ihdr_end] + _iccp_chunk(bytes(icc)) + data[ihdr_end:]  # type: ignore[arg-type]
+            data = data[:ihdr_end] + _iccp_chunk(bytes(icc)) + data[ihdr_end:]  # type: ignore[call-overload]
         target.write_bytes(data)
         return
     from PIL import Image as PILImage
@@ -229,5 +239,5 @@ def encode(target: Path, pixels: np.ndarray, extra: dict[str, object]) -> None:
     im = PILImage.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, mode)
     options: dict[str, object] = {"compress_level": ZLIB_LEVEL}
     if icc:
-        options["icc_profile"] = bytes(icc)  # type: ignore[arg-type]
+        options["icc_profile"] = bytes(icc)  # type: ignore[call-overload]
     im.save(target, format="PNG", **options)

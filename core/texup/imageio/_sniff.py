@@ -1,4 +1,5 @@
 """Recognise an image file by its first bytes (the suffix only decides for TGA, which has no signature)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -4,6 +4,7 @@ with or without alpha; contiguous or planar, stripped or tiled. The first page (
 Associated (premultiplied) alpha is converted to straight alpha on reading, since texup images
 carry straight alpha; files are always written with unassociated alpha.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,7 +57,9 @@ def _layout(path: Path, page: Any) -> tuple[int, str, bool]:
     extras = tuple(int(e) for e in (page.extrasamples or ()))
     dtype = np.dtype(page.dtype).name if page.dtype is not None else "unknown"
     if dtype not in _SUPPORTED_DTYPES:
-        raise ImageReadError(path, f"unsupported TIFF sample type {dtype} (supported: 1-bit, uint8, uint16, float16, float32)")
+        raise ImageReadError(
+            path, f"unsupported TIFF sample type {dtype} (supported: 1-bit, uint8, uint16, float16, float32)"
+        )
     associated = bool(extras) and extras[0] == 1
     if photometric in ("MINISBLACK", "MINISWHITE"):
         if samples not in (1, 2):

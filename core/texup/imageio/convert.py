@@ -4,6 +4,7 @@ The float convention used across texup: integer images map to ``[0, 1]`` float32
 the type's maximum -> 1.0); float images keep their values, which may lie outside ``[0, 1]``
 (HDR EXR, negative values in data maps).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,13 +57,18 @@ def srgb_to_linear(a: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(a, dtype=np.float32)
     m = np.abs(x)
-    out = np.where(m <= 0.04045, m / np.float32(12.92), ((m + np.float32(0.055)) / np.float32(1.055)) ** np.float32(2.4))
+    out = np.where(
+        m <= 0.04045, m / np.float32(12.92), ((m + np.float32(0.055)) / np.float32(1.055)) ** np.float32(2.4)
+    )
     return np.copysign(out, x).astype(np.float32, copy=False)
 
 
 def linear_to_srgb(a: np.ndarray) -> np.ndarray:
-    """Encode linear-light values as sRGB (IEC 61966-2-1), as float32 of the same shape; inverse of :func:`srgb_to_linear`."""
+    """Encode linear-light values as sRGB (IEC 61966-2-1), as float32 of the same shape; inverse of
+    :func:`srgb_to_linear`."""
     x = np.asarray(a, dtype=np.float32)
     m = np.abs(x)
-    out = np.where(m <= 0.0031308, m * np.float32(12.92), np.float32(1.055) * m ** np.float32(1.0 / 2.4) - np.float32(0.055))
+    out = np.where(
+        m <= 0.0031308, m * np.float32(12.92), np.float32(1.055) * m ** np.float32(1.0 / 2.4) - np.float32(0.055)
+    )
     return np.copysign(out, x).astype(np.float32, copy=False)

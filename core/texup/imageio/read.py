@@ -5,6 +5,7 @@ as JPEG); only TGA, which has no signature, is recognised by its ``.tga`` suffix
 checked from the header before any pixel is decoded, so a crafted header cannot make texup
 allocate gigabytes.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageReadError
+from ..limits import DEFAULT_MAX_PIXELS  # noqa: F401 (DEFAULT_MAX_PIXELS re-exported)
+from ..limits import max_pixels as _default_max_pixels
 from . import _exr, _pillow, _png, _tiff
 from ._sniff import HEAD_BYTES, describe_unknown, sniff_format
 from .types import Image, ImageInfo
-
-from ..limits import DEFAULT_MAX_PIXELS, max_pixels as _default_max_pixels  # noqa: F401 (DEFAULT_MAX_PIXELS re-exported)
 
 
 def _open_checked(path: str | os.PathLike[str]) -> tuple[Path, str]:
@@ -125,7 +126,9 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         # Third-party decoders report damaged files through an open-ended set of exception types (a fuzzed TIFF
         # tag: TypeError or AttributeError from tifffile): any of them is this file's problem, never the batch's.
         reason = " ".join(str(exc).split())[:200] or "no message"
-        raise _one_line(ImageReadError(p, f"corrupt or unsupported {format} file (decoder: {type(exc).__name__}: {reason})")) from exc
+        raise _one_line(
+            ImageReadError(p, f"corrupt or unsupported {format} file (decoder: {type(exc).__name__}: {reason})")
+        ) from exc
     if pixels.dtype != np.dtype(info.dtype):
         raise ImageReadError(p, f"decoder returned {pixels.dtype} samples, header says {info.dtype}")
     return Image(pixels=pixels, info=info)

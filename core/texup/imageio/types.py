@@ -2,6 +2,7 @@
 
 Nothing here decodes pixels; the module is safe to import anywhere (no torch, no codecs).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """Writing: :func:`write_image`, atomic (temporary file in the destination folder, fsync, rename)."""
+
 from __future__ import annotations
 
 import os
@@ -54,16 +55,22 @@ def _validate(path: Path, format: str, pixels: np.ndarray) -> np.ndarray:
     dtype = pixels.dtype.name
     name = FORMAT_NAMES[format]
     if dtype not in DTYPES:
-        raise ImageWriteError(path, f"{dtype} samples are not an image sample type (use uint8, uint16, float16 or float32)")
+        raise ImageWriteError(
+            path, f"{dtype} samples are not an image sample type (use uint8, uint16, float16 or float32)"
+        )
     if dtype not in FORMAT_DTYPES[format]:
         raise ImageWriteError(
-            path, f"{name} cannot hold {dtype} samples (it stores {', '.join(FORMAT_DTYPES[format])}); convert first or write {_SUGGEST[dtype]}"
+            path,
+            f"{name} cannot hold {dtype} samples (it stores {', '.join(FORMAT_DTYPES[format])}); "
+            f"convert first or write {_SUGGEST[dtype]}",
         )
     if format == "jpeg" and channels in (2, 4):
         raise ImageWriteError(path, "JPEG has no alpha channel; drop the alpha or write PNG, TIFF, TGA or WebP")
     limit = _MAX_SIDE.get(format)
     if limit is not None and max(width, height) > limit:
-        raise ImageWriteError(path, f"{name} images are limited to {limit}x{limit} pixels, this one is {width}x{height}")
+        raise ImageWriteError(
+            path, f"{name} images are limited to {limit}x{limit} pixels, this one is {width}x{height}"
+        )
     return np.ascontiguousarray(pixels)
 
 
@@ -163,7 +170,11 @@ def write_image(
         except ImageWriteError:
             raise
         except (OSError, ValueError, RuntimeError, TypeError, KeyError, struct.error, zlib.error) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split()) or type(exc).__name__
+            reason = (
+                exc.strerror
+                if isinstance(exc, OSError) and exc.strerror
+                else " ".join(str(exc).split()) or type(exc).__name__
+            )
             raise ImageWriteError(target, f"{FORMAT_NAMES[fmt]} encoding failed: {reason}") from exc
         try:
             os.replace(temp, target)

@@ -8,6 +8,7 @@
 
 Nothing here imports torch or ncnn; the engine an Upscaler opens does.
 """
+
 from __future__ import annotations
 
 from texup._lazy import lazy_getattr

@@ -30,24 +30,25 @@ cut-out edges (foliage, fences, decals — the common case in textures) 23.0 dB 
 sharpness matching the original; soft gradient mattes 25.0 dB vs 27.1 dB. The model wins where it matters
 and costs one more pass over the image.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
 from texup.engines.base import Cancelled, Engine, EngineOutOfMemory
 from texup.errors import ImageWriteError, TexupError
 from texup.imageio import from_float32, read_image, to_float32, write_image
-from texup.limits import check_output_memory
 from texup.inference import policy
 from texup.inference.resample import RowResampler
 from texup.inference.tiling import Tile, add_wrapped, blend_weights, is_tileable, plan_tiles, take_wrapped
+from texup.limits import check_output_memory
 
 #: ``progress(done, total)``: ``done`` tiles of ``total`` (a float between tile boundaries, see Upscaler).
 ProgressCallback = Callable[[float, int], None]
@@ -216,16 +217,23 @@ class Upscaler:
     """
 
     def __init__(
-        self, model: object, *, engine: str = "auto", device: str = "auto", precision: str = "auto",
-        layout: str = "auto", status: Callable[[str], None] | None = None,
+        self,
+        model: object,
+        *,
+        engine: str = "auto",
+        device: str = "auto",
+        precision: str = "auto",
+        layout: str = "auto",
+        status: Callable[[str], None] | None = None,
     ) -> None:
         if isinstance(model, Engine):
             self.engine: Engine = model
         else:
             from texup.engines.select import open_engine
 
-            self.engine = open_engine(model, engine=engine, device=device, precision=precision, layout=layout,
-                                      status=status)
+            self.engine = open_engine(
+                model, engine=engine, device=device, precision=precision, layout=layout, status=status
+            )
 
     @property
     def device(self) -> str:

@@ -25,6 +25,7 @@ domain with an exactly invertible transform (:func:`encode_for_model`) and maps 
   unchanged; float data outside [0, 1] is mapped per channel by ``(v - lo) / (hi - lo)`` with
   ``lo = min(0, min)``, ``hi = max(1, max)`` and mapped back after, so its range survives.
 """
+
 from __future__ import annotations
 
 import math

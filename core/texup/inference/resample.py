@@ -6,9 +6,10 @@ stretched by the shrink factor so every input pixel contributes (like Pillow's a
 ``antialias=True``). Borders are either clamped (ordinary images) or periodic (seamless textures, so the
 result is still exactly tileable) — torch's ``interpolate`` has no periodic mode, hence this module.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -84,8 +85,14 @@ class RowResampler:
     """
 
     def __init__(
-        self, n_in: int, height: int, width: int, sink: Callable[[np.ndarray, int], None], *,
-        wrap: bool = False, block: int = 64,
+        self,
+        n_in: int,
+        height: int,
+        width: int,
+        sink: Callable[[np.ndarray, int], None],
+        *,
+        wrap: bool = False,
+        block: int = 64,
     ) -> None:
         if height < 1 or width < 1 or n_in < 1:
             raise ValueError(f"sizes must be at least 1, got {n_in} rows in, {width}x{height} out")

@@ -20,6 +20,7 @@ so every 2-D weight (a product of two such values) is a multiple of 2**-20 and t
 add up to exactly 1.0 at every output pixel, in float32. An output canvas can therefore accumulate
 ``weight * tile_output`` directly, with no separate weight-sum buffer and no final division.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,16 +55,6 @@ class Tile:
     by1: int
     bx1: int
 
-    @property
-    def context_shape(self) -> tuple[int, int]:
-        """(height, width) of the model input for this tile (before any padding to a multiple)."""
-        return self.cy1 - self.cy0, self.cx1 - self.cx0
-
-    @property
-    def blend_shape(self) -> tuple[int, int]:
-        """(height, width) of the blend region in input pixels."""
-        return self.by1 - self.by0, self.bx1 - self.bx0
-
 
 @dataclass(frozen=True)
 class _Span:
@@ -97,9 +88,7 @@ def _plan_axis(n: int, tile: int, overlap: int, blend: int, wrap: bool) -> list[
     return spans
 
 
-def plan_tiles(
-    height: int, width: int, tile: int, overlap: int, *, wrap: bool, blend: int | None = None
-) -> list[Tile]:
+def plan_tiles(height: int, width: int, tile: int, overlap: int, *, wrap: bool, blend: int | None = None) -> list[Tile]:
     """Cover a ``height`` x ``width`` image with tiles whose cores are at most ``tile`` pixels square.
 
     Args:
@@ -127,9 +116,18 @@ def plan_tiles(
     cols = _plan_axis(width, tile, overlap, blend, wrap)
     return [
         Tile(
-            ry.start, cx.start, ry.stop, cx.stop,
-            ry.ctx_start, cx.ctx_start, ry.ctx_stop, cx.ctx_stop,
-            ry.blend_start, cx.blend_start, ry.blend_stop, cx.blend_stop,
+            ry.start,
+            cx.start,
+            ry.stop,
+            cx.stop,
+            ry.ctx_start,
+            cx.ctx_start,
+            ry.ctx_stop,
+            cx.ctx_stop,
+            ry.blend_start,
+            cx.blend_start,
+            ry.blend_stop,
+            cx.blend_stop,
         )
         for ry in rows
         for cx in cols

@@ -4,19 +4,38 @@
 :class:`TrainConfig` (see :mod:`texup.training.config`); it is what the CLI and the Blender worker
 call. Heavy modules (torch, data loading) are imported on first use of these names.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from texup.training.config import (DataConfig, DiscriminatorConfig, GeneratorConfig, LossConfig, OptimConfig,
-                                       TrainConfig, config_from_dict, load_config, with_overrides)
+    from texup.training.config import (
+        DataConfig,
+        DiscriminatorConfig,
+        GeneratorConfig,
+        LossConfig,
+        OptimConfig,
+        TrainConfig,
+        config_from_dict,
+        load_config,
+        with_overrides,
+    )
     from texup.training.trainer import TrainEvent, TrainResult, train
 
 _EXPORTS = {
-    "DataConfig": "config", "DiscriminatorConfig": "config", "GeneratorConfig": "config", "LossConfig": "config",
-    "OptimConfig": "config", "TrainConfig": "config", "config_from_dict": "config", "load_config": "config",
-    "with_overrides": "config", "TrainEvent": "trainer", "TrainResult": "trainer", "train": "trainer",
+    "DataConfig": "config",
+    "DiscriminatorConfig": "config",
+    "GeneratorConfig": "config",
+    "LossConfig": "config",
+    "OptimConfig": "config",
+    "TrainConfig": "config",
+    "config_from_dict": "config",
+    "load_config": "config",
+    "with_overrides": "config",
+    "TrainEvent": "trainer",
+    "TrainResult": "trainer",
+    "train": "trainer",
 }
 
 

@@ -26,6 +26,7 @@ A file looks like (TOML; JSON has the same structure)::
     [discriminator]
     kind = "vgg128"
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -239,14 +240,26 @@ def validate(cfg: TrainConfig) -> None:
         (cfg.data.hr_crop >= 8, f"data.hr_crop must be >= 8, got {cfg.data.hr_crop}"),
         (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
         (0.0 <= cfg.data.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}"),
-        (cfg.data.degradation in DEGRADATIONS, f"data.degradation must be one of {DEGRADATIONS}, got {cfg.data.degradation!r}"),
+        (
+            cfg.data.degradation in DEGRADATIONS,
+            f"data.degradation must be one of {DEGRADATIONS}, got {cfg.data.degradation!r}",
+        ),
         (cfg.data.tileable in TILEABLE, f"data.tileable must be one of {TILEABLE}, got {cfg.data.tileable!r}"),
         (cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}"),
         (cfg.loss.gan in GAN_LOSSES, f"loss.gan must be one of {GAN_LOSSES}, got {cfg.loss.gan!r}"),
         (0.0 <= cfg.optim.ema_decay < 1.0, f"optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}"),
-        (cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0, f"optim.grad_clip must be > 0 or null, got {cfg.optim.grad_clip}"),
-        (min(cfg.eval_every, cfg.checkpoint_every, cfg.log_every) >= 0, "eval_every, checkpoint_every and log_every must be >= 0"),
-        (cfg.generator.pretrained is not None or bool(cfg.generator.arch), "generator.arch is needed when generator.pretrained is null"),
+        (
+            cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0,
+            f"optim.grad_clip must be > 0 or null, got {cfg.optim.grad_clip}",
+        ),
+        (
+            min(cfg.eval_every, cfg.checkpoint_every, cfg.log_every) >= 0,
+            "eval_every, checkpoint_every and log_every must be >= 0",
+        ),
+        (
+            cfg.generator.pretrained is not None or bool(cfg.generator.arch),
+            "generator.arch is needed when generator.pretrained is null",
+        ),
     ]
     for ok, message in checks:
         if not ok:

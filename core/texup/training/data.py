@@ -19,6 +19,7 @@ Pixels: gray is repeated to RGB, alpha is dropped, 8/16-bit samples map to [0, 1
 images (EXR, float TIFF) are encoded to sRGB and clipped to [0, 1], because the generator works on
 display-referred sRGB values.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -77,7 +78,9 @@ def scan_textures(root: str | Path, exclude: Sequence[str | Path] = ()) -> list[
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def split_files(files: Sequence[Path], root: str | Path, val_fraction: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
+def split_files(
+    files: Sequence[Path], root: str | Path, val_fraction: float, seed: int = 0
+) -> tuple[list[Path], list[Path]]:
     """(train, validation): a file is held out when the hash of ``seed`` and its path relative to
     ``root`` falls below ``val_fraction``. With two or more files and ``val_fraction > 0`` at least one
     file is held out and at least one kept for training."""
@@ -113,8 +116,14 @@ def read_texture(path: Path, tileable: str = "auto") -> Texture:
     if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
         raise ImageReadError(path, "contains NaN or infinite samples")
     wrap = tileable == "on" or (tileable == "auto" and is_tileable(pixels))
-    return Texture(path=path, height=pixels.shape[0], width=pixels.shape[1],
-                   linear=image.info.colorspace == "linear", tileable=wrap, pixels=pixels)
+    return Texture(
+        path=path,
+        height=pixels.shape[0],
+        width=pixels.shape[1],
+        linear=image.info.colorspace == "linear",
+        tileable=wrap,
+        pixels=pixels,
+    )
 
 
 def load_textures(
@@ -141,8 +150,11 @@ def load_textures(
             continue
         if min(tex.height, tex.width) < min_size and not tex.tileable:
             if on_problem is not None:
-                on_problem(path, f"{tex.width}x{tex.height} is smaller than the {min_size}x{min_size} training crop "
-                                 "and not tileable")
+                on_problem(
+                    path,
+                    f"{tex.width}x{tex.height} is smaller than the {min_size}x{min_size} training crop "
+                    "and not tileable",
+                )
             continue
         if not cache:
             tex.pixels = None
@@ -239,7 +251,9 @@ class StepSampler(Sampler[int]):
     ``DataLoader(batch_size=batch_size // world_size, sampler=..., drop_last=False)``.
     """
 
-    def __init__(self, *, batch_size: int, total_steps: int, start_step: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, *, batch_size: int, total_steps: int, start_step: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         if batch_size % world_size:
             raise ValueError(f"the batch size ({batch_size}) must be a multiple of the number of ranks ({world_size})")
         self.batch_size, self.total_steps, self.start_step = batch_size, total_steps, start_step

@@ -9,6 +9,7 @@ of ``scale``, and return the (3, H / scale, W / scale) float32 LR image in [0, 1
   in memory), a final resize to the LR size and 8-bit quantisation. Every random choice comes from
   the ``numpy.random.Generator`` passed in, so a seeded generator gives the same LR every time.
 """
+
 from __future__ import annotations
 
 import io
@@ -105,8 +106,11 @@ def realesrgan_degrade(
     img = _blur(img, gaussian_kernel(size, sx, sy, angle))
 
     kind = rng.choice(3, p=np.asarray(params.resize_probs) / sum(params.resize_probs))
-    factor = float(rng.uniform(1.0, params.resize_range[1])) if kind == 0 else (
-        float(rng.uniform(params.resize_range[0], 1.0)) if kind == 1 else 1.0)
+    factor = (
+        float(rng.uniform(1.0, params.resize_range[1]))
+        if kind == 0
+        else (float(rng.uniform(params.resize_range[0], 1.0)) if kind == 1 else 1.0)
+    )
     mode = _MODES[int(rng.integers(len(_MODES)))]
     mid = (max(1, round(hr.shape[-2] * factor)), max(1, round(hr.shape[-1] * factor)))
     img = _resize(img, mid, mode)

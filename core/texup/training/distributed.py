@@ -8,6 +8,7 @@ device. Without those variables it is a single process and no process group is c
 Only rank 0 writes logs, checkpoints, images and the exported model; every rank runs the same
 steps on its share of the global batch, and DistributedDataParallel averages gradients.
 """
+
 from __future__ import annotations
 
 import datetime

@@ -16,6 +16,7 @@ less realistic than the average real), with binary cross-entropy on the differen
 :class:`RelativisticNodeGANLoss` is the same comparison made output by output, for the ``vgg19-fc4``
 discriminator whose 1,000 outputs are compared between the real and the generated crop.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

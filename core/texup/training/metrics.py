@@ -3,6 +3,7 @@
 Both metrics take (N, 3, H, W) float tensors in [0, 1] (sRGB) of the same shape; the prediction is
 clamped to [0, 1] first, as it would be when written to an 8-bit file.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,10 @@ def sample_grid(rows: list[tuple[torch.Tensor, ...]], gap: int = 4) -> np.ndarra
     tallest panel of the row, with ``gap`` pixels of mid-gray between panels and rows."""
     rendered = []
     for panels in rows:
-        arrays = [(p.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-                  for p in panels]
+        arrays = [
+            (p.detach().float().clamp(0, 1).cpu().permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+            for p in panels
+        ]
         height = max(a.shape[0] for a in arrays)
         parts = []
         for a in arrays:

@@ -25,6 +25,7 @@ The library never prints: everything it has to say goes to ``progress(event)`` a
 :class:`TrainEvent`. ``cancel()`` is polled once per step; when it returns true the run saves a
 checkpoint, exports the model and returns with ``cancelled=True``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,9 +45,15 @@ import torch
 from torch import nn
 
 from texup._atomic import atomic_path
-from texup.training.checkpoint import CHECKPOINT_NAME, CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from texup.training.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from texup.training.config import TrainConfig, config_from_dict
-from texup.weights.cache import remove_stale_temp_files
 from texup.training.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -65,6 +72,7 @@ from texup.training.losses import (
     RelativisticGANLoss,
     RelativisticNodeGANLoss,
 )
+from texup.weights.cache import remove_stale_temp_files
 
 
 @dataclass(frozen=True)
@@ -135,7 +143,9 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
         return torch.bfloat16, False
     if precision == "fp16":
         if device.type != "cuda":
-            raise ValueError(f"fp16 training needs a CUDA device (gradient scaling); this run uses {device}. Use bf16 or fp32.")
+            raise ValueError(
+                f"fp16 training needs a CUDA device (gradient scaling); this run uses {device}. Use bf16 or fp32."
+            )
         return torch.float16, True
     raise ValueError(f"unknown precision {precision!r}")
 
@@ -163,8 +173,13 @@ def set_requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def optimizer_step(loss: torch.Tensor, module: nn.Module, optim: torch.optim.Optimizer,
-                   scaler: torch.amp.GradScaler | None, clip: float | None) -> None:
+def optimizer_step(
+    loss: torch.Tensor,
+    module: nn.Module,
+    optim: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    clip: float | None,
+) -> None:
     """Backward, optional unscale + clip, step (through the scaler when fp16)."""
     optim.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -210,21 +225,35 @@ class TrainState:
     scaler_d: torch.amp.GradScaler | None
 
     @classmethod
-    def build(cls, cfg: TrainConfig, g: nn.Module, d: nn.Module | None, device: torch.device,
-              needs_scaler: bool) -> TrainState:
+    def build(
+        cls, cfg: TrainConfig, g: nn.Module, d: nn.Module | None, device: torch.device, needs_scaler: bool
+    ) -> TrainState:
         optim = cfg.optim
         opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=optim.betas, weight_decay=optim.weight_decay)
-        opt_d = (torch.optim.Adam(d.parameters(), lr=optim.lr_d, betas=optim.betas, weight_decay=optim.weight_decay)
-                 if d is not None else None)
+        opt_d = (
+            torch.optim.Adam(d.parameters(), lr=optim.lr_d, betas=optim.betas, weight_decay=optim.weight_decay)
+            if d is not None
+            else None
+        )
 
         def schedule(opt: torch.optim.Optimizer | None) -> Any:
-            return None if opt is None else torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones),
-                                                                                 gamma=optim.gamma)
+            return (
+                None
+                if opt is None
+                else torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), gamma=optim.gamma)
+            )
 
-        return cls(g=g, d=d, ema=EMA(g, optim.ema_decay) if optim.ema_decay > 0 else None,
-                   opt_g=opt_g, opt_d=opt_d, sched_g=schedule(opt_g), sched_d=schedule(opt_d),
-                   scaler_g=torch.amp.GradScaler(device.type) if needs_scaler else None,
-                   scaler_d=torch.amp.GradScaler(device.type) if needs_scaler and d is not None else None)
+        return cls(
+            g=g,
+            d=d,
+            ema=EMA(g, optim.ema_decay) if optim.ema_decay > 0 else None,
+            opt_g=opt_g,
+            opt_d=opt_d,
+            sched_g=schedule(opt_g),
+            sched_d=schedule(opt_d),
+            scaler_g=torch.amp.GradScaler(device.type) if needs_scaler else None,
+            scaler_d=torch.amp.GradScaler(device.type) if needs_scaler and d is not None else None,
+        )
 
     def after_step(self) -> None:
         """Advance the learning-rate schedules and the EMA once per training step."""
@@ -245,10 +274,15 @@ class TrainState:
             "config": cfg.to_dict(),
             "generator": {"arch": arch, "hparams": dict(self.g.hparams), "state_dict": self.g.state_dict()},
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "discriminator": ({"kind": cfg.discriminator.kind, "hparams": dict(self.d.hparams),
-                               "state_dict": self.d.state_dict()} if self.d is not None else None),
-            "optim_g": self.opt_g.state_dict(), "optim_d": self.opt_d.state_dict() if self.opt_d else None,
-            "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict() if self.sched_d else None,
+            "discriminator": (
+                {"kind": cfg.discriminator.kind, "hparams": dict(self.d.hparams), "state_dict": self.d.state_dict()}
+                if self.d is not None
+                else None
+            ),
+            "optim_g": self.opt_g.state_dict(),
+            "optim_d": self.opt_d.state_dict() if self.opt_d else None,
+            "sched_g": self.sched_g.state_dict(),
+            "sched_d": self.sched_d.state_dict() if self.sched_d else None,
             "scaler_g": self.scaler_g.state_dict() if self.scaler_g else None,
             "scaler_d": self.scaler_d.state_dict() if self.scaler_d else None,
             "rng": capture_rng(),
@@ -338,16 +372,27 @@ def gan_step(n: Nets, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
     with n.autocast():
         loss_d = n.gan.discriminator(n.d(hr), n.d(sr.detach()))
     optimizer_step(loss_d, n.d, n.opt_d, n.scaler_d, n.clip)
-    return {"loss_g": loss_g.item(), "pixel": l_pixel.item(), "content": l_content.item(),
-            "adversarial": l_adv.item(), "loss_d": loss_d.item()}
+    return {
+        "loss_g": loss_g.item(),
+        "pixel": l_pixel.item(),
+        "content": l_content.item(),
+        "adversarial": l_adv.item(),
+        "loss_d": loss_d.item(),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # evaluation
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(generator: nn.Module, items: list[Any], device: torch.device, autocast: Callable[[], Any],
-             grid_path: Path | None, max_rows: int = 4) -> dict[str, float]:
+def evaluate(
+    generator: nn.Module,
+    items: list[Any],
+    device: torch.device,
+    autocast: Callable[[], Any],
+    grid_path: Path | None,
+    max_rows: int = 4,
+) -> dict[str, float]:
     """Mean PSNR/SSIM of ``generator`` (and of bicubic upscaling) on the held-out items; write the grid."""
     import torch.nn.functional as F
 
@@ -379,13 +424,27 @@ def evaluate(generator: nn.Module, items: list[Any], device: torch.device, autoc
 # ----------------------------------------------------------------------------------------------
 # logs
 # ----------------------------------------------------------------------------------------------
-LOG_COLUMNS = ("step", "time_s", "lr_g", "loss_g", "pixel", "content", "adversarial", "loss_d", "psnr", "ssim", "psnr_bicubic")
+LOG_COLUMNS = (
+    "step",
+    "time_s",
+    "lr_g",
+    "loss_g",
+    "pixel",
+    "content",
+    "adversarial",
+    "loss_d",
+    "psnr",
+    "ssim",
+    "psnr_bicubic",
+)
 
 
 class RunLog:
     """CSV log (``log.csv``) plus TensorBoard events when available; rank 0 only."""
 
-    def __init__(self, out_dir: Path, resume_step: int | None, use_tensorboard: bool, say: Callable[[str], None]) -> None:
+    def __init__(
+        self, out_dir: Path, resume_step: int | None, use_tensorboard: bool, say: Callable[[str], None]
+    ) -> None:
         self.path = out_dir / "log.csv"
         kept: list[dict[str, str]] = []
         if resume_step is not None and self.path.is_file():
@@ -458,8 +517,11 @@ def build_disc(cfg: TrainConfig, say: Callable[[str], None]) -> nn.Module:
         sd = unwrap_state_dict(read_state_dict(path), source=path)
         result = disc.load_state_dict({k.removeprefix("module."): v for k, v in sd.items()}, strict=False)
         if result.missing_keys or result.unexpected_keys:
-            raise ModelLoadError(path, f"does not fit the {cfg.discriminator.kind} discriminator: missing "
-                                       f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+            raise ModelLoadError(
+                path,
+                f"does not fit the {cfg.discriminator.kind} discriminator: missing "
+                f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}",
+            )
         say(f"discriminator: {cfg.discriminator.kind} from {path}")
     else:
         say(f"discriminator: new {cfg.discriminator.kind}")
@@ -482,8 +544,10 @@ def build_content_loss(cfg: TrainConfig, disc: nn.Module, say: Callable[[str], N
     if path is not None:
         say(f"perceptual loss: VGG19 {cfg.loss.perceptual_layer} from {path}")
         return PerceptualLoss(load_vgg19_features(path, cfg.loss.perceptual_layer)), cfg.perceptual_weight
-    say("no VGG19 weights (set loss.vgg19 to a file or to \"download\"): using discriminator feature "
-        "matching instead of the perceptual loss")
+    say(
+        'no VGG19 weights (set loss.vgg19 to a file or to "download"): using discriminator feature '
+        "matching instead of the perceptual loss"
+    )
     return FeatureMatchingLoss(disc), cfg.loss.feature_matching_weight
 
 
@@ -498,7 +562,9 @@ def _check_crop(cfg: TrainConfig, scale: int, multiple: int) -> None:
         if exact is not None and crop != exact:
             raise ValueError(f"the {cfg.discriminator.kind} discriminator needs data.hr_crop = {exact}, got {crop}")
         if crop % mult:
-            raise ValueError(f"the {cfg.discriminator.kind} discriminator needs data.hr_crop to be a multiple of {mult}")
+            raise ValueError(
+                f"the {cfg.discriminator.kind} discriminator needs data.hr_crop to be a multiple of {mult}"
+            )
 
 
 def _batches(loader: Any, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -509,7 +575,9 @@ def _batches(loader: Any, device: torch.device) -> Iterator[tuple[torch.Tensor, 
 # ----------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------
-def train(config: TrainConfig, progress: ProgressCallback | None = None, cancel: CancelCallback | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, progress: ProgressCallback | None = None, cancel: CancelCallback | None = None
+) -> TrainResult:
     """Train (or fine-tune) a generator as ``config`` says; see the module docstring.
 
     In a ``torchrun`` launch every rank calls this; rank 0 writes the files and receives events.
@@ -530,7 +598,9 @@ def train(config: TrainConfig, progress: ProgressCallback | None = None, cancel:
         teardown(info, owned=not group_existed)
 
 
-def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, cancel: CancelCallback | None) -> TrainResult:
+def _train(
+    cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, cancel: CancelCallback | None
+) -> TrainResult:
     from torch.utils.data import DataLoader
 
     from texup.training.data import StepSampler
@@ -553,8 +623,10 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, 
     np.random.seed(cfg.seed % 2**32)
     torch.manual_seed(cfg.seed)
     amp_dtype, needs_scaler = resolve_precision(cfg.precision, device)
-    say(f"device {device}, precision {'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')}"
-        f"{f', {info.world_size} ranks' if info.distributed else ''}")
+    say(
+        f"device {device}, precision {'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')}"
+        f"{f', {info.world_size} ranks' if info.distributed else ''}"
+    )
 
     def autocast() -> contextlib.AbstractContextManager[Any]:
         if amp_dtype is None:
@@ -606,16 +678,35 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, 
         g = nn.parallel.DistributedDataParallel(g_raw, device_ids=ids)
         if d_raw is not None:
             d = nn.parallel.DistributedDataParallel(d_raw, device_ids=ids)
-    sampler = StepSampler(batch_size=cfg.data.batch_size, total_steps=total, start_step=start,
-                          rank=info.rank, world_size=info.world_size)
-    loader = DataLoader(dataset, batch_size=sampler.per_rank, sampler=sampler, num_workers=cfg.data.num_workers,
-                        pin_memory=device.type == "cuda", persistent_workers=False)
+    sampler = StepSampler(
+        batch_size=cfg.data.batch_size, total_steps=total, start_step=start, rank=info.rank, world_size=info.world_size
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=sampler.per_rank,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
     batches = _batches(loader, device)
-    nets = Nets(g=g, d=d, d_raw=d_raw, opt_g=ts.opt_g, opt_d=ts.opt_d, scaler_g=ts.scaler_g, scaler_d=ts.scaler_d,
-                pixel=PixelLoss(), content=content,
-                gan=build_gan_loss(cfg) if d_raw is not None else None,
-                w_pixel=cfg.pixel_weight, w_content=w_content, w_adv=cfg.adversarial_weight,
-                clip=cfg.optim.grad_clip, autocast=autocast)
+    nets = Nets(
+        g=g,
+        d=d,
+        d_raw=d_raw,
+        opt_g=ts.opt_g,
+        opt_d=ts.opt_d,
+        scaler_g=ts.scaler_g,
+        scaler_d=ts.scaler_d,
+        pixel=PixelLoss(),
+        content=content,
+        gan=build_gan_loss(cfg) if d_raw is not None else None,
+        w_pixel=cfg.pixel_weight,
+        w_content=w_content,
+        w_adv=cfg.adversarial_weight,
+        clip=cfg.optim.grad_clip,
+        autocast=autocast,
+    )
     step_fn = gan_step if cfg.stage == "gan" else psnr_step
 
     def run_eval(step: int) -> dict[str, float]:
@@ -650,7 +741,7 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, 
 
             values["lr_g"] = ts.opt_g.param_groups[0]["lr"]
             emit("step", step, values=values)
-            at = lambda every: every > 0 and step % every == 0  # noqa: E731
+            at = lambda every: every > 0 and step % every == 0  # noqa: E731, B023 (used in this iteration only)
             if at(cfg.log_every) or step == total:
                 averaged = {k: all_reduce_mean(v, device) for k, v in values.items()}
                 if log is not None:
@@ -677,19 +768,35 @@ def _train(cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, 
     if info.is_main:
         from texup.weights import save_model
 
-        model_path = save_model(ts.eval_model, out_dir / "model.safetensors", provenance={
-            **provenance, "trained_by": "texup train", "stage": cfg.stage, "steps": step,
-            "ema": ts.ema is not None, "data": str(cfg.data.root),
-        })
+        model_path = save_model(
+            ts.eval_model,
+            out_dir / "model.safetensors",
+            provenance={
+                **provenance,
+                "trained_by": "texup train",
+                "stage": cfg.stage,
+                "steps": step,
+                "ema": ts.ema is not None,
+                "data": str(cfg.data.root),
+            },
+        )
     barrier()
     emit("done", step, values=metrics.get("last") or {}, path=str(model_path) if model_path else None)
-    return TrainResult(out_dir=out_dir, model_path=model_path, checkpoint_path=ckpt_path if ckpt_path.exists() else None,
-                       steps=step, cancelled=cancelled, initial_metrics=dict(metrics.get("initial") or {}),
-                       final_metrics=dict(metrics.get("last") or {}), skipped_files=skipped)
+    return TrainResult(
+        out_dir=out_dir,
+        model_path=model_path,
+        checkpoint_path=ckpt_path if ckpt_path.exists() else None,
+        steps=step,
+        cancelled=cancelled,
+        initial_metrics=dict(metrics.get("initial") or {}),
+        final_metrics=dict(metrics.get("last") or {}),
+        skipped_files=skipped,
+    )
 
 
-def _load_data(cfg: TrainConfig, scale: int, multiple: int, out_dir: Path,
-               say: Callable[[str], None]) -> tuple[Any, list[Any], list[tuple[str, str]]]:
+def _load_data(
+    cfg: TrainConfig, scale: int, multiple: int, out_dir: Path, say: Callable[[str], None]
+) -> tuple[Any, list[Any], list[tuple[str, str]]]:
     """The training crops' dataset, the held-out items and the files left out (each reported once)."""
     from texup.training.data import CropDataset, load_textures, scan_textures, split_files, validation_items
 
@@ -701,22 +808,44 @@ def _load_data(cfg: TrainConfig, scale: int, multiple: int, out_dir: Path,
 
     files = scan_textures(cfg.data.root, exclude=[out_dir])
     train_files, val_files = split_files(files, cfg.data.root, cfg.data.val_fraction, cfg.seed)
-    train_tex = load_textures(train_files, min_size=cfg.data.hr_crop, tileable=cfg.data.tileable,
-                              cache=cfg.data.cache_images, on_problem=problem)
+    train_tex = load_textures(
+        train_files,
+        min_size=cfg.data.hr_crop,
+        tileable=cfg.data.tileable,
+        cache=cfg.data.cache_images,
+        on_problem=problem,
+    )
     val_tex = load_textures(val_files, min_size=scale * multiple, tileable="off", cache=True, on_problem=problem)
     if not train_tex:
         raise ValueError(f"{cfg.data.root}: no usable training images ({len(files)} image files found)")
-    say(f"data: {len(train_tex)} training and {len(val_tex)} held-out images from {cfg.data.root}"
-        f" ({sum(t.tileable for t in train_tex)} tileable)")
-    dataset = CropDataset(train_tex, crop=cfg.data.hr_crop, scale=scale, degradation=cfg.data.degradation,
-                          flips=cfg.data.flips, rot90=cfg.data.rot90, seed=cfg.seed)
-    val_items = validation_items(val_tex, scale=scale, crop=cfg.data.val_crop, multiple=multiple,
-                                 degradation=cfg.data.degradation, seed=cfg.seed, max_items=cfg.data.val_max_images)
+    say(
+        f"data: {len(train_tex)} training and {len(val_tex)} held-out images from {cfg.data.root}"
+        f" ({sum(t.tileable for t in train_tex)} tileable)"
+    )
+    dataset = CropDataset(
+        train_tex,
+        crop=cfg.data.hr_crop,
+        scale=scale,
+        degradation=cfg.data.degradation,
+        flips=cfg.data.flips,
+        rot90=cfg.data.rot90,
+        seed=cfg.seed,
+    )
+    val_items = validation_items(
+        val_tex,
+        scale=scale,
+        crop=cfg.data.val_crop,
+        multiple=multiple,
+        degradation=cfg.data.degradation,
+        seed=cfg.seed,
+        max_items=cfg.data.val_max_images,
+    )
     return dataset, val_items, skipped
 
 
-def _resume(cfg: TrainConfig, ts: TrainState, ckpt_path: Path,
-            say: Callable[[str], None]) -> tuple[int, dict[str, Any]]:
+def _resume(
+    cfg: TrainConfig, ts: TrainState, ckpt_path: Path, say: Callable[[str], None]
+) -> tuple[int, dict[str, Any]]:
     """Load ``ckpt_path`` into ``ts``; return the step to continue from and the metrics so far."""
     state = load_checkpoint(ckpt_path)
     saved_cfg = config_from_dict(state["config"])
@@ -726,8 +855,10 @@ def _resume(cfg: TrainConfig, ts: TrainState, ckpt_path: Path,
     start = int(state["step"])
     sampler_state = state.get("sampler") or {}
     if (sampler_state.get("batch_size"), sampler_state.get("seed")) != (cfg.data.batch_size, cfg.seed):
-        say(f"note: batch size / seed differ from the interrupted run ({sampler_state.get('batch_size')}, "
-            f"{sampler_state.get('seed')}); the data from step {start} on differs from an uninterrupted run")
+        say(
+            f"note: batch size / seed differ from the interrupted run ({sampler_state.get('batch_size')}, "
+            f"{sampler_state.get('seed')}); the data from step {start} on differs from an uninterrupted run"
+        )
     say(f"resumed from {ckpt_path} at step {start}")
     return start, state.get("metrics") or {"initial": {}, "last": {}}
 

@@ -7,6 +7,7 @@ below load their module on first use, and :mod:`texup.weights.arrays` (numpy wei
 engine), :mod:`~texup.weights.ncnn`'s parser, ``detect``, ``keymaps``, ``cache`` and ``download`` work
 without it.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -4,6 +4,7 @@
 with :mod:`safetensors.numpy`; pickles (``.pth``) need torch's weights-only unpickler and are read through
 it when torch is installed. The same key maps and detection as the torch loader apply.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,9 @@ def _read_with_torch(path: Path) -> dict[str, np.ndarray]:
         import torch  # noqa: F401 - only to say clearly what is missing
     except ImportError:
         raise ModelLoadError(
-            path, "reading PyTorch pickles needs torch (pip install 'texup[torch]'); or convert the file once "
-            "where torch is installed: texup models convert IN OUT.safetensors"
+            path,
+            "reading PyTorch pickles needs torch (pip install 'texup[torch]'); or convert the file once "
+            "where torch is installed: texup models convert IN OUT.safetensors",
         ) from None
     from texup.weights.state_dict import read_state_dict
 

@@ -9,6 +9,7 @@ The home folder is, in order of precedence:
 
 Folders are created on demand, the first time one of these functions is called.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -81,8 +82,9 @@ def _make_folder(path: Path, what: str) -> Path:
     except FileExistsError:
         raise FileError(path, f"{what} is a file, not a folder; remove it or set TEXUP_HOME to a folder") from None
     except OSError as exc:
-        raise FileError(path, f"cannot create {what}: {exc.strerror or exc}; set TEXUP_HOME to a folder you "
-                              "can write") from None
+        raise FileError(
+            path, f"cannot create {what}: {exc.strerror or exc}; set TEXUP_HOME to a folder you can write"
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise FileError(path, f"{what} is not writable; set TEXUP_HOME to a folder you can write")
     return path
@@ -311,8 +313,11 @@ def remove_stale_temp_files(folder: Path, older_than: float = STALE_TEMP_S) -> l
     cutoff = time.time() - older_than
     for entry in entries:
         try:
-            if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False) \
-                    and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+            if (
+                _TEMP_NAME.match(entry.name)
+                and entry.is_file(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_mtime < cutoff
+            ):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except OSError:  # gone meanwhile or not ours to delete: leave it

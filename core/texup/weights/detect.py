@@ -1,5 +1,6 @@
 """Architecture detection: which generator a canonical state dict belongs to, and every
 hyperparameter, read off tensor names and shapes (never off the file name)."""
+
 from __future__ import annotations
 
 import re

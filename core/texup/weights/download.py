@@ -4,6 +4,7 @@ Nothing in texup downloads implicitly: running a model that is not cached raises
 names the ``texup models fetch NAME`` command, and only that command (or :func:`fetch_model`)
 touches the network. Only the standard library is used (``urllib``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -104,13 +105,15 @@ def download(
             if expected is not None and actual != expected:
                 part.unlink(missing_ok=True)
                 raise DownloadError(
-                    f"{url}: SHA-256 mismatch: expected {expected}, got {actual} ({done} bytes); the download was deleted"
+                    f"{url}: SHA-256 mismatch: expected {expected}, got {actual} ({done} bytes); "
+                    "the download was deleted"
                 )
             os.replace(part, dest)
             fsync_folder(dest.parent)
     except TimeoutError as exc:
-        raise DownloadError(f"{url}: another texup process has been downloading {dest} for over "
-                            f"{LOCK_TIMEOUT_S:.0f} s; try again later") from exc
+        raise DownloadError(
+            f"{url}: another texup process has been downloading {dest} for over {LOCK_TIMEOUT_S:.0f} s; try again later"
+        ) from exc
     return dest
 
 
@@ -206,9 +209,7 @@ def _transfer(
         except (TimeoutError, OSError, http.client.HTTPException) as exc:
             if isinstance(exc, OSError) and exc.filename is not None:
                 raise DownloadError(f"{url}: cannot write {exc.filename}: {exc.strerror}") from exc
-            raise DownloadError(
-                f"{url}: connection lost after {done} bytes ({exc}); run again to resume"
-            ) from exc
+            raise DownloadError(f"{url}: connection lost after {done} bytes ({exc}); run again to resume") from exc
     return digest, done, total
 
 

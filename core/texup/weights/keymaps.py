@@ -19,6 +19,7 @@ ESRGAN's later ``RRDBNet_arch.py`` (the official ``RRDB_ESRGAN_x4.pth``) names m
 
 BasicSR / Real-ESRGAN names and SRVGGNetCompact's ``body.{n}`` pass through unchanged.
 """
+
 from __future__ import annotations
 
 import re

@@ -10,6 +10,7 @@ texup's format is a ``.safetensors`` file whose metadata says what it holds, so 
 ``texup.provenance`` JSON object: where the weights came from (free-form)
 ==================  =========================================================
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from texup.archs import ARCHITECTURES, build
 from texup._atomic import atomic_path
+from texup.archs import ARCHITECTURES, build
 from texup.errors import ModelLoadError
 from texup.weights.arrays import arch_from_metadata
 from texup.weights.detect import detect_architecture
@@ -83,8 +84,11 @@ def instantiate(arch: str, hparams: dict[str, Any], sd: dict[str, torch.Tensor],
     expected = module.state_dict()
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-             if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -179,8 +183,14 @@ def _size_signature(arch: str, hparams: dict[str, Any], path: Path) -> tuple[Any
             from texup.archs.rrdbnet import _SCALE_LAYOUT
 
             unshuffle, num_up = _SCALE_LAYOUT[int(hparams["scale"])]
-            return (int(hparams["num_feat"]), int(hparams["num_block"]), int(hparams["num_grow_ch"]),
-                    int(hparams["num_out_ch"]), int(hparams["num_in_ch"]) * unshuffle**2, num_up)
+            return (
+                int(hparams["num_feat"]),
+                int(hparams["num_block"]),
+                int(hparams["num_grow_ch"]),
+                int(hparams["num_out_ch"]),
+                int(hparams["num_in_ch"]) * unshuffle**2,
+                num_up,
+            )
         if arch == "SRVGGNetCompact":
             return tuple(int(hparams[k]) for k in ("num_in_ch", "num_out_ch", "num_feat", "num_conv", "upscale"))
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
@@ -203,8 +213,11 @@ def _check_metadata_matches_tensors(
         raise ModelLoadError(path, f"metadata says {arch} but the tensors are a {d_arch}")
     claimed, actual = _size_signature(arch, hparams, path), _size_signature(d_arch, d_hparams, path)
     if claimed != actual:
-        raise ModelLoadError(path, f"tensors do not fit {arch}({_fmt(hparams)}): the metadata does not match the "
-                                   f"tensors' shapes, which say {_fmt(d_hparams)}")
+        raise ModelLoadError(
+            path,
+            f"tensors do not fit {arch}({_fmt(hparams)}): the metadata does not match the "
+            f"tensors' shapes, which say {_fmt(d_hparams)}",
+        )
 
 
 def _arch_of(module: nn.Module) -> str:

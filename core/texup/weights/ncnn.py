@@ -18,6 +18,7 @@ Convolutions are assigned canonical names by their order in the graph, for the a
 graph's layer types reveal: RRDBNet (Concat / Eltwise dense blocks) or SRVGGNetCompact (a chain of
 convs with PReLU/ReLU, PixelShuffle, nearest-upsampled input added).
 """
+
 from __future__ import annotations
 
 import struct
@@ -38,9 +39,21 @@ TAG_FP32 = (0x00000000, 0x0002C056)
 TAG_INT8 = 0x000D4B38
 
 #: Layer types that carry no weights and that the two supported graphs are made of.
-_WEIGHTLESS = frozenset({
-    "Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "PixelShuffle", "Reorg", "ReLU", "Noop", "Crop",
-})
+_WEIGHTLESS = frozenset(
+    {
+        "Input",
+        "Split",
+        "Concat",
+        "Eltwise",
+        "BinaryOp",
+        "Interp",
+        "PixelShuffle",
+        "Reorg",
+        "ReLU",
+        "Noop",
+        "Crop",
+    }
+)
 #: ncnn's fused activation ids (Convolution key 9) -> texup act names.
 _FUSED_ACT = {0: None, 1: "relu", 2: "leakyrelu"}
 
@@ -73,7 +86,7 @@ class NcnnModel:
 
     arch: str
     hparams: dict[str, Any]
-    state_dict: dict[str, "torch.Tensor"]
+    state_dict: dict[str, torch.Tensor]
     output_resize: float | None = None
     layers: list[NcnnLayer] = field(default_factory=list, repr=False)
 
@@ -180,8 +193,8 @@ class _BinReader:
 
 @dataclass
 class _Conv:
-    weight: "torch.Tensor"
-    bias: "torch.Tensor | None"
+    weight: torch.Tensor
+    bias: torch.Tensor | None
     fused_act: str | None
 
 
@@ -190,6 +203,7 @@ def _read_weights(
 ) -> list[tuple[str, Any]]:
     """Read the .bin in layer order: ``[("conv", _Conv) | ("prelu", tensor), ...]``."""
     if numpy:
+
         def tensor(a: np.ndarray) -> Any:
             return a.copy()
     else:
@@ -223,11 +237,16 @@ def _read_weights(
             in_ch = size // (num_output * kw * kh)
             weight = reader.tagged(size, f"weights of {layer.name}").reshape(num_output, in_ch, kh, kw)
             bias = reader.raw_fp32(num_output, f"bias of {layer.name}") if bias_term else None
-            out.append((
-                "conv",
-                _Conv(tensor(weight), None if bias is None else tensor(bias),
-                      _FUSED_ACT.get(act_id, f"activation {act_id}")),
-            ))
+            out.append(
+                (
+                    "conv",
+                    _Conv(
+                        tensor(weight),
+                        None if bias is None else tensor(bias),
+                        _FUSED_ACT.get(act_id, f"activation {act_id}"),
+                    ),
+                )
+            )
         elif layer.type == "PReLU":
             count = layer.int_param(0, 1)
             out.append(("prelu", tensor(reader.raw_fp32(count, f"slopes of {layer.name}"))))
@@ -272,7 +291,7 @@ def read_ncnn(param_path: str | Path, bin_path: str | Path | None = None, *, num
     return NcnnModel(arch, hparams, sd, output_resize, layers)
 
 
-def load_ncnn(param_path: str | Path, bin_path: str | Path | None = None) -> dict[str, "torch.Tensor"]:
+def load_ncnn(param_path: str | Path, bin_path: str | Path | None = None) -> dict[str, torch.Tensor]:
     """The weights of an ncnn model as a canonical-name state dict of fp32 CPU tensors.
 
     For graphs that end in a resize (``realesr-animevideov3-x2``/``-x3``) these are the weights of
@@ -297,9 +316,7 @@ def _set_conv(sd: dict[str, Any], name: str, conv: _Conv) -> None:
 
 def _as_rrdbnet(layers: list[NcnnLayer], convs: list[_Conv], param_path: Path) -> tuple[str, dict, dict]:
     # Upsampling steps are the 2x Interp layers inside the network (a final resize is not one).
-    n_up = sum(
-        1 for layer in layers[:-1] if layer.type == "Interp" and float(layer.params.get(1, 0)) == 2.0
-    )
+    n_up = sum(1 for layer in layers[:-1] if layer.type == "Interp" and float(layer.params.get(1, 0)) == 2.0)
     n_body = len(convs) - 4 - n_up
     if n_up < 1 or n_body <= 0 or n_body % 15:
         raise ModelLoadError(
@@ -339,7 +356,9 @@ def _as_compact(
             if slopes != {0.0}:
                 acts = {"leakyrelu"}
         if len(acts) != 1 or None in acts or not acts <= {"relu", "leakyrelu"}:
-            raise ModelLoadError(param_path, f"cannot tell the compact model's activation (found {sorted(map(str, acts))})")
+            raise ModelLoadError(
+                param_path, f"cannot tell the compact model's activation (found {sorted(map(str, acts))})"
+            )
         act_type = acts.pop()
     sd: dict[str, Any] = {}
     for index, conv in enumerate(convs):

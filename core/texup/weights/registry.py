@@ -17,6 +17,7 @@ Note: the ncnn files store weights as float16, so a model converted from the pac
 the official ``.pth`` by float16 rounding (about 1e-3 relative); ``texup models fetch NAME
 --download`` replaces it with the full-precision official weights.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -98,8 +99,15 @@ class ModelInfo:
 
 
 def _entry(
-    name: str, arch: str, scale: int, description: str, tag: str, filename: str, sha256: str | None,
-    size: int | None, ncnn: tuple[str, str] | None = None,
+    name: str,
+    arch: str,
+    scale: int,
+    description: str,
+    tag: str,
+    filename: str,
+    sha256: str | None,
+    size: int | None,
+    ncnn: tuple[str, str] | None = None,
 ) -> ModelInfo:
     return ModelInfo(
         name=name,
@@ -123,37 +131,57 @@ KNOWN_MODELS: dict[str, ModelInfo] = {
     m.name: m
     for m in (
         _entry(
-            "realesrgan-x4plus", "RRDBNet", 4,
+            "realesrgan-x4plus",
+            "RRDBNet",
+            4,
             "general photos and textures (RRDBNet, 23 blocks)",
-            "v0.1.0", "RealESRGAN_x4plus.pth",
-            "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1", 67040989,
+            "v0.1.0",
+            "RealESRGAN_x4plus.pth",
+            "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
+            67040989,
             ("realesrgan-x4plus.param", "realesrgan-x4plus.bin"),
         ),
         _entry(
-            "realesrgan-x4plus-anime", "RRDBNet", 4,
+            "realesrgan-x4plus-anime",
+            "RRDBNet",
+            4,
             "illustration and anime (RRDBNet, 6 blocks)",
-            "v0.2.2.4", "RealESRGAN_x4plus_anime_6B.pth",
-            "f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da", 17938799,
+            "v0.2.2.4",
+            "RealESRGAN_x4plus_anime_6B.pth",
+            "f872d837d3c90ed2e05227bed711af5671a6fd1c9f7d7e91c911a61f155e99da",
+            17938799,
             ("realesrgan-x4plus-anime.param", "realesrgan-x4plus-anime.bin"),
         ),
         _entry(
-            "realesr-animevideov3", "SRVGGNetCompact", 4,
+            "realesr-animevideov3",
+            "SRVGGNetCompact",
+            4,
             "small and fast, anime video frames (SRVGGNetCompact, 16 convs)",
-            "v0.2.5.0", "realesr-animevideov3.pth",
-            "b8a8376811077954d82ca3fcf476f1ac3da3e8a68a4f4d71363008000a18b75d", 2504012,
+            "v0.2.5.0",
+            "realesr-animevideov3.pth",
+            "b8a8376811077954d82ca3fcf476f1ac3da3e8a68a4f4d71363008000a18b75d",
+            2504012,
             ("realesr-animevideov3-x4.param", "realesr-animevideov3-x4.bin"),
         ),
         _entry(
-            "realesrgan-x2plus", "RRDBNet", 2,
+            "realesrgan-x2plus",
+            "RRDBNet",
+            2,
             "general photos and textures, x2 (RRDBNet, 23 blocks); download only",
-            "v0.2.1", "RealESRGAN_x2plus.pth",
-            "49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb", 67061725,
+            "v0.2.1",
+            "RealESRGAN_x2plus.pth",
+            "49fafd45f8fd7aa8d31ab2a22d14d91b536c34494a5cfe31eb5d89c2fa266abb",
+            67061725,
         ),
         _entry(
-            "realesr-general-x4v3", "SRVGGNetCompact", 4,
+            "realesr-general-x4v3",
+            "SRVGGNetCompact",
+            4,
             "small general model (SRVGGNetCompact, 32 convs); download only",
-            "v0.2.5.0", "realesr-general-x4v3.pth",
-            "8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292", 4885111,
+            "v0.2.5.0",
+            "realesr-general-x4v3.pth",
+            "8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292",
+            4885111,
         ),
     )
 }
@@ -382,8 +410,9 @@ def ensure_model(name: str, *, progress: StatusCallback | None = None) -> Path:
     if check.status == "unrecorded":
         raise ModelLoadError(target, f"not recorded in the model manifest, so it cannot be verified; {hint} again")
     if info.url is None:
-        raise DownloadError(f"model '{name}' is not available: it has no download and {NCNN_DISTRIBUTION} "
-                            "does not provide it")
+        raise DownloadError(
+            f"model '{name}' is not available: it has no download and {NCNN_DISTRIBUTION} does not provide it"
+        )
     raise DownloadError(f"model '{name}' is not downloaded yet; {hint}")
 
 

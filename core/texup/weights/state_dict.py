@@ -11,6 +11,7 @@
 Training checkpoints are unwrapped (``params_ema`` preferred over ``params``, then ``state_dict``,
 ``model``) and DataParallel's ``module.`` prefixes are stripped.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,8 +37,16 @@ SUPPORTED_SUFFIXES = PICKLE_SUFFIXES | SAFETENSORS_SUFFIXES | NCNN_SUFFIXES
 WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net_g", "generator")
 
 #: Globals a state-dict pickle legitimately references (torch's weights-only unpickler allows them).
-_BENIGN_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set",
-                           "builtins.frozenset", "builtins.bytearray", "builtins.slice", "builtins.complex")
+_BENIGN_GLOBAL_PREFIXES = (
+    "torch.",
+    "collections.OrderedDict",
+    "_codecs.encode",
+    "builtins.set",
+    "builtins.frozenset",
+    "builtins.bytearray",
+    "builtins.slice",
+    "builtins.complex",
+)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -45,7 +54,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Supported: ``.safetensors``; ``.pth``/``.pt``/``.ckpt`` (weights-only unpickling); ncnn ``.param``
     (with its sibling ``.bin``) or the ``.bin`` (with its sibling ``.param``), converted to texup's
-    canonical names in fp32; a ``.bin`` without a sibling ``.param`` is read as a PyTorch pickle. Wrapped checkpoints are unwrapped and ``module.`` prefixes stripped;
+    canonical names in fp32; a ``.bin`` without a sibling ``.param`` is read as a PyTorch pickle. Wrapped
+    checkpoints are unwrapped and ``module.`` prefixes stripped;
     key names are otherwise returned as stored (see :func:`texup.weights.canonicalize`).
 
     Raises:
@@ -147,8 +157,11 @@ def _refused_global(message: str) -> str | None:
 
 def _torch_reason(message: str) -> str:
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    interesting = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation",
-                                                            "Please file an issue"))]
+    interesting = [
+        ln
+        for ln in lines
+        if not ln.startswith(("Weights only load failed", "Check the documentation", "Please file an issue"))
+    ]
     return (interesting[0] if interesting else lines[-1] if lines else "weights-only unpickler refused it")[:200]
 
 
@@ -210,7 +223,7 @@ def unwrap_state_dict(obj: Any, *, source: str | Path = "<state dict>") -> dict[
             continue
         name = str(key)
         while name.startswith("module."):
-            name = name[len("module."):]
+            name = name[len("module.") :]
         tensors[name] = value
     if not tensors:
         keys = ", ".join(repr(k) for k in list(obj)[:6])

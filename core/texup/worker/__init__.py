@@ -3,6 +3,7 @@
 The Blender add-on starts it with ``python -m texup worker`` in the Python environment that has torch,
 so Blender itself never imports torch.
 """
+
 from __future__ import annotations
 
 from texup.worker.protocol import PROTOCOL_VERSION, ProtocolError

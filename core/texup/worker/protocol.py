@@ -28,6 +28,7 @@ is not a JSON object, nests deeper than :data:`MAX_DEPTH` or is longer than 16 M
 event and the worker goes on. Item paths must be absolute without ``..``; an item that breaks this gets an
 ``error`` event and the job's other items go on.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,9 @@ STAGES: tuple[str, ...] = ("psnr", "gan")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 ENGINES: tuple[str, ...] = ("auto", "torch", "ncnn")
 
-_OPTION_KEYS = frozenset({"model", "scale", "target_size", "tile", "overlap", "seamless", "device", "precision",
-                          "engine"})
+_OPTION_KEYS = frozenset(
+    {"model", "scale", "target_size", "tile", "overlap", "seamless", "device", "precision", "engine"}
+)
 
 
 MAX_DEPTH = 32
@@ -95,7 +97,9 @@ def decode(line: str | bytes) -> dict[str, Any]:
         raise ProtocolError(f"a message must be a JSON object, got {type(message).__name__}")
     if not isinstance(message.get("type"), str):
         raise ProtocolError("a message needs a string 'type'")
-    if "id" in message and (not isinstance(message["id"], (str, int)) or isinstance(message["id"], bool)):  # bool is an int
+    if "id" in message and (
+        not isinstance(message["id"], (str, int)) or isinstance(message["id"], bool)
+    ):  # bool is an int
         raise ProtocolError("'id' must be a string or an integer")
     return message
 
@@ -157,12 +161,18 @@ def _number(options: dict[str, Any], key: str, kind: type, *, low: float, high: 
     value = options.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and (
-            not math.isfinite(value) or (kind is int and not value.is_integer()))):  # NaN passes < and >
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and (not math.isfinite(value) or (kind is int and not value.is_integer())))
+    ):  # NaN passes < and >
         raise ProtocolError(f"option {key!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
     if value < low or (high is not None and value > high):
-        raise ProtocolError(f"option {key!r} must be between {low} and {high}, got {value!r}" if high is not None
-                            else f"option {key!r} must be at least {low}, got {value!r}")
+        raise ProtocolError(
+            f"option {key!r} must be between {low} and {high}, got {value!r}"
+            if high is not None
+            else f"option {key!r} must be at least {low}, got {value!r}"
+        )
     return kind(value)
 
 
@@ -190,8 +200,11 @@ def parse_options(options: Any) -> JobOptions:
         raise ProtocolError("option 'model' must be a non-empty string (a model name or a weights file)")
     target = options.get("target_size")
     if target is not None:
-        if (not isinstance(target, (list, tuple)) or len(target) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in target)):
+        if (
+            not isinstance(target, (list, tuple))
+            or len(target) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in target)
+        ):
             raise ProtocolError(f"option 'target_size' must be [width, height] of positive integers, got {target!r}")
         target = (int(target[0]), int(target[1]))
         if options.get("scale") is not None:
@@ -243,8 +256,9 @@ def parse_upscale(message: dict[str, Any]) -> UpscaleRequest:
     job_id = message.get("id")
     if not isinstance(job_id, (str, int)) or job_id == "":
         raise ProtocolError("an upscale message needs an 'id'")
-    return UpscaleRequest(id=str(job_id), options=parse_options(message.get("options")),
-                          items=parse_items(message.get("items")))
+    return UpscaleRequest(
+        id=str(job_id), options=parse_options(message.get("options")), items=parse_items(message.get("items"))
+    )
 
 
 @dataclass(frozen=True)
@@ -263,8 +277,21 @@ class TrainRequest:
     precision: str = "auto"
 
 
-_TRAIN_KEYS = frozenset({"type", "id", "data_dir", "out_dir", "pretrained", "steps", "stage", "config", "config_file",
-                         "device", "precision"})
+_TRAIN_KEYS = frozenset(
+    {
+        "type",
+        "id",
+        "data_dir",
+        "out_dir",
+        "pretrained",
+        "steps",
+        "stage",
+        "config",
+        "config_file",
+        "device",
+        "precision",
+    }
+)
 
 
 def parse_train(message: dict[str, Any]) -> TrainRequest:
@@ -298,9 +325,14 @@ def parse_train(message: dict[str, Any]) -> TrainRequest:
     if config is not None and message.get("config_file") is not None:
         raise ProtocolError("give either 'config' or 'config_file', not both")
     return TrainRequest(
-        id=str(job_id), data_dir=message["data_dir"], out_dir=message["out_dir"], steps=steps,
-        stage=_choice(message, "stage", STAGES, "psnr"), pretrained=message.get("pretrained"),
-        config=config, config_file=message.get("config_file"),
+        id=str(job_id),
+        data_dir=message["data_dir"],
+        out_dir=message["out_dir"],
+        steps=steps,
+        stage=_choice(message, "stage", STAGES, "psnr"),
+        pretrained=message.get("pretrained"),
+        config=config,
+        config_file=message.get("config_file"),
         device=_choice(message, "device", None, "auto"),
         precision=_choice(message, "precision", PRECISIONS, "auto"),
     )
@@ -308,18 +340,32 @@ def parse_train(message: dict[str, Any]) -> TrainRequest:
 
 # --- worker -> client events -------------------------------------------------------------------
 
+
 def hello(
     *, texup_version: str, torch_version: str | None, device: str, pid: int, engines: list[str] | None = None
 ) -> dict[str, Any]:
     """``torch`` is None when the worker runs without torch (ncnn only); ``engines`` lists what can run here
     (``engine/device/precision`` keys, :func:`texup.engines.select.candidates`)."""
-    return {"type": "hello", "protocol": PROTOCOL_VERSION, "texup": texup_version, "torch": torch_version,
-            "device": device, "pid": pid, "engines": list(engines or [])}
+    return {
+        "type": "hello",
+        "protocol": PROTOCOL_VERSION,
+        "texup": texup_version,
+        "torch": torch_version,
+        "device": device,
+        "pid": pid,
+        "engines": list(engines or []),
+    }
 
 
 def info(
-    request_id: str | None, *, texup_version: str, torch_version: str | None, python: str, engines: list[str],
-    devices: list[dict[str, Any]], auto: dict[str, Any],
+    request_id: str | None,
+    *,
+    texup_version: str,
+    torch_version: str | None,
+    python: str,
+    engines: list[str],
+    devices: list[dict[str, Any]],
+    auto: dict[str, Any],
 ) -> dict[str, Any]:
     """The answer to an ``info`` request: what this worker is and what it can run on.
 
@@ -330,8 +376,16 @@ def info(
     "measured": true when that choice was timed on this machine and recorded, false when it is the
     first guess before measuring, "model": the model it is for}``.
     """
-    return {"type": "info", "id": request_id, "texup": texup_version, "torch": torch_version, "python": python,
-            "engines": list(engines), "devices": [dict(d) for d in devices], "auto": dict(auto)}
+    return {
+        "type": "info",
+        "id": request_id,
+        "texup": texup_version,
+        "torch": torch_version,
+        "python": python,
+        "engines": list(engines),
+        "devices": [dict(d) for d in devices],
+        "auto": dict(auto),
+    }
 
 
 def progress(
@@ -339,21 +393,44 @@ def progress(
 ) -> dict[str, Any]:
     """``done`` whole tiles of ``total``; ``tile_fraction`` (0..1, optional) how far the next tile is."""
     extra = {} if tile_fraction is None else {"tile_fraction": round(float(tile_fraction), 3)}
-    return {**extra, "type": "progress", "id": job_id, "item": item, "index": index, "count": count, "done": done,
-            "total": total}
+    return {
+        **extra,
+        "type": "progress",
+        "id": job_id,
+        "item": item,
+        "index": index,
+        "count": count,
+        "done": done,
+        "total": total,
+    }
 
 
 def result(job_id: str, item: str, dst: str, width: int, height: int, seconds: float) -> dict[str, Any]:
-    return {"type": "result", "id": job_id, "item": item, "dst": dst, "width": width, "height": height,
-            "seconds": round(seconds, 4)}
+    return {
+        "type": "result",
+        "id": job_id,
+        "item": item,
+        "dst": dst,
+        "width": width,
+        "height": height,
+        "seconds": round(seconds, 4),
+    }
 
 
 def train_progress(job_id: str, step: int, total: int, loss: float | None, eta_s: float | None) -> dict[str, Any]:
     """A training step finished: the upscale ``progress`` shape (one item, "train"; ``done`` steps of
     ``total``) plus the generator's ``loss`` and the estimated seconds left (``eta_s``; null until known)."""
-    return {"type": "progress", "id": job_id, "item": "train", "index": 0, "count": 1, "done": step, "total": total,
-            "loss": None if loss is None or not math.isfinite(loss) else round(float(loss), 6),
-            "eta_s": None if eta_s is None else round(float(eta_s), 1)}
+    return {
+        "type": "progress",
+        "id": job_id,
+        "item": "train",
+        "index": 0,
+        "count": 1,
+        "done": step,
+        "total": total,
+        "loss": None if loss is None or not math.isfinite(loss) else round(float(loss), 6),
+        "eta_s": None if eta_s is None else round(float(eta_s), 1),
+    }
 
 
 def message(job_id: str, text: str) -> dict[str, Any]:
@@ -361,14 +438,24 @@ def message(job_id: str, text: str) -> dict[str, Any]:
     return {"type": "message", "id": job_id, "text": " ".join(text.split())}
 
 
-def train_result(job_id: str, model_path: str, steps: int, seconds: float, psnr_before: float | None,
-                 psnr_after: float | None) -> dict[str, Any]:
+def train_result(
+    job_id: str, model_path: str, steps: int, seconds: float, psnr_before: float | None, psnr_after: float | None
+) -> dict[str, Any]:
     """The exported generator (``dst``), steps run, and held-out PSNR (dB) before/after (null: no held-out images)."""
+
     def db(value: float | None) -> float | None:
         return None if value is None or not math.isfinite(value) else round(float(value), 3)
 
-    return {"type": "result", "id": job_id, "item": "train", "dst": model_path, "steps": steps,
-            "seconds": round(seconds, 4), "psnr_before": db(psnr_before), "psnr_after": db(psnr_after)}
+    return {
+        "type": "result",
+        "id": job_id,
+        "item": "train",
+        "dst": model_path,
+        "steps": steps,
+        "seconds": round(seconds, 4),
+        "psnr_before": db(psnr_before),
+        "psnr_after": db(psnr_after),
+    }
 
 
 def error(job_id: str | None, item: str | None, kind: str, message: str, traceback: str = "") -> dict[str, Any]:

@@ -10,6 +10,7 @@ stdout carries protocol lines only; :func:`serve_stdio` moves file descriptor 1 
 stray ``print`` or a native library's message cannot corrupt the stream. End of stdin (the client
 died) and ``shutdown`` both cancel the running job at its next tile and end :meth:`serve` with 0.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from texup._malloc import release_freed_memory
 from texup.errors import FileError, ImageReadError, TexupError
@@ -132,8 +134,12 @@ class WorkerServer:
             for raw in self._lines():
                 if raw is None:
                     log.warning("a request line longer than %d bytes was skipped", MAX_LINE_BYTES)
-                    self._send_error(None, None, ProtocolError(
-                        f"line is longer than {MAX_LINE_BYTES} bytes; it was skipped"), with_traceback=False)
+                    self._send_error(
+                        None,
+                        None,
+                        ProtocolError(f"line is longer than {MAX_LINE_BYTES} bytes; it was skipped"),
+                        with_traceback=False,
+                    )
                     continue
                 if not raw.strip():
                     continue
@@ -194,8 +200,9 @@ class WorkerServer:
             self._enqueue(train_request)
         elif kind == "cancel":
             if msg_id is None:
-                self._send_error(None, None, ProtocolError("a cancel message needs the 'id' of the job"),
-                                 with_traceback=False)
+                self._send_error(
+                    None, None, ProtocolError("a cancel message needs the 'id' of the job"), with_traceback=False
+                )
                 return
             # Only a queued or running job is marked: a cancel for any other id (a job that just ended, a
             # typo) is logged and dropped, never kept to cancel a later job that reuses the id. No error
@@ -219,8 +226,12 @@ class WorkerServer:
             self._stop()
         else:
             known = ", ".join(protocol.REQUEST_TYPES)
-            self._send_error(msg_id, None, ProtocolError(f"unknown message type {kind!r} (this worker knows {known})"),
-                             with_traceback=False)
+            self._send_error(
+                msg_id,
+                None,
+                ProtocolError(f"unknown message type {kind!r} (this worker knows {known})"),
+                with_traceback=False,
+            )
 
     def _send_models(self, msg_id: str | None) -> None:
         from texup.weights.registry import list_models
@@ -297,8 +308,14 @@ class WorkerServer:
                 cancelled = True
                 break
             try:
-                options = UpscaleOptions(scale=opts.scale, target_size=opts.target_size, tile=opts.tile,
-                                         overlap=opts.overlap, seamless=opts.seamless, role=item.role)
+                options = UpscaleOptions(
+                    scale=opts.scale,
+                    target_size=opts.target_size,
+                    tile=opts.tile,
+                    overlap=opts.overlap,
+                    seamless=opts.seamless,
+                    role=item.role,
+                )
                 self._run_item(job_id, upscaler, options, item, index, count)
             except Cancelled:
                 cancelled = True
@@ -354,8 +371,12 @@ class WorkerServer:
             base = load_config(request.config_file)
         else:
             base = config_from_dict(dict(request.config or {}))
-        changes: dict[str, Any] = {"data.root": request.data_dir, "out_dir": request.out_dir, "steps": request.steps,
-                                   "stage": request.stage}
+        changes: dict[str, Any] = {
+            "data.root": request.data_dir,
+            "out_dir": request.out_dir,
+            "steps": request.steps,
+            "stage": request.stage,
+        }
         if request.pretrained is not None:
             changes["generator.pretrained"] = request.pretrained
         device = self._device if request.device == "auto" else request.device
@@ -389,16 +410,26 @@ class WorkerServer:
                 loss = event.values.get("loss_g", event.values.get("pixel"))
                 self.send(protocol.train_progress(job_id, event.step, event.total, loss, eta))
 
-        log.info("train %s: %s -> %s (%s, %d steps)", job_id, request.data_dir, request.out_dir, request.stage,
-                 request.steps)
+        log.info(
+            "train %s: %s -> %s (%s, %d steps)", job_id, request.data_dir, request.out_dir, request.stage, request.steps
+        )
         outcome = train(config, progress=on_event, cancel=lambda: self._is_cancelled(job_id))
         if outcome.model_path is not None:
-            self.send(protocol.train_result(job_id, str(outcome.model_path), outcome.steps,
-                                            time.monotonic() - started, outcome.initial_metrics.get("psnr"),
-                                            outcome.final_metrics.get("psnr")))
+            self.send(
+                protocol.train_result(
+                    job_id,
+                    str(outcome.model_path),
+                    outcome.steps,
+                    time.monotonic() - started,
+                    outcome.initial_metrics.get("psnr"),
+                    outcome.final_metrics.get("psnr"),
+                )
+            )
         return outcome.cancelled
 
-    def _run_item(self, job_id: str, upscaler: Any, options: Any, item: protocol.JobItem, index: int, count: int) -> None:
+    def _run_item(
+        self, job_id: str, upscaler: Any, options: Any, item: protocol.JobItem, index: int, count: int
+    ) -> None:
         from texup.imageio import probe_image
 
         for path in (item.src, item.dst):
@@ -426,11 +457,11 @@ class WorkerServer:
 
         started = time.monotonic()
         log.info("job %s: %s -> %s", job_id, src, dst)
-        written = Path(upscaler.upscale_file(src, dst, options, progress=on_tiles,
-                                             cancel=lambda: self._is_cancelled(job_id)))
+        written = Path(
+            upscaler.upscale_file(src, dst, options, progress=on_tiles, cancel=lambda: self._is_cancelled(job_id))
+        )
         info = probe_image(written)
-        self.send(protocol.result(job_id, item.key, str(written), info.width, info.height,
-                                  time.monotonic() - started))
+        self.send(protocol.result(job_id, item.key, str(written), info.width, info.height, time.monotonic() - started))
 
 
 def machine_info(*, device: str = "auto", precision: str = "auto", model: str | None = None) -> dict[str, Any]:
@@ -457,20 +488,29 @@ def machine_info(*, device: str = "auto", precision: str = "auto", model: str | 
 
         torch_version = torch.__version__
         if torch.cuda.is_available():
-            devices += [{"key": f"cuda:{i}", "name": torch.cuda.get_device_name(i), "engines": ["torch"],
-                         "software": False} for i in range(torch.cuda.device_count())]
+            devices += [
+                {"key": f"cuda:{i}", "name": torch.cuda.get_device_name(i), "engines": ["torch"], "software": False}
+                for i in range(torch.cuda.device_count())
+            ]
         if any(c.device == "mps" for c in found):
             devices.append({"key": "mps", "name": "Apple GPU (Metal)", "engines": ["torch"], "software": False})
-    devices += [{"key": f"vulkan:{d.index}", "name": d.name, "engines": ["ncnn"], "software": d.software}
-                for d in vulkan_devices()]
+    devices += [
+        {"key": f"vulkan:{d.index}", "name": d.name, "engines": ["ncnn"], "software": d.software}
+        for d in vulkan_devices()
+    ]
     choice = cached_choice(model, device, precision)
     measured = choice is not None
     if choice is None:
         pool = [c for c in found if device == "auto" or c.device == device]
         choice = pool[0] if pool else None
-    return {"texup_version": texup.__version__, "torch_version": torch_version, "python": sys.executable,
-            "engines": [c.key for c in found], "devices": devices,
-            "auto": {"key": None if choice is None else choice.key, "measured": measured, "model": model}}
+    return {
+        "texup_version": texup.__version__,
+        "torch_version": torch_version,
+        "python": sys.executable,
+        "engines": [c.key for c in found],
+        "devices": devices,
+        "auto": {"key": None if choice is None else choice.key, "measured": measured, "model": model},
+    }
 
 
 def serve_stdio(*, device: str = "auto", precision: str = "auto") -> int:
@@ -499,11 +539,24 @@ def serve_stdio(*, device: str = "auto", precision: str = "auto") -> int:
         import torch
 
         torch_version = torch.__version__
-    if not server.send(protocol.hello(texup_version=texup.__version__, torch_version=torch_version,
-                                      device=picked, pid=os.getpid(), engines=engines)):
+    if not server.send(
+        protocol.hello(
+            texup_version=texup.__version__,
+            torch_version=torch_version,
+            device=picked,
+            pid=os.getpid(),
+            engines=engines,
+        )
+    ):
         return 1
-    log.info("texup worker %s ready (pid %d, torch %s, device %s, engines %s)", texup.__version__, os.getpid(),
-             torch_version, picked, ", ".join(engines))
+    log.info(
+        "texup worker %s ready (pid %d, torch %s, device %s, engines %s)",
+        texup.__version__,
+        os.getpid(),
+        torch_version,
+        picked,
+        ", ".join(engines),
+    )
     try:
         return server.serve()
     finally:
