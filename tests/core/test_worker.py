@@ -143,8 +143,24 @@ def test_bad_model_fails_the_job_not_the_worker(worker, tmp_path):
     events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
     errors = [e for e in events if isinstance(e, Error)]
     assert errors and errors[0].item is None and "nope" in errors[0].message
+    assert errors[0].traceback == ""  # texup's own error says what is wrong in one line, no traceback for the user
     assert (events[-1].ok, events[-1].failed) == (0, 1)
     assert worker.alive
+
+
+def test_an_item_whose_values_do_not_fit_gets_one_line_not_a_traceback(worker, tiny_model, tmp_path):
+    gray = save_png(tmp_path / "g.png", real_image("gravel.png")[:20, :20])
+    job_id = worker.submit(
+        Job(
+            options=JobOptions(model=str(tiny_model)),
+            items=(JobItem("g", str(gray), str(tmp_path / "g_x4.png"), role="normal"),),
+        )
+    )
+    events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
+    errors = [e for e in events if isinstance(e, Error)]
+    assert len(errors) == 1 and errors[0].item == "g" and "normal map needs 3 or 4 channels" in errors[0].message
+    assert errors[0].traceback == ""
+    assert (events[-1].ok, events[-1].failed) == (0, 1)
 
 
 def test_models_request_lists_the_registry(worker):

@@ -298,7 +298,8 @@ class WorkerServer:
                 upscaler = self._upscaler(request)
             except (TexupError, OSError, ValueError, RuntimeError) as err:
                 log.error("job %s: cannot load the model: %s", job_id, err)
-                self._send_error(job_id, None, err, with_traceback=True)
+                # texup's own errors and bad values say what is wrong in one line; anything else keeps its traceback
+                self._send_error(job_id, None, err, with_traceback=not isinstance(err, (TexupError, ValueError)))
                 failed = count
         opts = request.options
         for index, item in enumerate(request.items):
@@ -320,7 +321,7 @@ class WorkerServer:
             except Cancelled:
                 cancelled = True
                 break
-            except FileError as err:
+            except (TexupError, ValueError) as err:  # a bad file or a value that does not fit it: one line
                 log.error("job %s: %s", job_id, err)
                 self._send_error(job_id, item.key, err, with_traceback=False)
                 failed += 1
