@@ -1,7 +1,9 @@
-"""``texup worker``: a long-lived process that upscales jobs sent as JSON lines (see :mod:`.protocol`).
+"""``texup worker``: a long-lived process that upscales and trains jobs sent as JSON lines (see :mod:`.protocol`).
 
-The Blender add-on starts it with ``python -m texup worker`` in the Python environment that has torch,
-so Blender itself never imports torch.
+The Blender add-on starts it with ``python -m texup worker`` in a Python that has texup: Blender's own with the
+extension's bundled engine (no torch), the PyTorch environment its installer made, or one the user names, so
+Blender itself never imports torch, numpy or texup. :mod:`.protocol` is numpy- and torch-free; :mod:`.server`
+imports torch only when a job needs the torch engine or training.
 """
 
 from __future__ import annotations
