@@ -4,9 +4,8 @@ Tiled inference allocates and frees many blocks of tens of MB (tile tensors, row
 every block above its mmap threshold (dynamic, up to 32 MiB) with a fresh ``mmap`` and unmaps it on
 ``free``, so the next tile faults the same memory in again, and freed heap memory is trimmed back to the
 kernel eagerly. :func:`keep_freed_memory` turns both off for the process (``mallopt``, the same knobs as the
-``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables, but settable after start); a
-4096² RGBA ×4 upscale then peaked at output + 141 MiB instead of + 650 MiB, in 40.2 s instead of 44.2 s
-(2048²: + 140 instead of + 245 MiB, 9.8 s instead of 12.4 s; docs/benchmarks.md). The price is that freed
+``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables, but settable after start): large
+upscales then peak lower and run faster (docs/benchmarks.md). The price is that freed
 memory stays with the process: the worker calls :func:`release_freed_memory` (``malloc_trim``) after every
 job, so Blender gets it back between jobs.
 

@@ -69,7 +69,7 @@ class ResidualDenseBlock(nn.Module):
 
         In NCHW a leading channel range of a one-image buffer is itself contiguous, so ``conv{k}`` reads
         ``buf[:, :c_k]`` in place where the training path copies all earlier features into a new tensor
-        for every convolution. Bit-identical results; ~1.1x faster trunk on a CPU (docs/benchmarks.md).
+        for every convolution. Bit-identical results, a faster trunk on a CPU (docs/benchmarks.md).
         Without autograd only (``out=`` is not differentiable); for batches the slices are strided and the
         convolutions copy them, which is still correct.
         """

@@ -307,7 +307,7 @@ def _dense_block_split(
     conv_j, stacked, and a Slice hands them out; g_j = lrelu(sum of its contributions) and the block output
     is ``0.2 * sum(conv5's contributions) + x`` in one weighted Eltwise. Same arithmetic as the concatenated
     form up to summation order, but each part's input transform is done once instead of once per later
-    convolution, and no concatenation is copied: x4plus ran ~1.3x faster on the CPU (docs/benchmarks.md).
+    convolution, and no concatenation is copied: faster on a CPU (docs/benchmarks.md 5b).
     With ``outer`` (the RRDB's input) the RRDB residual folds in too: ``0.04 * conv5 + 0.2 * x + outer``.
     """
     outs = [gc, gc, gc, gc, nf]

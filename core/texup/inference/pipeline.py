@@ -25,10 +25,9 @@ Figures: docs/benchmarks.md.
 
 Alpha policy. A constant alpha channel is passed through (the exact stored value, at the output size). A
 varying alpha is upscaled through the model as a gray image (replicated to RGB, averaged back). Measured on
-a matte made from a real photo, downscaled x4 and upscaled back (x4plus vs antialiased cubic): hard
-cut-out edges (foliage, fences, decals — the common case in textures) 23.0 dB vs 19.0 dB PSNR, with edge
-sharpness matching the original; soft gradient mattes 25.0 dB vs 27.1 dB. The model wins where it matters
-and costs one more pass over the image.
+a matte made from a real photo, downscaled x4 and upscaled back (x4plus vs antialiased cubic, figures in
+docs/benchmarks.md): the model wins on hard cut-out edges (foliage, fences, decals — the common case in
+textures), cubic on soft gradient mattes; one more pass over the image.
 """
 
 from __future__ import annotations
@@ -302,8 +301,8 @@ class Upscaler:
         check_output_memory(height, width, channels, image.dtype.itemsize, out_h, out_w)
         passes = count_passes(height, width, out_h, out_w, scale)
         wrap = options.seamless == "on" or (options.seamless == "auto" and is_tileable(image))
-        # Context beyond the image, or beyond a tile, adds nothing but work (an overlap of 1000 on a 20x28 image
-        # took 81 s instead of 0.1 s; 10**6 asked for a 43.7 TiB buffer): capped at both.
+        # Context beyond the image, or beyond a tile, adds nothing but work (and an absurd overlap asked for an
+        # absurd buffer: docs/reliability.md): capped at both.
         overlap = min(options.overlap, max(height, width))
         tile = options.tile or self.engine.auto_tile(overlap=overlap, out_width=width * scale**passes)
         overlap = min(overlap, tile)

@@ -15,8 +15,8 @@ domain with an exactly invertible transform (:func:`encode_for_model`) and maps 
   (``KNEE``, 1], with the slope matched at the knee and the top of the curve at the image's maximum rounded up
   to a power of two. So a pixel below the knee is encoded the same whatever the brightest pixel is, and the
   highlights keep equal contrast per stop. Dividing the whole image by its maximum (the previous policy)
-  pushed everything else towards black, where the model has no detail left: with a 50000 sun in a [0, 1]
-  photo the rest of the image came back at about 2 dB; with the curve it is about 45 dB.
+  pushed everything else towards black, where the model has no detail left (a sun in a photo ruined the rest;
+  figures in docs/reliability.md).
 * ``normal``: tangent-space normals encoded as ``n * 0.5 + 0.5`` in [0, 1] (floats are clipped into it).
   The encoded RGB goes through the model; every output pixel is decoded to [-1, 1], renormalised to unit
   length and re-encoded. The handedness (OpenGL/DirectX Y) is kept: no channel is flipped. A vector that
@@ -66,8 +66,8 @@ class Decode:
 
 
 #: HDR colour: the bulk of the image (values up to the exposure) is encoded into [0, KNEE]; highlights above it
-#: share (KNEE, 1]. 0.8 keeps the bulk within about 45 dB of how the model sees a plain [0, 1] image (measured,
-#: scripts/bench_hdr_seamless.py) while leaving a fifth of the range for highlights up to any brightness.
+#: share (KNEE, 1]. 0.8 keeps the bulk close to how the model sees a plain [0, 1] image (measured with
+#: scripts/bench_hdr_seamless.py: docs/reliability.md) while leaving a fifth of the range for highlights.
 KNEE = 0.8
 #: The exposure puts this percentile of the pixels (their largest channel) at or below 1.
 EXPOSURE_PERCENTILE = 99.5

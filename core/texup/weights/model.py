@@ -100,7 +100,7 @@ def instantiate(arch: str, hparams: dict[str, Any], sd: dict[str, torch.Tensor],
         raise ModelLoadError(source, f"tensors do not fit {arch}({_fmt(hparams)}): {'; '.join(parts)}")
     # assign=True adopts the loaded tensors instead of copying them into freshly initialised ones: with
     # safetensors' memory-mapped (copy-on-write) tensors the weights are paged in from the file, not copied
-    # (x4plus: 1.5 s instead of 6.1 s to load on the 2-core benchmark machine, docs/benchmarks.md).
+    # (several times faster to load: docs/benchmarks.md).
     module.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()}, strict=True, assign=True)
     module = module.to(device="cpu", dtype=torch.float32).eval()
     module.requires_grad_(False)
