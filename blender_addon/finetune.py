@@ -21,9 +21,9 @@ import bpy
 
 from . import service
 from .bridge.client import WorkerClient, WorkerStartError
-from .bridge.finetune import TRAINING_FOLDER, DatasetPlan, TrainTracker, plan_dataset, run_folders, run_name
 from .bridge.jobs import TextureInfo
-from .bridge.protocol import Done, ProtocolError, TrainJob
+from .bridge.train_plan import TRAINING_FOLDER, DatasetPlan, TrainTracker, plan_dataset, run_folders, run_name
+from .bridge.worker_protocol import Done, ProtocolError, TrainJob
 from .session import FINISHED, SessionError, WorkerSession
 
 

@@ -82,9 +82,9 @@ def refresh_list(context: bpy.types.Context) -> int:
 
 
 def run_settings(context: bpy.types.Context):
-    """The :class:`~.pipeline.RunSettings` from the panel and the preferences."""
-    from .pipeline import RunSettings
+    """The :class:`~.upscale_run.RunSettings` from the panel and the preferences."""
     from .preferences import get_preferences
+    from .upscale_run import RunSettings
 
     settings = context.scene.texup
     prefs = get_preferences(context)

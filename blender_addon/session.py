@@ -16,8 +16,8 @@ from typing import Any
 from . import service
 from .bridge.client import WorkerClient, WorkerError, WorkerStartError
 from .bridge.jobs import TextureInfo
-from .bridge.protocol import Job, ProtocolError
-from .pipeline import RunError, RunSettings, UpscaleRun
+from .bridge.worker_protocol import Job, ProtocolError
+from .upscale_run import RunError, RunSettings, UpscaleRun
 
 STARTING, RUNNING, FINISHED = "starting", "running", "finished"
 
@@ -149,7 +149,7 @@ class WorkerSession:
 
 
 class UpscaleSession(WorkerSession):
-    """One Upscale click: the run (:class:`~.pipeline.UpscaleRun`), its job, and the shared state machine.
+    """One Upscale click: the run (:class:`~.upscale_run.UpscaleRun`), its job, and the shared state machine.
 
     After a start failure nothing is changed by :meth:`finish`.
     """

@@ -39,9 +39,9 @@ from blender_addon.bridge.jobs import (  # noqa: E402
     unknown_names,
     write_report,
 )
-from blender_addon.bridge.protocol import ProtocolError  # noqa: E402
+from blender_addon.bridge.worker_protocol import ProtocolError  # noqa: E402
 from blender_addon.defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR  # noqa: E402
-from blender_addon.pipeline import RunError, RunSettings, UpscaleRun, run_blocking  # noqa: E402
+from blender_addon.upscale_run import RunError, RunSettings, UpscaleRun, run_blocking  # noqa: E402
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

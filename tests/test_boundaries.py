@@ -70,7 +70,7 @@ def test_blender_addon_never_imports_torch_or_texup():
 
 def test_bridge_imports_only_the_standard_library():
     files = python_files(ROOT / "blender_addon" / "bridge")
-    assert {p.name for p in files} >= {"__init__.py", "protocol.py", "client.py", "jobs.py", "naming.py"}
+    assert {p.name for p in files} >= {"__init__.py", "worker_protocol.py", "client.py", "jobs.py", "naming.py"}
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
     offenders = [
         f"{p.relative_to(ROOT)}:{line} {mod}" for p in files for line, mod in imported_modules(p) if mod not in stdlib

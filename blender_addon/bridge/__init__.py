@@ -7,7 +7,7 @@ Blender's Python (3.10+).
 from __future__ import annotations
 
 from .client import WorkerClient, WorkerError, WorkerStartError, find_worker_python
-from .protocol import PROTOCOL_VERSION, Job, JobItem, JobOptions, ProtocolError
+from .worker_protocol import PROTOCOL_VERSION, Job, JobItem, JobOptions, ProtocolError
 
 __all__ = [
     "PROTOCOL_VERSION",

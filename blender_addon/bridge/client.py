@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
-from .protocol import (
+from .worker_protocol import (
     PROTOCOL_VERSION,
     Crashed,
     Done,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .client import WorkerClient, WorkerError, WorkerStartError
-from .protocol import Crashed, DeviceInfo, Error, Info
+from .worker_protocol import Crashed, DeviceInfo, Error, Info
 
 DEFAULT_TIMEOUT = 90.0
 """Seconds a check waits for the hello and the info together (importing torch and probing CUDA/Vulkan

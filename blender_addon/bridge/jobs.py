@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .naming import has_udim_token, safe_stem, udim_tile_path, unique_output_path
-from .protocol import Crashed, Done, Error, Event, Job, JobItem, JobOptions, Progress, Result
+from .worker_protocol import Crashed, Done, Error, Event, Job, JobItem, JobOptions, Progress, Result
 
 ROLES: tuple[str, ...] = ("color", "normal", "data")
 SOURCES: tuple[str, ...] = ("file", "packed", "generated", "udim", "missing")

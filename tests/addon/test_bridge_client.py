@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "blender_addon"))
 
 from bridge.client import WorkerClient, WorkerError, WorkerStartError, find_worker_python  # noqa: E402
-from bridge.protocol import (  # noqa: E402
+from bridge.worker_protocol import (  # noqa: E402
     Crashed,
     Done,
     Error,

@@ -9,9 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "blender_addon"))
 
-from bridge.finetune import TrainTracker, plan_dataset, run_folders, run_name  # noqa: E402
 from bridge.jobs import TextureInfo  # noqa: E402
-from bridge.protocol import Crashed, Done, Error, Message, Progress, Result  # noqa: E402
+from bridge.train_plan import TrainTracker, plan_dataset, run_folders, run_name  # noqa: E402
+from bridge.worker_protocol import Crashed, Done, Error, Message, Progress, Result  # noqa: E402
 
 
 def tex(name: str, path: str = "", source: str = "file", **kw) -> TextureInfo:

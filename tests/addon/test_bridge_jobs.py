@@ -26,7 +26,7 @@ from bridge.jobs import (  # noqa: E402
     unknown_names,
     write_report,
 )
-from bridge.protocol import Crashed, Done, Error, JobOptions, Progress, Result  # noqa: E402
+from bridge.worker_protocol import Crashed, Done, Error, JobOptions, Progress, Result  # noqa: E402
 
 FAKE = str(Path(__file__).with_name("fake_worker.py"))
 

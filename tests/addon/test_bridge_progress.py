@@ -20,7 +20,7 @@ from bridge.jobs import (  # noqa: E402
     format_duration,
     sort_textures,
 )
-from bridge.protocol import Done, JobOptions, Progress, Result  # noqa: E402
+from bridge.worker_protocol import Done, JobOptions, Progress, Result  # noqa: E402
 
 TileProgress = Progress
 
@@ -160,7 +160,7 @@ def test_size_limit_is_at_most_n_everywhere(tmp_path):
 
 
 def test_the_bridge_parses_tile_fraction_from_a_worker_line():
-    from bridge.protocol import parse_event
+    from bridge.worker_protocol import parse_event
 
     event = parse_event(
         '{"type": "progress", "id": "j", "item": "a", "index": 0, "count": 1, "done": 2, '

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "blender_addon"))
 
-from bridge.protocol import (  # noqa: E402
+from bridge.worker_protocol import (  # noqa: E402
     Done,
     Error,
     Hello,

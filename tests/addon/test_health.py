@@ -19,7 +19,7 @@ from bridge import health  # noqa: E402
 from bridge.bundle import WorkerLaunch  # noqa: E402
 from bridge.client import WorkerStartError  # noqa: E402
 from bridge.health import HealthCheck, HealthReport, check_worker, status_lines  # noqa: E402
-from bridge.protocol import DeviceInfo, Info, ProtocolError, info_message, parse_event  # noqa: E402
+from bridge.worker_protocol import DeviceInfo, Info, ProtocolError, info_message, parse_event  # noqa: E402
 
 FAKE = str(Path(__file__).with_name("fake_worker.py"))
 
@@ -175,7 +175,7 @@ def test_a_result_forgotten_while_running_is_dropped():
 
 
 def test_the_panels_compact_lines_fit_the_sidebar_and_keep_the_tick_rule():
-    from bridge.protocol import DeviceInfo
+    from bridge.worker_protocol import DeviceInfo
 
     ok = HealthReport(
         ok=True,

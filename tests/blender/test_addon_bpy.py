@@ -354,7 +354,7 @@ def test_cancel_stops_the_worker_at_the_next_tile_and_leaves_no_partial_files(ad
     """Esc / Cancel during a 256x256 texture in 16 px tiles: the worker stops within a few tiles; the
     image finished before stays applied; the cancelled one is untouched in the scene and on disk."""
     from blender_addon import service
-    from blender_addon.bridge.protocol import Done, Progress
+    from blender_addon.bridge.worker_protocol import Done, Progress
 
     service.stop_worker()
     scene_builder.build(str(tmp_path), with_missing=False)

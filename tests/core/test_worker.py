@@ -17,9 +17,9 @@ from workerutil import collect as collect_events
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "blender_addon"))
 
-from bridge import protocol as bridge_protocol  # noqa: E402
+from bridge import worker_protocol as bridge_protocol  # noqa: E402
 from bridge.client import WorkerClient  # noqa: E402
-from bridge.protocol import Done, Error, Job, JobItem, JobOptions, Models, Pong, Progress, Result  # noqa: E402
+from bridge.worker_protocol import Done, Error, Job, JobItem, JobOptions, Models, Pong, Progress, Result  # noqa: E402
 
 
 @pytest.fixture(scope="module")

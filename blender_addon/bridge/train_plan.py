@@ -16,7 +16,7 @@ from typing import Any
 
 from .jobs import TextureInfo
 from .naming import UDIM_TOKENS, safe_stem, udim_tile_path
-from .protocol import Crashed, Done, Error, Message, Progress, Result
+from .worker_protocol import Crashed, Done, Error, Message, Progress, Result
 
 TRAINING_FOLDER = "texup_training"
 """The folder, next to the .blend, that holds fine-tuning runs."""

@@ -29,7 +29,7 @@ from . import relink
 from .bridge.client import WorkerError
 from .bridge.jobs import JobPlan, JobTracker, TextureInfo, build_job, report_rows
 from .bridge.naming import UDIM_TOKENS, safe_stem
-from .bridge.protocol import Job, JobOptions
+from .bridge.worker_protocol import Job, JobOptions
 from .defaults import DEFAULT_OUT_DIR
 
 # File formats Blender writes for generated images (which have no file yet), by float-ness.
