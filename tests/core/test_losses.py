@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from texup.archs.discriminator import build_discriminator
-from texup.archs.vgg import VGG19Features, load_vgg19_features
+from texup.archs.vgg import VGG19Features
 from texup.errors import ModelLoadError
 from texup.training.losses import (
     FeatureMatchingLoss,
@@ -17,6 +17,7 @@ from texup.training.losses import (
     RelativisticGANLoss,
     RelativisticNodeGANLoss,
 )
+from texup.weights.model import load_vgg19_features
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

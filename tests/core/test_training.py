@@ -446,11 +446,11 @@ def test_pretrained_discriminator_is_loaded_or_refused(library: Path, tmp_path: 
 
 def test_vgg19_download_uses_the_published_url_and_hash(monkeypatch, tmp_path: Path) -> None:
     import texup.weights.download as download_module
-    from texup.archs import vgg
+    from texup.weights import registry as vgg
 
     calls = []
 
-    def fake_download(url, dest, *, sha256, progress=None, timeout=60):
+    def fake_download(url, dest, *, sha256, progress=None, timeout=60, max_bytes=None):
         calls.append((url, sha256))
         Path(dest).write_bytes(b"x")
         return Path(dest)

@@ -79,7 +79,8 @@ class ResidualDenseBlock(nn.Module):
         buf[:, :c] = x
         for k, conv in enumerate((self.conv1, self.conv2, self.conv3, self.conv4)):
             lo = c + k * g
-            torch._C._nn.leaky_relu(conv(buf[:, :lo]), _LRELU_SLOPE, out=buf[:, lo : lo + g])
+            # Public API only (the private ``torch._C._nn.leaky_relu(..., out=)`` saved one copy of g channels).
+            buf[:, lo : lo + g] = F.leaky_relu(conv(buf[:, :lo]), _LRELU_SLOPE, inplace=True)
         return self.conv5(buf).mul_(_RESIDUAL_SCALE).add_(x)
 
 

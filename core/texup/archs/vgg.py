@@ -5,22 +5,20 @@ The module holds the convolution part of VGG19 under the same parameter names as
 (``vgg19-dcbb9e9d.pth``, or any ``.safetensors`` / ``.pth`` with those names) loads into it directly.
 Only the layers up to the requested one are built; the classifier is never needed.
 
-The published torchvision file is :data:`VGG19_URL`; its SHA-256 is :data:`VGG19_SHA256` (the file's
-name carries the first eight hex digits, as torchvision's convention is; the full digest is the one
-recorded for that file by several independent projects).
+The published torchvision file, its SHA-256 and its download live with the other weights texup knows
+(:mod:`texup.weights.registry`: ``VGG19_URL``, ``fetch_vgg19``); reading a file into this module is
+:func:`texup.weights.model.load_vgg19_features`. This module only builds the network (no imports of
+:mod:`texup.weights`: the weights package builds archs, never the other way round).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
-VGG19_SHA256 = "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44"
-VGG19_SIZE = 574_673_361
+from texup.errors import ModelLoadError
 
 #: VGG19 ("E") layout: numbers are conv widths, "M" a 2x2 max pooling.
 _CFG: tuple[int | str, ...] = (
@@ -110,8 +108,6 @@ class VGG19Features(nn.Module):
         Raises:
             ModelLoadError: a needed tensor is missing or has the wrong shape (named in the message).
         """
-        from texup.errors import ModelLoadError
-
         own = self.state_dict()
         problems = []
         for key, target in own.items():
@@ -127,46 +123,7 @@ class VGG19Features(nn.Module):
         return self.features((x - self.mean) / self.std)
 
 
-def load_vgg19_features(path: str | Path, layer: str = "conv5_4") -> VGG19Features:
-    """Build :class:`VGG19Features` and load it from a torchvision-format file (read safely).
-
-    Raises:
-        ModelLoadError / UnsafeWeightsError: unreadable file or tensors that do not fit.
-    """
-    from texup.weights.state_dict import read_state_dict
-
-    module = VGG19Features(layer)
-    module.load_torchvision_state_dict(read_state_dict(path), source=path)
-    return module
-
-
-def vgg19_cache_path() -> Path:
-    """Where :func:`fetch_vgg19` keeps the torchvision file: ``<texup home>/models/vgg19-dcbb9e9d.pth``."""
-    from texup.weights.cache import models_dir
-
-    return models_dir() / Path(VGG19_URL).name
-
-
-def fetch_vgg19(progress: Any = None, timeout: float = 60) -> Path:
-    """Download torchvision's VGG19 weights into the cache (verified against :data:`VGG19_SHA256`).
-
-    Returns the cached path at once when the file is already there. Raises ``DownloadError``.
-    """
-    from texup.weights.download import download
-
-    dest = vgg19_cache_path()
-    if dest.is_file():
-        return dest
-    return download(VGG19_URL, dest, sha256=VGG19_SHA256, progress=progress, timeout=timeout)
-
-
 __all__ = [
     "VGG19Features",
-    "VGG19_SHA256",
-    "VGG19_SIZE",
-    "VGG19_URL",
-    "fetch_vgg19",
     "layer_indices",
-    "load_vgg19_features",
-    "vgg19_cache_path",
 ]

@@ -530,7 +530,8 @@ def build_disc(cfg: TrainConfig, say: Callable[[str], None]) -> nn.Module:
 
 def build_content_loss(cfg: TrainConfig, disc: nn.Module, say: Callable[[str], None]) -> tuple[nn.Module | None, float]:
     """The perceptual loss on VGG19 conv5_4 when weights are available, else feature matching."""
-    from texup.archs.vgg import fetch_vgg19, load_vgg19_features, vgg19_cache_path
+    from texup.weights.model import load_vgg19_features
+    from texup.weights.registry import fetch_vgg19, vgg19_cache_path
 
     if cfg.perceptual_weight == 0:
         return None, 0.0

@@ -274,3 +274,14 @@ def save_model(
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
+
+
+def load_vgg19_features(path: str | Path, layer: str = "conv5_4") -> nn.Module:
+    """The perceptual loss's VGG19 feature extractor (:class:`texup.archs.vgg.VGG19Features`) loaded from a
+    torchvision-format file, read safely. Raises ``ModelLoadError`` / ``UnsafeWeightsError``."""
+    from texup.archs.vgg import VGG19Features
+    from texup.weights.state_dict import read_state_dict
+
+    module = VGG19Features(layer)
+    module.load_torchvision_state_dict(read_state_dict(path), source=path)
+    return module

@@ -242,6 +242,34 @@ def _ncnn_models_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
+#: torchvision's VGG19 (the perceptual loss's feature extractor for `texup train`): its published file and SHA-256
+#: (the file's name carries the first eight hex digits, as torchvision's convention is; the full digest is the one
+#: recorded for that file by several independent projects) and its size.
+VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
+VGG19_SHA256 = "dcbb9e9dad569fff7a846263a77324fc34978fea2bfb039c012d710e1776ae44"
+VGG19_SIZE = 574_673_361
+
+
+def vgg19_cache_path() -> Path:
+    """Where :func:`fetch_vgg19` keeps the torchvision file: ``<texup home>/models/vgg19-dcbb9e9d.pth``."""
+    return cache.models_dir() / Path(VGG19_URL).name
+
+
+def fetch_vgg19(progress: Any = None, timeout: float = 60) -> Path:
+    """Download torchvision's VGG19 weights into the cache (verified against :data:`VGG19_SHA256`).
+
+    Returns the cached path at once when the file is already there. Raises ``DownloadError``.
+    """
+    from texup.weights import download as download_module
+
+    dest = vgg19_cache_path()
+    if dest.is_file():
+        return dest
+    return download_module.download(
+        VGG19_URL, dest, sha256=VGG19_SHA256, progress=progress, timeout=timeout, max_bytes=VGG19_SIZE
+    )
+
+
 def _ncnn_version() -> str:
     try:
         return importlib.metadata.version(NCNN_DISTRIBUTION)
