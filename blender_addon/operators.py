@@ -11,6 +11,7 @@ from typing import Any
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
+from .bridge.worker_protocol import TILE_MIN
 from .defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR
 from .properties import texture_list
 
@@ -91,7 +92,7 @@ def run_settings(context: bpy.types.Context):
     return RunSettings(
         model=panel_model(context),
         scale=int(settings.scale),
-        tile=settings.tile,
+        tile=settings.tile and max(settings.tile, TILE_MIN),  # 0: automatic; 1..15 mean the smallest tile
         seamless=settings.seamless,
         device=prefs.device if prefs is not None else "auto",
         out_dir=(prefs.output_dir if prefs is not None else "") or DEFAULT_OUT_DIR,

@@ -112,7 +112,7 @@ class TexupSettings(bpy.types.PropertyGroup):
     tile: IntProperty(
         name="Tile",
         description="Input tile size in pixels. 0: automatic (the largest tile that fits the "
-        "device's memory); a smaller tile uses less memory and makes progress and cancel finer",
+        "device's memory); otherwise at least 16; a smaller tile uses less memory and makes progress and cancel finer",
         default=0,
         min=0,
         soft_max=2048,

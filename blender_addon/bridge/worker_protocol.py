@@ -17,6 +17,7 @@ ROLES: tuple[str, ...] = ("color", "normal", "data")
 SEAMLESS: tuple[str, ...] = ("auto", "on", "off")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 STAGES: tuple[str, ...] = ("psnr", "gan")
+TILE_MIN = 16  # mirrors of texup.options (the add-on cannot import texup); tests/core/test_worker.py compares them
 
 
 class ProtocolError(ValueError):
@@ -51,8 +52,10 @@ class JobOptions:
             isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 0 < self.scale <= 16
         ):
             raise ProtocolError(f"scale must be above 0 and at most 16, got {self.scale!r}")
-        if self.tile is not None and (isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < 16):
-            raise ProtocolError(f"tile must be an integer of at least 16 pixels, got {self.tile!r}")
+        if self.tile is not None and (
+            isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < TILE_MIN
+        ):
+            raise ProtocolError(f"tile must be an integer of at least {TILE_MIN} pixels, got {self.tile!r}")
         if self.seamless not in SEAMLESS:
             raise ProtocolError(f"seamless must be one of {', '.join(SEAMLESS)}, got {self.seamless!r}")
         if not isinstance(self.device, str) or not self.device:

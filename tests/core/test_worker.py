@@ -54,6 +54,17 @@ def save_png(path: Path, pixels: np.ndarray) -> Path:
     return path
 
 
+def test_the_add_ons_option_mirrors_match_texup_options():
+    """The add-on cannot import texup: its bridge repeats these tuples, and they must stay the same."""
+    from texup import options
+
+    assert bridge_protocol.ROLES == options.ROLES
+    assert bridge_protocol.SEAMLESS == options.SEAMLESS_MODES
+    assert bridge_protocol.PRECISIONS == options.PRECISIONS
+    assert bridge_protocol.STAGES == options.STAGES
+    assert bridge_protocol.TILE_MIN == options.TILE_MIN
+
+
 def test_protocol_versions_of_worker_and_add_on_agree():
     from texup.worker.protocol import PROTOCOL_VERSION
 

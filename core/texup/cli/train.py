@@ -19,6 +19,8 @@ import sys
 import textwrap
 from typing import Any
 
+from texup.options import PRECISIONS
+
 #: ``--discriminator`` kinds, one line each (shown by ``texup train --help``).
 DISCRIMINATOR_HELP = {
     "vgg128": "ESRGAN's VGG-style discriminator with BatchNorm, one logit; crops of exactly 128 px",
@@ -89,7 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PATH|download",
         help="torchvision VGG19 weights for the perceptual loss, or 'download' to fetch them (verified)",
     )
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="mixed precision (default auto)")
+    p.add_argument("--precision", choices=PRECISIONS, help="mixed precision (default auto)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--workers", type=int, metavar="N", help="data loading worker processes")
     p.add_argument("--seed", type=int, help="random seed")

@@ -45,6 +45,7 @@ from texup.library import (
     source_state,
     take_shard,
 )
+from texup.options import ENGINES, LAYOUTS, PRECISIONS, ROLES, SEAMLESS_MODES, TILE_MIN
 from texup.outputs import OutputRecord
 from texup.weights.cache import remove_stale_temp_files
 
@@ -138,19 +139,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=int, default=16, help="context pixels around each tile (default: %(default)s)")
     p.add_argument(
         "--seamless",
-        choices=("auto", "on", "off"),
+        choices=SEAMLESS_MODES,
         default="auto",
         help="wrap-around context for tileable textures (auto: detect)",
     )
     p.add_argument(
         "--role",
-        choices=("color", "normal", "data"),
+        choices=ROLES,
         default="color",
         help="normal: renormalise to unit vectors; data: no colour transform (default: color)",
     )
     p.add_argument(
         "--engine",
-        choices=("auto", "torch", "ncnn"),
+        choices=ENGINES,
         default="auto",
         help="what runs the network: auto = the fastest measured on this machine (once per model; "
         "see `texup engines`), torch (CPU, CUDA, MPS), ncnn (CPU, any Vulkan GPU)",
@@ -162,10 +163,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="{auto,cpu,cuda[:N],mps,vulkan[:N]}",
         help="where it runs (vulkan implies --engine ncnn; cuda and mps imply torch)",
     )
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto")
     p.add_argument(
         "--layout",
-        choices=("auto", "nchw", "channels_last"),
+        choices=LAYOUTS,
         default="auto",
         help="memory layout of the network (auto: measured per CPU/GPU kind; see docs/benchmarks.md)",
     )
@@ -274,8 +275,8 @@ def _validate(args: argparse.Namespace) -> tuple[int, int] | None:
     target = parse_size(args.size) if args.size else None
     if args.format is not None:
         format_for_path(Path("x." + args.format.lower().lstrip(".")))
-    if args.tile is not None and args.tile < 16:
-        raise ValueError("--tile must be at least 16 pixels")
+    if args.tile is not None and args.tile < TILE_MIN:
+        raise ValueError(f"--tile must be at least {TILE_MIN} pixels")
     if args.overlap < 0:
         raise ValueError("--overlap must not be negative")
     if args.tile is not None and args.overlap > args.tile:

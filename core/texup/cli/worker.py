@@ -10,6 +10,8 @@ import argparse
 import logging
 import sys
 
+from texup.options import PRECISIONS
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,9 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "models stay loaded between jobs. Logs go to stderr.",
     )
     p.add_argument("--device", default="auto", help="default device for jobs: auto, cpu, cuda[:N], mps or vulkan[:N]")
-    p.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto", help="default precision for jobs"
-    )
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="default precision for jobs")
     p.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),

@@ -48,6 +48,7 @@ from texup.inference import policy
 from texup.inference.resample import RowResampler
 from texup.inference.tiling import Tile, add_wrapped, blend_weights, is_tileable, plan_tiles, take_wrapped
 from texup.limits import check_output_memory
+from texup.options import SEAMLESS_MODES as _SEAMLESS
 
 #: ``progress(done, total)``: ``done`` tiles of ``total`` (a float between tile boundaries, see Upscaler).
 ProgressCallback = Callable[[float, int], None]
@@ -58,7 +59,7 @@ RowSink = Callable[[np.ndarray, int], None]
 #: Smallest core tile the out-of-memory fallback will try before giving up.
 MIN_TILE = 16
 _DTYPES = ("uint8", "uint16", "float16", "float32")
-_SEAMLESS = ("auto", "on", "off")
+
 #: Most output rows handed to a sink at once (bounds the temporaries of the final decode and conversion).
 _ROW_BLOCK = 256
 

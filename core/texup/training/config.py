@@ -37,8 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from texup.options import PRECISIONS
+
 STAGES = ("psnr", "gan")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 DEGRADATIONS = ("bicubic", "realesrgan")
 TILEABLE = ("auto", "on", "off")
 GAN_LOSSES = ("auto", "ragan", "ragan-per-node")

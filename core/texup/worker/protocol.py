@@ -37,14 +37,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-PROTOCOL_VERSION = 1
+from texup.options import ENGINES, PRECISIONS, ROLES, STAGES, TILE_MIN
+from texup.options import SEAMLESS_MODES as SEAMLESS
 
-ROLES: tuple[str, ...] = ("color", "normal", "data")
-SEAMLESS: tuple[str, ...] = ("auto", "on", "off")
+PROTOCOL_VERSION = 1
 REQUEST_TYPES: tuple[str, ...] = ("upscale", "train", "cancel", "ping", "models", "info", "shutdown")
-STAGES: tuple[str, ...] = ("psnr", "gan")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-ENGINES: tuple[str, ...] = ("auto", "torch", "ncnn")
 
 _OPTION_KEYS = frozenset(
     {"model", "scale", "target_size", "tile", "overlap", "seamless", "device", "precision", "engine"}
@@ -210,7 +207,7 @@ def parse_options(options: Any) -> JobOptions:
         if options.get("scale") is not None:
             raise ProtocolError("give either 'scale' or 'target_size', not both")
     overlap = _number(options, "overlap", int, low=0)
-    tile = _number(options, "tile", int, low=16)
+    tile = _number(options, "tile", int, low=TILE_MIN)
     if tile is not None and overlap is not None and overlap > tile:
         raise ProtocolError(f"option 'overlap' must not be larger than 'tile' ({tile}), got {overlap}")
     return JobOptions(
