@@ -8,7 +8,7 @@ Installs as an extension (Blender 4.2+, blender_manifest.toml) and as a legacy a
 bl_info = {
     "name": "texup: ESRGAN Texture Upscaling",
     "author": "texup contributors",
-    "version": (0, 1, 0),
+    "version": (0, 2, 0),
     "blender": (3, 4, 0),
     "location": "3D Viewport / Image Editor > Sidebar > texup",
     "description": "Upscale the scene's image textures with ESRGAN (texup worker) and relink the materials",

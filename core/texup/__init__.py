@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from texup._lazy import lazy_getattr
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> module that defines it (imported on first access)
 _LAZY: dict[str, str] = {
