@@ -11,7 +11,6 @@ an incremental run (hashing and the manifest; target: under 2 s); "vs first" is 
 from __future__ import annotations
 
 import argparse
-import platform
 import re
 import shutil
 import subprocess
@@ -23,16 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from texup.imageio import write_image
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from texup.machine import describe
 
 
 def make_library(folder: Path, count: int, seed: int = 0) -> list[Path]:
@@ -78,7 +68,7 @@ def main() -> int:
         paths = make_library(lib, opts.count)
         time.sleep(2.1)  # sources older than the 2 s "racy" window, as in a library that is not being written
         common = [str(lib), "-o", str(out), "--model", opts.model, "--engine", opts.engine, "--device", "cpu"]
-        print(f"machine: {cpu_name()}, {platform.system()} {platform.machine()}, Python {platform.python_version()}")
+        print(f"machine: {describe()}")
         print(
             f"library: {opts.count} textures (PNG/JPEG/TGA, 24-64 px, 1 in 4 of the PNG/TGA RGBA); "
             f"model {opts.model}, engine {opts.engine}"

@@ -12,11 +12,6 @@ much one engine process leaves idle.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,73 +22,22 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "core"))
 
-from texup.cluster import run_on_ray  # noqa: E402
+from texup.cluster import local_cluster, run_on_ray  # noqa: E402
 from texup.imageio import write_image  # noqa: E402
-
-RAY = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
-
-
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            name = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} logical CPUs"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from texup.machine import describe  # noqa: E402
 
 
 def run(args: argparse.Namespace, nodes: int, folder: Path) -> float:
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    port = free_port()
-    subprocess.run(
-        [
-            RAY,
-            "start",
-            "--head",
-            "--port",
-            str(port),
-            "--num-cpus",
-            "1",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    try:
-        for _ in range(nodes - 1):
-            subprocess.run(
-                [RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
-                check=True,
-                capture_output=True,
-                env=env,
-            )
+    with local_cluster(nodes=nodes, cpus_per_node=1) as address:
         out = folder / f"out{nodes}"
         tasks = [(str(p), str(out / p.name)) for p in sorted((folder / "in").glob("*.png"))]
         # One warm-up file per node, so model loading is not in the timing.
-        run_on_ray(
-            tasks[:nodes], model=args.model, engine=args.engine, device="cpu", options={}, address=f"127.0.0.1:{port}"
-        )
-        import ray
-
+        run_on_ray(tasks[:nodes], model=args.model, engine=args.engine, device="cpu", options={}, address=address)
         start = time.perf_counter()
-        outcomes = run_on_ray(
-            tasks, model=args.model, engine=args.engine, device="cpu", options={}, address=f"127.0.0.1:{port}"
-        )
+        outcomes = run_on_ray(tasks, model=args.model, engine=args.engine, device="cpu", options={}, address=address)
         seconds = time.perf_counter() - start
         assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
-        ray.shutdown()
         return seconds
-    finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env)
 
 
 def main() -> int:
@@ -111,7 +55,7 @@ def main() -> int:
             write_image(folder / "in" / f"t{i:03d}.png", (rng.random((args.size, args.size, 3)) * 255).astype(np.uint8))
         one = run(args, 1, folder)
         two = run(args, 2, folder)
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(f"{args.count} files of {args.size}x{args.size}, {args.model} on {args.engine}")
     print(f"1 node : {one:6.2f} s  {args.count / one:6.2f} files/s")
     print(f"2 nodes: {two:6.2f} s  {args.count / two:6.2f} files/s")

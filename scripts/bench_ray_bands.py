@@ -14,11 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import platform
-import shutil
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,17 +22,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "core"))
-RAY = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
 
-
-def machine() -> str:
-    name = platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            name = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} logical CPUs"
+from texup.cluster import local_cluster  # noqa: E402
+from texup.machine import describe  # noqa: E402
 
 
 def test_image(size: int) -> np.ndarray:
@@ -75,34 +62,8 @@ def main() -> int:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    subprocess.run(
-        [
-            RAY,
-            "start",
-            "--head",
-            "--port",
-            str(port),
-            "--num-cpus",
-            "1",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    try:
-        subprocess.run(
-            [RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
-            check=True,
-            capture_output=True,
-            env=env,
-        )
-        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+    with local_cluster(nodes=2, cpus_per_node=1) as address:
+        ray.init(address=address, log_to_driver=False)
         nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
         remote = ray.remote(Worker)
         actors = [
@@ -135,14 +96,11 @@ def main() -> int:
             moved += band.nbytes
             stitched[r0 * scale : r1 * scale] = band[(r0 - c0) * scale : (r1 - c0) * scale]
         t_bands = time.perf_counter() - start
-        ray.shutdown()
-    finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env)
 
     diff = np.abs(stitched.astype(np.int16) - whole.astype(np.int16))
     mse = float(np.mean(diff.astype(np.float64) ** 2))
     psnr = float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}")
     print(
         f"{args.size}x{args.size} -> {whole.shape[1]}x{whole.shape[0]}, {args.model} on {args.engine}, "
         f"context {args.context} rows"

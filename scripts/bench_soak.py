@@ -36,10 +36,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import numpy as np  # noqa: E402
-from fuzz import machine  # noqa: E402
 from realdata import real_image  # noqa: E402
 
 from texup.imageio import ImageInfo, srgb_to_linear, write_image  # noqa: E402
+from texup.machine import describe as machine  # noqa: E402
 
 MODEL = "realesr-animevideov3"
 SOURCES = (

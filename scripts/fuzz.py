@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import select
 import shutil
@@ -58,25 +57,14 @@ if str(ROOT / "tests") not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from texup.machine import describe  # noqa: E402
+
 OUTCOMES = ("decoded", "refused", "other-exception", "hang", "memory")
 PER_FILE_TIMEOUT_S = 20.0
 MAX_RSS_MB = 512
 CHILD_ADDRESS_SPACE = 6 * 1024**3  # a runaway allocation becomes a MemoryError in the child, not a swapped machine
 PREFIX = "texup: error: "
 MODEL = "realesr-animevideov3"
-
-
-def machine() -> str:
-    """The CPU model and core count (e.g. "AMD EPYC, 2 cores")."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
 # --- seeds ---------------------------------------------------------------------------------------------------
@@ -1100,7 +1088,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     rng = np.random.default_rng(args.seed)
-    report: dict[str, Any] = {"machine": machine(), "seed": args.seed}
+    report: dict[str, Any] = {"machine": describe(), "seed": args.seed}
     print(f"texup fuzz, seed {args.seed}, on {report['machine']}; load average {os.getloadavg()[0]:.2f}")
     findings = 0
     with tempfile.TemporaryDirectory(prefix="texup-fuzz-") as tmp:

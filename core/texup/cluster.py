@@ -15,10 +15,16 @@ processes per node would only compete). Ray is an optional dependency (``pip ins
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from texup.errors import TexupError
@@ -165,3 +171,44 @@ def run_on_ray(
     for actor in actors:
         ray.kill(actor)
     return [outcomes[i] for i in range(len(tasks))]
+
+
+@contextmanager
+def local_cluster(nodes: int = 2, cpus_per_node: int = 1, *, temp_dir: str | None = None) -> Iterator[str]:
+    """A Ray cluster of ``nodes`` node processes on this machine (``ray start --head``, then ``ray start
+    --address`` for each other node), each offering ``cpus_per_node`` CPUs: for trying ``--ray``, the tests and
+    the benchmarks. Yields its address. At the end ``ray stop --force``, which stops every Ray process on this
+    machine: do not use it beside another Ray cluster here. Raises ``RuntimeError`` with Ray's output when a
+    node does not start."""
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    head = [
+        ray_cli,
+        "start",
+        "--head",
+        "--port",
+        str(port),
+        "--num-cpus",
+        str(cpus_per_node),
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+    ] + (["--temp-dir", temp_dir] if temp_dir else [])
+    other = [ray_cli, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", str(cpus_per_node)]
+    try:
+        for command in [head] + [other] * (nodes - 1):
+            run = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+            if run.returncode != 0:
+                raise RuntimeError(f"{' '.join(command[:3])} failed: {(run.stdout + run.stderr)[-1500:]}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        try:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+        except ImportError:
+            pass
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env)

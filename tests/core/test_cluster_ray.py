@@ -4,73 +4,24 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("ray")
 
-from texup.cluster import run_on_ray  # noqa: E402
+from texup.cluster import local_cluster, run_on_ray  # noqa: E402
 from texup.imageio import read_image, write_image  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts Ray clusters
 
-RAY = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    port = _free_port()
-    temp = tmp_path_factory.mktemp("ray")
-    head = subprocess.run(
-        [
-            RAY,
-            "start",
-            "--head",
-            "--port",
-            str(port),
-            "--num-cpus",
-            "1",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            "--temp-dir",
-            str(temp),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env=env,
-    )
-    if head.returncode != 0:
-        pytest.fail(f"ray start --head failed: {head.stdout[-1500:]}{head.stderr[-1500:]}")
-    try:
-        worker = subprocess.run(
-            [RAY, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1"],
-            capture_output=True,
-            text=True,
-            timeout=180,
-            env=env,
-        )
-        assert worker.returncode == 0, worker.stdout[-1500:] + worker.stderr[-1500:]
-        yield f"127.0.0.1:{port}"
-    finally:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120, env=env)
+    with local_cluster(nodes=2, cpus_per_node=1, temp_dir=str(tmp_path_factory.mktemp("ray"))) as address:
+        yield address
 
 
 def test_files_spread_over_two_nodes_one_warm_model_each_failures_per_file(cluster, tmp_path):

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from texup.engines.base import ENGINE_NAMES, Engine, EngineUnavailable
+from texup.machine import cpu_model, simd_flags
 
 #: Core tile side used to time candidates (input pixels, plus 8 of context each side).
 CALIBRATION_TILE = 48
@@ -86,35 +87,15 @@ def candidates() -> list[Candidate]:
     return found
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.lower().startswith(("model name", "hardware")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 @functools.lru_cache(maxsize=1)
 def machine_key() -> str:
     """What decides which engine is fastest here: CPU model and SIMD flags, core count, GPUs, libraries."""
     from texup.engines.ncnn_engine import vulkan_devices
 
-    parts: dict[str, Any] = {"machine": platform.machine(), "cpu": _cpu_model(), "cores": os.cpu_count()}
-    try:
-        flags = (
-            next(
-                line
-                for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-                if line.startswith(("flags", "Features"))
-            )
-            .split(":", 1)[1]
-            .split()
-        )
-        parts["flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sve", "asimd", "bf16")))
-    except (OSError, StopIteration):
-        pass
+    parts: dict[str, Any] = {"machine": platform.machine(), "cpu": cpu_model(), "cores": os.cpu_count()}
+    flags = simd_flags()
+    if flags:
+        parts["flags"] = flags
     parts["vulkan"] = [d.name for d in vulkan_devices()]
     # Without importing torch (1-2 s): its version from the package metadata, NVIDIA GPUs from the driver.
     for dist in ("torch", "ncnn"):
@@ -373,7 +354,7 @@ def summary() -> dict[str, Any]:
     measured = read_calibration().get(machine_key(), {})
     out: dict[str, Any] = {
         "machine_key": machine_key(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "torch": None,
         "ncnn": ncnn_available(),
         "vulkan_devices": [asdict(d) | {"software": d.software} for d in vulkan_devices()],

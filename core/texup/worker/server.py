@@ -474,7 +474,8 @@ def machine_info(*, device: str = "auto", precision: str = "auto", model: str | 
     """
     import texup
     from texup.engines.ncnn_engine import ncnn_available, vulkan_devices
-    from texup.engines.select import _cpu_model, cached_choice, candidates, torch_available
+    from texup.engines.select import cached_choice, candidates, torch_available
+    from texup.machine import cpu_model
     from texup.weights.registry import DEFAULT_MODEL
 
     found = candidates()
@@ -483,7 +484,7 @@ def machine_info(*, device: str = "auto", precision: str = "auto", model: str | 
     devices: list[dict[str, Any]] = []
     cpu_engines = [e for e, ok in (("ncnn", ncnn_available()), ("torch", torch_available())) if ok]
     if cpu_engines:
-        devices.append({"key": "cpu", "name": _cpu_model(), "engines": cpu_engines, "software": False})
+        devices.append({"key": "cpu", "name": cpu_model(), "engines": cpu_engines, "software": False})
     if torch_available():
         import torch
 

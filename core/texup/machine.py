@@ -1,0 +1,46 @@
+"""What machine this is, in words: the CPU model and the SIMD flags that decide engine speed (torch- and numpy-free).
+
+Used to key the engine measurements (:func:`texup.engines.select.machine_key`), by the worker's ``info`` event,
+and by every benchmark, so each printed figure names the machine it was measured on.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+#: CPU feature-flag prefixes that change how fast the engines run (x86 AVX/AMX/FMA, Arm SVE/ASIMD/BF16).
+_SPEED_FLAGS = ("avx", "amx", "fma", "sve", "asimd", "bf16")  # part of engines.json's machine key: keep stable
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."), else what the platform module knows."""
+    for line in _cpuinfo_lines():
+        if line.lower().startswith(("model name", "hardware")):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def simd_flags() -> list[str]:
+    """The CPU's speed-relevant feature flags, sorted ([] where /proc/cpuinfo does not exist)."""
+    for line in _cpuinfo_lines():
+        if line.startswith(("flags", "Features")):
+            return sorted({f for f in line.split(":", 1)[1].split() if f.startswith(_SPEED_FLAGS)})
+    return []
+
+
+def describe() -> str:
+    """One line for benchmark output: "AMD EPYC, 2 logical CPUs, flags avx avx2 fma; Linux, Python 3.11.7"."""
+    flags = " ".join(simd_flags()) or "unknown"
+    return (
+        f"{cpu_model()}, {os.cpu_count()} logical CPUs, flags {flags}; "
+        f"{platform.system()}, Python {platform.python_version()}"
+    )
