@@ -20,6 +20,11 @@ DEVICES = [
     ("cuda", "CUDA", "An NVIDIA GPU through PyTorch (Install PyTorch below)"),
     ("mps", "MPS", "Apple silicon GPU through PyTorch (Install PyTorch below)"),
 ]
+ENGINES = [
+    ("auto", "Auto", "The faster engine for the device, measured on this machine once per model"),
+    ("ncnn", "ncnn", "ncnn: CPU and Vulkan GPUs, no PyTorch needed"),
+    ("torch", "PyTorch", "PyTorch: CPU, CUDA, Apple MPS (Install PyTorch below)"),
+]
 
 
 def addon_package() -> str:
@@ -124,6 +129,7 @@ class TexupPreferences(bpy.types.AddonPreferences):
         default=DEFAULT_MODEL,
     )
     device: EnumProperty(name="Device", items=DEVICES, default="auto")
+    engine: EnumProperty(name="Engine", items=ENGINES, default="auto")
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -136,6 +142,7 @@ class TexupPreferences(bpy.types.AddonPreferences):
         layout.prop(self, "output_dir")
         layout.prop(self, "default_model")
         layout.prop(self, "device")
+        layout.prop(self, "engine")
 
 
 CLASSES = (TexupPreferences,)

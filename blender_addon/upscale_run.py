@@ -64,6 +64,8 @@ class RunSettings:
     seamless: str = "auto"
     device: str = "auto"
     precision: str = "auto"
+    engine: str = "auto"
+    layout: str = "auto"
     out_dir: str = DEFAULT_OUT_DIR
     relative: bool = True
 
@@ -132,6 +134,8 @@ class UpscaleRun:
             seamless=self.settings.seamless,
             device=self.settings.device,
             precision=self.settings.precision,
+            engine=self.settings.engine,
+            layout=self.settings.layout,
         )
         self.plan = build_job(usable, options, out_dir, name_scale=self.settings.scale, extracted=extracted)
         self.tracker = JobTracker(self.plan)

@@ -39,7 +39,7 @@ from blender_addon.bridge.jobs import (  # noqa: E402
     unknown_names,
     write_report,
 )
-from blender_addon.bridge.worker_protocol import ProtocolError  # noqa: E402
+from blender_addon.bridge.worker_protocol import ENGINES, LAYOUTS, PRECISIONS, ProtocolError  # noqa: E402
 from blender_addon.defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR  # noqa: E402
 from blender_addon.upscale_run import RunError, RunSettings, UpscaleRun, run_blocking  # noqa: E402
 
@@ -70,8 +70,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, choices=(2, 4), default=4)
     parser.add_argument("--tile", type=int, default=0, help="input tile size in pixels (0: automatic)")
     parser.add_argument("--seamless", choices=("auto", "on", "off"), default="auto")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps, vulkan or vulkan:N")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
+    parser.add_argument("--engine", choices=ENGINES, default="auto", help="auto: the faster one measured here")
+    parser.add_argument("--layout", choices=LAYOUTS, default="auto", help="the torch engine's memory layout")
     parser.add_argument(
         "--out-dir",
         default=DEFAULT_OUT_DIR,
@@ -185,6 +187,8 @@ def main(argv: list[str]) -> int:
         seamless=args.seamless,
         device=args.device,
         precision=args.precision,
+        engine=args.engine,
+        layout=args.layout,
         out_dir=out_dir,
     )
     run = UpscaleRun(chosen, settings)

@@ -16,6 +16,8 @@ PROTOCOL_VERSION = 1
 ROLES: tuple[str, ...] = ("color", "normal", "data")
 SEAMLESS: tuple[str, ...] = ("auto", "on", "off")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+ENGINES: tuple[str, ...] = ("auto", "torch", "ncnn")
+LAYOUTS: tuple[str, ...] = ("auto", "nchw", "channels_last")
 STAGES: tuple[str, ...] = ("psnr", "gan")
 TILE_MIN = 16  # mirrors of texup.options (the add-on cannot import texup); tests/core/test_worker.py compares them
 
@@ -34,7 +36,9 @@ class JobOptions:
     ``model``: a known model name or a weights file path (``None``: the worker's default model).
     ``scale``: output scale, e.g. 2 or 4 (``None``: the model's own). ``tile``: input tile size in
     pixels, at least 16 (``None``: automatic). ``seamless``: "auto" (detect tileable textures), "on", "off".
-    ``device``: "auto", "cpu", "cuda", "cuda:N", "mps". ``precision``: "auto", "fp32", "bf16", "fp16".
+    ``device``: "auto", "cpu", "cuda", "cuda:N", "mps", "vulkan", "vulkan:N". ``precision``: "auto", "fp32",
+    "bf16", "fp16". ``engine``: "auto" (the fastest measured here), "torch", "ncnn". ``layout``: the torch engine's
+    memory layout, "auto" (measured per CPU kind), "nchw", "channels_last".
     """
 
     model: str | None = None
@@ -43,6 +47,8 @@ class JobOptions:
     seamless: str = "auto"
     device: str = "auto"
     precision: str = "auto"
+    engine: str = "auto"
+    layout: str = "auto"
 
     def validate(self) -> None:
         """Raise :class:`ProtocolError` naming the first bad option."""
@@ -62,9 +68,19 @@ class JobOptions:
             raise ProtocolError(f"device must be a device name such as auto, cpu or cuda, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ProtocolError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.engine not in ENGINES:
+            raise ProtocolError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.layout not in LAYOUTS:
+            raise ProtocolError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seamless": self.seamless, "device": self.device, "precision": self.precision}
+        # engine and layout came after the first protocol-1 workers: sent only when chosen, so an older worker
+        # still takes an "auto" job
+        if self.engine != "auto":
+            out["engine"] = self.engine
+        if self.layout != "auto":
+            out["layout"] = self.layout
         if self.model is not None:
             out["model"] = self.model
         if self.scale is not None:

@@ -185,3 +185,30 @@ def test_cancel_mid_tile_ends_the_upscale_within_two_seconds_as_cancelled(
     assert not out.exists() or not any(out.iterdir())
     assert "cancelled" in bpy.context.window_manager.texup_runtime.last_summary
     service.stop_worker()
+
+
+def test_the_engine_and_device_preferences_reach_the_workers_job(addon, tmp_path, monkeypatch):
+    from blender_addon import preferences, scene
+    from blender_addon.operators import run_settings
+    from blender_addon.upscale_run import UpscaleRun
+
+    class Prefs:  # the AddonPreferences' fields run_settings reads
+        device = "cpu"
+        engine = "ncnn"
+        output_dir = str(tmp_path / "out")
+        default_model = "realesr-animevideov3"
+
+    monkeypatch.setattr(preferences, "get_preferences", lambda context=None: Prefs())
+    scene_builder.build(str(tmp_path), with_missing=False)
+    settings = run_settings(bpy.context)
+    assert (settings.device, settings.engine, settings.model) == ("cpu", "ncnn", "realesr-animevideov3")
+    color = next(info for info in scene.scan() if info.name == "color.png")
+    run = UpscaleRun([color], settings)
+    try:
+        job = run.prepare()
+        job.validate()
+        sent = job.options.to_json()
+    finally:
+        run.cleanup()
+    assert (sent["device"], sent["engine"]) == ("cpu", "ncnn") and "layout" not in sent  # "auto" is not sent
+    assert [e[0] for e in preferences.ENGINES] == ["auto", "ncnn", "torch"]

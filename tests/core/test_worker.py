@@ -61,8 +61,20 @@ def test_the_add_ons_option_mirrors_match_texup_options():
     assert bridge_protocol.ROLES == options.ROLES
     assert bridge_protocol.SEAMLESS == options.SEAMLESS_MODES
     assert bridge_protocol.PRECISIONS == options.PRECISIONS
+    assert bridge_protocol.ENGINES == options.ENGINES
+    assert bridge_protocol.LAYOUTS == options.LAYOUTS
     assert bridge_protocol.STAGES == options.STAGES
     assert bridge_protocol.TILE_MIN == options.TILE_MIN
+
+
+def test_the_add_ons_job_options_refuse_unknown_engines_and_layouts_and_stay_readable_by_older_workers():
+    for bad in (dict(engine="onnx"), dict(layout="nhwc"), dict(precision="fp64")):
+        with pytest.raises(bridge_protocol.ProtocolError, match=next(iter(bad))):
+            bridge_protocol.JobOptions(**bad).validate()
+    # "auto" is not sent: a protocol-1 worker from before engine/layout (unknown keys refused) still takes the job
+    assert not {"engine", "layout"} & set(bridge_protocol.JobOptions().to_json())
+    sent = bridge_protocol.JobOptions(engine="ncnn", layout="nchw").to_json()
+    assert (sent["engine"], sent["layout"]) == ("ncnn", "nchw")
 
 
 def test_protocol_versions_of_worker_and_add_on_agree():
@@ -257,6 +269,8 @@ def test_core_protocol_validates_options():
         ({"target_size": [0, 8]}, "target_size"),
         ({"seamless": "maybe"}, "seamless"),
         ({"precision": "fp64"}, "precision"),
+        ({"layout": "nhwc"}, "layout"),
+        ({"engine": "onnx"}, "engine"),
     ]:
         with pytest.raises(ProtocolError, match=word):
             parse_options(bad)
@@ -325,8 +339,8 @@ def test_server_cancels_a_queued_job_before_it_starts_and_keeps_one_upscaler(tmp
             progress(2, 2)
             return Path(dst)
 
-    def factory(model, *, engine, device, precision):
-        made.append((model, device, precision))
+    def factory(model, *, engine, device, precision, layout):
+        made.append((model, engine, device, precision, layout))
         return SlowUpscaler()
 
     src = save_png(tmp_path / "s.png", real_image("brick.png")[:4, :4])
@@ -335,7 +349,10 @@ def test_server_cancels_a_queued_job_before_it_starts_and_keeps_one_upscaler(tmp
     runner = threading.Thread(target=server.serve)
     runner.start()
     item = {"key": "k", "src": str(src), "dst": str(tmp_path / "o1.png")}
-    stdin.send({"type": "upscale", "id": "first", "options": {"model": "m"}, "items": [item]})
+    # the add-on's own job options, as its bridge writes them: engine and layout reach get_upscaler
+    chosen = bridge_protocol.JobOptions(model="m", engine="torch", layout="channels_last")
+    chosen.validate()
+    stdin.send({"type": "upscale", "id": "first", "options": chosen.to_json(), "items": [item]})
     out.wait_for(lambda e: e["type"] == "progress")
     stdin.send(
         {
@@ -356,7 +373,7 @@ def test_server_cancels_a_queued_job_before_it_starts_and_keeps_one_upscaler(tmp
     assert not (tmp_path / "o2.png").exists()
     result = out.wait_for(lambda e: e["type"] == "result")
     assert (result["width"], result["height"]) == (8, 4)
-    assert made == [("m", "cpu", "auto")]  # the second job never asked for a model
+    assert made == [("m", "torch", "cpu", "auto", "channels_last")]  # the second job never asked for a model
     stdin.lines.put(None)  # EOF
     runner.join(timeout=10)
     assert not runner.is_alive()

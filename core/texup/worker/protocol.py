@@ -1,6 +1,6 @@
 """The worker's wire format: JSON lines, one UTF-8 object per line, on the worker's stdin and stdout.
 
-This module is the worker's half of the contract; ``blender_addon/bridge/protocol.py`` is the add-on's
+This module is the worker's half of the contract; ``blender_addon/bridge/worker_protocol.py`` is the add-on's
 half (it cannot import texup). Both carry :data:`PROTOCOL_VERSION`, and a test checks they agree.
 
 Client -> worker (``id`` is the client's job or request id, any string):
@@ -33,18 +33,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from texup.options import ENGINES, PRECISIONS, ROLES, STAGES, TILE_MIN
+from texup.options import ENGINES, LAYOUTS, PRECISIONS, ROLES, STAGES, TILE_MIN
 from texup.options import SEAMLESS_MODES as SEAMLESS
 
 PROTOCOL_VERSION = 1
 REQUEST_TYPES: tuple[str, ...] = ("upscale", "train", "cancel", "ping", "models", "info", "shutdown")
 
 _OPTION_KEYS = frozenset(
-    {"model", "scale", "target_size", "tile", "overlap", "seamless", "device", "precision", "engine"}
+    {"model", "scale", "target_size", "tile", "overlap", "seamless", "device", "precision", "engine", "layout"}
 )
 
 
@@ -135,6 +134,7 @@ class JobOptions:
     device: str = "auto"
     precision: str = "auto"
     engine: str = "auto"
+    layout: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -220,6 +220,7 @@ def parse_options(options: Any) -> JobOptions:
         device=_choice(options, "device", None, "auto"),
         precision=_choice(options, "precision", PRECISIONS, "auto"),
         engine=_choice(options, "engine", ENGINES, "auto"),
+        layout=_choice(options, "layout", LAYOUTS, "auto"),
     )
 
 
@@ -239,12 +240,13 @@ def parse_items(items: Any) -> tuple[JobItem, ...]:
         if key in seen:
             raise ProtocolError(f"item key {key!r} appears twice")
         seen.add(key)
-        for name, value in (("src", src), ("dst", dst)):
-            if not isinstance(value, str) or not value:
-                raise ProtocolError(f"item {key!r} needs a non-empty string {name!r}")
+        if not isinstance(src, str) or not src:
+            raise ProtocolError(f"item {key!r} needs a non-empty string 'src'")
+        if not isinstance(dst, str) or not dst:
+            raise ProtocolError(f"item {key!r} needs a non-empty string 'dst'")
         if role not in ROLES:
             raise ProtocolError(f"item {key!r}: role must be one of {', '.join(ROLES)}, got {role!r}")
-        parsed.append(JobItem(key=key, src=os.fspath(src), dst=os.fspath(dst), role=role))
+        parsed.append(JobItem(key=key, src=src, dst=dst, role=role))
     return tuple(parsed)
 
 

@@ -225,11 +225,11 @@ class WorkerServer:
             log.info("shutdown requested")
             self._stop()
         else:
-            known = ", ".join(protocol.REQUEST_TYPES)
+            types = ", ".join(protocol.REQUEST_TYPES)
             self._send_error(
                 msg_id,
                 None,
-                ProtocolError(f"unknown message type {kind!r} (this worker knows {known})"),
+                ProtocolError(f"unknown message type {kind!r} (this worker knows {types})"),
                 with_traceback=False,
             )
 
@@ -279,7 +279,12 @@ class WorkerServer:
         opts = request.options
         device = self._device if opts.device == "auto" else opts.device
         precision = self._precision if opts.precision == "auto" else opts.precision
-        kwargs: dict[str, Any] = {"engine": opts.engine, "device": device, "precision": precision}
+        kwargs: dict[str, Any] = {
+            "engine": opts.engine,
+            "device": device,
+            "precision": precision,
+            "layout": opts.layout,
+        }
         if self._get_upscaler is None:  # the first use of a model may measure the engines: say so
             kwargs["status"] = lambda text: self.send(protocol.message(request.id, text))
         return get_upscaler(opts.model or DEFAULT_MODEL, **kwargs)
