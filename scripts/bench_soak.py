@@ -188,7 +188,9 @@ def soak_worker(paths: list[Path], out: Path, env: dict[str, str]) -> dict[str, 
             "type": "upscale",
             "id": f"j{i}",
             "options": {"model": MODEL, "engine": "ncnn", "device": "cpu"},
-            "items": [{"key": src.name, "src": str(src), "dst": str(out / f"{src.stem}_x4{src.suffix}")}],
+            "items": [
+                {"key": src.name, "src": str(src), "dst": str(out / f"{src.stem}_x4{src.suffix}"), "overwrite": True}
+            ],
         }
         proc.stdin.write(json.dumps(job) + "\n")
         proc.stdin.flush()

@@ -734,3 +734,32 @@ def test_info_reports_a_recorded_engine_choice_as_measured(tmp_path, monkeypatch
     from texup.worker.protocol import REQUEST_TYPES
 
     assert "info" in REQUEST_TYPES
+
+
+def test_the_worker_never_replaces_an_existing_file_unless_the_item_says_overwrite(tmp_path, monkeypatch):
+    upscaler = _GatedUpscaler()
+    upscaler.gate.set()
+    src = save_png(tmp_path / "s.png", real_image("brick.png")[:4, :4])
+    kept = tmp_path / "artist.png"
+    kept.write_bytes(b"an artist's own file")
+    replaced = tmp_path / "old_result.png"
+    replaced.write_bytes(b"an earlier result")
+    server, runner, send, writer, out = _pipe_server(tmp_path, monkeypatch, upscaler)
+    items = [
+        {"key": "kept", "src": str(src), "dst": str(kept)},
+        {"key": "replaced", "src": str(src), "dst": str(replaced), "overwrite": True},
+    ]
+    send({"type": "upscale", "id": "j", "options": {"model": "m"}, "items": items})
+    done = out.wait_for(lambda e: e["type"] == "done")
+    assert (done["ok"], done["failed"]) == (1, 1)
+    error = next(e for e in out.events if e["type"] == "error")
+    assert error["item"] == "kept" and str(kept) in error["message"] and "overwrite" in error["message"]
+    assert kept.read_bytes() == b"an artist's own file"
+    assert Image.open(replaced).size == (8, 4)
+    send({"type": "upscale", "id": "bad", "options": {}, "items": [dict(items[0], overwrite="yes")]})
+    assert (
+        "'overwrite' must be true or false"
+        in out.wait_for(lambda e: e["type"] == "error" and e["id"] == "bad")["message"]
+    )
+    writer.close()
+    runner.join(timeout=10)

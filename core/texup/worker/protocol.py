@@ -5,7 +5,8 @@ half (it cannot import texup). Both carry :data:`PROTOCOL_VERSION`, and a test c
 
 Client -> worker (``id`` is the client's job or request id, any string):
 
-* ``{"type": "upscale", "id", "options": {...}, "items": [{"key", "src", "dst", "role"}, ...]}``
+* ``{"type": "upscale", "id", "options": {...}, "items": [{"key", "src", "dst", "role", "overwrite"}, ...]}``
+  (an existing ``dst`` is replaced only with ``"overwrite": true``; the add-on always names new files)
 * ``{"type": "train", "id", "data_dir", "out_dir", "pretrained", "steps", "stage", "config", "config_file",
   "device", "precision"}`` -- fine-tune a generator on the images under ``data_dir`` (see :func:`parse_train`);
   events: ``progress`` (``item`` "train", ``done``/``total`` steps, ``loss``, ``eta_s``), one ``result``
@@ -139,12 +140,14 @@ class JobOptions:
 
 @dataclass(frozen=True)
 class JobItem:
-    """One file of a job: ``key`` is the client's name for it (echoed in events); paths are absolute."""
+    """One file of a job: ``key`` is the client's name for it (echoed in events); paths are absolute.
+    ``overwrite``: whether an existing ``dst`` may be replaced (default: such an item fails, nothing is lost)."""
 
     key: str
     src: str
     dst: str
     role: str = "color"
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -246,7 +249,10 @@ def parse_items(items: Any) -> tuple[JobItem, ...]:
             raise ProtocolError(f"item {key!r} needs a non-empty string 'dst'")
         if role not in ROLES:
             raise ProtocolError(f"item {key!r}: role must be one of {', '.join(ROLES)}, got {role!r}")
-        parsed.append(JobItem(key=key, src=src, dst=dst, role=role))
+        overwrite = item.get("overwrite", False)
+        if not isinstance(overwrite, bool):
+            raise ProtocolError(f"item {key!r}: 'overwrite' must be true or false, got {overwrite!r}")
+        parsed.append(JobItem(key=key, src=src, dst=dst, role=role, overwrite=overwrite))
     return tuple(parsed)
 
 

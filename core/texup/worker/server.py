@@ -446,6 +446,10 @@ class WorkerServer:
             raise ImageReadError(src, "no such file" if not src.exists() else "not a file")
         if dst.exists() and src.resolve() == dst.resolve():
             raise FileError(dst, "the output would overwrite the input")
+        if not item.overwrite and (dst.exists() or dst.is_symlink()):
+            raise FileError(
+                dst, 'the output exists; the worker replaces a file only for an item with "overwrite": true'
+            )
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
