@@ -14,9 +14,7 @@ domain with an exactly invertible transform (:func:`encode_for_model`) and maps 
   the identity for sRGB data, ``KNEE`` = 0.8) and everything brighter is compressed logarithmically into
   (``KNEE``, 1], with the slope matched at the knee and the top of the curve at the image's maximum rounded up
   to a power of two. So a pixel below the knee is encoded the same whatever the brightest pixel is, and the
-  highlights keep equal contrast per stop. Dividing the whole image by its maximum (the previous policy)
-  pushed everything else towards black, where the model has no detail left (a sun in a photo ruined the rest;
-  figures in docs/reliability.md).
+  highlights keep equal contrast per stop (why not divide by the maximum: docs/reliability.md).
 * ``normal``: tangent-space normals encoded as ``n * 0.5 + 0.5`` in [0, 1] (floats are clipped into it).
   The encoded RGB goes through the model; every output pixel is decoded to [-1, 1], renormalised to unit
   length and re-encoded. The handedness (OpenGL/DirectX Y) is kept: no channel is flipped. A vector that
