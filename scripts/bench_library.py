@@ -6,12 +6,18 @@ Generates ``--count`` small mixed textures (PNG, JPEG, TGA; 24-64 px; a quarter 
 subprocess each time (so every figure includes the process start, imports and, when anything runs, the model
 load) and prints one line per run with the machine's CPU. The unchanged rerun's wall time is the overhead of
 an incremental run (hashing and the manifest; target: under 2 s); "vs first" is the first run's time.
+
+``--manifest-entries N`` (default 100000; 0: skip) then times the output manifest alone at a studio library's
+size: saving and loading ``.texup/outputs.json`` with N entries shaped like real ones, against a plain
+``json.dump`` of the same data (the floor of any format rewritten whole), and the memory the loaded record holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -52,6 +58,48 @@ def texup_run(args: list[str]) -> tuple[float, str]:
     return seconds, re.sub(r" into \S+", "", summary[-1]) if summary else ""
 
 
+def manifest_at_scale(entries: int, work: Path) -> None:
+    """Save and load an OutputRecord of ``entries`` outputs; peer: json.dump of the same dict."""
+    from texup.outputs import OutputRecord
+
+    root = work / "manifest"
+    shutil.rmtree(root, ignore_errors=True)
+    entry = {
+        "source": "textures/props/wood/crate_planks_0001_basecolor.png",
+        "source_size": 4_194_304,
+        "source_mtime_ns": 1_700_000_000_000_000_000,
+        "sha256": "0" * 64,
+        "hashed_ns": 1_700_000_000_000_000_000,
+        "model": "1" * 64,
+        "texup": "0.2.0",
+        "pixels": {"scale": 4.0, "size": None, "seamless": "auto", "role": "auto"},
+        "size": 16_777_216,
+        "mtime_ns": 1_700_000_000_000_000_000,
+    }
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    record = OutputRecord(root)
+    for i in range(entries):
+        record.put(f"props/wood/crate_planks_{i:06d}_basecolor_x4.png", dict(entry), save_every=1e9)
+    start = time.perf_counter()
+    record.save()
+    saved = time.perf_counter() - start
+    size = (root / ".texup" / "outputs.json").stat().st_size
+    del record
+    start = time.perf_counter()
+    loaded = OutputRecord(root)
+    load = time.perf_counter() - start
+    held = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    payload = {"files": loaded._entries}
+    start = time.perf_counter()
+    with open(root / "peer.json", "w", encoding="utf-8") as f:
+        json.dump(payload, f)
+    peer = time.perf_counter() - start
+    print(
+        f"manifest, {entries} outputs: save {saved:5.2f} s (plain json.dump of the same: {peer:5.2f} s, "
+        f"{saved / peer:.1f}x), load {load:5.2f} s, {size / 1e6:.0f} MB on disk, peak memory +{held:.0f} MB"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200)
@@ -59,6 +107,7 @@ def main() -> int:
     parser.add_argument("--model", default="realesr-animevideov3")
     parser.add_argument("--engine", default="ncnn")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
+    parser.add_argument("--manifest-entries", type=int, default=100_000, help="0: skip the manifest-at-scale line")
     opts = parser.parse_args()
 
     work = opts.keep or Path(tempfile.mkdtemp(prefix="texup-bench-library-"))
@@ -92,6 +141,8 @@ def main() -> int:
             write_image(path, flipped)
         touched, line = texup_run(common)
         print(f"{opts.changed} files changed     {touched:7.2f} s   {line}")
+        if opts.manifest_entries:
+            manifest_at_scale(opts.manifest_entries, work)
     finally:
         if opts.keep is None:
             shutil.rmtree(work, ignore_errors=True)
