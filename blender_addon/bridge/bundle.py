@@ -129,11 +129,11 @@ def wheel_site_dirs(bundle: Bundle, search_path: Sequence[str] | None = None) ->
     for wheel in bundle.wheels:
         dist, version = wheel_distribution(wheel)
         key = _normalize(f"{dist}-{version}")
-        folder = next((f for f, names in listings if key in names), None)
-        if folder is None:
+        holder = next((f for f, names in listings if key in names), None)
+        if holder is None:
             missing.append(f"{dist} {version}")
-        elif folder not in found:
-            found.append(folder)
+        elif holder not in found:
+            found.append(holder)
     if missing:
         raise BundleError(
             f"the extension's packages are not installed ({', '.join(missing)}): Blender extracts "

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .client import WorkerClient, WorkerError, WorkerStartError
@@ -90,16 +90,16 @@ def check_worker(
     started = time.monotonic()
     deadline = started + timeout
     python = str(getattr(launch, "python", "") or "")
-    base = dict(os.environ if environ is None else environ)
-    env = {**base, **dict(getattr(launch, "env", None) or {})}
-    known = {
-        "python": python,
-        "source": str(getattr(launch, "source", "") or ""),
-        "description": str(getattr(launch, "description", "") or ""),
-    }
+    env = {**(os.environ if environ is None else environ), **dict(getattr(launch, "env", None) or {})}
+    base = HealthReport(
+        ok=False,
+        python=python,
+        source=str(getattr(launch, "source", "") or ""),
+        description=str(getattr(launch, "description", "") or ""),
+    )
 
     def failed(reason: str) -> HealthReport:
-        return HealthReport(ok=False, error=one_line(reason), seconds=time.monotonic() - started, **known)
+        return replace(base, error=one_line(reason), seconds=time.monotonic() - started)
 
     client = WorkerClient(python, env=env)
     try:
@@ -111,7 +111,8 @@ def check_worker(
         while time.monotonic() < deadline:
             for event in client.poll(timeout=0.2):
                 if isinstance(event, Info) and event.id == request_id:
-                    return HealthReport(
+                    return replace(
+                        base,
                         ok=True,
                         texup=event.texup,
                         torch=event.torch,
@@ -120,18 +121,17 @@ def check_worker(
                         auto=event.auto,
                         auto_measured=event.auto_measured,
                         seconds=time.monotonic() - started,
-                        **known,
                     )
                 if isinstance(event, Error) and event.id == request_id:
                     if "unknown message type" in event.message:
                         # A working texup from before the info request: it runs, it just cannot say more.
-                        return HealthReport(
+                        return replace(
+                            base,
                             ok=True,
                             texup=hello.texup,
                             torch=_clean_torch(hello.torch),
                             error=f"texup {hello.texup} cannot list its devices (older than this add-on)",
                             seconds=time.monotonic() - started,
-                            **known,
                         )
                     return failed(f"the worker at {python} could not describe itself: {event.message}")
                 if isinstance(event, Crashed):

@@ -186,7 +186,7 @@ class PipProgress:
 
     def __init__(self) -> None:
         self.fraction = 0.0
-        self.collected = 0
+        self.collected = 0.0
 
     def feed(self, line: str) -> tuple[float, str] | None:
         text = line.strip()
@@ -351,10 +351,10 @@ def _fix_scripts(bin_dir: str, old_prefix: str, new_prefix: str) -> None:
             data = head + handle.read()
         # The interpreter is on line 1, or on line 2 in pip's "#!/bin/sh" form for long or spaced paths.
         lines = data.split(b"\n", 2)
-        head = [line.replace(old, new) for line in lines[:2]]
-        if head != lines[:2]:
+        first_two = [line.replace(old, new) for line in lines[:2]]
+        if first_two != lines[:2]:
             with open(path, "wb") as handle:
-                handle.write(b"\n".join(head + lines[2:]))
+                handle.write(b"\n".join(first_two + lines[2:]))
 
 
 def remove_torch_env(user_dir: str) -> bool:
