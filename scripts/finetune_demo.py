@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from texup.imageio import read_image, write_image
+from texup.options import PRECISIONS
 from texup.training.config import DataConfig, GeneratorConfig, OptimConfig, TrainConfig
 from texup.training.data import Texture, validation_items
 from texup.training.metrics import psnr, sample_grid, ssim
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--crop", type=int, default=64, help="HR training crop (64: fast on a CPU)")
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--pretrained", default="realesrgan-x4plus")
     parser.add_argument("--out", type=Path, default=Path("texup-finetune-demo"))
