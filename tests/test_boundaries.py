@@ -89,6 +89,7 @@ def test_torch_is_imported_only_by_its_engine_the_models_and_training():
     an extra); only these folders and files may import it, anywhere in the module (also inside functions)."""
     allowed_dirs = {"archs", "training"}
     allowed_files = {
+        "devices.py",  # device and precision choice for the torch engine and training
         "engines/torch_engine.py",
         "engines/select.py",  # select: only to list what torch can do here
         "weights/model.py",

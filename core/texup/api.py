@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from texup.engines.base import Engine
-from texup.inference.pipeline import UpscaleOptions, Upscaler
+from texup.inference.pipeline import ProgressCallback, UpscaleOptions, Upscaler
 from texup.weights.registry import DEFAULT_MODEL, load_pretrained
 from texup.weights.registry import list_models as _list_models
 
@@ -116,7 +116,7 @@ def upscale_array(
     precision: str = "auto",
     layout: str = "auto",
     colorspace: str = "srgb",
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
     **options: Any,
 ) -> np.ndarray:
@@ -142,7 +142,7 @@ def upscale_file(
     device: str = "auto",
     precision: str = "auto",
     layout: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
     **options: Any,
 ) -> Path:

@@ -324,13 +324,6 @@ def test_ncnn_tiles_are_sized_by_the_head_not_by_the_stacked_dense_block_convolu
     assert 192 <= nc.auto_tile(overlap=16, out_width=800) <= th.auto_tile(overlap=16, out_width=800)
 
 
-def test_the_numpy_side_knows_every_architecture_texup_builds():
-    from texup.archs import ARCHITECTURES
-    from texup.weights.arrays import ARCH_NAMES
-
-    assert set(ARCH_NAMES) == set(ARCHITECTURES)
-
-
 def test_ncnn_threads_follow_omp_num_threads_as_schedulers_set_it(monkeypatch):
     """A farm or Ray process given one CPU (OMP_NUM_THREADS=1) must not spread ncnn over every core."""
     import ncnn

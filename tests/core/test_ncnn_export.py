@@ -337,7 +337,7 @@ def test_compact_checkpoints_cut_2_to_4_convolutions() -> None:
             sd[f"body.{2 * k}.bias"] = np.zeros(16, np.float32)
         sd[f"body.{2 * num_conv + 2}.weight"] = np.zeros((12, 16, 3, 3), np.float32)
         sd[f"body.{2 * num_conv + 2}.bias"] = np.zeros(12, np.float32)
-        _graph, checkpoints = ncnn_export._compact(hp, ncnn_export._Weights("SRVGGNetCompact", sd))
+        _graph, checkpoints = ncnn_export.compact_graph(hp, ncnn_export._Weights("SRVGGNetCompact", sd))
         total = num_conv + 2
         cuts = [(int(c.split(".")[1]) + 1) // 2 for c in checkpoints[:-1]]  # body.{2k+1} follows conv k+1
         sizes = np.diff([0, *cuts, total])

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from texup.archs.compact_spec import activation_bytes as _activation_bytes
+
 #: Activation types Real-ESRGAN uses; "leakyrelu" has slope 0.1 there.
 ACT_TYPES = ("prelu", "relu", "leakyrelu")
 
@@ -112,11 +114,6 @@ class SRVGGNetCompact(nn.Module):
         return out + F.interpolate(x, scale_factor=self.scale, mode="nearest")
 
     def activation_bytes(self, height: int, width: int, element_size: int = 4) -> int:
-        """An estimate of the peak activation memory of one inference forward on an (1, C, height, width) input.
-
-        Every layer runs at the input resolution: two ``num_feat`` maps are alive between layers; at the end
-        the last convolution's ``num_out_ch * scale**2`` channels, their pixel-shuffled copy, the upsampled
-        input and the sum (four output-sized tensors).
-        """
-        out_values = self.hparams["num_out_ch"] * self.scale**2
-        return (2 * self.hparams["num_feat"] + 4 * out_values) * height * width * element_size
+        """An estimate of the peak activation memory of one inference forward on an (1, C, height, width) input
+        (:func:`texup.archs.compact_spec.activation_bytes`)."""
+        return _activation_bytes(self.hparams, height, width, element_size, None)

@@ -145,7 +145,8 @@ class VGG19Discriminator(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, a=_LRELU_SLOPE, nonlinearity="leaky_relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits (N, 1) (vgg19-fc4: (N, fc[3])) and the activation after each of the five pooling layers."""

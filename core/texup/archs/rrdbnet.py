@@ -20,15 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Output scale -> (pixel-unshuffle factor applied to the input, number of 2x upsampling steps).
-#: Real-ESRGAN's x2 and x1 models keep the x4 body and shrink the input by pixel-unshuffle first.
-_SCALE_LAYOUT: dict[int, tuple[int, int]] = {
-    1: (4, 2),
-    2: (2, 2),
-    4: (1, 2),
-    8: (1, 3),
-    16: (1, 4),
-}
+from texup.archs.rrdbnet_spec import SCALE_LAYOUT, STRIP_HALO
+from texup.archs.rrdbnet_spec import activation_bytes as _activation_bytes
 
 #: Weight of the residual branch in dense blocks and RRDBs (ESRGAN's residual scaling).
 _RESIDUAL_SCALE = 0.2
@@ -117,12 +110,9 @@ class RRDBNet(nn.Module):
         input_multiple: height and width given to :meth:`forward` must be multiples of this
             (1, or the pixel-unshuffle factor 2 / 4). The caller pads (e.g. reflect) and crops the
             result back to ``scale`` times the unpadded size; the model does not pad.
+        stream_rows: None, or trunk rows per strip of the upsampling head (inference memory;
+            :class:`~texup.archs.spec.RowStreaming`, set by the torch engine).
     """
-
-    #: Trunk rows of context each head strip takes from its neighbours. Every 2x step is nearest
-    #: upsampling then a 3x3 convolution, and three 3x3 convolutions follow the last one; an output row
-    #: therefore depends on trunk rows within 2 of its own, at any number of steps.
-    STRIP_HALO = 2
 
     def __init__(
         self,
@@ -135,8 +125,8 @@ class RRDBNet(nn.Module):
         num_grow_ch: int = 32,
     ) -> None:
         super().__init__()
-        if scale not in _SCALE_LAYOUT:
-            raise ValueError(f"RRDBNet: scale must be one of {sorted(_SCALE_LAYOUT)}, got {scale!r}")
+        if scale not in SCALE_LAYOUT:
+            raise ValueError(f"RRDBNet: scale must be one of {sorted(SCALE_LAYOUT)}, got {scale!r}")
         for name, value in (
             ("num_in_ch", num_in_ch),
             ("num_out_ch", num_out_ch),
@@ -155,7 +145,7 @@ class RRDBNet(nn.Module):
             "num_grow_ch": num_grow_ch,
         }
         self.scale = scale
-        unshuffle, num_upsample = _SCALE_LAYOUT[scale]
+        unshuffle, num_upsample = SCALE_LAYOUT[scale]
         self.input_multiple = unshuffle
         self.num_upsample = num_upsample
 
@@ -206,7 +196,7 @@ class RRDBNet(nn.Module):
         return self.conv_last(F.leaky_relu(self.conv_hr(feat), _LRELU_SLOPE))
 
     def _upsample_in_strips(self, feat: torch.Tensor, rows: int) -> torch.Tensor:
-        """The upsampling head over horizontal strips of ``rows`` trunk rows, each with STRIP_HALO rows of context.
+        """The upsampling head over horizontal strips of ``rows`` trunk rows, each with ``STRIP_HALO`` rows of context.
 
         Same result as :meth:`_upsample` on the whole map (up to convolution rounding), but the
         full-resolution 64-channel activations exist for one strip at a time: at x4 a 288-pixel tile's head
@@ -220,7 +210,7 @@ class RRDBNet(nn.Module):
             device=feat.device,
             memory_format=_memory_format(feat),
         )
-        halo = self.STRIP_HALO
+        halo = STRIP_HALO
         for r0 in range(0, height, rows):
             r1 = min(height, r0 + rows)
             a, b = max(0, r0 - halo), min(height, r1 + halo)
@@ -229,23 +219,9 @@ class RRDBNet(nn.Module):
         return out
 
     def activation_bytes(self, height: int, width: int, element_size: int = 4) -> int:
-        """An estimate of the peak activation memory of one inference forward on an (1, C, height, width) input.
-
-        Trunk: while a dense block's last convolution runs, the trunk input, the RRDB input, the block
-        input, the four growth outputs, their concatenation and the result are alive (about
-        ``6 * num_feat + 8 * num_grow_ch`` channels at trunk resolution); with :attr:`stream_rows` set the
-        head adds three full-resolution ``num_feat`` strips, and the output. Measured peak RSS of x4plus
-        stays within this estimate plus ~100 MB of allocator and oneDNN workspace (tests/core/test_memory.py).
-        """
-        m = self.input_multiple
-        fh, fw = -(-height // m), -(-width // m)
-        nf, gc = self.hparams["num_feat"], self.hparams["num_grow_ch"]
-        up = 2**self.num_upsample
-        trunk = (6 * nf + 8 * gc) * fh * fw
-        strip_rows = min(fh, (self.stream_rows or fh) + 2 * self.STRIP_HALO)
-        head = 3 * nf * strip_rows * up * fw * up
-        out = self.hparams["num_out_ch"] * fh * up * fw * up
-        return (trunk + head + out + nf * fh * fw) * element_size
+        """An estimate of the peak activation memory of one inference forward on an (1, C, height, width) input,
+        with the current :attr:`stream_rows` (:func:`texup.archs.rrdbnet_spec.activation_bytes`)."""
+        return _activation_bytes(self.hparams, height, width, element_size, self.stream_rows)
 
 
 def _memory_format(t: torch.Tensor) -> torch.memory_format:

@@ -75,6 +75,10 @@ class VGG19Features(nn.Module):
     gradients still flow to the input.
     """
 
+    #: ImageNet normalisation, (1, 3, 1, 1) buffers (not saved).
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, layer: str = "conv5_4") -> None:
         super().__init__()
         indices = layer_indices()

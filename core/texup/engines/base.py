@@ -52,11 +52,14 @@ class Engine(Protocol):
     """
 
     name: str
-    device: str
     precision: str
     scale: int
     input_multiple: int
     model_name: str
+
+    @property
+    def device(self) -> str:  # read-only: an engine may compute it (TorchEngine) or store it (NcnnEngine)
+        ...
 
     def run_tile(
         self, x: np.ndarray, *, cancel: CancelCallback | None = None, step: StepCallback | None = None

@@ -1,8 +1,9 @@
 """Writing texup's generators as ncnn models (text ``.param`` graph + binary ``.bin`` weights).
 
-The inverse of :mod:`texup.weights.ncnn` for the two architectures texup trains: a canonical-name numpy
-state dict and the architecture's hparams in, an ncnn ``.param``/``.bin`` pair out. numpy only (no torch,
-no ncnn): the files are plain text and little-endian fp32.
+The inverse of :mod:`texup.weights.ncnn`: a canonical-name numpy state dict and the architecture's hparams
+in, an ncnn ``.param``/``.bin`` pair out, written by the graph writer the architecture's spec names
+(:attr:`texup.archs.spec.ArchSpec.ncnn_writer`: :func:`rrdbnet_graph`, :func:`compact_graph`). numpy only
+(no torch, no ncnn): the files are plain text and little-endian fp32.
 
 Format facts used (ncnn's "param and model file structure" and "operation param weight table"):
 
@@ -40,18 +41,15 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from texup._atomic import atomic_path
+from texup.archs.rrdbnet_spec import SCALE_LAYOUT as _RRDB_SCALE_LAYOUT
+from texup.archs.spec import registered
 
-__all__ = ["export_ncnn", "SUPPORTED_ARCHS"]
+__all__ = ["export_ncnn", "supported_archs"]
 
 MAGIC = "7767517"
 #: Tag in front of a Convolution's weights in the .bin: raw fp32 data follows.
 TAG_FP32 = 0x00000000
 
-SUPPORTED_ARCHS = ("RRDBNet", "SRVGGNetCompact")
-
-#: RRDBNet output scale -> (pixel-unshuffle factor, number of nearest-2x upsampling steps); the same table
-#: as texup.archs.rrdbnet (not imported: that module imports torch).
-_RRDB_SCALE_LAYOUT: dict[int, tuple[int, int]] = {1: (4, 2), 2: (2, 2), 4: (1, 2), 8: (1, 3), 16: (1, 4)}
 _RRDB_RESIDUAL_SCALE = 0.2
 _RRDB_LRELU_SLOPE = 0.2
 _RRDB_HPARAMS = ("num_in_ch", "num_out_ch", "scale", "num_feat", "num_block", "num_grow_ch")
@@ -349,7 +347,8 @@ def _dense_block_split(
     return g.add(_Layer("Eltwise", name, inputs, [name], [(0, 1), (1, coeffs)]))
 
 
-def _rrdbnet(hparams: Mapping[str, Any], weights: _Weights, dense: str = "split") -> tuple[_Graph, list[str]]:
+def rrdbnet_graph(hparams: Mapping[str, Any], weights: _Weights, dense: str = "split") -> tuple[_Graph, list[str]]:
+    """RRDBNet's graph and checkpoints (its spec's ``ncnn_writer``)."""
     arch = "RRDBNet"
     _check_hparam_keys(arch, hparams, _RRDB_HPARAMS)
     in_ch, out_ch, nf, nb, gc = (
@@ -404,7 +403,8 @@ def _rrdbnet(hparams: Mapping[str, Any], weights: _Weights, dense: str = "split"
     return g, checkpoints
 
 
-def _compact(hparams: Mapping[str, Any], weights: _Weights) -> tuple[_Graph, list[str]]:
+def compact_graph(hparams: Mapping[str, Any], weights: _Weights, dense: str = "split") -> tuple[_Graph, list[str]]:
+    """SRVGGNetCompact's graph and checkpoints (its spec's ``ncnn_writer``; no dense blocks: ``dense`` is unused)."""
     arch = "SRVGGNetCompact"
     _check_hparam_keys(arch, hparams, _COMPACT_HPARAMS)
     in_ch, out_ch, nf, up = (
@@ -456,6 +456,11 @@ def _compact(hparams: Mapping[str, Any], weights: _Weights) -> tuple[_Graph, lis
 # --- entry point --------------------------------------------------------------------------------------
 
 
+def supported_archs() -> tuple[str, ...]:
+    """The registered architectures with an ncnn writer (:attr:`texup.archs.spec.ArchSpec.ncnn_writer`)."""
+    return tuple(spec.name for spec in registered() if spec.ncnn_writer is not None)
+
+
 def export_ncnn(
     arch: str,
     hparams: dict[str, Any],
@@ -465,10 +470,10 @@ def export_ncnn(
     *,
     dense: str = "split",
 ) -> list[str]:
-    """Write an ncnn ``.param``/``.bin`` pair for texup architecture ``arch`` ("RRDBNet" or "SRVGGNetCompact").
+    """Write an ncnn ``.param``/``.bin`` pair for texup architecture ``arch`` (one of :func:`supported_archs`).
 
     Args:
-        arch: the architecture name, as in :data:`texup.archs.ARCHITECTURES`.
+        arch: a registered architecture whose spec has an ``ncnn_writer`` (:mod:`texup.archs.spec`).
         hparams: exactly the architecture's constructor kwargs (``module.hparams``); no defaults are filled in.
         state_dict: canonical-name weights (see the architecture modules' docstrings) as numpy arrays (or
             anything ``np.asarray`` takes) of any float dtype; written as fp32. Every tensor the
@@ -503,12 +508,10 @@ def export_ncnn(
     weights = _Weights(arch, state_dict)
     if dense not in ("split", "concat"):
         raise ValueError(f"ncnn export: dense must be 'split' or 'concat', got {dense!r}")
-    if arch == "RRDBNet":
-        graph, checkpoints = _rrdbnet(hparams, weights, dense)
-    elif arch == "SRVGGNetCompact":
-        graph, checkpoints = _compact(hparams, weights)
-    else:
-        raise ValueError(f"ncnn export: unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
+    writer = next((spec.ncnn_export() for spec in registered() if spec.name == arch), None)
+    if writer is None:
+        raise ValueError(f"ncnn export: unsupported architecture {arch!r}; supported: {', '.join(supported_archs())}")
+    graph, checkpoints = writer(hparams, weights, dense)
     param_file, bin_file = Path(param_path), Path(bin_path)
     if os.path.abspath(param_file) == os.path.abspath(bin_file):
         raise ValueError(f"ncnn export: param_path and bin_path are the same file ({param_file})")

@@ -70,7 +70,7 @@ def candidates() -> list[Candidate]:
     if has_torch:
         import torch
 
-        from texup.engines.torch_engine import _mps_available, cpu_has_native_bf16
+        from texup.devices import _mps_available, cpu_has_native_bf16
 
         if torch.cuda.is_available():
             found.append(Candidate("torch", "cuda"))
@@ -339,7 +339,7 @@ def check_device(device: str) -> str:
     if implied == "torch":
         if not torch_available():
             raise EngineUnavailable(f"device {device!r} needs PyTorch (pip install 'texup[torch]')")
-        from texup.engines.torch_engine import pick_device
+        from texup.devices import pick_device
 
         return str(pick_device(key))
     if key not in ("auto", "cpu"):

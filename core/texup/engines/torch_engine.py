@@ -8,17 +8,22 @@ to the model's input multiple, cancel inside a tile); *which* tiles and how they
 from __future__ import annotations
 
 import copy
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from texup.archs.spec import ArchModule, RowStreaming, generic_activation_bytes, spec_for_module
+from texup.devices import DTYPES, pick_channels_last, pick_device, pick_precision
+from texup.devices import _mps_available as _mps_available
+from texup.devices import cpu_has_native_bf16 as cpu_has_native_bf16
 from texup.engines.base import CancelCallback, CancelPoller, EngineOutOfMemory, StepCallback, check_tile
+from texup.options import LAYOUTS as LAYOUTS
 
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-LAYOUTS = ("auto", "nchw", "channels_last")
+# Device, precision and layout choice live in texup.devices (shared with training); the names stay importable here.
+PRECISIONS = DTYPES
 #: Trunk rows per strip of RRDBNet's upsampling head. A 288-pixel x4 tile: (16 + 2 * 2 halo) * 4 = 80 rows of
 #: 1152 x 64 float32 values, ~24 MB per head activation, instead of 340 MB for the whole tile.
 STREAM_ROWS = 16
@@ -34,100 +39,6 @@ class ModelLike(Protocol):
     input_multiple: int
     name: str
     hparams: dict[str, Any]
-
-
-def _mps_available() -> bool:
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """The torch device for ``name``: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-
-    ``"auto"`` picks CUDA when available, then Apple's MPS, then the CPU. An explicit device that this
-    machine does not have raises ValueError (never a silent fallback: the user asked for it).
-    """
-    key = name.strip().lower()
-    if key == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(key)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from err
-    if device.type == "cpu":
-        return device
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available in this torch build or machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-        return device
-    if device.type == "mps":
-        if not _mps_available():
-            raise ValueError(f"device {name!r} requested but Apple MPS is not available on this machine")
-        return device
-    raise ValueError(f"unsupported device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (x86: AVX512-BF16 or AMX-BF16; Arm: BF16 or SVE-BF16).
-
-    Uses :func:`torch.cpu.get_capabilities` (torch >= 2.8); older torch is treated as "no".
-    Without native support bf16 convolutions are emulated and slower than fp32, so ``auto`` avoids them.
-    """
-    get_capabilities = getattr(torch.cpu, "get_capabilities", None)
-    if get_capabilities is None:
-        return False
-    caps = get_capabilities()
-    return any(bool(caps.get(flag, False)) for flag in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
-
-
-def pick_precision(device: torch.device, name: str = "auto") -> torch.dtype:
-    """The compute dtype for ``device``: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"``.
-
-    ``auto``: float16 on CUDA (ESRGAN generators are trained to tolerate it and it halves memory);
-    bfloat16 on CPUs with native bf16 (AVX512-BF16 / AMX, Arm BF16); float32 elsewhere (including MPS,
-    where fp16 convolutions of these models are not reliably faster). Explicit names are honoured, except
-    bf16 on a CUDA GPU without bf16 support (ValueError).
-    """
-    key = name.strip().lower()
-    if key == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        if device.type == "cpu" and cpu_has_native_bf16():
-            return torch.bfloat16
-        return torch.float32
-    if key not in PRECISIONS:
-        raise ValueError(f"unknown precision {name!r}: expected auto, {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[key]
-    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"precision bf16 requested but {torch.cuda.get_device_name(device)} does not support it")
-    return dtype
-
-
-def pick_channels_last(device: torch.device, dtype: torch.dtype, layout: str = "auto") -> bool:
-    """Whether to run the network in channels_last memory layout: ``layout`` is "auto", "nchw" or "channels_last".
-
-    ``auto`` (measured both ways per CPU kind: docs/benchmarks.md): CUDA yes (cuDNN's tensor-core layout); CPU bf16
-    yes (oneDNN's bf16 path; NCHW bf16 is far slower); CPU fp32 only where torch's CPU kernels use AVX-512: on
-    AVX2-only CPUs oneDNN's fp32 blocked kernels do not pay for the layout changes around them.
-    """
-    key = layout.strip().lower()
-    if key not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}: expected {', '.join(LAYOUTS)}")
-    if key != "auto":
-        return key == "channels_last"
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    if dtype is torch.bfloat16:
-        return True
-    return dtype is torch.float32 and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 _PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -153,6 +64,16 @@ class TorchEngine:
         self.torch_device = device if isinstance(device, torch.device) else pick_device(device)
         self.dtype = pick_precision(self.torch_device, precision)
         self.precision = _PRECISION_NAMES[self.dtype]
+        #: The architecture's spec, found by the module's class; None for a module of no registered architecture.
+        self.spec = spec_for_module(model.module)
+        if self.spec is not None and self.precision not in self.spec.dtypes:
+            if precision.strip().lower() != "auto":
+                raise ValueError(
+                    f"precision {self.precision} requested but {self.spec.name} runs only in "
+                    f"{', '.join(self.spec.dtypes)}"
+                )
+            self.dtype = pick_precision(self.torch_device, self.spec.dtypes[0])
+            self.precision = self.spec.dtypes[0]
         self.scale = int(model.scale)
         self.input_multiple = int(getattr(model, "input_multiple", 1) or 1)
         self.channels_last = pick_channels_last(self.torch_device, self.dtype, layout)
@@ -161,10 +82,11 @@ class TorchEngine:
             p.requires_grad_(False)
         module = module.to(device=self.torch_device, dtype=self.dtype)
         if self.channels_last:
-            module = module.to(memory_format=torch.channels_last)
-        if hasattr(module, "stream_rows"):
+            # torch's stubs lack Module.to(memory_format=), which torch documents and accepts.
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if self.spec is not None and self.spec.streams_rows:
             # Archs with a full-resolution head (RRDBNet) run it in strips: bounded memory, and faster in cache.
-            module.stream_rows = STREAM_ROWS
+            cast(RowStreaming, module).stream_rows = STREAM_ROWS
         self.module = module
         self._poller: CancelPoller | None = None
         self._step: StepCallback | None = None
@@ -258,15 +180,15 @@ class TorchEngine:
     def activation_bytes(self, side: int) -> int:
         """Estimated peak activation memory of the network on one ``side`` x ``side`` input, in bytes.
 
-        From the arch's own ``activation_bytes`` where it has one (RRDBNet); otherwise about
-        ``8 * num_feat * scale**2`` values per input pixel (the full-resolution layers dominate).
+        From the arch's spec (:meth:`~texup.archs.spec.ArchSpec.activation_bytes`, with the module's own hparams
+        and ``stream_rows``); for a module of no registered architecture
+        :func:`~texup.archs.spec.generic_activation_bytes` of the model's hparams.
         """
         element = torch.finfo(self.dtype).bits // 8
-        estimate = getattr(self.module, "activation_bytes", None)
-        if callable(estimate):
-            return int(estimate(side, side, element))
-        num_feat = int(getattr(self.model, "hparams", {}).get("num_feat", 64))
-        return 8 * num_feat * self.scale**2 * element * side * side
+        if self.spec is None:
+            return generic_activation_bytes(self.model.hparams, self.scale, side, side, element)
+        rows = cast(RowStreaming, self.module).stream_rows if self.spec.streams_rows else None
+        return self.spec.activation_bytes(cast(ArchModule, self.module).hparams, side, side, element, rows)
 
     def auto_tile(self, *, overlap: int = 16, out_width: int | None = None) -> int:
         """The core tile size (input pixels) used when the caller gives none.

@@ -46,6 +46,8 @@ class CheckpointError(FileError):
 def capture_rng() -> dict[str, Any]:
     """The state of every random generator the trainer touches (NumPy's as plain lists)."""
     np_state = np.random.get_state()
+    if isinstance(np_state, dict):  # only a non-MT19937 generator gives a dict; NumPy's global state is MT19937
+        raise TypeError(f"NumPy's global random state is {np_state.get('bit_generator')}, expected MT19937")
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {

@@ -164,8 +164,10 @@ class TrainConfig:
         steps: total optimisation steps (a resumed run continues up to this number).
         seed: seeds weights of new networks, crops, augmentations and degradations.
         precision: ``"auto"`` (bf16 on GPUs and on CPUs with native bf16, fp16 with a gradient scaler
-            on CUDA GPUs without bf16, else fp32), or forced ``"fp32"``/``"bf16"``/``"fp16"``.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+            on CUDA GPUs without native bf16, else fp32), or forced ``"fp32"``/``"bf16"``/``"fp16"``
+            (:func:`texup.devices.pick_training_precision`).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` (this rank's GPU), ``"cuda:N"``, ``"mps"``; one this machine
+            lacks is an error (:func:`texup.devices.pick_device`).
         eval_every / checkpoint_every / log_every: intervals in steps (``0``: only at the end).
         resume: continue from ``out_dir/checkpoint.pt`` when it exists.
         tensorboard: also write TensorBoard events when the ``tensorboard`` package is importable.

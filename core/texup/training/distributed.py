@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from texup.devices import pick_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -49,17 +51,8 @@ def _env_int(name: str, default: int) -> int:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> this rank's CUDA device when CUDA is available, else MPS, else CPU; or the named device."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    return device
+    """This rank's device for ``name``: :func:`texup.devices.pick_device` (kept under this name for scripts)."""
+    return pick_device(name, local_rank=local_rank)
 
 
 def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
@@ -73,7 +66,7 @@ def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     local_rank = _env_int("LOCAL_RANK", 0)
     if dist.is_available() and dist.is_initialized():
         world, rank = dist.get_world_size(), dist.get_rank()
-    dev = resolve_device(device, local_rank)
+    dev = pick_device(device, local_rank=local_rank)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
@@ -96,13 +89,13 @@ class _AllReduceSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: torch.autograd.function.FunctionCtx, tensor: torch.Tensor) -> torch.Tensor:
         out = tensor.clone()
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         out = grad.contiguous().clone()
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out

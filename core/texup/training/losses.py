@@ -20,6 +20,7 @@ discriminator whose 1,000 outputs are compared between the real and the generate
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,15 @@ class PerceptualLoss(nn.Module):
             return F.l1_loss(self.features(sr.float()), target)
 
 
+@runtime_checkable
+class FeatureDiscriminator(Protocol):
+    """What :class:`FeatureMatchingLoss` needs: every texup discriminator's ``forward_features``."""
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(logits, the activation after each stage)."""
+        ...
+
+
 class FeatureMatchingLoss(nn.Module):
     """L1 distance between the discriminator's activations for ``sr`` and for ``hr``, averaged over layers.
 
@@ -75,9 +85,11 @@ class FeatureMatchingLoss(nn.Module):
 
     def __init__(self, discriminator: nn.Module) -> None:
         super().__init__()
+        if not isinstance(discriminator, FeatureDiscriminator):
+            raise TypeError(f"{type(discriminator).__name__} has no forward_features(x) for feature matching")
         # Held in a list so the discriminator is not registered as a sub-module of the loss
         # (it is owned, checkpointed and optimised by the trainer).
-        self._discriminator = [discriminator]
+        self._discriminator: list[FeatureDiscriminator] = [discriminator]
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         disc = self._discriminator[0]

@@ -10,16 +10,9 @@ Files written to ``out_dir`` (rank 0 only): ``checkpoint.pt``, ``model.safetenso
 ``samples/step_NNNNNN.png`` (rows of bicubic | model | ground truth for held-out images),
 ``config.json``, and TensorBoard events under ``tb/`` when ``tensorboard`` is importable.
 
-Adversarial losses (``loss.gan``): ``ragan`` is ESRGAN's relativistic average GAN on a one-logit
-discriminator — is the real crop more realistic than the average fake, the fake less than the average
-real. ``ragan-per-node`` asks the same question of every output of a many-output discriminator
-separately: ``vgg19-fc4`` (the design's VGG19 with four fully connected layers, 1,000 outputs) is run
-on the real and on the generated crop, and each node's real output is compared with that node's mean
-fake output and the reverse (:class:`~texup.training.losses.RelativisticNodeGANLoss`). On one logit
-the two are the same loss. Pick ``vgg19-fc4`` (``loss.gan = "auto"`` then selects ``ragan-per-node``)
-to train with the discriminator as the design describes it; it is the largest discriminator (about
-145 M parameters, 103 M of them in the first FC layer) and takes any crop of at least 32 px. Pick
-``vgg128``/``vgg256`` (ESRGAN's published setting) or ``unet`` (Real-ESRGAN's) with ``ragan`` otherwise.
+Adversarial losses (``loss.gan``: ``ragan``, ``ragan-per-node``) and which discriminator each suits:
+:class:`~texup.training.config.LossConfig` and :mod:`texup.training.losses`. Device and precision:
+:mod:`texup.devices` (training's own ``auto`` precision policy, :func:`~texup.devices.pick_training_precision`).
 
 The library never prints: everything it has to say goes to ``progress(event)`` as a
 :class:`TrainEvent`. ``cancel()`` is polled once per step; when it returns true the run saves a
@@ -38,13 +31,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from texup._atomic import atomic_path
+from texup.archs.spec import ArchModule, get_spec
+from texup.devices import cpu_has_native_bf16, pick_training_precision
 from texup.training.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -115,44 +110,21 @@ class TrainResult:
 # ----------------------------------------------------------------------------------------------
 # precision
 # ----------------------------------------------------------------------------------------------
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 / AMX), so bf16 autocast is worth it."""
-    probe = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except RuntimeError:
-        return False
-
-
 def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or ``None`` for fp32, whether a gradient scaler is needed).
-
-    ``auto``: bf16 on CUDA GPUs that support it, fp16 + scaler on older CUDA GPUs, bf16 on CPUs with
-    native bf16, otherwise fp32. Raises ``ValueError`` for fp16 off CUDA.
-    """
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        elif device.type == "cpu" and cpu_has_native_bf16():
-            precision = "bf16"
-        else:
-            precision = "fp32"
-    if precision == "fp32":
-        return None, False
-    if precision == "bf16":
-        return torch.bfloat16, False
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise ValueError(
-                f"fp16 training needs a CUDA device (gradient scaling); this run uses {device}. Use bf16 or fp32."
-            )
-        return torch.float16, True
-    raise ValueError(f"unknown precision {precision!r}")
+    """(autocast dtype or ``None`` for fp32, whether a gradient scaler is needed): the training policy,
+    :func:`texup.devices.pick_training_precision` (kept under this name for scripts)."""
+    return pick_training_precision(device, precision)
 
 
 # ----------------------------------------------------------------------------------------------
 # small pieces the loop uses
 # ----------------------------------------------------------------------------------------------
+def _hparams(module: nn.Module) -> dict[str, Any]:
+    """A texup network's constructor kwargs: every texup architecture and discriminator keeps them as ``hparams``
+    (torch's stubs type module attributes as ``Tensor | Module``)."""
+    return dict(cast(dict[str, Any], module.hparams))
+
+
 class EMA:
     """Exponential moving average of a module's parameters (buffers are copied as they are)."""
 
@@ -272,10 +244,10 @@ class TrainState:
         return {
             "step": step,
             "config": cfg.to_dict(),
-            "generator": {"arch": arch, "hparams": dict(self.g.hparams), "state_dict": self.g.state_dict()},
+            "generator": {"arch": arch, "hparams": _hparams(self.g), "state_dict": self.g.state_dict()},
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "discriminator": (
-                {"kind": cfg.discriminator.kind, "hparams": dict(self.d.hparams), "state_dict": self.d.state_dict()}
+                {"kind": cfg.discriminator.kind, "hparams": _hparams(self.d), "state_dict": self.d.state_dict()}
                 if self.d is not None
                 else None
             ),
@@ -401,7 +373,7 @@ def evaluate(
     was_training = generator.training
     generator.eval()
     scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "psnr_bicubic": []}
-    rows = []
+    rows: list[tuple[torch.Tensor, ...]] = []
     for item in items:
         lr, hr = item.lr.to(device), item.hr.to(device)
         with autocast():
@@ -491,7 +463,7 @@ def build_generator(cfg: TrainConfig, say: Callable[[str], None]) -> tuple[nn.Mo
         loaded = load_pretrained(cfg.generator.pretrained, progress=lambda *a: None)
         say(f"generator: {loaded.arch} x{loaded.scale} from {cfg.generator.pretrained}")
         module, arch = loaded.module, loaded.arch
-        provenance = {"base_model": str(cfg.generator.pretrained)}
+        provenance: dict[str, Any] = {"base_model": str(cfg.generator.pretrained)}
     else:
         from texup.archs import build
 
@@ -623,7 +595,7 @@ def _train(
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     torch.manual_seed(cfg.seed)
-    amp_dtype, needs_scaler = resolve_precision(cfg.precision, device)
+    amp_dtype, needs_scaler = pick_training_precision(device, cfg.precision)
     say(
         f"device {device}, precision {'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')}"
         f"{f', {info.world_size} ranks' if info.distributed else ''}"
@@ -641,7 +613,8 @@ def _train(
 
     # 2. networks
     g_raw, arch, provenance = build_generator(cfg, say)
-    scale, multiple = int(g_raw.scale), int(getattr(g_raw, "input_multiple", 1))
+    spec, hparams = get_spec(arch), cast(ArchModule, g_raw).hparams
+    scale, multiple = spec.scale(hparams), spec.input_multiple(hparams)
     _check_crop(cfg, scale, multiple)
     d_raw = build_disc(cfg, say) if cfg.stage == "gan" else None
 
@@ -661,7 +634,8 @@ def _train(
 
     # 5. resume, or record this run's config
     ckpt_path = out_dir / CHECKPOINT_NAME
-    start, metrics = 0, {"initial": {}, "last": {}}
+    start = 0
+    metrics: dict[str, Any] = {"initial": {}, "last": {}}
     if cfg.resume and ckpt_path.is_file():
         start, metrics = _resume(cfg, ts, ckpt_path, say)
     elif info.is_main:

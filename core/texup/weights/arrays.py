@@ -14,12 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from texup.archs.spec import arch_names, get_spec
 from texup.errors import ModelLoadError
 from texup.weights.detect import detect_architecture
 from texup.weights.keymaps import canonicalize
-
-#: The architectures texup builds (the keys of :data:`texup.archs.ARCHITECTURES`, which needs torch to import).
-ARCH_NAMES = ("RRDBNet", "SRVGGNetCompact")
 
 
 def arch_from_metadata(meta: dict[str, str], path: Path) -> tuple[str, dict[str, Any]] | None:
@@ -28,7 +26,7 @@ def arch_from_metadata(meta: dict[str, str], path: Path) -> tuple[str, dict[str,
     if "texup.arch" not in meta:
         return None
     arch = meta["texup.arch"]
-    if arch not in ARCH_NAMES:
+    if arch not in arch_names():
         raise ModelLoadError(path, f"metadata names unknown architecture {arch!r}")
     try:
         hparams = json.loads(meta.get("texup.hparams", "{}"))
@@ -40,18 +38,13 @@ def arch_from_metadata(meta: dict[str, str], path: Path) -> tuple[str, dict[str,
 
 
 def scale_and_multiple(arch: str, hparams: dict[str, Any]) -> tuple[int, int]:
-    """(output scale, input multiple) of ``arch`` with ``hparams``, without building the network (which needs
-    torch); the same as the torch module's ``scale`` / ``input_multiple`` (tested)."""
-    from texup.engines.ncnn_export import _RRDB_SCALE_LAYOUT
-
-    if arch == "RRDBNet":
-        scale = int(hparams.get("scale", 4))
-        if scale not in _RRDB_SCALE_LAYOUT:
-            raise ValueError(f"RRDBNet: scale must be one of {sorted(_RRDB_SCALE_LAYOUT)}, got {scale}")
-        return scale, _RRDB_SCALE_LAYOUT[scale][0]
-    if arch == "SRVGGNetCompact":
-        return int(hparams.get("upscale", 4)), 1
-    raise ValueError(f"unknown architecture {arch!r}")
+    """(output scale, input multiple) of ``arch`` with ``hparams`` from its spec, without building the network
+    (which needs torch); the same as the torch module's ``scale`` / ``input_multiple`` (tested).
+    ValueError for an unknown architecture or hparams it refuses."""
+    if arch not in arch_names():
+        raise ValueError(f"unknown architecture {arch!r}")
+    spec = get_spec(arch)
+    return spec.scale(hparams), spec.input_multiple(hparams)
 
 
 @dataclass

@@ -4,7 +4,7 @@ texup's format is a ``.safetensors`` file whose metadata says what it holds, so 
 
 ==================  =========================================================
 ``texup.format``    ``"1"``
-``texup.arch``      a key of :data:`texup.archs.ARCHITECTURES`
+``texup.arch``      a registered architecture (:mod:`texup.archs`)
 ``texup.hparams``   JSON of the constructor kwargs
 ``texup.scale``     the output scale, as a decimal string
 ``texup.provenance`` JSON object: where the weights came from (free-form)
@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from texup._atomic import atomic_path
-from texup.archs import ARCHITECTURES, build
+from texup.archs import build
+from texup.archs.spec import ArchModule, arch_names, get_spec, spec_for_module
 from texup.errors import ModelLoadError
 from texup.weights.arrays import arch_from_metadata
 from texup.weights.detect import detect_architecture
@@ -39,7 +40,7 @@ class LoadedModel:
     Attributes:
         module: the network, in eval mode, float32, on the CPU, ``requires_grad`` off everywhere.
             ``forward`` takes (N, C, H, W) float in [0, 1] with H, W multiples of ``input_multiple``.
-        arch: architecture name (key of :data:`texup.archs.ARCHITECTURES`).
+        arch: architecture name (a registered :class:`~texup.archs.spec.ArchSpec`'s).
         hparams: the module's constructor kwargs.
         scale: output size / input size.
         input_multiple: the caller pads H and W to multiples of this and crops the output back.
@@ -160,12 +161,13 @@ def load_model(path: str | Path, *, name: str | None = None) -> LoadedModel:
             _check_metadata_matches_tensors(found, detected, path)
         arch, hparams = found if found is not None else detected
     module = instantiate(arch, hparams, sd, source=path)
+    built = cast(ArchModule, module)  # every architecture's module exposes these (texup.archs)
     return LoadedModel(
         module=module,
         arch=arch,
-        hparams=dict(module.hparams),
-        scale=int(module.scale),
-        input_multiple=int(module.input_multiple),
+        hparams=dict(built.hparams),
+        scale=int(built.scale),
+        input_multiple=int(built.input_multiple),
         name=name if name is not None else path.stem,
         path=path,
         metadata=metadata,
@@ -173,29 +175,13 @@ def load_model(path: str | Path, *, name: str | None = None) -> LoadedModel:
 
 
 def _size_signature(arch: str, hparams: dict[str, Any], path: Path) -> tuple[Any, ...]:
-    """What fixes the tensors' shapes (and so the network's size) for ``hparams``.
-
-    RRDBNet: ``num_in_ch`` and ``scale`` are only seen together in the shapes (a 12-channel x4 model and a
-    3-channel x2 model have the same conv_first), so their product through the pixel-unshuffle factor counts.
-    """
+    """What fixes the tensors' shapes (and so the network's size) for ``hparams``: the spec's
+    :meth:`~texup.archs.spec.ArchSpec.signature`."""
+    spec = get_spec(arch)
     try:
-        if arch == "RRDBNet":
-            from texup.archs.rrdbnet import _SCALE_LAYOUT
-
-            unshuffle, num_up = _SCALE_LAYOUT[int(hparams["scale"])]
-            return (
-                int(hparams["num_feat"]),
-                int(hparams["num_block"]),
-                int(hparams["num_grow_ch"]),
-                int(hparams["num_out_ch"]),
-                int(hparams["num_in_ch"]) * unshuffle**2,
-                num_up,
-            )
-        if arch == "SRVGGNetCompact":
-            return tuple(int(hparams[k]) for k in ("num_in_ch", "num_out_ch", "num_feat", "num_conv", "upscale"))
+        return spec.signature(hparams)
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ModelLoadError(path, f"metadata hparams for {arch} are incomplete or invalid ({exc!r})") from None
-    return ()
 
 
 def _check_metadata_matches_tensors(
@@ -221,10 +207,10 @@ def _check_metadata_matches_tensors(
 
 
 def _arch_of(module: nn.Module) -> str:
-    for arch, cls in ARCHITECTURES.items():
-        if type(module) is cls:
-            return arch
-    raise TypeError(f"save_model: {type(module).__name__} is not one of {', '.join(ARCHITECTURES)}")
+    spec = spec_for_module(module)
+    if spec is None:
+        raise TypeError(f"save_model: {type(module).__name__} is not one of {', '.join(arch_names())}")
+    return spec.name
 
 
 def save_model(
@@ -256,12 +242,12 @@ def save_model(
             provenance = model.metadata.get("provenance")
     else:
         module, arch = model, _arch_of(model)
-    hparams = dict(module.hparams)  # type: ignore[arg-type]
+    built = cast(ArchModule, module)  # every architecture's module exposes these (texup.archs)
     metadata = {
         "texup.format": FORMAT_VERSION,
         "texup.arch": arch,
-        "texup.hparams": json.dumps(hparams, sort_keys=True),
-        "texup.scale": str(int(module.scale)),  # type: ignore[arg-type]
+        "texup.hparams": json.dumps(dict(built.hparams), sort_keys=True),
+        "texup.scale": str(int(built.scale)),
         "texup.provenance": json.dumps(provenance or {}, sort_keys=True),
     }
     tensors = {}

@@ -14,9 +14,10 @@ Format facts this reader relies on (checked against the shipped files):
   ``num_output`` raw fp32 biases. ``PReLU``: ``0=num_slope`` raw fp32 slopes, no tag.
   The sizes must add up to the ``.bin`` size exactly.
 
-Convolutions are assigned canonical names by their order in the graph, for the architecture the
-graph's layer types reveal: RRDBNet (Concat / Eltwise dense blocks) or SRVGGNetCompact (a chain of
-convs with PReLU/ReLU, PixelShuffle, nearest-upsampled input added).
+Convolutions are assigned canonical names by their order in the graph by the reader of the architecture
+whose layer types the graph has (each spec's ``ncnn_reader``, asked in registration order):
+:func:`rrdbnet_from_ncnn` (Concat / Eltwise dense blocks) or :func:`compact_from_ncnn` (a chain of convs
+with PReLU/ReLU, PixelShuffle, nearest-upsampled input added).
 """
 
 from __future__ import annotations
@@ -269,26 +270,27 @@ def read_ncnn(param_path: str | Path, bin_path: str | Path | None = None, *, num
 
     Raises:
         ModelLoadError: missing/malformed files, unsupported layers or weight encodings, sizes that
-            do not add up, or a graph that is neither RRDBNet nor SRVGGNetCompact.
+            do not add up, or a graph no registered architecture reads.
     """
     param_path, bin_file = ncnn_paths(param_path, bin_path)
     layers = parse_param(param_path)
     weights = _read_weights(layers, bin_file, param_path, numpy)
-    types = {layer.type for layer in layers}
-    convs = [w for kind, w in weights if kind == "conv"]
-    if not convs:
+    if not any(kind == "conv" for kind, _ in weights):
         raise ModelLoadError(param_path, "the graph has no convolutions")
     output_resize = _output_resize(layers)
-    if "Concat" in types and "Eltwise" in types:
-        arch, hparams, sd = _as_rrdbnet(layers, convs, param_path)
-    elif "PixelShuffle" in types and "Concat" not in types:
-        arch, hparams, sd = _as_compact(layers, weights, convs, param_path)
-    else:
-        raise ModelLoadError(
-            param_path,
-            f"not a known architecture: {len(layers)} layers of types {', '.join(sorted(types))}",
-        )
-    return NcnnModel(arch, hparams, sd, output_resize, layers)
+    from texup.archs.spec import registered
+
+    for spec in registered():
+        reader = spec.ncnn_import()
+        found = None if reader is None else reader(layers, weights, param_path)
+        if found is not None:
+            arch, hparams, sd = found
+            return NcnnModel(arch, hparams, sd, output_resize, layers)
+    types = {layer.type for layer in layers}
+    raise ModelLoadError(
+        param_path,
+        f"not a known architecture: {len(layers)} layers of types {', '.join(sorted(types))}",
+    )
 
 
 def load_ncnn(param_path: str | Path, bin_path: str | Path | None = None) -> dict[str, torch.Tensor]:
@@ -314,7 +316,17 @@ def _set_conv(sd: dict[str, Any], name: str, conv: _Conv) -> None:
         sd[f"{name}.bias"] = conv.bias
 
 
-def _as_rrdbnet(layers: list[NcnnLayer], convs: list[_Conv], param_path: Path) -> tuple[str, dict, dict]:
+#: What an architecture's ncnn reader returns: ``(arch, hparams, canonical state dict)``, or None for a graph
+#: that is not of its architecture (see :attr:`texup.archs.spec.ArchSpec.ncnn_reader`).
+NcnnRead = tuple[str, dict[str, Any], dict[str, Any]]
+
+
+def rrdbnet_from_ncnn(layers: list[NcnnLayer], weights: list[tuple[str, Any]], param_path: Path) -> NcnnRead | None:
+    """RRDBNet from a graph with Concat and Eltwise layers (its dense blocks), else None."""
+    types = {layer.type for layer in layers}
+    if "Concat" not in types or "Eltwise" not in types:
+        return None
+    convs = [w for kind, w in weights if kind == "conv"]
     # Upsampling steps are the 2x Interp layers inside the network (a final resize is not one).
     n_up = sum(1 for layer in layers[:-1] if layer.type == "Interp" and float(layer.params.get(1, 0)) == 2.0)
     n_body = len(convs) - 4 - n_up
@@ -337,9 +349,12 @@ def _as_rrdbnet(layers: list[NcnnLayer], convs: list[_Conv], param_path: Path) -
     return arch, hparams, sd
 
 
-def _as_compact(
-    layers: list[NcnnLayer], weights: list[tuple[str, Any]], convs: list[_Conv], param_path: Path
-) -> tuple[str, dict, dict]:
+def compact_from_ncnn(layers: list[NcnnLayer], weights: list[tuple[str, Any]], param_path: Path) -> NcnnRead | None:
+    """SRVGGNetCompact from a graph with a PixelShuffle and no Concat, else None."""
+    types = {layer.type for layer in layers}
+    if "PixelShuffle" not in types or "Concat" in types:
+        return None
+    convs = [w for kind, w in weights if kind == "conv"]
     prelus = [w for kind, w in weights if kind == "prelu"]
     num_conv = len(convs) - 2
     if num_conv < 0:
@@ -355,11 +370,12 @@ def _as_compact(
             slopes = {float(layer.params.get(0, 0.0)) for layer in layers if layer.type == "ReLU"}
             if slopes != {0.0}:
                 acts = {"leakyrelu"}
-        if len(acts) != 1 or None in acts or not acts <= {"relu", "leakyrelu"}:
+        names = sorted(a for a in acts if a is not None)
+        if len(acts) != 1 or len(names) != 1 or names[0] not in ("relu", "leakyrelu"):
             raise ModelLoadError(
                 param_path, f"cannot tell the compact model's activation (found {sorted(map(str, acts))})"
             )
-        act_type = acts.pop()
+        act_type = names[0]
     sd: dict[str, Any] = {}
     for index, conv in enumerate(convs):
         _set_conv(sd, f"body.{2 * index}", conv)

@@ -329,7 +329,8 @@ def _save_cached(info: ModelInfo, loaded: LoadedModel, provenance: dict[str, str
 
     if loaded.scale != info.scale:
         raise ModelLoadError(
-            loaded.path, f"expected a x{info.scale} model for '{info.name}', the file holds a x{loaded.scale} model"
+            loaded.path if loaded.path is not None else info.name,
+            f"expected a x{info.scale} model for '{info.name}', the file holds a x{loaded.scale} model",
         )
     from safetensors import SafetensorError
 
