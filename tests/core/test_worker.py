@@ -724,6 +724,8 @@ def test_info_reports_a_recorded_engine_choice_as_measured(tmp_path, monkeypatch
                 select._request_key("some-model", "auto", "auto"): {
                     "choice": recorded.key,
                     "seconds_per_mpx": {recorded.key: 1.0},
+                    "rounds": select.CALIBRATION_ROUNDS,
+                    "busy": False,
                 }
             }
         }

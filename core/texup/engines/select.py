@@ -28,6 +28,13 @@ from texup.machine import cpu_model, simd_flags
 
 #: Core tile side used to time candidates (input pixels, plus 8 of context each side).
 CALIBRATION_TILE = 48
+#: Timed rounds per calibration: every candidate once per round, in turn, each keeping its fastest round, so a
+#: burst of load from another program slows one round of every candidate rather than all of one candidate.
+CALIBRATION_ROUNDS = 3
+#: A calibration started while the machine's 1-minute load average per CPU was above this is provisional: it is
+#: used, and measured again on the first use when the machine is quieter (a busy machine can reverse the order:
+#: engines with spinning thread pools suffer more from sharing the cores than others).
+BUSY_LOAD = 0.5
 CALIBRATION_FILE = "engines.json"
 #: ``status(message)``: one line per calibration step (the CLI prints them, the worker sends them).
 StatusCallback = Callable[[str], None]
@@ -152,15 +159,35 @@ def _request_key(model: Any, device: str, precision: str) -> str:
     return f"{_model_key(model)}|device={device}|precision={precision}"
 
 
+def machine_load() -> float | None:
+    """The 1-minute load average per logical CPU (None where the system does not report one, e.g. Windows)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return None
+
+
+def _provisional(entry: dict[str, Any]) -> bool:
+    """Whether a recorded measurement should be taken again once the machine is quiet: taken while it was busy,
+    or by a texup that timed a single run (recorded without ``rounds``)."""
+    return bool(entry.get("busy")) or not entry.get("rounds")
+
+
 def cached_choice(model: Any, device: str = "auto", precision: str = "auto") -> Candidate | None:
     """The measured winner for ``model`` and this request on this machine, if it was measured.
 
     Reads only the calibration file (no torch import, no device probing), so an auto run whose choice is
-    recorded starts as fast as an explicit one.
+    recorded starts as fast as an explicit one. A provisional record (measured while the machine was busy, or by
+    an older texup from a single run) counts only while the machine is still busy: once it is quiet, None, so
+    the caller measures again.
     """
     entry = read_calibration().get(machine_key(), {}).get(_request_key(model, device, precision))
     if not isinstance(entry, dict):
         return None
+    if _provisional(entry):
+        load = machine_load()
+        if load is None or load <= BUSY_LOAD:
+            return None
     engine, _, rest = str(entry.get("choice", "")).partition("/")
     dev, _, prec = rest.partition("/")
     if engine not in ENGINE_NAMES or not dev or not prec:
@@ -168,11 +195,13 @@ def cached_choice(model: Any, device: str = "auto", precision: str = "auto") -> 
     return Candidate(engine, dev, prec)
 
 
-def time_engine(engine: Engine, *, tile: int = CALIBRATION_TILE, repeats: int = 1) -> float:
-    """Seconds per output megapixel of ``engine`` on a ``tile`` + 2*8 pixel noise tile (after one warm-up run)."""
+def time_engine(engine: Engine, *, tile: int = CALIBRATION_TILE, repeats: int = 1, warm_up: bool = True) -> float:
+    """Seconds per output megapixel of ``engine`` on a ``tile`` + 2*8 pixel noise tile: the fastest of ``repeats``
+    runs (after one warm-up run unless ``warm_up`` is False)."""
     side = tile + 16
     x = np.random.default_rng(0).random((side, side, 3), dtype=np.float32)
-    engine.run_tile(x)
+    if warm_up:
+        engine.run_tile(x)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -188,35 +217,41 @@ def calibrate(
     status: StatusCallback | None = None,
     request: tuple[str, str] = ("auto", "auto"),
 ) -> tuple[Engine, dict[str, float]]:
-    """Open every candidate in ``pool`` (default: all) for ``model``, time each on one small tile, cache the
-    winner; return it and the seconds per output megapixel of each.
+    """Open every candidate in ``pool`` (default: all) for ``model``, time them on one small tile in
+    :data:`CALIBRATION_ROUNDS` interleaved rounds (each keeps its fastest), cache the winner; return it and the
+    seconds per output megapixel of each. The record says how busy the machine was (:data:`BUSY_LOAD`).
 
-    Candidates that fail to open (an engine that cannot run this model) are skipped with a status line.
+    Candidates that fail to open or to run (an engine that cannot run this model) are skipped with a status line.
     """
+    load = machine_load()
     times: dict[str, float] = {}
     errors: dict[str, str] = {}
-    best: tuple[float, Engine, Candidate] | None = None
     pool = candidates() if pool is None else pool
+    opened: list[tuple[Candidate, Engine]] = []
     for cand in pool:
         try:
             engine = _open(model, cand.engine, cand.device, cand.precision, "auto")
-            seconds = time_engine(engine)
+            times[cand.key] = time_engine(engine)
         except (EngineUnavailable, ValueError, OSError) as err:
             errors[cand.key] = str(err)
             if status is not None:
                 status(f"engine {cand.key}: cannot run this model ({err})")
             continue
-        times[cand.key] = seconds
-        if status is not None:
-            status(f"engine {cand.key}: {seconds:.2f} s per output megapixel")
-        if best is None or seconds < best[0]:
-            best = (seconds, engine, cand)
-        del engine
-    if best is None:
+        opened.append((cand, engine))
+    for _ in range(CALIBRATION_ROUNDS - 1):
+        for cand, engine in opened:
+            times[cand.key] = min(times[cand.key], time_engine(engine, warm_up=False))
+    if not opened:
         raise EngineUnavailable(
             "no engine can run this model here: " + "; ".join(f"{k}: {v}" for k, v in errors.items())
         )
-    _, winner, choice = best
+    if status is not None:
+        for cand, _ in opened:
+            status(f"engine {cand.key}: {times[cand.key]:.2f} s per output megapixel")
+    choice, winner = min(opened, key=lambda pair: times[pair[0].key])
+    busy = load is not None and load > BUSY_LOAD
+    if busy and status is not None:
+        status(f"the machine is busy (load {load:.1f} per CPU): this choice will be measured again when it is quiet")
     data = read_calibration()
     data.setdefault(machine_key(), {})[_request_key(model, *request)] = {
         "choice": choice.key,
@@ -224,6 +259,9 @@ def calibrate(
         "errors": errors,
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "tile": CALIBRATION_TILE,
+        "rounds": CALIBRATION_ROUNDS,
+        "load_per_cpu": None if load is None else round(load, 2),
+        "busy": busy,
         "pool": [c.key for c in pool],
     }
     try:
