@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _create_temp(target: Path) -> Path:
+def create_temp(target: Path) -> Path:
     """A new, empty file beside ``target`` with a name nobody else has (O_EXCL), mode 0666 & ~umask."""
     for _ in range(100):
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:
             continue
         os.close(fd)
@@ -48,7 +48,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     ``os.replace`` it over ``path`` and flush the folder; on any exception remove it and re-raise.
     The folder must exist."""
     target = Path(path)
-    tmp = _create_temp(target)
+    tmp = create_temp(target)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

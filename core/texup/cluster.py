@@ -1,15 +1,23 @@
 """Spread a batch of files over a Ray cluster: one warm model per node (or per GPU), files on shared storage.
 
-``texup upscale --ray [ADDRESS]`` plans the batch as on one machine (outputs, the record of what texup wrote)
-and hands the (input, output) pairs to :func:`run_on_ray`. Each Ray actor loads the model once and upscales
-the files it is given, one at a time; the driver gives an actor its next file as soon as it returns one, so
-fast and slow nodes stay busy to the end. A file that fails is one outcome with a one-line error (as on one
-machine); a node that dies has its file given to another actor once, then reported failed. Paths must mean
-the same on every node (a shared file system, as render farms have).
+``texup upscale --ray [ADDRESS]`` plans the batch as on one machine and hands the (input, output) pairs to
+:func:`run_on_ray`. Its contracts:
 
-Placement: with GPUs in the cluster and a device that can use them (``auto``, ``cuda``), one actor per GPU;
-otherwise one actor per node, reserving all its CPUs (the engines use every core of a node themselves: more
-processes per node would only compete). Ray is an optional dependency (``pip install 'texup[ray]'``).
+- Files go largest first (pixels from the header); an actor gets the next file as soon as it returns one. A
+  failed file is one outcome with a one-line error; a lost actor's file goes to another actor once.
+- Tile split (:func:`split_width`): a file that would finish last however the rest were spread (more than a
+  fair share of the pixels left) runs on the driver through the ordinary pipeline (every whole-image decision
+  made there, once) with only its tiles computed by the idle actors, several in flight (:class:`RayTiles`, a
+  :class:`~texup.engines.base.TileQueue`): the same tile plan and blend, hence the same pixels as one machine
+  with the same engine. Actors that fall idle with nothing queued join the running split with most tiles left.
+- Outputs are written to a temporary file beside the output (by the node, or the driver for a split file) and
+  renamed by the driver (``commit``: the CLI journals the entry first, :mod:`texup.outputs`), so a driver killed
+  at any point leaves a recorded output or a temporary file that a later run sweeps.
+- Placement (:func:`_placements`): one actor per GPU when the cluster has GPUs and the device may use them,
+  else one per node reserving all its CPUs (the engines use every core themselves).
+
+Paths must mean the same on every node. Ray is optional (``pip install 'texup[ray]'``); importing this module
+does not import it. Figures: docs/benchmarks.md sections 7 and 8.
 """
 
 from __future__ import annotations
@@ -19,20 +27,39 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from texup.errors import TexupError
+import numpy as np
+
+from texup.engines.base import CancelCallback, EngineOutOfMemory, StepCallback
+from texup.errors import FileError, ImageWriteError, TexupError
+
+if TYPE_CHECKING:
+    from texup.inference.pipeline import Upscaler
+
+#: A file is split only over actors that get at least this many of its (first pass's) tiles each.
+TILES_PER_ACTOR = 2
+#: Tiles kept submitted per actor of a split: one running, one waiting, so no actor waits on a round trip.
+IN_FLIGHT_PER_ACTOR = 2
 
 
 @dataclass(frozen=True)
 class RayOutcome:
-    """What happened to one file: ``error`` is one line when ``ok`` is False; where it ran (node, pid)."""
+    """What happened to one file: ``error`` is one line when ``ok`` is False; where it ran (node id, pid).
+
+    ``tmp``: the finished output beside ``dst`` until the driver renames it (None once renamed, or on failure).
+    A split file ran on the driver (its pid) with its tiles on ``workers`` actors; ``node`` then lists the nodes
+    of those actors, comma-separated.
+    """
 
     index: int
     src: str
@@ -42,6 +69,53 @@ class RayOutcome:
     seconds: float
     node: str
     pid: int
+    tmp: str | None = None
+    workers: int = 1
+
+
+def _error_line(err: BaseException) -> str:
+    """One line for a file's failure (texup's own errors name the file)."""
+    text = " ".join(str(err).split())
+    if isinstance(err, (TexupError, OSError, ValueError, RuntimeError, MemoryError)):
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}"
+
+
+def _upscale_to_temp(
+    upscaler: Upscaler,
+    src: str,
+    dst: str,
+    options: dict[str, Any],
+    *,
+    max_pixels: int | None,
+    cancel: CancelCallback | None = None,
+    progress: Callable[[float, int], None] | None = None,
+) -> Path:
+    """Upscale ``src`` into a new temporary file beside ``dst`` (flushed, the format ``dst``'s suffix names) and
+    return its path; ``dst`` itself is not touched. Errors name ``src`` or ``dst``."""
+    from texup._atomic import create_temp
+    from texup.imageio import format_for_path, read_image, write_image
+    from texup.inference.pipeline import UpscaleOptions, refuse_overwrite
+
+    src_path, dst_path = Path(src), Path(dst)
+    refuse_overwrite(src_path, dst_path)
+    image = read_image(src_path, max_pixels=max_pixels)
+    result = upscaler.upscale_array(
+        image.pixels, UpscaleOptions(**options), colorspace=image.info.colorspace, progress=progress, cancel=cancel
+    )
+    try:
+        dst_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = create_temp(dst_path)
+    except OSError as err:
+        raise ImageWriteError(dst_path, f"cannot write: {err.strerror or err}") from err
+    try:
+        write_image(tmp, result, like=image.info, format=format_for_path(dst_path))  # atomic and flushed
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, FileError):
+            raise ImageWriteError(dst_path, err.reason) from err
+        raise
+    return tmp
 
 
 class _Upscaling:
@@ -50,28 +124,250 @@ class _Upscaling:
     def __init__(self, model: str, engine: str, device: str, precision: str, max_pixels: int | None) -> None:
         if max_pixels is not None:
             os.environ["TEXUP_MAX_PIXELS"] = str(max_pixels)
+        self.max_pixels = max_pixels
         from texup import api
 
         self.upscaler = api.get_upscaler(model, engine=engine, device=device, precision=precision)
         import ray
 
-        self.node = ray.get_runtime_context().get_node_id()
+        self.node = str(ray.get_runtime_context().get_node_id())
 
     def upscale(self, index: int, src: str, dst: str, options: dict[str, Any]) -> RayOutcome:
-        from pathlib import Path
-
-        from texup.inference.pipeline import UpscaleOptions
-
+        """One whole file into a temporary file beside ``dst`` (the driver renames it)."""
         start = time.monotonic()
-        error = None
+        error = tmp = None
         try:
-            Path(dst).parent.mkdir(parents=True, exist_ok=True)
-            self.upscaler.upscale_file(src, dst, UpscaleOptions(**options))
-        except (TexupError, OSError, ValueError, RuntimeError, MemoryError) as err:
-            error = " ".join(str(err).split()) or type(err).__name__
+            tmp = str(_upscale_to_temp(self.upscaler, src, dst, options, max_pixels=self.max_pixels))
         except Exception as err:  # noqa: BLE001 - one file's problem, never the batch's: reported, not raised
-            error = f"{type(err).__name__}: {' '.join(str(err).split())}"
-        return RayOutcome(index, src, dst, error is None, error, time.monotonic() - start, self.node, os.getpid())
+            error = _error_line(err)
+        elapsed = time.monotonic() - start
+        return RayOutcome(index, src, dst, error is None, error, elapsed, self.node, os.getpid(), tmp)
+
+    def engine_info(self) -> dict[str, Any]:
+        """What :class:`RayTiles` needs to stand for this actor's engine."""
+        e = self.upscaler.engine
+        return {
+            "name": e.name,
+            "device": e.device,
+            "precision": e.precision,
+            "scale": e.scale,
+            "input_multiple": e.input_multiple,
+            "model_name": e.model_name,
+            "describe": e.describe(),
+            "node": self.node,
+        }
+
+    def auto_tile(self, overlap: int, out_width: int | None) -> int:
+        return self.upscaler.engine.auto_tile(overlap=overlap, out_width=out_width)
+
+    def run_tile(self, x: np.ndarray) -> tuple[str, np.ndarray | None]:
+        """One tile through the engine, and this actor's node; None when the device ran out of memory (its
+        cache freed)."""
+        engine = self.upscaler.engine
+        try:
+            return self.node, engine.run_tile(x)
+        except EngineOutOfMemory:
+            engine.free_cached_memory()
+            return self.node, None
+
+
+class _Worker:
+    """One actor of a split and its tile calls not known to be finished."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+        self.node = ""
+        self.running: list[Any] = []
+        self.done = 0
+
+
+@dataclass
+class _Sent:
+    """A submitted tile: its input (to send elsewhere if the actor is lost), the actor, Ray's reference."""
+
+    x: np.ndarray
+    worker: _Worker
+    ref: Any
+
+
+class RayTiles:
+    """An :class:`~texup.engines.base.Engine` whose tiles run on Ray actors (also a
+    :class:`~texup.engines.base.TileQueue`: the pipeline keeps ``IN_FLIGHT_PER_ACTOR`` tiles per actor
+    submitted and collects them in plan order).
+
+    ``info`` is an actor's :meth:`_Upscaling.engine_info`. Each tile goes to the actor with the fewest
+    unfinished tiles; a tile whose actor is lost goes to another one of the group (the lost actor is dropped);
+    with none left, :class:`RuntimeError`. An actor's out-of-memory error is :class:`EngineOutOfMemory` here, so
+    the pipeline splits the tile as on one machine. Cancel is polled by the pipeline between tiles only.
+    :meth:`add_actor` may be called from another thread while tiles run.
+    """
+
+    def __init__(self, ray: Any, actors: Sequence[Any], info: dict[str, Any]) -> None:
+        self._ray = ray
+        self._lock = threading.Lock()
+        self._workers = [_Worker(a) for a in actors]
+        self._retired: list[_Worker] = []
+        self.lost: list[Any] = []
+        self.name = str(info["name"])
+        self.precision = str(info["precision"])
+        self.scale = int(info["scale"])
+        self.input_multiple = int(info["input_multiple"])
+        self.model_name = str(info["model_name"])
+        self._device = str(info["device"])
+        self._describe = dict(info.get("describe") or {})
+        #: Tiles of the image not yet done (from the pipeline's progress): idle actors join the split with most.
+        self.left = 0
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def actors(self) -> list[Any]:
+        """The group's actors still alive."""
+        with self._lock:
+            return [w.actor for w in self._workers]
+
+    def add_actor(self, actor: Any) -> None:
+        with self._lock:
+            self._workers.append(_Worker(actor))
+
+    def used(self) -> tuple[int, list[str]]:
+        """How many actors computed tiles, and their nodes (sorted, distinct)."""
+        with self._lock:
+            workers = [w for w in self._workers + self._retired if w.done]
+        return len(workers), sorted({w.node for w in workers if w.node})
+
+    # -- TileQueue ------------------------------------------------------------------------------------------
+
+    def tiles_in_flight(self) -> int:
+        with self._lock:
+            return IN_FLIGHT_PER_ACTOR * max(1, len(self._workers))
+
+    def submit_tile(self, x: np.ndarray) -> _Sent:
+        ray = self._ray
+        with self._lock:
+            workers = list(self._workers)
+        if not workers:
+            raise RuntimeError("every Ray worker computing this image's tiles was lost")
+        for w in workers:
+            if w.running:
+                _, w.running = ray.wait(w.running, num_returns=len(w.running), timeout=0)
+        worker = min(workers, key=lambda w: len(w.running))
+        ref = worker.actor.run_tile.remote(x)
+        worker.running.append(ref)
+        return _Sent(x, worker, ref)
+
+    def collect_tile(self, handle: object) -> np.ndarray:
+        if not isinstance(handle, _Sent):
+            raise TypeError(f"not a tile submitted to this engine: {handle!r}")
+        ray, sent = self._ray, handle
+        while True:
+            asked = sent
+            try:
+                node, y = ray.get(asked.ref)
+            except ray.exceptions.RayTaskError as err:  # the engine raised: the file fails, as on one machine
+                cause = getattr(err, "cause", None) or err
+                raise RuntimeError(f"a Ray worker failed on a tile: {_error_line(cause)}") from err
+            except ray.exceptions.RayError:  # the actor (or its node) is gone: the tile goes to another one
+                self._drop(asked.worker)
+                sent = self.submit_tile(asked.x)
+                continue
+            finally:
+                if asked.ref in asked.worker.running:
+                    asked.worker.running.remove(asked.ref)
+            if y is None:
+                raise EngineOutOfMemory(f"out of memory on {self._device} (a Ray worker)")
+            sent.worker.done += 1
+            sent.worker.node = str(node)
+            return y if y.flags.writeable else y.copy()
+
+    def _drop(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker in self._workers:
+                self._workers.remove(worker)
+                self._retired.append(worker)
+                self.lost.append(worker.actor)
+
+    # -- Engine ---------------------------------------------------------------------------------------------
+
+    def run_tile(
+        self, x: np.ndarray, *, cancel: CancelCallback | None = None, step: StepCallback | None = None
+    ) -> np.ndarray:
+        return self.collect_tile(self.submit_tile(x))
+
+    def auto_tile(self, *, overlap: int = 16, out_width: int | None = None) -> int:
+        """The first actor's engine's choice (every actor of a group runs the same model and options)."""
+        with self._lock:
+            if not self._workers:
+                raise RuntimeError("every Ray worker computing this image's tiles was lost")
+            actor = self._workers[0].actor
+        return int(self._ray.get(actor.auto_tile.remote(overlap, out_width)))
+
+    def free_cached_memory(self) -> None:
+        """Nothing here: each actor frees its own device memory before it reports running out."""
+
+    def describe(self) -> dict[str, Any]:
+        with self._lock:
+            workers = len(self._workers)
+        return {**self._describe, "ray_workers": workers}
+
+
+def split_width(idle: int, actors: int, pixels: int, pixels_after: int, tiles: int) -> int:
+    """How the next file runs: 0 = whole on one actor; n >= 1 = on the driver, its tiles on n idle actors (more
+    join as they fall idle with nothing queued).
+
+    Files go largest first, which spreads whole files evenly at no cost, except a file that would finish last
+    however the rest were spread: one whose ``pixels`` are more than a fair share of the work left
+    (``pixels * actors > pixels + pixels_after``, the pixels of the files queued after it). Only such a file is
+    split, and only when it has tiles for at least two actors (:data:`TILES_PER_ACTOR` each); it takes the idle
+    actors, at most one per :data:`TILES_PER_ACTOR` tiles.
+    """
+    if actors < 2 or tiles < 2 * TILES_PER_ACTOR or pixels * actors <= pixels + pixels_after:
+        return 0
+    return max(1, min(idle, tiles // TILES_PER_ACTOR))
+
+
+def _tile_count(ray: Any, actor: Any, size: tuple[int, int], options: dict[str, Any], scale: int) -> int:
+    """The number of tiles of the first model pass over an input of ``size`` (height, width), as the pipeline
+    plans them (the tile from ``options`` or the actor's engine)."""
+    from texup.inference.tiling import plan_tiles
+
+    height, width = size
+    if height < 1 or width < 1:
+        return 0
+    overlap = min(int(options.get("overlap", 16)), max(height, width))
+    tile = options.get("tile") or int(ray.get(actor.auto_tile.remote(overlap, width * scale)))
+    return len(plan_tiles(height, width, int(tile), min(overlap, int(tile)), wrap=False))
+
+
+def _split_file(
+    engine: RayTiles,
+    index: int,
+    src: str,
+    dst: str,
+    options: dict[str, Any],
+    max_pixels: int | None,
+    cancel: CancelCallback,
+) -> RayOutcome:
+    """One file through the pipeline on the driver with ``engine``'s actors computing the tiles (on a thread)."""
+    from texup.inference.pipeline import Upscaler
+
+    start = time.monotonic()
+    error = tmp = None
+
+    def progress(done: float, total: int) -> None:
+        engine.left = total - int(done)
+
+    try:
+        upscaler = Upscaler(engine)
+        tmp = str(
+            _upscale_to_temp(upscaler, src, dst, options, max_pixels=max_pixels, cancel=cancel, progress=progress)
+        )
+    except Exception as err:  # noqa: BLE001 - one file's problem, never the batch's: reported, not raised
+        error = _error_line(err)
+    elapsed = time.monotonic() - start
+    workers, nodes = engine.used()
+    return RayOutcome(index, src, dst, error is None, error, elapsed, ",".join(nodes), os.getpid(), tmp, workers)
 
 
 def _placements(ray: Any, device: str) -> list[dict[str, Any]]:
@@ -95,6 +391,26 @@ def _placements(ray: Any, device: str) -> list[dict[str, Any]]:
     return placements
 
 
+def _pixels(path: str) -> tuple[int, int]:
+    """(height, width) from the file's header; (0, 0) when it cannot be read (the actor reports why)."""
+    from texup.imageio import probe_image
+
+    try:
+        info = probe_image(path)
+    except (TexupError, OSError, ValueError):
+        return 0, 0
+    return info.height, info.width
+
+
+def _rename(outcome: RayOutcome) -> None:
+    """The default ``commit``: the temporary file over the output, the folder flushed."""
+    from texup._atomic import fsync_folder
+
+    assert outcome.tmp is not None
+    os.replace(outcome.tmp, outcome.dst)
+    fsync_folder(Path(outcome.dst).parent)
+
+
 def run_on_ray(
     tasks: Sequence[tuple[str, str]],
     *,
@@ -107,11 +423,18 @@ def run_on_ray(
     max_pixels: int | None = None,
     on_outcome: Callable[[RayOutcome], None] | None = None,
     status: Callable[[str], None] | None = None,
+    commit: Callable[[RayOutcome], None] | None = None,
+    split: bool = True,
 ) -> list[RayOutcome]:
     """Upscale ``tasks`` (absolute ``(src, dst)`` paths) on the Ray cluster at ``address`` (None: the one
-    ``RAY_ADDRESS`` names, else a new local one); ``options`` are :class:`UpscaleOptions` fields. Returns one
-    outcome per task, in task order; ``on_outcome`` sees each as it arrives (for progress and the record).
-    Raises ``RuntimeError`` when Ray is missing or the cluster has no node that can run a worker.
+    ``RAY_ADDRESS`` names, else a new local one); ``options`` are :class:`UpscaleOptions` fields.
+
+    Each finished output is first a temporary file beside ``dst``; ``commit(outcome)`` (on this thread) must move
+    ``outcome.tmp`` over ``outcome.dst`` (default: rename and flush; the CLI journals first). A commit raising
+    ``OSError`` or a texup error makes that file a failure (its temporary file removed). ``on_outcome`` then sees
+    each outcome as it arrives (``tmp`` None). ``split=False``: never split a file's tiles over actors. Returns
+    one outcome per task, in task order. Raises ``RuntimeError`` when Ray is missing or the cluster has no node
+    that can run a worker.
     """
     try:
         import ray
@@ -119,57 +442,119 @@ def run_on_ray(
         raise RuntimeError("--ray needs Ray: pip install 'texup[ray]'") from err
     say = status or (lambda line: None)
     if not ray.is_initialized():
-        ray.init(
-            address=address,
-            log_to_driver=False,
-            configure_logging=False,
-            **({} if address else {"include_dashboard": False}),
-        )
+        if address:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(log_to_driver=False, configure_logging=False, include_dashboard=False)
     placements = _placements(ray, device)
     if not placements:
         raise RuntimeError("the Ray cluster has no node with a CPU or GPU to run a texup worker on")
-    remote = ray.remote(_Upscaling)
-    actors = [remote.options(**p).remote(model, engine, device, precision, max_pixels) for p in placements]
+    remote: Any = ray.remote(_Upscaling)
+    actors: list[Any] = [remote.options(**p).remote(model, engine, device, precision, max_pixels) for p in placements]
     say(f"{len(actors)} Ray worker(s) on {len(ray.nodes())} node(s)")
 
-    queue = deque(range(len(tasks)))
+    sizes = [_pixels(src) for src, _ in tasks]
+    pixels = [h * w for h, w in sizes]
+    queue = deque(sorted(range(len(tasks)), key=lambda i: -pixels[i]))  # largest first, stable
+    queued_pixels = sum(pixels)
+    living = len(actors)
     tries = {i: 0 for i in range(len(tasks))}
     outcomes: dict[int, RayOutcome] = {}
     inflight: dict[Any, tuple[Any, int]] = {}
+    splits: dict[Future[RayOutcome], tuple[RayTiles, int]] = {}
     idle = list(actors)
+    info: dict[str, Any] = {}  # an actor's engine_info, asked once a split is possible
+    stop = threading.Event()
 
     def finish(outcome: RayOutcome) -> None:
+        tmp = outcome.tmp
+        if outcome.ok and tmp is not None:
+            try:
+                (commit or _rename)(outcome)
+                outcome = replace(outcome, tmp=None)
+            except (OSError, TexupError) as err:
+                Path(tmp).unlink(missing_ok=True)
+                reason = str(err) if isinstance(err, TexupError) else f"{outcome.dst}: {err.strerror or err}"
+                outcome = replace(outcome, ok=False, error=" ".join(reason.split()), tmp=None)
         outcomes[outcome.index] = outcome
         if on_outcome is not None:
             on_outcome(outcome)
 
-    while queue or inflight:
-        while queue and idle:
-            actor, index = idle.pop(), queue.popleft()
+    def lost(index: int, why: str) -> None:
+        nonlocal queued_pixels
+        tries[index] += 1
+        if tries[index] < 2:
+            queue.appendleft(index)
+            queued_pixels += pixels[index]
+        else:
             src, dst = tasks[index]
-            inflight[actor.upscale.remote(index, src, dst, options)] = (actor, index)
-        if not inflight:  # every actor died: the rest cannot run
-            for index in list(queue):
+            finish(RayOutcome(index, src, dst, False, f"Ray worker lost twice ({why})", 0.0, "", 0))
+
+    pool = ThreadPoolExecutor(max(1, len(actors) // 2), thread_name_prefix="texup-ray-tiles")
+    try:
+        while queue or inflight or splits:
+            while queue and idle:
+                index = queue.popleft()
+                queued_pixels -= pixels[index]
                 src, dst = tasks[index]
-                finish(RayOutcome(index, src, dst, False, "no Ray worker left to run it", 0.0, "", 0))
-            queue.clear()
-            break
-        done, _ = ray.wait(list(inflight), num_returns=1)
-        ref = done[0]
-        actor, index = inflight.pop(ref)
-        try:
-            finish(ray.get(ref))
-            idle.append(actor)
-        except ray.exceptions.RayError as err:  # the actor (or its node) is gone: this file goes elsewhere once
-            tries[index] += 1
-            if tries[index] < 2:
-                queue.appendleft(index)
+                width = 0
+                if split and pixels[index] * living > pixels[index] + queued_pixels:  # ask for tiles only then
+                    try:
+                        info = info or ray.get(idle[-1].engine_info.remote())
+                        tiles = _tile_count(ray, idle[-1], sizes[index], options, int(info["scale"]))
+                    except ray.exceptions.RayError:  # that actor is gone: the file goes whole (and finds out)
+                        tiles = 0
+                    width = split_width(len(idle), living, pixels[index], queued_pixels, tiles)
+                if width >= 1:
+                    group = [idle.pop() for _ in range(width)]
+                    tiles_engine = RayTiles(ray, group, info)
+                    future = pool.submit(_split_file, tiles_engine, index, src, dst, options, max_pixels, stop.is_set)
+                    splits[future] = (tiles_engine, index)
+                else:
+                    actor = idle.pop()
+                    inflight[actor.upscale.remote(index, src, dst, options)] = (actor, index)
+            if idle and not queue and splits:  # nothing left to start: idle actors help the split with most left
+                helped = max((group for group, _ in splits.values()), key=lambda group: group.left)
+                for actor in idle:
+                    helped.add_actor(actor)
+                idle.clear()
+            if not inflight and not splits:  # every actor died: the rest cannot run
+                for index in list(queue):
+                    src, dst = tasks[index]
+                    finish(RayOutcome(index, src, dst, False, "no Ray worker left to run it", 0.0, "", 0))
+                queue.clear()
+                break
+            if inflight:
+                done, _ = ray.wait(list(inflight), num_returns=1, timeout=0.05 if splits else None)
             else:
-                src, dst = tasks[index]
-                finish(RayOutcome(index, src, dst, False, f"Ray worker lost twice ({type(err).__name__})", 0.0, "", 0))
-            say(f"a Ray worker was lost ({type(err).__name__}); {len(idle) + len(inflight)} left")
-    for actor in actors:
-        ray.kill(actor)
+                done = []
+                wait_futures(list(splits), return_when=FIRST_COMPLETED)
+            for ref in done:
+                actor, index = inflight.pop(ref)
+                try:
+                    finish(ray.get(ref))
+                    idle.append(actor)
+                except ray.exceptions.RayError as err:  # the actor (or its node) is gone: the file goes elsewhere
+                    living -= 1
+                    lost(index, type(err).__name__)
+                    say(f"a Ray worker was lost ({type(err).__name__}); {len(idle) + len(inflight)} left")
+            for future in [f for f in splits if f.done()]:
+                tiles_engine, index = splits.pop(future)
+                alive = tiles_engine.actors()
+                idle.extend(alive)
+                outcome = future.result()
+                living -= len(tiles_engine.lost)
+                if tiles_engine.lost:
+                    say(f"{len(tiles_engine.lost)} Ray worker(s) lost while splitting {outcome.src}")
+                if not outcome.ok and not alive:
+                    lost(index, "every worker of its tiles")
+                else:
+                    finish(outcome)
+    finally:
+        stop.set()  # a split still running (an exception here) stops at its next tile
+        pool.shutdown(wait=True)
+        for actor in actors:
+            ray.kill(actor)
     return [outcomes[i] for i in range(len(tasks))]
 
 

@@ -103,3 +103,46 @@ def test_texup_upscale_ray_uses_the_same_plan_manifest_and_error_lines(cluster, 
     # The same manifest as one machine's: a rerun (here without Ray) finds everything up to date.
     again = subprocess.run(cmd[:-2], capture_output=True, text=True, timeout=300, env=env)
     assert "0 upscaled, 5 up to date" in again.stderr, again.stderr[-2000:]
+
+
+def test_one_image_split_over_both_nodes_gives_the_one_machine_pixels(cluster, tmp_path):
+    """A lone file with enough tiles runs on the driver's pipeline with its tiles on both nodes' actors (the
+    split rule: fewer files than idle actors); its pixels are those of a local run with the same engine."""
+    from realdata import real_image
+
+    from texup.inference.pipeline import UpscaleOptions, Upscaler
+
+    rgb = real_image("coffee.png", crop=(80, 140, 45, 37))
+    yy, xx = np.mgrid[:45, :37]
+    alpha = np.where((yy - 22) ** 2 + (xx - 18) ** 2 < 150, 65535, (yy * 1400 + xx * 350) % 65536).astype(np.uint16)
+    images = {
+        "rgba16": np.dstack([rgb.astype(np.uint16) * 257, alpha]),
+        "rgb8": real_image("astronaut.png", crop=(30, 50, 41, 27)),
+    }
+    options = {"tile": 16, "overlap": 8}  # 9 and 6 tiles: at least two per actor
+    local = Upscaler("realesr-animevideov3", engine="ncnn", device="cpu")
+    for name, pixels in images.items():
+        src, dst = tmp_path / "in" / f"{name}.png", tmp_path / "out" / f"{name}_x4.png"
+        src.parent.mkdir(exist_ok=True)
+        write_image(src, pixels)
+        [outcome] = run_on_ray(
+            [(str(src), str(dst))],
+            model="realesr-animevideov3",
+            engine="ncnn",
+            device="cpu",
+            options=options,
+            address=cluster,
+        )
+        assert outcome.ok, outcome.error
+        assert outcome.pid == os.getpid() and outcome.workers == 2 and len(set(outcome.node.split(","))) == 2
+        got = read_image(dst).pixels
+        want = local.upscale_array(read_image(src).pixels, UpscaleOptions(**options))
+        assert got.dtype == want.dtype == pixels.dtype and got.shape == want.shape == (
+            4 * pixels.shape[0],
+            4 * pixels.shape[1],
+            pixels.shape[2],
+        )
+        top = float(np.iinfo(pixels.dtype).max)
+        mse = float(np.mean((got.astype(np.float64) / top - want.astype(np.float64) / top) ** 2))
+        assert mse == 0 or 10 * np.log10(1 / mse) >= 60, f"{name}: {10 * np.log10(1 / mse):.1f} dB"
+    assert not list((tmp_path / "out").glob(".*.tmp"))

@@ -429,27 +429,47 @@ class _Batch:
                 self.settle(writing[0], writing[1], writing[2], expected)
 
 
+def _commit_ray_output(record: OutputRecord, dst: Path, tmp: str, info: dict[str, Any]) -> None:
+    """Put a Ray node's finished output (``tmp``, beside ``dst``) in place as texup's own, as the local path does:
+    the journal line (with the file's size and mtime, which renames keep) before the rename over ``dst``
+    (:meth:`OutputRecord.writing`). A driver killed before the journal line leaves only temporary files (swept by a
+    later run); after it, an output the next run recognises."""
+    with record.writing(dst, info) as slot:
+        os.replace(tmp, slot)
+
+
 def _execute_on_ray(
     batch: _Batch, todo: list[Planned], model: str, options: UpscaleOptions, address: str | None
 ) -> None:
     """The plan's ``todo`` on a Ray cluster (:func:`texup.cluster.run_on_ray`): sources hashed here (the storage is
-    shared), files upscaled on the nodes, each outcome recorded and printed here as it arrives. A driver killed
-    between a node's write and its record leaves that output unrecorded: the next run refuses to replace it
-    (the safe side) until --overwrite."""
+    shared), files upscaled on the nodes into temporary files, each journalled, renamed, recorded and printed here
+    as it arrives (:func:`_commit_ray_output`): a kill at any moment loses nothing, as on one machine."""
     from tqdm import tqdm
 
-    from texup.cluster import run_on_ray
+    from texup.cluster import RayOutcome, run_on_ray
 
     args = batch.args
     kept: list[tuple[Planned, dict[str, Any]]] = []
+    swept: set[Path] = set()
+    engine = f"ray {args.engine} {args.device}"
     for planned in todo:
         try:
             source = planned.source or source_state(planned.item.src)
-            planned.dst.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             batch.failure(ImageReadError(planned.item.src, f"cannot read: {err.strerror or err}"), planned.item)
             continue
-        kept.append((planned, source))
+        folder = planned.dst.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            batch.failure(
+                ImageWriteError(folder, f"cannot create the output folder: {err.strerror or err}"), planned.item
+            )
+            continue
+        if folder not in swept:  # temp files of an earlier run killed mid-write (an hour old or more)
+            swept.add(folder)
+            remove_stale_temp_files(folder)
+        kept.append((planned, entry_for(batch.settings, source, engine=engine)))
     tasks = [(os.path.abspath(p.item.src), os.path.abspath(p.dst)) for p, _ in kept]
     fields = {
         "scale": options.scale,
@@ -461,15 +481,24 @@ def _execute_on_ray(
     }
     with tqdm(total=len(tasks), unit="file", desc="upscaling on Ray", disable=None, file=sys.stderr) as bar:
 
-        def arrived(outcome: Any) -> None:
-            planned, source = kept[outcome.index]
+        def commit(outcome: RayOutcome) -> None:
+            planned, info = kept[outcome.index]
+            assert outcome.tmp is not None
+            _commit_ray_output(batch.record, planned.dst, outcome.tmp, info)
+
+        def arrived(outcome: RayOutcome) -> None:
+            planned, info = kept[outcome.index]
             if outcome.ok:
-                batch.written(planned, entry_for(batch.settings, source, engine=f"ray {args.engine} {args.device}"))
+                batch.written(planned, info)
             else:
                 batch.failed += 1
                 reason = outcome.error or "failed"
-                prefix = f"{outcome.src}: "
-                batch.fail(planned.item.src, reason[len(prefix) :] if reason.startswith(prefix) else reason)
+                for name in (outcome.src, outcome.dst):  # texup's errors name the file: print it once
+                    if reason.startswith(f"{name}: "):
+                        batch.fail(planned.item.src if name == outcome.src else planned.dst, reason[len(name) + 2 :])
+                        break
+                else:
+                    batch.fail(planned.item.src, reason)
             bar.update(1)
 
         run_on_ray(
@@ -483,6 +512,7 @@ def _execute_on_ray(
             max_pixels=args.max_pixels,
             on_outcome=arrived,
             status=lambda line: tqdm.write(f"texup: {line}", file=sys.stderr),
+            commit=commit,
         )
 
 
@@ -580,6 +610,9 @@ def run(args: argparse.Namespace) -> int:
                 seamless=args.seamless,
                 role=args.role,
             )
+            if upscaler is not None:  # loaded here for its scale (a weights file): known to the next run
+                record.note_model(model_id, scale=upscaler.scale)
+            record.open_journal()
             try:
                 _execute_on_ray(batch, plan.todo, model, options, args.ray or None)
             except RuntimeError as err:  # no Ray, or a cluster without a usable node

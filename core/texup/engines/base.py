@@ -86,6 +86,30 @@ class Engine(Protocol):
         ...
 
 
+@runtime_checkable
+class TileQueue(Protocol):
+    """An engine that runs several tiles at once (the Ray tile engine, :class:`texup.cluster.RayTiles`).
+
+    The pipeline keeps up to ``tiles_in_flight()`` tiles submitted ahead of the one it blends and collects
+    their outputs in submission order, so the tile plan, the blend and the pixels are those of one tile at a
+    time. ``collect_tile`` returns what :meth:`Engine.run_tile` would (owned by the caller) and raises
+    :class:`EngineOutOfMemory` the same way. Local engines do not offer it: one tile at a time, with cancel
+    and progress inside the tile.
+    """
+
+    def tiles_in_flight(self) -> int:
+        """How many tiles to keep submitted (at least 1)."""
+        ...
+
+    def submit_tile(self, x: np.ndarray) -> object:
+        """Start one tile (as :meth:`Engine.run_tile` takes it); returns a handle for :meth:`collect_tile`."""
+        ...
+
+    def collect_tile(self, handle: object) -> np.ndarray:
+        """The output of a submitted tile (waits for it)."""
+        ...
+
+
 class CancelPoller:
     """Polls a cancel callback at most every ``interval`` seconds; raises :class:`Cancelled` when it says so.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 import struct
 import zlib
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import create_temp, fsync_folder
 from ..errors import ImageWriteError
 from . import _exr, _pillow, _png, _tiff
 from ._common import FORMAT_NAMES
@@ -86,35 +86,20 @@ def _encode(target: Path, format: str, pixels: np.ndarray, extra: dict[str, Any]
 
 
 def _create_temp(path: Path) -> Path:
-    """Create an empty, uniquely named file next to ``path`` with ordinary permissions (umask applies)."""
+    """:func:`texup._atomic.create_temp` with its failures as one-line :class:`ImageWriteError` naming ``path``."""
     folder = path.parent
-    for _ in range(16):
-        temp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
-            continue
-        except FileNotFoundError:
-            raise ImageWriteError(path, f"folder does not exist: {folder}") from None
-        except NotADirectoryError:
-            raise ImageWriteError(path, f"not a folder: {folder}") from None
-        except PermissionError:
-            raise ImageWriteError(path, f"permission denied writing in {folder}") from None
-        except OSError as exc:
-            raise ImageWriteError(path, f"cannot create a file in {folder} ({exc.strerror or exc})") from exc
-        os.close(fd)
-        return temp
-    raise ImageWriteError(path, f"cannot create a temporary file in {folder}")
-
-
-def _fsync_folder(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return create_temp(path)
+    except FileNotFoundError:
+        raise ImageWriteError(path, f"folder does not exist: {folder}") from None
+    except NotADirectoryError:
+        raise ImageWriteError(path, f"not a folder: {folder}") from None
+    except PermissionError:
+        raise ImageWriteError(path, f"permission denied writing in {folder}") from None
+    except FileExistsError:
+        raise ImageWriteError(path, f"cannot create a temporary file in {folder}") from None
+    except OSError as exc:
+        raise ImageWriteError(path, f"cannot create a file in {folder} ({exc.strerror or exc})") from exc
 
 
 def write_image(
@@ -181,7 +166,7 @@ def write_image(
         except OSError as exc:
             raise ImageWriteError(target, f"cannot replace the file ({exc.strerror or exc})") from exc
         done = True
-        _fsync_folder(target.parent)
+        fsync_folder(target.parent)
     finally:
         if not done:
             temp.unlink(missing_ok=True)

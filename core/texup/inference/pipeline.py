@@ -1,47 +1,34 @@
 """Image in, image out: role and alpha policies around tiled, blended model passes.
 
-:class:`Upscaler` is what the CLI, the Python API and the Blender worker call. One call of
-:meth:`Upscaler.upscale_array` goes:
+:class:`Upscaler` is what the CLI, the Python API, the Blender worker and the Ray driver call. One call of
+:meth:`Upscaler.upscale_array`: pixels -> float32; colour and alpha split (gray replicated to RGB), colour bled
+under fully transparent pixels, the role's transform into the model's sRGB [0, 1] domain (:mod:`.policy`); one
+or more tiled model passes (overlap, exact blend weights, wrap-around when seamless, out-of-memory -> smaller
+tiles), antialiased resampling to the exact output size; the inverse transform; alpha upscaled separately
+(passed through when constant); back to the input's dtype. Every whole-image decision is made here, once; an
+engine only turns one tile into its upscaled tile (one at a time, or several in flight for a
+:class:`~texup.engines.base.TileQueue` engine, collected in plan order: the same pixels).
 
-1. pixels (any supported dtype) -> float32 (:func:`texup.imageio.to_float32`);
-2. split colour and alpha; gray (1-2 channels) is replicated to RGB for the model and averaged back;
-3. colour under fully transparent pixels is bled outward from visible ones (:func:`policy.bleed_colour`);
-4. the role's transform into the model's sRGB [0, 1] domain (:mod:`texup.inference.policy`);
-5. one or more tiled model passes (overlap, raised-cosine blend, wrap-around for seamless textures,
-   out-of-memory -> smaller tiles), then antialiased cubic resampling to the exact output size;
-6. the role's inverse transform; alpha upscaled separately (or passed through when constant);
-7. back to the input's dtype (:func:`texup.imageio.from_float32`).
-
-Memory. Steps 5-7 stream: the last model pass blends tiles, in raster order, into a float32 band one tile
-row high, and hands finished rows through the inverse transform straight into the output array of the
-input's dtype (:meth:`Upscaler._stream_pass`). At the model's own scale no float copy of the whole output
-exists; peak memory is the output, float copies of the *input* (16 bytes per input pixel), one band
-(``(tile + overlap) * scale`` rows of the pass's output width, float32 RGB) and the network's activations
-for one tile. Other scales (x2 from a x4 model) resample the band's rows as they come
-(:class:`~texup.inference.resample.RowResampler`). Extra passes (scales above the model's) read the
-previous pass's rows as they come (:class:`_RowWindow`), except with wrap-around, where the next pass's
-first tiles need the previous pass's last rows and a float32 canvas of the intermediate image is kept.
-Figures: docs/benchmarks.md.
-
-Alpha policy. A constant alpha channel is passed through (the exact stored value, at the output size). A
-varying alpha is upscaled through the model as a gray image (replicated to RGB, averaged back). Measured on
-a matte made from a real photo, downscaled x4 and upscaled back (x4plus vs antialiased cubic, figures in
-docs/benchmarks.md): the model wins on hard cut-out edges (foliage, fences, decals — the common case in
-textures), cubic on soft gradient mattes; one more pass over the image.
+Memory: the last pass streams blended tile rows into the output array of the input's dtype (a band one tile
+row high); extra passes read the previous pass's rows as they come (:class:`_RowWindow`), except with
+wrap-around (a float32 canvas of the intermediate image). Figures, and the alpha-through-the-model
+measurement: docs/benchmarks.md (sections 2 and 9).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from texup.engines.base import Cancelled, Engine, EngineOutOfMemory
+from texup.engines.base import Cancelled, Engine, EngineOutOfMemory, TileQueue
 from texup.errors import ImageWriteError, TexupError
 from texup.imageio import from_float32, read_image, to_float32, write_image
 from texup.inference import policy
@@ -195,6 +182,15 @@ class _RowWindow:
 
 
 ArrayLike = np.ndarray | _RowWindow
+
+
+def _context(x: ArrayLike, t: Tile) -> np.ndarray:
+    """What the model sees of tile ``t``: its context, as an (h, w, 3) float32 array of its own."""
+    if isinstance(x, _RowWindow):  # never wraps (see Upscaler._upscale_rgb): the context lies inside the image
+        context = x[t.cy0 : t.cy1, t.cx0 : t.cx1]
+    else:
+        context = take_wrapped(x, t.cy0, t.cy1, t.cx0, t.cx1)
+    return np.repeat(context, 3, axis=2) if context.shape[2] == 1 else context
 
 
 def refuse_overwrite(src: Path, dst: Path) -> None:
@@ -408,10 +404,9 @@ class Upscaler:
                 source = self._tiled_pass(source, tile, overlap, wrap, job, top_level=True)
             else:  # the next pass reads this one's rows as they are blended
                 source = _RowWindow(self._pass_rows(source, tile, overlap, wrap, job, top_level=True), h * s, w * s)
-        x = source
-        h, w = x.shape[:2]
+        h, w = source.shape[:2]
         if (h * s, w * s) == (out_h, out_w):
-            self._stream_pass(x, tile, overlap, wrap, job, sink, top_level=True)
+            self._stream_pass(source, tile, overlap, wrap, job, sink, top_level=True)
             return
 
         def clipped(block: np.ndarray, row0: int) -> None:
@@ -419,11 +414,11 @@ class Upscaler:
             sink(block, row0)
 
         resampler = RowResampler(h * s, out_h, out_w, clipped, wrap=wrap, block=_ROW_BLOCK)
-        self._stream_pass(x, tile, overlap, wrap, job, resampler, top_level=True)
+        self._stream_pass(source, tile, overlap, wrap, job, resampler, top_level=True)
         resampler.finish()
 
     def _tiled_pass(
-        self, x: np.ndarray, tile: int, overlap: int, wrap: bool, job: _Job, *, top_level: bool
+        self, x: ArrayLike, tile: int, overlap: int, wrap: bool, job: _Job, *, top_level: bool
     ) -> np.ndarray:
         """One model pass over ``x`` in blended tiles, collected into a float32 canvas of the pass's output size."""
         s = self.engine.scale
@@ -489,6 +484,7 @@ class Upscaler:
                         yield block[r - u0 : min(end, r + _ROW_BLOCK) - u0], r
                 pos = end
 
+        outputs = self._tile_outputs(x, [t for r in tile_rows for t in r], job, top_level=top_level)
         band_lo = band_hi = tile_rows[0][0].by0 * s  # unwrapped output rows held in band[: band_hi - band_lo]
         for row in tile_rows:
             b0, b1 = row[0].by0 * s, row[0].by1 * s
@@ -501,11 +497,7 @@ class Upscaler:
             band_lo, band_hi = b0, b1
             acc = band[: b1 - b0]
             for t in row:
-                job.check_cancel()
-                context = take_wrapped(x, t.cy0, t.cy1, t.cx0, t.cx1)
-                if context.shape[2] == 1:
-                    context = np.repeat(context, 3, axis=2)
-                y = self._run_guarded(context, job, top_level=top_level)
+                y = next(outputs)
                 oy, ox = (t.by0 - t.cy0) * s, (t.bx0 - t.cx0) * s
                 bh, bw = (t.by1 - t.by0) * s, (t.bx1 - t.bx0) * s
                 region = y[oy : oy + bh, ox : ox + bw]
@@ -521,16 +513,53 @@ class Upscaler:
             yield seam[:rs], out_h - rs
             yield seam[rs:], 0
 
-    def _run_guarded(self, x: np.ndarray, job: _Job, *, top_level: bool = True) -> np.ndarray:
+    def _tile_outputs(self, x: ArrayLike, tiles: list[Tile], job: _Job, *, top_level: bool) -> Iterator[np.ndarray]:
+        """The model's output for each tile's context, in plan order (cancel checked before each tile).
+
+        An engine that is a :class:`~texup.engines.base.TileQueue` gets up to ``tiles_in_flight()`` tiles
+        submitted ahead (a tile larger than an earlier out-of-memory error allows is not submitted but split when
+        its turn comes); any other engine runs one tile at a time.
+        """
+        engine = self.engine
+        if not isinstance(engine, TileQueue):
+            for t in tiles:
+                job.check_cancel()
+                yield self._run_guarded(_context(x, t), job, top_level=top_level)
+            return
+        queue: TileQueue = engine
+        pending: deque[tuple[np.ndarray, object | None]] = deque()
+        submitted = 0
+        for _ in tiles:
+            while submitted < len(tiles) and len(pending) < max(1, queue.tiles_in_flight()):
+                job.check_cancel()
+                context = _context(x, tiles[submitted])
+                submitted += 1
+                fits = max(context.shape[:2]) <= job.max_side
+                pending.append((context, queue.submit_tile(context) if fits else None))
+            context, handle = pending.popleft()
+            run = None if handle is None else functools.partial(queue.collect_tile, handle)
+            yield self._run_guarded(context, job, top_level=top_level, run=run)
+
+    def _run_guarded(
+        self,
+        x: np.ndarray,
+        job: _Job,
+        *,
+        top_level: bool = True,
+        run: Callable[[], np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Run the model on one context tile; on out-of-memory, split it into smaller blended tiles.
 
         :class:`~texup.engines.base.EngineOutOfMemory` (never a message match) halves the core tile size, down to
         :data:`MIN_TILE`; the smaller size is remembered for the rest of the call, so later tiles are split
-        up front instead of failing first. Below the minimum, :class:`TileOutOfMemoryError` is raised.
+        up front instead of failing first. Below the minimum, :class:`TileOutOfMemoryError` is raised. ``run``
+        collects a tile already submitted to a :class:`~texup.engines.base.TileQueue` engine instead.
         """
         h, w = x.shape[:2]
         if max(h, w) <= job.max_side:
             try:
+                if run is not None:
+                    return run()
                 step = job.step if top_level else None
                 return self.engine.run_tile(x, cancel=job.cancel, step=step)
             except EngineOutOfMemory as err:
