@@ -175,7 +175,7 @@ def test_software_vulkan_is_never_an_auto_candidate(monkeypatch):
 
 def test_auto_measures_once_keeps_the_fastest_and_reuses_the_choice(monkeypatch, tmp_path):
     monkeypatch.setenv("TEXUP_HOME", str(tmp_path))
-    monkeypatch.setattr(select, "machine_load", lambda: 0.1)  # a quiet machine
+    monkeypatch.setattr(select, "others_load", lambda *a, **k: 0.05)  # a quiet machine
     pool = [Candidate("torch", "cpu", "fp32"), Candidate("ncnn", "cpu")]
     monkeypatch.setattr(select, "candidates", lambda: list(pool))
     timed: list[str] = []
@@ -209,7 +209,7 @@ def test_auto_measures_once_keeps_the_fastest_and_reuses_the_choice(monkeypatch,
 def test_a_burst_of_load_during_one_round_does_not_decide_the_engine(monkeypatch, tmp_path):
     """Each candidate keeps its fastest round: a candidate slowed in one round by another program still wins."""
     monkeypatch.setenv("TEXUP_HOME", str(tmp_path))
-    monkeypatch.setattr(select, "machine_load", lambda: 0.1)
+    monkeypatch.setattr(select, "others_load", lambda *a, **k: 0.05)
     monkeypatch.setattr(select, "candidates", lambda: [Candidate("torch", "cpu", "fp32"), Candidate("ncnn", "cpu")])
     rounds = {"torch": iter([2.0, 2.1, 2.0]), "ncnn": iter([9.0, 1.0, 1.1])}  # ncnn's first round hit a burst
     monkeypatch.setattr(select, "time_engine", lambda engine, **_: next(rounds[engine.name]))
@@ -227,16 +227,16 @@ def test_a_choice_measured_on_a_busy_machine_is_measured_again_once_it_is_quiet(
         return fake_times[engine.name]
 
     monkeypatch.setattr(select, "time_engine", fake_time)
-    load = [1.5]
-    monkeypatch.setattr(select, "machine_load", lambda: load[0])
+    load = [0.75]
+    monkeypatch.setattr(select, "others_load", lambda *a, **k: load[0])
     lines: list[str] = []
     assert open_engine("realesr-animevideov3", status=lines.append).name == "torch"
-    assert any("busy" in line for line in lines)
+    assert any("measured again when the machine is quieter" in line for line in lines)
     (entry,) = json.loads((tmp_path / "engines.json").read_text())[select.machine_key()].values()
-    assert entry["busy"] is True and entry["load_per_cpu"] == 1.5
+    assert entry["busy"] is True and entry["others_load"] == 0.75
     timed.clear()
     assert open_engine("realesr-animevideov3").name == "torch" and timed == []  # still busy: the record is used
-    load[0], fake_times["ncnn"] = 0.2, 0.5
+    load[0], fake_times["ncnn"] = 0.1, 0.5
     assert open_engine("realesr-animevideov3").name == "ncnn" and timed  # quiet now: measured again
     (entry,) = json.loads((tmp_path / "engines.json").read_text())[select.machine_key()].values()
     assert entry["busy"] is False and entry["choice"] == "ncnn/cpu/auto"
@@ -246,12 +246,12 @@ def test_a_choice_measured_on_a_busy_machine_is_measured_again_once_it_is_quiet(
 
 def test_a_single_run_record_of_an_older_texup_is_measured_again_when_quiet(monkeypatch, tmp_path):
     monkeypatch.setenv("TEXUP_HOME", str(tmp_path))
-    monkeypatch.setattr(select, "machine_load", lambda: 0.0)
+    monkeypatch.setattr(select, "others_load", lambda *a, **k: 0.0)
     old = {"choice": "torch/cpu/fp32", "seconds_per_mpx": {"torch/cpu/fp32": 70.0, "ncnn/cpu/auto": 89.0}}
     key = select._request_key("realesr-animevideov3", "auto", "auto")
     (tmp_path / "engines.json").write_text(json.dumps({select.machine_key(): {key: old}}))
     assert select.cached_choice("realesr-animevideov3") is None
-    monkeypatch.setattr(select, "machine_load", lambda: 2.0)
+    monkeypatch.setattr(select, "others_load", lambda *a, **k: 0.9)
     assert select.cached_choice("realesr-animevideov3") == Candidate("torch", "cpu", "fp32")
 
 
@@ -386,3 +386,23 @@ def test_ncnn_threads_follow_omp_num_threads_as_schedulers_set_it(monkeypatch):
     assert open_engine("realesr-animevideov3", engine="ncnn", device="cpu").threads == max(
         1, ncnn.get_physical_big_cpu_count()
     )
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="others_load reads /proc/stat (Linux)")
+def test_others_load_sees_another_program_on_the_cpus_and_not_this_process():
+    import subprocess
+    import time
+
+    cores = os.cpu_count() or 1
+    before = select.cpu_sample()
+    end = time.perf_counter() + 0.5
+    while time.perf_counter() < end:  # this process spinning: not "other programs"
+        pass
+    assert select.others_load(before) < 0.5 / cores
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert select.others_load(window=0.5) > 0.6 / cores  # one core of the machine, busy
+    finally:
+        spinner.kill()
+        spinner.wait()

@@ -31,10 +31,12 @@ CALIBRATION_TILE = 48
 #: Timed rounds per calibration: every candidate once per round, in turn, each keeping its fastest round, so a
 #: burst of load from another program slows one round of every candidate rather than all of one candidate.
 CALIBRATION_ROUNDS = 3
-#: A calibration started while the machine's 1-minute load average per CPU was above this is provisional: it is
-#: used, and measured again on the first use when the machine is quieter (a busy machine can reverse the order:
-#: engines with spinning thread pools suffer more from sharing the cores than others).
-BUSY_LOAD = 0.5
+#: A calibration during which other programs used more than this share of all CPUs is provisional: it is used,
+#: and measured again on the first use when the machine is quieter (a busy machine can reverse the order: engines
+#: with spinning thread pools suffer more from sharing the cores than others).
+BUSY_SHARE = 0.25
+#: How long :func:`others_load` watches the CPUs when asked about "now".
+LOAD_WINDOW_S = 0.2
 CALIBRATION_FILE = "engines.json"
 #: ``status(message)``: one line per calibration step (the CLI prints them, the worker sends them).
 StatusCallback = Callable[[str], None]
@@ -159,10 +161,45 @@ def _request_key(model: Any, device: str, precision: str) -> str:
     return f"{_model_key(model)}|device={device}|precision={precision}"
 
 
-def machine_load() -> float | None:
-    """The 1-minute load average per logical CPU (None where the system does not report one, e.g. Windows)."""
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds so far: ``busy`` and ``total`` summed over all CPUs (/proc/stat), ``own`` of this process."""
+
+    busy: float
+    total: float
+    own: float
+
+
+def cpu_sample() -> CpuSample | None:
+    """The machine's and this process's CPU time now (Linux: /proc/stat), else None."""
     try:
-        return os.getloadavg()[0] / (os.cpu_count() or 1)
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+        ticks = float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 5:
+        return None
+    values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
+    idle = values[3] + values[4]
+    times = os.times()
+    return CpuSample((sum(values) - idle) / ticks, sum(values) / ticks, times.user + times.system)
+
+
+def others_load(since: CpuSample | None = None, *, window: float = LOAD_WINDOW_S) -> float | None:
+    """The share of all CPUs (0..1) that other programs used since ``since`` (None: over the next ``window``
+    seconds); this process's own threads do not count. Without /proc/stat: the 1-minute load average per CPU
+    (which does count this process), capped at 1; None where neither exists (Windows)."""
+    if since is None:
+        since = cpu_sample()
+        if since is not None:
+            time.sleep(window)
+    now = cpu_sample()
+    if since is not None and now is not None and now.total > since.total:
+        others = (now.busy - since.busy) - (now.own - since.own)
+        return min(1.0, max(0.0, others / (now.total - since.total)))
+    try:
+        return min(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
     except (AttributeError, OSError):
         return None
 
@@ -185,8 +222,8 @@ def cached_choice(model: Any, device: str = "auto", precision: str = "auto") -> 
     if not isinstance(entry, dict):
         return None
     if _provisional(entry):
-        load = machine_load()
-        if load is None or load <= BUSY_LOAD:
+        load = others_load()
+        if load is None or load <= BUSY_SHARE:
             return None
     engine, _, rest = str(entry.get("choice", "")).partition("/")
     dev, _, prec = rest.partition("/")
@@ -219,11 +256,12 @@ def calibrate(
 ) -> tuple[Engine, dict[str, float]]:
     """Open every candidate in ``pool`` (default: all) for ``model``, time them on one small tile in
     :data:`CALIBRATION_ROUNDS` interleaved rounds (each keeps its fastest), cache the winner; return it and the
-    seconds per output megapixel of each. The record says how busy the machine was (:data:`BUSY_LOAD`).
+    seconds per output megapixel of each. The record says how much of the machine other programs used meanwhile
+    (:data:`BUSY_SHARE`).
 
     Candidates that fail to open or to run (an engine that cannot run this model) are skipped with a status line.
     """
-    load = machine_load()
+    started = cpu_sample()
     times: dict[str, float] = {}
     errors: dict[str, str] = {}
     pool = candidates() if pool is None else pool
@@ -249,9 +287,13 @@ def calibrate(
         for cand, _ in opened:
             status(f"engine {cand.key}: {times[cand.key]:.2f} s per output megapixel")
     choice, winner = min(opened, key=lambda pair: times[pair[0].key])
-    busy = load is not None and load > BUSY_LOAD
+    load = others_load(started)
+    busy = load is not None and load > BUSY_SHARE
     if busy and status is not None:
-        status(f"the machine is busy (load {load:.1f} per CPU): this choice will be measured again when it is quiet")
+        status(
+            f"other programs used {load:.0%} of the CPUs meanwhile: this choice will be measured again when the "
+            "machine is quieter"
+        )
     data = read_calibration()
     data.setdefault(machine_key(), {})[_request_key(model, *request)] = {
         "choice": choice.key,
@@ -260,7 +302,7 @@ def calibrate(
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "tile": CALIBRATION_TILE,
         "rounds": CALIBRATION_ROUNDS,
-        "load_per_cpu": None if load is None else round(load, 2),
+        "others_load": None if load is None else round(load, 2),
         "busy": busy,
         "pool": [c.key for c in pool],
     }
