@@ -19,12 +19,13 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
 from texup.imageio import Image, format_for_path, read_image, write_image
-from texup.inference.pipeline import refuse_overwrite
+from texup.inference.pipeline import UpscaleOptions, refuse_overwrite
 from texup.library import (
     GLOB_CHARS,
     NEW,
@@ -50,7 +51,7 @@ from texup.outputs import OutputRecord
 from texup.weights.cache import remove_stale_temp_files
 
 if TYPE_CHECKING:
-    from texup.inference.pipeline import UpscaleOptions, Upscaler
+    from texup.inference.pipeline import Upscaler
 
 __all__ = [
     "GLOB_CHARS",
@@ -522,22 +523,56 @@ def tqdm_write(line: str) -> None:
     tqdm.write(line)
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class _Stop(Exception):
+    """Ends the command early with exit code ``code`` (what went wrong is printed already)."""
 
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _say_error(err: object) -> None:
+    print(f"texup: error: {err}", file=sys.stderr)
+
+
+@dataclass
+class _Prepared:
+    """What :func:`_prepare` decided: the plan and what executing it needs."""
+
+    plan: Plan
+    record: OutputRecord
+    settings: Settings
+    model: str
+    model_id: str
+    options: UpscaleOptions
+    problems: int  # inputs that could not be expanded (already reported)
+    upscaler: Upscaler | None  # opened while planning when a weights file's scale names the outputs
+
+
+def _open_upscaler(args: argparse.Namespace, model: str) -> Upscaler:
+    import texup.api as api
+
+    return api.get_upscaler(
+        model,
+        engine=args.engine,
+        device=args.device,
+        precision=args.precision,
+        layout=args.layout,
+        status=lambda line: print(f"texup: {line}", file=sys.stderr),
+    )
+
+
+def _prepare(args: argparse.Namespace, fail: Callable[[object, str], None]) -> _Prepared:
+    """Validate the options, expand the inputs (``--shard``), identify the model and plan every output
+    (:func:`texup.library.make_plan`). Raises :class:`_Stop` when there is nothing to plan."""
     import texup
     import texup.api as api
-    from texup.inference.pipeline import UpscaleOptions
-
-    def fail(name: object, reason: str) -> None:
-        tqdm.write(f"texup: error: {name}: {reason}", file=sys.stderr)
 
     try:
         target = _validate(args)
     except (ValueError, TexupError) as err:
         print(f"texup upscale: error: {err}", file=sys.stderr)
-        return 2
-
+        raise _Stop(2) from None
     items, problems = expand_inputs(args.inputs, recursive=args.recursive)
     items = take_shard(items, args.shard)
     for problem in problems:
@@ -545,34 +580,23 @@ def run(args: argparse.Namespace) -> int:
     if not items:
         if args.shard is not None and not problems:
             print(f"texup: shard {args.shard[0]}/{args.shard[1]} holds none of these inputs", file=sys.stderr)
-            return 0
-        return 1
+            raise _Stop(0)
+        raise _Stop(1)
 
     model = os.fspath(args.model or api.DEFAULT_MODEL)
     record = OutputRecord(args.out_dir)  # what earlier runs wrote here, and from what
     upscaler: Upscaler | None = None
-
-    def open_upscaler() -> Upscaler:
-        return api.get_upscaler(
-            model,
-            engine=args.engine,
-            device=args.device,
-            precision=args.precision,
-            layout=args.layout,
-            status=lambda line: print(f"texup: {line}", file=sys.stderr),
-        )
-
     try:
         model_id = model_identity(model, record)
         scale = args.scale
         if scale is None and "{scale}" in args.suffix:
             scale = _known_scale(model, model_id, record)
             if scale is None:  # a weights file this folder has not seen: its scale is in the weights
-                upscaler = open_upscaler()
+                upscaler = _open_upscaler(args, model)
                 scale = upscaler.scale
     except (TexupError, ValueError, OSError) as err:
-        print(f"texup: error: {err}", file=sys.stderr)
-        return 1
+        _say_error(err)
+        raise _Stop(1) from None
     settings = Settings(
         out_dir=args.out_dir,
         suffix=args.suffix.replace("{scale}", scale_label(scale) if scale else ""),
@@ -584,67 +608,88 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         force=args.force,
     )
+    options = UpscaleOptions(
+        scale=args.scale,
+        target_size=target,
+        tile=args.tile,
+        overlap=args.overlap,
+        seamless=args.seamless,
+        role=args.role,
+    )
     plan = make_plan(items, settings, record)
-    if args.dry_run:
-        for src, reason in plan.refused:
-            fail(src, reason)
-        _print_plan(plan, args.out_dir)
-        return 1 if plan.refused or problems else 0
-    for src, reason in plan.refused:
-        fail(src, reason)
-    for planned in plan.skipped:
-        tqdm.write(f"{planned.item.src} -> {planned.dst} (exists, skipped)")
+    return _Prepared(plan, record, settings, model, model_id, options, len(problems), upscaler)
 
-    start = time.monotonic()
-    batch = _Batch(args, record, settings, fail)
+
+def _execute(args: argparse.Namespace, prep: _Prepared, batch: _Batch) -> None:
+    """Run the plan: refresh the records of touched-but-unchanged sources, then upscale what it says, on Ray
+    (``--ray``) or here. Raises :class:`_Stop` when no model or cluster can run it."""
+    record, todo = prep.record, prep.plan.todo
+    for dst, entry in prep.plan.refresh:
+        if record.entry(dst) is not None:
+            record.put(str(record.key(dst)), entry)
+    if not todo:
+        return
+    upscaler = prep.upscaler
+    if args.ray is None and upscaler is None:
+        try:
+            upscaler = _open_upscaler(args, prep.model)
+        except (TexupError, ValueError) as err:
+            _say_error(err)
+            raise _Stop(1) from None
+    if upscaler is not None:  # known to the next run (a weights file's scale names its outputs)
+        record.note_model(prep.model_id, scale=upscaler.scale)
+    record.open_journal()
+    if args.ray is None:
+        assert upscaler is not None
+        batch.execute(todo, upscaler, prep.options)
+        return
     try:
-        for dst, entry in plan.refresh:
-            if record.entry(dst) is not None:
-                record.put(str(record.key(dst)), entry)
-        if plan.todo and args.ray is not None:
-            options = UpscaleOptions(
-                scale=args.scale,
-                target_size=target,
-                tile=args.tile,
-                overlap=args.overlap,
-                seamless=args.seamless,
-                role=args.role,
-            )
-            if upscaler is not None:  # loaded here for its scale (a weights file): known to the next run
-                record.note_model(model_id, scale=upscaler.scale)
-            record.open_journal()
-            try:
-                _execute_on_ray(batch, plan.todo, model, options, args.ray or None)
-            except RuntimeError as err:  # no Ray, or a cluster without a usable node
-                print(f"texup: error: {err}", file=sys.stderr)
-                return 1
-        elif plan.todo:
-            if upscaler is None:
-                try:
-                    upscaler = open_upscaler()
-                except (TexupError, ValueError) as err:
-                    print(f"texup: error: {err}", file=sys.stderr)
-                    return 1
-            record.note_model(model_id, scale=upscaler.scale)
-            record.open_journal()
-            options = UpscaleOptions(
-                scale=args.scale,
-                target_size=target,
-                tile=args.tile,
-                overlap=args.overlap,
-                seamless=args.seamless,
-                role=args.role,
-            )
-            batch.execute(plan.todo, upscaler, options)
-    finally:
-        record.close()  # also when interrupted: what was written stays known as texup's
+        _execute_on_ray(batch, todo, prep.model, prep.options, args.ray or None)
+    except RuntimeError as err:  # no Ray, or a cluster without a usable node
+        _say_error(err)
+        raise _Stop(1) from None
 
-    failed = batch.failed + len(plan.refused) + len(problems)
+
+def _summary(args: argparse.Namespace, prep: _Prepared, batch: _Batch, seconds: float) -> int:
+    """Print the run's one-line summary; the exit code (1 when anything failed)."""
+    plan = prep.plan
+    failed = batch.failed + len(plan.refused) + prep.problems
     redone = f"{batch.redone} changed and redone"
     if batch.redone_why:
         redone += " (" + ", ".join(f"{n} {why}" for why, n in sorted(batch.redone_why.items())) + ")"
     summary = f"texup: {batch.new} upscaled, {len(plan.current)} up to date, {redone}, {failed} failed"
     if plan.skipped:
         summary += f", {len(plan.skipped)} skipped (exist)"
-    print(f"{summary} into {args.out_dir} ({time.monotonic() - start:.1f} s)", file=sys.stderr)
+    print(f"{summary} into {args.out_dir} ({seconds:.1f} s)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """``texup upscale``: plan (:func:`_prepare`), report what is refused or skipped, execute, summarise."""
+    from tqdm import tqdm
+
+    def fail(name: object, reason: str) -> None:
+        tqdm.write(f"texup: error: {name}: {reason}", file=sys.stderr)
+
+    try:
+        prep = _prepare(args, fail)
+    except _Stop as stop:
+        return stop.code
+    plan = prep.plan
+    for src, reason in plan.refused:
+        fail(src, reason)
+    if args.dry_run:
+        _print_plan(plan, args.out_dir)
+        return 1 if plan.refused or prep.problems else 0
+    for planned in plan.skipped:
+        tqdm.write(f"{planned.item.src} -> {planned.dst} (exists, skipped)")
+
+    start = time.monotonic()
+    batch = _Batch(args, prep.record, prep.settings, fail)
+    try:
+        _execute(args, prep, batch)
+    except _Stop as stop:
+        return stop.code
+    finally:
+        prep.record.close()  # also when interrupted: what was written stays known as texup's
+    return _summary(args, prep, batch, time.monotonic() - start)
