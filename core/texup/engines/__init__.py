@@ -1,7 +1,9 @@
 """Engines: what runs the network on one tile, behind one small protocol (:class:`~texup.engines.base.Engine`).
 
-* :mod:`~texup.engines.base` — the protocol, cancel polling, engine errors (numpy only);
-* :mod:`~texup.engines.torch_engine` — torch on CPU/CUDA/MPS, bf16/fp16, memory layout (imports torch);
+* :mod:`~texup.engines.base` — the protocol (and :class:`~texup.engines.base.TileQueue`, several tiles in flight),
+  cancel polling, engine errors (numpy only);
+* :mod:`~texup.engines.torch_engine` — torch on CPU/CUDA/MPS, bf16/fp16, memory layout as :mod:`texup.devices`
+  chooses them (imports torch);
 * :mod:`~texup.engines.ncnn_engine` — ncnn on the CPU or any Vulkan GPU (imports ncnn, never torch);
 * :mod:`~texup.engines.ncnn_export` — texup's own writer of ncnn ``.param``/``.bin`` files (numpy only);
 * :mod:`~texup.engines.ncnn_models` — which ncnn files run a model (packaged, or exported and cached);

@@ -3,8 +3,9 @@
 ``train(config, progress=cb, cancel=cb)`` runs one training stage as described by a
 :class:`TrainConfig` (see :mod:`texup.training.config`); it is what the CLI and the Blender worker
 call. Heavy modules (torch, data loading) are imported on first use of these names. Everything in this package
-uses torch (install the ``torch`` extra); nothing outside it imports it except the torch engine, the archs and the
-torch weight readers (tests/test_boundaries.py).
+uses torch (install the ``torch`` extra); nothing outside it imports it except the torch engine, ``texup.devices``
+(device and precision choice, shared with inference), the archs' modules and the torch weight readers
+(tests/test_boundaries.py).
 """
 
 from __future__ import annotations
