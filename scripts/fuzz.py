@@ -1020,6 +1020,7 @@ def run_worker_fuzz(lines: list[bytes], work: Path, *, line_timeout: float = 60.
                 if not e.get("traceback"):
                     continue
                 tracebacks += 1
+                print(f"  traceback on line {i}: {e.get('kind')}: {str(e.get('message', ''))[:200]}", file=sys.stderr)
                 if job_id is None:
                     problems.append(
                         f"line {i}: error {e.get('kind')}: {e.get('message', '')[:160]} came with a "

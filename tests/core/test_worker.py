@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -524,6 +525,13 @@ def test_train_errors_end_the_job_not_the_worker(worker, tiny_model, tmp_path):
     errors = [e for e in events if isinstance(e, Error) and e.id == job_id]
     assert errors and str(empty) in errors[0].message and "no usable training images" in errors[0].message
     assert (events[-1].ok, events[-1].failed, events[-1].cancelled) == (0, 1, False)
+
+    # A data folder that is not there: one line naming it, no traceback (found by scripts/fuzz.py).
+    missing = tmp_path / "no-data"
+    job_id = _train(worker, replace(job, data_dir=str(missing)), TINY_TRAIN_CONFIG)
+    events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
+    (error,) = [e for e in events if isinstance(e, Error) and e.id == job_id]
+    assert str(missing) in error.message and "no such folder" in error.message and not error.traceback
 
     # A malformed train message: an error naming the field, then done, and the worker goes on.
     worker._write({"type": "train", "id": "bad", "data_dir": str(empty), "out_dir": str(tmp_path), "steps": 0})

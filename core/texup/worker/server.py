@@ -303,8 +303,11 @@ class WorkerServer:
                 upscaler = self._upscaler(request)
             except (TexupError, OSError, ValueError, RuntimeError) as err:
                 log.error("job %s: cannot load the model: %s", job_id, err)
-                # texup's own errors and bad values say what is wrong in one line; anything else keeps its traceback
-                self._send_error(job_id, None, err, with_traceback=not isinstance(err, (TexupError, ValueError)))
+                # texup's own errors, bad values and file-system errors (they name the file) say what is wrong in one
+                # line; anything else keeps its traceback
+                self._send_error(
+                    job_id, None, err, with_traceback=not isinstance(err, (TexupError, ValueError, OSError))
+                )
                 failed = count
         opts = request.options
         for index, item in enumerate(request.items):
@@ -354,8 +357,11 @@ class WorkerServer:
                 outcome = self._train(request)
             except (TexupError, OSError, ValueError, RuntimeError) as err:
                 log.error("train %s: %s", job_id, err)
-                # A FileError names the file and the reason: the traceback adds nothing for the user.
-                self._send_error(job_id, None, err, with_traceback=not isinstance(err, (FileError, ValueError)))
+                # A FileError or an OSError names the file and the reason (a missing data folder, a full disk): the
+                # traceback adds nothing for the user. A RuntimeError (torch) keeps it.
+                self._send_error(
+                    job_id, None, err, with_traceback=not isinstance(err, (FileError, ValueError, OSError))
+                )
                 failed = 1
             except Exception as err:  # noqa: BLE001 -- reported with its traceback; the worker serves on
                 log.exception("train %s failed", job_id)
