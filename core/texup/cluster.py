@@ -171,6 +171,14 @@ class _Upscaling:
             return self.node, None
 
 
+def engine_key(info: dict[str, Any]) -> tuple[str, str, str, int, str]:
+    """What must agree for actors to share one image's tiles (:meth:`_Upscaling.engine_info`): engine, precision,
+    device kind, scale and model. ``--engine auto`` may pick different engines on different nodes; tiles of
+    engines that differ would differ in their last bits, so such actors never share an image."""
+    device = str(info["device"]).split(":", 1)[0]
+    return (str(info["name"]), str(info["precision"]), device, int(info["scale"]), str(info["model_name"]))
+
+
 class _Worker:
     """One actor of a split and its tile calls not known to be finished."""
 
@@ -215,6 +223,8 @@ class RayTiles:
         self.model_name = str(info["model_name"])
         self._device = str(info["device"])
         self._describe = dict(info.get("describe") or {})
+        #: :func:`engine_key` of the actors of this group (an actor joining must have the same).
+        self.key = engine_key(info)
         #: Tiles of the image not yet done (from the pipeline's progress): idle actors join the split with most.
         self.left = 0
 
@@ -463,7 +473,13 @@ def run_on_ray(
     inflight: dict[Any, tuple[Any, int]] = {}
     splits: dict[Future[RayOutcome], tuple[RayTiles, int]] = {}
     idle = list(actors)
-    info: dict[str, Any] = {}  # an actor's engine_info, asked once a split is possible
+    engines: dict[int, dict[str, Any]] = {}  # id(actor) -> its engine_info, asked once a split is possible
+
+    def engine_of(actor: Any) -> dict[str, Any]:
+        if id(actor) not in engines:
+            engines[id(actor)] = ray.get(actor.engine_info.remote())
+        return engines[id(actor)]
+
     stop = threading.Event()
 
     def finish(outcome: RayOutcome) -> None:
@@ -498,15 +514,19 @@ def run_on_ray(
                 queued_pixels -= pixels[index]
                 src, dst = tasks[index]
                 width = 0
+                matching: list[Any] = []
                 if split and pixels[index] * living > pixels[index] + queued_pixels:  # ask for tiles only then
                     try:
-                        info = info or ray.get(idle[-1].engine_info.remote())
+                        info = engine_of(idle[-1])
                         tiles = _tile_count(ray, idle[-1], sizes[index], options, int(info["scale"]))
-                    except ray.exceptions.RayError:  # that actor is gone: the file goes whole (and finds out)
+                        # only actors whose engine gives the same pixels share a file (auto may differ by node)
+                        matching = [a for a in idle if engine_key(engine_of(a)) == engine_key(info)]
+                    except ray.exceptions.RayError:  # an actor is gone: the file goes whole (and finds out)
                         tiles = 0
-                    width = split_width(len(idle), living, pixels[index], queued_pixels, tiles)
+                    width = split_width(len(matching), living, pixels[index], queued_pixels, tiles)
                 if width >= 1:
-                    group = [idle.pop() for _ in range(width)]
+                    group = matching[-width:]
+                    idle = [a for a in idle if all(a is not g for g in group)]
                     tiles_engine = RayTiles(ray, group, info)
                     future = pool.submit(_split_file, tiles_engine, index, src, dst, options, max_pixels, stop.is_set)
                     splits[future] = (tiles_engine, index)
@@ -515,9 +535,16 @@ def run_on_ray(
                     inflight[actor.upscale.remote(index, src, dst, options)] = (actor, index)
             if idle and not queue and splits:  # nothing left to start: idle actors help the split with most left
                 helped = max((group for group, _ in splits.values()), key=lambda group: group.left)
+                joining = []
                 for actor in idle:
+                    try:
+                        if engine_key(engine_of(actor)) == helped.key:
+                            joining.append(actor)
+                    except ray.exceptions.RayError:  # lost while idle: nothing more is given to it
+                        pass
+                for actor in joining:
                     helped.add_actor(actor)
-                idle.clear()
+                idle = [a for a in idle if all(a is not j for j in joining)]
             if not inflight and not splits:  # every actor died: the rest cannot run
                 for index in list(queue):
                     src, dst = tasks[index]

@@ -353,14 +353,23 @@ class _Handle:
         return SimpleNamespace(remote=lambda *args: _LazyRef(lambda: call(*args)))
 
 
-def _scheduling_ray(dead: set[int]) -> tuple[SimpleNamespace, list[_Handle]]:
+class OtherEngine(BlurUp):
+    """The same network on another engine (as ``--engine auto`` may pick on another node)."""
+
+    name = "other-engine"
+
+
+def _scheduling_ray(
+    dead: set[int], engines: dict[int, type[BlurUp]] | None = None
+) -> tuple[SimpleNamespace, list[_Handle]]:
     from texup.cluster import _Upscaling
 
     handles: list[_Handle] = []
 
     def make(*_args):
         body = _Upscaling.__new__(_Upscaling)
-        body.upscaler, body.max_pixels, body.node = Upscaler(BlurUp()), None, f"node{len(handles)}"
+        engine = (engines or {}).get(len(handles), BlurUp)()
+        body.upscaler, body.max_pixels, body.node = Upscaler(engine), None, f"node{len(handles)}"
         handles.append(_Handle(body, len(handles) in dead))
         return handles[-1]
 
@@ -507,3 +516,23 @@ def test_a_ray_driver_killed_around_the_commit_leaves_an_output_the_next_run_acc
         assert not temps[0].exists() and OutputRecord(out).wrote(dst)
     assert read_image(dst).pixels.shape == (37 * 4, 29 * 4, 4) and read_image(dst).pixels.dtype == np.uint16
     assert sorted(p.name for p in out.iterdir()) == [".texup", "photo_x4.png"]
+
+
+def test_actors_whose_engines_differ_never_share_one_image(tmp_path, monkeypatch):
+    """Two nodes whose auto engines differ: the large file is not split across them (its tiles would come from two
+    engines); it runs whole, and the small one on the other actor."""
+    import texup.cluster as cluster
+    from texup.imageio import write_image
+
+    fake, handles = _scheduling_ray(set(), engines={0: OtherEngine})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(cluster, "_placements", lambda ray, device: [{}, {}])
+    tasks = []
+    for name, pixels in {"big": _large(), "small": _rgb8()[:10, :12]}.items():
+        write_image(tmp_path / f"{name}.png", pixels)
+        tasks.append((str(tmp_path / f"{name}.png"), str(tmp_path / "out" / f"{name}_x4.png")))
+    outcomes = cluster.run_on_ray(tasks, model="m", options={"tile": 16, "overlap": 4})
+    assert all(o.ok for o in outcomes), outcomes
+    assert [o.workers for o in outcomes] == [1, 1]
+    assert cluster.engine_key({**_INFO, "device": "cuda:1"}) == cluster.engine_key({**_INFO, "device": "cuda:0"})
+    assert cluster.engine_key(_INFO) != cluster.engine_key({**_INFO, "precision": "fp16"})
