@@ -539,6 +539,45 @@ def test_cancel_stops_with_checkpoint_and_model(library: Path, tmp_path: Path) -
     assert load_checkpoint(result.checkpoint_path)["step"] == 2
 
 
+def test_events_and_log_rows_follow_the_step_schedule(library: Path, tmp_path: Path) -> None:
+    """Set-up messages first, then per step: step, eval, checkpoint at their intervals and on the last step; a cancel
+    checkpoints once, says so, and ends with ``done``. log.csv: a loss row every ``log_every`` steps, an eval row per
+    evaluation."""
+    events: list[TrainEvent] = []
+    cfg = tiny_config(library, tmp_path / "run", steps=5, log_every=2, eval_every=2, checkpoint_every=3)
+    result = train(cfg, progress=events.append)
+    messages = [e.message for e in events if e.kind == "message"]
+    assert messages[0] == "device cpu, precision fp32" and messages[1].startswith("generator: new RRDBNet")
+    assert messages[-1].startswith("data: 7 training and 2 held-out images")
+    assert all(e.kind == "message" for e in events[: len(messages)])
+    schedule = [(e.kind, e.step) for e in events[len(messages) :]]
+    assert schedule == [
+        ("eval", 0), ("step", 1), ("step", 2), ("eval", 2), ("step", 3), ("checkpoint", 3), ("step", 4),
+        ("eval", 4), ("step", 5), ("eval", 5), ("checkpoint", 5), ("done", 5),
+    ]  # fmt: skip
+    assert all(e.total == 5 for e in events) and events[-1].values == result.final_metrics
+    assert events[-1].path == str(result.model_path) and result.checkpoint_path == tmp_path / "run" / "checkpoint.pt"
+    rows = [r.split(",") for r in (tmp_path / "run" / "log.csv").read_text().splitlines()[1:]]
+    assert [(int(r[0]), bool(r[3]), bool(r[8])) for r in rows] == [
+        (0, False, True), (2, True, False), (2, False, True), (4, True, False), (4, False, True),
+        (5, True, False), (5, False, True),
+    ]  # fmt: skip
+
+    cancelled: list[TrainEvent] = []
+    polls = iter([False, True])
+    result = train(
+        tiny_config(library, tmp_path / "cancel", steps=50, checkpoint_every=2),
+        progress=cancelled.append,
+        cancel=lambda: next(polls),
+    )
+    tail = [(e.kind, e.step, e.message) for e in cancelled[-5:]]
+    assert tail == [
+        ("step", 1, ""), ("step", 2, ""), ("checkpoint", 2, ""),
+        ("message", 0, "cancelled at step 2; resume with --resume"), ("done", 2, ""),
+    ]  # fmt: skip
+    assert result.cancelled and result.steps == 2 and load_checkpoint(result.checkpoint_path)["step"] == 2
+
+
 def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch) -> None:
     from texup.training import checkpoint
 

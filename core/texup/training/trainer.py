@@ -1,10 +1,11 @@
 """The ESRGAN training loop: ``train(config, progress=..., cancel=...)``.
 
-:func:`train` reads top to bottom: set up the process (device, precision, seeds), the data, the
-networks, the losses and optimisers, resume from a checkpoint when asked, then run the steps —
-each a PSNR step (L1 only) or a GAN step (:func:`gan_step`) — with logging, evaluation and
-checkpoints at fixed intervals, and finally export the generator (the EMA weights when EMA is on)
-as a texup ``.safetensors`` file that ``texup upscale --model`` and the Blender add-on load.
+:func:`train`'s loop (``_train``, one screen) builds the run from small named steps — the process
+(determinism, seeds before any network, precision), the networks, the data, :class:`TrainState`
+(optimisers, schedules, EMA, scalers, the checkpoint layout), resume, the data stream — then runs
+the steps, each a PSNR step (L1 only) or a GAN step (:func:`gan_step`), with logging, evaluation
+and checkpoints at fixed intervals, and finally exports the generator (the EMA weights when EMA is
+on) as a texup ``.safetensors`` file that ``texup upscale --model`` and the Blender add-on load.
 
 Files written to ``out_dir`` (rank 0 only): ``checkpoint.pt``, ``model.safetensors``, ``log.csv``,
 ``samples/step_NNNNNN.png`` (rows of bicubic | model | ground truth for held-out images),
@@ -574,199 +575,155 @@ def train(
 def _train(
     cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None, cancel: CancelCallback | None
 ) -> TrainResult:
-    from torch.utils.data import DataLoader
-
-    from texup.training.data import StepSampler
-
-    total = cfg.steps
-    out_dir = Path(cfg.out_dir)
-    device = info.device
-
-    def emit(kind: str, step: int, **kw: Any) -> None:
-        if info.is_main and progress is not None:
-            progress(TrainEvent(kind=kind, step=step, total=total, **kw))
-
-    def say(message: str) -> None:
-        emit("message", 0, message=message)
-
-    # 1. process: determinism, seeds, precision
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    torch.manual_seed(cfg.seed)
-    amp_dtype, needs_scaler = pick_training_precision(device, cfg.precision)
-    say(
-        f"device {device}, precision {'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')}"
-        f"{f', {info.world_size} ranks' if info.distributed else ''}"
-    )
-
-    def autocast() -> contextlib.AbstractContextManager[Any]:
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=amp_dtype)
-
-    if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for folder in (out_dir, *(p for p in out_dir.iterdir() if p.is_dir())):
-            remove_stale_temp_files(folder)  # left by a run killed mid-write (an hour old or more)
-
-    # 2. networks
-    g_raw, arch, provenance = build_generator(cfg, say)
-    spec, hparams = get_spec(arch), cast(ArchModule, g_raw).hparams
-    scale, multiple = spec.scale(hparams), spec.input_multiple(hparams)
-    _check_crop(cfg, scale, multiple)
-    d_raw = build_disc(cfg, say) if cfg.stage == "gan" else None
-
-    # 3. data: every file read once, unusable ones reported once
-    dataset, val_items, skipped = _load_data(cfg, scale, multiple, out_dir, say)
-
-    # 4. losses, optimisers, schedules, EMA, scalers
-    g_raw.to(device)
-    if d_raw is not None:
-        d_raw.to(device)
-    content, w_content = build_content_loss(cfg, d_raw, say) if d_raw is not None else (None, 0.0)
-    if content is not None:
-        content.to(device)
-    if d_raw is not None:
-        say(f"adversarial loss: {cfg.gan_loss}")
-    ts = TrainState.build(cfg, g_raw, d_raw, device, needs_scaler)
-
-    # 5. resume, or record this run's config
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    start = 0
-    metrics: dict[str, Any] = {"initial": {}, "last": {}}
-    if cfg.resume and ckpt_path.is_file():
-        start, metrics = _resume(cfg, ts, ckpt_path, say)
-    elif info.is_main:
-        with atomic_path(out_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
-
-    # Every rank read OUT/checkpoint.pt itself: a node that cannot see it would start at step 0 while the others
-    # resume, and the ranks would then wait on each other's collectives until the process group's timeout.
-    check_same_on_ranks(start, f"the step to start from (resuming needs {ckpt_path} on every node)", device)
-
-    # 6. data-parallel wrappers and the data stream (positioned at the resumed step)
-    g, d = g_raw, d_raw
-    if info.distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        g = nn.parallel.DistributedDataParallel(g_raw, device_ids=ids)
-        if d_raw is not None:
-            d = nn.parallel.DistributedDataParallel(d_raw, device_ids=ids)
-    sampler = StepSampler(
-        batch_size=cfg.data.batch_size, total_steps=total, start_step=start, rank=info.rank, world_size=info.world_size
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=sampler.per_rank,
-        sampler=sampler,
-        num_workers=cfg.data.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-    )
-    batches = _batches(loader, device)
-    nets = Nets(
-        g=g,
-        d=d,
-        d_raw=d_raw,
-        opt_g=ts.opt_g,
-        opt_d=ts.opt_d,
-        scaler_g=ts.scaler_g,
-        scaler_d=ts.scaler_d,
-        pixel=PixelLoss(),
-        content=content,
-        gan=build_gan_loss(cfg) if d_raw is not None else None,
-        w_pixel=cfg.pixel_weight,
-        w_content=w_content,
-        w_adv=cfg.adversarial_weight,
-        clip=cfg.optim.grad_clip,
-        autocast=autocast,
-    )
+    """One rank's run: build, the steps, export (:func:`train` owns the process group around it)."""
+    # build: the process (seeds before any network), networks, data, optimisers, resume, the data stream
+    run = _Run.start(cfg, info, progress)
+    model = _build_networks(run)
+    dataset, val_items, skipped = _load_data(cfg, model.scale, model.multiple, run.out_dir, run.say)
+    ts, content, w_content = _build_state(run, model)
+    start, metrics = _resume_or_record(run, ts)
+    batches, nets = _data_stream(run, ts, content, w_content, dataset, start)
     step_fn = gan_step if cfg.stage == "gan" else psnr_step
+    out = _Outputs(run, ts, model.arch, val_items, metrics)
 
-    def run_eval(step: int) -> dict[str, float]:
-        result: dict[str, float] = {}
-        if info.is_main and val_items:
-            grid = out_dir / "samples" / f"step_{step:06d}.png"
-            result = evaluate(ts.eval_model, val_items, device, autocast, grid)
-            emit("eval", step, values=result, path=str(grid))
-        barrier()
-        return result
-
-    def save(step: int) -> None:
-        if info.is_main:
-            save_checkpoint(ckpt_path, ts.state_dict(step=step, cfg=cfg, arch=arch, metrics=metrics))
-            emit("checkpoint", step, path=str(ckpt_path))
-        barrier()
-
-    # 7. the steps: generator (and discriminator), schedules and EMA, log, evaluate, checkpoint, cancel
-    log = RunLog(out_dir, start if start > 0 else None, cfg.tensorboard, say) if info.is_main else None
+    # the steps: generator (and discriminator), schedules and EMA, log, evaluate, checkpoint, cancel
+    log = RunLog(run.out_dir, start if start > 0 else None, cfg.tensorboard, run.say) if info.is_main else None
     step, cancelled = start, False
     try:
         if start == 0 and val_items:
-            metrics["initial"] = run_eval(0)
+            out.metrics["initial"] = out.evaluate(0)
             if log is not None:
-                log.write(0, {"time_s": 0.0, **metrics["initial"]})
+                log.write(0, {"time_s": 0.0, **out.metrics["initial"]})
         t0 = time.perf_counter()
-        while step < total:
+        while step < cfg.steps:
             lr_img, hr_img = next(batches)
-            values = step_fn(nets, lr_img, hr_img)
-            ts.after_step()
+            values = step_fn(nets, lr_img, hr_img)  # the generator, then (GAN stage) the discriminator
+            ts.after_step()  # learning-rate schedules, EMA
             step += 1
 
             values["lr_g"] = ts.opt_g.param_groups[0]["lr"]
-            emit("step", step, values=values)
-            at = lambda every: every > 0 and step % every == 0  # noqa: E731, B023 (used in this iteration only)
-            if at(cfg.log_every) or step == total:
-                averaged = {k: all_reduce_mean(v, device) for k, v in values.items()}
+            run.emit("step", step, values=values)
+            last = step == cfg.steps
+            if _due(cfg.log_every, step) or last:
+                averaged = {k: all_reduce_mean(v, run.device) for k, v in values.items()}
                 if log is not None:
                     log.write(step, {"time_s": time.perf_counter() - t0, **averaged})
-            if at(cfg.eval_every) or step == total:
-                metrics["last"] = run_eval(step)
-                if log is not None and metrics["last"]:
-                    log.write(step, {"time_s": time.perf_counter() - t0, **metrics["last"]})
-            checkpointed = at(cfg.checkpoint_every) or step == total
+            if _due(cfg.eval_every, step) or last:
+                out.metrics["last"] = out.evaluate(step)
+                if log is not None and out.metrics["last"]:
+                    log.write(step, {"time_s": time.perf_counter() - t0, **out.metrics["last"]})
+            checkpointed = _due(cfg.checkpoint_every, step) or last
             if checkpointed:
-                save(step)
-            if broadcast_flag(cancel() if (cancel is not None and info.is_main) else False, device):
+                out.checkpoint(step)
+            if broadcast_flag(cancel() if (cancel is not None and info.is_main) else False, run.device):
                 cancelled = True
                 if not checkpointed:
-                    save(step)
-                say(f"cancelled at step {step}; resume with --resume")
+                    out.checkpoint(step)
+                run.say(f"cancelled at step {step}; resume with --resume")
                 break
     finally:
         if log is not None:
             log.close()  # also when a step raises: the TensorBoard writer's files are complete
 
-    # 8. export the generator (EMA weights when EMA is on)
-    model_path = None
-    if info.is_main:
-        from texup.weights import save_model
-
-        model_path = save_model(
-            ts.eval_model,
-            out_dir / "model.safetensors",
-            provenance={
-                **provenance,
-                "trained_by": "texup train",
-                "stage": cfg.stage,
-                "steps": step,
-                "ema": ts.ema is not None,
-                "data": str(cfg.data.root),
-            },
-        )
+    # export the generator (EMA weights when EMA is on); the files and events are rank 0's
+    model_path = _export(run, ts, model.provenance, step)
     barrier()
-    emit("done", step, values=metrics.get("last") or {}, path=str(model_path) if model_path else None)
+    last_metrics, initial_metrics = out.metrics.get("last") or {}, out.metrics.get("initial") or {}
+    run.emit("done", step, values=last_metrics, path=str(model_path) if model_path else None)
     return TrainResult(
-        out_dir=out_dir,
+        out_dir=run.out_dir,
         model_path=model_path,
-        checkpoint_path=ckpt_path if ckpt_path.exists() else None,
+        checkpoint_path=run.ckpt_path if run.ckpt_path.exists() else None,
         steps=step,
         cancelled=cancelled,
-        initial_metrics=dict(metrics.get("initial") or {}),
-        final_metrics=dict(metrics.get("last") or {}),
+        initial_metrics=dict(initial_metrics),
+        final_metrics=dict(last_metrics),
         skipped_files=skipped,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop's set-up, in the order _train runs it
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Run:
+    """A run's process context: config, ranks and device, precision, and the event sink (``progress``, rank 0)."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    progress: ProgressCallback | None
+    amp_dtype: torch.dtype | None
+    needs_scaler: bool
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, info: DistInfo, progress: ProgressCallback | None) -> _Run:
+        """Determinism, seeds (before any network is built), precision, and ``out_dir`` cleaned of stale temp files."""
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        torch.manual_seed(cfg.seed)
+        amp_dtype, needs_scaler = pick_training_precision(info.device, cfg.precision)
+        run = cls(cfg, info, progress, amp_dtype, needs_scaler)
+        run.say(
+            f"device {info.device}, precision {'fp32' if amp_dtype is None else str(amp_dtype).removeprefix('torch.')}"
+            f"{f', {info.world_size} ranks' if info.distributed else ''}"
+        )
+        if info.is_main:
+            run.out_dir.mkdir(parents=True, exist_ok=True)
+            for folder in (run.out_dir, *(p for p in run.out_dir.iterdir() if p.is_dir())):
+                remove_stale_temp_files(folder)  # left by a run killed mid-write (an hour old or more)
+        return run
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.out_dir)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    def emit(self, kind: str, step: int, **kw: Any) -> None:
+        """Send one :class:`TrainEvent` to ``progress`` (on rank 0 only)."""
+        if self.info.is_main and self.progress is not None:
+            self.progress(TrainEvent(kind=kind, step=step, total=self.cfg.steps, **kw))
+
+    def say(self, message: str) -> None:
+        """One line for the user: a ``"message"`` event."""
+        self.emit("message", 0, message=message)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The precision's autocast context (none for fp32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+
+@dataclass(frozen=True)
+class _Networks:
+    """The bare generator and (GAN stage) discriminator, with the generator's arch, provenance, scale and multiple."""
+
+    g: nn.Module
+    d: nn.Module | None
+    arch: str
+    provenance: dict[str, Any]
+    scale: int
+    multiple: int
+
+
+def _build_networks(run: _Run) -> _Networks:
+    """The generator (new or pretrained) and the GAN stage's discriminator; the crop size checked against both."""
+    cfg = run.cfg
+    g, arch, provenance = build_generator(cfg, run.say)
+    spec, hparams = get_spec(arch), cast(ArchModule, g).hparams
+    scale, multiple = spec.scale(hparams), spec.input_multiple(hparams)
+    _check_crop(cfg, scale, multiple)
+    d = build_disc(cfg, run.say) if cfg.stage == "gan" else None
+    return _Networks(g=g, d=d, arch=arch, provenance=provenance, scale=scale, multiple=multiple)
 
 
 def _load_data(
@@ -818,6 +775,36 @@ def _load_data(
     return dataset, val_items, skipped
 
 
+def _build_state(run: _Run, model: _Networks) -> tuple[TrainState, nn.Module | None, float]:
+    """Networks on the device, the content loss and its weight, and the optimisers, schedules, EMA and scalers."""
+    cfg, device = run.cfg, run.device
+    model.g.to(device)
+    if model.d is not None:
+        model.d.to(device)
+    content, w_content = build_content_loss(cfg, model.d, run.say) if model.d is not None else (None, 0.0)
+    if content is not None:
+        content.to(device)
+    if model.d is not None:
+        run.say(f"adversarial loss: {cfg.gan_loss}")
+    return TrainState.build(cfg, model.g, model.d, device, run.needs_scaler), content, w_content
+
+
+def _resume_or_record(run: _Run, ts: TrainState) -> tuple[int, dict[str, Any]]:
+    """Resume from ``checkpoint.pt`` when asked, else write ``config.json``: the step to start from, metrics so far."""
+    start = 0
+    metrics: dict[str, Any] = {"initial": {}, "last": {}}
+    if run.cfg.resume and run.ckpt_path.is_file():
+        start, metrics = _resume(run.cfg, ts, run.ckpt_path, run.say)
+    elif run.info.is_main:
+        with atomic_path(run.out_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(run.cfg.to_dict(), indent=2), encoding="utf-8")
+
+    # Every rank read OUT/checkpoint.pt itself: a node that cannot see it would start at step 0 while the others
+    # resume, and the ranks would then wait on each other's collectives until the process group's timeout.
+    check_same_on_ranks(start, f"the step to start from (resuming needs {run.ckpt_path} on every node)", run.device)
+    return start, metrics
+
+
 def _resume(
     cfg: TrainConfig, ts: TrainState, ckpt_path: Path, say: Callable[[str], None]
 ) -> tuple[int, dict[str, Any]]:
@@ -836,6 +823,113 @@ def _resume(
         )
     say(f"resumed from {ckpt_path} at step {start}")
     return start, state.get("metrics") or {"initial": {}, "last": {}}
+
+
+def _data_stream(
+    run: _Run, ts: TrainState, content: nn.Module | None, w_content: float, dataset: Any, start: int
+) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], Nets]:
+    """Data-parallel wrappers, this rank's batches on the device from step ``start`` on, and the :class:`Nets`."""
+    from torch.utils.data import DataLoader
+
+    from texup.training.data import StepSampler
+
+    cfg, info, device = run.cfg, run.info, run.device
+    g, d = ts.g, ts.d
+    if info.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        g = nn.parallel.DistributedDataParallel(ts.g, device_ids=ids)
+        if ts.d is not None:
+            d = nn.parallel.DistributedDataParallel(ts.d, device_ids=ids)
+    sampler = StepSampler(
+        batch_size=cfg.data.batch_size,
+        total_steps=cfg.steps,
+        start_step=start,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=sampler.per_rank,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    batches = _batches(loader, device)
+    nets = Nets(
+        g=g,
+        d=d,
+        d_raw=ts.d,
+        opt_g=ts.opt_g,
+        opt_d=ts.opt_d,
+        scaler_g=ts.scaler_g,
+        scaler_d=ts.scaler_d,
+        pixel=PixelLoss(),
+        content=content,
+        gan=build_gan_loss(cfg) if ts.d is not None else None,
+        w_pixel=cfg.pixel_weight,
+        w_content=w_content,
+        w_adv=cfg.adversarial_weight,
+        clip=cfg.optim.grad_clip,
+        autocast=run.autocast,
+    )
+    return batches, nets
+
+
+@dataclass
+class _Outputs:
+    """The loop's evaluations and checkpoints (rank 0 writes, every rank calls and waits) and the metrics so far."""
+
+    run: _Run
+    ts: TrainState
+    arch: str
+    val_items: list[Any]
+    metrics: dict[str, Any]
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out metrics of the evaluated model and a sample grid (an ``"eval"`` event); ``{}`` off rank 0."""
+        result: dict[str, float] = {}
+        if self.run.info.is_main and self.val_items:
+            grid = self.run.out_dir / "samples" / f"step_{step:06d}.png"
+            result = evaluate(self.ts.eval_model, self.val_items, self.run.device, self.run.autocast, grid)
+            self.run.emit("eval", step, values=result, path=str(grid))
+        barrier()
+        return result
+
+    def checkpoint(self, step: int) -> None:
+        """Write ``checkpoint.pt`` (:meth:`TrainState.state_dict` with the metrics so far); a ``"checkpoint"`` event."""
+        run = self.run
+        if run.info.is_main:
+            state = self.ts.state_dict(step=step, cfg=run.cfg, arch=self.arch, metrics=self.metrics)
+            save_checkpoint(run.ckpt_path, state)
+            run.emit("checkpoint", step, path=str(run.ckpt_path))
+        barrier()
+
+
+def _due(every: int, step: int) -> bool:
+    """Whether an every-``every``-steps action (``0``: never) falls on ``step``."""
+    return every > 0 and step % every == 0
+
+
+def _export(run: _Run, ts: TrainState, provenance: dict[str, Any], step: int) -> Path | None:
+    """Rank 0 writes ``model.safetensors``: the evaluated generator (EMA weights when EMA is on) and its provenance."""
+    if not run.info.is_main:
+        return None
+    from texup.weights import save_model
+
+    cfg = run.cfg
+    return save_model(
+        ts.eval_model,
+        run.out_dir / "model.safetensors",
+        provenance={
+            **provenance,
+            "trained_by": "texup train",
+            "stage": cfg.stage,
+            "steps": step,
+            "ema": ts.ema is not None,
+            "data": str(cfg.data.root),
+        },
+    )
 
 
 __all__ = [
