@@ -243,6 +243,31 @@ def test_save_load_round_trip_with_metadata(tmp_path: Path) -> None:
     assert again.metadata["provenance"] == {"source": "unit test", "step": 7}
 
 
+def test_the_same_model_saved_by_two_processes_gives_the_same_bytes(tmp_path: Path) -> None:
+    """safetensors orders its header by a per-process hash map; texup sorts it, so a model's SHA-256 (the output
+    manifest's model identity, e.g. of a download converted on each farm node) does not depend on who saved it."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    weights = tmp_path / "net.safetensors"
+    save_model(_rrdb(4), weights, provenance={"source": "unit test"})
+    script = (
+        "import sys; from texup.weights import load_model, save_model; save_model(load_model(sys.argv[1]), sys.argv[2])"
+    )
+    copies = [tmp_path / f"copy{i}.safetensors" for i in range(3)]
+    for copy in copies:
+        subprocess.run([sys.executable, "-c", script, str(weights), str(copy)], check=True)
+    assert len({c.read_bytes() for c in copies}) == 1
+    assert copies[0].read_bytes() == weights.read_bytes()
+    data = weights.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])  # a valid header, its keys in order, padded to 8 bytes
+    assert size % 8 == 0 and list(header) == sorted(header) and "__metadata__" in header
+    loaded = load_model(copies[0])
+    assert loaded.metadata["provenance"] == {"source": "unit test"} and loaded.hparams == _rrdb(4).hparams
+
+
 def test_save_keeps_dtype_on_request(tmp_path: Path) -> None:
     net = SRVGGNetCompact(num_feat=8, num_conv=1).half()
     assert load_file(str(save_model(net, tmp_path / "a.safetensors")))["body.0.weight"].dtype == torch.float32

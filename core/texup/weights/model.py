@@ -231,7 +231,6 @@ def save_model(
         ValueError: ``path`` does not end in ``.safetensors`` or provenance is not JSON-serialisable.
         OSError: the directory is not writable (no partial file is left behind).
     """
-    from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
@@ -258,8 +257,25 @@ def save_model(
         tensors[key] = tensor.contiguous().clone()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.write_bytes(_reproducible_safetensors(tensors, metadata))
     return path
+
+
+def _reproducible_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The .safetensors bytes of ``tensors`` with the header's keys in sorted order.
+
+    safetensors writes its JSON header from a hash map whose order changes from one process to the next, so the
+    same model saved twice gave two different files (and SHA-256s: the output manifest's model identity). The data
+    block is already in a fixed order; the header is re-serialised sorted (same compact JSON, padded with spaces
+    to 8 bytes as the format wants), so equal models give equal files."""
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + size :]
 
 
 def load_vgg19_features(path: str | Path, layer: str = "conv5_4") -> nn.Module:
