@@ -116,15 +116,15 @@ def test_the_cli_says_one_line_when_texup_home_is_a_file(tmp_path: Path) -> None
 
 
 def test_disk_full_while_converting_is_one_line_and_leaves_nothing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import safetensors.torch
+    import errno
 
-    def full(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
-        raise safetensors.SafetensorError(
-            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
-        )
+    real_write_bytes = Path.write_bytes
 
-    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    def full(self: Path, data: bytes) -> int:  # the disk fills up half-way through the converted model
+        real_write_bytes(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
     with pytest.raises(ModelLoadError, match="cannot write the converted model: no space left on the device"):
         ensure_model(SMALL)
     assert sorted(p.name for p in models_dir().iterdir() if p.name != ".lock") == []
