@@ -230,13 +230,15 @@ def test_fifo_input_is_refused_without_opening_it_and_the_batch_goes_on(tiny_mod
 
 
 def test_fifo_swapped_in_after_listing_is_refused_before_reading(tmp_path):
-    from texup.cli.upscale import _read_input
+    from texup.cli.upscale import _read_source
     from texup.errors import ImageReadError
+    from texup.library import NEW, Planned, WorkItem
 
     fifo = tmp_path / "late.png"
     os.mkfifo(fifo)
+    planned = Planned(WorkItem(fifo, Path()), tmp_path / "late_x4.png", NEW)
     with _fifo_watch(fifo) as opened, pytest.raises(ImageReadError, match="not a regular file"):
-        _read_input(fifo, tmp_path / "late_x4.png")
+        _read_source(planned, None)
     assert not opened
 
 

@@ -39,6 +39,11 @@ from texup.weights import save_model
 TEXUP = [sys.executable, "-m", "texup"]
 
 
+def _upscale_command(lib: Path, out: Path, model: Path) -> list[str]:
+    """``texup upscale LIB -o OUT`` with ``model`` on the CPU's torch engine, as a subprocess command."""
+    return [*TEXUP, "upscale", str(lib), "-o", str(out), "--model", str(model), "--engine", "torch", "--device", "cpu"]
+
+
 def _tiny(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     return save_model(RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=4), path, provenance={"test": "library"})
@@ -288,19 +293,7 @@ def test_a_known_model_is_named_by_the_files_its_weights_come_from(tmp_path):
 def test_a_run_killed_mid_batch_is_continued_by_the_next_run(tiny_model, tmp_path):
     lib = _library(tmp_path / "lib", 40, size=48)
     out = tmp_path / "out"
-    command = [
-        *TEXUP,
-        "upscale",
-        str(tmp_path / "lib"),
-        "-o",
-        str(out),
-        "--model",
-        str(tiny_model),
-        "--engine",
-        "torch",
-        "--device",
-        "cpu",
-    ]
+    command = _upscale_command(tmp_path / "lib", out, tiny_model)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     written = 0
@@ -390,19 +383,7 @@ def test_concurrent_records_over_one_folder_keep_every_entry(tmp_path):
 def test_concurrent_cli_runs_over_one_output_folder(tiny_model, tmp_path):
     lib = _library(tmp_path / "lib", 16)
     out = tmp_path / "out"
-    base = [
-        *TEXUP,
-        "upscale",
-        str(tmp_path / "lib"),
-        "-o",
-        str(out),
-        "--model",
-        str(tiny_model),
-        "--engine",
-        "torch",
-        "--device",
-        "cpu",
-    ]
+    base = _upscale_command(tmp_path / "lib", out, tiny_model)
     runs = [base + ["--shard", "1/2"], base + ["--shard", "2/2"], base]  # the third does the same inputs again
     procs = [subprocess.Popen(r, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in runs]
     results = [p.communicate(timeout=600) for p in procs]

@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,43 +27,29 @@ from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
 from texup.imageio import Image, format_for_path, read_image, write_image
 from texup.inference.pipeline import UpscaleOptions, refuse_overwrite
 from texup.library import (
-    GLOB_CHARS,
     NEW,
-    InputProblem,
     Plan,
     Planned,
     Settings,
     WorkItem,
-    _outside,  # noqa: F401 - kept importable from here
     entry_for,
     expand_inputs,
     make_plan,
     model_identity,
-    output_path,
     parse_shard,
     pixel_options,
     scale_label,
     source_state,
     take_shard,
 )
-from texup.options import ENGINES, LAYOUTS, PRECISIONS, ROLES, SEAMLESS_MODES, TILE_MIN
+from texup.options import ENGINES, LAYOUTS, OVERLAP_DEFAULT, PRECISIONS, ROLES, SCALE_MAX, SEAMLESS_MODES, TILE_MIN
 from texup.outputs import OutputRecord
 from texup.weights.cache import remove_stale_temp_files
 
 if TYPE_CHECKING:
     from texup.inference.pipeline import Upscaler
 
-__all__ = [
-    "GLOB_CHARS",
-    "InputProblem",
-    "WorkItem",
-    "add_parser",
-    "expand_inputs",
-    "output_path",
-    "parse_size",
-    "run",
-    "scale_label",
-]
+__all__ = ["add_parser", "parse_size", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -137,7 +123,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="descend into sub-folders of folder inputs (the output keeps the sub-folder layout)",
     )
     p.add_argument("--tile", type=int, default=None, help="input tile size in pixels (default: automatic)")
-    p.add_argument("--overlap", type=int, default=16, help="context pixels around each tile (default: %(default)s)")
+    p.add_argument(
+        "--overlap", type=int, default=OVERLAP_DEFAULT, help="context pixels around each tile (default: %(default)s)"
+    )
     p.add_argument(
         "--seamless",
         choices=SEAMLESS_MODES,
@@ -219,18 +207,6 @@ def _pixels_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _read_input(src: Path, dst: Path, max_pixels: int | None = None) -> Image:
-    """Decode one input (on the read-ahead thread), refusing an output that is the input itself.
-
-    A path that is no longer a regular file (swapped for a FIFO since it was listed) is refused before it is
-    opened, so the batch cannot hang on it.
-    """
-    if not src.is_file():
-        raise ImageReadError(src, "not a regular file" if src.exists() else "no such file")
-    refuse_overwrite(src, dst)
-    return read_image(src, max_pixels=max_pixels)
-
-
 def _has_separator(text: str) -> bool:
     return any(sep and sep in text for sep in ("/", os.sep, os.altsep))
 
@@ -249,7 +225,12 @@ def _out_dir_problem(out_dir: Path) -> str | None:
 
 def _read_source(planned: Planned, max_pixels: int | None) -> tuple[Image, dict[str, Any]]:
     """On the read-ahead thread: the source's state (hashed before decoding: a change during the read makes
-    the next run see a new size or mtime and compare again) and its pixels."""
+    the next run see a new size or mtime and compare again) and its pixels; an output that is the input itself
+    is refused.
+
+    A path that is no longer a regular file (swapped for a FIFO since it was listed) is refused before it is
+    opened (hashed or decoded), so the batch cannot hang on it.
+    """
     src = planned.item.src
     if not src.is_file():
         raise ImageReadError(src, "not a regular file" if src.exists() else "no such file")
@@ -257,7 +238,21 @@ def _read_source(planned: Planned, max_pixels: int | None) -> tuple[Image, dict[
         source = planned.source or source_state(src)
     except OSError as err:
         raise ImageReadError(src, f"cannot read: {err.strerror or err}") from err
-    return _read_input(src, planned.dst, max_pixels), source
+    refuse_overwrite(src, planned.dst)
+    return read_image(src, max_pixels=max_pixels), source
+
+
+def _output_folder(dst: Path, swept: set[Path]) -> None:
+    """Create ``dst``'s folder; the first time a run sees a folder, remove the temporary files an earlier run
+    killed mid-write left in it (an hour old or more)."""
+    folder = dst.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ImageWriteError(folder, f"cannot create the output folder: {err.strerror or err}") from err
+    if folder not in swept:
+        swept.add(folder)
+        remove_stale_temp_files(folder)
 
 
 def _write_output(record: OutputRecord, dst: Path, pixels: Any, like: Any, info: dict[str, Any]) -> None:
@@ -289,8 +284,8 @@ def _validate(args: argparse.Namespace) -> tuple[int, int] | None:
     problem = _out_dir_problem(args.out_dir)
     if problem:
         raise ValueError(problem)
-    if args.scale is not None and not 0 < args.scale <= 16:
-        raise ValueError("--scale must be above 0 and at most 16")
+    if args.scale is not None and not 0 < args.scale <= SCALE_MAX:
+        raise ValueError(f"--scale must be above 0 and at most {SCALE_MAX:g}")
     if args.force and args.skip_existing:
         raise ValueError("--force redoes outputs and --skip-existing leaves them: choose one")
     return target
@@ -406,18 +401,10 @@ class _Batch:
                     result = upscaler.upscale_array(
                         image.pixels, options, colorspace=image.info.colorspace, progress=on_tiles
                     )
-                    dst = planned.dst
-                    try:
-                        dst.parent.mkdir(parents=True, exist_ok=True)
-                    except OSError as err:
-                        raise ImageWriteError(
-                            dst.parent, f"cannot create the output folder: {err.strerror or err}"
-                        ) from err
-                    if dst.parent not in swept:  # temp files of an earlier run killed mid-write (an hour old or more)
-                        swept.add(dst.parent)
-                        remove_stale_temp_files(dst.parent)
+                    _output_folder(planned.dst, swept)
                     info = entry_for(self.settings, source, engine=engine)
-                    started = (planned, writer.submit(_write_output, self.record, dst, result, image.info, info), info)
+                    write = writer.submit(_write_output, self.record, planned.dst, result, image.info, info)
+                    started = (planned, write, info)
                     del image, result
                 except expected as err:
                     self.failure(err, planned.item)
@@ -459,27 +446,14 @@ def _execute_on_ray(
         except OSError as err:
             batch.failure(ImageReadError(planned.item.src, f"cannot read: {err.strerror or err}"), planned.item)
             continue
-        folder = planned.dst.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            batch.failure(
-                ImageWriteError(folder, f"cannot create the output folder: {err.strerror or err}"), planned.item
-            )
+            _output_folder(planned.dst, swept)
+        except ImageWriteError as err:
+            batch.failure(err, planned.item)
             continue
-        if folder not in swept:  # temp files of an earlier run killed mid-write (an hour old or more)
-            swept.add(folder)
-            remove_stale_temp_files(folder)
         kept.append((planned, entry_for(batch.settings, source, engine=engine)))
     tasks = [(os.path.abspath(p.item.src), os.path.abspath(p.dst)) for p, _ in kept]
-    fields = {
-        "scale": options.scale,
-        "target_size": options.target_size,
-        "tile": options.tile,
-        "overlap": options.overlap,
-        "seamless": options.seamless,
-        "role": options.role,
-    }
+    fields = asdict(options)  # UpscaleOptions(**fields) on the nodes
     with tqdm(total=len(tasks), unit="file", desc="upscaling on Ray", disable=None, file=sys.stderr) as bar:
 
         def commit(outcome: RayOutcome) -> None:

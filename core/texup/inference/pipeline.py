@@ -35,6 +35,7 @@ from texup.inference import policy
 from texup.inference.resample import RowResampler
 from texup.inference.tiling import Tile, add_wrapped, blend_weights, is_tileable, plan_tiles, take_wrapped
 from texup.limits import check_output_memory
+from texup.options import OVERLAP_DEFAULT
 from texup.options import SEAMLESS_MODES as _SEAMLESS
 
 #: ``progress(done, total)``: ``done`` tiles of ``total`` (a float between tile boundaries, see Upscaler).
@@ -74,7 +75,7 @@ class UpscaleOptions:
     scale: float | None = None
     target_size: tuple[int, int] | None = None
     tile: int | None = None
-    overlap: int = 16
+    overlap: int = OVERLAP_DEFAULT
     seamless: str = "auto"
     role: str = "color"
 
