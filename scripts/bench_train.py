@@ -22,9 +22,9 @@ import torch
 
 from texup.archs import build
 from texup.archs.discriminator import build_discriminator
-from texup.training.distributed import resolve_device
+from texup.devices import pick_device, pick_training_precision
 from texup.training.losses import FeatureMatchingLoss, PixelLoss, RelativisticGANLoss
-from texup.training.trainer import Nets, gan_step, psnr_step, resolve_precision
+from texup.training.trainer import Nets, gan_step, psnr_step
 
 SIZES = {
     "x4plus": {"scale": 4, "num_feat": 64, "num_block": 23, "num_grow_ch": 32},
@@ -34,7 +34,7 @@ SIZES = {
 
 
 def bench(precision: str, args: argparse.Namespace, device: torch.device) -> tuple[str, float]:
-    amp_dtype, needs_scaler = resolve_precision(precision, device)
+    amp_dtype, needs_scaler = pick_training_precision(device, precision)
     name = "fp32" if amp_dtype is None else str(amp_dtype).removeprefix("torch.")
     torch.manual_seed(0)
     g = build("RRDBNet", SIZES[args.size]).to(device).train()
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--also", nargs="*", default=[], choices=("bf16", "fp16"), help="extra precisions to time")
     args = parser.parse_args(argv)
 
-    device = resolve_device(args.device)
+    device = pick_device(args.device)
     print(
         f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; RRDBNet {args.size}, "
         f"{args.stage} stage, {args.discriminator} discriminator, batch {args.batch}, HR crop {args.crop}"

@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from realdata import real_image  # noqa: E402
 
-from texup.engines.torch_engine import cpu_has_native_bf16, pick_precision  # noqa: E402
+from texup.devices import cpu_has_native_bf16, pick_precision  # noqa: E402
 from texup.imageio import read_image, write_image  # noqa: E402
 from texup.inference.pipeline import UpscaleOptions, Upscaler  # noqa: E402
 from texup.inference.tiling import plan_tiles  # noqa: E402

@@ -117,13 +117,13 @@ def test_training_and_inference_share_the_resolver(two_gpus):
     from texup.training import distributed, trainer
 
     assert torch_engine.pick_device is pick_device and torch_engine.pick_precision is pick_precision
-    assert torch_engine.cpu_has_native_bf16 is devices.cpu_has_native_bf16
     assert torch_engine.pick_channels_last is pick_channels_last
-    assert distributed.resolve_device("cuda", 3) == pick_device("cuda", local_rank=3) == torch.device("cuda", 1)
+    assert distributed.pick_device is pick_device and trainer.pick_training_precision is pick_training_precision
+    assert pick_device("cuda", local_rank=3) == torch.device("cuda", 1)
     with pytest.raises(ValueError, match="only 2 CUDA device"):
-        distributed.resolve_device("cuda:7", 0)  # training validates explicit devices as inference does
+        pick_device("cuda:7")  # training validates explicit devices as inference does
     assert select.check_device("CUDA:1") == "cuda:1"
-    assert trainer.resolve_precision("fp32", CPU) == pick_training_precision(CPU, "fp32") == (None, False)
+    assert pick_training_precision(CPU, "fp32") == (None, False)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from realdata import real_image
 
+from texup import devices
 from texup.archs import RRDBNet
 from texup.engines import torch_engine as runner_mod
 from texup.engines.torch_engine import TorchEngine as Runner
@@ -141,7 +142,7 @@ def test_run_tile_rejects_wrong_shapes():
 def test_auto_tile_on_cpu_and_native_bf16_probe():
     runner = Runner(_model(NeedsMultiple(2, 1), 2), device="cpu", precision="fp32")
     assert runner.auto_tile() == 256
-    assert isinstance(runner_mod.cpu_has_native_bf16(), bool)
+    assert isinstance(devices.cpu_has_native_bf16(), bool)
 
 
 def test_auto_tile_keeps_activations_and_band_within_the_cpu_budget(monkeypatch):

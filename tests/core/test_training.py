@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -621,14 +622,14 @@ def test_bf16_autocast_on_cpu_runs(library: Path, tmp_path: Path) -> None:
 
 
 # -- CLI ----------------------------------------------------------------------------------------
-def test_cli_train_with_config_file_and_resume(library: Path, tmp_path: Path, capsys) -> None:
-    from texup.cli.main import main
-
+def _cli_config(tmp_path: Path, **extra: Any) -> Path:
+    """A tiny CPU training config file for ``texup train --config`` (``extra``: more top-level sections)."""
     cfg_file = tmp_path / "tiny.json"
     cfg_file.write_text(
         json.dumps(
             {
                 "generator": {"pretrained": None, "arch": "RRDBNet", "hparams": TINY_G},
+                **extra,
                 "data": {"hr_crop": 32, "batch_size": 2, "val_fraction": 0.25, "val_crop": 32},
                 "precision": "fp32",
                 "device": "cpu",
@@ -638,32 +639,32 @@ def test_cli_train_with_config_file_and_resume(library: Path, tmp_path: Path, ca
             }
         )
     )
+    return cfg_file
+
+
+def _cli_train(library: Path, out: Path, cfg_file: Path, steps: int, *options: str) -> int:
+    """``texup train --data LIBRARY --out OUT --config CFG_FILE --steps STEPS OPTIONS...``; its exit code."""
+    from texup.cli.main import main
+
+    return main(
+        ["train", "--data", str(library), "--out", str(out), "--config", str(cfg_file), "--steps", str(steps), *options]
+    )
+
+
+def test_cli_train_with_config_file_and_resume(library: Path, tmp_path: Path, capsys) -> None:
+    from texup.cli.main import main
+
+    cfg_file = _cli_config(tmp_path)
     out = tmp_path / "out"
-    code = main(["train", "--data", str(library), "--out", str(out), "--config", str(cfg_file), "--steps", "2"])
+    code = _cli_train(library, out, cfg_file, 2)
     assert code == 0
     printed = capsys.readouterr()
     assert printed.out.strip().endswith("model.safetensors") and "broken.png" in printed.err
-    code = main(
-        ["train", "--data", str(library), "--out", str(out), "--config", str(cfg_file), "--steps", "3", "--resume"]
-    )
+    code = _cli_train(library, out, cfg_file, 3, "--resume")
     assert code == 0 and "resumed" in capsys.readouterr().err
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
     # --pretrained PATH starts from any loadable generator file.
-    code = main(
-        [
-            "train",
-            "--data",
-            str(library),
-            "--out",
-            str(tmp_path / "out2"),
-            "--config",
-            str(cfg_file),
-            "--steps",
-            "1",
-            "--pretrained",
-            str(out / "model.safetensors"),
-        ]
-    )
+    code = _cli_train(library, tmp_path / "out2", cfg_file, 1, "--pretrained", str(out / "model.safetensors"))
     assert code == 0 and "from " + str(out / "model.safetensors") in capsys.readouterr().err
     # The exported model upscales through the normal CLI.
     Image.fromarray(real_image("coffee.png")[:21, :17]).save(tmp_path / "small.png")
@@ -688,64 +689,16 @@ def test_cli_train_with_config_file_and_resume(library: Path, tmp_path: Path, ca
 
 
 def test_cli_train_gan_with_vgg19_fc4(library: Path, tmp_path: Path, capsys) -> None:
-    from texup.cli.main import main
-
-    cfg_file = tmp_path / "tiny.json"
-    cfg_file.write_text(
-        json.dumps(
-            {
-                "generator": {"pretrained": None, "arch": "RRDBNet", "hparams": TINY_G},
-                "discriminator": {"hparams": TINY_D["vgg19-fc4"]},
-                "data": {"hr_crop": 32, "batch_size": 2, "val_fraction": 0.25, "val_crop": 32},
-                "precision": "fp32",
-                "device": "cpu",
-                "tensorboard": False,
-                "eval_every": 0,
-                "checkpoint_every": 0,
-            }
-        )
-    )
+    cfg_file = _cli_config(tmp_path, discriminator={"hparams": TINY_D["vgg19-fc4"]})
     out = tmp_path / "out"
-    code = main(
-        [
-            "train",
-            "--data",
-            str(library),
-            "--out",
-            str(out),
-            "--config",
-            str(cfg_file),
-            "--steps",
-            "2",
-            "--stage",
-            "gan",
-            "--discriminator",
-            "vgg19-fc4",
-        ]
-    )
+    code = _cli_train(library, out, cfg_file, 2, "--stage", "gan", "--discriminator", "vgg19-fc4")
     assert code == 0
     assert "adversarial loss: ragan-per-node" in capsys.readouterr().err
     saved = load_checkpoint(out / "checkpoint.pt")
     assert saved["discriminator"]["kind"] == "vgg19-fc4" and saved["config"]["loss"]["gan"] == "auto"
     assert saved["discriminator"]["state_dict"]["head.weight"].shape == (12, 8)
-    code = main(
-        [
-            "train",
-            "--data",
-            str(library),
-            "--out",
-            str(tmp_path / "out2"),
-            "--config",
-            str(cfg_file),
-            "--steps",
-            "1",
-            "--stage",
-            "gan",
-            "--discriminator",
-            "vgg19-fc4",
-            "--gan-loss",
-            "ragan",
-        ]
+    code = _cli_train(
+        library, tmp_path / "out2", cfg_file, 1, "--stage", "gan", "--discriminator", "vgg19-fc4", "--gan-loss", "ragan"
     )
     assert code == 0 and "adversarial loss: ragan\n" in capsys.readouterr().err
 

@@ -16,14 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from texup.archs.spec import ArchModule, RowStreaming, generic_activation_bytes, spec_for_module
-from texup.devices import DTYPES, pick_channels_last, pick_device, pick_precision
-from texup.devices import _mps_available as _mps_available
-from texup.devices import cpu_has_native_bf16 as cpu_has_native_bf16
+from texup.devices import DTYPE_NAMES, pick_channels_last, pick_device, pick_precision
 from texup.engines.base import CancelCallback, CancelPoller, EngineOutOfMemory, StepCallback, check_tile
-from texup.options import LAYOUTS as LAYOUTS
 
-# Device, precision and layout choice live in texup.devices (shared with training); the names stay importable here.
-PRECISIONS = DTYPES
 #: Trunk rows per strip of RRDBNet's upsampling head. A 288-pixel x4 tile: (16 + 2 * 2 halo) * 4 = 80 rows of
 #: 1152 x 64 float32 values, ~24 MB per head activation, instead of 340 MB for the whole tile.
 STREAM_ROWS = 16
@@ -39,9 +34,6 @@ class ModelLike(Protocol):
     input_multiple: int
     name: str
     hparams: dict[str, Any]
-
-
-_PRECISION_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 class TorchEngine:
@@ -63,7 +55,7 @@ class TorchEngine:
         self.model_name = str(getattr(model, "name", "?"))
         self.torch_device = device if isinstance(device, torch.device) else pick_device(device)
         self.dtype = pick_precision(self.torch_device, precision)
-        self.precision = _PRECISION_NAMES[self.dtype]
+        self.precision: str = DTYPE_NAMES[self.dtype]
         #: The architecture's spec, found by the module's class; None for a module of no registered architecture.
         self.spec = spec_for_module(model.module)
         if self.spec is not None and self.precision not in self.spec.dtypes:

@@ -50,11 +50,6 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """This rank's device for ``name``: :func:`texup.devices.pick_device` (kept under this name for scripts)."""
-    return pick_device(name, local_rank=local_rank)
-
-
 def setup(device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group described by torchrun's environment (if any) and choose the device.
 
@@ -174,7 +169,6 @@ __all__ = [
     "broadcast_flag",
     "check_same_on_ranks",
     "global_batch_mean",
-    "resolve_device",
     "setup",
     "teardown",
 ]

@@ -40,7 +40,7 @@ from torch import nn
 
 from texup._atomic import atomic_path
 from texup.archs.spec import ArchModule, get_spec
-from texup.devices import cpu_has_native_bf16, pick_training_precision
+from texup.devices import pick_training_precision
 from texup.training.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -106,15 +106,6 @@ class TrainResult:
     initial_metrics: dict[str, float]
     final_metrics: dict[str, float]
     skipped_files: list[tuple[str, str]]
-
-
-# ----------------------------------------------------------------------------------------------
-# precision
-# ----------------------------------------------------------------------------------------------
-def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or ``None`` for fp32, whether a gradient scaler is needed): the training policy,
-    :func:`texup.devices.pick_training_precision` (kept under this name for scripts)."""
-    return pick_training_precision(device, precision)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -937,11 +928,9 @@ __all__ = [
     "TrainEvent",
     "TrainResult",
     "build_gan_loss",
-    "cpu_has_native_bf16",
     "evaluate",
     "gan_step",
     "global_node_mean",
     "psnr_step",
-    "resolve_precision",
     "train",
 ]
