@@ -10,6 +10,8 @@ is empty or made for another scene is refilled from a timer.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import bpy
 
@@ -231,30 +233,22 @@ def _sub_panels(parent: type) -> tuple[type, type]:
     space = parent.bl_space_type
     short = "view3d" if space == "VIEW_3D" else "image_editor"
 
-    details = type(
-        f"TEXUP_PT_{short}_details",
-        (_Sidebar, bpy.types.Panel),
-        {
-            "bl_idname": f"TEXUP_PT_{short}_details",
-            "bl_label": "Texture Details",
+    def sub_panel(suffix: str, label: str, draw: Callable[[Any, Any], None], **extra: Any) -> type:
+        idname = f"TEXUP_PT_{short}_{suffix}"
+        attrs = {
+            "bl_idname": idname,
+            "bl_label": label,
             "bl_space_type": space,
             "bl_parent_id": parent.bl_idname,
-            "draw": lambda self, context: _draw_details(self.layout, context),
-        },
+            "draw": lambda self, context: draw(self.layout, context),
+            **extra,
+        }
+        return type(idname, (_Sidebar, bpy.types.Panel), attrs)
+
+    return (
+        sub_panel("details", "Texture Details", _draw_details),
+        sub_panel("finetune", "Fine-tune on These Textures", _draw_finetune, bl_options={"DEFAULT_CLOSED"}),
     )
-    finetune = type(
-        f"TEXUP_PT_{short}_finetune",
-        (_Sidebar, bpy.types.Panel),
-        {
-            "bl_idname": f"TEXUP_PT_{short}_finetune",
-            "bl_label": "Fine-tune on These Textures",
-            "bl_space_type": space,
-            "bl_parent_id": parent.bl_idname,
-            "bl_options": {"DEFAULT_CLOSED"},
-            "draw": lambda self, context: _draw_finetune(self.layout, context),
-        },
-    )
-    return details, finetune
 
 
 CLASSES = (

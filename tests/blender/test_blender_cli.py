@@ -59,6 +59,11 @@ def inspect(blend: Path) -> dict:
     return json.loads(line[len("INSPECT") :])
 
 
+def upscale_blend(scene_dir: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
+    """``blender -b scene.blend --python scripts/upscale_blend.py -- ARGS`` on the built scene."""
+    return blender(str(scene_dir / "scene.blend"), "--python", str(SCRIPT), "--", *args, env=env)
+
+
 @pytest.fixture(scope="module")
 def scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A scene built by real Blender: files, packed, generated, UDIM, node group, missing texture."""
@@ -76,11 +81,8 @@ def env(worker_python: str) -> dict:
 def test_headless_upscale_saves_relinked_file_reports_and_fails_for_missing(scene_dir, env, tiny_model, tmp_path):
     out_blend = tmp_path / "out.blend"
     report = tmp_path / "report.json"
-    proc = blender(
-        str(scene_dir / "scene.blend"),
-        "--python",
-        str(SCRIPT),
-        "--",
+    proc = upscale_blend(
+        scene_dir,
         "--model",
         tiny_model,
         "--out-dir",
@@ -142,11 +144,8 @@ def test_headless_upscale_saves_relinked_file_reports_and_fails_for_missing(scen
 
 def test_headless_filters_scale_and_exit_zero(scene_dir, env, tiny_model, tmp_path):
     report = tmp_path / "r.json"
-    proc = blender(
-        str(scene_dir / "scene.blend"),
-        "--python",
-        str(SCRIPT),
-        "--",
+    proc = upscale_blend(
+        scene_dir,
         "--model",
         tiny_model,
         "--roles",
@@ -179,11 +178,8 @@ def test_headless_filters_scale_and_exit_zero(scene_dir, env, tiny_model, tmp_pa
 
 def test_headless_timeout_says_it_ran_out_and_how_far(scene_dir, env, tiny_model, tmp_path):
     report = tmp_path / "r.json"
-    proc = blender(
-        str(scene_dir / "scene.blend"),
-        "--python",
-        str(SCRIPT),
-        "--",
+    proc = upscale_blend(
+        scene_dir,
         "--model",
         tiny_model,
         "--out-dir",
@@ -209,11 +205,8 @@ def test_headless_timeout_says_it_ran_out_and_how_far(scene_dir, env, tiny_model
 
 def test_headless_worker_errors_name_the_scripts_own_flag(scene_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TEXUP_PYTHON"}
-    proc = blender(
-        str(scene_dir / "scene.blend"),
-        "--python",
-        str(SCRIPT),
-        "--",
+    proc = upscale_blend(
+        scene_dir,
         "--worker-python",
         str(tmp_path / "no" / "python"),
         env=env,
@@ -225,11 +218,8 @@ def test_headless_worker_errors_name_the_scripts_own_flag(scene_dir, tmp_path):
 
 def test_headless_unknown_image_name_is_a_usage_error(scene_dir, env, tmp_path):
     report = tmp_path / "r.json"
-    proc = blender(
-        str(scene_dir / "scene.blend"),
-        "--python",
-        str(SCRIPT),
-        "--",
+    proc = upscale_blend(
+        scene_dir,
         "--images",
         "nope.png",
         "--report",
