@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from texup._atomic import atomic_path
-from texup.weights.cache import file_lock, sha256_file
+from texup.weights.cache import file_lock, sha256_file, try_lock
 
 STATE_DIR = ".texup"
 RECORD_NAME = "outputs.json"
@@ -56,19 +55,12 @@ def _matches(entry: dict[str, Any] | None, stat: dict[str, int] | None) -> bool:
 
 
 def _try_lock(fd: int) -> bool:
-    """Take an exclusive lock on ``fd`` without waiting; False when someone else holds it."""
+    """:func:`~texup.weights.cache.try_lock`, with any failure read as "held" (a journal whose run may be alive is
+    left alone)."""
     try:
-        if sys.platform == "win32":
-            import msvcrt
-
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return try_lock(fd)
     except OSError:
         return False
-    return True
 
 
 def _read_journal(path: Path) -> dict[str, dict[str, Any]]:

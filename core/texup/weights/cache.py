@@ -325,22 +325,28 @@ def remove_stale_temp_files(folder: Path, older_than: float = STALE_TEMP_S) -> l
     return removed
 
 
+def try_lock(fd: int) -> bool:
+    """Take an exclusive lock on ``fd`` without waiting (flock; msvcrt on Windows); False when another process
+    holds it. Other failures (a file system without locks) raise OSError."""
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN, errno.EDEADLK):
+            raise
+        return False
+    return True
+
+
 def _acquire(fd: int, lock_path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if sys.platform == "win32":
-                import msvcrt
-
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN, errno.EDEADLK):
-                raise
+    while not try_lock(fd):
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{lock_path}: another texup process held the model cache lock for {timeout:.0f} s")
         time.sleep(0.1)

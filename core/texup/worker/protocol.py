@@ -37,7 +37,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from texup.options import ENGINES, LAYOUTS, PRECISIONS, ROLES, STAGES, TILE_MIN
+from texup.options import ENGINES, LAYOUTS, OVERLAP_DEFAULT, PRECISIONS, ROLES, SCALE_MAX, STAGES, TILE_MIN
 from texup.options import SEAMLESS_MODES as SEAMLESS
 
 PROTOCOL_VERSION = 1
@@ -130,7 +130,7 @@ class JobOptions:
     scale: float | None = None
     target_size: tuple[int, int] | None = None
     tile: int | None = None
-    overlap: int = 16
+    overlap: int = OVERLAP_DEFAULT
     seamless: str = "auto"
     device: str = "auto"
     precision: str = "auto"
@@ -215,10 +215,10 @@ def parse_options(options: Any) -> JobOptions:
         raise ProtocolError(f"option 'overlap' must not be larger than 'tile' ({tile}), got {overlap}")
     return JobOptions(
         model=model,
-        scale=_number(options, "scale", float, low=0.01, high=16),
+        scale=_number(options, "scale", float, low=0.01, high=SCALE_MAX),
         target_size=target,
         tile=tile,
-        overlap=16 if overlap is None else overlap,
+        overlap=OVERLAP_DEFAULT if overlap is None else overlap,
         seamless=_choice(options, "seamless", SEAMLESS, "auto"),
         device=_choice(options, "device", None, "auto"),
         precision=_choice(options, "precision", PRECISIONS, "auto"),
