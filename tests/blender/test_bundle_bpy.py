@@ -126,6 +126,10 @@ def test_platform_zip_holds_the_wheels_core_and_models_and_passes_blenders_valid
     assert "models/realesrgan-x4plus.param" in names and "models/realesrgan-x4plus.bin" in names
     bundle = json.loads(zipfile.ZipFile(platform_zip).read("texup_bundle.json"))
     assert bundle["platform"] == "linux-x64" and sorted("wheels/" + w for w in bundle["wheels"]) == wheels
+    # One zip for Blender 4.2 to 5.0 (Python 3.11) and 5.1 on (3.13); test_wheels_bpy.py checks Blender's choice.
+    assert sorted(bundle["pythons"]) == ["3.11", "3.13"]
+    assert {w for ws in bundle["pythons"].values() for w in ws} == set(bundle["wheels"])
+    assert any("-cp311-cp311-" in w for w in wheels if "/ncnn-" in w) and any("-cp313-" in w for w in wheels)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/tests/" in n]
     assert platform_zip.stat().st_size < 200e6
 
