@@ -369,6 +369,23 @@ class TEXUP_OT_upscale(_ModalSession, bpy.types.Operator):
         options={"SKIP_SAVE", "HIDDEN"},
     )
 
+    @classmethod
+    def poll(cls, context: bpy.types.Context) -> bool:
+        """Not while a run is under way; in a UI session also not while the last worker check found no
+        working worker (greyed out, the reason in its tooltip). Scripts and ``blender -b`` are not held
+        back: their run reports a worker that does not start."""
+        if not super().poll(context):
+            return False
+        if runs_blocking(bpy.app.background, len(context.window_manager.windows)):
+            return True
+        from .bridge.health import upscale_blocked_reason
+        from .setup_ops import WORKER_CHECK
+
+        reason = upscale_blocked_reason(WORKER_CHECK.result, WORKER_CHECK.running)
+        if reason is not None and hasattr(cls, "poll_message_set"):  # Blender 3.0+
+            cls.poll_message_set(reason)
+        return reason is None
+
     def _begin(self, context: bpy.types.Context):
         """Scan and begin an :class:`~.session.UpscaleSession` (never waits for the worker); ``None``
         after reporting why not."""

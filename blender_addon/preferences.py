@@ -27,6 +27,10 @@ ENGINES = [
 ]
 
 
+PREFERENCES_WIDTH = 730
+"""The Preferences window's region width at scale 1, for drawing outside a window (wraps the status)."""
+
+
 def addon_package() -> str:
     """This add-on's package name (``bl_ext.<repo>.texup`` as an extension, the folder name as a legacy add-on)."""
     return __package__
@@ -48,25 +52,42 @@ def _worker_python_changed(self, context: bpy.types.Context) -> None:
 def draw_worker_status(
     layout: bpy.types.UILayout, context: bpy.types.Context, *, details: bool = False, compact: bool = False
 ) -> None:
-    """The worker's state from its last check, one to three compact lines with icons, for the preferences
-    and the panel. The first call of a session starts a check (on a thread); before it ends: "checking".
+    """The worker's state from its last check, in short lines with icons, for the preferences and the
+    panel. The first call of a session starts a check (on a thread); before it ends: "checking".
 
-    ``details``: also one line per device; ``compact``: the sidebar's short lines. Reads memory only (no file
-    access, no process start here).
+    Every line is wrapped to the region's width (Blender would cut it): a failed check shows what went
+    wrong and, whole, what fixes it, and a Check Again button. ``details``: also one line per device;
+    ``compact``: the sidebar's short lines. Reads memory only (no file access, no process start here).
     """
     from . import setup_ops
     from .bridge.health import compact_status_lines, device_lines, status_lines
+    from .bridge.text_fit import DEFAULT_SIDEBAR_WIDTH, text_width, wrap_lines
+    from .ui import draw_lines, sidebar
 
     setup_ops.ensure_worker_checked(context)
     check = setup_ops.WORKER_CHECK
     report = check.result
     column = layout.column(align=True)
-    lines = compact_status_lines if compact else status_lines
-    for icon, text in lines(report, running=check.running):
-        column.label(text=text, icon=icon)
+    side = sidebar(context, DEFAULT_SIDEBAR_WIDTH if compact else PREFERENCES_WIDTH)
+    # The preferences draw an add-on's settings in its expanded, indented box: 40 px more room kept.
+    width = side.label(icon=True, boxed=not compact) - (0 if compact else 40 * side.scale)
+    if compact:
+        lines = compact_status_lines(
+            report,
+            running=check.running,
+            width=width,
+            measure=lambda text: text_width(text, side.scale),
+            problem_lines=4,
+        )
+    else:
+        lines = status_lines(report, running=check.running)
+    for icon, text in lines:
+        draw_lines(column, wrap_lines(text, width, side.scale), icon=icon)
     if details:
         for line in device_lines(report):
-            column.label(text=line, icon="BLANK1")
+            draw_lines(column, wrap_lines(line, width, side.scale), icon="BLANK1")
+    if compact and report is not None and not report.ok and not check.running:
+        column.operator("texup.test_worker", text="Check Again", icon="FILE_REFRESH")
 
 
 def draw_torch_section(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
@@ -135,8 +156,9 @@ class TexupPreferences(bpy.types.AddonPreferences):
         layout = self.layout
         box = layout.box()
         box.prop(self, "worker_python")
+        draw_worker_status(box, context, details=True)  # full width: long errors wrap over lines
         row = box.row()
-        draw_worker_status(row, context, details=True)
+        row.alignment = "LEFT"
         row.operator("texup.test_worker", text="Test", icon="PLAY")
         draw_torch_section(layout, context)
         layout.prop(self, "output_dir")

@@ -180,9 +180,7 @@ def _refresh_now() -> None:
 
 def _timer_refresh():
     _refresh_now()
-    from .operators import redraw_panels
-
-    redraw_panels(bpy.context)
+    _redraw()
     return None  # once
 
 
@@ -215,6 +213,14 @@ def _on_undo_redo(*_args) -> None:
     ):
         return  # the running upscale refreshes the list when it ends
     _refresh_now()
+    _redraw()  # the sidebars show the new list now, not at the next mouse move
+
+
+def _redraw() -> None:
+    from .operators import redraw_panels
+
+    if getattr(bpy.context, "window_manager", None) is not None:
+        redraw_panels(bpy.context)
 
 
 _HANDLERS = (

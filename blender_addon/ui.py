@@ -5,6 +5,10 @@ Laid out for the default sidebar width (about 230 px): the list has three column
 "Texture Details" sub-panel; the settings explain themselves in their tooltips; what the filters leave
 out is listed under the list; fine-tuning is a sub-panel of its own. draw() only reads: a list that
 is empty or made for another scene is refilled from a timer.
+
+Blender cuts a label that is too wide ("groupt..."), so every text is fitted here to the region's width
+(:mod:`.bridge.text_fit`): long texts wrap over lines, names are shortened in the middle so their end
+stays ("brick_wa…_2k.png"), and the worker's fix is always shown whole.
 """
 
 from __future__ import annotations
@@ -15,19 +19,63 @@ from typing import Any
 
 import bpy
 
+from .bridge.text_fit import DEFAULT_SIDEBAR_WIDTH, UI_POINTS, Sidebar, fit_middle, wrap_lines
 from .operators import left_out, passes_filters
 from .properties import list_is_stale, request_refresh_from_draw, texture_list
 
 _STATUS_ICONS = {"original": "IMAGE_DATA", "upscaled": "CHECKMARK", "missing": "ERROR"}
 _ROLE_LABELS = {"color": "Color", "normal": "Normal", "data": "Data"}
-_NAME_FACTOR = 0.7  # of the row right of the checkbox: the name; the rest is size and status
+_NAME_FACTOR = 0.7  # the header's split: "Status, Texture" and "Size" (the rows' split depends on the size text)
+_DETAILS_FACTOR = 0.36  # the details' split: the field's name and its value
 
 
 def size_label(width: int, height: int) -> str:
-    """``"1024"`` for a square texture, ``"1024x512"`` otherwise, ``"-"`` without a size."""
-    if not width:
+    """The larger side, as the size filter reads it: ``"2k"`` for 2048 px (a multiple of 1024: the k of
+    texture artists), ``"300"`` otherwise, ``"-"`` without a size. The Texture Details sub-panel has both
+    sides; the list keeps its room for the names."""
+    side = max(width, height)
+    if not side:
         return "-"
-    return str(width) if width == height else f"{width}x{height}"
+    return f"{side // 1024}k" if side % 1024 == 0 else str(side)
+
+
+def ui_scale(context: bpy.types.Context) -> float:
+    """Pixels per point of the labels: the interface scale (with the display's DPI) times the label
+    font's size against Blender's default 11 points."""
+    prefs = context.preferences
+    scale = getattr(prefs.system, "ui_scale", 0.0) or prefs.view.ui_scale or 1.0
+    points = []
+    for style in prefs.ui_styles[:1]:
+        for name in ("widget", "widget_label"):
+            font = getattr(style, name, None)
+            if font is not None:
+                points.append(font.points)
+    return scale * max(points or [UI_POINTS]) / UI_POINTS
+
+
+def sidebar(context: bpy.types.Context, default_width: float = DEFAULT_SIDEBAR_WIDTH) -> Sidebar:
+    """The pixel budget of the region being drawn (when there is none, one ``default_width`` wide at
+    scale 1: the default sidebar's)."""
+    scale = ui_scale(context)
+    region = getattr(context, "region", None)
+    width = getattr(region, "width", 0) or 0
+    return Sidebar(region_width=width if width > 1 else default_width * scale, scale=scale)
+
+
+def draw_lines(layout: bpy.types.UILayout, lines: list[str], icon: str = "NONE") -> None:
+    """Labels, one per line; ``icon`` on the first, the others indented to match."""
+    for index, line in enumerate(lines):
+        layout.label(text=line, icon=icon if index == 0 or icon == "NONE" else "BLANK1")
+
+
+def draw_pair(layout: bpy.types.UILayout, label: str, value: str, factor: float, width: float, scale: float) -> None:
+    """``label`` left, ``value`` right (a split at ``factor``); a value wider than ``width`` wraps over
+    further rows of the right column."""
+    pieces = wrap_lines(value, width, scale) or [""]
+    for index, piece in enumerate(pieces):
+        split = layout.split(factor=factor, align=True)
+        split.label(text=label if index == 0 else "")
+        split.label(text=piece)
 
 
 class TEXUP_UL_textures(bpy.types.UIList):
@@ -38,11 +86,16 @@ class TEXUP_UL_textures(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0, flt_flag=0):
         row = layout.row(align=True)
         row.prop(item, "selected", text="")
-        split = row.split(factor=_NAME_FACTOR, align=True)
-        split.label(text=item.name, icon=_STATUS_ICONS.get(item.status, "IMAGE_DATA"))
+        size = size_label(item.width, item.height)
+        side = sidebar(context)
+        factor, name_width = side.list_split(size)
+        split = row.split(factor=factor, align=True)
+        split.label(
+            text=fit_middle(item.name, name_width, side.scale), icon=_STATUS_ICONS.get(item.status, "IMAGE_DATA")
+        )
         right = split.row(align=True)
         right.alignment = "RIGHT"
-        right.label(text=size_label(item.width, item.height))
+        right.label(text=size)
 
     def filter_items(self, context, data, propname):
         items = getattr(data, propname)
@@ -90,20 +143,20 @@ def _draw_left_out(layout: bpy.types.UILayout, context: bpy.types.Context) -> No
     )
     if textures.show_left_out:
         col = box.column(align=True)
+        side = sidebar(context)
+        width = side.label(boxed=True, factor=0.5)
         for name, why in hidden:
-            split = col.split(factor=0.5, align=True)
-            split.label(text=name)
-            split.label(text=why)
+            draw_pair(col, fit_middle(name, width, side.scale), why, 0.5, width, side.scale)
 
 
-def _draw_progress(layout: bpy.types.UILayout, runtime) -> None:
+def _draw_progress(layout: bpy.types.UILayout, context: bpy.types.Context, runtime) -> None:
     col = layout.column(align=True)
     text = f"{runtime.progress:.0%}" + (f"  ETA {runtime.eta}" if runtime.eta else "")
     if hasattr(col, "progress"):  # Blender 4.0+
         col.progress(factor=runtime.progress, type="BAR", text=text)
     else:  # a slider of the 0..1 value is the bar (it is overwritten every tenth of a second)
         col.prop(runtime, "progress", text=text, slider=True)
-    col.label(text=runtime.message)
+    draw_lines(col, sidebar(context).wrap(runtime.message, max_lines=3))
     col.operator("texup.cancel", icon="CANCEL", text="Cancel (Esc)")
 
 
@@ -111,6 +164,7 @@ def _draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     settings = context.scene.texup
     textures = texture_list(context)
     runtime = context.window_manager.texup_runtime
+    side = sidebar(context)
     if list_is_stale(context):
         request_refresh_from_draw(context)
 
@@ -143,7 +197,7 @@ def _draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     col = layout.column(align=True)
     col.prop(settings, "model", text="", icon="MODIFIER")
     if not settings.model.strip():
-        col.label(text=f"Default: {_default_model(context)}")
+        draw_lines(col, side.wrap(f"Default: {_default_model(context)}"))
     row = col.row(align=True)
     row.prop(settings, "scale", expand=True)
     col.prop(settings, "tile", text="Tile (0: auto)")
@@ -152,15 +206,29 @@ def _draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     split.prop(settings, "seamless", text="")
 
     if runtime.running:
-        _draw_progress(layout, runtime)
+        _draw_progress(layout, context, runtime)
         return
     col = layout.column(align=True)
     col.scale_y = 1.3
     col.operator("texup.upscale", icon="RENDER_STILL", text=f"Upscale {chosen}" if chosen else "Upscale")
+    if _upscale_blocked():  # greyed out by its poll: say why here too (the tooltip says it on hover)
+        draw_lines(
+            layout.column(align=True),
+            side.wrap("Upscale needs a working worker (see above)", icon=True),
+            icon="INFO",
+        )
     col = layout.column(align=True)
     col.operator("texup.revert", icon="LOOP_BACK", text="Revert")
     if runtime.last_summary:
-        layout.label(text=runtime.last_summary.removeprefix("texup: "))
+        draw_lines(layout.column(align=True), side.wrap(runtime.last_summary.removeprefix("texup: ")))
+
+
+def _upscale_blocked() -> bool:
+    """The last worker check found no working worker (Upscale's poll greys it out in a UI session)."""
+    from .bridge.health import upscale_blocked_reason
+    from .setup_ops import WORKER_CHECK
+
+    return upscale_blocked_reason(WORKER_CHECK.result, WORKER_CHECK.running) is not None
 
 
 def _draw_details(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
@@ -171,11 +239,11 @@ def _draw_details(layout: bpy.types.UILayout, context: bpy.types.Context) -> Non
         return
     item = textures.textures[textures.active_index]
     col = layout.column(align=True)
+    side = sidebar(context)
+    width = side.label(factor=1 - _DETAILS_FACTOR)
 
     def line(label: str, value: str) -> None:
-        split = col.split(factor=0.36, align=True)
-        split.label(text=label)
-        split.label(text=value)
+        draw_pair(col, label, value, _DETAILS_FACTOR, width, side.scale)
 
     line("Image", item.name)
     line("Size", f"{item.width} x {item.height}" if item.width else "-")
@@ -201,7 +269,7 @@ def _draw_finetune(layout: bpy.types.UILayout, context: bpy.types.Context) -> No
     row.prop(settings, "finetune_stage", expand=True)
     col.prop(settings, "finetune_steps")
     col.prop(settings, "finetune_config", text="")
-    col.label(text=f"From: {settings.model.strip() or _default_model(context)}")
+    draw_lines(col, sidebar(context).wrap(f"From: {settings.model.strip() or _default_model(context)}"))
     col.operator("texup.finetune", icon="EXPERIMENTAL", text="Fine-tune")
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .client import WorkerClient, WorkerError, WorkerStartError
+from .text_fit import wrap_lines
 from .worker_protocol import Crashed, DeviceInfo, Error, Info
 
 DEFAULT_TIMEOUT = 90.0
@@ -254,36 +255,83 @@ def status_lines(report: HealthReport | None, running: bool = False) -> list[tup
     return lines
 
 
-def _wrap(text: str, width: int, lines: int) -> list[str]:
-    """``text`` in at most ``lines`` pieces of at most ``width`` characters, broken at spaces where possible."""
-    import textwrap
-
-    pieces = textwrap.wrap(one_line(text), width=width, break_long_words=True, break_on_hyphens=False)
-    if len(pieces) > lines:
-        pieces = pieces[:lines]
-        pieces[-1] = pieces[-1][: width - 1] + "…"
-    return pieces
+def _wrap(text: str, width: float, lines: int | None, measure: Callable[[str], float] = len) -> list[str]:
+    """``text`` in at most ``lines`` pieces of at most ``width`` (characters, or what ``measure`` says),
+    broken at spaces where possible; a cut ends in "…"."""
+    return wrap_lines(one_line(text), width, max_lines=lines, measure=measure)
 
 
-def compact_status_lines(report: HealthReport | None, running: bool = False, width: int = 30) -> list[tuple[str, str]]:
-    """The panel's short form of :func:`status_lines` (the sidebar shows about 30 characters a line): what
-    runs and what auto picks; an error wrapped over up to four lines. Same rule: a tick only after a
-    worker answered."""
+FIX_MARK = "Worker Python"
+"""What the fix of every "no usable worker" message names (:data:`client.SETTING_HINT` and the others)."""
+DEFAULT_FIX = "set 'Worker Python' in the texup add-on preferences, then Check Again"
+
+
+def split_fix(error: str) -> tuple[str, str]:
+    """``(problem, fix)`` of a worker error: the fix is the clause that names the Worker Python setting
+    (from the ``: ``, ``; ``, ``. `` or `` or `` before it to the end), the problem the rest; an error that
+    names no fix gets :data:`DEFAULT_FIX`. The fix starts with a capital letter."""
+    text = one_line(error)
+    mark = text.find(FIX_MARK)
+    if mark < 0:
+        return text, DEFAULT_FIX[0].upper() + DEFAULT_FIX[1:]
+    start, cut = 0, 0
+    for separator in (": ", "; ", ". ", " or "):
+        found = text.rfind(separator, 0, mark)
+        if found >= 0 and found + len(separator) > start:
+            start, cut = found + len(separator), found
+    problem = text[:cut].rstrip(" .;:,") if start else ""
+    fix = text[start:].strip()
+    return problem, fix[:1].upper() + fix[1:]
+
+
+def compact_status_lines(
+    report: HealthReport | None,
+    running: bool = False,
+    width: float = 30,
+    *,
+    measure: Callable[[str], float] = len,
+    problem_lines: int | None = None,
+) -> list[tuple[str, str]]:
+    """The panel's short form of :func:`status_lines`, each line at most ``width`` (characters, or pixels
+    with a pixel ``measure``): what runs and what auto picks. A failed check: "Worker not working:", the
+    problem over at most ``problem_lines`` lines (default: what four lines leave beside the fix, at least
+    one), then the fix (":func:`split_fix`") whole, over as many lines as it needs -- never cut. Same rule
+    as :func:`status_lines`: a tick only after a worker answered."""
     if running or report is None:
-        return status_lines(report, running)
+        return [
+            (icon, piece) for icon, text in status_lines(report, running) for piece in _wrap(text, width, 1, measure)
+        ]
     if not report.ok:
-        return [("ERROR", "Worker not working:")] + [("BLANK1", piece) for piece in _wrap(report.error, width, 4)]
+        problem, fix = split_fix(report.error)
+        fix_lines = _wrap(f"Fix: {fix}", width, None, measure)
+        budget = problem_lines if problem_lines is not None else max(1, 4 - len(fix_lines))
+        lines = [("ERROR", "Worker not working:")]
+        lines += [("BLANK1", piece) for piece in _wrap(problem, width, budget, measure)]
+        lines += [("PREFERENCES" if i == 0 else "BLANK1", piece) for i, piece in enumerate(fix_lines)]
+        return lines
     lines = [
-        ("CHECKMARK", f"Worker: texup {report.texup}"),
-        ("BLANK1", f"PyTorch {report.torch}" if report.torch else "no PyTorch (ncnn engine)"),
+        ("CHECKMARK", _wrap(f"Worker: texup {report.texup}", width, 1, measure)[0]),
+        (
+            "BLANK1",
+            _wrap(f"PyTorch {report.torch}" if report.torch else "no PyTorch (ncnn engine)", width, 1, measure)[0],
+        ),
     ]
     if report.auto:
         engine, _, rest = report.auto.partition("/")
         device_key = rest.split("/")[0] if rest else ""
         device = report.auto_device
         where = "CPU" if device_key == "cpu" else (device.name if device is not None else device_key)
-        lines.append(("INFO", _wrap(f"Auto: {engine} on {where}", width, 1)[0]))
+        lines.append(("INFO", _wrap(f"Auto: {engine} on {where}", width, 1, measure)[0]))
     return lines
+
+
+def upscale_blocked_reason(report: HealthReport | None, running: bool = False) -> str | None:
+    """Why Upscale cannot run now (the operator's greyed-out tooltip), or ``None``: only a finished check
+    that found no working worker blocks it (not checked yet, or a check under way, does not)."""
+    if running or report is None or report.ok:
+        return None
+    problem, fix = split_fix(report.error)
+    return f"The texup worker does not work ({problem or 'see the panel'}). Fix: {fix}"
 
 
 def device_lines(report: HealthReport | None) -> list[str]:
