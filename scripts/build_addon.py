@@ -84,7 +84,7 @@ MODEL_FILES = (
     "realesr-animevideov3-x3",
     "realesr-animevideov3-x4",
 )
-SIZE_WARN_MB = 200  # the upload limit we design for (see docs/blender.md: "Size")
+SIZE_WARN_MB = 200  # the upload limit we design for (see docs/blender-versions.md: "Size")
 BUNDLE_FORMAT = 1
 
 
