@@ -61,7 +61,7 @@ def draw_worker_status(
     """
     from . import setup_ops
     from .bridge.health import compact_status_lines, device_lines, status_lines
-    from .bridge.text_fit import DEFAULT_SIDEBAR_WIDTH, text_width, wrap_lines
+    from .bridge.text_fit import DEFAULT_SIDEBAR_WIDTH
     from .ui import draw_lines, sidebar
 
     setup_ops.ensure_worker_checked(context)
@@ -76,16 +76,16 @@ def draw_worker_status(
             report,
             running=check.running,
             width=width,
-            measure=lambda text: text_width(text, side.scale),
+            measure=side.width_of,
             problem_lines=4,
         )
     else:
         lines = status_lines(report, running=check.running)
     for icon, text in lines:
-        draw_lines(column, wrap_lines(text, width, side.scale), icon=icon)
+        draw_lines(column, side.lines(text, width), icon=icon)
     if details:
         for line in device_lines(report):
-            draw_lines(column, wrap_lines(line, width, side.scale), icon="BLANK1")
+            draw_lines(column, side.lines(line, width), icon="BLANK1")
     if compact and report is not None and not report.ok and not check.running:
         column.operator("texup.test_worker", text="Check Again", icon="FILE_REFRESH")
 

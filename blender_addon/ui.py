@@ -19,7 +19,7 @@ from typing import Any
 
 import bpy
 
-from .bridge.text_fit import DEFAULT_SIDEBAR_WIDTH, UI_POINTS, Sidebar, fit_middle, wrap_lines
+from .bridge.text_fit import DEFAULT_SIDEBAR_WIDTH, UI_POINTS, Sidebar
 from .operators import left_out, passes_filters
 from .properties import list_is_stale, request_refresh_from_draw, texture_list
 
@@ -59,7 +59,15 @@ def sidebar(context: bpy.types.Context, default_width: float = DEFAULT_SIDEBAR_W
     scale = ui_scale(context)
     region = getattr(context, "region", None)
     width = getattr(region, "width", 0) or 0
-    return Sidebar(region_width=width if width > 1 else default_width * scale, scale=scale)
+    return Sidebar(region_width=width if width > 1 else default_width * scale, scale=scale, font=ui_font(context))
+
+
+def ui_font(context: bpy.types.Context) -> str:
+    """The interface font's table in :mod:`.bridge.text_fit`: Blender's own (DejaVu Sans before 4.0, Inter
+    since), or the wider of the two for a font the user chose."""
+    if getattr(context.preferences.view, "font_path_ui", ""):
+        return "any"
+    return "dejavu" if bpy.app.version < (4, 0, 0) else "inter"
 
 
 def draw_lines(layout: bpy.types.UILayout, lines: list[str], icon: str = "NONE") -> None:
@@ -68,10 +76,10 @@ def draw_lines(layout: bpy.types.UILayout, lines: list[str], icon: str = "NONE")
         layout.label(text=line, icon=icon if index == 0 or icon == "NONE" else "BLANK1")
 
 
-def draw_pair(layout: bpy.types.UILayout, label: str, value: str, factor: float, width: float, scale: float) -> None:
+def draw_pair(layout: bpy.types.UILayout, label: str, value: str, factor: float, width: float, side: Sidebar) -> None:
     """``label`` left, ``value`` right (a split at ``factor``); a value wider than ``width`` wraps over
     further rows of the right column."""
-    pieces = wrap_lines(value, width, scale) or [""]
+    pieces = side.lines(value, width) or [""]
     for index, piece in enumerate(pieces):
         split = layout.split(factor=factor, align=True)
         split.label(text=label if index == 0 else "")
@@ -90,9 +98,7 @@ class TEXUP_UL_textures(bpy.types.UIList):
         side = sidebar(context)
         factor, name_width = side.list_split(size)
         split = row.split(factor=factor, align=True)
-        split.label(
-            text=fit_middle(item.name, name_width, side.scale), icon=_STATUS_ICONS.get(item.status, "IMAGE_DATA")
-        )
+        split.label(text=side.fit(item.name, name_width), icon=_STATUS_ICONS.get(item.status, "IMAGE_DATA"))
         right = split.row(align=True)
         right.alignment = "RIGHT"
         right.label(text=size)
@@ -146,7 +152,7 @@ def _draw_left_out(layout: bpy.types.UILayout, context: bpy.types.Context) -> No
         side = sidebar(context)
         width = side.label(boxed=True, factor=0.5)
         for name, why in hidden:
-            draw_pair(col, fit_middle(name, width, side.scale), why, 0.5, width, side.scale)
+            draw_pair(col, side.fit(name, width), why, 0.5, width, side)
 
 
 def _draw_progress(layout: bpy.types.UILayout, context: bpy.types.Context, runtime) -> None:
@@ -243,7 +249,7 @@ def _draw_details(layout: bpy.types.UILayout, context: bpy.types.Context) -> Non
     width = side.label(factor=1 - _DETAILS_FACTOR)
 
     def line(label: str, value: str) -> None:
-        draw_pair(col, label, value, _DETAILS_FACTOR, width, side.scale)
+        draw_pair(col, label, value, _DETAILS_FACTOR, width, side)
 
     line("Image", item.name)
     line("Size", f"{item.width} x {item.height}" if item.width else "-")

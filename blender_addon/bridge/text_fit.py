@@ -3,9 +3,9 @@
 Blender's ``layout.label`` never wraps: a text wider than its button is cut ("groupt...") and the rest is
 lost. The panel therefore fits every text itself, from the region's width in pixels and the UI scale:
 
-- :func:`text_width` estimates a label's width in pixels. The advance of each character is the larger of
-  the two UI fonts at 11 points (DejaVu Sans, Blender 3.x; Inter, Blender 4.0+), measured with ``blf``;
-  characters outside the table count as wide as the widest (CJK glyphs are about one em). The estimate is
+- :func:`text_width` estimates a label's width in pixels from each character's advance in the UI font at
+  11 points, measured with ``blf``: DejaVu Sans (Blender 3.x), Inter (Blender 4.0+), or the wider of the
+  two for a font not known; characters outside the table count as one em (CJK glyphs). The estimate is
   never narrower than ``blf.dimensions`` of the whole string (tested in both Blenders).
 - :func:`wrap_lines` breaks a text into lines that each fit (at spaces; a word wider than a line, such as
   a path, at ``/``, ``_``, ``-`` or ``.`` where it can); with ``max_lines`` the last line ends in ``…``.
@@ -28,18 +28,38 @@ ELLIPSIS = "…"
 UI_POINTS = 11.0
 """The points of Blender's default label font (``ui_styles[0].widget.points``)."""
 
-_ADVANCES = {
-    3.0: " ',.:;ijl",
-    4.0: "!()/[\\]frt|",
-    5.0: '"I_`',
-    6.0: "?JLaceksvxyz",
-    7.0: "$*-0123456789BEFKPRSTYZbdghnopqu{}",
-    8.0: "&ACDGHNOQUVX",
-    9.0: "#+<=>^w~×",
-    10.0: "Mm",
-    11.0: "%@W" + ELLIPSIS,
+_ADVANCES = {  # pixels at 11 px (blf, hinted) per character, per UI font
+    "dejavu": {  # Blender 2.8 to 3.6
+        3.0: " ',-./:;IJ\\fijl|",
+        4.0: "!()[]rt",
+        5.0: '"*?_`sz',
+        6.0: "EFLPSTYabcdeghknopquvxy",
+        7.0: "$0123456789ABCKRVXZ{}",
+        8.0: "&DGHNOQU",
+        9.0: "#+<=>M^w~×",
+        10.0: "%Wm",
+        11.0: "@" + ELLIPSIS,
+    },
+    "inter": {  # Blender 4.0 and later
+        3.0: " !',.:;ijl",
+        4.0: "()/[\\]`frt{|}",
+        5.0: '"I^_',
+        6.0: "?JLaceksvxyz",
+        7.0: "#$&*+-0123456789<=>BEFKPRSTYZbdghnopqu~×",
+        8.0: "ACDGHNOQUVX",
+        9.0: "w",
+        10.0: "Mm" + ELLIPSIS,
+        11.0: "%@W",
+    },
 }
-_WIDTH = {char: advance for advance, chars in _ADVANCES.items() for char in chars}
+_TABLES = {
+    font: {char: advance for advance, chars in groups.items() for char in chars} for font, groups in _ADVANCES.items()
+}
+_TABLES["any"] = {
+    char: max(table.get(char, 0.0) for table in _TABLES.values()) for char in set().union(*_TABLES.values())
+}
+FONTS = tuple(_TABLES)
+"""``"dejavu"`` (Blender 3.x), ``"inter"`` (Blender 4.0+), ``"any"`` (the wider of the two: a font not known)."""
 _OTHER = 12.0  # any other character: as wide as a CJK glyph (about one em), wider than every Latin one
 _BREAK_AFTER = "/\\_-.,"  # where a word wider than a line is broken, when it can be
 
@@ -50,17 +70,14 @@ DEFAULT_SIDEBAR_WIDTH = 220
 _SLACK = 1.03, 1.0  # the glyphs' advances are rounded to whole pixels at scales such as 1.04 (a 100 dpi screen)
 
 
-def text_width(text: str, scale: float = 1.0) -> float:
-    """The width in pixels of ``text`` drawn by a label at ``scale`` (an upper estimate; see the module)."""
+def text_width(text: str, scale: float = 1.0, font: str = "any") -> float:
+    """The width in pixels of ``text`` drawn by a label at ``scale`` in ``font`` (one of :data:`FONTS`; an
+    upper estimate, see the module)."""
     if not text:
         return 0.0
+    table = _TABLES[font]
     factor, extra = _SLACK
-    return scale * (factor * sum(_WIDTH.get(char, _OTHER) for char in text) + extra)
-
-
-def fits(text: str, width: float, scale: float = 1.0) -> bool:
-    """Whether ``text`` fits in ``width`` pixels."""
-    return text_width(text, scale) <= width
+    return scale * (factor * sum(table.get(char, _OTHER) for char in text) + extra)
 
 
 def _prefix_that_fits(text: str, width: float, measure: Callable[[str], float]) -> int:
@@ -101,13 +118,14 @@ def wrap_lines(
     max_lines: int | None = None,
     *,
     measure: Callable[[str], float] | None = None,
+    font: str = "any",
 ) -> list[str]:
     """``text`` as lines of at most ``width`` pixels each (whitespace collapsed; no word is lost unless
     ``max_lines`` cuts: then the last line ends in ``…``). An empty text gives no lines.
 
     ``measure`` replaces the width estimate (``len`` wraps by characters, ``width`` is then a count).
     """
-    measure = measure or (lambda piece: text_width(piece, scale))
+    measure = measure or (lambda piece: text_width(piece, scale, font))
     lines: list[str] = []
     current = ""
     for word in text.split():
@@ -144,26 +162,28 @@ def _distinctive_ends(text: str) -> list[str]:
     return ends
 
 
-def fit_middle(text: str, width: float, scale: float = 1.0) -> str:
+def fit_middle(text: str, width: float, scale: float = 1.0, font: str = "any") -> str:
     """``text`` if it fits in ``width`` pixels, else its beginning, ``…`` and its distinctive end.
 
     The end (see :func:`_distinctive_ends`: with the extension if that fits, else without) gets at most
-    60 % of the room, else the last characters that fit in half of it; the rest goes to the beginning.
+    60 % of the room, else the last characters of the stem that fit in half of it; the rest goes to the
+    beginning.
     Returns ``"…"`` alone when not even that fits, and ``""`` when not even ``"…"`` fits.
     """
 
     def measure(piece: str) -> float:
-        return text_width(piece, scale)
+        return text_width(piece, scale, font)
 
     if measure(text) <= width:
         return text
     room = width - measure(ELLIPSIS)
     if room < 0:
         return ""
-    end = next((end for end in _distinctive_ends(text) if measure(end) <= 0.6 * room), None)
-    if end is None:
-        keep = _prefix_that_fits(text[::-1], 0.5 * room, measure)
-        end = text[len(text) - keep :] if keep else ""
+    ends = _distinctive_ends(text)
+    end = next((end for end in ends if measure(end) <= 0.6 * room), None)
+    if end is None:  # the last characters of the stem's last part (the extension tells least)
+        keep = _prefix_that_fits(ends[-1][::-1], 0.5 * room, measure)
+        end = ends[-1][len(ends[-1]) - keep :] if keep else ""
     head = text[: text.rfind(end) if end else len(text)]
     head = head[: _prefix_that_fits(head, room - measure(end), measure)]
     return f"{head}{ELLIPSIS}{end}"
@@ -181,10 +201,24 @@ _CHECKBOX = 21.0  # a checkbox without text
 
 @dataclass(frozen=True)
 class Sidebar:
-    """The pixel budget of a panel in a region ``region_width`` pixels wide at ``scale``."""
+    """The pixel budget of a panel in a region ``region_width`` pixels wide at ``scale``, its labels drawn
+    in ``font`` (one of :data:`FONTS`)."""
 
     region_width: float = DEFAULT_SIDEBAR_WIDTH
     scale: float = 1.0
+    font: str = "any"
+
+    def width_of(self, text: str) -> float:
+        """:func:`text_width` in this sidebar's scale and font."""
+        return text_width(text, self.scale, self.font)
+
+    def fit(self, text: str, width: float) -> str:
+        """:func:`fit_middle` in this sidebar's scale and font."""
+        return fit_middle(text, width, self.scale, self.font)
+
+    def lines(self, text: str, width: float, max_lines: int | None = None) -> list[str]:
+        """:func:`wrap_lines` in this sidebar's scale and font."""
+        return wrap_lines(text, width, self.scale, max_lines, font=self.font)
 
     @property
     def content(self) -> float:
@@ -207,10 +241,10 @@ class Sidebar:
         factor (the name's share of the row right of the checkbox) and the name text's width (icon
         included in the name's share)."""
         row = self.list_row
-        size = text_width(size_text, self.scale) + _LABEL_PAD * self.scale
+        size = self.width_of(size_text) + _LABEL_PAD * self.scale
         factor = min(0.9, max(0.5, (row - size) / row)) if row > 0 else 0.5
         return factor, max(0.0, row * factor - (_ICON + _LABEL_PAD) * self.scale)
 
     def wrap(self, text: str, *, icon: bool = False, boxed: bool = False, max_lines: int | None = None) -> list[str]:
         """``text`` wrapped to a full-width label's text width."""
-        return wrap_lines(text, self.label(icon=icon, boxed=boxed), self.scale, max_lines)
+        return self.lines(text, self.label(icon=icon, boxed=boxed), max_lines)

@@ -212,3 +212,209 @@ def test_the_engine_and_device_preferences_reach_the_workers_job(addon, tmp_path
         run.cleanup()
     assert (sent["device"], sent["engine"]) == ("cpu", "ncnn") and "layout" not in sent  # "auto" is not sent
     assert [e[0] for e in preferences.ENGINES] == ["auto", "ncnn", "torch"]
+
+
+# --- the panel at the default sidebar width ---------------------------------------------------------------
+
+LONG_NAMES = ("brick_wall_diffuse_2k.png", "T_Rock_Cliff_01_Normal_OpenGL.png")
+# What Blender 3.4.1 gives a panel in its default sidebar, measured in its screenshots at scale 1 (the add-on's
+# own budget, bridge/text_fit.py, keeps a little more room than these): content = region - 54, a list row =
+# content - 19, a checkbox 20, an icon label's text 22 further in, text clipped 6 px before a label's end.
+MODEL_CHROME, MODEL_LIST, MODEL_CHECKBOX, MODEL_ICON, MODEL_PAD, MODEL_BOX = 54, 19, 20, 22, 6, 10
+
+
+class WidthLayout:
+    """Stands in for ``bpy.types.UILayout``: records what is drawn as a tree, then gives every item the width
+    Blender would (rows share their width, fixed-size checkboxes and icon buttons aside; splits by factor;
+    boxes less their border), and says which labels' texts are wider than the room they get."""
+
+    def __init__(self, kind: str = "column", factor: float = 0.5, fixed: float = 0.0) -> None:
+        self.kind, self.factor, self.fixed = kind, factor, fixed
+        self.children: list = []
+        self.alignment, self.active, self.enabled, self.scale_y = "EXPAND", True, True, 1.0
+
+    def _add(self, kind: str, **kwargs) -> WidthLayout:
+        child = WidthLayout(kind, **kwargs)
+        self.children.append(child)
+        return child
+
+    def row(self, **_kwargs):
+        return self._add("row")
+
+    def column(self, **_kwargs):
+        return self._add("column")
+
+    def box(self):
+        return self._add("box")
+
+    def split(self, factor: float = 0.5, **_kwargs):
+        return self._add("split", factor=factor)
+
+    def label(self, *, text: str = "", icon: str = "NONE"):
+        leaf = self._add("label", fixed=MODEL_CHECKBOX if not text and icon != "NONE" else 0.0)  # an icon alone
+        leaf.text, leaf.icon = text, icon
+
+    def prop(self, data, name, *, text=None, icon="NONE", **_kwargs):
+        self._add("item", fixed=MODEL_CHECKBOX if text == "" else 0.0)
+
+    def operator(self, idname, *, text=None, icon="NONE", **_kwargs):
+        self._add("item", fixed=MODEL_CHECKBOX if text == "" else 0.0)
+        return type("OperatorProperties", (), {})()
+
+    def progress(self, **_kwargs):
+        self._add("item")
+
+    def template_list(self, list_type, list_id, data, propname, active_data, active_propname, rows=5):
+        from blender_addon import ui
+
+        box = self._add("list")
+        for index, item in enumerate(getattr(data, propname)):
+            ui.TEXUP_UL_textures.draw_item(
+                None, bpy.context, box.row(), data, item, 0, active_data, active_propname, index
+            )
+
+    def layout_widths(self, width: float, scale: float) -> list[tuple[str, str, float]]:
+        """``(text, icon, room)`` of every label, this layout being ``width`` pixels wide."""
+        out = []
+        if self.kind == "label":
+            if self.text:
+                icon = MODEL_ICON if self.icon != "NONE" else 0
+                out.append((self.text, self.icon, width - (MODEL_PAD + icon) * scale))
+            return out
+        inner = {"box": width - MODEL_BOX * scale, "list": width - MODEL_LIST * scale}.get(self.kind, width)
+        if self.kind == "split":
+            rest = max(1, len(self.children) - 1)
+            widths = [inner * self.factor] + [inner * (1 - self.factor) / rest] * rest
+        elif self.kind == "row":
+            fixed = sum(c.fixed * scale for c in self.children)
+            flexible = [c for c in self.children if not c.fixed]
+            share = (inner - fixed) / max(1, len(flexible))
+            widths = [c.fixed * scale if c.fixed else share for c in self.children]
+        else:
+            widths = [inner] * len(self.children)
+        for child, child_width in zip(self.children, widths):
+            out += child.layout_widths(child_width, scale)
+        return out
+
+
+def blf_width(text: str, scale: float) -> float:
+    """The width Blender's own font code gives ``text`` in the UI font at ``scale``."""
+    import blf
+
+    blf.size(0, 11 * scale)
+    return blf.dimensions(0, text)[0]
+
+
+@pytest.fixture
+def broken_worker(addon, monkeypatch):
+    """The last worker check found no worker (what a wrong Worker Python gives)."""
+    from blender_addon import setup_ops
+    from blender_addon.bridge.client import SETTING_HINT
+    from blender_addon.bridge.health import HealthCheck, HealthReport
+
+    check = HealthCheck()
+    error = f"the worker Python '/home/artist/envs/texup-gpu/bin/python3.11' does not exist: {SETTING_HINT}"
+    check._result = HealthReport(ok=False, python="/home/artist/envs/texup-gpu/bin/python3.11", error=error)
+    check.requested = True
+    monkeypatch.setattr(setup_ops, "WORKER_CHECK", check)
+    return check
+
+
+def long_named_scene(tmp_path) -> None:
+    scene_builder.build(str(tmp_path), with_missing=True)
+    mat = bpy.data.materials["Mat.A"]
+    for name in LONG_NAMES:
+        image = bpy.data.images.load(scene_builder.write_png(str(tmp_path / name), 16, 16, 3))
+        mat.node_tree.nodes.new("ShaderNodeTexImage").image = image
+    bpy.ops.texup.refresh()
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.25, 2.0])
+def test_every_label_fits_the_default_sidebar_and_nothing_is_lost(addon, broken_worker, tmp_path, scale):
+    """The whole panel, its list rows and its details at the default sidebar width (no region here: the
+    default width at this scale): every label's text, measured with blf, fits the room Blender gives it;
+    the worker's fix is drawn whole; long names keep both ends; the summary and the message wrap whole."""
+    from blender_addon import ui
+    from blender_addon.bridge.health import split_fix
+    from blender_addon.bridge.text_fit import DEFAULT_SIDEBAR_WIDTH, text_width
+
+    view = bpy.context.preferences.view
+    old_scale = view.ui_scale
+    view.ui_scale = scale
+    try:
+        assert ui.ui_scale(bpy.context) == pytest.approx(scale) and ui.ui_font(bpy.context) == "inter"
+        long_named_scene(tmp_path)
+        textures = bpy.context.window_manager.texup_list
+        textures.active_index = next(i for i, t in enumerate(textures.textures) if t.name == LONG_NAMES[1])
+        settings = bpy.context.scene.texup
+        settings.use_size_filter, settings.max_size = True, 20  # some left out, listed with the reasons
+        textures.show_left_out = True
+        runtime = bpy.context.window_manager.texup_runtime
+        summary = "texup: 9 upscaled, 1 failed (the worker did not stop within 5 s of the cancel and was restarted)"
+        runtime.last_summary = summary
+        drawn = []
+        for running in (False, True):
+            runtime.running = running
+            runtime.message = "Upscaling T_Rock_Cliff_01_Normal_OpenGL.png (3/11, 40%)"
+            for draw in (ui._draw_panel, ui._draw_details, ui._draw_finetune):
+                layout = WidthLayout()
+                draw(layout, bpy.context)
+                drawn += layout.layout_widths(DEFAULT_SIDEBAR_WIDTH * scale - MODEL_CHROME * scale, scale)
+        runtime.running, runtime.last_summary = False, ""
+    finally:
+        view.ui_scale = old_scale
+        settings.use_size_filter = False
+
+    texts = [text for text, _, _ in drawn]
+    too_wide = {
+        text: (round(blf_width(text, scale)), round(room)) for text, _, room in drawn if blf_width(text, scale) > room
+    }
+    assert not too_wide, too_wide
+    assert all(text_width(text, scale, "inter") >= blf_width(text, scale) for text in texts)  # never narrower
+    # The worker's fix, whole, on lines of its own after what went wrong.
+    fix_at = texts.index(next(t for t in texts if t.startswith("Fix: ")))
+    fix = "Fix: " + split_fix(broken_worker.result.error)[1]
+    assert " ".join(texts[fix_at : fix_at + 6]).startswith(fix)
+    assert "Check Again" not in texts  # a button, not a label
+    assert "Upscale needs a working worker (see above)" in " ".join(texts)
+    # Long names: their beginning and their distinctive end (list rows); the details wrap them whole.
+    assert any(t.startswith("brick") and t.endswith(("_2k.png", "_2k")) and "…" in t for t in texts), texts
+    assert any(t.startswith("T_Ro") and "…" in t and t.endswith(("GL", "GL.png")) for t in texts), texts
+    details = "".join(t for t in texts if t in LONG_NAMES[1] and len(t) > 3)
+    assert LONG_NAMES[1] in details or LONG_NAMES[1].replace(".png", "") in details
+    # The summary and the progress message wrap over lines: every word drawn.
+    assert " ".join(summary.removeprefix("texup: ").split()) in " ".join(texts)
+    assert "(3/11, 40%)" in " ".join(texts)
+
+
+def test_upscale_is_greyed_out_with_the_reason_while_the_worker_does_not_work(addon, broken_worker, monkeypatch):
+    from blender_addon import operators
+    from blender_addon.bridge.health import HealthReport
+
+    assert bpy.ops.texup.upscale.poll()  # blender -b / the bpy module: a script's run reports it itself
+    monkeypatch.setattr(operators, "runs_blocking", lambda background, windows: False)  # as in a UI session
+    assert not bpy.ops.texup.upscale.poll()
+    broken_worker._result = HealthReport(ok=True, texup="0.2.0")
+    assert bpy.ops.texup.upscale.poll()
+    broken_worker.forget()  # not checked: not held back either
+    assert bpy.ops.texup.upscale.poll()
+
+
+def test_undo_and_redo_refill_the_list_and_redraw_the_sidebars(addon, tmp_path, monkeypatch):
+    from blender_addon import operators
+
+    redraws = []
+    monkeypatch.setattr(operators, "redraw_panels", lambda context: redraws.append(len(rows())))
+    scene_builder.build(str(tmp_path), with_missing=False)
+    bpy.ops.texup.refresh()
+    bpy.ops.ed.undo_push(message="base")
+    extra = bpy.data.images.load(scene_builder.write_png(str(tmp_path / "extra.png"), 8, 8, 3))
+    bpy.data.materials["Mat.A"].node_tree.nodes.new("ShaderNodeTexImage").image = extra
+    bpy.ops.ed.undo_push(message="extra texture")
+    bpy.ops.texup.refresh()
+    count = len(rows())
+    redraws.clear()
+    bpy.ops.ed.undo()
+    assert "extra.png" not in rows() and redraws == [count - 1]  # refilled, then redrawn with the new list
+    bpy.ops.ed.redo()
+    assert "extra.png" in rows() and redraws == [count - 1, count]

@@ -1,9 +1,16 @@
 """Drive the real Blender UI (under Xvfb): open the texup panel in the 3D Viewport sidebar at its default
-width, run Upscale the way Repeat Last and scripts do (``execute``: it must start the modal operator and
-return at once), wait for it, take a screenshot. Usage::
+width, show it with a worker that does not work (screenshot ``OUT_worker_error.png``: the error wrapped,
+its fix whole, Upscale greyed), run Upscale the way Repeat Last and scripts do (``execute``: it must start
+the modal operator and return at once), wait for it, take a screenshot (``OUT.png``: long names shortened
+in the middle, the last run's summary), then undo and redo a change to the scene and see the list drawn
+anew each time. Usage::
 
     TEXUP_PYTHON=.venv/bin/python xvfb-run -a -s "-screen 0 1280x1024x24" blender --factory-startup \\
         --enable-event-simulate scene.blend --python tests/blender/ui_screenshot.py -- MODEL OUT.png
+
+Two textures with long names are added to the scene first (``LONG_NAMES``). Every label the panel and
+its list rows draw is recorded (a layout wrapper), and its width measured with Blender's own font code
+(``blf``, the UI font at the interface scale) against the add-on's estimate (``text_fit.text_width``).
 
 Blender 3.4 has no API for a sidebar's active tab, so the script shows the "texup" tab the way a user
 does: it clicks down the tab strip at the sidebar's right edge until the texup panel is the one drawn
@@ -26,12 +33,17 @@ import bpy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # scene_builder
 import blender_addon  # noqa: E402
-from blender_addon import ui  # noqa: E402
+from blender_addon import setup_ops, ui  # noqa: E402
+from blender_addon.bridge import text_fit  # noqa: E402
 
 args = sys.argv[sys.argv.index("--") + 1 :]
 MODEL, OUT = args[0], os.path.abspath(args[1])
+OUT_ERROR = os.path.splitext(OUT)[0] + "_worker_error.png"
 CROP_MARGIN = 60  # pixels of viewport kept left of the sidebar in the picture
+LONG_NAMES = ("brick_wall_diffuse_2k.png", "T_Rock_Cliff_01_Normal_OpenGL.png")
+BROKEN_PYTHON = "/nonexistent/texup-env/bin/python3"
 blender_addon.register()
 
 state = {
@@ -43,17 +55,76 @@ state = {
     "seen_running": False,
     "invoke_seconds": None,
     "error": None,
+    "labels": {},  # every label text drawn -> (icon shown, estimate px, blf px)
+    "row_names": [],  # the list rows' names as drawn the last time
+    "drawn": [],  # the labels of the last draw (panel and rows)
 }
 
 _draw_panel = ui._draw_panel
+_draw_item = ui.TEXUP_UL_textures.draw_item
+
+
+def _blf_width(text):
+    """The width Blender's UI font draws ``text`` with at the interface scale (pixels)."""
+    import blf
+
+    size = text_fit.UI_POINTS * ui.ui_scale(bpy.context)
+    try:
+        blf.size(0, size)
+    except TypeError:  # Blender 3.x: size, dpi
+        blf.size(0, size, 72)
+    return blf.dimensions(0, text)[0]
+
+
+class RecordingLayout:
+    """The real layout, with every ``label`` recorded (sub-layouts are wrapped too)."""
+
+    def __init__(self, layout):
+        self._layout = layout
+
+    def __getattr__(self, name):
+        return getattr(self._layout, name)
+
+    def __setattr__(self, name, value):
+        if name == "_layout":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._layout, name, value)
+
+    def _wrap(self, method):
+        def call(*args, **kwargs):
+            return RecordingLayout(getattr(self._layout, method)(*args, **kwargs))
+
+        return call
+
+    def __getattribute__(self, name):
+        if name in ("row", "column", "split", "box"):
+            return object.__getattribute__(self, "_wrap")(name)
+        return object.__getattribute__(self, name)
+
+    def label(self, *, text="", icon="NONE", **kwargs):
+        if text:
+            estimate = text_fit.text_width(text, ui.ui_scale(bpy.context))
+            state["labels"][text] = (icon, estimate, _blf_width(text))
+            state["drawn"].append(text)
+        return self._layout.label(text=text, icon=icon, **kwargs)
 
 
 def _counting_draw(layout, context):
     state["panel_draws"] += 1
-    _draw_panel(layout, context)
+    state["row_names"] = []
+    state["drawn"] = []
+    _draw_panel(RecordingLayout(layout), context)
+
+
+def _recording_draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0, flt_flag=0):
+    # The full signature: Blender passes as many arguments as the function names.
+    _draw_item(self, context, RecordingLayout(layout), data, item, icon, active_data, active_propname, index, flt_flag)
+    state["row_names"].append(item.name)
 
 
 ui._draw_panel = _counting_draw  # TEXUP_PT_view3d.draw looks it up at draw time
+ui.TEXUP_UL_textures.draw_item = _recording_draw_item  # Blender looks the method up on the class at draw time
 
 
 def view3d():
@@ -75,8 +146,76 @@ def simulate(kind, value, x, y):
     window.event_simulate(type=kind, value=value, x=int(x), y=int(y))
 
 
+def add_long_named_textures():
+    """Two textures whose names are longer than the list's column, in a material of their own."""
+    from scene_builder import write_png  # tests/blender, next to this script
+
+    folder = os.path.dirname(bpy.data.filepath)
+    mat = bpy.data.materials.new("Mat.Long")
+    mat.use_nodes = True
+    for index, name in enumerate(LONG_NAMES):
+        image = bpy.data.images.load(write_png(os.path.join(folder, name), 16, 16, 3))
+        node = mat.node_tree.nodes.new("ShaderNodeTexImage")
+        node.image = image
+        node.location = (-400, -300 * index)
+    bpy.data.objects["Obj0"].data.materials.append(mat)
+
+
+def wait_for_check(seconds):
+    """Yield until the worker check running now has ended."""
+    deadline = time.monotonic() + seconds
+    while setup_ops.WORKER_CHECK.running:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker check did not end")
+        yield 0.2
+
+
+def check_worker(python, seconds):
+    """A new worker check with ``TEXUP_PYTHON=python`` (what Test Worker does), waited for."""
+    yield from wait_for_check(seconds)
+    os.environ["TEXUP_PYTHON"] = python
+    setup_ops.WORKER_CHECK.forget()
+    setup_ops.start_worker_check(bpy.context)
+    yield from wait_for_check(seconds)
+    redraw_all()
+    yield 1.0  # drawn with the result
+
+
+def upscale_poll():
+    window, area, main, sidebar = view3d()
+    with bpy.context.temp_override(window=window, area=area, region=sidebar):
+        return bpy.ops.texup.upscale.poll()
+
+
+def screenshot(path):
+    window, area, main, sidebar = view3d()
+    with bpy.context.temp_override(window=window):
+        bpy.ops.screen.screenshot(filepath=path, check_existing=False)
+    # Keep the sidebar (with a strip of viewport) and the viewport header above it.
+    crop_png(path, sidebar.x - CROP_MARGIN, sidebar.y, area.x + area.width, area.y + area.height)
+
+
+def undo_redo(kind):
+    """``ed.undo`` or ``ed.redo`` as the shortcut runs it (the 3D Viewport's context)."""
+    window, area, main, sidebar = view3d()
+    with bpy.context.temp_override(window=window, area=area, region=main):
+        getattr(bpy.ops.ed, kind)()
+
+
+def drawn_after(kind, draws_before, seconds=3.0):
+    """Yield until the panel drew again after an undo or redo (nothing else asks for a redraw)."""
+    deadline = time.monotonic() + seconds
+    while state["panel_draws"] == draws_before:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the panel was not drawn again after {kind}")
+        yield 0.1
+    yield 0.3  # the rest of the draw (the list rows)
+
+
 def script():
     """The steps, as a generator: each ``yield`` gives Blender's event loop that many seconds."""
+    good_python = os.environ.get("TEXUP_PYTHON", "")
+    add_long_named_textures()
     state["phase"] = "maximize"  # the 3D Viewport fills the window (header and status bar stay)
     window, area, main, sidebar = view3d()
     with bpy.context.temp_override(window=window, area=area, region=main):
@@ -115,6 +254,20 @@ def script():
         redraw_all()
         yield 0.1
     state["rows_before"] = len(bpy.context.window_manager.texup_list.textures)
+
+    state["phase"] = "worker error"  # a Worker Python that does not exist: the error, its fix, Upscale greyed
+    for item in bpy.context.window_manager.texup_list.textures:
+        item.selected = item.name in LONG_NAMES
+    yield from check_worker(BROKEN_PYTHON, 120)
+    report = setup_ops.WORKER_CHECK.result
+    state["broken_check_ok"] = None if report is None else report.ok
+    state["upscale_poll_broken"] = upscale_poll()
+    state["labels_broken"] = list(state["drawn"])
+    screenshot(OUT_ERROR)
+    yield from check_worker(good_python, 180)  # the worker works again: Upscale too
+    report = setup_ops.WORKER_CHECK.result
+    state["good_check"] = None if report is None else (report.ok, report.error)
+    state["upscale_poll_good"] = upscale_poll()
 
     state["phase"] = "execute"  # Repeat Last / a script: execute() in a UI session must not block
     window, area, main, sidebar = view3d()
@@ -155,11 +308,33 @@ def script():
     yield 1.0  # let the panel redraw with the results
 
     state["phase"] = "shot"
-    window, area, main, sidebar = view3d()
-    with bpy.context.temp_override(window=window):
-        bpy.ops.screen.screenshot(filepath=OUT, check_existing=False)
-    # Keep the sidebar (with a strip of viewport) and the viewport header above it.
-    crop_png(OUT, sidebar.x - CROP_MARGIN, sidebar.y, area.x + area.width, area.y + area.height)
+    screenshot(OUT)
+    state["labels_done"] = list(state["drawn"])
+    state["rows_drawn"] = list(state["row_names"])
+
+    state["phase"] = "undo"  # a texture added to the scene, undone, redone: the list follows, drawn anew
+    from scene_builder import write_png
+
+    settings.use_size_filter = False
+    redraw_all()
+    yield 0.5
+    bpy.ops.ed.undo_push(message="before the probe")
+    probe = bpy.data.images.load(write_png(os.path.join(os.path.dirname(bpy.data.filepath), "undo_probe.png"), 8, 8, 3))
+    bpy.data.materials["Mat.Long"].node_tree.nodes.new("ShaderNodeTexImage").image = probe
+    bpy.ops.ed.undo_push(message="probe texture")
+    bpy.ops.texup.refresh()
+    redraw_all()
+    yield 0.5
+    state["probe_drawn"] = "undo_probe.png" in state["row_names"]
+    draws = state["panel_draws"]
+    undo_redo("undo")
+    yield from drawn_after("undo", draws)
+    state["probe_drawn_after_undo"] = "undo_probe.png" in state["row_names"]
+    state["rows_drawn_after_undo"] = len(state["row_names"])
+    draws = state["panel_draws"]
+    undo_redo("redo")
+    yield from drawn_after("redo", draws)
+    state["probe_drawn_after_redo"] = "undo_probe.png" in state["row_names"]
     state["phase"] = "done"
 
 
@@ -232,6 +407,24 @@ def tick():
                 "execute_result": state.get("execute_result"),
                 "last_operator": state.get("last_operator"),
                 "sidebar_height": sidebar.height,
+                "ui_scale": ui.ui_scale(bpy.context),
+                "labels": state["labels"],
+                **{
+                    key: state.get(key)
+                    for key in (
+                        "broken_check_ok",
+                        "upscale_poll_broken",
+                        "good_check",
+                        "upscale_poll_good",
+                        "labels_broken",
+                        "labels_done",
+                        "rows_drawn",
+                        "probe_drawn",
+                        "probe_drawn_after_undo",
+                        "rows_drawn_after_undo",
+                        "probe_drawn_after_redo",
+                    )
+                },
             }
         ),
         flush=True,
