@@ -56,6 +56,12 @@ BLENDER_PYTHONS = {
     "3.11": "Blender 4.2 LTS to 5.0",
     "3.13": "Blender 5.1 to 5.3",
 }
+# The oldest Blender whose extension code installs only the wheels for its own Python. Blender 4.2.0 filters by
+# platform alone and then keeps one wheel per package by file name: from cp311 and cp313 wheels of one version it
+# extracts the cp313 ones on its Python 3.11 (and it skips macOS universal2 wheels). The bl_pkg of bpy 4.2.13,
+# 4.2.15, 4.2.23, 4.3.0, 4.4.0, 4.5.15 and 5.0.1 chooses by Python as well; 4.2.1 to 4.2.12 could not be checked
+# (not on PyPI), so platform zips ask for 4.2.13 (docs/blender-versions.md).
+PLATFORM_BLENDER_MIN = "4.2.13"
 # The platform tags Blender's oldest supported system accepts, newest first (pip takes exactly the tags it is
 # given): glibc 2.28 (Blender 4.2+ on Linux), macOS 11.2 (Blender 4.2+).
 _LINUX = [f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1)] + [
@@ -320,14 +326,16 @@ def _source_files(root: Path, keep: tuple[str, ...]):
 
 
 def platform_manifest(platform: str, wheels: list[str]) -> str:
-    """blender_manifest.toml for one platform: the source manifest plus ``platforms`` and ``wheels``."""
+    """blender_manifest.toml for one platform: the source manifest plus ``platforms`` and ``wheels``, with
+    ``blender_version_min`` raised to ``PLATFORM_BLENDER_MIN`` when the source says less."""
     text = (SOURCE / "blender_manifest.toml").read_text("utf-8")
     listing = "".join(f'  "./wheels/{name}",\n' for name in wheels)
     addition = f'\nplatforms = ["{platform}"]\nwheels = [\n{listing}]\n'
-    anchor = re.search(r"^blender_version_min\s*=.*$", text, re.MULTILINE)
+    anchor = re.search(r'^blender_version_min\s*=\s*"([0-9.]+)".*$', text, re.MULTILINE)
     if anchor is None:
         raise SystemExit("build_addon: blender_manifest.toml has no blender_version_min")
-    return text[: anchor.end()] + "\n" + addition + text[anchor.end() :]
+    minimum = max(anchor.group(1), PLATFORM_BLENDER_MIN, key=lambda v: tuple(int(p) for p in v.split(".")))
+    return text[: anchor.start()] + f'blender_version_min = "{minimum}"\n' + addition + text[anchor.end() :]
 
 
 def _write_zip(target: Path, entries) -> Path:

@@ -169,6 +169,31 @@ def test_a_zip_with_only_the_311_wheels_is_refused_by_blender_on_313(platform_zi
     assert error is not None and "Python version (3.13) isn't compatible with (3.11)" in error, error
 
 
+def test_blenders_that_choose_wheels_by_platform_only_are_refused(platform_zips: dict[str, Path], tmp_path: Path):
+    """Blender 4.2.0 keeps every wheel of the platform, then one per package by file name (cp313 over cp311 on
+    its Python 3.11): the zips ask for 4.2.13, the oldest release checked to choose by Python too."""
+    import tomllib
+
+    package = unpack_as_installed(platform_zips["linux-x64"], tmp_path / "repo")
+    manifest = tomllib.loads((package / "blender_manifest.toml").read_text())
+    assert manifest["blender_version_min"] == build_addon.PLATFORM_BLENDER_MIN == "4.2.13"
+
+    def refusal(blender: tuple[int, int, int]) -> str | None:
+        return bl_extension_utils.pkg_manifest_params_compatible_or_error(
+            blender_version_min=manifest["blender_version_min"],
+            blender_version_max="",
+            platforms=manifest["platforms"],
+            python_versions=["3.11", "3.13"],
+            this_platform="linux-x64",
+            this_blender_version=blender,
+            this_python_version=(3, 11, 0),
+            error_fn=print,
+        )
+
+    assert refusal((4, 2, 12)) is not None and refusal((4, 2, 0)) is not None
+    assert refusal((4, 2, 13)) is None and refusal((5, 0, 1)) is None
+
+
 @pytest.mark.parametrize("platform", list(build_addon.PLATFORMS))
 def test_each_zip_passes_blenders_validator_and_stays_under_the_size_limit(
     platform: str, platform_zips: dict[str, Path]
