@@ -786,8 +786,16 @@ def part_ray(ctx: Ctx) -> tuple[str, str]:
     model = ctx.model_ref()
     command = [sys.executable, "-m", "texup", "upscale", str(inputs), "-o", str(outputs), "--ray", "--device"]
     command += [ctx.device, "--engine", "torch", "--model", model, "--seamless", "off"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a new local cluster, never someone's
-    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.pathsep.join([str(CORE), env.get("PYTHONPATH", "")]))
+    # A new local cluster of its own: without RAY_ADDRESS, ray.init() would join the cluster that `ray start` last
+    # started on this machine (its address file lives in Ray's temp folder, so a folder of our own avoids it;
+    # short, for Ray's socket paths).
+    ray_tmp = tempfile.mkdtemp(prefix="tgc-ray-")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(
+        RAY_TMPDIR=ray_tmp,
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONPATH=os.pathsep.join([str(CORE), env.get("PYTHONPATH", "")]),
+    )
     ctx.data["command"] = " ".join(command)
     ctx.save()
     start = time.perf_counter()
@@ -802,6 +810,8 @@ def part_ray(ctx: Ctx) -> tuple[str, str]:
             cli.kill()
             printed, _ = cli.communicate()
         raise TimeoutError(f"texup upscale --ray did not finish in time: {printed[-500:]}") from None
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     seconds = time.perf_counter() - start
     print(printed)  # into this part's log
     ctx.data.update(exit_code=cli.returncode, seconds=round(seconds, 2), output=printed[-2000:])
@@ -892,12 +902,12 @@ PARTS = [
     Part("env", 15, False, "torch, CUDA, the GPU, missing packages installed", part_env),
     Part("model", 30, True, "the default model loaded (converted once), one tile on the device", part_model),
     Part("precision", 35, True, "torch engine fp32, bf16, fp16 vs the CPU fp32 reference (PSNR)", part_precision),
-    Part("speed", 45, True, "s per output MP at 256, 512, 1024 px tiles and the automatic tile", part_speed),
-    Part("big", 85, True, "the automatic tile on a 4096² input: time, peak memory", part_big),
+    Part("speed", 40, True, "s per output MP at 256, 512, 1024 px tiles and the automatic tile", part_speed),
+    Part("big", 80, True, "the automatic tile on a 4096² input: time, peak memory", part_big),
     Part("oom", 30, True, "out-of-memory back-off under a small memory cap", part_oom),
     Part("train_psnr", 30, True, "100 psnr-stage steps, auto precision, resume, finite losses", part_train_psnr),
     Part("train_gan", 40, True, "100 gan-stage steps (vgg128), auto precision, resume", part_train_gan),
-    Part("train_gan_fc4", 40, True, "100 gan-stage steps (vgg19-fc4), auto precision, resume", part_train_gan_fc4),
+    Part("train_gan_fc4", 50, True, "100 gan-stage steps (vgg19-fc4), auto precision, resume", part_train_gan_fc4),
     Part("train_fp16", 20, True, "20 psnr steps in fp16 with the gradient scaler, resume", part_train_fp16),
     Part("ray", 60, True, "texup upscale --ray --device cuda, outputs vs the local engine", part_ray),
     Part("vulkan", 25, True, "ncnn through Vulkan on the GPU (where a driver exists)", part_vulkan),
