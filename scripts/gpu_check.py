@@ -286,7 +286,9 @@ def part_env(ctx: Ctx) -> tuple[str, str]:
     d["cpu"] = f"{cpu_model()}, {os.cpu_count()} logical CPUs"
     d["packages"] = {name: _version(name) for name in PACKAGES}
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        git = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         d["commit"] = git.stdout.strip() or None
     ctx.save()
     try:
@@ -441,6 +443,10 @@ def part_precision(ctx: Ctx) -> tuple[str, str]:
     reference = Upscaler(TorchEngine(model, device="cpu", precision="fp32")).upscale_array(pixels, options)
     ctx.data["reference"] = {"device": "cpu", "precision": "fp32", "seconds": round(time.perf_counter() - start, 3)}
     ctx.data["input"] = f"{side}x{side} float32 RGB, tile {side}"
+    if ctx.device == "cuda":  # torch's defaults: cuDNN convolutions in "fp32" may compute in TF32
+        import torch
+
+        ctx.data["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
     rows: dict[str, Any] = {}
     ctx.data["precisions"] = rows
     for precision in ("fp32", "bf16", "fp16"):
@@ -899,11 +905,11 @@ class Part:
 
 
 PARTS = [
-    Part("env", 15, False, "torch, CUDA, the GPU, missing packages installed", part_env),
+    Part("env", 20, False, "torch, CUDA, the GPU, missing packages installed", part_env),
     Part("model", 30, True, "the default model loaded (converted once), one tile on the device", part_model),
     Part("precision", 35, True, "torch engine fp32, bf16, fp16 vs the CPU fp32 reference (PSNR)", part_precision),
     Part("speed", 40, True, "s per output MP at 256, 512, 1024 px tiles and the automatic tile", part_speed),
-    Part("big", 80, True, "the automatic tile on a 4096² input: time, peak memory", part_big),
+    Part("big", 75, True, "the automatic tile on a 4096² input: time, peak memory", part_big),
     Part("oom", 30, True, "out-of-memory back-off under a small memory cap", part_oom),
     Part("train_psnr", 30, True, "100 psnr-stage steps, auto precision, resume, finite losses", part_train_psnr),
     Part("train_gan", 40, True, "100 gan-stage steps (vgg128), auto precision, resume", part_train_gan),

@@ -113,11 +113,15 @@ def test_a_failing_part_records_its_error_and_the_next_part_still_runs(tmp_path:
 @pytest.mark.slow  # every part's code on the CPU: about a minute on an idle 2-core machine, two on a busy one
 def test_cpu_self_test_runs_every_part(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    done, report = _check(out, "--device", "cpu", "--tiny", "--work", str(tmp_path / "work"), timeout=900)
-    assert done.returncode == 0, (out / "gpu_check.md").read_text(encoding="utf-8")
+    # A generous budget (its part limits scale with it): this machine is shared, and a part past its limit would
+    # fail the test for the machine's load, not for its code.
+    args = ("--device", "cpu", "--tiny", "--budget-s", "1800", "--work", str(tmp_path / "work"))
+    done, report = _check(out, *args, timeout=1900)
+    summary = (out / "gpu_check.md").read_text(encoding="utf-8")
+    assert done.returncode == 0, summary
     _assert_well_formed(report, out, PARTS)
     parts = {p["name"]: p for p in report["parts"]}
-    assert {n for n, p in parts.items() if p["status"] != "pass"} == {"train_fp16"}
+    assert {n for n, p in parts.items() if p["status"] != "pass"} == {"train_fp16"}, summary
     assert parts["train_fp16"]["status"] == "skipped" and "CUDA" in parts["train_fp16"]["reason"]
     data = {n: p["data"] for n, p in parts.items()}
     assert data["model"]["name"] == "realesrgan-x4plus" and data["model"]["tile"]["shape"] == [64, 64, 3]
