@@ -243,6 +243,8 @@ class _ModalSession:
         session = self._begin(context)  # returns at once: the worker's hello is awaited in modal()
         if session is None:
             return {"CANCELLED"}
+        if session.finished:  # nothing for the worker: every output was up to date
+            return self._conclude(context, session)
         self._session = session
         runtime = context.window_manager.texup_runtime
         runtime.running = True

@@ -8,6 +8,8 @@ save and reopen.
 
 from __future__ import annotations
 
+import os
+
 import bpy
 
 from .scene import FAKE_USER_PROP, ORIGINAL_PROP, node_trees
@@ -42,6 +44,19 @@ def copy_settings(original: bpy.types.Image, result: bpy.types.Image) -> None:
 def root_original_name(image: bpy.types.Image) -> str:
     """The original at the start of a chain of upscales (``image`` itself when it is no texup result)."""
     return str(image.get(ORIGINAL_PROP, image.name))
+
+
+def find_result(original: bpy.types.Image, path: str) -> bpy.types.Image | None:
+    """An image already in the file that is a texup result of ``original`` (or of its root original) read from
+    ``path`` (absolute; a UDIM pattern for tiled images), so a rerun uses it again instead of a second copy."""
+    root = root_original_name(original)
+    wanted = os.path.normcase(os.path.normpath(path))
+    for image in bpy.data.images:
+        if image.get(ORIGINAL_PROP) != root or image.packed_file is not None or not image.filepath:
+            continue
+        if os.path.normcase(os.path.normpath(bpy.path.abspath(image.filepath))) == wanted:
+            return image
+    return None
 
 
 def load_result(

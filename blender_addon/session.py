@@ -41,8 +41,8 @@ class WorkerSession:
     #: as cancelled and the worker is stopped (a new one starts on the next run).
     cancel_grace = 2.0
 
-    def __init__(self, client: WorkerClient) -> None:
-        self.client = client
+    def __init__(self, client: WorkerClient | None) -> None:
+        self.client: Any = client  # None: nothing for a worker to do (the session starts finished)
         self.job_id: str | None = None
         self.state = STARTING
         self.error: str | None = None
@@ -156,7 +156,7 @@ class UpscaleSession(WorkerSession):
 
     cancel_note = "cancelling"
 
-    def __init__(self, run: UpscaleRun, client: WorkerClient, job: Job) -> None:
+    def __init__(self, run: UpscaleRun, client: WorkerClient | None, job: Job) -> None:
         super().__init__(client)
         self.run = run
         self.job = job
@@ -170,19 +170,24 @@ class UpscaleSession(WorkerSession):
         *,
         start_timeout: float = 120.0,
     ) -> UpscaleSession:
-        """Prepare the job and get a worker (spawned, not waited for); submit at once if it is warm.
+        """Prepare the job and get a worker (spawned, not waited for); submit at once if it is warm. When every
+        chosen texture's output is up to date no worker is started and the session is finished at once.
 
         Raises :class:`SessionError` when no worker Python is set or found, when nothing is left to
         upscale, or when a warm worker cannot take the job; temporary files are removed then.
         """
         run = UpscaleRun(infos, settings)
         try:
-            client = service.ensure_worker(worker_python, timeout=start_timeout)
             job = run.prepare()
+            # Every output up to date (the output folder's manifest says so): relinked without any worker.
+            client = service.ensure_worker(worker_python, timeout=start_timeout) if run.needs_worker else None
         except (WorkerStartError, RunError) as err:
             run.cleanup()
             raise SessionError(str(err)) from err
         session = cls(run, client, job)
+        if client is None:
+            session.state = FINISHED
+            return session
         session.step()  # a warm worker takes the job now
         if session.state == FINISHED and session.error is not None:
             raise SessionError(session.error)

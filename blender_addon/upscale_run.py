@@ -28,9 +28,10 @@ import bpy
 from . import relink
 from .bridge.client import WorkerError
 from .bridge.jobs import JobPlan, JobTracker, TextureInfo, build_job, report_rows
+from .bridge.manifest import OutputsView, pixel_options
 from .bridge.naming import UDIM_TOKENS, safe_stem
 from .bridge.worker_protocol import Job, JobOptions
-from .defaults import DEFAULT_OUT_DIR
+from .defaults import ADDON_VERSION, DEFAULT_MODEL, DEFAULT_OUT_DIR
 
 # File formats Blender writes for generated images (which have no file yet), by float-ness.
 _GENERATED_FORMATS = {False: ("PNG", "png"), True: ("OPEN_EXR", "exr")}
@@ -137,14 +138,52 @@ class UpscaleRun:
             engine=self.settings.engine,
             layout=self.settings.layout,
         )
-        self.plan = build_job(usable, options, out_dir, name_scale=self.settings.scale, extracted=extracted)
+        earlier = OutputsView(out_dir)
+        plan = build_job(
+            usable,
+            options,
+            out_dir,
+            name_scale=self.settings.scale,
+            extracted=extracted,
+            origins=self._origins(extracted),
+            earlier=earlier,
+        )
+        # Outputs the folder's manifest shows up to date are relinked as they are: no item, no worker for them.
+        current = {out.texture for out in plan.outputs if self._is_current(out, plan.job, earlier)}
+        kept = {key for out in plan.outputs if out.texture not in current for key in out.item_keys}
+        job = Job(options=plan.job.options, items=tuple(i for i in plan.job.items if i.key in kept))
+        self.plan = JobPlan(job=job, outputs=plan.outputs, skipped=plan.skipped)
         self.tracker = JobTracker(self.plan)
-        if not self.plan.job.items:
+        for texture in current:
+            self.tracker.mark_up_to_date(texture)
+        if not self.plan.outputs:
             reasons = [f"{s.texture}: {s.reason}" for s in self.plan.skipped] + list(self._failures.values())
             self.cleanup()
             raise RunError("nothing to upscale" + (": " + "; ".join(reasons) if reasons else ""))
-        os.makedirs(out_dir, exist_ok=True)
-        return self.plan.job
+        if job.items:
+            os.makedirs(out_dir, exist_ok=True)
+        return job
+
+    @property
+    def needs_worker(self) -> bool:
+        """Whether the prepared job has anything for the worker (False: every output was up to date)."""
+        return self.plan is not None and bool(self.plan.job.items)
+
+    def _origins(self, extracted: dict[str, str]) -> dict[str, str]:
+        """Stable names for the sources the add-on wrote to temporary files (packed, generated images): the
+        .blend and the datablock, so the output folder's manifest knows them again in the next run."""
+        blend = bpy.data.filepath or "(unsaved)"
+        return {name: f"{blend}#{name}" for name in extracted}
+
+    def _is_current(self, out: Any, job: Job, earlier: OutputsView) -> bool:
+        model = self.settings.model or DEFAULT_MODEL
+        items = [item for item in job.items if item.key in out.item_keys]
+        options = pixel_options(scale=float(self.settings.scale), seamless=self.settings.seamless, role=out.role)
+        return bool(items) and all(
+            earlier.why_not_current(item.dst, source=item.src, model=model, options=options, texup=ADDON_VERSION)
+            is None
+            for item in items
+        )
 
     def started(self, job_id: str) -> None:
         """Tell the run the id the client gave its job (events of other jobs are then ignored)."""
@@ -255,20 +294,29 @@ class UpscaleRun:
             except ValueError:  # another drive (Windows): keep the absolute path
                 record = None
         try:
-            result = relink.load_result(
-                original, files, name=_image_name(planned.dst), pack=pack, pattern=planned.dst, filepath=record
-            )
+            result = relink.find_result(original, planned.dst) if not pack else None
+            if result is not None:  # loaded by an earlier run: the same datablock, its pixels read again if redone
+                if not outcome.up_to_date:
+                    result.reload()
+            else:
+                result = relink.load_result(
+                    original, files, name=_image_name(planned.dst), pack=pack, pattern=planned.dst, filepath=record
+                )
         except (RuntimeError, ValueError) as err:
             self._failures[name] = f"{name}: Blender cannot load the result {planned.dst}: {err}"
             return
+        if not outcome.width:  # found up to date by the add-on: the size is the file's
+            outcome.width, outcome.height = (int(v) for v in result.size)
         self._applied[name] = (result.name, relink.apply_result(original, result))
 
     def _delete_results(self) -> None:
         if self.tracker is None:
             return
         for outcome in self.tracker.outcomes.values():
-            for path in outcome.written.values():
-                if os.path.isfile(path):
+            for key, path in outcome.written.items():
+                # only files this run created: an earlier output (up to date, or redone in place) may be what a
+                # saved .blend already uses
+                if outcome.reasons.get(key) == "new" and os.path.isfile(path):
                     os.remove(path)
 
     def cleanup(self) -> None:
@@ -290,7 +338,7 @@ class UpscaleRun:
             name = row["name"]
             if name in self._failures:
                 row.update(status="failed", error=self._failures[name], output_size=None, output_path=None)
-            elif self.crashed is not None and row["status"] != "failed":
+            elif self.crashed is not None and row["status"] not in ("failed", "skipped", "up_to_date"):
                 row.update(status="failed", error=self.crashed, output_size=None, output_path=None)
             if name in self._applied:
                 row["result_image"], row["nodes_changed"] = self._applied[name]
@@ -306,8 +354,13 @@ class UpscaleRun:
 
     def summary(self) -> str:
         """One line for the status bar / operator report."""
-        counts = {status: sum(row["status"] == status for row in self.rows) for status in ("ok", "failed", "cancelled")}
+        statuses = ("ok", "up_to_date", "skipped", "failed", "cancelled")
+        counts = {status: sum(row["status"] == status for row in self.rows) for status in statuses}
         parts = [f"{counts['ok']} upscaled"]
+        if counts["up_to_date"]:
+            parts.append(f"{counts['up_to_date']} up to date")
+        if counts["skipped"]:
+            parts.append(f"{counts['skipped']} missing")
         if counts["failed"]:
             parts.append(f"{counts['failed']} failed")
         if counts["cancelled"]:
@@ -363,12 +416,18 @@ def run_blocking_started(
 
 
 def run_blocking(
-    client: Any,
+    connect: Callable[[], Any],
     run: UpscaleRun,
     *,
     timeout: float | None = None,
     on_progress: Callable[[JobTracker], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Prepare, submit, wait and apply (see :func:`run_blocking_started`); raises :class:`RunError`."""
-    job_id = client.submit(run.prepare())
-    return run_blocking_started(client, run, job_id, timeout=timeout, on_progress=on_progress)
+    """Prepare, submit, wait and apply (see :func:`run_blocking_started`); raises :class:`RunError`. ``connect()``
+    gives the worker client; it is called only when the job has anything for a worker (when every output is up
+    to date, no worker starts)."""
+    job = run.prepare()
+    if not run.needs_worker:
+        return run.apply()
+    worker = connect()
+    job_id = worker.submit(job)
+    return run_blocking_started(worker, run, job_id, timeout=timeout, on_progress=on_progress)

@@ -9,8 +9,18 @@ Also runs with a plain Python that has the ``bpy`` module: ``python scripts/upsc
 TEXUP_PYTHON, else the one of a ``texup`` command on PATH. While it runs it prints a progress line at
 least on every new file and at most every 2 s (``texup: 2/5 wall.1001.png 40% (job 23%, ETA 1m05s)``).
 Writes a JSON report (per image: name, role, input and output size, output path, seconds, status,
-error; the textures the filters left out with the reason) and exits 1 when any chosen texture failed
-or the --timeout ran out, 2 on a usage error or when the worker cannot start.
+error; the textures the filters left out with the reason).
+
+Reruns are incremental: results go to ``<stem>_x<scale>.<ext>`` in --out-dir, and the folder's manifest
+(``.texup/outputs.json``, the record ``texup upscale`` keeps) tells which are up to date: an unchanged
+texture whose output is current is relinked to it (status ``up_to_date``), a changed source is redone in
+place, and no second copy (``_2``) is ever written for the same texture. When every chosen texture is up to
+date no worker starts, and --save does not save a file in which nothing changed.
+
+Exit codes: 0 -- every chosen texture was upscaled or is up to date (textures whose file was already missing
+when the run began are reported as ``skipped``, a known gap; the filters' left-outs do not count); 1 -- some
+chosen texture failed or was cancelled, the --timeout ran out, or (with --strict) a chosen texture's file was
+missing; 2 -- a usage error, or the worker cannot start.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from blender_addon.bridge import client as bridge_client  # noqa: E402
 from blender_addon.bridge.client import WorkerError, WorkerStartError, find_worker_python  # noqa: E402
 from blender_addon.bridge.jobs import (  # noqa: E402
     JobTracker,
+    exit_code,
     left_out_rows,
     report_document,
     sort_textures,
@@ -83,6 +94,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     save.add_argument("--save", action="store_true", help="save the .blend in place")
     save.add_argument("--save-as", metavar="PATH", help="save the changed file as PATH")
     parser.add_argument("--report", metavar="PATH.json", help="write the JSON report here")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 also when a chosen texture's file was already missing (default: reported as skipped, exit 0)",
+    )
     parser.add_argument("--worker-python", default=None, help="the Python with texup (default: TEXUP_PYTHON, PATH)")
     parser.add_argument(
         "--timeout",
@@ -194,12 +210,17 @@ def main(argv: list[str]) -> int:
     run = UpscaleRun(chosen, settings)
     started = time.monotonic()
     timed_out = False
-    try:
+
+    def connect():
+        """The worker, started only when some texture's output is not up to date."""
         python = worker_python(args.worker_python)
         print(f"texup: starting the worker ({python} -m texup worker)", flush=True)
         client = service.get_client(python)
-        print(f"texup: upscaling {len(chosen)} texture(s)", flush=True)
-        rows = run_blocking(client, run, timeout=args.timeout, on_progress=ProgressPrinter())
+        print(f"texup: upscaling {len(run.plan.job.items)} file(s)", flush=True)
+        return client
+
+    try:
+        rows = run_blocking(connect, run, timeout=args.timeout, on_progress=ProgressPrinter())
         timed_out = run.crashed is not None and run.crashed.startswith("the timeout")
     except RunError as err:
         rows = run.report()
@@ -213,12 +234,16 @@ def main(argv: list[str]) -> int:
     if timed_out:
         sys.stderr.write(f"upscale_blend: error: {run.crashed}; nothing was changed\n")
     for row in rows:
-        if row["status"] == "ok":
+        if row["status"] in ("ok", "up_to_date"):
             size = "x".join(map(str, row["output_size"] or ()))
-            sys.stderr.write(f"upscale_blend: {row['name']} -> {row['output_path']} ({size}, {row['seconds']} s)\n")
+            how = "up to date" if row["status"] == "up_to_date" else f"{row['seconds']} s"
+            sys.stderr.write(f"upscale_blend: {row['name']} -> {row['output_path']} ({size}, {how})\n")
+        elif row["status"] == "skipped":
+            sys.stderr.write(f"upscale_blend: {row['name']}: skipped: {row['error']}\n")
         else:
             sys.stderr.write(f"upscale_blend: {row['name']}: {row['status']}: {row['error']}\n")
     saved_as = None
+    changed = any(row.get("nodes_changed") for row in rows)
     if args.save_as:
         saved_as = os.path.abspath(args.save_as)
         bpy.ops.wm.save_as_mainfile(filepath=saved_as, relative_remap=True)
@@ -227,8 +252,11 @@ def main(argv: list[str]) -> int:
             return fail(
                 "--save needs a .blend that was opened from a file; use --save-as", EXIT_USAGE, args.report, **context
             )
-        bpy.ops.wm.save_mainfile()
-        saved_as = blend
+        if changed:
+            bpy.ops.wm.save_mainfile()
+            saved_as = blend
+        else:  # nothing relinked: the file on disk is already what this run would save
+            sys.stderr.write(f"upscale_blend: nothing changed in {blend}; not saving it\n")
     if args.report:
         extra = {"error": run.crashed} if timed_out else {}
         write_report(
@@ -237,7 +265,9 @@ def main(argv: list[str]) -> int:
                 list(rows) + skipped, saved=saved_as, seconds=round(time.monotonic() - started, 3), **extra, **context
             ),
         )
-    return 0 if rows and all(row["status"] == "ok" for row in rows) else EXIT_FAILED
+    if not rows:
+        return EXIT_FAILED
+    return EXIT_FAILED if exit_code(rows, strict=args.strict) else 0
 
 
 if __name__ == "__main__":

@@ -38,6 +38,14 @@ def test_the_version_has_one_source_and_the_addons_copies_match_it():
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "bl_info" for t in node.targets)
     )
     assert ".".join(map(str, bl_info["version"])) == version
+    # the version the add-on compares with the output manifest's entries (up to date without a worker)
+    defaults = ast.parse((ROOT / "blender_addon" / "defaults.py").read_text())
+    addon_version = next(
+        ast.literal_eval(node.value)
+        for node in defaults.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ADDON_VERSION" for t in node.targets)
+    )
+    assert addon_version == version
 
 
 def test_the_pytorch_installer_asks_for_texups_torch_extra():

@@ -21,13 +21,16 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .naming import has_udim_token, safe_stem, udim_tile_path, unique_output_path
+from .manifest import OutputsView
+from .naming import has_udim_token, safe_stem, tile_of, udim_tile_path, unique_output_path
 from .worker_protocol import Crashed, Done, Error, Event, Job, JobItem, JobOptions, Progress, Result
 
 ROLES: tuple[str, ...] = ("color", "normal", "data")
 SOURCES: tuple[str, ...] = ("file", "packed", "generated", "udim", "missing")
 STATUSES: tuple[str, ...] = ("original", "upscaled", "missing")
 REPORT_VERSION = 1
+MISSING_REASON = "image file not found"
+UP_TO_DATE = "up to date"  # a result's reason when its earlier output was current (nothing was done)
 
 
 @dataclass(frozen=True)
@@ -169,10 +172,12 @@ class PlannedOutput:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A chosen texture that cannot be upscaled, and why (reported as failed, never silently dropped)."""
+    """A chosen texture that cannot be upscaled, and why (never silently dropped). ``missing``: its file was
+    already missing when the run began (reported as skipped, a known gap); anything else is reported as failed."""
 
     texture: str
     reason: str
+    missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,7 @@ def _source_files(tex: TextureInfo, extracted: Mapping[str, str]) -> tuple[tuple
         return (path,), ""
     if tex.source == "missing" or tex.status == "missing":
         shown = tex.filepath or "(no file path)"
-        return None, f"image file not found: {shown}"
+        return None, f"{MISSING_REASON}: {shown}"
     if tex.source == "packed":
         return None, "packed image: the add-on must unpack it to a temporary file first"
     if tex.source == "generated":
@@ -213,7 +218,7 @@ def _source_files(tex: TextureInfo, extracted: Mapping[str, str]) -> tuple[tuple
         files = (tex.filepath,)
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
-        return None, "image file not found: " + ", ".join(missing)
+        return None, f"{MISSING_REASON}: " + ", ".join(missing)
     return files, ""
 
 
@@ -225,6 +230,8 @@ def build_job(
     name_scale: float | None = None,
     extracted: Mapping[str, str] | None = None,
     taken: Collection[str] = (),
+    origins: Mapping[str, str] | None = None,
+    earlier: OutputsView | None = None,
 ) -> JobPlan:
     """Turn chosen textures into a worker job: one item per file (one per tile for UDIM images).
 
@@ -232,8 +239,11 @@ def build_job(
     into output names (default: ``options.scale``, else 4, the usual model scale). extracted: texture
     name -> a file the add-on wrote for a packed or generated image (a UDIM pattern for tiled ones);
     its extension gives the output format. taken: paths already used by other outputs (never reused).
+    origins: texture name -> a stable name for an extracted image's source (its file is a new temporary copy
+    each run), sent as the items' ``origin``. earlier: the output folder's manifest (:mod:`.manifest`).
     Output names follow :func:`naming.unique_output_path`: ``<stem>_x<scale>.<ext>`` in ``out_dir``, the
-    stem from the original file name, else from the datablock name.
+    stem from the original file name, else from the datablock name; a name holding this texture's own
+    earlier output (by ``earlier``) is used again, so a rerun writes no second copy.
     """
     extracted = dict(extracted or {})
     scale = name_scale if name_scale is not None else (options.scale if options.scale is not None else 4)
@@ -244,7 +254,7 @@ def build_job(
     for index, tex in enumerate(textures):
         files, reason = _source_files(tex, extracted)
         if files is None:
-            skipped.append(Skipped(tex.name, reason))
+            skipped.append(Skipped(tex.name, reason, missing=reason.startswith(MISSING_REASON)))
             continue
         ext_from = extracted.get(tex.name) or tex.filepath
         ext = os.path.splitext(ext_from)[1]
@@ -256,15 +266,36 @@ def build_job(
         tiled = tex.source == "udim" or has_udim_token(ext_from)
         if tiled and not has_udim_token(stem):
             stem = f"{stem}.<UDIM>"
-        dst = unique_output_path(out_dir, stem, scale, ext, tiles=tex.udim_tiles if tiled else (), taken=used)
+        base_origin = (origins or {}).get(tex.name)
+        if tiled:
+            tile_origins = {
+                tile: f"{base_origin}#{tile}" if base_origin else os.path.abspath(src)
+                for tile, src in zip(tex.udim_tiles, files)
+            }
+        else:
+            tile_origins = {}
+        origin = base_origin or os.path.abspath(files[0])
+
+        def ours(path: str, origin: str = origin, tile_origins: Mapping[int, str] = tile_origins) -> bool:
+            if earlier is None:
+                return False
+            tile = tile_of(path) if tile_origins else None
+            return earlier.owned_by(path, tile_origins.get(tile, "") if tile is not None else origin)
+
+        dst = unique_output_path(
+            out_dir, stem, scale, ext, tiles=tex.udim_tiles if tiled else (), taken=used, ours=ours
+        )
         used.add(dst)
         if tiled:
             keys = tuple(f"{index}:{tex.name}:{tile}" for tile in tex.udim_tiles)
             dsts = tuple(udim_tile_path(dst, tile) for tile in tex.udim_tiles)
+            item_origins: tuple[str | None, ...] = tuple(
+                tile_origins[tile] if base_origin else None for tile in tex.udim_tiles
+            )
         else:
-            keys, dsts = (f"{index}:{tex.name}",), (dst,)
-        for key, src, item_dst in zip(keys, files, dsts):
-            items.append(JobItem(key=key, src=src, dst=item_dst, role=tex.role))
+            keys, dsts, item_origins = (f"{index}:{tex.name}",), (dst,), (base_origin,)
+        for key, src, item_dst, item_origin in zip(keys, files, dsts, item_origins):
+            items.append(JobItem(key=key, src=src, dst=item_dst, role=tex.role, origin=item_origin))
         outputs.append(
             PlannedOutput(
                 texture=tex.name,
@@ -281,6 +312,11 @@ def build_job(
     return JobPlan(job=job, outputs=tuple(outputs), skipped=tuple(skipped))
 
 
+def _item_dsts(out: PlannedOutput) -> tuple[str, ...]:
+    """The file of each of ``out``'s items (its tiles' files for a UDIM pattern)."""
+    return tuple(udim_tile_path(out.dst, tile) for tile in out.tiles) if out.tiles else (out.dst,)
+
+
 # --- following a job ---------------------------------------------------------------------------
 
 
@@ -289,6 +325,7 @@ class TextureOutcome:
     """Where one texture stands: status "pending", "ok", "failed" or "cancelled".
 
     A UDIM texture is "ok" only when every tile was written (a half-upscaled tiled image is never relinked).
+    ``up_to_date``: it is "ok" because its earlier output was current, with nothing upscaled.
     width/height: the result's size (UDIM: of the first tile); seconds: summed over its files.
     """
 
@@ -299,7 +336,9 @@ class TextureOutcome:
     height: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
-    written: dict[str, str] = field(default_factory=dict)  # item key -> file written
+    written: dict[str, str] = field(default_factory=dict)  # item key -> file written (or found up to date)
+    up_to_date: bool = False  # "ok" without any work: every file's earlier output was current
+    reasons: dict[str, str | None] = field(default_factory=dict)  # item key -> the result's reason ("new", ...)
 
 
 ETA_MIN_SECONDS = 1.0  # no estimate before the job has run this long ...
@@ -414,10 +453,12 @@ class JobTracker:
             outcome = self.outcomes[owner.texture]
             outcome.written[event.item] = event.dst
             outcome.seconds += event.seconds
+            outcome.reasons[event.item] = event.reason
             if len(outcome.written) == 1:
                 outcome.width, outcome.height = event.width, event.height
             if len(outcome.written) == len(owner.item_keys) and not outcome.errors:
                 outcome.status = "ok"
+                outcome.up_to_date = all(outcome.reasons.get(k) == UP_TO_DATE for k in owner.item_keys)
             if event.item == self.current_item:
                 self.item_fraction = 1.0
             self._ended.add(event.item)
@@ -437,6 +478,14 @@ class JobTracker:
         elif isinstance(event, Done):
             self.cancelled = event.cancelled
             self._finish(failed_reason=None)
+
+    def mark_up_to_date(self, texture: str) -> None:
+        """Record a texture the add-on found up to date itself (no item of the job): "ok" with nothing done."""
+        owner = next(out for out in self.plan.outputs if out.texture == texture)
+        outcome = self.outcomes[texture]
+        outcome.written = dict(zip(owner.item_keys, _item_dsts(owner)))
+        outcome.reasons = dict.fromkeys(owner.item_keys, UP_TO_DATE)
+        outcome.status, outcome.up_to_date = "ok", True
 
     def abandon(self) -> None:
         """Stop following the job as cancelled without the worker's ``done`` (it did not confirm a cancel
@@ -529,9 +578,10 @@ class JobTracker:
 def report_rows(textures: Sequence[TextureInfo], tracker: JobTracker | None, plan: JobPlan) -> list[dict[str, Any]]:
     """One JSON row per chosen texture: name, role, input/output size, output path, seconds, status, error.
 
-    status is "ok", "failed" (including textures skipped because they are missing) or "cancelled".
+    status is "ok" (upscaled), "up_to_date" (its earlier output was current and is used again), "failed",
+    "cancelled" or "skipped" (``missing``: the file was already missing when the run began).
     """
-    skipped = {s.texture: s.reason for s in plan.skipped}
+    skipped = {s.texture: (s.reason, s.missing) for s in plan.skipped}
     rows = []
     for tex in textures:
         row: dict[str, Any] = {
@@ -546,7 +596,10 @@ def report_rows(textures: Sequence[TextureInfo], tracker: JobTracker | None, pla
             "error": None,
         }
         if tex.name in skipped:
-            row["error"] = skipped[tex.name]
+            reason, missing = skipped[tex.name]
+            row["error"] = reason
+            if missing:  # already missing before the run: a known gap, not a failure (unless --strict)
+                row.update(status="skipped", missing=True, reason=reason)
         elif tracker is not None and tex.name in tracker.outcomes:
             outcome = tracker.outcomes[tex.name]
             row["status"] = outcome.status if outcome.status != "pending" else "failed"
@@ -554,6 +607,8 @@ def report_rows(textures: Sequence[TextureInfo], tracker: JobTracker | None, pla
             if outcome.status == "ok":
                 row["output_size"] = [outcome.width, outcome.height]
                 row["output_path"] = outcome.dst
+                if outcome.up_to_date:
+                    row["status"] = "up_to_date"
             row["error"] = "; ".join(outcome.errors) or (
                 None if outcome.status == "ok" else "cancelled" if outcome.status == "cancelled" else "no result"
             )
@@ -568,6 +623,7 @@ def report_document(rows: Sequence[Mapping[str, Any]], **context: Any) -> dict[s
     doc: dict[str, Any] = {"version": REPORT_VERSION}
     doc.update(context)
     doc["ok"] = sum(1 for r in rows if r["status"] == "ok")
+    doc["up_to_date"] = sum(1 for r in rows if r["status"] == "up_to_date")
     doc["failed"] = sum(1 for r in rows if r["status"] == "failed")
     doc["cancelled"] = sum(1 for r in rows if r["status"] == "cancelled")
     doc["skipped"] = sum(1 for r in rows if r["status"] == "skipped")
@@ -575,9 +631,16 @@ def report_document(rows: Sequence[Mapping[str, Any]], **context: Any) -> dict[s
     return doc
 
 
-def exit_code(rows: Sequence[Mapping[str, Any]]) -> int:
-    """0 when every chosen texture was upscaled (rows the filters left out do not count), else 1."""
-    return 0 if all(r["status"] in ("ok", "skipped") for r in rows) else 1
+def exit_code(rows: Sequence[Mapping[str, Any]], *, strict: bool = False) -> int:
+    """0 when every chosen texture was upscaled or is up to date, else 1. Rows the filters left out do not count,
+    nor textures whose file was already missing when the run began, unless ``strict``."""
+    for row in rows:
+        if row["status"] in ("ok", "up_to_date"):
+            continue
+        if row["status"] == "skipped" and not (strict and row.get("missing")):
+            continue
+        return 1
+    return 0
 
 
 def write_report(path: str, document: Mapping[str, Any]) -> str:

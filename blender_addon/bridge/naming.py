@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 
 UDIM_TOKENS: tuple[str, ...] = ("<UDIM>", "<UVTILE>")
@@ -109,12 +109,16 @@ def unique_output_path(
     taken: AbstractSet[str] = frozenset(),
     udim_file: bool = False,
     max_tries: int = 10000,
+    ours: Callable[[str], bool] | None = None,
 ) -> str:
-    """A path in ``folder`` for the upscaled ``stem`` that names no existing file and is not in ``taken``.
+    """A path in ``folder`` for the upscaled ``stem`` that is not in ``taken`` and names no existing file, or
+    only files ``ours(path)`` says are this texture's own earlier outputs (a rerun then reuses the same name).
 
     ``taken`` holds paths already given to other outputs of the same job (compared case-insensitively,
     as on Windows and macOS). For a UDIM pattern, a name is free only when none of ``tiles``' files
-    exist. The first free one of ``wall_x4.png``, ``wall_x4_2.png``, ``wall_x4_3.png``... is returned.
+    exist (or all that do are ours). The first free one of ``wall_x4.png``, ``wall_x4_2.png``, ``wall_x4_3.png``...
+    is returned: ``_2`` only when another texture of the job, another texture's earlier output or a file texup
+    did not write holds the plain name.
     """
     taken_keys = {os.path.normcase(os.path.normpath(p)).lower() for p in taken}
     tiles = tuple(tiles)
@@ -124,9 +128,11 @@ def unique_output_path(
             continue
         if has_udim_token(path):
             files = [udim_tile_path(path, tile) for tile in tiles] if tiles else []
-            if any(os.path.exists(f) for f in files) or (not tiles and _any_tile_exists(path)):
+            if any(os.path.exists(f) and not (ours and ours(f)) for f in files) or (
+                not tiles and _any_tile_exists(path)
+            ):
                 continue
-        elif os.path.exists(path):
+        elif os.path.exists(path) and not (ours and ours(path)):
             continue
         return path
     raise ValueError(f"no free output name for {stem!r} in {folder} after {max_tries} tries")

@@ -99,6 +99,7 @@ class JobItem:
     src: str
     dst: str
     role: str = "color"
+    origin: str | None = None  # the source's stable name when ``src`` is a temporary copy (packed, generated)
 
     def validate(self) -> None:
         if not isinstance(self.key, str) or not self.key:
@@ -111,7 +112,10 @@ class JobItem:
             raise ProtocolError(f"item {self.key!r}: role must be one of {', '.join(ROLES)}, got {self.role!r}")
 
     def to_json(self) -> dict[str, str]:
-        return {"key": self.key, "src": self.src, "dst": self.dst, "role": self.role}
+        out = {"key": self.key, "src": self.src, "dst": self.dst, "role": self.role}
+        if self.origin:
+            out["origin"] = self.origin
+        return out
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,7 @@ class Result:
     steps: int | None = None
     psnr_before: float | None = None
     psnr_after: float | None = None
+    reason: str | None = None  # why it was made ("new", "source changed", ...) or "up to date" (nothing done)
     type: str = field(default="result", init=False)
 
 
@@ -470,6 +475,7 @@ def parse_event(line: str | bytes) -> Event:
             steps=_get(data, "steps", int, optional=True),
             psnr_before=_opt_float(data, "psnr_before"),
             psnr_after=_opt_float(data, "psnr_after"),
+            reason=_get(data, "reason", str, optional=True),
         )
     if kind == "error":
         return Error(

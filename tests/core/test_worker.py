@@ -119,6 +119,165 @@ def test_two_files_one_missing(worker, tiny_model, tmp_path):
     assert not (out_dir / "gone_x4.png").exists()
 
 
+def test_a_rerun_redoes_nothing_and_a_changed_source_is_redone_in_place(worker, tiny_model, tmp_path):
+    """The worker keeps the output folder's manifest as `texup upscale` does: the same job again does no work
+    and writes no file; a changed source is redone under the same name; a file texup did not write stays."""
+    src = save_png(tmp_path / "wall.png", real_image("brick.png")[:20, :24])
+    other = save_png(tmp_path / "other.png", real_image("gravel.png")[:12, :12])
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    foreign = out_dir / "other_x4.png"
+    foreign.write_bytes(b"an artist's own file")
+    job = Job(
+        options=JobOptions(model=str(tiny_model), scale=2),
+        items=(
+            JobItem("wall", str(src), str(out_dir / "wall_x4.png")),
+            JobItem("other", str(other), str(foreign)),
+        ),
+    )
+
+    def run() -> tuple[dict, list]:
+        job_id = worker.submit(job)
+        events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
+        return {e.item: e for e in events if isinstance(e, Result)}, [e for e in events if isinstance(e, Error)]
+
+    results, errors = run()
+    assert results["wall"].reason == "new" and [e.item for e in errors] == ["other"]
+    assert "not an unchanged earlier texup output" in errors[0].message
+    first = (out_dir / "wall_x4.png").stat()
+    listing = sorted(p.name for p in out_dir.iterdir())
+
+    results, errors = run()  # the same job again: nothing to do, nothing written
+    assert results["wall"].reason == "up to date" and results["wall"].seconds == 0
+    assert (results["wall"].width, results["wall"].height) == (48, 40)
+    assert (out_dir / "wall_x4.png").stat().st_mtime_ns == first.st_mtime_ns
+    assert sorted(p.name for p in out_dir.iterdir()) == listing
+    assert foreign.read_bytes() == b"an artist's own file"
+
+    save_png(src, real_image("brick.png")[20:40, :24])  # the artist edits the source
+    results, _ = run()
+    assert results["wall"].reason == "source changed" and results["wall"].dst == str(out_dir / "wall_x4.png")
+    assert sorted(p.name for p in out_dir.iterdir()) == listing  # redone in place: no second name
+    entry = json.loads((out_dir / ".texup" / "outputs.json").read_text())["files"]["wall_x4.png"]
+    # what the add-on checks by stat alone before it starts a worker
+    assert entry["model_ref"] == str(tiny_model) and entry["model_files"][0]["path"] == str(tiny_model)
+    assert entry["options"] == {"scale": 2.0, "size": None, "seamless": "auto", "role": "color"}
+    assert entry["source"] == str(src) and entry["size"] == (out_dir / "wall_x4.png").stat().st_size
+
+
+def test_the_addons_plan_names_outputs_again_and_tells_current_ones_by_stat(worker, tiny_model, tmp_path):
+    """The add-on's side of a rerun (bridge.jobs + bridge.manifest, no texup): the plan gives every texture the
+    name of its own earlier output, never ``_2``; what the worker recorded lets the add-on tell an up-to-date
+    output without a worker, a packed image's (a new temporary copy each run) included; a changed source, model
+    file or option is not current."""
+    from bridge.jobs import TextureInfo, build_job
+    from bridge.manifest import OutputsView, pixel_options
+
+    from texup.library import pixel_options as texup_pixel_options
+
+    assert pixel_options(scale=4, seamless="auto", role="normal") == texup_pixel_options(
+        scale=4.0, size=None, seamless="auto", role="normal"
+    )
+    wall = save_png(tmp_path / "wall.png", real_image("brick.png")[:20, :24])
+    packed_bytes = (save_png(tmp_path / "p.png", real_image("gravel.png")[:12, :12])).read_bytes()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "wall_x4.png").write_bytes(b"someone else's file")  # never replaced: the texture gets _2 once
+    textures = [
+        TextureInfo("Wall", str(wall), (24, 20), "color", "sRGB", "file"),
+        TextureInfo("Packed", "", (12, 12), "data", "Non-Color", "packed"),
+    ]
+    options = JobOptions(model=str(tiny_model), scale=2.0)
+
+    def plan_and_run(run: int) -> tuple:
+        copy = tmp_path / f"tmp{run}" / "p.png"  # the add-on writes a packed image to a new temporary file
+        copy.parent.mkdir()
+        copy.write_bytes(packed_bytes)
+        earlier = OutputsView(str(out))
+        plan = build_job(
+            textures,
+            options,
+            str(out),
+            name_scale=4,
+            extracted={"Packed": str(copy)},
+            origins={"Packed": "scene.blend#Packed"},
+            earlier=earlier,
+        )
+        why = {
+            item.key.split(":")[1]: earlier.why_not_current(
+                item.dst,
+                source=item.src,
+                model=str(tiny_model),
+                options=pixel_options(scale=2.0, seamless="auto", role=item.role),
+                texup=texup.__version__,
+            )
+            for item in plan.job.items
+        }
+        job_id = worker.submit(plan.job)
+        events = collect(worker, lambda e: isinstance(e, Done) and e.id == job_id)
+        return plan, why, {e.item.split(":")[1]: e.reason for e in events if isinstance(e, Result)}
+
+    import texup
+
+    plan, why, reasons = plan_and_run(1)
+    assert [o.dst for o in plan.outputs] == [str(out / "wall_x4_2.png"), str(out / "Packed_x4.png")]
+    assert why == {"Wall": "no unchanged earlier output", "Packed": "no unchanged earlier output"}
+    assert reasons == {"Wall": "new", "Packed": "new"}
+    listing = sorted(p.name for p in out.iterdir())
+
+    plan, why, reasons = plan_and_run(2)  # the same scene again: same names, current by stat (and by hash)
+    assert [o.dst for o in plan.outputs] == [str(out / "wall_x4_2.png"), str(out / "Packed_x4.png")]
+    assert why == {"Wall": None, "Packed": None}
+    assert reasons == {"Wall": "up to date", "Packed": "up to date"}
+    assert sorted(p.name for p in out.iterdir()) == listing
+
+    save_png(wall, real_image("brick.png")[20:40, :24])
+    plan, why, reasons = plan_and_run(3)
+    assert plan.outputs[0].dst == str(out / "wall_x4_2.png") and why["Wall"] == "source changed"
+    assert reasons == {"Wall": "source changed", "Packed": "up to date"}
+    assert sorted(p.name for p in out.iterdir()) == listing
+    assert (out / "wall_x4.png").read_bytes() == b"someone else's file"
+    earlier = OutputsView(str(out))
+    kwargs = {"source": str(wall), "texup": texup.__version__}
+    assert (
+        earlier.why_not_current(
+            str(out / "wall_x4_2.png"),
+            model=str(tiny_model),
+            options=pixel_options(scale=2, seamless="auto", role="color"),
+            **kwargs,
+        )
+        is None
+    )
+    assert (
+        earlier.why_not_current(
+            str(out / "wall_x4_2.png"),
+            model=str(tiny_model),
+            options=pixel_options(scale=4, seamless="auto", role="color"),
+            **kwargs,
+        )
+        == "options changed"
+    )
+    assert (
+        earlier.why_not_current(
+            str(out / "wall_x4_2.png"),
+            model="realesrgan-x4plus",
+            options=pixel_options(scale=2, seamless="auto", role="color"),
+            **kwargs,
+        )
+        == "model changed"
+    )
+    assert (
+        earlier.why_not_current(
+            str(out / "wall_x4_2.png"),
+            model=str(tiny_model),
+            options=pixel_options(scale=2, seamless="auto", role="color"),
+            source=str(wall),
+            texup="0.0.1",
+        )
+        == "texup version changed"
+    )
+
+
 def test_roles_and_alpha_go_through(worker, tiny_model, tmp_path):
     gray = real_image("gravel.png")[:40, :24]
     rgba = np.dstack([real_image("chelsea.png")[:30, :31], np.full((30, 31), 200, np.uint8)])
@@ -150,8 +309,14 @@ def test_cancel_during_a_job_leaves_no_output(worker, tiny_model, tmp_path):
     assert len(written) < 3, written
     for item in items:
         assert Path(item.dst).exists() == (item.key in written)
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
+    # no temporary file is left; the manifest lists exactly what was written, and no journal stays behind
+    leftovers = [
+        p.name for p in tmp_path.iterdir() if p.name != ".texup" and (p.name.startswith(".") or p.suffix == ".tmp")
+    ]
     assert leftovers == []
+    manifest = json.loads((tmp_path / ".texup" / "outputs.json").read_text()) if written else {"files": {}}
+    assert sorted(manifest["files"]) == sorted(Path(i.dst).name for i in items if i.key in written)
+    assert not list((tmp_path / ".texup" / "journal").glob("*.jsonl"))
     # the worker stays warm and answers
     worker.ping()
     assert any(isinstance(e, Pong) for e in collect(worker, lambda e: isinstance(e, Pong)))
@@ -332,11 +497,11 @@ def test_server_cancels_a_queued_job_before_it_starts_and_keeps_one_upscaler(tmp
     made: list[tuple] = []
 
     class SlowUpscaler:
-        def upscale_file(self, src, dst, options, *, progress, cancel):
+        def upscale_file(self, src, dst, options, *, progress, cancel, format=None):
             progress(0, 2)
             gate.wait(30)
             progress(1, 2)
-            Image.new("RGB", (8, 4)).save(dst)
+            Image.new("RGB", (8, 4)).save(dst, format="PNG")
             progress(2, 2)
             return Path(dst)
 
@@ -573,11 +738,11 @@ class _GatedUpscaler:
 
         self.gate = threading.Event()
 
-    def upscale_file(self, src, dst, options, *, progress, cancel):
+    def upscale_file(self, src, dst, options, *, progress, cancel, format=None):
         progress(0, 2)
         self.gate.wait(30)
         progress(2, 2)
-        Image.new("RGB", (8, 4)).save(dst)
+        Image.new("RGB", (8, 4)).save(dst, format="PNG")
         return Path(dst)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
-from texup.imageio import Image, format_for_path, read_image, write_image
+from texup.imageio import Image, format_for_path, read_image
 from texup.inference.pipeline import UpscaleOptions, refuse_overwrite
 from texup.library import (
     NEW,
@@ -41,6 +41,7 @@ from texup.library import (
     scale_label,
     source_state,
     take_shard,
+    write_output,
 )
 from texup.options import ENGINES, LAYOUTS, OVERLAP_DEFAULT, PRECISIONS, ROLES, SCALE_MAX, SEAMLESS_MODES, TILE_MIN
 from texup.outputs import OutputRecord
@@ -255,17 +256,6 @@ def _output_folder(dst: Path, swept: set[Path]) -> None:
         remove_stale_temp_files(folder)
 
 
-def _write_output(record: OutputRecord, dst: Path, pixels: Any, like: Any, info: dict[str, Any]) -> None:
-    """On the write-behind thread: encode beside ``dst``, journal the entry, rename (see texup.outputs)."""
-    try:
-        with record.writing(dst, info) as tmp:
-            write_image(tmp, pixels, like=like, format=format_for_path(dst))
-    except FileError as err:
-        raise ImageWriteError(dst, err.reason) from err
-    except OSError as err:
-        raise ImageWriteError(dst, err.strerror or str(err)) from err
-
-
 def _validate(args: argparse.Namespace) -> tuple[int, int] | None:
     """Usage errors as ValueError; returns the exact output size (--size) or None."""
     target = parse_size(args.size) if args.size else None
@@ -403,7 +393,7 @@ class _Batch:
                     )
                     _output_folder(planned.dst, swept)
                     info = entry_for(self.settings, source, engine=engine)
-                    write = writer.submit(_write_output, self.record, planned.dst, result, image.info, info)
+                    write = writer.submit(write_output, self.record, planned.dst, result, image.info, info)
                     started = (planned, write, info)
                     del image, result
                 except expected as err:

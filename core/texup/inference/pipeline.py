@@ -357,13 +357,15 @@ class Upscaler:
         *,
         progress: ProgressCallback | None = None,
         cancel: CancelCallback | None = None,
+        format: str | None = None,
     ) -> Path:
         """Read ``src``, upscale it (colour space from the file) and write ``dst`` atomically.
 
         The output keeps the input's format, bit depth, channels and metadata (``like=info``) unless
-        ``dst``'s suffix names another format. Refuses to write over ``src`` (same path after resolving
-        links, or the same file) with :class:`~texup.errors.ImageWriteError`. Returns ``dst`` as a Path.
-        Read and write errors are :class:`~texup.errors.ImageReadError` / ``ImageWriteError`` naming the file.
+        ``dst``'s suffix (or ``format``, for a temporary ``dst`` whose suffix says nothing) names another format.
+        Refuses to write over ``src`` (same path after resolving links, or the same file) with
+        :class:`~texup.errors.ImageWriteError`. Returns ``dst`` as a Path. Read and write errors are
+        :class:`~texup.errors.ImageReadError` / ``ImageWriteError`` naming the file.
         """
         src_path, dst_path = Path(src), Path(dst)
         refuse_overwrite(src_path, dst_path)
@@ -371,7 +373,7 @@ class Upscaler:
         result = self.upscale_array(
             image.pixels, options, colorspace=image.info.colorspace, progress=progress, cancel=cancel
         )
-        write_image(dst_path, result, like=image.info)
+        write_image(dst_path, result, like=image.info, format=format)
         return dst_path
 
     # --- model passes ------------------------------------------------------------------------------------

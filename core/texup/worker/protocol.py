@@ -5,8 +5,12 @@ half (it cannot import texup). Both carry :data:`PROTOCOL_VERSION`, and a test c
 
 Client -> worker (``id`` is the client's job or request id, any string):
 
-* ``{"type": "upscale", "id", "options": {...}, "items": [{"key", "src", "dst", "role", "overwrite"}, ...]}``
-  (an existing ``dst`` is replaced only with ``"overwrite": true``; the add-on always names new files)
+* ``{"type": "upscale", "id", "options": {...}, "items": [{"key", "src", "dst", "role", "overwrite", "origin"}, ...]}``
+  -- each output is judged by its folder's manifest as ``texup upscale`` judges it: an unchanged earlier texup
+  output of the same source, model, version and options is *up to date* (its ``result`` says ``"reason": "up to
+  date"`` and nothing is written); texup's own earlier output is redone in place; a file texup did not write is
+  replaced only with ``"overwrite": true``. ``origin`` (optional) names the source for the manifest when ``src``
+  is a temporary copy (the add-on's packed and generated images)
 * ``{"type": "train", "id", "data_dir", "out_dir", "pretrained", "steps", "stage", "config", "config_file",
   "device", "precision"}`` -- fine-tune a generator on the images under ``data_dir`` (see :func:`parse_train`);
   events: ``progress`` (``item`` "train", ``done``/``total`` steps, ``loss``, ``eta_s``), one ``result``
@@ -148,6 +152,7 @@ class JobItem:
     dst: str
     role: str = "color"
     overwrite: bool = False
+    origin: str | None = None  # what the source is to the client when ``src`` is a temporary copy (a packed image)
 
 
 @dataclass(frozen=True)
@@ -252,7 +257,10 @@ def parse_items(items: Any) -> tuple[JobItem, ...]:
         overwrite = item.get("overwrite", False)
         if not isinstance(overwrite, bool):
             raise ProtocolError(f"item {key!r}: 'overwrite' must be true or false, got {overwrite!r}")
-        parsed.append(JobItem(key=key, src=src, dst=dst, role=role, overwrite=overwrite))
+        origin = item.get("origin")
+        if origin is not None and (not isinstance(origin, str) or not origin):
+            raise ProtocolError(f"item {key!r}: 'origin' must be a non-empty string, got {origin!r}")
+        parsed.append(JobItem(key=key, src=src, dst=dst, role=role, overwrite=overwrite, origin=origin))
     return tuple(parsed)
 
 
@@ -410,8 +418,12 @@ def progress(
     }
 
 
-def result(job_id: str, item: str, dst: str, width: int, height: int, seconds: float) -> dict[str, Any]:
-    return {
+def result(
+    job_id: str, item: str, dst: str, width: int, height: int, seconds: float, *, reason: str | None = None
+) -> dict[str, Any]:
+    """An item's output is there: ``reason`` (additive, still protocol 1) says why it was made ("new", what
+    changed since the earlier output, ...) or that the earlier output was "up to date" and nothing was done."""
+    out: dict[str, Any] = {
         "type": "result",
         "id": job_id,
         "item": item,
@@ -420,6 +432,9 @@ def result(job_id: str, item: str, dst: str, width: int, height: int, seconds: f
         "height": height,
         "seconds": round(seconds, 4),
     }
+    if reason is not None:
+        out["reason"] = reason
+    return out
 
 
 def train_progress(job_id: str, step: int, total: int, loss: float | None, eta_s: float | None) -> dict[str, Any]:

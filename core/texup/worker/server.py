@@ -291,7 +291,6 @@ class WorkerServer:
 
     def run_job(self, request: UpscaleRequest) -> None:
         """Upscale every item of ``request``; a failed item does not stop the others. Ends with ``done``."""
-        from texup.inference.pipeline import Cancelled, UpscaleOptions
 
         job_id = request.id
         count = len(request.items)
@@ -310,6 +309,28 @@ class WorkerServer:
                 )
                 failed = count
         opts = request.options
+        outputs = _Outputs(opts.model or _default_model(), engine=_engine_label(upscaler))
+        try:
+            ok, failed, cancelled = self._run_items(job_id, request, upscaler, outputs, ok, failed, cancelled)
+        finally:
+            outputs.close()
+        self._finished(job_id)
+        self.send(protocol.done(job_id, ok, failed, cancelled))
+
+    def _run_items(
+        self,
+        job_id: str,
+        request: UpscaleRequest,
+        upscaler: Any,
+        outputs: _Outputs,
+        ok: int,
+        failed: int,
+        cancelled: bool,
+    ) -> tuple[int, int, bool]:
+        from texup.inference.pipeline import Cancelled, UpscaleOptions
+
+        opts = request.options
+        count = len(request.items)
         for index, item in enumerate(request.items):
             if upscaler is None or cancelled:
                 break
@@ -325,7 +346,7 @@ class WorkerServer:
                     seamless=opts.seamless,
                     role=item.role,
                 )
-                self._run_item(job_id, upscaler, options, item, index, count)
+                self._run_item(job_id, upscaler, options, item, index, count, outputs)
             except Cancelled:
                 cancelled = True
                 break
@@ -339,8 +360,7 @@ class WorkerServer:
                 failed += 1
             else:
                 ok += 1
-        self._finished(job_id)
-        self.send(protocol.done(job_id, ok, failed, cancelled))
+        return ok, failed, cancelled
 
     def run_train(self, request: TrainRequest) -> None:
         """Fine-tune as ``request`` says (:func:`texup.training.train`); ends with ``done``.
@@ -440,9 +460,17 @@ class WorkerServer:
         return outcome.cancelled
 
     def _run_item(
-        self, job_id: str, upscaler: Any, options: Any, item: protocol.JobItem, index: int, count: int
+        self,
+        job_id: str,
+        upscaler: Any,
+        options: Any,
+        item: protocol.JobItem,
+        index: int,
+        count: int,
+        outputs: _Outputs,
     ) -> None:
-        from texup.imageio import probe_image
+        from texup.imageio import format_for_path, probe_image
+        from texup.library import UP_TO_DATE, entry_for, judge
 
         for path in (item.src, item.dst):
             if not os.path.isabs(path) or ".." in Path(path).parts:
@@ -452,14 +480,28 @@ class WorkerServer:
             raise ImageReadError(src, "no such file" if not src.exists() else "not a file")
         if dst.exists() and src.resolve() == dst.resolve():
             raise FileError(dst, "the output would overwrite the input")
-        if not item.overwrite and (dst.exists() or dst.is_symlink()):
-            raise FileError(
-                dst, 'the output exists; the worker replaces a file only for an item with "overwrite": true'
-            )
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise FileError(dst.parent, f"cannot create the output folder: {err.strerror or err}") from err
+        # The manifest of the output's folder decides, as for `texup upscale`: an unchanged earlier output of the
+        # same source, model, version and options is up to date; texup's own output is redone in place; a file
+        # texup did not write is replaced only for an item with "overwrite": true.
+        record, settings = outputs.folder(dst.parent, options, item.overwrite)
+        verdict = judge(src, dst, settings, record)
+        if verdict.refused is not None:
+            raise FileError(
+                dst,
+                "the output exists and is not an unchanged earlier texup output; the worker replaces such a file "
+                'only for an item with "overwrite": true',
+            )
+        started = time.monotonic()
+        if verdict.reason == UP_TO_DATE:
+            if verdict.refresh is not None:
+                record.put(str(record.key(dst)), verdict.refresh)
+            info = probe_image(dst)
+            self.send(protocol.result(job_id, item.key, str(dst), info.width, info.height, 0.0, reason=UP_TO_DATE))
+            return
         last_sent = 0.0
 
         def on_tiles(done_tiles: float, total_tiles: int) -> None:
@@ -471,13 +513,106 @@ class WorkerServer:
                 within = done_tiles - whole if done_tiles != whole else None
                 self.send(protocol.progress(job_id, item.key, index, count, whole, total_tiles, within))
 
-        started = time.monotonic()
-        log.info("job %s: %s -> %s", job_id, src, dst)
-        written = Path(
-            upscaler.upscale_file(src, dst, options, progress=on_tiles, cancel=lambda: self._is_cancelled(job_id))
+        log.info("job %s: %s -> %s (%s)", job_id, src, dst, verdict.reason)
+        source = verdict.source or _source_state(src)
+        entry = entry_for(settings, source, **outputs.extra, **({"origin": item.origin} if item.origin else {}))
+        with record.writing(dst, entry) as tmp:
+            upscaler.upscale_file(
+                src,
+                tmp,
+                options,
+                progress=on_tiles,
+                cancel=lambda: self._is_cancelled(job_id),
+                format=format_for_path(dst),
+            )
+        record.add(dst, **entry)
+        info = probe_image(dst)
+        self.send(
+            protocol.result(
+                job_id, item.key, str(dst), info.width, info.height, time.monotonic() - started, reason=verdict.reason
+            )
         )
-        info = probe_image(written)
-        self.send(protocol.result(job_id, item.key, str(written), info.width, info.height, time.monotonic() - started))
+
+
+def _source_state(src: Path) -> dict[str, Any]:
+    from texup.library import source_state
+
+    try:
+        return source_state(src)
+    except OSError as err:
+        raise ImageReadError(src, f"cannot read: {err.strerror or err}") from err
+
+
+def _default_model() -> str:
+    from texup.weights.registry import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+def _engine_label(upscaler: Any) -> str | None:
+    engine = getattr(upscaler, "engine", None)
+    if engine is None:
+        return None
+    return f"{engine.name} {upscaler.device} {upscaler.precision}"
+
+
+class _Outputs:
+    """The manifests (``.texup/outputs.json``) of the folders one job writes into, each opened once with a journal
+    for the job's life, and what every entry records besides the source: the model's identity, its reference
+    and files (so the add-on can tell by ``stat`` that an output is current without starting a worker), texup's
+    version and the engine."""
+
+    def __init__(self, model: str, *, engine: str | None) -> None:
+        self.model = model
+        self.extra: dict[str, Any] = {"model_ref": _model_ref(model)}
+        if engine is not None:
+            self.extra["engine"] = engine
+        self._records: dict[Path, Any] = {}
+        self._identity: str | None = None
+
+    def folder(self, folder: Path, options: Any, overwrite: bool) -> tuple[Any, Any]:
+        """The record of ``folder`` (opened and journalled on first use) and the Settings an item's entry is
+        compared with."""
+        import texup
+        from texup.library import Settings, model_files_state, model_identity, pixel_options
+        from texup.outputs import OutputRecord
+
+        record = self._records.get(folder)
+        if record is None:
+            record = OutputRecord(folder)
+            record.open_journal()
+            self._records[folder] = record
+        if self._identity is None:
+            try:
+                self._identity = model_identity(self.model, record)
+                self.extra["model_files"] = model_files_state(self.model)
+            except OSError as err:
+                raise FileError(self.model, f"cannot read the model's weights: {err.strerror or err}") from err
+        size = tuple(options.target_size) if options.target_size else None
+        settings = Settings(
+            out_dir=folder,
+            suffix="",
+            fmt=None,
+            model=self._identity,
+            texup=texup.__version__,
+            options=pixel_options(scale=options.scale, size=size, seamless=options.seamless, role=options.role),
+            overwrite=overwrite,
+        )
+        return record, settings
+
+    def close(self) -> None:
+        for record in self._records.values():
+            try:
+                record.close()
+            except OSError as err:  # the outputs are written; only their record could not be saved
+                log.error("cannot save the output manifest in %s: %s", record.root, err)
+        self._records.clear()
+
+
+def _model_ref(model: str) -> str:
+    """The model reference as an entry records it: a file as its absolute path, a name as given."""
+    path = Path(model).expanduser()
+    return os.path.abspath(path) if path.is_file() else model
 
 
 def machine_info(*, device: str = "auto", precision: str = "auto", model: str | None = None) -> dict[str, Any]:
