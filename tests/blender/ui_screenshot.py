@@ -303,7 +303,9 @@ def script():
     settings.use_size_filter, settings.max_size = True, 64
     textures = bpy.context.window_manager.texup_list
     textures.show_left_out = True
-    textures.active_index = next(i for i, item in enumerate(textures.textures) if item.name == "wall_x4")
+    textures.active_index = next(
+        i for i, item in enumerate(textures.textures) if item.name == "brick_wall_diffuse_2k_x4"
+    )
     redraw_all()
     yield 1.0  # let the panel redraw with the results
 
@@ -323,7 +325,9 @@ def script():
     bpy.data.materials["Mat.Long"].node_tree.nodes.new("ShaderNodeTexImage").image = probe
     bpy.ops.ed.undo_push(message="probe texture")
     bpy.ops.texup.refresh()
-    redraw_all()
+    textures = bpy.context.window_manager.texup_list
+    textures.active_index = next(i for i, item in enumerate(textures.textures) if item.name == "undo_probe.png")
+    redraw_all()  # the list scrolls to its active row: the probe's is drawn (a list draws the rows it shows)
     yield 0.5
     state["probe_drawn"] = "undo_probe.png" in state["row_names"]
     draws = state["panel_draws"]
