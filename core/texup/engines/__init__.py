@@ -7,14 +7,17 @@
 * :mod:`~texup.engines.ncnn_engine` — ncnn on the CPU or any Vulkan GPU (imports ncnn, never torch);
 * :mod:`~texup.engines.ncnn_export` — texup's own writer of ncnn ``.param``/``.bin`` files (numpy only);
 * :mod:`~texup.engines.ncnn_models` — which ncnn files run a model (packaged, or exported and cached);
-* :mod:`~texup.engines.select` — :func:`open_engine`: explicit choices, or ``auto`` by a cached measurement.
+* :mod:`~texup.engines.select` — :func:`open_engine`: explicit choices, or ``auto`` by a cached measurement;
+* :mod:`~texup.engines.openmp` — how the engines' OpenMP threads wait (passive unless the user chose).
 
-Importing this package imports neither torch nor ncnn.
+Importing this package imports neither torch nor ncnn; it sets ``OMP_WAIT_POLICY=PASSIVE`` for them when neither is
+loaded yet and the user set no waiting policy (:func:`texup.engines.openmp.configure`).
 """
 
 from __future__ import annotations
 
 from texup._lazy import lazy_getattr
+from texup.engines import openmp
 from texup.engines.base import (
     ENGINE_NAMES,
     Cancelled,
@@ -32,6 +35,8 @@ _LAZY = {
     "NcnnEngine": "texup.engines.ncnn_engine",
     "vulkan_devices": "texup.engines.ncnn_engine",
 }
+
+openmp.configure()
 
 __all__ = ["ENGINE_NAMES", "Cancelled", "Engine", "EngineOutOfMemory", "EngineUnavailable", *_LAZY]
 

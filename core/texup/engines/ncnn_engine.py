@@ -43,6 +43,9 @@ _GPU_KINDS = {0: "discrete", 1: "integrated", 2: "virtual", 3: "cpu"}
 CHECKPOINTS = 12
 #: What one tile's activations may take in host memory on the CPU (as for the torch engine).
 CPU_MEMORY_BUDGET = 1 << 30
+#: Output-resolution blobs of the head's width alive at once in a graph whose head convolutions run at output
+#: resolution (RRDBNet), as measured (see graph_from_files): it decides the CPU tile (96 for x4plus at 1 GB).
+NCNN_HEAD_BLOBS = 14
 _stderr_lock = threading.Lock()
 
 
@@ -203,10 +206,18 @@ def graph_from_files(
         checkpoints = conv_outs[step - 1 :: step][: CHECKPOINTS - 1]
     checkpoints = [c for c in checkpoints if c != outputs[0]] + [outputs[0]]
     widths = [layer.int_param(0, 0) for layer in layers if layer.type == "Convolution"]
-    # The largest blobs are the last convolutions' at output resolution (~3 of them alive, fp32), as wide as
-    # the one before the output convolution (not the widest: texup's dense blocks stack 5 outputs in one).
+    # The largest blobs are the head's, as wide as the convolution before the output one (not the widest:
+    # texup's dense blocks stack 5 outputs in one). Graphs that convolve an Interp's output run their last
+    # convolutions at output resolution: measured (x4plus, 96^2 to 288^2 tiles, ncnn 1.0.20261020) 52-56 KB
+    # per input pixel, about 14 fp32 blobs of that width at output resolution alive at the peak (the blobs
+    # around the convolution, its padded copy, packing copies, Winograd's transformed input and output);
+    # graphs that upsample by PixelShuffle (compact) keep their convolutions at input resolution and stay well
+    # below the same estimate with 3 blobs (x4 compact: 3.6 KB per input pixel measured).
     head = widths[-2] if len(widths) > 1 else widths[-1]
-    per_pixel = 4 * (3 * head * scale * scale + 12 * head)
+    upsampled = {blob for layer in layers if layer.type == "Interp" for blob in layer.outputs}
+    convolves_upsampled = any(layer.type == "Convolution" and set(layer.inputs) & upsampled for layer in layers)
+    blobs = NCNN_HEAD_BLOBS if convolves_upsampled else 3
+    per_pixel = 4 * (blobs * head * scale * scale + 12 * head)
     return NcnnGraph(
         param, bin_path, int(scale), int(input_multiple), inputs[0], outputs[0], tuple(checkpoints), per_pixel
     )

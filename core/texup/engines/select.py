@@ -1,8 +1,9 @@
 """Choosing and opening an engine: explicit choices are honoured, ``auto`` is decided by measurement.
 
 Candidates on a machine, in order of preference when nothing was measured: torch on CUDA, torch on MPS,
-ncnn on a hardware Vulkan GPU (never a software one such as llvmpipe), torch bf16 on a CPU with native
-bf16, ncnn on the CPU, torch fp32 on the CPU. With more than one candidate, the first ``auto`` use of a
+ncnn on a hardware Vulkan GPU (never a software one such as llvmpipe), ncnn on the CPU (the engine the
+Blender extension bundles: an unmeasured guess is never slower than it), torch bf16 on a CPU with native
+bf16, torch fp32 on the CPU. With more than one candidate, the first ``auto`` use of a
 model on a machine times one small tile on each (:func:`calibrate`, a few seconds) and keeps the fastest;
 the choice is cached in ``TEXUP_HOME/engines.json`` keyed by the machine (CPU model and flags, GPU names,
 library versions) and the model, so later runs open the winner at once. ``texup engines`` shows all of it.
@@ -87,10 +88,11 @@ def candidates() -> list[Candidate]:
             found.append(Candidate("torch", "mps"))
     if has_ncnn:
         found += [Candidate("ncnn", f"vulkan:{d.index}") for d in vulkan_devices() if not d.software]
+        # The bundled engine first on the CPU: where nothing was measured (the worker's first guess), a torch
+        # environment must not be slower than Blender's own Python with ncnn (issue 19).
+        found.append(Candidate("ncnn", "cpu"))
     if has_torch and cpu_has_native_bf16():
         found.append(Candidate("torch", "cpu", "bf16"))
-    if has_ncnn:
-        found.append(Candidate("ncnn", "cpu"))
     if has_torch:
         found.append(Candidate("torch", "cpu", "fp32"))
     return found
