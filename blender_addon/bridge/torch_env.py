@@ -7,7 +7,12 @@ builds ``<user dir>/torch-env`` when a user wants training or NVIDIA CUDA:
    wheels' compiled modules match the interpreter);
 2. ``<venv python> -m pip install <torch requirement>`` from the index that fits the machine
    (:func:`plan_install`: PyTorch's CUDA index with an NVIDIA GPU, its CPU index on Linux without one,
-   pip's configured index on Windows/macOS without one);
+   pip's configured index on Windows/macOS without one). When the plan names an index, pip sees only that
+   one: package sources from pip's configuration (``extra-index-url``, ``find-links``: files or ``PIP_*``)
+   are left out of this step, its other settings (certificates, proxy, timeouts, constraints) kept
+   (:func:`index_only_env`); otherwise a newer torch on an extra index wins pip's choice and a machine
+   without an NVIDIA GPU gets the 5 GB CUDA build (issue 19). The build pip installed is checked against the
+   plan;
 3. ``<venv python> -m pip install numpy==<Blender's numpy version>`` from pip's configured index (the
    bundled wheels were built against Blender's numpy);
 4. a check that torch and numpy import, then the marker file (:data:`TORCH_ENV_MARKER`, written last)
@@ -22,6 +27,7 @@ tests and mirrors: ``TEXUP_TORCH_REQUIREMENT`` (e.g. ``torch==2.13.0``) and ``TE
 
 from __future__ import annotations
 
+import ast
 import collections
 import datetime
 import errno
@@ -124,9 +130,19 @@ class InstallPlan:
     def index_label(self) -> str:
         return self.index_url or "pip's configured package index"
 
+    @property
+    def build(self) -> str | None:
+        """The torch build the index gives: "CUDA", "CPU", or None when only the index knows (a user's URL, or
+        pip's configured index on Linux, where PyPI's torch is the CUDA build)."""
+        if self.index_url == CUDA_INDEX_URL:
+            return "CUDA"
+        if self.index_url == CPU_INDEX_URL or (self.index_url is None and self.platform in ("win32", "darwin")):
+            return "CPU"
+        return None
+
     def summary(self) -> str:
-        build = "CUDA" if self.cuda else "CPU"
-        return f"{self.torch_requirement} ({build} build) from {self.index_label} into {self.env_dir}"
+        build = f"{self.build} build" if self.build else "the build that index offers"
+        return f"{self.torch_requirement} ({build}) from {self.index_label} into {self.env_dir}"
 
     def pip_install(self, requirement: str, index_url: str | None) -> list[str]:
         command = [self.venv_python(), "-m", "pip", "install", "--no-input", "--progress-bar", "off"]
@@ -324,6 +340,38 @@ def _subprocess_env(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+#: pip settings that add package sources; a step that names its index leaves them out (:func:`index_only_env`).
+PIP_SOURCE_SETTINGS = ("index-url", "extra-index-url", "find-links", "no-index")
+#: Sections of pip's configuration files that apply to ``pip install``.
+_PIP_SECTIONS = ("global", "install")
+
+
+def index_only_env(environ: Mapping[str, str], config_listing: str) -> dict[str, str]:
+    """The environment for a ``pip install --index-url URL`` that must see URL only.
+
+    ``config_listing`` is what ``pip config list`` printed in the new environment (``section.key='value'``
+    lines, from pip's configuration files and ``PIP_*`` variables). pip adds ``extra-index-url`` and
+    ``find-links`` from its configuration to any ``--index-url``, and picks the highest version among all of
+    them; so configuration files are switched off (``PIP_CONFIG_FILE`` = the null device) and every other
+    setting of their ``global`` and ``install`` sections comes back as a ``PIP_*`` variable (a variable the
+    user set wins), without :data:`PIP_SOURCE_SETTINGS`.
+    """
+    drop = {"PIP_" + key.upper().replace("-", "_") for key in PIP_SOURCE_SETTINGS} | {"PIP_CONFIG_FILE"}
+    env = {k: v for k, v in environ.items() if k not in drop}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    for line in config_listing.splitlines():
+        name, sep, quoted = line.strip().partition("=")
+        section, _, key = name.partition(".")
+        if not sep or section not in _PIP_SECTIONS or not key or key in PIP_SOURCE_SETTINGS:
+            continue
+        try:
+            value = ast.literal_eval(quoted)
+        except (ValueError, SyntaxError):
+            continue
+        env.setdefault("PIP_" + key.upper().replace("-", "_"), str(value))
+    return env
+
+
 def _remove_tree(path: str) -> None:
     """Remove ``path`` (a folder) if it exists; read-only files (Windows) are made writable first."""
 
@@ -375,6 +423,25 @@ def remove_torch_env(user_dir: str) -> bool:
 def installed(user_dir: str | None) -> dict[str, Any] | None:
     """The marker of a finished PyTorch environment in ``user_dir`` (``None``: none installed)."""
     return torch_env_marker(user_dir) if user_dir else None
+
+
+def check_build(plan: InstallPlan, found: Mapping[str, Any]) -> None:
+    """:class:`InstallError` when the installed torch (``found``: the verify step's report, ``cuda`` = its
+    ``torch.version.cuda``) is not the build the plan said: a CUDA build where the plan was the CPU one (5 GB
+    for nothing on a machine without an NVIDIA GPU), or a CPU build where it was the CUDA one."""
+    if plan.build is None:
+        return
+    cuda = found.get("cuda")
+    if plan.build == "CPU" and cuda:
+        got = f"the CUDA {cuda} build"
+    elif plan.build == "CUDA" and not cuda:
+        got = "a CPU-only build"
+    else:
+        return
+    raise InstallError(
+        f"pip installed {got} of torch {found.get('torch')} where the plan was the {plan.build} build from "
+        f"{plan.index_label}; set {ENV_INDEX_URL} to the index to use (see {plan.log_path})"
+    )
 
 
 class TorchInstaller:
@@ -506,13 +573,18 @@ class TorchInstaller:
         self._call("venv", [plan.base_python, "-m", "venv", plan.partial_dir])
         if not os.path.isfile(plan.venv_python()):
             raise InstallError(f"Blender's Python ({plan.base_python}) made no interpreter in {plan.partial_dir}")
-        self._call("torch", plan.pip_install(plan.torch_requirement, plan.index_url))
+        torch_env = None
+        if plan.index_url:  # that index only: see index_only_env
+            listing = self._call("venv", [plan.venv_python(), "-m", "pip", "config", "list"])
+            torch_env = index_only_env(self._env, listing)
+        self._call("torch", plan.pip_install(plan.torch_requirement, plan.index_url), env=torch_env)
         self._call("numpy", plan.pip_install(f"numpy=={numpy_version}" if numpy_version else "numpy", None))
         output = self._call("verify", [plan.venv_python(), "-c", _VERIFY])
         try:
             found = json.loads(output.strip().splitlines()[-1])
         except (ValueError, IndexError) as err:
             raise InstallError(f"the installed PyTorch did not report its version ({err})") from None
+        check_build(plan, found)
         if self._cancel.is_set():
             raise InstallCancelled()
         if plan.platform != "win32":
@@ -540,8 +612,9 @@ class TorchInstaller:
         _remove_tree(old)
         return marker
 
-    def _call(self, step: str, command: Sequence[str]) -> str:
-        """Run one step, streaming its output to the log and the progress; return its output."""
+    def _call(self, step: str, command: Sequence[str], *, env: Mapping[str, str] | None = None) -> str:
+        """Run one step (in ``env``, default the installer's environment), streaming its output to the log and
+        the progress; return its output."""
         if self._cancel.is_set():
             raise InstallCancelled()
         spec = STEPS[step]
@@ -560,7 +633,7 @@ class TorchInstaller:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                env=self._env,
+                env=dict(self._env if env is None else env),
                 cwd=self.plan.user_dir,
                 **popen_kwargs,
             )

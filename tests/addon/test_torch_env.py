@@ -349,3 +349,116 @@ def test_a_python_without_venv_is_a_clear_error(tmp_path):
     assert installer.wait(60)
     assert installer.error is not None and "cannot make virtual environments" in installer.error
     assert not (tmp_path / "user" / "torch-env.partial").exists()
+
+
+# --- the plan's index only (issue 19: "CPU build" in the plan, the 5 GB CUDA build installed) -----------
+
+
+def test_the_plan_names_the_build_its_index_gives(tmp_path):
+    def summary(platform: str, nvidia: bool, environ: dict) -> str:
+        return plan_install(str(tmp_path), platform=platform, nvidia=nvidia, environ=environ).summary()
+
+    assert "(CPU build) from " + CPU_INDEX_URL in summary("linux", False, {})
+    assert "(CUDA build) from " + CUDA_INDEX_URL in summary("linux", True, {})
+    assert "(CPU build) from pip's configured package index" in summary("win32", False, {})
+    # On Linux pip's own index (PyPI) has the CUDA build: the plan must not call that "CPU".
+    assert "(the build that index offers) from pip's" in summary("linux", False, {"TEXUP_TORCH_INDEX_URL": ""})
+
+
+def test_a_build_other_than_the_plans_is_an_error(tmp_path):
+    cpu = plan_install(str(tmp_path), platform="linux", nvidia=False, environ={})
+    cuda = plan_install(str(tmp_path), platform="linux", nvidia=True, environ={})
+    torch_env.check_build(cpu, {"torch": "2.13.0+cpu", "cuda": None})
+    torch_env.check_build(cuda, {"torch": "2.13.0+cu128", "cuda": "12.8"})
+    with pytest.raises(torch_env.InstallError, match=r"the CUDA 12.8 build of torch 2.14.1 where the plan was the CPU"):
+        torch_env.check_build(cpu, {"torch": "2.14.1", "cuda": "12.8"})
+    with pytest.raises(torch_env.InstallError, match="a CPU-only build"):
+        torch_env.check_build(cuda, {"torch": "2.13.0+cpu", "cuda": None})
+    mirror = plan_install(str(tmp_path), platform="linux", nvidia=False, environ={"TEXUP_TORCH_INDEX_URL": "x"})
+    torch_env.check_build(mirror, {"torch": "2.14.1", "cuda": "12.8"})  # a user's index: whatever it has
+
+
+def test_only_the_plans_index_keeps_pip_settings_but_no_other_package_source():
+    listing = (
+        "global.cert='/etc/ssl/certs/ca.pem'\n"
+        "global.extra-index-url='file:///opt/pypi/simple file:///opt/more/simple'\n"
+        "global.find-links='/opt/wheels'\n"
+        "install.timeout='33'\n"
+        "download.dest='/x'\n"
+        ":env:.find-links='/opt/wheels'\n"
+        "global.proxy='http://proxy:3128'\n"
+    )
+    environ = {"PIP_FIND_LINKS": "/opt/wheels", "PIP_EXTRA_INDEX_URL": "y", "PIP_PROXY": "http://mine:1", "HOME": "/h"}
+    env = torch_env.index_only_env(environ, listing)
+    assert env == {
+        "HOME": "/h",
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_CERT": "/etc/ssl/certs/ca.pem",
+        "PIP_TIMEOUT": "33",
+        "PIP_PROXY": "http://mine:1",  # the user's variable wins over the file
+    }
+
+
+def _wheel(folder: Path, name: str, version: str) -> Path:
+    """A minimal pure-Python wheel of ``name`` ``version``."""
+    import zipfile
+
+    module, dist = name.replace("-", "_"), f"{name.replace('-', '_')}-{version}"
+    path = folder / f"{dist}-py3-none-any.whl"
+    files = {
+        f"{module}/__init__.py": f"VERSION = {version!r}\n",
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{dist}.dist-info/RECORD"] = "".join(f"{f},,\n" for f in [*files, f"{dist}.dist-info/RECORD"])
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+    return path
+
+
+def _simple_index(root: Path, name: str, version: str) -> str:
+    """A PEP 503 index at ``root`` holding one wheel; returns its file:// URL."""
+    wheel = _wheel(root / name, name, version)
+    (root / name / "index.html").write_text(f'<html><body><a href="{wheel.name}">{wheel.name}</a></body></html>')
+    return root.as_uri()
+
+
+def test_the_torch_step_installs_from_the_plans_index_whatever_pip_is_configured_with(tmp_path):
+    # The plan's index has 1.0 (think: 2.13.0+cpu); the user's pip configuration adds an extra index with 2.0 and
+    # a wheel folder with 3.0 (think: PyPI's newer CUDA build). pip alone would take 3.0.
+    name = "texup-probe"
+    plan_index = _simple_index(tmp_path / "plan", name, "1.0")
+    extra_index = _simple_index(tmp_path / "extra", name, "2.0")
+    wheels = _wheel(tmp_path / "wheels", name, "3.0").parent
+    config = tmp_path / "pip.conf"
+    config.write_text(f"[global]\nextra-index-url = {extra_index}\nfind-links = {wheels}\ntimeout = 33\n")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    environ.update(PIP_CONFIG_FILE=str(config), TEXUP_TORCH_REQUIREMENT=name, TEXUP_TORCH_INDEX_URL=plan_index)
+    plain = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-d",
+            str(tmp_path / "d"),
+            "--index-url",
+            plan_index,
+            name,
+        ],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plain.returncode == 0 and "texup_probe-3.0" in plain.stdout, plain.stdout + plain.stderr
+
+    installer = _run(tmp_path / "user", _blender_python(), environ)
+
+    log = (tmp_path / "user" / "torch-install.log").read_text()
+    assert "Successfully installed texup-probe-1.0" in log, log
+    # (it is not torch: the later steps fail, in one line, and leave nothing behind)
+    assert installer.error and "\n" not in installer.error and not (tmp_path / "user" / "torch-env").exists()
