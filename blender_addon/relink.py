@@ -46,15 +46,20 @@ def root_original_name(image: bpy.types.Image) -> str:
     return str(image.get(ORIGINAL_PROP, image.name))
 
 
-def find_result(original: bpy.types.Image, path: str) -> bpy.types.Image | None:
-    """An image already in the file that is a texup result of ``original`` (or of its root original) read from
-    ``path`` (absolute; a UDIM pattern for tiled images), so a rerun uses it again instead of a second copy."""
+def find_result(original: bpy.types.Image, path: str, *, packed_as: str | None = None) -> bpy.types.Image | None:
+    """An image already in the file that is a texup result of ``original`` (or of its root original), so a rerun
+    uses it again instead of loading a second copy: read from ``path`` (absolute; a UDIM pattern for tiled
+    images), or with ``packed_as``, a packed result that records that file path."""
     root = root_original_name(original)
     wanted = os.path.normcase(os.path.normpath(path))
     for image in bpy.data.images:
-        if image.get(ORIGINAL_PROP) != root or image.packed_file is not None or not image.filepath:
+        if image.get(ORIGINAL_PROP) != root or not image.filepath:
             continue
-        if os.path.normcase(os.path.normpath(bpy.path.abspath(image.filepath))) == wanted:
+        packed = image.packed_file is not None or len(getattr(image, "packed_files", ())) > 0
+        if packed_as is not None:
+            if packed and image.filepath_raw == packed_as:
+                return image
+        elif not packed and os.path.normcase(os.path.normpath(bpy.path.abspath(image.filepath))) == wanted:
             return image
     return None
 

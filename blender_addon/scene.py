@@ -267,3 +267,38 @@ def scan() -> list[TextureInfo]:
             )
         )
     return infos
+
+
+def stand_in_originals(infos: list[TextureInfo]) -> list[TextureInfo]:
+    """The originals of the texup results among ``infos`` that no node uses any more (a file saved after an
+    upscale), described as the textures their results stand for: the result's role and users, the original's
+    file, size and colour space. A rerun plans them like any original: their output is the result's own file,
+    so an up-to-date one changes nothing and a changed source is redone in place (``scripts/upscale_blend.py``).
+    """
+    listed = {info.name for info in infos}
+    found: list[TextureInfo] = []
+    for info in infos:
+        if info.status != "upscaled":
+            continue
+        result = bpy.data.images.get(info.name)
+        name = str(result.get(ORIGINAL_PROP, "")) if result is not None else ""
+        original = bpy.data.images.get(name) if name else None
+        if original is None or name in listed or original.source not in _SUPPORTED_SOURCES:
+            continue
+        listed.add(name)
+        source = image_source(original)
+        found.append(
+            TextureInfo(
+                name=name,
+                filepath=image_pattern(original),
+                size=image_size(original) if source != "missing" else (0, 0),
+                role=info.role,
+                colorspace=original.colorspace_settings.name,
+                source=source,
+                users=info.users,
+                udim_tiles=tuple(udim_tiles(original)),
+                has_alpha=info.has_alpha,
+                status=image_status(original, source),
+            )
+        )
+    return found

@@ -238,6 +238,8 @@ class UpscaleSession(WorkerSession):
     def summary(self) -> str:
         if self.cancelled_before_start:
             return "texup: cancelled before the worker started; nothing was changed"
+        if self.failure is not None:  # the panel shows the whole reason (the status bar cuts it)
+            return f"texup: nothing was changed: {self.failure}"
         text = self.run.summary()
         if self.worker_stopped:
             text += f" (the worker did not stop within {self.cancel_grace:g} s of the cancel and was restarted)"

@@ -294,11 +294,16 @@ class UpscaleRun:
             except ValueError:  # another drive (Windows): keep the absolute path
                 record = None
         try:
-            result = relink.find_result(original, planned.dst) if not pack else None
-            if result is not None:  # loaded by an earlier run: the same datablock, its pixels read again if redone
-                if not outcome.up_to_date:
+            # Loaded by an earlier run: the same datablock again (a file one reads its redone pixels again; a
+            # packed one is used again only when its pixels are still current).
+            result = None
+            if not pack:
+                result = relink.find_result(original, planned.dst)
+                if result is not None and not outcome.up_to_date:
                     result.reload()
-            else:
+            elif outcome.up_to_date and record is not None:
+                result = relink.find_result(original, planned.dst, packed_as=record)
+            if result is None:
                 result = relink.load_result(
                     original, files, name=_image_name(planned.dst), pack=pack, pattern=planned.dst, filepath=record
                 )

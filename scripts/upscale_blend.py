@@ -171,6 +171,9 @@ def main(argv: list[str]) -> int:
     context = {"blend": blend, "model": args.model, "scale": args.scale}
     try:
         scanned = addon_scene.scan()
+        # A file saved after an earlier run uses the results: their originals are what a rerun checks (and redoes
+        # in place when their source changed), so `--images color.png` still names them.
+        scanned += addon_scene.stand_in_originals(scanned)
         if args.images:
             missing = unknown_names(scanned, args.images)
             if missing:

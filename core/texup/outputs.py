@@ -215,6 +215,11 @@ class OutputRecord:
         if self.model_info(model_id) != info:
             self._models_added[model_id] = info
 
+    @property
+    def changed(self) -> bool:
+        """Whether this run wrote or recorded anything here (a journal was opened, or entries wait to be saved)."""
+        return self._journal_fd is not None or bool(self._added)
+
     # -- writing ---------------------------------------------------------------------------------------------
 
     def open_journal(self) -> None:

@@ -180,6 +180,39 @@ def test_upscale_relinks_every_user_keeps_settings_and_reverts_after_reopen(addo
     assert node_images() == before
     assert not bpy.data.images["color.png"].use_fake_user
 
+    # Upscale again: every output is up to date (the folder's manifest), so no worker starts, no file is
+    # written (no color_x4_2.png), and the same result datablocks are linked again (no color_x4.001).
+    from blender_addon import service
+
+    service.stop_worker()
+    listing = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    datablocks = sorted(bpy.data.images.keys())
+    assert bpy.ops.texup.upscale(images=",".join(ALL_UPSCALABLE + ("missing.png",))) == {"FINISHED"}
+    assert service.current_client() is None
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == listing
+    assert sorted(bpy.data.images.keys()) == datablocks
+    assert node_images() == after
+    assert "8 up to date" in bpy.context.window_manager.texup_runtime.last_summary
+
+    # A changed source is redone in place: same file name, same datablock, new pixels; the rest stay as they are.
+    bpy.ops.texup.refresh()
+    for item in bpy.context.window_manager.texup_list.textures:
+        item.selected = True
+    assert bpy.ops.texup.revert() == {"FINISHED"}
+    color = bpy.data.images["color.png"]
+    pixels = list(color.pixels)
+    pixels[:8] = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    color.pixels = pixels
+    color.save()
+    bpy.ops.texup.refresh()
+    assert bpy.ops.texup.upscale(images="color.png,rough.png") == {"FINISHED"}
+    now = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert set(now) == set(listing) and now["color_x4.png"] != listing["color_x4.png"]
+    assert now["rough_x4.png"] == listing["rough_x4.png"]
+    assert sorted(bpy.data.images.keys()) == datablocks
+    assert node_images()["material 'Mat.A'"] == ["color_x4", "normal.png", "rough_x4"]
+    assert "1 upscaled, 1 up to date" in bpy.context.window_manager.texup_runtime.last_summary
+
 
 def test_unsaved_file_gets_packed_results(addon, worker_env, tiny_model, tmp_path):
     scene_builder.build(str(tmp_path), with_missing=False)
@@ -408,7 +441,10 @@ def test_cancel_stops_the_worker_at_the_next_tile_and_leaves_no_partial_files(ad
     assert "big_x4" not in bpy.data.images
     assert after["material 'Mat.A'"] == ["color_x4", "normal.png", "rough.png"]
     out = tmp_path / "textures_upscaled"
-    assert sorted(p.name for p in out.iterdir()) == ["color_x4.png"]  # no partial or temporary files
+    assert sorted(p.name for p in out.iterdir()) == [".texup", "color_x4.png"]  # no partial or temporary files
+    import json
+
+    assert sorted(json.loads((out / ".texup" / "outputs.json").read_text())["files"]) == ["color_x4.png"]
     assert scene_builder.png_header(str(tmp_path / "big.png"))[:2] == (256, 256)  # original untouched
     # The worker is still usable after a cancel.
     session = _begin_session(["rough.png"])

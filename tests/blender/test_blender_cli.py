@@ -93,8 +93,8 @@ def test_headless_upscale_saves_relinked_file_reports_and_fails_for_missing(scen
         str(report),
         env=env,
     )
-    # One selected texture (missing.png) failed: non-zero exit, everything else done anyway.
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    # One selected texture (missing.png) was missing before the run: reported as skipped, a known gap (exit 0).
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads(report.read_text())
     rows = {row["name"]: row for row in doc["images"]}
     assert set(rows) == {
@@ -108,8 +108,9 @@ def test_headless_upscale_saves_relinked_file_reports_and_fails_for_missing(scen
         "wall",
         "missing.png",
     }
-    assert rows["missing.png"]["status"] == "failed" and "not found" in rows["missing.png"]["error"]
-    assert doc["failed"] == 1 and doc["ok"] == 8
+    assert rows["missing.png"]["status"] == "skipped" and "not found" in rows["missing.png"]["error"]
+    assert rows["missing.png"]["missing"] is True
+    assert doc["failed"] == 0 and doc["ok"] == 8 and doc["skipped"] == 1
     for name, row in rows.items():
         if name == "missing.png":
             continue
@@ -140,6 +141,77 @@ def test_headless_upscale_saves_relinked_file_reports_and_fails_for_missing(scen
     # Originals stay in the file (kept for Revert) and unchanged.
     assert images["color.png"]["size"] == [24, 20]
     assert images["color.png"]["filepath"].endswith("color.png")
+
+    # The same command again: every output is up to date, so no worker starts, nothing is written (no _2 file),
+    # and the saved file links the same results. --strict makes the missing texture an error.
+    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "up").iterdir()}
+    again = upscale_blend(
+        scene_dir,
+        "--model",
+        tiny_model,
+        "--out-dir",
+        str(tmp_path / "up"),
+        "--save-as",
+        str(out_blend),
+        "--report",
+        str(report),
+        "--strict",
+        env=env,
+    )
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "starting the worker" not in again.stdout, again.stdout
+    doc = json.loads(report.read_text())
+    statuses = {row["name"]: row["status"] for row in doc["images"]}
+    assert statuses.pop("missing.png") == "skipped" and set(statuses.values()) == {"up_to_date"}, statuses
+    assert doc["up_to_date"] == 8 and doc["ok"] == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "up").iterdir()} == written
+    assert inspect(out_blend)["nodes"] == nodes
+
+
+def test_headless_rerun_with_save_redoes_nothing_and_does_not_save_again(scene_dir, env, tiny_model, tmp_path):
+    """A nightly ``--save`` run on the same file: the second night finds everything done, starts no worker,
+    writes no file and leaves the .blend as it is."""
+    work = tmp_path / "scene"
+    shutil.copytree(scene_dir, work)
+    args = ("--model", tiny_model, "--images", "color.png,packed,wall", "--save")
+    first = upscale_blend(work, *args, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    out = work / "textures_upscaled"
+    written = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert {"color_x4.png", "packed_src_x4.png", "wall_x4.1001.png", "wall_x4.1002.png"} <= set(written)
+    saved = (work / "scene.blend").stat().st_mtime_ns
+    second = upscale_blend(work, *args, env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "starting the worker" not in second.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == written
+    assert (work / "scene.blend").stat().st_mtime_ns == saved
+    assert "up to date" in second.stderr and "nothing changed" in second.stderr
+
+    # The artist paints over color.png: the next night redoes it in place, under the same name, and only it.
+    _repaint(work / "color.png")
+    report = tmp_path / "third.json"
+    third = upscale_blend(work, *args, "--report", str(report), env=env)
+    assert third.returncode == 0, third.stdout + third.stderr
+    rows = json.loads(report.read_text())["images"]
+    statuses = {row["name"]: row["status"] for row in rows if row["name"] in ("color.png", "packed", "wall")}
+    assert statuses == {"color.png": "ok", "packed": "up_to_date", "wall": "up_to_date"}, statuses
+    assert {row["reason"] for row in rows if row["name"] == "color_x4"} == {"not among the requested images"}
+    now = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert set(now) == set(written) and now["color_x4.png"] != written["color_x4.png"]
+    assert {k: v for k, v in now.items() if k not in ("color_x4.png", ".texup")} == {
+        k: v for k, v in written.items() if k not in ("color_x4.png", ".texup")
+    }
+    assert inspect(work / "scene.blend")["nodes"]["material Mat.A"][0] == "color_x4"
+
+
+def _repaint(path: Path) -> None:
+    """Change a PNG's pixels (the file stays a valid PNG of the same size), as an artist's edit would."""
+    script = (
+        "import bpy, sys; im = bpy.data.images.load(sys.argv[-1]); px = list(im.pixels); "
+        "px[0:4] = [1.0, 0.0, 1.0, 1.0]; px[4:8] = [0.0, 1.0, 0.0, 1.0]; im.pixels = px; im.save()"
+    )
+    proc = blender("--python-expr", script, "--", str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_headless_filters_scale_and_exit_zero(scene_dir, env, tiny_model, tmp_path):

@@ -182,7 +182,7 @@ def test_cancel_mid_tile_ends_the_upscale_within_two_seconds_as_cancelled(
     assert session.run.tracker.cancelled and session.run.rows[0]["status"] == "cancelled"
     assert "big_x4" not in bpy.data.images
     out = tmp_path / "textures_upscaled"
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.rglob("*"))
     assert "cancelled" in bpy.context.window_manager.texup_runtime.last_summary
     service.stop_worker()
 

@@ -516,6 +516,7 @@ class WorkerServer:
         log.info("job %s: %s -> %s (%s)", job_id, src, dst, verdict.reason)
         source = verdict.source or _source_state(src)
         entry = entry_for(settings, source, **outputs.extra, **({"origin": item.origin} if item.origin else {}))
+        record.open_journal()  # on the first write: a job that writes nothing leaves no trace in the folder
         with record.writing(dst, entry) as tmp:
             upscaler.upscale_file(
                 src,
@@ -580,7 +581,6 @@ class _Outputs:
         record = self._records.get(folder)
         if record is None:
             record = OutputRecord(folder)
-            record.open_journal()
             self._records[folder] = record
         if self._identity is None:
             try:
@@ -602,6 +602,8 @@ class _Outputs:
 
     def close(self) -> None:
         for record in self._records.values():
+            if not record.changed:
+                continue  # nothing written or refreshed here: the folder stays as it was
             try:
                 record.close()
             except OSError as err:  # the outputs are written; only their record could not be saved
