@@ -146,7 +146,7 @@ def test_fp32_tagged_weights(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     feat, up = 4, 2
     shapes = [(feat, 3), (feat, feat), (3 * up * up, feat)]
-    lines = ["7767517", f"{len(shapes) + 5} 8", "Input in 0 1 data", "Split sp 1 2 data a b"]
+    lines = ["7767517", f"{len(shapes) + 5} 9", "Input in 0 1 data", "Split sp 1 2 data a b"]
     prev, chunks, expected = "a", [], {}
     for i, (out_ch, in_ch) in enumerate(shapes):
         act = " 9=1" if i < len(shapes) - 1 else ""

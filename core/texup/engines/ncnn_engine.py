@@ -181,23 +181,24 @@ def graph_from_files(
     ``scale``/``input_multiple`` default to what the graph says: the product of its 2x nearest Interp layers
     on the main path, or its PixelShuffle factor, divided by a Reorg (pixel-unshuffle) stride.
     """
-    from texup.weights.ncnn import parse_param
+    from texup.weights.ncnn import parse_param_checked
 
-    layers = parse_param(param)
-    inputs = [layer.outputs[0] for layer in layers if layer.type == "Input"]
-    if len(inputs) != 1:
-        raise ModelLoadError(param, f"expected one Input layer, found {len(inputs)}")
-    consumed = {blob for layer in layers for blob in layer.inputs}
-    produced = [blob for layer in layers for blob in layer.outputs]
-    outputs = [blob for blob in produced if blob not in consumed]
-    if len(outputs) != 1:
-        raise ModelLoadError(param, f"expected one output blob, found {len(outputs)} ({', '.join(outputs[:4])})")
+    # The graph is checked and every blob's shape computed in Python (texup.weights.ncnn.check_graph) before
+    # ncnn sees the file: ncnn trusts its parameters (a resize by 1e9 was a segfault).
+    layers, found = parse_param_checked(param)
+    inputs, outputs = [found.input_blob], [found.output_blob]
+    multiple = found.input_multiple
+    if (found.in_channels, found.out_channels) != (3, 3):
+        raise ModelLoadError(
+            param,
+            f"the ncnn engine runs RGB networks; this one maps {found.in_channels} to {found.out_channels} channels",
+        )
     if not any(layer.type == "Convolution" for layer in layers):
         raise ModelLoadError(param, "the graph has no convolutions: not an upscaling network")
-    reorg = [layer.int_param(0, 1) for layer in layers if layer.type == "Reorg"]
-    multiple = int(np.prod(reorg)) if reorg else 1
     if scale is None:
         scale = _probe_scale(param, bin_path, inputs[0], outputs[0], 8 * multiple)
+        if scale != found.scale:
+            raise ModelLoadError(param, f"ncnn computes x{scale} where the graph's shapes say x{found.scale}")
     if input_multiple is None:
         input_multiple = multiple
     if checkpoints is None:
@@ -205,6 +206,9 @@ def graph_from_files(
         step = max(1, len(conv_outs) // CHECKPOINTS)
         checkpoints = conv_outs[step - 1 :: step][: CHECKPOINTS - 1]
     checkpoints = [c for c in checkpoints if c != outputs[0]] + [outputs[0]]
+    produced = {blob for layer in layers for blob in layer.outputs}
+    if not set(checkpoints) <= produced:
+        raise ModelLoadError(param, "a checkpoint blob is not in the graph")
     widths = [layer.int_param(0, 0) for layer in layers if layer.type == "Convolution"]
     # The largest blobs are the head's, as wide as the convolution before the output one (not the widest:
     # texup's dense blocks stack 5 outputs in one). Graphs that convolve an Interp's output run their last
