@@ -25,6 +25,8 @@ _LAZY: dict[str, str] = {
     "upscale_array": "texup.api",
     "upscale_file": "texup.api",
     "list_models": "texup.api",
+    "blend_models": "texup.api",
+    "detail_model": "texup.api",
     "Upscaler": "texup.inference.pipeline",
     "UpscaleOptions": "texup.inference.pipeline",
     "LoadedModel": "texup.weights",
@@ -39,7 +41,7 @@ _LAZY: dict[str, str] = {
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from texup.api import list_models, load_model, upscale_array, upscale_file
+    from texup.api import blend_models, detail_model, list_models, load_model, upscale_array, upscale_file
     from texup.imageio import Image, ImageInfo, probe_image, read_image, write_image
     from texup.inference.pipeline import UpscaleOptions, Upscaler
     from texup.weights import LoadedModel, save_model

@@ -70,6 +70,28 @@ def list_models() -> list[dict[str, Any]]:
     return _list_models()
 
 
+def blend_models(a: str | PathLike, b: str | PathLike, alpha: float, out: str | PathLike | None = None) -> Path:
+    """Network interpolation (ESRGAN section 3.4): ``(1 - alpha) * A + alpha * B``, so alpha 0 gives ``a`` and 1
+    gives ``b`` bit for bit. ``a``/``b``: names or weights files of one architecture and shape (else
+    :class:`~texup.weights.blend.BlendError`). Writes ``out`` (``.safetensors`` with both parents' SHA-256 and
+    alpha as provenance), or with ``out=None`` returns the cached blend that the reference ``blend:A,B@ALPHA``
+    (usable as ``model`` everywhere) runs. No torch needed."""
+    from texup.weights.blend import blend_file, format_blend, write_blend
+
+    if out is None:
+        return blend_file(format_blend(a, b, alpha))
+    return write_blend(a, b, alpha, out)
+
+
+def detail_model(model: str | PathLike, detail: float) -> str:
+    """The model reference for ``model`` dialled to ``detail`` in [0, 1]: 1 is the model, 0 its partner (the
+    registry's published PSNR model, or the one a ``texup train --stage gan`` result names), between them the
+    blend ``blend:PARTNER,MODEL@DETAIL``. Raises ``BlendError`` with the reason when there is no partner."""
+    from texup.weights.blend import detail_ref
+
+    return detail_ref(model, detail)
+
+
 def get_upscaler(
     model: ModelRef = DEFAULT_MODEL,
     *,

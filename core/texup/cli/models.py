@@ -1,4 +1,4 @@
-"""``texup models list | fetch NAME | convert SRC DST | info NAME|PATH``.
+"""``texup models list | fetch NAME | convert SRC DST | blend A B --alpha A -o OUT | info NAME|PATH``.
 
 Exit codes: 0 success, 1 the operation failed (one line on stderr: ``texup: error: <reason>``),
 2 usage error. Results go to stdout (``fetch`` and ``convert`` print the written path last);
@@ -64,6 +64,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     convert.add_argument("src", type=Path, metavar="SRC")
     convert.add_argument("dst", type=Path, metavar="DST", help="output path, ending in .safetensors")
     convert.set_defaults(func=_cmd_convert)
+
+    blend = msub.add_parser(
+        "blend",
+        help="network interpolation: (1 - alpha) * A + alpha * B, saved as .safetensors",
+        description="Blend two models of one architecture and shape tensor by tensor (ESRGAN's network "
+        "interpolation): alpha 0 gives A, alpha 1 gives B, bit for bit; between them the dial, e.g. A a PSNR model "
+        "and B its GAN model. A and B: known names or any weights file texup reads (.safetensors, .pth, ncnn "
+        ".param). OUT records both parents' SHA-256 and alpha. `texup upscale --model blend:A,B@ALPHA` runs a "
+        "blend without saving it yourself (blended once, cached).",
+    )
+    blend.add_argument("a", metavar="A", help="the model alpha 0 gives (name or file)")
+    blend.add_argument("b", metavar="B", help="the model alpha 1 gives (name or file)")
+    blend.add_argument("--alpha", type=float, required=True, help="B's share, from 0 to 1")
+    blend.add_argument("-o", "--out", type=Path, required=True, metavar="OUT", help="output .safetensors")
+    blend.set_defaults(func=_cmd_blend)
 
     info = msub.add_parser("info", help="architecture, hyper-parameters, scale and metadata of a model")
     info.add_argument("model", metavar="NAME|PATH")
@@ -199,6 +214,25 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     print(f"arch: {loaded.arch}")
     print(f"hparams: {json.dumps(loaded.hparams, sort_keys=True)}")
     print(f"scale: x{loaded.scale}")
+    print(written)
+    return 0
+
+
+def _cmd_blend(args: argparse.Namespace) -> int:
+    from texup.weights.blend import BlendError, check_alpha, write_blend
+
+    try:
+        check_alpha(args.alpha)
+    except BlendError as exc:
+        print(f"texup: error: --alpha: {exc}", file=sys.stderr)
+        return 2
+    if args.out.suffix.lower() != ".safetensors":
+        print(f"texup: error: {args.out}: the output must end in .safetensors", file=sys.stderr)
+        return 2
+    try:
+        written = write_blend(args.a, args.b, args.alpha, args.out)
+    except (TexupError, OSError) as exc:
+        return _error(exc)
     print(written)
     return 0
 

@@ -151,6 +151,10 @@ def graph_for(model: Any) -> tuple[NcnnGraph, str]:
             return graph_from_files(param, weights), param.stem
         return _graph_for_file(path, path.stem), path.stem
     name = os.fspath(model)
+    from texup.weights.blend import blend_file, is_blend
+
+    if is_blend(name):  # blended once into the model cache, then exported like any weights file
+        return _graph_for_file(blend_file(name), name), name
     if name in KNOWN_MODELS:
         info = get_model_info(name)
         from texup.weights.registry import cached_path, ensure_model

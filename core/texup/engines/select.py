@@ -132,6 +132,14 @@ def _model_key(model: Any) -> str:
     if path.is_file():
         st = path.stat()
         return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    from texup.weights.blend import BlendError, is_blend, parse_blend
+
+    if is_blend(model):  # every alpha runs as fast as its parents: measured once for the pair, not per alpha
+        try:
+            ref = parse_blend(os.fspath(model))
+        except BlendError:
+            return f"name:{os.fspath(model)}"
+        return f"blend:{_model_key(ref.a)}|{_model_key(ref.b)}"
     return f"name:{os.fspath(model)}"
 
 

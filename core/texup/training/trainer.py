@@ -455,7 +455,7 @@ def build_generator(cfg: TrainConfig, say: Callable[[str], None]) -> tuple[nn.Mo
         loaded = load_pretrained(cfg.generator.pretrained, progress=lambda *a: None)
         say(f"generator: {loaded.arch} x{loaded.scale} from {cfg.generator.pretrained}")
         module, arch = loaded.module, loaded.arch
-        provenance: dict[str, Any] = {"base_model": str(cfg.generator.pretrained)}
+        provenance: dict[str, Any] = {"base_model": str(cfg.generator.pretrained), **_base_identity(cfg, loaded)}
     else:
         from texup.archs import build
 
@@ -897,6 +897,43 @@ class _Outputs:
         barrier()
 
 
+def _base_identity(cfg: TrainConfig, loaded: Any) -> dict[str, Any]:
+    """The starting generator's file SHA-256 and stage ("psnr" for a ``--stage psnr`` result or a registry model
+    that is another's PSNR partner), so a GAN-stage run can keep it as its result's partner (:func:`_keep_partner`)."""
+    from texup.weights.cache import sha256_file
+    from texup.weights.registry import KNOWN_MODELS, resolve_model
+
+    ref = str(cfg.generator.pretrained)
+    stage = (loaded.metadata.get("provenance") or {}).get("stage")
+    if ref in KNOWN_MODELS and not Path(ref).expanduser().is_file():
+        stage = "psnr" if any(info.partner == ref for info in KNOWN_MODELS.values()) else "gan"
+    return {"base_sha256": sha256_file(resolve_model(ref)), "base_stage": stage if isinstance(stage, str) else None}
+
+
+#: Where a GAN-stage run keeps its PSNR-stage starting generator, beside ``model.safetensors``.
+PARTNER_FILE = "model.psnr.safetensors"
+
+
+def _keep_partner(run: _Run, provenance: dict[str, Any]) -> dict[str, Any] | None:
+    """A GAN-stage run that started from a PSNR-stage generator saves that generator as ``model.psnr.safetensors``
+    and returns the ``partner`` entry for the result's provenance (the Detail dial's smooth end,
+    :func:`texup.weights.blend.partner_of`); None (with a note) when the starting file changed since the start."""
+    cfg = run.cfg
+    if cfg.stage != "gan" or provenance.get("base_stage") != "psnr" or cfg.generator.pretrained is None:
+        return None
+    from texup.weights import save_model
+    from texup.weights.cache import sha256_file
+    from texup.weights.registry import load_pretrained, resolve_model
+
+    ref = str(cfg.generator.pretrained)
+    if sha256_file(resolve_model(ref)) != provenance.get("base_sha256"):
+        run.say(f"{ref} changed during training: the result gets no PSNR partner")
+        return None
+    base = load_pretrained(ref, progress=lambda *a: None)
+    path = save_model(base, run.out_dir / PARTNER_FILE)
+    return {"file": PARTNER_FILE, "sha256": sha256_file(path), "stage": "psnr", "source": ref}
+
+
 def _due(every: int, step: int) -> bool:
     """Whether an every-``every``-steps action (``0``: never) falls on ``step``."""
     return every > 0 and step % every == 0
@@ -909,11 +946,13 @@ def _export(run: _Run, ts: TrainState, provenance: dict[str, Any], step: int) ->
     from texup.weights import save_model
 
     cfg = run.cfg
+    partner = _keep_partner(run, provenance)
     return save_model(
         ts.eval_model,
         run.out_dir / "model.safetensors",
         provenance={
             **provenance,
+            **({"partner": partner} if partner is not None else {}),
             "trained_by": "texup train",
             "stage": cfg.stage,
             "steps": step,

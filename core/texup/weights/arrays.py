@@ -108,3 +108,29 @@ def read_array_model(path: str | Path, *, name: str | None = None) -> ArrayModel
         raise ModelLoadError(path, str(exc)) from None
     arrays = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in sd.items()}
     return ArrayModel(arch, dict(hparams), arrays, scale, multiple, name or path.stem, path)
+
+
+def save_array_model(model: ArrayModel, path: str | Path, *, provenance: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as texup ``.safetensors`` without torch: the same metadata as
+    :func:`texup.weights.save_model` (format, arch, hparams, scale, provenance), float32 tensors, the header's
+    keys sorted so equal models give equal files, written atomically (temporary file + rename)."""
+    from safetensors.numpy import save
+
+    from texup._atomic import atomic_path
+    from texup.weights.model_format import FORMAT_VERSION, sorted_header
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"save_array_model writes .safetensors files, got {path}")
+    metadata = {
+        "texup.format": FORMAT_VERSION,
+        "texup.arch": model.arch,
+        "texup.hparams": json.dumps(dict(model.hparams), sort_keys=True),
+        "texup.scale": str(int(model.scale)),
+        "texup.provenance": json.dumps(provenance or {}, sort_keys=True),
+    }
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in model.state_dict.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(sorted_header(save(tensors, metadata=metadata)))
+    return path

