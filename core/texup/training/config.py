@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -235,39 +237,175 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+#: The discriminator kinds (texup.archs.discriminator.DISCRIMINATORS; a test compares) and VGG19's layer names
+#: (texup.archs.vgg.layer_indices), here so a configuration is checked without importing torch.
+DISCRIMINATOR_KINDS = ("vgg128", "vgg256", "vgg19", "vgg19-fc4", "unet")
+VGG19_LAYERS = frozenset(
+    [f"{kind}{block}_{conv}" for block, convs in enumerate((2, 2, 4, 4, 4), 1) for conv in range(1, convs + 1)
+     for kind in ("conv", "relu")]
+    + [f"pool{block}" for block in range(1, 6)]
+)  # fmt: skip
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
+#: Bounds a setting must be within, beyond which a run is a mistake (a learning rate above 1 diverges at the
+#: first step; a loss weight of 1e300 overflows float32) or asks for memory no machine has.
+MAX_LR = 1.0
+MAX_LOSS_WEIGHT = 1e6
+MAX_STEPS = 10**9
+MAX_CROP = 4096
+MAX_BATCH = 4096
+MAX_WORKERS = 256
+MAX_HPARAM_INT = 1 << 16
+
+
+def _r(value: Any) -> str:
+    """``repr(value)`` for a message, at most 60 characters (a setting can hold a megabyte of text)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:60]}... ({len(text)} characters)"
+
+
+def _number(value: Any, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> bool:
+    """Whether ``value`` is a real number (not a bool) within the bounds (finite ones: NaN and inf are never)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    value = float(value)
+    if not math.isfinite(value):
+        return False
+    above = value > lo if lo_open else value >= lo
+    below = value < hi if hi_open else value <= hi
+    return above and below
+
+
+def _integer(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _hparams_problem(hparams: Any, where: str) -> str | None:
+    """A network's hyperparameters: plain values or short lists of them, integers within 0..65536 (a num_feat
+    of 10**9 would allocate terabytes), finite numbers; the constructor checks the rest when the network is
+    built, before any data is read."""
+    if not isinstance(hparams, dict):
+        return f"{where} must be a table/object, got {type(hparams).__name__}"
+    for key, value in hparams.items():
+        if not isinstance(key, str):
+            return f"{where}: keys must be names, got {_r(key)}"
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if len(items) > 64:
+            return f"{where}.{key} must have at most 64 items, got {len(items)}"
+        for item in items:
+            if isinstance(item, bool) or item is None or isinstance(item, str):
+                continue
+            if isinstance(item, int):
+                if not 0 <= item <= MAX_HPARAM_INT:
+                    return f"{where}.{key} must be in 0..{MAX_HPARAM_INT}, got {_r(item)}"
+            elif isinstance(item, float):
+                if not math.isfinite(item):
+                    return f"{where}.{key} must be a finite number, got {item}"
+            else:
+                return f"{where}.{key} must hold numbers, strings or true/false, got {type(item).__name__}"
+    return None
+
+
 def validate(cfg: TrainConfig) -> None:
-    """Raise ``ValueError`` naming the first setting that is out of range."""
+    """Raise ``ValueError`` naming the first setting that is out of range.
+
+    Every setting is checked here, before anything is built or loaded: numbers must be finite and within
+    bounds (a learning rate of inf or 1e308 used to train a model of NaN and export it with exit 0; NaN and
+    -1 were refused by torch only after the data had loaded), names must be ones texup knows.
+    """
+    d, o, w = cfg.data, cfg.optim, cfg.loss
+    weights = (
+        ("loss.pixel_weight", w.pixel_weight),
+        ("loss.perceptual_weight", w.perceptual_weight),
+        ("loss.adversarial_weight", w.adversarial_weight),
+        ("loss.feature_matching_weight", w.feature_matching_weight),
+    )
     checks: list[tuple[bool, str]] = [
-        (cfg.stage in STAGES, f"stage must be one of {STAGES}, got {cfg.stage!r}"),
-        (cfg.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {cfg.precision!r}"),
-        (cfg.steps >= 0, f"steps must be >= 0, got {cfg.steps}"),
-        (cfg.data.hr_crop >= 8, f"data.hr_crop must be >= 8, got {cfg.data.hr_crop}"),
-        (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
-        (0.0 <= cfg.data.val_fraction < 1.0, f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}"),
+        (cfg.stage in STAGES, f"stage must be one of {STAGES}, got {_r(cfg.stage)}"),
+        (cfg.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {_r(cfg.precision)}"),
         (
-            cfg.data.degradation in DEGRADATIONS,
-            f"data.degradation must be one of {DEGRADATIONS}, got {cfg.data.degradation!r}",
+            isinstance(cfg.device, str) and bool(_DEVICE.fullmatch(cfg.device.strip().lower())),
+            f"device must be auto, cpu, cuda, cuda:N or mps, got {_r(cfg.device)}",
         ),
-        (cfg.data.tileable in TILEABLE, f"data.tileable must be one of {TILEABLE}, got {cfg.data.tileable!r}"),
-        (cfg.data.num_workers >= 0, f"data.num_workers must be >= 0, got {cfg.data.num_workers}"),
-        (cfg.loss.gan in GAN_LOSSES, f"loss.gan must be one of {GAN_LOSSES}, got {cfg.loss.gan!r}"),
-        (0.0 <= cfg.optim.ema_decay < 1.0, f"optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}"),
+        (_integer(cfg.steps, 0, MAX_STEPS), f"steps must be in 0..{MAX_STEPS}, got {_r(cfg.steps)}"),
+        (_integer(cfg.seed, 0, 2**63 - 1), f"seed must be in 0..2**63-1, got {_r(cfg.seed)}"),
+        (isinstance(cfg.out_dir, str) and bool(cfg.out_dir), f"out_dir must be a folder, got {_r(cfg.out_dir)}"),
+        (isinstance(d.root, str), f"data.root must be a folder, got {_r(d.root)}"),
+        (_integer(d.hr_crop, 8, MAX_CROP), f"data.hr_crop must be in 8..{MAX_CROP}, got {_r(d.hr_crop)}"),
+        (_integer(d.batch_size, 1, MAX_BATCH), f"data.batch_size must be in 1..{MAX_BATCH}, got {_r(d.batch_size)}"),
         (
-            cfg.optim.grad_clip is None or cfg.optim.grad_clip > 0,
-            f"optim.grad_clip must be > 0 or null, got {cfg.optim.grad_clip}",
+            _number(d.val_fraction, 0.0, 1.0, hi_open=True),
+            f"data.val_fraction must be in [0, 1), got {_r(d.val_fraction)}",
         ),
         (
-            min(cfg.eval_every, cfg.checkpoint_every, cfg.log_every) >= 0,
-            "eval_every, checkpoint_every and log_every must be >= 0",
+            _integer(d.val_max_images, 0, 10**6),
+            f"data.val_max_images must be in 0..1000000, got {_r(d.val_max_images)}",
+        ),
+        (_integer(d.val_crop, 8, 4 * MAX_CROP), f"data.val_crop must be in 8..{4 * MAX_CROP}, got {_r(d.val_crop)}"),
+        (d.degradation in DEGRADATIONS, f"data.degradation must be one of {DEGRADATIONS}, got {_r(d.degradation)}"),
+        (d.tileable in TILEABLE, f"data.tileable must be one of {TILEABLE}, got {_r(d.tileable)}"),
+        (
+            _integer(d.num_workers, 0, MAX_WORKERS),
+            f"data.num_workers must be in 0..{MAX_WORKERS}, got {_r(d.num_workers)}",
+        ),
+        (w.gan in GAN_LOSSES, f"loss.gan must be one of {GAN_LOSSES}, got {_r(w.gan)}"),
+        (
+            w.perceptual_layer in VGG19_LAYERS,
+            f"loss.perceptual_layer must be a VGG19 layer (conv1_1 .. conv5_4, relu.., pool..), "
+            f"got {_r(w.perceptual_layer)}",
+        ),
+        *[
+            (
+                value is None or _number(value, 0.0, MAX_LOSS_WEIGHT),
+                f"{name} must be a number in [0, {MAX_LOSS_WEIGHT:g}] or null, got {_r(value)}",
+            )
+            for name, value in weights
+        ],
+        (
+            o.lr_g is None or _number(o.lr_g, 0.0, MAX_LR, lo_open=True),
+            f"optim.lr_g must be in (0, {MAX_LR:g}] or null, got {_r(o.lr_g)}",
+        ),
+        (_number(o.lr_d, 0.0, MAX_LR, lo_open=True), f"optim.lr_d must be in (0, {MAX_LR:g}], got {_r(o.lr_d)}"),
+        (
+            isinstance(o.betas, tuple)
+            and len(o.betas) == 2
+            and all(_number(b, 0.0, 1.0, hi_open=True) for b in o.betas),
+            f"optim.betas must be two numbers in [0, 1), got {_r(o.betas)}",
+        ),
+        (_number(o.weight_decay, 0.0, 1.0), f"optim.weight_decay must be in [0, 1], got {_r(o.weight_decay)}"),
+        (
+            o.milestones is None
+            or (isinstance(o.milestones, tuple) and all(_integer(m, 1, MAX_STEPS) for m in o.milestones)),
+            f"optim.milestones must be steps in 1..{MAX_STEPS} or null, got {_r(o.milestones)}",
+        ),
+        (_number(o.gamma, 0.0, 1.0, lo_open=True), f"optim.gamma must be in (0, 1], got {_r(o.gamma)}"),
+        (_number(o.ema_decay, 0.0, 1.0, hi_open=True), f"optim.ema_decay must be in [0, 1), got {_r(o.ema_decay)}"),
+        (
+            o.grad_clip is None or _number(o.grad_clip, 0.0, 1e30, lo_open=True),
+            f"optim.grad_clip must be a number > 0 or null, got {_r(o.grad_clip)}",
+        ),
+        (
+            all(_integer(v, 0, MAX_STEPS) for v in (cfg.eval_every, cfg.checkpoint_every, cfg.log_every)),
+            f"eval_every, checkpoint_every and log_every must be in 0..{MAX_STEPS}",
         ),
         (
             cfg.generator.pretrained is not None or bool(cfg.generator.arch),
             "generator.arch is needed when generator.pretrained is null",
         ),
+        (
+            cfg.discriminator.kind in DISCRIMINATOR_KINDS,
+            f"discriminator.kind must be one of {DISCRIMINATOR_KINDS}, got {_r(cfg.discriminator.kind)}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    for hparams, where in (
+        (cfg.generator.hparams, "generator.hparams"),
+        (cfg.discriminator.hparams, "discriminator.hparams"),
+    ):
+        problem = _hparams_problem(hparams, where)
+        if problem:
+            raise ValueError(problem)
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -294,19 +432,25 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         return dict(value)
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+            raise ValueError(f"{where}: expected a number, got {_r(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of 400 digits
+            number = math.inf
+        if not math.isfinite(number):
+            raise ValueError(f"{where}: expected a finite number, got {_r(value)}")
+        return number
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
+            raise ValueError(f"{where}: expected an integer, got {_r(value)}")
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true or false, got {value!r}")
+            raise ValueError(f"{where}: expected true or false, got {_r(value)}")
         return value
     if hint is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
+            raise ValueError(f"{where}: expected a string, got {_r(value)}")
         return value
     return value
 
@@ -314,9 +458,10 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
 def _from_dict(cls: Any, data: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise ValueError(f"{where}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        shown = ", ".join(str(u) if len(str(u)) <= 60 else _r(u) for u in unknown[:5])
+        raise ValueError(f"{where}: unknown setting(s) {shown} (known: {', '.join(sorted(names))})")
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -352,11 +497,15 @@ def load_config(path: str | Path) -> TrainConfig:
     try:
         data = loads(text)
     except ValueError as exc:  # json.JSONDecodeError and tomllib.TOMLDecodeError are ValueErrors
-        raise FileError(path, f"invalid {path.suffix[1:].upper()} ({exc})") from exc
+        raise FileError(path, f"invalid {path.suffix[1:].upper()} ({str(exc)[:200]})") from exc
+    except RecursionError:  # json's parser recurses once per level: 100,000 nested lists exhaust the stack
+        raise FileError(path, f"invalid {path.suffix[1:].upper()} (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise FileError(path, f"expected a table/object of settings, got {type(data).__name__}")
     try:
         return config_from_dict(data)
-    except (ValueError, TypeError) as exc:
-        raise FileError(path, str(exc)) from exc
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise FileError(path, str(exc)[:500] if not isinstance(exc, RecursionError) else "nested too deeply") from exc
 
 
 def with_overrides(cfg: TrainConfig, **changes: Any) -> TrainConfig:

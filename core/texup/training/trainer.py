@@ -888,8 +888,12 @@ class _Outputs:
         return result
 
     def checkpoint(self, step: int) -> None:
-        """Write ``checkpoint.pt`` (:meth:`TrainState.state_dict` with the metrics so far); a ``"checkpoint"`` event."""
+        """Write ``checkpoint.pt`` (:meth:`TrainState.state_dict` with the metrics so far); a ``"checkpoint"`` event.
+
+        Weights that are no longer finite stop the run here (every rank: their weights are the same), before the
+        last good checkpoint is replaced, so the run can go on from it with a smaller learning rate."""
         run = self.run
+        _check_finite(self.ts, step)
         if run.info.is_main:
             state = self.ts.state_dict(step=step, cfg=run.cfg, arch=self.arch, metrics=self.metrics)
             save_checkpoint(run.ckpt_path, state)
@@ -939,8 +943,44 @@ def _due(every: int, step: int) -> bool:
     return every > 0 and step % every == 0
 
 
+class TrainingDiverged(ValueError):
+    """The networks' weights are no longer finite: nothing more is written (the CLI's one line, exit 1)."""
+
+
+def _check_finite(ts: TrainState, step: int) -> None:
+    """TrainingDiverged unless every weight of the generator, its EMA and the discriminator is finite.
+
+    A learning rate too large for the data (or a loss that overflows) turns the weights into NaN within a step;
+    a model of NaN used to be exported with exit 0. The gradient scaler skips steps whose gradients overflow, so
+    a finite run never gets here.
+    """
+    nets = [
+        ("generator", ts.g),
+        ("EMA generator", ts.ema.module if ts.ema is not None else None),
+        ("discriminator", ts.d),
+    ]
+    for what, module in nets:
+        if module is None:
+            continue
+        with torch.no_grad():
+            bad = [
+                name
+                for name, t in module.state_dict().items()
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())
+            ]
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged: after step {step} the {what}'s weights are not finite ({len(bad)} tensors, "
+                f"e.g. {bad[0]}); nothing was exported and the last checkpoint was kept (a smaller optim.lr_g "
+                "or optim.lr_d, or grad_clip, may help)"
+            )
+
+
 def _export(run: _Run, ts: TrainState, provenance: dict[str, Any], step: int) -> Path | None:
-    """Rank 0 writes ``model.safetensors``: the evaluated generator (EMA weights when EMA is on) and its provenance."""
+    """Rank 0 writes ``model.safetensors``: the evaluated generator (EMA weights when EMA is on) and its provenance.
+
+    Never a model whose weights are not finite (:func:`_check_finite`, on every rank)."""
+    _check_finite(ts, step)
     if not run.info.is_main:
         return None
     from texup.weights import save_model
