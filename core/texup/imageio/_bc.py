@@ -1,0 +1,257 @@
+"""Block compression (BC1 to BC7) for the DDS writer, and BC decoding for the reader.
+
+Decoding is imagecodecs' (bcdec: every BC format, BC6H to float16). Encoding is etcpak's for BC1, BC3, BC4, BC5
+and BC7 (bc7enc's BC7 with its settings below), run on bands of block rows in threads (etcpak releases the GIL).
+What etcpak lacks is done here in numpy: BC1's 1-bit alpha (blocks with transparent pixels re-indexed in BC1's
+three-colour mode), BC2 (etcpak's BC3 colour blocks with BC2's explicit 4-bit alpha) and BC6H (unsigned, mode 11:
+one region, 10-bit endpoints, 4-bit indices; a straightforward encoder, not a search over the 14 modes).
+Why these libraries, with measurements: docs/dds.md.
+
+Every encoder takes a C-contiguous ``(H, W, C)`` array whose height and width are multiples of 4 (the DDS writer
+pads) and returns the blocks in row-major order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import etcpak
+
+#: Bytes per 4x4 block.
+BLOCK_BYTES: dict[str, int] = {"BC1": 8, "BC2": 16, "BC3": 16, "BC4": 8, "BC5": 16, "BC6H": 16, "BC7": 16}
+_BCN_CODE = {"BC1": 1, "BC2": 2, "BC3": 3, "BC4": 4, "BC5": 5, "BC6H": 6, "BC6H_SF16": -6, "BC7": 7}
+_DECODED_CHANNELS = {"BC1": 4, "BC2": 4, "BC3": 4, "BC4": 1, "BC5": 2, "BC6H": 3, "BC6H_SF16": 3, "BC7": 4}
+#: Block rows per encoding task: large enough that a task's overhead is nothing, small enough to share 2 cores.
+_BAND_ROWS = 32
+
+
+def decode(data: bytes, kind: str, width: int, height: int) -> np.ndarray:
+    """The ``(height, width, C)`` pixels of ``kind``'s blocks (C: 4 for BC1/2/3/7, 1 for BC4, 2 for BC5, 3 float16
+    for BC6H / ``BC6H_SF16``); ``data`` holds exactly the blocks of the padded image."""
+    from imagecodecs import bcn_decode
+
+    padded_h, padded_w = -(-height // 4) * 4, -(-width // 4) * 4
+    channels = _DECODED_CHANNELS[kind]
+    shape = (padded_h, padded_w) if channels == 1 else (padded_h, padded_w, channels)
+    pixels = np.asarray(bcn_decode(data, _BCN_CODE[kind], shape=shape))
+    if channels == 1:
+        pixels = pixels[:, :, None]
+    return np.ascontiguousarray(pixels[:height, :width])
+
+
+def _threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _banded(encode_band: Callable[[np.ndarray], bytes], pixels: np.ndarray) -> bytes:
+    """``encode_band`` over bands of block rows, in threads, joined in order (blocks are row-major)."""
+    rows = pixels.shape[0]
+    step = _BAND_ROWS * 4
+    bands = [pixels[top : top + step] for top in range(0, rows, step)]
+    if len(bands) == 1:
+        return encode_band(bands[0])
+    with ThreadPoolExecutor(min(_threads(), len(bands))) as pool:
+        return b"".join(pool.map(encode_band, bands))
+
+
+def _rgba(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 4) from 1 (gray to RGB), 3 or 4 channels."""
+    h, w, c = pixels.shape
+    if c == 4:
+        return np.ascontiguousarray(pixels)
+    out = np.empty((h, w, 4), np.uint8)
+    out[:, :, :3] = pixels[:, :, :3] if c >= 3 else pixels[:, :, :1]
+    out[:, :, 3] = pixels[:, :, 3] if c == 4 else 255
+    return out
+
+
+def _bc7_params() -> etcpak.BC7CompressBlockParams:
+    import etcpak
+
+    params = etcpak.BC7CompressBlockParams()
+    # bc7enc's uber level 0; 16 of mode 1's 64 partitions: 0.1 dB under 64 at 0.8x the time, 0.1-0.3 dB over 4
+    # (docs/dds.md). Linear RGBA weights: the error is judged on the values as stored.
+    params.m_uber_level = 0
+    params.m_max_partitions = 16
+    return params
+
+
+def encode_bc7(pixels: np.ndarray) -> bytes:
+    import etcpak
+
+    params = _bc7_params()
+    return _banded(lambda band: etcpak.compress_bc7(band.tobytes(), band.shape[1], band.shape[0], params), pixels)
+
+
+def encode_bc3(pixels: np.ndarray) -> bytes:
+    import etcpak
+
+    return _banded(lambda band: etcpak.compress_bc3(band.tobytes(), band.shape[1], band.shape[0]), pixels)
+
+
+def encode_bc4(pixels: np.ndarray) -> bytes:
+    """``pixels``: (H, W, 1) uint8 (etcpak reads BC4 from the red byte of RGBA)."""
+    import etcpak
+
+    rgba = np.zeros((*pixels.shape[:2], 4), np.uint8)
+    rgba[:, :, 0] = pixels[:, :, 0]
+    return _banded(lambda band: etcpak.compress_bc4(band.tobytes(), band.shape[1], band.shape[0]), rgba)
+
+
+def encode_bc5(pixels: np.ndarray) -> bytes:
+    """``pixels``: (H, W, 2) uint8, the two channels stored (red and green)."""
+    import etcpak
+
+    rgba = np.zeros((*pixels.shape[:2], 4), np.uint8)
+    rgba[:, :, :2] = pixels[:, :, :2]
+    return _banded(lambda band: etcpak.compress_bc5(band.tobytes(), band.shape[1], band.shape[0]), rgba)
+
+
+def _blocks_of(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, C) -> (H/4 * W/4, 16, C), blocks row-major, pixels row-major inside a block."""
+    h, w, c = pixels.shape
+    return pixels.reshape(h // 4, 4, w // 4, 4, c).transpose(0, 2, 1, 3, 4).reshape(-1, 16, c)
+
+
+def _expand565(color: np.ndarray) -> np.ndarray:
+    """uint16 RGB565 -> (N, 3) float32 in 0..255 as decoders expand it (bit replication)."""
+    r = (color >> 11) & 31
+    g = (color >> 5) & 63
+    b = color & 31
+    return np.stack([(r << 3) | (r >> 2), (g << 2) | (g >> 4), (b << 3) | (b >> 2)], axis=-1).astype(np.float32)
+
+
+def encode_bc1(pixels: np.ndarray) -> bytes:
+    """BC1 from (H, W, 4) uint8 (or 3 channels: opaque). Pixels with alpha below 128 come out transparent: their
+    blocks are re-indexed in BC1's three-colour mode (endpoints swapped so colour0 <= colour1; index 3 =
+    transparent), keeping etcpak's endpoints for the opaque pixels."""
+    import etcpak
+
+    rgba = _rgba(pixels)
+    data = _banded(lambda band: etcpak.compress_bc1(band.tobytes(), band.shape[1], band.shape[0]), rgba)
+    if pixels.shape[2] < 4:
+        return data
+    blocks = np.frombuffer(data, np.uint8).reshape(-1, 8).copy()
+    alpha = _blocks_of(rgba[:, :, 3:])[:, :, 0]
+    holes = alpha < 128
+    which = np.flatnonzero(holes.any(axis=1))
+    if which.size == 0:
+        return data
+    colours = _blocks_of(rgba[:, :, :3])[which].astype(np.float32)
+    c0 = blocks[which, 0].astype(np.uint16) | (blocks[which, 1].astype(np.uint16) << 8)
+    c1 = blocks[which, 2].astype(np.uint16) | (blocks[which, 3].astype(np.uint16) << 8)
+    lo, hi = np.minimum(c0, c1), np.maximum(c0, c1)
+    e0, e1 = _expand565(lo), _expand565(hi)
+    palette = np.stack([e0, e1, (e0 + e1) / 2], axis=1)  # (n, 3, 3)
+    distance = ((colours[:, :, None, :] - palette[:, None, :, :]) ** 2).sum(axis=-1)  # (n, 16, 3)
+    index = distance.argmin(axis=2).astype(np.uint32)
+    index[holes[which]] = 3
+    bits = (index << (2 * np.arange(16, dtype=np.uint32))).sum(axis=1, dtype=np.uint32)
+    blocks[which, 0] = lo & 0xFF
+    blocks[which, 1] = lo >> 8
+    blocks[which, 2] = hi & 0xFF
+    blocks[which, 3] = hi >> 8
+    blocks[which, 4:8] = bits.astype("<u4").view(np.uint8).reshape(-1, 4)
+    return blocks.tobytes()
+
+
+def encode_bc2(pixels: np.ndarray) -> bytes:
+    """BC2 from (H, W, 4) uint8: etcpak's BC3 colour blocks (always read in four-colour mode, as BC2's are) after
+    explicit 4-bit alpha."""
+    rgba = _rgba(pixels)
+    bc3 = np.frombuffer(encode_bc3(rgba), np.uint8).reshape(-1, 16)
+    alpha = _blocks_of(rgba[:, :, 3:])[:, :, 0].astype(np.uint32)
+    nibbles = (alpha * 15 + 127) // 255  # (n, 16), pixel 0 in the low nibble of byte 0
+    packed = (nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).astype(np.uint8)
+    out = np.empty_like(bc3)
+    out[:, :8] = packed
+    out[:, 8:] = bc3[:, 8:]
+    return out.tobytes()
+
+
+_BC6_WEIGHTS = np.array([0, 4, 9, 13, 17, 21, 26, 30, 34, 38, 43, 47, 51, 55, 60, 64], np.int64)
+
+
+def _bc6_unquantize(q: np.ndarray) -> np.ndarray:
+    """10-bit unsigned endpoint -> the decoder's 16-bit value (BC6H_UF16)."""
+    out: np.ndarray = ((q.astype(np.int64) << 16) + 0x8000) >> 10
+    out = np.where(q == 0, 0, out)
+    return np.where(q == 1023, 0xFFFF, out)
+
+
+def _put(lo: np.ndarray, hi: np.ndarray, value: np.ndarray, pos: int, bits: int) -> None:
+    """OR ``bits`` bits of ``value`` into the 128-bit blocks (``lo``: bits 0-63, ``hi``: 64-127) at ``pos``."""
+    v = value.astype(np.uint64) & np.uint64((1 << bits) - 1)
+    if pos + bits <= 64:
+        lo |= v << np.uint64(pos)
+    elif pos >= 64:
+        hi |= v << np.uint64(pos - 64)
+    else:
+        low_bits = 64 - pos
+        lo |= (v & np.uint64((1 << low_bits) - 1)) << np.uint64(pos)
+        hi |= v >> np.uint64(low_bits)
+
+
+def encode_bc6h(pixels: np.ndarray) -> bytes:
+    """BC6H_UF16 (mode 11) from (H, W, 3) float16/float32 linear RGB; negative values become 0, values above
+    65504 (half's largest) become 65504.
+
+    Works in half-float bit patterns, the domain the decoder interpolates in: endpoints are each block's per-channel
+    extremes (the box diagonal that follows the block's main direction), indices the nearest of the 16 colours the
+    decoder will make."""
+    rgb = np.clip(np.nan_to_num(pixels[:, :, :3].astype(np.float32), nan=0.0), 0.0, 65504.0)
+    half_bits = rgb.astype(np.float16).view(np.uint16).astype(np.int64)
+    blocks = _blocks_of(half_bits)  # (n, 16, 3)
+    # The decoder's unsigned finish: value = (unquantized * 31) >> 6; a half pattern h needs unquantized ~ h * 64/31.
+    target = blocks.astype(np.float64) * (64.0 / 31.0)
+    lo_px, hi_px = target.min(axis=1), target.max(axis=1)  # (n, 3)
+    # Follow the block's main direction: a channel that falls while the brightest channel rises is flipped.
+    lead = (hi_px - lo_px).argmax(axis=1)
+    centred = target - target.mean(axis=1, keepdims=True)
+    lead_values = np.take_along_axis(centred, lead[:, None, None], axis=2)  # (n, 16, 1)
+    falling = (centred * lead_values).sum(axis=1) < 0  # (n, 3)
+    start = np.where(falling, hi_px, lo_px)
+    end = np.where(falling, lo_px, hi_px)
+    q0 = np.clip(np.rint((start - 32.0) / 64.0), 0, 1023).astype(np.int64)
+    q1 = np.clip(np.rint((end - 32.0) / 64.0), 0, 1023).astype(np.int64)
+    u0, u1 = _bc6_unquantize(q0), _bc6_unquantize(q1)  # (n, 3)
+    weight = _BC6_WEIGHTS[None, :, None]
+    palette = np.right_shift(u0[:, None, :] * (64 - weight) + u1[:, None, :] * weight + 32, 6)
+    palette = (palette * 31) >> 6  # (n, 16 colours, 3): the half patterns the decoder returns
+    distance = np.zeros((blocks.shape[0], 16, 16), np.float64)
+    for ch in range(3):
+        distance += (blocks[:, :, None, ch] - palette[:, None, :, ch]).astype(np.float64) ** 2
+    index = distance.argmin(axis=2).astype(np.int64)  # (n, 16)
+    # Pixel 0's index has 3 bits: its top bit must be 0, so swap the endpoints where it is 1 (weights are symmetric).
+    swap = index[:, 0] >= 8
+    q0, q1 = np.where(swap[:, None], q1, q0), np.where(swap[:, None], q0, q1)
+    index = np.where(swap[:, None], 15 - index, index)
+    n = blocks.shape[0]
+    lo = np.zeros(n, np.uint64)
+    hi = np.zeros(n, np.uint64)
+    _put(lo, hi, np.full(n, 0x03), 0, 5)
+    for ch in range(3):
+        _put(lo, hi, q0[:, ch], 5 + 10 * ch, 10)
+    for ch in range(3):
+        _put(lo, hi, q1[:, ch], 35 + 10 * ch, 10)
+    _put(lo, hi, index[:, 0], 65, 3)
+    for i in range(1, 16):
+        _put(lo, hi, index[:, i], 68 + 4 * (i - 1), 4)
+    return np.stack([lo, hi], axis=1).astype("<u8").tobytes()
+
+
+ENCODERS: dict[str, Callable[[np.ndarray], bytes]] = {
+    "BC1": encode_bc1,
+    "BC2": encode_bc2,
+    "BC3": lambda pixels: encode_bc3(_rgba(pixels)),
+    "BC4": encode_bc4,
+    "BC5": encode_bc5,
+    "BC6H": encode_bc6h,
+    "BC7": lambda pixels: encode_bc7(_rgba(pixels)),
+}
