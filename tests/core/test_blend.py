@@ -297,3 +297,27 @@ def test_gan_stage_keeps_its_psnr_generator_as_partner(tmp_path):
     assert "names no partner" in partner_of(plain).reason
     with pytest.raises(TexupError):
         detail_ref(plain, 0.5)
+
+
+def test_the_add_ons_partner_mirror_agrees_with_texup(tmp_path):
+    """The add-on cannot import texup: its bridge repeats the registry's partners and writes the same blend
+    references for the Detail slider; a file's partner is read from the same metadata."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "blender_addon"))
+    from bridge import partners
+
+    assert partners.PARTNERS == {name: info.partner for name, info in KNOWN_MODELS.items() if info.partner}
+    for model in ("realesrgan-x4plus", "realesr-general-x4v3"):
+        for detail in (0.0, 0.25, 0.3, 0.5, 0.999, 1.0):
+            assert partners.dialled(model, detail) == detail_ref(model, detail)
+            parsed = parse_blend(partners.dialled(model, detail)) if detail < 1 else None
+            assert parsed is None or parsed.alpha == detail
+    assert partners.dialled("realesr-animevideov3", 0.5) == "realesr-animevideov3"
+    gan = _compact(tmp_path / "gan.safetensors", 1)
+    assert partners.partner_of(str(gan))[0] is None and partner_of(gan).ref is None
+    from texup.weights.arrays import read_array_model, save_array_model
+
+    save_array_model(read_array_model(gan), gan, provenance={"partner": {"file": "model.psnr.safetensors"}})
+    assert partners.partner_of(str(gan)) == (None, "its partner model.psnr.safetensors is missing")
+    _compact(tmp_path / "model.psnr.safetensors", 2)
+    assert partners.partner_of(str(gan))[0] == partner_of(gan).ref == str(tmp_path / "model.psnr.safetensors")
+    assert partners.dialled(str(gan), 0.5) == detail_ref(gan, 0.5)
