@@ -38,12 +38,20 @@ _upscalers: OrderedDict[tuple[Any, ...], Upscaler] = OrderedDict()
 
 
 def _model_identity(model: str | PathLike) -> tuple[Any, ...]:
-    """A file: its resolved path, size and mtime (a rewritten file is a new model); else the name as given."""
+    """A file: its resolved path, size and mtime (a rewritten file is a new model); a blend reference: the
+    reference and its parents' files' sizes and mtimes; else the name as given."""
     path = Path(model).expanduser()
     try:
         if path.is_file():
             st = path.stat()
             return ("file", str(path.resolve()), st.st_size, st.st_mtime_ns)
+        from texup.weights.blend import is_blend
+
+        if is_blend(model):
+            from texup.library import model_files_state
+
+            files = tuple((f["path"], f["size"], f["mtime_ns"]) for f in model_files_state(os.fspath(model)))
+            return ("blend", os.fspath(model), files)
     except OSError:
         pass
     return ("name", os.fspath(model))
@@ -119,7 +127,7 @@ def get_upscaler(
         if upscaler is not None:
             _upscalers.move_to_end(key)
             return upscaler
-        if identity[0] == "file":  # an older version of the same file is stale: free it now
+        if identity[0] in ("file", "blend"):  # an older version of the same file (or parents) is stale: free it
             for old in [k for k in _upscalers if k[:2] == identity[:2]]:
                 del _upscalers[old]
         upscaler = Upscaler(model, engine=engine, device=device, precision=precision, layout=layout, status=status)

@@ -321,3 +321,51 @@ def test_the_add_ons_partner_mirror_agrees_with_texup(tmp_path):
     _compact(tmp_path / "model.psnr.safetensors", 2)
     assert partners.partner_of(str(gan))[0] == partner_of(gan).ref == str(tmp_path / "model.psnr.safetensors")
     assert partners.dialled(str(gan), 0.5) == detail_ref(gan, 0.5)
+
+
+def test_the_api_reloads_a_blend_whose_parent_changed(parents, tmp_path, monkeypatch):
+    """A long-lived process (the worker) keeps upscalers by model: a blend's key holds its parents' files' state."""
+    import texup
+    from texup import api
+
+    monkeypatch.setenv("TEXUP_HOME", str(tmp_path / "home"))
+    a, b = parents
+    ref = format_blend(a, b, 0.5)
+    pixels = real_image("coffee.png")[:12, :12]
+    first = texup.upscale_array(pixels, model=ref, engine="torch", device="cpu")
+    assert api.get_upscaler(ref, engine="torch", device="cpu") is api.get_upscaler(ref, engine="torch", device="cpu")
+    _compact(b, 7)
+    second = texup.upscale_array(pixels, model=ref, engine="torch", device="cpu")
+    assert not np.array_equal(first, second)
+    assert len([k for k in api._upscalers if k[:2] == ("blend", ref)]) == 1  # the stale one was freed
+    assert texup.blend_models(a, b, 0.5) == blend_mod.blend_file(ref)
+    assert texup.detail_model("realesrgan-x4plus", 0.5) == "blend:realesrnet-x4plus,realesrgan-x4plus@0.5"
+
+
+def test_the_worker_takes_a_blend_reference(parents, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "blender_addon"))
+    from bridge.client import WorkerClient
+    from bridge.worker_protocol import Done, Job, JobItem, JobOptions, Result
+    from workerutil import collect
+
+    from texup.outputs import OutputRecord
+
+    a, b = parents
+    src = tmp_path / "wall.png"
+    Image.fromarray(real_image("coffee.png")[:14, :18]).save(src)
+    env = {**os.environ, "TEXUP_HOME": str(tmp_path / "home")}
+    client = WorkerClient(sys.executable, args=("-m", "texup", "worker", "--device", "cpu"), env=env)
+    client.start(timeout=120)
+    try:
+        ref = format_blend(a, b, 0.7)
+        dst = tmp_path / "out" / "wall_x2.png"
+        job_id = client.submit(Job(options=JobOptions(model=ref), items=(JobItem("wall", str(src), str(dst)),)))
+        events = collect(client, lambda e: isinstance(e, Done) and e.id == job_id, timeout=120)
+    finally:
+        client.stop()
+    (result,) = [e for e in events if isinstance(e, Result)]
+    assert (result.width, result.height) == (36, 28) and events[-1].ok == 1
+    entry = OutputRecord(tmp_path / "out").entry(dst)
+    assert entry is not None and entry["model_ref"] == ref and entry["model"].startswith("blend:file,file@0.7 ")
+    assert {f["path"] for f in entry["model_files"]} == {str(a), str(b)}
+    assert (tmp_path / "home" / "models" / "blends").is_dir()
