@@ -14,8 +14,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
+import re
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -149,13 +152,63 @@ def calibration_path() -> Path:
     return cache.texup_home() / CALIBRATION_FILE
 
 
+#: engines.json holds a few hundred bytes per (machine, model, request); a larger file is not texup's.
+MAX_CALIBRATION_BYTES = 4 << 20
+_CHOICE = re.compile(r"(torch|ncnn)/(cpu|mps|cuda(:[0-9]{1,3})?|vulkan(:[0-9]{1,3})?)/(auto|fp32|bf16|fp16)")
+
+
+def _valid_record(entry: Any) -> bool:
+    """Whether one recorded measurement has the shape texup writes: a choice naming an engine, a device and a
+    precision, and seconds per megapixel as finite numbers (``texup engines`` prints them)."""
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("choice"), str)
+        or not _CHOICE.fullmatch(entry["choice"])
+    ):
+        return False
+    seconds = entry.get("seconds_per_mpx", {})
+    return isinstance(seconds, dict) and all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for k, v in seconds.items()
+    )
+
+
 def read_calibration() -> dict[str, Any]:
-    """The cached measurements: ``{machine_key: {model_key: {"choice": key, "seconds": {key: s}, ...}}}``."""
+    """The cached measurements: ``{machine_key: {model_key: {"choice": key, "seconds": {key: s}, ...}}}``.
+
+    Only well-formed records: a file that cannot be read as texup wrote it (not a regular file, larger than
+    :data:`MAX_CALIBRATION_BYTES`, not UTF-8 JSON, nested too deeply for the parser, an object of the wrong shape)
+    reads as empty and a record of the wrong shape is left out, so that choice is measured again and the file
+    rewritten with the new record; it is never an error (a deeply nested engines.json used to make every
+    ``--engine auto`` run fail until it was deleted).
+    """
     try:
-        data = json.loads(calibration_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        # O_NONBLOCK: a FIFO in its place must not block the open; then only a regular file is read.
+        fd = os.open(calibration_path(), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
         return {}
-    return data if isinstance(data, dict) else {}
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return {}
+            raw = fh.read(MAX_CALIBRATION_BYTES + 1)
+    except OSError:
+        return {}
+    if len(raw) > MAX_CALIBRATION_BYTES:
+        return {}
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    clean: dict[str, Any] = {}
+    for machine, records in data.items():
+        if isinstance(records, dict):
+            kept = {key: entry for key, entry in records.items() if _valid_record(entry)}
+            if kept:
+                clean[machine] = kept
+    return clean
 
 
 def _write_calibration(data: dict[str, Any]) -> None:
@@ -318,7 +371,7 @@ def calibrate(
     }
     try:
         _write_calibration(data)
-    except OSError as err:  # an unwritable home costs a re-measurement next time, nothing else
+    except (OSError, ValueError, RecursionError) as err:  # an unwritable home costs a re-measurement next time
         if status is not None:
             status(f"could not record the engine choice in {calibration_path()}: {err}")
     return winner, times
