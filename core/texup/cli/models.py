@@ -258,10 +258,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if known is not None:
         record["license"] = known.license
         record["upstream"] = known.source
+    from texup.weights.blend import partner_of
+
+    partner = partner_of(args.model)
+    record["partner"] = partner.ref if partner.ref is not None else f"none: {partner.reason}"
     if args.json:
         print(json.dumps(record, indent=2, default=str))
         return 0
-    for key in ("name", "path", "arch", "scale", "input_multiple", "parameters", "license", "upstream"):
+    for key in ("name", "path", "arch", "scale", "input_multiple", "parameters", "license", "upstream", "partner"):
         if key in record:
             value = record[key]
             print(f"{key}: {'x' + str(value) if key == 'scale' else value}")
