@@ -13,14 +13,22 @@ options that change pixels. The add-on reads it for two decisions, before any wo
   worker is needed. When the add-on cannot tell, the worker decides with the full rule (it hashes the model).
 
 Journals of runs that were killed (``.texup/journal/*.jsonl``) are read too: an entry whose file matches was
-written by texup. Reading writes nothing.
+written by texup. Reading writes nothing, never raises and never waits: ``.texup``, its journal folder, the
+manifest and the journals are read only as a plain folder and plain files (a link is not followed, a FIFO or
+device is not opened for reading in a way that blocks); a manifest that is not valid JSON or not shaped like one
+keeps the entries that still parse, and says what was wrong in :attr:`OutputsView.problems`; an entry's fields of
+the wrong type are ignored (texup.outputs reads it the same way). The source file is hashed only when it is a
+plain file.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import stat as stat_module
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,10 +41,16 @@ RACY_NS = 2_000_000_000
 UP_TO_DATE = "up to date"  # texup.library.UP_TO_DATE: the worker's result reason when it did nothing
 
 
-def pixel_options(*, scale: float | None, seamless: str, role: str) -> dict[str, Any]:
+def pixel_options(*, scale: float | None, seamless: str, role: str, color_fix: str = "auto") -> dict[str, Any]:
     """The options an entry records as changing pixels (texup.library.pixel_options; the add-on never sets
     an exact output size). Compared with texup's by a test."""
-    return {"scale": None if scale is None else float(scale), "size": None, "seamless": seamless, "role": role}
+    return {
+        "scale": None if scale is None else float(scale),
+        "size": None,
+        "seamless": seamless,
+        "role": role,
+        "color_fix": color_fix,
+    }
 
 
 def model_ref(model: str) -> str:
@@ -45,9 +59,75 @@ def model_ref(model: str) -> str:
     return os.path.abspath(path) if os.path.isfile(path) else model
 
 
+#: The fields an entry may hold and their types (texup.outputs.ENTRY_FIELDS; a test compares): a field of
+#: another type is ignored; an entry without an integer size and mtime is dropped (it could never match).
+ENTRY_FIELDS: dict[str, type] = {
+    "size": int,
+    "mtime_ns": int,
+    "hashed_ns": int,
+    "source": str,
+    "source_size": int,
+    "source_mtime_ns": int,
+    "source_sha256": str,
+    "model": str,
+    "texup": str,
+    "options": dict,
+    "engine": str,
+    "origin": str,
+    "model_ref": str,
+    "model_files": list,
+}
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
+
+
+class NotPlain(OSError):
+    """A path that is not a plain file (a link, a FIFO, a device, a folder)."""
+
+
+def _open_plain(path: str) -> int:
+    """A read descriptor of ``path`` when it is a plain file: a link is not followed, a FIFO does not block."""
+    st = os.lstat(path)
+    if not stat_module.S_ISREG(st.st_mode):
+        raise NotPlain(errno.EINVAL, "not a plain file", path)
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _BINARY)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise NotPlain(errno.ELOOP, "a link", path) from err
+        raise
+    if not stat_module.S_ISREG(os.fstat(fd).st_mode):  # swapped in between
+        os.close(fd)
+        raise NotPlain(errno.EINVAL, "not a plain file", path)
+    return fd
+
+
+def _read_plain(path: str) -> bytes:
+    fd = _open_plain(path)
+    try:
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def _plain_dir(path: str) -> bool:
+    try:
+        return stat_module.S_ISDIR(os.lstat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def sha256_of(path: str) -> str:
+    """SHA-256 of a plain file; OSError for anything else (a FIFO would block the UI)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    fd = _open_plain(path)
+    with open(fd, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -56,7 +136,7 @@ def sha256_of(path: str) -> str:
 def _stat(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in a damaged entry's path
         return None
     return st.st_size, st.st_mtime_ns
 
@@ -66,44 +146,136 @@ def _matches(entry: Mapping[str, Any] | None, path: str) -> bool:
     return entry is not None and stat is not None and (entry.get("size"), entry.get("mtime_ns")) == stat
 
 
+def _typed(value: Any, kind: type) -> bool:
+    return isinstance(value, kind) and not (isinstance(value, bool) and kind is int)
+
+
+def clean_entry(value: Any) -> dict[str, Any] | None:
+    """``value`` without the fields of a wrong type; None when it is no dict or has no integer size and mtime."""
+    if not isinstance(value, dict) or not (_typed(value.get("size"), int) and _typed(value.get("mtime_ns"), int)):
+        return None
+    return {k: v for k, v in value.items() if k not in ENTRY_FIELDS or _typed(v, ENTRY_FIELDS[k])}
+
+
+def valid_key(key: Any) -> bool:
+    """An output's key: a relative ``/`` path inside the folder, no ``..``, no NUL, not in ``.texup``."""
+    if not isinstance(key, str) or not key or "\0" in key or key.startswith("/") or "\\" in key:
+        return False
+    parts = key.split("/")
+    return ".." not in parts and "" not in parts and parts[0] != STATE_DIR and not re.match(r"^[A-Za-z]:", key)
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except RecursionError as err:
+        raise ValueError("nested too deeply") from err
+
+
+_PAIR = re.compile(r'^  "', re.M)
+_FILES = re.compile(r'^ "files": ', re.M)
+_TOP = re.compile(r'^ "', re.M)
+_COLON = re.compile(r"\s*:\s*")
+
+
+def salvage_files(data: bytes) -> dict[str, Any]:
+    """The ``files`` entries that still parse in a damaged manifest (texup writes it with ``indent=1``: each
+    entry starts a line indented by two spaces), read one by one; a damaged one is skipped."""
+    text = data.decode("utf-8", errors="replace")
+    files = _FILES.search(text)
+    if files is None:
+        return {}
+    end_match = _TOP.search(text, files.end())
+    end = end_match.start() if end_match else len(text)
+    decoder = json.JSONDecoder()
+    found: dict[str, Any] = {}
+    for match in _PAIR.finditer(text, files.end(), end):
+        try:
+            key, at = decoder.raw_decode(text, match.end() - 1)
+            colon = _COLON.match(text, at)
+            if colon is None:
+                continue
+            value, _ = decoder.raw_decode(text, colon.end())
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(key, str):
+            found[key] = value
+    return found
+
+
 class OutputsView:
     """The manifest of one output folder as this process found it (see the module docstring)."""
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self._entries: dict[str, dict[str, Any]] = {}
-        self._read()
+        #: What could not be read, one line each (a damaged manifest, a link or FIFO in ``.texup``); never raised.
+        self.problems: list[str] = []
+        try:
+            self._read()
+        except Exception as err:  # noqa: BLE001 - reading must never fail inside Blender: unknown is safe
+            self.problems.append(f"{os.path.join(self.root, STATE_DIR)}: cannot be read ({type(err).__name__}: {err})")
 
     def _read(self) -> None:
+        state = os.path.join(self.root, STATE_DIR)
+        if not _plain_dir(state):
+            if os.path.lexists(state):
+                self.problems.append(f"{state} is not a plain folder (a link or a file): not read")
+            return
+        path = os.path.join(state, RECORD_NAME)
+        files: Any = None
         try:
-            with open(os.path.join(self.root, STATE_DIR, RECORD_NAME), encoding="utf-8") as handle:
-                data = json.load(handle)
-        except (OSError, ValueError):  # none yet, or unreadable: nothing is known to be texup's
-            data = {}
-        files = data.get("files") if isinstance(data, dict) else None
-        if isinstance(files, dict):
-            self._entries = {str(k): v for k, v in files.items() if isinstance(v, dict)}
-        journals = os.path.join(self.root, STATE_DIR, JOURNAL_DIR)
-        try:
-            names = sorted(n for n in os.listdir(journals) if n.endswith(".jsonl"))
-        except OSError:
-            names = []
+            data = _read_plain(path)
+        except FileNotFoundError:
+            data = None
+        except OSError as err:
+            self.problems.append(f"{path}: cannot be read ({err.strerror or err})")
+            data = None
+        if data is not None:
+            try:
+                parsed = _loads(data)
+            except ValueError:
+                files = salvage_files(data)
+                self.problems.append(f"{path} is damaged (not valid JSON); {len(files)} entries could still be read")
+            else:
+                files = parsed.get("files") if isinstance(parsed, dict) else None
+                if not isinstance(files, dict):
+                    self.problems.append(f"{path} is not shaped like a texup manifest")
+        dropped = 0
+        for key, value in (files if isinstance(files, dict) else {}).items():
+            entry = clean_entry(value)
+            if entry is not None and valid_key(key):
+                self._entries[key] = entry
+            else:
+                dropped += 1
+        if dropped and data is not None and not self.problems:
+            self.problems.append(f"{path}: {dropped} unreadable entries ignored")
+        journals = os.path.join(state, JOURNAL_DIR)
+        names: list[str] = []
+        if _plain_dir(journals):
+            try:
+                names = sorted(n for n in os.listdir(journals) if n.endswith(".jsonl"))
+            except OSError:
+                names = []
+        elif os.path.lexists(journals):
+            self.problems.append(f"{journals} is not a plain folder (a link or a file): not read")
         for name in names:  # a killed run's outputs: an entry counts only while its file matches it
             try:
-                with open(os.path.join(journals, name), encoding="utf-8") as handle:
-                    lines = handle.read().splitlines()
+                lines = _read_plain(os.path.join(journals, name)).split(b"\n")
             except OSError:
                 continue
             for line in lines:
+                if not line.strip():
+                    continue
                 try:
-                    row = json.loads(line)
+                    row = _loads(line)
                 except ValueError:
                     continue
-                if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+                if not isinstance(row, dict) or not valid_key(row.get("key")):
                     continue
-                if not isinstance(row.get("entry"), dict):
+                key, entry = row["key"], clean_entry(row.get("entry"))
+                if entry is None:
                     continue
-                key, entry = row["key"], row["entry"]
                 if _matches(entry, os.path.join(self.root, key)) and not _matches(
                     self._entries.get(key), os.path.join(self.root, key)
                 ):
