@@ -23,6 +23,7 @@ does not import it. Figures: docs/benchmarks.md sections 7 and 8.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -421,6 +422,102 @@ def _rename(outcome: RayOutcome) -> None:
     fsync_folder(Path(outcome.dst).parent)
 
 
+#: How long the driver waits for the cluster's address to accept a connection before saying it cannot reach it.
+CONNECT_TIMEOUT_S = 5.0
+#: How many times Ray's driver asks an address that answers but is no Ray head (its default, 20, is minutes).
+GCS_CONNECT_TRIES = 3
+_HOST = r"\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_])?"
+_RAY_ADDRESS = re.compile(rf"(?P<client>ray://)?(?P<host>{_HOST}):(?P<port>[0-9]{{1,5}})")
+
+
+class RayConnectError(RuntimeError):
+    """The Ray cluster's address is malformed or cannot be reached (one line; the CLI's exit 1)."""
+
+
+def ray_address_parts(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a Ray address (``HOST:PORT``, ``ray://HOST:PORT``, IPv6 in brackets), None for
+    ``auto`` / ``local`` (a cluster on this machine); :class:`RayConnectError` for anything else."""
+    text = address.strip()
+    if text in ("auto", "local"):
+        return None
+    match = _RAY_ADDRESS.fullmatch(text)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        shown = repr(text) if len(text) <= 80 else f"{text[:80]!r}... ({len(text)} characters)"
+        raise RayConnectError(
+            f"{shown} is not a Ray address: expected HOST:PORT (the head's GCS port, e.g. 10.0.0.5:6379), "
+            "ray://HOST:PORT or auto"
+        )
+    return match["host"].strip("[]"), int(match["port"])
+
+
+def check_ray_reachable(address: str, timeout: float | None = None) -> None:
+    """:class:`RayConnectError` within about ``timeout`` seconds (default :data:`CONNECT_TIMEOUT_S`) unless
+    ``address`` is well formed and answers as a gRPC server does (Ray's own driver retries an unreachable address
+    for minutes before it gives up)."""
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
+    parts = ray_address_parts(address)
+    if parts is None:
+        return
+    host, port = parts
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            speaks_grpc = _answers_http2(conn)
+    except socket.gaierror as err:
+        raise RayConnectError(f"cannot reach the Ray cluster at {address}: unknown host ({err.strerror})") from None
+    except TimeoutError:
+        raise RayConnectError(
+            f"cannot reach the Ray cluster at {address}: no answer within {timeout:g} s (is the head running, "
+            "and is the port open to this machine?)"
+        ) from None
+    except OSError as err:
+        raise RayConnectError(f"cannot reach the Ray cluster at {address}: {err.strerror or err}") from None
+    if not speaks_grpc:
+        # Ray's driver would ask such an address for minutes (40 s per try, 20 tries).
+        raise RayConnectError(
+            f"{address} answers but is not a Ray cluster (no gRPC there): give the head's GCS port (default 6379) "
+            "or a Ray Client address ray://HOST:10001"
+        )
+
+
+#: HTTP/2's connection preface and an empty SETTINGS frame: every gRPC server (Ray's GCS, the Ray Client
+#: server) answers with a SETTINGS frame of its own.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _answers_http2(conn: socket.socket) -> bool:
+    """Whether the server on ``conn`` answers HTTP/2's preface with a frame header of type SETTINGS (4)."""
+    try:
+        conn.sendall(_HTTP2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+    except OSError:  # also a timeout: a server that says nothing is not gRPC
+        return False
+    return head[3] == 4
+
+
+def _connect(ray: Any, address: str | None) -> None:
+    """``ray.init`` for ``address`` (None: ``RAY_ADDRESS``, else a new local cluster), checked first: a malformed
+    address is one line, an unreachable one is one line within :data:`CONNECT_TIMEOUT_S`, an address that
+    answers but is no Ray head gives up after :data:`GCS_CONNECT_TRIES` tries."""
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    if target:
+        check_ray_reachable(target)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(log_to_driver=False, configure_logging=False, include_dashboard=False)
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise RayConnectError(
+            f"cannot connect to the Ray cluster at {target or 'a new local cluster'}: {first}"
+        ) from err
+
+
 def run_on_ray(
     tasks: Sequence[tuple[str, str]],
     *,
@@ -446,16 +543,16 @@ def run_on_ray(
     one outcome per task, in task order. Raises ``RuntimeError`` when Ray is missing or the cluster has no node
     that can run a worker.
     """
+    if address or os.environ.get("RAY_ADDRESS"):
+        # Read when Ray is first imported: how often its driver asks an address that is no Ray head.
+        os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", str(GCS_CONNECT_TRIES))
     try:
         import ray
     except ImportError as err:
         raise RuntimeError("--ray needs Ray: pip install 'texup[ray]'") from err
     say = status or (lambda line: None)
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(log_to_driver=False, configure_logging=False, include_dashboard=False)
+        _connect(ray, address)
     placements = _placements(ray, device)
     if not placements:
         raise RuntimeError("the Ray cluster has no node with a CPU or GPU to run a texup worker on")

@@ -536,3 +536,120 @@ def test_actors_whose_engines_differ_never_share_one_image(tmp_path, monkeypatch
     assert [o.workers for o in outcomes] == [1, 1]
     assert cluster.engine_key({**_INFO, "device": "cuda:1"}) == cluster.engine_key({**_INFO, "device": "cuda:0"})
     assert cluster.engine_key(_INFO) != cluster.engine_key({**_INFO, "precision": "fp16"})
+
+
+# --- the cluster's address (issue 21 item 7) ---------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+MALFORMED_ADDRESSES = [
+    "foo",
+    "http://10.0.0.5:6379",
+    "10.0.0.5",
+    "10.0.0.5:",
+    "10.0.0.5:99999",
+    "10.0.0.5:0",
+    ":6379",
+    "host:port",
+    "ray://",
+    "a b:1",
+    "10.0.0.5:6379/x",
+    "x" * 100_000 + ":1",
+    "\x00:1",
+]
+
+
+@pytest.mark.parametrize("address", MALFORMED_ADDRESSES, ids=range(len(MALFORMED_ADDRESSES)))
+def test_a_malformed_ray_address_is_one_line_before_ray_is_asked(address, monkeypatch):
+    import texup.cluster as cluster
+
+    calls: list[Any] = []
+    fake = SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: calls.append(kw))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(cluster.RayConnectError) as err:
+        cluster.run_on_ray([], model="m", options={}, address=address)
+    assert "not a Ray address" in str(err.value) and "\n" not in str(err.value) and len(str(err.value)) < 400
+    assert calls == []
+    if "\x00" in address:  # an environment variable cannot hold it
+        return
+    monkeypatch.setenv("RAY_ADDRESS", address)  # the same from the environment
+    with pytest.raises(cluster.RayConnectError):
+        cluster.run_on_ray([], model="m", options={})
+    assert calls == []
+
+
+def test_an_unreachable_or_foreign_address_is_refused_within_seconds(monkeypatch):
+    """A closed port, an unknown host, a server that accepts and says nothing, one that answers something other
+    than gRPC: each is one line within the connect timeout, before Ray's driver (which retries for minutes)."""
+    import socket
+
+    import texup.cluster as cluster
+
+    fake = SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: pytest.fail("ray.init was called"))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1.0)
+    silent, talker = socket.socket(), socket.socket()
+    for server in (silent, talker):
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+
+    def answer() -> None:
+        conn, _ = talker.accept()
+        conn.sendall(b"-ERR not redis\r\n" * 4)  # something, but no HTTP/2 SETTINGS frame
+        time.sleep(2)
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    cases = {
+        f"127.0.0.1:{_closed_port()}": "Connection refused",
+        "no-such-host.invalid:6379": "unknown host",
+        f"127.0.0.1:{silent.getsockname()[1]}": "not a Ray cluster",
+        f"ray://127.0.0.1:{talker.getsockname()[1]}": "not a Ray cluster",
+    }
+    try:
+        for address, reason in cases.items():
+            start = time.monotonic()
+            with pytest.raises(cluster.RayConnectError, match=reason):
+                cluster.run_on_ray([], model="m", options={}, address=address)
+            assert time.monotonic() - start < 5, address
+    finally:
+        silent.close()
+        talker.close()
+
+
+def test_ray_init_errors_are_one_line(monkeypatch):
+    import texup.cluster as cluster
+
+    def init(**kw: Any) -> None:
+        raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to")
+
+    monkeypatch.setitem(sys.modules, "ray", SimpleNamespace(is_initialized=lambda: False, init=init))
+    with pytest.raises(cluster.RayConnectError, match="Could not find any running Ray instance.$"):
+        cluster.run_on_ray([], model="m", options={}, address="auto")
+
+
+@pytest.mark.parametrize("address", ["not-an-address", "127.0.0.1:PORT"])
+def test_texup_upscale_ray_with_a_bad_address_is_one_line_and_quick(address, tmp_path):
+    from texup.imageio import write_image
+
+    src = tmp_path / "in.png"
+    write_image(src, _rgb8())
+    address = address.replace("PORT", str(_closed_port()))
+    env = {**os.environ, "TEXUP_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "texup", "upscale", str(src), "-o", str(tmp_path / "out"), "--ray", address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert address in proc.stderr and time.monotonic() - start < 60
