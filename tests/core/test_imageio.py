@@ -495,10 +495,12 @@ def test_exr_from_other_writers_tiled_layered_multipart(tmp_path):
     OpenEXR.File([OpenEXR.Part({}, {"RGB": rgb}), OpenEXR.Part({}, {"Z": planes["G"]})]).write(
         str(tmp_path / "multi.exr")
     )
-    for name in ("tiled.exr", "layered.exr", "multi.exr"):
+    for name in ("tiled.exr", "layered.exr"):
         image = read_image(tmp_path / name)
         assert (image.info.channels, image.info.dtype) == (3, "float32"), name
         np.testing.assert_array_equal(image.pixels, rgb)
+    # Two parts are two images: refused, not cut to the first (issue 21 item 9; tests/core/test_multi_image.py).
+    _assert_read_error(tmp_path / "multi.exr", "multi-part exr (2 parts) is not supported")
     height = np.ascontiguousarray(_content(1, "float16")[:, :, 0])
     OpenEXR.File({}, {"H": height}).write(str(tmp_path / "height.exr"))  # (the bindings replace dict values)
     image = read_image(tmp_path / "height.exr")

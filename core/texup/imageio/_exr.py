@@ -108,16 +108,40 @@ def read_header(path: Path, fh: BinaryIO) -> ExrHeader:
             elif name == b"tiles" and type_name == b"tiledesc":
                 x_size, y_size, mode = struct.unpack("<IIB", value)
                 tiles = (x_size, y_size, mode & 0x0F)
+        parts = _count_more_parts(fh) + 1 if version & 0x1000 else 1
     except _Truncated:
         raise ImageReadError(path, "truncated EXR data (file ends inside the header)") from None
     except (ValueError, struct.error, IndexError) as exc:
         raise ImageReadError(path, f"corrupt EXR header ({exc})") from exc
     if channels is None or window is None:
         raise ImageReadError(path, "corrupt EXR header (no channel list or data window)")
+    if parts > 1:  # the first part alone would be silently taken for the whole file
+        raise ImageReadError(
+            path,
+            f"multi-part EXR ({parts} parts) is not supported: texup upscales single images (save each part as "
+            "its own file)",
+        )
     x_min, y_min, x_max, y_max = window
     width, height = x_max - x_min + 1, y_max - y_min + 1
     check_dimensions(path, width, height)
     return ExrHeader(channels, width, height, compression, bool(version & 0x1000), tiles, fh.tell())
+
+
+def _count_more_parts(fh: BinaryIO) -> int:
+    """After a multi-part file's first header: how many more headers follow (the list ends with an empty one)."""
+    more = 0
+    while _read_name(fh):  # the next header's first attribute name, or the end of the list
+        more += 1
+        _read_name(fh)  # its type
+        while True:
+            (size,) = struct.unpack("<i", _read(fh, 4))
+            if size < 0 or size > _MAX_ATTRIBUTE_BYTES:
+                raise ValueError(f"an attribute of part {more + 1} claims {size} bytes")
+            fh.seek(size, 1)
+            if not _read_name(fh):
+                break
+            _read_name(fh)
+    return more
 
 
 _LINES_PER_CHUNK = {

@@ -1,5 +1,7 @@
 """TIFF through tifffile: 1-bit (as gray), 8/16-bit integer and 16/32-bit float; gray, RGB, palette,
-with or without alpha; contiguous or planar, stripped or tiled. The first page (image) is read.
+with or without alpha; contiguous or planar, stripped or tiled. A file holds one image: a multi-page TIFF or a
+3D volume is refused (its first page alone would be silently taken for the whole file); reduced-resolution copies
+of the image (thumbnails, pyramid levels) are not other images and are ignored.
 
 Associated (premultiplied) alpha is converted to straight alpha on reading, since texup images
 carry straight alpha; files are always written with unassociated alpha.
@@ -91,7 +93,37 @@ def _open(path: Path) -> Any:
     if not tif.pages:
         tif.close()
         raise ImageReadError(path, "corrupt TIFF data (no image in the file)")
+    try:
+        images = _image_count(tif)
+        depth = int(getattr(tif.pages.first, "imagedepth", 1) or 1)
+    except (tifffile.TiffFileError, OSError, ValueError, struct.error, EOFError, IndexError) as exc:
+        tif.close()
+        raise decode_error(path, "tiff", exc) from exc
+    if images > 1 or depth > 1:
+        tif.close()
+        what = f"multi-page TIFF ({images} pages)" if images > 1 else f"3D TIFF volume ({depth} slices)"
+        raise ImageReadError(
+            path,
+            f"{what} is not supported: texup upscales single images (save each page as its own file)",
+        )
     return tif
+
+
+#: Pages looked at one by one to tell reduced-resolution copies from other images; beyond them every page counts.
+_PAGES_EXAMINED = 64
+
+
+def _image_count(tif: Any) -> int:
+    """The images a TIFF holds: its pages, less those marked as reduced-resolution copies (NewSubfileType bit 0:
+    a thumbnail or a pyramid level of the image before it)."""
+    pages = tif.pages
+    count = len(pages)
+    images = 1
+    for index in range(1, min(count, _PAGES_EXAMINED)):
+        subfile = int(getattr(pages[index], "subfiletype", 0) or 0)
+        if not subfile & 1:
+            images += 1
+    return images + max(0, count - _PAGES_EXAMINED)
 
 
 def probe(path: Path, max_pixels: int | None) -> ImageInfo:
