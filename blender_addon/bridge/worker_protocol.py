@@ -19,6 +19,7 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 ENGINES: tuple[str, ...] = ("auto", "torch", "ncnn")
 LAYOUTS: tuple[str, ...] = ("auto", "nchw", "channels_last")
 STAGES: tuple[str, ...] = ("psnr", "gan")
+COLOR_FIX: tuple[str, ...] = ("auto", "on", "off")
 TILE_MIN = 16  # mirrors of texup.options (the add-on cannot import texup); tests/core/test_worker.py compares them
 
 
@@ -38,7 +39,8 @@ class JobOptions:
     pixels, at least 16 (``None``: automatic). ``seamless``: "auto" (detect tileable textures), "on", "off".
     ``device``: "auto", "cpu", "cuda", "cuda:N", "mps", "vulkan", "vulkan:N". ``precision``: "auto", "fp32",
     "bf16", "fp16". ``engine``: "auto" (the fastest measured here), "torch", "ncnn". ``layout``: the torch engine's
-    memory layout, "auto" (measured per CPU kind), "nchw", "channels_last".
+    memory layout, "auto" (measured per CPU kind), "nchw", "channels_last". ``color_fix``: keep the source's
+    low-frequency colour, "auto" (per role, as texup measured), "on", "off".
     """
 
     model: str | None = None
@@ -49,6 +51,7 @@ class JobOptions:
     precision: str = "auto"
     engine: str = "auto"
     layout: str = "auto"
+    color_fix: str = "auto"
 
     def validate(self) -> None:
         """Raise :class:`ProtocolError` naming the first bad option."""
@@ -72,6 +75,8 @@ class JobOptions:
             raise ProtocolError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.layout not in LAYOUTS:
             raise ProtocolError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.color_fix not in COLOR_FIX:
+            raise ProtocolError(f"color_fix must be one of {', '.join(COLOR_FIX)}, got {self.color_fix!r}")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seamless": self.seamless, "device": self.device, "precision": self.precision}
@@ -81,6 +86,8 @@ class JobOptions:
             out["engine"] = self.engine
         if self.layout != "auto":
             out["layout"] = self.layout
+        if self.color_fix != "auto":  # likewise (a worker from before the colour fix takes "auto" jobs)
+            out["color_fix"] = self.color_fix
         if self.model is not None:
             out["model"] = self.model
         if self.scale is not None:

@@ -131,12 +131,15 @@ def _gb(count: int) -> str:
     return f"{count / 1e6:.0f} MB" if count >= 1e6 else f"{count / 1e3:.0f} kB"
 
 
-def check_output_memory(height: int, width: int, channels: int, itemsize: int, out_h: int, out_w: int) -> None:
-    """Raise :class:`MemoryBudgetError` when an upscale to ``out_w``x``out_h`` would not fit in the budget."""
+def check_output_memory(
+    height: int, width: int, channels: int, itemsize: int, out_h: int, out_w: int, *, working: int = 0
+) -> None:
+    """Raise :class:`MemoryBudgetError` when an upscale to ``out_w``x``out_h`` would not fit in the budget
+    (``working``: bytes the run holds besides, e.g. the colour fix's float32 copy of the output)."""
     budget = memory_budget()
     if budget is None:
         return
-    need = upscale_peak_bytes(height, width, channels, itemsize, out_h, out_w)
+    need = upscale_peak_bytes(height, width, channels, itemsize, out_h, out_w) + working
     if need > budget:
         source = ENV_MEMORY_BUDGET if os.environ.get(ENV_MEMORY_BUDGET, "").strip() else "memory available now"
         raise MemoryBudgetError(

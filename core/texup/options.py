@@ -19,3 +19,5 @@ TILE_MIN = 16
 OVERLAP_DEFAULT = 16
 #: Output scales a user can ask for (``--scale`` and the protocol): above 0, at most this.
 SCALE_MAX = 16.0
+#: The colour fix (:mod:`texup.inference.colorfix`): "auto" = where the benchmark found it helps (per role).
+COLOR_FIX_MODES: tuple[str, ...] = ("auto", "on", "off")

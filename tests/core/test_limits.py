@@ -131,7 +131,10 @@ def test_an_output_over_the_memory_budget_is_refused_before_allocating(monkeypat
     upscaler = texup.Upscaler("realesr-animevideov3", engine="ncnn")
     pixels = np.zeros((200, 300, 4), np.uint16)  # x4: 1200x800x4x2 bytes = 7.7 MB of output
     with pytest.raises(limits.MemoryBudgetError, match="1200x800 output needs about 9 MB.*TEXUP_MEMORY_BUDGET"):
-        upscaler.upscale_array(pixels)
+        upscaler.upscale_array(pixels, texup.UpscaleOptions(color_fix="off"))
+    # the colour fix holds a float32 copy of the output's colour besides: 1200x800x3x4 bytes = 11.5 MB more
+    with pytest.raises(limits.MemoryBudgetError, match="1200x800 output needs about 21 MB"):
+        upscaler.upscale_array(pixels, texup.UpscaleOptions(color_fix="on"))
     monkeypatch.setenv(limits.ENV_MEMORY_BUDGET, "0")  # off
     assert upscaler.upscale_array(np.zeros((6, 5, 3), np.uint8)).shape == (24, 20, 3)
 

@@ -21,12 +21,19 @@ from texup.inference import policy
 from texup.inference.pipeline import (
     Cancelled,
     TileOutOfMemoryError,
-    UpscaleOptions,
     Upscaler,
     count_passes,
     output_size,
 )
+from texup.inference.pipeline import UpscaleOptions as _Options
 from texup.inference.resample import RowResampler, resample
+
+
+def UpscaleOptions(**kwargs) -> _Options:  # noqa: N802 (stands for the class)
+    """Options with the colour fix off unless given: these tests compare the model's own pixels (tiling, seams,
+    passes, policies) with references built by hand; the fix has its own tests (test_colorfix.py)."""
+    return _Options(**{"color_fix": "off", **kwargs})
+
 
 # --- stand-in networks ------------------------------------------------------------------------------------
 

@@ -11,8 +11,10 @@ engine only turns one tile into its upscaled tile (one at a time, or several in 
 
 Memory: the last pass streams blended tile rows into the output array of the input's dtype (a band one tile
 row high); extra passes read the previous pass's rows as they come (:class:`_RowWindow`), except with
-wrap-around (a float32 canvas of the intermediate image). Figures, and the alpha-through-the-model
-measurement: docs/benchmarks.md (sections 2 and 9).
+wrap-around (a float32 canvas of the intermediate image). With the colour fix (:mod:`.colorfix`, on by default
+for every role) the last pass's colour is collected in a float32 canvas of the output's size first (12 bytes per
+output pixel, counted by the memory check), given the source's low frequencies, then decoded into the output row
+block by row block. Figures, and the alpha-through-the-model measurement: docs/benchmarks.md (sections 2, 9, 10).
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ import numpy as np
 from texup.engines.base import Cancelled, Engine, EngineOutOfMemory, TileQueue
 from texup.errors import ImageWriteError, TexupError
 from texup.imageio import from_float32, read_image, to_float32, write_image
-from texup.inference import policy
+from texup.inference import colorfix, policy
 from texup.inference.resample import RowResampler
 from texup.inference.tiling import Tile, add_wrapped, blend_weights, is_tileable, plan_tiles, take_wrapped
 from texup.limits import check_output_memory
-from texup.options import OVERLAP_DEFAULT
+from texup.options import COLOR_FIX_MODES, OVERLAP_DEFAULT
 from texup.options import SEAMLESS_MODES as _SEAMLESS
 
 #: ``progress(done, total)``: ``done`` tiles of ``total`` (a float between tile boundaries, see Upscaler).
@@ -70,6 +72,8 @@ class UpscaleOptions:
         seamless: "on" = wrap-around context and resampling (keeps a tileable texture tileable); "off";
             "auto" = "on" when :func:`~texup.inference.tiling.is_tileable` says the input is seamless.
         role: "color", "normal" or "data" (see :mod:`texup.inference.policy`).
+        color_fix: "on" = the output keeps the source's low frequencies (:mod:`texup.inference.colorfix`; costs a
+            float32 copy of the output), "off", "auto" = as :data:`texup.inference.colorfix.AUTO` says for the role.
     """
 
     scale: float | None = None
@@ -78,6 +82,7 @@ class UpscaleOptions:
     overlap: int = OVERLAP_DEFAULT
     seamless: str = "auto"
     role: str = "color"
+    color_fix: str = "auto"
 
     def __post_init__(self) -> None:
         if self.scale is not None and not (math.isfinite(self.scale) and self.scale > 0):
@@ -95,6 +100,8 @@ class UpscaleOptions:
             raise ValueError(f"seamless must be one of {', '.join(_SEAMLESS)}, got {self.seamless!r}")
         if self.role not in policy.ROLES:
             raise ValueError(f"role must be one of {', '.join(policy.ROLES)}, got {self.role!r}")
+        if self.color_fix not in COLOR_FIX_MODES:
+            raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIX_MODES)}, got {self.color_fix!r}")
 
 
 @dataclass
@@ -296,7 +303,10 @@ class Upscaler:
 
         scale = self.engine.scale
         out_h, out_w = output_size(height, width, options, scale)
-        check_output_memory(height, width, channels, image.dtype.itemsize, out_h, out_w)
+        fix_colour = colorfix.enabled(options.color_fix, options.role)
+        check_output_memory(
+            height, width, channels, image.dtype.itemsize, out_h, out_w, working=out_h * out_w * 12 if fix_colour else 0
+        )
         passes = count_passes(height, width, out_h, out_w, scale)
         wrap = options.seamless == "on" or (options.seamless == "auto" and is_tileable(image))
         # Context beyond the image, or beyond a tile, adds nothing but work (and an absurd overlap asked for an
@@ -336,7 +346,19 @@ class Upscaler:
             else:
                 out[rows, :, 0] = from_float32(decoded.mean(axis=2), dtype_name)
 
-        self._upscale_rgb(encoded, out_h, out_w, passes, tile, overlap, wrap, job, colour_sink)
+        if fix_colour:  # the whole float output first: its low frequencies are the source's (colorfix)
+            canvas = np.empty((out_h, out_w, 3), np.float32)
+
+            def canvas_sink(block: np.ndarray, row0: int) -> None:
+                canvas[row0 : row0 + block.shape[0]] = block
+
+            self._upscale_rgb(encoded, out_h, out_w, passes, tile, overlap, wrap, job, canvas_sink)
+            corr = colorfix.correction(encoded, canvas, wrap=wrap)
+            for rows, row0 in colorfix.transfer_rows(corr, canvas, wrap=wrap):
+                colour_sink(np.clip(rows, 0.0, 1.0, out=rows), row0)
+            del canvas
+        else:
+            self._upscale_rgb(encoded, out_h, out_w, passes, tile, overlap, wrap, job, colour_sink)
         del encoded
         if alpha_varies and alpha is not None:
 

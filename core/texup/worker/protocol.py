@@ -41,7 +41,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from texup.options import ENGINES, LAYOUTS, OVERLAP_DEFAULT, PRECISIONS, ROLES, SCALE_MAX, STAGES, TILE_MIN
+from texup.options import (
+    COLOR_FIX_MODES,
+    ENGINES,
+    LAYOUTS,
+    OVERLAP_DEFAULT,
+    PRECISIONS,
+    ROLES,
+    SCALE_MAX,
+    STAGES,
+    TILE_MIN,
+)
 from texup.options import SEAMLESS_MODES as SEAMLESS
 
 PROTOCOL_VERSION = 1
@@ -49,6 +59,7 @@ REQUEST_TYPES: tuple[str, ...] = ("upscale", "train", "cancel", "ping", "models"
 
 _OPTION_KEYS = frozenset(
     {"model", "scale", "target_size", "tile", "overlap", "seamless", "device", "precision", "engine", "layout"}
+    | {"color_fix"}
 )
 
 
@@ -127,7 +138,8 @@ class JobOptions:
 
     ``model`` is a known model name or a weights file path (``None``: texup's default model);
     ``scale`` the output scale (``None``: the model's); ``target_size`` an exact (width, height);
-    ``tile`` the input tile size in pixels (``None``: automatic); ``seamless`` "auto"/"on"/"off".
+    ``tile`` the input tile size in pixels (``None``: automatic); ``seamless`` "auto"/"on"/"off";
+    ``color_fix`` "auto"/"on"/"off" (:mod:`texup.inference.colorfix`).
     """
 
     model: str | None = None
@@ -140,6 +152,7 @@ class JobOptions:
     precision: str = "auto"
     engine: str = "auto"
     layout: str = "auto"
+    color_fix: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -229,6 +242,7 @@ def parse_options(options: Any) -> JobOptions:
         precision=_choice(options, "precision", PRECISIONS, "auto"),
         engine=_choice(options, "engine", ENGINES, "auto"),
         layout=_choice(options, "layout", LAYOUTS, "auto"),
+        color_fix=_choice(options, "color_fix", COLOR_FIX_MODES, "auto"),
     )
 
 
