@@ -21,13 +21,8 @@ from realdata import real_image  # noqa: E402
 from texup.imageio import write_image  # noqa: E402
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir", type=Path, nargs="?", default=Path("samples"))
-    args = parser.parse_args()
-    out: Path = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-
+def sample_images() -> dict[str, np.ndarray]:
+    """The samples as arrays, by file name (also the ground truth of scripts/bench_quality.py)."""
     photo = real_image("coffee.png", crop=(40, 160, 160, 200))
     gravel = real_image("gravel.png", crop=(100, 100, 128, 128))
     brick = real_image("brick.png", crop=(0, 0, 150, 150))[:, :, 0]
@@ -39,12 +34,21 @@ def main() -> int:
     tile = np.concatenate([grass, grass[::-1]], axis=0)
     tileable = np.repeat(np.concatenate([tile, tile[:, ::-1]], axis=1), 3, axis=2)
 
-    written = [
-        write_image(out / "coffee.jpg", photo),
-        write_image(out / "gravel.png", gravel),
-        write_image(out / "brick_rgba16.png", rgba16),
-        write_image(out / "grass_tileable.tga", tileable),
-    ]
+    return {
+        "coffee.jpg": photo,
+        "gravel.png": gravel,
+        "brick_rgba16.png": rgba16,
+        "grass_tileable.tga": tileable,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", type=Path, nargs="?", default=Path("samples"))
+    args = parser.parse_args()
+    out: Path = args.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_image(out / name, pixels) for name, pixels in sample_images().items()]
     for path in written:
         print(path)
     return 0
