@@ -1,10 +1,12 @@
 """Block compression (BC1 to BC7) for the DDS writer, and BC decoding for the reader.
 
 Decoding is imagecodecs' (bcdec: every BC format, BC6H to float16). Encoding is etcpak's for BC1, BC3, BC4, BC5
-and BC7 (bc7enc's BC7 with its settings below), run on bands of block rows in threads (etcpak releases the GIL).
-What etcpak lacks is done here in numpy: BC1's 1-bit alpha (blocks with transparent pixels re-indexed in BC1's
-three-colour mode), BC2 (etcpak's BC3 colour blocks with BC2's explicit 4-bit alpha) and BC6H (unsigned, mode 11:
-one region, 10-bit endpoints, 4-bit indices; a straightforward encoder, not a search over the 14 modes).
+and BC7 (bc7enc's BC7 with the settings below), in the calling thread: etcpak holds the GIL, so threads gain nothing
+(measured: 2 threads on 2 cores 2.85 s against 2.45 s for one), and worker processes cost more to start than they
+save on one texture. What etcpak lacks is done here in numpy: BC1's 1-bit alpha (blocks with transparent pixels
+re-indexed in BC1's three-colour mode), BC2 (etcpak's BC3 colour blocks with BC2's explicit 4-bit alpha) and BC6H
+(unsigned, mode 11: one region, 10-bit endpoints, 4-bit indices; a straightforward encoder, not a search over the
+14 modes).
 Why these libraries, with measurements: docs/dds.md.
 
 Every encoder takes a C-contiguous ``(H, W, C)`` array whose height and width are multiples of 4 (the DDS writer
@@ -13,9 +15,7 @@ pads) and returns the blocks in row-major order.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 BLOCK_BYTES: dict[str, int] = {"BC1": 8, "BC2": 16, "BC3": 16, "BC4": 8, "BC5": 16, "BC6H": 16, "BC7": 16}
 _BCN_CODE = {"BC1": 1, "BC2": 2, "BC3": 3, "BC4": 4, "BC5": 5, "BC6H": 6, "BC6H_SF16": -6, "BC7": 7}
 _DECODED_CHANNELS = {"BC1": 4, "BC2": 4, "BC3": 4, "BC4": 1, "BC5": 2, "BC6H": 3, "BC6H_SF16": 3, "BC7": 4}
-#: Block rows per encoding task: large enough that a task's overhead is nothing, small enough to share 2 cores.
-_BAND_ROWS = 32
 
 
 def decode(data: bytes, kind: str, width: int, height: int) -> np.ndarray:
@@ -43,21 +41,6 @@ def decode(data: bytes, kind: str, width: int, height: int) -> np.ndarray:
     if channels == 1:
         pixels = pixels[:, :, None]
     return np.ascontiguousarray(pixels[:height, :width])
-
-
-def _threads() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
-def _banded(encode_band: Callable[[np.ndarray], bytes], pixels: np.ndarray) -> bytes:
-    """``encode_band`` over bands of block rows, in threads, joined in order (blocks are row-major)."""
-    rows = pixels.shape[0]
-    step = _BAND_ROWS * 4
-    bands = [pixels[top : top + step] for top in range(0, rows, step)]
-    if len(bands) == 1:
-        return encode_band(bands[0])
-    with ThreadPoolExecutor(min(_threads(), len(bands))) as pool:
-        return b"".join(pool.map(encode_band, bands))
 
 
 def _rgba(pixels: np.ndarray) -> np.ndarray:
@@ -75,10 +58,12 @@ def _bc7_params() -> etcpak.BC7CompressBlockParams:
     import etcpak
 
     params = etcpak.BC7CompressBlockParams()
-    # bc7enc's uber level 0; 16 of mode 1's 64 partitions: 0.1 dB under 64 at 0.8x the time, 0.1-0.3 dB over 4
-    # (docs/dds.md). Linear RGBA weights: the error is judged on the values as stored.
+    # bc7enc's uber level 0, 4 of mode 1's 64 partitions, no least-squares refinement: 50.2 dB mean on the x4
+    # samples, 0.24 dB under 16 partitions with refinement at 0.6x the time, so a 2048x2048 texture and its mips
+    # fit in 3 s on one core (docs/dds.md). Linear RGBA weights: the error is judged on the values as stored.
     params.m_uber_level = 0
-    params.m_max_partitions = 16
+    params.m_max_partitions = 4
+    params.m_try_least_squares = False
     return params
 
 
@@ -86,13 +71,13 @@ def encode_bc7(pixels: np.ndarray) -> bytes:
     import etcpak
 
     params = _bc7_params()
-    return _banded(lambda band: etcpak.compress_bc7(band.tobytes(), band.shape[1], band.shape[0], params), pixels)
+    return etcpak.compress_bc7(pixels.tobytes(), pixels.shape[1], pixels.shape[0], params)
 
 
 def encode_bc3(pixels: np.ndarray) -> bytes:
     import etcpak
 
-    return _banded(lambda band: etcpak.compress_bc3(band.tobytes(), band.shape[1], band.shape[0]), pixels)
+    return etcpak.compress_bc3(pixels.tobytes(), pixels.shape[1], pixels.shape[0])
 
 
 def encode_bc4(pixels: np.ndarray) -> bytes:
@@ -101,7 +86,7 @@ def encode_bc4(pixels: np.ndarray) -> bytes:
 
     rgba = np.zeros((*pixels.shape[:2], 4), np.uint8)
     rgba[:, :, 0] = pixels[:, :, 0]
-    return _banded(lambda band: etcpak.compress_bc4(band.tobytes(), band.shape[1], band.shape[0]), rgba)
+    return etcpak.compress_bc4(rgba.tobytes(), rgba.shape[1], rgba.shape[0])
 
 
 def encode_bc5(pixels: np.ndarray) -> bytes:
@@ -110,7 +95,7 @@ def encode_bc5(pixels: np.ndarray) -> bytes:
 
     rgba = np.zeros((*pixels.shape[:2], 4), np.uint8)
     rgba[:, :, :2] = pixels[:, :, :2]
-    return _banded(lambda band: etcpak.compress_bc5(band.tobytes(), band.shape[1], band.shape[0]), rgba)
+    return etcpak.compress_bc5(rgba.tobytes(), rgba.shape[1], rgba.shape[0])
 
 
 def _blocks_of(pixels: np.ndarray) -> np.ndarray:
@@ -134,7 +119,7 @@ def encode_bc1(pixels: np.ndarray) -> bytes:
     import etcpak
 
     rgba = _rgba(pixels)
-    data = _banded(lambda band: etcpak.compress_bc1(band.tobytes(), band.shape[1], band.shape[0]), rgba)
+    data = etcpak.compress_bc1(rgba.tobytes(), rgba.shape[1], rgba.shape[0])
     if pixels.shape[2] < 4:
         return data
     blocks = np.frombuffer(data, np.uint8).reshape(-1, 8).copy()
