@@ -281,6 +281,19 @@ def test_full_mip_chain_from_the_top_level_or_none_when_the_source_had_none(tmp_
     assert extra["dds_mipmaps"] == 1 and len(chain) == 1
 
 
+@pytest.mark.parametrize("height", [600, 301])
+def test_the_banded_writer_makes_the_same_levels_as_the_whole_image_chain(tmp_path, height):
+    """The writer prepares the top level in bands of rows; its levels equal mip_chain's over the whole image."""
+    tall = np.ascontiguousarray(real_image("coffee.png")[:70, :height].transpose(1, 0, 2))  # (height, 70, 3)
+    rgba = with_alpha(tall, cutout=True)
+    path = write_image(tmp_path / "b.dds", rgba, like=like("rgba8", dds_srgb=True))
+    _, chain = levels_of(path)
+    expected = _dds.mip_chain(rgba.astype(np.float32) / 255, len(chain), srgb=True, normal=False, cutout=True)
+    assert len(chain) == height.bit_length()
+    for got, want in zip(chain, expected):
+        assert np.abs(got.astype(int) - np.rint(want * 255).astype(int)).max() <= 1, got.shape
+
+
 def test_bc5_normal_map_stays_bc5_with_z_rebuilt_and_every_level_renormalised(tmp_path):
     normals = normal_map(64, 64)
     path = write_image(tmp_path / "n.dds", normals, like=like("bc5"))

@@ -52,6 +52,7 @@ _CAPS_COMPLEX, _CAPS_TEXTURE, _CAPS_MIPMAP = 0x8, 0x1000, 0x400000
 _CAPS2_CUBEMAP, _CAPS2_VOLUME = 0x200, 0x200000
 _DX10_TEXTURE2D, _DX10_MISC_CUBE = 3, 0x4
 _ALPHA_MODE_OPAQUE = 3
+_BAND_ROWS = 256  # rows of the top level prepared at a time when writing (even: each band halves on its own)
 _RGBA_MASKS = (_DDPF_RGB | _DDPF_ALPHAPIXELS, 32, 0xFF, 0xFF00, 0xFF0000, 0xFF000000)
 _BGRA_MASKS = (_DDPF_RGB | _DDPF_ALPHAPIXELS, 32, 0xFF0000, 0xFF00, 0xFF, 0xFF000000)
 
@@ -406,28 +407,41 @@ def _keep_coverage(alpha: np.ndarray, coverage: float) -> np.ndarray:
     return np.clip(alpha * np.float32(best), 0.0, 1.0)
 
 
+def _levels_from(work: np.ndarray, count: int, *, srgb: bool, normal: bool, coverage: float | None) -> list[np.ndarray]:
+    """``count`` mip levels: ``work`` itself (colour in linear light when ``srgb``), then each a box filter of the
+    one before; each back in the stored encoding, normals renormalised, cut-out alpha at ``coverage``."""
+    levels = []
+    for index in range(count):
+        if index:
+            work = _half_axis(_half_axis(work, 0), 1)
+        levels.append(_finish(work, srgb=srgb, normal=normal, coverage=coverage))
+    return levels
+
+
+def _finish(work: np.ndarray, *, srgb: bool, normal: bool, coverage: float | None) -> np.ndarray:
+    level = work.copy()
+    colour = min(3, level.shape[2])
+    if srgb:
+        level[:, :, :colour] = linear_to_srgb(level[:, :, :colour])
+    if normal:
+        level[:, :, :3] = _normalise(level[:, :, :3])
+    if coverage is not None:
+        level[:, :, 3] = _keep_coverage(level[:, :, 3], coverage)
+    return level
+
+
 def mip_chain(top: np.ndarray, levels: int, *, srgb: bool, normal: bool, cutout: bool) -> list[np.ndarray]:
     """``levels`` float32 levels from ``top`` (0..1 or float values): each a box filter of the one above, colour in
     linear light when ``srgb``, normals renormalised, cut-out alpha (the last of 2 or 4 channels) at the top
-    level's coverage."""
-    chain = [top]
-    colour = 3 if top.shape[2] >= 3 else top.shape[2]
-    has_alpha = top.shape[2] == 4
-    coverage = float(np.mean(top[:, :, 3] >= 0.5)) if cutout and has_alpha else None
+    level's coverage. (The writer makes the same levels without a float copy of the whole top level.)"""
+    coverage = float(np.mean(top[:, :, 3] >= 0.5)) if cutout and top.shape[2] == 4 else None
     work = top.copy()
     if srgb:
-        work[:, :, :colour] = srgb_to_linear(work[:, :, :colour])
-    for _ in range(1, levels):
-        work = _half_axis(_half_axis(work, 0), 1)
-        level = work.copy()
-        if srgb:
-            level[:, :, :colour] = linear_to_srgb(level[:, :, :colour])
-        if normal:
-            level[:, :, :3] = _normalise(level[:, :, :3])
-        if coverage is not None:
-            level[:, :, 3] = _keep_coverage(level[:, :, 3], coverage)
-        chain.append(level)
-    return chain
+        work[:, :, : min(3, work.shape[2])] = srgb_to_linear(work[:, :, : min(3, work.shape[2])])
+    if levels < 2:
+        return [top]
+    first = _half_axis(_half_axis(work, 0), 1)
+    return [top, *_levels_from(first, levels - 1, srgb=srgb, normal=normal, coverage=coverage)]
 
 
 def _pad4(x: np.ndarray) -> np.ndarray:
@@ -438,13 +452,16 @@ def _pad4(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _encode_level(level: np.ndarray, layout: Layout) -> bytes:
-    """One float32 level (0..1 for integer formats) -> the format's bytes."""
+def _quantise(level: np.ndarray, layout: Layout) -> np.ndarray:
+    """Float32 samples (0..1 for the integer formats) in the format's sample type."""
     if layout.dtype.startswith("float"):
-        values = level.astype(layout.dtype)
-    else:
-        top = np.iinfo(layout.dtype).max
-        values = np.rint(np.clip(level, 0.0, 1.0) * top).astype(layout.dtype)
+        return level.astype(layout.dtype)
+    top = np.iinfo(layout.dtype).max
+    return np.rint(np.clip(level, 0.0, 1.0) * top).astype(layout.dtype)
+
+
+def _encode_stored(values: np.ndarray, layout: Layout) -> bytes:
+    """One level in the format's sample type and channels -> the format's bytes."""
     if layout.block:
         stored = values[:, :, :2] if layout.normal else values
         return _bc.ENCODERS[layout.name](_pad4(np.ascontiguousarray(stored)))
@@ -502,15 +519,37 @@ def encode(target: Path, pixels: np.ndarray, extra: dict[str, Any]) -> None:
         alpha = pixels[:, :, -1]
         top = 1.0 if pixels.dtype.kind == "f" else np.iinfo(pixels.dtype).max
         cutout = bool(np.all((alpha == 0) | (alpha == top)))
-    x = _fit_channels(target, _to_float(target, pixels, layout), layout)
     normal = layout.normal or bool(extra.get("dds_normal"))
-    if normal and x.shape[2] >= 3:
-        x[:, :, :3] = _normalise(x[:, :, :3])
+    normal = normal and layout.channels >= 3
     srgb = bool(extra.get("dds_srgb")) and layout.dxgi_srgb is not None
     full = max(width, height).bit_length()
     levels = full if int(extra.get("dds_mipmaps", full)) > 1 else 1
-    chain = mip_chain(x, levels, srgb=srgb, normal=normal and x.shape[2] >= 3, cutout=cutout)
+    # The top level is prepared in bands of rows (float32 only for a band: an 8K texture's float copy would be
+    # 0.5-1 GB), and the band's half-size box filter is the first mip level's; an odd height is one band (its
+    # filter spans more than two rows).
+    stored = np.empty((height, width, layout.channels), layout.dtype)
+    step = _BAND_ROWS if height % 2 == 0 or levels == 1 else height
+    halves, covered = [], 0
+    for row in range(0, height, step):
+        band = _fit_channels(target, _to_float(target, pixels[row : row + step], layout), layout)
+        if normal:
+            band[:, :, :3] = _normalise(band[:, :, :3])
+        stored[row : row + step] = _quantise(band, layout)
+        if cutout:
+            covered += int(np.count_nonzero(band[:, :, 3] >= 0.5))
+        if levels > 1:
+            if srgb:
+                band[:, :, :3] = srgb_to_linear(band[:, :, :3])
+            halves.append(_half_axis(_half_axis(band, 0), 1))
+        del band
+    coverage = covered / (width * height) if cutout else None
+    below = []
+    if halves:
+        below = _levels_from(np.concatenate(halves), levels - 1, srgb=srgb, normal=normal, coverage=coverage)
+    del halves
     with open(target, "wb") as fh:
         fh.write(_header(layout, width, height, levels, srgb, bool(extra.get("dds_dx10"))))
-        for level in chain:
-            fh.write(_encode_level(level, layout))
+        fh.write(_encode_stored(stored, layout))
+        del stored
+        for level in below:
+            fh.write(_encode_stored(_quantise(level, layout), layout))
