@@ -112,7 +112,20 @@ class _Tilt(_Drift):
 def _upscale(pixels: np.ndarray, engine_class: type = _Drift, **options) -> np.ndarray:
     engine = engine_class()
     assert isinstance(engine, Engine)
-    return Upscaler(engine).upscale_array(pixels, UpscaleOptions(seamless="off", **options))
+    return Upscaler(engine).upscale_array(pixels, UpscaleOptions(**{"seamless": "off", **options}))
+
+
+def test_pipeline_fix_of_a_seamless_run_keeps_the_texture_tileable():
+    rng = np.random.default_rng(7)
+    tex = resample(rng.random((8, 8, 3)).astype(np.float32), 32, 32, wrap=True)  # periodic
+    tex = np.clip(tex + rng.normal(0, 0.05, tex.shape).astype(np.float32), 0, 1)
+    shift = (3, 5)
+    for seamless, equal in (("on", True), ("off", False)):
+        out = _upscale(tex, seamless=seamless, color_fix="on")
+        moved = _upscale(np.roll(tex, shift, (0, 1)), seamless=seamless, color_fix="on")
+        # A periodic run has no edge: the texture shifted by whole pixels comes out shifted by whole output pixels.
+        same = np.allclose(moved, np.roll(out, (4 * shift[0], 4 * shift[1]), (0, 1)), atol=2e-6)
+        assert same is equal, seamless
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
