@@ -5,8 +5,8 @@ and BC7 (bc7enc's BC7 with the settings below), in the calling thread: etcpak ho
 (measured: 2 threads on 2 cores 2.85 s against 2.45 s for one), and worker processes cost more to start than they
 save on one texture. What etcpak lacks is done here in numpy: BC1's 1-bit alpha (blocks with transparent pixels
 re-indexed in BC1's three-colour mode), BC2 (etcpak's BC3 colour blocks with BC2's explicit 4-bit alpha) and BC6H
-(unsigned, mode 11: one region, 10-bit endpoints, 4-bit indices; a straightforward encoder, not a search over the
-14 modes).
+(unsigned, mode 11: one region, 10-bit endpoints, 4-bit indices, least-squares endpoints; not a search over
+the 14 modes).
 Why these libraries, with measurements: docs/dds.md.
 
 Every encoder takes a C-contiguous ``(H, W, C)`` array whose height and width are multiples of 4 (the DDS writer
@@ -183,13 +183,33 @@ def _put(lo: np.ndarray, hi: np.ndarray, value: np.ndarray, pos: int, bits: int)
         hi |= v >> np.uint64(low_bits)
 
 
+def _bc6_assign(blocks: np.ndarray, q0: np.ndarray, q1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For endpoints ``q0``, ``q1`` (n, 3): each pixel's nearest of the 16 colours the decoder makes (n, 16) and the
+    block's squared error (n,), in half-float bit patterns."""
+    u0, u1 = _bc6_unquantize(q0), _bc6_unquantize(q1)
+    weight = _BC6_WEIGHTS[None, :, None]
+    palette = np.right_shift(u0[:, None, :] * (64 - weight) + u1[:, None, :] * weight + 32, 6)
+    palette = (palette * 31) >> 6  # (n, 16 colours, 3): the half patterns the decoder returns
+    distance = np.zeros((blocks.shape[0], 16, 16), np.float64)
+    for ch in range(3):
+        distance += (blocks[:, :, None, ch] - palette[:, None, :, ch]).astype(np.float64) ** 2
+    index = distance.argmin(axis=2)
+    error = np.take_along_axis(distance, index[:, :, None], axis=2)[:, :, 0].sum(axis=1)
+    return index.astype(np.int64), error
+
+
+def _bc6_quantize(unquantized: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint((unquantized - 32.0) / 64.0), 0, 1023).astype(np.int64)
+
+
 def encode_bc6h(pixels: np.ndarray) -> bytes:
     """BC6H_UF16 (mode 11) from (H, W, 3) float16/float32 linear RGB; negative values become 0, values above
     65504 (half's largest) become 65504.
 
-    Works in half-float bit patterns, the domain the decoder interpolates in: endpoints are each block's per-channel
-    extremes (the box diagonal that follows the block's main direction), indices the nearest of the 16 colours the
-    decoder will make."""
+    Works in half-float bit patterns, the domain the decoder interpolates in: first endpoints are each block's
+    per-channel extremes (the box diagonal that follows the block's main direction), indices the nearest of the 16
+    colours the decoder will make; then two rounds of least-squares endpoints for those indices, kept per block
+    where they lower the error."""
     rgb = np.clip(np.nan_to_num(pixels[:, :, :3].astype(np.float32), nan=0.0), 0.0, 65504.0)
     half_bits = rgb.astype(np.float16).view(np.uint16).astype(np.int64)
     blocks = _blocks_of(half_bits)  # (n, 16, 3)
@@ -201,18 +221,26 @@ def encode_bc6h(pixels: np.ndarray) -> bytes:
     centred = target - target.mean(axis=1, keepdims=True)
     lead_values = np.take_along_axis(centred, lead[:, None, None], axis=2)  # (n, 16, 1)
     falling = (centred * lead_values).sum(axis=1) < 0  # (n, 3)
-    start = np.where(falling, hi_px, lo_px)
-    end = np.where(falling, lo_px, hi_px)
-    q0 = np.clip(np.rint((start - 32.0) / 64.0), 0, 1023).astype(np.int64)
-    q1 = np.clip(np.rint((end - 32.0) / 64.0), 0, 1023).astype(np.int64)
-    u0, u1 = _bc6_unquantize(q0), _bc6_unquantize(q1)  # (n, 3)
-    weight = _BC6_WEIGHTS[None, :, None]
-    palette = np.right_shift(u0[:, None, :] * (64 - weight) + u1[:, None, :] * weight + 32, 6)
-    palette = (palette * 31) >> 6  # (n, 16 colours, 3): the half patterns the decoder returns
-    distance = np.zeros((blocks.shape[0], 16, 16), np.float64)
-    for ch in range(3):
-        distance += (blocks[:, :, None, ch] - palette[:, None, :, ch]).astype(np.float64) ** 2
-    index = distance.argmin(axis=2).astype(np.int64)  # (n, 16)
+    q0 = _bc6_quantize(np.where(falling, hi_px, lo_px))
+    q1 = _bc6_quantize(np.where(falling, lo_px, hi_px))
+    index, error = _bc6_assign(blocks, q0, q1)
+    for _ in range(2):
+        b = _BC6_WEIGHTS[index].astype(np.float64) / 64.0  # (n, 16): each pixel's share of endpoint 1
+        a = 1.0 - b
+        aa, ab, bb = (a * a).sum(axis=1), (a * b).sum(axis=1), (b * b).sum(axis=1)
+        det = aa * bb - ab * ab
+        solvable = det > 1e-9
+        safe = np.where(solvable, det, 1.0)[:, None]
+        at, bt = (a[:, :, None] * target).sum(axis=1), (b[:, :, None] * target).sum(axis=1)  # (n, 3)
+        e0 = (bb[:, None] * at - ab[:, None] * bt) / safe
+        e1 = (aa[:, None] * bt - ab[:, None] * at) / safe
+        n0, n1 = _bc6_quantize(e0), _bc6_quantize(e1)
+        new_index, new_error = _bc6_assign(blocks, n0, n1)
+        better = solvable & (new_error < error)
+        q0 = np.where(better[:, None], n0, q0)
+        q1 = np.where(better[:, None], n1, q1)
+        index = np.where(better[:, None], new_index, index)
+        error = np.where(better, new_error, error)
     # Pixel 0's index has 3 bits: its top bit must be 0, so swap the endpoints where it is 1 (weights are symmetric).
     swap = index[:, 0] >= 8
     q0, q1 = np.where(swap[:, None], q1, q0), np.where(swap[:, None], q0, q1)
