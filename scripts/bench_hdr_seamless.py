@@ -37,7 +37,7 @@ def previous_policy(rgb, role, colorspace):
     x = x / np.float32(peak)
     x = np.clip(linear_to_srgb(x) if colorspace == "linear" else x, 0, 1)
 
-    def decode(y):
+    def decode(y, *_position):  # the pipeline also passes the block's output rows (HdrCurve's knees)
         return (srgb_to_linear(y) if colorspace == "linear" else y) * np.float32(peak)
 
     return x, decode

@@ -118,3 +118,78 @@ def test_plain_01_float_images_keep_the_previous_path(colorspace):
     assert decode.hdr is None and np.array_equal(encoded, np.clip(expected, 0, 1))
     back = decode(encoded.copy())
     assert np.array_equal(back, srgb_to_linear(encoded) if colorspace == "linear" else encoded)
+
+
+# --- issue 21 item 11: pixels in the normal range go through as they would without the bright pixel ----------
+
+
+def test_away_from_highlights_a_01_image_is_encoded_exactly_as_without_them():
+    """Exposure 1: the knee is 0.8 only near the highlights; from HIGHLIGHT_INNER + HIGHLIGHT_RAMP pixels away
+    every pixel is encoded bit for bit as in the plain [0, 1] path (it used to be 0.8 of it everywhere)."""
+    photo = _linear_photo()
+    bright = photo.copy()
+    bright[5, 5] = 50000.0
+    bright[40, 50] = (3.0, 0.2, 0.1)
+    plain, _ = policy.encode_for_model(photo, "color", "linear")
+    encoded, decode = policy.encode_for_model(bright, "color", "linear")
+    assert decode.hdr is not None and decode.hdr.exposure == 1.0
+    reach = policy.HIGHLIGHT_INNER + policy.HIGHLIGHT_RAMP
+    far = np.ones(photo.shape[:2], bool)
+    for y, x in ((5, 5), (40, 50)):
+        far[max(0, y - reach) : y + reach + 1, max(0, x - reach) : x + reach + 1] = False
+    assert far.sum() > 0.5 * far.size and np.array_equal(encoded[far], plain[far])
+    # Near them the bulk is at 0.8 of its range, as before, so the highlights keep the range above it.
+    near = np.zeros_like(far)
+    near[2:9, 2:9] = True
+    near[5, 5] = False
+    np.testing.assert_allclose(encoded[near], 0.8 * plain[near], rtol=1e-6)
+    assert encoded[5, 5].min() > 0.99
+
+
+@pytest.mark.parametrize("colorspace", ["linear", "srgb"])
+def test_the_knee_map_round_trips_whole_and_in_row_blocks(colorspace):
+    rng = np.random.default_rng(5)
+    x = rng.random((50, 70, 3)).astype(np.float32)
+    x[10, 10] = (7.0, 0.5, 300.0)
+    x[45, 3] = 2.0
+    encoded, decode = policy.encode_for_model(x, "color", colorspace)
+    assert decode.hdr.exposure == 1.0 and 0 < decode.hdr.near.mean() < 1
+    np.testing.assert_allclose(decode(encoded.copy()), x, rtol=2e-6, atol=1e-7)
+    # In row blocks, as the pipeline's sinks decode (same result as the whole), also at another output size.
+    blocks = [decode(encoded[r : r + 7].copy(), r, 50) for r in range(0, 50, 7)]
+    np.testing.assert_array_equal(np.concatenate(blocks), decode(encoded.copy()))
+    up = np.repeat(np.repeat(encoded, 2, axis=0), 2, axis=1)
+    whole = decode(up.copy(), 0, 100)
+    parts = np.concatenate([decode(up[r : r + 13].copy(), r, 100) for r in range(0, 100, 13)])
+    np.testing.assert_array_equal(parts, whole)
+    far = whole[60:, 48:]  # more than INNER + RAMP input pixels from both highlights: the plain decoding
+    plain = srgb_to_linear(up[60:, 48:]) if colorspace == "linear" else up[60:, 48:]
+    np.testing.assert_array_equal(far, plain)
+
+
+MODELS_21 = [
+    "realesr-animevideov3",
+    "realesrgan-x4plus-anime",
+    pytest.param("realesrgan-x4plus", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("model", MODELS_21)
+def test_one_bright_pixel_leaves_the_rest_as_without_it_for_every_model(model, one_torch_thread):
+    """Issue 21 item 11: the whole image used to move onto the curve (0.8 of its range) for one bright pixel.
+    PSNR more than 24 px away from it (scripts/bench_hdr_seamless.py), peaks 4 / 100 / 1000 / 50000, before:
+    animevideov3 44.5 at each; x4plus-anime 30.1 / 5.6 / -11.0 / -45.5; x4plus 38.0 / 28.7 / 19.1 / -2.0 (the
+    RRDB models spread the highlight in the log domain far over the image). Now 55.8 / 51.0 / 56.3 dB at every
+    peak: beyond HIGHLIGHT_INNER + HIGHLIGHT_RAMP the model sees exactly the image without the bright pixel."""
+    up = Upscaler(model, engine="torch", device="cpu", precision="fp32")
+    photo = _linear_photo()
+    options = UpscaleOptions(tile=96, seamless="off", color_fix="off")
+    clean = up.upscale_array(photo, options, colorspace="linear")
+    for peak in (4.0, 50000.0):
+        bright = photo.copy()
+        bright[5, 5] = peak
+        out = up.upscale_array(bright, options, colorspace="linear")
+        s = up.engine.scale
+        assert _psnr(_away(out, s), _away(clean, s), 1.0) >= 48.0, (model, peak)
+        block = out[5 * s : 6 * s, 5 * s : 6 * s]
+        assert block.max() == out.max() and block.max() > min(peak, 10.0) * 0.5

@@ -340,7 +340,7 @@ class Upscaler:
 
         def colour_sink(block: np.ndarray, row0: int) -> None:
             rows = slice(row0, row0 + block.shape[0])
-            decoded = decode(block)
+            decoded = decode(block, row0, out_h)  # the HDR curve's knee depends on where a pixel is
             if channels >= 3:
                 out[rows, :, :3] = from_float32(decoded, dtype_name)
             else:

@@ -10,11 +10,14 @@ domain with an exactly invertible transform (:func:`encode_for_model`) and maps 
 * ``color`` with values above 1 (HDR): :class:`HdrCurve`, a per-pixel, per-channel tone curve, exactly
   invertible. The image is first divided by an *exposure*, a power of two >= 1 chosen from the 99.5th
   percentile of the pixels (never from the maximum: one bright pixel cannot move it), so that the bulk of
-  the image lies in [0, 1]; that bulk is encoded as ``KNEE * B(u)`` (``B`` = the sRGB curve for linear data,
-  the identity for sRGB data, ``KNEE`` = 0.8) and everything brighter is compressed logarithmically into
-  (``KNEE``, 1], with the slope matched at the knee and the top of the curve at the image's maximum rounded up
-  to a power of two. So a pixel below the knee is encoded the same whatever the brightest pixel is, and the
-  highlights keep equal contrast per stop (why not divide by the maximum: docs/reliability.md).
+  the image lies in [0, 1]; that bulk is encoded as ``k * B(u)`` (``B`` = the sRGB curve for linear data,
+  the identity for sRGB data) and everything brighter is compressed logarithmically into (``k``, 1], with the
+  slope matched at the knee ``k`` and the top of the curve at the image's maximum rounded up to a power of two.
+  So a pixel below the knee is encoded the same whatever the brightest pixel is, and the highlights keep equal
+  contrast per stop (why not divide by the maximum: docs/reliability.md). The knee is ``KNEE`` = 0.8 when the
+  exposure is above 1; when it is 1 (an image in [0, 1] with a few brighter pixels) it is 0.8 only around the
+  highlights and 1 from :data:`HIGHLIGHT_INNER` + :data:`HIGHLIGHT_RAMP` pixels away, where every pixel is encoded,
+  and upscaled, exactly as in the image without them.
 * ``normal``: tangent-space normals encoded as ``n * 0.5 + 0.5`` in [0, 1] (floats are clipped into it).
   The encoded RGB goes through the model; every output pixel is decoded to [-1, 1], renormalised to unit
   length and re-encoded. The handedness (OpenGL/DirectX Y) is kept: no channel is flipped. A vector that
@@ -27,7 +30,7 @@ domain with an exactly invertible transform (:func:`encode_for_model`) and maps 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,8 +50,11 @@ class Decode:
     lo: np.ndarray | None = None  # data: per-channel affine map back
     hi: np.ndarray | None = None
 
-    def __call__(self, y: np.ndarray) -> np.ndarray:
-        """(h, w, 3) float32 model output in [0, 1] -> role values, float32 (modified in place when possible)."""
+    def __call__(self, y: np.ndarray, row0: int = 0, out_height: int | None = None) -> np.ndarray:
+        """(h, w, 3) float32 model output in [0, 1] -> role values, float32 (modified in place when possible).
+
+        ``y`` holds output rows ``row0`` .. ``row0 + h`` of an output ``out_height`` rows high (default: ``y`` is
+        the whole output); only the HDR curve's encoding depends on where a pixel is (:class:`HdrCurve`)."""
         if self.role == "normal":
             return renormalise_normals(y)
         if self.role == "data":
@@ -57,7 +63,7 @@ class Decode:
                 y += self.lo.astype(np.float32)
             return y
         if self.hdr is not None:
-            return self.hdr.decode(y)
+            return self.hdr.decode(y, self.hdr.knees_at(row0, y.shape[0], out_height or row0 + y.shape[0], y.shape[1]))
         if self.colorspace == "linear":
             y = srgb_to_linear(y)
         return y
@@ -71,6 +77,15 @@ KNEE = 0.8
 EXPOSURE_PERCENTILE = 99.5
 #: The exposure is judged on at most this many pixels (evenly strided), so 8K images cost no extra full copy.
 _EXPOSURE_SAMPLES = 1 << 20
+#: In an image whose bulk is in [0, 1] (exposure 1), only the neighbourhood of its highlights is encoded on the
+#: curve (bulk at KNEE): within HIGHLIGHT_INNER pixels of a highlight (the largest of the row and column
+#: distances), ramping to the plain encoding (bulk at 1) over the next HIGHLIGHT_RAMP pixels; beyond, every pixel
+#: is encoded exactly as in the same image without its highlights. The inner zone keeps what the model sees
+#: around a highlight as before (a smaller one let the ramp pull the highlight down: 3 px gave a 50000 pixel back
+#: at 50 instead of 1670 with realesr-animevideov3); the ramp is smooth so the model takes it as a gain, not an
+#: edge. 12 + 6 px: 51-56 dB away from the highlight for the three packaged models (docs/reliability.md).
+HIGHLIGHT_INNER = 12
+HIGHLIGHT_RAMP = 6
 #: Slope of the sRGB encoding at 1 (1.055 / 2.4): the log tail starts with the same slope, so the curve is C1.
 _SRGB_SLOPE_AT_1 = 1.055 / 2.4
 
@@ -87,24 +102,66 @@ def _tail_gain(slope: float, top: float) -> float:
     return math.sqrt(lo * hi)
 
 
+def _window_any(mask: np.ndarray, radius: int, axis: int) -> np.ndarray:
+    """Whether any element within ``radius`` along ``axis`` is set (a running count from cumulative sums)."""
+    n = mask.shape[axis]
+    c = np.cumsum(mask, axis=axis, dtype=np.int64)
+    c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
+    idx = np.arange(n)
+    hi = np.take(c, np.minimum(idx + radius + 1, n), axis=axis)
+    lo = np.take(c, np.maximum(idx - radius, 0), axis=axis)
+    return (hi - lo) > 0
+
+
+def _window_mean(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
+    """The mean over the part of a ``2 radius + 1`` window along ``axis`` inside the image (float64)."""
+    n = a.shape[axis]
+    c = np.cumsum(a, axis=axis, dtype=np.float64)
+    c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
+    idx = np.arange(n)
+    upper, lower = np.minimum(idx + radius + 1, n), np.maximum(idx - radius, 0)
+    count = (upper - lower).astype(np.float64)
+    shape = [1] * a.ndim
+    shape[axis] = n
+    return (np.take(c, upper, axis=axis) - np.take(c, lower, axis=axis)) / count.reshape(shape)
+
+
+def near_highlights(bright: np.ndarray) -> np.ndarray:
+    """(H, W) bool highlights -> (H, W) float32 weight: exactly 1 within :data:`HIGHLIGHT_INNER` pixels of one,
+    exactly 0 beyond ``HIGHLIGHT_INNER + HIGHLIGHT_RAMP``, a ramp between (a box-filtered square dilation)."""
+    half = HIGHLIGHT_RAMP // 2
+    grown = _window_any(_window_any(bright, HIGHLIGHT_INNER + half, 0), HIGHLIGHT_INNER + half, 1)
+    weight = _window_mean(_window_mean(grown.astype(np.float32), half, 0), half, 1)
+    return np.clip(weight, 0.0, 1.0).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class HdrCurve:
     """Per-pixel tone curve for colour with values above 1, and its exact inverse (see the module docstring).
 
-    With ``u = v / exposure`` (``v`` >= 0, one channel of one pixel):
+    With ``u = v / exposure`` (``v`` >= 0, one channel of one pixel) and the pixel's knee ``k``:
 
-    * ``u <= 1``: ``e = KNEE * B(u)``, ``B`` the sRGB encoding (``colorspace == "linear"``) or the identity;
-    * ``u > 1``: ``e = KNEE + (1 - KNEE) * log1p(c (u - 1)) / log1p(c (top - 1))``, reaching 1 at ``u = top``;
+    * ``u <= 1``: ``e = k * B(u)``, ``B`` the sRGB encoding (``colorspace == "linear"``) or the identity;
+    * ``u > 1``: ``e = k + (1 - k) * log1p(c (u - 1)) / log1p(c (top - 1))``, reaching 1 at ``u = top``;
       ``c`` makes the slope at the knee equal to the bulk's (no kink for the model to sharpen).
 
     ``exposure`` is a power of two >= 1 (dividing by it is exact), fitted on a percentile, so it does not depend
     on a few bright pixels; ``top`` is the image's maximum over the exposure rounded up to a power of two (>= 2).
+
+    The knee is :data:`KNEE` everywhere when the exposure is above 1 (the whole image is on the curve). When it is
+    1 (the bulk of the image lies in [0, 1]), ``near`` weighs each pixel's distance to the highlights
+    (:func:`near_highlights`) and ``k = 1 - (1 - KNEE) near``: KNEE around the highlights, where the range above it
+    holds them, and 1 away from them, where a pixel is encoded, and so upscaled, exactly as it would be without
+    the highlights (one bright pixel used to move every pixel of the image onto the curve: 4-29 dB from the
+    clean upscale away from it, by model). Decoding samples ``near`` at each output pixel (bilinear, input pixel
+    centres), so at scale 1 it inverts the encoding exactly.
     """
 
     colorspace: str
     exposure: float
     top: float
     gain: float
+    near: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def fit(cls, x: np.ndarray, colorspace: str) -> HdrCurve:
@@ -119,10 +176,33 @@ class HdrCurve:
         top = 2.0 ** max(1, math.ceil(math.log2(highest))) if highest > 1.0 else 2.0
         bulk_slope = _SRGB_SLOPE_AT_1 if colorspace == "linear" else 1.0
         gain = _tail_gain(KNEE * bulk_slope / (1.0 - KNEE), top)
-        return cls(colorspace, exposure, top, gain)
+        near = near_highlights(x.max(axis=2) > 1.0) if exposure == 1.0 else None
+        return cls(colorspace, exposure, top, gain, near)
 
     def _log_range(self) -> float:
         return math.log1p(self.gain * (self.top - 1.0))
+
+    def knees(self) -> np.ndarray | float:
+        """Each input pixel's knee, (H, W, 1) float32, or the scalar KNEE when it is the same everywhere."""
+        if self.near is None:
+            return KNEE
+        return (np.float32(1.0) - np.float32(1.0 - KNEE) * self.near)[:, :, None]
+
+    def knees_at(self, row0: int, rows: int, out_height: int, out_width: int) -> np.ndarray | float:
+        """The knees of output rows ``row0`` .. ``row0 + rows`` of an ``out_height`` x ``out_width`` output:
+        ``near`` sampled bilinearly at each output pixel's centre mapped onto the input (exact at scale 1)."""
+        if self.near is None:
+            return KNEE
+        height, width = self.near.shape
+        ys = (np.arange(row0, row0 + rows, dtype=np.float64) + 0.5) * (height / out_height) - 0.5
+        xs = (np.arange(out_width, dtype=np.float64) + 0.5) * (width / out_width) - 0.5
+        y0, fy = _bilinear_index(ys, height)
+        x0, fx = _bilinear_index(xs, width)
+        rows_near = self.near[y0] * (1.0 - fy)[:, None] + self.near[np.minimum(y0 + 1, height - 1)] * fy[:, None]
+        near = rows_near[:, x0] * (1.0 - fx) + rows_near[:, np.minimum(x0 + 1, width - 1)] * fx
+        if not near.any():
+            return 1.0
+        return (np.float32(1.0) - np.float32(1.0 - KNEE) * near.astype(np.float32))[:, :, None]
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Values >= 0 (float32) -> new float32 array in [0, 1]."""
@@ -133,24 +213,42 @@ class HdrCurve:
         tail = u[bright].astype(np.float64)
         bulk = np.minimum(u, 1.0, out=u)
         e = linear_to_srgb(bulk) if self.colorspace == "linear" else bulk
-        e *= np.float32(KNEE)
+        knee = self.knees()
+        e *= knee if isinstance(knee, np.ndarray) else np.float32(knee)
         if tail.size:
+            k = np.broadcast_to(knee, e.shape)[bright].astype(np.float64) if isinstance(knee, np.ndarray) else knee
             t = np.log1p(self.gain * (tail - 1.0)) / self._log_range()
-            e[bright] = (KNEE + (1.0 - KNEE) * np.minimum(t, 1.0)).astype(np.float32)
+            e[bright] = (k + (1.0 - k) * np.minimum(t, 1.0)).astype(np.float32)
         return np.clip(e, 0.0, 1.0, out=e)
 
-    def decode(self, y: np.ndarray) -> np.ndarray:
-        """Model output in [0, 1] (values outside are clipped) -> values >= 0, float32; the inverse of encode."""
+    def decode(self, y: np.ndarray, knee: np.ndarray | float = KNEE) -> np.ndarray:
+        """Model output in [0, 1] (values outside are clipped) -> values >= 0, float32; the inverse of encode.
+
+        ``knee``: the knee of each pixel of ``y`` (:meth:`knees_at`), KNEE everywhere by default."""
         y = np.clip(y, 0.0, 1.0).astype(np.float32, copy=False)
-        bright = y > np.float32(KNEE)
-        t = (y[bright].astype(np.float64) - KNEE) / (1.0 - KNEE)
-        bulk = np.minimum(y, np.float32(KNEE)) * np.float32(1.0 / KNEE)
+        if isinstance(knee, np.ndarray):
+            k = np.broadcast_to(knee, y.shape)
+            bright = y > k
+            kb = k[bright].astype(np.float64)
+            t = (y[bright].astype(np.float64) - kb) / (1.0 - kb)
+            bulk = np.minimum(y, k) / k
+        else:
+            bright = y > np.float32(knee)
+            t = (y[bright].astype(np.float64) - knee) / (1.0 - knee)
+            bulk = np.minimum(y, np.float32(knee)) * np.float32(1.0 / knee) if knee != 1.0 else y.copy()
         v = srgb_to_linear(bulk) if self.colorspace == "linear" else bulk
         if t.size:
             v[bright] = np.minimum(1.0 + np.expm1(t * self._log_range()) / self.gain, _FLOAT32_MAX / self.exposure)
         if self.exposure != 1.0:
             v *= np.float32(self.exposure)
         return v
+
+
+def _bilinear_index(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lower sample index and weight of the upper one for coordinates in pixel-centre units, clamped to the edge."""
+    coords = np.clip(coords, 0.0, size - 1)
+    lower = np.floor(coords).astype(np.intp)
+    return lower, (coords - lower).astype(np.float32)
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
