@@ -102,37 +102,27 @@ def _tail_gain(slope: float, top: float) -> float:
     return math.sqrt(lo * hi)
 
 
-def _window_any(mask: np.ndarray, radius: int, axis: int) -> np.ndarray:
-    """Whether any element within ``radius`` along ``axis`` is set (a running count from cumulative sums)."""
-    n = mask.shape[axis]
-    c = np.cumsum(mask, axis=axis, dtype=np.int64)
-    c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
-    idx = np.arange(n)
-    hi = np.take(c, np.minimum(idx + radius + 1, n), axis=axis)
-    lo = np.take(c, np.maximum(idx - radius, 0), axis=axis)
-    return (hi - lo) > 0
-
-
-def _window_mean(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
-    """The mean over the part of a ``2 radius + 1`` window along ``axis`` inside the image (float64)."""
+def _window_sum(a: np.ndarray, radius: int, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Integer sums over the part of a ``2 radius + 1`` window along ``axis`` inside the array, and how many
+    elements each window holds there (running sums: exact, whatever the radius)."""
     n = a.shape[axis]
-    c = np.cumsum(a, axis=axis, dtype=np.float64)
+    c = np.cumsum(a, axis=axis, dtype=np.int32)
     c = np.concatenate([np.zeros_like(np.take(c, [0], axis=axis)), c], axis=axis)
     idx = np.arange(n)
     upper, lower = np.minimum(idx + radius + 1, n), np.maximum(idx - radius, 0)
-    count = (upper - lower).astype(np.float64)
-    shape = [1] * a.ndim
-    shape[axis] = n
-    return (np.take(c, upper, axis=axis) - np.take(c, lower, axis=axis)) / count.reshape(shape)
+    return np.take(c, upper, axis=axis) - np.take(c, lower, axis=axis), upper - lower
 
 
 def near_highlights(bright: np.ndarray) -> np.ndarray:
     """(H, W) bool highlights -> (H, W) float32 weight: exactly 1 within :data:`HIGHLIGHT_INNER` pixels of one,
     exactly 0 beyond ``HIGHLIGHT_INNER + HIGHLIGHT_RAMP``, a ramp between (a box-filtered square dilation)."""
     half = HIGHLIGHT_RAMP // 2
-    grown = _window_any(_window_any(bright, HIGHLIGHT_INNER + half, 0), HIGHLIGHT_INNER + half, 1)
-    weight = _window_mean(_window_mean(grown.astype(np.float32), half, 0), half, 1)
-    return np.clip(weight, 0.0, 1.0).astype(np.float32)
+    grow = HIGHLIGHT_INNER + half
+    grown = _window_sum(_window_sum(bright, grow, 0)[0] > 0, grow, 1)[0] > 0
+    rows, row_counts = _window_sum(grown, half, 0)
+    sums, col_counts = _window_sum(rows, half, 1)
+    weight = sums / (row_counts[:, None] * col_counts[None, :]).astype(np.float64)
+    return weight.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -162,6 +152,8 @@ class HdrCurve:
     top: float
     gain: float
     near: np.ndarray | None = field(default=None, compare=False, repr=False)
+    near_origin: tuple[int, int] = (0, 0)  # where ``near`` (a box around the highlights) lies in the image
+    image_size: tuple[int, int] = (0, 0)  # (H, W) of the image the curve was fitted on
 
     @classmethod
     def fit(cls, x: np.ndarray, colorspace: str) -> HdrCurve:
@@ -176,16 +168,23 @@ class HdrCurve:
         top = 2.0 ** max(1, math.ceil(math.log2(highest))) if highest > 1.0 else 2.0
         bulk_slope = _SRGB_SLOPE_AT_1 if colorspace == "linear" else 1.0
         gain = _tail_gain(KNEE * bulk_slope / (1.0 - KNEE), top)
-        near = near_highlights(x.max(axis=2) > 1.0) if exposure == 1.0 else None
-        return cls(colorspace, exposure, top, gain, near)
+        if exposure != 1.0:
+            return cls(colorspace, exposure, top, gain)
+        # Only the box around the highlights (and their ramps) is kept: a sun in an 8K image costs a few KB.
+        bright = x.max(axis=2) > 1.0
+        reach = HIGHLIGHT_INNER + HIGHLIGHT_RAMP + HIGHLIGHT_RAMP // 2 + 1
+        rows, cols = np.flatnonzero(bright.any(axis=1)), np.flatnonzero(bright.any(axis=0))
+        y0, y1 = max(0, int(rows[0]) - reach), min(x.shape[0], int(rows[-1]) + reach + 1)
+        x0, x1 = max(0, int(cols[0]) - reach), min(x.shape[1], int(cols[-1]) + reach + 1)
+        near = near_highlights(bright[y0:y1, x0:x1])
+        return cls(colorspace, exposure, top, gain, near, (y0, x0), x.shape[:2])
 
     def _log_range(self) -> float:
         return math.log1p(self.gain * (self.top - 1.0))
 
-    def knees(self) -> np.ndarray | float:
-        """Each input pixel's knee, (H, W, 1) float32, or the scalar KNEE when it is the same everywhere."""
-        if self.near is None:
-            return KNEE
+    def _knee_box(self) -> np.ndarray:
+        """The knees over ``near``'s box, (h, w, 1) float32; 1 outside it."""
+        assert self.near is not None
         return (np.float32(1.0) - np.float32(1.0 - KNEE) * self.near)[:, :, None]
 
     def knees_at(self, row0: int, rows: int, out_height: int, out_width: int) -> np.ndarray | float:
@@ -193,13 +192,17 @@ class HdrCurve:
         ``near`` sampled bilinearly at each output pixel's centre mapped onto the input (exact at scale 1)."""
         if self.near is None:
             return KNEE
-        height, width = self.near.shape
-        ys = (np.arange(row0, row0 + rows, dtype=np.float64) + 0.5) * (height / out_height) - 0.5
-        xs = (np.arange(out_width, dtype=np.float64) + 0.5) * (width / out_width) - 0.5
-        y0, fy = _bilinear_index(ys, height)
-        x0, fx = _bilinear_index(xs, width)
-        rows_near = self.near[y0] * (1.0 - fy)[:, None] + self.near[np.minimum(y0 + 1, height - 1)] * fy[:, None]
-        near = rows_near[:, x0] * (1.0 - fx) + rows_near[:, np.minimum(x0 + 1, width - 1)] * fx
+        (height, width), (y0, x0) = self.image_size, self.near_origin
+        box_h, box_w = self.near.shape
+        ys = (np.arange(row0, row0 + rows, dtype=np.float64) + 0.5) * (height / out_height) - 0.5 - y0
+        if ys[-1] < -1.0 or ys[0] > box_h:
+            return 1.0  # rows away from every highlight
+        xs = (np.arange(out_width, dtype=np.float64) + 0.5) * (width / out_width) - 0.5 - x0
+        # Clamped into the box: its border rows and columns are 0 (or the image's own edge), as outside it.
+        iy, fy = _bilinear_index(ys, box_h)
+        ix, fx = _bilinear_index(xs, box_w)
+        near_rows = self.near[iy] * (1.0 - fy)[:, None] + self.near[np.minimum(iy + 1, box_h - 1)] * fy[:, None]
+        near = near_rows[:, ix] * (1.0 - fx) + near_rows[:, np.minimum(ix + 1, box_w - 1)] * fx
         if not near.any():
             return 1.0
         return (np.float32(1.0) - np.float32(1.0 - KNEE) * near.astype(np.float32))[:, :, None]
@@ -213,10 +216,16 @@ class HdrCurve:
         tail = u[bright].astype(np.float64)
         bulk = np.minimum(u, 1.0, out=u)
         e = linear_to_srgb(bulk) if self.colorspace == "linear" else bulk
-        knee = self.knees()
-        e *= knee if isinstance(knee, np.ndarray) else np.float32(knee)
+        k: np.ndarray | float = KNEE
+        if self.near is None:
+            e *= np.float32(KNEE)
+        else:  # every highlight lies inside near's box
+            (y0, x0), (box_h, box_w) = self.near_origin, self.near.shape
+            box = self._knee_box()
+            e[y0 : y0 + box_h, x0 : x0 + box_w] *= box
+            rows, cols, _ = np.nonzero(bright)  # the order of u[bright]
+            k = box[rows - y0, cols - x0, 0].astype(np.float64)
         if tail.size:
-            k = np.broadcast_to(knee, e.shape)[bright].astype(np.float64) if isinstance(knee, np.ndarray) else knee
             t = np.log1p(self.gain * (tail - 1.0)) / self._log_range()
             e[bright] = (k + (1.0 - k) * np.minimum(t, 1.0)).astype(np.float32)
         return np.clip(e, 0.0, 1.0, out=e)
