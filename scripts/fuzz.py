@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/fuzz.py                                  # 5000 file mutants, seed 0
     .venv/bin/python scripts/fuzz.py --count 20000 --seconds 600 --seed 7
-    .venv/bin/python scripts/fuzz.py --count 300 --cli 40 --worker 200   # what tests/core/test_fuzz.py runs
+    .venv/bin/python scripts/fuzz.py --count 300 --cli 40 --worker 200 --manifest 150  # tests/core/test_fuzz.py
 
 Valid seed files of every format texup reads (PNG 8/16-bit, gray, RGBA, palette; JPEG baseline, gray and
 progressive; TIFF 8/16-bit, float16/32, LZW, uncompressed; EXR half/float, ZIP/PIZ/none; WebP lossless and
@@ -12,7 +12,7 @@ byte overwrites, truncation, zero-filled ranges, slice and chunk/segment duplica
 overwrites (sizes, offsets, counts) with PNG checksums fixed up half the time so the damage reaches the
 decoder, PNG pixel-stream (IDAT) damage under a valid zlib stream, and splices of two seeds of one format.
 
-Three engines, each checking what issue 11 asks:
+Four engines, each checking what issues 11 and 21 ask:
 
 * decode: every mutant through ``texup.imageio.read_image`` in a child process (so a hang is a per-file
   timeout, not a stuck run); each must decode to a C-contiguous (H, W, C) array of the header's dtype and shape
@@ -26,6 +26,13 @@ Three engines, each checking what issue 11 asks:
   nesting, unknown types, binary junk, jobs with hostile fields), each followed by a ``ping``: it must answer
   every ping, finish every job it accepted with ``done``, send at most one ``error`` per bad line (one per item
   for a job) with no traceback, never exit, write nothing outside its temporary folder, and exit 0 at end of input.
+
+* manifest (issue 21): damaged states of an output folder texup wrote (:func:`manifest_cases`: the manifest or a
+  journal line damaged as bytes or as JSON, junk journal lines, state files and folders swapped for FIFOs, links
+  or folders), each read by ``texup.outputs.OutputRecord`` and the add-on's ``bridge.manifest.OutputsView``,
+  written to and saved in a child process with a per-case alarm: no exception but a one-line ``ManifestError``, no
+  hang, nothing outside the folder changed, a file texup did not write never taken for texup's, no temporary
+  file left.
 
 Everything is written under one temporary folder, removed at the end. Prints per-format counts and the machine.
 """
@@ -1058,6 +1065,345 @@ def run_worker_fuzz(lines: list[bytes], work: Path, *, line_timeout: float = 60.
     )
 
 
+# --- the output folder's manifest and journals ------------------------------------------------------------------
+
+#: Values that break a reader that trusts a manifest's types (wrong types, NUL, paths out of the folder, huge and
+#: non-finite numbers, deep nesting).
+_HOSTILE_JSON: list[Any] = [
+    None,
+    True,
+    "12",
+    "",
+    "\u0000",
+    "../outside.png",
+    "/etc/passwd",
+    -1,
+    2**70,
+    1e308,
+    float("nan"),
+    [],
+    {},
+    [[[[[[[[]]]]]]]],
+    {"size": "1"},
+]
+_STATE_FILES = ("manifest", "journal", "lock", "state", "journals")
+
+
+@dataclass
+class ManifestCase:
+    index: int
+    how: str
+    manifest: bytes | None  # None: leave as written
+    journal: bytes | None
+    swap: tuple[str, str] | None  # (which of _STATE_FILES, "fifo" | "link-file" | "link-dir" | "dangling" | "folder")
+
+
+def _poke(tree: Any, rng: np.random.Generator) -> tuple[Any, str]:
+    """Replace one value (or key) somewhere in a parsed manifest with a hostile one."""
+    path: list[Any] = []
+    node = tree
+    while isinstance(node, (dict, list)) and node and rng.random() < 0.8:
+        key = list(node)[int(rng.integers(0, len(node)))] if isinstance(node, dict) else int(rng.integers(0, len(node)))
+        path.append(key)
+        node = node[key]
+    value = _HOSTILE_JSON[int(rng.integers(0, len(_HOSTILE_JSON)))]
+    if rng.random() < 0.05:
+        value = _DEEP  # replaced by 5000 nested lists when written
+    if not path:
+        return value, f"whole={value!r:.40}"
+    parent = tree
+    for key in path[:-1]:
+        parent = parent[key]
+    last = path[-1]
+    if isinstance(parent, dict) and rng.random() < 0.2:
+        parent[str(value)[:40] if not isinstance(value, str) else value] = parent.pop(last)
+        return tree, f"key {'/'.join(map(str, path))} -> {value!r:.40}"
+    if isinstance(parent, dict) and rng.random() < 0.15:
+        del parent[last]
+        return tree, f"del {'/'.join(map(str, path))}"
+    parent[last] = value
+    return tree, f"{'/'.join(map(str, path))}={value!r:.40}"
+
+
+_DEEP = "__deep__"
+
+
+def _dump(tree: Any) -> bytes:
+    text = json.dumps(tree, indent=1, sort_keys=False).replace(f'"{_DEEP}"', "[" * 5000 + "]" * 5000)
+    return text.encode("utf-8", errors="surrogatepass")
+
+
+def _damage(data: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
+    if not data:
+        return b"\xff", "empty -> 0xff"
+    mutator = [m_bitflip, m_bytes, m_truncate, m_zero, m_dup_slice, m_remove][int(rng.integers(0, 6))]
+    return mutator(data, "json", rng)
+
+
+def manifest_cases(rng: np.random.Generator, count: int, manifest: bytes, journal: bytes) -> list[ManifestCase]:
+    """``count`` damaged states of one output folder: the manifest or the journal damaged as bytes (bit flips,
+    truncation, ...), poked as JSON (wrong types, hostile keys and values, deep nesting), junk journal lines
+    (invalid UTF-8, claims of hostile keys), or a state file or folder swapped for a FIFO, a link (to a file or
+    folder outside the output folder, or dangling) or a folder."""
+    cases = []
+    lines = journal.splitlines()
+    for index in range(count):
+        roll = rng.random()
+        m = j = None
+        swap = None
+        if roll < 0.3:
+            m, how = _damage(manifest, rng)
+            how = "manifest " + how
+        elif roll < 0.55:
+            tree, how = _poke(json.loads(manifest), rng)
+            m, how = _dump(tree), "manifest " + how
+        elif roll < 0.8:
+            pick = int(rng.integers(0, len(lines)))
+            kind = rng.random()
+            if kind < 0.3:
+                bad, how = _damage(lines[pick], rng)
+            elif kind < 0.6:
+                tree, how = _poke(json.loads(lines[pick]), rng)
+                bad = _dump(tree).replace(b"\n", b"")
+            else:
+                junk = [
+                    b"\xff\xfe\x00\x81",
+                    b"[" * 50_000,
+                    json.dumps({"claim": "../x.png"}).encode(),
+                    json.dumps({"release": 5}).encode(),
+                    json.dumps({"key": "\u0000", "entry": {"size": 1, "mtime_ns": 1}}).encode(),
+                    b'{"key": "o0.png", "entry": {"size": 1e999, "mtime_ns": ' + b"7" * 5000 + b"}}",
+                ]
+                bad = junk[int(rng.integers(0, len(junk)))]
+                how = f"junk {bad[:30]!r}"
+            j = b"\n".join([*lines[:pick], bad, *lines[pick + 1 :]]) + b"\n"
+            how = f"journal line {pick}: {how}"
+        else:
+            swap = (
+                _STATE_FILES[int(rng.integers(0, len(_STATE_FILES)))],
+                ("fifo", "link-file", "link-dir", "dangling", "folder")[int(rng.integers(0, 5))],
+            )
+            how = f"{swap[0]} -> {swap[1]}"
+        cases.append(ManifestCase(index, how, m, j, swap))
+    return cases
+
+
+_MANIFEST_OUTPUTS = 6
+
+
+def _manifest_folder(root: Path) -> tuple[Path, Path]:
+    """An output folder written by texup (six outputs, a manifest, an ended run's journal with two more) and a
+    file texup did not write (``foreign.png``); returns (folder, that file)."""
+    from texup.outputs import OutputRecord
+
+    out = root / "out"
+    out.mkdir(parents=True)
+    record = OutputRecord(out)
+    record.open_journal()
+    for i in range(_MANIFEST_OUTPUTS):
+        with record.writing(out / f"o{i}.png", {"source_sha256": f"{i:064x}", "options": {"scale": 4}}) as tmp:
+            tmp.write_bytes(bytes([i]) * (i + 10))
+        if i < _MANIFEST_OUTPUTS - 2:  # the last two stay only in the journal, as after a kill
+            record.add(out / f"o{i}.png", source_sha256=f"{i:064x}", options={"scale": 4})
+    record.save()
+    journal = record._journal_path
+    assert journal is not None and record._journal_fd is not None
+    os.close(record._journal_fd)  # "killed": the journal stays, unlocked
+    record._journal_fd = None
+    (out / "foreign.png").write_bytes(b"an artist's own file")
+    return out, journal
+
+
+def _apply(case: ManifestCase, out: Path, journal: Path, outside: Path) -> None:
+    state = out / ".texup"
+    if case.manifest is not None:
+        (state / "outputs.json").write_bytes(case.manifest)
+    if case.journal is not None:
+        journal.write_bytes(case.journal)
+    if case.swap is None:
+        return
+    which, kind = case.swap
+    target = {
+        "manifest": state / "outputs.json",
+        "journal": journal,
+        "lock": state / "lock",
+        "state": state,
+        "journals": state / "journal",
+    }[which]
+    if which == "state":  # keep the real state outside, so a link to it would be followed into it
+        os.rename(state, outside / "real-state")
+    elif target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "folder":
+        target.mkdir()
+        (target / "inner").write_bytes(b"x")
+    elif kind == "dangling":
+        os.symlink(outside / "made-by-texup", target)
+    elif kind == "link-dir":
+        os.symlink(outside / "real-state" if which == "state" else outside, target)
+    else:
+        os.symlink(outside / "sentinel.json", target)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | str]:
+    found: dict[str, bytes | str] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            found[str(path)] = "link"
+        elif path.is_fifo():
+            found[str(path)] = "fifo"
+        elif path.is_file():
+            found[str(path)] = path.read_bytes()
+    return found
+
+
+_HANG_S = 10
+
+
+class _Hang(BaseException):
+    """A case ran past its time (a blocking open or read)."""
+
+
+def _manifest_case(case: ManifestCase, work: Path) -> list[str]:
+    """Run one case: read the folder as texup and as the add-on, judge every output, record one more, save and
+    close; what went wrong (each a finding)."""
+    import signal as signal_module
+
+    sys.path.insert(0, str(ROOT / "blender_addon"))
+    from bridge.manifest import OutputsView
+
+    from texup.outputs import ManifestError, OutputRecord
+
+    root = work / f"case{case.index}"
+    outside = root / "outside"
+    outside.mkdir(parents=True)
+    (outside / "sentinel.json").write_bytes(b'{"files": {}}')
+    (outside / "x.jsonl").write_bytes(b"{}\n")
+    out, journal = _manifest_folder(root)
+    _apply(case, out, journal, outside)
+    before = _snapshot(outside)
+    problems: list[str] = []
+
+    def hang(signum: int, frame: object) -> None:
+        raise _Hang  # not an OSError: no `except OSError` in the code under test can swallow it
+
+    signal_module.signal(signal_module.SIGALRM, hang)
+    signal_module.alarm(_HANG_S)
+    try:
+        record = OutputRecord(out)
+        for line in record.warnings:
+            if "\n" in line or "Traceback" in line:
+                problems.append(f"warning not one line: {line!r:.200}")
+        if record.wrote(out / "foreign.png"):
+            problems.append("a file texup did not write is taken for texup's")
+        for i in range(_MANIFEST_OUTPUTS):
+            record.entry(out / f"o{i}.png")
+        view = OutputsView(str(out))
+        if view.entry(str(out / "foreign.png")) is not None:
+            problems.append("the add-on takes a file texup did not write for texup's")
+        for line in view.problems:
+            if "\n" in line:
+                problems.append(f"add-on problem not one line: {line!r:.200}")
+        try:
+            record.open_journal()
+            with record.writing(out / "new.png", {"source_sha256": "0" * 64}) as tmp:
+                tmp.write_bytes(b"a new output")
+            record.add(out / "new.png", source_sha256="0" * 64)
+            record.close()
+        except ManifestError as err:
+            if "\n" in str(err):
+                problems.append(f"ManifestError not one line: {err!s:.200}")
+        else:
+            again = OutputRecord(out)
+            if not again.wrote(out / "new.png"):
+                problems.append("an output recorded by a successful save is not known as texup's")
+            if again.wrote(out / "foreign.png"):
+                problems.append("after the save, a file texup did not write is taken for texup's")
+    except _Hang:
+        problems.append(f"hang: blocked for {_HANG_S} s")
+    except Exception as err:  # noqa: BLE001 - every other exception is a finding
+        problems.append(f"{type(err).__name__}: {err!s:.200}")
+    finally:
+        signal_module.alarm(0)
+    if _snapshot(outside) != before:
+        problems.append("something outside the output folder was changed")
+    leftovers = [p.name for p in (out / ".texup").glob(".*.tmp")] if (out / ".texup").is_dir() else []
+    if leftovers:
+        problems.append(f"temporary files left: {leftovers}")
+    return [f"case {case.index} ({case.how}): {p}" for p in problems]
+
+
+@dataclass
+class ManifestReport:
+    cases: int = 0
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+def run_manifest_fuzz(rng: np.random.Generator, count: int, work: Path, *, timeout: float = 600.0) -> ManifestReport:
+    """``count`` damaged output-folder states (:func:`manifest_cases`), each read, judged, written to and saved in a
+    child process: no exception but texup's one-line ``ManifestError``, no hang, no file outside the output folder
+    touched, a file texup did not write never taken for texup's, no temporary file left."""
+    started = time.monotonic()
+    work.mkdir(parents=True, exist_ok=True)
+    seed_root = work / "manifest-seed"
+    out, journal = _manifest_folder(seed_root)
+    cases = manifest_cases(rng, count, (out / ".texup" / "outputs.json").read_bytes(), journal.read_bytes())
+    shutil.rmtree(seed_root)
+    spec = work / "manifest-cases.json"
+    spec.write_text(
+        json.dumps(
+            [
+                {
+                    "index": c.index,
+                    "how": c.how,
+                    "manifest": None if c.manifest is None else c.manifest.hex(),
+                    "journal": None if c.journal is None else c.journal.hex(),
+                    "swap": c.swap,
+                }
+                for c in cases
+            ]
+        )
+    )
+    report = ManifestReport(cases=len(cases))
+    for c in cases:
+        kind = c.how.split(" ")[0] if c.swap is None else "swap"
+        report.kinds[kind] = report.kinds.get(kind, 0) + 1
+    command = [sys.executable, str(Path(__file__).resolve()), "--manifest-child", str(spec), str(work / "cases")]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        stdout = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+        report.problems = [line for line in stdout.splitlines() if line.startswith("case ")]
+        report.problems.append(f"hang: the cases did not finish in {timeout:.0f} s")
+    else:
+        report.problems = [line for line in proc.stdout.splitlines() if line.startswith("case ")]
+        if proc.returncode != 0:
+            report.problems.append(f"the child exited {proc.returncode}: {proc.stderr[-2000:]}")
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _manifest_child(spec: str, work: str) -> int:
+    for row in json.loads(Path(spec).read_text()):
+        case = ManifestCase(
+            row["index"],
+            row["how"],
+            None if row["manifest"] is None else bytes.fromhex(row["manifest"]),
+            None if row["journal"] is None else bytes.fromhex(row["journal"]),
+            None if row["swap"] is None else tuple(row["swap"]),  # type: ignore[arg-type]
+        )
+        for problem in _manifest_case(case, Path(work)):
+            print(problem, flush=True)
+        shutil.rmtree(Path(work) / f"case{case.index}", ignore_errors=True)
+    return 0
+
+
 # --- the run -------------------------------------------------------------------------------------------------
 
 
@@ -1081,11 +1427,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-rss-mb", type=int, default=MAX_RSS_MB, help="peak memory growth per file counted as a finding"
     )
+    parser.add_argument(
+        "--manifest", type=int, default=500, help="damaged output-folder states (manifest, journal; default 500)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--decode-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--manifest-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.decode_child:
         return _decode_child(args.decode_child[0], int(args.decode_child[1]), int(args.decode_child[2]))
+    if args.manifest_child:
+        return _manifest_child(*args.manifest_child)
 
     started = time.monotonic()
     rng = np.random.default_rng(args.seed)
@@ -1175,6 +1527,19 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": round(wr.seconds, 1),
                 "exit": wr.exit_code,
                 "problems": wr.problems,
+            }
+        if args.manifest:
+            mr = run_manifest_fuzz(rng, args.manifest, work / "manifest")
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(mr.kinds.items()))
+            print(f"\nmanifest: {mr.cases} damaged output-folder states ({kinds}) in {mr.seconds:.1f} s")
+            for p in mr.problems[:20]:
+                print(f"  FINDING manifest: {p}")
+            findings += len(mr.problems)
+            report["manifest"] = {
+                "cases": mr.cases,
+                "kinds": mr.kinds,
+                "seconds": round(mr.seconds, 1),
+                "problems": mr.problems,
             }
     report["findings"] = findings
     report["seconds"] = round(time.monotonic() - started, 1)

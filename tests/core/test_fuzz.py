@@ -1,5 +1,6 @@
 """Seeded fuzzing (issue 11): mutated PNG/JPEG/TIFF/EXR/WebP/TGA/BMP files through ``read_image`` and one
-``texup upscale`` batch, and garbage request lines through one ``python -m texup worker``.
+``texup upscale`` batch, and garbage request lines through one ``python -m texup worker``; damaged output-folder
+state (manifest, journals, FIFOs and links in ``.texup``; issue 21) through texup's and the add-on's readers.
 
 The engines live in scripts/fuzz.py (which runs them longer); here a fixed seed and small counts keep the
 run deterministic and under a minute on a 2-core machine. Regression tests for what the fuzzing found follow.
@@ -99,6 +100,36 @@ def test_the_worker_survives_garbage_lines_and_answers_after_each(corpus):
     assert report.exit_code == 0
     assert report.jobs > 50 and report.kinds.get("ProtocolError", 0) > 50
     assert {"ImageReadError", "FileError"} <= set(report.kinds)  # hostile items reached the item checks
+
+
+MANIFEST_CASES = 150
+
+
+def test_damaged_output_folder_state_is_named_never_followed_never_a_hang(tmp_path):
+    """Issue 21 items 2-5: damaged manifests and journals (bytes and JSON), FIFOs, links and folders in .texup, read
+    by texup and by the add-on, then written to and saved."""
+    report = fuzz.run_manifest_fuzz(np.random.default_rng(SEED + 3), MANIFEST_CASES, tmp_path, timeout=600)
+    assert not report.problems, "\n".join(report.problems)
+    assert report.cases == MANIFEST_CASES and set(report.kinds) == {"manifest", "journal", "swap"}
+
+
+def test_the_manifest_harness_finds_a_reader_that_follows_links_or_blocks(tmp_path, monkeypatch):
+    import texup.outputs as outputs
+
+    def blind(path, offset=0):  # the old reader: blocks on a FIFO
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(outputs, "_plain_dir", lambda path: path.is_dir())  # follows a linked .texup
+        case = fuzz.ManifestCase(0, "state -> link-dir", None, None, ("state", "link-dir"))
+        problems = fuzz._manifest_case(case, tmp_path)
+    assert any("outside the output folder was changed" in p for p in problems), problems
+    monkeypatch.setattr(outputs, "_read_plain", blind)
+    monkeypatch.setattr(fuzz, "_HANG_S", 1)
+    case = fuzz.ManifestCase(1, "journal -> fifo", None, None, ("journal", "fifo"))
+    assert any("hang" in p for p in fuzz._manifest_case(case, tmp_path)), "a FIFO read was not caught"
 
 
 def test_the_decode_harness_catches_hangs_crashes_and_wrong_exceptions(corpus, tmp_path, monkeypatch):
