@@ -187,6 +187,9 @@ def graph_from_files(
     # ncnn sees the file: ncnn trusts its parameters (a resize by 1e9 was a segfault).
     layers, found = parse_param_checked(param)
     inputs, outputs = [found.input_blob], [found.output_blob]
+    if len(found.unread) != 1:
+        names = ", ".join(found.unread[:4])[:200]
+        raise ModelLoadError(param, f"expected one output blob, found {len(found.unread)} ({names})")
     multiple = found.input_multiple
     if (found.in_channels, found.out_channels) != (3, 3):
         raise ModelLoadError(

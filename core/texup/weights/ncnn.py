@@ -505,6 +505,7 @@ class GraphCheck:
     output_blob: str
     in_channels: int = 3
     out_channels: int = 3
+    unread: tuple[str, ...] = ()  # every blob no layer reads, the output last
 
 
 def _f32(text: str) -> float:
@@ -803,9 +804,10 @@ def check_graph(layers: list[NcnnLayer], param_path: str | Path) -> GraphCheck:
                 raise ModelLoadError(path, f"its Reorg layers divide the input by {multiple}, more than {MAX_SCALE}")
     consumed = {blob for layer in layers for blob in layer.inputs}
     outputs = [blob for layer in layers for blob in layer.outputs if blob not in consumed]
-    if len(outputs) != 1:
-        names = ", ".join(quote(b) for b in outputs[:4])
-        raise ModelLoadError(path, f"expected one output blob, found {len(outputs)} ({names})")
+    if not outputs:
+        raise ModelLoadError(path, "the graph has no output blob (every blob is consumed)")
+    # The output is the last one produced; others nobody reads (an unused Split branch) are computed for
+    # nothing but harm nothing (the ncnn engine, which extracts by name, wants exactly one: graph_from_files).
     # The input's channels are not written in the graph (texup's gray and RGBA models take 1 or 4): the first
     # count whose shapes all fit is the one, tried RGB first.
     declared = inputs[0].raw.get(2)
@@ -813,11 +815,11 @@ def check_graph(layers: list[NcnnLayer], param_path: str | Path) -> GraphCheck:
     first_error: str | None = None
     for channels in counts or [3, 1, 4, 2]:
         try:
-            scale, out_channels = _graph_scale(layers, multiple, channels, outputs[0])
+            scale, out_channels = _graph_scale(layers, multiple, channels, outputs[-1])
         except ValueError as exc:
             first_error = first_error or str(exc)
             continue
-        return GraphCheck(scale, multiple, inputs[0].outputs[0], outputs[0], channels, out_channels)
+        return GraphCheck(scale, multiple, inputs[0].outputs[0], outputs[-1], channels, out_channels, tuple(outputs))
     raise ModelLoadError(path, first_error or "no input fits")
 
 
