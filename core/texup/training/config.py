@@ -361,10 +361,10 @@ def validate(cfg: TrainConfig) -> None:
             for name, value in weights
         ],
         (
-            o.lr_g is None or _number(o.lr_g, 0.0, MAX_LR, lo_open=True),
-            f"optim.lr_g must be in (0, {MAX_LR:g}] or null, got {_r(o.lr_g)}",
+            o.lr_g is None or _number(o.lr_g, 0.0, MAX_LR),
+            f"optim.lr_g must be in [0, {MAX_LR:g}] or null, got {_r(o.lr_g)}",
         ),
-        (_number(o.lr_d, 0.0, MAX_LR, lo_open=True), f"optim.lr_d must be in (0, {MAX_LR:g}], got {_r(o.lr_d)}"),
+        (_number(o.lr_d, 0.0, MAX_LR), f"optim.lr_d must be in [0, {MAX_LR:g}], got {_r(o.lr_d)}"),
         (
             isinstance(o.betas, tuple)
             and len(o.betas) == 2
