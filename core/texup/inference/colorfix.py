@@ -32,7 +32,7 @@ from texup.options import COLOR_FIX_MODES
 #: band. Chosen with scripts/bench_quality.py (docs/benchmarks.md section 10): a plain Gaussian of sigma 1 leaves
 #: 0.4-0.45 CIEDE2000 of 4x4-block drift on busy textures, sigma 0.5 takes 5 % of x4plus's sharpness off a brick
 #: wall; (0.7, 3) keeps x4plus's drift on every photo and real texture within 0.3 (mean) / 0.8 (95th percentile),
-#: with its sharpness within 5 % on all but one (a hard-edged synthetic plaid keeps 1.5: the section says why).
+#: and its sharpness within 5 % on all of them but one (the section: also where synthetic textures fall short).
 SIGMA = 0.7
 ORDER = 3
 #: What ``auto`` means per role (scripts/bench_quality.py decides; README "Colour fix"): on for every role, since on
