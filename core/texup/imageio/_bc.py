@@ -3,10 +3,10 @@
 Decoding is imagecodecs' (bcdec: every BC format, BC6H to float16). Encoding is etcpak's for BC1, BC3, BC4, BC5
 and BC7 (bc7enc's BC7 with the settings below), in the calling thread: etcpak holds the GIL, so threads gain nothing
 (measured: 2 threads on 2 cores 2.85 s against 2.45 s for one), and worker processes cost more to start than they
-save on one texture. What etcpak lacks is done here in numpy: BC1's 1-bit alpha (blocks with transparent pixels
-re-indexed in BC1's three-colour mode), BC2 (etcpak's BC3 colour blocks with BC2's explicit 4-bit alpha) and BC6H
-(unsigned, mode 11: one region, 10-bit endpoints, 4-bit indices, least-squares endpoints; not a search over
-the 14 modes).
+save on one texture. What etcpak lacks is done here in numpy: better BC1/BC3 colour blocks (least-squares
+endpoints on etcpak's, :func:`refine_colour_blocks`), BC1's 1-bit alpha (blocks with transparent pixels re-indexed
+in BC1's three-colour mode), BC2 (the BC3 colour blocks with BC2's explicit 4-bit alpha) and BC6H (unsigned,
+mode 11: one region, 10-bit endpoints, 4-bit indices, least-squares endpoints; not a search over the 14 modes).
 Why these libraries, with measurements: docs/dds.md.
 
 Every encoder takes a C-contiguous ``(H, W, C)`` array whose height and width are multiples of 4 (the DDS writer
