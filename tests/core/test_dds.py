@@ -382,3 +382,26 @@ def test_texup_upscale_keeps_every_files_dds_format(tmp_path):
                  "--format", "dds"]) == 0  # fmt: skip
     info = probe_image(tmp_path / "d" / "sky_x4.dds")
     assert info.extra["dds_format"] == "bc7" and (info.width, info.height) == (W * 4, H * 4)
+
+
+def test_a_hostile_dds_in_a_folder_is_one_error_line_and_the_rest_is_done(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from texup.archs import RRDBNet
+    from texup.cli.main import main
+    from texup.weights import save_model
+
+    torch.manual_seed(0)
+    model = save_model(RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=4), tmp_path / "tiny_x4.safetensors")
+    folder = tmp_path / "Textures"
+    folder.mkdir()
+    for name, (data, _) in _hostile(tmp_path).items():
+        (folder / (name.replace(" ", "_") + ".dds")).write_bytes(data)
+    write_image(folder / "good.dds", photo(), like=like("bc7"))
+    hostile = sorted(p.name for p in folder.iterdir() if p.name != "good.dds")
+    code = main(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", str(model)])
+    assert code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("texup: error:")]
+    assert len(errors) == len(hostile), errors
+    for name in hostile:
+        assert sum(name in line for line in errors) == 1, (name, errors)
+    assert probe_image(tmp_path / "out" / "good_x4.dds").extra["dds_format"] == "bc7"
