@@ -28,7 +28,31 @@ FORMAT_DTYPES: dict[str, tuple[str, ...]] = {
     "exr": ("float16", "float32"),
     "dds": ("uint8", "uint16", "float16", "float32"),  # which of them a DDS format takes: _dds
 }
-_MAX_SIDE: dict[str, int] = {"jpeg": 65500, "webp": 16383, "tga": 65535}
+#: The largest side each format stores: its header's fields (PNG, EXR, BMP: signed 32-bit; TIFF: 32-bit; TGA:
+#: 16-bit), libjpeg's 65500, WebP's 14 bits. texup upscale checks --size against them before anything runs.
+_MAX_SIDE: dict[str, int] = {
+    "jpeg": 65500,
+    "webp": 16383,
+    "tga": 65535,
+    "png": 2**31 - 1,
+    "exr": 2**31 - 1,
+    "bmp": 2**31 - 1,
+    "tiff": 2**32 - 1,
+}
+#: The largest side any format texup writes can store.
+LARGEST_SIDE = max(_MAX_SIDE.values())
+
+
+def size_problem(format: str, width: int, height: int) -> str | None:
+    """Why ``format`` cannot store a ``width`` x ``height`` image (a side beyond its largest), or None."""
+    limit = _MAX_SIDE.get(format)
+    if limit is None or max(width, height) <= limit:
+        return None
+    return (
+        f"{FORMAT_NAMES.get(format, format)} images are limited to {limit}x{limit} pixels, this one is {width}x{height}"
+    )
+
+
 _SUGGEST: dict[str, str] = {
     "uint8": "PNG, TIFF, TGA or WebP",
     "uint16": "PNG or TIFF",
@@ -67,11 +91,9 @@ def _validate(path: Path, format: str, pixels: np.ndarray) -> np.ndarray:
         )
     if format == "jpeg" and channels in (2, 4):
         raise ImageWriteError(path, "JPEG has no alpha channel; drop the alpha or write PNG, TIFF, TGA or WebP")
-    limit = _MAX_SIDE.get(format)
-    if limit is not None and max(width, height) > limit:
-        raise ImageWriteError(
-            path, f"{name} images are limited to {limit}x{limit} pixels, this one is {width}x{height}"
-        )
+    problem = size_problem(format, width, height)
+    if problem:
+        raise ImageWriteError(path, problem)
     return np.ascontiguousarray(pixels)
 
 
