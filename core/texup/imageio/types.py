@@ -60,7 +60,7 @@ def normalize_format(format: str) -> str:
     name = format.strip().lower().lstrip(".")
     name = _FORMAT_ALIASES.get(name, name)
     if name not in _EXTENSION_OF_FORMAT:
-        raise ValueError(f"unknown image format {format!r} (supported: {', '.join(FORMATS)})")
+        raise ValueError(f"unknown image format {format!r} (supported: {', '.join((*FORMATS, DDS_FORMAT))})")
     return name
 
 
