@@ -18,8 +18,8 @@ Write: the format named by ``extra["dds_format"]`` (the input's own, so BC7 stay
 (``texup upscale --dds-format``), else by the samples: float -> BC6H (RGBA16F with alpha), one channel -> BC4 (R16
 for uint16), else BC7. A full mip chain is made from the written top level (a DDS input without mips is written
 without), each level a box filter of the one above (in linear light when the sRGB flag is set); a normal map's
-levels are renormalised; a cut-out alpha (BC1's, or one holding only 0 and the maximum) keeps its coverage at 0.5
-at every level. The header kind (legacy or DX10) is the input's where the format allows it.
+levels are renormalised; a cut-out alpha (BC1's, or one soft on at most a quarter of its pixels) keeps its
+coverage at 0.5 at every level. The header kind (legacy or DX10) is the input's where the format allows it.
 """
 
 from __future__ import annotations
@@ -513,12 +513,14 @@ def encode(target: Path, pixels: np.ndarray, extra: dict[str, Any]) -> None:
     """Write ``pixels`` (H, W, C) as a DDS texture (format, mips and sRGB flag as the module docstring says)."""
     layout = _choose(target, pixels, extra)
     height, width, channels = pixels.shape
-    # Cut-out alpha: BC1's 1 bit, or an alpha channel holding only 0 and its maximum (a mask, not a blend).
+    # Cut-out alpha: BC1's 1 bit, or an alpha that is a mask, not a blend: at most a quarter of its pixels between
+    # 5 % and 95 % (an upscaled mask is soft only along its edges; glass, smoke and fades are soft throughout).
     cutout = channels in (2, 4) and layout.channels == 4
     if cutout and layout.name != "BC1":
         alpha = pixels[:, :, -1]
-        top = 1.0 if pixels.dtype.kind == "f" else np.iinfo(pixels.dtype).max
-        cutout = bool(np.all((alpha == 0) | (alpha == top)))
+        top = 1.0 if pixels.dtype.kind == "f" else float(np.iinfo(pixels.dtype).max)
+        soft = np.count_nonzero((alpha > 0.05 * top) & (alpha < 0.95 * top))
+        cutout = bool(soft <= alpha.size // 4)
     normal = layout.normal or bool(extra.get("dds_normal"))
     normal = normal and layout.channels >= 3
     srgb = bool(extra.get("dds_srgb")) and layout.dxgi_srgb is not None
