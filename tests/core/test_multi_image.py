@@ -96,3 +96,18 @@ def test_texup_upscale_names_each_multi_image_file_in_one_line_and_goes_on(tmp_p
     assert code == 1 and "Traceback" not in err
     assert "pages.tif: multi-page TIFF (2 pages)" in err and "parts.exr: multi-part EXR (2 parts)" in err
     assert not any(p.suffix in (".tif", ".exr") for p in (tmp_path / "out").glob("*"))
+
+
+def test_a_multi_view_exr_is_refused_not_cut_to_its_default_view(tmp_path: Path) -> None:
+    """A stereo EXR (views "right", "left" in one part) used to read as its default view's R, G, B only."""
+    import OpenEXR
+
+    planes = np.random.default_rng(2).random((3, 8, 9)).astype(np.float32)
+    eye = {"R": planes[0], "G": planes[1], "B": planes[2]}
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    channels = eye | {f"left.{c}": p.copy() for c, p in eye.items()}
+    OpenEXR.File({**header, "multiView": ["right", "left"]}, channels).write(str(tmp_path / "stereo.exr"))
+    with pytest.raises(ImageReadError, match=r"multi-view EXR \(2 views: right, left\) is not supported"):
+        probe_image(tmp_path / "stereo.exr")
+    OpenEXR.File({**header, "multiView": ["right"]}, dict(eye)).write(str(tmp_path / "one_view.exr"))
+    assert read_image(tmp_path / "one_view.exr").pixels.shape == (8, 9, 3)

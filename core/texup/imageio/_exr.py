@@ -90,6 +90,7 @@ def read_header(path: Path, fh: BinaryIO) -> ExrHeader:
         window: tuple[int, int, int, int] | None = None
         compression: str | None = None
         tiles: tuple[int, int, int] | None = None
+        views: list[str] = []
         while True:
             name = _read_name(fh)
             if not name:
@@ -108,6 +109,8 @@ def read_header(path: Path, fh: BinaryIO) -> ExrHeader:
             elif name == b"tiles" and type_name == b"tiledesc":
                 x_size, y_size, mode = struct.unpack("<IIB", value)
                 tiles = (x_size, y_size, mode & 0x0F)
+            elif name == b"multiView" and type_name == b"stringvector":
+                views = _string_vector(value)
         parts = _count_more_parts(fh) + 1 if version & 0x1000 else 1
     except _Truncated:
         raise ImageReadError(path, "truncated EXR data (file ends inside the header)") from None
@@ -115,6 +118,13 @@ def read_header(path: Path, fh: BinaryIO) -> ExrHeader:
         raise ImageReadError(path, f"corrupt EXR header ({exc})") from exc
     if channels is None or window is None:
         raise ImageReadError(path, "corrupt EXR header (no channel list or data window)")
+    if len(views) > 1:  # a stereo pair: the default view's channels alone would be taken for the whole file
+        shown = ", ".join(v[:20] for v in views[:4])
+        raise ImageReadError(
+            path,
+            f"multi-view EXR ({len(views)} views: {shown}) is not supported: texup upscales single images "
+            "(save each view as its own file)",
+        )
     if parts > 1:  # the first part alone would be silently taken for the whole file
         raise ImageReadError(
             path,
@@ -125,6 +135,18 @@ def read_header(path: Path, fh: BinaryIO) -> ExrHeader:
     width, height = x_max - x_min + 1, y_max - y_min + 1
     check_dimensions(path, width, height)
     return ExrHeader(channels, width, height, compression, bool(version & 0x1000), tiles, fh.tell())
+
+
+def _string_vector(value: bytes) -> list[str]:
+    """An EXR ``stringvector`` attribute: strings, each after its int32 length."""
+    out, pos = [], 0
+    while pos + 4 <= len(value):
+        (size,) = struct.unpack_from("<i", value, pos)
+        if size < 0 or pos + 4 + size > len(value):
+            raise ValueError("a stringvector attribute runs past its end")
+        out.append(value[pos + 4 : pos + 4 + size].decode("utf-8", "replace"))
+        pos += 4 + size
+    return out
 
 
 def _count_more_parts(fh: BinaryIO) -> int:
