@@ -28,7 +28,7 @@ FORMAT_DTYPES: dict[str, tuple[str, ...]] = {
     "exr": ("float16", "float32"),
     "dds": ("uint8", "uint16", "float16", "float32"),  # which of them a DDS format takes: _dds
 }
-#: The largest side each format stores: its header's fields (PNG, EXR, BMP: signed 32-bit; TIFF: 32-bit; TGA:
+#: The largest side each format stores: its header's fields (PNG, EXR, BMP: signed 32-bit; TIFF, DDS: 32-bit; TGA:
 #: 16-bit), libjpeg's 65500, WebP's 14 bits. texup upscale checks --size against them before anything runs.
 _MAX_SIDE: dict[str, int] = {
     "jpeg": 65500,
@@ -38,6 +38,7 @@ _MAX_SIDE: dict[str, int] = {
     "exr": 2**31 - 1,
     "bmp": 2**31 - 1,
     "tiff": 2**32 - 1,
+    "dds": 2**32 - 1,
 }
 #: The largest side any format texup writes can store.
 LARGEST_SIDE = max(_MAX_SIDE.values())
