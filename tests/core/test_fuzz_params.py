@@ -261,3 +261,22 @@ def test_values_are_read_with_ncnns_types_and_width() -> None:
     with pytest.raises(ValueError, match="reads as 5.6"):  # the bits of int 4 as a float
         p.get_float(2, 1.0, 1 / 16, 16)
     assert MAX_VALUE_CHARS == 15 and re.fullmatch(r"\d+", "15")
+
+
+def test_a_huge_bin_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """A 10 GB (sparse) .bin beside a small .param used to be read whole into memory before its size was compared."""
+    import resource
+    import time
+
+    from texup.weights.ncnn import read_ncnn
+
+    param = tmp_path / "m.param"
+    param.write_text("\n".join(_lines()) + "\n")
+    with open(param.with_suffix(".bin"), "wb") as fh:
+        fh.truncate(10 << 30)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError, match="at most .* bytes, the file has 10737418240 bytes"):
+        read_ncnn(param, numpy=True)
+    assert time.monotonic() - start < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing near 10 GB read

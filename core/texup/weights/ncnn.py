@@ -279,6 +279,27 @@ class _Conv:
     fused_act: str | None
 
 
+def _check_bin_size(layers: list[NcnnLayer], bin_path: Path, param_path: Path) -> None:
+    """Refuse a ``.bin`` larger than the graph's weights can take (all fp32, every tag) before reading it whole:
+    a 10 GB file next to a small ``.param`` must not be loaded into memory to find out."""
+    most = 0
+    for layer in layers:
+        if layer.type == "Convolution":
+            most += 4 + 4 * layer.int_param(6, 0) + 4 * layer.int_param(0, 0) * (layer.int_param(5, 0) != 0)
+        elif layer.type == "PReLU":
+            most += 4 * layer.int_param(0, 1)
+    try:
+        size = bin_path.stat().st_size
+    except OSError:
+        return  # _BinReader says what is wrong
+    if size > most:
+        raise ModelLoadError(
+            bin_path,
+            f"size does not match {param_path.name}: the graph's weights take at most {most} bytes, "
+            f"the file has {size} bytes",
+        )
+
+
 def _read_weights(
     layers: list[NcnnLayer], bin_path: Path, param_path: Path, numpy: bool = False
 ) -> list[tuple[str, Any]]:
@@ -293,6 +314,7 @@ def _read_weights(
         def tensor(a: np.ndarray) -> Any:
             return torch.from_numpy(a.copy())
 
+    _check_bin_size(layers, bin_path, param_path)
     reader = _BinReader(bin_path)
     out: list[tuple[str, Any]] = []
     for layer in layers:
