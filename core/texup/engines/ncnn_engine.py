@@ -43,9 +43,10 @@ _GPU_KINDS = {0: "discrete", 1: "integrated", 2: "virtual", 3: "cpu"}
 CHECKPOINTS = 12
 #: What one tile's activations may take in host memory on the CPU (as for the torch engine).
 CPU_MEMORY_BUDGET = 1 << 30
-#: Output-resolution blobs of the head's width alive at once in a graph whose head convolutions run at output
-#: resolution (RRDBNet), as measured (see graph_from_files): it decides the CPU tile (96 for x4plus at 1 GB).
-NCNN_HEAD_BLOBS = 14
+#: Output-resolution fp32 blobs of the head's width that one tile costs in a graph whose head convolutions run at
+#: output resolution (RRDBNet), as measured through the worker (see graph_from_files): it decides the CPU tile
+#: (64 for x4plus within the 1 GB budget; the 192 used before peaked at 2.5 GB for one tile, more in the worker).
+NCNN_HEAD_BLOBS = 22
 _stderr_lock = threading.Lock()
 
 
@@ -215,11 +216,13 @@ def graph_from_files(
     widths = [layer.int_param(0, 0) for layer in layers if layer.type == "Convolution"]
     # The largest blobs are the head's, as wide as the convolution before the output one (not the widest:
     # texup's dense blocks stack 5 outputs in one). Graphs that convolve an Interp's output run their last
-    # convolutions at output resolution: measured (x4plus, 96^2 to 288^2 tiles, ncnn 1.0.20261020) 52-56 KB
-    # per input pixel, about 14 fp32 blobs of that width at output resolution alive at the peak (the blobs
-    # around the convolution, its padded copy, packing copies, Winograd's transformed input and output);
-    # graphs that upsample by PixelShuffle (compact) keep their convolutions at input resolution and stay well
-    # below the same estimate with 3 blobs (x4 compact: 3.6 KB per input pixel measured).
+    # convolutions at output resolution: measured (x4plus, ncnn 1.0.20261020, 2-vCPU EPYC) 52-56 KB per input
+    # pixel for one tile alone (96^2 to 288^2: ~14 such blobs alive at the peak, i.e. the blobs around the
+    # convolution, its padded copy, packing copies, Winograd's transformed input and output), and 88 KB through
+    # the worker over a whole 512^2 texture (96^2 and 128^2 tiles: 770 and 1380 MiB over the warm worker; the
+    # heap of a process that keeps freed memory, texup._malloc, fragments between tiles). Graphs that upsample
+    # by PixelShuffle (compact) keep their convolutions at input resolution and stay well below the same
+    # estimate with 3 blobs (x4 compact: 3.6 KB per input pixel measured).
     head = widths[-2] if len(widths) > 1 else widths[-1]
     upsampled = {blob for layer in layers if layer.type == "Interp" for blob in layer.outputs}
     convolves_upsampled = any(layer.type == "Convolution" and set(layer.inputs) & upsampled for layer in layers)
