@@ -244,3 +244,32 @@ def test_weights_that_are_not_finite_are_never_exported(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "model.safetensors").exists()
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
     assert np.isnan(module.conv_last.weight.detach().numpy()).any()
+
+
+def test_a_config_path_that_is_a_fifo_a_folder_huge_or_not_utf8_is_one_line_not_a_hang(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    fifo = tmp_path / "cfg.json"
+    os.mkfifo(fifo)
+    caught: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_config(fifo)
+        except FileError as exc:
+            caught.append(exc)
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert caught and "not a regular file" in str(caught[0]), "load_config blocked on a FIFO"
+    folder = tmp_path / "dir.json"
+    folder.mkdir()
+    huge = tmp_path / "huge.json"
+    huge.write_text(" " * (2 << 20) + "{}")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'stage = "\xe9"\n')
+    for path, words in ((folder, "not a regular file|directory"), (huge, "larger than"), (latin, "not UTF-8")):
+        with pytest.raises(FileError, match=words):
+            load_config(path)

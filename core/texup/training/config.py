@@ -32,7 +32,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -255,6 +257,8 @@ MAX_CROP = 4096
 MAX_BATCH = 4096
 MAX_WORKERS = 256
 MAX_HPARAM_INT = 1 << 16
+#: A configuration file is a few hundred bytes; a larger one than this is not one.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def _r(value: Any) -> str:
@@ -481,9 +485,20 @@ def load_config(path: str | Path) -> TrainConfig:
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # O_NONBLOCK: a FIFO given as the file must not block the open; then only a regular file is read.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise FileError(path, "not a regular file")
+            data = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise FileError(path, f"cannot read ({exc.strerror or exc})") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise FileError(path, f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a texup training configuration")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileError(path, f"not UTF-8 text (byte {exc.start})") from None
     if path.suffix.lower() == ".toml":
         try:
             import tomllib  # Python 3.11+
