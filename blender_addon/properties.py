@@ -39,6 +39,12 @@ SEAMLESS_ITEMS = [
     ("off", "Off", "Never wrap around"),
 ]
 
+COLOR_FIX_ITEMS = [
+    ("auto", "Auto", "Keep the source's low-frequency colour where texup measured that it helps (every role)"),
+    ("on", "On", "Keep the source's low-frequency colour under the model's detail"),
+    ("off", "Off", "The model's colour as it comes out"),
+]
+
 STAGE_ITEMS = [
     ("gan", "GAN", "ESRGAN's perceptual stage: pixel, VGG and adversarial losses (sharper detail)"),
     ("psnr", "PSNR", "L1 loss only (faithful, smoother; faster per step)"),
@@ -121,6 +127,13 @@ class TexupSettings(bpy.types.PropertyGroup):
         name="Seamless",
         description="Keep tileable textures tileable (wrap-around at the edges)",
         items=SEAMLESS_ITEMS,
+        default="auto",
+    )
+    color_fix: EnumProperty(
+        name="Colour Fix",
+        description="Keep each texture's own colour: the model's detail on the source's low frequencies "
+        "(models drift white balance and the brightness of large areas)",
+        items=COLOR_FIX_ITEMS,
         default="auto",
     )
     finetune_steps: IntProperty(

@@ -210,6 +210,9 @@ def _draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     split = col.split(factor=0.42, align=True)
     split.label(text="Seamless")
     split.prop(settings, "seamless", text="")
+    split = col.split(factor=0.42, align=True)
+    split.label(text="Colour Fix")
+    split.prop(settings, "color_fix", text="")
 
     if runtime.running:
         _draw_progress(layout, context, runtime)

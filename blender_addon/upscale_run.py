@@ -54,7 +54,8 @@ class RunSettings:
     """What the user chose for a run (panel, preferences or command line).
 
     ``model``: a model name or weights path (``None``: the worker's default); ``scale``: 2 or 4;
-    ``tile``: input tile size in pixels (0: automatic); ``seamless``: "auto" / "on" / "off";
+    ``tile``: input tile size in pixels (0: automatic); ``seamless``: "auto" / "on" / "off"; ``color_fix``: keep
+    the source's low-frequency colour, "auto" / "on" / "off";
     ``out_dir``: folder for results, ``//`` = next to the .blend; ``relative``: store results' paths
     relative to the .blend where possible.
     """
@@ -67,6 +68,7 @@ class RunSettings:
     precision: str = "auto"
     engine: str = "auto"
     layout: str = "auto"
+    color_fix: str = "auto"
     out_dir: str = DEFAULT_OUT_DIR
     relative: bool = True
 
@@ -137,6 +139,7 @@ class UpscaleRun:
             precision=self.settings.precision,
             engine=self.settings.engine,
             layout=self.settings.layout,
+            color_fix=self.settings.color_fix,
         )
         earlier = OutputsView(out_dir)
         plan = build_job(
@@ -178,7 +181,12 @@ class UpscaleRun:
     def _is_current(self, out: Any, job: Job, earlier: OutputsView) -> bool:
         model = self.settings.model or DEFAULT_MODEL
         items = [item for item in job.items if item.key in out.item_keys]
-        options = pixel_options(scale=float(self.settings.scale), seamless=self.settings.seamless, role=out.role)
+        options = pixel_options(
+            scale=float(self.settings.scale),
+            seamless=self.settings.seamless,
+            role=out.role,
+            color_fix=self.settings.color_fix,
+        )
         return bool(items) and all(
             earlier.why_not_current(item.dst, source=item.src, model=model, options=options, texup=ADDON_VERSION)
             is None

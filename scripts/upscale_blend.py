@@ -2,6 +2,7 @@
 
     blender -b scene.blend --python scripts/upscale_blend.py -- [--model NAME|PATH] [--max-size N]
         [--images a,b] [--roles color,normal,data] [--scale 2|4] [--tile N] [--seamless auto|on|off]
+        [--color-fix auto|on|off]
         [--out-dir DIR] [--save | --save-as PATH] [--report PATH.json] [--worker-python PATH]
 
 Also runs with a plain Python that has the ``bpy`` module: ``python scripts/upscale_blend.py scene.blend
@@ -81,6 +82,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, choices=(2, 4), default=4)
     parser.add_argument("--tile", type=int, default=0, help="input tile size in pixels (0: automatic)")
     parser.add_argument("--seamless", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--color-fix", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps, vulkan or vulkan:N")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--engine", choices=ENGINES, default="auto", help="auto: the faster one measured here")
@@ -204,6 +206,7 @@ def main(argv: list[str]) -> int:
         scale=args.scale,
         tile=args.tile,
         seamless=args.seamless,
+        color_fix=args.color_fix,
         device=args.device,
         precision=args.precision,
         engine=args.engine,
