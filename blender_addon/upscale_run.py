@@ -49,6 +49,15 @@ _FORMAT_EXTENSIONS = {
 }
 
 
+def _packed_extension(image: bpy.types.Image) -> str:
+    """The extension for a packed image without a file path: DDS by its bytes' signature (Blender reads DDS but has
+    no DDS ``file_format`` item, as it does not write DDS), else from ``file_format``."""
+    packed = image.packed_file or (image.packed_files[0].packed_file if len(image.packed_files) else None)
+    if packed is not None and bytes(packed.data[:4]) == b"DDS ":
+        return "dds"
+    return _FORMAT_EXTENSIONS.get(image.file_format, "png")
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """What the user chose for a run (panel, preferences or command line).
@@ -204,7 +213,7 @@ class UpscaleRun:
         folder = os.path.join(self._tmp(), "inputs", safe_stem(image.name))
         os.makedirs(folder, exist_ok=True)
         base = os.path.basename(bpy.path.abspath(image.filepath)) if image.filepath else ""
-        ext = os.path.splitext(base)[1].lstrip(".").lower() or _FORMAT_EXTENSIONS.get(image.file_format, "png")
+        ext = os.path.splitext(base)[1].lstrip(".").lower() or _packed_extension(image)
         stem = safe_stem(os.path.splitext(base)[0] if base else image.name)
         if image.source == "TILED":
             for token in UDIM_TOKENS:

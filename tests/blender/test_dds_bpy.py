@@ -82,6 +82,13 @@ def test_dds_textures_are_listed_upscaled_and_relinked(addon, worker_python, tin
             links.new(node.outputs["Color"], bsdf.inputs["Base Color"])
         else:
             links.new(node.outputs["Alpha"], bsdf.inputs["Alpha"])
+    # A packed DDS with no file path (as an imported asset may carry): written for the worker as .dds
+    decal = nodes.new("ShaderNodeTexImage")
+    decal.image = bpy.data.images.load(str(tmp_path / "albedo.dds"))
+    decal.image.name = "decal"
+    decal.image.pack()
+    decal.image.filepath_raw = ""
+    links.new(decal.outputs["Color"], bsdf.inputs["Emission Color"])
     bpy.ops.mesh.primitive_cube_add()
     bpy.context.object.data.materials.append(mat)
     bpy.ops.wm.save_as_mainfile(filepath=str(tmp_path / "scene.blend"))
@@ -89,20 +96,25 @@ def test_dds_textures_are_listed_upscaled_and_relinked(addon, worker_python, tin
     listed = {t.name: t for t in scene.scan()}
     assert {"albedo.dds", "foliage.dds", "normal.dds"} <= set(listed)
     assert listed["normal.dds"].role == "normal"
-    assert all(listed[n].size == (27, 21) and listed[n].source == "file" for n in listed)
+    assert all(info.size == (27, 21) for info in listed.values())
+    assert all(listed[n].source == "file" for n in ("albedo.dds", "foliage.dds", "normal.dds"))
 
     bpy.context.scene.texup.model = tiny_model
     bpy.ops.texup.refresh()
-    assert bpy.ops.texup.upscale(images="albedo.dds,foliage.dds,normal.dds") == {"FINISHED"}
+    assert listed["decal"].source == "packed" and not bpy.data.images["decal"].filepath
+    assert bpy.ops.texup.upscale(images="albedo.dds,foliage.dds,normal.dds,decal") == {"FINISHED"}
 
     out = tmp_path / "textures_upscaled"
     assert _dds_kind(out / "albedo_x4.dds") == "DXGI 99"  # BC7 with its sRGB flag
     assert _dds_kind(out / "foliage_x4.dds") == "DXT1"
     assert _dds_kind(out / "normal_x4.dds") == "ATI2"  # BC5
     users = sorted(n.image.name for n in mat.node_tree.nodes if n.type == "TEX_IMAGE")
-    assert users == ["albedo_x4", "foliage_x4", "normal_x4"]
+    assert users == ["albedo_x4", "decal_x4", "foliage_x4", "normal_x4"]
     for name in users:
         image = bpy.data.images[name]
         assert tuple(image.size) == (27 * 4, 21 * 4), name  # Blender reads texup's DDS files
-        assert Path(bpy.path.abspath(image.filepath)).suffix == ".dds"
+        if name != "decal_x4":
+            assert Path(bpy.path.abspath(image.filepath)).suffix == ".dds"
+    decal = bpy.data.images["decal_x4"]  # packed source -> packed result, still a DDS
+    assert decal.packed_file is not None and bytes(decal.packed_file.data[:4]) == b"DDS "
     assert bpy.data.images["normal_x4"].colorspace_settings.name == "Non-Color"
