@@ -14,9 +14,9 @@ Cube maps, texture arrays, volume (3D) and 1D textures are refused in one line, 
 and signed (SNORM) formats. Every size in the header is checked against the file before anything is decoded: a
 mip count larger than the size allows, levels the file does not hold, a size over the pixel limit.
 
-Write: the format named by ``extra["dds_format"]`` (the input's own, so BC7 stays BC7), else ``TEXUP_DDS_FORMAT``
-(``texup upscale --dds-format``), else by the samples: float -> BC6H (RGBA16F with alpha), one channel -> BC4 (R16
-for uint16), else BC7. A full mip chain is made from the written top level (a DDS input without mips is written
+Write: the format ``TEXUP_DDS_FORMAT`` names when set (it converts DDS inputs too), else ``extra["dds_format"]``
+(the input's own, so BC7 stays BC7), else by the samples: float -> BC6H (RGBA16F with alpha), one channel -> BC4
+(R16 for uint16), else BC7. A full mip chain is made from the written top level (a DDS input without mips is written
 without), each level a box filter of the one above (in linear light when the sRGB flag is set); a normal map's
 levels are renormalised; a cut-out alpha (BC1's, or one soft on at most a quarter of its pixels) keeps its
 coverage at 0.5 at every level. The header kind (legacy or DX10) is the input's where the format allows it.
