@@ -193,6 +193,16 @@ def test_a_format_that_cannot_hold_the_samples_is_refused_in_one_line(tmp_path):
         write_image(tmp_path / "t.dds", np.zeros((8, 8, 3), np.uint8), like=like("bc9"))
 
 
+def test_texup_dds_format_names_the_format_of_every_dds_output(tmp_path, monkeypatch):
+    src = with_alpha(photo())
+    monkeypatch.setenv("TEXUP_DDS_FORMAT", "BC3")
+    assert probe_image(write_image(tmp_path / "a.dds", src, like=like("bc7"))).extra["dds_format"] == "bc3"
+    assert probe_image(write_image(tmp_path / "b.dds", src)).extra["dds_format"] == "bc3"
+    monkeypatch.setenv("TEXUP_DDS_FORMAT", "dxt9")
+    with pytest.raises(ImageWriteError, match="unknown DDS format 'dxt9'"):
+        write_image(tmp_path / "c.dds", src)
+
+
 def test_srgb_flag_and_header_kind_are_kept(tmp_path):
     src = with_alpha(photo())
     path = write_image(tmp_path / "s.dds", src, like=like("bc7", dds_srgb=True))
