@@ -95,6 +95,7 @@ def run_settings(context: bpy.types.Context):
         tile=settings.tile and max(settings.tile, TILE_MIN),  # 0: automatic; 1..15 mean the smallest tile
         seamless=settings.seamless,
         color_fix=settings.color_fix,
+        detail=settings.detail,
         device=prefs.device if prefs is not None else "auto",
         engine=prefs.engine if prefs is not None else "auto",
         out_dir=(prefs.output_dir if prefs is not None else "") or DEFAULT_OUT_DIR,

@@ -114,6 +114,16 @@ class TexupSettings(bpy.types.PropertyGroup):
         f"Empty: the Default Model of the add-on preferences ({DEFAULT_MODEL} unless changed)",
         default="",
     )
+    detail: FloatProperty(
+        name="Detail",
+        description="How much of the model's invented detail: 1 is the model, 0 its smooth PSNR partner, between "
+        "them a blend of the two networks (ESRGAN's network interpolation). Only for models with a partner",
+        default=1.0,
+        min=0.0,
+        max=1.0,
+        step=5,
+        subtype="FACTOR",
+    )
     scale: EnumProperty(name="Scale", description="How much larger the results are", items=SCALE_ITEMS, default="4")
     tile: IntProperty(
         name="Tile",

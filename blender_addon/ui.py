@@ -204,6 +204,7 @@ def _draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     col.prop(settings, "model", text="", icon="MODIFIER")
     if not settings.model.strip():
         draw_lines(col, side.wrap(f"Default: {_default_model(context)}"))
+    _draw_detail(col, context, side)
     row = col.row(align=True)
     row.prop(settings, "scale", expand=True)
     col.prop(settings, "tile", text="Tile (0: auto)")
@@ -230,6 +231,19 @@ def _draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     col.operator("texup.revert", icon="LOOP_BACK", text="Revert")
     if runtime.last_summary:
         draw_lines(layout.column(align=True), side.wrap(runtime.last_summary.removeprefix("texup: ")))
+
+
+def _draw_detail(col: bpy.types.UILayout, context: bpy.types.Context, side: Sidebar) -> None:
+    """The Detail slider: live when the model has a partner (the smooth end of its dial), else greyed with why."""
+    from .bridge.partners import partner_of
+    from .operators import panel_model
+
+    partner, why = partner_of(panel_model(context) or _default_model(context))
+    row = col.row(align=True)
+    row.enabled = partner is not None
+    row.prop(context.scene.texup, "detail", slider=True)
+    if partner is None:
+        draw_lines(col, side.wrap(f"Detail: {why}"))
 
 
 def _upscale_blocked() -> bool:

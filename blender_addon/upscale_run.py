@@ -30,6 +30,7 @@ from .bridge.client import WorkerError
 from .bridge.jobs import JobPlan, JobTracker, TextureInfo, build_job, report_rows
 from .bridge.manifest import OutputsView, pixel_options
 from .bridge.naming import UDIM_TOKENS, safe_stem
+from .bridge.partners import dialled
 from .bridge.worker_protocol import Job, JobOptions
 from .defaults import ADDON_VERSION, DEFAULT_MODEL, DEFAULT_OUT_DIR
 
@@ -65,6 +66,7 @@ class RunSettings:
     ``model``: a model name or weights path (``None``: the worker's default); ``scale``: 2 or 4;
     ``tile``: input tile size in pixels (0: automatic); ``seamless``: "auto" / "on" / "off"; ``color_fix``: keep
     the source's low-frequency colour, "auto" / "on" / "off";
+    ``detail``: the Detail dial, 1 the model, 0 its partner (ignored for a model without one: bridge/partners.py);
     ``out_dir``: folder for results, ``//`` = next to the .blend; ``relative``: store results' paths
     relative to the .blend where possible.
     """
@@ -78,6 +80,7 @@ class RunSettings:
     engine: str = "auto"
     layout: str = "auto"
     color_fix: str = "auto"
+    detail: float = 1.0
     out_dir: str = DEFAULT_OUT_DIR
     relative: bool = True
 
@@ -140,7 +143,7 @@ class UpscaleRun:
                 continue
             usable.append(info)
         options = JobOptions(
-            model=self.settings.model or None,
+            model=self._model() if self.settings.detail < 1 else self.settings.model or None,
             scale=float(self.settings.scale),
             tile=self.settings.tile or None,
             seamless=self.settings.seamless,
@@ -187,8 +190,12 @@ class UpscaleRun:
         blend = bpy.data.filepath or "(unsaved)"
         return {name: f"{blend}#{name}" for name in extracted}
 
+    def _model(self) -> str:
+        """The model reference the worker gets: the model dialled to the Detail setting (a blend with its partner)."""
+        return dialled(self.settings.model or DEFAULT_MODEL, self.settings.detail)
+
     def _is_current(self, out: Any, job: Job, earlier: OutputsView) -> bool:
-        model = self.settings.model or DEFAULT_MODEL
+        model = self._model()
         items = [item for item in job.items if item.key in out.item_keys]
         options = pixel_options(
             scale=float(self.settings.scale),

@@ -232,6 +232,7 @@ class WidthLayout:
         self.kind, self.factor, self.fixed = kind, factor, fixed
         self.children: list = []
         self.alignment, self.active, self.enabled, self.scale_y = "EXPAND", True, True, 1.0
+        self.prop_name = ""
 
     def _add(self, kind: str, **kwargs) -> WidthLayout:
         child = WidthLayout(kind, **kwargs)
@@ -255,7 +256,23 @@ class WidthLayout:
         leaf.text, leaf.icon = text, icon
 
     def prop(self, data, name, *, text=None, icon="NONE", **_kwargs):
-        self._add("item", fixed=MODEL_CHECKBOX if text == "" else 0.0)
+        self._add("item", fixed=MODEL_CHECKBOX if text == "" else 0.0).prop_name = name
+
+    def find_prop(self, name: str, enabled: bool = True):
+        """``(found, enabled)``: whether property ``name`` is drawn, and whether every layout above it is enabled."""
+        enabled = enabled and self.enabled
+        if self.prop_name == name:
+            return True, enabled
+        for child in self.children:
+            found = child.find_prop(name, enabled)
+            if found[0]:
+                return found
+        return False, False
+
+    def texts(self) -> list[str]:
+        return ([self.text] if self.kind == "label" and self.text else []) + [
+            t for child in self.children for t in child.texts()
+        ]
 
     def operator(self, idname, *, text=None, icon="NONE", **_kwargs):
         self._add("item", fixed=MODEL_CHECKBOX if text == "" else 0.0)
@@ -418,3 +435,66 @@ def test_undo_and_redo_refill_the_list_and_redraw_the_sidebars(addon, tmp_path, 
     assert "extra.png" not in rows() and redraws == [count - 1]  # refilled, then redrawn with the new list
     bpy.ops.ed.redo()
     assert "extra.png" in rows() and redraws == [count - 1, count]
+
+
+def test_the_detail_slider_is_live_with_a_partner_and_greyed_with_the_reason_without(
+    addon, broken_worker, tmp_path, monkeypatch
+):
+    """Detail (ESRGAN's network interpolation) for models with a partner: the registry's published pairs or a
+    texup .safetensors naming one (a GAN-stage fine-tune); greyed with one line saying why otherwise; the job's
+    model is the blend of the partner and the model at the slider's value."""
+    import json
+    import struct
+
+    from blender_addon import preferences, ui
+    from blender_addon.operators import run_settings
+    from blender_addon.upscale_run import UpscaleRun
+
+    class Prefs:
+        device, engine, output_dir, default_model = "cpu", "auto", str(tmp_path / "out"), ""
+
+    monkeypatch.setattr(preferences, "get_preferences", lambda context=None: Prefs())
+    scene_builder.build(str(tmp_path), with_missing=False)  # a new file: take its settings after
+    settings = bpy.context.scene.texup
+
+    def panel(model: str) -> tuple[tuple[bool, bool], list[str]]:
+        settings.model = model
+        layout = WidthLayout()
+        ui._draw_panel(layout, bpy.context)
+        return layout.find_prop("detail"), layout.texts()
+
+    (found, live), texts = panel("realesrgan-x4plus")
+    assert found and live and not any(t.startswith("Detail:") for t in texts)
+    (found, live), texts = panel("realesr-animevideov3")
+    assert found and not live
+    assert "Detail: realesr-animevideov3 has no partner model" in " ".join(texts)
+
+    # A fine-tuned GAN model whose provenance names its PSNR partner (what texup train --stage gan writes).
+    gan = tmp_path / "models" / "model.safetensors"
+    gan.parent.mkdir()
+    meta = {"texup.provenance": json.dumps({"partner": {"file": "model.psnr.safetensors", "stage": "psnr"}})}
+    header = json.dumps({"__metadata__": meta}).encode()
+    gan.write_bytes(struct.pack("<Q", len(header)) + header)
+    (found, live), texts = panel(str(gan))
+    assert found and not live and "Detail: its partner model.psnr.safetensors is missing" in " ".join(texts)
+    (gan.parent / "model.psnr.safetensors").write_bytes(gan.read_bytes())
+    (found, live), _ = panel(str(gan))
+    assert found and live
+
+    from blender_addon import scene
+
+    color = next(info for info in scene.scan() if info.name == "color.png")
+    sent = {}
+    for model, detail in (("realesrgan-x4plus", 0.25), ("realesrgan-x4plus", 1.0), ("realesr-animevideov3", 0.5)):
+        settings.model, settings.detail = model, detail
+        run = UpscaleRun([color], run_settings(bpy.context))
+        try:
+            sent[(model, detail)] = run.prepare().options.model
+        finally:
+            run.cleanup()
+    settings.model, settings.detail = "", 1.0
+    assert sent == {
+        ("realesrgan-x4plus", 0.25): "blend:realesrnet-x4plus,realesrgan-x4plus@0.25",
+        ("realesrgan-x4plus", 1.0): "realesrgan-x4plus",
+        ("realesr-animevideov3", 0.5): "realesr-animevideov3",  # no partner: the slider is greyed, the model runs
+    }
