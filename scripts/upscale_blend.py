@@ -2,7 +2,7 @@
 
     blender -b scene.blend --python scripts/upscale_blend.py -- [--model NAME|PATH] [--max-size N]
         [--images a,b] [--roles color,normal,data] [--scale 2|4] [--tile N] [--seamless auto|on|off]
-        [--color-fix auto|on|off]
+        [--color-fix auto|on|off] [--detail D]
         [--out-dir DIR] [--save | --save-as PATH] [--report PATH.json] [--worker-python PATH]
 
 Also runs with a plain Python that has the ``bpy`` module: ``python scripts/upscale_blend.py scene.blend
@@ -60,6 +60,13 @@ EXIT_USAGE = 2
 PROGRESS_EVERY = 2.0  # seconds between progress lines (a new file always gets one)
 
 
+def _detail(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
+    return value
+
+
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -83,6 +90,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tile", type=int, default=0, help="input tile size in pixels (0: automatic)")
     parser.add_argument("--seamless", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--color-fix", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument(
+        "--detail",
+        type=_detail,
+        default=1.0,
+        metavar="D",
+        help="the panel's Detail: 1 the model, 0 its PSNR partner, between them a blend of the two (models with "
+        "a partner only; others run as they are)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps, vulkan or vulkan:N")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
     parser.add_argument("--engine", choices=ENGINES, default="auto", help="auto: the faster one measured here")
@@ -207,6 +222,7 @@ def main(argv: list[str]) -> int:
         tile=args.tile,
         seamless=args.seamless,
         color_fix=args.color_fix,
+        detail=args.detail,
         device=args.device,
         precision=args.precision,
         engine=args.engine,

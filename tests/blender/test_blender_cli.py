@@ -329,3 +329,26 @@ def test_built_zip_installs_as_legacy_addon_and_lists_textures(scene_dir, tmp_pa
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("ROWS")), None)
     assert line is not None, proc.stdout + proc.stderr
     assert "('color.png', 'color', 'file', 2)" in line and "('wall', 'color', 'udim', 1)" in line
+
+
+def test_headless_detail_blends_the_model_with_its_partner(scene_dir, env, worker_python, tmp_path):
+    """--detail as the panel's slider: a model whose metadata names a partner runs as the blend of the two; the
+    folder's manifest records the blend reference; a detail outside 0..1 is a usage error."""
+    models = tmp_path / "models"
+    code = (
+        "import sys, torch; from pathlib import Path; from texup.archs import RRDBNet; "
+        "from texup.weights import save_model; d = Path(sys.argv[1]); d.mkdir(); torch.manual_seed(0); "
+        "save_model(RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=4), d / 'model.psnr.safetensors'); "
+        "torch.manual_seed(1); save_model(RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=4), "
+        "d / 'model.safetensors', provenance={'partner': {'file': 'model.psnr.safetensors', 'stage': 'psnr'}})"
+    )
+    subprocess.run([worker_python, "-c", code, str(models)], check=True, timeout=300)
+    gan, out = models / "model.safetensors", tmp_path / "up"
+    args = ("--model", str(gan), "--images", "color.png", "--out-dir", str(out), "--detail")
+    proc = upscale_blend(scene_dir, *args, "0.4", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((out / ".texup" / "outputs.json").read_text())
+    refs = {entry.get("model_ref") for entry in manifest["files"].values()}
+    assert refs == {f"blend:{models / 'model.psnr.safetensors'},{gan}@0.4"}, manifest
+    bad = upscale_blend(scene_dir, *args, "1.5", env=env)
+    assert bad.returncode == 2 and "--detail" in bad.stderr
