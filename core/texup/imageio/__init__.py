@@ -1,5 +1,6 @@
 """Texture-grade image I/O: read and write PNG (8/16-bit), JPEG, TGA, TIFF (8/16-bit, float), BMP,
-WebP and OpenEXR (half/float) with bit depth, channels and colour space taken from the file.
+WebP, OpenEXR (half/float) and DDS (BC1-BC7, uncompressed; mips written) with bit depth, channels and colour space
+taken from the file.
 
 Images are numpy ``(H, W, C)`` arrays (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA; straight alpha)
 plus an :class:`ImageInfo` describing how the file stored them, so a result can be written back
@@ -8,6 +9,7 @@ the same way (``write_image(out, pixels, like=image.info)``). This package does 
 
 from __future__ import annotations
 
+from ._dds import DDS_FORMATS, ENV_DDS_FORMAT
 from .convert import from_float32, linear_to_srgb, srgb_to_linear, to_float32
 from .read import DEFAULT_MAX_PIXELS, probe_image, read_image
 from .types import (
@@ -22,7 +24,9 @@ from .types import (
 from .write import FORMAT_DTYPES, write_image
 
 __all__ = [
+    "DDS_FORMATS",
     "DEFAULT_MAX_PIXELS",
+    "ENV_DDS_FORMAT",
     "FORMATS",
     "FORMAT_DTYPES",
     "SUPPORTED_EXTENSIONS",
