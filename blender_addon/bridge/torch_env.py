@@ -274,7 +274,7 @@ def classify_error(output: str, plan: InstallPlan, step: str, returncode: int | 
     if _NETWORK.search(output):
         return (
             f"no network: pip could not reach {plan.index_label}; check the internet connection "
-            "(or proxy) and try again"
+            f"(or proxy) and try again, or name a reachable index in {ENV_INDEX_URL} (empty: pip's configured one)"
         )
     missing = _NO_VERSION.search(output)
     if missing:
