@@ -8,10 +8,10 @@
 * :mod:`~texup.engines.ncnn_export` — texup's own writer of ncnn ``.param``/``.bin`` files (numpy only);
 * :mod:`~texup.engines.ncnn_models` — which ncnn files run a model (packaged, or exported and cached);
 * :mod:`~texup.engines.select` — :func:`open_engine`: explicit choices, or ``auto`` by a cached measurement;
-* :mod:`~texup.engines.openmp` — how the engines' OpenMP threads wait (passive unless the user chose).
+* :mod:`~texup.engines.openmp` — how the engines' OpenMP threads wait (briefly, unless the user chose).
 
-Importing this package imports neither torch nor ncnn; it sets ``OMP_WAIT_POLICY=PASSIVE`` for them when neither is
-loaded yet and the user set no waiting policy (:func:`texup.engines.openmp.configure`).
+Importing this package imports neither torch nor ncnn; it sets their OpenMP waiting (``OMP_WAIT_POLICY=PASSIVE``,
+``GOMP_SPINCOUNT=1000``) when neither is loaded yet and the user chose none (:func:`texup.engines.openmp.configure`).
 """
 
 from __future__ import annotations
