@@ -7,7 +7,7 @@ thousands of short regions. On a machine where another program also wants the co
 job, another OpenMP program doing the same), a spinning thread keeps the core its partner needs, and every region
 waits for a scheduler time slice: measured on a 2-vCPU AMD EPYC (Zen 4) under other users' load, one x4plus tile
 took 4.5x longer through ncnn (whole process, paired runs) and up to 25x longer through torch bf16 than with
-``OMP_WAIT_POLICY=PASSIVE`` (docs/benchmarks.md, section 10). Fully passive threads cost about 10 % on an idle
+``OMP_WAIT_POLICY=PASSIVE`` (docs/benchmarks.md, section 11). Fully passive threads cost about 10 % on an idle
 machine (every region wakes its partner through the kernel); a short spin of 1,000 iterations (tens of
 microseconds) kept the idle speed and, under load, stayed within about 10 % of passive (paired runs, same
 section). So libgomp spins that long (``GOMP_SPINCOUNT``, which libgomp takes over the policy's default) and
