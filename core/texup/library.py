@@ -34,7 +34,7 @@ from texup.weights.cache import sha256_file
 GLOB_CHARS = set("*?[")
 
 #: The options whose change changes an output's pixels (see the module docstring for what is left out).
-PIXEL_OPTIONS = ("scale", "size", "seamless", "role")
+PIXEL_OPTIONS = ("scale", "size", "seamless", "role", "color_fix")
 
 NEW = "new"
 UP_TO_DATE = "up to date"
@@ -225,8 +225,16 @@ class Settings:
     force: bool = False
 
 
-def pixel_options(*, scale: float | None, size: tuple[int, int] | None, seamless: str, role: str) -> dict[str, Any]:
-    return {"scale": scale, "size": list(size) if size else None, "seamless": seamless, "role": role}
+def pixel_options(
+    *, scale: float | None, size: tuple[int, int] | None, seamless: str, role: str, color_fix: str = "auto"
+) -> dict[str, Any]:
+    return {
+        "scale": scale,
+        "size": list(size) if size else None,
+        "seamless": seamless,
+        "role": role,
+        "color_fix": color_fix,
+    }
 
 
 def source_state(src: Path, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -241,7 +249,8 @@ def source_state(src: Path, earlier: dict[str, Any] | None = None) -> dict[str, 
         and earlier.get("source_size") == st.st_size
         and earlier.get("source_mtime_ns") == st.st_mtime_ns
         and isinstance(earlier.get("source_sha256"), str)
-        and int(earlier.get("hashed_ns", 0)) - st.st_mtime_ns >= RACY_NS
+        and type(earlier.get("hashed_ns")) is int
+        and earlier["hashed_ns"] - st.st_mtime_ns >= RACY_NS
     ):
         return {**state, "source_sha256": earlier["source_sha256"], "hashed_ns": earlier["hashed_ns"]}
     hashed_ns = time.time_ns()
@@ -326,10 +335,11 @@ def judge(src: Path, dst: Path, settings: Settings, record: OutputRecord, *, may
     if entry is None:
         if settings.overwrite:
             return Verdict(OVERWRITE, reloaded=reloaded)
+        note = f" ({record.damage_note})" if record.damage_note else ""
         return Verdict(
             OVERWRITE,
             refused=(
-                f"output {dst} exists and is not an unchanged earlier texup output; not replacing it (remove it, "
+                f"output {dst} exists and is not an unchanged earlier texup output{note}; not replacing it (remove it, "
                 "choose another -o or --suffix, or pass --overwrite)"
             ),
             reloaded=reloaded,

@@ -140,7 +140,7 @@ def test_a_rerun_does_exactly_what_changed_and_says_why(tiny_model, tmp_path, ca
     assert "4 upscaled, 0 up to date, 0 changed and redone, 0 failed" in _summary(capsys.readouterr().err)
     entry = json.loads((out / ".texup" / "outputs.json").read_text())["files"]["t000_x4.png"]
     assert entry["source_sha256"] and entry["model"].startswith("sha256:") and entry["texup"]
-    assert entry["options"] == {"scale": None, "size": None, "seamless": "auto", "role": "color"}
+    assert entry["options"] == {"scale": None, "size": None, "seamless": "auto", "role": "color", "color_fix": "auto"}
     first = _mtimes(out)
 
     assert run_cli("upscale", tmp_path / "lib", "-o", out, "--model", tiny_model) == 0
@@ -158,6 +158,11 @@ def test_a_rerun_does_exactly_what_changed_and_says_why(tiny_model, tmp_path, ca
     assert read_image(out / "t001_x4.png").pixels.max() == 0
 
     assert run_cli("upscale", tmp_path / "lib", "-o", out, "--model", tiny_model, "--seamless", "off") == 0
+    assert "4 changed and redone (4 options changed)" in _summary(capsys.readouterr().err)
+    args = ("upscale", tmp_path / "lib", "-o", out, "--model", tiny_model, "--seamless", "off")
+    assert run_cli(*args, "--color-fix", "off") == 0  # the colour fix changes pixels: a pixel option
+    assert "4 changed and redone (4 options changed)" in _summary(capsys.readouterr().err)
+    assert run_cli(*args) == 0  # back to auto
     assert "4 changed and redone (4 options changed)" in _summary(capsys.readouterr().err)
     assert (
         run_cli(

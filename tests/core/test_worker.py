@@ -66,6 +66,7 @@ def test_the_add_ons_option_mirrors_match_texup_options():
     assert bridge_protocol.LAYOUTS == options.LAYOUTS
     assert bridge_protocol.STAGES == options.STAGES
     assert bridge_protocol.TILE_MIN == options.TILE_MIN
+    assert bridge_protocol.COLOR_FIX == options.COLOR_FIX_MODES
 
 
 def test_the_add_ons_job_options_refuse_unknown_engines_and_layouts_and_stay_readable_by_older_workers():
@@ -161,7 +162,7 @@ def test_a_rerun_redoes_nothing_and_a_changed_source_is_redone_in_place(worker, 
     entry = json.loads((out_dir / ".texup" / "outputs.json").read_text())["files"]["wall_x4.png"]
     # what the add-on checks by stat alone before it starts a worker
     assert entry["model_ref"] == str(tiny_model) and entry["model_files"][0]["path"] == str(tiny_model)
-    assert entry["options"] == {"scale": 2.0, "size": None, "seamless": "auto", "role": "color"}
+    assert entry["options"] == {"scale": 2.0, "size": None, "seamless": "auto", "role": "color", "color_fix": "auto"}
     assert entry["source"] == str(src) and entry["size"] == (out_dir / "wall_x4.png").stat().st_size
 
 
@@ -178,6 +179,10 @@ def test_the_addons_plan_names_outputs_again_and_tells_current_ones_by_stat(work
     assert pixel_options(scale=4, seamless="auto", role="normal") == texup_pixel_options(
         scale=4.0, size=None, seamless="auto", role="normal"
     )
+    for fix in ("auto", "on", "off"):
+        assert pixel_options(scale=2, seamless="on", role="color", color_fix=fix) == texup_pixel_options(
+            scale=2.0, size=None, seamless="on", role="color", color_fix=fix
+        )
     wall = save_png(tmp_path / "wall.png", real_image("brick.png")[:20, :24])
     packed_bytes = (save_png(tmp_path / "p.png", real_image("gravel.png")[:12, :12])).read_bytes()
     out = tmp_path / "out"

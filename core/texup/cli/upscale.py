@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,12 +32,14 @@ from texup.imageio import Image, format_for_path, read_image
 from texup.inference.pipeline import UpscaleOptions, refuse_overwrite
 from texup.library import (
     NEW,
+    UP_TO_DATE,
     Plan,
     Planned,
     Settings,
     WorkItem,
     entry_for,
     expand_inputs,
+    judge,
     make_plan,
     model_identity,
     parse_shard,
@@ -43,8 +49,18 @@ from texup.library import (
     take_shard,
     write_output,
 )
-from texup.options import ENGINES, LAYOUTS, OVERLAP_DEFAULT, PRECISIONS, ROLES, SCALE_MAX, SEAMLESS_MODES, TILE_MIN
-from texup.outputs import OutputRecord
+from texup.options import (
+    COLOR_FIX_MODES,
+    ENGINES,
+    LAYOUTS,
+    OVERLAP_DEFAULT,
+    PRECISIONS,
+    ROLES,
+    SCALE_MAX,
+    SEAMLESS_MODES,
+    TILE_MIN,
+)
+from texup.outputs import CLAIMED_AFTER_OTHER, HELD, ManifestError, OutputRecord
 from texup.weights.cache import remove_stale_temp_files
 
 if TYPE_CHECKING:
@@ -140,6 +156,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="normal: renormalise to unit vectors; data: no colour transform (default: color)",
     )
     p.add_argument(
+        "--color-fix",
+        choices=COLOR_FIX_MODES,
+        default="auto",
+        help="keep the source's low-frequency colour under the model's detail (auto: per role, where "
+        "scripts/bench_quality.py measured that it helps; default: %(default)s)",
+    )
+    p.add_argument(
         "--engine",
         choices=ENGINES,
         default="auto",
@@ -182,14 +205,43 @@ def _device_arg(text: str) -> str:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"2048x1024"`` -> (2048, 1024); raises ValueError with a readable message."""
+    """``"2048x1024"`` -> (2048, 1024); raises ValueError with a readable message.
+
+    Each side must fit the largest any output format stores (``texup.imageio.write.LARGEST_SIDE``);
+    :func:`_check_size_fits` then checks the formats this run writes."""
+    from texup.imageio.write import LARGEST_SIDE
+
+    shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}..."
     parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"--size must look like WIDTHxHEIGHT, e.g. 2048x2048, not {text!r}")
+    if len(parts) != 2 or not all(p.strip().isdigit() and len(p.strip()) <= 20 for p in parts):
+        raise ValueError(f"--size must look like WIDTHxHEIGHT, e.g. 2048x2048, not {shown}")
     w, h = (int(p) for p in parts)
     if w < 1 or h < 1:
-        raise ValueError(f"--size must be at least 1x1, not {text!r}")
+        raise ValueError(f"--size must be at least 1x1, not {shown}")
+    if max(w, h) > LARGEST_SIDE:
+        raise ValueError(f"--size {w}x{h}: no image format texup writes holds a side above {LARGEST_SIDE} pixels")
     return w, h
+
+
+def _check_size_fits(args: argparse.Namespace, target: tuple[int, int]) -> None:
+    """ValueError when an output of ``target`` size cannot be stored in the format this run writes: --format's,
+    else each input's own (the inputs listed as the run will list them: folders and patterns too)."""
+    from texup.imageio.write import size_problem
+
+    if args.format is not None:
+        formats = {format_for_path(Path("x." + args.format.lower().lstrip(".")))}
+    else:
+        items, _problems = expand_inputs(args.inputs, recursive=args.recursive)  # problems: reported by the run
+        formats = set()
+        for item in items:
+            try:
+                formats.add(format_for_path(item.src))
+            except ValueError:  # not an image suffix: the run says so
+                continue
+    for fmt in sorted(formats):
+        problem = size_problem(fmt, *target)
+        if problem:
+            raise ValueError(f"--size {target[0]}x{target[1]}: {problem}; choose a smaller --size or another --format")
 
 
 def _shard_arg(text: str) -> tuple[int, int]:
@@ -213,15 +265,31 @@ def _has_separator(text: str) -> bool:
 
 
 def _out_dir_problem(out_dir: Path) -> str | None:
-    """Why ``out_dir`` cannot be the output folder (an existing file on its way), or None."""
+    """Why ``out_dir`` cannot be the output folder (an existing file on its way, a loop of symbolic links, a name
+    the system refuses), or None."""
+    try:
+        out_dir.resolve()  # Python 3.11 raises RuntimeError for a loop of links, later versions OSError
+    except (RuntimeError, OSError) as err:
+        return f"-o {out_dir}: {_path_reason(err)}"
     here = out_dir
-    while not here.exists() and here != here.parent:
-        here = here.parent
-    if here.exists() and not here.is_dir():
-        if here == out_dir:
-            return f"-o {out_dir} is a file, not a folder"
-        return f"-o {out_dir}: {here} is a file, not a folder"
+    try:
+        while not here.exists() and here != here.parent:
+            here = here.parent
+        if here.exists() and not here.is_dir():
+            if here == out_dir:
+                return f"-o {out_dir} is a file, not a folder"
+            return f"-o {out_dir}: {here} is a file, not a folder"
+    except OSError as err:  # a name too long, a folder that cannot be searched
+        return f"-o {out_dir}: {_path_reason(err)}"
     return None
+
+
+def _path_reason(err: BaseException) -> str:
+    import errno
+
+    if isinstance(err, RuntimeError) or getattr(err, "errno", None) == errno.ELOOP:
+        return "a loop of symbolic links (a link that leads back to itself can never be a folder)"
+    return f"cannot be used as a folder ({getattr(err, 'strerror', None) or err})"
 
 
 def _read_source(planned: Planned, max_pixels: int | None) -> tuple[Image, dict[str, Any]]:
@@ -274,6 +342,8 @@ def _validate(args: argparse.Namespace) -> tuple[int, int] | None:
     problem = _out_dir_problem(args.out_dir)
     if problem:
         raise ValueError(problem)
+    if target is not None:
+        _check_size_fits(args, target)
     if args.scale is not None and not 0 < args.scale <= SCALE_MAX:
         raise ValueError(f"--scale must be above 0 and at most {SCALE_MAX:g}")
     if args.force and args.skip_existing:
@@ -314,10 +384,15 @@ class _Batch:
     ) -> None:
         self.args, self.record, self.settings, self.fail = args, record, settings, fail
         self.new = self.redone = self.failed = 0
+        self.by_other = 0  # outputs another run sharing the folder made meanwhile (up to date when looked at)
         self.redone_why: dict[str, int] = {}
 
-    def failure(self, err: BaseException, item: WorkItem) -> None:
+    def failure(self, err: BaseException, item: WorkItem, dst: Path | None = None) -> None:
         self.failed += 1
+        if dst is not None:  # another run may try it
+            key = self.record.key(dst)
+            if key is not None:
+                self.record.release(key)
         if isinstance(err, FileError):
             self.fail(err.path, err.reason)
         elif isinstance(err, TexupError):
@@ -334,7 +409,7 @@ class _Batch:
         try:
             future.result()
         except expected as err:
-            self.failure(err, planned.item)
+            self.failure(err, planned.item, planned.dst)
             return
         self.written(planned, info)
 
@@ -350,15 +425,17 @@ class _Batch:
             tqdm_write(f"{planned.item.src} -> {planned.dst} ({planned.reason})")
 
     def execute(self, todo: list[Planned], upscaler: Upscaler, options: UpscaleOptions) -> None:
-        """Upscale ``todo`` in order. The next input is decoded and the previous output encoded on their own
-        threads while the network runs (both engines release the GIL): file I/O costs no wall time beyond the
-        first read."""
+        """Upscale ``todo`` in order, each output claimed first (:class:`_Claims`: outputs another live run sharing
+        the folder is making are left to it and looked at again at the end). The next input is decoded and the
+        previous output encoded on their own threads while the network runs (both engines release the GIL): file
+        I/O costs no wall time beyond the first read."""
         from tqdm import tqdm
 
         expected = (TexupError, OSError, ValueError, RuntimeError, MemoryError)
         engine = f"{upscaler.engine.name} {upscaler.device} {upscaler.precision}"
         max_pixels = self.args.max_pixels
         swept: set[Path] = set()
+        claims = _Claims(todo, self)
         with (
             tqdm(
                 total=len(todo),
@@ -371,23 +448,37 @@ class _Batch:
             ThreadPoolExecutor(1, thread_name_prefix="texup-read") as reader,
             ThreadPoolExecutor(1, thread_name_prefix="texup-write") as writer,
         ):
-            next_read = reader.submit(_read_source, todo[0], max_pixels) if todo else None
             writing: tuple[Planned, Future[None], dict[str, Any]] | None = None
-            for index, planned in enumerate(todo):
-                reading, next_read = next_read, None
-                if index + 1 < len(todo):
-                    next_read = reader.submit(_read_source, todo[index + 1], max_pixels)
-                bar.set_postfix_str(planned.item.src.name)
 
-                def on_tiles(done_tiles: float, total_tiles: int, base: int = index) -> None:
+            def settle_writing() -> None:
+                nonlocal writing
+                if writing is not None:
+                    self.settle(writing[0], writing[1], writing[2], expected)
+                    writing = None
+
+            def take(block: bool) -> tuple[Planned, Future[tuple[Image, dict[str, Any]]]] | None:
+                if block:
+                    settle_writing()  # never wait for other runs while holding an unfinished claim
+                planned = claims.take(block=block)
+                bar.n = claims.resolved + self.new + self.redone + self.failed
+                bar.refresh()
+                return None if planned is None else (planned, reader.submit(_read_source, planned, max_pixels))
+
+            current = take(block=True)
+            while current is not None:
+                planned, reading = current
+                upcoming = take(block=False)  # read ahead
+                bar.set_postfix_str(planned.item.src.name)
+                base = claims.resolved + self.new + self.redone + self.failed
+
+                def on_tiles(done_tiles: float, total_tiles: int, base: int = base) -> None:
                     bar.n = base + (done_tiles / total_tiles if total_tiles else 0.0)
                     bar.refresh()
 
                 started: tuple[Planned, Future[None], dict[str, Any]] | None = None
                 try:
-                    assert reading is not None
                     image, source = reading.result()
-                    reading = None  # the decoded input goes with `image`
+                    del reading  # the decoded input goes with `image`
                     result = upscaler.upscale_array(
                         image.pixels, options, colorspace=image.info.colorspace, progress=on_tiles
                     )
@@ -397,14 +488,81 @@ class _Batch:
                     started = (planned, write, info)
                     del image, result
                 except expected as err:
-                    self.failure(err, planned.item)
-                if writing is not None:
-                    self.settle(writing[0], writing[1], writing[2], expected)
+                    self.failure(err, planned.item, planned.dst)
+                settle_writing()
                 writing = started
-                bar.n = index + 1
-                bar.refresh()
-            if writing is not None:
-                self.settle(writing[0], writing[1], writing[2], expected)
+                current = upcoming if upcoming is not None else take(block=True)
+            settle_writing()
+            bar.n = len(todo)
+            bar.refresh()
+
+
+class _Claims:
+    """The plan's ``todo``, handed out one claimed output at a time (:meth:`OutputRecord.claim`).
+
+    Runs sharing an output folder split the work: an output another live run has claimed is put aside, and
+    looked at again once the rest is done: when that run wrote it, it is up to date (counted in
+    ``batch.by_other``); when that run died or failed on it, this run claims it and makes it. An output that
+    another run claimed or wrote before this one got it, or whose file appeared since the plan, is judged again
+    (:func:`texup.library.judge`), so it is not made twice."""
+
+    POLL_S = 0.2
+
+    def __init__(self, todo: list[Planned], batch: _Batch) -> None:
+        self.pending: deque[Planned] = deque(todo)
+        self.deferred: deque[Planned] = deque()
+        self.batch, self.record = batch, batch.record
+        self.resolved = 0  # outputs settled without making them here (made by another run, or refused now)
+        self.unclaimed = False  # the lock could not be taken once: no more claims
+
+    def take(self, *, block: bool) -> Planned | None:
+        """The next output this run may make, claimed; None when none is left (``block``: after waiting for the
+        outputs other runs hold) or, without ``block``, when only held ones are left."""
+        while True:
+            while self.pending:
+                planned = self._claim(self.pending.popleft())
+                if planned is not None:
+                    return planned
+            if not self.deferred or not block:
+                return None
+            for _ in range(len(self.deferred)):
+                planned = self._claim(self.deferred.popleft())
+                if planned is not None:
+                    return planned
+            if self.deferred:
+                time.sleep(self.POLL_S)
+
+    def _claim(self, planned: Planned) -> Planned | None:
+        key = self.record.key(planned.dst)
+        if key is None or self.unclaimed:
+            return planned
+        try:
+            state = self.record.claim(key)
+        except ManifestError as err:  # the lock cannot be taken (held for 10 minutes): work on without claims
+            print(f"texup: warning: {err}; outputs are made without claims from now on", file=sys.stderr)
+            self.unclaimed = True
+            return planned
+        if state == HELD:
+            self.deferred.append(planned)
+            return None
+        if state != CLAIMED_AFTER_OTHER and not (planned.reason == NEW and planned.dst.exists()):
+            return planned
+        settings = self.batch.settings
+        if state == CLAIMED_AFTER_OTHER:  # made just now by a run with these settings: --force need not redo it
+            settings = replace(settings, force=False)
+        verdict = judge(planned.item.src, planned.dst, settings, self.record)
+        if verdict.refused is not None:
+            self.record.release(key)
+            self.resolved += 1
+            self.batch.failed += 1
+            self.batch.fail(planned.item.src, verdict.refused)
+            return None
+        if verdict.reason == UP_TO_DATE:
+            self.record.release(key)
+            self.resolved += 1
+            self.batch.by_other += 1
+            return None
+        return Planned(planned.item, planned.dst, verdict.reason, verdict.source)
 
 
 def _commit_ray_output(record: OutputRecord, dst: Path, tmp: str, info: dict[str, Any]) -> None:
@@ -567,7 +725,9 @@ def _prepare(args: argparse.Namespace, fail: Callable[[object, str], None]) -> _
         fmt=args.format,
         model=model_id,
         texup=texup.__version__,
-        options=pixel_options(scale=args.scale, size=target, seamless=args.seamless, role=args.role),
+        options=pixel_options(
+            scale=args.scale, size=target, seamless=args.seamless, role=args.role, color_fix=args.color_fix
+        ),
         skip_existing=args.skip_existing,
         overwrite=args.overwrite,
         force=args.force,
@@ -579,6 +739,7 @@ def _prepare(args: argparse.Namespace, fail: Callable[[object, str], None]) -> _
         overlap=args.overlap,
         seamless=args.seamless,
         role=args.role,
+        color_fix=args.color_fix,
     )
     plan = make_plan(items, settings, record)
     return _Prepared(plan, record, settings, model, model_id, options, len(problems), upscaler)
@@ -602,7 +763,11 @@ def _execute(args: argparse.Namespace, prep: _Prepared, batch: _Batch) -> None:
             raise _Stop(1) from None
     if upscaler is not None:  # known to the next run (a weights file's scale names its outputs)
         record.note_model(prep.model_id, scale=upscaler.scale)
-    record.open_journal()
+    try:
+        record.open_journal()
+    except ManifestError as err:  # nothing written could be known as texup's: write nothing
+        _say_error(f"{err}; nothing was upscaled")
+        raise _Stop(1) from None
     if args.ray is None:
         assert upscaler is not None
         batch.execute(todo, upscaler, prep.options)
@@ -621,15 +786,75 @@ def _summary(args: argparse.Namespace, prep: _Prepared, batch: _Batch, seconds: 
     redone = f"{batch.redone} changed and redone"
     if batch.redone_why:
         redone += " (" + ", ".join(f"{n} {why}" for why, n in sorted(batch.redone_why.items())) + ")"
-    summary = f"texup: {batch.new} upscaled, {len(plan.current)} up to date, {redone}, {failed} failed"
+    current = f"{len(plan.current) + batch.by_other} up to date"
+    if batch.by_other:
+        current += f" ({batch.by_other} made by another run meanwhile)"
+    summary = f"texup: {batch.new} upscaled, {current}, {redone}, {failed} failed"
     if plan.skipped:
         summary += f", {len(plan.skipped)} skipped (exist)"
     print(f"{summary} into {args.out_dir} ({seconds:.1f} s)", file=sys.stderr)
     return 1 if failed else 0
 
 
+class _Terminated(BaseException):
+    """SIGTERM (a farm scheduler's cancel, ``kill``) or SIGHUP (the terminal closed) arrived: unwinds like Ctrl-C,
+    so the outputs written so far are recorded, then the run exits 128 + the signal's number (143, 129), as the
+    shell reports a process the signal ended."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+#: The signals that end a run the way Ctrl-C does (SIGINT stays Python's KeyboardInterrupt: exit 130).
+_ENDING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """While the block runs (in the main thread), SIGTERM and SIGHUP raise :class:`_Terminated`; a second one ends
+    the process at once (the default), as a second Ctrl-C does in most programs. A signal the caller set to be
+    ignored (``nohup``) or handles itself stays as it was."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        raise _Terminated(signum)
+
+    previous = {}
+    for signum in _ENDING_SIGNALS:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, terminated)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _warn(record: OutputRecord, said: set[str]) -> None:
+    """Print each of the record's new warnings (a damaged manifest, links in .texup) as one line."""
+    for line in record.warnings:
+        if line not in said:
+            said.add(line)
+            print(f"texup: warning: {line}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
-    """``texup upscale``: plan (:func:`_prepare`), report what is refused or skipped, execute, summarise."""
+    """``texup upscale``: plan (:func:`_prepare`), report what is refused or skipped, execute, summarise.
+    SIGTERM and SIGHUP end it as Ctrl-C does (what was written is recorded; exit 143 and 129)."""
+    try:
+        with _signals_unwind():
+            return _run(args)
+    except _Terminated as stop:
+        name = signal.Signals(stop.signum).name
+        print(f"texup: stopped by {name}; the outputs written so far are recorded", file=sys.stderr)
+        return 128 + stop.signum
+
+
+def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     def fail(name: object, reason: str) -> None:
@@ -639,6 +864,8 @@ def run(args: argparse.Namespace) -> int:
         prep = _prepare(args, fail)
     except _Stop as stop:
         return stop.code
+    said: set[str] = set()
+    _warn(prep.record, said)
     plan = prep.plan
     for src, reason in plan.refused:
         fail(src, reason)
@@ -650,10 +877,18 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     batch = _Batch(args, prep.record, prep.settings, fail)
+    unsaved = False
     try:
         _execute(args, prep, batch)
     except _Stop as stop:
         return stop.code
     finally:
-        prep.record.close()  # also when interrupted: what was written stays known as texup's
-    return _summary(args, prep, batch, time.monotonic() - start)
+        try:
+            prep.record.close()  # also when interrupted: what was written stays known as texup's
+        except ManifestError as err:  # the outputs are written and in the journal; the next run saves them
+            _warn(prep.record, said)
+            _say_error(err)
+            unsaved = True
+    _warn(prep.record, said)
+    code = _summary(args, prep, batch, time.monotonic() - start)
+    return 1 if unsaved else code

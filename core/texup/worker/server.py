@@ -345,6 +345,7 @@ class WorkerServer:
                     overlap=opts.overlap,
                     seamless=opts.seamless,
                     role=item.role,
+                    color_fix=opts.color_fix,
                 )
                 self._run_item(job_id, upscaler, options, item, index, count, outputs)
             except Cancelled:
@@ -595,7 +596,13 @@ class _Outputs:
             fmt=None,
             model=self._identity,
             texup=texup.__version__,
-            options=pixel_options(scale=options.scale, size=size, seamless=options.seamless, role=options.role),
+            options=pixel_options(
+                scale=options.scale,
+                size=size,
+                seamless=options.seamless,
+                role=options.role,
+                color_fix=options.color_fix,
+            ),
             overwrite=overwrite,
         )
         return record, settings
