@@ -81,7 +81,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="known model name (see `texup models list`) or a weights file (default: realesrgan-x4plus)",
+        help="known model name (see `texup models list`), a weights file, or a blend of two models "
+        "blend:A,B@ALPHA ((1 - ALPHA) * A + ALPHA * B, made once and cached; see `texup models blend`) "
+        "(default: realesrgan-x4plus)",
     )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--scale", type=float, default=None, help="output scale, e.g. 2, 3, 4 (default: the model's)")
