@@ -5,6 +5,7 @@ Every file is made here from real photographs (tests/realdata.py) at sizes that 
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -402,6 +403,13 @@ def test_texup_upscale_keeps_every_files_dds_format(tmp_path):
                  "--format", "dds"]) == 0  # fmt: skip
     info = probe_image(tmp_path / "d" / "sky_x4.dds")
     assert info.extra["dds_format"] == "bc7" and (info.width, info.height) == (W * 4, H * 4)
+    # --dds-format picks the block format (here for a PNG and a BC7 source alike), for this run only
+    crate = textures / "props" / "crate.dds"
+    assert main(["upscale", str(textures / "props" / "sky.png"), str(crate), "-o", str(tmp_path / "e"),
+                 "--model", str(model), "--format", "dds", "--dds-format", "BC1"]) == 0  # fmt: skip
+    assert probe_image(tmp_path / "e" / "sky_x4.dds").extra["dds_format"] == "bc1"
+    assert probe_image(tmp_path / "e" / "crate_x4.dds").extra["dds_format"] == "bc1"
+    assert "TEXUP_DDS_FORMAT" not in os.environ
 
 
 def test_a_hostile_dds_in_a_folder_is_one_error_line_and_the_rest_is_done(tmp_path, capsys):

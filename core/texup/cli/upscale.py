@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
-from texup.imageio import Image, format_for_path, read_image
+from texup.imageio import DDS_FORMATS, ENV_DDS_FORMAT, Image, format_for_path, read_image
 from texup.inference.pipeline import UpscaleOptions, refuse_overwrite
 from texup.library import (
     NEW,
@@ -94,6 +94,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="added to each output's stem; {scale} is replaced (default: %(default)s; use '' for none)",
     )
     p.add_argument("--format", default=None, help="write this format instead of the input's (png, tiff, exr, ...)")
+    p.add_argument(
+        "--dds-format",
+        default=None,
+        type=str.lower,
+        choices=DDS_FORMATS,
+        metavar="FMT",
+        help="the format of every DDS output: bc1..bc7, bc6h, rgba8, ... (default: a DDS input's own; for other "
+        "inputs written with --format dds, BC7, BC4 for one channel, BC6H for float); sets TEXUP_DDS_FORMAT",
+    )
     p.add_argument(
         "--skip-existing",
         action="store_true",
@@ -847,6 +856,11 @@ def _warn(record: OutputRecord, said: set[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     """``texup upscale``: plan (:func:`_prepare`), report what is refused or skipped, execute, summarise.
     SIGTERM and SIGHUP end it as Ctrl-C does (what was written is recorded; exit 143 and 129)."""
+    # The DDS writer reads its format choice from the environment (so the worker and Python API share it); set for
+    # this run only.
+    saved = os.environ.get(ENV_DDS_FORMAT)
+    if getattr(args, "dds_format", None):
+        os.environ[ENV_DDS_FORMAT] = args.dds_format
     try:
         with _signals_unwind():
             return _run(args)
@@ -854,6 +868,11 @@ def run(args: argparse.Namespace) -> int:
         name = signal.Signals(stop.signum).name
         print(f"texup: stopped by {name}; the outputs written so far are recorded", file=sys.stderr)
         return 128 + stop.signum
+    finally:
+        if saved is None:
+            os.environ.pop(ENV_DDS_FORMAT, None)
+        else:
+            os.environ[ENV_DDS_FORMAT] = saved
 
 
 def _run(args: argparse.Namespace) -> int:
