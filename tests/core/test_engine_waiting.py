@@ -25,6 +25,8 @@ def test_passive_waiting_is_set_only_when_nobody_chose_and_before_the_engines_lo
     for module in openmp.OPENMP_MODULES:  # too late to take effect: left alone
         environ = {}
         assert openmp.configure(environ, {module: object()}) == {} and environ == {}
+    environ = {}  # a module blocked from importing (as a torch-less process may do) is not loaded
+    assert openmp.configure(environ, {"torch": None}) == expected and environ == expected
 
 
 def _spin_counts(code: str, **extra: str) -> list[str]:

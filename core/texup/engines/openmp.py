@@ -42,7 +42,9 @@ def configure(
     (then they could not take effect); return what was set (empty: nothing)."""
     environ = os.environ if environ is None else environ
     modules = sys.modules if modules is None else modules
-    if any(name in environ for name in WAIT_VARIABLES) or any(name in modules for name in OPENMP_MODULES):
+    # A None entry is a module blocked from importing (``sys.modules['torch'] = None``), not a loaded one.
+    loaded = any(modules.get(name) is not None for name in OPENMP_MODULES)
+    if loaded or any(name in environ for name in WAIT_VARIABLES):
         return {}
     environ.update(WAIT_SETTINGS)
     return dict(WAIT_SETTINGS)
