@@ -214,13 +214,15 @@ def bench_model(key: str, args: argparse.Namespace, peak: float, report: dict[st
     out["floor_s"] = floor
     print(f"reference fp32 NCHW forward      {t_ref:8.2f} s   ({floor / t_ref:5.1%} of floor {floor:.2f} s)")
 
-    # texup auto, end to end: PNG in -> PNG out with every default.
+    # texup auto, end to end: PNG in -> PNG out with every default but the colour fix, which changes the
+    # network's pixels on purpose (scripts/bench_quality.py measures it): here the engine's pixels are compared.
     up = Upscaler(model)
+    plain = UpscaleOptions(color_fix="off")
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.png", Path(tmp) / "out.png"
         write_image(src, crop)
-        up.upscale_array(crop[:32, :32])  # warm-up (oneDNN primitives), as in a warm worker
-        t_auto, _ = timed(lambda: up.upscale_file(src, dst), args.repeat)
+        up.upscale_array(crop[:32, :32], plain)  # warm-up (oneDNN primitives), as in a warm worker
+        t_auto, _ = timed(lambda: up.upscale_file(src, dst, plain), args.repeat)
         auto_img = read_image(dst).pixels.astype(np.float32) / 255
     out["auto_s"] = t_auto
     out["auto_precision"] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[up.precision]
@@ -240,7 +242,7 @@ def bench_model(key: str, args: argparse.Namespace, peak: float, report: dict[st
     hr = real_image("coffee.png", (8, 100, args.hr, args.hr))
     lr = np.asarray(Image.fromarray(hr).resize((args.hr // 4, args.hr // 4), Image.Resampling.BICUBIC))
     fid_ref = psnr(to_image(forward(module, to_tensor(lr), torch.float32, False)), hr / 255)
-    fid_auto = psnr(up.upscale_array(lr).astype(np.float32) / 255, hr / 255)
+    fid_auto = psnr(up.upscale_array(lr, plain).astype(np.float32) / 255, hr / 255)
     out["fidelity_reference_db"], out["fidelity_auto_db"] = fid_ref, fid_auto
     print(
         f"fidelity vs ground truth ({args.hr}px): reference {fid_ref:.3f} dB, auto {fid_auto:.3f} dB "

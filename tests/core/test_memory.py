@@ -155,7 +155,7 @@ _PEAK_SCRIPT = textwrap.dedent(
     image[..., 1] = (yy * 5) % 256
     image[..., 2] = rng.integers(0, 256, (side, side), dtype=np.uint8)
     image[..., 3] = np.where((xx // 64 + yy // 64) % 2 == 0, 255, 0)  # varying alpha: a second model run
-    options = UpscaleOptions(tile=256, seamless="off", scale=float(sys.argv[2]))
+    options = UpscaleOptions(tile=256, seamless="off", scale=float(sys.argv[2]), color_fix=sys.argv[3])
     up.upscale_array(image[:64, :64], options)  # warm-up: allocator pools, oneDNN primitives
     reset_peak()
     before = status("VmRSS")
@@ -170,8 +170,9 @@ _PEAK_SCRIPT = textwrap.dedent(
 def test_peak_memory_is_the_output_plus_a_bounded_band(scale):
     # x4: 1024^2 -> 4096 x 4096 RGBA uint8 (64 MiB); a whole-image float32 RGB canvas alone would be 192 MiB.
     # x2 from the x4 model: the model's 4096^2 rows are resampled as they come; a canvas would again be 192 MiB.
+    # Without the colour fix: the streamed pipeline (the fix's own cost is bounded by the next test).
     side = 1024
-    figures = _measure(_PEAK_SCRIPT, side, scale)
+    figures = _measure(_PEAK_SCRIPT, side, scale, "off")
     growth = figures["peak"] - figures["before"]
     out_bytes = figures["out_bytes"]
     assert out_bytes == (side * scale) ** 2 * 4
@@ -179,6 +180,18 @@ def test_peak_memory_is_the_output_plus_a_bounded_band(scale):
     # tile temporaries: measured 90-150 MiB over the output, depending on glibc's heap. A whole-image float32
     # canvas would add 192 MiB; the previous design (canvases for colour and alpha) was output + ~370 MiB.
     limit = out_bytes + 240 * 2**20
+    assert growth < limit, f"peak grew by {growth / 2**20:.0f} MiB, limit {limit / 2**20:.0f} MiB"
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
+def test_the_colour_fix_costs_at_most_its_float_copy_of_the_output():
+    """The colour fix (on by default) holds a float32 RGB copy of the output (12 bytes per output pixel:
+    texup.inference.colorfix) on top of the streamed pipeline's bound; nothing more."""
+    side, scale = 1024, 4
+    figures = _measure(_PEAK_SCRIPT, side, scale, "on")
+    growth = figures["peak"] - figures["before"]
+    out_bytes = figures["out_bytes"]
+    limit = out_bytes + 240 * 2**20 + 12 * (side * scale) ** 2
     assert growth < limit, f"peak grew by {growth / 2**20:.0f} MiB, limit {limit / 2**20:.0f} MiB"
 
 
