@@ -104,9 +104,12 @@ def _cached_export(digest: str, name: str, source: Callable[[], ExportSource]) -
 
 
 def _read_export(param: Path, weights: Path, info_path: Path, digest: str) -> NcnnGraph | None:
+    # A damaged record (a FIFO, bad UTF-8, deep nesting, wrong types) means "export again", never an error.
+    if not info_path.is_file() or info_path.is_symlink():
+        return None
     try:
         info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if (
         not isinstance(info, dict)
@@ -117,13 +120,15 @@ def _read_export(param: Path, weights: Path, info_path: Path, digest: str) -> Nc
         or weights.stat().st_size != info.get("bin_size")
     ):
         return None
-    return graph_from_files(
-        param,
-        weights,
-        scale=int(info["scale"]),
-        input_multiple=int(info["input_multiple"]),
-        checkpoints=[str(c) for c in info["checkpoints"]],
-    )
+    scale, multiple, checkpoints = info.get("scale"), info.get("input_multiple"), info.get("checkpoints")
+    if (
+        type(scale) is not int
+        or type(multiple) is not int
+        or not isinstance(checkpoints, list)
+        or not all(isinstance(c, str) for c in checkpoints)
+    ):
+        return None
+    return graph_from_files(param, weights, scale=scale, input_multiple=multiple, checkpoints=list(checkpoints))
 
 
 def graph_for(model: Any) -> tuple[NcnnGraph, str]:

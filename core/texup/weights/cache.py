@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -140,13 +141,24 @@ def read_manifest() -> dict[str, dict[str, Any]]:
     """
     path = manifest_path()
     try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return {}
+    if not stat.S_ISREG(mode):  # a FIFO would block the read forever; a link could lead anywhere
+        raise FileError(path, "the model manifest is not a regular file; delete it to rebuild the cache")
+    try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
+    except UnicodeDecodeError as exc:
+        raise FileError(
+            path, f"corrupt model manifest (not UTF-8: {exc.reason}); delete it to rebuild the cache"
+        ) from exc
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FileError(path, f"corrupt model manifest ({exc}); delete it to rebuild the cache") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise FileError(path, f"corrupt model manifest ({why}); delete it to rebuild the cache") from exc
     if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
         raise FileError(path, "not a texup model manifest (no 'files' object); delete it to rebuild the cache")
     return {str(k): dict(v) for k, v in data["files"].items() if isinstance(v, dict)}
