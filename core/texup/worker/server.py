@@ -517,7 +517,6 @@ class WorkerServer:
         log.info("job %s: %s -> %s (%s)", job_id, src, dst, verdict.reason)
         source = verdict.source or _source_state(src)
         entry = entry_for(settings, source, **outputs.extra, **({"origin": item.origin} if item.origin else {}))
-        record.open_journal()  # on the first write: a job that writes nothing leaves no trace in the folder
         with record.writing(dst, entry) as tmp:
             upscaler.upscale_file(
                 src,
@@ -527,6 +526,9 @@ class WorkerServer:
                 cancel=lambda: self._is_cancelled(job_id),
                 format=format_for_path(dst),
             )
+            # The journal opens with the first finished output (its line is written as the rename comes): a job
+            # cancelled or failed before that leaves no trace in the folder.
+            record.open_journal()
         record.add(dst, **entry)
         info = probe_image(dst)
         self.send(
