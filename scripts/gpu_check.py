@@ -800,6 +800,9 @@ def part_ray(ctx: Ctx) -> tuple[str, str]:
     env.update(
         RAY_TMPDIR=ray_tmp,
         RAY_USAGE_STATS_ENABLED="0",
+        # Ray 2.60+ would write ~/.ray/auth_token for this throwaway local cluster; later `ray start` clusters on
+        # the machine then disagree about authentication (see texup.cluster.local_cluster)
+        RAY_AUTH_MODE=os.environ.get("RAY_AUTH_MODE", "disabled"),
         PYTHONPATH=os.pathsep.join([str(CORE), env.get("PYTHONPATH", "")]),
     )
     ctx.data["command"] = " ".join(command)

@@ -688,9 +688,16 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1, *, temp_dir: str | Non
     --address`` for each other node), each offering ``cpus_per_node`` CPUs: for trying ``--ray``, the tests and
     the benchmarks. Yields its address. At the end ``ray stop --force``, which stops every Ray process on this
     machine: do not use it beside another Ray cluster here. Raises ``RuntimeError`` with Ray's output when a
-    node does not start."""
+    node does not start.
+
+    Every process of it (the nodes, and this process and its children while it lives) takes one Ray
+    authentication mode: the caller's ``RAY_AUTH_MODE``, else "disabled". Ray 2.60+ otherwise decides per
+    process: a head finding ``~/.ray/auth_token`` (which any earlier local ``ray.init()`` writes) turns token
+    authentication on while the other nodes and the driver keep it off, and every node after the head fails."""
     ray_cli = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    auth_mode = os.environ.get("RAY_AUTH_MODE")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": auth_mode or "disabled"}
+    os.environ["RAY_AUTH_MODE"] = env["RAY_AUTH_MODE"]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -721,3 +728,5 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1, *, temp_dir: str | Non
         except ImportError:
             pass
         subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        if auth_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
