@@ -255,6 +255,15 @@ def pixel_options(
     }
 
 
+def options_of(options: Any) -> dict[str, Any]:
+    """:func:`pixel_options` of an :class:`~texup.inference.pipeline.UpscaleOptions` (what a run passes to the
+    pipeline is what its outputs record: the CLI and the worker both derive it here)."""
+    size = tuple(options.target_size) if options.target_size else None
+    return pixel_options(
+        scale=options.scale, size=size, seamless=options.seamless, role=options.role, color_fix=options.color_fix
+    )
+
+
 def source_state(src: Path, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
     """The source's path, size, mtime and SHA-256; the hash is taken from ``earlier`` (an output's entry) when
     that recorded the same file with the same size and mtime, well before it was hashed (the racy rule)."""

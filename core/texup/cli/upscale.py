@@ -42,8 +42,8 @@ from texup.library import (
     judge,
     make_plan,
     model_identity,
+    options_of,
     parse_shard,
-    pixel_options,
     scale_label,
     source_state,
     take_shard,
@@ -730,19 +730,6 @@ def _prepare(args: argparse.Namespace, fail: Callable[[object, str], None]) -> _
     except (TexupError, ValueError, OSError) as err:
         _say_error(err)
         raise _Stop(1) from None
-    settings = Settings(
-        out_dir=args.out_dir,
-        suffix=args.suffix.replace("{scale}", scale_label(scale) if scale else ""),
-        fmt=args.format,
-        model=model_id,
-        texup=texup.__version__,
-        options=pixel_options(
-            scale=args.scale, size=target, seamless=args.seamless, role=args.role, color_fix=args.color_fix
-        ),
-        skip_existing=args.skip_existing,
-        overwrite=args.overwrite,
-        force=args.force,
-    )
     options = UpscaleOptions(
         scale=args.scale,
         target_size=target,
@@ -751,6 +738,17 @@ def _prepare(args: argparse.Namespace, fail: Callable[[object, str], None]) -> _
         seamless=args.seamless,
         role=args.role,
         color_fix=args.color_fix,
+    )
+    settings = Settings(
+        out_dir=args.out_dir,
+        suffix=args.suffix.replace("{scale}", scale_label(scale) if scale else ""),
+        fmt=args.format,
+        model=model_id,
+        texup=texup.__version__,
+        options=options_of(options),
+        skip_existing=args.skip_existing,
+        overwrite=args.overwrite,
+        force=args.force,
     )
     plan = make_plan(items, settings, record)
     return _Prepared(plan, record, settings, model, model_id, options, len(problems), upscaler)

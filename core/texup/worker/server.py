@@ -578,7 +578,7 @@ class _Outputs:
         """The record of ``folder`` (opened and journalled on first use) and the Settings an item's entry is
         compared with."""
         import texup
-        from texup.library import Settings, model_files_state, model_identity, pixel_options
+        from texup.library import Settings, model_files_state, model_identity, options_of
         from texup.outputs import OutputRecord
 
         record = self._records.get(folder)
@@ -591,20 +591,13 @@ class _Outputs:
                 self.extra["model_files"] = model_files_state(self.model)
             except OSError as err:
                 raise FileError(self.model, f"cannot read the model's weights: {err.strerror or err}") from err
-        size = tuple(options.target_size) if options.target_size else None
         settings = Settings(
             out_dir=folder,
             suffix="",
             fmt=None,
             model=self._identity,
             texup=texup.__version__,
-            options=pixel_options(
-                scale=options.scale,
-                size=size,
-                seamless=options.seamless,
-                role=options.role,
-                color_fix=options.color_fix,
-            ),
+            options=options_of(options),
             overwrite=overwrite,
         )
         return record, settings
