@@ -18,9 +18,11 @@ Imports no torch and loads no model.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import os
+import stat
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -63,6 +65,15 @@ class WorkItem:
 class InputProblem:
     arg: str
     reason: str
+    warning: bool = False  # left out with a warning (a link to a folder, a loop of links): the batch does not fail
+
+
+def path_reason(err: BaseException, kind: str = "file or folder") -> str:
+    """Why a path cannot be used as a ``kind``, in words: a loop of symbolic links (Python 3.11's ``resolve`` raises
+    RuntimeError for it, later versions OSError ELOOP), a name the system refuses, a folder that cannot be searched."""
+    if isinstance(err, RuntimeError) or getattr(err, "errno", None) == errno.ELOOP:
+        return f"a loop of symbolic links (a link that leads back to itself can never be a {kind})"
+    return f"cannot be used as a {kind} ({getattr(err, 'strerror', None) or err})"
 
 
 def expand_inputs(args: list[str], *, recursive: bool) -> tuple[list[WorkItem], list[InputProblem]]:
@@ -70,15 +81,18 @@ def expand_inputs(args: list[str], *, recursive: bool) -> tuple[list[WorkItem], 
 
     A path that exists but is no regular file (a FIFO, a device, a socket) is a problem, never opened: reading
     a FIFO would wait forever. A file named twice (or found again through a folder or glob) is kept once.
+    Walking a folder (:func:`_folder_files`) or a ``**`` pattern never follows a link to a folder, so a loop of
+    links cannot make it endless; what it leaves out is named (``warning``), a folder it cannot list and a broken
+    link with an image's name are problems (their files are lost to the batch).
     """
     items: list[WorkItem] = []
     problems: list[InputProblem] = []
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
-            if not found:
+            before = len(problems)
+            found = _folder_files(path, recursive, problems)
+            if not found and all(p.warning for p in problems[before:]):
                 problems.append(InputProblem(arg, "folder holds no supported image files"))
             items.extend(WorkItem(p, p.parent.relative_to(path)) for p in found)
         elif path.is_file():
@@ -86,16 +100,98 @@ def expand_inputs(args: list[str], *, recursive: bool) -> tuple[list[WorkItem], 
         elif path.exists():
             problems.append(InputProblem(arg, "not a regular file (a pipe, device or socket cannot be upscaled)"))
         elif GLOB_CHARS & set(arg):
-            matches = sorted(Path(m) for m in glob.glob(arg, recursive=True) if Path(m).is_file())
+            matches = sorted(m for m in _glob(arg) if m.is_file())
             if not matches:
                 problems.append(InputProblem(arg, "no file matches this pattern"))
             items.extend(WorkItem(m, Path()) for m in matches)
+        elif path.is_symlink():
+            problems.append(InputProblem(arg, _link_reason(path)))
         else:
             problems.append(InputProblem(arg, "no such file or folder"))
     unique: dict[tuple[Path, Path], WorkItem] = {}
     for item in items:
         unique.setdefault((item.src.resolve(), item.rel_parent), item)
     return list(unique.values()), problems
+
+
+def _link_reason(path: Path) -> str:
+    """Why the link ``path`` leads nowhere: a loop of links, or a target that does not exist."""
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return path_reason(err)
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return f"a broken symbolic link (its target {target} does not exist)"
+
+
+def _folder_files(root: Path, recursive: bool, problems: list[InputProblem]) -> list[Path]:
+    """The image files in ``root`` (and its sub-folders with ``recursive``), sorted. Links to files are read through;
+    links to folders are never followed (a loop of links, or a link to a whole disk, would make the walk endless or
+    leave the library): with ``recursive`` each is named in a warning. A folder that cannot be listed and a link
+    with an image's name that leads nowhere (broken, a loop) are problems; a loop without one, a warning."""
+    found: list[Path] = []
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as err:
+            why = err.strerror or str(err)
+            problems.append(InputProblem(str(folder), f"cannot list this folder ({why}); its files are left out"))
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            image = path.suffix.lower() in SUPPORTED_EXTENSIONS
+            try:
+                link = entry.is_symlink()
+                if not link:
+                    if entry.is_dir(follow_symlinks=False):
+                        if recursive:
+                            folders.append(path)
+                    elif image and entry.is_file(follow_symlinks=False):
+                        found.append(path)
+                    continue
+                mode = os.stat(path).st_mode
+            except OSError as err:
+                if image or err.errno == errno.ELOOP:  # a link that leads nowhere
+                    problems.append(InputProblem(str(path), _link_reason(path), warning=not image))
+                continue
+            if stat.S_ISDIR(mode):
+                if recursive:
+                    problems.append(
+                        InputProblem(
+                            str(path),
+                            "a link to a folder is not followed (name that folder as an input to upscale its files)",
+                            warning=True,
+                        )
+                    )
+            elif image and stat.S_ISREG(mode):
+                found.append(path)
+    return sorted(found)
+
+
+def _glob(pattern: str) -> list[Path]:
+    """The paths ``pattern`` matches. A ``**`` pattern never follows links to folders (``glob.glob`` does: two links
+    back to their own folder made ``in/**/*.png`` run for ever): it is matched by :meth:`Path.glob` below its
+    literal head, and, as ``glob.glob`` does, a wildcard never matches a name that starts with a dot."""
+    if "**" not in pattern:
+        return [Path(m) for m in glob.glob(pattern, recursive=True)]
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if GLOB_CHARS & set(part))
+    head, rest = Path(*parts[:first]) if first else Path(), Path(*parts[first:])
+    if rest.name == "**":  # glob.glob's trailing ** matches files too, Path.glob's only folders
+        rest = rest / "*"
+    dotted = any(part.startswith(".") for part in rest.parts)
+    return [
+        match
+        for match in head.glob(rest.as_posix())
+        if dotted or not any(part.startswith(".") for part in match.relative_to(head).parts)
+    ]
 
 
 def scale_label(scale: float) -> str:
@@ -395,7 +491,11 @@ def make_plan(items: list[WorkItem], settings: Settings, record: OutputRecord) -
     reloaded = False
     for item in items:
         dst = output_path(item, settings.out_dir, settings.suffix, settings.fmt)
-        key = dst.resolve()
+        try:
+            key = dst.resolve()
+        except (RuntimeError, OSError) as err:  # a loop of links on its way (RuntimeError in Python 3.11)
+            plan.refused.append((item.src, f"output {dst}: {path_reason(err, 'file')}; refusing to write it"))
+            continue
         if _outside(dst, settings.out_dir):
             plan.refused.append((item.src, f"output {dst} would be outside {settings.out_dir}; refusing to write it"))
             continue

@@ -44,6 +44,7 @@ from texup.library import (
     model_identity,
     options_of,
     parse_shard,
+    path_reason,
     scale_label,
     source_state,
     take_shard,
@@ -281,7 +282,7 @@ def _out_dir_problem(out_dir: Path) -> str | None:
     try:
         out_dir.resolve()  # Python 3.11 raises RuntimeError for a loop of links, later versions OSError
     except (RuntimeError, OSError) as err:
-        return f"-o {out_dir}: {_path_reason(err)}"
+        return f"-o {out_dir}: {path_reason(err, 'folder')}"
     here = out_dir
     try:
         while not here.exists() and here != here.parent:
@@ -291,16 +292,8 @@ def _out_dir_problem(out_dir: Path) -> str | None:
                 return f"-o {out_dir} is a file, not a folder"
             return f"-o {out_dir}: {here} is a file, not a folder"
     except OSError as err:  # a name too long, a folder that cannot be searched
-        return f"-o {out_dir}: {_path_reason(err)}"
+        return f"-o {out_dir}: {path_reason(err, 'folder')}"
     return None
-
-
-def _path_reason(err: BaseException) -> str:
-    import errno
-
-    if isinstance(err, RuntimeError) or getattr(err, "errno", None) == errno.ELOOP:
-        return "a loop of symbolic links (a link that leads back to itself can never be a folder)"
-    return f"cannot be used as a folder ({getattr(err, 'strerror', None) or err})"
 
 
 def _read_source(planned: Planned, max_pixels: int | None) -> tuple[Image, dict[str, Any]]:
@@ -706,10 +699,14 @@ def _prepare(args: argparse.Namespace, fail: Callable[[object, str], None]) -> _
     except (ValueError, TexupError) as err:
         print(f"texup upscale: error: {err}", file=sys.stderr)
         raise _Stop(2) from None
-    items, problems = expand_inputs(args.inputs, recursive=args.recursive)
+    items, found = expand_inputs(args.inputs, recursive=args.recursive)
     items = take_shard(items, args.shard)
-    for problem in problems:
-        fail(problem.arg, problem.reason)
+    problems = [problem for problem in found if not problem.warning]
+    for problem in found:
+        if problem.warning:  # left out, named; the batch goes on
+            print(f"texup: warning: {problem.arg}: {problem.reason}", file=sys.stderr)
+        else:
+            fail(problem.arg, problem.reason)
     if not items:
         if args.shard is not None and not problems:
             print(f"texup: shard {args.shard[0]}/{args.shard[1]} holds none of these inputs", file=sys.stderr)
