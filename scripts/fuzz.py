@@ -6,11 +6,12 @@
 
 Valid seed files of every format texup reads (PNG 8/16-bit, gray, RGBA, palette; JPEG baseline, gray and
 progressive; TIFF 8/16-bit, float16/32, LZW, uncompressed; EXR half/float, ZIP/PIZ/none; WebP lossless and
-lossy; TGA raw and RLE; BMP 24/32-bit) are written with texup's own writer from real image crops
-(tests/realdata.py), then mutated deterministically (numpy ``Generator`` seeded with ``--seed``): bit flips,
-byte overwrites, truncation, zero-filled ranges, slice and chunk/segment duplication or removal, header field
-overwrites (sizes, offsets, counts) with PNG checksums fixed up half the time so the damage reaches the
-decoder, PNG pixel-stream (IDAT) damage under a valid zlib stream, and splices of two seeds of one format.
+lossy; TGA raw and RLE; BMP 24/32-bit; DDS BC1, BC5, BC6H, BC7 sRGB with mips, R16 and RGBA16F without) are
+written with texup's own writer from real image crops (tests/realdata.py), then mutated deterministically (numpy
+``Generator`` seeded with ``--seed``): bit flips, byte overwrites, truncation, zero-filled ranges, slice and
+chunk/segment duplication or removal, header field overwrites (sizes, offsets, counts) with PNG checksums fixed
+up half the time so the damage reaches the decoder, PNG pixel-stream (IDAT) damage under a valid zlib stream,
+and splices of two seeds of one format.
 
 Four engines, each checking what issues 11 and 21 ask:
 
@@ -126,6 +127,12 @@ def make_seeds(folder: Path) -> list[tuple[str, str, Path]]:
         ("tga_rle_gray", "tga", gray, like("tga", tga_rle=True), ".tga"),
         ("bmp_rgb", "bmp", rgb, None, ".bmp"),
         ("bmp_rgba", "bmp", rgba, None, ".bmp"),
+        ("dds_bc1_rgba", "dds", rgba, like("dds", dds_format="bc1"), ".dds"),
+        ("dds_bc5_normal", "dds", rgb, like("dds", dds_format="bc5"), ".dds"),
+        ("dds_bc6h", "dds", lin, like("dds", dds_format="bc6h"), ".dds"),
+        ("dds_bc7_srgb", "dds", rgba, like("dds", dds_format="bc7", dds_srgb=True), ".dds"),
+        ("dds_r16_flat", "dds", u16[:, :, :1], like("dds", dds_format="r16", dds_mipmaps=1), ".dds"),
+        ("dds_rgba16f_flat", "dds", lin_a, like("dds", dds_format="rgba16f", dds_mipmaps=1), ".dds"),
     ]
     out: list[tuple[str, str, Path]] = []
     for name, fmt, pixels, info, ext in seeds:
@@ -244,6 +251,8 @@ def _header_region(data: bytes, fmt: str) -> tuple[int, int]:
         return 0, min(n, 138)
     if fmt == "tga":
         return 0, min(n, 18)
+    if fmt == "dds":
+        return 4, min(n, 148)  # the header and its DX10 extension
     return 0, min(n, 48)
 
 

@@ -1,4 +1,4 @@
-"""Seeded fuzzing (issue 11): mutated PNG/JPEG/TIFF/EXR/WebP/TGA/BMP files through ``read_image`` and one
+"""Seeded fuzzing (issue 11): mutated PNG/JPEG/TIFF/EXR/WebP/TGA/BMP/DDS files through ``read_image`` and one
 ``texup upscale`` batch, and garbage request lines through one ``python -m texup worker``; damaged output-folder
 state (manifest, journals, FIFOs and links in ``.texup``; issue 21) through texup's and the add-on's readers.
 
@@ -29,8 +29,8 @@ from texup.worker import protocol  # noqa: E402
 from texup.worker.protocol import ProtocolError  # noqa: E402
 
 SEED = 11
-FILE_MUTANTS = 660  # 30 per seed
-CLI_MUTANTS = 66  # 3 per seed
+FILE_MUTANTS = 840  # 30 per seed
+CLI_MUTANTS = 84  # 3 per seed
 WORKER_LINES = 200
 
 

@@ -88,3 +88,85 @@ def test_size_problem_knows_each_formats_largest_side() -> None:
     assert size_problem("webp", 16383, 1) is None and size_problem("webp", 1, 16384)
     assert size_problem("tiff", 2**32 - 1, 1) is None and size_problem("tiff", 2**32, 1)
     assert LARGEST_SIDE == 2**32 - 1
+
+
+# --- --scale past the output format's largest side (issue 21, the third leftover) --------------------------------
+
+
+class _CountingUpscaler:
+    """Stands in for a x4 model: counts what it is asked to upscale and makes a small image (the size check comes
+    from each input's header, before this is called)."""
+
+    scale = 4
+    engine = type("E", (), {"name": "fake"})()
+    device = precision = "cpu"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def upscale_array(self, pixels, options, **_kw):
+        self.calls.append(f"{pixels.shape[1]}x{pixels.shape[0]}")
+        return np.zeros((2, 2, pixels.shape[2]), pixels.dtype)
+
+    def upscale_file(self, src, dst, options, *, format=None, **_kw):
+        self.calls.append(Path(src).name)
+        write_image(dst, np.zeros((2, 2, 3), np.uint8), format=format)
+        return Path(dst)
+
+
+@pytest.mark.parametrize(
+    ("width", "extra", "words"),
+    [
+        (4100, ["--format", "webp"], "WebP images are limited to 16383x16383 pixels, this one is 16400x8"),
+        (16376, ["--format", "jpg"], "JPEG images are limited to 65500x65500 pixels, this one is 65504x8"),
+        (3000, ["--format", "webp", "--scale", "6"], "this one is 18000x12"),  # --scale, not the model's
+    ],
+)
+def test_a_scale_past_the_formats_largest_side_is_refused_per_item_before_upscaling(
+    width, extra, words, tmp_path, monkeypatch, capsys
+) -> None:
+    import texup.api as api
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_image(folder / "a_wide.png", np.full((2, width, 3), 100, np.uint8))
+    write_image(folder / "b_small.png", np.full((2, 3, 3), 100, np.uint8))
+    upscaler = _CountingUpscaler()
+    monkeypatch.setattr(api, "get_upscaler", lambda *a, **k: upscaler)
+    code = main(["upscale", str(folder), "-o", str(tmp_path / "out"), "--model", "realesrgan-x4plus", *extra])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    (line,) = [line for line in err.splitlines() if "error" in line]
+    assert line.startswith(f"texup: error: {folder / 'a_wide.png'}: output {tmp_path / 'out' / 'a_wide_x'}"), line
+    assert words in line and "choose a smaller --scale" in line, line
+    assert upscaler.calls == ["3x2"]  # only the small one was upscaled: the wide one was refused up front
+    assert "1 upscaled" in err and "1 failed" in err
+
+
+def test_the_worker_refuses_a_scale_past_the_formats_largest_side_before_upscaling(tmp_path) -> None:
+    import io
+    import json
+
+    from texup.worker import protocol
+    from texup.worker.server import WorkerServer
+
+    src = tmp_path / "wide.png"
+    write_image(src, np.full((2, 4100, 3), 100, np.uint8))
+    small = tmp_path / "small.png"
+    write_image(small, np.full((2, 3, 3), 100, np.uint8))
+    upscaler = _CountingUpscaler()
+    out = io.StringIO()
+    server = WorkerServer(io.BytesIO(b""), out, device="cpu", get_upscaler=lambda model, **kw: upscaler)
+    items = [
+        {"key": "wide", "src": str(src), "dst": str(tmp_path / "wide_x4.webp")},
+        {"key": "small", "src": str(small), "dst": str(tmp_path / "small_x4.webp")},
+    ]
+    server.run_job(protocol.parse_upscale({"type": "upscale", "id": "j", "options": {"model": "m"}, "items": items}))
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    (error,) = [e for e in events if e["type"] == "error"]
+    assert error["item"] == "wide" and not error["traceback"], error
+    assert str(src) in error["message"] and "WebP images are limited to 16383x16383 pixels" in error["message"]
+    assert "16400x8" in error["message"]
+    assert upscaler.calls == ["small.png"]  # the wide one was never upscaled
+    assert not any(e["type"] == "progress" and e.get("item") == "wide" for e in events)
+    assert events[-1]["type"] == "done" and (events[-1]["ok"], events[-1]["failed"]) == (1, 1)
