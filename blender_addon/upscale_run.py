@@ -28,7 +28,7 @@ import bpy
 from . import relink
 from .bridge.client import WorkerError
 from .bridge.jobs import JobPlan, JobTracker, TextureInfo, build_job, report_rows
-from .bridge.manifest import OutputsView, pixel_options
+from .bridge.manifest import OutputsView, dds_format_setting, pixel_options
 from .bridge.naming import UDIM_TOKENS, safe_stem
 from .bridge.partners import dialled
 from .bridge.worker_protocol import Job, JobOptions
@@ -202,6 +202,7 @@ class UpscaleRun:
             seamless=self.settings.seamless,
             role=out.role,
             color_fix=self.settings.color_fix,
+            dds_format=dds_format_setting(),
         )
         return bool(items) and all(
             earlier.why_not_current(item.dst, source=item.src, model=model, options=options, texup=ADDON_VERSION)

@@ -41,7 +41,9 @@ RACY_NS = 2_000_000_000
 UP_TO_DATE = "up to date"  # texup.library.UP_TO_DATE: the worker's result reason when it did nothing
 
 
-def pixel_options(*, scale: float | None, seamless: str, role: str, color_fix: str = "auto") -> dict[str, Any]:
+def pixel_options(
+    *, scale: float | None, seamless: str, role: str, color_fix: str = "auto", dds_format: str | None = None
+) -> dict[str, Any]:
     """The options an entry records as changing pixels (texup.library.pixel_options; the add-on never sets
     an exact output size). Compared with texup's by a test."""
     return {
@@ -50,7 +52,21 @@ def pixel_options(*, scale: float | None, seamless: str, role: str, color_fix: s
         "seamless": seamless,
         "role": role,
         "color_fix": color_fix,
+        "dds_format": dds_format,
     }
+
+
+#: The variable that names the block format of every DDS output (texup.imageio.ENV_DDS_FORMAT): the worker inherits
+#: Blender's environment, so the add-on reads the same value.
+ENV_DDS_FORMAT = "TEXUP_DDS_FORMAT"
+
+
+def dds_format_setting(environ: Mapping[str, str] | None = None) -> str | None:
+    """The DDS format the worker will write (texup.imageio.chosen_dds_format without a format asked for): the
+    variable's value in lower case, or None when it is unset or empty (a name texup does not know fails in the
+    worker, so the output is never taken as current)."""
+    value = (os.environ if environ is None else environ).get(ENV_DDS_FORMAT, "").strip()
+    return value.lower() or None
 
 
 def model_ref(model: str) -> str:

@@ -96,13 +96,14 @@ def _upscale_to_temp(
     return its path; ``dst`` itself is not touched. Errors name ``src`` or ``dst``."""
     from texup._atomic import create_temp
     from texup.imageio import format_for_path, read_image, write_image
-    from texup.inference.pipeline import UpscaleOptions, refuse_overwrite
+    from texup.inference.pipeline import UpscaleOptions, refuse_overwrite, write_options
 
     src_path, dst_path = Path(src), Path(dst)
     refuse_overwrite(src_path, dst_path)
     image = read_image(src_path, max_pixels=max_pixels)
+    run_options = UpscaleOptions(**options)
     result = upscaler.upscale_array(
-        image.pixels, UpscaleOptions(**options), colorspace=image.info.colorspace, progress=progress, cancel=cancel
+        image.pixels, run_options, colorspace=image.info.colorspace, progress=progress, cancel=cancel
     )
     try:
         dst_path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +111,7 @@ def _upscale_to_temp(
     except OSError as err:
         raise ImageWriteError(dst_path, f"cannot write: {err.strerror or err}") from err
     try:
-        write_image(tmp, result, like=image.info, format=format_for_path(dst_path))  # atomic and flushed
+        write_image(tmp, result, like=image.info, format=format_for_path(dst_path), **write_options(run_options))
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, FileError):

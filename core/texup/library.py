@@ -36,7 +36,7 @@ from texup.weights.cache import sha256_file
 GLOB_CHARS = set("*?[")
 
 #: The options whose change changes an output's pixels (see the module docstring for what is left out).
-PIXEL_OPTIONS = ("scale", "size", "seamless", "role", "color_fix")
+PIXEL_OPTIONS = ("scale", "size", "seamless", "role", "color_fix", "dds_format")
 
 NEW = "new"
 UP_TO_DATE = "up to date"
@@ -340,7 +340,13 @@ class Settings:
 
 
 def pixel_options(
-    *, scale: float | None, size: tuple[int, int] | None, seamless: str, role: str, color_fix: str = "auto"
+    *,
+    scale: float | None,
+    size: tuple[int, int] | None,
+    seamless: str,
+    role: str,
+    color_fix: str = "auto",
+    dds_format: str | None = None,
 ) -> dict[str, Any]:
     return {
         "scale": scale,
@@ -348,15 +354,24 @@ def pixel_options(
         "seamless": seamless,
         "role": role,
         "color_fix": color_fix,
+        "dds_format": dds_format,
     }
 
 
 def options_of(options: Any) -> dict[str, Any]:
     """:func:`pixel_options` of an :class:`~texup.inference.pipeline.UpscaleOptions` (what a run passes to the
-    pipeline is what its outputs record: the CLI and the worker both derive it here)."""
+    pipeline is what its outputs record: the CLI and the worker both derive it here). The DDS format is the one the
+    writer will use (``TEXUP_DDS_FORMAT`` when the options name none; ValueError for an unknown one)."""
+    from texup.imageio import chosen_dds_format
+
     size = tuple(options.target_size) if options.target_size else None
     return pixel_options(
-        scale=options.scale, size=size, seamless=options.seamless, role=options.role, color_fix=options.color_fix
+        scale=options.scale,
+        size=size,
+        seamless=options.seamless,
+        role=options.role,
+        color_fix=options.color_fix,
+        dds_format=chosen_dds_format(options.dds_format),
     )
 
 
@@ -524,9 +539,10 @@ def make_plan(items: list[WorkItem], settings: Settings, record: OutputRecord) -
     return plan
 
 
-def write_output(record: OutputRecord, dst: Path, pixels: Any, like: Any, info: dict[str, Any]) -> None:
+def write_output(record: OutputRecord, dst: Path, pixels: Any, like: Any, info: dict[str, Any], **write: Any) -> None:
     """Write one output safely: encode into a temporary file beside ``dst`` (the format named by ``dst``'s
-    suffix, the bit depth and metadata of ``like``), append its manifest entry (``info`` plus the file's size and
+    suffix, the bit depth and metadata of ``like``, ``write_image``'s ``write`` options: the pipeline's
+    ``write_options``), append its manifest entry (``info`` plus the file's size and
     mtime) to the run's journal, rename it over ``dst`` (see :mod:`texup.outputs`). The caller then records it
     with ``record.add(dst, **info)``. Raises :class:`~texup.errors.ImageWriteError` naming ``dst``."""
     from texup.errors import FileError, ImageWriteError
@@ -534,7 +550,7 @@ def write_output(record: OutputRecord, dst: Path, pixels: Any, like: Any, info: 
 
     try:
         with record.writing(dst, info) as tmp:
-            write_image(tmp, pixels, like=like, format=format_for_path(dst))
+            write_image(tmp, pixels, like=like, format=format_for_path(dst), **write)
     except FileError as err:
         raise ImageWriteError(dst, err.reason) from err
     except OSError as err:

@@ -433,3 +433,148 @@ def test_a_hostile_dds_in_a_folder_is_one_error_line_and_the_rest_is_done(tmp_pa
     for name in hostile:
         assert sum(name in line for line in errors) == 1, (name, errors)
     assert probe_image(tmp_path / "out" / "good_x4.dds").extra["dds_format"] == "bc7"
+
+
+# --- issue 24's leftovers: the DDS format as a pixel option, the role to the writer, DDS in FORMATS, signed BC6H ---
+
+
+def _tiny_model(tmp_path: Path) -> Path:
+    torch = pytest.importorskip("torch")
+    from texup.archs import RRDBNet
+    from texup.weights import save_model
+
+    torch.manual_seed(0)
+    return save_model(RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, scale=4), tmp_path / "tiny_x4.safetensors")
+
+
+def test_a_rerun_with_another_dds_format_redoes_the_output_and_the_same_is_current(tmp_path, capsys, monkeypatch):
+    """--dds-format / TEXUP_DDS_FORMAT is a pixel option of the output folder's manifest: a rerun with another
+    format redoes the output (without --force), a rerun with the same one leaves it alone."""
+    from texup.cli.main import main
+
+    model = _tiny_model(tmp_path)
+    src = write_image(tmp_path / "crate.dds", photo(), like=like("bc7"))
+    out = tmp_path / "out"
+    monkeypatch.delenv("TEXUP_DDS_FORMAT", raising=False)
+
+    def run(*extra: str) -> str:
+        capsys.readouterr()
+        assert main(["upscale", str(src), "-o", str(out), "--model", str(model), *extra]) == 0
+        return capsys.readouterr().err.splitlines()[-1]
+
+    assert run().startswith("texup: 1 upscaled")
+    assert probe_image(out / "crate_x4.dds").extra["dds_format"] == "bc7"
+    assert run().startswith("texup: 0 upscaled, 1 up to date")
+    assert run("--dds-format", "bc1").startswith("texup: 0 upscaled, 0 up to date, 1 changed and redone (1 options")
+    assert probe_image(out / "crate_x4.dds").extra["dds_format"] == "bc1"
+    assert run("--dds-format", "BC1").startswith("texup: 0 upscaled, 1 up to date")
+    monkeypatch.setenv("TEXUP_DDS_FORMAT", "bc3")  # the variable counts as the option does
+    assert "1 changed and redone (1 options changed)" in run()
+    assert probe_image(out / "crate_x4.dds").extra["dds_format"] == "bc3"
+    assert run("--dds-format", "bc3").startswith("texup: 0 upscaled, 1 up to date")
+    monkeypatch.delenv("TEXUP_DDS_FORMAT")
+    assert "1 changed and redone (1 options changed)" in run()  # back to the input's own format
+    assert probe_image(out / "crate_x4.dds").extra["dds_format"] == "bc7"
+    manifest = (out / ".texup" / "outputs.json").read_text()
+    assert '"dds_format": null' in manifest
+
+
+def test_the_addons_pixel_options_mirror_the_dds_format(monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "blender_addon"))
+    from bridge.manifest import ENV_DDS_FORMAT, dds_format_setting, pixel_options
+
+    from texup.imageio import ENV_DDS_FORMAT as TEXUP_ENV
+    from texup.imageio import chosen_dds_format
+    from texup.inference.pipeline import UpscaleOptions
+    from texup.library import PIXEL_OPTIONS, options_of
+
+    assert ENV_DDS_FORMAT == TEXUP_ENV
+    for value in ("", " BC7 ", "bc6h_sf16"):
+        monkeypatch.setenv(TEXUP_ENV, value)
+        assert dds_format_setting() == chosen_dds_format()
+        ours = pixel_options(scale=4, seamless="auto", role="normal", dds_format=dds_format_setting())
+        assert ours == options_of(UpscaleOptions(scale=4.0, role="normal"))
+        assert tuple(ours) == PIXEL_OPTIONS
+
+
+def _unit_error(level: np.ndarray) -> float:
+    """Mean |length - 1| of a mip level's normals (X, Y, Z as stored, 8-bit)."""
+    v = level[:, :, :3].astype(np.float32) / 255 * 2 - 1
+    return float(np.abs(np.linalg.norm(v, axis=2) - 1).mean())
+
+
+@pytest.mark.parametrize("fmt", ["bc7", "bc3", "rgba8"])
+def test_a_normal_maps_role_renormalises_every_level_in_any_format(tmp_path, fmt):
+    """The writer learns the texture's role: a normal map written as BC7, BC3 or uncompressed gets unit normals at
+    every mip level (as BC5 ones do); the same pixels as a colour texture get plain box-filtered levels."""
+    normals = normal_map(64, 64)
+    _, plain = levels_of(write_image(tmp_path / "c.dds", normals, like=like(fmt)))
+    _, renormalised = levels_of(write_image(tmp_path / "n.dds", normals, like=like(fmt), role="normal"))
+    assert max(_unit_error(level) for level in plain[1:]) > 0.1  # the plain average is shorter: the test can fail
+    _renormalised_below_the_top(renormalised)
+
+
+def _renormalised_below_the_top(chain: list[np.ndarray]) -> None:
+    """No mip level's normals stray from unit length more than the top level's do (its block error, 0.2 % to 6 %)."""
+    errors = [_unit_error(level) for level in chain]
+    assert max(errors[1:]) <= errors[0] + 0.005, errors
+
+
+def test_the_role_reaches_the_writer_through_the_cli_and_the_api(tmp_path):
+    """`texup upscale --role normal` and ``texup.upscale_file(role="normal")`` (the worker's path: the pipeline's
+    ``upscale_file``) write a normal map's mips renormalised, here uncompressed (RGBA8) so no block error hides it:
+    this output's plain levels are 0.016 to 0.085 short."""
+    import texup
+    from texup.cli.main import main
+
+    model = _tiny_model(tmp_path)
+    src = write_image(tmp_path / "wall_n.dds", normal_map(16, 16), like=like("bc7"))
+    assert main(["upscale", str(src), "-o", str(tmp_path / "cli"), "--model", str(model), "--role", "normal",
+                 "--dds-format", "rgba8"]) == 0  # fmt: skip
+    texup.upscale_file(src, tmp_path / "api.dds", model=str(model), role="normal", dds_format="rgba8")
+    for path in (tmp_path / "cli" / "wall_n_x4.dds", tmp_path / "api.dds"):
+        _renormalised_below_the_top(levels_of(path)[1])
+
+
+def test_dds_is_one_of_the_formats():
+    from texup.imageio import FORMATS, extension_for
+    from texup.imageio.write import FORMAT_DTYPES
+
+    assert "dds" in FORMATS and set(FORMATS) == set(FORMAT_DTYPES)
+    assert extension_for("DDS") == ".dds"
+
+
+def _signed_hdr() -> np.ndarray:
+    """Linear float RGB from -1.5 to 4.5 (a vector or displacement map, say), whole blocks of each sign too."""
+    rgb = photo(36, 52).astype(np.float32) / 255
+    values = rgb**2.2 * 6.0 - 1.5
+    values[:8, :8] = -(values[:8, :8] ** 2) - 0.25  # blocks all negative
+    return np.ascontiguousarray(values)
+
+
+def test_a_signed_bc6h_keeps_its_sign(tmp_path):
+    """BC6H_SF16 is read as its own format and written back signed: negative values survive (decoded by imagecodecs,
+    not the writer); with no format named, a float image with negative values is written signed."""
+    values = _signed_hdr()
+    path = write_image(tmp_path / "s.dds", values, like=like("bc6h_sf16"))
+    data = path.read_bytes()
+    assert struct.unpack_from("<I", data, 128)[0] == 96  # DXGI_FORMAT_BC6H_SF16
+    image = read_image(path)
+    assert image.info.extra["dds_format"] == "bc6h_sf16" and image.info.dtype == "float16"
+    got = image.pixels.astype(np.float32)
+    assert got.min() < -1.0
+    assert float(np.mean(np.abs(got - values))) < 0.1  # values span 9 (mode 11 only: blocks crossing 0 are coarse)
+    inside = values[:8, :8]  # the negative blocks: within a few percent
+    assert float(np.mean(np.abs(got[:8, :8] - inside) / np.abs(inside))) < 0.05
+    again = write_image(tmp_path / "again.dds", image.pixels, like=image.info)  # the read format is kept
+    assert probe_image(again).extra["dds_format"] == "bc6h_sf16"
+    assert probe_image(write_image(tmp_path / "auto.dds", values)).extra["dds_format"] == "bc6h_sf16"
+    assert probe_image(write_image(tmp_path / "pos.dds", np.abs(values))).extra["dds_format"] == "bc6h"
+
+
+def test_an_unsigned_bc6h_refuses_negative_values_in_one_line(tmp_path):
+    with pytest.raises(ImageWriteError, match=r"u\.dds.*BC6H \(unsigned\) cannot store negative values.*bc6h_sf16"):
+        write_image(tmp_path / "u.dds", _signed_hdr(), like=like("bc6h"))
+    assert not (tmp_path / "u.dds").exists()

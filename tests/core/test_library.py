@@ -140,7 +140,14 @@ def test_a_rerun_does_exactly_what_changed_and_says_why(tiny_model, tmp_path, ca
     assert "4 upscaled, 0 up to date, 0 changed and redone, 0 failed" in _summary(capsys.readouterr().err)
     entry = json.loads((out / ".texup" / "outputs.json").read_text())["files"]["t000_x4.png"]
     assert entry["source_sha256"] and entry["model"].startswith("sha256:") and entry["texup"]
-    assert entry["options"] == {"scale": None, "size": None, "seamless": "auto", "role": "color", "color_fix": "auto"}
+    assert entry["options"] == {
+        "scale": None,
+        "size": None,
+        "seamless": "auto",
+        "role": "color",
+        "color_fix": "auto",
+        "dds_format": None,
+    }
     first = _mtimes(out)
 
     assert run_cli("upscale", tmp_path / "lib", "-o", out, "--model", tiny_model) == 0

@@ -162,7 +162,14 @@ def test_a_rerun_redoes_nothing_and_a_changed_source_is_redone_in_place(worker, 
     entry = json.loads((out_dir / ".texup" / "outputs.json").read_text())["files"]["wall_x4.png"]
     # what the add-on checks by stat alone before it starts a worker
     assert entry["model_ref"] == str(tiny_model) and entry["model_files"][0]["path"] == str(tiny_model)
-    assert entry["options"] == {"scale": 2.0, "size": None, "seamless": "auto", "role": "color", "color_fix": "auto"}
+    assert entry["options"] == {
+        "scale": 2.0,
+        "size": None,
+        "seamless": "auto",
+        "role": "color",
+        "color_fix": "auto",
+        "dds_format": None,
+    }
     assert entry["source"] == str(src) and entry["size"] == (out_dir / "wall_x4.png").stat().st_size
 
 

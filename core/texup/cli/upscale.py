@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
-from texup.imageio import DDS_FORMATS, ENV_DDS_FORMAT, Image, format_for_path, read_image
-from texup.inference.pipeline import UpscaleOptions, refuse_overwrite
+from texup.imageio import DDS_FORMATS, Image, chosen_dds_format, format_for_path, read_image
+from texup.inference.pipeline import UpscaleOptions, refuse_overwrite, write_options
 from texup.library import (
     NEW,
     UP_TO_DATE,
@@ -102,7 +102,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=DDS_FORMATS,
         metavar="FMT",
         help="the format of every DDS output: bc1..bc7, bc6h, rgba8, ... (default: a DDS input's own; for other "
-        "inputs written with --format dds, BC7, BC4 for one channel, BC6H for float); sets TEXUP_DDS_FORMAT",
+        "inputs written with --format dds, BC7, BC4 for one channel, BC6H for float; default: TEXUP_DDS_FORMAT when "
+        "set); recorded in the output folder's manifest, so a rerun with another one redoes its outputs",
     )
     p.add_argument(
         "--skip-existing",
@@ -488,7 +489,9 @@ class _Batch:
                     )
                     _output_folder(planned.dst, swept)
                     info = entry_for(self.settings, source, engine=engine)
-                    write = writer.submit(write_output, self.record, planned.dst, result, image.info, info)
+                    write = writer.submit(
+                        write_output, self.record, planned.dst, result, image.info, info, **write_options(options)
+                    )
                     started = (planned, write, info)
                     del image, result
                 except expected as err:
@@ -696,6 +699,7 @@ def _prepare(args: argparse.Namespace, fail: Callable[[object, str], None]) -> _
 
     try:
         target = _validate(args)
+        dds_format = chosen_dds_format(args.dds_format)  # else TEXUP_DDS_FORMAT: Ray nodes get it from here
     except (ValueError, TexupError) as err:
         print(f"texup upscale: error: {err}", file=sys.stderr)
         raise _Stop(2) from None
@@ -735,6 +739,7 @@ def _prepare(args: argparse.Namespace, fail: Callable[[object, str], None]) -> _
         seamless=args.seamless,
         role=args.role,
         color_fix=args.color_fix,
+        dds_format=dds_format,
     )
     settings = Settings(
         out_dir=args.out_dir,
@@ -851,11 +856,6 @@ def _warn(record: OutputRecord, said: set[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     """``texup upscale``: plan (:func:`_prepare`), report what is refused or skipped, execute, summarise.
     SIGTERM and SIGHUP end it as Ctrl-C does (what was written is recorded; exit 143 and 129)."""
-    # The DDS writer reads its format choice from the environment (so the worker and Python API share it); set for
-    # this run only.
-    saved = os.environ.get(ENV_DDS_FORMAT)
-    if getattr(args, "dds_format", None):
-        os.environ[ENV_DDS_FORMAT] = args.dds_format
     try:
         with _signals_unwind():
             return _run(args)
@@ -863,11 +863,6 @@ def run(args: argparse.Namespace) -> int:
         name = signal.Signals(stop.signum).name
         print(f"texup: stopped by {name}; the outputs written so far are recorded", file=sys.stderr)
         return 128 + stop.signum
-    finally:
-        if saved is None:
-            os.environ.pop(ENV_DDS_FORMAT, None)
-        else:
-            os.environ[ENV_DDS_FORMAT] = saved
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ the same way (``write_image(out, pixels, like=image.info)``). This package does 
 
 from __future__ import annotations
 
-from ._dds import DDS_FORMATS, ENV_DDS_FORMAT
+from ._dds import DDS_FORMATS, ENV_DDS_FORMAT, chosen_dds_format
 from .convert import from_float32, linear_to_srgb, srgb_to_linear, to_float32
 from .read import DEFAULT_MAX_PIXELS, probe_image, read_image
 from .types import (
@@ -33,6 +33,7 @@ __all__ = [
     "Dtype",
     "Image",
     "ImageInfo",
+    "chosen_dds_format",
     "extension_for",
     "format_for_path",
     "from_float32",

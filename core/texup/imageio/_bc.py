@@ -5,8 +5,8 @@ and BC7 (bc7enc's BC7 with the settings below), in the calling thread: etcpak ho
 (measured: 2 threads on 2 cores 2.85 s against 2.45 s for one), and worker processes cost more to start than they
 save on one texture. What etcpak lacks is done here in numpy: better BC1/BC3 colour blocks (least-squares
 endpoints on etcpak's, :func:`refine_colour_blocks`), BC1's 1-bit alpha (blocks with transparent pixels re-indexed
-in BC1's three-colour mode), BC2 (the BC3 colour blocks with BC2's explicit 4-bit alpha) and BC6H (unsigned,
-mode 11: one region, 10-bit endpoints, 4-bit indices, least-squares endpoints; not a search over the 14 modes).
+in BC1's three-colour mode), BC2 (the BC3 colour blocks with BC2's explicit 4-bit alpha) and BC6H (unsigned and
+signed, mode 11: one region, 10-bit endpoints, 4-bit indices, least-squares endpoints; not a search over the 14 modes).
 Why these libraries, with measurements: docs/dds.md.
 
 Every encoder takes a C-contiguous ``(H, W, C)`` array whose height and width are multiples of 4 (the DDS writer
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     import etcpak
 
 #: Bytes per 4x4 block.
-BLOCK_BYTES: dict[str, int] = {"BC1": 8, "BC2": 16, "BC3": 16, "BC4": 8, "BC5": 16, "BC6H": 16, "BC7": 16}
+BLOCK_BYTES: dict[str, int] = {
+    "BC1": 8, "BC2": 16, "BC3": 16, "BC4": 8, "BC5": 16, "BC6H": 16, "BC6H_SF16": 16, "BC7": 16
+}  # fmt: skip
 _BCN_CODE = {"BC1": 1, "BC2": 2, "BC3": 3, "BC4": 4, "BC5": 5, "BC6H": 6, "BC6H_SF16": -6, "BC7": 7}
 _DECODED_CHANNELS = {"BC1": 4, "BC2": 4, "BC3": 4, "BC4": 1, "BC5": 2, "BC6H": 3, "BC6H_SF16": 3, "BC7": 4}
 
@@ -236,11 +238,33 @@ def encode_bc2(pixels: np.ndarray) -> bytes:
 _BC6_WEIGHTS = np.array([0, 4, 9, 13, 17, 21, 26, 30, 34, 38, 43, 47, 51, 55, 60, 64], np.int64)
 
 
-def _bc6_unquantize(q: np.ndarray) -> np.ndarray:
-    """10-bit unsigned endpoint -> the decoder's 16-bit value (BC6H_UF16)."""
-    out: np.ndarray = ((q.astype(np.int64) << 16) + 0x8000) >> 10
-    out = np.where(q == 0, 0, out)
-    return np.where(q == 1023, 0xFFFF, out)
+def _bc6_unquantize(q: np.ndarray, signed: bool) -> np.ndarray:
+    """10-bit endpoint -> the decoder's 16-bit value: unsigned 0..1023 (BC6H_UF16), or two's complement -512..511
+    whose magnitude is scaled with its sign kept (BC6H_SF16)."""
+    q = q.astype(np.int64)
+    if not signed:
+        out: np.ndarray = ((q << 16) + 0x8000) >> 10
+        out = np.where(q == 0, 0, out)
+        return np.where(q == 1023, 0xFFFF, out)
+    magnitude = np.abs(q)
+    out = ((magnitude << 15) + 0x4000) >> 9
+    out = np.where(magnitude == 0, 0, np.where(magnitude >= 511, 0x7FFF, out))
+    return np.where(q < 0, -out, out)
+
+
+def _bc6_finish(interpolated: np.ndarray, signed: bool) -> np.ndarray:
+    """The decoder's last step, interpolated value -> half: unsigned ``(v * 31) >> 6`` is the half's bit pattern;
+    signed ``|v| * 31 >> 5`` is the magnitude's pattern, returned here with the value's sign (as :func:`_as_signed`)."""
+    if not signed:
+        return np.asarray((interpolated * 31) >> 6)
+    magnitude = (np.abs(interpolated) * 31) >> 5
+    return np.asarray(np.where(interpolated < 0, -magnitude, magnitude))
+
+
+def _as_signed(half_bits: np.ndarray) -> np.ndarray:
+    """Half-float bit patterns -> integers ordered as the values are: the magnitude's pattern with the sign."""
+    magnitude = half_bits & 0x7FFF
+    return np.asarray(np.where(half_bits & 0x8000, -magnitude, magnitude))
 
 
 def _put(lo: np.ndarray, hi: np.ndarray, value: np.ndarray, pos: int, bits: int) -> None:
@@ -256,13 +280,23 @@ def _put(lo: np.ndarray, hi: np.ndarray, value: np.ndarray, pos: int, bits: int)
         hi |= v >> np.uint64(low_bits)
 
 
-def _bc6_assign(blocks: np.ndarray, q0: np.ndarray, q1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _signed_values(ordered: np.ndarray) -> np.ndarray:
+    """:func:`_as_signed` integers -> their half-float values (float64)."""
+    magnitude = np.abs(ordered).astype(np.uint16).view(np.float16).astype(np.float64)
+    return np.asarray(np.where(ordered < 0, -magnitude, magnitude))
+
+
+def _bc6_assign(blocks: np.ndarray, q0: np.ndarray, q1: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
     """For endpoints ``q0``, ``q1`` (n, 3): each pixel's nearest of the 16 colours the decoder makes (n, 16) and the
-    block's squared error (n,), in half-float bit patterns."""
-    u0, u1 = _bc6_unquantize(q0), _bc6_unquantize(q1)
+    block's squared error (n,). Unsigned: in half-float bit patterns (``blocks`` holds them; about a log scale, so
+    highlights and shadows weigh alike). Signed: in values (``blocks`` holds them): around zero the patterns of -x
+    and +x lie far apart, and an error measured on them picks endpoints that decode to wild values."""
+    u0, u1 = _bc6_unquantize(q0, signed), _bc6_unquantize(q1, signed)
     weight = _BC6_WEIGHTS[None, :, None]
     palette = np.right_shift(u0[:, None, :] * (64 - weight) + u1[:, None, :] * weight + 32, 6)
-    palette = (palette * 31) >> 6  # (n, 16 colours, 3): the half patterns the decoder returns
+    palette = _bc6_finish(palette, signed)  # (n, 16 colours, 3): the halves the decoder returns
+    if signed:
+        palette = _signed_values(palette)
     distance = np.zeros((blocks.shape[0], 16, 16), np.float64)
     for ch in range(3):
         distance += (blocks[:, :, None, ch] - palette[:, None, :, ch]).astype(np.float64) ** 2
@@ -271,32 +305,39 @@ def _bc6_assign(blocks: np.ndarray, q0: np.ndarray, q1: np.ndarray) -> tuple[np.
     return index.astype(np.int64), error
 
 
-def _bc6_quantize(unquantized: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint((unquantized - 32.0) / 64.0), 0, 1023).astype(np.int64)
+def _bc6_quantize(unquantized: np.ndarray, signed: bool) -> np.ndarray:
+    if not signed:
+        return np.clip(np.rint((unquantized - 32.0) / 64.0), 0, 1023).astype(np.int64)
+    magnitude = np.clip(np.rint((np.abs(unquantized) - 32.0) / 64.0), 0, 511)
+    return (np.sign(unquantized) * magnitude).astype(np.int64)
 
 
-def encode_bc6h(pixels: np.ndarray) -> bytes:
-    """BC6H_UF16 (mode 11) from (H, W, 3) float16/float32 linear RGB; negative values become 0, values above
-    65504 (half's largest) become 65504.
+def encode_bc6h(pixels: np.ndarray, signed: bool = False) -> bytes:
+    """BC6H (mode 11) from (H, W, 3) float16/float32 linear RGB: BC6H_UF16, or with ``signed`` BC6H_SF16 (negative
+    values kept). Values beyond half's largest (65504) become 65504; unsigned, negative values become 0 (the DDS
+    writer refuses such an image instead).
 
-    Works in half-float bit patterns, the domain the decoder interpolates in: first endpoints are each block's
-    per-channel extremes (the box diagonal that follows the block's main direction), indices the nearest of the 16
-    colours the decoder will make; then two rounds of least-squares endpoints for those indices, kept per block
-    where they lower the error."""
-    rgb = np.clip(np.nan_to_num(pixels[:, :, :3].astype(np.float32), nan=0.0), 0.0, 65504.0)
+    Works in half-float bit patterns, the domain the decoder interpolates in (signed: the patterns as ordered
+    integers, :func:`_as_signed`): first endpoints are each block's per-channel extremes (the box diagonal that
+    follows the block's main direction), indices the nearest of the 16 colours the decoder will make; then two rounds
+    of least-squares endpoints for those indices, kept per block where they lower the error."""
+    low = -65504.0 if signed else 0.0
+    rgb = np.clip(np.nan_to_num(pixels[:, :, :3].astype(np.float32), nan=0.0), low, 65504.0)
     half_bits = rgb.astype(np.float16).view(np.uint16).astype(np.int64)
-    blocks = _blocks_of(half_bits)  # (n, 16, 3)
-    # The decoder's unsigned finish: value = (unquantized * 31) >> 6; a half pattern h needs unquantized ~ h * 64/31.
-    target = blocks.astype(np.float64) * (64.0 / 31.0)
+    blocks = _blocks_of(_as_signed(half_bits) if signed else half_bits)  # (n, 16, 3)
+    compared = _signed_values(blocks) if signed else blocks  # what _bc6_assign measures the error on
+    # The decoder's finish: unsigned (unquantized * 31) >> 6, signed (|unquantized| * 31) >> 5 with its sign; a half
+    # pattern h needs unquantized ~ h * 64/31 (signed: h * 32/31).
+    target = blocks.astype(np.float64) * ((32.0 if signed else 64.0) / 31.0)
     lo_px, hi_px = target.min(axis=1), target.max(axis=1)  # (n, 3)
     # Follow the block's main direction: a channel that falls while the brightest channel rises is flipped.
     lead = (hi_px - lo_px).argmax(axis=1)
     centred = target - target.mean(axis=1, keepdims=True)
     lead_values = np.take_along_axis(centred, lead[:, None, None], axis=2)  # (n, 16, 1)
     falling = (centred * lead_values).sum(axis=1) < 0  # (n, 3)
-    q0 = _bc6_quantize(np.where(falling, hi_px, lo_px))
-    q1 = _bc6_quantize(np.where(falling, lo_px, hi_px))
-    index, error = _bc6_assign(blocks, q0, q1)
+    q0 = _bc6_quantize(np.where(falling, hi_px, lo_px), signed)
+    q1 = _bc6_quantize(np.where(falling, lo_px, hi_px), signed)
+    index, error = _bc6_assign(compared, q0, q1, signed)
     for _ in range(2):
         b = _BC6_WEIGHTS[index].astype(np.float64) / 64.0  # (n, 16): each pixel's share of endpoint 1
         a = 1.0 - b
@@ -307,8 +348,8 @@ def encode_bc6h(pixels: np.ndarray) -> bytes:
         at, bt = (a[:, :, None] * target).sum(axis=1), (b[:, :, None] * target).sum(axis=1)  # (n, 3)
         e0 = (bb[:, None] * at - ab[:, None] * bt) / safe
         e1 = (aa[:, None] * bt - ab[:, None] * at) / safe
-        n0, n1 = _bc6_quantize(e0), _bc6_quantize(e1)
-        new_index, new_error = _bc6_assign(blocks, n0, n1)
+        n0, n1 = _bc6_quantize(e0, signed), _bc6_quantize(e1, signed)
+        new_index, new_error = _bc6_assign(compared, n0, n1, signed)
         better = solvable & (new_error < error)
         q0 = np.where(better[:, None], n0, q0)
         q1 = np.where(better[:, None], n1, q1)
@@ -339,5 +380,6 @@ ENCODERS: dict[str, Callable[[np.ndarray], bytes]] = {
     "BC4": encode_bc4,
     "BC5": encode_bc5,
     "BC6H": encode_bc6h,
+    "BC6H_SF16": lambda pixels: encode_bc6h(pixels, signed=True),
     "BC7": lambda pixels: encode_bc7(_rgba(pixels)),
 }

@@ -14,11 +14,13 @@ Cube maps, texture arrays, volume (3D) and 1D textures are refused in one line, 
 and signed (SNORM) formats. Every size in the header is checked against the file before anything is decoded: a
 mip count larger than the size allows, levels the file does not hold, a size over the pixel limit.
 
-Write: the format ``TEXUP_DDS_FORMAT`` names when set (it converts DDS inputs too), else ``extra["dds_format"]``
-(the input's own, so BC7 stays BC7), else by the samples: float -> BC6H (RGBA16F with alpha), one channel -> BC4
-(R16 for uint16), else BC7. A full mip chain is made from the written top level (a DDS input without mips is written
-without), each level a box filter of the one above (in linear light when the sRGB flag is set); a normal map's
-levels are renormalised; a cut-out alpha (BC1's, or one soft on at most a quarter of its pixels) keeps its
+Write: the format the writer is given (``dds_format``: a run's ``--dds-format``), else the one ``TEXUP_DDS_FORMAT``
+names (both convert DDS inputs too), else ``extra["dds_format"]`` (the input's own, so BC7 stays BC7 and BC6H_SF16
+stays signed), else by the samples: float -> BC6H (BC6H_SF16 with negative values; RGBA16F with alpha), one channel
+-> BC4 (R16 for uint16), else BC7; unsigned BC6H refuses negative values. A full mip chain is made from the written
+top level (a DDS input without mips is written without), each level a box filter of the one above (in linear light
+when the sRGB flag is set); a normal map's levels (BC5, RG8, or any format when the role is "normal") are
+renormalised; a cut-out alpha (BC1's, or one soft on at most a quarter of its pixels) keeps its
 coverage at 0.5 at every level. The header kind (legacy or DX10) is the input's where the format allows it.
 """
 
@@ -87,6 +89,7 @@ _LAYOUTS: dict[str, Layout] = {
         Layout("BC4", 8, 0, 1, "uint8", 80, fourcc=b"ATI1"),
         Layout("BC5", 16, 0, 3, "uint8", 83, fourcc=b"ATI2", normal=True),
         Layout("BC6H", 16, 0, 3, "float16", 95),
+        Layout("BC6H_SF16", 16, 0, 3, "float16", 96),
         Layout("BC7", 16, 0, 4, "uint8", 98, 99),
         Layout("RGBA8", 0, 4, 4, "uint8", 28, 29, masks=_RGBA_MASKS),
         Layout("BGRA8", 0, 4, 4, "uint8", 87, 91, masks=_BGRA_MASKS),
@@ -103,6 +106,20 @@ _LAYOUTS: dict[str, Layout] = {
 #: Names accepted for ``--dds-format`` / ``TEXUP_DDS_FORMAT`` / ``extra["dds_format"]``.
 DDS_FORMATS: tuple[str, ...] = tuple(name.lower() for name in _LAYOUTS)
 
+
+def chosen_dds_format(asked: str | None = None) -> str | None:
+    """The DDS format a run asks for: ``asked`` (one of :data:`DDS_FORMATS`, any case), else ``TEXUP_DDS_FORMAT``
+    when set, else None (each output keeps its input's format, or one chosen from the samples). Raises
+    ``ValueError`` naming an unknown format (and the variable when it came from there)."""
+    source = "" if asked else f" in {ENV_DDS_FORMAT}"
+    value = (asked or os.environ.get(ENV_DDS_FORMAT, "")).strip()
+    if not value:
+        return None
+    if value.lower() not in DDS_FORMATS:
+        raise ValueError(f"unknown DDS format {value!r}{source} (choose from: {', '.join(DDS_FORMATS)})")
+    return value.lower()
+
+
 # DXGI format -> (layout name, sRGB, decode as). TYPELESS formats read as their UNORM twins.
 _DXGI: dict[int, tuple[str, bool, str]] = {
     70: ("BC1", False, "BC1"), 71: ("BC1", False, "BC1"), 72: ("BC1", True, "BC1"),
@@ -110,7 +127,7 @@ _DXGI: dict[int, tuple[str, bool, str]] = {
     76: ("BC3", False, "BC3"), 77: ("BC3", False, "BC3"), 78: ("BC3", True, "BC3"),
     79: ("BC4", False, "BC4"), 80: ("BC4", False, "BC4"),
     82: ("BC5", False, "BC5"), 83: ("BC5", False, "BC5"),
-    94: ("BC6H", False, "BC6H"), 95: ("BC6H", False, "BC6H"), 96: ("BC6H", False, "BC6H_SF16"),
+    94: ("BC6H", False, "BC6H"), 95: ("BC6H", False, "BC6H"), 96: ("BC6H_SF16", False, "BC6H_SF16"),
     97: ("BC7", False, "BC7"), 98: ("BC7", False, "BC7"), 99: ("BC7", True, "BC7"),
     27: ("RGBA8", False, ""), 28: ("RGBA8", False, ""), 29: ("RGBA8", True, ""),
     87: ("BGRA8", False, ""), 90: ("BGRA8", False, ""), 91: ("BGRA8", True, ""),
@@ -317,8 +334,11 @@ def decode(path: Path, info: ImageInfo) -> np.ndarray:
 # --- writing ------------------------------------------------------------------------------------------------------
 
 
-def _choose(path: Path, pixels: np.ndarray, extra: dict[str, Any]) -> Layout:
-    asked = os.environ.get(ENV_DDS_FORMAT, "").strip() or extra.get("dds_format")
+def _choose(path: Path, pixels: np.ndarray, extra: dict[str, Any], dds_format: str | None) -> Layout:
+    try:
+        asked = chosen_dds_format(dds_format) or extra.get("dds_format")
+    except ValueError as err:
+        raise ImageWriteError(path, str(err)) from None
     if asked:
         name = str(asked).upper()
         if name not in _LAYOUTS:
@@ -326,10 +346,31 @@ def _choose(path: Path, pixels: np.ndarray, extra: dict[str, Any]) -> Layout:
         return _LAYOUTS[name]
     dtype, channels = pixels.dtype.name, pixels.shape[2]
     if dtype.startswith("float"):
-        return _LAYOUTS["BC6H" if channels in (1, 3) else "RGBA16F"]
+        if channels not in (1, 3):
+            return _LAYOUTS["RGBA16F"]
+        return _LAYOUTS["BC6H_SF16" if _least(pixels) < 0 else "BC6H"]
     if channels == 1:
         return _LAYOUTS["R16" if dtype == "uint16" else "BC4"]
     return _LAYOUTS["BC7"]
+
+
+def _least(pixels: np.ndarray) -> float:
+    """The smallest colour sample of a float image (NaN ignored; 0 for an image of NaN)."""
+    colour = pixels[:, :, : min(3, pixels.shape[2])]
+    return float(np.nanmin(colour)) if not np.isnan(colour).all() else 0.0
+
+
+def _refuse_negative(path: Path, pixels: np.ndarray, layout: Layout) -> None:
+    """BC6H_UF16 has no sign: an image with negative samples is refused rather than clipped at 0."""
+    if layout.name != "BC6H" or pixels.dtype.kind != "f":
+        return
+    least = _least(pixels)
+    if least < 0:
+        raise ImageWriteError(
+            path,
+            f"DDS BC6H (unsigned) cannot store negative values (this image goes down to {least:.4g}); "
+            "use --dds-format bc6h_sf16, rgba16f or rgba32f",
+        )
 
 
 def _to_float(path: Path, pixels: np.ndarray, layout: Layout) -> np.ndarray:
@@ -509,9 +550,14 @@ def _header(layout: Layout, width: int, height: int, levels: int, srgb: bool, dx
     return head
 
 
-def encode(target: Path, pixels: np.ndarray, extra: dict[str, Any]) -> None:
-    """Write ``pixels`` (H, W, C) as a DDS texture (format, mips and sRGB flag as the module docstring says)."""
-    layout = _choose(target, pixels, extra)
+def encode(
+    target: Path, pixels: np.ndarray, extra: dict[str, Any], *, dds_format: str | None = None, role: str | None = None
+) -> None:
+    """Write ``pixels`` (H, W, C) as a DDS texture (format, mips and sRGB flag as the module docstring says):
+    ``dds_format`` (else ``TEXUP_DDS_FORMAT``, else ``extra["dds_format"]``, else chosen from the samples);
+    ``role`` "normal" (texup's role policy) renormalises every level as a BC5 normal map's are."""
+    layout = _choose(target, pixels, extra, dds_format)
+    _refuse_negative(target, pixels, layout)
     height, width, channels = pixels.shape
     # Cut-out alpha: BC1's 1 bit, or an alpha that is a mask, not a blend: at most a quarter of its pixels between
     # 5 % and 95 % (an upscaled mask is soft only along its edges; glass, smoke and fades are soft throughout).
@@ -521,7 +567,7 @@ def encode(target: Path, pixels: np.ndarray, extra: dict[str, Any]) -> None:
         top = 1.0 if pixels.dtype.kind == "f" else float(np.iinfo(pixels.dtype).max)
         soft = np.count_nonzero((alpha > 0.05 * top) & (alpha < 0.95 * top))
         cutout = bool(soft <= alpha.size // 4)
-    normal = layout.normal or bool(extra.get("dds_normal"))
+    normal = layout.normal or bool(extra.get("dds_normal")) or role == "normal"
     normal = normal and layout.channels >= 3
     srgb = bool(extra.get("dds_srgb")) and layout.dxgi_srgb is not None
     full = max(width, height).bit_length()

@@ -98,7 +98,9 @@ def _validate(path: Path, format: str, pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-def _encode(target: Path, format: str, pixels: np.ndarray, extra: dict[str, Any]) -> None:
+def _encode(
+    target: Path, format: str, pixels: np.ndarray, extra: dict[str, Any], dds_format: str | None, role: str | None
+) -> None:
     if format == "png":
         _png.encode(target, pixels, extra)
     elif format == "exr":
@@ -106,7 +108,7 @@ def _encode(target: Path, format: str, pixels: np.ndarray, extra: dict[str, Any]
     elif format == "tiff":
         _tiff.encode(target, pixels, extra)
     elif format == "dds":
-        _dds.encode(target, pixels, extra)
+        _dds.encode(target, pixels, extra, dds_format=dds_format, role=role)
     else:
         _pillow.encode(target, format, pixels, extra)
 
@@ -134,6 +136,8 @@ def write_image(
     *,
     like: ImageInfo | None = None,
     format: str | None = None,
+    role: str | None = None,
+    dds_format: str | None = None,
 ) -> Path:
     """Write ``pixels`` to ``path`` atomically and return the path written.
 
@@ -149,6 +153,10 @@ def write_image(
     Deflate), TGA RLE (default off), WebP lossless (default lossless; RGB under zero alpha is kept).
     A palette source is written as RGB(A): quantising the upscaled image again would lose detail.
     Formats without gray storage get gray expanded to RGB (WebP; BMP with alpha), values unchanged.
+
+    DDS: ``dds_format`` (one of :data:`~texup.imageio.DDS_FORMATS`; else ``TEXUP_DDS_FORMAT``, else ``like``'s own)
+    names the block format; ``role`` is the texture's role (:mod:`texup.inference.policy`): a ``"normal"`` one has
+    every mip level renormalised, as a BC5 normal map has. Other formats ignore both.
 
     The image is encoded into a temporary file in the destination folder, flushed to disk and
     renamed over ``path``, so a reader never sees a half-written file and an existing file is left
@@ -173,7 +181,7 @@ def write_image(
         except FileNotFoundError:
             existing_mode = None
         try:
-            _encode(temp, fmt, data, extra)
+            _encode(temp, fmt, data, extra, dds_format, role)
             with open(temp, "rb+") as fh:
                 os.fsync(fh.fileno())
             if existing_mode is not None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from texup.engines.base import Cancelled, Engine, EngineOutOfMemory, TileQueue
 from texup.errors import ImageWriteError, TexupError
-from texup.imageio import from_float32, read_image, to_float32, write_image
+from texup.imageio import DDS_FORMATS, chosen_dds_format, from_float32, read_image, to_float32, write_image
 from texup.inference import colorfix, policy
 from texup.inference.resample import RowResampler
 from texup.inference.tiling import Tile, add_wrapped, blend_weights, is_tileable, plan_tiles, take_wrapped
@@ -74,6 +74,8 @@ class UpscaleOptions:
         role: "color", "normal" or "data" (see :mod:`texup.inference.policy`).
         color_fix: "on" = the output keeps the source's low frequencies (:mod:`texup.inference.colorfix`; costs a
             float32 copy of the output), "off", "auto" = as :data:`texup.inference.colorfix.AUTO` says for the role.
+        dds_format: the block format of DDS outputs (:data:`texup.imageio.DDS_FORMATS`); None = ``TEXUP_DDS_FORMAT``
+            when set, else each input's own (:func:`texup.imageio.chosen_dds_format`). Other outputs ignore it.
     """
 
     scale: float | None = None
@@ -83,6 +85,7 @@ class UpscaleOptions:
     seamless: str = "auto"
     role: str = "color"
     color_fix: str = "auto"
+    dds_format: str | None = None
 
     def __post_init__(self) -> None:
         if self.scale is not None and not (math.isfinite(self.scale) and self.scale > 0):
@@ -102,6 +105,15 @@ class UpscaleOptions:
             raise ValueError(f"role must be one of {', '.join(policy.ROLES)}, got {self.role!r}")
         if self.color_fix not in COLOR_FIX_MODES:
             raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIX_MODES)}, got {self.color_fix!r}")
+        if self.dds_format is not None and self.dds_format not in DDS_FORMATS:
+            raise ValueError(f"dds_format must be one of {', '.join(DDS_FORMATS)}, got {self.dds_format!r}")
+
+
+def write_options(options: UpscaleOptions) -> dict[str, str | None]:
+    """What the image writer learns from a run's options (``write_image(..., **write_options(options))``): the
+    texture's role (a normal map's DDS mips are renormalised) and the DDS format asked for (``TEXUP_DDS_FORMAT`` when
+    the options name none). Raises ``ValueError`` for an unknown format in the variable."""
+    return {"role": options.role, "dds_format": chosen_dds_format(options.dds_format)}
 
 
 @dataclass
@@ -395,7 +407,7 @@ class Upscaler:
         result = self.upscale_array(
             image.pixels, options, colorspace=image.info.colorspace, progress=progress, cancel=cancel
         )
-        write_image(dst_path, result, like=image.info, format=format)
+        write_image(dst_path, result, like=image.info, format=format, **write_options(options))
         return dst_path
 
     # --- model passes ------------------------------------------------------------------------------------

@@ -327,6 +327,7 @@ class WorkerServer:
         failed: int,
         cancelled: bool,
     ) -> tuple[int, int, bool]:
+        from texup.imageio import chosen_dds_format
         from texup.inference.pipeline import Cancelled, UpscaleOptions
 
         opts = request.options
@@ -346,6 +347,7 @@ class WorkerServer:
                     seamless=opts.seamless,
                     role=item.role,
                     color_fix=opts.color_fix,
+                    dds_format=chosen_dds_format(),  # TEXUP_DDS_FORMAT, as texup upscale reads it
                 )
                 self._run_item(job_id, upscaler, options, item, index, count, outputs)
             except Cancelled:
