@@ -416,6 +416,27 @@ def changes(entry: dict[str, Any], settings: Settings, source: dict[str, Any]) -
     return found
 
 
+def output_size_problem(src: Path, dst: Path, options: Any, model_scale: int) -> str | None:
+    """Why the output ``dst`` of ``src`` cannot be stored in its format (a side beyond the format's largest, e.g. a
+    WebP above 16383 pixels), from ``src``'s header and the size ``options`` (an
+    :class:`~texup.inference.pipeline.UpscaleOptions`) and the model's scale give it, or None. Checked before any
+    upscaling: the writer would refuse it only after the whole upscale. An unreadable header is not a problem here
+    (reading the file reports it)."""
+    from texup.errors import FileError
+    from texup.imageio import format_for_path, probe_image
+    from texup.imageio.write import size_problem
+    from texup.inference.pipeline import output_size
+
+    try:
+        info = probe_image(src)
+        fmt = format_for_path(dst)
+    except (FileError, ValueError, OSError):
+        return None
+    height, width = output_size(info.height, info.width, options, model_scale)
+    problem = size_problem(fmt, width, height)
+    return None if problem is None else f"output {dst}: {problem}"
+
+
 @dataclass(frozen=True)
 class Planned:
     item: WorkItem

@@ -43,6 +43,7 @@ from texup.library import (
     make_plan,
     model_identity,
     options_of,
+    output_size_problem,
     parse_shard,
     path_reason,
     scale_label,
@@ -774,6 +775,9 @@ def _execute(args: argparse.Namespace, prep: _Prepared, batch: _Batch) -> None:
             raise _Stop(1) from None
     if upscaler is not None:  # known to the next run (a weights file's scale names its outputs)
         record.note_model(prep.model_id, scale=upscaler.scale)
+    todo = _refuse_oversize(batch, todo, prep, upscaler)
+    if not todo:
+        return
     try:
         record.open_journal()
     except ManifestError as err:  # nothing written could be known as texup's: write nothing
@@ -788,6 +792,24 @@ def _execute(args: argparse.Namespace, prep: _Prepared, batch: _Batch) -> None:
     except RuntimeError as err:  # no Ray, or a cluster without a usable node
         _say_error(err)
         raise _Stop(1) from None
+
+
+def _refuse_oversize(batch: _Batch, todo: list[Planned], prep: _Prepared, upscaler: Upscaler | None) -> list[Planned]:
+    """``todo`` less the outputs their format cannot store at the size this run gives them (``--scale``, else the
+    model's; :func:`texup.library.output_size_problem`, from each input's header), each refused in one line before
+    anything is upscaled. Without ``--scale`` on Ray the model's scale is known only when named or seen here before."""
+    scale = upscaler.scale if upscaler is not None else _known_scale(prep.model, prep.model_id, prep.record)
+    if scale is None and prep.options.scale is None:
+        return todo
+    kept = []
+    for planned in todo:
+        problem = output_size_problem(planned.item.src, planned.dst, prep.options, scale or 1)
+        if problem is None:
+            kept.append(planned)
+        else:
+            batch.failed += 1
+            batch.fail(planned.item.src, f"{problem}; choose a smaller --scale or another --format")
+    return kept
 
 
 def _summary(args: argparse.Namespace, prep: _Prepared, batch: _Batch, seconds: float) -> int:

@@ -473,7 +473,7 @@ class WorkerServer:
         outputs: _Outputs,
     ) -> None:
         from texup.imageio import format_for_path, probe_image
-        from texup.library import UP_TO_DATE, entry_for, judge
+        from texup.library import UP_TO_DATE, entry_for, judge, output_size_problem
 
         for path in (item.src, item.dst):
             if not os.path.isabs(path) or ".." in Path(path).parts:
@@ -499,6 +499,9 @@ class WorkerServer:
                 'only for an item with "overwrite": true',
             )
         started = time.monotonic()
+        problem = None if verdict.reason == UP_TO_DATE else output_size_problem(src, dst, options, upscaler.scale)
+        if problem is not None:  # refused before upscaling: the writer would refuse it only after the whole upscale
+            raise FileError(src, problem)
         if verdict.reason == UP_TO_DATE:
             if verdict.refresh is not None:
                 record.put(str(record.key(dst)), verdict.refresh)
