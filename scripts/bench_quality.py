@@ -319,11 +319,12 @@ class Result:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def run(textures_: list[Texture], models: list[str], engine: str) -> tuple[list[Result], dict[str, float], dict]:
-    """Every texture x degradation x method; returns (results, model seconds per 1000 input pixels, crops)."""
+def run(textures_: list[Texture], models: dict[str, str], engine: str) -> tuple[list[Result], dict[str, float], dict]:
+    """Every texture x degradation x method (``models``: label -> model reference); returns (results, model seconds
+    per 1000 input pixels, crops)."""
     results: list[Result] = []
     crops: dict[tuple[str, str], np.ndarray] = {}  # (image, label) -> the output (area degradation), for the grid
-    upscalers = {m: Upscaler(Memo(Upscaler(m, engine=engine).engine)) for m in models}
+    upscalers = {label: Upscaler(Memo(Upscaler(ref, engine=engine).engine)) for label, ref in models.items()}
     pixels_in = 0
     for tex in textures_:
         truth = unit(tex.truth)
@@ -354,6 +355,65 @@ def run(textures_: list[Texture], models: list[str], engine: str) -> tuple[list[
             print(f"  {tex.name} ({kind}) done", file=sys.stderr, flush=True)
     speed = {m: 1000 * u.engine.seconds / max(pixels_in, 1) for m, u in upscalers.items()}  # type: ignore[attr-defined]
     return results, speed, crops
+
+
+# --- a partner for the default model: network interpolation's other end ----------------------------------------
+
+#: scikit-image photos the partner trains on: none of them is a benchmark texture (held out by construction).
+PARTNER_SOURCES = ("motorcycle_left.png", "retina.jpg", "ihc.png", "coins.png", "camera.png", "moon.png")
+PARTNER_OF = "realesrgan-x4plus"
+ALPHAS = (0.25, 0.5, 0.75)
+
+
+def train_partner(steps: int, cache: Path) -> Path:
+    """A PSNR-oriented partner of x4plus, made as ``texup train --stage psnr`` makes one: x4plus fine-tuned with L1
+    on bicubic-degraded crops of :data:`PARTNER_SOURCES` (about 0.7 s a step of 4 x 64 px crops on 2 Zen 4 cores).
+
+    ESRGAN's own pair is RealESRNet_x4plus (PSNR) and RealESRGAN_x4plus (GAN): the first is download-only, so the
+    benchmark makes its own. Cached in ``cache`` by step count: a second run reuses it.
+    """
+    from texup.imageio import write_image
+    from texup.training.config import DataConfig, GeneratorConfig, OptimConfig, TrainConfig
+    from texup.training.trainer import TrainEvent, train
+
+    run_dir = cache / f"x4plus-psnr-{steps}"
+    model = run_dir / "model.safetensors"
+    if model.is_file():
+        return model
+    library = run_dir / "library"
+    library.mkdir(parents=True, exist_ok=True)
+    for name in PARTNER_SOURCES:
+        write_image(library / (Path(name).stem + ".png"), np.ascontiguousarray(real_image(name)))
+    config = TrainConfig(
+        data=DataConfig(root=str(library), hr_crop=64, batch_size=4, val_fraction=0.0, degradation="bicubic"),
+        out_dir=str(run_dir / "run"),
+        stage="psnr",
+        steps=steps,
+        generator=GeneratorConfig(pretrained=PARTNER_OF),
+        optim=OptimConfig(lr_g=1e-4, ema_decay=0.99, milestones=(steps * 3 // 4,)),
+        eval_every=0,
+        checkpoint_every=max(steps // 2, 1),
+        log_every=10,
+        tensorboard=False,
+    )
+    started = time.monotonic()
+
+    def report(event: TrainEvent) -> None:
+        if event.kind == "step" and (event.step % 50 == 0 or event.step == event.total):
+            print(
+                f"  partner: step {event.step}/{event.total}, L1 {event.values['loss_g']:.4f}, "
+                f"{time.monotonic() - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    result = train(config, progress=report)
+    Path(result.model_path).replace(model)
+    return model
+
+
+def blend_label(alpha: float) -> str:
+    return f"blend x4plus@{alpha:g}"
 
 
 # --- verdicts ------------------------------------------------------------------------------------------------------
@@ -483,7 +543,27 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {role} | {v['cases']} | {v['psnr_not_lower']} | {v['drift_lower']} | {v['sharpness_within_5pct']} | "
             f"{v['mean_psnr_gain_db']:+.2f} | {'yes' if v['helps'] else 'no'} | {'on' if v['auto_now'] else 'off'} |"
         )
-    if not report["blends"]:
+    if report.get("dial"):
+        partner = report["partner"]
+        lines += [
+            "",
+            f"The Detail dial (network interpolation, alpha 0 = a PSNR partner of {partner['of']} fine-tuned "
+            f"{partner['steps']} steps on {', '.join(partner['sources'])}; 1 = {partner['of']}), means per role:",
+            "",
+            "| role | model | PSNR dB off / on | SSIM on | LF ΔE00 mean on (worst) | sharpness / truth off / on |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        rows = {(r["role"], r["method"], r["color_fix"]): r for r in report["summary"]}
+        for role in ("color", "normal", "data"):
+            for label in report["dial"]:
+                off, on = rows.get((role, label, "off")), rows.get((role, label, "on"))
+                if off and on:
+                    lines.append(
+                        f"| {role} | {label} | {off['psnr']:.2f} / {on['psnr']:.2f} | {on['ssim']:.3f} | "
+                        f"{on['de_mean']:.2f} ({on['worst_de_mean']:.2f}) | "
+                        f"{off['sharpness']:.2f} / {on['sharpness']:.2f} |"
+                    )
+    elif not report["blends"]:
         lines += ["", "Blends: none measured (`--blends REF,...` adds model blends, issue 20 item 2)."]
     return "\n".join(lines) + "\n"
 
@@ -524,19 +604,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="write the tables here")
     parser.add_argument("--grid", type=Path, help="write a PNG grid of crops here")
     parser.add_argument("--quick", action="store_true", help="tiny: 16-px inputs, 3 textures, the smallest model")
+    parser.add_argument(
+        "--partner-steps",
+        type=int,
+        default=300,
+        help="train x4plus's PSNR partner this many steps and measure blends at 0.25/0.5/0.75 (0: none)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path.home() / ".cache" / "texup" / "bench_quality",
+        help="where the trained partner is kept between runs",
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.models = 16, "realesr-animevideov3"
+        args.size, args.models, args.partner_steps = 16, "realesr-animevideov3", 0
         args.images = args.images or "coffee,procedural bricks,normal map"
     models = [m for m in args.models.split(",") if m]
     blends = [m for m in args.blends.split(",") if m]
+    labels = {m: m for m in models + blends}
+    dial: list[str] = []
+    if args.partner_steps > 0 and PARTNER_OF in models:
+        partner = train_partner(args.partner_steps, args.cache)
+        dial = ["partner (PSNR)", *[blend_label(a) for a in ALPHAS], PARTNER_OF]
+        labels["partner (PSNR)"] = str(partner)
+        for alpha in ALPHAS:  # alpha 0 = the partner, 1 = x4plus (texup.weights.blend)
+            labels[blend_label(alpha)] = f"blend:{partner},{PARTNER_OF}@{alpha:g}"
+        blends += dial[:-1]
     chosen = textures(SCALE * args.size)
     if args.images:
         keep = [k.strip() for k in args.images.split(",")]
         chosen = [t for t in chosen if any(k in t.name for k in keep)]
     started = time.monotonic()
     print(f"bench_quality: {len(chosen)} textures, {len(models + blends)} models, on {describe()}", file=sys.stderr)
-    results, speed, crops = run(chosen, models + blends, args.engine)
+    results, speed, crops = run(chosen, labels, args.engine)
     report: dict[str, Any] = {
         "machine": describe(),
         "command": "python scripts/bench_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -544,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         "size": args.size,
         "models": models,
         "blends": blends,
+        "dial": dial,
+        "partner": {"steps": args.partner_steps, "sources": PARTNER_SOURCES, "of": PARTNER_OF} if dial else None,
         "speed_s_per_1000px": speed,
         "summary": summary(results),
         "targets": {m: targets(results, m) for m in models + blends if _pairs(results, m, "color")},
