@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import json
-import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +59,7 @@ from texup.training.distributed import (
     setup,
     teardown,
 )
+from texup.training.evaluation import RunLog, evaluate
 from texup.training.losses import (
     FeatureMatchingLoss,
     PerceptualLoss,
@@ -343,105 +342,6 @@ def gan_step(n: Nets, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
         "adversarial": l_adv.item(),
         "loss_d": loss_d.item(),
     }
-
-
-# ----------------------------------------------------------------------------------------------
-# evaluation
-# ----------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(
-    generator: nn.Module,
-    items: list[Any],
-    device: torch.device,
-    autocast: Callable[[], Any],
-    grid_path: Path | None,
-    max_rows: int = 4,
-) -> dict[str, float]:
-    """Mean PSNR/SSIM of ``generator`` (and of bicubic upscaling) on the held-out items; write the grid."""
-    import torch.nn.functional as F
-
-    from texup.training.metrics import psnr, sample_grid, ssim
-
-    was_training = generator.training
-    generator.eval()
-    scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "psnr_bicubic": []}
-    rows: list[tuple[torch.Tensor, ...]] = []
-    for item in items:
-        lr, hr = item.lr.to(device), item.hr.to(device)
-        with autocast():
-            sr = generator(lr).float().clamp(0, 1)
-        bicubic = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
-        scores["psnr"].append(psnr(sr, hr))
-        scores["ssim"].append(ssim(sr, hr) if min(hr.shape[-2:]) >= 11 else float("nan"))
-        scores["psnr_bicubic"].append(psnr(bicubic, hr))
-        if len(rows) < max_rows:
-            rows.append((bicubic[0], sr[0], hr[0]))
-    generator.train(was_training)
-    if grid_path is not None and rows:
-        from texup.imageio import write_image
-
-        grid_path.parent.mkdir(parents=True, exist_ok=True)
-        write_image(grid_path, sample_grid(rows))
-    return {k: float(np.mean(v)) for k, v in scores.items() if v}
-
-
-# ----------------------------------------------------------------------------------------------
-# logs
-# ----------------------------------------------------------------------------------------------
-LOG_COLUMNS = (
-    "step",
-    "time_s",
-    "lr_g",
-    "loss_g",
-    "pixel",
-    "content",
-    "adversarial",
-    "loss_d",
-    "psnr",
-    "ssim",
-    "psnr_bicubic",
-)
-
-
-class RunLog:
-    """CSV log (``log.csv``) plus TensorBoard events when available; rank 0 only."""
-
-    def __init__(
-        self, out_dir: Path, resume_step: int | None, use_tensorboard: bool, say: Callable[[str], None]
-    ) -> None:
-        self.path = out_dir / "log.csv"
-        kept: list[dict[str, str]] = []
-        if resume_step is not None and self.path.is_file():
-            # Rows written after the checkpoint we resume from belong to the lost part of the run.
-            with self.path.open(newline="", encoding="utf-8") as fh:
-                kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= resume_step]
-        # Atomically: a crash while rewriting must not lose the history a resumed run keeps.
-        with atomic_path(self.path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS)
-            writer.writeheader()
-            writer.writerows(kept)
-        self.tb = None
-        if use_tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                say("TensorBoard logging off: the 'tensorboard' package is not installed (log.csv is written)")
-            else:
-                self.tb = SummaryWriter(str(out_dir / "tb"))
-
-    def write(self, step: int, values: dict[str, float]) -> None:
-        row = {k: (f"{values[k]:.6g}" if isinstance(values.get(k), float) else values.get(k, "")) for k in LOG_COLUMNS}
-        row["step"] = step
-        with self.path.open("a", newline="", encoding="utf-8") as fh:
-            csv.DictWriter(fh, fieldnames=LOG_COLUMNS).writerow(row)
-        if self.tb is not None:
-            for key, value in values.items():
-                if key not in ("step", "time_s") and isinstance(value, float) and math.isfinite(value):
-                    self.tb.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 # ----------------------------------------------------------------------------------------------
