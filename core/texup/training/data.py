@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from texup.errors import ImageReadError
+from texup.training.config import TrainConfig
 
 ProblemCallback = Callable[[Path, str], None]
 """Called once per unusable file with the path and the reason."""
@@ -301,6 +302,55 @@ def validation_items(
     return items
 
 
+def load_training_data(
+    cfg: TrainConfig, scale: int, multiple: int, out_dir: Path, say: Callable[[str], None]
+) -> tuple[CropDataset, list[ValidationItem], list[tuple[str, str]]]:
+    """A run's training crops, its held-out items and the files left out (each reported once through ``say``).
+
+    ``out_dir`` (the run's own outputs, possibly inside the data folder) is never read as data."""
+    skipped: list[tuple[str, str]] = []
+
+    def problem(path: Path, reason: str) -> None:
+        skipped.append((str(path), reason))
+        say(f"skipping {path}: {reason}")
+
+    files = scan_textures(cfg.data.root, exclude=[out_dir])
+    train_files, val_files = split_files(files, cfg.data.root, cfg.data.val_fraction, cfg.seed)
+    train_tex = load_textures(
+        train_files,
+        min_size=cfg.data.hr_crop,
+        tileable=cfg.data.tileable,
+        cache=cfg.data.cache_images,
+        on_problem=problem,
+    )
+    val_tex = load_textures(val_files, min_size=scale * multiple, tileable="off", cache=True, on_problem=problem)
+    if not train_tex:
+        raise ValueError(f"{cfg.data.root}: no usable training images ({len(files)} image files found)")
+    say(
+        f"data: {len(train_tex)} training and {len(val_tex)} held-out images from {cfg.data.root}"
+        f" ({sum(t.tileable for t in train_tex)} tileable)"
+    )
+    dataset = CropDataset(
+        train_tex,
+        crop=cfg.data.hr_crop,
+        scale=scale,
+        degradation=cfg.data.degradation,
+        flips=cfg.data.flips,
+        rot90=cfg.data.rot90,
+        seed=cfg.seed,
+    )
+    val_items = validation_items(
+        val_tex,
+        scale=scale,
+        crop=cfg.data.val_crop,
+        multiple=multiple,
+        degradation=cfg.data.degradation,
+        seed=cfg.seed,
+        max_items=cfg.data.val_max_images,
+    )
+    return dataset, val_items, skipped
+
+
 __all__ = [
     "CropDataset",
     "ProblemCallback",
@@ -308,6 +358,7 @@ __all__ = [
     "Texture",
     "ValidationItem",
     "load_textures",
+    "load_training_data",
     "make_lr",
     "read_texture",
     "scan_textures",

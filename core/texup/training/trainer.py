@@ -48,6 +48,7 @@ from texup.training.checkpoint import (
     save_checkpoint,
 )
 from texup.training.config import TrainConfig, config_from_dict
+from texup.training.data import load_training_data
 from texup.training.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -470,7 +471,7 @@ def _train(
     # build: the process (seeds before any network), networks, data, optimisers, resume, the data stream
     run = _Run.start(cfg, info, progress)
     model = _build_networks(run)
-    dataset, val_items, skipped = _load_data(cfg, model.scale, model.multiple, run.out_dir, run.say)
+    dataset, val_items, skipped = load_training_data(cfg, model.scale, model.multiple, run.out_dir, run.say)
     ts, content, w_content = _build_state(run, model)
     start, metrics = _resume_or_record(run, ts)
     batches, nets = _data_stream(run, ts, content, w_content, dataset, start)
@@ -615,55 +616,6 @@ def _build_networks(run: _Run) -> _Networks:
     _check_crop(cfg, scale, multiple)
     d = build_disc(cfg, run.say) if cfg.stage == "gan" else None
     return _Networks(g=g, d=d, arch=arch, provenance=provenance, scale=scale, multiple=multiple)
-
-
-def _load_data(
-    cfg: TrainConfig, scale: int, multiple: int, out_dir: Path, say: Callable[[str], None]
-) -> tuple[Any, list[Any], list[tuple[str, str]]]:
-    """The training crops' dataset, the held-out items and the files left out (each reported once)."""
-    from texup.training.data import CropDataset, load_textures, scan_textures, split_files, validation_items
-
-    skipped: list[tuple[str, str]] = []
-
-    def problem(path: Path, reason: str) -> None:
-        skipped.append((str(path), reason))
-        say(f"skipping {path}: {reason}")
-
-    files = scan_textures(cfg.data.root, exclude=[out_dir])
-    train_files, val_files = split_files(files, cfg.data.root, cfg.data.val_fraction, cfg.seed)
-    train_tex = load_textures(
-        train_files,
-        min_size=cfg.data.hr_crop,
-        tileable=cfg.data.tileable,
-        cache=cfg.data.cache_images,
-        on_problem=problem,
-    )
-    val_tex = load_textures(val_files, min_size=scale * multiple, tileable="off", cache=True, on_problem=problem)
-    if not train_tex:
-        raise ValueError(f"{cfg.data.root}: no usable training images ({len(files)} image files found)")
-    say(
-        f"data: {len(train_tex)} training and {len(val_tex)} held-out images from {cfg.data.root}"
-        f" ({sum(t.tileable for t in train_tex)} tileable)"
-    )
-    dataset = CropDataset(
-        train_tex,
-        crop=cfg.data.hr_crop,
-        scale=scale,
-        degradation=cfg.data.degradation,
-        flips=cfg.data.flips,
-        rot90=cfg.data.rot90,
-        seed=cfg.seed,
-    )
-    val_items = validation_items(
-        val_tex,
-        scale=scale,
-        crop=cfg.data.val_crop,
-        multiple=multiple,
-        degradation=cfg.data.degradation,
-        seed=cfg.seed,
-        max_items=cfg.data.val_max_images,
-    )
-    return dataset, val_items, skipped
 
 
 def _build_state(run: _Run, model: _Networks) -> tuple[TrainState, nn.Module | None, float]:
