@@ -4,7 +4,7 @@
     python scripts/bench_train.py --size tiny --stage psnr --steps 20
     python scripts/bench_train.py --device cuda --batch 16 --crop 128 --also bf16 fp16
 
-Each precision runs the trainer's own step functions (``psnr_step`` / ``gan_step``: forward,
+Each precision runs the trainer's own step functions (``psnr_step`` / ``gan_step`` on a ``TrainState``: forward,
 losses, backward, clipping, Adam, EMA not included) on fixed random batches, after warm-up steps,
 so the figures measure compute only (no data loading). ``auto`` is resolved the way ``texup train``
 resolves it (bf16 on GPUs and on CPUs with native bf16, fp16 on older GPUs, else fp32) and printed.
@@ -13,18 +13,19 @@ resolves it (bf16 on GPUs and on CPUs with native bf16, fp16 on older GPUs, else
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
-from typing import Any
 
 import torch
 
 from texup.archs import build
 from texup.archs.discriminator import build_discriminator
 from texup.devices import pick_device, pick_training_precision
-from texup.training.losses import FeatureMatchingLoss, PixelLoss, RelativisticGANLoss
-from texup.training.trainer import Nets, gan_step, psnr_step
+from texup.training.config import OptimConfig, TrainConfig
+from texup.training.distributed import DistInfo
+from texup.training.losses import FeatureMatchingLoss, RelativisticGANLoss
+from texup.training.state import RunContext, TrainState
+from texup.training.steps import gan_step, psnr_step
 
 SIZES = {
     "x4plus": {"scale": 4, "num_feat": 64, "num_block": 23, "num_grow_ch": 32},
@@ -46,36 +47,29 @@ def bench(precision: str, args: argparse.Namespace, device: torch.device) -> tup
     if args.discriminator in ("vgg128", "vgg256") and args.crop != d.input_size:
         raise SystemExit(f"--crop must be {d.input_size} for the {args.discriminator} discriminator")
 
-    def autocast() -> contextlib.AbstractContextManager[Any]:
-        return contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
-
-    nets = Nets(
-        g=g,
-        d=d,
-        d_raw=d,
-        opt_g=torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.9, 0.999)),
-        opt_d=torch.optim.Adam(d.parameters(), lr=1e-4, betas=(0.9, 0.999)),
-        scaler_g=torch.amp.GradScaler(device.type) if needs_scaler else None,
-        scaler_d=torch.amp.GradScaler(device.type) if needs_scaler else None,
-        pixel=PixelLoss(),
+    # the stage's default loss weights, Adam at 1e-4 for both networks, gradient clipping at 10, no EMA
+    cfg = TrainConfig(stage=args.stage, optim=OptimConfig(lr_g=1e-4, lr_d=1e-4, ema_decay=0.0))
+    run = RunContext(cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=device), None, amp_dtype, needs_scaler)
+    ts = TrainState.build(
+        run,
+        g,
+        d,
+        arch="RRDBNet",
+        provenance={},
         content=FeatureMatchingLoss(d),
+        w_content=cfg.loss.feature_matching_weight,
         gan=RelativisticGANLoss(),
-        w_pixel=1e-2 if args.stage == "gan" else 1.0,
-        w_content=1.0,
-        w_adv=5e-3,
-        clip=10.0,
-        autocast=autocast,
     )
     step = gan_step if args.stage == "gan" else psnr_step
     lr = torch.rand(args.batch, 3, args.crop // 4, args.crop // 4, device=device)
     hr = torch.rand(args.batch, 3, args.crop, args.crop, device=device)
     for _ in range(args.warmup):
-        step(nets, lr, hr)
+        step(ts, lr, hr)
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(args.steps):
-        step(nets, lr, hr)
+        step(ts, lr, hr)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return name, args.steps / (time.perf_counter() - start)

@@ -114,11 +114,11 @@ def test_negative_local_rank_is_refused():
 
 def test_training_and_inference_share_the_resolver(two_gpus):
     from texup.engines import select, torch_engine
-    from texup.training import distributed, trainer
+    from texup.training import distributed, state
 
     assert torch_engine.pick_device is pick_device and torch_engine.pick_precision is pick_precision
     assert torch_engine.pick_channels_last is pick_channels_last
-    assert distributed.pick_device is pick_device and trainer.pick_training_precision is pick_training_precision
+    assert distributed.pick_device is pick_device and state.pick_training_precision is pick_training_precision
     assert pick_device("cuda", local_rank=3) == torch.device("cuda", 1)
     with pytest.raises(ValueError, match="only 2 CUDA device"):
         pick_device("cuda:7")  # training validates explicit devices as inference does

@@ -1,6 +1,7 @@
 """What a run measures and records: held-out PSNR/SSIM with a sample grid, and ``log.csv`` (+ TensorBoard).
 
-:func:`evaluate` scores a generator (and bicubic upscaling) on held-out items; :class:`RunLog` writes the
+:func:`evaluate` scores a generator (and bicubic upscaling) on held-out items; :func:`evaluate_run` is the
+loop's evaluation (rank 0 scores and sends an ``"eval"`` event, every rank waits); :class:`RunLog` writes the
 log rows.
 """
 
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 
 from texup._atomic import atomic_path
+from texup.training.distributed import barrier
+from texup.training.state import TrainState
 
 
 @torch.no_grad()
@@ -54,6 +57,18 @@ def evaluate(
         grid_path.parent.mkdir(parents=True, exist_ok=True)
         write_image(grid_path, sample_grid(rows))
     return {k: float(np.mean(v)) for k, v in scores.items() if v}
+
+
+def evaluate_run(ts: TrainState, val_items: list[Any], step: int) -> dict[str, float]:
+    """Held-out metrics of the evaluated model and a sample grid (an ``"eval"`` event); ``{}`` off rank 0."""
+    run = ts.run
+    result: dict[str, float] = {}
+    if run.info.is_main and val_items:
+        grid = run.out_dir / "samples" / f"step_{step:06d}.png"
+        result = evaluate(ts.eval_model, val_items, run.device, run.autocast, grid)
+        run.emit("eval", step, values=result, path=str(grid))
+    barrier()
+    return result
 
 
 LOG_COLUMNS = (
@@ -112,4 +127,4 @@ class RunLog:
             self.tb.close()
 
 
-__all__ = ["LOG_COLUMNS", "RunLog", "evaluate"]
+__all__ = ["LOG_COLUMNS", "RunLog", "evaluate", "evaluate_run"]
