@@ -361,12 +361,12 @@ def run(textures_: list[Texture], models: dict[str, str], engine: str) -> tuple[
 
 #: scikit-image photos the partner trains on: none of them is a benchmark texture (held out by construction).
 PARTNER_SOURCES = ("motorcycle_left.png", "retina.jpg", "ihc.png", "coins.png", "camera.png", "moon.png")
-PARTNER_OF = "realesrgan-x4plus"
+PARTNER_OF = "realesrgan-x4plus"  # --partner-of
 ALPHAS = (0.25, 0.5, 0.75)
 
 
-def train_partner(steps: int, cache: Path) -> Path:
-    """A PSNR-oriented partner of x4plus, made as ``texup train --stage psnr`` makes one: x4plus fine-tuned with L1
+def train_partner(steps: int, cache: Path, of: str = PARTNER_OF) -> Path:
+    """A PSNR-oriented partner of ``of``, made as ``texup train --stage psnr`` makes one: ``of`` fine-tuned with L1
     on bicubic-degraded crops of :data:`PARTNER_SOURCES` (about 0.7 s a step of 4 x 64 px crops on 2 Zen 4 cores).
 
     ESRGAN's own pair is RealESRNet_x4plus (PSNR) and RealESRGAN_x4plus (GAN): the first is download-only, so the
@@ -376,7 +376,7 @@ def train_partner(steps: int, cache: Path) -> Path:
     from texup.training.config import DataConfig, GeneratorConfig, OptimConfig, TrainConfig
     from texup.training.trainer import TrainEvent, train
 
-    run_dir = cache / f"x4plus-psnr-{steps}"
+    run_dir = cache / f"{of}-psnr-{steps}"
     model = run_dir / "model.safetensors"
     if model.is_file():
         return model
@@ -389,7 +389,7 @@ def train_partner(steps: int, cache: Path) -> Path:
         out_dir=str(run_dir / "run"),
         stage="psnr",
         steps=steps,
-        generator=GeneratorConfig(pretrained=PARTNER_OF),
+        generator=GeneratorConfig(pretrained=of),
         optim=OptimConfig(lr_g=1e-4, ema_decay=0.99, milestones=(steps * 3 // 4,)),
         eval_every=0,
         checkpoint_every=max(steps // 2, 1),
@@ -413,7 +413,7 @@ def train_partner(steps: int, cache: Path) -> Path:
 
 
 def blend_label(alpha: float) -> str:
-    return f"blend x4plus@{alpha:g}"
+    return f"blend @{alpha:g}"
 
 
 # --- verdicts ------------------------------------------------------------------------------------------------------
@@ -603,13 +603,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--markdown", type=Path, help="write the tables here")
     parser.add_argument("--grid", type=Path, help="write a PNG grid of crops here")
-    parser.add_argument("--quick", action="store_true", help="tiny: 16-px inputs, 3 textures, the smallest model")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny: 16-px inputs, 3 textures, the smallest model (4 partner steps)"
+    )
     parser.add_argument(
         "--partner-steps",
         type=int,
         default=300,
-        help="train x4plus's PSNR partner this many steps and measure blends at 0.25/0.5/0.75 (0: none)",
+        help="train a PSNR partner of --partner-of this many steps and measure blends at 0.25/0.5/0.75 (0: none)",
     )
+    parser.add_argument("--partner-of", default=PARTNER_OF, help="the model whose partner is trained (one of --models)")
     parser.add_argument(
         "--cache",
         type=Path,
@@ -618,18 +621,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.models, args.partner_steps = 16, "realesr-animevideov3", 0
+        args.size, args.models, args.partner_of = 16, "realesr-animevideov3", "realesr-animevideov3"
+        args.partner_steps = min(args.partner_steps, 4)
         args.images = args.images or "coffee,procedural bricks,normal map"
     models = [m for m in args.models.split(",") if m]
     blends = [m for m in args.blends.split(",") if m]
     labels = {m: m for m in models + blends}
     dial: list[str] = []
-    if args.partner_steps > 0 and PARTNER_OF in models:
-        partner = train_partner(args.partner_steps, args.cache)
-        dial = ["partner (PSNR)", *[blend_label(a) for a in ALPHAS], PARTNER_OF]
+    if args.partner_steps > 0 and args.partner_of in models:
+        partner = train_partner(args.partner_steps, args.cache, args.partner_of)
+        dial = ["partner (PSNR)", *[blend_label(a) for a in ALPHAS], args.partner_of]
         labels["partner (PSNR)"] = str(partner)
         for alpha in ALPHAS:  # alpha 0 = the partner, 1 = x4plus (texup.weights.blend)
-            labels[blend_label(alpha)] = f"blend:{partner},{PARTNER_OF}@{alpha:g}"
+            labels[blend_label(alpha)] = f"blend:{partner},{args.partner_of}@{alpha:g}"
         blends += dial[:-1]
     chosen = textures(SCALE * args.size)
     if args.images:
@@ -646,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": models,
         "blends": blends,
         "dial": dial,
-        "partner": {"steps": args.partner_steps, "sources": PARTNER_SOURCES, "of": PARTNER_OF} if dial else None,
+        "partner": {"steps": args.partner_steps, "sources": PARTNER_SOURCES, "of": args.partner_of} if dial else None,
         "speed_s_per_1000px": speed,
         "summary": summary(results),
         "targets": {m: targets(results, m) for m in models + blends if _pairs(results, m, "color")},

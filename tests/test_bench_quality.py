@@ -19,6 +19,8 @@ def test_bench_quality_quick_measures_every_method_and_the_fix(tmp_path):
             sys.executable,
             str(ROOT / "scripts" / "bench_quality.py"),
             "--quick",
+            "--cache",
+            str(tmp_path / "cache"),
             "--json",
             str(out),
             "--grid",
@@ -30,25 +32,34 @@ def test_bench_quality_quick_measures_every_method_and_the_fix(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["machine"] and report["models"] == ["realesr-animevideov3"] and report["blends"] == []
+    dial = ["partner (PSNR)", "blend @0.25", "blend @0.5", "blend @0.75", "realesr-animevideov3"]
+    assert report["machine"] and report["models"] == ["realesr-animevideov3"] and report["dial"] == dial
+    assert report["blends"] == dial[:-1] and report["partner"]["steps"] == 4
+    assert (tmp_path / "cache" / "realesr-animevideov3-psnr-4" / "model.safetensors").is_file()
     rows = report["results"]
     images = {r["image"] for r in rows}
     assert images == {"coffee", "samples/coffee.jpg", "procedural bricks", "brick normal map"}
     for image in images:
         for kind in ("area", "bicubic"):
             methods = {(r["method"], r["color_fix"]) for r in rows if r["image"] == image and r["degradation"] == kind}
-            assert methods == {
-                ("truth", "-"),
-                ("bicubic", "-"),
-                ("realesr-animevideov3", "off"),
-                ("realesr-animevideov3", "on"),
-            }
+            assert methods == {("truth", "-"), ("bicubic", "-")} | {(m, fix) for m in dial for fix in ("off", "on")}
     for r in rows:
         m = r["metrics"]
         assert all(math.isfinite(v) for k, v in m.items() if k != "psnr") and 0 <= m["ssim"] <= 1
         if r["method"] == "truth":
             assert m["psnr"] == math.inf and m["sharpness"] == 1.0
-    by = {(r["image"], r["degradation"], r["color_fix"]): r["metrics"] for r in rows if r["method"] != "bicubic"}
+    # the trained partner is another network than the model it started from: every output differs
+    model_psnr = {
+        (r["image"], r["degradation"], r["color_fix"]): r["metrics"]["psnr"] for r in rows if r["method"] == dial[-1]
+    }
+    for r in rows:
+        if r["method"] == dial[0]:
+            assert r["metrics"]["psnr"] != model_psnr[(r["image"], r["degradation"], r["color_fix"])]
+    by = {
+        (r["image"], r["degradation"], r["color_fix"]): r["metrics"]
+        for r in rows
+        if r["method"] in ("truth", "realesr-animevideov3")
+    }
     for (image, kind, fix), m in by.items():
         if fix == "on":  # the fix takes the drift out and brings PSNR up on every one of them
             off = by[(image, kind, "off")]
@@ -57,4 +68,4 @@ def test_bench_quality_quick_measures_every_method_and_the_fix(tmp_path):
     assert set(report["roles"]) == {"color", "normal"} and report["roles"]["color"]["helps"]
     assert report["targets"]["realesr-animevideov3"]["cases"] == 6
     assert grid.stat().st_size > 1000
-    assert "| color | realesr-animevideov3 | on |" in done.stdout
+    assert "| color | realesr-animevideov3 | on |" in done.stdout and "| color | blend @0.5 |" in done.stdout
