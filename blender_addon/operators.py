@@ -13,7 +13,7 @@ from bpy.props import EnumProperty, StringProperty
 
 from .bridge.worker_protocol import TILE_MIN
 from .defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR
-from .properties import texture_list
+from .properties import redraw_panels, refresh_list, texture_list
 
 TIMER_INTERVAL = 0.1
 
@@ -48,43 +48,9 @@ def left_out(context: bpy.types.Context, *, short: bool = False) -> list[tuple[s
     return rows
 
 
-def refresh_list(context: bpy.types.Context) -> int:
-    """Scan the file and refill the texture list (window manager) for the context's scene, keeping each
-    image's selection and the active row's image. Returns the count."""
-    from . import scene
-
-    textures = texture_list(context)
-    selected = {item.name for item in textures.textures if item.selected}
-    active = (
-        textures.textures[textures.active_index].name if 0 <= textures.active_index < len(textures.textures) else None
-    )
-    infos = scene.scan()
-    textures.textures.clear()
-    for info in infos:
-        item = textures.textures.add()
-        item.name = info.name
-        item.selected = info.name in selected
-        item.width, item.height = info.size
-        item.role = info.role
-        item.colorspace = info.colorspace
-        item.source = info.source
-        item.users = info.users
-        item.udim_tiles = len(info.udim_tiles)
-        item.has_alpha = info.has_alpha
-        item.status = info.status
-        item.filepath = info.filepath
-    names = [info.name for info in infos]
-    if active in names:
-        textures.active_index = names.index(active)
-    else:
-        textures.active_index = min(textures.active_index, max(0, len(infos) - 1))
-    textures.scene_name = context.scene.name
-    return len(infos)
-
-
 def run_settings(context: bpy.types.Context):
     """The :class:`~.upscale_run.RunSettings` from the panel and the preferences."""
-    from .preferences import get_preferences
+    from .properties import get_preferences
     from .upscale_run import RunSettings
 
     settings = context.scene.texup
@@ -104,7 +70,7 @@ def run_settings(context: bpy.types.Context):
 
 def panel_model(context: bpy.types.Context) -> str | None:
     """The panel's Model (a ``//`` path made absolute), else the preferences' default model, else ``None``."""
-    from .preferences import get_preferences
+    from .properties import get_preferences
 
     prefs = get_preferences(context)
     default_model = prefs.default_model if prefs is not None else DEFAULT_MODEL
@@ -117,7 +83,7 @@ def panel_model(context: bpy.types.Context) -> str | None:
 def finetune_settings(context: bpy.types.Context):
     """The :class:`~.finetune.FineTuneSettings` from the panel: it starts from the panel's model."""
     from .finetune import FineTuneSettings
-    from .preferences import get_preferences
+    from .properties import get_preferences
 
     settings = context.scene.texup
     prefs = get_preferences(context)
@@ -140,19 +106,10 @@ def chosen_names(context: bpy.types.Context, names: str) -> list[str]:
 
 
 def _worker_preference(context: bpy.types.Context) -> str | None:
-    from .preferences import get_preferences
+    from .properties import get_preferences
 
     prefs = get_preferences(context)
     return prefs.worker_python if prefs is not None else None
-
-
-def redraw_panels(context: bpy.types.Context) -> None:
-    """Redraw every area that shows the texup panel (3D Viewport, Image Editor)."""
-    wm = context.window_manager
-    for window in wm.windows:
-        for area in window.screen.areas:
-            if area.type in {"VIEW_3D", "IMAGE_EDITOR"}:
-                area.tag_redraw()
 
 
 def report_outcomes(operator: bpy.types.Operator, run: Any) -> None:

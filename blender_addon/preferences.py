@@ -12,6 +12,7 @@ import bpy
 from bpy.props import EnumProperty, StringProperty
 
 from .defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR
+from .ui import draw_worker_status
 
 DEVICES = [
     ("auto", "Auto", "The fastest engine and device measured on this machine (once per model)"),
@@ -27,67 +28,10 @@ ENGINES = [
 ]
 
 
-PREFERENCES_WIDTH = 730
-"""The Preferences window's region width at scale 1, for drawing outside a window (wraps the status)."""
-
-
-def addon_package() -> str:
-    """This add-on's package name (``bl_ext.<repo>.texup`` as an extension, the folder name as a legacy add-on)."""
-    return __package__
-
-
-def get_preferences(context: bpy.types.Context | None = None):
-    """The add-on's preferences, or ``None`` when the add-on is not enabled (e.g. the headless script)."""
-    context = context or bpy.context
-    addon = context.preferences.addons.get(addon_package())
-    return None if addon is None else addon.preferences
-
-
 def _worker_python_changed(self, context: bpy.types.Context) -> None:
     from . import setup_ops
 
     setup_ops.worker_setting_changed(context)
-
-
-def draw_worker_status(
-    layout: bpy.types.UILayout, context: bpy.types.Context, *, details: bool = False, compact: bool = False
-) -> None:
-    """The worker's state from its last check, in short lines with icons, for the preferences and the
-    panel. The first call of a session starts a check (on a thread); before it ends: "checking".
-
-    Every line is wrapped to the region's width (Blender would cut it): a failed check shows what went
-    wrong and, whole, what fixes it, and a Check Again button. ``details``: also one line per device;
-    ``compact``: the sidebar's short lines. Reads memory only (no file access, no process start here).
-    """
-    from . import setup_ops
-    from .bridge.health import compact_status_lines, device_lines, status_lines
-    from .bridge.text_fit import DEFAULT_SIDEBAR_WIDTH
-    from .ui import draw_lines, sidebar
-
-    setup_ops.ensure_worker_checked(context)
-    check = setup_ops.WORKER_CHECK
-    report = check.result
-    column = layout.column(align=True)
-    side = sidebar(context, DEFAULT_SIDEBAR_WIDTH if compact else PREFERENCES_WIDTH)
-    # The preferences draw an add-on's settings in its expanded, indented box: 40 px more room kept.
-    width = side.label(icon=True, boxed=not compact) - (0 if compact else 40 * side.scale)
-    if compact:
-        lines = compact_status_lines(
-            report,
-            running=check.running,
-            width=width,
-            measure=side.width_of,
-            problem_lines=4,
-        )
-    else:
-        lines = status_lines(report, running=check.running)
-    for icon, text in lines:
-        draw_lines(column, side.lines(text, width), icon=icon)
-    if details:
-        for line in device_lines(report):
-            draw_lines(column, side.lines(line, width), icon="BLANK1")
-    if compact and report is not None and not report.ok and not check.running:
-        column.operator("texup.test_worker", text="Check Again", icon="FILE_REFRESH")
 
 
 def draw_torch_section(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:

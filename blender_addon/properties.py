@@ -6,7 +6,10 @@ manager (``WindowManager.texup_list``), so ticking a row's checkbox adds no undo
 pushes none for window-manager properties) and undo never empties it. It fills itself: after a file
 loads (``load_post``), after undo and redo (the scene's images may have changed), and when the panel is
 drawn for a scene the list was not made for (a timer refresh: draw() never writes data). The progress of
-a running upscale is on the window manager too (``texup_runtime``)."""
+a running upscale is on the window manager too (``texup_runtime``).
+
+The modules above read from here: :func:`refresh_list` (the scan into the list), :func:`redraw_panels` and
+:func:`get_preferences` (the add-on's preferences, defined in :mod:`.preferences`)."""
 
 from __future__ import annotations
 
@@ -176,6 +179,18 @@ class TexupRuntime(bpy.types.PropertyGroup):
     eta: StringProperty(default="")  # "1m05s" while there is an estimate of the time left
 
 
+def addon_package() -> str:
+    """This add-on's package name (``bl_ext.<repo>.texup`` as an extension, the folder name as a legacy add-on)."""
+    return __package__
+
+
+def get_preferences(context: bpy.types.Context | None = None):
+    """The add-on's preferences, or ``None`` when the add-on is not enabled (e.g. the headless script)."""
+    context = context or bpy.context
+    addon = context.preferences.addons.get(addon_package())
+    return None if addon is None else addon.preferences
+
+
 def texture_list(context: bpy.types.Context):
     """The panel's texture list (:class:`TexupTextureList`)."""
     return context.window_manager.texup_list
@@ -186,13 +201,54 @@ def list_is_stale(context: bpy.types.Context) -> bool:
     return texture_list(context).scene_name != context.scene.name
 
 
+def refresh_list(context: bpy.types.Context) -> int:
+    """Scan the file and refill the texture list (window manager) for the context's scene, keeping each
+    image's selection and the active row's image. Returns the count."""
+    from . import scene
+
+    textures = texture_list(context)
+    selected = {item.name for item in textures.textures if item.selected}
+    active = (
+        textures.textures[textures.active_index].name if 0 <= textures.active_index < len(textures.textures) else None
+    )
+    infos = scene.scan()
+    textures.textures.clear()
+    for info in infos:
+        item = textures.textures.add()
+        item.name = info.name
+        item.selected = info.name in selected
+        item.width, item.height = info.size
+        item.role = info.role
+        item.colorspace = info.colorspace
+        item.source = info.source
+        item.users = info.users
+        item.udim_tiles = len(info.udim_tiles)
+        item.has_alpha = info.has_alpha
+        item.status = info.status
+        item.filepath = info.filepath
+    names = [info.name for info in infos]
+    if active in names:
+        textures.active_index = names.index(active)
+    else:
+        textures.active_index = min(textures.active_index, max(0, len(infos) - 1))
+    textures.scene_name = context.scene.name
+    return len(infos)
+
+
+def redraw_panels(context: bpy.types.Context) -> None:
+    """Redraw every area that shows the texup panel (3D Viewport, Image Editor)."""
+    wm = context.window_manager
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type in {"VIEW_3D", "IMAGE_EDITOR"}:
+                area.tag_redraw()
+
+
 _REFRESH_PAUSE = 1.0  # seconds between refreshes that draw() asks for (no loop when two windows differ)
 _last_draw_refresh = [float("-inf")]
 
 
 def _refresh_now() -> None:
-    from .operators import refresh_list
-
     context = bpy.context
     if getattr(context, "window_manager", None) is None or getattr(context, "scene", None) is None:
         return
@@ -240,8 +296,6 @@ def _on_undo_redo(*_args) -> None:
 
 
 def _redraw() -> None:
-    from .operators import redraw_panels
-
     if getattr(bpy.context, "window_manager", None) is not None:
         redraw_panels(bpy.context)
 

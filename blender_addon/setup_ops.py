@@ -59,7 +59,7 @@ def refresh_torch_state() -> None:
 
 
 def _worker_preference(context: bpy.types.Context) -> str | None:
-    from .preferences import get_preferences
+    from .properties import get_preferences
 
     prefs = get_preferences(context)
     return (prefs.worker_python or None) if prefs is not None else None

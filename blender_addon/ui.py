@@ -29,6 +29,10 @@ _NAME_FACTOR = 0.7  # the header's split: "Status, Texture" and "Size" (the rows
 _DETAILS_FACTOR = 0.36  # the details' split: the field's name and its value
 
 
+PREFERENCES_WIDTH = 730
+"""The Preferences window's region width at scale 1, for drawing outside a window (wraps the status)."""
+
+
 def size_label(width: int, height: int) -> str:
     """The larger side, as the size filter reads it: ``"2k"`` for 2048 px (a multiple of 1024: the k of
     texture artists), ``"300"`` otherwise, ``"-"`` without a size. The Texture Details sub-panel has both
@@ -86,6 +90,45 @@ def draw_pair(layout: bpy.types.UILayout, label: str, value: str, factor: float,
         split.label(text=piece)
 
 
+def draw_worker_status(
+    layout: bpy.types.UILayout, context: bpy.types.Context, *, details: bool = False, compact: bool = False
+) -> None:
+    """The worker's state from its last check, in short lines with icons, for the preferences and the
+    panel. The first call of a session starts a check (on a thread); before it ends: "checking".
+
+    Every line is wrapped to the region's width (Blender would cut it): a failed check shows what went
+    wrong and, whole, what fixes it, and a Check Again button. ``details``: also one line per device;
+    ``compact``: the sidebar's short lines. Reads memory only (no file access, no process start here).
+    """
+    from . import setup_ops
+    from .bridge.health import compact_status_lines, device_lines, status_lines
+
+    setup_ops.ensure_worker_checked(context)
+    check = setup_ops.WORKER_CHECK
+    report = check.result
+    column = layout.column(align=True)
+    side = sidebar(context, DEFAULT_SIDEBAR_WIDTH if compact else PREFERENCES_WIDTH)
+    # The preferences draw an add-on's settings in its expanded, indented box: 40 px more room kept.
+    width = side.label(icon=True, boxed=not compact) - (0 if compact else 40 * side.scale)
+    if compact:
+        lines = compact_status_lines(
+            report,
+            running=check.running,
+            width=width,
+            measure=side.width_of,
+            problem_lines=4,
+        )
+    else:
+        lines = status_lines(report, running=check.running)
+    for icon, text in lines:
+        draw_lines(column, side.lines(text, width), icon=icon)
+    if details:
+        for line in device_lines(report):
+            draw_lines(column, side.lines(line, width), icon="BLANK1")
+    if compact and report is not None and not report.ok and not check.running:
+        column.operator("texup.test_worker", text="Check Again", icon="FILE_REFRESH")
+
+
 class TEXUP_UL_textures(bpy.types.UIList):
     """Rows: select, status icon and name, size (the rest is in the Texture Details sub-panel)."""
 
@@ -126,7 +169,7 @@ def _list_header(layout: bpy.types.UILayout) -> None:
 
 def _default_model(context: bpy.types.Context) -> str:
     from .defaults import DEFAULT_MODEL
-    from .preferences import get_preferences
+    from .properties import get_preferences
 
     prefs = get_preferences(context)
     return (prefs.default_model if prefs is not None else "") or DEFAULT_MODEL
@@ -173,8 +216,6 @@ def _draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     side = sidebar(context)
     if list_is_stale(context):
         request_refresh_from_draw(context)
-
-    from .preferences import draw_worker_status
 
     draw_worker_status(
         layout, context, compact=True

@@ -189,7 +189,7 @@ def test_cancel_mid_tile_ends_the_upscale_within_two_seconds_as_cancelled(
 
 
 def test_the_engine_and_device_preferences_reach_the_workers_job(addon, tmp_path, monkeypatch):
-    from blender_addon import preferences, scene
+    from blender_addon import preferences, properties, scene
     from blender_addon.operators import run_settings
     from blender_addon.upscale_run import UpscaleRun
 
@@ -199,7 +199,7 @@ def test_the_engine_and_device_preferences_reach_the_workers_job(addon, tmp_path
         output_dir = str(tmp_path / "out")
         default_model = "realesr-animevideov3"
 
-    monkeypatch.setattr(preferences, "get_preferences", lambda context=None: Prefs())
+    monkeypatch.setattr(properties, "get_preferences", lambda context=None: Prefs())
     scene_builder.build(str(tmp_path), with_missing=False)
     settings = run_settings(bpy.context)
     assert (settings.device, settings.engine, settings.model) == ("cpu", "ncnn", "realesr-animevideov3")
@@ -419,10 +419,10 @@ def test_upscale_is_greyed_out_with_the_reason_while_the_worker_does_not_work(ad
 
 
 def test_undo_and_redo_refill_the_list_and_redraw_the_sidebars(addon, tmp_path, monkeypatch):
-    from blender_addon import operators
+    from blender_addon import properties
 
     redraws = []
-    monkeypatch.setattr(operators, "redraw_panels", lambda context: redraws.append(len(rows())))
+    monkeypatch.setattr(properties, "redraw_panels", lambda context: redraws.append(len(rows())))
     scene_builder.build(str(tmp_path), with_missing=False)
     bpy.ops.texup.refresh()
     bpy.ops.ed.undo_push(message="base")
@@ -447,14 +447,14 @@ def test_the_detail_slider_is_live_with_a_partner_and_greyed_with_the_reason_wit
     import json
     import struct
 
-    from blender_addon import preferences, ui
+    from blender_addon import properties, ui
     from blender_addon.operators import run_settings
     from blender_addon.upscale_run import UpscaleRun
 
     class Prefs:
         device, engine, output_dir, default_model = "cpu", "auto", str(tmp_path / "out"), ""
 
-    monkeypatch.setattr(preferences, "get_preferences", lambda context=None: Prefs())
+    monkeypatch.setattr(properties, "get_preferences", lambda context=None: Prefs())
     scene_builder.build(str(tmp_path), with_missing=False)  # a new file: take its settings after
     settings = bpy.context.scene.texup
 

@@ -71,7 +71,7 @@ def test_test_worker_reports_the_real_workers_versions_and_devices(setup_ops, mo
     assert report is not None and report.ok and report.python == worker_python and report.source == "TEXUP_PYTHON"
     assert report.texup and report.engines and report.device("cpu") is not None
     layout = RecordingLayout()
-    from blender_addon.preferences import draw_worker_status
+    from blender_addon.ui import draw_worker_status
 
     draw_worker_status(layout, bpy.context, details=True)
     labels = layout.labels()
@@ -89,7 +89,7 @@ def test_a_path_without_a_working_texup_never_gets_a_tick(setup_ops, monkeypatch
     report = setup_ops.WORKER_CHECK.result
     assert report is not None and not report.ok and report.error
     layout = RecordingLayout()
-    from blender_addon.preferences import draw_worker_status
+    from blender_addon.ui import draw_worker_status
 
     draw_worker_status(layout, bpy.context)
     assert all(icon != "CHECKMARK" for icon, _ in layout.labels())
@@ -99,7 +99,7 @@ def test_a_path_without_a_working_texup_never_gets_a_tick(setup_ops, monkeypatch
 def test_drawing_the_preferences_touches_no_file_and_starts_the_first_check_on_a_thread(
     setup_ops, monkeypatch, worker_python
 ):
-    from blender_addon import preferences, service
+    from blender_addon import preferences, service, ui
 
     monkeypatch.setenv("TEXUP_PYTHON", worker_python)
     main = threading.current_thread()
@@ -146,7 +146,7 @@ def test_drawing_the_preferences_touches_no_file_and_starts_the_first_check_on_a
     assert resolved_on and all(thread is not main for thread in resolved_on)
 
     again = RecordingLayout()
-    preferences.draw_worker_status(again, bpy.context)  # the first check is not repeated on later draws
+    ui.draw_worker_status(again, bpy.context)  # the first check is not repeated on later draws
     assert again.labels()[0][0] == "CHECKMARK" and not setup_ops.WORKER_CHECK.running
 
 
