@@ -1,4 +1,4 @@
-"""texup.weights.download and fetch_model against a local HTTP server (127.0.0.1, no real network)."""
+"""texup.weights.download and registry.fetch_model against a local HTTP server (127.0.0.1, no real network)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from texup.archs.rrdbnet import RRDBNet
 from texup.errors import DownloadError, ModelLoadError
 from texup.weights import registry
 from texup.weights.cache import models_dir, read_manifest, sha256_file
-from texup.weights.download import download, fetch_model
+from texup.weights.download import download
+from texup.weights.registry import fetch_model
 
 
 @dataclass

@@ -169,7 +169,6 @@ def _models_dir_text() -> str:
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from texup.weights import registry
-    from texup.weights.download import fetch_model
 
     try:
         info = registry.get_model_info(args.name)
@@ -178,7 +177,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         else:
             bar = _Bar(info.filename or info.name)
             try:
-                path = fetch_model(info.name, sha256=args.sha256, progress=bar, timeout=args.timeout)
+                path = registry.fetch_model(info.name, sha256=args.sha256, progress=bar, timeout=args.timeout)
             finally:
                 bar.close()
     except (TexupError, OSError) as exc:

@@ -1,8 +1,9 @@
 """Explicit downloads of official weights: resumable, checksum-verified, atomic.
 
 Nothing in texup downloads implicitly: running a model that is not cached raises an error that
-names the ``texup models fetch NAME`` command, and only that command (or :func:`fetch_model`)
-touches the network. Only the standard library is used (``urllib``).
+names the ``texup models fetch NAME`` command, and only that command (or
+:func:`texup.weights.registry.fetch_model`, which calls :func:`download`) touches the network. Only the
+standard library is used (``urllib``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from texup._atomic import fsync_folder
 from texup.errors import DownloadError
 from texup.weights.cache import file_lock, sha256_file
 
-__all__ = ["download", "fetch_model", "ProgressCallback"]
+__all__ = ["download", "ProgressCallback"]
 
 #: ``progress(done_bytes, total_bytes_or_None)``, called after each chunk (and once at the start).
 ProgressCallback = Callable[[int, "int | None"], None]
@@ -211,51 +212,3 @@ def _transfer(
                 raise DownloadError(f"{url}: cannot write {exc.filename}: {exc.strerror}") from exc
             raise DownloadError(f"{url}: connection lost after {done} bytes ({exc}); run again to resume") from exc
     return digest, done, total
-
-
-def fetch_model(
-    name: str,
-    *,
-    sha256: str | None = None,
-    progress: ProgressCallback | None = None,
-    timeout: float = 60,
-) -> Path:
-    """Download a known model's official ``.pth`` and cache it as ``.safetensors``; return that path.
-
-    The ``.pth`` goes to ``models_dir()/downloads/<filename>`` and is verified against the
-    registry's SHA-256. For a registry entry without a published hash, ``sha256`` (e.g. from
-    ``texup models fetch NAME --sha256 HEX``) is required; when both exist they must agree. A
-    ``.pth`` already present with the right hash is not downloaded again. The file is then loaded
-    with ``torch.load(weights_only=True)`` (through ``texup.weights.load_model``) and written to
-    ``models_dir()/<name>.safetensors`` with provenance metadata and a manifest entry.
-
-    Raises ``UnknownModelError`` for an unknown name, ``DownloadError`` for network, checksum or
-    missing-hash problems and ``ModelLoadError`` when the download is not a loadable model.
-    """
-    from texup.weights import cache, registry
-
-    info = registry.get_model_info(name)
-    if info.url is None:
-        raise DownloadError(f"model '{name}' has no download URL")
-    try:
-        given = normalize_sha256(sha256) if sha256 is not None else None
-    except ValueError as exc:
-        raise DownloadError(f"{info.url}: {exc}") from exc
-    if info.sha256 is not None and given is not None and given != info.sha256:
-        raise DownloadError(
-            f"{info.url}: --sha256 {given} disagrees with the published SHA-256 {info.sha256} of {info.filename}"
-        )
-    expected = info.sha256 or given
-    if expected is None:
-        raise DownloadError(
-            f"{info.url}: no published SHA-256 is known for {info.filename}; "
-            f"pass the hash you trust with `texup models fetch {name} --sha256 HEX`"
-        )
-
-    pth = registry.download_path(info)
-    if not (pth.is_file() and cache.sha256_file(pth) == expected):
-        # The published size when the registry knows it (a few bytes of slack are not needed: the hash
-        # decides), else the general cap.
-        limit = int(info.size) if info.size else DEFAULT_MAX_BYTES
-        download(info.url, pth, sha256=expected, progress=progress, timeout=timeout, max_bytes=limit)
-    return registry.convert_download(info, pth, source_sha256=expected)

@@ -34,6 +34,7 @@ from texup.weights import cache
 
 if TYPE_CHECKING:
     from texup.weights import LoadedModel
+    from texup.weights.download import ProgressCallback
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -50,6 +51,7 @@ __all__ = [
     "ncnn_files",
     "download_path",
     "convert_download",
+    "fetch_model",
 ]
 
 #: ``progress(message)``: one human-readable line per step of a conversion.
@@ -418,6 +420,54 @@ def convert_download(info: ModelInfo, pth: Path, *, source_sha256: str) -> Path:
             "date": _now(),
         }
         return _save_cached(info, loaded, provenance)
+
+
+def fetch_model(
+    name: str,
+    *,
+    sha256: str | None = None,
+    progress: ProgressCallback | None = None,
+    timeout: float = 60,
+) -> Path:
+    """Download a known model's official ``.pth`` and cache it as ``.safetensors``; return that path.
+
+    The ``.pth`` goes to ``models_dir()/downloads/<filename>`` and is verified against the
+    registry's SHA-256. For a registry entry without a published hash, ``sha256`` (e.g. from
+    ``texup models fetch NAME --sha256 HEX``) is required; when both exist they must agree. A
+    ``.pth`` already present with the right hash is not downloaded again. The file is then loaded
+    with ``torch.load(weights_only=True)`` (through ``texup.weights.load_model``) and written to
+    ``models_dir()/<name>.safetensors`` with provenance metadata and a manifest entry.
+
+    Raises ``UnknownModelError`` for an unknown name, ``DownloadError`` for network, checksum or
+    missing-hash problems and ``ModelLoadError`` when the download is not a loadable model.
+    """
+    from texup.weights import download as download_module
+
+    info = get_model_info(name)
+    if info.url is None:
+        raise DownloadError(f"model '{name}' has no download URL")
+    try:
+        given = download_module.normalize_sha256(sha256) if sha256 is not None else None
+    except ValueError as exc:
+        raise DownloadError(f"{info.url}: {exc}") from exc
+    if info.sha256 is not None and given is not None and given != info.sha256:
+        raise DownloadError(
+            f"{info.url}: --sha256 {given} disagrees with the published SHA-256 {info.sha256} of {info.filename}"
+        )
+    expected = info.sha256 or given
+    if expected is None:
+        raise DownloadError(
+            f"{info.url}: no published SHA-256 is known for {info.filename}; "
+            f"pass the hash you trust with `texup models fetch {name} --sha256 HEX`"
+        )
+
+    pth = download_path(info)
+    if not (pth.is_file() and cache.sha256_file(pth) == expected):
+        # The published size when the registry knows it (a few bytes of slack are not needed: the hash
+        # decides), else the general cap.
+        limit = int(info.size) if info.size else download_module.DEFAULT_MAX_BYTES
+        download_module.download(info.url, pth, sha256=expected, progress=progress, timeout=timeout, max_bytes=limit)
+    return convert_download(info, pth, source_sha256=expected)
 
 
 def _verified_download(info: ModelInfo) -> Path | None:
