@@ -97,7 +97,7 @@ def test_the_ncnn_exporter_finds_every_arch_and_its_files_read_back(
     arch: str, hparams: dict[str, Any], tmp_path: Path
 ) -> None:
     spec = get_spec(arch)
-    assert spec.ncnn_export() is not None and arch in supported_archs()
+    assert spec.ncnn_writer is not None and spec.ncnn_reader is not None and arch in supported_archs()
     sd = {k: v.numpy() for k, v in _random_module(arch, hparams).state_dict().items()}
     param, weights = tmp_path / "m.param", tmp_path / "m.bin"
     checkpoints = export_ncnn(arch, hparams, sd, param, weights, dense="concat")
@@ -177,7 +177,7 @@ def _detect_shuffler(sd: Mapping[str, Any], source: str | Path) -> dict[str, Any
 SHUFFLER = ArchSpec(
     name="Shuffler",
     label="test Shuffler",
-    module=f"{Shuffler.__module__}:{Shuffler.__qualname__}",
+    network=lambda: Shuffler,
     detect=_detect_shuffler,
     scale=lambda hp: int(hp["scale"]),
     dtypes=("fp32",),

@@ -19,8 +19,11 @@ import numpy as np
 import pytest
 import torch
 
+import texup.archs.ncnn_graph as ncnn_graph
 import texup.engines.ncnn_export as ncnn_export
 from texup.archs import build
+from texup.archs.compact import ncnn as compact_ncnn
+from texup.archs.ncnn_graph import Weights
 from texup.engines.ncnn_export import export_ncnn
 from texup.weights.ncnn import parse_param, read_ncnn
 
@@ -132,7 +135,7 @@ def test_bound_catches_wrong_unshuffle_order(
 ) -> None:
     """Reorg mode 1 (the other channel order) must fail the accuracy bound: the tests can see the order."""
     module = _module("RRDBNet", _rrdb(scale))
-    monkeypatch.setattr(ncnn_export, "_REORG_MODE_TORCH", 1)
+    monkeypatch.setattr(ncnn_graph, "REORG_MODE_TORCH", 1)
     param, bin_, _ = _export(tmp_path, "RRDBNet", _rrdb(scale), _state_dict(module))
     assert "Reorg" in param.read_text() and " 1=1" in param.read_text()
     x = _input(module)
@@ -337,7 +340,7 @@ def test_compact_checkpoints_cut_2_to_4_convolutions() -> None:
             sd[f"body.{2 * k}.bias"] = np.zeros(16, np.float32)
         sd[f"body.{2 * num_conv + 2}.weight"] = np.zeros((12, 16, 3, 3), np.float32)
         sd[f"body.{2 * num_conv + 2}.bias"] = np.zeros(12, np.float32)
-        _graph, checkpoints = ncnn_export.compact_graph(hp, ncnn_export._Weights("SRVGGNetCompact", sd))
+        _graph, checkpoints = compact_ncnn.write_graph(hp, Weights("SRVGGNetCompact", sd))
         total = num_conv + 2
         cuts = [(int(c.split(".")[1]) + 1) // 2 for c in checkpoints[:-1]]  # body.{2k+1} follows conv k+1
         sizes = np.diff([0, *cuts, total])

@@ -9,11 +9,14 @@ import torch (the module classes load on first use).
 
 Adding an architecture:
 
-1. ``archs/<name>.py``: the ``nn.Module`` (the contract above; canonical parameter names).
-2. ``archs/<name>_spec.py`` (no torch): ``SPEC = ArchSpec(name, label, "texup.archs.<name>:Class", detect,
-   scale, ...)``; optional fields fall back to generic behaviour (no ncnn export, generic activation estimate).
-3. ``register(<name>_spec.SPEC)`` below. Detection, loading, saving, the torch engine and, with an
-   ``ncnn_writer``, the ncnn exporter find it there.
+1. A folder ``archs/<name>/``: ``network.py``, the ``nn.Module`` (the contract above; canonical parameter
+   names); ``spec.py`` (no torch): its detector, scale and the rest; optionally ``ncnn.py`` (numpy, with
+   :mod:`texup.archs.ncnn_graph`): ``write_graph`` and ``read_graph``.
+2. Its ``__init__.py``: ``SPEC = ArchSpec(name, label, network, detect, scale, ..., ncnn_writer=ncnn.write_graph,
+   ncnn_reader=ncnn.read_graph)``, ``network`` a function importing the module class (so no torch here);
+   optional fields fall back to generic behaviour (no ncnn export, generic activation estimate).
+3. ``register(<name>.SPEC)`` below. Detection, loading, saving, the torch engine and, with an ``ncnn_writer``,
+   the ncnn exporter and reader find it there.
 4. Small hparams for it in ``CASES`` of tests/core/test_arch_specs.py, which checks the spec against the module.
 """
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from texup._lazy import lazy_getattr
-from texup.archs import compact_spec, rrdbnet_spec
+from texup.archs import compact, rrdbnet
 from texup.archs.spec import (
     ARCHITECTURES,
     ArchSpec,
@@ -37,11 +40,11 @@ from texup.archs.spec import (
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from texup.archs.compact import SRVGGNetCompact
-    from texup.archs.rrdbnet import RRDBNet
+    from texup.archs.compact.network import SRVGGNetCompact
+    from texup.archs.rrdbnet.network import RRDBNet
 
-register(rrdbnet_spec.SPEC)
-register(compact_spec.SPEC)
+register(rrdbnet.SPEC)
+register(compact.SPEC)
 
 
 def build(arch: str, hparams: dict[str, Any]) -> nn.Module:
@@ -55,7 +58,7 @@ def build(arch: str, hparams: dict[str, Any]) -> nn.Module:
 
 
 __getattr__ = lazy_getattr(
-    __name__, globals(), {"RRDBNet": "texup.archs.rrdbnet", "SRVGGNetCompact": "texup.archs.compact"}
+    __name__, globals(), {"RRDBNet": "texup.archs.rrdbnet.network", "SRVGGNetCompact": "texup.archs.compact.network"}
 )
 
 __all__ = [

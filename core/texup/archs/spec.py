@@ -1,14 +1,14 @@
 """One :class:`ArchSpec` per generator architecture, and the registry that holds them.
 
 Torch-free: detection, scale, input multiple, the activation estimate and the ncnn reader/writer serve the
-no-torch (ncnn) path too. The module class and the ncnn functions are named by ``"module:attribute"`` paths
-and imported only when asked for (:meth:`ArchSpec.module_class`, :meth:`ArchSpec.ncnn_export`,
-:meth:`ArchSpec.ncnn_import`). Registration order is detection order.
+no-torch (ncnn) path too. Each architecture is one folder, ``texup.archs.<name>`` (``network.py``: the torch
+module; ``spec.py``: detection and the rest, torch-free; ``ncnn.py``: its ncnn graph, numpy), whose
+``__init__`` makes its ``SPEC`` from real functions; the module class is imported only when asked for
+(:meth:`ArchSpec.module_class`), so the registry imports no torch. Registration order is detection order.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +52,6 @@ def _no_multiple(hparams: Mapping[str, Any]) -> int:
     return 1
 
 
-def _resolve(path: str) -> Any:
-    module, sep, name = path.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"expected 'package.module:attribute', got {path!r}")
-    return getattr(importlib.import_module(module), name)
-
-
 def generic_activation_bytes(hparams: Mapping[str, Any], scale: int, height: int, width: int, element_size: int) -> int:
     """The estimate for architectures without their own: about ``8 * num_feat * scale**2`` values per input
     pixel (the full-resolution layers dominate); ``num_feat`` 64 when the hparams have none."""
@@ -73,7 +66,8 @@ class ArchSpec:
     Attributes:
         name: the architecture's name (``texup.arch`` metadata, :func:`texup.archs.build`).
         label: how messages name the family, e.g. "ESRGAN/RRDBNet".
-        module: ``"package.module:Class"`` of the torch module; keyword-only constructor taking the hparams.
+        network: returns the torch module's class (importing torch only when called); a keyword-only
+            constructor taking the hparams.
         detect: hyperparameters from a canonical state dict's names and shapes (:data:`Detector`).
         scale, input_multiple: from hparams (the module's ``scale`` / ``input_multiple``, tested).
         size_signature: what of the hparams fixes the tensors' shapes, to refuse file metadata that disagrees
@@ -82,15 +76,15 @@ class ArchSpec:
         streams_rows: the module follows :class:`RowStreaming` (the torch engine sets ``stream_rows``).
         dtypes: precisions the network runs in (subset of :data:`ALL_DTYPES`; the first is the fallback of
             an automatic choice it does not support).
-        ncnn_writer: ``"module:function"`` ``(hparams, weights, dense) -> (graph, checkpoints)`` for
+        ncnn_writer: ``(hparams, weights, dense) -> (graph, checkpoints)`` (:mod:`texup.archs.ncnn_graph`) for
             :func:`texup.engines.ncnn_export.export_ncnn`; None = no ncnn export.
-        ncnn_reader: ``"module:function"`` ``(layers, weights, param_path) -> (arch, hparams, state dict) | None``
-            for :func:`texup.weights.ncnn.read_ncnn`; None = ncnn graphs of it are not read.
+        ncnn_reader: ``(layers, weights, param_path) -> (arch, hparams, state dict) | None`` for
+            :func:`texup.weights.ncnn.read_ncnn`; None = ncnn graphs of it are not read.
     """
 
     name: str
     label: str
-    module: str
+    network: Callable[[], type[nn.Module]]
     detect: Detector
     scale: FromHparams
     input_multiple: FromHparams = _no_multiple
@@ -98,21 +92,20 @@ class ArchSpec:
     estimate_activation: ActivationEstimate | None = None
     streams_rows: bool = False
     dtypes: tuple[str, ...] = ALL_DTYPES
-    ncnn_writer: str | None = None
-    ncnn_reader: str | None = None
+    ncnn_writer: Callable[..., Any] | None = None
+    ncnn_reader: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.isidentifier():
             raise ValueError(f"ArchSpec: name must be an identifier, got {self.name!r}")
-        if ":" not in self.module:
-            raise ValueError(f"ArchSpec {self.name}: module must be 'package.module:Class', got {self.module!r}")
+        if not callable(self.network):
+            raise ValueError(f"ArchSpec {self.name}: network must be a function returning the module class")
         if not self.dtypes or not set(self.dtypes) <= set(ALL_DTYPES):
             raise ValueError(f"ArchSpec {self.name}: dtypes must be a non-empty subset of {ALL_DTYPES}")
 
     def module_class(self) -> type[nn.Module]:
         """The torch module class (imports torch)."""
-        cls: type[nn.Module] = _resolve(self.module)
-        return cls
+        return self.network()
 
     def build(self, hparams: Mapping[str, Any]) -> nn.Module:
         """``module_class()(**hparams)``; ValueError / TypeError for hparams it does not accept."""
@@ -131,14 +124,6 @@ class ArchSpec:
         if self.estimate_activation is None:
             return generic_activation_bytes(hparams, self.scale(hparams), height, width, element_size)
         return int(self.estimate_activation(hparams, height, width, element_size, stream_rows))
-
-    def ncnn_export(self) -> Callable[..., Any] | None:
-        """The ncnn graph writer (see :attr:`ncnn_writer`), or None."""
-        return None if self.ncnn_writer is None else _resolve(self.ncnn_writer)
-
-    def ncnn_import(self) -> Callable[..., Any] | None:
-        """The ncnn graph reader (see :attr:`ncnn_reader`), or None."""
-        return None if self.ncnn_reader is None else _resolve(self.ncnn_reader)
 
 
 _REGISTRY: dict[str, ArchSpec] = {}
@@ -179,10 +164,7 @@ def get_spec(name: str) -> ArchSpec:
 def spec_for_module(module: object) -> ArchSpec | None:
     """The spec whose module class is exactly ``type(module)`` (imports the archs' modules), else None."""
     cls = type(module)
-    for spec in _REGISTRY.values():
-        if spec.module == f"{cls.__module__}:{cls.__qualname__}" or spec.module_class() is cls:
-            return spec
-    return None
+    return next((spec for spec in _REGISTRY.values() if spec.module_class() is cls), None)
 
 
 def families() -> str:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from texup.archs.compact_spec import COMPACT_DEFAULT_ACT
+from texup.archs.compact.spec import COMPACT_DEFAULT_ACT
 from texup.archs.spec import families, registered
 from texup.errors import ModelLoadError
 
@@ -18,8 +18,8 @@ def detect_architecture(sd: Mapping[str, Any], *, source: str | Path = "<state d
     """Return ``(arch, hparams)`` for a state dict with canonical names (see :func:`canonicalize`).
 
     Each registered :class:`~texup.archs.spec.ArchSpec`'s ``detect`` is asked in registration order; the
-    first that recognises the tensors gives the hparams (RRDBNet: :func:`texup.archs.rrdbnet_spec.detect`,
-    SRVGGNetCompact: :func:`texup.archs.compact_spec.detect`, whose parameter-free activations read as
+    first that recognises the tensors gives the hparams (RRDBNet: :func:`texup.archs.rrdbnet.spec.detect`,
+    SRVGGNetCompact: :func:`texup.archs.compact.spec.detect`, whose parameter-free activations read as
     :data:`COMPACT_DEFAULT_ACT`).
 
     Raises:

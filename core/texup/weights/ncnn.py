@@ -16,8 +16,8 @@ Format facts this reader relies on (checked against the shipped files):
 
 Convolutions are assigned canonical names by their order in the graph by the reader of the architecture
 whose layer types the graph has (each spec's ``ncnn_reader``, asked in registration order):
-:func:`rrdbnet_from_ncnn` (Concat / Eltwise dense blocks) or :func:`compact_from_ncnn` (a chain of convs
-with PReLU/ReLU, PixelShuffle, nearest-upsampled input added).
+``texup.archs.rrdbnet.ncnn.read_graph`` (Concat / Eltwise dense blocks) or ``texup.archs.compact.ncnn.read_graph``
+(a chain of convs with PReLU/ReLU, PixelShuffle, nearest-upsampled input added).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from texup.archs.ncnn_graph import NcnnLayer
 from texup.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -58,25 +59,6 @@ _WEIGHTLESS = frozenset(
 )
 #: ncnn's fused activation ids (Convolution key 9) -> texup act names.
 _FUSED_ACT = {0: None, 1: "relu", 2: "leakyrelu"}
-
-
-@dataclass
-class NcnnLayer:
-    """One line of a ``.param`` file."""
-
-    type: str
-    name: str
-    inputs: list[str]
-    outputs: list[str]
-    params: dict[int, Any]
-    #: The values' text as written (arrays as lists), which :func:`check_graph` reads as ncnn does.
-    raw: dict[int, str | list[str]] = field(default_factory=dict, repr=False)
-
-    def int_param(self, key: int, default: int) -> int:
-        value = self.params.get(key, default)
-        if isinstance(value, list):
-            raise ValueError(f"param {key} of layer {self.name} is an array")
-        return int(float(value))
 
 
 @dataclass
@@ -383,7 +365,7 @@ def read_ncnn(param_path: str | Path, bin_path: str | Path | None = None, *, num
     from texup.archs.spec import registered
 
     for spec in registered():
-        reader = spec.ncnn_import()
+        reader = spec.ncnn_reader
         found = None if reader is None else reader(layers, weights, param_path)
         if found is not None:
             arch, hparams, sd = found
@@ -410,84 +392,6 @@ def _output_resize(layers: list[NcnnLayer]) -> float | None:
         return None
     factor = float(last.params.get(1, 1.0))
     return None if factor == 1.0 else factor
-
-
-def _set_conv(sd: dict[str, Any], name: str, conv: _Conv) -> None:
-    sd[f"{name}.weight"] = conv.weight
-    if conv.bias is not None:
-        sd[f"{name}.bias"] = conv.bias
-
-
-#: What an architecture's ncnn reader returns: ``(arch, hparams, canonical state dict)``, or None for a graph
-#: that is not of its architecture (see :attr:`texup.archs.spec.ArchSpec.ncnn_reader`).
-NcnnRead = tuple[str, dict[str, Any], dict[str, Any]]
-
-
-def rrdbnet_from_ncnn(layers: list[NcnnLayer], weights: list[tuple[str, Any]], param_path: Path) -> NcnnRead | None:
-    """RRDBNet from a graph with Concat and Eltwise layers (its dense blocks), else None."""
-    types = {layer.type for layer in layers}
-    if "Concat" not in types or "Eltwise" not in types:
-        return None
-    convs = [w for kind, w in weights if kind == "conv"]
-    # Upsampling steps are the 2x Interp layers inside the network (a final resize is not one).
-    n_up = sum(1 for layer in layers[:-1] if layer.type == "Interp" and float(layer.params.get(1, 0)) == 2.0)
-    n_body = len(convs) - 4 - n_up
-    if n_up < 1 or n_body <= 0 or n_body % 15:
-        raise ModelLoadError(
-            param_path,
-            f"RRDBNet-like graph with {len(convs)} convolutions and {n_up} 2x upsamplings does not "
-            "fit 1 + 15*num_block + 1 + n_up + 2 convolutions",
-        )
-    num_block = n_body // 15
-    names = ["conv_first"]
-    names += [f"body.{i}.rdb{k}.conv{j}" for i in range(num_block) for k in (1, 2, 3) for j in range(1, 6)]
-    names += ["conv_body"] + [f"conv_up{u}" for u in range(1, n_up + 1)] + ["conv_hr", "conv_last"]
-    sd: dict[str, Any] = {}
-    for name, conv in zip(names, convs):
-        _set_conv(sd, name, conv)
-    from texup.weights.detect import detect_architecture
-
-    arch, hparams = detect_architecture(sd, source=param_path)
-    return arch, hparams, sd
-
-
-def compact_from_ncnn(layers: list[NcnnLayer], weights: list[tuple[str, Any]], param_path: Path) -> NcnnRead | None:
-    """SRVGGNetCompact from a graph with a PixelShuffle and no Concat, else None."""
-    types = {layer.type for layer in layers}
-    if "PixelShuffle" not in types or "Concat" in types:
-        return None
-    convs = [w for kind, w in weights if kind == "conv"]
-    prelus = [w for kind, w in weights if kind == "prelu"]
-    num_conv = len(convs) - 2
-    if num_conv < 0:
-        raise ModelLoadError(param_path, "a compact graph needs at least two convolutions")
-    if prelus:
-        if len(prelus) != num_conv + 1:
-            raise ModelLoadError(param_path, f"{len(prelus)} PReLU layers for {len(convs)} convolutions")
-        act_type = "prelu"
-    else:
-        acts = {c.fused_act for c in convs[:-1]}
-        if "ReLU" in {layer.type for layer in layers}:
-            acts = {"relu"}  # an unfused ncnn ReLU layer with 0=slope; slope 0.1 would be leakyrelu
-            slopes = {float(layer.params.get(0, 0.0)) for layer in layers if layer.type == "ReLU"}
-            if slopes != {0.0}:
-                acts = {"leakyrelu"}
-        names = sorted(a for a in acts if a is not None)
-        if len(acts) != 1 or len(names) != 1 or names[0] not in ("relu", "leakyrelu"):
-            raise ModelLoadError(
-                param_path, f"cannot tell the compact model's activation (found {sorted(map(str, acts))})"
-            )
-        act_type = names[0]
-    sd: dict[str, Any] = {}
-    for index, conv in enumerate(convs):
-        _set_conv(sd, f"body.{2 * index}", conv)
-    for index, slopes in enumerate(prelus):
-        sd[f"body.{2 * index + 1}.weight"] = slopes
-    from texup.weights.detect import detect_architecture
-
-    arch, hparams = detect_architecture(sd, source=param_path)
-    hparams["act_type"] = act_type
-    return arch, hparams, sd
 
 
 # --- checking a graph before ncnn loads it ------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""RRDBNet's :class:`~texup.archs.spec.ArchSpec` (torch-free): detection, scale layout, activation estimate.
+"""What RRDBNet's :class:`~texup.archs.spec.ArchSpec` is made of (torch-free): detection, scale layout, size
+signature, activation estimate. The spec itself is :data:`texup.archs.rrdbnet.SPEC`.
 
-Canonical names as in :mod:`texup.archs.rrdbnet`.
+Canonical names as in :mod:`texup.archs.rrdbnet.network`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from texup.archs.spec import ArchSpec, tensor_shape
+from texup.archs.spec import tensor_shape
 from texup.errors import ModelLoadError
 
 #: Output scale -> (pixel-unshuffle factor applied to the input, number of 2x upsampling steps).
@@ -120,18 +121,3 @@ def activation_bytes(
     head = 3 * nf * strip_rows * up * fw * up
     out = int(hparams["num_out_ch"]) * fh * up * fw * up
     return (trunk + head + out + nf * fh * fw) * element_size
-
-
-SPEC = ArchSpec(
-    name="RRDBNet",
-    label="ESRGAN/RRDBNet",
-    module="texup.archs.rrdbnet:RRDBNet",
-    detect=detect,
-    scale=scale,
-    input_multiple=input_multiple,
-    size_signature=size_signature,
-    estimate_activation=activation_bytes,
-    streams_rows=True,
-    ncnn_writer="texup.engines.ncnn_export:rrdbnet_graph",
-    ncnn_reader="texup.weights.ncnn:rrdbnet_from_ncnn",
-)

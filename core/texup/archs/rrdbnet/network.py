@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from texup.archs.rrdbnet_spec import SCALE_LAYOUT, STRIP_HALO
-from texup.archs.rrdbnet_spec import activation_bytes as _activation_bytes
+from texup.archs.rrdbnet.spec import SCALE_LAYOUT, STRIP_HALO
+from texup.archs.rrdbnet.spec import activation_bytes as _activation_bytes
 
 #: Weight of the residual branch in dense blocks and RRDBs (ESRGAN's residual scaling).
 _RESIDUAL_SCALE = 0.2
@@ -220,7 +220,7 @@ class RRDBNet(nn.Module):
 
     def activation_bytes(self, height: int, width: int, element_size: int = 4) -> int:
         """An estimate of the peak activation memory of one inference forward on an (1, C, height, width) input,
-        with the current :attr:`stream_rows` (:func:`texup.archs.rrdbnet_spec.activation_bytes`)."""
+        with the current :attr:`stream_rows` (:func:`texup.archs.rrdbnet.spec.activation_bytes`)."""
         return _activation_bytes(self.hparams, height, width, element_size, self.stream_rows)
 
 

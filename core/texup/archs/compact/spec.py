@@ -1,4 +1,6 @@
-"""SRVGGNetCompact's :class:`~texup.archs.spec.ArchSpec` (torch-free). Layer names as in :mod:`texup.archs.compact`."""
+"""What SRVGGNetCompact's :class:`~texup.archs.spec.ArchSpec` is made of (torch-free): detection, scale, size
+signature, activation estimate. The spec itself is :data:`texup.archs.compact.SPEC`. Layer names as in
+:mod:`texup.archs.compact.network`."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from texup.archs.spec import ArchSpec, tensor_shape
+from texup.archs.spec import tensor_shape
 from texup.errors import ModelLoadError
 
 #: Activation assumed for weights without PReLU slopes: ReLU and LeakyReLU carry no parameters, so the tensors
@@ -66,16 +68,3 @@ def activation_bytes(
     sum (four output-sized tensors). ``stream_rows`` does not apply."""
     out_values = int(hparams["num_out_ch"]) * scale(hparams) ** 2
     return (2 * int(hparams["num_feat"]) + 4 * out_values) * height * width * element_size
-
-
-SPEC = ArchSpec(
-    name="SRVGGNetCompact",
-    label="Real-ESRGAN SRVGGNetCompact",
-    module="texup.archs.compact:SRVGGNetCompact",
-    detect=detect,
-    scale=scale,
-    size_signature=size_signature,
-    estimate_activation=activation_bytes,
-    ncnn_writer="texup.engines.ncnn_export:compact_graph",
-    ncnn_reader="texup.weights.ncnn:compact_from_ncnn",
-)

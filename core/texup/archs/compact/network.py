@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from texup.archs.compact_spec import activation_bytes as _activation_bytes
+from texup.archs.compact.spec import activation_bytes as _activation_bytes
 
 #: Activation types Real-ESRGAN uses; "leakyrelu" has slope 0.1 there.
 ACT_TYPES = ("prelu", "relu", "leakyrelu")
@@ -115,5 +115,5 @@ class SRVGGNetCompact(nn.Module):
 
     def activation_bytes(self, height: int, width: int, element_size: int = 4) -> int:
         """An estimate of the peak activation memory of one inference forward on an (1, C, height, width) input
-        (:func:`texup.archs.compact_spec.activation_bytes`)."""
+        (:func:`texup.archs.compact.spec.activation_bytes`)."""
         return _activation_bytes(self.hparams, height, width, element_size, None)
