@@ -325,6 +325,16 @@ def _source_files(root: Path, keep: tuple[str, ...]):
                 yield path, path.relative_to(root).as_posix()
 
 
+#: The add-on's copy of texup's run-option schema (the add-on cannot import texup): written from core at build.
+SCHEMA_COPY = "bridge/options.py"
+
+
+def _addon_files(keep: tuple[str, ...]):
+    """blender_addon/'s files as (path or bytes, arcname relative to the add-on), the schema copy from core."""
+    for path, rel in _source_files(SOURCE, keep):
+        yield (CORE / "options.py").read_bytes() if rel == SCHEMA_COPY else path, rel
+
+
 def platform_manifest(platform: str, wheels: list[str]) -> str:
     """blender_manifest.toml for one platform: the source manifest plus ``platforms`` and ``wheels``, with
     ``blender_version_min`` raised to ``PLATFORM_BLENDER_MIN`` when the source says less."""
@@ -369,7 +379,7 @@ def _umask() -> int:
 
 def build(out_dir: str) -> str:
     """The source zip ``<out_dir>/texup_blender-<version>.zip`` (legacy add-on for Blender 3.x)."""
-    entries = [(f"{PACKAGE}/{rel}", path) for path, rel in _source_files(SOURCE, _KEEP)]
+    entries = [(f"{PACKAGE}/{rel}", content) for content, rel in _addon_files(_KEEP)]
     return str(_write_zip(Path(out_dir) / f"{PACKAGE}-{addon_version()}.zip", entries))
 
 
@@ -389,11 +399,11 @@ def build_platform(platform: str, out_dir: str) -> str:
         wheels = sorted({w.name: w for listed in by_python.values() for w in listed}.values(), key=lambda w: w.name)
         names = [w.name for w in wheels]
         entries: list = []
-        for path, rel in _source_files(SOURCE, _KEEP):
+        for content, rel in _addon_files(_KEEP):
             if rel == "blender_manifest.toml":
                 entries.append((rel, platform_manifest(platform, names).encode("utf-8")))
             else:
-                entries.append((rel, path))
+                entries.append((rel, content))
         entries += [(f"wheels/{w.name}", w) for w in wheels]
         entries += [(f"core/texup/{rel}", path) for path, rel in _source_files(CORE, (".py", ".typed"))]
         entries += [(f"models/{m.name}", m) for m in models]

@@ -32,6 +32,8 @@ import stat as stat_module
 from collections.abc import Mapping
 from typing import Any
 
+from . import options as schema
+
 STATE_DIR = ".texup"
 RECORD_NAME = "outputs.json"
 JOURNAL_DIR = "journal"
@@ -41,19 +43,10 @@ RACY_NS = 2_000_000_000
 UP_TO_DATE = "up to date"  # texup.library.UP_TO_DATE: the worker's result reason when it did nothing
 
 
-def pixel_options(
-    *, scale: float | None, seamless: str, role: str, color_fix: str = "auto", dds_format: str | None = None
-) -> dict[str, Any]:
-    """The options an entry records as changing pixels (texup.library.pixel_options; the add-on never sets
-    an exact output size). Compared with texup's by a test."""
-    return {
-        "scale": None if scale is None else float(scale),
-        "size": None,
-        "seamless": seamless,
-        "role": role,
-        "color_fix": color_fix,
-        "dds_format": dds_format,
-    }
+def pixel_options(**values: Any) -> dict[str, Any]:
+    """The options an entry records as changing pixels, from the run's values by option name (texup's own rule:
+    the schema's :func:`~.options.pixel_options`; the add-on never sets an exact output size)."""
+    return schema.pixel_options(values)
 
 
 #: The variable that names the block format of every DDS output (texup.imageio.ENV_DDS_FORMAT): the worker inherits
@@ -331,7 +324,7 @@ class OutputsView:
             return "no unchanged earlier output"
         if entry.get("texup") != texup:
             return "texup version changed"
-        if entry.get("options") != dict(options):
+        if not schema.same_pixel_options(entry.get("options"), options):
             return "options changed"
         if entry.get("model_ref") != model_ref(model):
             return "model changed"

@@ -8,19 +8,18 @@ texup: it runs inside Blender's own Python (3.10 in Blender 3.4, 3.11 in 4.x).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from . import options as schema
 
 PROTOCOL_VERSION = 1
 
-ROLES: tuple[str, ...] = ("color", "normal", "data")
-SEAMLESS: tuple[str, ...] = ("auto", "on", "off")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
-ENGINES: tuple[str, ...] = ("auto", "torch", "ncnn")
-LAYOUTS: tuple[str, ...] = ("auto", "nchw", "channels_last")
-STAGES: tuple[str, ...] = ("psnr", "gan")
-COLOR_FIX: tuple[str, ...] = ("auto", "on", "off")
-TILE_MIN = 16  # mirrors of texup.options (the add-on cannot import texup); tests/core/test_worker.py compares them
+# texup's run-option schema: this package's options.py is texup/options.py itself (copied by the build,
+# compared byte for byte by tests/core/test_options.py); the add-on cannot import texup
+ROLES, SEAMLESS, PRECISIONS = schema.ROLES, schema.SEAMLESS_MODES, schema.PRECISIONS
+ENGINES, LAYOUTS, STAGES, COLOR_FIX = schema.ENGINES, schema.LAYOUTS, schema.STAGES, schema.COLOR_FIX_MODES
+TILE_MIN = schema.TILE_MIN
 
 
 class ProtocolError(ValueError):
@@ -54,29 +53,12 @@ class JobOptions:
     color_fix: str = "auto"
 
     def validate(self) -> None:
-        """Raise :class:`ProtocolError` naming the first bad option."""
-        if self.model is not None and (not isinstance(self.model, str) or not self.model):
-            raise ProtocolError("model must be a model name or a weights file path")
-        if self.scale is not None and (
-            isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 0 < self.scale <= 16
-        ):
-            raise ProtocolError(f"scale must be above 0 and at most 16, got {self.scale!r}")
-        if self.tile is not None and (
-            isinstance(self.tile, bool) or not isinstance(self.tile, int) or self.tile < TILE_MIN
-        ):
-            raise ProtocolError(f"tile must be an integer of at least {TILE_MIN} pixels, got {self.tile!r}")
-        if self.seamless not in SEAMLESS:
-            raise ProtocolError(f"seamless must be one of {', '.join(SEAMLESS)}, got {self.seamless!r}")
-        if not isinstance(self.device, str) or not self.device:
-            raise ProtocolError(f"device must be a device name such as auto, cpu or cuda, got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise ProtocolError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.engine not in ENGINES:
-            raise ProtocolError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.layout not in LAYOUTS:
-            raise ProtocolError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        if self.color_fix not in COLOR_FIX:
-            raise ProtocolError(f"color_fix must be one of {', '.join(COLOR_FIX)}, got {self.color_fix!r}")
+        """Raise :class:`ProtocolError` naming the first bad option (texup's own checks: the schema)."""
+        for name in (f.name for f in fields(self) if f.name in schema.OPTIONS):
+            try:
+                schema.check(name, getattr(self, name))
+            except ValueError as err:
+                raise ProtocolError(str(err)) from None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seamless": self.seamless, "device": self.device, "precision": self.precision}

@@ -1,9 +1,28 @@
-"""The names, bounds and defaults of texup's run options: one source for the CLI, the API, the worker protocol and
-the trainer (torch-free, numpy-free). The Blender add-on cannot import texup: its bridge mirrors these tuples
-(``blender_addon/bridge/worker_protocol.py``) and a test compares them.
+"""texup's run options, one schema: names, kinds, bounds, defaults, help, and whether an option changes pixels.
+
+Standard library only (no texup, numpy or torch imports): the Blender add-on carries this very file as
+``blender_addon/bridge/options.py`` (copied by scripts/build_addon.py, compared byte for byte by
+tests/core/test_options.py), so the add-on, the CLI, the worker protocol and the output folder's manifest read
+one definition. What is derived from :data:`RUN_OPTIONS`:
+
+- the ``texup upscale`` flags of the plain options (:meth:`Option.cli_kwargs`; texup.cli.upscale);
+- the worker protocol's job options: the keys it knows and how each is checked (:func:`check`; texup.worker.protocol
+  and the add-on's bridge/worker_protocol.py);
+- the manifest's pixel options, the options an output records because they change its pixels
+  (:data:`PIXEL_OPTIONS`, :func:`pixel_options`, :func:`same_pixel_options`; texup.library and the add-on's
+  bridge/manifest.py).
+
+Adding a pixel-changing option: its :class:`Option` here (``pixels=True``, ``before`` = what outputs made before
+it existed were made with), its field in ``texup.inference.pipeline.UpscaleOptions`` and its use in the pipeline,
+and in the add-on a scene property and its row in the panel (ARCHITECTURE.md, "Add an option").
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 ENGINES: tuple[str, ...] = ("auto", "torch", "ncnn")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
@@ -11,6 +30,13 @@ LAYOUTS: tuple[str, ...] = ("auto", "nchw", "channels_last")
 SEAMLESS_MODES: tuple[str, ...] = ("auto", "on", "off")
 ROLES: tuple[str, ...] = ("color", "normal", "data")
 STAGES: tuple[str, ...] = ("psnr", "gan")
+#: The colour fix (:mod:`texup.inference.colorfix`): "auto" = where the benchmark found it helps (per role).
+COLOR_FIX_MODES: tuple[str, ...] = ("auto", "on", "off")
+#: DDS output formats (texup.imageio's DDS layouts, lower case; a test compares them).
+DDS_FORMATS: tuple[str, ...] = (
+    "bc1", "bc2", "bc3", "bc4", "bc5", "bc6h", "bc6h_sf16", "bc7",
+    "rgba8", "bgra8", "bgrx8", "bgr8", "r8", "rg8", "r16", "rgba16f", "rgba32f",
+)  # fmt: skip
 
 #: The smallest tile a user can ask for (CLI, worker, panel; 0 or none: automatic). Smaller tiles only add
 #: per-tile overhead; the library's own ``UpscaleOptions`` accepts any positive tile, for tests of the tiling.
@@ -19,5 +45,227 @@ TILE_MIN = 16
 OVERLAP_DEFAULT = 16
 #: Output scales a user can ask for (``--scale`` and the protocol): above 0, at most this.
 SCALE_MAX = 16.0
-#: The colour fix (:mod:`texup.inference.colorfix`): "auto" = where the benchmark found it helps (per role).
-COLOR_FIX_MODES: tuple[str, ...] = ("auto", "on", "off")
+SCALE_MIN = 0.01
+
+#: An option's ``before`` when outputs made before it existed are no different from its default.
+SAME_AS_DEFAULT: Any = object()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One run option.
+
+    ``name``: the key everywhere (``UpscaleOptions`` field, protocol key; the manifest's key is ``record``).
+    ``kind``: "choice" (one of ``choices``), "int", "float" (``low``..``high``), "size" ([width, height] of
+    positive integers), "device" (auto, cpu, mps, cuda[:N], vulkan[:N]), "text" (a non-empty string).
+    ``default``: the value when not given (``None``: automatic / none). ``pixels``: it changes an output's pixels,
+    so outputs record it (:data:`PIXEL_OPTIONS`). ``before``: the value outputs recorded before the option existed
+    were made with (a manifest entry without the key reads as this). ``protocol``: a key of the worker's job
+    options (``role`` is per item instead). ``help``: the CLI's and the docs' sentence.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+    pixels: bool = False
+    before: Any = SAME_AS_DEFAULT
+    protocol: bool = True
+    record: str = ""
+
+    @property
+    def key(self) -> str:
+        """The option's key in the output folder's manifest."""
+        return self.record or self.name
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def recorded_before(self) -> Any:
+        return self.default if self.before is SAME_AS_DEFAULT else self.before
+
+    def check(self, value: Any) -> Any:
+        """``value`` as the option holds it (``None`` -> the default); ``ValueError`` naming the option and what
+        it accepts, in one line."""
+        if value is None:
+            return self.default
+        kind = self.kind
+        if kind == "choice":
+            if isinstance(value, str) and value in self.choices:
+                return value
+            raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}, got {_shown(value)}")
+        if kind in ("int", "float"):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not math.isfinite(value))
+                or (kind == "int" and isinstance(value, float) and not value.is_integer())
+            ):
+                raise ValueError(
+                    f"{self.name} must be {'an integer' if kind == 'int' else 'a number'}, got {_shown(value)}"
+                )
+            if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+                raise ValueError(f"{self.name} must be {self.bounds()}, got {_shown(value)}")
+            return int(value) if kind == "int" else float(value)
+        if kind == "size":
+            if (
+                isinstance(value, (list, tuple))
+                and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+            ):
+                return (int(value[0]), int(value[1]))
+            raise ValueError(f"{self.name} must be [width, height] of positive integers, got {_shown(value)}")
+        if kind == "device":
+            if isinstance(value, str) and device_problem(value) is None:
+                return value
+            raise ValueError(f"{self.name} must be auto, cpu, mps, cuda[:N] or vulkan[:N], got {_shown(value)}")
+        if isinstance(value, str) and value:  # text
+            return value
+        raise ValueError(f"{self.name} must be a non-empty string, got {_shown(value)}")
+
+    def bounds(self) -> str:
+        if self.high is None:
+            return f"at least {_num(self.low)}"
+        return f"between {_num(self.low)} and {_num(self.high)}"
+
+    def cli_kwargs(self) -> dict[str, Any]:
+        """``argparse`` keyword arguments for a "choice" option's flag."""
+        if self.kind != "choice":
+            raise ValueError(f"{self.name}: only choice options have derived flags, not {self.kind}")
+        return {"choices": self.choices, "default": self.default, "help": self.help}
+
+
+def _num(value: float | None) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def device_problem(text: str) -> str | None:
+    """Why ``text`` is not a device name (auto, cpu, mps, cuda[:N], vulkan[:N]), or None."""
+    base, _, index = text.strip().lower().partition(":")
+    if base in ("auto", "cpu", "mps") and not index:
+        return None
+    if base in ("cuda", "vulkan") and (not index or (index.isdigit() and len(index) <= 4)):
+        return None
+    return f"expected auto, cpu, cuda[:N], mps or vulkan[:N], not {text!r}"
+
+
+RUN_OPTIONS: tuple[Option, ...] = (
+    Option("model", "text", None, "a known model name, a weights file, or blend:A,B@ALPHA (default: texup's)"),
+    Option(
+        "scale",
+        "float",
+        None,
+        "output scale, e.g. 2, 3, 4 (default: the model's)",
+        low=SCALE_MIN,
+        high=SCALE_MAX,
+        pixels=True,
+    ),
+    Option("target_size", "size", None, "exact output size [width, height]", pixels=True, record="size"),
+    Option("tile", "int", None, "input tile size in pixels (default: automatic)", low=TILE_MIN),
+    Option("overlap", "int", OVERLAP_DEFAULT, "context pixels around each tile", low=0),
+    Option(
+        "seamless",
+        "choice",
+        "auto",
+        "wrap-around context for tileable textures (auto: detect)",
+        choices=SEAMLESS_MODES,
+        pixels=True,
+    ),
+    Option(
+        "role",
+        "choice",
+        "color",
+        "normal: renormalise to unit vectors; data: no colour transform (default: color)",
+        choices=ROLES,
+        pixels=True,
+        protocol=False,  # the worker takes it per item
+    ),
+    Option(
+        "color_fix",
+        "choice",
+        "auto",
+        "keep the source's low-frequency colour under the model's detail (auto: per role, where "
+        "scripts/bench_quality.py measured that it helps; default: auto)",
+        choices=COLOR_FIX_MODES,
+        pixels=True,
+        before="off",  # outputs from before the colour fix have none
+    ),
+    Option(
+        "dds_format",
+        "choice",
+        None,
+        "the format of every DDS output (default: a DDS input's own; TEXUP_DDS_FORMAT when set)",
+        choices=DDS_FORMATS,
+        pixels=True,
+        protocol=False,  # the worker reads TEXUP_DDS_FORMAT
+    ),
+    Option(
+        "engine",
+        "choice",
+        "auto",
+        "what runs the network: auto = the fastest measured on this machine (once per model; see `texup engines`), "
+        "torch (CPU, CUDA, MPS), ncnn (CPU, any Vulkan GPU)",
+        choices=ENGINES,
+    ),
+    Option("device", "device", "auto", "where it runs (vulkan implies --engine ncnn; cuda and mps imply torch)"),
+    Option("precision", "choice", "auto", "the network's number format (auto: per device)", choices=PRECISIONS),
+    Option(
+        "layout",
+        "choice",
+        "auto",
+        "memory layout of the network (auto: measured per CPU/GPU kind; see docs/benchmarks.md)",
+        choices=LAYOUTS,
+    ),
+)
+OPTIONS: dict[str, Option] = {option.name: option for option in RUN_OPTIONS}
+#: The manifest keys of the options that change an output's pixels, in record order.
+PIXEL_OPTIONS: tuple[str, ...] = tuple(option.key for option in RUN_OPTIONS if option.pixels)
+#: The worker protocol's job option keys.
+PROTOCOL_OPTIONS: tuple[str, ...] = tuple(option.name for option in RUN_OPTIONS if option.protocol)
+
+
+def check(name: str, value: Any) -> Any:
+    """``OPTIONS[name].check(value)``."""
+    return OPTIONS[name].check(value)
+
+
+def pixel_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """What an output records as the options that made its pixels: every pixel option under its manifest key,
+    checked, from ``values`` (keyed by option name or manifest key; missing ones take their defaults; an exact
+    size is recorded as a [width, height] list). ``ValueError`` for a bad value or a key that is no pixel option."""
+    known = {option.key: option for option in RUN_OPTIONS if option.pixels}
+    by_name = {option.name: option for option in known.values()}
+    unknown = sorted(set(values) - set(known) - set(by_name))
+    if unknown:
+        raise ValueError(f"not pixel options: {', '.join(unknown)} (known: {', '.join(known)})")
+    out: dict[str, Any] = {}
+    for key, option in known.items():
+        value = option.check(values.get(option.name, values.get(key)))
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def same_pixel_options(recorded: Any, current: Mapping[str, Any]) -> bool:
+    """Whether an output that recorded ``recorded`` (a manifest entry's ``options``) was made with ``current``
+    (:func:`pixel_options`). A key the entry lacks reads as what outputs were made with before that option existed
+    (``Option.before``), so adding an option redoes only the outputs it changes."""
+    if not isinstance(recorded, dict):
+        return False
+    known = {option.key: option for option in RUN_OPTIONS if option.pixels}
+    if set(recorded) - set(known):
+        return False  # recorded by a texup that knew other pixel options
+    for key, option in known.items():
+        value = recorded[key] if key in recorded else option.recorded_before
+        if value != current.get(key, option.default):
+            return False
+    return True

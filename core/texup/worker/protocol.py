@@ -41,26 +41,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from texup.options import (
-    COLOR_FIX_MODES,
-    ENGINES,
-    LAYOUTS,
-    OVERLAP_DEFAULT,
-    PRECISIONS,
-    ROLES,
-    SCALE_MAX,
-    STAGES,
-    TILE_MIN,
-)
-from texup.options import SEAMLESS_MODES as SEAMLESS
+from texup import options as schema
+from texup.options import OVERLAP_DEFAULT, ROLES, STAGES
 
 PROTOCOL_VERSION = 1
 REQUEST_TYPES: tuple[str, ...] = ("upscale", "train", "cancel", "ping", "models", "info", "shutdown")
 
-_OPTION_KEYS = frozenset(
-    {"model", "scale", "target_size", "tile", "overlap", "seamless", "device", "precision", "engine", "layout"}
-    | {"color_fix"}
-)
+_OPTION_KEYS = frozenset(schema.PROTOCOL_OPTIONS)  # texup.options.RUN_OPTIONS: the schema says which
 
 
 MAX_DEPTH = 32
@@ -175,33 +162,21 @@ class UpscaleRequest:
     items: tuple[JobItem, ...] = field(default_factory=tuple)
 
 
-def _number(options: dict[str, Any], key: str, kind: type, *, low: float, high: float | None = None) -> Any:
-    value = options.get(key)
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or (isinstance(value, float) and (not math.isfinite(value) or (kind is int and not value.is_integer())))
-    ):  # NaN passes < and >
-        raise ProtocolError(f"option {key!r} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    if value < low or (high is not None and value > high):
-        raise ProtocolError(
-            f"option {key!r} must be between {low} and {high}, got {value!r}"
-            if high is not None
-            else f"option {key!r} must be at least {low}, got {value!r}"
-        )
-    return kind(value)
-
-
-def _choice(options: dict[str, Any], key: str, allowed: tuple[str, ...] | None, default: str) -> str:
+def _choice(options: dict[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
     value = options.get(key, default)
     if value is None:
         return default
-    if not isinstance(value, str) or (allowed is not None and value not in allowed):
-        shown = ", ".join(allowed) if allowed else "a string"
-        raise ProtocolError(f"option {key!r} must be one of {shown}, got {value!r}")
+    if not isinstance(value, str) or value not in allowed:
+        raise ProtocolError(f"option {key!r} must be one of {', '.join(allowed)}, got {value!r}")
     return value
+
+
+def _option(message: dict[str, Any], name: str) -> Any:
+    """A run option of ``message`` checked by the schema (:mod:`texup.options`)."""
+    try:
+        return schema.check(name, message.get(name))
+    except ValueError as err:
+        raise ProtocolError(f"option {err}") from None
 
 
 def parse_options(options: Any) -> JobOptions:
@@ -213,37 +188,14 @@ def parse_options(options: Any) -> JobOptions:
     unknown = sorted(set(options) - _OPTION_KEYS)
     if unknown:
         raise ProtocolError(f"unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(_OPTION_KEYS))})")
-    model = options.get("model")
-    if model is not None and (not isinstance(model, str) or not model):
-        raise ProtocolError("option 'model' must be a non-empty string (a model name or a weights file)")
-    target = options.get("target_size")
-    if target is not None:
-        if (
-            not isinstance(target, (list, tuple))
-            or len(target) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in target)
-        ):
-            raise ProtocolError(f"option 'target_size' must be [width, height] of positive integers, got {target!r}")
-        target = (int(target[0]), int(target[1]))
-        if options.get("scale") is not None:
-            raise ProtocolError("give either 'scale' or 'target_size', not both")
-    overlap = _number(options, "overlap", int, low=0)
-    tile = _number(options, "tile", int, low=TILE_MIN)
-    if tile is not None and overlap is not None and overlap > tile:
-        raise ProtocolError(f"option 'overlap' must not be larger than 'tile' ({tile}), got {overlap}")
-    return JobOptions(
-        model=model,
-        scale=_number(options, "scale", float, low=0.01, high=SCALE_MAX),
-        target_size=target,
-        tile=tile,
-        overlap=OVERLAP_DEFAULT if overlap is None else overlap,
-        seamless=_choice(options, "seamless", SEAMLESS, "auto"),
-        device=_choice(options, "device", None, "auto"),
-        precision=_choice(options, "precision", PRECISIONS, "auto"),
-        engine=_choice(options, "engine", ENGINES, "auto"),
-        layout=_choice(options, "layout", LAYOUTS, "auto"),
-        color_fix=_choice(options, "color_fix", COLOR_FIX_MODES, "auto"),
-    )
+    values = {name: _option(options, name) for name in schema.PROTOCOL_OPTIONS}
+    if values["scale"] is not None and values["target_size"] is not None:
+        raise ProtocolError("give either 'scale' or 'target_size', not both")
+    if values["tile"] is not None and values["overlap"] > values["tile"]:
+        raise ProtocolError(
+            f"option 'overlap' must not be larger than 'tile' ({values['tile']}), got {values['overlap']}"
+        )
+    return JobOptions(**values)
 
 
 def parse_items(items: Any) -> tuple[JobItem, ...]:
@@ -360,8 +312,8 @@ def parse_train(message: dict[str, Any]) -> TrainRequest:
         pretrained=message.get("pretrained"),
         config=config,
         config_file=message.get("config_file"),
-        device=_choice(message, "device", None, "auto"),
-        precision=_choice(message, "precision", PRECISIONS, "auto"),
+        device=_option(message, "device"),
+        precision=_option(message, "precision"),
     )
 
 
