@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 TILES_PER_ACTOR = 2
 #: Tiles kept submitted per actor of a split: one running, one waiting, so no actor waits on a round trip.
 IN_FLIGHT_PER_ACTOR = 2
+#: How often outputs another run sharing the output folder holds are asked for again (``run_on_ray``'s ``claim``).
+CLAIM_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class RayOutcome:
     pid: int
     tmp: str | None = None
     workers: int = 1
+    settled: bool = False  # never sent: the driver's claim settled it (made by another run, or refused)
 
 
 def _error_line(err: BaseException) -> str:
@@ -533,6 +536,7 @@ def run_on_ray(
     status: Callable[[str], None] | None = None,
     commit: Callable[[RayOutcome], None] | None = None,
     split: bool = True,
+    claim: Callable[[int], bool | None] | None = None,
 ) -> list[RayOutcome]:
     """Upscale ``tasks`` (absolute ``(src, dst)`` paths) on the Ray cluster at ``address`` (None: the one
     ``RAY_ADDRESS`` names, else a new local one); ``options`` are :class:`UpscaleOptions` fields.
@@ -540,7 +544,10 @@ def run_on_ray(
     Each finished output is first a temporary file beside ``dst``; ``commit(outcome)`` (on this thread) must move
     ``outcome.tmp`` over ``outcome.dst`` (default: rename and flush; the CLI journals first). A commit raising
     ``OSError`` or a texup error makes that file a failure (its temporary file removed). ``on_outcome`` then sees
-    each outcome as it arrives (``tmp`` None). ``split=False``: never split a file's tiles over actors. Returns
+    each outcome as it arrives (``tmp`` None). ``split=False``: never split a file's tiles over actors.
+    ``claim(index)`` (on this thread) is asked once before a task first goes out: True sends it, None means another
+    run sharing the output folder holds it (asked again once nothing else waits, every :data:`CLAIM_POLL_S` while
+    files run), False that the caller settled it (its outcome is ``settled``; ``on_outcome`` never sees it). Returns
     one outcome per task, in task order. Raises ``RuntimeError`` when Ray is missing or the cluster has no node
     that can run a worker.
     """
@@ -567,6 +574,8 @@ def run_on_ray(
     queued_pixels = sum(pixels)
     living = len(actors)
     tries = {i: 0 for i in range(len(tasks))}
+    held: deque[int] = deque()  # tasks another run holds (claim said None): asked again later
+    claimed: set[int] = set()
     outcomes: dict[int, RayOutcome] = {}
     inflight: dict[Any, tuple[Any, int]] = {}
     splits: dict[Future[RayOutcome], tuple[RayTiles, int]] = {}
@@ -606,11 +615,26 @@ def run_on_ray(
 
     pool = ThreadPoolExecutor(max(1, len(actors) // 2), thread_name_prefix="texup-ray-tiles")
     try:
-        while queue or inflight or splits:
+        while queue or inflight or splits or held:
+            if held and not queue and (idle or not (inflight or splits)):  # ask again for what other runs hold
+                if not (inflight or splits):
+                    time.sleep(CLAIM_POLL_S)
+                queue.extend(held)
+                queued_pixels += sum(pixels[i] for i in held)
+                held.clear()
             while queue and idle:
                 index = queue.popleft()
                 queued_pixels -= pixels[index]
                 src, dst = tasks[index]
+                if claim is not None and index not in claimed:
+                    answer = claim(index)
+                    if answer is None:
+                        held.append(index)
+                        continue
+                    if answer is False:
+                        outcomes[index] = RayOutcome(index, src, dst, True, None, 0.0, "", 0, settled=True)
+                        continue
+                    claimed.add(index)
                 width = 0
                 matching: list[Any] = []
                 if split and pixels[index] * living > pixels[index] + queued_pixels:  # ask for tiles only then
@@ -643,14 +667,16 @@ def run_on_ray(
                 for actor in joining:
                     helped.add_actor(actor)
                 idle = [a for a in idle if all(a is not j for j in joining)]
-            if not inflight and not splits:  # every actor died: the rest cannot run
-                for index in list(queue):
+            if not inflight and not splits and not (held and idle):  # every actor died: the rest cannot run
+                for index in [*queue, *held]:
                     src, dst = tasks[index]
                     finish(RayOutcome(index, src, dst, False, "no Ray worker left to run it", 0.0, "", 0))
                 queue.clear()
+                held.clear()
                 break
             if inflight:
-                done, _ = ray.wait(list(inflight), num_returns=1, timeout=0.05 if splits else None)
+                timeout = 0.05 if splits else CLAIM_POLL_S if held else None
+                done, _ = ray.wait(list(inflight), num_returns=1, timeout=timeout)
             else:
                 done = []
                 wait_futures(list(splits), return_when=FIRST_COMPLETED)

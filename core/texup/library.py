@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from texup.imageio.types import SUPPORTED_EXTENSIONS
-from texup.outputs import RACY_NS, OutputRecord
+from texup.outputs import CLAIMED_AFTER_OTHER, HELD, RACY_NS, OutputRecord
 from texup.weights.cache import sha256_file
 
 GLOB_CHARS = set("*?[")
@@ -516,6 +516,46 @@ def judge(src: Path, dst: Path, settings: Settings, record: OutputRecord, *, may
     if source["hashed_ns"] != entry.get("hashed_ns") or source["source"] != entry.get("source"):
         refresh = {**entry, **source}  # touched, same content: no hashing next time
     return Verdict(UP_TO_DATE, source, refresh, reloaded=reloaded)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :func:`claim_output` found: make ``planned`` (claimed for this run; its reason judged again when another
+    run had it first), or leave it: ``held`` (another live run is making it: ask again later), ``refused`` (nothing
+    may be written there now), else made by another run meanwhile (up to date)."""
+
+    planned: Planned | None
+    held: bool = False
+    refused: str | None = None
+
+
+def claim_output(record: OutputRecord, planned: Planned, settings: Settings) -> Claim:
+    """Claim ``planned``'s output for this run before making it (:meth:`OutputRecord.claim`; without an open journal
+    every output is this run's), so runs sharing an output folder split the work: the rule of ``texup upscale``,
+    its Ray driver and the worker. An output another run claimed or wrote before this one got it, or whose file
+    appeared since it was planned, is judged again (:func:`judge`), so it is not made twice; a claim that ends in
+    nothing to make is released. Raises :class:`~texup.outputs.ManifestError` when the folder's lock cannot be
+    taken (the caller goes on without claims)."""
+    from dataclasses import replace
+
+    key = record.key(planned.dst)
+    if key is None:
+        return Claim(planned)
+    state = record.claim(key)
+    if state == HELD:
+        return Claim(None, held=True)
+    if state != CLAIMED_AFTER_OTHER and not (planned.reason == NEW and planned.dst.exists()):
+        return Claim(planned)
+    if state == CLAIMED_AFTER_OTHER:  # made just now by a run with these settings: --force need not redo it
+        settings = replace(settings, force=False)
+    verdict = judge(planned.item.src, planned.dst, settings, record)
+    if verdict.refused is not None:
+        record.release(key)
+        return Claim(None, refused=verdict.refused)
+    if verdict.reason == UP_TO_DATE:
+        record.release(key)
+        return Claim(None)
+    return Claim(Planned(planned.item, planned.dst, verdict.reason, verdict.source))
 
 
 def make_plan(items: list[WorkItem], settings: Settings, record: OutputRecord) -> Plan:

@@ -576,3 +576,215 @@ def test_the_in_process_cli_leaves_sigterm_as_it_was(tiny_model, tmp_path):
     args = ["upscale", str(tmp_path / "lib"), "-o", str(tmp_path / "out"), "--model", str(tiny_model)]
     assert main([*args, "--engine", "torch", "--device", "cpu"]) == 0
     assert [signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)] == before
+
+
+# --- the worker and the Ray driver claim as texup upscale does (issue 21, the second leftover) ---------------------
+
+
+class _FakeUpscaler:
+    """A x4 stand-in for the worker: counts the files it makes."""
+
+    scale = 4
+    engine = type("E", (), {"name": "fake"})()
+    device = precision = "cpu"
+
+    def __init__(self) -> None:
+        self.made: list[str] = []
+
+    def upscale_file(self, src, dst, options, *, format=None, **_kw):
+        self.made.append(Path(src).name)
+        write_image(dst, np.zeros((4, 4, 3), np.uint8), format=format)
+        return Path(dst)
+
+
+def _worker_job(tmp_path: Path, names: list[str], out: Path) -> tuple[object, object]:
+    from texup.worker import protocol
+
+    items = []
+    for name in names:
+        src = tmp_path / f"{name}.png"
+        write_image(src, np.full((4, 4, 3), 7, np.uint8))
+        items.append({"key": name, "src": str(src), "dst": str(out / f"{name}_x4.png")})
+    return protocol.parse_upscale({"type": "upscale", "id": "j", "options": {"model": "m"}, "items": items}), items
+
+
+def test_the_worker_leaves_an_output_another_run_holds_then_makes_it_when_that_run_dies(tmp_path):
+    """Beside a texup upscale run holding ``b``'s output, the worker makes ``a`` and ``c``, waits, and makes ``b``
+    only once the holder died; before, it made ``b`` too (the work done twice)."""
+    import io
+
+    from texup.worker.server import WorkerServer
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _CLAIM_UNTIL_KILLED, str(out), "b_x4.png"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == CLAIMED
+        request, _ = _worker_job(tmp_path, ["a", "b", "c"], out)
+        upscaler = _FakeUpscaler()
+        lines = io.StringIO()
+        server = WorkerServer(io.BytesIO(b""), lines, device="cpu", get_upscaler=lambda model, **kw: upscaler)
+        job = threading.Thread(target=server.run_job, args=(request,), daemon=True)
+        job.start()
+        deadline = time.monotonic() + 60
+        while upscaler.made != ["a.png", "c.png"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert upscaler.made == ["a.png", "c.png"] and job.is_alive()  # b left to the holder, waited for
+        assert not (out / "b_x4.png").exists()
+    finally:
+        holder.kill()
+        holder.wait(30)
+    job.join(60)
+    assert not job.is_alive() and upscaler.made == ["a.png", "c.png", "b.png"]
+    events = [json.loads(line) for line in lines.getvalue().splitlines()]
+    assert events[-1]["type"] == "done" and (events[-1]["ok"], events[-1]["failed"]) == (3, 0), events
+    assert OutputRecord(out).wrote(out / "b_x4.png")
+
+
+def test_the_worker_answers_up_to_date_for_an_output_another_run_made_while_it_was_held(tmp_path):
+    import io
+
+    from texup.inference.pipeline import UpscaleOptions
+    from texup.library import entry_for, source_state
+    from texup.worker.server import WorkerServer, _model_ref, _Outputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    request, items = _worker_job(tmp_path, ["a", "b"], out)
+    # the entry the worker itself would record for b, so the holder's output is up to date for it
+    _, settings = _Outputs("m", engine=None).folder(out, UpscaleOptions(role="color"), False)
+    entry = entry_for(settings, source_state(Path(items[1]["src"])), model_ref=_model_ref("m"), model_files=[])
+    go = tmp_path / "go"
+    script = _CLAIM_THEN_WRITE.replace('"a_x4.png"', '"b_x4.png"').replace(
+        'tmp.write_bytes(b"made by the other run")',
+        'import numpy; from texup.imageio import write_image; write_image(tmp, numpy.ones((3, 2, 3), "uint8"), '
+        'format="png")',
+    )
+    assert "write_image(tmp" in script
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(out), json.dumps(entry), str(go)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == CLAIMED
+    upscaler = _FakeUpscaler()
+    lines = io.StringIO()
+    server = WorkerServer(io.BytesIO(b""), lines, device="cpu", get_upscaler=lambda model, **kw: upscaler)
+    job = threading.Thread(target=server.run_job, args=(request,), daemon=True)
+    job.start()
+    deadline = time.monotonic() + 60
+    while upscaler.made != ["a.png"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    go.touch()
+    assert holder.wait(30) == 0
+    job.join(60)
+    assert not job.is_alive() and upscaler.made == ["a.png"]  # b was made once, by the other run
+    events = [json.loads(line) for line in lines.getvalue().splitlines()]
+    (b,) = [e for e in events if e["type"] == "result" and e["item"] == "b"]
+    assert b["reason"] == "up to date" and (b["width"], b["height"]) == (2, 3)  # the other run's
+    assert events[-1]["type"] == "done" and events[-1]["ok"] == 2
+
+
+def test_a_worker_job_cancelled_while_waiting_for_a_held_output_ends(tmp_path):
+    import io
+
+    from texup.worker.server import WorkerServer
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _CLAIM_UNTIL_KILLED, str(out), "a_x4.png"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == CLAIMED
+        request, _ = _worker_job(tmp_path, ["a"], out)
+        upscaler = _FakeUpscaler()
+        lines = io.StringIO()
+        server = WorkerServer(io.BytesIO(b""), lines, device="cpu", get_upscaler=lambda model, **kw: upscaler)
+        job = threading.Thread(target=server.run_job, args=(request,), daemon=True)
+        job.start()
+        time.sleep(1.0)
+        assert job.is_alive()
+        server._cancelled.add("j")
+        job.join(10)
+        assert not job.is_alive() and upscaler.made == []
+        events = [json.loads(line) for line in lines.getvalue().splitlines()]
+        assert events[-1]["type"] == "done" and events[-1]["cancelled"] is True
+    finally:
+        holder.kill()
+        holder.wait(30)
+
+
+def test_the_ray_driver_leaves_an_output_another_run_holds_then_makes_it_when_that_run_dies(tmp_path, monkeypatch):
+    """texup upscale --ray against a fake Ray (tests/core/test_cluster.py's): the driver claims each file before it
+    goes to the cluster, so ``b`` waits for the holder; before, the driver sent every planned file at once."""
+    import test_cluster
+
+    import texup.cluster as cluster
+
+    fake, _handles = test_cluster._scheduling_ray(set())
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(cluster, "_placements", lambda ray, device: [{}])
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in "abc":
+        write_image(lib / f"{name}.png", np.full((6, 5, 3), 9, np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _CLAIM_UNTIL_KILLED, str(out), "b_x4.png"], stdout=subprocess.PIPE, text=True
+    )
+    seen: dict[str, bool] = {}
+
+    def kill_once_the_rest_is_made() -> None:
+        deadline = time.monotonic() + 60
+        while not ((out / "a_x4.png").exists() and (out / "c_x4.png").exists()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        seen["b made while held"] = (out / "b_x4.png").exists()
+        holder.kill()
+
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == CLAIMED
+        killer = threading.Thread(target=kill_once_the_rest_is_made, daemon=True)
+        killer.start()
+        code = main(["upscale", str(lib), "-o", str(out), "--model", "m", "--scale", "4", "--suffix", "_x4", "--ray"])
+        killer.join(60)
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert code == 0 and seen == {"b made while held": False}
+    assert all(OutputRecord(out).wrote(out / f"{name}_x4.png") for name in "abc")
+
+
+def test_run_on_ray_asks_claim_before_sending_and_again_for_held_files(tmp_path, monkeypatch):
+    import test_cluster
+
+    import texup.cluster as cluster
+
+    fake, _handles = test_cluster._scheduling_ray(set())
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(cluster, "_placements", lambda ray, device: [{}, {}])
+    monkeypatch.setattr(cluster, "CLAIM_POLL_S", 0.01)
+    tasks = []
+    for name in ("held", "settled", "free"):
+        write_image(tmp_path / f"{name}.png", np.full((6, 5, 3), 9, np.uint8))
+        tasks.append((str(tmp_path / f"{name}.png"), str(tmp_path / "out" / f"{name}_x4.png")))
+    asked: list[int] = []
+
+    def claim(index: int) -> bool | None:
+        asked.append(index)
+        if index == 0:
+            return None if asked.count(0) < 4 else True  # held three times, then free
+        return index != 1
+
+    arrived: list[int] = []
+    outcomes = cluster.run_on_ray(
+        tasks, model="m", options={"scale": 4}, claim=claim, on_outcome=lambda o: arrived.append(o.index)
+    )
+    assert asked.count(0) == 4 and asked.count(1) == 1 and asked.count(2) == 1
+    assert sorted(arrived) == [0, 2] and outcomes[1].settled and not outcomes[0].settled
+    assert outcomes[0].ok and outcomes[2].ok
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["free_x4.png", "held_x4.png"]

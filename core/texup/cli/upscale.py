@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,14 +32,13 @@ from texup.imageio import DDS_FORMATS, Image, chosen_dds_format, format_for_path
 from texup.inference.pipeline import UpscaleOptions, refuse_overwrite, write_options
 from texup.library import (
     NEW,
-    UP_TO_DATE,
     Plan,
     Planned,
     Settings,
     WorkItem,
+    claim_output,
     entry_for,
     expand_inputs,
-    judge,
     make_plan,
     model_identity,
     options_of,
@@ -62,7 +61,7 @@ from texup.options import (
     SEAMLESS_MODES,
     TILE_MIN,
 )
-from texup.outputs import CLAIMED_AFTER_OTHER, HELD, ManifestError, OutputRecord
+from texup.outputs import ManifestError, OutputRecord
 from texup.weights.cache import remove_stale_temp_files
 
 if TYPE_CHECKING:
@@ -541,36 +540,24 @@ class _Claims:
                 time.sleep(self.POLL_S)
 
     def _claim(self, planned: Planned) -> Planned | None:
-        key = self.record.key(planned.dst)
-        if key is None or self.unclaimed:
+        if self.unclaimed:
             return planned
         try:
-            state = self.record.claim(key)
+            got = claim_output(self.record, planned, self.batch.settings)
         except ManifestError as err:  # the lock cannot be taken (held for 10 minutes): work on without claims
             print(f"texup: warning: {err}; outputs are made without claims from now on", file=sys.stderr)
             self.unclaimed = True
             return planned
-        if state == HELD:
+        if got.held:
             self.deferred.append(planned)
-            return None
-        if state != CLAIMED_AFTER_OTHER and not (planned.reason == NEW and planned.dst.exists()):
-            return planned
-        settings = self.batch.settings
-        if state == CLAIMED_AFTER_OTHER:  # made just now by a run with these settings: --force need not redo it
-            settings = replace(settings, force=False)
-        verdict = judge(planned.item.src, planned.dst, settings, self.record)
-        if verdict.refused is not None:
-            self.record.release(key)
+        elif got.planned is None:
             self.resolved += 1
-            self.batch.failed += 1
-            self.batch.fail(planned.item.src, verdict.refused)
-            return None
-        if verdict.reason == UP_TO_DATE:
-            self.record.release(key)
-            self.resolved += 1
-            self.batch.by_other += 1
-            return None
-        return Planned(planned.item, planned.dst, verdict.reason, verdict.source)
+            if got.refused is not None:
+                self.batch.failed += 1
+                self.batch.fail(planned.item.src, got.refused)
+            else:
+                self.batch.by_other += 1
+        return got.planned
 
 
 def _commit_ray_output(record: OutputRecord, dst: Path, tmp: str, info: dict[str, Any]) -> None:
@@ -610,7 +597,39 @@ def _execute_on_ray(
         kept.append((planned, entry_for(batch.settings, source, engine=engine)))
     tasks = [(os.path.abspath(p.item.src), os.path.abspath(p.dst)) for p, _ in kept]
     fields = asdict(options)  # UpscaleOptions(**fields) on the nodes
+    unclaimed = False  # the lock could not be taken once: no more claims
     with tqdm(total=len(tasks), unit="file", desc="upscaling on Ray", disable=None, file=sys.stderr) as bar:
+
+        def claim(index: int) -> bool | None:
+            """Claim a file's output before it goes to the cluster, as a run on one machine does (:class:`_Claims`):
+            None while another live run holds it (asked again later), False when settled here (made by another
+            run meanwhile, or refused now)."""
+            nonlocal unclaimed
+            planned, info = kept[index]
+            if unclaimed:
+                return True
+            try:
+                got = claim_output(batch.record, planned, batch.settings)
+            except ManifestError as err:
+                tqdm.write(f"texup: warning: {err}; outputs are made without claims from now on", file=sys.stderr)
+                unclaimed = True
+                return True
+            if got.held:
+                return None
+            if got.planned is None:
+                if got.refused is not None:
+                    batch.failed += 1
+                    batch.fail(planned.item.src, got.refused)
+                else:
+                    batch.by_other += 1
+                bar.update(1)
+                return False
+            if got.planned is not planned:  # judged again: the entry records the source as hashed now
+                source = got.planned.source
+                if source is not None:
+                    info = entry_for(batch.settings, source, engine=engine)
+                kept[index] = (got.planned, info)
+            return True
 
         def commit(outcome: RayOutcome) -> None:
             planned, info = kept[outcome.index]
@@ -623,6 +642,9 @@ def _execute_on_ray(
                 batch.written(planned, info)
             else:
                 batch.failed += 1
+                key = batch.record.key(planned.dst)
+                if key is not None:  # another run may try it
+                    batch.record.release(key)
                 reason = outcome.error or "failed"
                 for name in (outcome.src, outcome.dst):  # texup's errors name the file: print it once
                     if reason.startswith(f"{name}: "):
@@ -644,6 +666,7 @@ def _execute_on_ray(
             on_outcome=arrived,
             status=lambda line: tqdm.write(f"texup: {line}", file=sys.stderr),
             commit=commit,
+            claim=claim,
         )
 
 

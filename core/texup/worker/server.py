@@ -20,7 +20,9 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +35,8 @@ log = logging.getLogger("texup.worker")
 
 PROGRESS_INTERVAL_S = 0.05
 """At most one progress event per item in this many seconds (the first and last tile always go out)."""
+#: How often an output another run sharing its folder holds is asked for again (texup.library.claim_output).
+CLAIM_POLL_S = 0.2
 
 MAX_LINE_BYTES = 16 * 1024 * 1024
 """Longest request line read (16 MiB). The largest real message, an upscale job, spends a few hundred bytes
@@ -332,12 +336,19 @@ class WorkerServer:
 
         opts = request.options
         count = len(request.items)
-        for index, item in enumerate(request.items):
+        pending = deque(enumerate(request.items))
+        held: deque[tuple[int, protocol.JobItem]] = deque()  # outputs another run sharing the folder is making
+        while pending or held:
             if upscaler is None or cancelled:
                 break
             if self._is_cancelled(job_id):
                 cancelled = True
                 break
+            if not pending:  # only outputs other runs hold are left: ask again a little later
+                time.sleep(CLAIM_POLL_S)
+                pending, held = held, pending
+                continue
+            index, item = pending.popleft()
             try:
                 options = UpscaleOptions(
                     scale=opts.scale,
@@ -349,7 +360,9 @@ class WorkerServer:
                     color_fix=opts.color_fix,
                     dds_format=chosen_dds_format(),  # TEXUP_DDS_FORMAT, as texup upscale reads it
                 )
-                self._run_item(job_id, upscaler, options, item, index, count, outputs)
+                if not self._run_item(job_id, upscaler, options, item, index, count, outputs):
+                    held.append((index, item))
+                    continue
             except Cancelled:
                 cancelled = True
                 break
@@ -471,9 +484,12 @@ class WorkerServer:
         index: int,
         count: int,
         outputs: _Outputs,
-    ) -> None:
-        from texup.imageio import format_for_path, probe_image
-        from texup.library import UP_TO_DATE, entry_for, judge, output_size_problem
+    ) -> bool:
+        """Make one item's output (or answer that it is up to date); False, with nothing done, while another run
+        sharing the output folder holds it (:func:`texup.library.claim_output`): the caller asks again later."""
+        from texup.imageio import probe_image
+        from texup.library import UP_TO_DATE, Claim, Planned, WorkItem, claim_output, judge, output_size_problem
+        from texup.outputs import ManifestError
 
         for path in (item.src, item.dst):
             if not os.path.isabs(path) or ".." in Path(path).parts:
@@ -498,8 +514,10 @@ class WorkerServer:
                 "the output exists and is not an unchanged earlier texup output; the worker replaces such a file "
                 'only for an item with "overwrite": true',
             )
-        started = time.monotonic()
-        problem = None if verdict.reason == UP_TO_DATE else output_size_problem(src, dst, options, upscaler.scale)
+        scale = getattr(upscaler, "scale", None)  # a stand-in engine (tests, custom factories) may not say
+        problem = None
+        if verdict.reason != UP_TO_DATE and isinstance(scale, int):
+            problem = output_size_problem(src, dst, options, scale)
         if problem is not None:  # refused before upscaling: the writer would refuse it only after the whole upscale
             raise FileError(src, problem)
         if verdict.reason == UP_TO_DATE:
@@ -507,7 +525,59 @@ class WorkerServer:
                 record.put(str(record.key(dst)), verdict.refresh)
             info = probe_image(dst)
             self.send(protocol.result(job_id, item.key, str(dst), info.width, info.height, 0.0, reason=UP_TO_DATE))
-            return
+            return True
+        # Claimed first, as texup upscale claims its outputs, so runs sharing the folder split the work. A run that
+        # claims keeps a journal there, so claims start once the folder has texup's state: a job cancelled inside
+        # its first tile in a new folder still leaves nothing behind.
+        if outputs.claims and record.state.is_dir() and not record.state.is_symlink():
+            try:
+                record.open_journal()
+            except ManifestError as err:
+                raise FileError(dst, f"{err}; nothing was upscaled") from None
+        planned = Planned(WorkItem(src, Path()), dst, verdict.reason, verdict.source)
+        try:
+            got = claim_output(record, planned, settings)
+        except ManifestError as err:  # the lock cannot be taken: work on without claims, as texup upscale does
+            log.warning("job %s: %s; outputs are made without claims from now on", job_id, err)
+            outputs.claims = False
+            got = Claim(planned)
+        if got.held:
+            return False
+        if got.planned is None:
+            if got.refused is not None:
+                raise FileError(dst, got.refused)
+            info = probe_image(dst)  # made by another run meanwhile
+            self.send(protocol.result(job_id, item.key, str(dst), info.width, info.height, 0.0, reason=UP_TO_DATE))
+            return True
+        verdict = replace(verdict, reason=got.planned.reason, source=got.planned.source or verdict.source)
+        try:
+            self._make(job_id, upscaler, options, item, index, count, record, settings, verdict, outputs)
+        except BaseException:
+            key = record.key(dst)
+            if key is not None:  # another run may try it
+                record.release(key)
+            raise
+        return True
+
+    def _make(
+        self,
+        job_id: str,
+        upscaler: Any,
+        options: Any,
+        item: protocol.JobItem,
+        index: int,
+        count: int,
+        record: Any,
+        settings: Any,
+        verdict: Any,
+        outputs: _Outputs,
+    ) -> None:
+        """Upscale one claimed item into its output, journalled and recorded; send its ``result``."""
+        from texup.imageio import format_for_path, probe_image
+        from texup.library import entry_for
+
+        src, dst = Path(item.src), Path(item.dst)
+        started = time.monotonic()
         last_sent = 0.0
 
         def on_tiles(done_tiles: float, total_tiles: int) -> None:
@@ -578,6 +648,7 @@ class _Outputs:
             self.extra["engine"] = engine
         self._records: dict[Path, Any] = {}
         self._identity: str | None = None
+        self.claims = True  # False once a folder's lock could not be taken: outputs are made without claims
 
     def folder(self, folder: Path, options: Any, overwrite: bool) -> tuple[Any, Any]:
         """The record of ``folder`` (opened and journalled on first use) and the Settings an item's entry is
