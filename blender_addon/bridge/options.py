@@ -137,7 +137,11 @@ class Option:
         """``argparse`` keyword arguments for a "choice" option's flag."""
         if self.kind != "choice":
             raise ValueError(f"{self.name}: only choice options have derived flags, not {self.kind}")
-        return {"choices": self.choices, "default": self.default, "help": self.help}
+        kwargs: dict[str, Any] = {"choices": self.choices, "default": self.default, "help": self.help}
+        kwargs["type"] = str.lower  # --engine NCNN is --engine ncnn
+        if len(self.choices) > 6:  # a long list reads better in the help sentence than in the usage line
+            kwargs["metavar"] = "NAME"
+        return kwargs
 
 
 def _num(value: float | None) -> str:
@@ -204,7 +208,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "dds_format",
         "choice",
         None,
-        "the format of every DDS output (default: a DDS input's own; TEXUP_DDS_FORMAT when set)",
+        "the format of every DDS output: bc1..bc7, bc6h, bc6h_sf16, rgba8, ... (default: TEXUP_DDS_FORMAT when set, "
+        "else a DDS input's own; for other inputs written with --format dds, BC7, BC4 for one channel, BC6H for "
+        "float); recorded in the output folder's manifest, so a rerun with another one redoes its outputs",
         choices=DDS_FORMATS,
         pixels=True,
         protocol=False,  # the worker reads TEXUP_DDS_FORMAT
@@ -218,7 +224,13 @@ RUN_OPTIONS: tuple[Option, ...] = (
         choices=ENGINES,
     ),
     Option("device", "device", "auto", "where it runs (vulkan implies --engine ncnn; cuda and mps imply torch)"),
-    Option("precision", "choice", "auto", "the network's number format (auto: per device)", choices=PRECISIONS),
+    Option(
+        "precision",
+        "choice",
+        "auto",
+        "the network's number format (auto: bf16 on CPUs with native bf16, fp16 on CUDA, else fp32)",
+        choices=PRECISIONS,
+    ),
     Option(
         "layout",
         "choice",

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from texup import options as schema
 from texup.imageio.types import SUPPORTED_EXTENSIONS
 from texup.outputs import CLAIMED_AFTER_OTHER, HELD, RACY_NS, OutputRecord
 from texup.weights.cache import sha256_file
@@ -36,7 +37,7 @@ from texup.weights.cache import sha256_file
 GLOB_CHARS = set("*?[")
 
 #: The options whose change changes an output's pixels (see the module docstring for what is left out).
-PIXEL_OPTIONS = ("scale", "size", "seamless", "role", "color_fix", "dds_format")
+PIXEL_OPTIONS = schema.PIXEL_OPTIONS  # texup.options.RUN_OPTIONS with pixels=True
 
 NEW = "new"
 UP_TO_DATE = "up to date"
@@ -339,23 +340,10 @@ class Settings:
     force: bool = False
 
 
-def pixel_options(
-    *,
-    scale: float | None,
-    size: tuple[int, int] | None,
-    seamless: str,
-    role: str,
-    color_fix: str = "auto",
-    dds_format: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "scale": scale,
-        "size": list(size) if size else None,
-        "seamless": seamless,
-        "role": role,
-        "color_fix": color_fix,
-        "dds_format": dds_format,
-    }
+def pixel_options(**values: Any) -> dict[str, Any]:
+    """What an output records as the options that made its pixels (:func:`texup.options.pixel_options`: every
+    pixel option by its manifest key, defaults for those not given)."""
+    return schema.pixel_options(values)
 
 
 def options_of(options: Any) -> dict[str, Any]:
@@ -364,15 +352,9 @@ def options_of(options: Any) -> dict[str, Any]:
     writer will use (``TEXUP_DDS_FORMAT`` when the options name none; ValueError for an unknown one)."""
     from texup.imageio import chosen_dds_format
 
-    size = tuple(options.target_size) if options.target_size else None
-    return pixel_options(
-        scale=options.scale,
-        size=size,
-        seamless=options.seamless,
-        role=options.role,
-        color_fix=options.color_fix,
-        dds_format=chosen_dds_format(options.dds_format),
-    )
+    values = {option.name: getattr(options, option.name) for option in schema.RUN_OPTIONS if option.pixels}
+    values["dds_format"] = chosen_dds_format(values["dds_format"])
+    return pixel_options(**values)
 
 
 def source_state(src: Path, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -409,7 +391,7 @@ def changes(entry: dict[str, Any], settings: Settings, source: dict[str, Any]) -
         found.append(SOURCE_CHANGED)
     if entry.get("model") != settings.model:
         found.append(MODEL_CHANGED)
-    if entry.get("options") != settings.options:
+    if not schema.same_pixel_options(entry.get("options"), settings.options):
         found.append(OPTIONS_CHANGED)
     if entry.get("texup") != settings.texup:
         found.append(VERSION_CHANGED)

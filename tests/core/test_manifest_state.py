@@ -28,7 +28,7 @@ from texup.outputs import CLAIMED, CLAIMED_AFTER_OTHER, HELD, ManifestError, Out
 from texup.weights import save_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "blender_addon"))
-from bridge.manifest import OutputsView  # noqa: E402
+from bridge.manifest import OutputsView, pixel_options  # noqa: E402
 
 TEXUP = [sys.executable, "-m", "texup"]
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
@@ -171,11 +171,12 @@ def test_the_add_on_reader_never_hashes_a_fifo_source(tmp_path):
     fifo = tmp_path / "src.png"
     os.mkfifo(fifo)
     entry = json.loads((out / ".texup" / "outputs.json").read_text())["files"]["a.png"]
-    entry.update(texup="1", options={}, model_ref="m", model_files=[{"path": str(output), **_stat(output)}])
+    options = pixel_options(scale=4)
+    entry.update(texup="1", options=options, model_ref="m", model_files=[{"path": str(output), **_stat(output)}])
     (out / ".texup" / "outputs.json").write_text(json.dumps({"files": {"a.png": entry}}))
     with _in_time() as call:
         view = call(lambda: OutputsView(str(out)))
-        why = call(lambda: view.why_not_current(str(output), source=str(fifo), model="m", options={}, texup="1"))
+        why = call(lambda: view.why_not_current(str(output), source=str(fifo), model="m", options=options, texup="1"))
     assert why == "source unreadable"
 
 

@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from texup import options as schema
 from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
-from texup.imageio import DDS_FORMATS, Image, chosen_dds_format, format_for_path, read_image
+from texup.imageio import Image, chosen_dds_format, format_for_path, read_image
 from texup.inference.pipeline import UpscaleOptions, refuse_overwrite, write_options
 from texup.library import (
     NEW,
@@ -51,14 +52,8 @@ from texup.library import (
     write_output,
 )
 from texup.options import (
-    COLOR_FIX_MODES,
-    ENGINES,
-    LAYOUTS,
     OVERLAP_DEFAULT,
-    PRECISIONS,
-    ROLES,
     SCALE_MAX,
-    SEAMLESS_MODES,
     TILE_MIN,
 )
 from texup.outputs import ManifestError, OutputRecord
@@ -95,16 +90,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="added to each output's stem; {scale} is replaced (default: %(default)s; use '' for none)",
     )
     p.add_argument("--format", default=None, help="write this format instead of the input's (png, tiff, exr, ...)")
-    p.add_argument(
-        "--dds-format",
-        default=None,
-        type=str.lower,
-        choices=DDS_FORMATS,
-        metavar="FMT",
-        help="the format of every DDS output: bc1..bc7, bc6h, rgba8, ... (default: a DDS input's own; for other "
-        "inputs written with --format dds, BC7, BC4 for one channel, BC6H for float; default: TEXUP_DDS_FORMAT when "
-        "set); recorded in the output folder's manifest, so a rerun with another one redoes its outputs",
-    )
     p.add_argument(
         "--skip-existing",
         action="store_true",
@@ -157,45 +142,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--overlap", type=int, default=OVERLAP_DEFAULT, help="context pixels around each tile (default: %(default)s)"
     )
     p.add_argument(
-        "--seamless",
-        choices=SEAMLESS_MODES,
-        default="auto",
-        help="wrap-around context for tileable textures (auto: detect)",
-    )
-    p.add_argument(
-        "--role",
-        choices=ROLES,
-        default="color",
-        help="normal: renormalise to unit vectors; data: no colour transform (default: color)",
-    )
-    p.add_argument(
-        "--color-fix",
-        choices=COLOR_FIX_MODES,
-        default="auto",
-        help="keep the source's low-frequency colour under the model's detail (auto: per role, where "
-        "scripts/bench_quality.py measured that it helps; default: %(default)s)",
-    )
-    p.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="auto",
-        help="what runs the network: auto = the fastest measured on this machine (once per model; "
-        "see `texup engines`), torch (CPU, CUDA, MPS), ncnn (CPU, any Vulkan GPU)",
-    )
-    p.add_argument(
         "--device",
         type=_device_arg,
         default="auto",
         metavar="{auto,cpu,cuda[:N],mps,vulkan[:N]}",
         help="where it runs (vulkan implies --engine ncnn; cuda and mps imply torch)",
     )
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    p.add_argument(
-        "--layout",
-        choices=LAYOUTS,
-        default="auto",
-        help="memory layout of the network (auto: measured per CPU/GPU kind; see docs/benchmarks.md)",
-    )
+    for option in schema.RUN_OPTIONS:  # the schema's choice options: --seamless, --role, --color-fix, --engine, ...
+        if option.kind == "choice":
+            p.add_argument(option.flag, **option.cli_kwargs())
     p.add_argument(
         "--max-pixels",
         type=_pixels_arg,
@@ -208,13 +163,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _device_arg(text: str) -> str:
-    key = text.strip().lower()
-    base, _, index = key.partition(":")
-    if base in ("auto", "cpu", "mps") and not index:
-        return key
-    if base in ("cuda", "vulkan") and (not index or index.isdigit()):
-        return key
-    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda[:N], mps or vulkan[:N], not {text!r}")
+    problem = schema.device_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text.strip().lower()
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -30,15 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
+from texup import options as schema
 from texup.engines.base import Cancelled, Engine, EngineOutOfMemory, TileQueue
 from texup.errors import ImageWriteError, TexupError
-from texup.imageio import DDS_FORMATS, chosen_dds_format, from_float32, read_image, to_float32, write_image
+from texup.imageio import chosen_dds_format, from_float32, read_image, to_float32, write_image
 from texup.inference import colorfix, policy
 from texup.inference.resample import RowResampler
 from texup.inference.tiling import Tile, add_wrapped, blend_weights, is_tileable, plan_tiles, take_wrapped
 from texup.limits import check_output_memory
-from texup.options import COLOR_FIX_MODES, OVERLAP_DEFAULT
-from texup.options import SEAMLESS_MODES as _SEAMLESS
+from texup.options import OVERLAP_DEFAULT
 
 #: ``progress(done, total)``: ``done`` tiles of ``total`` (a float between tile boundaries, see Upscaler).
 ProgressCallback = Callable[[float, int], None]
@@ -99,14 +99,10 @@ class UpscaleOptions:
             raise ValueError(f"overlap must not be negative, got {self.overlap}")
         if self.tile is not None and self.overlap > self.tile:
             raise ValueError(f"overlap ({self.overlap}) must not be larger than tile ({self.tile})")
-        if self.seamless not in _SEAMLESS:
-            raise ValueError(f"seamless must be one of {', '.join(_SEAMLESS)}, got {self.seamless!r}")
-        if self.role not in policy.ROLES:
-            raise ValueError(f"role must be one of {', '.join(policy.ROLES)}, got {self.role!r}")
-        if self.color_fix not in COLOR_FIX_MODES:
-            raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIX_MODES)}, got {self.color_fix!r}")
-        if self.dds_format is not None and self.dds_format not in DDS_FORMATS:
-            raise ValueError(f"dds_format must be one of {', '.join(DDS_FORMATS)}, got {self.dds_format!r}")
+        for name in ("seamless", "role", "color_fix", "dds_format"):  # checked as the schema says (one line)
+            value, option = getattr(self, name), schema.OPTIONS[name]
+            if value is not None or option.default is not None:  # None is "automatic" only where that is the default
+                option.check("" if value is None else value)
 
 
 def write_options(options: UpscaleOptions) -> dict[str, str | None]:
