@@ -11,6 +11,7 @@ from typing import Any
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
+from .bridge import options as schema
 from .bridge.worker_protocol import TILE_MIN
 from .defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR
 from .properties import redraw_panels, refresh_list, texture_list
@@ -59,13 +60,21 @@ def run_settings(context: bpy.types.Context):
         model=panel_model(context),
         scale=int(settings.scale),
         tile=settings.tile and max(settings.tile, TILE_MIN),  # 0: automatic; 1..15 mean the smallest tile
-        seamless=settings.seamless,
-        color_fix=settings.color_fix,
         detail=settings.detail,
         device=prefs.device if prefs is not None else "auto",
         engine=prefs.engine if prefs is not None else "auto",
         out_dir=(prefs.output_dir if prefs is not None else "") or DEFAULT_OUT_DIR,
+        **scene_choices(settings),
     )
+
+
+def scene_choices(settings: Any) -> dict[str, str]:
+    """The scene's choice options that texup's schema knows (seamless, colour fix, ...): the panel's own."""
+    return {
+        option.name: getattr(settings, option.name)
+        for option in schema.RUN_OPTIONS
+        if option.kind == "choice" and option.name in settings.bl_rna.properties
+    }
 
 
 def panel_model(context: bpy.types.Context) -> str | None:

@@ -20,12 +20,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import bpy
 
 from . import relink
+from .bridge import options as schema
 from .bridge.client import WorkerError
 from .bridge.jobs import JobPlan, JobTracker, TextureInfo, build_job, report_rows
 from .bridge.manifest import OutputsView, dds_format_setting, pixel_options
@@ -146,12 +147,7 @@ class UpscaleRun:
             model=self._model() if self.settings.detail < 1 else self.settings.model or None,
             scale=float(self.settings.scale),
             tile=self.settings.tile or None,
-            seamless=self.settings.seamless,
-            device=self.settings.device,
-            precision=self.settings.precision,
-            engine=self.settings.engine,
-            layout=self.settings.layout,
-            color_fix=self.settings.color_fix,
+            **self._choices(JobOptions),
         )
         earlier = OutputsView(out_dir)
         plan = build_job(
@@ -194,15 +190,24 @@ class UpscaleRun:
         """The model reference the worker gets: the model dialled to the Detail setting (a blend with its partner)."""
         return dialled(self.settings.model or DEFAULT_MODEL, self.settings.detail)
 
+    def _choices(self, record: type) -> dict[str, str]:
+        """The run's named options (texup's schema: seamless, color_fix, engine, device, ...) that ``record`` has
+        fields for, from the settings as they are (model, scale and tile need converting: not these)."""
+        names = {f.name for f in fields(record)} & {f.name for f in fields(self.settings)}
+        return {
+            option.name: getattr(self.settings, option.name)
+            for option in schema.RUN_OPTIONS
+            if option.kind in ("choice", "device") and option.name in names
+        }
+
     def _is_current(self, out: Any, job: Job, earlier: OutputsView) -> bool:
         model = self._model()
         items = [item for item in job.items if item.key in out.item_keys]
         options = pixel_options(
             scale=float(self.settings.scale),
-            seamless=self.settings.seamless,
             role=out.role,
-            color_fix=self.settings.color_fix,
             dds_format=dds_format_setting(),
+            **{k: v for k, v in self._choices(JobOptions).items() if schema.OPTIONS[k].pixels},
         )
         return bool(items) and all(
             earlier.why_not_current(item.dst, source=item.src, model=model, options=options, texup=ADDON_VERSION)

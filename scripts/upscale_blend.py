@@ -27,6 +27,7 @@ missing; 2 -- a usage error, or the worker cannot start.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -41,6 +42,7 @@ import bpy  # noqa: E402  (after the sys.path set-up, like every import of the a
 from blender_addon import scene as addon_scene  # noqa: E402
 from blender_addon import service  # noqa: E402
 from blender_addon.bridge import client as bridge_client  # noqa: E402
+from blender_addon.bridge import options as schema  # noqa: E402
 from blender_addon.bridge.client import WorkerError, WorkerStartError, find_worker_python  # noqa: E402
 from blender_addon.bridge.jobs import (  # noqa: E402
     JobTracker,
@@ -51,7 +53,7 @@ from blender_addon.bridge.jobs import (  # noqa: E402
     unknown_names,
     write_report,
 )
-from blender_addon.bridge.worker_protocol import ENGINES, LAYOUTS, PRECISIONS, ProtocolError  # noqa: E402
+from blender_addon.bridge.worker_protocol import ProtocolError  # noqa: E402
 from blender_addon.defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR  # noqa: E402
 from blender_addon.upscale_run import RunError, RunSettings, UpscaleRun, run_blocking  # noqa: E402
 
@@ -65,6 +67,12 @@ def _detail(text: str) -> float:
     if not 0.0 <= value <= 1.0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {text}")
     return value
+
+
+def run_choices() -> list[schema.Option]:
+    """The schema's choice options a run takes from this script's flags (those :class:`RunSettings` has)."""
+    names = {f.name for f in dataclasses.fields(RunSettings)}
+    return [option for option in schema.RUN_OPTIONS if option.kind == "choice" and option.name in names]
 
 
 def _csv(text: str) -> list[str]:
@@ -88,8 +96,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--include-upscaled", action="store_true", help="also upscale earlier texup results again")
     parser.add_argument("--scale", type=int, choices=(2, 4), default=4)
     parser.add_argument("--tile", type=int, default=0, help="input tile size in pixels (0: automatic)")
-    parser.add_argument("--seamless", choices=("auto", "on", "off"), default="auto")
-    parser.add_argument("--color-fix", choices=("auto", "on", "off"), default="auto")
     parser.add_argument(
         "--detail",
         type=_detail,
@@ -99,9 +105,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "a partner only; others run as they are)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps, vulkan or vulkan:N")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
-    parser.add_argument("--engine", choices=ENGINES, default="auto", help="auto: the faster one measured here")
-    parser.add_argument("--layout", choices=LAYOUTS, default="auto", help="the torch engine's memory layout")
+    for option in run_choices():  # texup's schema: --seamless, --color-fix, --engine, --precision, --layout
+        parser.add_argument(option.flag, **option.cli_kwargs())
     parser.add_argument(
         "--out-dir",
         default=DEFAULT_OUT_DIR,
@@ -220,14 +225,10 @@ def main(argv: list[str]) -> int:
         model=args.model,
         scale=args.scale,
         tile=args.tile,
-        seamless=args.seamless,
-        color_fix=args.color_fix,
         detail=args.detail,
         device=args.device,
-        precision=args.precision,
-        engine=args.engine,
-        layout=args.layout,
         out_dir=out_dir,
+        **{option.name: getattr(args, option.name) for option in run_choices()},
     )
     run = UpscaleRun(chosen, settings)
     started = time.monotonic()

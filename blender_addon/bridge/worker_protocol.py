@@ -61,21 +61,14 @@ class JobOptions:
                 raise ProtocolError(str(err)) from None
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"seamless": self.seamless, "device": self.device, "precision": self.precision}
-        # engine and layout came after the first protocol-1 workers: sent only when chosen, so an older worker
-        # still takes an "auto" job
-        if self.engine != "auto":
-            out["engine"] = self.engine
-        if self.layout != "auto":
-            out["layout"] = self.layout
-        if self.color_fix != "auto":  # likewise (a worker from before the colour fix takes "auto" jobs)
-            out["color_fix"] = self.color_fix
-        if self.model is not None:
-            out["model"] = self.model
-        if self.scale is not None:
-            out["scale"] = float(self.scale)
-        if self.tile is not None:
-            out["tile"] = int(self.tile)
+        """The job's ``options`` object: seamless, device and precision always (the first protocol-1 workers'
+        keys), every other option only when set, so a worker from before it still takes the jobs that leave it
+        at its default."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("seamless", "device", "precision") or value != schema.OPTIONS[f.name].default:
+                out[f.name] = float(value) if f.name == "scale" else value
         return out
 
 

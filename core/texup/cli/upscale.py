@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from texup import options as schema
 from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
 from texup.imageio import Image, chosen_dds_format, format_for_path, read_image
-from texup.inference.pipeline import UpscaleOptions, refuse_overwrite, write_options
+from texup.inference.pipeline import UpscaleOptions, options_from, refuse_overwrite, write_options
 from texup.library import (
     NEW,
     Plan,
@@ -707,16 +707,7 @@ def _prepare(args: argparse.Namespace, fail: Callable[[object, str], None]) -> _
     except (TexupError, ValueError, OSError) as err:
         _say_error(err)
         raise _Stop(1) from None
-    options = UpscaleOptions(
-        scale=args.scale,
-        target_size=target,
-        tile=args.tile,
-        overlap=args.overlap,
-        seamless=args.seamless,
-        role=args.role,
-        color_fix=args.color_fix,
-        dds_format=dds_format,
-    )
+    options = options_from(vars(args), target_size=target, dds_format=dds_format)
     settings = Settings(
         out_dir=args.out_dir,
         suffix=args.suffix.replace("{scale}", scale_label(scale) if scale else ""),

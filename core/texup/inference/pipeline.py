@@ -24,9 +24,10 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +104,15 @@ class UpscaleOptions:
             value, option = getattr(self, name), schema.OPTIONS[name]
             if value is not None or option.default is not None:  # None is "automatic" only where that is the default
                 option.check("" if value is None else value)
+
+
+def options_from(values: Mapping[str, Any], **overrides: Any) -> UpscaleOptions:
+    """:class:`UpscaleOptions` from a run's values by option name (the CLI's parsed arguments, the worker's job
+    options): the fields found there, then ``overrides``; the rest keep their defaults. A new option of the schema
+    that is an ``UpscaleOptions`` field reaches the pipeline from the CLI and the worker without another edit."""
+    names = {f.name for f in fields(UpscaleOptions)}
+    chosen = {name: value for name, value in values.items() if name in names}
+    return UpscaleOptions(**{**chosen, **overrides})
 
 
 def write_options(options: UpscaleOptions) -> dict[str, str | None]:

@@ -22,7 +22,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -332,7 +332,7 @@ class WorkerServer:
         cancelled: bool,
     ) -> tuple[int, int, bool]:
         from texup.imageio import chosen_dds_format
-        from texup.inference.pipeline import Cancelled, UpscaleOptions
+        from texup.inference.pipeline import Cancelled, options_from
 
         opts = request.options
         count = len(request.items)
@@ -350,15 +350,8 @@ class WorkerServer:
                 continue
             index, item = pending.popleft()
             try:
-                options = UpscaleOptions(
-                    scale=opts.scale,
-                    target_size=opts.target_size,
-                    tile=opts.tile,
-                    overlap=opts.overlap,
-                    seamless=opts.seamless,
-                    role=item.role,
-                    color_fix=opts.color_fix,
-                    dds_format=chosen_dds_format(),  # TEXUP_DDS_FORMAT, as texup upscale reads it
+                options = options_from(  # the job's options, the item's role, TEXUP_DDS_FORMAT as the CLI reads it
+                    asdict(opts), role=item.role, dds_format=chosen_dds_format()
                 )
                 if not self._run_item(job_id, upscaler, options, item, index, count, outputs):
                     held.append((index, item))
