@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO / "core"))
 from texup.cluster import local_cluster, run_on_ray  # noqa: E402
 from texup.imageio import write_image  # noqa: E402
 from texup.machine import describe  # noqa: E402
+from texup.options import EngineChoice  # noqa: E402
 
 
 def run(args: argparse.Namespace, nodes: int, folder: Path) -> float:
@@ -32,7 +33,13 @@ def run(args: argparse.Namespace, nodes: int, folder: Path) -> float:
         out = folder / f"out{nodes}"
         tasks = [(str(p), str(out / p.name)) for p in sorted((folder / "in").glob("*.png"))]
         # One warm-up file per node, so model loading is not in the timing.
-        run_on_ray(tasks[:nodes], model=args.model, engine=args.engine, device="cpu", options={}, address=address)
+        run_on_ray(
+            tasks[:nodes],
+            model=args.model,
+            choice=EngineChoice(engine=args.engine, device="cpu"),
+            options={},
+            address=address,
+        )
         start = time.perf_counter()
         outcomes = run_on_ray(tasks, model=args.model, engine=args.engine, device="cpu", options={}, address=address)
         seconds = time.perf_counter() - start

@@ -246,6 +246,33 @@ PIXEL_OPTIONS: tuple[str, ...] = tuple(option.key for option in RUN_OPTIONS if o
 PROTOCOL_OPTIONS: tuple[str, ...] = tuple(option.name for option in RUN_OPTIONS if option.protocol)
 
 
+@dataclass(frozen=True)
+class EngineChoice:
+    """What runs the network, as one value: ``engine``, ``device``, ``precision`` and ``layout`` (each "auto" by
+    default; checked by the schema on construction, ``ValueError`` naming the option). It travels whole from the
+    CLI, the worker and the add-on through the API, the engine selection and the Ray actors."""
+
+    engine: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+    layout: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ENGINE_FIELDS:
+            OPTIONS[name].check("" if getattr(self, name) is None else getattr(self, name))
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> EngineChoice:
+        """The choice in ``values`` (parsed arguments, job options: by name; missing ones "auto")."""
+        return cls(**{name: values[name] for name in ENGINE_FIELDS if values.get(name) is not None})
+
+    def as_dict(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in ENGINE_FIELDS}
+
+
+ENGINE_FIELDS: tuple[str, ...] = ("engine", "device", "precision", "layout")
+
+
 def check(name: str, value: Any) -> Any:
     """``OPTIONS[name].check(value)``."""
     return OPTIONS[name].check(value)

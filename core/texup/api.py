@@ -21,6 +21,7 @@ import numpy as np
 
 from texup.engines.base import Engine
 from texup.inference.pipeline import ProgressCallback, UpscaleOptions, Upscaler
+from texup.options import EngineChoice
 from texup.weights.registry import DEFAULT_MODEL, load_pretrained
 from texup.weights.registry import list_models as _list_models
 
@@ -108,14 +109,18 @@ def get_upscaler(
     precision: str = "auto",
     layout: str = "auto",
     status: Callable[[str], None] | None = None,
+    choice: EngineChoice | None = None,
 ) -> Upscaler:
     """An :class:`Upscaler` for ``model``; names and paths are loaded once per process and reused.
 
     ``engine``: "auto" (the measured fastest here, :mod:`texup.engines.select`), "torch" or "ncnn";
     ``device``: "auto", "cpu", "cuda[:N]", "mps", "vulkan[:N]"; ``precision``: "auto", "fp32", "bf16",
-    "fp16"; ``layout`` (torch): "auto", "nchw" or "channels_last". ``status`` receives one line per step
+    "fp16"; ``layout`` (torch): "auto", "nchw" or "channels_last"; ``choice``: all four as one
+    :class:`~texup.options.EngineChoice` (given, it replaces them). ``status`` receives one line per step
     of a first-use engine measurement.
     """
+    if choice is not None:
+        engine, device, precision, layout = choice.engine, choice.device, choice.precision, choice.layout
     if isinstance(model, Upscaler):
         return model
     if isinstance(model, Engine) or not isinstance(model, (str, PathLike)):

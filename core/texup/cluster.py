@@ -43,6 +43,7 @@ import numpy as np
 
 from texup.engines.base import CancelCallback, EngineOutOfMemory, StepCallback
 from texup.errors import FileError, ImageWriteError, TexupError
+from texup.options import EngineChoice
 
 if TYPE_CHECKING:
     from texup.inference.pipeline import Upscaler
@@ -126,13 +127,13 @@ def _upscale_to_temp(
 class _Upscaling:
     """The actor's body (a plain class: ``ray.remote`` wraps it at run time, so importing texup needs no Ray)."""
 
-    def __init__(self, model: str, engine: str, device: str, precision: str, max_pixels: int | None) -> None:
+    def __init__(self, model: str, choice: EngineChoice, max_pixels: int | None) -> None:
         if max_pixels is not None:
             os.environ["TEXUP_MAX_PIXELS"] = str(max_pixels)
         self.max_pixels = max_pixels
         from texup import api
 
-        self.upscaler = api.get_upscaler(model, engine=engine, device=device, precision=precision)
+        self.upscaler = api.get_upscaler(model, choice=choice)
         import ray
 
         self.node = str(ray.get_runtime_context().get_node_id())
@@ -527,9 +528,7 @@ def run_on_ray(
     *,
     model: str,
     options: dict[str, Any],
-    engine: str = "auto",
-    device: str = "auto",
-    precision: str = "auto",
+    choice: EngineChoice | None = None,
     address: str | None = None,
     max_pixels: int | None = None,
     on_outcome: Callable[[RayOutcome], None] | None = None,
@@ -539,7 +538,8 @@ def run_on_ray(
     claim: Callable[[int], bool | None] | None = None,
 ) -> list[RayOutcome]:
     """Upscale ``tasks`` (absolute ``(src, dst)`` paths) on the Ray cluster at ``address`` (None: the one
-    ``RAY_ADDRESS`` names, else a new local one); ``options`` are :class:`UpscaleOptions` fields.
+    ``RAY_ADDRESS`` names, else a new local one); ``options`` are :class:`UpscaleOptions` fields; ``choice`` the
+    engine, device, precision and layout every actor opens (``--engine``, ``--device``, ...; None: all auto).
 
     Each finished output is first a temporary file beside ``dst``; ``commit(outcome)`` (on this thread) must move
     ``outcome.tmp`` over ``outcome.dst`` (default: rename and flush; the CLI journals first). A commit raising
@@ -561,11 +561,12 @@ def run_on_ray(
     say = status or (lambda line: None)
     if not ray.is_initialized():
         _connect(ray, address)
-    placements = _placements(ray, device)
+    choice = choice or EngineChoice()
+    placements = _placements(ray, choice.device)
     if not placements:
         raise RuntimeError("the Ray cluster has no node with a CPU or GPU to run a texup worker on")
     remote: Any = ray.remote(_Upscaling)
-    actors: list[Any] = [remote.options(**p).remote(model, engine, device, precision, max_pixels) for p in placements]
+    actors: list[Any] = [remote.options(**p).remote(model, choice, max_pixels) for p in placements]
     say(f"{len(actors)} Ray worker(s) on {len(ray.nodes())} node(s)")
 
     sizes = [_pixels(src) for src, _ in tasks]

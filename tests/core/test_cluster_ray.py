@@ -14,6 +14,7 @@ pytest.importorskip("ray")
 
 from texup.cluster import local_cluster, run_on_ray  # noqa: E402
 from texup.imageio import read_image, write_image  # noqa: E402
+from texup.options import EngineChoice  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts Ray clusters
 
@@ -41,8 +42,7 @@ def test_files_spread_over_two_nodes_one_warm_model_each_failures_per_file(clust
     outcomes = run_on_ray(
         tasks,
         model="realesr-animevideov3",
-        engine="ncnn",
-        device="cpu",
+        choice=EngineChoice(engine="ncnn", device="cpu"),
         options={},
         address=cluster,
         on_outcome=seen.append,
@@ -128,8 +128,7 @@ def test_one_image_split_over_both_nodes_gives_the_one_machine_pixels(cluster, t
         [outcome] = run_on_ray(
             [(str(src), str(dst))],
             model="realesr-animevideov3",
-            engine="ncnn",
-            device="cpu",
+            choice=EngineChoice(engine="ncnn", device="cpu"),
             options=options,
             address=cluster,
         )

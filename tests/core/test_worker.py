@@ -517,8 +517,8 @@ def test_server_cancels_a_queued_job_before_it_starts_and_keeps_one_upscaler(tmp
             progress(2, 2)
             return Path(dst)
 
-    def factory(model, *, engine, device, precision, layout):
-        made.append((model, engine, device, precision, layout))
+    def factory(model, *, choice):
+        made.append((model, choice.engine, choice.device, choice.precision, choice.layout))
         return SlowUpscaler()
 
     src = save_png(tmp_path / "s.png", real_image("brick.png")[:4, :4])

@@ -55,6 +55,7 @@ from texup.options import (
     OVERLAP_DEFAULT,
     SCALE_MAX,
     TILE_MIN,
+    EngineChoice,
 )
 from texup.outputs import ManifestError, OutputRecord
 from texup.weights.cache import remove_stale_temp_files
@@ -610,9 +611,7 @@ def _execute_on_ray(
             tasks,
             model=model,
             options=fields,
-            engine=args.engine,
-            device=args.device,
-            precision=args.precision,
+            choice=EngineChoice.from_values(vars(args)),
             address=address,
             max_pixels=args.max_pixels,
             on_outcome=arrived,
@@ -659,10 +658,7 @@ def _open_upscaler(args: argparse.Namespace, model: str) -> Upscaler:
 
     return api.get_upscaler(
         model,
-        engine=args.engine,
-        device=args.device,
-        precision=args.precision,
-        layout=args.layout,
+        choice=EngineChoice.from_values(vars(args)),
         status=lambda line: print(f"texup: {line}", file=sys.stderr),
     )
 

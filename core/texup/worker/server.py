@@ -28,6 +28,7 @@ from typing import IO, Any
 
 from texup._malloc import release_freed_memory
 from texup.errors import FileError, ImageReadError, TexupError
+from texup.options import EngineChoice
 from texup.worker import protocol
 from texup.worker.protocol import ProtocolError, TrainRequest, UpscaleRequest
 
@@ -283,12 +284,8 @@ class WorkerServer:
         opts = request.options
         device = self._device if opts.device == "auto" else opts.device
         precision = self._precision if opts.precision == "auto" else opts.precision
-        kwargs: dict[str, Any] = {
-            "engine": opts.engine,
-            "device": device,
-            "precision": precision,
-            "layout": opts.layout,
-        }
+        choice = EngineChoice(engine=opts.engine, device=device, precision=precision, layout=opts.layout)
+        kwargs: dict[str, Any] = {"choice": choice}
         if self._get_upscaler is None:  # the first use of a model may measure the engines: say so
             kwargs["status"] = lambda text: self.send(protocol.message(request.id, text))
         return get_upscaler(opts.model or DEFAULT_MODEL, **kwargs)
