@@ -653,3 +653,34 @@ def test_texup_upscale_ray_with_a_bad_address_is_one_line_and_quick(address, tmp
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert address in proc.stderr and time.monotonic() - start < 60
+
+
+def test_every_ray_actor_opens_the_runs_whole_engine_choice(tmp_path, monkeypatch):
+    """texup upscale --ray with --engine, --device, --precision and --layout: each actor gets all four as one
+    EngineChoice (the layout was dropped on the way to the actors before)."""
+    import texup.cluster as cluster
+    from texup.cli.main import main
+    from texup.imageio import write_image
+    from texup.options import EngineChoice
+
+    fake, _handles = _scheduling_ray(set())
+    make = fake.remote(None).options().remote
+    opened: list[tuple] = []
+
+    def remember(*args):
+        opened.append(args)
+        return make(*args)
+
+    fake.remote = lambda cls: SimpleNamespace(options=lambda **_: SimpleNamespace(remote=remember))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(cluster, "_placements", lambda ray, device: [{}, {}])
+    write_image(tmp_path / "a.png", np.full((6, 5, 3), 9, np.uint8))
+    flags = ["--engine", "torch", "--device", "cpu", "--precision", "fp32", "--layout", "channels_last"]
+    code = main(
+        ["upscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--model", "m", "--scale", "4"]
+        + flags
+        + ["--ray"]
+    )
+    assert code == 0 and (tmp_path / "out" / "a_x4.png").is_file()
+    wanted = EngineChoice(engine="torch", device="cpu", precision="fp32", layout="channels_last")
+    assert [args[:2] for args in opened] == [("m", wanted)] * 2
