@@ -473,6 +473,9 @@ def judge(src: Path, dst: Path, settings: Settings, record: OutputRecord, *, may
         record.reload()
         reloaded = True
         entry = record.entry(dst)
+    elif entry is None:  # a run sharing the folder may have written it since the one reload: its journal says
+        record.catch_up()
+        entry = record.entry(dst)
     if entry is None:
         if settings.overwrite:
             return Verdict(OVERWRITE, reloaded=reloaded)

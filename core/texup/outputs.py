@@ -383,6 +383,11 @@ class OutputRecord:
         self._merge(disk.files, journals)
         self._entries, self._hashes, self._models = disk.files, disk.hashes, disk.models
 
+    def catch_up(self) -> None:
+        """Read what other runs' journals added since the last look (only the new bytes: cheap), so the outputs
+        they wrote since are known to :meth:`entry` without reading the whole manifest again."""
+        self._scan_journals()
+
     def key(self, path: str | os.PathLike[str]) -> str | None:
         """``path`` relative to the root with ``/``, or None when it is not inside."""
         try:

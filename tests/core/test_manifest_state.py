@@ -789,3 +789,28 @@ def test_run_on_ray_asks_claim_before_sending_and_again_for_held_files(tmp_path,
     assert sorted(arrived) == [0, 2] and outcomes[1].settled and not outcomes[0].settled
     assert outcomes[0].ok and outcomes[2].ok
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["free_x4.png", "held_x4.png"]
+
+
+def test_a_plan_knows_an_output_another_run_wrote_after_its_one_reload(tmp_path):
+    """Three runs sharing a folder: a run's plan reads the manifest again at most once, so an output another run
+    renamed into place later in the plan was refused as "not an unchanged earlier texup output" (a CI failure
+    under load); the other run's journal says it wrote it, and the plan now reads what journals added since."""
+    from texup.library import NEW, UP_TO_DATE, Settings, entry_for, judge, pixel_options, source_state, write_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    srcs = [tmp_path / "a.png", tmp_path / "b.png"]
+    for src in srcs:
+        write_image(src, np.full((4, 4, 3), 7, np.uint8))
+    settings = Settings(out, "_x4", None, "sha256:m", "1.0", pixel_options(scale=4))
+    planner = OutputRecord(out)
+    assert judge(srcs[0], out / "a_x4.png", settings, planner).reason == NEW
+    planner.reload()  # the plan's one reload is spent
+    writer = OutputRecord(out)
+    writer.open_journal()
+    info = entry_for(settings, source_state(srcs[1]))
+    write_output(writer, out / "b_x4.png", np.zeros((16, 16, 3), np.uint8), None, info)
+    verdict = judge(srcs[1], out / "b_x4.png", settings, planner, may_reload=False)
+    assert verdict.refused is None and verdict.reason == UP_TO_DATE, verdict
+    writer.close()
+    planner.close()

@@ -63,6 +63,16 @@ def _one_line(err: ImageReadError) -> ImageReadError:
     return clean
 
 
+def _decoder_error(path: Path, format: str, exc: Exception) -> ImageReadError:
+    """A third-party decoder's exception as this file's one-line error. Decoders report damaged files through an
+    open-ended set of exception types (a fuzzed TIFF tag: TypeError or AttributeError from tifffile, in its header
+    as in its pixels): any of them is this file's problem, never the batch's."""
+    reason = " ".join(str(exc).split())[:200] or "no message"
+    return _one_line(
+        ImageReadError(path, f"corrupt or unsupported {format} file (decoder: {type(exc).__name__}: {reason})")
+    )
+
+
 def _probe(path: Path, format: str, max_pixels: int | None) -> ImageInfo:
     if format == "png":
         return _png.probe(path, max_pixels)
@@ -88,6 +98,10 @@ def probe_image(path: str | os.PathLike[str]) -> ImageInfo:
         return _probe(p, format, None)
     except ImageReadError as err:
         raise _one_line(err) from err.__cause__
+    except MemoryError:
+        raise ImageReadError(p, "not enough memory to read its header") from None
+    except Exception as exc:  # noqa: BLE001 - re-raised naming the file, cause chained (as read_image does)
+        raise _decoder_error(p, format, exc) from exc
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> Image:
@@ -127,12 +141,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     except MemoryError:
         raise ImageReadError(p, "not enough memory to decode it") from None
     except Exception as exc:  # noqa: BLE001 - re-raised naming the file, cause chained
-        # Third-party decoders report damaged files through an open-ended set of exception types (a fuzzed TIFF
-        # tag: TypeError or AttributeError from tifffile): any of them is this file's problem, never the batch's.
-        reason = " ".join(str(exc).split())[:200] or "no message"
-        raise _one_line(
-            ImageReadError(p, f"corrupt or unsupported {format} file (decoder: {type(exc).__name__}: {reason})")
-        ) from exc
+        raise _decoder_error(p, format, exc) from exc
     if pixels.dtype != np.dtype(info.dtype):
         raise ImageReadError(p, f"decoder returned {pixels.dtype} samples, header says {info.dtype}")
     return Image(pixels=pixels, info=info)
