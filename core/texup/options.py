@@ -24,7 +24,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+#: The engines (texup.engines registers one spec per name, checked at import).
 ENGINES: tuple[str, ...] = ("auto", "torch", "ncnn")
+#: How the add-on's Engine preference shows each of :data:`ENGINES`, in its order (the bundled engine before the one
+#: that needs PyTorch): name -> (label, description).
+ENGINE_LABELS: dict[str, tuple[str, str]] = {
+    "auto": ("Auto", "The faster engine for the device, measured on this machine once per model"),
+    "ncnn": ("ncnn", "ncnn: CPU and Vulkan GPUs, no PyTorch needed"),
+    "torch": ("PyTorch", "PyTorch: CPU, CUDA, Apple MPS (Install PyTorch below)"),
+}
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 LAYOUTS: tuple[str, ...] = ("auto", "nchw", "channels_last")
 SEAMLESS_MODES: tuple[str, ...] = ("auto", "on", "off")

@@ -662,6 +662,7 @@ def test_every_ray_actor_opens_the_runs_whole_engine_choice(tmp_path, monkeypatc
     from texup.cli.main import main
     from texup.imageio import write_image
     from texup.options import EngineChoice
+    from texup.weights.ref import ModelRef
 
     fake, _handles = _scheduling_ray(set())
     make = fake.remote(None).options().remote
@@ -683,4 +684,4 @@ def test_every_ray_actor_opens_the_runs_whole_engine_choice(tmp_path, monkeypatc
     )
     assert code == 0 and (tmp_path / "out" / "a_x4.png").is_file()
     wanted = EngineChoice(engine="torch", device="cpu", precision="fp32", layout="channels_last")
-    assert [args[:2] for args in opened] == [("m", wanted)] * 2
+    assert [args[:2] for args in opened] == [(ModelRef.of("m"), wanted)] * 2  # the model resolved once, here

@@ -27,7 +27,6 @@ from texup.library import (
     WorkItem,
     expand_inputs,
     make_plan,
-    model_identity,
     parse_shard,
     pixel_options,
     shard_of,
@@ -35,6 +34,7 @@ from texup.library import (
 )
 from texup.outputs import OutputRecord
 from texup.weights import save_model
+from texup.weights.ref import ModelRef
 
 TEXUP = [sys.executable, "-m", "texup"]
 
@@ -258,6 +258,10 @@ def test_skip_existing_still_looks_at_names_only_and_force_never_replaces_foreig
     assert run_cli("upscale", lib[0], "-o", out, "--force", "--skip-existing") == 2
 
 
+def model_identity(model: str, record: OutputRecord) -> str:
+    return ModelRef.of(model).identity(record.file_hash)
+
+
 def test_the_plan_needs_no_model_and_names_the_model_by_content(tmp_path, tiny_model):
     lib = _library(tmp_path / "lib", 2)
     record = OutputRecord(tmp_path / "out")
@@ -280,7 +284,7 @@ def test_the_plan_needs_no_model_and_names_the_model_by_content(tmp_path, tiny_m
     assert [p.reason for p in plan.todo] == [NEW, NEW] and not problems
     code = (
         "import sys, texup.library as L; from pathlib import Path; r = L.OutputRecord(sys.argv[2]); "
-        "L.model_identity('realesr-animevideov3', r); "
+        "from texup.weights.ref import ModelRef; ModelRef.of('realesr-animevideov3').identity(r.file_hash); "
         "items, _ = L.expand_inputs([sys.argv[1]], recursive=False); "
         "s = L.Settings(out_dir=Path(sys.argv[2]), suffix='', fmt=None, model='m', texup='0', options={}); "
         "assert len(L.make_plan(items, s, r).todo) == 2; assert 'torch' not in sys.modules"

@@ -650,14 +650,17 @@ def test_the_worker_answers_up_to_date_for_an_output_another_run_made_while_it_w
 
     from texup.inference.pipeline import UpscaleOptions
     from texup.library import entry_for, source_state
-    from texup.worker.server import WorkerServer, _model_ref, _Outputs
+    from texup.weights.ref import ModelRef
+    from texup.worker.server import WorkerServer, _Outputs
 
     out = tmp_path / "out"
     out.mkdir()
     request, items = _worker_job(tmp_path, ["a", "b"], out)
     # the entry the worker itself would record for b, so the holder's output is up to date for it
     _, settings = _Outputs("m", engine=None).folder(out, UpscaleOptions(role="color"), False)
-    entry = entry_for(settings, source_state(Path(items[1]["src"])), model_ref=_model_ref("m"), model_files=[])
+    entry = entry_for(
+        settings, source_state(Path(items[1]["src"])), model_ref=ModelRef.of("m").manifest_ref(), model_files=[]
+    )
     go = tmp_path / "go"
     script = _CLAIM_THEN_WRITE.replace('"a_x4.png"', '"b_x4.png"').replace(
         'tmp.write_bytes(b"made by the other run")',

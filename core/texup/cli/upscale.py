@@ -41,7 +41,6 @@ from texup.library import (
     entry_for,
     expand_inputs,
     make_plan,
-    model_identity,
     options_of,
     output_size_problem,
     parse_shard,
@@ -59,6 +58,7 @@ from texup.options import (
 )
 from texup.outputs import ManifestError, OutputRecord
 from texup.weights.cache import remove_stale_temp_files
+from texup.weights.ref import ModelRef
 
 if TYPE_CHECKING:
     from texup.inference.pipeline import Upscaler
@@ -309,13 +309,13 @@ def _validate(args: argparse.Namespace) -> tuple[int, int] | None:
     return target
 
 
-def _known_scale(model: str, model_id: str, record: OutputRecord) -> int | None:
+def _known_scale(model: ModelRef, model_id: str, record: OutputRecord) -> int | None:
     """The model's scale without loading it: the registry's for a known name, else what an earlier run here
     recorded for the same weights."""
     from texup.weights.registry import KNOWN_MODELS
 
-    if model in KNOWN_MODELS and not Path(model).expanduser().is_file():
-        return KNOWN_MODELS[model].scale
+    if model.kind == "name" and model.text in KNOWN_MODELS:
+        return KNOWN_MODELS[model.text].scale
     scale = record.model_info(model_id).get("scale")
     return int(scale) if isinstance(scale, int) else None
 
@@ -523,7 +523,7 @@ def _commit_ray_output(record: OutputRecord, dst: Path, tmp: str, info: dict[str
 
 
 def _execute_on_ray(
-    batch: _Batch, todo: list[Planned], model: str, options: UpscaleOptions, address: str | None
+    batch: _Batch, todo: list[Planned], model: ModelRef, options: UpscaleOptions, address: str | None
 ) -> None:
     """The plan's ``todo`` on a Ray cluster (:func:`texup.cluster.run_on_ray`): sources hashed here (the storage is
     shared), files upscaled on the nodes into temporary files, each journalled, renamed, recorded and printed here
@@ -646,14 +646,14 @@ class _Prepared:
     plan: Plan
     record: OutputRecord
     settings: Settings
-    model: str
+    model: ModelRef  # resolved once
     model_id: str
     options: UpscaleOptions
     problems: int  # inputs that could not be expanded (already reported)
     upscaler: Upscaler | None  # opened while planning when a weights file's scale names the outputs
 
 
-def _open_upscaler(args: argparse.Namespace, model: str) -> Upscaler:
+def _open_upscaler(args: argparse.Namespace, model: ModelRef) -> Upscaler:
     import texup.api as api
 
     return api.get_upscaler(
@@ -689,11 +689,11 @@ def _prepare(args: argparse.Namespace, fail: Callable[[object, str], None]) -> _
             raise _Stop(0)
         raise _Stop(1)
 
-    model = os.fspath(args.model or api.DEFAULT_MODEL)
+    model = ModelRef.of(os.fspath(args.model or api.DEFAULT_MODEL))
     record = OutputRecord(args.out_dir)  # what earlier runs wrote here, and from what
     upscaler: Upscaler | None = None
     try:
-        model_id = model_identity(model, record)
+        model_id = model.identity(record.file_hash)
         scale = args.scale
         if scale is None and "{scale}" in args.suffix:
             scale = _known_scale(model, model_id, record)

@@ -6,8 +6,8 @@ float16 of ncnn files widens exactly), and anything between is computed in float
 (alpha 0.5 gives the rounded mean). Both parents must be the same architecture with the same hyper-parameters (so
 every tensor has the same shape); anything else is refused in one line naming both.
 
-A parent is anything texup reads: a known model name (the files :func:`texup.library.model_sources` says its pixels
-come from: the official download, or the installed package's ncnn files), a ``.safetensors``, a ``.pth``
+A parent is anything texup reads: a known model name (the files :meth:`texup.weights.ref.ModelRef.sources` says its
+pixels come from: the official download, or the installed package's ncnn files), a ``.safetensors``, a ``.pth``
 (needs torch), an ncnn ``.param``/``.bin`` pair. Reading and blending use numpy only, so a blend runs where only the
 ncnn engine is installed.
 
@@ -172,21 +172,20 @@ class Parent:
 
 def _sha256_of(files: list[Path]) -> str:
     """One file: its SHA-256; an ncnn pair: the SHA-256 of the two hex digests joined (as the output manifest)."""
-    from texup.weights.cache import sha256_file
+    from texup.weights.ref import combined_sha256
 
-    hashes = [sha256_file(f) for f in files]
-    return hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
+    return combined_sha256(files)
 
 
 def parent_files(ref: str | os.PathLike[str]) -> list[Path]:
-    """The files a parent's weights are read from (:func:`texup.library.model_sources`); a one-line error when
-    there are none (unknown name, model not installed, a blend reference as a parent)."""
+    """The files a parent's weights are read from (:meth:`texup.weights.ref.ModelRef.sources`); a one-line error
+    when there are none (unknown name, model not installed, a blend reference as a parent)."""
     text = os.fspath(ref)
     if is_blend(text):
         raise BlendError(f"{text!r}: a parent must be a model, not another blend (save that blend to a file first)")
-    from texup.library import model_sources
+    from texup.weights.ref import ModelRef
 
-    label, files = model_sources(text)
+    label, files = ModelRef.of(text).sources()
     if files:
         return files
     from texup.weights.registry import KNOWN_MODELS

@@ -632,8 +632,11 @@ class _Outputs:
     version and the engine."""
 
     def __init__(self, model: str, *, engine: str | None) -> None:
+        from texup.weights.ref import ModelRef
+
         self.model = model
-        self.extra: dict[str, Any] = {"model_ref": _model_ref(model)}
+        self.ref = ModelRef.of(model)
+        self.extra: dict[str, Any] = {"model_ref": self.ref.manifest_ref()}
         if engine is not None:
             self.extra["engine"] = engine
         self._records: dict[Path, Any] = {}
@@ -644,7 +647,7 @@ class _Outputs:
         """The record of ``folder`` (opened and journalled on first use) and the Settings an item's entry is
         compared with."""
         import texup
-        from texup.library import Settings, model_files_state, model_identity, options_of
+        from texup.library import Settings, options_of
         from texup.outputs import OutputRecord
 
         record = self._records.get(folder)
@@ -653,8 +656,8 @@ class _Outputs:
             self._records[folder] = record
         if self._identity is None:
             try:
-                self._identity = model_identity(self.model, record)
-                self.extra["model_files"] = model_files_state(self.model)
+                self._identity = self.ref.identity(record.file_hash)
+                self.extra["model_files"] = self.ref.files_state()
             except OSError as err:
                 raise FileError(self.model, f"cannot read the model's weights: {err.strerror or err}") from err
         settings = Settings(
@@ -677,12 +680,6 @@ class _Outputs:
             except OSError as err:  # the outputs are written; only their record could not be saved
                 log.error("cannot save the output manifest in %s: %s", record.root, err)
         self._records.clear()
-
-
-def _model_ref(model: str) -> str:
-    """The model reference as an entry records it: a file as its absolute path, a name as given."""
-    path = Path(model).expanduser()
-    return os.path.abspath(path) if path.is_file() else model
 
 
 def machine_info(*, device: str = "auto", precision: str = "auto", model: str | None = None) -> dict[str, Any]:
