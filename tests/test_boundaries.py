@@ -91,7 +91,7 @@ def test_torch_is_imported_only_by_its_engine_the_models_and_training():
     allowed_files = {
         "devices.py",  # device and precision choice for the torch engine and training
         "engines/torch_engine.py",
-        "engines/select.py",  # select: only to list what torch can do here
+        "engines/torch_spec.py",  # the torch engine's spec: only to list what torch can do here
         "weights/model.py",
         "weights/state_dict.py",
         "weights/ncnn.py",

@@ -9,13 +9,15 @@ import argparse
 import json
 import sys
 
+from texup.options import ENGINES
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "engines",
         help="show the engines and devices available here, and which one auto picks",
-        description="List the engines (torch, ncnn) and devices (CPU, CUDA, MPS, Vulkan GPUs) texup can use on "
-        "this machine, the measurements behind --engine auto, and its choice per model.",
+        description=f"List the engines ({', '.join(e for e in ENGINES if e != 'auto')}) and devices (CPU, CUDA, MPS, "
+        "Vulkan GPUs) texup can use on this machine, the measurements behind --engine auto, and its choice per model.",
     )
     p.add_argument(
         "--measure",
@@ -32,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from texup.engines.base import EngineUnavailable
     from texup.engines.select import calibrate, summary
+    from texup.engines.spec import registered
     from texup.errors import TexupError
 
     if args.measure:
@@ -49,20 +52,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=1, sort_keys=True))
         return 0
     print(f"cpu: {info['cpu']}")
-    print(f"torch: {info['torch'] or 'not installed (pip install torch)'}")
-    print(f"ncnn: {'installed' if info['ncnn'] else 'not installed (pip install ncnn)'}")
-    gpus = info["vulkan_devices"]
-    print(
-        "vulkan devices: "
-        + (
-            ", ".join(
-                f"vulkan:{d['index']} {d['name']} "
-                f"({d['kind']}{', software: not used by auto' if d['software'] else ''})"
-                for d in gpus
-            )
-            or "none"
-        )
-    )
+    for spec in registered():
+        for line in spec.summary_lines(info):
+            print(line)
     print("candidates for --engine auto: " + (", ".join(info["candidates"]) or "none"))
     measured = info["measured"]
     if not measured:

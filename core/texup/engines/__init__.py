@@ -7,6 +7,8 @@
 * :mod:`~texup.engines.ncnn_engine` — ncnn on the CPU or any Vulkan GPU (imports ncnn, never torch);
 * :mod:`~texup.engines.ncnn_export` — texup's own writer of ncnn ``.param``/``.bin`` files (numpy only);
 * :mod:`~texup.engines.ncnn_models` — which ncnn files run a model (packaged, or exported and cached);
+* :mod:`~texup.engines.spec` — one :class:`~texup.engines.spec.EngineSpec` per engine, registered below
+  (:mod:`~texup.engines.torch_spec`; ``ncnn_engine.SPEC``), checked against :data:`texup.options.ENGINES`;
 * :mod:`~texup.engines.select` — :func:`open_engine`: explicit choices, or ``auto`` by a cached measurement;
 * :mod:`~texup.engines.openmp` — how the engines' OpenMP threads wait (briefly, unless the user chose).
 
@@ -17,7 +19,7 @@ Importing this package imports neither torch nor ncnn; it sets their OpenMP wait
 from __future__ import annotations
 
 from texup._lazy import lazy_getattr
-from texup.engines import openmp
+from texup.engines import ncnn_engine, openmp, torch_spec
 from texup.engines.base import (
     ENGINE_NAMES,
     Cancelled,
@@ -25,6 +27,14 @@ from texup.engines.base import (
     EngineOutOfMemory,
     EngineUnavailable,
 )
+from texup.engines.spec import check_names, register
+from texup.options import ENGINE_LABELS, ENGINES
+
+# One registration per engine, in the order of texup.options.ENGINES (checked: the CLI, the worker protocol and
+# the add-on offer those names).
+register(torch_spec.SPEC)
+register(ncnn_engine.SPEC)
+check_names(ENGINES, ENGINE_LABELS)
 
 _LAZY = {
     "open_engine": "texup.engines.select",

@@ -15,13 +15,15 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from texup.errors import TexupError
+from texup.options import ENGINES
 
 #: ``cancel()`` -> True when the caller wants the work to stop.
 CancelCallback = Callable[[], bool]
 #: ``step(fraction)``: how far the current tile is, 0..1 (called from inside :meth:`Engine.run_tile`).
 StepCallback = Callable[[float], None]
 
-ENGINE_NAMES = ("torch", "ncnn")
+#: The engines' names (:data:`texup.options.ENGINES` without "auto"; each has a spec, :mod:`texup.engines.spec`).
+ENGINE_NAMES: tuple[str, ...] = tuple(e for e in ENGINES if e != "auto")
 #: How often, at most, an engine polls ``cancel`` inside one tile (seconds of work between polls).
 CANCEL_POLL_S = 0.25
 

@@ -17,17 +17,19 @@ import json
 import math
 import os
 import platform
-import re
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from texup.engines.base import ENGINE_NAMES, Engine, EngineUnavailable
+from texup.engines import spec as registry
+from texup.engines.base import Engine, EngineUnavailable
+from texup.engines.spec import Candidate
+from texup.engines.torch_spec import torch_available
 from texup.machine import cpu_model, simd_flags
 
 #: Core tile side used to time candidates (input pixels, plus 8 of context each side).
@@ -46,86 +48,27 @@ CALIBRATION_FILE = "engines.json"
 StatusCallback = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One way to run a model here: engine, device and precision ("auto" = the engine's own default)."""
-
-    engine: str
-    device: str
-    precision: str = "auto"
-
-    @property
-    def key(self) -> str:
-        return f"{self.engine}/{self.device}/{self.precision}"
-
-
-def torch_available() -> bool:
-    """Whether torch imports here (texup runs without it on the ncnn engine)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _ncnn_available() -> bool:
-    from texup.engines.ncnn_engine import ncnn_available
-
-    return ncnn_available()
+__all__ = ["Candidate", "torch_available"]  # re-exported: they lived here before the engine specs
 
 
 def candidates() -> list[Candidate]:
-    """What can run here, best guess first (see the module docstring)."""
-    from texup.engines.ncnn_engine import vulkan_devices
-
-    found: list[Candidate] = []
-    has_torch, has_ncnn = torch_available(), _ncnn_available()
-    if has_torch:
-        import torch
-
-        from texup.devices import _mps_available, cpu_has_native_bf16
-
-        if torch.cuda.is_available():
-            found.append(Candidate("torch", "cuda"))
-        if _mps_available():
-            found.append(Candidate("torch", "mps"))
-    if has_ncnn:
-        found += [Candidate("ncnn", f"vulkan:{d.index}") for d in vulkan_devices() if not d.software]
-        # The bundled engine first on the CPU: where nothing was measured (the worker's first guess), a torch
-        # environment must not be slower than Blender's own Python with ncnn (issue 19).
-        found.append(Candidate("ncnn", "cpu"))
-    if has_torch and cpu_has_native_bf16():
-        found.append(Candidate("torch", "cpu", "bf16"))
-    if has_torch:
-        found.append(Candidate("torch", "cpu", "fp32"))
-    return found
+    """What can run here, best guess first (see the module docstring): every installed engine's candidates
+    (:attr:`EngineSpec.candidates <texup.engines.spec.EngineSpec.candidates>`) by their rank."""
+    ranked = [pair for spec in registry.registered() if spec.available() for pair in spec.candidates()]
+    return [cand for _rank, cand in sorted(ranked, key=lambda pair: pair[0])]
 
 
 @functools.lru_cache(maxsize=1)
 def machine_key() -> str:
-    """What decides which engine is fastest here: CPU model and SIMD flags, core count, GPUs, libraries."""
-    from texup.engines.ncnn_engine import vulkan_devices
-
+    """What decides which engine is fastest here: CPU model and SIMD flags, core count, and each engine's part
+    (GPUs, library versions: :attr:`EngineSpec.machine <texup.engines.spec.EngineSpec.machine>`)."""
     parts: dict[str, Any] = {"machine": platform.machine(), "cpu": cpu_model(), "cores": os.cpu_count()}
     flags = simd_flags()
     if flags:
         parts["flags"] = flags
-    parts["vulkan"] = [d.name for d in vulkan_devices()]
-    # Without importing torch (1-2 s): its version from the package metadata, NVIDIA GPUs from the driver.
-    for dist in ("torch", "ncnn"):
-        parts[dist] = _dist_version(dist)
-    gpus = Path("/proc/driver/nvidia/gpus")
-    parts["nvidia"] = sorted(p.name for p in gpus.iterdir()) if gpus.is_dir() else []
+    for spec in registry.registered():
+        parts.update(spec.machine())
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _dist_version(name: str) -> str | None:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _model_key(model: Any) -> str:
@@ -154,7 +97,6 @@ def calibration_path() -> Path:
 
 #: engines.json holds a few hundred bytes per (machine, model, request); a larger file is not texup's.
 MAX_CALIBRATION_BYTES = 4 << 20
-_CHOICE = re.compile(r"(torch|ncnn)/(cpu|mps|cuda(:[0-9]{1,3})?|vulkan(:[0-9]{1,3})?)/(auto|fp32|bf16|fp16)")
 
 
 def _valid_record(entry: Any) -> bool:
@@ -163,7 +105,7 @@ def _valid_record(entry: Any) -> bool:
     if (
         not isinstance(entry, dict)
         or not isinstance(entry.get("choice"), str)
-        or not _CHOICE.fullmatch(entry["choice"])
+        or not registry.choice_pattern().fullmatch(entry["choice"])
     ):
         return False
     seconds = entry.get("seconds_per_mpx", {})
@@ -290,7 +232,7 @@ def cached_choice(model: Any, device: str = "auto", precision: str = "auto") -> 
             return None
     engine, _, rest = str(entry.get("choice", "")).partition("/")
     dev, _, prec = rest.partition("/")
-    if engine not in ENGINE_NAMES or not dev or not prec:
+    if engine not in registry.engine_names() or not dev or not prec:
         return None
     return Candidate(engine, dev, prec)
 
@@ -378,34 +320,18 @@ def calibrate(
 
 
 def _open(model: Any, engine: str, device: str, precision: str, layout: str) -> Engine:
-    if engine == "torch":
-        if not torch_available():
-            raise EngineUnavailable("the torch engine needs PyTorch (pip install 'texup[torch]')")
-        from texup.engines.torch_engine import TorchEngine
-        from texup.weights.registry import load_pretrained
-
-        loaded = model if hasattr(model, "module") else load_pretrained(model)
-        return TorchEngine(loaded, device=device, precision=precision, layout=layout)
-    if engine == "ncnn":
-        from texup.engines.ncnn_engine import NcnnEngine, vulkan_devices
-        from texup.engines.ncnn_models import graph_for
-
-        if device == "auto":
-            gpus = [d for d in vulkan_devices() if not d.software]
-            device = f"vulkan:{gpus[0].index}" if gpus else "cpu"
-        graph, name = graph_for(model)
-        return NcnnEngine(graph, device=device, precision=precision, name=name)
-    raise ValueError(f"unknown engine {engine!r}: expected auto, {', '.join(ENGINE_NAMES)}")
+    return registry.get_spec(engine).open(model, device, precision, layout)
 
 
 def engine_for_device(device: str) -> str | None:
-    """The engine a device name implies: vulkan -> ncnn; cuda/mps -> torch; cpu/auto -> None (either)."""
-    key = device.strip().lower()
-    if key.startswith("vulkan"):
-        return "ncnn"
-    if key.startswith(("cuda", "mps")):
-        return "torch"
-    return None
+    """The engine a device name implies (vulkan -> ncnn; cuda/mps -> torch: each spec's ``implied_by``); cpu/auto
+    -> None (either)."""
+    return registry.implied_engine(device)
+
+
+def _engine_with(flag: str) -> str:
+    """The first registered engine whose spec has ``flag`` (``layouts``, ``runs_loaded``) set."""
+    return next(spec.name for spec in registry.registered() if getattr(spec, flag))
 
 
 def open_engine(
@@ -428,15 +354,22 @@ def open_engine(
     engine = engine.strip().lower()
     device = device.strip().lower()
     precision = precision.strip().lower()
-    if engine not in ("auto", *ENGINE_NAMES):
-        raise ValueError(f"unknown engine {engine!r}: expected auto, {', '.join(ENGINE_NAMES)}")
+    if engine != "auto":
+        registry.get_spec(engine)  # ValueError for an unknown engine
     implied = engine_for_device(device)
     if engine != "auto" and implied is not None and implied != engine:
         raise ValueError(f"device {device!r} is run by the {implied} engine, not {engine}")
     if engine == "auto":
         # An in-memory torch module (a LoadedModel: training, tests, Python callers) runs where it is, in torch.
         in_memory = hasattr(model, "module")
-        engine = implied or ("torch" if layout.strip().lower() != "auto" or in_memory else "")
+        if implied is not None:
+            engine = implied
+        elif layout.strip().lower() != "auto":
+            engine = _engine_with("layouts")
+        elif in_memory:
+            engine = _engine_with("runs_loaded")
+        else:
+            engine = ""
     if engine:
         return _open(model, engine, device, precision, layout)
     cached = cached_choice(model, device, precision)
@@ -448,10 +381,12 @@ def open_engine(
                 status(f"the recorded choice {cached.key} cannot run now ({err})")
     pool = [c for c in candidates() if device == "auto" or c.device == device]
     if precision != "auto":
+        if precision not in registry.ALL_PRECISIONS:  # as the engines say it
+            raise ValueError(f"unknown precision {precision!r}: expected auto, {', '.join(registry.ALL_PRECISIONS)}")
         pool = [
             Candidate(c.engine, c.device, precision)
             for c in pool
-            if c.engine == "torch" or precision == "fp32" or (precision == "fp16" and c.device != "cpu")
+            if precision in registry.get_spec(c.engine).precisions_on(c.device)
         ]
         pool = list(dict.fromkeys(pool))
     if not pool:
@@ -474,39 +409,44 @@ def check_device(device: str) -> str:
     """
     key = device.strip().lower()
     implied = engine_for_device(key)
-    if implied == "ncnn":
-        from texup.engines.ncnn_engine import _import_ncnn, parse_device
-
-        _import_ncnn()
-        return f"vulkan:{parse_device(key)}"
-    if implied == "torch":
-        if not torch_available():
-            raise EngineUnavailable(f"device {device!r} needs PyTorch (pip install 'texup[torch]')")
-        from texup.devices import pick_device
-
-        return str(pick_device(key))
+    if implied is not None:
+        return registry.get_spec(implied).check_device(key)
     if key not in ("auto", "cpu"):
-        raise ValueError(f"unknown device {device!r}: expected auto, cpu, cuda[:N], mps or vulkan[:N]")
+        names = ["auto", *registry.device_patterns()]
+        raise ValueError(f"unknown device {device!r}: expected {', '.join(names[:-1])} or {names[-1]}")
     return key
 
 
 def summary() -> dict[str, Any]:
     """What can run here and what was measured (``texup engines``): JSON-friendly."""
-    from texup.engines.ncnn_engine import ncnn_available, vulkan_devices
-
     measured = read_calibration().get(machine_key(), {})
-    out: dict[str, Any] = {
-        "machine_key": machine_key(),
-        "cpu": cpu_model(),
-        "torch": None,
-        "ncnn": ncnn_available(),
-        "vulkan_devices": [asdict(d) | {"software": d.software} for d in vulkan_devices()],
+    out: dict[str, Any] = {"machine_key": machine_key(), "cpu": cpu_model()}
+    for spec in registry.registered():
+        out.update(spec.summary())
+    out |= {
         "candidates": [c.key for c in candidates()],
         "measured": measured,
         "calibration_file": str(calibration_path()),
     }
-    if torch_available():
-        import torch
-
-        out["torch"] = torch.__version__
     return out
+
+
+def devices_here() -> list[dict[str, Any]]:
+    """The devices the installed engines run on here (the worker's ``info``): ``{key, name, engines, software}``,
+    in the engines' registration order; a device's engines in the order of :func:`candidates` (the bundled engine
+    first on the CPU)."""
+    order: dict[tuple[str, str], int] = {}
+    for index, cand in enumerate(candidates()):
+        order.setdefault((cand.engine, cand.device), index)
+    found: dict[str, dict[str, Any]] = {}
+    for spec in registry.registered():
+        if not spec.available():
+            continue
+        for dev in spec.found_devices():
+            new = {"key": dev.key, "name": dev.name, "engines": [], "software": dev.software}
+            entry = found.setdefault(dev.key, new)
+            entry["engines"].append(spec.name)
+    for key, entry in found.items():
+        ranks = {name: order.get((name, key), len(order)) for name in entry["engines"]}
+        entry["engines"] = sorted(ranks, key=ranks.__getitem__)
+    return list(found.values())

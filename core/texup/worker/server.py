@@ -690,33 +690,17 @@ def machine_info(*, device: str = "auto", precision: str = "auto", model: str | 
     ``precision``, else the first candidate (what auto would try first; ``measured`` false).
     """
     import texup
-    from texup.engines.ncnn_engine import ncnn_available, vulkan_devices
-    from texup.engines.select import cached_choice, candidates, torch_available
-    from texup.machine import cpu_model
+    from texup.engines.select import cached_choice, candidates, devices_here, torch_available
     from texup.weights.registry import DEFAULT_MODEL
 
     found = candidates()
     model = model or DEFAULT_MODEL
     torch_version = None
-    devices: list[dict[str, Any]] = []
-    cpu_engines = [e for e, ok in (("ncnn", ncnn_available()), ("torch", torch_available())) if ok]
-    if cpu_engines:
-        devices.append({"key": "cpu", "name": cpu_model(), "engines": cpu_engines, "software": False})
     if torch_available():
         import torch
 
         torch_version = torch.__version__
-        if torch.cuda.is_available():
-            devices += [
-                {"key": f"cuda:{i}", "name": torch.cuda.get_device_name(i), "engines": ["torch"], "software": False}
-                for i in range(torch.cuda.device_count())
-            ]
-        if any(c.device == "mps" for c in found):
-            devices.append({"key": "mps", "name": "Apple GPU (Metal)", "engines": ["torch"], "software": False})
-    devices += [
-        {"key": f"vulkan:{d.index}", "name": d.name, "engines": ["ncnn"], "software": d.software}
-        for d in vulkan_devices()
-    ]
+    devices = devices_here()
     choice = cached_choice(model, device, precision)
     measured = choice is not None
     if choice is None:
