@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from texup.errors import DownloadError, ModelLoadError, UnknownModelError
 from texup.weights import cache
+from texup.weights.ref import ModelRef
 
 if TYPE_CHECKING:
     from texup.weights import LoadedModel
@@ -531,24 +532,23 @@ def ensure_model(name: str, *, progress: StatusCallback | None = None) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
-def resolve_model(name_or_path: str | os.PathLike[str], *, progress: StatusCallback | None = None) -> Path:
+def resolve_model(name_or_path: str | os.PathLike[str] | ModelRef, *, progress: StatusCallback | None = None) -> Path:
     """Return the weights file for a model reference.
 
     An existing file path is returned as given; a known model name returns :func:`ensure_model`'s
     cached file; a blend reference (``blend:A,B@ALPHA``) its cached blend (:func:`texup.weights.blend.blend_file`);
     anything else raises ``UnknownModelError`` naming the known models.
     """
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    name = os.fspath(name_or_path)
-    from texup.weights.blend import blend_file, is_blend
+    ref = ModelRef.of(name_or_path)
+    if ref.path is not None:
+        return ref.path
+    if ref.kind == "blend":
+        from texup.weights.blend import blend_file
 
-    if is_blend(name):
-        return blend_file(name, progress=progress)
-    if name in KNOWN_MODELS:
-        return ensure_model(name, progress=progress)
-    raise UnknownModelError(f"unknown model '{name}': not a file and not one of: {', '.join(KNOWN_MODELS)}")
+        return blend_file(ref.text, progress=progress)
+    if ref.text in KNOWN_MODELS:
+        return ensure_model(ref.text, progress=progress)
+    raise UnknownModelError(f"unknown model '{ref.text}': not a file and not one of: {', '.join(KNOWN_MODELS)}")
 
 
 def load_pretrained(
@@ -561,10 +561,9 @@ def load_pretrained(
     """
     from texup.weights import load_model
 
-    path = resolve_model(name_or_path, progress=progress)
-    name = os.fspath(name_or_path)
-    is_named = (name in KNOWN_MODELS or name.startswith("blend:")) and not Path(name).expanduser().is_file()
-    return load_model(path, name=name if is_named else None)
+    ref = ModelRef.of(name_or_path)
+    path = resolve_model(ref, progress=progress)
+    return load_model(path, name=ref.text if ref.kind in ("name", "blend") else None)
 
 
 def list_models() -> list[dict[str, Any]]:
