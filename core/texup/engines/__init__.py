@@ -8,7 +8,7 @@
 * :mod:`~texup.engines.ncnn_export` — texup's own writer of ncnn ``.param``/``.bin`` files (numpy only);
 * :mod:`~texup.engines.ncnn_models` — which ncnn files run a model (packaged, or exported and cached);
 * :mod:`~texup.engines.spec` — one :class:`~texup.engines.spec.EngineSpec` per engine, registered below
-  (:mod:`~texup.engines.torch_spec`; ``ncnn_engine.SPEC``), checked against :data:`texup.options.ENGINES`;
+  (:mod:`~texup.engines.torch_spec`, :mod:`~texup.engines.ncnn_spec`), checked against :data:`texup.options.ENGINES`;
 * :mod:`~texup.engines.select` — :func:`open_engine`: explicit choices, or ``auto`` by a cached measurement;
 * :mod:`~texup.engines.openmp` — how the engines' OpenMP threads wait (briefly, unless the user chose).
 
@@ -19,7 +19,7 @@ Importing this package imports neither torch nor ncnn; it sets their OpenMP wait
 from __future__ import annotations
 
 from texup._lazy import lazy_getattr
-from texup.engines import ncnn_engine, openmp, torch_spec
+from texup.engines import ncnn_spec, openmp, torch_spec
 from texup.engines.base import (
     ENGINE_NAMES,
     Cancelled,
@@ -33,7 +33,7 @@ from texup.options import ENGINE_LABELS, ENGINES
 # One registration per engine, in the order of texup.options.ENGINES (checked: the CLI, the worker protocol and
 # the add-on offer those names).
 register(torch_spec.SPEC)
-register(ncnn_engine.SPEC)
+register(ncnn_spec.SPEC)
 check_names(ENGINES, ENGINE_LABELS)
 
 _LAZY = {

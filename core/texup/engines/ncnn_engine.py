@@ -18,8 +18,8 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from texup.engines.base import (
     check_tile,
     pad_to_multiple,
 )
-from texup.engines.spec import RANK_CPU_BUNDLED, RANK_VULKAN, Candidate, Device, EngineSpec, dist_version
 from texup.errors import ModelLoadError, TexupError
 
 #: ncnn's GpuInfo.type() codes.
@@ -412,67 +411,3 @@ class NcnnEngine:
             if need <= CPU_MEMORY_BUDGET:
                 return tile
         return 64
-
-
-# --- the engine's spec (texup.engines.spec): what selection, `texup engines` and the worker know of it -------------
-
-
-def _candidates() -> list[tuple[int, Candidate]]:
-    # Never a software Vulkan (llvmpipe). The bundled engine first on the CPU: where nothing was measured (the
-    # worker's first guess), a torch environment must not be slower than Blender's own Python with ncnn (issue 19).
-    found = [(RANK_VULKAN, Candidate("ncnn", f"vulkan:{d.index}")) for d in vulkan_devices() if not d.software]
-    return [*found, (RANK_CPU_BUNDLED, Candidate("ncnn", "cpu"))]
-
-
-def _open(model: Any, device: str, precision: str, layout: str) -> NcnnEngine:
-    from texup.engines.ncnn_models import graph_for
-
-    if device == "auto":
-        gpus = [d for d in vulkan_devices() if not d.software]
-        device = f"vulkan:{gpus[0].index}" if gpus else "cpu"
-    graph, name = graph_for(model)
-    return NcnnEngine(graph, device=device, precision=precision, name=name)
-
-
-def _check_device(device: str) -> str:
-    _import_ncnn()
-    return f"vulkan:{parse_device(device)}"
-
-
-def _found_devices() -> list[Device]:
-    from texup.machine import cpu_model
-
-    return [Device("cpu", cpu_model()), *(Device(f"vulkan:{d.index}", d.name, d.software) for d in vulkan_devices())]
-
-
-def _summary() -> dict[str, Any]:
-    return {
-        "ncnn": ncnn_available(),
-        "vulkan_devices": [asdict(d) | {"software": d.software} for d in vulkan_devices()],
-    }
-
-
-def _summary_lines(info: Mapping[str, Any]) -> list[str]:
-    gpus = ", ".join(
-        f"vulkan:{d['index']} {d['name']} ({d['kind']}{', software: not used by auto' if d['software'] else ''})"
-        for d in info["vulkan_devices"]
-    )
-    return [
-        f"ncnn: {'installed' if info['ncnn'] else 'not installed (pip install ncnn)'}",
-        "vulkan devices: " + (gpus or "none"),
-    ]
-
-
-SPEC = EngineSpec(
-    name="ncnn",
-    available=ncnn_available,
-    devices={"cpu": ("fp32",), "vulkan[:N]": ("fp32", "fp16")},
-    implied_by=("vulkan",),
-    candidates=_candidates,
-    open=_open,
-    check_device=_check_device,
-    found_devices=_found_devices,
-    machine=lambda: {"vulkan": [d.name for d in vulkan_devices()], "ncnn": dist_version("ncnn")},
-    summary=_summary,
-    summary_lines=_summary_lines,
-)
