@@ -16,7 +16,7 @@ import torch
 from realdata import real_image
 
 from texup.errors import DownloadError, FileError, ModelLoadError, UnknownModelError
-from texup.weights import cache, registry
+from texup.weights import cache, catalog, registry
 from texup.weights.cache import models_dir, read_manifest, sha256_file, texup_home
 from texup.weights.registry import (
     DEFAULT_MODEL,
@@ -254,7 +254,7 @@ def test_download_only_model_not_fetched_asks_for_fetch_and_never_downloads(
 
 
 def test_without_the_package_a_bundled_model_needs_a_fetch(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_ncnn_models_dir", lambda: None)
+    monkeypatch.setattr(catalog, "_ncnn_models_dir", lambda: None)  # where ncnn_files looks
     assert registry.ncnn_files(SMALL) is None
     with pytest.raises(DownloadError, match=f"texup models fetch {SMALL}"):
         ensure_model(SMALL)

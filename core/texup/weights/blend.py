@@ -21,6 +21,8 @@ existing file) on both sides, and a reference in which more than one comma does 
 existing file whose name starts with ``blend:`` is that file, not a blend. A reference is blended once and cached in
 ``models_dir()/blends/`` under a name derived from both parents' SHA-256 and alpha (recorded in the models manifest
 and verified like every cached model), so a changed parent or alpha is a new file and an unchanged one is reused.
+The syntax (:func:`parse_blend`, :func:`format_blend`, :data:`BLEND_PREFIX`, :class:`BlendError`) lives in
+:mod:`texup.weights.blend_ref`, below :class:`~texup.weights.ref.ModelRef`, and is importable from here too.
 
 Every blend carries its provenance in texup's ``texup.provenance`` metadata: ``blend`` = both parents' reference and
 SHA-256, alpha and the formula. A model's **partner** is the network at the other end of its dial (:func:`partner_of`):
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,8 +42,19 @@ from typing import Any
 
 import numpy as np
 
-from texup.errors import ModelLoadError, TexupError, UnknownModelError
+from texup.errors import ModelLoadError, UnknownModelError
 from texup.weights.arrays import ArrayModel
+from texup.weights.blend_ref import (
+    BLEND_PREFIX,
+    BlendError,
+    BlendRef,
+    _alpha_text,
+    check_alpha,
+    format_blend,
+    is_blend,
+    parse_blend,
+)
+from texup.weights.catalog import KNOWN_MODELS
 
 __all__ = [
     "BLEND_PREFIX",
@@ -61,98 +73,12 @@ __all__ = [
     "write_blend",
 ]
 
-BLEND_PREFIX = "blend:"
 #: Bumped when the blend's bytes for the same parents and alpha would change (the cache key includes it).
 BLEND_VERSION = 1
 FORMULA = "(1 - alpha) * A + alpha * B"
 _BLENDS_SUBDIR = "blends"
 
 StatusCallback = Callable[[str], None]
-
-
-class BlendError(TexupError):
-    """Two models that cannot be blended, or a blend reference that does not parse (one line)."""
-
-
-@dataclass(frozen=True)
-class BlendRef:
-    """A parsed blend reference: parents ``a`` and ``b`` (model references) and ``alpha`` (B's share, 0..1)."""
-
-    a: str
-    b: str
-    alpha: float
-
-    def __str__(self) -> str:
-        return format_blend(self.a, self.b, self.alpha)
-
-
-def _alpha_text(alpha: float) -> str:
-    text = repr(float(alpha))
-    return text[:-2] if text.endswith(".0") else text
-
-
-def check_alpha(alpha: float | str) -> float:
-    """``alpha`` as a float in [0, 1]; BlendError otherwise (ESRGAN interpolates, it does not extrapolate)."""
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise BlendError(f"alpha must be a number from 0 to 1, got {alpha!r}") from None
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise BlendError(f"alpha must be from 0 to 1, got {alpha!r}")
-    return value
-
-
-def format_blend(a: str | os.PathLike[str], b: str | os.PathLike[str], alpha: float) -> str:
-    """The blend reference of ``a`` and ``b`` at ``alpha`` (``blend:A,B@ALPHA``)."""
-    return f"{BLEND_PREFIX}{os.fspath(a)},{os.fspath(b)}@{_alpha_text(check_alpha(alpha))}"
-
-
-def is_blend(model: object) -> bool:
-    """Whether ``model`` is a blend reference (a string starting ``blend:`` that is not an existing file)."""
-    if not isinstance(model, (str, os.PathLike)):
-        return False
-    text = os.fspath(model)
-    if not isinstance(text, str) or not text.startswith(BLEND_PREFIX):
-        return False
-    try:
-        return not Path(text).expanduser().is_file()
-    except OSError:
-        return True
-
-
-def _names_a_model(ref: str) -> bool:
-    from texup.weights.registry import KNOWN_MODELS
-
-    if ref in KNOWN_MODELS:
-        return True
-    try:
-        return Path(ref).expanduser().is_file()
-    except OSError:
-        return False
-
-
-def parse_blend(ref: str) -> BlendRef:
-    """Parse ``blend:A,B@ALPHA`` (see the module docstring); BlendError with the reason in one line."""
-    if not ref.startswith(BLEND_PREFIX):
-        raise BlendError(f"not a blend reference (blend:A,B@ALPHA): {ref!r}")
-    body = ref[len(BLEND_PREFIX) :]
-    parents, at, alpha_text = body.rpartition("@")
-    if not at:
-        raise BlendError(f"{ref!r}: no @ALPHA (write blend:A,B@ALPHA, alpha from 0 to 1)")
-    alpha = check_alpha(alpha_text.strip())
-    commas = [i for i, c in enumerate(parents) if c == ","]
-    splits = [(parents[:i].strip(), parents[i + 1 :].strip()) for i in commas]
-    splits = [(a, b) for a, b in splits if a and b]
-    if not splits:
-        raise BlendError(f"{ref!r}: needs two models separated by a comma (blend:A,B@ALPHA)")
-    if len(splits) > 1:
-        fitting = [(a, b) for a, b in splits if _names_a_model(a) and _names_a_model(b)]
-        if len(fitting) != 1:
-            why = "more than one comma" if fitting else "no comma"
-            raise BlendError(f"{ref!r}: {why} splits it into two existing models; rename the files without commas")
-        splits = fitting
-    a, b = splits[0]
-    return BlendRef(a, b, alpha)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,8 +114,6 @@ def parent_files(ref: str | os.PathLike[str]) -> list[Path]:
     label, files = ModelRef.of(text).sources()
     if files:
         return files
-    from texup.weights.registry import KNOWN_MODELS
-
     if text in KNOWN_MODELS:
         raise ModelLoadError(text, f"not installed; run `texup models fetch {text}` first")
     raise UnknownModelError(f"unknown model '{text}': not a file and not one of: {', '.join(KNOWN_MODELS)}")
@@ -371,8 +295,6 @@ class Partner:
 def partner_of(model: str | os.PathLike[str]) -> Partner:
     """The partner of a model reference: the registry's for a known name, else ``partner`` in a texup
     ``.safetensors`` file's provenance (a file beside the model, checked against its recorded SHA-256)."""
-    from texup.weights.registry import KNOWN_MODELS
-
     text = os.fspath(model)
     path = Path(text).expanduser()
     if not path.is_file():

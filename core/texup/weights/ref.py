@@ -6,7 +6,7 @@ kind      what it is
 ========  =====================================================================================================
 file      an existing weights file (``.safetensors``, ``.pth``, ...)
 ncnn      an existing ncnn ``.param`` or ``.bin`` (its pixels come from both files of the pair)
-blend     a blend reference ``blend:A,B@ALPHA`` (:mod:`texup.weights.blend`); its parents are model references
+blend     a blend reference ``blend:A,B@ALPHA`` (:mod:`texup.weights.blend_ref`); its parents are model references
 name      anything else, as given: a known model name (or an unknown one, whose loading fails with the reason)
 loaded    a :class:`~texup.weights.LoadedModel` already in memory (nothing to resolve, nothing to record)
 ========  =====================================================================================================
@@ -26,6 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
+
+from texup.weights.blend_ref import BLEND_PREFIX, BlendError, format_blend, parse_blend
+from texup.weights.catalog import KNOWN_MODELS, cached_path, ncnn_files
 
 if TYPE_CHECKING:
     from texup.weights.model import LoadedModel
@@ -78,8 +81,6 @@ class ModelRef:
             is_file = False
         if is_file:
             return cls("ncnn" if path.suffix.lower() in (".param", ".bin") else "file", text, path)
-        from texup.weights.blend import BLEND_PREFIX
-
         if text.startswith(BLEND_PREFIX):
             return cls("blend", text)
         return cls("name", text)
@@ -135,8 +136,6 @@ class ModelRef:
         return _name_sources(self.text)
 
     def _blend_sources(self) -> tuple[str, list[Path]]:
-        from texup.weights.blend import BlendError, format_blend, parse_blend
-
         try:
             ref = parse_blend(self.text)
         except BlendError:
@@ -179,8 +178,6 @@ class ModelRef:
 
 
 def _name_sources(name: str) -> tuple[str, list[Path]]:
-    from texup.weights.registry import KNOWN_MODELS, cached_path, ncnn_files
-
     if name not in KNOWN_MODELS:
         return f"unknown:{name}", []  # loading it fails with the reason
     cached = cached_path(name)
