@@ -412,11 +412,14 @@ def test_others_load_sees_another_program_on_the_cpus_and_not_this_process():
     import time
 
     cores = os.cpu_count() or 1
+    baseline = select.others_load(window=0.5)  # what other programs use already (a CI run, a benchmark, helpers)
+    if baseline > 0.25 / cores:
+        pytest.skip(f"other programs already keep {baseline * cores:.2f} cores busy: nothing to tell apart")
     before = select.cpu_sample()
     end = time.perf_counter() + 0.5
     while time.perf_counter() < end:  # this process spinning: not "other programs"
         pass
-    assert select.others_load(before) < 0.5 / cores
+    assert select.others_load(before) < baseline + 0.5 / cores
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
