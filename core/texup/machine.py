@@ -37,6 +37,13 @@ def simd_flags() -> list[str]:
     return []
 
 
+def native_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (x86 AVX512_BF16 or AMX-BF16, Arm BF16), from its flags: the
+    torch-free twin of :func:`texup.devices.cpu_has_native_bf16`, for the ncnn engine."""
+    flags = set(simd_flags())
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def describe() -> str:
     """One line for benchmark output: "AMD EPYC, 2 logical CPUs, flags avx avx2 fma; Linux, Python 3.11.7"."""
     flags = " ".join(simd_flags()) or "unknown"

