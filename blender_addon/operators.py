@@ -70,11 +70,7 @@ def run_settings(context: bpy.types.Context):
 
 def scene_choices(settings: Any) -> dict[str, str]:
     """The scene's choice options that texup's schema knows (seamless, colour fix, ...): the panel's own."""
-    return {
-        option.name: getattr(settings, option.name)
-        for option in schema.RUN_OPTIONS
-        if option.kind == "choice" and option.name in settings.bl_rna.properties
-    }
+    return {o.name: getattr(settings, o.name) for o in schema.options_in(settings.bl_rna.properties.keys())}
 
 
 def panel_model(context: bpy.types.Context) -> str | None:

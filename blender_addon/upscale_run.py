@@ -194,11 +194,7 @@ class UpscaleRun:
         """The run's named options (texup's schema: seamless, color_fix, engine, device, ...) that ``record`` has
         fields for, from the settings as they are (model, scale and tile need converting: not these)."""
         names = {f.name for f in fields(record)} & {f.name for f in fields(self.settings)}
-        return {
-            option.name: getattr(self.settings, option.name)
-            for option in schema.RUN_OPTIONS
-            if option.kind in ("choice", "device") and option.name in names
-        }
+        return {o.name: getattr(self.settings, o.name) for o in schema.options_in(names, ("choice", "device"))}
 
     def _is_current(self, out: Any, job: Job, earlier: OutputsView) -> bool:
         model = self._model()

@@ -71,8 +71,7 @@ def _detail(text: str) -> float:
 
 def run_choices() -> list[schema.Option]:
     """The schema's choice options a run takes from this script's flags (those :class:`RunSettings` has)."""
-    names = {f.name for f in dataclasses.fields(RunSettings)}
-    return [option for option in schema.RUN_OPTIONS if option.kind == "choice" and option.name in names]
+    return schema.options_in(f.name for f in dataclasses.fields(RunSettings))
 
 
 def _csv(text: str) -> list[str]:

@@ -20,7 +20,7 @@ and in the add-on a scene property and its row in the panel (ARCHITECTURE.md, "A
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +135,13 @@ class Option:
         if isinstance(value, str) and value:  # text
             return value
         raise ValueError(f"{self.name} must be a non-empty string, got {_shown(value)}")
+
+    def require(self, value: Any) -> Any:
+        """:meth:`check` for a record that holds the value itself (``UpscaleOptions``, ``EngineChoice``): None is
+        accepted only where it is the option's default ("automatic" / "none"), not read as "use the default"."""
+        if value is None and self.default is not None:
+            raise ValueError(f"{self.name} must be given, got None")
+        return self.check(value)
 
     def bounds(self) -> str:
         if self.high is None:
@@ -267,7 +274,7 @@ class EngineChoice:
 
     def __post_init__(self) -> None:
         for name in ENGINE_FIELDS:
-            OPTIONS[name].check("" if getattr(self, name) is None else getattr(self, name))
+            OPTIONS[name].require(getattr(self, name))
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> EngineChoice:
@@ -279,6 +286,13 @@ class EngineChoice:
 
 
 ENGINE_FIELDS: tuple[str, ...] = ("engine", "device", "precision", "layout")
+
+
+def options_in(names: Iterable[str], kinds: tuple[str, ...] = ("choice",)) -> list[Option]:
+    """The options of ``kinds`` among ``names`` (a record's fields, a parser's flags, a property group's
+    properties), in schema order: what a record takes from another by name."""
+    wanted = set(names)
+    return [option for option in RUN_OPTIONS if option.kind in kinds and option.name in wanted]
 
 
 def check(name: str, value: Any) -> Any:

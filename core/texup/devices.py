@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from texup.machine import NATIVE_BF16_FLAGS
 from texup.options import LAYOUTS, PRECISIONS
 
 #: What a precision or layout name resolves to ("auto" decided); ``texup.options`` holds the same names plus
@@ -91,7 +92,7 @@ def cpu_has_native_bf16() -> bool:
     if get_capabilities is None:
         return False
     caps = get_capabilities()
-    return any(bool(caps.get(flag, False)) for flag in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+    return any(bool(caps.get(flag, False)) for flag in NATIVE_BF16_FLAGS)
 
 
 def cuda_has_native_bf16(device: torch.device) -> bool:

@@ -37,11 +37,15 @@ def simd_flags() -> list[str]:
     return []
 
 
+#: The CPU flags that mean bfloat16 is computed natively (x86 AVX512-BF16, AMX-BF16; Arm BF16, SVE-BF16): one list
+#: for :func:`native_bf16` (cpuinfo) and :func:`texup.devices.cpu_has_native_bf16` (torch's view of the same flags).
+NATIVE_BF16_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
 def native_bf16() -> bool:
-    """Whether the CPU computes bfloat16 natively (x86 AVX512_BF16 or AMX-BF16, Arm BF16), from its flags: the
-    torch-free twin of :func:`texup.devices.cpu_has_native_bf16`, for the ncnn engine."""
-    flags = set(simd_flags())
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    """Whether the CPU computes bfloat16 natively, from /proc/cpuinfo's flags (torch-free, for the ncnn engine;
+    False where there is no /proc/cpuinfo: ncnn then stays fp32, while torch asks its own probe)."""
+    return bool(set(simd_flags()) & set(NATIVE_BF16_FLAGS))
 
 
 def describe() -> str:

@@ -143,3 +143,24 @@ def test_the_cli_flags_of_choice_options_come_from_the_schema():
         if option.kind == "choice":
             action = flags[option.name]
             assert tuple(action.choices) == option.choices and action.default == option.default, option.name
+
+
+def test_records_that_hold_values_take_none_only_where_it_is_the_default():
+    assert schema.OPTIONS["dds_format"].require(None) is None  # "each input's own"
+    with pytest.raises(ValueError, match="^seamless must be given, got None$"):
+        schema.OPTIONS["seamless"].require(None)
+    with pytest.raises(ValueError, match="^layout must be given"):
+        schema.EngineChoice(layout=None)  # type: ignore[arg-type]
+    assert [o.name for o in schema.options_in(["layout", "tile", "seamless", "nope"])] == ["seamless", "layout"]
+    assert [o.name for o in schema.options_in(["device", "engine"], ("choice", "device"))] == ["engine", "device"]
+
+
+def test_the_ncnn_engine_and_torch_agree_on_native_bf16():
+    """machine.native_bf16 (cpuinfo, for ncnn) and devices.cpu_has_native_bf16 (torch's probe) read one flag list."""
+    torch = pytest.importorskip("torch")
+    if not Path("/proc/cpuinfo").exists() or not hasattr(torch.cpu, "get_capabilities"):
+        pytest.skip("needs /proc/cpuinfo and torch.cpu.get_capabilities")
+    from texup.devices import cpu_has_native_bf16
+    from texup.machine import native_bf16
+
+    assert native_bf16() == cpu_has_native_bf16()

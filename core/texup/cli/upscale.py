@@ -149,9 +149,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="{auto,cpu,cuda[:N],mps,vulkan[:N]}",
         help="where it runs (vulkan implies --engine ncnn; cuda and mps imply torch)",
     )
-    for option in schema.RUN_OPTIONS:  # the schema's choice options: --seamless, --role, --color-fix, --engine, ...
-        if option.kind == "choice":
-            p.add_argument(option.flag, **option.cli_kwargs())
+    # the schema's choice options: --seamless, --role, --color-fix, --dds-format, --engine, --precision, --layout
+    for option in schema.options_in(schema.OPTIONS):
+        p.add_argument(option.flag, **option.cli_kwargs())
     p.add_argument(
         "--max-pixels",
         type=_pixels_arg,

@@ -100,10 +100,9 @@ class UpscaleOptions:
             raise ValueError(f"overlap must not be negative, got {self.overlap}")
         if self.tile is not None and self.overlap > self.tile:
             raise ValueError(f"overlap ({self.overlap}) must not be larger than tile ({self.tile})")
-        for name in ("seamless", "role", "color_fix", "dds_format"):  # checked as the schema says (one line)
-            value, option = getattr(self, name), schema.OPTIONS[name]
-            if value is not None or option.default is not None:  # None is "automatic" only where that is the default
-                option.check("" if value is None else value)
+        # the choices, checked as the schema checks them (one line naming the option)
+        for option in schema.options_in(("seamless", "role", "color_fix", "dds_format")):
+            option.require(getattr(self, option.name))
 
 
 def options_from(values: Mapping[str, Any], **overrides: Any) -> UpscaleOptions:
