@@ -69,3 +69,31 @@ def test_bench_quality_quick_measures_every_method_and_the_fix(tmp_path):
     assert report["targets"]["realesr-animevideov3"]["cases"] == 6
     assert grid.stat().st_size > 1000
     assert "| color | realesr-animevideov3 | on |" in done.stdout and "| color | blend @0.5 |" in done.stdout
+
+
+def test_colorfix_frontier_quick_measures_each_variant_on_the_pipelines_own_output(tmp_path):
+    out = tmp_path / "frontier.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "colorfix_frontier.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    cases = {"coffee (area)", "coffee (bicubic)", "samples/coffee.jpg (area)", "samples/coffee.jpg (bicubic)"}
+    cases |= {"procedural bricks (area)", "procedural bricks (bicubic)"}
+    assert set(report["pipeline"]) == cases and set(report["reachable"]) == cases
+    texups = next(name for name in report["rows"] if "(texup's)" in name)
+    # the variant named texup's, applied to the kept output, is what the pipeline wrote with the fix on (up to
+    # how a value half-way between two 8-bit levels rounds)
+    for row in report["rows"][texups]:
+        for key in ("psnr", "de_mean", "de_p95", "sharpness"):
+            assert math.isclose(row["metrics"][key], report["pipeline"][row["case"]][key], rel_tol=1e-3)
+    # back-projection repeated converges on an output whose area-downscale is the source: less drift than one pass
+    once = {r["case"]: r["metrics"]["de_mean"] for r in report["rows"]["back-projection x1"]}
+    for row in report["rows"]["back-projection x3"]:
+        assert row["metrics"]["de_mean"] < once[row["case"]] and row["metrics"]["de_mean"] < 0.1
+    for summary in report["summary"].values():
+        assert set(summary["misses"]) <= cases and summary["worst_de_mean"] >= 0
+    assert f"| {texups} |" in done.stdout and "Variants that meet every target on every case:" in done.stdout
