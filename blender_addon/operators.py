@@ -11,7 +11,7 @@ from typing import Any
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from .bridge import options as schema
+from .bridge.scene_options import scene_values
 from .bridge.worker_protocol import TILE_MIN
 from .defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR
 from .properties import redraw_panels, refresh_list, texture_list
@@ -64,13 +64,14 @@ def run_settings(context: bpy.types.Context):
         device=prefs.device if prefs is not None else "auto",
         engine=prefs.engine if prefs is not None else "auto",
         out_dir=(prefs.output_dir if prefs is not None else "") or DEFAULT_OUT_DIR,
-        **scene_choices(settings),
+        **scene_options(settings),
     )
 
 
-def scene_choices(settings: Any) -> dict[str, str]:
-    """The scene's choice options that texup's schema knows (seamless, colour fix, ...): the panel's own."""
-    return {o.name: getattr(settings, o.name) for o in schema.options_in(settings.bl_rna.properties.keys())}
+def scene_options(settings: Any) -> dict[str, Any]:
+    """The scene's run options that texup's schema knows (seamless, colour fix, ...; bridge/scene_options.py), as
+    :class:`~.upscale_run.RunSettings` takes them."""
+    return scene_values(lambda name: getattr(settings, name), settings.bl_rna.properties.keys())
 
 
 def panel_model(context: bpy.types.Context) -> str | None:

@@ -27,6 +27,7 @@ from bpy.props import (
     StringProperty,
 )
 
+from .bridge.scene_options import generated_properties
 from .defaults import DEFAULT_MODEL
 
 ROLE_ITEMS = [
@@ -166,6 +167,12 @@ class TexupSettings(bpy.types.PropertyGroup):
         default="",
         subtype="FILE_PATH",
     )
+
+
+# The schema's run options the scene holds without a hand-made property above (a new option of texup.options):
+# each the property its Option describes (bridge/scene_options.py), added before the class is registered.
+for _name, (_kind, _kwargs) in generated_properties(TexupSettings.__annotations__).items():
+    TexupSettings.__annotations__[_name] = getattr(bpy.props, _kind)(**_kwargs)
 
 
 class TexupRuntime(bpy.types.PropertyGroup):

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import bpy
@@ -32,6 +32,7 @@ from .bridge.jobs import JobPlan, JobTracker, TextureInfo, build_job, report_row
 from .bridge.manifest import OutputsView, dds_format_setting, pixel_options
 from .bridge.naming import UDIM_TOKENS, safe_stem
 from .bridge.partners import dialled
+from .bridge.scene_options import run_options, sent_as_they_are
 from .bridge.worker_protocol import Job, JobOptions
 from .defaults import ADDON_VERSION, DEFAULT_MODEL, DEFAULT_OUT_DIR
 
@@ -60,9 +61,15 @@ def _packed_extension(image: bpy.types.Image) -> str:
     return _FORMAT_EXTENSIONS.get(image.file_format, "png")
 
 
+#: The run options of texup's schema a run carries (bridge/scene_options.py: every job option but an exact size and
+#: the overlap), each a field with its default: a new option of the schema is one of RunSettings' without an edit.
+_RunFields: Any = schema.option_record("_RunFields", run_options(), "The schema's run options, with their defaults.")
+
+
 @dataclass(frozen=True)
-class RunSettings:
-    """What the user chose for a run (panel, preferences or command line).
+class RunSettings(_RunFields):
+    """What the user chose for a run (panel, preferences or command line): the schema's run options (seamless,
+    color_fix, engine, device, precision, layout, ...: their names and defaults) and the add-on's own settings.
 
     ``model``: a model name or weights path (``None``: the worker's default); ``scale``: 2 or 4;
     ``tile``: input tile size in pixels (0: automatic); ``seamless``: "auto" / "on" / "off"; ``color_fix``: keep
@@ -75,12 +82,6 @@ class RunSettings:
     model: str | None = None
     scale: int = 4
     tile: int = 0
-    seamless: str = "auto"
-    device: str = "auto"
-    precision: str = "auto"
-    engine: str = "auto"
-    layout: str = "auto"
-    color_fix: str = "auto"
     detail: float = 1.0
     out_dir: str = DEFAULT_OUT_DIR
     relative: bool = True
@@ -147,7 +148,7 @@ class UpscaleRun:
             model=self._model() if self.settings.detail < 1 else self.settings.model or None,
             scale=float(self.settings.scale),
             tile=self.settings.tile or None,
-            **self._choices(JobOptions),
+            **self._as_they_are(),
         )
         earlier = OutputsView(out_dir)
         plan = build_job(
@@ -190,11 +191,10 @@ class UpscaleRun:
         """The model reference the worker gets: the model dialled to the Detail setting (a blend with its partner)."""
         return dialled(self.settings.model or DEFAULT_MODEL, self.settings.detail)
 
-    def _choices(self, record: type) -> dict[str, str]:
-        """The run's named options (texup's schema: seamless, color_fix, engine, device, ...) that ``record`` has
-        fields for, from the settings as they are (model, scale and tile need converting: not these)."""
-        names = {f.name for f in fields(record)} & {f.name for f in fields(self.settings)}
-        return {o.name: getattr(self.settings, o.name) for o in schema.options_in(names, ("choice", "device"))}
+    def _as_they_are(self) -> dict[str, Any]:
+        """The run's options that the job takes as the settings hold them (texup's schema: seamless, color_fix,
+        engine, device, ...; model, scale and tile are converted: bridge/scene_options.py)."""
+        return {o.name: getattr(self.settings, o.name) for o in sent_as_they_are()}
 
     def _is_current(self, out: Any, job: Job, earlier: OutputsView) -> bool:
         model = self._model()
@@ -203,7 +203,7 @@ class UpscaleRun:
             scale=float(self.settings.scale),
             role=out.role,
             dds_format=dds_format_setting(),
-            **{k: v for k, v in self._choices(JobOptions).items() if schema.OPTIONS[k].pixels},
+            **{k: v for k, v in self._as_they_are().items() if schema.OPTIONS[k].pixels},
         )
         return bool(items) and all(
             earlier.why_not_current(item.dst, source=item.src, model=model, options=options, texup=ADDON_VERSION)

@@ -27,7 +27,6 @@ missing; 2 -- a usage error, or the worker cannot start.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -53,6 +52,7 @@ from blender_addon.bridge.jobs import (  # noqa: E402
     unknown_names,
     write_report,
 )
+from blender_addon.bridge.scene_options import run_options  # noqa: E402
 from blender_addon.bridge.worker_protocol import ProtocolError  # noqa: E402
 from blender_addon.defaults import DEFAULT_MODEL, DEFAULT_OUT_DIR  # noqa: E402
 from blender_addon.upscale_run import RunError, RunSettings, UpscaleRun, run_blocking  # noqa: E402
@@ -69,9 +69,11 @@ def _detail(text: str) -> float:
     return value
 
 
-def run_choices() -> list[schema.Option]:
-    """The schema's choice options a run takes from this script's flags (those :class:`RunSettings` has)."""
-    return schema.options_in(f.name for f in dataclasses.fields(RunSettings))
+def run_flags() -> list[schema.Option]:
+    """The schema's run options (:class:`RunSettings`' fields) whose flags come from the schema, any kind: all but
+    those this script writes by hand (--model, --scale, --tile, --device)."""
+    own = {"model", "scale", "tile", "device"}
+    return [option for option in run_options() if option.name not in own]
 
 
 def _csv(text: str) -> list[str]:
@@ -104,8 +106,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "a partner only; others run as they are)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps, vulkan or vulkan:N")
-    for option in run_choices():  # texup's schema: --seamless, --color-fix, --engine, --precision, --layout
-        parser.add_argument(option.flag, **option.cli_kwargs())
+    for option in run_flags():  # texup's schema: --seamless, --color-fix, --engine, --precision, --layout, ...
+        parser.add_argument(option.flag, **option.cli_kwargs(argparse.ArgumentTypeError))
     parser.add_argument(
         "--out-dir",
         default=DEFAULT_OUT_DIR,
@@ -227,7 +229,7 @@ def main(argv: list[str]) -> int:
         detail=args.detail,
         device=args.device,
         out_dir=out_dir,
-        **{option.name: getattr(args, option.name) for option in run_choices()},
+        **{option.name: getattr(args, option.name) for option in run_flags()},
     )
     run = UpscaleRun(chosen, settings)
     started = time.monotonic()

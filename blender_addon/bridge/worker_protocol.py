@@ -29,9 +29,15 @@ class ProtocolError(ValueError):
 # --- what the add-on sends ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class JobOptions:
-    """Options shared by every item of a job.
+#: The fields of :class:`JobOptions`: one per job option of texup's schema (``PROTOCOL_OPTIONS``), with its default;
+#: a new option of options.py is one the add-on can send without an edit here.
+_JobFields: Any = schema.option_record(
+    "_JobFields", (o for o in schema.RUN_OPTIONS if o.protocol), "The schema's job options, with their defaults."
+)
+
+
+class JobOptions(_JobFields):
+    """Options shared by every item of a job: a frozen dataclass with one field per job option of texup's schema.
 
     ``model``: a known model name or a weights file path (``None``: the worker's default model).
     ``scale``: output scale, e.g. 2 or 4 (``None``: the model's own). ``tile``: input tile size in
@@ -39,24 +45,15 @@ class JobOptions:
     ``device``: "auto", "cpu", "cuda", "cuda:N", "mps", "vulkan", "vulkan:N". ``precision``: "auto", "fp32",
     "bf16", "fp16". ``engine``: "auto" (the fastest measured here), "torch", "ncnn". ``layout``: the torch engine's
     memory layout, "auto" (measured per CPU kind), "nchw", "channels_last". ``color_fix``: keep the source's
-    low-frequency colour, "auto" (per role, as texup measured), "on", "off".
+    low-frequency colour, "auto" (per role, as texup measured), "on", "off". The add-on leaves ``target_size``
+    and ``overlap`` at their defaults (not sent).
     """
-
-    model: str | None = None
-    scale: float | None = None
-    tile: int | None = None
-    seamless: str = "auto"
-    device: str = "auto"
-    precision: str = "auto"
-    engine: str = "auto"
-    layout: str = "auto"
-    color_fix: str = "auto"
 
     def validate(self) -> None:
         """Raise :class:`ProtocolError` naming the first bad option (texup's own checks: the schema)."""
-        for name in (f.name for f in fields(self) if f.name in schema.OPTIONS):
+        for f in fields(self):
             try:
-                schema.check(name, getattr(self, name))
+                schema.check(f.name, getattr(self, f.name))
             except ValueError as err:
                 raise ProtocolError(str(err)) from None
 
@@ -66,9 +63,9 @@ class JobOptions:
         at its default."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("seamless", "device", "precision") or value != schema.OPTIONS[f.name].default:
-                out[f.name] = float(value) if f.name == "scale" else value
+            option, value = schema.OPTIONS[f.name], getattr(self, f.name)
+            if f.name in ("seamless", "device", "precision") or value != option.default:
+                out[f.name] = float(value) if option.kind == "float" and value is not None else value
         return out
 
 

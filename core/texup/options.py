@@ -5,23 +5,28 @@ Standard library only (no texup, numpy or torch imports): the Blender add-on car
 tests/core/test_options.py), so the add-on, the CLI, the worker protocol and the output folder's manifest read
 one definition. What is derived from :data:`RUN_OPTIONS`:
 
-- the ``texup upscale`` flags of the plain options (:meth:`Option.cli_kwargs`; texup.cli.upscale);
-- the worker protocol's job options: the keys it knows and how each is checked (:func:`check`; texup.worker.protocol
-  and the add-on's bridge/worker_protocol.py);
+- the ``texup upscale`` flags (:meth:`Option.cli_kwargs`, every kind; texup.cli.upscale writes by hand only
+  ``--model``, ``--scale`` and ``--size``) and ``UpscaleOptions``' checks (texup.inference.pipeline);
+- the worker protocol's job options: the keys it knows, how each is checked (:func:`check`) and the records that
+  carry them (:func:`option_record`: texup.worker.protocol's and the add-on's ``JobOptions``, the add-on's
+  ``RunSettings``);
+- the add-on's scene properties of the options its panel has no hand-made property for
+  (:meth:`Option.property_kwargs`; blender_addon/bridge/scene_options.py);
 - the manifest's pixel options, the options an output records because they change its pixels
   (:data:`PIXEL_OPTIONS`, :func:`pixel_options`, :func:`same_pixel_options`; texup.library and the add-on's
   bridge/manifest.py).
 
 Adding a pixel-changing option: its :class:`Option` here (``pixels=True``, ``before`` = what outputs made before
-it existed were made with), its field in ``texup.inference.pipeline.UpscaleOptions`` and its use in the pipeline,
-and in the add-on a scene property and its row in the panel (ARCHITECTURE.md, "Add an option").
+it existed were made with; then copy this file to blender_addon/bridge/options.py), its field in
+``texup.inference.pipeline.UpscaleOptions`` and its use in the pipeline, and its row in the add-on's panel
+(ARCHITECTURE.md, "Add a run option"; tests/core/test_option_reach.py shows a made-up one reach everything else).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 #: The engines (texup.engines registers one spec per name, checked at import).
@@ -63,8 +68,9 @@ SAME_AS_DEFAULT: Any = object()
 class Option:
     """One run option.
 
-    ``name``: the key everywhere (``UpscaleOptions`` field, protocol key; the manifest's key is ``record``).
-    ``kind``: "choice" (one of ``choices``), "int", "float" (``low``..``high``), "size" ([width, height] of
+    ``name``: the key everywhere (``UpscaleOptions`` field, protocol key, CLI flag ``--name``, the add-on's scene
+    property; the manifest's key is ``record``).
+    ``kind``: "choice" (one of ``choices``), "int", "float" (``low``..``high``), "bool", "size" ([width, height] of
     positive integers), "device" (auto, cpu, mps, cuda[:N], vulkan[:N]), "text" (a non-empty string).
     ``default``: the value when not given (``None``: automatic / none). ``pixels``: it changes an output's pixels,
     so outputs record it (:data:`PIXEL_OPTIONS`). ``before``: the value outputs recorded before the option existed
@@ -120,6 +126,10 @@ class Option:
             if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
                 raise ValueError(f"{self.name} must be {self.bounds()}, got {_shown(value)}")
             return int(value) if kind == "int" else float(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise ValueError(f"{self.name} must be true or false, got {_shown(value)}")
         if kind == "size":
             if (
                 isinstance(value, (list, tuple))
@@ -148,15 +158,82 @@ class Option:
             return f"at least {_num(self.low)}"
         return f"between {_num(self.low)} and {_num(self.high)}"
 
-    def cli_kwargs(self) -> dict[str, Any]:
-        """``argparse`` keyword arguments for a "choice" option's flag."""
-        if self.kind != "choice":
-            raise ValueError(f"{self.name}: only choice options have derived flags, not {self.kind}")
-        kwargs: dict[str, Any] = {"choices": self.choices, "default": self.default, "help": self.help}
-        kwargs["type"] = str.lower  # --engine NCNN is --engine ncnn
-        if len(self.choices) > 6:  # a long list reads better in the help sentence than in the usage line
-            kwargs["metavar"] = "NAME"
+    def parse(self, text: str) -> Any:
+        """A command line's ``text`` as the option's value, checked (``ValueError`` naming the option)."""
+        kind, text = self.kind, text.strip()
+        if kind in ("choice", "device"):
+            return self.check(text.lower())
+        if kind in ("int", "float"):
+            try:
+                number: float = int(text) if kind == "int" else float(text)
+            except ValueError:
+                raise ValueError(
+                    f"{self.name} must be {'an integer' if kind == 'int' else 'a number'}, got {_shown(text)}"
+                ) from None
+            return self.check(number)
+        if kind == "bool":
+            words = dict.fromkeys(("on", "true", "yes", "1"), True) | dict.fromkeys(("off", "false", "no", "0"), False)
+            if text.lower() not in words:
+                raise ValueError(f"{self.name} must be on or off, got {_shown(text)}")
+            return words[text.lower()]
+        if kind == "size":
+            width, sep, height = text.lower().partition("x")
+            if not (sep and width.strip().isdigit() and height.strip().isdigit()):
+                raise ValueError(f"{self.name} must look like WIDTHxHEIGHT, got {_shown(text)}")
+            return self.check([int(width), int(height)])
+        return self.check(text)
+
+    def cli_kwargs(self, error: type[Exception] = ValueError) -> dict[str, Any]:
+        """``argparse`` keyword arguments for the option's flag (:attr:`flag`), any kind: the text parsed and checked
+        by :meth:`parse`, a bad value raising ``error`` with the option's one line (pass
+        ``argparse.ArgumentTypeError``, so argparse prints that line), the default and the help."""
+
+        def parsed(text: str) -> Any:
+            try:
+                return self.parse(text)
+            except ValueError as err:
+                raise error(str(err)) from None
+
+        parsed.__name__ = self.name  # argparse names the type in some of its messages
+        kwargs: dict[str, Any] = {"default": self.default, "help": self.help, "type": parsed}
+        if self.kind == "choice":
+            kwargs["choices"] = self.choices
+            kwargs["type"] = str.lower  # --engine NCNN is --engine ncnn
+            if len(self.choices) > 6:  # a long list reads better in the help sentence than in the usage line
+                kwargs["metavar"] = "NAME"
+        elif self.kind == "device":
+            kwargs["metavar"] = "{auto,cpu,cuda[:N],mps,vulkan[:N]}"
+        elif self.kind == "size":
+            kwargs["metavar"] = "WxH"
+        elif self.kind in ("int", "float", "bool") and self.default is not None:
+            kwargs["help"] = f"{self.help} (default: %(default)s)"
         return kwargs
+
+    def property_kwargs(self) -> tuple[str, dict[str, Any]]:
+        """The Blender property that holds the option on a scene (the add-on's panel settings it has no hand-made
+        property for): the ``bpy.props`` function's name and its keyword arguments (name, description = the help,
+        default, bounds, the choices as enum items). ``ValueError`` for an option no property holds as it is (an
+        exact size, a device, a number or choice without a default)."""
+        label = self.name.replace("_", " ").title()
+        base: dict[str, Any] = {"name": label, "description": self.help}
+        if self.kind == "text":
+            return "StringProperty", {**base, "default": self.default or ""}
+        if self.kind == "bool":
+            return "BoolProperty", {**base, "default": bool(self.default)}
+        if self.kind in ("choice", "int", "float") and self.default is not None:
+            if self.kind == "choice":
+                items = [(c, c.replace("_", " ").title(), f"{label}: {c}") for c in self.choices]
+                return "EnumProperty", {**base, "items": items, "default": self.default}
+            bounds = {k: v for k, v in (("min", self.low), ("max", self.high)) if v is not None}
+            kind = int if self.kind == "int" else float
+            bounds = {k: kind(v) for k, v in bounds.items()}
+            prop = "IntProperty" if self.kind == "int" else "FloatProperty"
+            return prop, {**base, "default": kind(self.default), **bounds}
+        raise ValueError(f"{self.name}: a Blender property cannot hold a {self.kind} option without a default")
+
+    def from_property(self, value: Any) -> Any:
+        """A scene property's value (:meth:`property_kwargs`) as the option's: an empty text is none."""
+        return None if self.kind == "text" and value == "" else self.check(value)
 
 
 def _num(value: float | None) -> str:
@@ -288,11 +365,24 @@ class EngineChoice:
 ENGINE_FIELDS: tuple[str, ...] = ("engine", "device", "precision", "layout")
 
 
+#: Every kind of option (:attr:`Option.kind`).
+KINDS: tuple[str, ...] = ("choice", "int", "float", "bool", "size", "device", "text")
+
+
 def options_in(names: Iterable[str], kinds: tuple[str, ...] = ("choice",)) -> list[Option]:
     """The options of ``kinds`` among ``names`` (a record's fields, a parser's flags, a property group's
     properties), in schema order: what a record takes from another by name."""
     wanted = set(names)
     return [option for option in RUN_OPTIONS if option.kind in kinds and option.name in wanted]
+
+
+def option_record(name: str, options: Iterable[Option], doc: str) -> type:
+    """A frozen dataclass named ``name`` with one field per option (its default): the base of a record that carries
+    a run's options by name (the worker protocol's ``JobOptions``, the add-on's ``RunSettings``), so a new option
+    of the schema is a field of each without another edit. A subclass may redefine a field (another type or
+    default) and add its own methods."""
+    fields = [(option.name, Any, field(default=option.default)) for option in options]
+    return make_dataclass(name, fields, frozen=True, namespace={"__doc__": doc})
 
 
 def check(name: str, value: Any) -> Any:

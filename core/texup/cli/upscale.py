@@ -50,12 +50,7 @@ from texup.library import (
     take_shard,
     write_output,
 )
-from texup.options import (
-    OVERLAP_DEFAULT,
-    SCALE_MAX,
-    TILE_MIN,
-    EngineChoice,
-)
+from texup.options import SCALE_MAX, EngineChoice
 from texup.outputs import ManifestError, OutputRecord
 from texup.weights.cache import remove_stale_temp_files
 from texup.weights.ref import ModelRef
@@ -64,6 +59,11 @@ if TYPE_CHECKING:
     from texup.inference.pipeline import Upscaler
 
 __all__ = ["add_parser", "parse_size", "run"]
+
+
+#: The run options whose flags are written here by hand (a longer help, --scale or --size, WxH with the formats'
+#: limits); every other option's flag is the schema's (:meth:`texup.options.Option.cli_kwargs`).
+_OWN_FLAGS = ("model", "scale", "target_size")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -138,20 +138,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="descend into sub-folders of folder inputs (the output keeps the sub-folder layout)",
     )
-    p.add_argument("--tile", type=int, default=None, help="input tile size in pixels (default: automatic)")
-    p.add_argument(
-        "--overlap", type=int, default=OVERLAP_DEFAULT, help="context pixels around each tile (default: %(default)s)"
-    )
-    p.add_argument(
-        "--device",
-        type=_device_arg,
-        default="auto",
-        metavar="{auto,cpu,cuda[:N],mps,vulkan[:N]}",
-        help="where it runs (vulkan implies --engine ncnn; cuda and mps imply torch)",
-    )
-    # the schema's choice options: --seamless, --role, --color-fix, --dds-format, --engine, --precision, --layout
-    for option in schema.options_in(schema.OPTIONS):
-        p.add_argument(option.flag, **option.cli_kwargs())
+    # every other run option's flag from the schema, any kind: --tile, --overlap, --seamless, --role, --color-fix,
+    # --dds-format, --engine, --device, --precision, --layout (a new option of texup.options gets its flag here)
+    for option in schema.RUN_OPTIONS:
+        if option.name not in _OWN_FLAGS:
+            p.add_argument(option.flag, **option.cli_kwargs(argparse.ArgumentTypeError))
     p.add_argument(
         "--max-pixels",
         type=_pixels_arg,
@@ -161,13 +152,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--debug", action="store_true", help="print a traceback for unexpected errors")
     p.set_defaults(func=run)
-
-
-def _device_arg(text: str) -> str:
-    problem = schema.device_problem(text)
-    if problem is not None:
-        raise argparse.ArgumentTypeError(problem)
-    return text.strip().lower()
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -287,10 +271,6 @@ def _validate(args: argparse.Namespace) -> tuple[int, int] | None:
     target = parse_size(args.size) if args.size else None
     if args.format is not None:
         format_for_path(Path("x." + args.format.lower().lstrip(".")))
-    if args.tile is not None and args.tile < TILE_MIN:
-        raise ValueError(f"--tile must be at least {TILE_MIN} pixels")
-    if args.overlap < 0:
-        raise ValueError("--overlap must not be negative")
     if args.tile is not None and args.overlap > args.tile:
         raise ValueError(f"--overlap ({args.overlap}) must not be larger than --tile ({args.tile})")
     if _has_separator(args.suffix):

@@ -100,9 +100,16 @@ class UpscaleOptions:
             raise ValueError(f"overlap must not be negative, got {self.overlap}")
         if self.tile is not None and self.overlap > self.tile:
             raise ValueError(f"overlap ({self.overlap}) must not be larger than tile ({self.tile})")
-        # the choices, checked as the schema checks them (one line naming the option)
-        for option in schema.options_in(("seamless", "role", "color_fix", "dds_format")):
+        # every other field of the schema checked as the schema checks it (one line naming the option): the
+        # choices, and any option added to texup.options with its field here
+        names = {f.name for f in fields(self)} - _CHECKED_HERE
+        for option in schema.options_in(names, schema.KINDS):
             option.require(getattr(self, option.name))
+
+
+#: The fields :class:`UpscaleOptions` checks itself: the library takes more than a user may ask for (any positive
+#: tile and scale, for tests of the tiling and resampling).
+_CHECKED_HERE = frozenset({"scale", "target_size", "tile", "overlap"})
 
 
 def options_from(values: Mapping[str, Any], **overrides: Any) -> UpscaleOptions:

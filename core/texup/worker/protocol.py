@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from texup import options as schema
-from texup.options import OVERLAP_DEFAULT, ROLES, STAGES
+from texup.options import ROLES, STAGES
 
 PROTOCOL_VERSION = 1
 REQUEST_TYPES: tuple[str, ...] = ("upscale", "train", "cancel", "ping", "models", "info", "shutdown")
@@ -119,27 +119,22 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-@dataclass(frozen=True)
-class JobOptions:
-    """Options of one upscale job, shared by all its items (see :class:`texup.inference.pipeline.UpscaleOptions`).
+#: The fields of :class:`JobOptions`: one per job option of the schema (:data:`texup.options.PROTOCOL_OPTIONS`), with
+#: its default; a new option of texup.options is a job option without an edit here.
+_JobFields: Any = schema.option_record(
+    "_JobFields", (o for o in schema.RUN_OPTIONS if o.protocol), "The schema's job options, with their defaults."
+)
+
+
+class JobOptions(_JobFields):
+    """Options of one upscale job, shared by all its items (see :class:`texup.inference.pipeline.UpscaleOptions`):
+    a frozen dataclass with one field per job option of :data:`texup.options.RUN_OPTIONS`.
 
     ``model`` is a known model name or a weights file path (``None``: texup's default model);
     ``scale`` the output scale (``None``: the model's); ``target_size`` an exact (width, height);
     ``tile`` the input tile size in pixels (``None``: automatic); ``seamless`` "auto"/"on"/"off";
     ``color_fix`` "auto"/"on"/"off" (:mod:`texup.inference.colorfix`).
     """
-
-    model: str | None = None
-    scale: float | None = None
-    target_size: tuple[int, int] | None = None
-    tile: int | None = None
-    overlap: int = OVERLAP_DEFAULT
-    seamless: str = "auto"
-    device: str = "auto"
-    precision: str = "auto"
-    engine: str = "auto"
-    layout: str = "auto"
-    color_fix: str = "auto"
 
 
 @dataclass(frozen=True)
