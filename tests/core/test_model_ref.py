@@ -68,3 +68,20 @@ def test_an_ncnn_pair_is_both_files_and_a_blend_its_parents(tmp_path):
     missing = ModelRef.of(f"blend:{weights},{tmp_path / 'gone.safetensors'}@0.5")
     assert missing.sources() == (f"{missing.text} (a parent is missing)", [])
     assert ModelRef.of("blend:nonsense").identity() == "unknown:blend:nonsense"
+
+
+def test_the_speed_key_is_what_engines_json_has_always_recorded(tmp_path):
+    """engines.json's measurements stay found: the keys engines.select made before ModelRef, kind by kind."""
+    weights = _file(tmp_path / "m.safetensors", b"w")
+    st = weights.stat()
+    file_key = f"file:{weights.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    assert ModelRef.of(weights).speed_key() == file_key
+    assert ModelRef.of("realesrgan-x4plus").speed_key() == "name:realesrgan-x4plus"
+    blend = f"blend:{weights},realesrgan-x4plus@0.3"
+    assert ModelRef.of(blend).speed_key() == f"blend:{file_key}|name:realesrgan-x4plus"
+    assert ModelRef.of(blend.replace("@0.3", "@0.8")).speed_key() == ModelRef.of(blend).speed_key()  # any alpha
+    assert ModelRef.of("blend:only-one").speed_key() == "name:blend:only-one"
+    loaded = SimpleNamespace(module=object(), arch="RRDBNet", hparams={"nb": 2, "nf": 8}, name="x")
+    assert ModelRef.of(loaded).speed_key() == 'loaded:RRDBNet:{"nb": 2, "nf": 8}'
+    weights.unlink()  # gone since it was resolved: the name it was given
+    assert ModelRef.of(ModelRef("file", str(weights), weights)).speed_key() == f"name:{weights}"

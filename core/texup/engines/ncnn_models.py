@@ -24,6 +24,7 @@ import numpy as np
 
 from texup.engines.ncnn_engine import NcnnGraph, graph_from_files
 from texup.errors import ModelLoadError
+from texup.weights.ref import ModelRef
 
 #: Bumped when the exporter writes different graphs, so old exports are not reused.
 EXPORT_VERSION = "2"
@@ -133,7 +134,9 @@ def _read_export(param: Path, weights: Path, info_path: Path, digest: str) -> Nc
 
 def graph_for(model: Any) -> tuple[NcnnGraph, str]:
     """``(graph, model name)`` for a model reference: registry name, weights file, or LoadedModel-like object."""
-    if hasattr(model, "module") and hasattr(model, "arch"):  # a LoadedModel (torch is installed then)
+    ref = ModelRef.of(model)
+    if ref.kind == "loaded":  # a LoadedModel (torch is installed then)
+        model = ref.loaded
         sd = {k: v.detach().to("cpu").float().numpy() for k, v in model.module.state_dict().items()}
         graph = exported_graph(
             model.arch,

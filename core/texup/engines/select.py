@@ -31,6 +31,7 @@ from texup.engines.base import Engine, EngineUnavailable
 from texup.engines.spec import Candidate
 from texup.engines.torch_spec import torch_available
 from texup.machine import cpu_model, simd_flags
+from texup.weights.ref import ModelRef
 
 #: Core tile side used to time candidates (input pixels, plus 8 of context each side).
 CALIBRATION_TILE = 48
@@ -69,24 +70,6 @@ def machine_key() -> str:
     for spec in registry.registered():
         parts.update(spec.machine())
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _model_key(model: Any) -> str:
-    if hasattr(model, "module"):
-        return f"loaded:{getattr(model, 'arch', '?')}:{json.dumps(getattr(model, 'hparams', {}), sort_keys=True)}"
-    path = Path(os.fspath(model)).expanduser()
-    if path.is_file():
-        st = path.stat()
-        return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    from texup.weights.blend import BlendError, is_blend, parse_blend
-
-    if is_blend(model):  # every alpha runs as fast as its parents: measured once for the pair, not per alpha
-        try:
-            ref = parse_blend(os.fspath(model))
-        except BlendError:
-            return f"name:{os.fspath(model)}"
-        return f"blend:{_model_key(ref.a)}|{_model_key(ref.b)}"
-    return f"name:{os.fspath(model)}"
 
 
 def calibration_path() -> Path:
@@ -163,7 +146,7 @@ def _write_calibration(data: dict[str, Any]) -> None:
 
 
 def _request_key(model: Any, device: str, precision: str) -> str:
-    return f"{_model_key(model)}|device={device}|precision={precision}"
+    return f"{ModelRef.of(model).speed_key()}|device={device}|precision={precision}"
 
 
 @dataclass(frozen=True)
@@ -361,7 +344,7 @@ def open_engine(
         raise ValueError(f"device {device!r} is run by the {implied} engine, not {engine}")
     if engine == "auto":
         # An in-memory torch module (a LoadedModel: training, tests, Python callers) runs where it is, in torch.
-        in_memory = hasattr(model, "module")
+        in_memory = ModelRef.of(model).kind == "loaded"
         if implied is not None:
             engine = implied
         elif layout.strip().lower() != "auto":

@@ -50,9 +50,11 @@ def _open(model: Any, device: str, precision: str, layout: str) -> Engine:
     if not torch_available():
         raise EngineUnavailable("the torch engine needs PyTorch (pip install 'texup[torch]')")
     from texup.engines.torch_engine import TorchEngine
+    from texup.weights.ref import ModelRef
     from texup.weights.registry import load_pretrained
 
-    loaded = model if hasattr(model, "module") else load_pretrained(model)
+    ref = ModelRef.of(model)
+    loaded = ref.loaded if ref.kind == "loaded" else load_pretrained(ref)
     return TorchEngine(loaded, device=device, precision=precision, layout=layout)
 
 

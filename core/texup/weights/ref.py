@@ -12,6 +12,7 @@ loaded    a :class:`~texup.weights.LoadedModel` already in memory (nothing to re
 ========  =====================================================================================================
 
 What each user asks of it, all here: :meth:`ModelRef.quick_key` (by ``stat`` alone: the API's upscaler cache),
+:meth:`ModelRef.speed_key` (the engine measurements' key in engines.json),
 :meth:`ModelRef.sources` (the files its pixels come from and the name that goes with them),
 :meth:`ModelRef.identity` (their SHA-256: the output manifest's ``model``), :meth:`ModelRef.manifest_ref` and
 :meth:`ModelRef.files_state` (the manifest's ``model_ref`` and ``model_files``, which the Blender add-on compares by
@@ -21,6 +22,7 @@ What each user asks of it, all here: :meth:`ModelRef.quick_key` (by ``stat`` alo
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,6 +111,29 @@ class ModelRef:
         if self.kind == "loaded":
             return ("loaded", id(self.loaded))
         return ("name", self.text)
+
+    def speed_key(self) -> str:
+        """What the engine measurements (engines.json, :mod:`texup.engines.select`) are recorded under: how fast the
+        model runs, not which pixels it makes. A file (or the ncnn file named): its resolved path, size and mtime; a
+        blend: its parents' keys whatever the alpha (every alpha runs as fast as its parents); a loaded model: its
+        architecture and hyper-parameters (any model of that shape runs as fast); a name (or a blend reference that
+        does not parse): as given. The strings are the ones engines.json has always held."""
+        if self.path is not None:
+            try:
+                st = self.path.stat()
+                return f"file:{self.path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                pass  # gone since it was resolved: the name it was given
+        if self.kind == "loaded":
+            hparams = json.dumps(getattr(self.loaded, "hparams", {}), sort_keys=True)
+            return f"loaded:{getattr(self.loaded, 'arch', '?')}:{hparams}"
+        if self.kind == "blend":
+            try:
+                ref = parse_blend(self.text)
+            except BlendError:
+                return f"name:{self.text}"
+            return f"blend:{ModelRef.of(ref.a).speed_key()}|{ModelRef.of(ref.b).speed_key()}"
+        return f"name:{self.text}"
 
     # ----------------------------------------------------------------------------------------------
     # The output manifest: by content

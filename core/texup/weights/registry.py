@@ -49,7 +49,7 @@ from texup.weights.catalog import (
 from texup.weights.catalog import (
     _ncnn_models_dir as _ncnn_models_dir,  # scripts/build_addon.py's import
 )
-from texup.weights.ref import ModelRef
+from texup.weights.ref import ModelLike, ModelRef
 
 if TYPE_CHECKING:
     from texup.weights import LoadedModel
@@ -326,9 +326,7 @@ def resolve_model(name_or_path: str | os.PathLike[str] | ModelRef, *, progress: 
     raise UnknownModelError(f"unknown model '{ref.text}': not a file and not one of: {', '.join(KNOWN_MODELS)}")
 
 
-def load_pretrained(
-    name_or_path: str | os.PathLike[str] = DEFAULT_MODEL, *, progress: StatusCallback | None = None
-) -> LoadedModel:
+def load_pretrained(name_or_path: ModelLike = DEFAULT_MODEL, *, progress: StatusCallback | None = None) -> LoadedModel:
     """Load a known model by name (cached/converted offline on first use) or any weights file.
 
     Returns ``texup.weights.load_model``'s ``LoadedModel`` (module in eval mode on the CPU, float32);
