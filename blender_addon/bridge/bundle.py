@@ -126,12 +126,28 @@ def read_bundle(addon_dir: str) -> Bundle | None:
         raise BundleError(f"{path}: missing or malformed field {err}; reinstall the texup extension") from err
 
 
-def wheel_site_dirs(
+#: Bundled distributions the worker starts without, and what is lost then. Blender 4.3.0 matches a wheel's Python
+#: tag exactly and skips safetensors' stable-ABI wheel (``cp310-abi3``, the only kind safetensors publishes):
+#: the packaged ncnn models need no safetensors, so the worker runs there, and texup says why a ``.safetensors``
+#: model cannot load (docs/blender-versions.md).
+OPTIONAL_DISTRIBUTIONS = {"safetensors": ".safetensors models (fine-tuned or blended, the Detail slider) cannot load"}
+
+
+@dataclass(frozen=True)
+class Installed:
+    """Where Blender extracted a bundle's wheels for one Python: the folders holding them, and the optional
+    distributions (:data:`OPTIONAL_DISTRIBUTIONS`) it did not install."""
+
+    folders: list[str]
+    lacking: list[str]
+
+
+def installed_wheels(
     bundle: Bundle, search_path: Sequence[str] | None = None, python: tuple[int, int] | None = None
-) -> list[str]:
+) -> Installed:
     """The folders (in ``search_path``, default ``sys.path``) holding the ``.dist-info`` of each wheel bundled
     for ``python`` (default: this interpreter, Blender's own): where Blender extracted them. Raises
-    :class:`BundleError` naming the wheels that are not installed."""
+    :class:`BundleError` naming the wheels that are not installed, unless all of them are optional."""
     wanted = bundle.wheels_for(python or (sys.version_info[0], sys.version_info[1]))
     search_path = list(sys.path if search_path is None else search_path)
     # The folder Blender extracted the wheels into comes before the interpreter's own site-packages (where
@@ -149,21 +165,29 @@ def wheel_site_dirs(
             listings.append((folder, names))
     found: list[str] = []
     missing: list[str] = []
+    lacking: list[str] = []
     for wheel in wanted:
         dist, version = wheel_distribution(wheel)
         key = _normalize(f"{dist}-{version}")
         holder = next((f for f, names in listings if key in names), None)
         if holder is None:
-            missing.append(f"{dist} {version}")
+            (lacking if _normalize(dist) in OPTIONAL_DISTRIBUTIONS else missing).append(f"{dist} {version}")
         elif holder not in found:
             found.append(holder)
     if missing:
         raise BundleError(
-            f"the extension's packages are not installed ({', '.join(missing)}): Blender extracts "
+            f"the extension's packages are not installed ({', '.join(missing + lacking)}): Blender extracts "
             "them when the extension is installed from its zip; reinstall it from "
             "Preferences > Get Extensions > Install from Disk"
         )
-    return found
+    return Installed(found, lacking)
+
+
+def wheel_site_dirs(
+    bundle: Bundle, search_path: Sequence[str] | None = None, python: tuple[int, int] | None = None
+) -> list[str]:
+    """The folders of :func:`installed_wheels` (the worker's ``PYTHONPATH`` after the core)."""
+    return installed_wheels(bundle, search_path, python).folders
 
 
 def bundled_pythonpath(addon_dir: str, search_path: Sequence[str] | None = None) -> list[str]:
@@ -205,12 +229,17 @@ def bundled_launch(
     if bundle is None:
         return None
     env = _bundle_env(addon_dir, bundle, search_path, os.environ if environ is None else environ)
+    lacking = installed_wheels(bundle, search_path).lacking
+    without = "".join(
+        f"; this Blender did not install {name}: {OPTIONAL_DISTRIBUTIONS[_normalize(name.split()[0])]}"
+        for name in lacking
+    )
     return WorkerLaunch(
         python=python or sys.executable,
         env=env,
         source="bundled",
         description=f"Blender's Python with the bundled texup {bundle.texup_version} (ncnn: CPU, "
-        "Vulkan GPUs; no PyTorch)",
+        f"Vulkan GPUs; no PyTorch{without})",
     )
 
 

@@ -163,6 +163,27 @@ def test_bundled_launch_runs_blenders_python_with_the_bundle(tmp_path):
     assert "no PyTorch" in launch.description and "0.1.0" in launch.description
 
 
+
+SAFETENSORS = "safetensors-0.8.0-cp310-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+
+
+def test_a_blender_that_skips_safetensors_still_starts_the_worker_and_says_what_is_lost(tmp_path):
+    """Blender 4.3.0 skips safetensors' cp310-abi3 wheel (docs/blender-versions.md): the packaged ncnn models need
+    none of it, so the worker starts, and the launch says which models cannot load there."""
+    addon = make_addon(tmp_path, wheels=[WHEELS[0], SAFETENSORS])
+    site = make_site(tmp_path / "site", "ncnn-1.0.20261020")
+    found = bundle.installed_wheels(bundle.read_bundle(str(addon)), [str(site)])
+    assert found.folders == [str(site)] and found.lacking == ["safetensors 0.8.0"]
+    launch = bundle.bundled_launch(str(addon), "/blender/python3.11", search_path=[str(site)], environ={})
+    assert launch.env["PYTHONPATH"].split(os.pathsep) == [str(addon / "core"), str(site)]
+    assert "did not install safetensors 0.8.0: .safetensors models" in launch.description
+    # with it installed nothing is said; without a required one (ncnn) the worker does not start, naming both
+    make_site(tmp_path / "site", "safetensors-0.8.0")
+    assert "did not install" not in bundle.bundled_launch(str(addon), "/b/python", search_path=[str(site)]).description
+    alone = make_site(tmp_path / "alone")
+    with pytest.raises(bundle.BundleError, match=r"not installed \(ncnn 1.0.20261020, safetensors 0.8.0\)"):
+        bundle.bundled_launch(str(addon), "/b/python", search_path=[str(alone)])
+
 def test_torch_env_is_used_only_when_its_marker_exists(tmp_path):
     addon = make_addon(tmp_path, wheels=[])
     user = tmp_path / "user"

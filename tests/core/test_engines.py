@@ -352,6 +352,42 @@ def test_texup_upscales_without_torch_through_ncnn(tmp_path):
     assert engines.returncode == 0 and "torch: not installed" in engines.stdout and "ncnn/cpu/auto" in engines.stdout
 
 
+def test_without_safetensors_the_packaged_models_run_and_a_safetensors_model_is_refused_in_one_line(tmp_path):
+    """Blender 4.3.0's bundled worker: no torch, and Blender did not install safetensors' stable-ABI wheel.
+    (Without torch a .safetensors model once stopped with a traceback: weights.state_dict imports torch.)"""
+    from texup.archs import build
+    from texup.weights import save_model
+
+    model = save_model(build("RRDBNet", {"num_feat": 8, "num_block": 1, "num_grow_ch": 4}), tmp_path / "m.safetensors")
+    src = tmp_path / "wall.png"
+    Image.fromarray(real_image("brick.png", (0, 0, 12, 10))[:, :, 0]).save(src)
+    env = {**os.environ, "TEXUP_HOME": str(tmp_path / "home")}
+    hide = _NO_TORCH.replace(
+        "sys.modules['torch'] = None\n", "sys.modules['torch'] = sys.modules['safetensors'] = None\n"
+    )
+    args = [sys.executable, "-c", hide, "upscale", str(src), "--model"]
+    ran = subprocess.run(
+        [*args, "realesr-animevideov3", "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert Image.open(tmp_path / "out" / "wall_x4.png").size == (40, 48)
+    # with safetensors (every other Blender) a .safetensors model runs through ncnn without torch
+    mine = [sys.executable, "-c", _NO_TORCH, "upscale", str(src), "--model", str(model), "-o", str(tmp_path / "o1")]
+    ran = subprocess.run(mine, capture_output=True, text=True, env=env, timeout=300)
+    assert ran.returncode == 0 and Image.open(tmp_path / "o1" / "wall_x4.png").size == (40, 48), ran.stderr
+    for ref in (str(model), f"blend:{model},{model}@0.5"):
+        refused = subprocess.run(
+            [*args, ref, "-o", str(tmp_path / "o2")], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert f"{model}: reading or writing .safetensors needs the 'safetensors' package" in refused.stderr
+        assert "Blender 4.4 or later" in refused.stderr and not (tmp_path / "o2" / "wall_x4.png").exists()
+
+
 @pytest.mark.parametrize(
     "arch,hparams",
     [("RRDBNet", {"scale": s, "num_feat": 8, "num_block": 1, "num_grow_ch": 4}) for s in (1, 2, 4, 8)]

@@ -151,8 +151,7 @@ def graph_for(model: Any) -> tuple[NcnnGraph, str]:
 
     path = Path(os.fspath(model)).expanduser()
     if path.is_file():
-        from texup.weights.ncnn import ncnn_paths
-        from texup.weights.state_dict import is_ncnn
+        from texup.weights.ncnn import is_ncnn, ncnn_paths
 
         if is_ncnn(path):
             param, weights = ncnn_paths(path)

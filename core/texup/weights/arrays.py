@@ -7,9 +7,11 @@ it when torch is installed. The same key maps and detection as the torch loader 
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -60,8 +62,30 @@ class ArrayModel:
     path: Path | None = None
 
 
+#: Why a Python may lack safetensors although texup needs it: Blender 4.3.0 does not install the extension's
+#: stable-ABI safetensors wheel (cp310-abi3, the only kind safetensors publishes); its worker still starts
+#: (blender_addon/bridge/bundle.py), and the packaged ncnn models need no safetensors.
+NO_SAFETENSORS = (
+    "reading or writing .safetensors needs the 'safetensors' package, which this Python lacks (Blender 4.3.0 "
+    "does not install the extension's safetensors wheel: use Blender 4.4 or later, or set Worker Python to a "
+    "Python with texup installed); the packaged models need no safetensors"
+)
+
+
+def safetensors_module(path: str | Path, name: str = "safetensors") -> ModuleType:
+    """``safetensors`` (or its submodule ``name``, e.g. ``"safetensors.numpy"``) imported, or a
+    :class:`ModelLoadError` naming ``path`` and why it cannot be read where the package is missing."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.split(".")[0] != "safetensors":
+            raise
+        raise ModelLoadError(Path(path), NO_SAFETENSORS) from exc
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
+    safetensors = safetensors_module(path)
+    SafetensorError, safe_open = safetensors.SafetensorError, safetensors.safe_open
 
     try:
         with safe_open(str(path), framework="np") as handle:
@@ -114,7 +138,7 @@ def save_array_model(model: ArrayModel, path: str | Path, *, provenance: dict[st
     """Write ``model`` as texup ``.safetensors`` without torch: the same metadata as
     :func:`texup.weights.save_model` (format, arch, hparams, scale, provenance), float32 tensors, the header's
     keys sorted so equal models give equal files, written atomically (temporary file + rename)."""
-    from safetensors.numpy import save
+    save = safetensors_module(path, "safetensors.numpy").save
 
     from texup._atomic import atomic_path
     from texup.weights.model_format import FORMAT_VERSION, sorted_header

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from texup.errors import ModelLoadError, UnknownModelError
-from texup.weights.arrays import ArrayModel
+from texup.weights.arrays import ArrayModel, safetensors_module
 from texup.weights.blend_ref import (
     BLEND_PREFIX,
     BlendError,
@@ -124,7 +124,7 @@ def read_parent(ref: str | os.PathLike[str], files: list[Path] | None = None) ->
     text = os.fspath(ref)
     files = parent_files(text) if files is None else files
     first = files[0]
-    from texup.weights.state_dict import is_ncnn
+    from texup.weights.ncnn import is_ncnn
 
     if is_ncnn(first):
         model = _read_ncnn_arrays(first, files, text)
@@ -318,13 +318,12 @@ def partner_of(model: str | os.PathLike[str]) -> Partner:
 
 
 def _provenance(path: Path) -> dict[str, Any]:
-    from safetensors import SafetensorError, safe_open
-
+    safetensors = safetensors_module(path)
     try:
-        with safe_open(str(path), framework="np") as handle:
+        with safetensors.safe_open(str(path), framework="np") as handle:
             text = (handle.metadata() or {}).get("texup.provenance", "{}")
         value = json.loads(text)
-    except (SafetensorError, OSError, ValueError):
+    except (safetensors.SafetensorError, OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -25,11 +25,12 @@ from texup._atomic import atomic_path
 from texup.archs import build
 from texup.archs.spec import ArchModule, arch_names, get_spec, spec_for_module
 from texup.errors import ModelLoadError
-from texup.weights.arrays import arch_from_metadata
+from texup.weights.arrays import arch_from_metadata, safetensors_module
 from texup.weights.detect import detect_architecture
 from texup.weights.keymaps import canonicalize, naming_style
 from texup.weights.model_format import FORMAT_VERSION, sorted_header
-from texup.weights.state_dict import is_ncnn, read_state_dict
+from texup.weights.ncnn import is_ncnn
+from texup.weights.state_dict import read_state_dict
 
 
 @dataclass
@@ -61,12 +62,11 @@ class LoadedModel:
 
 
 def _safetensors_metadata(path: Path) -> dict[str, str]:
-    from safetensors import SafetensorError, safe_open
-
+    safetensors = safetensors_module(path)
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as handle:
             return dict(handle.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (safetensors.SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(path, f"not a valid safetensors file ({type(exc).__name__}: {exc})") from exc
 
 

@@ -763,3 +763,10 @@ def _graph_scale(layers: list[NcnnLayer], multiple: int, channels: int, output: 
     if len(set(scales)) != 1:
         raise ValueError(f"its output is not one multiple of its input (x{scales[0]}, then x{scales[1]})")
     return scales[0], c
+
+
+def is_ncnn(path: str | Path) -> bool:
+    """True for a ``.param`` file, or a ``.bin`` file with a ``.param`` of the same stem beside it."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    return suffix == ".param" or (suffix == ".bin" and path.with_suffix(".param").is_file())

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 from texup.errors import ModelLoadError, UnsafeWeightsError
+from texup.weights.arrays import safetensors_module
+from texup.weights.ncnn import is_ncnn
 
 PICKLE_SUFFIXES = frozenset({".pth", ".pt", ".ckpt"})
 SAFETENSORS_SUFFIXES = frozenset({".safetensors"})
@@ -96,17 +98,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return unwrap_state_dict(raw, source=path)
 
 
-def is_ncnn(path: str | Path) -> bool:
-    """True for a ``.param`` file, or a ``.bin`` file with a ``.param`` of the same stem beside it."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    return suffix == ".param" or (suffix == ".bin" and path.with_suffix(".param").is_file())
-
-
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    SafetensorError = safetensors_module(path).SafetensorError
+    load_file = safetensors_module(path, "safetensors.torch").load_file
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
