@@ -230,7 +230,7 @@ def test_fifo_input_is_refused_without_opening_it_and_the_batch_goes_on(tiny_mod
 
 
 def test_fifo_swapped_in_after_listing_is_refused_before_reading(tmp_path):
-    from texup.cli.upscale import _read_source
+    from texup.batch import read_source as _read_source
     from texup.errors import ImageReadError
     from texup.library import NEW, Planned, WorkItem
 

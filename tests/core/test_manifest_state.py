@@ -502,7 +502,8 @@ _CLAIM_THEN_WRITE = textwrap.dedent("""
 
 
 def test_an_output_another_run_holds_is_up_to_date_once_it_is_written(tmp_path):
-    from texup.cli.upscale import _Batch, _Claims
+    from texup.batch import Batch as _Batch
+    from texup.batch import Claims as _Claims
     from texup.library import NEW, Planned, Settings, WorkItem, entry_for, pixel_options, source_state
 
     src = tmp_path / "a.png"

@@ -19,26 +19,21 @@ import sys
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from texup import options as schema
-from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
-from texup.imageio import Image, chosen_dds_format, format_for_path, read_image
-from texup.inference.pipeline import UpscaleOptions, options_from, refuse_overwrite, write_options
+from texup.batch import Batch, execute_on_ray
+from texup.errors import TexupError
+from texup.imageio import chosen_dds_format, format_for_path
+from texup.inference.pipeline import UpscaleOptions, options_from
 from texup.library import (
-    NEW,
     Plan,
     Planned,
     Settings,
-    WorkItem,
-    claim_output,
-    entry_for,
     expand_inputs,
     make_plan,
     options_of,
@@ -46,13 +41,10 @@ from texup.library import (
     parse_shard,
     path_reason,
     scale_label,
-    source_state,
     take_shard,
-    write_output,
 )
 from texup.options import SCALE_MAX, EngineChoice
 from texup.outputs import ManifestError, OutputRecord
-from texup.weights.cache import remove_stale_temp_files
 from texup.weights.ref import ModelRef
 
 if TYPE_CHECKING:
@@ -234,38 +226,6 @@ def _out_dir_problem(out_dir: Path) -> str | None:
     return None
 
 
-def _read_source(planned: Planned, max_pixels: int | None) -> tuple[Image, dict[str, Any]]:
-    """On the read-ahead thread: the source's state (hashed before decoding: a change during the read makes
-    the next run see a new size or mtime and compare again) and its pixels; an output that is the input itself
-    is refused.
-
-    A path that is no longer a regular file (swapped for a FIFO since it was listed) is refused before it is
-    opened (hashed or decoded), so the batch cannot hang on it.
-    """
-    src = planned.item.src
-    if not src.is_file():
-        raise ImageReadError(src, "not a regular file" if src.exists() else "no such file")
-    try:
-        source = planned.source or source_state(src)
-    except OSError as err:
-        raise ImageReadError(src, f"cannot read: {err.strerror or err}") from err
-    refuse_overwrite(src, planned.dst)
-    return read_image(src, max_pixels=max_pixels), source
-
-
-def _output_folder(dst: Path, swept: set[Path]) -> None:
-    """Create ``dst``'s folder; the first time a run sees a folder, remove the temporary files an earlier run
-    killed mid-write left in it (an hour old or more)."""
-    folder = dst.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ImageWriteError(folder, f"cannot create the output folder: {err.strerror or err}") from err
-    if folder not in swept:
-        swept.add(folder)
-        remove_stale_temp_files(folder)
-
-
 def _validate(args: argparse.Namespace) -> tuple[int, int] | None:
     """Usage errors as ValueError; returns the exact output size (--size) or None."""
     target = parse_size(args.size) if args.size else None
@@ -312,299 +272,6 @@ def _print_plan(plan: Plan, out_dir: Path) -> None:
     if plan.refused:
         line += f", {len(plan.refused)} would fail"
     print(f"{line}; nothing written to {out_dir}", file=sys.stderr)
-
-
-class _Batch:
-    """The execution of a plan's ``todo``: counts and the per-file lines."""
-
-    def __init__(
-        self, args: argparse.Namespace, record: OutputRecord, settings: Settings, fail: Callable[[object, str], None]
-    ) -> None:
-        self.args, self.record, self.settings, self.fail = args, record, settings, fail
-        self.new = self.redone = self.failed = 0
-        self.by_other = 0  # outputs another run sharing the folder made meanwhile (up to date when looked at)
-        self.redone_why: dict[str, int] = {}
-
-    def failure(self, err: BaseException, item: WorkItem, dst: Path | None = None) -> None:
-        self.failed += 1
-        if dst is not None:  # another run may try it
-            key = self.record.key(dst)
-            if key is not None:
-                self.record.release(key)
-        if isinstance(err, FileError):
-            self.fail(err.path, err.reason)
-        elif isinstance(err, TexupError):
-            self.fail(item.src, str(err))
-        else:
-            self.fail(item.src, f"{type(err).__name__}: {err}")
-            if self.args.debug:
-                traceback.print_exception(err)
-
-    def settle(
-        self, planned: Planned, future: Future[None], info: dict[str, Any], expected: tuple[type[BaseException], ...]
-    ) -> None:
-        """Wait for one background write; record it and print ``src -> dst``, or its failure."""
-        try:
-            future.result()
-        except expected as err:
-            self.failure(err, planned.item, planned.dst)
-            return
-        self.written(planned, info)
-
-    def written(self, planned: Planned, info: dict[str, Any]) -> None:
-        """Record a written output and print its line."""
-        self.record.add(planned.dst, **info)
-        if planned.reason == NEW:
-            self.new += 1
-            tqdm_write(f"{planned.item.src} -> {planned.dst}")
-        else:
-            self.redone += 1
-            self.redone_why[planned.reason] = self.redone_why.get(planned.reason, 0) + 1
-            tqdm_write(f"{planned.item.src} -> {planned.dst} ({planned.reason})")
-
-    def execute(self, todo: list[Planned], upscaler: Upscaler, options: UpscaleOptions) -> None:
-        """Upscale ``todo`` in order, each output claimed first (:class:`_Claims`: outputs another live run sharing
-        the folder is making are left to it and looked at again at the end). The next input is decoded and the
-        previous output encoded on their own threads while the network runs (both engines release the GIL): file
-        I/O costs no wall time beyond the first read."""
-        from tqdm import tqdm
-
-        expected = (TexupError, OSError, ValueError, RuntimeError, MemoryError)
-        engine = f"{upscaler.engine.name} {upscaler.device} {upscaler.precision}"
-        max_pixels = self.args.max_pixels
-        swept: set[Path] = set()
-        claims = _Claims(todo, self)
-        with (
-            tqdm(
-                total=len(todo),
-                unit="file",
-                desc="upscaling",
-                disable=None,
-                file=sys.stderr,
-                bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}] {postfix}",
-            ) as bar,
-            ThreadPoolExecutor(1, thread_name_prefix="texup-read") as reader,
-            ThreadPoolExecutor(1, thread_name_prefix="texup-write") as writer,
-        ):
-            writing: tuple[Planned, Future[None], dict[str, Any]] | None = None
-
-            def settle_writing() -> None:
-                nonlocal writing
-                if writing is not None:
-                    self.settle(writing[0], writing[1], writing[2], expected)
-                    writing = None
-
-            def take(block: bool) -> tuple[Planned, Future[tuple[Image, dict[str, Any]]]] | None:
-                if block:
-                    settle_writing()  # never wait for other runs while holding an unfinished claim
-                planned = claims.take(block=block)
-                bar.n = claims.resolved + self.new + self.redone + self.failed
-                bar.refresh()
-                return None if planned is None else (planned, reader.submit(_read_source, planned, max_pixels))
-
-            current = take(block=True)
-            while current is not None:
-                planned, reading = current
-                upcoming = take(block=False)  # read ahead
-                bar.set_postfix_str(planned.item.src.name)
-                base = claims.resolved + self.new + self.redone + self.failed
-
-                def on_tiles(done_tiles: float, total_tiles: int, base: int = base) -> None:
-                    bar.n = base + (done_tiles / total_tiles if total_tiles else 0.0)
-                    bar.refresh()
-
-                started: tuple[Planned, Future[None], dict[str, Any]] | None = None
-                try:
-                    image, source = reading.result()
-                    del reading  # the decoded input goes with `image`
-                    result = upscaler.upscale_array(
-                        image.pixels, options, colorspace=image.info.colorspace, progress=on_tiles
-                    )
-                    _output_folder(planned.dst, swept)
-                    info = entry_for(self.settings, source, engine=engine)
-                    write = writer.submit(
-                        write_output, self.record, planned.dst, result, image.info, info, **write_options(options)
-                    )
-                    started = (planned, write, info)
-                    del image, result
-                except expected as err:
-                    self.failure(err, planned.item, planned.dst)
-                settle_writing()
-                writing = started
-                current = upcoming if upcoming is not None else take(block=True)
-            settle_writing()
-            bar.n = len(todo)
-            bar.refresh()
-
-
-class _Claims:
-    """The plan's ``todo``, handed out one claimed output at a time (:meth:`OutputRecord.claim`).
-
-    Runs sharing an output folder split the work: an output another live run has claimed is put aside, and
-    looked at again once the rest is done: when that run wrote it, it is up to date (counted in
-    ``batch.by_other``); when that run died or failed on it, this run claims it and makes it. An output that
-    another run claimed or wrote before this one got it, or whose file appeared since the plan, is judged again
-    (:func:`texup.library.judge`), so it is not made twice."""
-
-    POLL_S = 0.2
-
-    def __init__(self, todo: list[Planned], batch: _Batch) -> None:
-        self.pending: deque[Planned] = deque(todo)
-        self.deferred: deque[Planned] = deque()
-        self.batch, self.record = batch, batch.record
-        self.resolved = 0  # outputs settled without making them here (made by another run, or refused now)
-        self.unclaimed = False  # the lock could not be taken once: no more claims
-
-    def take(self, *, block: bool) -> Planned | None:
-        """The next output this run may make, claimed; None when none is left (``block``: after waiting for the
-        outputs other runs hold) or, without ``block``, when only held ones are left."""
-        while True:
-            while self.pending:
-                planned = self._claim(self.pending.popleft())
-                if planned is not None:
-                    return planned
-            if not self.deferred or not block:
-                return None
-            for _ in range(len(self.deferred)):
-                planned = self._claim(self.deferred.popleft())
-                if planned is not None:
-                    return planned
-            if self.deferred:
-                time.sleep(self.POLL_S)
-
-    def _claim(self, planned: Planned) -> Planned | None:
-        if self.unclaimed:
-            return planned
-        try:
-            got = claim_output(self.record, planned, self.batch.settings)
-        except ManifestError as err:  # the lock cannot be taken (held for 10 minutes): work on without claims
-            print(f"texup: warning: {err}; outputs are made without claims from now on", file=sys.stderr)
-            self.unclaimed = True
-            return planned
-        if got.held:
-            self.deferred.append(planned)
-        elif got.planned is None:
-            self.resolved += 1
-            if got.refused is not None:
-                self.batch.failed += 1
-                self.batch.fail(planned.item.src, got.refused)
-            else:
-                self.batch.by_other += 1
-        return got.planned
-
-
-def _commit_ray_output(record: OutputRecord, dst: Path, tmp: str, info: dict[str, Any]) -> None:
-    """Put a Ray node's finished output (``tmp``, beside ``dst``) in place as texup's own, as the local path does:
-    the journal line (with the file's size and mtime, which renames keep) before the rename over ``dst``
-    (:meth:`OutputRecord.writing`). A driver killed before the journal line leaves only temporary files (swept by a
-    later run); after it, an output the next run recognises."""
-    with record.writing(dst, info) as slot:
-        os.replace(tmp, slot)
-
-
-def _execute_on_ray(
-    batch: _Batch, todo: list[Planned], model: ModelRef, options: UpscaleOptions, address: str | None
-) -> None:
-    """The plan's ``todo`` on a Ray cluster (:func:`texup.cluster.run_on_ray`): sources hashed here (the storage is
-    shared), files upscaled on the nodes into temporary files, each journalled, renamed, recorded and printed here
-    as it arrives (:func:`_commit_ray_output`): a kill at any moment loses nothing, as on one machine."""
-    from tqdm import tqdm
-
-    from texup.cluster import RayOutcome, run_on_ray
-
-    args = batch.args
-    kept: list[tuple[Planned, dict[str, Any]]] = []
-    swept: set[Path] = set()
-    engine = f"ray {args.engine} {args.device}"
-    for planned in todo:
-        try:
-            source = planned.source or source_state(planned.item.src)
-        except OSError as err:
-            batch.failure(ImageReadError(planned.item.src, f"cannot read: {err.strerror or err}"), planned.item)
-            continue
-        try:
-            _output_folder(planned.dst, swept)
-        except ImageWriteError as err:
-            batch.failure(err, planned.item)
-            continue
-        kept.append((planned, entry_for(batch.settings, source, engine=engine)))
-    tasks = [(os.path.abspath(p.item.src), os.path.abspath(p.dst)) for p, _ in kept]
-    fields = asdict(options)  # UpscaleOptions(**fields) on the nodes
-    unclaimed = False  # the lock could not be taken once: no more claims
-    with tqdm(total=len(tasks), unit="file", desc="upscaling on Ray", disable=None, file=sys.stderr) as bar:
-
-        def claim(index: int) -> bool | None:
-            """Claim a file's output before it goes to the cluster, as a run on one machine does (:class:`_Claims`):
-            None while another live run holds it (asked again later), False when settled here (made by another
-            run meanwhile, or refused now)."""
-            nonlocal unclaimed
-            planned, info = kept[index]
-            if unclaimed:
-                return True
-            try:
-                got = claim_output(batch.record, planned, batch.settings)
-            except ManifestError as err:
-                tqdm.write(f"texup: warning: {err}; outputs are made without claims from now on", file=sys.stderr)
-                unclaimed = True
-                return True
-            if got.held:
-                return None
-            if got.planned is None:
-                if got.refused is not None:
-                    batch.failed += 1
-                    batch.fail(planned.item.src, got.refused)
-                else:
-                    batch.by_other += 1
-                bar.update(1)
-                return False
-            if got.planned is not planned:  # judged again: the entry records the source as hashed now
-                source = got.planned.source
-                if source is not None:
-                    info = entry_for(batch.settings, source, engine=engine)
-                kept[index] = (got.planned, info)
-            return True
-
-        def commit(outcome: RayOutcome) -> None:
-            planned, info = kept[outcome.index]
-            assert outcome.tmp is not None
-            _commit_ray_output(batch.record, planned.dst, outcome.tmp, info)
-
-        def arrived(outcome: RayOutcome) -> None:
-            planned, info = kept[outcome.index]
-            if outcome.ok:
-                batch.written(planned, info)
-            else:
-                batch.failed += 1
-                key = batch.record.key(planned.dst)
-                if key is not None:  # another run may try it
-                    batch.record.release(key)
-                reason = outcome.error or "failed"
-                for name in (outcome.src, outcome.dst):  # texup's errors name the file: print it once
-                    if reason.startswith(f"{name}: "):
-                        batch.fail(planned.item.src if name == outcome.src else planned.dst, reason[len(name) + 2 :])
-                        break
-                else:
-                    batch.fail(planned.item.src, reason)
-            bar.update(1)
-
-        run_on_ray(
-            tasks,
-            model=model,
-            options=fields,
-            choice=EngineChoice.from_values(vars(args)),
-            address=address,
-            max_pixels=args.max_pixels,
-            on_outcome=arrived,
-            status=lambda line: tqdm.write(f"texup: {line}", file=sys.stderr),
-            commit=commit,
-            claim=claim,
-        )
-
-
-def tqdm_write(line: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(line)
 
 
 class _Stop(Exception):
@@ -699,7 +366,7 @@ def _prepare(args: argparse.Namespace, fail: Callable[[object, str], None]) -> _
     return _Prepared(plan, record, settings, model, model_id, options, len(problems), upscaler)
 
 
-def _execute(args: argparse.Namespace, prep: _Prepared, batch: _Batch) -> None:
+def _execute(args: argparse.Namespace, prep: _Prepared, batch: Batch) -> None:
     """Run the plan: refresh the records of touched-but-unchanged sources, then upscale what it says, on Ray
     (``--ray``) or here. Raises :class:`_Stop` when no model or cluster can run it."""
     record, todo = prep.record, prep.plan.todo
@@ -730,13 +397,13 @@ def _execute(args: argparse.Namespace, prep: _Prepared, batch: _Batch) -> None:
         batch.execute(todo, upscaler, prep.options)
         return
     try:
-        _execute_on_ray(batch, todo, prep.model, prep.options, args.ray or None)
+        execute_on_ray(batch, todo, prep.model, prep.options, args.ray or None)
     except RuntimeError as err:  # no Ray, or a cluster without a usable node
         _say_error(err)
         raise _Stop(1) from None
 
 
-def _refuse_oversize(batch: _Batch, todo: list[Planned], prep: _Prepared, upscaler: Upscaler | None) -> list[Planned]:
+def _refuse_oversize(batch: Batch, todo: list[Planned], prep: _Prepared, upscaler: Upscaler | None) -> list[Planned]:
     """``todo`` less the outputs their format cannot store at the size this run gives them (``--scale``, else the
     model's; :func:`texup.library.output_size_problem`, from each input's header), each refused in one line before
     anything is upscaled. Without ``--scale`` on Ray the model's scale is known only when named or seen here before."""
@@ -754,7 +421,17 @@ def _refuse_oversize(batch: _Batch, todo: list[Planned], prep: _Prepared, upscal
     return kept
 
 
-def _summary(args: argparse.Namespace, prep: _Prepared, batch: _Batch, seconds: float) -> int:
+def _bar(total: int, desc: str) -> Any:
+    """The progress bar of a batch (:class:`texup.batch.Batch`): files, with the fraction of the one running."""
+    from tqdm import tqdm
+
+    fraction = {"bar_format": "{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}] {postfix}"}
+    return tqdm(
+        total=total, unit="file", desc=desc, disable=None, file=sys.stderr, **(fraction if desc == "upscaling" else {})
+    )
+
+
+def _summary(args: argparse.Namespace, prep: _Prepared, batch: Batch, seconds: float) -> int:
     """Print the run's one-line summary; the exit code (1 when anything failed)."""
     plan = prep.plan
     failed = batch.failed + len(plan.refused) + prep.problems
@@ -851,7 +528,16 @@ def _run(args: argparse.Namespace) -> int:
         tqdm.write(f"{planned.item.src} -> {planned.dst} (exists, skipped)")
 
     start = time.monotonic()
-    batch = _Batch(args, prep.record, prep.settings, fail)
+    batch = Batch(
+        args,
+        prep.record,
+        prep.settings,
+        fail,
+        done=tqdm.write,
+        note=lambda line: tqdm.write(f"texup: {line}", file=sys.stderr),
+        unexpected=traceback.print_exception if args.debug else lambda err: None,
+        bar=_bar,
+    )
     unsaved = False
     try:
         _execute(args, prep, batch)
