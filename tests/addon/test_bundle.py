@@ -163,7 +163,6 @@ def test_bundled_launch_runs_blenders_python_with_the_bundle(tmp_path):
     assert "no PyTorch" in launch.description and "0.1.0" in launch.description
 
 
-
 SAFETENSORS = "safetensors-0.8.0-cp310-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
 
 
@@ -183,6 +182,7 @@ def test_a_blender_that_skips_safetensors_still_starts_the_worker_and_says_what_
     alone = make_site(tmp_path / "alone")
     with pytest.raises(bundle.BundleError, match=r"not installed \(ncnn 1.0.20261020, safetensors 0.8.0\)"):
         bundle.bundled_launch(str(addon), "/b/python", search_path=[str(alone)])
+
 
 def test_torch_env_is_used_only_when_its_marker_exists(tmp_path):
     addon = make_addon(tmp_path, wheels=[])

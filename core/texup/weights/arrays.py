@@ -7,11 +7,9 @@ it when torch is installed. The same key maps and detection as the torch loader 
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -20,6 +18,7 @@ from texup.archs.spec import arch_names, get_spec
 from texup.errors import ModelLoadError
 from texup.weights.detect import detect_architecture
 from texup.weights.keymaps import canonicalize
+from texup.weights.safetensors_lib import safetensors_module
 
 
 def arch_from_metadata(meta: dict[str, str], path: Path) -> tuple[str, dict[str, Any]] | None:
@@ -60,27 +59,6 @@ class ArrayModel:
     input_multiple: int
     name: str
     path: Path | None = None
-
-
-#: Why a Python may lack safetensors although texup needs it: Blender 4.3.0 does not install the extension's
-#: stable-ABI safetensors wheel (cp310-abi3, the only kind safetensors publishes); its worker still starts
-#: (blender_addon/bridge/bundle.py), and the packaged ncnn models need no safetensors.
-NO_SAFETENSORS = (
-    "reading or writing .safetensors needs the 'safetensors' package, which this Python lacks (Blender 4.3.0 "
-    "does not install the extension's safetensors wheel: use Blender 4.4 or later, or set Worker Python to a "
-    "Python with texup installed); the packaged models need no safetensors"
-)
-
-
-def safetensors_module(path: str | Path, name: str = "safetensors") -> ModuleType:
-    """``safetensors`` (or its submodule ``name``, e.g. ``"safetensors.numpy"``) imported, or a
-    :class:`ModelLoadError` naming ``path`` and why it cannot be read where the package is missing."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and exc.name.split(".")[0] != "safetensors":
-            raise
-        raise ModelLoadError(Path(path), NO_SAFETENSORS) from exc
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

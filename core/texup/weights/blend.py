@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from texup.errors import ModelLoadError, UnknownModelError
-from texup.weights.arrays import ArrayModel, safetensors_module
+from texup.weights.arrays import ArrayModel
 from texup.weights.blend_ref import (
     BLEND_PREFIX,
     BlendError,
@@ -55,6 +55,7 @@ from texup.weights.blend_ref import (
     parse_blend,
 )
 from texup.weights.catalog import KNOWN_MODELS
+from texup.weights.safetensors_lib import safetensors_module
 
 __all__ = [
     "BLEND_PREFIX",

@@ -25,11 +25,12 @@ from texup._atomic import atomic_path
 from texup.archs import build
 from texup.archs.spec import ArchModule, arch_names, get_spec, spec_for_module
 from texup.errors import ModelLoadError
-from texup.weights.arrays import arch_from_metadata, safetensors_module
+from texup.weights.arrays import arch_from_metadata
 from texup.weights.detect import detect_architecture
 from texup.weights.keymaps import canonicalize, naming_style
 from texup.weights.model_format import FORMAT_VERSION, sorted_header
 from texup.weights.ncnn import is_ncnn
+from texup.weights.safetensors_lib import safetensors_module
 from texup.weights.state_dict import read_state_dict
 
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from texup.errors import ModelLoadError, UnsafeWeightsError
-from texup.weights.arrays import safetensors_module
 from texup.weights.ncnn import is_ncnn
+from texup.weights.safetensors_lib import safetensors_module
 
 PICKLE_SUFFIXES = frozenset({".pth", ".pt", ".ckpt"})
 SAFETENSORS_SUFFIXES = frozenset({".safetensors"})
