@@ -23,9 +23,22 @@ from typing import TYPE_CHECKING, Any
 from texup.errors import FileError, ImageReadError, ImageWriteError, TexupError
 from texup.imageio import Image, read_image
 from texup.inference.pipeline import UpscaleOptions, refuse_overwrite, write_options
-from texup.library import NEW, Planned, Settings, WorkItem, claim_output, entry_for, source_state, write_output
+from texup.library import (
+    NEW,
+    REFUSED,
+    UP_TO_DATE,
+    Claim,
+    Claimant,
+    Planned,
+    Settings,
+    WorkItem,
+    commit_output,
+    entry_for,
+    source_state,
+    write_output,
+)
 from texup.options import EngineChoice
-from texup.outputs import ManifestError, OutputRecord
+from texup.outputs import OutputRecord
 from texup.weights.cache import remove_stale_temp_files
 from texup.weights.ref import ModelRef
 
@@ -112,6 +125,19 @@ class Batch:
         self.new = self.redone = self.failed = 0
         self.by_other = 0  # outputs another run sharing the folder made meanwhile (up to date when looked at)
         self.redone_why: dict[str, int] = {}
+        #: Every output's claim, here and on Ray (a folder whose lock cannot be taken: a warning, then no claims).
+        self.claimant = Claimant(lambda line: self.note(f"warning: {line}"))
+
+    def claim(self, planned: Planned) -> Claim:
+        """Claim ``planned``'s output for this run (:class:`~texup.library.Claimant`) and count what that settles:
+        a refusal is a failure (reported), an output another run made meanwhile is counted in ``by_other``."""
+        got = self.claimant.claim(self.record, planned, self.settings)
+        if got.outcome == REFUSED:
+            self.failed += 1
+            self.fail(planned.item.src, str(got.refused))
+        elif got.outcome == UP_TO_DATE:
+            self.by_other += 1
+        return got
 
     def failure(self, err: BaseException, item: WorkItem, dst: Path | None = None) -> None:
         self.failed += 1
@@ -216,7 +242,8 @@ class Batch:
 
 
 class Claims:
-    """The plan's ``todo``, handed out one claimed output at a time (:meth:`OutputRecord.claim`).
+    """The plan's ``todo``, handed out one claimed output at a time (:meth:`Batch.claim`, the rule of
+    :func:`texup.library.claim_output`).
 
     Runs sharing an output folder split the work: an output another live run has claimed is put aside, and
     looked at again once the rest is done: when that run wrote it, it is up to date (counted in
@@ -229,9 +256,8 @@ class Claims:
     def __init__(self, todo: list[Planned], batch: Batch) -> None:
         self.pending: deque[Planned] = deque(todo)
         self.deferred: deque[Planned] = deque()
-        self.batch, self.record = batch, batch.record
+        self.batch = batch
         self.resolved = 0  # outputs settled without making them here (made by another run, or refused now)
-        self.unclaimed = False  # the lock could not be taken once: no more claims
 
     def take(self, *, block: bool) -> Planned | None:
         """The next output this run may make, claimed; None when none is left (``block``: after waiting for the
@@ -251,23 +277,11 @@ class Claims:
                 time.sleep(self.POLL_S)
 
     def _claim(self, planned: Planned) -> Planned | None:
-        if self.unclaimed:
-            return planned
-        try:
-            got = claim_output(self.record, planned, self.batch.settings)
-        except ManifestError as err:  # the lock cannot be taken (held for 10 minutes): work on without claims
-            self.batch.note(f"warning: {err}; outputs are made without claims from now on")
-            self.unclaimed = True
-            return planned
+        got = self.batch.claim(planned)
         if got.held:
             self.deferred.append(planned)
         elif got.planned is None:
             self.resolved += 1
-            if got.refused is not None:
-                self.batch.failed += 1
-                self.batch.fail(planned.item.src, got.refused)
-            else:
-                self.batch.by_other += 1
         return got.planned
 
 
@@ -275,9 +289,8 @@ def commit_temp(record: OutputRecord, dst: Path, tmp: str, info: dict[str, Any])
     """Put a Ray node's finished output (``tmp``, beside ``dst``) in place as texup's own, as the local path does:
     the journal line (with the file's size and mtime, which renames keep) before the rename over ``dst``
     (:meth:`OutputRecord.writing`). A driver killed before the journal line leaves only temporary files (swept by a
-    later run); after it, an output the next run recognises."""
-    with record.writing(dst, info) as slot:
-        os.replace(tmp, slot)
+    later run); after it, an output the next run recognises (:func:`texup.library.commit_output`)."""
+    commit_output(record, dst, info, lambda slot: os.replace(tmp, slot))
 
 
 def execute_on_ray(
@@ -306,31 +319,17 @@ def execute_on_ray(
         kept.append((planned, entry_for(batch.settings, source, engine=engine)))
     tasks = [(os.path.abspath(p.item.src), os.path.abspath(p.dst)) for p, _ in kept]
     fields = asdict(options)  # UpscaleOptions(**fields) on the nodes
-    unclaimed = False  # the lock could not be taken once: no more claims
     with batch.bar(len(tasks), "upscaling on Ray") as bar:
 
         def claim(index: int) -> bool | None:
             """Claim a file's output before it goes to the cluster, as a run on one machine does (:class:`Claims`):
             None while another live run holds it (asked again later), False when settled here (made by another
-            run meanwhile, or refused now)."""
-            nonlocal unclaimed
+            run meanwhile, or refused now: :meth:`Batch.claim`)."""
             planned, info = kept[index]
-            if unclaimed:
-                return True
-            try:
-                got = claim_output(batch.record, planned, batch.settings)
-            except ManifestError as err:
-                batch.note(f"warning: {err}; outputs are made without claims from now on")
-                unclaimed = True
-                return True
+            got = batch.claim(planned)
             if got.held:
                 return None
             if got.planned is None:
-                if got.refused is not None:
-                    batch.failed += 1
-                    batch.fail(planned.item.src, got.refused)
-                else:
-                    batch.by_other += 1
                 bar.update(1)
                 return False
             if got.planned is not planned:  # judged again: the entry records the source as hashed now

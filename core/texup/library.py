@@ -26,13 +26,14 @@ import os
 import stat
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from texup import options as schema
 from texup.imageio.types import SUPPORTED_EXTENSIONS
-from texup.outputs import CLAIMED_AFTER_OTHER, HELD, RACY_NS, OutputRecord
+from texup.outputs import CLAIMED_AFTER_OTHER, HELD, RACY_NS, ManifestError, OutputRecord
 from texup.weights.cache import sha256_file
 
 GLOB_CHARS = set("*?[")
@@ -418,44 +419,75 @@ def judge(src: Path, dst: Path, settings: Settings, record: OutputRecord, *, may
     return Verdict(UP_TO_DATE, source, refresh, reloaded=reloaded)
 
 
+#: What claiming an output found (:attr:`Claim.outcome`): make it here (GO), leave it to the live run that holds it
+#: and ask again later (:data:`~texup.outputs.HELD`), nothing to make (:data:`UP_TO_DATE`: another run made it
+#: meanwhile), or nothing may be written there now (REFUSED).
+GO = "go"
+REFUSED = "refused"
+
+
 @dataclass(frozen=True)
 class Claim:
-    """What :func:`claim_output` found: make ``planned`` (claimed for this run; its reason judged again when another
-    run had it first), or leave it: ``held`` (another live run is making it: ask again later), ``refused`` (nothing
-    may be written there now), else made by another run meanwhile (up to date)."""
+    """What :func:`claim_output` found: ``outcome`` (:data:`GO`, :data:`~texup.outputs.HELD`, :data:`UP_TO_DATE` or
+    :data:`REFUSED`); for GO, ``planned``: what to make (claimed for this run; its reason and source judged again
+    when another run had it first); for REFUSED, ``refused``: why."""
 
-    planned: Planned | None
-    held: bool = False
+    outcome: str
+    planned: Planned | None = None
     refused: str | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.outcome == HELD
 
 
 def claim_output(record: OutputRecord, planned: Planned, settings: Settings) -> Claim:
     """Claim ``planned``'s output for this run before making it (:meth:`OutputRecord.claim`; without an open journal
-    every output is this run's), so runs sharing an output folder split the work: the rule of ``texup upscale``,
-    its Ray driver and the worker. An output another run claimed or wrote before this one got it, or whose file
-    appeared since it was planned, is judged again (:func:`judge`), so it is not made twice; a claim that ends in
-    nothing to make is released. Raises :class:`~texup.outputs.ManifestError` when the folder's lock cannot be
-    taken (the caller goes on without claims)."""
+    every output is this run's), so runs sharing an output folder split the work: the one rule of ``texup upscale``,
+    its Ray driver and the worker, each through a :class:`Claimant`. An output another run claimed or wrote before
+    this one got it, or whose file appeared since it was planned, is judged again (:func:`judge`), so it is not made
+    twice; a claim that ends in nothing to make is released. Raises :class:`~texup.outputs.ManifestError` when the
+    folder's lock cannot be taken (:class:`Claimant` then goes on without claims)."""
     from dataclasses import replace
 
     key = record.key(planned.dst)
     if key is None:
-        return Claim(planned)
+        return Claim(GO, planned)
     state = record.claim(key)
     if state == HELD:
-        return Claim(None, held=True)
+        return Claim(HELD)
     if state != CLAIMED_AFTER_OTHER and not (planned.reason == NEW and planned.dst.exists()):
-        return Claim(planned)
+        return Claim(GO, planned)
     if state == CLAIMED_AFTER_OTHER:  # made just now by a run with these settings: --force need not redo it
         settings = replace(settings, force=False)
     verdict = judge(planned.item.src, planned.dst, settings, record)
     if verdict.refused is not None:
         record.release(key)
-        return Claim(None, refused=verdict.refused)
+        return Claim(REFUSED, refused=verdict.refused)
     if verdict.reason == UP_TO_DATE:
         record.release(key)
-        return Claim(None)
-    return Claim(Planned(planned.item, planned.dst, verdict.reason, verdict.source))
+        return Claim(UP_TO_DATE)
+    return Claim(GO, Planned(planned.item, planned.dst, verdict.reason, verdict.source))
+
+
+class Claimant:
+    """One run's claims (``texup upscale``'s batch, its Ray driver, a worker job): :func:`claim_output` for each output
+    until a folder's lock cannot be taken once; ``warn`` is then told so in one line and every later output is made
+    without claims (GO), as a run that cannot claim still has work to do."""
+
+    def __init__(self, warn: Callable[[str], None]) -> None:
+        self.warn = warn
+        self.active = True  # False once a folder's lock could not be taken
+
+    def claim(self, record: OutputRecord, planned: Planned, settings: Settings) -> Claim:
+        if not self.active:
+            return Claim(GO, planned)
+        try:
+            return claim_output(record, planned, settings)
+        except ManifestError as err:
+            self.warn(f"{err}; outputs are made without claims from now on")
+            self.active = False
+            return Claim(GO, planned)
 
 
 def make_plan(items: list[WorkItem], settings: Settings, record: OutputRecord) -> Plan:
@@ -500,18 +532,30 @@ def make_plan(items: list[WorkItem], settings: Settings, record: OutputRecord) -
     return plan
 
 
+def commit_output(record: OutputRecord, dst: Path, info: dict[str, Any], fill: Callable[[Path], object]) -> None:
+    """Commit one output: the one way ``texup upscale``, its Ray driver and the worker put a finished output in
+    place. ``fill(tmp)`` makes the output in a temporary file beside ``dst`` (encodes the pixels, moves a Ray node's
+    file there, or upscales into it); its manifest entry (``info`` plus the file's size and mtime, which the rename
+    keeps) then goes into the run's journal and the file is renamed over ``dst`` (:meth:`OutputRecord.writing`): a
+    kill at any moment leaves a temporary file (swept by a later run) or an output the next run knows as texup's.
+    When ``fill`` raises, nothing is journalled and the temporary file is removed. The caller then records it with
+    ``record.add(dst, **info)`` on the thread that owns the record (the CLI's batch commits on a writer thread)."""
+    with record.writing(dst, info) as tmp:
+        fill(tmp)
+
+
 def write_output(record: OutputRecord, dst: Path, pixels: Any, like: Any, info: dict[str, Any], **write: Any) -> None:
-    """Write one output safely: encode into a temporary file beside ``dst`` (the format named by ``dst``'s
-    suffix, the bit depth and metadata of ``like``, ``write_image``'s ``write`` options: the pipeline's
-    ``write_options``), append its manifest entry (``info`` plus the file's size and
-    mtime) to the run's journal, rename it over ``dst`` (see :mod:`texup.outputs`). The caller then records it
-    with ``record.add(dst, **info)``. Raises :class:`~texup.errors.ImageWriteError` naming ``dst``."""
+    """Write one output safely (:func:`commit_output`): encode it into the temporary file (the format named by
+    ``dst``'s suffix, the bit depth and metadata of ``like``, ``write_image``'s ``write`` options: the pipeline's
+    ``write_options``), journal and rename it. The caller then records it with ``record.add(dst, **info)``. Raises
+    :class:`~texup.errors.ImageWriteError` naming ``dst``."""
     from texup.errors import FileError, ImageWriteError
     from texup.imageio import format_for_path, write_image
 
     try:
-        with record.writing(dst, info) as tmp:
-            write_image(tmp, pixels, like=like, format=format_for_path(dst), **write)
+        commit_output(
+            record, dst, info, lambda tmp: write_image(tmp, pixels, like=like, format=format_for_path(dst), **write)
+        )
     except FileError as err:
         raise ImageWriteError(dst, err.reason) from err
     except OSError as err:

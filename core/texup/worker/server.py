@@ -310,7 +310,11 @@ class WorkerServer:
                 )
                 failed = count
         opts = request.options
-        outputs = _Outputs(opts.model or _default_model(), engine=_engine_label(upscaler))
+        outputs = _Outputs(
+            opts.model or _default_model(),
+            engine=_engine_label(upscaler),
+            warn=lambda line: log.warning("job %s: %s", job_id, line),
+        )
         try:
             ok, failed, cancelled = self._run_items(job_id, request, upscaler, outputs, ok, failed, cancelled)
         finally:
@@ -478,7 +482,7 @@ class WorkerServer:
         """Make one item's output (or answer that it is up to date); False, with nothing done, while another run
         sharing the output folder holds it (:func:`texup.library.claim_output`): the caller asks again later."""
         from texup.imageio import probe_image
-        from texup.library import UP_TO_DATE, Claim, Planned, WorkItem, claim_output, judge, output_size_problem
+        from texup.library import REFUSED, UP_TO_DATE, Planned, WorkItem, judge, output_size_problem
         from texup.outputs import ManifestError
 
         for path in (item.src, item.dst):
@@ -519,23 +523,19 @@ class WorkerServer:
         # Claimed first, as texup upscale claims its outputs, so runs sharing the folder split the work. A run that
         # claims keeps a journal there, so claims start once the folder has texup's state: a job cancelled inside
         # its first tile in a new folder still leaves nothing behind.
-        if outputs.claims and record.state.is_dir() and not record.state.is_symlink():
+        if outputs.claimant.active and record.state.is_dir() and not record.state.is_symlink():
             try:
                 record.open_journal()
             except ManifestError as err:
                 raise FileError(dst, f"{err}; nothing was upscaled") from None
-        planned = Planned(WorkItem(src, Path()), dst, verdict.reason, verdict.source)
-        try:
-            got = claim_output(record, planned, settings)
-        except ManifestError as err:  # the lock cannot be taken: work on without claims, as texup upscale does
-            log.warning("job %s: %s; outputs are made without claims from now on", job_id, err)
-            outputs.claims = False
-            got = Claim(planned)
+        got = outputs.claimant.claim(
+            record, Planned(WorkItem(src, Path()), dst, verdict.reason, verdict.source), settings
+        )
         if got.held:
             return False
+        if got.outcome == REFUSED:
+            raise FileError(dst, str(got.refused))
         if got.planned is None:
-            if got.refused is not None:
-                raise FileError(dst, got.refused)
             info = probe_image(dst)  # made by another run meanwhile
             self.send(protocol.result(job_id, item.key, str(dst), info.width, info.height, 0.0, reason=UP_TO_DATE))
             return True
@@ -564,7 +564,7 @@ class WorkerServer:
     ) -> None:
         """Upscale one claimed item into its output, journalled and recorded; send its ``result``."""
         from texup.imageio import format_for_path, probe_image
-        from texup.library import entry_for
+        from texup.library import commit_output, entry_for
 
         src, dst = Path(item.src), Path(item.dst)
         started = time.monotonic()
@@ -582,7 +582,8 @@ class WorkerServer:
         log.info("job %s: %s -> %s (%s)", job_id, src, dst, verdict.reason)
         source = verdict.source or _source_state(src)
         entry = entry_for(settings, source, **outputs.extra, **({"origin": item.origin} if item.origin else {}))
-        with record.writing(dst, entry) as tmp:
+
+        def fill(tmp: Path) -> None:
             upscaler.upscale_file(
                 src,
                 tmp,
@@ -594,6 +595,8 @@ class WorkerServer:
             # The journal opens with the first finished output (its line is written as the rename comes): a job
             # cancelled or failed before that leaves no trace in the folder.
             record.open_journal()
+
+        commit_output(record, dst, entry, fill)
         record.add(dst, **entry)
         info = probe_image(dst)
         self.send(
@@ -631,7 +634,8 @@ class _Outputs:
     and files (so the add-on can tell by ``stat`` that an output is current without starting a worker), texup's
     version and the engine."""
 
-    def __init__(self, model: str, *, engine: str | None) -> None:
+    def __init__(self, model: str, *, engine: str | None, warn: Callable[[str], None] = log.warning) -> None:
+        from texup.library import Claimant
         from texup.weights.ref import ModelRef
 
         self.model = model
@@ -641,7 +645,8 @@ class _Outputs:
             self.extra["engine"] = engine
         self._records: dict[Path, Any] = {}
         self._identity: str | None = None
-        self.claims = True  # False once a folder's lock could not be taken: outputs are made without claims
+        #: The job's claims (a folder whose lock cannot be taken: ``warn``, then outputs are made without claims).
+        self.claimant = Claimant(warn)
 
     def folder(self, folder: Path, options: Any, overwrite: bool) -> tuple[Any, Any]:
         """The record of ``folder`` (opened and journalled on first use) and the Settings an item's entry is
