@@ -551,6 +551,8 @@ def run_on_ray(
     files run), False that the caller settled it (its outcome is ``settled``; ``on_outcome`` never sees it). Returns
     one outcome per task, in task order. Raises ``RuntimeError`` when Ray is missing or the cluster has no node
     that can run a worker.
+
+    The actors are a :class:`_Pool`; :class:`_Schedule` gives them the files.
     """
     if address or os.environ.get("RAY_ADDRESS"):
         # Read when Ray is first imported: how often its driver asks an address that is no Ray head.
@@ -562,154 +564,293 @@ def run_on_ray(
     say = status or (lambda line: None)
     if not ray.is_initialized():
         _connect(ray, address)
-    choice = choice or EngineChoice()
-    placements = _placements(ray, choice.device)
-    if not placements:
-        raise RuntimeError("the Ray cluster has no node with a CPU or GPU to run a texup worker on")
-    remote: Any = ray.remote(_Upscaling)
-    resolved = ModelRef.of(model)  # resolved once here; paths mean the same on every node
-    actors: list[Any] = [remote.options(**p).remote(resolved, choice, max_pixels) for p in placements]
-    say(f"{len(actors)} Ray worker(s) on {len(ray.nodes())} node(s)")
+    pool = _Pool.start(ray, model, choice or EngineChoice(), max_pixels)
+    try:
+        say(f"{len(pool.actors)} Ray worker(s) on {len(ray.nodes())} node(s)")
+        return _Schedule(
+            pool,
+            tasks,
+            options,
+            max_pixels=max_pixels,
+            split=split,
+            claim=claim,
+            commit=commit or _rename,
+            on_outcome=on_outcome or (lambda outcome: None),
+            say=say,
+        ).run()
+    finally:
+        pool.kill()
 
-    sizes = [_pixels(src) for src, _ in tasks]
-    pixels = [h * w for h, w in sizes]
-    queue = deque(sorted(range(len(tasks)), key=lambda i: -pixels[i]))  # largest first, stable
-    queued_pixels = sum(pixels)
-    living = len(actors)
-    tries = {i: 0 for i in range(len(tasks))}
-    held: deque[int] = deque()  # tasks another run holds (claim said None): asked again later
-    claimed: set[int] = set()
-    outcomes: dict[int, RayOutcome] = {}
-    inflight: dict[Any, tuple[Any, int]] = {}
-    splits: dict[Future[RayOutcome], tuple[RayTiles, int]] = {}
-    idle = list(actors)
-    engines: dict[int, dict[str, Any]] = {}  # id(actor) -> its engine_info, asked once a split is possible
 
-    def engine_of(actor: Any) -> dict[str, Any]:
-        if id(actor) not in engines:
-            engines[id(actor)] = ray.get(actor.engine_info.remote())
-        return engines[id(actor)]
+class _Pool:
+    """The run's actors, one per placement (:func:`_placements`): which are idle, how many still live, and the
+    engine each holds (:meth:`_Upscaling.engine_info`, asked once, and only when a split is possible)."""
 
-    stop = threading.Event()
+    def __init__(self, ray: Any, actors: list[Any]) -> None:
+        self.ray = ray
+        self.actors = actors
+        self.idle = list(actors)
+        self.living = len(actors)
+        self._engines: dict[int, dict[str, Any]] = {}  # id(actor) -> its engine_info
 
-    def finish(outcome: RayOutcome) -> None:
+    @classmethod
+    def start(cls, ray: Any, model: ModelLike, choice: EngineChoice, max_pixels: int | None) -> _Pool:
+        """One actor per placement, each opening ``model`` as ``choice`` says."""
+        placements = _placements(ray, choice.device)
+        if not placements:
+            raise RuntimeError("the Ray cluster has no node with a CPU or GPU to run a texup worker on")
+        remote: Any = ray.remote(_Upscaling)
+        resolved = ModelRef.of(model)  # resolved once here; paths mean the same on every node
+        return cls(ray, [remote.options(**p).remote(resolved, choice, max_pixels) for p in placements])
+
+    def engine_of(self, actor: Any) -> dict[str, Any]:
+        """``actor``'s engine info (Ray's error when the actor is gone)."""
+        if id(actor) not in self._engines:
+            self._engines[id(actor)] = self.ray.get(actor.engine_info.remote())
+        return self._engines[id(actor)]
+
+    def idle_like(self, key: tuple[str, str, str, int, str], *, skip_lost: bool = False) -> list[Any]:
+        """The idle actors whose engines give the same pixels, :func:`engine_key` ``key`` (``--engine auto`` may
+        pick different engines on different nodes). Ray's error when one is gone, unless ``skip_lost`` (it is then
+        left out: nothing more is given to it)."""
+        found = []
+        for actor in self.idle:
+            try:
+                if engine_key(self.engine_of(actor)) == key:
+                    found.append(actor)
+            except self.ray.exceptions.RayError:
+                if not skip_lost:
+                    raise
+        return found
+
+    def take_one(self) -> Any:
+        """An idle actor, busy now."""
+        return self.idle.pop()
+
+    def take(self, actors: list[Any]) -> None:
+        """``actors`` (idle ones) are busy now."""
+        self.idle = [a for a in self.idle if all(a is not t for t in actors)]
+
+    def free(self, actors: list[Any]) -> None:
+        self.idle.extend(actors)
+
+    def lost(self, count: int) -> None:
+        self.living -= count
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+
+
+class _Schedule:
+    """:func:`run_on_ray`'s loop over a :class:`_Pool`. Files go largest first to idle actors, each claimed first
+    (``claim``: held ones are asked again later); a file that would finish last (:func:`split_width`) runs on a
+    thread here with its tiles on the idle actors whose engines agree (:class:`RayTiles`), and actors that fall idle
+    with nothing queued join the split with most tiles left. A lost actor's file (or a split that lost every actor)
+    goes back to the front of the queue once; each file ends in one outcome."""
+
+    def __init__(
+        self,
+        pool: _Pool,
+        tasks: Sequence[tuple[str, str]],
+        options: dict[str, Any],
+        *,
+        max_pixels: int | None,
+        split: bool,
+        claim: Callable[[int], bool | None] | None,
+        commit: Callable[[RayOutcome], None],
+        on_outcome: Callable[[RayOutcome], None],
+        say: Callable[[str], None],
+    ) -> None:
+        self.pool, self.ray, self.tasks, self.options = pool, pool.ray, tasks, options
+        self.max_pixels, self.split, self.claim, self.say = max_pixels, split, claim, say
+        self.commit, self.on_outcome = commit, on_outcome
+        self.sizes = [_pixels(src) for src, _ in tasks]
+        self.pixels = [h * w for h, w in self.sizes]
+        self.queue = deque(sorted(range(len(tasks)), key=lambda i: -self.pixels[i]))  # largest first, stable
+        self.queued_pixels = sum(self.pixels)
+        self.held: deque[int] = deque()  # tasks another run holds (claim said None): asked again later
+        self.claimed: set[int] = set()
+        self.tries = [0] * len(tasks)
+        self.inflight: dict[Any, tuple[Any, int]] = {}  # Ray reference -> (actor, task) of a whole file
+        self.splits: dict[Future[RayOutcome], tuple[RayTiles, int]] = {}
+        self.outcomes: dict[int, RayOutcome] = {}
+        self.stop = threading.Event()  # a split still running stops at its next tile
+        self.threads = ThreadPoolExecutor(max(1, len(pool.actors) // 2), thread_name_prefix="texup-ray-tiles")
+
+    def run(self) -> list[RayOutcome]:
+        """Every task to its outcome, in task order."""
+        try:
+            while self.queue or self.inflight or self.splits or self.held:
+                self._ask_held_again()
+                self._start_files()
+                self._help_splits()
+                if not self.inflight and not self.splits and not (self.held and self.pool.idle):
+                    self._fail_the_rest()  # every actor died: the rest cannot run
+                    break
+                self._collect(self._wait())
+        finally:
+            self.stop.set()
+            self.threads.shutdown(wait=True)
+        return [self.outcomes[i] for i in range(len(self.tasks))]
+
+    # -- the queue ------------------------------------------------------------------------------------------
+
+    def _requeue(self, indices: list[int], *, front: bool = False) -> None:
+        for index in indices:
+            if front:
+                self.queue.appendleft(index)
+            else:
+                self.queue.append(index)
+            self.queued_pixels += self.pixels[index]
+
+    def _ask_held_again(self) -> None:
+        """Once nothing else is queued and an actor is idle (or nothing runs: then after :data:`CLAIM_POLL_S`), the
+        files other runs held go back to the queue, to be claimed again."""
+        if self.held and not self.queue and (self.pool.idle or not (self.inflight or self.splits)):
+            if not (self.inflight or self.splits):
+                time.sleep(CLAIM_POLL_S)
+            self._requeue(list(self.held))
+            self.held.clear()
+
+    def _claimed(self, index: int) -> bool:
+        """Whether task ``index`` may go out now (``claim`` asked once per task; held: put aside; settled by the
+        caller: its outcome is ``settled``)."""
+        if self.claim is None or index in self.claimed:
+            return True
+        answer = self.claim(index)
+        if answer is None:
+            self.held.append(index)
+        elif answer is False:
+            src, dst = self.tasks[index]
+            self.outcomes[index] = RayOutcome(index, src, dst, True, None, 0.0, "", 0, settled=True)
+        else:
+            self.claimed.add(index)
+        return bool(answer)
+
+    # -- giving out work ----------------------------------------------------------------------------------------
+
+    def _start_files(self) -> None:
+        """Queued files to idle actors, largest first: whole on one actor, or split over several."""
+        while self.queue and self.pool.idle:
+            index = self.queue.popleft()
+            self.queued_pixels -= self.pixels[index]
+            if not self._claimed(index):
+                continue
+            src, dst = self.tasks[index]
+            group = self._split_group(index)
+            if group is not None:
+                actors, info = group
+                self.pool.take(actors)
+                tiles = RayTiles(self.ray, actors, info)
+                future = self.threads.submit(
+                    _split_file, tiles, index, src, dst, self.options, self.max_pixels, self.stop.is_set
+                )
+                self.splits[future] = (tiles, index)
+            else:
+                actor = self.pool.take_one()
+                self.inflight[actor.upscale.remote(index, src, dst, self.options)] = (actor, index)
+
+    def _split_group(self, index: int) -> tuple[list[Any], dict[str, Any]] | None:
+        """The idle actors that compute task ``index``'s tiles (:func:`split_width`) and their engine's info; None:
+        it goes whole to one actor. Tiles are counted only for a file that would finish last."""
+        pixels = self.pixels[index]
+        if not self.split or pixels * self.pool.living <= pixels + self.queued_pixels:
+            return None
+        candidate = self.pool.idle[-1]
+        try:
+            info = self.pool.engine_of(candidate)
+            tiles = _tile_count(self.ray, candidate, self.sizes[index], self.options, int(info["scale"]))
+            matching = self.pool.idle_like(engine_key(info))
+        except self.ray.exceptions.RayError:  # an actor is gone: the file goes whole (and finds out)
+            return None
+        width = split_width(len(matching), self.pool.living, pixels, self.queued_pixels, tiles)
+        return (matching[-width:], info) if width >= 1 else None
+
+    def _help_splits(self) -> None:
+        """Nothing left to start: idle actors whose engines agree join the split with most tiles left."""
+        if not (self.pool.idle and not self.queue and self.splits):
+            return
+        helped = max((tiles for tiles, _ in self.splits.values()), key=lambda tiles: tiles.left)
+        joining = self.pool.idle_like(helped.key, skip_lost=True)
+        for actor in joining:
+            helped.add_actor(actor)
+        self.pool.take(joining)
+
+    # -- what comes back ----------------------------------------------------------------------------------------
+
+    def _wait(self) -> list[Any]:
+        """Until a whole file or a split is done (or, while splits run or files are held, a short while): the Ray
+        references of the whole files that are done."""
+        if not self.inflight:
+            wait_futures(list(self.splits), return_when=FIRST_COMPLETED)
+            return []
+        timeout = 0.05 if self.splits else CLAIM_POLL_S if self.held else None
+        done, _ = self.ray.wait(list(self.inflight), num_returns=1, timeout=timeout)
+        return list(done)
+
+    def _collect(self, done: list[Any]) -> None:
+        for ref in done:
+            self._file_done(ref)
+        for future in [f for f in self.splits if f.done()]:
+            self._split_done(future)
+
+    def _file_done(self, ref: Any) -> None:
+        """A whole file came back: its outcome, its actor idle again; or its actor was lost."""
+        actor, index = self.inflight.pop(ref)
+        try:
+            self._finish(self.ray.get(ref))
+            self.pool.free([actor])
+        except self.ray.exceptions.RayError as err:  # the actor (or its node) is gone: the file goes elsewhere
+            self.pool.lost(1)
+            self._lost(index, type(err).__name__)
+            left = len(self.pool.idle) + len(self.inflight)
+            self.say(f"a Ray worker was lost ({type(err).__name__}); {left} left")
+
+    def _split_done(self, future: Future[RayOutcome]) -> None:
+        """A split file ended: its actors that still live are idle again; when it failed for want of any, it is
+        tried again."""
+        tiles, index = self.splits.pop(future)
+        alive = tiles.actors()
+        self.pool.free(alive)
+        outcome = future.result()
+        self.pool.lost(len(tiles.lost))
+        if tiles.lost:
+            self.say(f"{len(tiles.lost)} Ray worker(s) lost while splitting {outcome.src}")
+        if not outcome.ok and not alive:
+            self._lost(index, "every worker of its tiles")
+        else:
+            self._finish(outcome)
+
+    def _finish(self, outcome: RayOutcome) -> None:
+        """Commit a finished file (a commit that fails makes it a failure), then report its outcome."""
         tmp = outcome.tmp
         if outcome.ok and tmp is not None:
             try:
-                (commit or _rename)(outcome)
+                self.commit(outcome)
                 outcome = replace(outcome, tmp=None)
             except (OSError, TexupError) as err:
                 Path(tmp).unlink(missing_ok=True)
                 reason = str(err) if isinstance(err, TexupError) else f"{outcome.dst}: {err.strerror or err}"
                 outcome = replace(outcome, ok=False, error=" ".join(reason.split()), tmp=None)
-        outcomes[outcome.index] = outcome
-        if on_outcome is not None:
-            on_outcome(outcome)
+        self.outcomes[outcome.index] = outcome
+        self.on_outcome(outcome)
 
-    def lost(index: int, why: str) -> None:
-        nonlocal queued_pixels
-        tries[index] += 1
-        if tries[index] < 2:
-            queue.appendleft(index)
-            queued_pixels += pixels[index]
+    def _lost(self, index: int, why: str) -> None:
+        """Task ``index``'s actor was lost: to the front of the queue, or after a second loss, a failure."""
+        self.tries[index] += 1
+        if self.tries[index] < 2:
+            self._requeue([index], front=True)
         else:
-            src, dst = tasks[index]
-            finish(RayOutcome(index, src, dst, False, f"Ray worker lost twice ({why})", 0.0, "", 0))
+            src, dst = self.tasks[index]
+            self._finish(RayOutcome(index, src, dst, False, f"Ray worker lost twice ({why})", 0.0, "", 0))
 
-    pool = ThreadPoolExecutor(max(1, len(actors) // 2), thread_name_prefix="texup-ray-tiles")
-    try:
-        while queue or inflight or splits or held:
-            if held and not queue and (idle or not (inflight or splits)):  # ask again for what other runs hold
-                if not (inflight or splits):
-                    time.sleep(CLAIM_POLL_S)
-                queue.extend(held)
-                queued_pixels += sum(pixels[i] for i in held)
-                held.clear()
-            while queue and idle:
-                index = queue.popleft()
-                queued_pixels -= pixels[index]
-                src, dst = tasks[index]
-                if claim is not None and index not in claimed:
-                    answer = claim(index)
-                    if answer is None:
-                        held.append(index)
-                        continue
-                    if answer is False:
-                        outcomes[index] = RayOutcome(index, src, dst, True, None, 0.0, "", 0, settled=True)
-                        continue
-                    claimed.add(index)
-                width = 0
-                matching: list[Any] = []
-                if split and pixels[index] * living > pixels[index] + queued_pixels:  # ask for tiles only then
-                    try:
-                        info = engine_of(idle[-1])
-                        tiles = _tile_count(ray, idle[-1], sizes[index], options, int(info["scale"]))
-                        # only actors whose engine gives the same pixels share a file (auto may differ by node)
-                        matching = [a for a in idle if engine_key(engine_of(a)) == engine_key(info)]
-                    except ray.exceptions.RayError:  # an actor is gone: the file goes whole (and finds out)
-                        tiles = 0
-                    width = split_width(len(matching), living, pixels[index], queued_pixels, tiles)
-                if width >= 1:
-                    group = matching[-width:]
-                    idle = [a for a in idle if all(a is not g for g in group)]
-                    tiles_engine = RayTiles(ray, group, info)
-                    future = pool.submit(_split_file, tiles_engine, index, src, dst, options, max_pixels, stop.is_set)
-                    splits[future] = (tiles_engine, index)
-                else:
-                    actor = idle.pop()
-                    inflight[actor.upscale.remote(index, src, dst, options)] = (actor, index)
-            if idle and not queue and splits:  # nothing left to start: idle actors help the split with most left
-                helped = max((group for group, _ in splits.values()), key=lambda group: group.left)
-                joining = []
-                for actor in idle:
-                    try:
-                        if engine_key(engine_of(actor)) == helped.key:
-                            joining.append(actor)
-                    except ray.exceptions.RayError:  # lost while idle: nothing more is given to it
-                        pass
-                for actor in joining:
-                    helped.add_actor(actor)
-                idle = [a for a in idle if all(a is not j for j in joining)]
-            if not inflight and not splits and not (held and idle):  # every actor died: the rest cannot run
-                for index in [*queue, *held]:
-                    src, dst = tasks[index]
-                    finish(RayOutcome(index, src, dst, False, "no Ray worker left to run it", 0.0, "", 0))
-                queue.clear()
-                held.clear()
-                break
-            if inflight:
-                timeout = 0.05 if splits else CLAIM_POLL_S if held else None
-                done, _ = ray.wait(list(inflight), num_returns=1, timeout=timeout)
-            else:
-                done = []
-                wait_futures(list(splits), return_when=FIRST_COMPLETED)
-            for ref in done:
-                actor, index = inflight.pop(ref)
-                try:
-                    finish(ray.get(ref))
-                    idle.append(actor)
-                except ray.exceptions.RayError as err:  # the actor (or its node) is gone: the file goes elsewhere
-                    living -= 1
-                    lost(index, type(err).__name__)
-                    say(f"a Ray worker was lost ({type(err).__name__}); {len(idle) + len(inflight)} left")
-            for future in [f for f in splits if f.done()]:
-                tiles_engine, index = splits.pop(future)
-                alive = tiles_engine.actors()
-                idle.extend(alive)
-                outcome = future.result()
-                living -= len(tiles_engine.lost)
-                if tiles_engine.lost:
-                    say(f"{len(tiles_engine.lost)} Ray worker(s) lost while splitting {outcome.src}")
-                if not outcome.ok and not alive:
-                    lost(index, "every worker of its tiles")
-                else:
-                    finish(outcome)
-    finally:
-        stop.set()  # a split still running (an exception here) stops at its next tile
-        pool.shutdown(wait=True)
-        for actor in actors:
-            ray.kill(actor)
-    return [outcomes[i] for i in range(len(tasks))]
+    def _fail_the_rest(self) -> None:
+        for index in [*self.queue, *self.held]:
+            src, dst = self.tasks[index]
+            self._finish(RayOutcome(index, src, dst, False, "no Ray worker left to run it", 0.0, "", 0))
+        self.queue.clear()
+        self.held.clear()
 
 
 @contextmanager
