@@ -33,15 +33,10 @@ def run(args: argparse.Namespace, nodes: int, folder: Path) -> float:
         out = folder / f"out{nodes}"
         tasks = [(str(p), str(out / p.name)) for p in sorted((folder / "in").glob("*.png"))]
         # One warm-up file per node, so model loading is not in the timing.
-        run_on_ray(
-            tasks[:nodes],
-            model=args.model,
-            choice=EngineChoice(engine=args.engine, device="cpu"),
-            options={},
-            address=address,
-        )
+        choice = EngineChoice(engine=args.engine, device="cpu")
+        run_on_ray(tasks[:nodes], model=args.model, choice=choice, options={}, address=address)
         start = time.perf_counter()
-        outcomes = run_on_ray(tasks, model=args.model, engine=args.engine, device="cpu", options={}, address=address)
+        outcomes = run_on_ray(tasks, model=args.model, choice=choice, options={}, address=address)
         seconds = time.perf_counter() - start
         assert all(o.ok for o in outcomes), [o.error for o in outcomes if not o.ok]
         return seconds
