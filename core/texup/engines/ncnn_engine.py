@@ -9,6 +9,12 @@ Inside a tile the network is evaluated in chunks: the extractor is asked for a f
 after another (every RRDB's output, for instance), so cancel is polled and progress reported between
 chunks; ncnn computes each blob once and keeps what later layers still need, so the result is the same as
 one extraction of the output (tested).
+
+On the CPU a head that upsamples by nearest 2x Interps and same-padded convolutions (RRDBNet's, found by
+:func:`find_row_head`) runs in row strips, as the torch engine runs it: the body up to the trunk blob in one
+extractor, then every strip of trunk rows (with the head's reach as context) fed at the trunk blob to an extractor
+of its own, so the output-resolution blobs exist for one strip at a time. The automatic tile comes from measured
+tile memory (:data:`NCNN_TILE_MEMORY`).
 """
 
 from __future__ import annotations
@@ -44,10 +50,35 @@ _GPU_KINDS = {0: "discrete", 1: "integrated", 2: "virtual", 3: "cpu"}
 CHECKPOINTS = 12
 #: What one tile's activations may take in host memory on the CPU (as for the torch engine).
 CPU_MEMORY_BUDGET = 1 << 30
-#: Output-resolution fp32 blobs of the head's width that one tile costs in a graph whose head convolutions run at
-#: output resolution (RRDBNet), as measured through the worker (see graph_from_files): it decides the CPU tile
-#: (64 for x4plus within the 1 GB budget; the 192 used before peaked at 2.5 GB for one tile, more in the worker).
-NCNN_HEAD_BLOBS = 22
+#: Trunk rows per strip when a graph's upsampling head runs in row strips on the CPU (NcnnEngine.stream_rows). x4plus,
+#: one 288^2 tile: 8 rows peak at 605 MiB fp32 / 406 MiB bf16 (the trunk's peak; 4 rows: the same), 16 rows at 749 /
+#: 519 MiB, 32 at 837 / 652; seconds equal within the noise of a shared 2-vCPU machine (8 vs 16 rows, alternating,
+#: best of 3: 9.96 vs 11.09 s fp32, 9.40 vs 10.56 s bf16; an earlier round 10.38 vs 9.57 and 8.78 vs 8.76 s).
+NCNN_STREAM_ROWS = 8
+#: Peak memory of one CPU tile over the process before it, measured: ``(fixed bytes, bytes per trunk pixel)`` for a
+#: head 64 channels wide (scaled by the graph's head width), by how the graph's head runs and the storage precision.
+#: "strips": RRDBNet's head in row strips of NCNN_STREAM_ROWS trunk rows (RowHead; the peak is then the trunk's
+#: dense blocks: part convolutions 192 channels wide and Winograd's transformed blobs); "whole": a head that
+#: convolves at output resolution run in one piece (a graph whose head is not a RowHead chain, or stream_rows None);
+#: "input": a head at input resolution (compact's PixelShuffle). Measured on an AMD EPYC (Zen 4, 2 vCPUs,
+#: avx512_bf16), ncnn 1.0.20261020, realesrgan-x4plus ("strips": 100/255/442/605 MiB fp32, 65/209/293/406 MiB
+#: bf16) and realesr-animevideov3 ("input": 25/70/138/229 MiB fp32, 21/60/117/194 MiB bf16) at tiles 64/128/192/256
+#: (96^2 to 288^2 with the overlap), one tile per fresh process after a 32 px warm-up:
+#: ``scripts/bench_engines.py --tiles 64,128,192,256`` (docs/benchmarks.md section 2); the slope fitted, the fixed
+#: term raised until every measured point lies within the estimate. "whole" is the worker's figure over a whole
+#: 512^2 texture (88 KB per input pixel at 96^2 and 128^2 tiles: the heap of a process that keeps freed memory
+#: fragments between output-resolution tiles; one tile alone measured 449 and 1085 MiB, 91 MiB + 40.7 KB per
+#: pixel), bf16 by the measured 0.76 ratio (342 and 814 MiB).
+NCNN_TILE_MEMORY: dict[tuple[str, str], tuple[int, int]] = {
+    ("strips", "fp32"): (100 << 20, 7_150),
+    ("strips", "bf16"): (96 << 20, 4_600),
+    ("whole", "fp32"): (0, 88_000),
+    ("whole", "bf16"): (0, 67_000),
+    ("input", "fp32"): (8 << 20, 2_950),
+    ("input", "bf16"): (8 << 20, 2_500),
+}
+#: The head width the NCNN_TILE_MEMORY figures were measured at (x4plus's and animevideov3's num_feat).
+NCNN_MEASURED_HEAD_WIDTH = 64
 _stderr_lock = threading.Lock()
 
 
@@ -157,7 +188,9 @@ class NcnnGraph:
     """An ncnn model on disk and what texup needs to know about it.
 
     ``checkpoints``: blob names to extract in order inside a tile (the last one is ``output_blob``).
-    ``activation_bytes_per_pixel``: fp32 bytes of activations per *input* pixel at peak, for tile sizing.
+    ``head_width``: channels of the head's convolutions; ``full_resolution_head``: whether the graph convolves an
+    upsampled (Interp) blob, i.e. runs convolutions above input resolution (with ``head``, in strips on the CPU).
+    ``head``: the graph's upsampling head when it can run in row strips (:class:`RowHead`), else None.
     """
 
     param: Path
@@ -167,7 +200,74 @@ class NcnnGraph:
     input_blob: str
     output_blob: str
     checkpoints: tuple[str, ...]
-    activation_bytes_per_pixel: int
+    head_width: int
+    full_resolution_head: bool
+    head: RowHead | None = None
+
+
+@dataclass(frozen=True)
+class RowHead:
+    """An upsampling head that runs in row strips: the chain of layers from ``input_blob`` (the trunk, at the
+    trunk's resolution) to the graph's output is nearest 2x Interps, 3x3-style stride-1 convolutions and
+    per-pixel activations only, so every output row depends on trunk rows within ``halo`` of its own.
+
+    ``up``: output rows per trunk row. ``body_checkpoints``: the checkpoints up to the trunk (the last is
+    ``input_blob``), extracted before the strips.
+    """
+
+    input_blob: str
+    up: int
+    halo: int
+    body_checkpoints: tuple[str, ...]
+
+
+#: Per-pixel layers a row-strip head may hold besides its Interps and convolutions.
+_PIXELWISE = frozenset({"ReLU", "PReLU", "Sigmoid", "Clip", "TanH", "Swish"})
+
+
+def find_row_head(layers: list[Any], output_blob: str, checkpoints: list[str]) -> RowHead | None:
+    """The head of a graph whose last layers, from its first 2x nearest Interp on, form one chain of Interps
+    (nearest, 2x), convolutions (stride 1, dilation 1, symmetric padding of half the kernel) and per-pixel
+    activations ending at ``output_blob``: RRDBNet's head (``trunk`` -> up1 -> conv_up1 -> up2 -> conv_up2 ->
+    conv_hr -> conv_last). None for any other shape (compact's PixelShuffle head runs at input resolution anyway).
+
+    The halo is the head's reach in trunk rows: a convolution of kernel k at f output rows per trunk row reaches
+    (k - 1) / 2 / f trunk rows, rounded up over the chain (x4plus: 1/2 + 3 * 1/4 -> 2, torch's STRIP_HALO).
+    """
+    start = next((i for i, layer in enumerate(layers) if layer.type == "Interp"), None)
+    if start is None:
+        return None
+    chain = layers[start:]
+    head_input = chain[0].inputs[0] if len(chain[0].inputs) == 1 else None
+    if head_input is None or chain[-1].outputs != [output_blob]:
+        return None
+    reach, factor, previous = 0.0, 1, head_input
+    try:
+        for layer in chain:
+            if layer.inputs != [previous] or len(layer.outputs) != 1:
+                return None
+            previous = layer.outputs[0]
+            if layer.type == "Interp":
+                scale_h, scale_w = float(layer.params.get(1, 1.0)), float(layer.params.get(2, 1.0))
+                if layer.int_param(0, 0) != 1 or scale_h != 2.0 or scale_w != 2.0 or 3 in layer.params:
+                    return None
+                factor *= 2
+            elif layer.type == "Convolution":
+                k = layer.int_param(11, layer.int_param(1, 0))
+                pad = layer.int_param(14, layer.int_param(4, 0))
+                fixed = (layer.int_param(12, layer.int_param(2, 1)), layer.int_param(13, layer.int_param(3, 1)))
+                if k % 2 == 0 or fixed != (1, 1) or pad != (k - 1) // 2 or layer.int_param(16, pad) != pad:
+                    return None
+                reach += pad / factor
+            elif layer.type not in _PIXELWISE:
+                return None
+    except ValueError:  # an array where a number belongs: not a head texup knows
+        return None
+    if factor == 1:
+        return None
+    head_blobs = {blob for layer in chain for blob in layer.outputs}
+    body = [c for c in checkpoints if c not in head_blobs and c != head_input] + [head_input]
+    return RowHead(head_input, factor, max(1, int(np.ceil(reach))), tuple(body))
 
 
 def graph_from_files(
@@ -215,22 +315,23 @@ def graph_from_files(
     if not set(checkpoints) <= produced:
         raise ModelLoadError(param, "a checkpoint blob is not in the graph")
     widths = [layer.int_param(0, 0) for layer in layers if layer.type == "Convolution"]
-    # The largest blobs are the head's, as wide as the convolution before the output one (not the widest:
+    # The memory of a tile scales with the head's width: the convolution before the output one (not the widest:
     # texup's dense blocks stack 5 outputs in one). Graphs that convolve an Interp's output run their last
-    # convolutions at output resolution: measured (x4plus, ncnn 1.0.20261020, 2-vCPU EPYC) 52-56 KB per input
-    # pixel for one tile alone (96^2 to 288^2: ~14 such blobs alive at the peak, i.e. the blobs around the
-    # convolution, its padded copy, packing copies, Winograd's transformed input and output), and 88 KB through
-    # the worker over a whole 512^2 texture (96^2 and 128^2 tiles: 770 and 1380 MiB over the warm worker; the
-    # heap of a process that keeps freed memory, texup._malloc, fragments between tiles). Graphs that upsample
-    # by PixelShuffle (compact) keep their convolutions at input resolution and stay well below the same
-    # estimate with 3 blobs (x4 compact: 3.6 KB per input pixel measured).
+    # convolutions at output resolution, the largest blobs by far unless they run in strips (NCNN_TILE_MEMORY).
     head = widths[-2] if len(widths) > 1 else widths[-1]
     upsampled = {blob for layer in layers if layer.type == "Interp" for blob in layer.outputs}
     convolves_upsampled = any(layer.type == "Convolution" and set(layer.inputs) & upsampled for layer in layers)
-    blobs = NCNN_HEAD_BLOBS if convolves_upsampled else 3
-    per_pixel = 4 * (blobs * head * scale * scale + 12 * head)
     return NcnnGraph(
-        param, bin_path, int(scale), int(input_multiple), inputs[0], outputs[0], tuple(checkpoints), per_pixel
+        param,
+        bin_path,
+        int(scale),
+        int(input_multiple),
+        inputs[0],
+        outputs[0],
+        tuple(checkpoints),
+        int(head),
+        convolves_upsampled,
+        find_row_head(layers, outputs[0], checkpoints),
     )
 
 
@@ -333,6 +434,8 @@ class NcnnEngine:
         self._net = _load_net(
             graph.param, graph.bin, threads=self.threads, gpu=self.gpu, half=key == "fp16", bf16=key == "bf16"
         )
+        #: Trunk rows per strip of a row-strip head (:class:`RowHead`) on the CPU; None runs the head whole.
+        self.stream_rows: int | None = NCNN_STREAM_ROWS
 
     def __repr__(self) -> str:
         return f"NcnnEngine({self.model_name!r}, device={self.device}, precision={self.precision})"
@@ -366,27 +469,11 @@ class NcnnEngine:
         padded = pad_to_multiple(np.asarray(x, dtype=np.float32), self.input_multiple)
         chw = np.ascontiguousarray(padded.transpose(2, 0, 1))
         poller = CancelPoller(cancel) if cancel is not None else None
-        ex = self._net.create_extractor()
-        try:
-            ex.input(self.graph.input_blob, self._ncnn.Mat(chw))
-            watched = cancel is not None or step is not None
-            names = self.graph.checkpoints if self.gpu is None and watched else (self.graph.output_blob,)
-            out = None
-            for index, blob in enumerate(names):
-                if poller is not None:
-                    poller.check()
-                last = index == len(names) - 1
-                # Intermediate blobs are only computed, not used: type 1 skips unpacking them into a new Mat.
-                ret, out = ex.extract(blob, 0 if last else 1)
-                if ret != 0:
-                    if self.gpu is not None:
-                        raise EngineOutOfMemory(f"ncnn failed on {self.device} for a {w}x{h} tile (code {ret})")
-                    raise TexupError(f"ncnn failed to compute blob {blob!r} of {self.graph.param.name} (code {ret})")
-                if step is not None:
-                    step((index + 1) / len(names))
-            y = np.array(out, dtype=np.float32, copy=True)
-        finally:
-            ex.clear()
+        head = self.graph.head
+        if self.gpu is None and head is not None and self.stream_rows:
+            y = self._run_in_strips(chw, head, self.stream_rows, poller, step)
+        else:
+            y = self._run_whole(chw, poller, step, watched=cancel is not None or step is not None)
         s = self.scale
         if y.shape != (3, padded.shape[0] * s, padded.shape[1] * s):
             raise TexupError(
@@ -397,19 +484,115 @@ class NcnnEngine:
         np.clip(y, 0.0, 1.0, out=y)
         return np.ascontiguousarray(y.transpose(1, 2, 0))
 
+    def _extract(self, ex: Any, blob: str, last: bool) -> Any:
+        # Intermediate blobs are only computed, not used: type 1 skips unpacking them into a new Mat.
+        ret, out = ex.extract(blob, 0 if last else 1)
+        if ret != 0:
+            if self.gpu is not None:
+                raise EngineOutOfMemory(f"ncnn failed on {self.device} for a tile (code {ret})")
+            raise TexupError(f"ncnn failed to compute blob {blob!r} of {self.graph.param.name} (code {ret})")
+        return out
+
+    def _run_whole(
+        self, chw: np.ndarray, poller: CancelPoller | None, step: StepCallback | None, *, watched: bool
+    ) -> np.ndarray:
+        """The tile in one extractor: its checkpoints one by one on the CPU when watched, else the output only."""
+        ex = self._net.create_extractor()
+        try:
+            ex.input(self.graph.input_blob, self._ncnn.Mat(chw))
+            names = self.graph.checkpoints if self.gpu is None and watched else (self.graph.output_blob,)
+            out = None
+            for index, blob in enumerate(names):
+                if poller is not None:
+                    poller.check()
+                out = self._extract(ex, blob, index == len(names) - 1)
+                if step is not None:
+                    step((index + 1) / len(names))
+            return np.array(out, dtype=np.float32, copy=True)
+        finally:
+            ex.clear()
+
+    def _run_in_strips(
+        self,
+        chw: np.ndarray,
+        head: RowHead,
+        rows: int,
+        poller: CancelPoller | None,
+        step: StepCallback | None,
+    ) -> np.ndarray:
+        """The body up to the trunk in one extractor, then the head over strips of ``rows`` trunk rows, each with
+        ``head.halo`` rows of context, in an extractor of its own fed the strip at the trunk blob (ncnn runs only
+        the layers after it). The full-resolution blobs exist for one strip at a time; same arithmetic as the
+        whole head (the halo covers every convolution's reach)."""
+        ex = self._net.create_extractor()
+        try:
+            ex.input(self.graph.input_blob, self._ncnn.Mat(chw))
+            names = head.body_checkpoints if poller is not None or step is not None else head.body_checkpoints[-1:]
+            out = None
+            for index, blob in enumerate(names):
+                if poller is not None:
+                    poller.check()
+                out = self._extract(ex, blob, index == len(names) - 1)
+                if step is not None and index < len(names) - 1:
+                    step(0.9 * (index + 1) / len(names))
+            trunk = np.array(out, dtype=np.float32, copy=True)
+        finally:
+            ex.clear()
+        del out
+        height, up, halo = trunk.shape[1], head.up, head.halo
+        result = np.empty((3, height * up, trunk.shape[2] * up), np.float32)
+        starts = range(0, height, rows)
+        for index, r0 in enumerate(starts):
+            if poller is not None:
+                poller.check()
+            r1 = min(height, r0 + rows)
+            a, b = max(0, r0 - halo), min(height, r1 + halo)
+            strip = np.ascontiguousarray(trunk[:, a:b])
+            ex = self._net.create_extractor()
+            try:
+                ex.input(head.input_blob, self._ncnn.Mat(strip))
+                y = np.asarray(self._extract(ex, self.graph.output_blob, True))
+                if y.shape != (result.shape[0], (b - a) * up, result.shape[2]):
+                    raise TexupError(
+                        f"{self.graph.param.name}: the head returned {y.shape} for a strip of {b - a} trunk rows"
+                    )
+                result[:, r0 * up : r1 * up] = y[:, (r0 - a) * up : (r1 - a) * up]
+            finally:
+                ex.clear()
+            if step is not None:
+                step(0.9 + 0.1 * (index + 1) / len(starts))
+        return result
+
     def free_cached_memory(self) -> None:
         """Nothing to do: ncnn's allocators free blobs when the extractor is cleared."""
 
+    @property
+    def head_kind(self) -> str:
+        """How the head runs, the key of :data:`NCNN_TILE_MEMORY`: "strips", "whole" or "input"."""
+        if not self.graph.full_resolution_head:
+            return "input"
+        return "strips" if self.gpu is None and self.graph.head is not None and self.stream_rows else "whole"
+
     def activation_bytes(self, side: int) -> int:
+        """Estimated peak memory of one ``side`` x ``side`` CPU tile, from :data:`NCNN_TILE_MEMORY` (measured): the
+        fixed part plus the per-trunk-pixel part scaled by the head's width (and, for a whole head, by its pixels
+        per trunk pixel over x4plus's 16)."""
         m = self.input_multiple
-        padded = -(-side // m) * m
-        return self.graph.activation_bytes_per_pixel * padded * padded
+        trunk = (-(-side // m)) ** 2
+        fixed, per_pixel = NCNN_TILE_MEMORY[(self.head_kind, "bf16" if self.precision == "bf16" else "fp32")]
+        per = per_pixel * self.graph.head_width / NCNN_MEASURED_HEAD_WIDTH
+        if self.head_kind == "whole":
+            per *= (self.scale * m) ** 2 / 16
+        return int(fixed + per * trunk)
 
     def auto_tile(self, *, overlap: int = 16, out_width: int | None = None) -> int:
-        """The largest of 256, 224 ... 64 whose activations and row band fit the CPU budget; 256 on a GPU.
+        """The largest of 256, 224 ... 64 whose measured memory (:meth:`activation_bytes`) and row band fit the CPU
+        budget; 256 on a GPU.
 
-        On a GPU ncnn reports an allocation failure as a failed extraction, which the pipeline treats as out
-        of memory and answers with smaller tiles.
+        The largest that fits is the fastest that fits: with the head in strips (RRDBNet) or at input resolution
+        (compact), seconds per output megapixel fall with the tile up to 256 in both storage precisions (less
+        overlap; docs/benchmarks.md section 2). On a GPU ncnn reports an allocation failure as a failed
+        extraction, which the pipeline treats as out of memory and answers with smaller tiles.
         """
         if self.gpu is not None:
             return 256

@@ -24,6 +24,11 @@ from texup.engines.base import CancelCallback, CancelPoller, EngineOutOfMemory, 
 STREAM_ROWS = 16
 #: What one tile's network activations plus the pipeline's row band may take on the CPU (see TorchEngine.auto_tile).
 CPU_MEMORY_BUDGET = 1 << 30
+#: What one CPU tile measured above the arch's activation estimate at most (allocator and oneDNN workspace): +18 MiB
+#: (x4plus fp32, 224^2: 214 MiB measured, 196 estimated); bf16 and compact stayed below their estimates (x4plus bf16
+#: 288^2: 126 MiB vs 153). AMD EPYC (Zen 4, 2 vCPUs, avx512_bf16), torch 2.13, one tile per fresh process:
+#: ``scripts/bench_engines.py --tiles 64,128,192,256`` (docs/benchmarks.md section 2). Counted in auto_tile's need.
+CPU_TILE_OVERHEAD = 32 << 20
 
 
 class ModelLike(Protocol):
@@ -186,9 +191,11 @@ class TorchEngine:
         """The core tile size (input pixels) used when the caller gives none.
 
         CPU and MPS: the largest of 256, 224 ... 64 whose network activations (:meth:`activation_bytes` of
-        ``tile + 2 * overlap``) plus the pipeline's float32 row band (``(tile + 2 * overlap) * scale`` rows
-        of ``out_width``) fit :data:`CPU_MEMORY_BUDGET`. Not larger than 256: per pixel, larger tiles run
-        no faster on a CPU (their activations fall out of cache; docs/benchmarks.md) while the band grows.
+        ``tile + 2 * overlap``, plus the measured :data:`CPU_TILE_OVERHEAD`) plus the pipeline's float32 row band
+        (``(tile + 2 * overlap) * scale`` rows of ``out_width``) fit :data:`CPU_MEMORY_BUDGET`: the fastest that
+        fits, since seconds per output megapixel fall with the tile up to 256 in both precisions (less overlap;
+        docs/benchmarks.md section 2). Not larger than 256: per pixel, larger tiles run no faster on a CPU (their
+        activations fall out of cache) while the band grows.
         CUDA: the largest of 1024, 992 ... 128 whose activations fit half of the free device memory.
         """
         cuda = self.torch_device.type == "cuda"
@@ -200,6 +207,8 @@ class TorchEngine:
         for tile in sizes:
             side = tile + 2 * overlap
             need = self.activation_bytes(side)
+            if not cuda:
+                need += CPU_TILE_OVERHEAD
             if not cuda and out_width:  # the band is host memory: on CUDA it is not in the device's budget
                 need += side * self.scale * out_width * 3 * 4
             if need <= budget:
