@@ -484,12 +484,12 @@ class NcnnEngine:
         np.clip(y, 0.0, 1.0, out=y)
         return np.ascontiguousarray(y.transpose(1, 2, 0))
 
-    def _extract(self, ex: Any, blob: str, last: bool) -> Any:
+    def _extract(self, ex: Any, blob: str, last: bool, size: tuple[int, int]) -> Any:
         # Intermediate blobs are only computed, not used: type 1 skips unpacking them into a new Mat.
         ret, out = ex.extract(blob, 0 if last else 1)
         if ret != 0:
             if self.gpu is not None:
-                raise EngineOutOfMemory(f"ncnn failed on {self.device} for a tile (code {ret})")
+                raise EngineOutOfMemory(f"ncnn failed on {self.device} for a {size[1]}x{size[0]} tile (code {ret})")
             raise TexupError(f"ncnn failed to compute blob {blob!r} of {self.graph.param.name} (code {ret})")
         return out
 
@@ -505,7 +505,7 @@ class NcnnEngine:
             for index, blob in enumerate(names):
                 if poller is not None:
                     poller.check()
-                out = self._extract(ex, blob, index == len(names) - 1)
+                out = self._extract(ex, blob, index == len(names) - 1, chw.shape[1:])
                 if step is not None:
                     step((index + 1) / len(names))
             return np.array(out, dtype=np.float32, copy=True)
@@ -532,7 +532,7 @@ class NcnnEngine:
             for index, blob in enumerate(names):
                 if poller is not None:
                     poller.check()
-                out = self._extract(ex, blob, index == len(names) - 1)
+                out = self._extract(ex, blob, index == len(names) - 1, chw.shape[1:])
                 if step is not None and index < len(names) - 1:
                     step(0.9 * (index + 1) / len(names))
             trunk = np.array(out, dtype=np.float32, copy=True)
@@ -551,7 +551,7 @@ class NcnnEngine:
             ex = self._net.create_extractor()
             try:
                 ex.input(head.input_blob, self._ncnn.Mat(strip))
-                y = np.asarray(self._extract(ex, self.graph.output_blob, True))
+                y = np.asarray(self._extract(ex, self.graph.output_blob, True, chw.shape[1:]))
                 if y.shape != (result.shape[0], (b - a) * up, result.shape[2]):
                     raise TexupError(
                         f"{self.graph.param.name}: the head returned {y.shape} for a strip of {b - a} trunk rows"
