@@ -270,7 +270,8 @@ def openvino_runner(spec: dict[str, Any]) -> Runner:
     def run(x: np.ndarray) -> np.ndarray:
         return compiled(np.ascontiguousarray(x.transpose(2, 0, 1)[None]))[0][0].transpose(1, 2, 0)
 
-    run.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # type: ignore[attr-defined]
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino Type
+    run.precision = getattr(hint, "get_type_name", lambda: str(hint))()  # type: ignore[attr-defined]
     return run
 
 
@@ -916,7 +917,7 @@ def summary(report: dict[str, Any]) -> None:
     )
     if "peer:openvino" in rows:
         target(
-            f"auto vs OpenVINO, its default hints ({rows['peer:openvino'].get('note', '').rsplit('in ', 1)[-1]}), "
+            f"auto vs OpenVINO, its default hints ({rows['peer:openvino'].get('note', '').rsplit(' ', 1)[-1]}), "
             f"model-only {mo['size']}px",
             rows["peer:openvino"].get("auto_speedup"),
             TARGETS["model_only_vs_peer"],
