@@ -30,13 +30,14 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 #: The engines (texup.engines registers one spec per name, checked at import).
-ENGINES: tuple[str, ...] = ("auto", "torch", "ncnn")
+ENGINES: tuple[str, ...] = ("auto", "torch", "ncnn", "openvino")
 #: How the add-on's Engine preference shows each of :data:`ENGINES`, in its order (the bundled engine before the one
 #: that needs PyTorch): name -> (label, description).
 ENGINE_LABELS: dict[str, tuple[str, str]] = {
     "auto": ("Auto", "The faster engine for the device, measured on this machine once per model"),
     "ncnn": ("ncnn", "ncnn: CPU and Vulkan GPUs, no PyTorch needed"),
     "torch": ("PyTorch", "PyTorch: CPU, CUDA, Apple MPS (Install PyTorch below)"),
+    "openvino": ("OpenVINO", "OpenVINO: CPU (bf16 where native), Intel GPUs and NPUs (pip install openvino)"),
 }
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 LAYOUTS: tuple[str, ...] = ("auto", "nchw", "channels_last")
@@ -246,13 +247,13 @@ def _shown(value: Any) -> str:
 
 
 def device_problem(text: str) -> str | None:
-    """Why ``text`` is not a device name (auto, cpu, mps, cuda[:N], vulkan[:N]), or None."""
+    """Why ``text`` is not a device name (auto, cpu, mps, npu, cuda[:N], vulkan[:N], gpu[:N]), or None."""
     base, _, index = text.strip().lower().partition(":")
-    if base in ("auto", "cpu", "mps") and not index:
+    if base in ("auto", "cpu", "mps", "npu") and not index:
         return None
-    if base in ("cuda", "vulkan") and (not index or (index.isdigit() and len(index) <= 4)):
+    if base in ("cuda", "vulkan", "gpu") and (not index or (index.isdigit() and len(index) <= 4)):
         return None
-    return f"expected auto, cpu, cuda[:N], mps or vulkan[:N], not {text!r}"
+    return f"expected auto, cpu, cuda[:N], mps, vulkan[:N], gpu[:N] or npu, not {text!r}"
 
 
 RUN_OPTIONS: tuple[Option, ...] = (
@@ -315,7 +316,12 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "torch (CPU, CUDA, MPS), ncnn (CPU, any Vulkan GPU)",
         choices=ENGINES,
     ),
-    Option("device", "device", "auto", "where it runs (vulkan implies --engine ncnn; cuda and mps imply torch)"),
+    Option(
+        "device",
+        "device",
+        "auto",
+        "where it runs (vulkan implies ncnn; cuda and mps imply torch; gpu and npu imply openvino)",
+    ),
     Option(
         "precision",
         "choice",

@@ -20,20 +20,22 @@ def test_the_registered_engines_are_the_schemas_names_and_the_addon_labels_them_
 
 
 def test_devices_choices_and_implied_engines_derive_from_the_specs():
-    assert spec.device_patterns() == ("cpu", "cuda[:N]", "mps", "vulkan[:N]")
-    assert [select.engine_for_device(d) for d in ("vulkan:2", "cuda", "MPS", "cpu", "auto")] == [
+    assert spec.device_patterns() == ("cpu", "cuda[:N]", "gpu[:N]", "mps", "npu", "vulkan[:N]")
+    assert [select.engine_for_device(d) for d in ("vulkan:2", "cuda", "MPS", "cpu", "auto", "gpu:1", "npu")] == [
         "ncnn",
         "torch",
         "torch",
         None,
         None,
+        "openvino",
+        "openvino",
     ]
     pattern = spec.choice_pattern()
     assert pattern.fullmatch("ncnn/vulkan:12/fp16") and pattern.fullmatch("torch/cuda/auto")
     assert not pattern.fullmatch("torch/mps:0/fp32") and not pattern.fullmatch("tpu/cpu/auto")
     assert spec.get_spec("ncnn").precisions_on("vulkan:3") == ("fp32", "fp16")
     assert spec.get_spec("ncnn").precisions_on("cpu") == ("fp32", "bf16")
-    with pytest.raises(ValueError, match="expected auto, cpu, cuda\\[:N\\], mps or vulkan\\[:N\\]"):
+    with pytest.raises(ValueError, match="expected auto, cpu, cuda\\[:N\\], gpu\\[:N\\], mps, npu or vulkan\\[:N\\]"):
         select.check_device("tpu")
     with pytest.raises(ValueError, match="expected auto, torch, ncnn"):
         select.open_engine("realesr-animevideov3", engine="tensorrt")
@@ -55,11 +57,15 @@ def test_a_swapped_spec_drives_candidates_devices_and_opening(tmp_path, monkeypa
     with (
         spec.replaced("ncnn", available=lambda: True, candidates=lambda: gpu, open=fake_open),
         spec.replaced("torch", available=lambda: False),
+        spec.replaced("openvino", available=lambda: False),
     ):
         assert [c.key for c in select.candidates()] == ["ncnn/vulkan:1/auto", "ncnn/cpu/auto"]
         # fp16 is offered on Vulkan only, so the pool is one candidate: opened without measuring
         assert isinstance(select.open_engine("realesr-animevideov3", precision="fp16"), Fake)
         assert opened == [("vulkan:1", "fp16")]
-    with spec.replaced("torch", available=lambda: False, found_devices=lambda: [Device("cpu", "x")]):
+    with (
+        spec.replaced("torch", available=lambda: False, found_devices=lambda: [Device("cpu", "x")]),
+        spec.replaced("openvino", available=lambda: False),
+    ):
         assert all(d["engines"] == ["ncnn"] for d in select.devices_here())
     assert spec.get_spec("ncnn").open is not fake_open  # restored

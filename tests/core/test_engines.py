@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from realdata import real_image
 
-from texup.engines import select
+from texup.engines import select, spec
 from texup.engines.base import Cancelled, Engine
 from texup.engines.select import Candidate, open_engine
 from texup.machine import native_bf16
@@ -170,7 +170,9 @@ def test_the_unmeasured_first_guess_on_a_cpu_is_the_bundled_engine(monkeypatch):
     for native in (True, False):
         monkeypatch.setattr(texup.devices, "cpu_has_native_bf16", lambda native=native: native)
         keys = [c.key for c in select.candidates() if c.device == "cpu"]
-        assert keys[0] == "ncnn/cpu/auto" and keys[1:] == (["torch/cpu/bf16"] if native else []) + ["torch/cpu/fp32"]
+        openvino = ["openvino/cpu/auto"] if spec.get_spec("openvino").available() else []  # after ncnn, before torch
+        torch_keys = (["torch/cpu/bf16"] if native else []) + ["torch/cpu/fp32"]
+        assert keys[0] == "ncnn/cpu/auto" and keys[1:] == openvino + torch_keys
 
 
 def test_software_vulkan_is_never_an_auto_candidate(monkeypatch):

@@ -92,7 +92,7 @@ def test_an_entry_from_before_an_option_reads_as_what_it_was_made_with():
         ("overlap", -1, "overlap must be at least 0, got -1"),
         ("target_size", [0, 4], "target_size must be [width, height] of positive integers, got [0, 4]"),
         ("device", "cuda:x", "device must be auto, cpu, mps, cuda[:N] or vulkan[:N], got 'cuda:x'"),
-        ("engine", "onnx", "engine must be one of auto, torch, ncnn, got 'onnx'"),
+        ("engine", "onnx", "engine must be one of auto, torch, ncnn, openvino, got 'onnx'"),
         ("model", "", "model must be a non-empty string, got ''"),
         ("seamless", "x" * 200, "seamless must be one of auto, on, off, got 'xxxx"),
     ],

@@ -7,6 +7,8 @@
 * :mod:`~texup.engines.ncnn_engine` — ncnn on the CPU or any Vulkan GPU (imports ncnn, never torch);
 * :mod:`~texup.engines.ncnn_export` — texup's own writer of ncnn ``.param``/``.bin`` files (numpy only);
 * :mod:`~texup.engines.ncnn_models` — which ncnn files run a model (packaged, or exported and cached);
+* :mod:`~texup.engines.openvino_engine` — OpenVINO on the CPU, Intel GPUs and NPUs, the ncnn graph rebuilt with
+  its opset API (imports openvino only when used, never torch), and its spec;
 * :mod:`~texup.engines.spec` — one :class:`~texup.engines.spec.EngineSpec` per engine, registered below
   (:mod:`~texup.engines.torch_spec`, :mod:`~texup.engines.ncnn_spec`), checked against :data:`texup.options.ENGINES`;
 * :mod:`~texup.engines.select` — :func:`open_engine`: explicit choices, or ``auto`` by a cached measurement;
@@ -19,7 +21,7 @@ Importing this package imports neither torch nor ncnn; it sets their OpenMP wait
 from __future__ import annotations
 
 from texup._lazy import lazy_getattr
-from texup.engines import ncnn_spec, openmp, torch_spec
+from texup.engines import ncnn_spec, openmp, openvino_engine, torch_spec
 from texup.engines.base import (
     ENGINE_NAMES,
     Cancelled,
@@ -34,6 +36,7 @@ from texup.options import ENGINE_LABELS, ENGINES
 # the add-on offer those names).
 register(torch_spec.SPEC)
 register(ncnn_spec.SPEC)
+register(openvino_engine.SPEC)
 check_names(ENGINES, ENGINE_LABELS)
 
 _LAZY = {
@@ -44,6 +47,7 @@ _LAZY = {
     "TorchEngine": "texup.engines.torch_engine",
     "NcnnEngine": "texup.engines.ncnn_engine",
     "vulkan_devices": "texup.engines.ncnn_engine",
+    "OpenVinoEngine": "texup.engines.openvino_engine",
 }
 
 openmp.configure()

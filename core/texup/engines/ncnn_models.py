@@ -57,18 +57,30 @@ ExportSource = tuple[str, dict[str, Any], dict[str, np.ndarray], int, int]
 
 
 def exported_graph(
-    arch: str, hparams: dict[str, Any], sd: dict[str, np.ndarray], *, name: str, scale: int, input_multiple: int
+    arch: str,
+    hparams: dict[str, Any],
+    sd: dict[str, np.ndarray],
+    *,
+    name: str,
+    scale: int,
+    input_multiple: int,
+    dense: str = "split",
 ) -> NcnnGraph:
     """The cached ncnn export of these weights, writing it first when it does not exist yet."""
-    return _cached_export(_digest_arrays(arch, hparams, sd), name, lambda: (arch, hparams, sd, scale, input_multiple))
+    return _cached_export(
+        _digest_arrays(arch, hparams, sd), name, lambda: (arch, hparams, sd, scale, input_multiple), dense
+    )
 
 
-def _cached_export(digest: str, name: str, source: Callable[[], ExportSource]) -> NcnnGraph:
+def _cached_export(digest: str, name: str, source: Callable[[], ExportSource], dense: str = "split") -> NcnnGraph:
     """The export recorded under ``digest``; else ``source()`` is exported (under the cache lock) and recorded.
 
     ``source`` is only called when the export has to be written, so a caller whose digest is cheap (file
-    sizes and times) does not read the weights on every run.
+    sizes and times) does not read the weights on every run. ``dense``: RRDBNet's dense blocks "split" (ncnn's
+    fastest) or "concat" (as the model is written: OpenVINO's fastest), recorded apart.
     """
+    if dense != "split":
+        digest = hashlib.sha256(f"{digest}/{dense}".encode()).hexdigest()
     from texup._atomic import atomic_path
     from texup.engines.ncnn_export import export_ncnn
     from texup.weights import cache
@@ -85,7 +97,7 @@ def _cached_export(digest: str, name: str, source: Callable[[], ExportSource]) -
             return graph
         arch, hparams, sd, scale, input_multiple = source()
         folder.mkdir(parents=True, exist_ok=True)
-        checkpoints = export_ncnn(arch, hparams, sd, param, weights)
+        checkpoints = export_ncnn(arch, hparams, sd, param, weights, dense=dense)
         info = {
             "digest": digest,
             "arch": arch,
@@ -132,8 +144,11 @@ def _read_export(param: Path, weights: Path, info_path: Path, digest: str) -> Nc
     return graph_from_files(param, weights, scale=scale, input_multiple=multiple, checkpoints=list(checkpoints))
 
 
-def graph_for(model: Any) -> tuple[NcnnGraph, str]:
-    """``(graph, model name)`` for a model reference: registry name, weights file, or LoadedModel-like object."""
+def graph_for(model: Any, *, dense: str = "split") -> tuple[NcnnGraph, str]:
+    """``(graph, model name)`` for a model reference: registry name, weights file, or LoadedModel-like object.
+
+    ``dense``: how an export writes RRDBNet's dense blocks ("split" for ncnn, "concat" for OpenVINO; a user's
+    ``.param`` and the packaged compact files run as they are)."""
     ref = ModelRef.of(model)
     if ref.kind == "loaded":  # a LoadedModel (torch is installed then)
         model = ref.loaded
@@ -145,6 +160,7 @@ def graph_for(model: Any) -> tuple[NcnnGraph, str]:
             name=str(model.name),
             scale=int(model.scale),
             input_multiple=int(model.input_multiple),
+            dense=dense,
         )
         return graph, str(model.name)
     from texup.weights.registry import KNOWN_MODELS, get_model_info, ncnn_files
@@ -156,12 +172,12 @@ def graph_for(model: Any) -> tuple[NcnnGraph, str]:
         if is_ncnn(path):
             param, weights = ncnn_paths(path)
             return graph_from_files(param, weights), param.stem
-        return _graph_for_file(path, path.stem), path.stem
+        return _graph_for_file(path, path.stem, dense), path.stem
     name = os.fspath(model)
     from texup.weights.blend import blend_file, is_blend
 
     if is_blend(name):  # blended once into the model cache, then exported like any weights file
-        return _graph_for_file(blend_file(name), name), name
+        return _graph_for_file(blend_file(name), name, dense), name
     if name in KNOWN_MODELS:
         info = get_model_info(name)
         from texup.weights.registry import cached_path, ensure_model
@@ -171,11 +187,11 @@ def graph_for(model: Any) -> tuple[NcnnGraph, str]:
         if files is not None and not (cached is not None and _is_full_precision_download(cached)):
             if info.arch == "RRDBNet":
                 # The same weights in texup's faster graph (dense blocks without concatenation): exported once.
-                return _graph_for_packaged(files, name), name
+                return _graph_for_packaged(files, name, dense), name
             return graph_from_files(files[0], files[1], scale=info.scale, input_multiple=1), name
         # No packaged files, or `texup models fetch NAME --download` replaced the fp16 conversion with the
         # official full-precision weights, which the torch engine then uses too: export those.
-        return _graph_for_file(ensure_model(name), name), name
+        return _graph_for_file(ensure_model(name), name, dense), name
     from texup.errors import UnknownModelError
 
     raise UnknownModelError(f"unknown model '{name}': not a file and not one of: {', '.join(KNOWN_MODELS)}")
@@ -192,7 +208,7 @@ def _is_full_precision_download(cached: Path) -> bool:
     return str(entry.get("source", "")).startswith(("http://", "https://"))
 
 
-def _graph_for_packaged(files: tuple[Path, Path], name: str) -> NcnnGraph:
+def _graph_for_packaged(files: tuple[Path, Path], name: str, dense: str = "split") -> NcnnGraph:
     """Real-ESRGAN's packaged RRDBNet files re-expressed as texup's graph (same fp16-rounded weights, as fp32).
 
     Keyed by the packaged files' paths, sizes and modification times (a reinstalled package is exported again),
@@ -210,13 +226,19 @@ def _graph_for_packaged(files: tuple[Path, Path], name: str) -> NcnnGraph:
         sd = {k: np.asarray(v, dtype=np.float32) for k, v in model.state_dict.items()}
         return model.arch, dict(model.hparams), sd, scale, multiple
 
-    return _cached_export(digest, name, source)
+    return _cached_export(digest, name, source, dense)
 
 
-def _graph_for_file(path: Path, name: str) -> NcnnGraph:
+def _graph_for_file(path: Path, name: str, dense: str = "split") -> NcnnGraph:
     from texup.weights.arrays import read_array_model
 
     model = read_array_model(path, name=name)
     return exported_graph(
-        model.arch, model.hparams, model.state_dict, name=name, scale=model.scale, input_multiple=model.input_multiple
+        model.arch,
+        model.hparams,
+        model.state_dict,
+        name=name,
+        scale=model.scale,
+        input_multiple=model.input_multiple,
+        dense=dense,
     )
