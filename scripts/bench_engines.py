@@ -704,6 +704,12 @@ def tile_variants(args: argparse.Namespace, model: str, tile: int) -> list[dict[
             for p in ("bf16", "fp32")
             if f"torch-{p}" in wanted
         ]
+    if importlib.util.find_spec("openvino") is not None:
+        variants += [
+            {"engine": "openvino", "precision": p, "strips": None, "rows": None}
+            for p in ("bf16", "fp32")
+            if f"openvino-{p}" in wanted
+        ]
     return variants
 
 
@@ -974,8 +980,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--tile-engines",
-        default="ncnn-fp32,ncnn-bf16,torch-bf16,torch-fp32",
-        help="engine variants of the per-tile part (default all four)",
+        default="ncnn-fp32,ncnn-bf16,torch-bf16,torch-fp32,openvino-bf16,openvino-fp32",
+        help="engine variants of the per-tile part (default all; openvino where installed)",
     )
     parser.add_argument(
         "--tile-memory",

@@ -163,3 +163,53 @@ def test_without_openvino_engine_openvino_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 1 and "pip install openvino" in err and "Traceback" not in err
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("precision", "tile"), [("bf16", 256), ("fp32", 224)])
+def test_the_automatic_tile_is_the_largest_whose_measured_memory_fits_the_budget(precision, tile):
+    from texup.engines.openvino_engine import CPU_MEMORY_BUDGET
+
+    x4plus = select.open_engine("realesrgan-x4plus", engine="openvino", device="cpu", precision=precision)
+    assert x4plus.auto_tile(overlap=16) == tile  # OPENVINO_TILE_MEMORY's figures, from bench_engines.py --tiles
+    for out_width in (2048, 16384, 65536):
+        t = x4plus.auto_tile(overlap=16, out_width=out_width)
+        side = t + 32
+        assert t == 64 or x4plus.activation_bytes(side) + side * 4 * out_width * 12 <= CPU_MEMORY_BUDGET
+    compact = select.open_engine("realesr-animevideov3", engine="openvino", device="cpu", precision=precision)
+    assert compact.auto_tile(overlap=16) == 256
+
+
+_MEASURE = """
+import json, sys
+import numpy as np
+from texup.engines.select import open_engine
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+
+engine = open_engine(sys.argv[1], engine="openvino", device="cpu", precision=sys.argv[2])
+x = np.random.default_rng(0).random((int(sys.argv[3]),) * 2 + (3,), dtype=np.float32)
+engine.run_tile(x[:32, :32])  # warm-up, as the figures were measured
+open("/proc/self/clear_refs", "w").write("5")
+before = status("VmRSS")
+engine.run_tile(x)
+print(json.dumps({"growth": status("VmHWM") - before, "estimate": engine.activation_bytes(int(sys.argv[3]))}))
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/clear_refs"), reason="needs Linux's peak-RSS reset")
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_a_real_tile_stays_within_the_measured_estimate(precision):
+    # animevideov3 (small and quick); x4plus's own figures are in OPENVINO_TILE_MEMORY's comment
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, "realesr-animevideov3", precision, "224"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    growth, estimate = figures["growth"], figures["estimate"]
+    assert growth <= estimate, f"{growth / 2**20:.0f} MiB, estimate {estimate / 2**20:.0f} MiB"

@@ -47,14 +47,16 @@ from texup.errors import ModelLoadError, TexupError
 CPU_MEMORY_BUDGET = 1 << 30
 #: Peak memory of one CPU tile over the process before it, ``(fixed bytes, bytes per input pixel)`` at x4 (scaled by
 #: (scale / 4)^2), by whether the graph convolves at output resolution (RRDBNet's head, run whole: OpenVINO has no
-#: row strips here) and the precision computed. NOT MEASURED YET: a conservative estimate from the head's blobs
-#: (64 channels at output resolution, two alive, plus OpenVINO's working buffers); to be replaced by figures from
-#: ``scripts/bench_engines.py --tiles`` (issue 23 item 3's method).
+#: row strips here) and the precision computed. Measured with ``scripts/bench_engines.py --tiles 128,192,256
+#: --tile-engines openvino-bf16,openvino-fp32`` (a fresh process per tile: peak over the warmed process; AMD EPYC
+#: Zen 4, 2 vCPUs, OpenVINO 2026.4.1): x4plus bf16 164/324/538 MiB at 160/224/288 px (fit 6,844 B per pixel), fp32
+#: 306/609/1013 MiB (12,929 B); animevideov3 bf16 28/55/92 MiB (1,167 B), fp32 31/61/102 MiB (1,298 B). The slopes
+#: rounded up, plus the 32 MiB torch's estimate adds (CPU_TILE_OVERHEAD): x4plus bf16 gets tile 256, fp32 224.
 OPENVINO_TILE_MEMORY: dict[tuple[bool, str], tuple[int, int]] = {
-    (True, "fp32"): (64 << 20, 20_000),
-    (True, "bf16"): (64 << 20, 12_000),
-    (False, "fp32"): (32 << 20, 3_000),
-    (False, "bf16"): (32 << 20, 2_500),
+    (True, "fp32"): (32 << 20, 13_500),
+    (True, "bf16"): (32 << 20, 7_000),
+    (False, "fp32"): (32 << 20, 1_400),
+    (False, "bf16"): (32 << 20, 1_300),
 }
 #: Compiled models kept per engine on devices that compile one per tile shape (GPU, NPU).
 STATIC_SHAPES_KEPT = 4
@@ -487,7 +489,7 @@ class OpenVinoEngine:
             self._compiled.clear()
 
     def activation_bytes(self, side: int) -> int:
-        """Estimated peak memory of one ``side`` x ``side`` CPU tile from :data:`OPENVINO_TILE_MEMORY` (an estimate)."""
+        """Peak memory of one ``side`` x ``side`` CPU tile from :data:`OPENVINO_TILE_MEMORY` (measured figures)."""
         m = self.input_multiple
         pixels = (-(-side // m) * m) ** 2
         precision = "bf16" if self.precision == "bf16" else "fp32"
