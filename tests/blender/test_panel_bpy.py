@@ -212,7 +212,7 @@ def test_the_engine_and_device_preferences_reach_the_workers_job(addon, tmp_path
     finally:
         run.cleanup()
     assert (sent["device"], sent["engine"]) == ("cpu", "ncnn") and "layout" not in sent  # "auto" is not sent
-    assert [e[0] for e in preferences.ENGINES] == ["auto", "ncnn", "torch"]
+    assert [e[0] for e in preferences.ENGINES] == ["auto", "ncnn", "torch", "openvino"]  # options.ENGINE_LABELS' order
 
 
 # --- the panel at the default sidebar width ---------------------------------------------------------------
