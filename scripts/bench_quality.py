@@ -177,6 +177,21 @@ def textures(side: int) -> list[Texture]:
     return out
 
 
+def chosen_textures(side: int, images: str = "") -> list[Texture]:
+    """:func:`textures` at ``side``, those whose name holds one of the comma-separated ``images`` (all if empty)."""
+    keep = [k.strip() for k in images.split(",") if k.strip()]
+    return [t for t in textures(side) if not keep or any(k in t.name for k in keep)]
+
+
+def emit(text: str, report: dict[str, Any], json_path: Path | None, markdown_path: Path | None) -> None:
+    """Print ``text`` (the tables) and write the report's JSON and the tables where asked."""
+    print(text)
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=1))
+    if markdown_path:
+        markdown_path.write_text(text)
+
+
 # --- degradation and metrics -----------------------------------------------------------------------------------
 
 
@@ -635,10 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         for alpha in ALPHAS:  # alpha 0 = the partner, 1 = x4plus (texup.weights.blend)
             labels[blend_label(alpha)] = f"blend:{partner},{args.partner_of}@{alpha:g}"
         blends += dial[:-1]
-    chosen = textures(SCALE * args.size)
-    if args.images:
-        keep = [k.strip() for k in args.images.split(",")]
-        chosen = [t for t in chosen if any(k in t.name for k in keep)]
+    chosen = chosen_textures(SCALE * args.size, args.images)
     started = time.monotonic()
     print(f"bench_quality: {len(chosen)} textures, {len(models + blends)} models, on {describe()}", file=sys.stderr)
     results, speed, crops = run(chosen, labels, args.engine)
@@ -657,12 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         "roles": role_verdicts(results, models + blends),
         "results": [r.__dict__ for r in results],
     }
-    text = markdown(report)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
-    if args.markdown:
-        args.markdown.write_text(text)
+    emit(markdown(report), report, args.json, args.markdown)
     if args.grid:
         names = [t.name for t in chosen if t.role == "color"]
         rows = [n for n in GRID_ROWS if n in names] or names[:6]

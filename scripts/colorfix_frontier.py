@@ -21,7 +21,6 @@ cases miss a target, and per case whether any variant meets every target there.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -226,10 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.size, args.model = 16, "realesr-animevideov3"
         args.images = args.images or "coffee,procedural bricks"
-    chosen = [t for t in bq.textures(bq.SCALE * args.size) if t.role == "color"]
-    if args.images:
-        keep = [k.strip() for k in args.images.split(",")]
-        chosen = [t for t in chosen if any(k in t.name for k in keep)]
+    chosen = [t for t in bq.chosen_textures(bq.SCALE * args.size, args.images) if t.role == "color"]
     started = time.monotonic()
     print(f"colorfix_frontier: {len(chosen)} textures, {args.model}, on {describe()}", file=sys.stderr)
     cases = unfixed_outputs(args.model, chosen, args.engine)
@@ -242,12 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline": {c["case"]: bq.measure(c["fixed"], c["source"], c["truth"], "color") for c in cases},
         **found,
     }
-    text = markdown(report)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
-    if args.markdown:
-        args.markdown.write_text(text)
+    bq.emit(markdown(report), report, args.json, args.markdown)
     return 0
 
 

@@ -190,21 +190,24 @@ def wheel_site_dirs(
     return installed_wheels(bundle, search_path, python).folders
 
 
+def _checked_core(bundle: Bundle) -> str:
+    """The bundled texup core's folder; :class:`BundleError` when it is missing."""
+    if not os.path.isfile(os.path.join(bundle.core_dir, "texup", "__init__.py")):
+        raise BundleError(f"{bundle.core_dir}: the bundled texup package is missing; reinstall the texup extension")
+    return bundle.core_dir
+
+
 def bundled_pythonpath(addon_dir: str, search_path: Sequence[str] | None = None) -> list[str]:
     """The folders the worker needs on ``PYTHONPATH``: the bundled texup core, then the folders of the
     extracted wheels. ``[]`` without a bundle; :class:`BundleError` when the bundle is incomplete."""
     bundle = read_bundle(addon_dir)
     if bundle is None:
         return []
-    if not os.path.isfile(os.path.join(bundle.core_dir, "texup", "__init__.py")):
-        raise BundleError(f"{bundle.core_dir}: the bundled texup package is missing; reinstall the texup extension")
-    return [bundle.core_dir, *wheel_site_dirs(bundle, search_path)]
+    return [_checked_core(bundle), *wheel_site_dirs(bundle, search_path)]
 
 
-def _bundle_env(
-    addon_dir: str, bundle: Bundle, search_path: Sequence[str] | None, environ: Mapping[str, str]
-) -> dict[str, str]:
-    paths = bundled_pythonpath(addon_dir, search_path)
+def _bundle_env(bundle: Bundle, installed: Installed, environ: Mapping[str, str]) -> dict[str, str]:
+    paths = [_checked_core(bundle), *installed.folders]
     inherited = environ.get("PYTHONPATH", "")
     env = {
         "PYTHONPATH": os.pathsep.join(paths + ([inherited] if inherited else [])),
@@ -228,11 +231,11 @@ def bundled_launch(
     bundle = read_bundle(addon_dir)
     if bundle is None:
         return None
-    env = _bundle_env(addon_dir, bundle, search_path, os.environ if environ is None else environ)
-    lacking = installed_wheels(bundle, search_path).lacking
+    installed = installed_wheels(bundle, search_path)
+    env = _bundle_env(bundle, installed, os.environ if environ is None else environ)
     without = "".join(
         f"; this Blender did not install {name}: {OPTIONAL_DISTRIBUTIONS[_normalize(name.split()[0])]}"
-        for name in lacking
+        for name in installed.lacking
     )
     return WorkerLaunch(
         python=python or sys.executable,
@@ -282,7 +285,7 @@ def torch_env_launch(
     env = (
         {}
         if bundle is None
-        else _bundle_env(addon_dir, bundle, search_path, os.environ if environ is None else environ)
+        else _bundle_env(bundle, installed_wheels(bundle, search_path), os.environ if environ is None else environ)
     )
     torch_version = marker.get("torch") or "?"
     return WorkerLaunch(

@@ -8,6 +8,7 @@ normal-map policies on numpy arrays; an engine only turns one tile into its upsc
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
@@ -133,6 +134,32 @@ class CancelPoller:
         self._next = now + self.interval
         if self.cancel():
             raise Cancelled("cancelled inside a tile")
+
+
+#: What one CPU tile's activations may take in host memory, for every engine's ``auto_tile`` (README: 1 GB for one
+#: tile's activations plus the output band).
+CPU_MEMORY_BUDGET = 1 << 30
+
+
+def threads_from_env() -> int | None:
+    """``OMP_NUM_THREADS`` when it is a positive integer (batch schedulers and Ray set it for a process given N
+    CPUs), else None: the engine's own count."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def finish_tile(y: np.ndarray, padded: tuple[int, int], kept: tuple[int, int], scale: int, name: str) -> np.ndarray:
+    """A network's (3, H, W) float32 output for a tile padded to ``padded`` (h, w): checked to be ``scale`` times
+    it (a TexupError naming ``name`` otherwise), cropped to ``kept`` (h, w) times ``scale``, clipped to [0, 1] in
+    place, as (h, w, 3)."""
+    ph, pw = padded
+    if y.shape != (3, ph * scale, pw * scale):
+        raise TexupError(
+            f"{name}: the network returned {y.shape} for a {pw}x{ph} tile, expected (3, {ph * scale}, {pw * scale})"
+        )
+    y = y[:, : kept[0] * scale, : kept[1] * scale]
+    np.clip(y, 0.0, 1.0, out=y)
+    return np.ascontiguousarray(y.transpose(1, 2, 0))
 
 
 def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:

@@ -32,13 +32,16 @@ from typing import Any
 import numpy as np
 
 from texup.engines.base import (
+    CPU_MEMORY_BUDGET,
     CancelCallback,
     CancelPoller,
     EngineOutOfMemory,
     EngineUnavailable,
     StepCallback,
     check_tile,
+    finish_tile,
     pad_to_multiple,
+    threads_from_env,
 )
 from texup.errors import ModelLoadError, TexupError
 from texup.machine import native_bf16
@@ -48,8 +51,6 @@ _GPU_KINDS = {0: "discrete", 1: "integrated", 2: "virtual", 3: "cpu"}
 #: How many checkpoint blobs a tile is split into on the CPU (progress/cancel granularity) in graphs texup did
 #: not write; each extraction costs a little, so they are spread over the convolutions.
 CHECKPOINTS = 12
-#: What one tile's activations may take in host memory on the CPU (as for the torch engine).
-CPU_MEMORY_BUDGET = 1 << 30
 #: Trunk rows per strip when a graph's upsampling head runs in row strips on the CPU (NcnnEngine.stream_rows). x4plus,
 #: one 288^2 tile: 8 rows peak at 605 MiB fp32 / 406 MiB bf16 (the trunk's peak; 4 rows: the same), 16 rows at 749 /
 #: 519 MiB, 32 at 837 / 652; seconds equal within the noise of a shared 2-vCPU machine (8 vs 16 rows, alternating,
@@ -337,10 +338,7 @@ def graph_from_files(
 
 def _default_threads(ncnn: Any) -> int:
     """``OMP_NUM_THREADS`` when it is a positive integer, else ncnn's count of physical big cores."""
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    return max(1, int(ncnn.get_physical_big_cpu_count()) or 1)
+    return threads_from_env() or max(1, int(ncnn.get_physical_big_cpu_count()) or 1)
 
 
 def _load_net(
@@ -474,15 +472,7 @@ class NcnnEngine:
             y = self._run_in_strips(chw, head, self.stream_rows, poller, step)
         else:
             y = self._run_whole(chw, poller, step, watched=cancel is not None or step is not None)
-        s = self.scale
-        if y.shape != (3, padded.shape[0] * s, padded.shape[1] * s):
-            raise TexupError(
-                f"{self.graph.param.name}: the network returned {y.shape} for a {padded.shape[1]}x{padded.shape[0]} "
-                f"tile, expected (3, {padded.shape[0] * s}, {padded.shape[1] * s})"
-            )
-        y = y[:, : h * s, : w * s]
-        np.clip(y, 0.0, 1.0, out=y)
-        return np.ascontiguousarray(y.transpose(1, 2, 0))
+        return finish_tile(y, padded.shape[:2], (h, w), self.scale, self.graph.param.name)
 
     def _extract(self, ex: Any, blob: str, last: bool, size: tuple[int, int]) -> Any:
         # Intermediate blobs are only computed, not used: type 1 skips unpacking them into a new Mat.

@@ -20,7 +20,6 @@ were not tested (the machines texup is measured on have none).
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ import numpy as np
 
 from texup.engines import base
 from texup.engines.base import (
+    CPU_MEMORY_BUDGET,
     CancelCallback,
     Cancelled,
     CancelPoller,
@@ -38,13 +38,13 @@ from texup.engines.base import (
     EngineUnavailable,
     StepCallback,
     check_tile,
+    finish_tile,
     pad_to_multiple,
+    threads_from_env,
 )
 from texup.engines.spec import RANK_CPU_BUNDLED, RANK_VULKAN, Candidate, Device, EngineSpec, dist_version
 from texup.errors import ModelLoadError, TexupError
 
-#: What one tile's activations may take in host memory on the CPU (as for the other engines).
-CPU_MEMORY_BUDGET = 1 << 30
 #: Peak memory of one CPU tile over the process before it, ``(fixed bytes, bytes per input pixel)`` at x4 (scaled by
 #: (scale / 4)^2), by whether the graph convolves at output resolution (RRDBNet's head, run whole: OpenVINO has no
 #: row strips here) and the precision computed. Measured with ``scripts/bench_engines.py --tiles 128,192,256
@@ -134,13 +134,6 @@ def parse_device(device: str) -> OvDevice:
         f"the openvino engine runs on cpu, gpu[:N] or npu where OpenVINO finds them, not {device!r} "
         f"(found here: {there})"
     )
-
-
-def _default_threads() -> int | None:
-    """``OMP_NUM_THREADS`` when it is a positive integer (as for the other engines), else None: OpenVINO's own
-    count (the physical cores, as ncnn and torch use)."""
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 # --- the graph -------------------------------------------------------------------------------------------------
@@ -363,7 +356,7 @@ class OpenVinoEngine:
                 f"the openvino engine computes {' or '.join(allowed)} on {self._device.key}, not {precision!r}"
             )
         self._asked = key
-        self.threads = int(threads) if threads else _default_threads()
+        self.threads = int(threads) if threads else threads_from_env()  # None: OpenVINO's count
         self._model = build_model(read_layers(graph.param, graph.bin), graph.output_blob, self.model_name)
         self._dynamic = self._device.key == "cpu"
         self._compiled: OrderedDict[tuple[int, int] | None, Any] = OrderedDict()
@@ -472,15 +465,7 @@ class OpenVinoEngine:
         self._last_s = time.monotonic() - start
         if step is not None:
             step(1.0)
-        s = self.scale
-        if y.shape != (3, shape[0] * s, shape[1] * s):
-            raise TexupError(
-                f"{self.model_name}: the network returned {y.shape} for a {shape[1]}x{shape[0]} tile, "
-                f"expected (3, {shape[0] * s}, {shape[1] * s})"
-            )
-        y = y[:, : h * s, : w * s]
-        np.clip(y, 0.0, 1.0, out=y)
-        return np.ascontiguousarray(y.transpose(1, 2, 0))
+        return finish_tile(y, shape, (h, w), self.scale, self.model_name)
 
     def free_cached_memory(self) -> None:
         """Drop the infer requests (their intermediate buffers) and, on a GPU or NPU, every compiled shape."""

@@ -17,13 +17,18 @@ from torch import nn
 
 from texup.archs.spec import ArchModule, RowStreaming, generic_activation_bytes, spec_for_module
 from texup.devices import DTYPE_NAMES, pick_channels_last, pick_device, pick_precision
-from texup.engines.base import CancelCallback, CancelPoller, EngineOutOfMemory, StepCallback, check_tile
+from texup.engines.base import (
+    CPU_MEMORY_BUDGET,
+    CancelCallback,
+    CancelPoller,
+    EngineOutOfMemory,
+    StepCallback,
+    check_tile,
+)
 
 #: Trunk rows per strip of RRDBNet's upsampling head. A 288-pixel x4 tile: (16 + 2 * 2 halo) * 4 = 80 rows of
 #: 1152 x 64 float32 values, ~24 MB per head activation, instead of 340 MB for the whole tile.
 STREAM_ROWS = 16
-#: What one tile's network activations plus the pipeline's row band may take on the CPU (see TorchEngine.auto_tile).
-CPU_MEMORY_BUDGET = 1 << 30
 #: What one CPU tile measured above the arch's activation estimate at most (allocator and oneDNN workspace): +18 MiB
 #: (x4plus fp32, 224^2: 214 MiB measured, 196 estimated); bf16 and compact stayed below their estimates (x4plus bf16
 #: 288^2: 126 MiB vs 153). AMD EPYC (Zen 4, 2 vCPUs, avx512_bf16), torch 2.13, one tile per fresh process:
