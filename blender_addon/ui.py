@@ -255,6 +255,9 @@ def _draw_panel(layout: bpy.types.UILayout, context: bpy.types.Context) -> None:
     split = col.split(factor=0.42, align=True)
     split.label(text="Colour Fix")
     split.prop(settings, "color_fix", text="")
+    split = col.split(factor=0.42, align=True)
+    split.label(text="Alpha")
+    split.prop(settings, "alpha", text="")
 
     if runtime.running:
         _draw_progress(layout, context, runtime)

@@ -2,7 +2,7 @@
 
     blender -b scene.blend --python scripts/upscale_blend.py -- [--model NAME|PATH] [--max-size N]
         [--images a,b] [--roles color,normal,data] [--scale 2|4] [--tile N] [--seamless auto|on|off]
-        [--color-fix auto|on|off] [--detail D]
+        [--color-fix auto|on|off] [--alpha auto|model|resample] [--detail D]
         [--out-dir DIR] [--save | --save-as PATH] [--report PATH.json] [--worker-python PATH]
 
 Also runs with a plain Python that has the ``bpy`` module: ``python scripts/upscale_blend.py scene.blend

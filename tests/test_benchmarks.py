@@ -84,3 +84,20 @@ def test_bench_engines_quick_reports_every_engine_and_psnr(tmp_path, monkeypatch
     # the run beside a competing process (issue 23 item 4): it ran, and it got CPU time
     assert report["busy"]["threads"] == 1 and report["busy"]["cores_it_got"] > 0.05
     assert "competing process: 1 busy threads" in done.stdout
+
+
+def test_bench_alpha_quick_reports_every_case_and_auto_is_one_of_the_two(tmp_path):
+    out = tmp_path / "alpha.json"
+    done = _run("bench_alpha.py", "--quick", "--json", str(out))
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert len(rows) == 16 and {"hard", "soft", "smooth", "mixed"} <= {r["kind"] for r in rows.values()}
+    for name, row in rows.items():
+        # auto's alpha is the network's or the resampler's, bit for bit: so is its PSNR, and it says which
+        took = "model" if row["auto_took"] == "model" else "resample"
+        assert row["auto"] == row[took], name
+        assert row["auto_took"] in ("model", "resample", "resample (the network's alpha did not match the source)")
+        assert row["share"] >= 0 and row["round_trip_ratio"] > 0
+    ran = sum(r["auto_took"] != "resample" for r in rows.values())
+    assert report["summary"]["network_runs_for_alpha"] == f"{ran} of 16"
+    assert "auto: at most" in done.stdout

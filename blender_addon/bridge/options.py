@@ -46,6 +46,9 @@ ROLES: tuple[str, ...] = ("color", "normal", "data")
 STAGES: tuple[str, ...] = ("psnr", "gan")
 #: The colour fix (:mod:`texup.inference.colorfix`): "auto" = where the benchmark found it helps (per role).
 COLOR_FIX_MODES: tuple[str, ...] = ("auto", "on", "off")
+#: How a varying alpha channel is upscaled (:mod:`texup.inference.alpha`): "auto" = the network where it keeps hard
+#: edges, resampling where the alpha is soft or the network's alpha does not match the source.
+ALPHA_MODES: tuple[str, ...] = ("auto", "model", "resample")
 #: DDS output formats (texup.imageio's DDS layouts, lower case; a test compares them).
 DDS_FORMATS: tuple[str, ...] = (
     "bc1", "bc2", "bc3", "bc4", "bc5", "bc6h", "bc6h_sf16", "bc7",
@@ -307,6 +310,17 @@ RUN_OPTIONS: tuple[Option, ...] = (
         choices=DDS_FORMATS,
         pixels=True,
         protocol=False,  # the worker reads TEXUP_DDS_FORMAT
+    ),
+    Option(
+        "alpha",
+        "choice",
+        "auto",
+        "how a varying alpha channel is upscaled: model (the network, as colour), resample (smooth cubic), auto "
+        "(the network where the alpha has hard edges it keeps; resampling for soft edges and gradients, which the "
+        "network turns hard, and wherever the network's alpha does not match the source; default: auto)",
+        choices=ALPHA_MODES,
+        pixels=True,
+        before="model",  # outputs from before this choice ran every varying alpha through the network
     ),
     Option(
         "engine",

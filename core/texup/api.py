@@ -144,7 +144,8 @@ def upscale_array(
 
     Returns an array with the same channels and dtype, of the size the options ask for (default: the
     model's scale). ``options`` are :class:`UpscaleOptions` fields: ``scale``, ``target_size``, ``tile``,
-    ``overlap``, ``seamless`` ("auto"/"on"/"off"), ``role`` ("color"/"normal"/"data").
+    ``overlap``, ``seamless`` ("auto"/"on"/"off"), ``role`` ("color"/"normal"/"data"), ``color_fix``
+    ("auto"/"on"/"off"), ``alpha`` ("auto"/"model"/"resample": how a varying alpha is upscaled).
     ``colorspace`` says how float pixels are encoded ("srgb" or "linear").
     """
     upscaler = get_upscaler(model, engine=engine, device=device, precision=precision, layout=layout)

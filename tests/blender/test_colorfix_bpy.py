@@ -1,5 +1,5 @@
-"""The panel's Colour Fix setting (bpy 5.0.1 in-process): a scene property whose value reaches the run's settings,
-the worker's job options and the manifest's pixel options (``.venv-blender/bin/python -m pytest
+"""The panel's Colour Fix and Alpha settings (bpy 5.0.1 in-process): scene properties whose values reach the run's
+settings, the worker's job options and the manifest's pixel options (``.venv-blender/bin/python -m pytest
 tests/blender/test_colorfix_bpy.py``). Skipped where ``bpy`` cannot be imported (the main venv)."""
 
 from __future__ import annotations
@@ -35,3 +35,24 @@ def test_colour_fix_setting_reaches_the_run_settings_and_the_job(addon):
     assert JobOptions(color_fix=chosen.color_fix).to_json()["color_fix"] == "off"
     assert pixel_options(scale=4, seamless="auto", role="color", color_fix=chosen.color_fix)["color_fix"] == "off"
     settings.color_fix = "auto"
+
+
+def test_alpha_setting_is_generated_from_the_schema_and_reaches_the_job(addon):
+    """Alpha has no hand-made property: bridge/scene_options.py makes it from texup's schema (issue 23's alpha rule)."""
+    from blender_addon.bridge import options as schema
+    from blender_addon.bridge.manifest import pixel_options
+    from blender_addon.bridge.worker_protocol import JobOptions
+    from blender_addon.operators import run_settings
+
+    settings = bpy.context.scene.texup
+    assert settings.alpha == "auto"
+    prop = type(settings).bl_rna.properties["alpha"]
+    assert tuple(item.identifier for item in prop.enum_items) == schema.ALPHA_MODES == ("auto", "model", "resample")
+    assert [item.name for item in prop.enum_items] == ["Auto", "Model", "Resample"]
+    assert run_settings(bpy.context).alpha == "auto"
+    settings.alpha = "resample"
+    chosen = run_settings(bpy.context)
+    assert chosen.alpha == "resample"
+    assert JobOptions(alpha=chosen.alpha).to_json()["alpha"] == "resample"
+    assert pixel_options(scale=4, seamless="auto", role="color", alpha=chosen.alpha)["alpha"] == "resample"
+    settings.alpha = "auto"

@@ -147,6 +147,7 @@ def test_a_rerun_does_exactly_what_changed_and_says_why(tiny_model, tmp_path, ca
         "role": "color",
         "color_fix": "auto",
         "dds_format": None,
+        "alpha": "auto",
     }
     first = _mtimes(out)
 

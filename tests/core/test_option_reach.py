@@ -162,13 +162,13 @@ SCRIPT = textwrap.dedent(
 
     # the add-on's scene: a generated property (properties.py adds it to TexupSettings), read into the run
     hand_made = ("model", "scale", "tile", "seamless", "color_fix")
-    assert scene_options.generated_properties(hand_made) == {
-        "sharpen": (
-            "FloatProperty",
-            {"name": "Sharpen", "description": "made up: sharpen the output by this much", "default": 0.0,
-             "min": 0.0, "max": 1.0},
-        )
-    }
+    generated = scene_options.generated_properties(hand_made)
+    assert generated["sharpen"] == (
+        "FloatProperty",
+        {"name": "Sharpen", "description": "made up: sharpen the output by this much", "default": 0.0,
+         "min": 0.0, "max": 1.0},
+    )
+    assert not set(generated) & set(hand_made)  # a hand-made property is never generated again
     assert "sharpen" in [o.name for o in scene_options.run_options()]  # a field of RunSettings
     values = {"seamless": "on", "color_fix": "auto", "sharpen": 0.75, "max_size": 7}
     assert scene_options.scene_values(values.__getitem__, values) == {"seamless": "on", "color_fix": "auto",

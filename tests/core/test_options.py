@@ -51,7 +51,7 @@ def test_the_schema_imports_nothing_but_the_standard_library():
 
 def test_pixel_options_keep_the_manifests_keys_and_order():
     # outputs already on disk recorded these keys: a rename would redo every one of them
-    assert schema.PIXEL_OPTIONS == ("scale", "size", "seamless", "role", "color_fix", "dds_format")
+    assert schema.PIXEL_OPTIONS == ("scale", "size", "seamless", "role", "color_fix", "dds_format", "alpha")
     recorded = schema.pixel_options({"scale": 4, "target_size": (64, 32), "role": "normal"})
     assert recorded == {
         "scale": 4.0,
@@ -60,6 +60,7 @@ def test_pixel_options_keep_the_manifests_keys_and_order():
         "role": "normal",
         "color_fix": "auto",
         "dds_format": None,
+        "alpha": "auto",
     }
     assert json.loads(json.dumps(recorded)) == recorded
     assert schema.pixel_options({"size": [8, 8]})["size"] == [8, 8]  # by manifest key too

@@ -30,9 +30,10 @@ from texup.inference.resample import RowResampler, resample
 
 
 def UpscaleOptions(**kwargs) -> _Options:  # noqa: N802 (stands for the class)
-    """Options with the colour fix off unless given: these tests compare the model's own pixels (tiling, seams,
-    passes, policies) with references built by hand; the fix has its own tests (test_colorfix.py)."""
-    return _Options(**{"color_fix": "off", **kwargs})
+    """Options with the colour fix off and every varying alpha through the model unless given: these tests compare
+    the model's own pixels (tiling, seams, passes, policies) with references built by hand; the fix and the alpha
+    rule have their own tests (test_colorfix.py, test_alpha.py)."""
+    return _Options(**{"color_fix": "off", "alpha": "model", **kwargs})
 
 
 # --- stand-in networks ------------------------------------------------------------------------------------

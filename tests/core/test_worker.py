@@ -169,6 +169,7 @@ def test_a_rerun_redoes_nothing_and_a_changed_source_is_redone_in_place(worker, 
         "role": "color",
         "color_fix": "auto",
         "dds_format": None,
+        "alpha": "auto",
     }
     assert entry["source"] == str(src) and entry["size"] == (out_dir / "wall_x4.png").stat().st_size
 

@@ -35,6 +35,7 @@ from texup import options as schema
 from texup.engines.base import Cancelled, Engine, EngineOutOfMemory, TileQueue
 from texup.errors import ImageWriteError, TexupError
 from texup.imageio import chosen_dds_format, from_float32, read_image, to_float32, write_image
+from texup.inference import alpha as alpha_rule
 from texup.inference import colorfix, policy
 from texup.inference.resample import RowResampler
 from texup.inference.tiling import Tile, add_wrapped, blend_weights, is_tileable, plan_tiles, take_wrapped
@@ -75,6 +76,8 @@ class UpscaleOptions:
         role: "color", "normal" or "data" (see :mod:`texup.inference.policy`).
         color_fix: "on" = the output keeps the source's low frequencies (:mod:`texup.inference.colorfix`; costs a
             float32 copy of the output), "off", "auto" = as :data:`texup.inference.colorfix.AUTO` says for the role.
+        alpha: how a varying alpha channel is upscaled: "model" (the network), "resample" (cubic), "auto" (the network
+            where it keeps the alpha's hard edges, else resampling; :mod:`texup.inference.alpha`).
         dds_format: the block format of DDS outputs (:data:`texup.imageio.DDS_FORMATS`); None = ``TEXUP_DDS_FORMAT``
             when set, else each input's own (:func:`texup.imageio.chosen_dds_format`). Other outputs ignore it.
     """
@@ -86,6 +89,7 @@ class UpscaleOptions:
     seamless: str = "auto"
     role: str = "color"
     color_fix: str = "auto"
+    alpha: str = "auto"
     dds_format: str | None = None
 
     def __post_init__(self) -> None:
@@ -262,6 +266,9 @@ class Upscaler:
             self.engine = open_engine(
                 model, engine=engine, device=device, precision=precision, layout=layout, status=status
             )
+        #: What the last :meth:`upscale_array` call did with a varying alpha: "model", "resample" or "resample (...)"
+        #: saying why the network's was replaced; None when the image had no varying alpha.
+        self.last_alpha: str | None = None
 
     @property
     def device(self) -> str:
@@ -325,6 +332,7 @@ class Upscaler:
         if colorspace not in policy.COLORSPACES:
             raise ValueError(f"unknown colour space {colorspace!r}: expected one of {', '.join(policy.COLORSPACES)}")
 
+        self.last_alpha = None
         scale = self.engine.scale
         out_h, out_w = output_size(height, width, options, scale)
         fix_colour = colorfix.enabled(options.color_fix, options.role)
@@ -342,7 +350,14 @@ class Upscaler:
         has_alpha = channels in (2, 4)
         alpha_src = image[:, :, -1] if has_alpha else None
         alpha_varies = alpha_src is not None and not policy.is_constant(alpha_src)
-        model_runs = 2 if alpha_varies else 1
+        # Float copies exist at the input size only; the output is filled in its own dtype, row band by row
+        # band, straight from the model passes (see _stream_pass), so peak memory is the output plus bands.
+        # Convert channel groups separately: no float copy of all channels at once.
+        alpha = np.clip(to_float32(image[:, :, -1]), 0.0, 1.0) if alpha_varies else None
+        alpha_by_model = alpha is not None and (
+            options.alpha == "model" or (options.alpha == "auto" and alpha_rule.wants_model(alpha))
+        )
+        model_runs = 2 if alpha_by_model else 1
         tiles_per_run = sum(
             len(plan_tiles(height * scale**p, width * scale**p, tile, overlap, wrap=wrap)) for p in range(passes)
         )
@@ -350,12 +365,8 @@ class Upscaler:
         if progress is not None:
             progress(0, job.total)
 
-        # Float copies exist at the input size only; the output is filled in its own dtype, row band by row
-        # band, straight from the model passes (see _stream_pass), so peak memory is the output plus bands.
-        # Convert channel groups separately: no float copy of all channels at once.
-        alpha = np.clip(to_float32(image[:, :, -1]), 0.0, 1.0) if has_alpha else None
         colour = to_float32(image[:, :, :3]) if channels >= 3 else np.repeat(to_float32(image[:, :, :1]), 3, axis=2)
-        if alpha_varies and alpha is not None:
+        if alpha is not None:
             colour = policy.bleed_colour(colour, alpha)
         encoded, decode = policy.encode_for_model(colour, options.role, colorspace)
         del colour
@@ -384,13 +395,30 @@ class Upscaler:
         else:
             self._upscale_rgb(encoded, out_h, out_w, passes, tile, overlap, wrap, job, colour_sink)
         del encoded
-        if alpha_varies and alpha is not None:
+        if alpha is not None:
 
             def alpha_sink(block: np.ndarray, row0: int) -> None:
-                out[row0 : row0 + block.shape[0], :, -1] = from_float32(block.mean(axis=2), dtype_name)
+                out[row0 : row0 + block.shape[0], :, -1] = from_float32(block, dtype_name)
 
-            # One channel in; each tile is replicated to RGB only when it goes to the model.
-            self._upscale_rgb(alpha[:, :, None], out_h, out_w, passes, tile, overlap, wrap, job, alpha_sink)
+            self.last_alpha = "resample"
+            if alpha_by_model:
+                check = alpha_rule.SourceCheck(height, width, out_h, wrap) if options.alpha == "auto" else None
+
+                def model_alpha_sink(block: np.ndarray, row0: int) -> None:
+                    mean = np.clip(block.mean(axis=2), 0.0, 1.0)
+                    alpha_sink(mean, row0)
+                    if check is not None:
+                        check(mean, row0)
+
+                # One channel in; each tile is replicated to RGB only when it goes to the model.
+                self._upscale_rgb(alpha[:, :, None], out_h, out_w, passes, tile, overlap, wrap, job, model_alpha_sink)
+                self.last_alpha = "model"
+                if check is not None and not alpha_rule.keeps_model(
+                    check.error(alpha), alpha_rule.resampled_error(alpha, out_h, out_w, wrap)
+                ):
+                    self.last_alpha = "resample (the network's alpha did not match the source)"
+            if self.last_alpha.startswith("resample"):
+                alpha_rule.resample_rows(alpha, out_h, out_w, wrap, alpha_sink)
         elif alpha_src is not None:
             out[:, :, -1] = alpha_src.flat[0]  # constant alpha: the exact stored value
         return out[:, :, 0] if squeeze else out
