@@ -4,6 +4,7 @@ pixels as torch and ncnn, selection, the CLI, and a one-line refusal where openv
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -213,3 +214,64 @@ def test_a_real_tile_stays_within_the_measured_estimate(precision):
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     growth, estimate = figures["growth"], figures["estimate"]
     assert growth <= estimate, f"{growth / 2**20:.0f} MiB, estimate {estimate / 2**20:.0f} MiB"
+
+
+def _blobs(home):
+    return sorted((home / "openvino").glob("*.blob")) if (home / "openvino").is_dir() else []
+
+
+def test_the_compiled_model_is_kept_imported_by_the_next_engine_and_gives_the_same_pixels(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("TEXUP_HOME", str(home))
+    path = _tiny(tmp_path, *TINY[0])
+    x = crop01(23, 31)
+    first = select.open_engine(path, engine="openvino", device="cpu", precision="fp32")
+    assert first.describe()["compiled_model"].startswith("compiled (no kept compile yet); kept as ")
+    (blob,) = _blobs(home)
+    second = select.open_engine(path, engine="openvino", device="cpu", precision="fp32")
+    assert second.describe()["compiled_model"] == f"imported {blob}"
+    assert "_model" not in vars(second)  # an imported compile never builds the OpenVINO model
+    assert np.array_equal(first.run_tile(x), second.run_tile(x))
+    # another precision asked is another compile, kept beside it (one per model, device and precision)
+    select.open_engine(path, engine="openvino", device="cpu", precision="auto")
+    assert len(_blobs(home)) == 2 and blob in _blobs(home)
+
+
+def test_a_damaged_or_stale_kept_compile_is_replaced_and_an_unwritable_folder_costs_only_the_saving(
+    tmp_path, monkeypatch
+):
+    home = tmp_path / "home"
+    monkeypatch.setenv("TEXUP_HOME", str(home))
+    path = _tiny(tmp_path, *TINY[2])
+    x = crop01(17, 19)
+    reference = select.open_engine(path, engine="openvino", device="cpu", precision="fp32").run_tile(x)
+    (blob,) = _blobs(home)
+    blob.write_bytes(b"not a compiled model")
+    engine = select.open_engine(path, engine="openvino", device="cpu", precision="fp32")
+    note = engine.describe()["compiled_model"]
+    assert note.startswith("compiled (the kept compile did not import and was removed: ") and "kept as" in note
+    assert np.array_equal(engine.run_tile(x), reference)
+    assert _blobs(home) == [blob] and blob.stat().st_size > 1000  # written again
+    # the model file changed (a retrained model saved over it): a new key, the old blob goes
+    path.write_bytes(_tiny(tmp_path, *TINY[2], seed=1).read_bytes())
+    changed = select.open_engine(path, engine="openvino", device="cpu", precision="fp32").run_tile(x)
+    assert not np.array_equal(changed, reference)  # the new weights' pixels, not the kept compile's
+    (newer,) = _blobs(home)
+    assert newer != blob
+    reference = changed
+    # a folder that cannot be written: the engine runs and says why nothing was kept
+    newer.unlink()
+    (home / "openvino").chmod(0o500)
+    try:
+        engine = select.open_engine(path, engine="openvino", device="cpu", precision="fp32")
+        if os.access(home / "openvino", os.W_OK):  # root ignores the mode: nothing to show here
+            assert "kept as" in engine.describe()["compiled_model"]
+        else:
+            assert "; not kept (" in engine.describe()["compiled_model"]
+        assert np.array_equal(engine.run_tile(x), reference)
+    finally:
+        (home / "openvino").chmod(0o700)
+    monkeypatch.setenv("TEXUP_OPENVINO_CACHE", "0")
+    assert (
+        "compiled_model" not in select.open_engine(path, engine="openvino", device="cpu", precision="fp32").describe()
+    )
