@@ -564,7 +564,9 @@ class OpenVinoEngine:
                     except Cancelled:
                         self._drop(request)
                         raise
-            y = np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)[0]
+            # The request's own buffer: finish_tile clips it in place and returns a new array (the next tile
+            # overwrites the buffer, never what this call returned).
+            y = np.asarray(request.get_output_tensor(0).data, dtype=np.float32)[0]
         except RuntimeError as err:
             raise _as_engine_error(err, self.device, shape) from err
         self._last_s = time.monotonic() - start
