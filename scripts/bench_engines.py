@@ -699,10 +699,13 @@ def whole_process(args: argparse.Namespace, specs: dict[str, dict[str, Any]], re
                 "peer": name,
             }
         if "peer" in rows and rows["peer"]["s"] and rows["texup:auto"]["s"]:
-            auto_cmd = [*texup, "-o", str(tmp / "pair_auto"), "--engine", "auto"]
-            section["paired"] = paired(
-                lambda: run_timed([*auto_cmd], 1)[0], lambda: run_timed(cmd, 1)[0], args.whole_pairs
-            )
+            pair_out = tmp / "pair_auto"
+
+            def fresh_auto_run() -> float | None:
+                shutil.rmtree(pair_out, ignore_errors=True)  # else the rerun finds every output up to date
+                return run_timed([*texup, "-o", str(pair_out), "--engine", "auto"], 1)[0]
+
+            section["paired"] = paired(fresh_auto_run, lambda: run_timed(cmd, 1)[0], args.whole_pairs)
         # The peer loop must have done the same work: compare its 8-bit RGB PNGs with texup auto's.
         auto_out, peer_row = rows["texup:auto"]["out"], rows.get("peer")
         if peer_row is not None and peer_row["s"] and rows["texup:auto"]["s"]:

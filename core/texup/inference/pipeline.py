@@ -5,16 +5,17 @@
 under fully transparent pixels, the role's transform into the model's sRGB [0, 1] domain (:mod:`.policy`); one
 or more tiled model passes (overlap, exact blend weights, wrap-around when seamless, out-of-memory -> smaller
 tiles), antialiased resampling to the exact output size; the inverse transform; alpha upscaled separately
-(passed through when constant); back to the input's dtype. Every whole-image decision is made here, once; an
-engine only turns one tile into its upscaled tile (one at a time, or several in flight for a
-:class:`~texup.engines.base.TileQueue` engine, collected in plan order: the same pixels).
+(passed through when constant; through the model or resampled as :mod:`.alpha` decides); back to the input's
+dtype. Every whole-image decision is made here, once; an engine only turns one tile into its upscaled tile (one at
+a time, or several in flight for a :class:`~texup.engines.base.TileQueue` engine, collected in plan order: the
+same pixels).
 
 Memory: the last pass streams blended tile rows into the output array of the input's dtype (a band one tile
 row high); extra passes read the previous pass's rows as they come (:class:`_RowWindow`), except with
 wrap-around (a float32 canvas of the intermediate image). With the colour fix (:mod:`.colorfix`, on by default
 for every role) the last pass's colour is collected in a float32 canvas of the output's size first (12 bytes per
 output pixel, counted by the memory check), given the source's low frequencies, then decoded into the output row
-block by row block. Figures, and the alpha-through-the-model measurement: docs/benchmarks.md (sections 2, 9, 10).
+block by row block. Figures, and the alpha measurements: docs/benchmarks.md (sections 2, 9, 10).
 """
 
 from __future__ import annotations
