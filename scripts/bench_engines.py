@@ -352,17 +352,16 @@ def paired(a: Callable[[], float | None], b: Callable[[], float | None], rounds:
 
 def paired_calls(run_a: Runner, run_b: Runner, x: np.ndarray, rounds: int) -> dict[str, Any] | None:
     """:func:`paired` of one call each on ``x`` (after one warm-up call of ``run_b``; ``run_a`` is warm)."""
-
-    def once(run: Runner) -> Callable[[], float]:
-        def timed_once() -> float:
-            t0 = time.perf_counter()
-            run(x)
-            return time.perf_counter() - t0
-
-        return timed_once
+    from bench_upscale import timed
 
     run_b(x)
-    return paired(once(run_a), once(run_b), rounds)
+    return paired(lambda: timed(lambda: run_a(x))[0], lambda: timed(lambda: run_b(x))[0], rounds)
+
+
+def paired_line(what: str, result: dict[str, Any]) -> str:
+    """One printed line for a :func:`paired` result: its round ratios and the median speed-up."""
+    ratios = " ".join(f"{r:.3f}" for r in result["ratios"])
+    return f"paired, {result['rounds']} rounds of {what}: ratios {ratios}; median: auto is {result['speedup']:.2f}x"
 
 
 def onnx_file(loaded: Any, module: Any, side: int) -> Path:
@@ -586,11 +585,7 @@ def model_only(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, di
     if between:
         print(f"PSNR between texup's engines (lowest pair): {min(between):.1f} dB")
     for key, result in section["paired"].items():
-        print(
-            f"paired, {result['rounds']} rounds of auto then {key}: ratios "
-            + " ".join(f"{r:.3f}" for r in result["ratios"])
-            + f"; median: auto is {result['speedup']:.2f}x"
-        )
+        print(paired_line(f"auto then {key}", result))
     for line in lines:
         print(f"  auto calibration: {line}")
     return specs
@@ -731,12 +726,7 @@ def whole_process(args: argparse.Namespace, specs: dict[str, dict[str, Any]], re
             else:
                 print(f"{row['label']:46s} {row['s']:8.2f} s  auto is {row['auto_speedup']:.2f}x")
         if section.get("paired"):
-            result = section["paired"]
-            print(
-                f"paired, {result['rounds']} rounds of texup auto then the peer loop: ratios "
-                + " ".join(f"{r:.3f}" for r in result["ratios"])
-                + f"; median: auto is {result['speedup']:.2f}x"
-            )
+            print(paired_line("texup auto then the peer loop", section["paired"]))
         if section.get("peer_vs_auto_psnr_db") is not None:
             print(f"peer loop vs texup auto, RGB PNG outputs: {section['peer_vs_auto_psnr_db']:.1f} dB (uint8)")
     finally:

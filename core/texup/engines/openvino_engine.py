@@ -364,12 +364,14 @@ class CompiledCache:
         }
         key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
+        self.device = device
+        self.config = dict(config)
         self.prefix = f"{safe}-{device.lower()}-{precision}-"
         self.folder = texup_home() / self.FOLDER
         self.path = self.folder / f"{self.prefix}{key}.blob"
         self.note = "not used yet"
 
-    def load(self, device: str, config: Mapping[str, Any]) -> Any | None:
+    def load(self) -> Any | None:
         """The kept compiled model, or None (no blob, or one that does not import: then it is removed)."""
         try:
             data = self.path.read_bytes()
@@ -380,7 +382,7 @@ class CompiledCache:
             self.note = f"compiled (the kept compile could not be read: {err})"
             return None
         try:
-            compiled = core().import_model(data, device, dict(config))
+            compiled = core().import_model(data, self.device, self.config)
         except RuntimeError as err:
             self.path.unlink(missing_ok=True)
             first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
@@ -487,7 +489,7 @@ class OpenVinoEngine:
             self._compiled.move_to_end(shape)
             return compiled
         kept = self._cache if shape is None else None
-        compiled = kept.load(self._device.ov_name, self._config()) if kept is not None else None
+        compiled = kept.load() if kept is not None else None
         if compiled is None:
             model = self._model
             if shape is not None:

@@ -418,7 +418,8 @@ class Upscaler:
                     check.error(alpha), alpha_rule.resampled_error(alpha, out_h, out_w, wrap)
                 ):
                     self.last_alpha = "resample (the network's alpha did not match the source)"
-            if self.last_alpha.startswith("resample"):
+                    alpha_by_model = False
+            if not alpha_by_model:
                 alpha_rule.resample_rows(alpha, out_h, out_w, wrap, alpha_sink)
         elif alpha_src is not None:
             out[:, :, -1] = alpha_src.flat[0]  # constant alpha: the exact stored value
